@@ -1,0 +1,1 @@
+"""The Pub/Sub to Firebase to Triton bridge service."""

@@ -1,0 +1,1 @@
+"""Python client for the FLUX Fill model and the `fluxfill` command line."""

@@ -1,0 +1,1 @@
+"""The inpainting core: plain Python with no Triton or Google imports."""

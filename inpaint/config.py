@@ -1,0 +1,190 @@
+"""The model's typed configuration, parsed once from config.pbtxt `parameters`.
+
+config.pbtxt holds every value; this module holds the schema (names, types, limits, meaning).
+A wrong, missing or unknown parameter raises `ConfigError` naming it, which fails the model load.
+"""
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal, cast, get_args
+
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+OffloadPolicy = Literal["none", "model", "sequential", "auto"]
+
+
+class ConfigError(ValueError):
+    """A config.pbtxt parameter is missing, unknown or invalid."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"parameter '{parameter}': {problem}")
+        self.parameter = parameter
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the inpainting core needs to know, validated."""
+
+    weights_dir: Path
+    gguf_file: Path | None
+    weights_sha256: str | None
+    dtype: Dtype
+    offload: OffloadPolicy
+    default_prompt: str
+    default_steps: int
+    max_steps: int
+    default_guidance: float
+    max_input_pixels: int
+    crop_to_mask: bool
+    crop_margin: float
+    feather_pixels: int
+    max_working_pixels: int
+    min_working_pixels: int
+    max_sequence_length: int
+
+
+# What each parameter means; the README's configuration table is generated from this and config.pbtxt.
+DESCRIPTIONS: dict[str, str] = {
+    "weights_dir": "diffusers-format FLUX.1-Fill directory (all components; the transformer too unless gguf_file)",
+    "gguf_file": "optional GGUF transformer file used instead of the directory's transformer; empty = none",
+    "weights_sha256": "optional sha256 of the weights (GGUF file, else the directory digest); checked at load",
+    "dtype": "compute dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32",
+    "offload": "CPU offload: none, model, sequential, auto (none when the model fits in free GPU memory)",
+    "default_prompt": "prompt used when a request's PROMPT is empty",
+    "default_steps": "denoising steps when a request has no STEPS",
+    "max_steps": "largest STEPS a request may ask for",
+    "default_guidance": "guidance scale when a request has no GUIDANCE",
+    "max_input_pixels": "largest IMAGE (height x width) accepted",
+    "crop_to_mask": "true: denoise only the mask's surroundings; false: the full frame",
+    "crop_margin": "context added around the mask's bounding box, as a fraction of its longer side",
+    "feather_pixels": "width of the blended band outside the mask, in input pixels",
+    "max_working_pixels": "the crop is downscaled to at most this many pixels before denoising",
+    "min_working_pixels": "a smaller crop is upscaled to at least this many pixels before denoising",
+    "max_sequence_length": "T5 prompt tokens (FLUX allows up to 512)",
+}
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _path(value: str) -> Path:
+    if not value.strip():
+        raise ValueError("must be a path, got an empty value")
+    return Path(value)
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value) if value.strip() else None
+
+
+def _optional_sha256(value: str) -> str | None:
+    value = value.strip().lower()
+    if not value:
+        return None
+    if not _SHA256.fullmatch(value):
+        raise ValueError("must be 64 hexadecimal characters or empty")
+    return value
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"true", "1", "yes"}:
+        return True
+    if lowered in {"false", "0", "no"}:
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def _int(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"must be an integer, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _float(low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number, got {value!r}") from None
+        if not math.isfinite(number) or not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return number
+
+    return parse
+
+
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "weights_dir": _path,
+    "gguf_file": _optional_path,
+    "weights_sha256": _optional_sha256,
+    "dtype": _choice(get_args(Dtype)),
+    "offload": _choice(get_args(OffloadPolicy)),
+    "default_prompt": _text,
+    "default_steps": _int(1, 1000),
+    "max_steps": _int(1, 1000),
+    "default_guidance": _float(0.0, 100.0),
+    "max_input_pixels": _int(1, 400_000_000),
+    "crop_to_mask": _bool,
+    "crop_margin": _float(0.0, 10.0),
+    "feather_pixels": _int(0, 512),
+    "max_working_pixels": _int(16 * 16, 16_777_216),
+    "min_working_pixels": _int(16 * 16, 16_777_216),
+    "max_sequence_length": _int(1, 512),
+}
+PARAMETER_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ModelConfig))
+
+
+def parse_model_config(parameters: Mapping[str, str]) -> ModelConfig:
+    """Build a validated `ModelConfig` from config.pbtxt parameter strings."""
+    unknown = sorted(set(parameters) - set(PARAMETER_NAMES))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown parameter (known: {', '.join(PARAMETER_NAMES)})")
+    values: dict[str, object] = {}
+    for name in PARAMETER_NAMES:
+        if name not in parameters:
+            raise ConfigError(name, "missing from config.pbtxt parameters")
+        try:
+            values[name] = _PARSERS[name](parameters[name])
+        except ValueError as error:
+            raise ConfigError(name, str(error)) from None
+    config = ModelConfig(**values)  # type: ignore[arg-type]
+    _check_relations(config)
+    return config
+
+
+def _check_relations(config: ModelConfig) -> None:
+    if config.default_steps > config.max_steps:
+        raise ConfigError("default_steps", f"{config.default_steps} exceeds max_steps {config.max_steps}")
+    if config.min_working_pixels > config.max_working_pixels:
+        raise ConfigError(
+            "min_working_pixels",
+            f"{config.min_working_pixels} exceeds max_working_pixels {config.max_working_pixels}",
+        )
+
+
+def flatten_triton_parameters(model_config: Mapping[str, object]) -> dict[str, str]:
+    """Turn Triton's `{"name": {"string_value": "..."}}` parameters into plain strings."""
+    raw = cast(Mapping[str, Mapping[str, str]], model_config.get("parameters", {}))
+    return {name: entry.get("string_value", "") for name, entry in raw.items()}

@@ -1,0 +1,43 @@
+"""The model's tensor contract: the one source the model, the client and the docs read.
+
+Kept free of torch and Triton imports so the client can use it without the model's dependencies.
+`tests/unit/test_contract.py` checks `model_repository/flux_fill/config.pbtxt` against it.
+"""
+
+from dataclasses import dataclass
+
+MODEL_NAME = "flux_fill"
+# A mask value at or above this threshold marks a pixel to repaint.
+MASK_THRESHOLD = 128
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor as Triton declares it (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    description: str
+    optional: bool = False
+
+
+INPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("IMAGE", "UINT8", (-1, -1, 3), "RGB photo, height x width x 3"),
+    TensorSpec("MASK", "UINT8", (-1, -1), f"same height x width as IMAGE; >= {MASK_THRESHOLD} means repaint"),
+    TensorSpec("PROMPT", "BYTES", (1,), "UTF-8 text; empty means the model's default prompt"),
+    TensorSpec("STEPS", "INT32", (1,), "denoising steps; absent means the model's default", optional=True),
+    TensorSpec("GUIDANCE", "FP32", (1,), "guidance scale; absent means the model's default", optional=True),
+    TensorSpec("SEED", "INT64", (1,), f"0..{MAX_SEED}; absent means a random seed", optional=True),
+)
+
+OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec("IMAGE", "UINT8", (-1, -1, 3), "inpainted RGB image of exactly the input's height and width"),
+    TensorSpec("SEED", "INT64", (1,), "the seed actually used"),
+)
+
+
+def input_spec(name: str) -> TensorSpec:
+    """Return the declared input called `name`."""
+    return next(spec for spec in INPUTS if spec.name == name)

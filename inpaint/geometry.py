@@ -1,0 +1,171 @@
+"""Crop to the mask, resize once to the working size, and composite back with a feathered edge.
+
+Everything here works on numpy arrays and PIL images only, so it is fast to test at any size.
+Pixels farther than `feather` from the mask are never written: they stay bit-identical to the input.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+BoolArray = npt.NDArray[np.bool_]
+UInt8Array = npt.NDArray[np.uint8]
+FloatArray = npt.NDArray[np.float32]
+
+# FLUX packs 2x2 latent patches over an 8x VAE: sizes must be multiples of 16.
+SIZE_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class Box:
+    """A pixel rectangle; right and bottom are exclusive."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def area(self) -> int:
+        return self.width * self.height
+
+    def slices(self) -> tuple[slice, slice]:
+        """Row and column slices that cut this box out of an array."""
+        return slice(self.top, self.bottom), slice(self.left, self.right)
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """Which part of the image is denoised, and at what size."""
+
+    box: Box
+    working_width: int
+    working_height: int
+
+
+def mask_bounding_box(mask: BoolArray) -> Box | None:
+    """The tightest box around the True pixels, or None for an empty mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return Box(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+
+
+def expand_box(box: Box, margin: int, width: int, height: int) -> Box:
+    """Grow `box` by `margin` on every side, clamped to the image."""
+    return Box(
+        max(0, box.left - margin),
+        max(0, box.top - margin),
+        min(width, box.right + margin),
+        min(height, box.bottom + margin),
+    )
+
+
+def working_size(width: int, height: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Scale (width, height) into [min_pixels, max_pixels], keeping the aspect, in multiples of 16."""
+    area = width * height
+    scale = 1.0
+    if area > max_pixels:
+        scale = math.sqrt(max_pixels / area)
+    elif area < min_pixels:
+        scale = math.sqrt(min_pixels / area)
+    target_w = _round_to_multiple(width * scale)
+    target_h = _round_to_multiple(height * scale)
+    # Rounding (and the 16-pixel floor of a very thin side) may overshoot the cap: shrink the longer side.
+    if target_w * target_h > max_pixels:
+        if target_w >= target_h:
+            target_w = _floor_to_multiple(max_pixels / target_h)
+        else:
+            target_h = _floor_to_multiple(max_pixels / target_w)
+    return target_w, target_h
+
+
+def _round_to_multiple(value: float) -> int:
+    return max(SIZE_MULTIPLE, round(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def _floor_to_multiple(value: float) -> int:
+    return max(SIZE_MULTIPLE, math.floor(value / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+def plan_crop(
+    mask: BoolArray,
+    *,
+    crop_to_mask: bool,
+    margin_fraction: float,
+    feather: int,
+    min_pixels: int,
+    max_pixels: int,
+) -> CropPlan | None:
+    """Choose the region to denoise and its working size; None when the mask is empty."""
+    height, width = mask.shape
+    bbox = mask_bounding_box(mask)
+    if bbox is None:
+        return None
+    if crop_to_mask:
+        # The margin always covers the feather band so the blend never reaches the crop's edge.
+        margin = max(math.ceil(margin_fraction * max(bbox.width, bbox.height)), feather + 1)
+        box = expand_box(bbox, margin, width, height)
+    else:
+        box = Box(0, 0, width, height)
+    working_w, working_h = working_size(box.width, box.height, min_pixels, max_pixels)
+    return CropPlan(box, working_w, working_h)
+
+
+def _dilate_once(mask: BoolArray) -> BoolArray:
+    """Grow a mask by one pixel in the 8-neighbourhood (separable 3x3 max)."""
+    grown = mask.copy()
+    grown[1:, :] |= mask[:-1, :]
+    grown[:-1, :] |= mask[1:, :]
+    rows = grown.copy()
+    grown[:, 1:] |= rows[:, :-1]
+    grown[:, :-1] |= rows[:, 1:]
+    return grown
+
+
+def feather_alpha(mask: BoolArray, feather: int) -> FloatArray:
+    """Blend weight of the generated image: 1 on the mask, a ramp down to 0 over `feather` pixels."""
+    alpha = mask.astype(np.float32)
+    reached = mask
+    for distance in range(1, feather + 1):
+        grown = _dilate_once(reached)
+        alpha[grown & ~reached] = 1.0 - distance / (feather + 1)
+        reached = grown
+    return alpha
+
+
+def resize_rgb(image: UInt8Array, width: int, height: int) -> UInt8Array:
+    """Resize an RGB array with a high-quality filter (Lanczos), once."""
+    if image.shape[1] == width and image.shape[0] == height:
+        return image
+    resized = Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def resize_mask(mask: BoolArray, width: int, height: int) -> BoolArray:
+    """Resize a mask so that every working pixel touching the mask is repainted."""
+    if mask.shape[1] == width and mask.shape[0] == height:
+        return mask
+    as_image = Image.fromarray(mask.astype(np.uint8) * 255)
+    resized = as_image.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(resized) > 0
+
+
+def composite(original: UInt8Array, generated: UInt8Array, alpha: FloatArray) -> UInt8Array:
+    """Blend `generated` over `original`; where alpha is 0 the original bytes are kept exactly."""
+    weight = alpha[..., None]
+    blended = original.astype(np.float32) * (1.0 - weight) + generated.astype(np.float32) * weight
+    mixed = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return np.where(weight > 0, mixed, original)

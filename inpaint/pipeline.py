@@ -1,0 +1,132 @@
+"""Load FLUX.1-Fill with diffusers from local files and expose it as the engine's `Denoiser`."""
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+# Nothing may reach a model hub: set before diffusers/transformers read it on import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+from PIL import Image
+
+from fluxfill.inpaint.config import ModelConfig
+from fluxfill.inpaint.engine import StepCallback
+from fluxfill.inpaint.geometry import BoolArray, UInt8Array
+from fluxfill.inpaint.offload import OffloadDecision, choose_offload
+from fluxfill.inpaint.weights import check_weights
+
+logger = logging.getLogger(__name__)
+
+# The real FLUX.1-Fill transformer has ~12e9 parameters; anything this small is a test model.
+TEST_MODEL_PARAMETERS = 100_000_000
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What was loaded, for logs and metrics."""
+
+    device: str
+    dtype: str
+    offload: OffloadDecision
+    transformer_parameters: int
+    is_test_model: bool
+
+
+class DiffusersDenoiser:
+    """A `FluxFillPipeline` behind the engine's `Denoiser` port."""
+
+    def __init__(self, pipeline: Any, max_sequence_length: int) -> None:
+        self._pipeline = pipeline
+        self._max_sequence_length = max_sequence_length
+
+    def denoise(
+        self,
+        image: UInt8Array,
+        mask: BoolArray,
+        *,
+        prompt: str,
+        steps: int,
+        guidance: float,
+        seed: int,
+        on_step: StepCallback | None,
+    ) -> UInt8Array:
+        """Run the pipeline once at the image's size (a multiple of 16)."""
+        height, width = mask.shape
+
+        def after_step(_pipe: Any, step_index: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
+            if on_step is not None:
+                on_step(step_index + 1, steps)
+            return {}
+
+        # A CPU generator makes a seed mean the same noise on every device.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.inference_mode():
+            output = self._pipeline(
+                prompt=prompt,
+                image=Image.fromarray(image),
+                mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                max_sequence_length=self._max_sequence_length,
+                output_type="np",
+                callback_on_step_end=after_step,
+            )
+        pixels = np.clip(output.images[0], 0.0, 1.0) * 255.0
+        return np.rint(pixels).astype(np.uint8)
+
+
+def resolve_dtype(name: str, device: str) -> torch.dtype:
+    """`auto` means bfloat16 on a GPU and float32 on the CPU (where bfloat16 is slow)."""
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return _DTYPES[name]
+
+
+def load_pipeline(config: ModelConfig, device: str) -> tuple[DiffusersDenoiser, LoadReport]:
+    """Load and place the pipeline; raise `WeightsError` for missing or corrupt weights."""
+    check_weights(config)
+    dtype = resolve_dtype(config.dtype, device)
+    components: dict[str, Any] = {}
+    if config.gguf_file is not None:
+        components["transformer"] = FluxTransformer2DModel.from_single_file(
+            str(config.gguf_file),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            config=str(config.weights_dir),
+            subfolder="transformer",
+            torch_dtype=dtype,
+            local_files_only=True,
+        )
+    pipeline = FluxFillPipeline.from_pretrained(
+        str(config.weights_dir), torch_dtype=dtype, local_files_only=True, **components
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    decision = _place(pipeline, config, device)
+    parameters = sum(p.numel() for p in pipeline.transformer.parameters())
+    report = LoadReport(device, str(dtype).removeprefix("torch."), decision, parameters, parameters < TEST_MODEL_PARAMETERS)
+    return DiffusersDenoiser(pipeline, config.max_sequence_length), report
+
+
+def _module_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def _place(pipeline: Any, config: ModelConfig, device: str) -> OffloadDecision:
+    modules = [m for m in pipeline.components.values() if isinstance(m, torch.nn.Module)]
+    sizes = [_module_bytes(m) for m in modules]
+    free = torch.cuda.mem_get_info(torch.device(device))[0] if device.startswith("cuda") else None
+    decision = choose_offload(config.offload, sum(sizes), max(sizes, default=0), free)
+    if decision.mode == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+    elif decision.mode == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+    return decision

@@ -1,0 +1,27 @@
+"""Helpers shared by the unit and integration tests."""
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from fluxfill.inpaint.config import ModelConfig, parse_model_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+FLUX_FILL_CONFIG = MODEL_REPOSITORY / "flux_fill" / "config.pbtxt"
+
+
+def read_model_config(path: Path = FLUX_FILL_CONFIG) -> model_config_pb2.ModelConfig:
+    """Parse a config.pbtxt the way Triton does."""
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def repository_parameters() -> dict[str, str]:
+    """The flux_fill parameters exactly as config.pbtxt ships them."""
+    return {key: value.string_value for key, value in read_model_config().parameters.items()}
+
+
+def make_config(**overrides: str) -> ModelConfig:
+    """The shipped configuration with some parameters replaced (values as config.pbtxt strings)."""
+    return parse_model_config({**repository_parameters(), **overrides})
