@@ -1,15 +1,17 @@
 # Two commands matter: `make demo` and `make test`. Both set themselves up idempotently.
-PYTHON ?= python3
+# Triton's Python-backend stub embeds the system libpython3.11: a venv made from that same interpreter keeps the
+# stub's standard library consistent (a pyenv 3.11.7 stdlib under libpython 3.11.2 fails to import _ssl).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3.11) python3.11)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model clean
+.PHONY: demo test lint unit integration tiny-model readme clean
 
 $(INSTALLED): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -46,3 +48,6 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build out
+
+readme: $(INSTALLED)
+	$(BIN)/python -m tests.readme_tables

@@ -47,9 +47,9 @@ class ModelConfig:
 
 # What each parameter means; the README's configuration table is generated from this and config.pbtxt.
 DESCRIPTIONS: dict[str, str] = {
-    "weights_dir": "diffusers-format FLUX.1-Fill directory (all components; the transformer too unless gguf_file)",
+    "weights_dir": "diffusers-format FLUX.1-Fill directory (the transformer too, unless gguf_file is set)",
     "gguf_file": "optional GGUF transformer file used instead of the directory's transformer; empty = none",
-    "weights_sha256": "optional sha256 of the weights (GGUF file, else the directory digest); checked at load",
+    "weights_sha256": "optional sha256 of the GGUF file, else the directory digest; checked at load",
     "dtype": "compute dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32",
     "offload": "CPU offload: none, model, sequential, auto (none when the model fits in free GPU memory)",
     "default_prompt": "prompt used when a request's PROMPT is empty",
@@ -75,11 +75,15 @@ def _text(value: str) -> str:
 def _path(value: str) -> Path:
     if not value.strip():
         raise ValueError("must be a path, got an empty value")
-    return Path(value)
+    path = Path(value)
+    # Relative to what? tritonserver's working directory is nobody's guess: refuse it.
+    if not path.is_absolute():
+        raise ValueError(f"must be an absolute path, got {value!r}")
+    return path
 
 
 def _optional_path(value: str) -> Path | None:
-    return Path(value) if value.strip() else None
+    return _path(value) if value.strip() else None
 
 
 def _optional_sha256(value: str) -> str | None:

@@ -1,9 +1,9 @@
 """The core's exception tree; the Triton adapter maps each class to one TritonError code.
 
-    InpaintError
-    ├── InvalidInputError    the request is wrong: fix it and retry (INVALID_ARG)
-    ├── CancelledError       the caller cancelled the run (CANCELLED)
-    └── WeightsError         the weights are missing or corrupt: the model cannot load
+InpaintError
+├── InvalidInputError    the request is wrong: fix it and retry (INVALID_ARG)
+├── CancelledError       the caller cancelled the run (CANCELLED)
+└── WeightsError         the weights are missing or corrupt: the model cannot load
 """
 
 

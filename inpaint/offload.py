@@ -35,5 +35,6 @@ def choose_offload(
             f"({largest_component_bytes / _GIB:.1f} GiB) does, {free}",
         )
     return OffloadDecision(
-        "sequential", f"even the largest component ({largest_component_bytes / _GIB:.1f} GiB) does not fit, {free}"
+        "sequential",
+        f"even the largest component ({largest_component_bytes / _GIB:.1f} GiB) does not fit, {free}",
     )

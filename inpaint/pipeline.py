@@ -58,7 +58,9 @@ class DiffusersDenoiser:
         """Run the pipeline once at the image's size (a multiple of 16)."""
         height, width = mask.shape
 
-        def after_step(_pipe: Any, step_index: int, _timestep: Any, _tensors: dict[str, Any]) -> dict[str, Any]:
+        def after_step(
+            _pipe: Any, step_index: int, _timestep: Any, _tensors: dict[str, Any]
+        ) -> dict[str, Any]:
             if on_step is not None:
                 on_step(step_index + 1, steps)
             return {}
@@ -79,8 +81,9 @@ class DiffusersDenoiser:
                 output_type="np",
                 callback_on_step_end=after_step,
             )
-        pixels = np.clip(output.images[0], 0.0, 1.0) * 255.0
-        return np.rint(pixels).astype(np.uint8)
+        pixels = np.clip(np.asarray(output.images[0], dtype=np.float32), 0.0, 1.0) * 255.0
+        generated: UInt8Array = np.rint(pixels).astype(np.uint8)
+        return generated
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -98,19 +101,21 @@ def load_pipeline(config: ModelConfig, device: str) -> tuple[DiffusersDenoiser, 
     if config.gguf_file is not None:
         components["transformer"] = FluxTransformer2DModel.from_single_file(
             str(config.gguf_file),
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),  # type: ignore[no-untyped-call]
             config=str(config.weights_dir),
             subfolder="transformer",
             torch_dtype=dtype,
             local_files_only=True,
         )
-    pipeline = FluxFillPipeline.from_pretrained(
+    pipeline = FluxFillPipeline.from_pretrained(  # type: ignore[no-untyped-call]
         str(config.weights_dir), torch_dtype=dtype, local_files_only=True, **components
     )
     pipeline.set_progress_bar_config(disable=True)
     decision = _place(pipeline, config, device)
     parameters = sum(p.numel() for p in pipeline.transformer.parameters())
-    report = LoadReport(device, str(dtype).removeprefix("torch."), decision, parameters, parameters < TEST_MODEL_PARAMETERS)
+    report = LoadReport(
+        device, str(dtype).removeprefix("torch."), decision, parameters, parameters < TEST_MODEL_PARAMETERS
+    )
     return DiffusersDenoiser(pipeline, config.max_sequence_length), report
 
 

@@ -4,6 +4,7 @@ import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -60,7 +61,9 @@ def _image(array: npt.NDArray[np.generic] | None, max_pixels: int) -> UInt8Array
     if height == 0 or width == 0:
         raise InvalidInputError("IMAGE", f"is empty ({height}x{width})")
     if height * width > max_pixels:
-        raise InvalidInputError("IMAGE", f"has {height * width} pixels ({width}x{height}); the limit is {max_pixels}")
+        raise InvalidInputError(
+            "IMAGE", f"has {height * width} pixels ({width}x{height}); the limit is {max_pixels}"
+        )
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
@@ -73,10 +76,10 @@ def _mask(array: npt.NDArray[np.generic] | None, height: int, width: int) -> Boo
         raise InvalidInputError(
             "MASK", f"must have shape [height, width] = {[height, width]} like IMAGE, got {list(array.shape)}"
         )
-    return np.asarray(array >= MASK_THRESHOLD)
+    return np.asarray(array, dtype=np.uint8) >= MASK_THRESHOLD
 
 
-def _single(array: npt.NDArray[np.generic], name: str) -> object:
+def _single(array: npt.NDArray[np.generic], name: str) -> Any:
     if array.size != 1:
         raise InvalidInputError(name, f"must hold exactly one value, got shape {list(array.shape)}")
     return array.reshape(-1)[0]
@@ -103,7 +106,7 @@ def _optional_int(array: npt.NDArray[np.generic] | None, name: str, low: int, hi
         return None
     if not np.issubdtype(array.dtype, np.integer):
         raise InvalidInputError(name, f"must be an integer tensor, got {array.dtype}")
-    value = int(_single(array, name))  # type: ignore[call-overload]
+    value = int(_single(array, name))
     if not low <= value <= high:
         raise InvalidInputError(name, f"must be between {low} and {high}, got {value}")
     return value
@@ -114,7 +117,7 @@ def _optional_guidance(array: npt.NDArray[np.generic] | None) -> float | None:
         return None
     if not np.issubdtype(array.dtype, np.floating):
         raise InvalidInputError("GUIDANCE", f"must be a float tensor, got {array.dtype}")
-    value = float(_single(array, "GUIDANCE"))  # type: ignore[arg-type]
+    value = float(_single(array, "GUIDANCE"))
     if not math.isfinite(value) or not 0.0 <= value <= 100.0:
         raise InvalidInputError("GUIDANCE", f"must be between 0 and 100, got {value}")
     return value

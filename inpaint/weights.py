@@ -37,7 +37,8 @@ def check_weights(config: ModelConfig) -> None:
     """Raise `WeightsError` unless the configured weights exist (and match `weights_sha256`)."""
     if not (config.weights_dir / "model_index.json").is_file():
         raise WeightsError(
-            f"weights_dir '{config.weights_dir}' is not a diffusers FLUX.1-Fill directory (no model_index.json)"
+            f"weights_dir '{config.weights_dir}' is not a diffusers FLUX.1-Fill directory "
+            "(no model_index.json)"
         )
     if config.gguf_file is not None and not config.gguf_file.is_file():
         raise WeightsError(f"gguf_file '{config.gguf_file}' does not exist")

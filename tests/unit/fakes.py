@@ -2,8 +2,6 @@
 
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from fluxfill.inpaint.engine import StepCallback
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 

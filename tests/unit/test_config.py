@@ -27,6 +27,8 @@ def test_config_pbtxt_sets_every_parameter_the_schema_knows() -> None:
     ("name", "value", "problem"),
     [
         ("weights_dir", "", "must be a path"),
+        ("weights_dir", "weights/flux", "must be an absolute path, got 'weights/flux'"),
+        ("gguf_file", "flux-q4.gguf", "must be an absolute path"),
         ("weights_sha256", "abc", "64 hexadecimal"),
         ("dtype", "fp8", "must be one of auto, bfloat16, float16, float32"),
         ("offload", "disk", "must be one of none, model, sequential, auto"),

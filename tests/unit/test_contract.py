@@ -6,9 +6,13 @@ from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, OUTPUTS
 from tests.support import read_model_config
 
 
-def declared(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput) -> tuple[str, str, tuple[int, ...]]:
+def declared(
+    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput,
+) -> tuple[str, str, tuple[int, ...]]:
     # Triton spells BYTES as TYPE_STRING in config.pbtxt.
-    datatype = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_").replace("STRING", "BYTES")
+    datatype = (
+        model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_").replace("STRING", "BYTES")
+    )
     return tensor.name, datatype, tuple(tensor.dims)
 
 

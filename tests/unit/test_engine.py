@@ -102,5 +102,7 @@ def test_a_step_callback_can_cancel_the_run() -> None:
 
     mask = np.ones((32, 32), bool)
     with pytest.raises(CancelledError):
-        InpaintEngine(PaintingDenoiser(), make_config()).inpaint(request_for(photo(32, 32), mask, 10), stop_at_two)
+        InpaintEngine(PaintingDenoiser(), make_config()).inpaint(
+            request_for(photo(32, 32), mask, 10), stop_at_two
+        )
     assert seen == [1, 2]

@@ -67,7 +67,9 @@ def test_crop_contains_mask_and_feather_band_and_stays_inside_image(
     mask = np.zeros(shape, bool)
     mask[rows, cols] = True
     feather = 6
-    plan = plan_crop(mask, crop_to_mask=True, margin_fraction=0.1, feather=feather, min_pixels=256, max_pixels=65_536)
+    plan = plan_crop(
+        mask, crop_to_mask=True, margin_fraction=0.1, feather=feather, min_pixels=256, max_pixels=65_536
+    )
     assert plan is not None
     box = plan.box
     assert 0 <= box.left < box.right <= shape[1]
@@ -81,7 +83,9 @@ def test_crop_contains_mask_and_feather_band_and_stays_inside_image(
 def test_full_frame_mode_denoises_the_whole_image() -> None:
     mask = np.zeros((300, 451), bool)
     mask[10:20, 10:20] = True
-    plan = plan_crop(mask, crop_to_mask=False, margin_fraction=0.3, feather=8, min_pixels=256, max_pixels=1 << 20)
+    plan = plan_crop(
+        mask, crop_to_mask=False, margin_fraction=0.3, feather=8, min_pixels=256, max_pixels=1 << 20
+    )
     assert plan is not None
     assert plan.box == Box(0, 0, 451, 300)
 
@@ -89,7 +93,9 @@ def test_full_frame_mode_denoises_the_whole_image() -> None:
 def test_crop_is_much_smaller_than_frame_for_a_small_mask() -> None:
     mask = np.zeros((3000, 4000), bool)
     mask[1000:1200, 2000:2300] = True
-    plan = plan_crop(mask, crop_to_mask=True, margin_fraction=0.3, feather=8, min_pixels=256, max_pixels=1 << 20)
+    plan = plan_crop(
+        mask, crop_to_mask=True, margin_fraction=0.3, feather=8, min_pixels=256, max_pixels=1 << 20
+    )
     assert plan is not None
     assert plan.box.area < 0.05 * 3000 * 4000
 

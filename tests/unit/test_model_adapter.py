@@ -3,7 +3,6 @@
 import importlib.util
 import json
 import sys
-from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -23,7 +22,7 @@ MODEL_PY = MODEL_REPOSITORY / "flux_fill" / "1" / "model.py"
 
 
 @pytest.fixture
-def model_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+def model_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub_pb_utils)
     stub_pb_utils.Logger.lines.clear()
     spec = importlib.util.spec_from_file_location("flux_fill_model", MODEL_PY)
@@ -31,7 +30,7 @@ def model_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    yield module
+    return module
 
 
 def fake_load(is_test_model: bool = False) -> Any:
@@ -50,7 +49,9 @@ def triton_args(**parameters: str) -> dict[str, str]:
 
 
 def request(**tensors: np.ndarray) -> stub_pb_utils.InferenceRequest:
-    return stub_pb_utils.InferenceRequest({name: stub_pb_utils.Tensor(name, a) for name, a in tensors.items()})
+    return stub_pb_utils.InferenceRequest(
+        {name: stub_pb_utils.Tensor(name, a) for name, a in tensors.items()}
+    )
 
 
 def valid_tensors() -> dict[str, np.ndarray]:
@@ -85,7 +86,9 @@ def test_valid_request_returns_image_of_input_size_and_the_seed(model: Any) -> N
 def test_each_request_in_a_batch_is_answered_on_its_own(model: Any) -> None:
     bad = valid_tensors()
     bad["MASK"] = np.zeros((5, 5), np.uint8)
-    good, broken, good_again = model.execute([request(**valid_tensors()), request(**bad), request(**valid_tensors())])
+    good, broken, good_again = model.execute(
+        [request(**valid_tensors()), request(**bad), request(**valid_tensors())]
+    )
     assert not good.has_error()
     assert broken.has_error()
     assert broken.error().code() == stub_pb_utils.TritonError.INVALID_ARG
@@ -111,7 +114,9 @@ def test_unexpected_failure_is_internal_with_its_message_and_logged(
     (response,) = model.execute([request(**valid_tensors())])
     assert response.error().code() == stub_pb_utils.TritonError.INTERNAL
     assert "RuntimeError: CUDA out of memory" in response.error().message()
-    assert any(level == "error" and "CUDA out of memory" in line for level, line in stub_pb_utils.Logger.lines)
+    assert any(
+        level == "error" and "CUDA out of memory" in line for level, line in stub_pb_utils.Logger.lines
+    )
 
 
 def test_bad_parameter_fails_the_load_naming_it(model_module: ModuleType) -> None:
@@ -121,7 +126,9 @@ def test_bad_parameter_fails_the_load_naming_it(model_module: ModuleType) -> Non
 
 def test_missing_weights_fail_the_load_with_the_path(model_module: ModuleType, tmp_path: Any) -> None:
     missing = tmp_path / "nowhere"
-    with pytest.raises(RuntimeError, match=f"weights_dir '{missing}' is not a diffusers FLUX.1-Fill directory"):
+    with pytest.raises(
+        RuntimeError, match=f"weights_dir '{missing}' is not a diffusers FLUX.1-Fill directory"
+    ):
         model_module.TritonPythonModel().initialize(triton_args(weights_dir=str(missing)))
 
 

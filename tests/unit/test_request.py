@@ -35,7 +35,9 @@ def test_defaults_fill_absent_optional_inputs() -> None:
 def test_explicit_values_are_used() -> None:
     request = build_request(
         valid_inputs(
-            STEPS=np.array([4], np.int32), GUIDANCE=np.array([3.5], np.float32), SEED=np.array([MAX_SEED], np.int64)
+            STEPS=np.array([4], np.int32),
+            GUIDANCE=np.array([3.5], np.float32),
+            SEED=np.array([MAX_SEED], np.int64),
         ),
         CONFIG,
     )

@@ -38,9 +38,11 @@ def test_mismatching_digest_names_both_digests(weights_dir: Path) -> None:
 def test_gguf_digest_is_the_file_sha256(weights_dir: Path) -> None:
     gguf = weights_dir / "t.gguf"
     gguf.write_bytes(b"GGUF")
-    check_weights(make_config(weights_dir=str(weights_dir), gguf_file=str(gguf), weights_sha256=file_sha256(gguf)))
+    check_weights(
+        make_config(weights_dir=str(weights_dir), gguf_file=str(gguf), weights_sha256=file_sha256(gguf))
+    )
 
 
 def test_missing_gguf_is_named(weights_dir: Path) -> None:
-    with pytest.raises(WeightsError, match="gguf_file '.*missing.gguf' does not exist"):
+    with pytest.raises(WeightsError, match=r"gguf_file '.*missing\.gguf' does not exist"):
         check_weights(make_config(weights_dir=str(weights_dir), gguf_file=str(weights_dir / "missing.gguf")))

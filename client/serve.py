@@ -1,0 +1,69 @@
+"""`fluxfill serve`: run tritonserver with the model repository in the foreground until Ctrl-C or SIGTERM."""
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE
+from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
+from fluxfill.inpaint.contract import MODEL_NAME
+
+logger = logging.getLogger(__name__)
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def flux_fill_parameters(args: argparse.Namespace) -> dict[str, str]:
+    """The parameter overrides for flux_fill; without --weights-dir, the tiny test model."""
+    parameters = dict(args.param)
+    if args.weights_dir:
+        parameters["weights_dir"] = str(Path(args.weights_dir).resolve())
+    elif "weights_dir" not in parameters:
+        from fluxfill.inpaint.tiny import ensure_tiny_model
+
+        tiny = ensure_tiny_model(args.tiny_model_dir)
+        parameters["weights_dir"] = str(tiny.pipeline_dir.resolve())
+        logger.warning(
+            "no --weights-dir given: serving the TINY TEST MODEL (random weights, output is noise)"
+        )
+    if args.gguf_file:
+        parameters["gguf_file"] = str(Path(args.gguf_file).resolve())
+    return parameters
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Start, report the endpoints, and stay in the foreground; exit 3 if the model cannot load."""
+    server = LocalTritonServer(
+        args.model_repository,
+        parameters={MODEL_NAME: flux_fill_parameters(args)},
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        required_models=[MODEL_NAME],
+    )
+    # The server runs in its own process group, so Ctrl-C reaches only us: stop it ourselves.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        server.start()
+        endpoints = f"grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}"
+        sys.stdout.write(f"{MODEL_NAME} READY  {endpoints}\n")
+        sys.stdout.flush()
+        code = server.wait()
+        sys.stderr.write(f"fluxfill serve: tritonserver exited with code {code}\n{server.log_text(20)}\n")
+        return EXIT_UNAVAILABLE
+    except ModelUnavailableError as error:
+        sys.stderr.write(f"fluxfill serve: {error.model} failed to load: {error.reason}\n")
+        return EXIT_UNAVAILABLE
+    except LocalServerError as error:
+        sys.stderr.write(f"fluxfill serve: {error}\n")
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        server.stop()

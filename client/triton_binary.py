@@ -1,0 +1,161 @@
+"""Locate tritonserver, prepare its backends and environment, and clean up its process group."""
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+# NVIDIA's container puts backends here; a tritonserver found on PATH is assumed to use this layout.
+CONTAINER_BACKENDS = Path("/opt/tritonserver/backends")
+STUB_NAME = "triton_python_backend_stub"
+# What the python backend needs beside its stub, as shipped in nvidia-pytriton.
+PYTHON_BACKEND_FILES = ("libtriton_python.so", "triton_python_backend_utils.py")
+
+
+class TritonNotFoundError(RuntimeError):
+    """No usable tritonserver: none on PATH and nvidia-pytriton is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class TritonBinary:
+    """A tritonserver executable and where its pieces live."""
+
+    executable: Path
+    # Backend directory to pass as-is (container), or None when one must be assembled (pytriton wheel).
+    backends: Path | None
+    # nvidia-pytriton only: the wheel's tritonserver directory and its bundled shared libraries.
+    pytriton_root: Path | None = None
+    libs: Path | None = None
+
+    def prepare_backends(self, run_dir: Path) -> Path:
+        """Return the --backend-directory, assembling one under run_dir for the pytriton wheel."""
+        if self.backends is not None:
+            return self.backends
+        if self.pytriton_root is None:
+            raise TritonNotFoundError(f"{self.executable}: no backend directory known")
+        return assemble_python_backend(self.pytriton_root, run_dir / "backends")
+
+    def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Server environment: this interpreter's bin/ first on PATH, bundled libs on the loader path."""
+        env = dict(os.environ)
+        # The python backend stub embeds libpython in isolated mode and finds its site-packages through
+        # the `python3` first on PATH (reading its pyvenv.cfg): our venv first gives models our packages.
+        # dirname of sys.executable, not its resolved target: the venv's bin/ is what carries pyvenv.cfg.
+        bin_dir = os.path.dirname(sys.executable)
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, env.get("PATH", "")) if p)
+        if self.libs is not None:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (str(self.libs), env.get("LD_LIBRARY_PATH", "")) if p
+            )
+        if extra:
+            env.update(extra)
+        return env
+
+
+def find_tritonserver() -> TritonBinary:
+    """Prefer a tritonserver on PATH (NVIDIA container), else the one shipped in nvidia-pytriton."""
+    on_path = shutil.which("tritonserver")
+    if on_path is not None:
+        executable = Path(on_path)
+        # Backends sit beside bin/ in the container (/opt/tritonserver/{bin,backends}).
+        beside = executable.resolve().parent.parent / "backends"
+        backends = beside if beside.is_dir() else CONTAINER_BACKENDS
+        logger.debug("using tritonserver on PATH: %s (backends %s)", executable, backends)
+        return TritonBinary(executable=executable, backends=backends)
+    return _pytriton_binary()
+
+
+def _pytriton_binary() -> TritonBinary:
+    # find_spec instead of import: importing pytriton pulls in its whole client stack for nothing.
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotFoundError("no tritonserver on PATH and nvidia-pytriton is not installed")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    root = package / "tritonserver"
+    executable = root / "bin" / "tritonserver"
+    if not executable.is_file():
+        raise TritonNotFoundError(f"nvidia-pytriton has no tritonserver binary at {executable}")
+    libs = package.parent / "nvidia_pytriton.libs"
+    logger.debug("using tritonserver from nvidia-pytriton: %s", executable)
+    return TritonBinary(
+        executable=executable, backends=None, pytriton_root=root, libs=libs if libs.is_dir() else None
+    )
+
+
+def stub_for_running_python(pytriton_root: Path) -> Path:
+    """The python backend stub built for this interpreter's major.minor version."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stubs = pytriton_root / "python_backend_stubs"
+    stub = stubs / version / STUB_NAME
+    if not stub.is_file():
+        available = sorted(p.name for p in stubs.iterdir()) if stubs.is_dir() else []
+        raise TritonNotFoundError(
+            f"nvidia-pytriton has no python backend stub for Python {version} "
+            f"(looked for {stub}; available: {', '.join(available) or 'none'})"
+        )
+    return stub
+
+
+def assemble_python_backend(pytriton_root: Path, backends: Path) -> Path:
+    """Build backends/python/ from links into the wheel, so the wheel itself is never modified."""
+    stub = stub_for_running_python(pytriton_root)
+    source = pytriton_root / "backends" / "python"
+    target = backends / "python"
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for name in PYTHON_BACKEND_FILES:
+        if not (source / name).is_file():
+            raise TritonNotFoundError(f"nvidia-pytriton's python backend lacks {source / name}")
+        (target / name).symlink_to(source / name)
+    # The backend looks for its stub next to libtriton_python.so; the wheel keeps one per Python version.
+    (target / STUB_NAME).symlink_to(stub)
+    return backends
+
+
+def free_port() -> int:
+    """A TCP port free right now on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in a process group, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Fields after the parenthesised command: state, ppid, pgrp, ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def end_group(pgid: int, timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL, a process group until no live member is left."""
+    # Zombies are ignored: they are dead already and only their parent (or init) can reap them.
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if not group_members(pgid):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, sig)
+        deadline = time.monotonic() + timeout_s
+        while group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if group_members(pgid):
+        logger.error("processes %s of group %d survived SIGKILL", group_members(pgid), pgid)

@@ -1,0 +1,46 @@
+"""Session fixtures: the tiny model, and real tritonservers serving the real model repository."""
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+
+import pytest
+
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.inpaint.tiny import TinyModel, ensure_tiny_model
+from tests.support import MODEL_REPOSITORY, REPO_ROOT
+
+# Shared with `make demo`: building is idempotent, so a second run reuses it.
+TINY_MODEL_DIR = REPO_ROOT / "build" / "tiny-flux-fill"
+# Few steps keep the integration tests fast; the tests that care pass STEPS themselves.
+TEST_PARAMETERS = {"default_steps": "2", "min_working_pixels": "16384", "max_working_pixels": "65536"}
+
+ServerFactory = Callable[..., LocalTritonServer]
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> TinyModel:
+    return ensure_tiny_model(TINY_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def start_flux_server(tiny_model: TinyModel) -> Iterator[ServerFactory]:
+    """Start a tritonserver serving flux_fill with some parameters overridden; all are stopped at the end."""
+    with ExitStack() as servers:
+
+        def start(require_ready: bool = True, **parameters: str) -> LocalTritonServer:
+            merged = {"weights_dir": str(tiny_model.pipeline_dir), **TEST_PARAMETERS, **parameters}
+            server = LocalTritonServer(
+                MODEL_REPOSITORY,
+                parameters={"flux_fill": merged},
+                required_models=["flux_fill"] if require_ready else [],
+            )
+            servers.enter_context(server)
+            return server
+
+        yield start
+
+
+@pytest.fixture(scope="session")
+def flux_server(start_flux_server: ServerFactory) -> LocalTritonServer:
+    """The tiny diffusers-format model, READY."""
+    return start_flux_server()

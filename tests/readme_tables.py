@@ -1,0 +1,68 @@
+"""Generate the README's tables from their sources of truth; `make readme` rewrites them.
+
+tests/unit/test_readme.py fails when the README differs from what this renders.
+"""
+
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from fluxfill.inpaint.config import DESCRIPTIONS, PARAMETER_NAMES
+from fluxfill.inpaint.contract import INPUTS, OUTPUTS, TensorSpec
+from tests.support import REPO_ROOT, repository_parameters
+
+README = REPO_ROOT / "README.md"
+
+
+def model_parameters() -> str:
+    """config.pbtxt parameters with their shipped values and meaning."""
+    values = repository_parameters()
+    rows = ["| parameter | shipped value | meaning |", "|---|---|---|"]
+    for name in PARAMETER_NAMES:
+        shipped = f"`{values[name]}`" if values[name] else "(empty)"
+        rows.append(f"| `{name}` | {shipped} | {DESCRIPTIONS[name]} |")
+    return "\n".join(rows)
+
+
+def _tensor_rows(specs: tuple[TensorSpec, ...]) -> list[str]:
+    rows = ["| tensor | type | shape | required | meaning |", "|---|---|---|---|---|"]
+    for spec in specs:
+        shape = "[" + ", ".join("-1" if d == -1 else str(d) for d in spec.shape) + "]"
+        required = "optional" if spec.optional else "yes"
+        rows.append(f"| `{spec.name}` | {spec.datatype} | {shape} | {required} | {spec.description} |")
+    return rows
+
+
+def tensor_contract() -> str:
+    """The model's inputs and outputs from fluxfill.inpaint.contract."""
+    return "\n".join(["Inputs:", "", *_tensor_rows(INPUTS), "", "Outputs:", "", *_tensor_rows(OUTPUTS)])
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "model-parameters": model_parameters,
+    "tensor-contract": tensor_contract,
+}
+
+
+def _block(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- BEGIN {name} -->\n)(.*?)(<!-- END {name} -->)", re.DOTALL)
+
+
+def current_block(text: str, name: str) -> str | None:
+    """The text between a table's markers in the README, or None when the markers are missing."""
+    match = _block(name).search(text)
+    return match.group(2).rstrip("\n") if match else None
+
+
+def rewrite(path: Path = README) -> None:
+    """Replace every generated block in the README with a fresh rendering."""
+    text = path.read_text()
+    for name, render in TABLES.items():
+        text = _block(name).sub(lambda m, r=render: f"{m.group(1)}{r()}\n{m.group(3)}", text)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    rewrite()
+    sys.exit(0)

@@ -1,0 +1,197 @@
+"""The tiny FLUX Fill model builds reproducibly, caches by recipe version and runs offline."""
+
+import hashlib
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
+from gguf import GGMLQuantizationType
+from PIL import Image
+
+from fluxfill.inpaint.tiny import (
+    TINY_MAX_SEQUENCE_LENGTH,
+    TINY_RECIPE_VERSION,
+    TinyModel,
+    build_tiny_model,
+    ensure_tiny_model,
+)
+
+MARKER = "tiny-model.json"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "Offline" means no connection is even attempted, not merely that none succeeded.
+    def refuse(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the tiny model tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny: TinyModel) -> Any:
+    pipeline = FluxFillPipeline.from_pretrained(tiny.pipeline_dir, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def gguf_transformer(tiny: TinyModel) -> Any:
+    return FluxTransformer2DModel.from_single_file(
+        tiny.gguf_file,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=torch.float32),
+        config=str(tiny.pipeline_dir),
+        subfolder="transformer",
+        local_files_only=True,
+    )
+
+
+def digests(root: Path) -> dict[str, str]:
+    model = TinyModel(pipeline_dir=root / "pipeline", gguf_file=root / "transformer-q8_0.gguf")
+    files = [*model.pipeline_dir.rglob("*"), model.gguf_file, root / MARKER]
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in files
+        if path.is_file()
+    }
+
+
+def inpaint(pipeline: Any, *, height: int, width: int, seed: int) -> np.ndarray[Any, Any]:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[height // 4 : height // 2, width // 4 : width // 2] = 255
+    result: np.ndarray[Any, Any] = pipeline(
+        prompt="a red chair",
+        image=Image.fromarray(pixels),
+        mask_image=Image.fromarray(mask),
+        height=height,
+        width=width,
+        num_inference_steps=4,
+        guidance_scale=30.0,
+        generator=torch.Generator().manual_seed(seed),
+        max_sequence_length=TINY_MAX_SEQUENCE_LENGTH,
+        output_type="np",
+    ).images
+    return result
+
+
+def test_two_builds_are_bitwise_identical(tiny: TinyModel, tmp_path: Path) -> None:
+    # Whatever the caller's global seed, the recipe seeds every component itself.
+    torch.manual_seed(999)
+    build_tiny_model(tmp_path)
+
+    first, second = digests(tiny.pipeline_dir.parent), digests(tmp_path)
+    assert "transformer-q8_0.gguf" in first
+    assert "pipeline/transformer/diffusion_pytorch_model.safetensors" in first
+    assert first == second
+
+
+def test_build_leaves_the_callers_torch_rng_alone(tmp_path: Path) -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    build_tiny_model(tmp_path)
+
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_marker_records_version_and_gguf_digest(tiny: TinyModel) -> None:
+    marker = json.loads((tiny.pipeline_dir.parent / MARKER).read_text())
+
+    assert marker["recipe_version"] == TINY_RECIPE_VERSION
+    assert marker["gguf_sha256"] == hashlib.sha256(tiny.gguf_file.read_bytes()).hexdigest()
+
+
+def test_ensure_reuses_a_build_with_a_matching_marker(tmp_path: Path) -> None:
+    built = ensure_tiny_model(tmp_path)
+    before = {path: path.stat().st_mtime_ns for path in (built.gguf_file, *built.pipeline_dir.rglob("*"))}
+
+    again = ensure_tiny_model(tmp_path)
+
+    assert again == built
+    assert {path: path.stat().st_mtime_ns for path in before} == before
+
+
+def test_ensure_rebuilds_when_the_marker_version_differs(tmp_path: Path) -> None:
+    built = ensure_tiny_model(tmp_path)
+    marker = tmp_path / MARKER
+    stale = json.loads(marker.read_text()) | {"recipe_version": TINY_RECIPE_VERSION - 1}
+    marker.write_text(json.dumps(stale))
+    old_inode = built.gguf_file.stat().st_ino
+
+    ensure_tiny_model(tmp_path)
+
+    assert built.gguf_file.stat().st_ino != old_inode
+    assert json.loads(marker.read_text())["recipe_version"] == TINY_RECIPE_VERSION
+
+
+def test_ensure_rebuilds_a_damaged_gguf_file(tmp_path: Path) -> None:
+    built = ensure_tiny_model(tmp_path)
+    good = built.gguf_file.read_bytes()
+    built.gguf_file.write_bytes(good[: len(good) // 2])
+
+    ensure_tiny_model(tmp_path)
+
+    assert built.gguf_file.read_bytes() == good
+
+
+@pytest.mark.usefixtures("no_network")
+@pytest.mark.parametrize(("height", "width"), [(48, 64), (64, 48)])
+def test_pipeline_loads_offline_and_inpaints_the_requested_size(
+    tiny: TinyModel, height: int, width: int
+) -> None:
+    pipeline = FluxFillPipeline.from_pretrained(tiny.pipeline_dir, local_files_only=True)
+    pipeline.set_progress_bar_config(disable=True)
+
+    image = inpaint(pipeline, height=height, width=width, seed=1)
+
+    assert image.shape == (1, height, width, 3)
+    assert np.isfinite(image).all()
+
+
+def test_same_seed_gives_bitwise_identical_images(pipe: Any) -> None:
+    first = inpaint(pipe, height=48, width=64, seed=7)
+    second = inpaint(pipe, height=48, width=64, seed=7)
+    other_seed = inpaint(pipe, height=48, width=64, seed=8)
+
+    assert np.array_equal(first, second)
+    assert not np.array_equal(first, other_seed)
+
+
+@pytest.mark.usefixtures("no_network")
+def test_gguf_file_loads_with_q8_0_linear_weights(gguf_transformer: Any, pipe: Any) -> None:
+    linears = [module for module in gguf_transformer.modules() if isinstance(module, torch.nn.Linear)]
+
+    assert linears
+    assert all(isinstance(module, GGUFLinear) for module in linears)
+    assert all(isinstance(module.weight, GGUFParameter) for module in linears)
+    assert {module.weight.quant_type for module in linears} == {GGMLQuantizationType.Q8_0}
+    assert gguf_transformer.config.in_channels == pipe.transformer.config.in_channels
+
+
+def test_gguf_pipeline_inpaints_close_to_the_full_precision_one(
+    tiny: TinyModel, gguf_transformer: Any, pipe: Any
+) -> None:
+    quantized = FluxFillPipeline.from_pretrained(
+        tiny.pipeline_dir, transformer=gguf_transformer, local_files_only=True
+    )
+    quantized.set_progress_bar_config(disable=True)
+
+    image = inpaint(quantized, height=48, width=64, seed=3)
+
+    assert image.shape == (1, 48, 64, 3)
+    assert np.isfinite(image).all()
+    # Q8_0 of the same weights: only rounding separates the two images.
+    assert np.abs(image - inpaint(pipe, height=48, width=64, seed=3)).max() < 0.05
