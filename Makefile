@@ -15,7 +15,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[model,serve,client,dev]'
+	$(BIN)/pip install --quiet -e '.[model,serve,client,bridge,bench,dev]'
 	touch $@
 
 tiny-model: $(INSTALLED)
