@@ -9,7 +9,7 @@ from types import FrameType
 
 from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
-from fluxfill.inpaint.contract import MODEL_NAME
+from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
 
 
 def flux_fill_parameters(args: argparse.Namespace) -> dict[str, str]:
-    """The parameter overrides for flux_fill; without --weights-dir, the tiny test model."""
+    """The parameter overrides for flux_fill_stream; without --weights-dir, the tiny test model."""
     parameters = dict(args.param)
     if args.weights_dir:
         parameters["weights_dir"] = str(Path(args.weights_dir).resolve())
@@ -40,19 +40,19 @@ def serve(args: argparse.Namespace) -> int:
     """Start, report the endpoints, and stay in the foreground; exit 3 if the model cannot load."""
     server = LocalTritonServer(
         args.model_repository,
-        parameters={MODEL_NAME: flux_fill_parameters(args)},
+        parameters={STREAM_MODEL_NAME: flux_fill_parameters(args)},
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
-        required_models=[MODEL_NAME],
+        required_models=[STREAM_MODEL_NAME, MODEL_NAME],
     )
     # The server runs in its own process group, so Ctrl-C reaches only us: stop it ourselves.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         server.start()
         endpoints = f"grpc {server.grpc_url}  http {server.http_url}  metrics {server.metrics_url}"
-        sys.stdout.write(f"{MODEL_NAME} READY  {endpoints}\n")
+        sys.stdout.write(f"{MODEL_NAME} and {STREAM_MODEL_NAME} READY  {endpoints}\n")
         sys.stdout.flush()
         code = server.wait()
         sys.stderr.write(f"fluxfill serve: tritonserver exited with code {code}\n{server.log_text(20)}\n")

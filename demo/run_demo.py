@@ -12,7 +12,7 @@ from fluxfill.client.errors import FluxFillError
 from fluxfill.client.images import load_mask, load_rgb, save_rgb
 from fluxfill.client.inference import FluxFillClient
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer
-from fluxfill.inpaint.contract import MODEL_NAME
+from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import ensure_tiny_model
 
 DEMO_DIR = Path(__file__).resolve().parent
@@ -42,8 +42,9 @@ def run() -> int:
     weights_dir = (args.weights_dir or ensure_tiny_model(args.tiny_model).pipeline_dir).resolve()
     image = load_rgb(DEMO_DIR / "chelsea.png")
     mask = load_mask(DEMO_DIR / "chelsea-mask.png")
-    parameters = {MODEL_NAME: {"weights_dir": str(weights_dir)}}
-    with LocalTritonServer(REPOSITORY, parameters=parameters, required_models=[MODEL_NAME]) as server:
+    parameters = {STREAM_MODEL_NAME: {"weights_dir": str(weights_dir)}}
+    required = [STREAM_MODEL_NAME, MODEL_NAME]
+    with LocalTritonServer(REPOSITORY, parameters=parameters, required_models=required) as server:
         if args.weights_dir is None:
             logging.warning(
                 "serving the TINY TEST MODEL: the repainted eye is noise; the rest is the original photo"

@@ -43,6 +43,9 @@ class ModelConfig:
     max_working_pixels: int
     min_working_pixels: int
     max_sequence_length: int
+    prompt_cache_size: int
+    max_run_seconds: float
+    warmup_steps: int
 
 
 # What each parameter means; the README's configuration table is generated from this and config.pbtxt.
@@ -63,6 +66,9 @@ DESCRIPTIONS: dict[str, str] = {
     "max_working_pixels": "the crop is downscaled to at most this many pixels before denoising",
     "min_working_pixels": "a smaller crop is upscaled to at least this many pixels before denoising",
     "max_sequence_length": "T5 prompt tokens (FLUX allows up to 512)",
+    "prompt_cache_size": "encoded prompts kept (LRU) so a repeated prompt skips the text encoders; 0 = off",
+    "max_run_seconds": "time limit of one run, stopped at the next step; a request's TIMEOUT_S may shorten it",
+    "warmup_steps": "steps of the warm-up inference run before the model reports READY; 0 = no warm-up",
 }
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -156,6 +162,9 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_working_pixels": _int(16 * 16, 16_777_216),
     "min_working_pixels": _int(16 * 16, 16_777_216),
     "max_sequence_length": _int(1, 512),
+    "prompt_cache_size": _int(0, 100_000),
+    "max_run_seconds": _float(0.001, 86_400.0),
+    "warmup_steps": _int(0, 1000),
 }
 PARAMETER_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ModelConfig))
 

@@ -6,7 +6,12 @@ Kept free of torch and Triton imports so the client can use it without the model
 
 from dataclasses import dataclass
 
+# Unary inference (HTTP and gRPC); forwards to the streaming model, which holds the weights.
 MODEL_NAME = "flux_fill"
+# Decoupled: one response per step over a gRPC stream, then the final image; its config.pbtxt has the parameters.
+STREAM_MODEL_NAME = "flux_fill_stream"
+# Triton request priorities: 1 overtakes 2 (the default) in both models' queues.
+PRIORITY_URGENT, PRIORITY_BULK = 1, 2
 # A mask value at or above this threshold marks a pixel to repaint.
 MASK_THRESHOLD = 128
 MAX_SEED = 2**63 - 1
@@ -30,11 +35,19 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("STEPS", "INT32", (1,), "denoising steps; absent means the model's default", optional=True),
     TensorSpec("GUIDANCE", "FP32", (1,), "guidance scale; absent means the model's default", optional=True),
     TensorSpec("SEED", "INT64", (1,), f"0..{MAX_SEED}; absent means a random seed", optional=True),
+    TensorSpec("TIMEOUT_S", "FP32", (1,), "time limit in seconds, at most max_run_seconds", optional=True),
 )
 
 OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("IMAGE", "UINT8", (-1, -1, 3), "inpainted RGB image of exactly the input's height and width"),
     TensorSpec("SEED", "INT64", (1,), "the seed actually used"),
+)
+
+# flux_fill_stream: every response carries STEP and TOTAL_STEPS; only the final one carries IMAGE and SEED.
+STREAM_OUTPUTS: tuple[TensorSpec, ...] = (
+    *OUTPUTS,
+    TensorSpec("STEP", "INT32", (1,), "denoising steps done (0 and 0 when the mask was empty)"),
+    TensorSpec("TOTAL_STEPS", "INT32", (1,), "denoising steps of this run"),
 )
 
 

@@ -21,7 +21,7 @@ from fluxfill.inpaint.geometry import (
 )
 from fluxfill.inpaint.request import InpaintRequest
 
-# Called after each denoising step with (step, total_steps); raising CancelledError stops the run.
+# Called with (0, total) just before denoising and (k, total) after step k; raising stops the run.
 StepCallback = Callable[[int, int], None]
 
 
@@ -97,7 +97,8 @@ class InpaintEngine:
         working_image = resize_rgb(original_crop, plan.working_width, plan.working_height)
         working_mask = resize_mask(alpha > 0, plan.working_width, plan.working_height)
         prepared = time.perf_counter()
-
+        if on_step is not None:
+            on_step(0, request.steps)
         generated = self._denoiser.denoise(
             working_image,
             working_mask,

@@ -17,6 +17,7 @@ from fluxfill.inpaint.config import ModelConfig
 from fluxfill.inpaint.engine import StepCallback
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 from fluxfill.inpaint.offload import OffloadDecision, choose_offload
+from fluxfill.inpaint.prompt_cache import PromptCache
 from fluxfill.inpaint.weights import check_weights
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,22 @@ class LoadReport:
 class DiffusersDenoiser:
     """A `FluxFillPipeline` behind the engine's `Denoiser` port."""
 
-    def __init__(self, pipeline: Any, max_sequence_length: int) -> None:
+    def __init__(self, pipeline: Any, max_sequence_length: int, prompt_cache_size: int) -> None:
         self._pipeline = pipeline
         self._max_sequence_length = max_sequence_length
+        self.prompt_cache: PromptCache[tuple[torch.Tensor, torch.Tensor]] = PromptCache(
+            prompt_cache_size, self._encode_prompt
+        )
+
+    def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            prompt_embeds, pooled_embeds, _text_ids = self._pipeline.encode_prompt(
+                prompt=prompt,
+                prompt_2=None,
+                device=self._pipeline._execution_device,
+                max_sequence_length=self._max_sequence_length,
+            )
+        return prompt_embeds, pooled_embeds
 
     def denoise(
         self,
@@ -65,11 +79,13 @@ class DiffusersDenoiser:
                 on_step(step_index + 1, steps)
             return {}
 
+        prompt_embeds, pooled_embeds = self.prompt_cache.get(prompt)
         # A CPU generator makes a seed mean the same noise on every device.
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with torch.inference_mode():
             output = self._pipeline(
-                prompt=prompt,
+                prompt_embeds=prompt_embeds,
+                pooled_prompt_embeds=pooled_embeds,
                 image=Image.fromarray(image),
                 mask_image=Image.fromarray(mask.astype(np.uint8) * 255),
                 height=height,
@@ -116,7 +132,14 @@ def load_pipeline(config: ModelConfig, device: str) -> tuple[DiffusersDenoiser, 
     report = LoadReport(
         device, str(dtype).removeprefix("torch."), decision, parameters, parameters < TEST_MODEL_PARAMETERS
     )
-    return DiffusersDenoiser(pipeline, config.max_sequence_length), report
+    return DiffusersDenoiser(pipeline, config.max_sequence_length, config.prompt_cache_size), report
+
+
+def peak_gpu_bytes(device: str) -> int | None:
+    """Peak memory allocated on a CUDA device since start, or None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    return int(torch.cuda.max_memory_allocated(torch.device(device)))
 
 
 def _module_bytes(module: torch.nn.Module) -> int:

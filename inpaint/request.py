@@ -30,6 +30,7 @@ class InpaintRequest:
     steps: int
     guidance: float
     seed: int
+    time_limit_s: float | None = None
 
 
 def build_request(inputs: RawInputs, config: ModelConfig) -> InpaintRequest:
@@ -38,8 +39,9 @@ def build_request(inputs: RawInputs, config: ModelConfig) -> InpaintRequest:
     mask = _mask(inputs.get("MASK"), image.shape[0], image.shape[1])
     prompt = _prompt(inputs.get("PROMPT")) or config.default_prompt
     steps = _optional_int(inputs.get("STEPS"), "STEPS", 1, config.max_steps)
-    guidance = _optional_guidance(inputs.get("GUIDANCE"))
+    guidance = _optional_float(inputs.get("GUIDANCE"), "GUIDANCE", 0.0, 100.0)
     seed = _optional_int(inputs.get("SEED"), "SEED", 0, MAX_SEED)
+    timeout = _optional_float(inputs.get("TIMEOUT_S"), "TIMEOUT_S", 0.001, config.max_run_seconds)
     return InpaintRequest(
         image=image,
         mask=mask,
@@ -47,6 +49,7 @@ def build_request(inputs: RawInputs, config: ModelConfig) -> InpaintRequest:
         steps=config.default_steps if steps is None else steps,
         guidance=config.default_guidance if guidance is None else guidance,
         seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
+        time_limit_s=config.max_run_seconds if timeout is None else timeout,
     )
 
 
@@ -112,12 +115,14 @@ def _optional_int(array: npt.NDArray[np.generic] | None, name: str, low: int, hi
     return value
 
 
-def _optional_guidance(array: npt.NDArray[np.generic] | None) -> float | None:
+def _optional_float(
+    array: npt.NDArray[np.generic] | None, name: str, low: float, high: float
+) -> float | None:
     if array is None:
         return None
     if not np.issubdtype(array.dtype, np.floating):
-        raise InvalidInputError("GUIDANCE", f"must be a float tensor, got {array.dtype}")
-    value = float(_single(array, "GUIDANCE"))
-    if not math.isfinite(value) or not 0.0 <= value <= 100.0:
-        raise InvalidInputError("GUIDANCE", f"must be between 0 and 100, got {value}")
+        raise InvalidInputError(name, f"must be a float tensor, got {array.dtype}")
+    value = float(_single(array, name))
+    if not math.isfinite(value) or not low <= value <= high:
+        raise InvalidInputError(name, f"must be between {low:g} and {high:g}, got {value:g}")
     return value

@@ -1,28 +1,102 @@
-"""The whole model behind one object: parameters in, validated requests through the engine."""
+"""The whole model behind one object: load (and warm up) once, then run validated requests."""
 
-from collections.abc import Mapping
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
 
 from fluxfill.inpaint.config import ModelConfig, parse_model_config
-from fluxfill.inpaint.engine import InpaintEngine, InpaintResult, StepCallback
-from fluxfill.inpaint.pipeline import LoadReport, load_pipeline
-from fluxfill.inpaint.request import RawInputs, build_request
+from fluxfill.inpaint.engine import InpaintEngine, InpaintResult
+from fluxfill.inpaint.geometry import working_size
+from fluxfill.inpaint.pipeline import LoadReport, load_pipeline, peak_gpu_bytes
+from fluxfill.inpaint.prompt_cache import CacheStats
+from fluxfill.inpaint.request import InpaintRequest, RawInputs, build_request
+from fluxfill.inpaint.run_control import ProgressSink, StepGuard
+
+logger = logging.getLogger(__name__)
+
+
+def _never() -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run and its per-step timings."""
+
+    result: InpaintResult
+    step_seconds: list[float]
+    total_steps: int
 
 
 class FluxFillService:
-    """What the Triton adapter drives: load once, then `run` per request."""
+    """What the Triton adapters drive: `load` once, then `run` per request."""
 
-    def __init__(self, engine: InpaintEngine, config: ModelConfig, report: LoadReport) -> None:
+    def __init__(
+        self,
+        engine: InpaintEngine,
+        config: ModelConfig,
+        report: LoadReport,
+        cache_stats: CacheStats | None = None,
+    ) -> None:
         self.engine = engine
         self.config = config
         self.report = report
+        self.load_seconds = 0.0
+        self.cache_stats = cache_stats or CacheStats()
 
     @classmethod
     def load(cls, parameters: Mapping[str, str], device: str) -> "FluxFillService":
-        """Parse the parameters and load the weights; raises ConfigError or WeightsError."""
+        """Parse the parameters, load the weights and warm up; raises ConfigError or WeightsError."""
+        started = time.perf_counter()
         config = parse_model_config(parameters)
         denoiser, report = load_pipeline(config, device)
-        return cls(InpaintEngine(denoiser, config), config, report)
+        service = cls(InpaintEngine(denoiser, config), config, report, denoiser.prompt_cache.stats)
+        service.warm_up()
+        service.load_seconds = time.perf_counter() - started
+        return service
 
-    def run(self, inputs: RawInputs, on_step: StepCallback | None = None) -> InpaintResult:
-        """Validate the raw inputs (InvalidInputError) and inpaint."""
-        return self.engine.inpaint(build_request(inputs, self.config), on_step)
+    def warm_up(self) -> None:
+        """One inference at the largest working size, so the first user request pays no first-run cost."""
+        if self.config.warmup_steps == 0:
+            return
+        side = int(np.sqrt(self.config.max_working_pixels))
+        width, height = working_size(
+            side, side, self.config.min_working_pixels, self.config.max_working_pixels
+        )
+        request = InpaintRequest(
+            image=np.full((height, width, 3), 127, np.uint8),
+            mask=np.ones((height, width), bool),
+            prompt=self.config.default_prompt,
+            steps=self.config.warmup_steps,
+            guidance=self.config.default_guidance,
+            seed=0,
+        )
+        started = time.perf_counter()
+        self.engine.inpaint(request)
+        logger.info(
+            "warm-up at %dx%d, %d steps: %.2f s", width, height, request.steps, time.perf_counter() - started
+        )
+
+    def run(
+        self,
+        inputs: RawInputs,
+        *,
+        is_cancelled: Callable[[], bool] = _never,
+        on_progress: ProgressSink | None = None,
+    ) -> Run:
+        """Validate the raw inputs (InvalidInputError) and inpaint, stopping on cancel or time limit."""
+        request = build_request(inputs, self.config)
+        guard = StepGuard(
+            time_limit_s=request.time_limit_s, is_cancelled=is_cancelled, on_progress=on_progress
+        )
+        guard.check(0, request.steps)
+        result = self.engine.inpaint(request, guard)
+        total = request.steps if result.denoised_box is not None else 0
+        return Run(result, guard.step_durations, total)
+
+    def gpu_peak_bytes(self) -> int | None:
+        """Peak GPU memory since load, where CUDA is present."""
+        return peak_gpu_bytes(self.report.device)

@@ -10,6 +10,8 @@ from fluxfill.inpaint.config import ModelConfig, parse_model_config
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 FLUX_FILL_CONFIG = MODEL_REPOSITORY / "flux_fill" / "config.pbtxt"
+# The streaming model holds the weights, so its config.pbtxt carries every parameter.
+FLUX_FILL_STREAM_CONFIG = MODEL_REPOSITORY / "flux_fill_stream" / "config.pbtxt"
 
 
 def read_model_config(path: Path = FLUX_FILL_CONFIG) -> model_config_pb2.ModelConfig:
@@ -19,7 +21,8 @@ def read_model_config(path: Path = FLUX_FILL_CONFIG) -> model_config_pb2.ModelCo
 
 def repository_parameters() -> dict[str, str]:
     """The flux_fill parameters exactly as config.pbtxt ships them."""
-    return {key: value.string_value for key, value in read_model_config().parameters.items()}
+    parameters = read_model_config(FLUX_FILL_STREAM_CONFIG).parameters
+    return {key: value.string_value for key, value in parameters.items()}
 
 
 def make_config(**overrides: str) -> ModelConfig:

@@ -6,13 +6,19 @@ from contextlib import ExitStack
 import pytest
 
 from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import TinyModel, ensure_tiny_model
 from tests.support import MODEL_REPOSITORY, REPO_ROOT
 
 # Shared with `make demo`: building is idempotent, so a second run reuses it.
 TINY_MODEL_DIR = REPO_ROOT / "build" / "tiny-flux-fill"
 # Few steps keep the integration tests fast; the tests that care pass STEPS themselves.
-TEST_PARAMETERS = {"default_steps": "2", "min_working_pixels": "16384", "max_working_pixels": "65536"}
+TEST_PARAMETERS = {
+    "default_steps": "2",
+    "min_working_pixels": "16384",
+    "max_working_pixels": "65536",
+    "warmup_steps": "1",
+}
 
 ServerFactory = Callable[..., LocalTritonServer]
 
@@ -24,15 +30,15 @@ def tiny_model() -> TinyModel:
 
 @pytest.fixture(scope="session")
 def start_flux_server(tiny_model: TinyModel) -> Iterator[ServerFactory]:
-    """Start a tritonserver serving flux_fill with some parameters overridden; all are stopped at the end."""
+    """Start tritonservers with flux_fill_stream's parameters overridden; all are stopped at the end."""
     with ExitStack() as servers:
 
         def start(require_ready: bool = True, **parameters: str) -> LocalTritonServer:
             merged = {"weights_dir": str(tiny_model.pipeline_dir), **TEST_PARAMETERS, **parameters}
             server = LocalTritonServer(
                 MODEL_REPOSITORY,
-                parameters={"flux_fill": merged},
-                required_models=["flux_fill"] if require_ready else [],
+                parameters={STREAM_MODEL_NAME: merged},
+                required_models=[STREAM_MODEL_NAME, MODEL_NAME] if require_ready else [],
             )
             servers.enter_context(server)
             return server

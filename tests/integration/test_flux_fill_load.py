@@ -36,7 +36,7 @@ def test_checksum_mismatch_is_unavailable_with_reason(
     server = start_flux_server(
         require_ready=False, gguf_file=str(tiny_model.gguf_file), weights_sha256="0" * 64
     )
-    state = server.model_states()["flux_fill"]
+    state = server.model_states()["flux_fill_stream"]
     assert state.state == "UNAVAILABLE"
     assert f"weights_sha256 mismatch for '{tiny_model.gguf_file}'" in state.reason
     assert "expected " + "0" * 64 in state.reason
@@ -51,7 +51,7 @@ def test_missing_weights_bad_parameter_and_log_say_why(
     server = start_flux_server(
         require_ready=False, weights_dir=str(tmp_path / "no-such-weights"), dtype="fp8"
     )
-    reason = server.model_states()["flux_fill"].reason
+    reason = server.model_states()["flux_fill_stream"].reason
     # The parameter is checked before the weights are looked for: the first problem is the one reported.
     assert (
         "flux_fill failed to load: parameter 'dtype': must be one of auto, bfloat16, float16, float32"
@@ -63,6 +63,6 @@ def test_missing_weights_bad_parameter_and_log_say_why(
 def test_missing_weights_dir_is_named(start_flux_server: ServerFactory, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-weights"
     server = start_flux_server(require_ready=False, weights_dir=str(missing))
-    state = server.model_states()["flux_fill"]
+    state = server.model_states()["flux_fill_stream"]
     assert state.state == "UNAVAILABLE"
     assert f"weights_dir '{missing}' is not a diffusers FLUX.1-Fill directory" in state.reason

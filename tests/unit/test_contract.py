@@ -2,8 +2,8 @@
 
 from tritonclient.grpc import model_config_pb2
 
-from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, OUTPUTS
-from tests.support import read_model_config
+from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, OUTPUTS, STREAM_MODEL_NAME, STREAM_OUTPUTS
+from tests.support import FLUX_FILL_STREAM_CONFIG, read_model_config
 
 
 def declared(
@@ -26,3 +26,19 @@ def test_config_pbtxt_inputs_match_the_contract() -> None:
 def test_config_pbtxt_outputs_match_the_contract() -> None:
     config = read_model_config()
     assert [declared(t) for t in config.output] == [(s.name, s.datatype, s.shape) for s in OUTPUTS]
+
+
+def test_stream_config_declares_the_same_inputs_and_the_progress_outputs() -> None:
+    config = read_model_config(FLUX_FILL_STREAM_CONFIG)
+    assert config.name == STREAM_MODEL_NAME
+    assert config.model_transaction_policy.decoupled
+    assert [declared(t) for t in config.input] == [(s.name, s.datatype, s.shape) for s in INPUTS]
+    assert [declared(t) for t in config.output] == [(s.name, s.datatype, s.shape) for s in STREAM_OUTPUTS]
+
+
+def test_both_models_bound_their_queue_and_have_two_priorities() -> None:
+    for config in (read_model_config(), read_model_config(FLUX_FILL_STREAM_CONFIG)):
+        batching = config.dynamic_batching
+        assert batching.priority_levels == 2
+        assert batching.default_priority_level == 2
+        assert 0 < batching.default_queue_policy.max_queue_size <= 64

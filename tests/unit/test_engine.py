@@ -89,7 +89,7 @@ def test_progress_reports_every_step_in_order() -> None:
     InpaintEngine(PaintingDenoiser(), make_config()).inpaint(
         request_for(photo(64, 64), mask, steps=5), lambda step, total: seen.append((step, total))
     )
-    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
+    assert seen == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]
 
 
 def test_a_step_callback_can_cancel_the_run() -> None:
@@ -105,4 +105,4 @@ def test_a_step_callback_can_cancel_the_run() -> None:
         InpaintEngine(PaintingDenoiser(), make_config()).inpaint(
             request_for(photo(32, 32), mask, 10), stop_at_two
         )
-    assert seen == [1, 2]
+    assert seen == [0, 1, 2]

@@ -1,36 +1,44 @@
-"""model.py turns tensors into requests and core errors into TritonError codes (no server needed)."""
+"""Both model.py adapters against a stub triton_python_backend_utils (no server needed)."""
 
 import importlib.util
 import json
 import sys
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
 
+from fluxfill.inpaint import cancel_flags
 from fluxfill.inpaint.config import parse_model_config
 from fluxfill.inpaint.engine import InpaintEngine
 from fluxfill.inpaint.offload import OffloadDecision
 from fluxfill.inpaint.pipeline import LoadReport
 from fluxfill.inpaint.service import FluxFillService
 from tests.support import MODEL_REPOSITORY, repository_parameters
-from tests.unit import stub_pb_utils
+from tests.unit import stub_pb_utils as pb
 from tests.unit.fakes import PaintingDenoiser
 
-MODEL_PY = MODEL_REPOSITORY / "flux_fill" / "1" / "model.py"
+FINAL = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
-@pytest.fixture
-def model_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub_pb_utils)
-    stub_pb_utils.Logger.lines.clear()
-    spec = importlib.util.spec_from_file_location("flux_fill_model", MODEL_PY)
+def load_model_py(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", pb)
+    spec = importlib.util.spec_from_file_location(f"{name}_model", MODEL_REPOSITORY / name / "1" / "model.py")
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def stream_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
+    pb.Logger.lines.clear()
+    pb.MetricFamily.registry.clear()
+    monkeypatch.setenv("FLUXFILL_CANCEL_DIR", str(tmp_path / "cancel"))
+    return load_model_py("flux_fill_stream", monkeypatch)
 
 
 def fake_load(is_test_model: bool = False) -> Any:
@@ -48,100 +56,190 @@ def triton_args(**parameters: str) -> dict[str, str]:
     return {"model_config": json.dumps(config), "model_instance_kind": "CPU", "model_instance_device_id": "0"}
 
 
-def request(**tensors: np.ndarray) -> stub_pb_utils.InferenceRequest:
-    return stub_pb_utils.InferenceRequest(
-        {name: stub_pb_utils.Tensor(name, a) for name, a in tensors.items()}
-    )
-
-
-def valid_tensors() -> dict[str, np.ndarray]:
+def valid_tensors(steps: int = 3) -> dict[str, pb.Tensor]:
     mask = np.zeros((32, 48), np.uint8)
     mask[4:12, 4:12] = 255
-    return {
+    arrays = {
         "IMAGE": np.full((32, 48, 3), 100, np.uint8),
         "MASK": mask,
         "PROMPT": np.array([b"a cat"], dtype=object),
         "SEED": np.array([42], np.int64),
+        "STEPS": np.array([steps], np.int32),
     }
+    return {name: pb.Tensor(name, array) for name, array in arrays.items()}
+
+
+def outputs(response: pb.InferenceResponse) -> dict[str, np.ndarray]:
+    return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
+
+def metric_value(family: str, **labels: str) -> float:
+    return next(m.value for m in pb.MetricFamily.registry[family].metrics if m.labels == labels)
 
 
 @pytest.fixture
-def model(model_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Any:
+def stream_model(stream_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(FluxFillService, "load", staticmethod(fake_load()))
-    instance = model_module.TritonPythonModel()
+    instance = stream_module.TritonPythonModel()
     instance.initialize(triton_args())
     return instance
 
 
-def test_valid_request_returns_image_of_input_size_and_the_seed(model: Any) -> None:
-    (response,) = model.execute([request(**valid_tensors())])
-    assert not response.has_error()
-    image, seed = response.output_tensors()
-    assert (image.name(), seed.name()) == ("IMAGE", "SEED")
-    assert image.as_numpy().shape == (32, 48, 3)
-    assert seed.as_numpy().tolist() == [42]
-    assert seed.as_numpy().dtype == np.int64
+def test_stream_sends_one_progress_response_per_step_then_the_final_image(stream_model: Any) -> None:
+    request = pb.InferenceRequest(valid_tensors(steps=3))
+    stream_model.execute([request])
+    sent = request.sender.sent
+    progress = [outputs(response) for response, flags in sent[:-1]]
+    assert [(p["STEP"].tolist(), p["TOTAL_STEPS"].tolist()) for p in progress] == [
+        ([1], [3]),
+        ([2], [3]),
+        ([3], [3]),
+    ]
+    assert all(flags == 0 for _, flags in sent[:-1])
+    final, flags = sent[-1]
+    assert flags == FINAL
+    assert outputs(final)["IMAGE"].shape == (32, 48, 3)
+    assert outputs(final)["SEED"].tolist() == [42]
+    assert metric_value("fluxfill_requests_total", outcome="success") == 1
 
 
-def test_each_request_in_a_batch_is_answered_on_its_own(model: Any) -> None:
+def test_invalid_request_gets_invalid_arg_and_the_next_one_succeeds(stream_model: Any) -> None:
     bad = valid_tensors()
-    bad["MASK"] = np.zeros((5, 5), np.uint8)
-    good, broken, good_again = model.execute(
-        [request(**valid_tensors()), request(**bad), request(**valid_tensors())]
-    )
-    assert not good.has_error()
-    assert broken.has_error()
-    assert broken.error().code() == stub_pb_utils.TritonError.INVALID_ARG
-    assert broken.error().message().startswith("MASK: must have shape")
-    assert not good_again.has_error()
+    bad["MASK"] = pb.Tensor("MASK", np.zeros((5, 5), np.uint8))
+    broken, good = pb.InferenceRequest(bad), pb.InferenceRequest(valid_tensors())
+    stream_model.execute([broken, good])
+    ((response, flags),) = broken.sender.sent
+    assert flags == FINAL
+    assert response.error().code() == pb.TritonError.INVALID_ARG
+    assert response.error().message().startswith("MASK: must have shape")
+    assert good.sender.sent[-1][0].error() is None
+    assert metric_value("fluxfill_requests_total", outcome="invalid") == 1
+    assert metric_value("fluxfill_requests_total", outcome="success") == 1
 
 
-def test_missing_prompt_is_invalid_arg(model: Any) -> None:
-    tensors = valid_tensors()
-    del tensors["PROMPT"]
-    (response,) = model.execute([request(**tensors)])
-    assert response.error().code() == stub_pb_utils.TritonError.INVALID_ARG
-    assert "PROMPT: is required" in response.error().message()
+def test_caller_cancelling_the_stream_stops_the_run_within_a_step(stream_model: Any) -> None:
+    request = pb.InferenceRequest(valid_tensors(steps=10), sender=pb.ResponseSender(cancel_after=2))
+    stream_model.execute([request])
+    final, flags = request.sender.sent[-1]
+    assert flags == FINAL
+    assert final.error().code() == pb.TritonError.CANCELLED
+    assert "after step 2 of 10" in final.error().message()
+    assert metric_value("fluxfill_requests_total", outcome="cancelled") == 1
 
 
-def test_unexpected_failure_is_internal_with_its_message_and_logged(
-    model: Any, monkeypatch: pytest.MonkeyPatch
+def test_forwarder_cancel_flag_stops_the_run(stream_model: Any) -> None:
+    request_id = cancel_flags.new_forwarded_id()
+    cancel_flags.request_cancel(request_id)
+    request = pb.InferenceRequest(valid_tensors(), request_id=request_id)
+    stream_model.execute([request])
+    assert request.sender.sent[-1][0].error().code() == pb.TritonError.CANCELLED
+    assert not cancel_flags.is_cancel_requested(request_id), "the flag is removed once the run is over"
+
+
+def test_time_limit_is_unavailable_with_deadline_message(stream_model: Any) -> None:
+    tensors = valid_tensors(steps=5)
+    tensors["TIMEOUT_S"] = pb.Tensor("TIMEOUT_S", np.array([1e-3], np.float32))
+    request = pb.InferenceRequest(tensors)
+    stream_model.execute([request])
+    error = request.sender.sent[-1][0].error()
+    assert error.code() == pb.TritonError.UNAVAILABLE
+    assert error.message().startswith("deadline exceeded: stopped after step")
+    assert metric_value("fluxfill_requests_total", outcome="timeout") == 1
+
+
+def test_unexpected_failure_is_internal_and_logged(
+    stream_model: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def explode(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("CUDA out of memory")
 
-    monkeypatch.setattr(model._service, "run", explode)
-    (response,) = model.execute([request(**valid_tensors())])
-    assert response.error().code() == stub_pb_utils.TritonError.INTERNAL
-    assert "RuntimeError: CUDA out of memory" in response.error().message()
-    assert any(
-        level == "error" and "CUDA out of memory" in line for level, line in stub_pb_utils.Logger.lines
-    )
+    monkeypatch.setattr(stream_model._service, "run", explode)
+    request = pb.InferenceRequest(valid_tensors())
+    stream_model.execute([request])
+    error = request.sender.sent[-1][0].error()
+    assert error.code() == pb.TritonError.INTERNAL
+    assert "RuntimeError: CUDA out of memory" in error.message()
+    assert any(level == "error" and "CUDA out of memory" in line for level, line in pb.Logger.lines)
+    assert metric_value("fluxfill_requests_total", outcome="error") == 1
 
 
-def test_bad_parameter_fails_the_load_naming_it(model_module: ModuleType) -> None:
+def test_bad_parameter_fails_the_load_naming_it(stream_module: ModuleType) -> None:
     with pytest.raises(RuntimeError, match="flux_fill failed to load: parameter 'feather_pixels': must be"):
-        model_module.TritonPythonModel().initialize(triton_args(feather_pixels="wide"))
+        stream_module.TritonPythonModel().initialize(triton_args(feather_pixels="wide"))
 
 
-def test_missing_weights_fail_the_load_with_the_path(model_module: ModuleType, tmp_path: Any) -> None:
+def test_missing_weights_fail_the_load_with_the_path(stream_module: ModuleType, tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(
         RuntimeError, match=f"weights_dir '{missing}' is not a diffusers FLUX.1-Fill directory"
     ):
-        model_module.TritonPythonModel().initialize(triton_args(weights_dir=str(missing)))
+        stream_module.TritonPythonModel().initialize(triton_args(weights_dir=str(missing)))
 
 
-def test_test_model_is_announced_loudly(model_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_test_model_is_announced_loudly(stream_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FluxFillService, "load", staticmethod(fake_load(is_test_model=True)))
-    model_module.TritonPythonModel().initialize(triton_args())
-    warnings = [line for level, line in stub_pb_utils.Logger.lines if level == "warn"]
+    stream_module.TritonPythonModel().initialize(triton_args())
+    warnings = [line for level, line in pb.Logger.lines if level == "warn"]
     assert any("TINY TEST MODEL" in line and "noise" in line for line in warnings)
 
 
-def test_gpu_instance_loads_on_its_device(model_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_instance_loads_on_its_device(stream_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(FluxFillService, "load", staticmethod(fake_load()))
-    args = {**triton_args(), "model_instance_kind": "GPU", "model_instance_device_id": "3"}
-    instance = model_module.TritonPythonModel()
-    instance.initialize(args)
+    instance = stream_module.TritonPythonModel()
+    instance.initialize({**triton_args(), "model_instance_kind": "GPU", "model_instance_device_id": "3"})
     assert instance._service.report.device == "cuda:3"
+    assert metric_value("fluxfill_model_info", device="cuda:3", dtype="float32", offload="none") == 1
+
+
+@pytest.fixture
+def forwarder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    monkeypatch.setenv("FLUXFILL_CANCEL_DIR", str(tmp_path / "cancel"))
+    monkeypatch.setattr(pb.InferenceRequest, "bls_handler", None)
+    return load_model_py("flux_fill", monkeypatch).TritonPythonModel()
+
+
+def progress_then_final(request: pb.InferenceRequest) -> list[pb.InferenceResponse]:
+    image = next(t for t in request.inputs if t.name() == "IMAGE").as_numpy()
+    step = [pb.Tensor("STEP", np.array([1], np.int32)), pb.Tensor("TOTAL_STEPS", np.array([1], np.int32))]
+    final = [pb.Tensor("IMAGE", image), pb.Tensor("SEED", np.array([7], np.int64)), *step]
+    return [pb.InferenceResponse(step), pb.InferenceResponse(final), pb.InferenceResponse()]
+
+
+def test_forwarder_returns_the_final_image_and_seed(forwarder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[pb.InferenceRequest] = []
+    monkeypatch.setattr(
+        pb.InferenceRequest, "bls_handler", lambda r: seen.append(r) or progress_then_final(r)
+    )
+    (response,) = forwarder.execute([pb.InferenceRequest(valid_tensors())])
+    assert sorted(outputs(response)) == ["IMAGE", "SEED"]
+    assert outputs(response)["SEED"].tolist() == [7]
+    (inner,) = seen
+    assert inner.model_name == "flux_fill_stream"
+    assert sorted(t.name() for t in inner.inputs) == ["IMAGE", "MASK", "PROMPT", "SEED", "STEPS"]
+    assert inner.request_id().startswith("fwd-")
+
+
+def test_forwarder_passes_errors_on_with_their_code(forwarder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    error = pb.InferenceResponse(error=pb.TritonError("MASK: must have shape", pb.TritonError.INVALID_ARG))
+    monkeypatch.setattr(pb.InferenceRequest, "bls_handler", lambda _r: [error])
+    (response,) = forwarder.execute([pb.InferenceRequest(valid_tensors())])
+    assert response.error().code() == pb.TritonError.INVALID_ARG
+    assert response.error().message() == "MASK: must have shape"
+
+
+def test_forwarder_turns_caller_cancellation_into_a_flag(
+    forwarder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags_seen: list[bool] = []
+
+    def stream(request: pb.InferenceRequest) -> Any:
+        yield pb.InferenceResponse([pb.Tensor("STEP", np.array([1], np.int32))])
+        flags_seen.append(cancel_flags.is_cancel_requested(request.request_id()))
+        yield pb.InferenceResponse(
+            error=pb.TritonError("cancelled after step 1 of 9", pb.TritonError.CANCELLED)
+        )
+
+    monkeypatch.setattr(pb.InferenceRequest, "bls_handler", stream)
+    (response,) = forwarder.execute([pb.InferenceRequest(valid_tensors(), cancelled=lambda: True)])
+    assert flags_seen == [True]
+    assert response.error().code() == pb.TritonError.CANCELLED

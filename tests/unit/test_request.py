@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fluxfill.inpaint.contract import MAX_SEED
-from fluxfill.inpaint.errors import InvalidInputError
+from fluxfill.inpaint.contract import INPUTS, MAX_SEED
+from fluxfill.inpaint.errors import InvalidInputError, code_for_message
 from fluxfill.inpaint.request import MAX_PROMPT_BYTES, build_request
 from tests.support import make_config
 
@@ -94,3 +94,20 @@ def test_invalid_input_names_tensor_and_reason(
     assert caught.value.code == "INVALID_ARG"
     assert str(caught.value).startswith(f"{tensor}: ")
     assert reason in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("MASK: must have shape [height, width]", "INVALID_ARG"),
+        ("TIMEOUT_S: must be between 0.001 and 300, got 0", "INVALID_ARG"),
+        ("cancelled by the caller after step 2 of 9", "CANCELLED"),
+        ("deadline exceeded: stopped after step 3 of 9", "UNAVAILABLE"),
+        ("Exceeds maximum queue size", "UNAVAILABLE"),
+        ("Request for unknown model: 'flux_fill_stream' has no available versions", "UNAVAILABLE"),
+        ("internal error: RuntimeError: CUDA out of memory", "INTERNAL"),
+        ("STEPSX: not an input name", "INTERNAL"),
+    ],
+)
+def test_error_code_is_recovered_from_a_message_that_crossed_bls(message: str, code: str) -> None:
+    assert code_for_message(message, tuple(spec.name for spec in INPUTS)) == code

@@ -1,0 +1,123 @@
+"""The model's own Prometheus metrics, beside Triton's nv_* families on the same /metrics endpoint.
+
+The metric API (`MetricFamily`) is injected: triton_python_backend_utils in the server, a stub in unit tests.
+"""
+
+from typing import Any
+
+from fluxfill.inpaint.errors import CancelledError, DeadlineExceededError, InvalidInputError
+from fluxfill.inpaint.prompt_cache import CacheStats
+
+OUTCOMES = ("success", "invalid", "cancelled", "timeout", "error")
+STEP_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+RUN_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0]
+PHASE_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]
+RATIO_BUCKETS = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0]
+
+
+def outcome_of(error: BaseException) -> str:
+    """The outcome label a failed request is counted under."""
+    if isinstance(error, InvalidInputError):
+        return "invalid"
+    if isinstance(error, CancelledError):
+        return "cancelled"
+    if isinstance(error, DeadlineExceededError):
+        return "timeout"
+    return "error"
+
+
+class ModelMetrics:
+    """Counters, histograms and gauges of one model instance."""
+
+    def __init__(self, triton: Any) -> None:
+        family = triton.MetricFamily
+        # The families must stay referenced for the model's lifetime, or later updates fail.
+        self._requests = family(
+            name="fluxfill_requests_total", description="Requests by outcome", kind=family.COUNTER
+        )
+        self._step = family(
+            name="fluxfill_step_duration_seconds",
+            description="Duration of one denoising step",
+            kind=family.HISTOGRAM,
+        )
+        self._denoise = family(
+            name="fluxfill_denoise_duration_seconds",
+            description="Denoising time of one run",
+            kind=family.HISTOGRAM,
+        )
+        self._phase = family(
+            name="fluxfill_phase_duration_seconds",
+            description="Time outside denoising, by phase",
+            kind=family.HISTOGRAM,
+        )
+        self._ratio = family(
+            name="fluxfill_denoised_pixel_ratio",
+            description="Share of the input's pixels denoised",
+            kind=family.HISTOGRAM,
+        )
+        self._load = family(
+            name="fluxfill_model_load_seconds",
+            description="Seconds to load weights and warm up",
+            kind=family.GAUGE,
+        )
+        self._gpu_peak = family(
+            name="fluxfill_gpu_memory_peak_bytes", description="Peak GPU memory allocated", kind=family.GAUGE
+        )
+        self._cache = family(
+            name="fluxfill_prompt_cache_requests_total",
+            description="Prompt cache lookups",
+            kind=family.COUNTER,
+        )
+        self._info = family(
+            name="fluxfill_model_info",
+            description="Placement of the loaded model (value 1)",
+            kind=family.GAUGE,
+        )
+        self.outcomes = {outcome: self._requests.Metric(labels={"outcome": outcome}) for outcome in OUTCOMES}
+        self.step_seconds = self._step.Metric(labels={}, buckets=STEP_BUCKETS)
+        self.denoise_seconds = self._denoise.Metric(labels={}, buckets=RUN_BUCKETS)
+        self.preprocess_seconds = self._phase.Metric(labels={"phase": "preprocess"}, buckets=PHASE_BUCKETS)
+        self.postprocess_seconds = self._phase.Metric(labels={"phase": "postprocess"}, buckets=PHASE_BUCKETS)
+        self.denoised_ratio = self._ratio.Metric(labels={}, buckets=RATIO_BUCKETS)
+        self.load_seconds = self._load.Metric(labels={})
+        self.gpu_peak_bytes = self._gpu_peak.Metric(labels={})
+        self.cache = {result: self._cache.Metric(labels={"result": result}) for result in ("hit", "miss")}
+        self._cache_seen = CacheStats()
+
+    def record_load(self, seconds: float, device: str, dtype: str, offload: str) -> None:
+        """Load time and where the weights live."""
+        self.load_seconds.set(seconds)
+        self._placement = self._info.Metric(labels={"device": device, "dtype": dtype, "offload": offload})
+        self._placement.set(1)
+
+    def record_outcome(self, outcome: str) -> None:
+        """Count one finished request."""
+        self.outcomes[outcome].increment(1)
+
+    def record_run(
+        self,
+        step_seconds: list[float],
+        times: tuple[float, float, float],
+        denoised_ratio: float,
+        ran_model: bool,
+    ) -> None:
+        """Timings of one successful run (the phases as preprocess, denoise, postprocess)."""
+        for seconds in step_seconds:
+            self.step_seconds.observe(seconds)
+        preprocess, denoise, postprocess = times
+        self.preprocess_seconds.observe(preprocess)
+        self.postprocess_seconds.observe(postprocess)
+        if ran_model:
+            self.denoise_seconds.observe(denoise)
+            self.denoised_ratio.observe(denoised_ratio)
+
+    def record_cache(self, stats: CacheStats) -> None:
+        """Bring the cache counters up to the cache's own counts."""
+        self.cache["hit"].increment(stats.hits - self._cache_seen.hits)
+        self.cache["miss"].increment(stats.misses - self._cache_seen.misses)
+        self._cache_seen = CacheStats(stats.hits, stats.misses)
+
+    def record_gpu_peak(self, peak_bytes: int | None) -> None:
+        """Peak allocated GPU memory since load (only where CUDA is present)."""
+        if peak_bytes is not None:
+            self.gpu_peak_bytes.set(peak_bytes)
