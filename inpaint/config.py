@@ -67,7 +67,7 @@ DESCRIPTIONS: dict[str, str] = {
     "min_working_pixels": "a smaller crop is upscaled to at least this many pixels before denoising",
     "max_sequence_length": "T5 prompt tokens (FLUX allows up to 512)",
     "prompt_cache_size": "encoded prompts kept (LRU) so a repeated prompt skips the text encoders; 0 = off",
-    "max_run_seconds": "time limit of one run, stopped at the next step; a request's TIMEOUT_S may shorten it",
+    "max_run_seconds": "time limit of one run, stopped at the next step; TIMEOUT_S may shorten it",
     "warmup_steps": "steps of the warm-up inference run before the model reports READY; 0 = no warm-up",
 }
 

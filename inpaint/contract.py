@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 # Unary inference (HTTP and gRPC); forwards to the streaming model, which holds the weights.
 MODEL_NAME = "flux_fill"
-# Decoupled: one response per step over a gRPC stream, then the final image; its config.pbtxt has the parameters.
+# Decoupled: one response per step over a gRPC stream, then the image; its config.pbtxt has the parameters.
 STREAM_MODEL_NAME = "flux_fill_stream"
 # Triton request priorities: 1 overtakes 2 (the default) in both models' queues.
 PRIORITY_URGENT, PRIORITY_BULK = 1, 2

@@ -94,16 +94,12 @@ class ModelMetrics:
         """Count one finished request."""
         self.outcomes[outcome].increment(1)
 
-    def record_run(
-        self,
-        step_seconds: list[float],
-        times: tuple[float, float, float],
-        denoised_ratio: float,
-        ran_model: bool,
-    ) -> None:
+    def record_step(self, seconds: float) -> None:
+        """One denoising step, as it finishes."""
+        self.step_seconds.observe(seconds)
+
+    def record_run(self, times: tuple[float, float, float], denoised_ratio: float, ran_model: bool) -> None:
         """Timings of one successful run (the phases as preprocess, denoise, postprocess)."""
-        for seconds in step_seconds:
-            self.step_seconds.observe(seconds)
         preprocess, denoise, postprocess = times
         self.preprocess_seconds.observe(preprocess)
         self.postprocess_seconds.observe(postprocess)

@@ -20,6 +20,8 @@ class StepGuard:
     time_limit_s: float | None = None
     is_cancelled: Callable[[], bool] = _never
     on_progress: ProgressSink | None = None
+    # Step timings are exported as they happen, so a long run is visible while it runs.
+    on_step_seconds: Callable[[float], None] | None = None
     started: float = field(default_factory=time.monotonic)
     step_durations: list[float] = field(default_factory=list)
     _last_step_at: float | None = None
@@ -38,6 +40,8 @@ class StepGuard:
         now = time.monotonic()
         if step > 0 and self._last_step_at is not None:
             self.step_durations.append(now - self._last_step_at)
+            if self.on_step_seconds is not None:
+                self.on_step_seconds(now - self._last_step_at)
         self._last_step_at = now
         if step > 0 and self.on_progress is not None:
             self.on_progress(step, total)

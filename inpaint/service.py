@@ -86,11 +86,15 @@ class FluxFillService:
         *,
         is_cancelled: Callable[[], bool] = _never,
         on_progress: ProgressSink | None = None,
+        on_step_seconds: Callable[[float], None] | None = None,
     ) -> Run:
         """Validate the raw inputs (InvalidInputError) and inpaint, stopping on cancel or time limit."""
         request = build_request(inputs, self.config)
         guard = StepGuard(
-            time_limit_s=request.time_limit_s, is_cancelled=is_cancelled, on_progress=on_progress
+            time_limit_s=request.time_limit_s,
+            is_cancelled=is_cancelled,
+            on_progress=on_progress,
+            on_step_seconds=on_step_seconds,
         )
         guard.check(0, request.steps)
         result = self.engine.inpaint(request, guard)

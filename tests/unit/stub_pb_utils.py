@@ -55,9 +55,9 @@ class ResponseSender:
     """Records what a decoupled model sends; `cancel_after` responses it reports the caller gone."""
 
     cancel_after: int | None = None
-    sent: list[tuple[InferenceResponse, int]] = field(default_factory=list)
+    sent: list[tuple[InferenceResponse | None, int]] = field(default_factory=list)
 
-    def send(self, response: InferenceResponse, flags: int = 0) -> None:
+    def send(self, response: InferenceResponse | None = None, flags: int = 0) -> None:
         self.sent.append((response, flags))
 
     def is_cancelled(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fluxfill.inpaint import cancel_flags
+from fluxfill.inpaint import forwarding
 from fluxfill.inpaint.config import parse_model_config
 from fluxfill.inpaint.engine import InpaintEngine
 from fluxfill.inpaint.offload import OffloadDecision
@@ -37,7 +37,7 @@ def load_model_py(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 def stream_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
     pb.Logger.lines.clear()
     pb.MetricFamily.registry.clear()
-    monkeypatch.setenv("FLUXFILL_CANCEL_DIR", str(tmp_path / "cancel"))
+    monkeypatch.setenv("FLUXFILL_FORWARDING_DIR", str(tmp_path / "cancel"))
     return load_model_py("flux_fill_stream", monkeypatch)
 
 
@@ -71,6 +71,17 @@ def valid_tensors(steps: int = 3) -> dict[str, pb.Tensor]:
 
 def outputs(response: pb.InferenceResponse) -> dict[str, np.ndarray]:
     return {tensor.name(): tensor.as_numpy() for tensor in response.output_tensors()}
+
+
+def error_sent(request: pb.InferenceRequest) -> pb.TritonError:
+    """The error a stream reported, checking that the stream was then closed."""
+    *_, (error_response, error_flags), (closing, closing_flags) = request.sender.sent
+    assert (closing, closing_flags) == (None, FINAL)
+    assert error_flags == 0
+    assert error_response is not None
+    error = error_response.error()
+    assert error is not None
+    return error
 
 
 def metric_value(family: str, **labels: str) -> float:
@@ -108,10 +119,11 @@ def test_invalid_request_gets_invalid_arg_and_the_next_one_succeeds(stream_model
     bad["MASK"] = pb.Tensor("MASK", np.zeros((5, 5), np.uint8))
     broken, good = pb.InferenceRequest(bad), pb.InferenceRequest(valid_tensors())
     stream_model.execute([broken, good])
-    ((response, flags),) = broken.sender.sent
-    assert flags == FINAL
-    assert response.error().code() == pb.TritonError.INVALID_ARG
-    assert response.error().message().startswith("MASK: must have shape")
+    error = error_sent(broken)
+    assert len(broken.sender.sent) == 2
+    assert error.code() == pb.TritonError.INVALID_ARG
+    assert error.message().startswith("MASK: must have shape")
+    assert good.sender.sent[-1][0] is not None
     assert good.sender.sent[-1][0].error() is None
     assert metric_value("fluxfill_requests_total", outcome="invalid") == 1
     assert metric_value("fluxfill_requests_total", outcome="success") == 1
@@ -120,20 +132,19 @@ def test_invalid_request_gets_invalid_arg_and_the_next_one_succeeds(stream_model
 def test_caller_cancelling_the_stream_stops_the_run_within_a_step(stream_model: Any) -> None:
     request = pb.InferenceRequest(valid_tensors(steps=10), sender=pb.ResponseSender(cancel_after=2))
     stream_model.execute([request])
-    final, flags = request.sender.sent[-1]
-    assert flags == FINAL
-    assert final.error().code() == pb.TritonError.CANCELLED
-    assert "after step 2 of 10" in final.error().message()
+    error = error_sent(request)
+    assert error.code() == pb.TritonError.CANCELLED
+    assert "after step 2 of 10" in error.message()
     assert metric_value("fluxfill_requests_total", outcome="cancelled") == 1
 
 
 def test_forwarder_cancel_flag_stops_the_run(stream_model: Any) -> None:
-    request_id = cancel_flags.new_forwarded_id()
-    cancel_flags.request_cancel(request_id)
+    request_id = forwarding.new_forwarded_id()
+    forwarding.request_cancel(request_id)
     request = pb.InferenceRequest(valid_tensors(), request_id=request_id)
     stream_model.execute([request])
-    assert request.sender.sent[-1][0].error().code() == pb.TritonError.CANCELLED
-    assert not cancel_flags.is_cancel_requested(request_id), "the flag is removed once the run is over"
+    assert error_sent(request).code() == pb.TritonError.CANCELLED
+    assert forwarding.take_error(request_id) == ("CANCELLED", "cancelled by the caller after step 0 of 3")
 
 
 def test_time_limit_is_unavailable_with_deadline_message(stream_model: Any) -> None:
@@ -141,7 +152,7 @@ def test_time_limit_is_unavailable_with_deadline_message(stream_model: Any) -> N
     tensors["TIMEOUT_S"] = pb.Tensor("TIMEOUT_S", np.array([1e-3], np.float32))
     request = pb.InferenceRequest(tensors)
     stream_model.execute([request])
-    error = request.sender.sent[-1][0].error()
+    error = error_sent(request)
     assert error.code() == pb.TritonError.UNAVAILABLE
     assert error.message().startswith("deadline exceeded: stopped after step")
     assert metric_value("fluxfill_requests_total", outcome="timeout") == 1
@@ -156,7 +167,7 @@ def test_unexpected_failure_is_internal_and_logged(
     monkeypatch.setattr(stream_model._service, "run", explode)
     request = pb.InferenceRequest(valid_tensors())
     stream_model.execute([request])
-    error = request.sender.sent[-1][0].error()
+    error = error_sent(request)
     assert error.code() == pb.TritonError.INTERNAL
     assert "RuntimeError: CUDA out of memory" in error.message()
     assert any(level == "error" and "CUDA out of memory" in line for level, line in pb.Logger.lines)
@@ -193,7 +204,7 @@ def test_gpu_instance_loads_on_its_device(stream_module: ModuleType, monkeypatch
 
 @pytest.fixture
 def forwarder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
-    monkeypatch.setenv("FLUXFILL_CANCEL_DIR", str(tmp_path / "cancel"))
+    monkeypatch.setenv("FLUXFILL_FORWARDING_DIR", str(tmp_path / "cancel"))
     monkeypatch.setattr(pb.InferenceRequest, "bls_handler", None)
     return load_model_py("flux_fill", monkeypatch).TritonPythonModel()
 
@@ -227,6 +238,23 @@ def test_forwarder_passes_errors_on_with_their_code(forwarder: Any, monkeypatch:
     assert response.error().message() == "MASK: must have shape"
 
 
+def test_forwarder_prefers_the_error_the_stream_recorded(
+    forwarder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stream(request: pb.InferenceRequest) -> Any:
+        forwarding.record_error(
+            request.request_id(), "UNAVAILABLE", "deadline exceeded: stopped after step 1"
+        )
+        # What this server build's BLS delivers: the progress, then an empty response instead of the error.
+        return [pb.InferenceResponse([pb.Tensor("STEP", np.array([1], np.int32))]), pb.InferenceResponse()]
+
+    monkeypatch.setattr(pb.InferenceRequest, "bls_handler", stream)
+    (response,) = forwarder.execute([pb.InferenceRequest(valid_tensors())])
+    assert response.error().code() == pb.TritonError.UNAVAILABLE
+    assert response.error().message() == "deadline exceeded: stopped after step 1"
+    assert not list(forwarding.channel_dir().iterdir()), "the forwarder cleans the channel up"
+
+
 def test_forwarder_turns_caller_cancellation_into_a_flag(
     forwarder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,7 +262,7 @@ def test_forwarder_turns_caller_cancellation_into_a_flag(
 
     def stream(request: pb.InferenceRequest) -> Any:
         yield pb.InferenceResponse([pb.Tensor("STEP", np.array([1], np.int32))])
-        flags_seen.append(cancel_flags.is_cancel_requested(request.request_id()))
+        flags_seen.append(forwarding.is_cancel_requested(request.request_id()))
         yield pb.InferenceResponse(
             error=pb.TritonError("cancelled after step 1 of 9", pb.TritonError.CANCELLED)
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import triton_python_backend_utils as pb_utils
 
-from fluxfill.inpaint import cancel_flags
+from fluxfill.inpaint import forwarding
 from fluxfill.inpaint.contract import INPUTS, OUTPUTS, STREAM_MODEL_NAME
 from fluxfill.inpaint.errors import code_for_message
 
@@ -26,11 +26,11 @@ class TritonPythonModel:
         inputs = [
             t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in _INPUT_NAMES) if t is not None
         ]
-        request_id = cancel_flags.new_forwarded_id()
+        request_id = forwarding.new_forwarded_id()
         inner = pb_utils.InferenceRequest(
             model_name=STREAM_MODEL_NAME,
             inputs=inputs,
-            requested_output_names=_OUTPUT_NAMES,
+            requested_output_names=[*_OUTPUT_NAMES, "STEP", "TOTAL_STEPS"],
             request_id=request_id,
         )
         final = None
@@ -38,20 +38,24 @@ class TritonPythonModel:
             # One response per step arrives, so a cancelled caller is noticed within a step.
             for response in inner.exec(decoupled=True):
                 if request.is_cancelled():
-                    cancel_flags.request_cancel(request_id)
+                    forwarding.request_cancel(request_id)
                 if response.has_error():
-                    return _error(response.error().message())
+                    return _error(request_id, response.error().message())
                 if pb_utils.get_output_tensor_by_name(response, "IMAGE") is not None:
                     final = response
+            if final is None:
+                return _error(request_id, f"{STREAM_MODEL_NAME} ended without a final image")
         finally:
-            cancel_flags.clear(request_id)
-        if final is None:
-            return _error(f"{STREAM_MODEL_NAME} ended without a final image")
+            forwarding.clear(request_id)
         outputs = [pb_utils.get_output_tensor_by_name(final, name) for name in _OUTPUT_NAMES]
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
 
-def _error(message: str) -> Any:
-    # BLS hands every inner error over as INTERNAL in this server build: recover the code from the message.
-    code = getattr(pb_utils.TritonError, code_for_message(message, _INPUT_NAMES))
-    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+def _error(request_id: str, fallback_message: str) -> Any:
+    # BLS hands inner errors over as INTERNAL (or drops them) in this server build: prefer the error the
+    # streaming model recorded; Triton's own refusals (queue full, not loaded) are known by their message.
+    recorded = forwarding.take_error(request_id)
+    code, message = recorded or (code_for_message(fallback_message, _INPUT_NAMES), fallback_message)
+    return pb_utils.InferenceResponse(
+        error=pb_utils.TritonError(message, getattr(pb_utils.TritonError, code))
+    )

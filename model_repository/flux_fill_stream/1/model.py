@@ -45,7 +45,7 @@ class TritonPythonModel:
         core_logger.addHandler(_TritonLogHandler())
         core_logger.setLevel(logging.INFO)
         try:
-            from fluxfill.inpaint import cancel_flags
+            from fluxfill.inpaint import forwarding
             from fluxfill.inpaint.config import flatten_triton_parameters
             from fluxfill.inpaint.contract import INPUTS
             from fluxfill.inpaint.errors import InpaintError
@@ -67,7 +67,7 @@ class TritonPythonModel:
         self._input_names = [spec.name for spec in INPUTS]
         self._expected_errors = InpaintError
         self._outcome_of = outcome_of
-        self._flags = cancel_flags
+        self._forwarding = forwarding
         self._metrics = ModelMetrics(pb_utils)
         report = self._service.report
         self._metrics.record_load(
@@ -98,7 +98,7 @@ class TritonPythonModel:
             inputs[name] = None if tensor is None else tensor.as_numpy()
 
         def cancelled() -> bool:
-            return bool(sender.is_cancelled()) or self._flags.is_cancel_requested(request_id)
+            return bool(sender.is_cancelled()) or self._forwarding.is_cancel_requested(request_id)
 
         def progress(step: int, total: int) -> None:
             if not sender.is_cancelled():
@@ -109,26 +109,31 @@ class TritonPythonModel:
                 sender.send(pb_utils.InferenceResponse(output_tensors=progress_tensors))
 
         try:
-            run = self._service.run(inputs, is_cancelled=cancelled, on_progress=progress)
+            run = self._service.run(
+                inputs,
+                is_cancelled=cancelled,
+                on_progress=progress,
+                on_step_seconds=self._metrics.record_step,
+            )
         except self._expected_errors as error:
-            outcome, response = self._outcome_of(error), _error(str(error), error.code)
+            outcome, code, message = self._outcome_of(error), error.code, str(error)
         except Exception as error:  # one broken request must not take the instance down
             pb_utils.Logger.log_error(f"flux_fill internal error: {traceback.format_exc()}")
-            outcome, response = (
-                "error",
-                _error(f"internal error: {type(error).__name__}: {error}", "INTERNAL"),
-            )
+            outcome, code, message = "error", "INTERNAL", f"internal error: {type(error).__name__}: {error}"
         else:
-            outcome, response = "success", self._final_response(run)
-        finally:
-            self._flags.clear(request_id)
+            self._record("success")
+            sender.send(self._final_response(run), flags=FINAL)
+            return
         self._record(outcome)
-        sender.send(response, flags=FINAL)
+        # After progress responses, this build's BLS drops an error response (and hangs its caller when the
+        # error carries the FINAL flag): leave the error for the forwarder, send it, then close the stream.
+        self._forwarding.record_error(request_id, code, message)
+        sender.send(_error(message, code))
+        sender.send(flags=FINAL)
 
     def _final_response(self, run: Any) -> Any:
         result = run.result
         self._metrics.record_run(
-            run.step_seconds,
             (result.times.preprocess, result.times.denoise, result.times.postprocess),
             result.denoised_share,
             ran_model=result.denoised_box is not None,

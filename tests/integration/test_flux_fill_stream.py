@@ -1,0 +1,238 @@
+"""Streaming, cancellation, time limits, queue policy, metrics and the prompt cache on a real tritonserver."""
+
+import queue
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from fluxfill.client.inference import FluxFillClient, contract_arrays
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, PRIORITY_URGENT, STREAM_MODEL_NAME
+
+pytestmark = pytest.mark.integration
+
+# A run long enough to interrupt on any machine: many steps at the largest working size of the test server.
+LONG_STEPS = 100
+
+
+def grpc_inputs(image: np.ndarray, mask: np.ndarray, prompt: str = "a cat", **optional: Any) -> list[Any]:
+    arrays = contract_arrays(image, mask, prompt, **{k: v for k, v in optional.items() if k != "timeout_s"})
+    if "timeout_s" in optional:
+        arrays["TIMEOUT_S"] = np.array([optional["timeout_s"]], np.float32)
+    types = {spec.name: spec.datatype for spec in INPUTS}
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(name, list(array.shape), types[name])
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def scene(size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    image = np.random.default_rng(size).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255
+    return image, mask
+
+
+class Stream:
+    """A gRPC stream to flux_fill_stream whose responses land in a queue."""
+
+    def __init__(self, server: LocalTritonServer) -> None:
+        self.client = grpcclient.InferenceServerClient(server.grpc_url)
+        self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
+        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
+
+    def send(self, inputs: list[Any]) -> None:
+        self.client.async_stream_infer(STREAM_MODEL_NAME, inputs)
+
+    def next(self, timeout: float = 60.0) -> tuple[Any, Any]:
+        return self.responses.get(timeout=timeout)
+
+    def until_final(self) -> Iterator[tuple[Any, Any]]:
+        while True:
+            result, error = self.next()
+            yield result, error
+            if error is not None or result.as_numpy("IMAGE") is not None:
+                return
+
+
+def metric(server: LocalTritonServer, name: str, **labels: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 (local server)
+    label_text = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? ([0-9.e+-]+)$", re.MULTILINE)
+    total = 0.0
+    for found_labels, value in pattern.findall(text):
+        if all(f'{k}="{v}"' in found_labels for k, v in labels.items()) or not label_text:
+            total += float(value)
+    return total
+
+
+def test_stream_sends_one_response_per_step_in_order_then_the_unary_image(
+    flux_server: LocalTritonServer,
+) -> None:
+    image, mask = scene(128)
+    stream = Stream(flux_server)
+    stream.send(grpc_inputs(image, mask, steps=4, seed=77))
+    responses = list(stream.until_final())
+    stream.client.stop_stream()
+    assert all(error is None for _, error in responses)
+    steps = [(int(r.as_numpy("STEP")[0]), int(r.as_numpy("TOTAL_STEPS")[0])) for r, _ in responses]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4), (4, 4)]
+    assert all(r.as_numpy("IMAGE") is None for r, _ in responses[:-1])
+    final = responses[-1][0]
+    with FluxFillClient(flux_server.http_url, "http") as client:
+        unary = client.inpaint(image, mask, "a cat", steps=4, seed=77)
+    assert np.array_equal(final.as_numpy("IMAGE"), unary.image)
+    assert int(final.as_numpy("SEED")[0]) == unary.seed == 77
+
+
+def test_cancelling_a_stream_stops_within_a_step_and_frees_the_model(flux_server: LocalTritonServer) -> None:
+    cancelled_before = metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
+    steps_before = metric(flux_server, "fluxfill_step_duration_seconds_count")
+    image, mask = scene(256)
+    stream = Stream(flux_server)
+    stream.send(grpc_inputs(image, mask, steps=LONG_STEPS, seed=1))
+    first, error = stream.next()
+    assert error is None
+    assert int(first.as_numpy("STEP")[0]) == 1
+    started = time.monotonic()
+    stream.client.stop_stream(cancel_requests=True)
+    with FluxFillClient(flux_server.grpc_url, "grpc") as client:
+        client.inpaint(*scene(64), "next", steps=1, seed=2)
+    assert time.monotonic() - started < 10, "the next request waited for the cancelled run"
+    assert metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before + 1
+    computed = metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
+    assert computed < LONG_STEPS / 2, f"{computed} steps computed after cancelling a {LONG_STEPS}-step run"
+
+
+def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: LocalTritonServer) -> None:
+    cancelled_before = metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
+    steps_before = metric(flux_server, "fluxfill_step_duration_seconds_count")
+    client = grpcclient.InferenceServerClient(flux_server.grpc_url)
+    done: queue.Queue[Any] = queue.Queue()
+    context = client.async_infer(
+        MODEL_NAME,
+        grpc_inputs(*scene(256), steps=LONG_STEPS, seed=3),
+        callback=lambda result, error: done.put((result, error)),
+    )
+    deadline = time.monotonic() + 30
+    while metric(flux_server, "fluxfill_step_duration_seconds_count") == steps_before:
+        assert time.monotonic() < deadline, "the forwarded run never started"
+        time.sleep(0.05)
+    context.cancel()
+    _, error = done.get(timeout=30)
+    assert error is not None
+    deadline = time.monotonic() + 30
+    while metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before:
+        assert time.monotonic() < deadline, "the inner run was not cancelled"
+        time.sleep(0.05)
+    computed = metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
+    assert computed < LONG_STEPS / 2
+
+
+@pytest.mark.parametrize("model", [MODEL_NAME, STREAM_MODEL_NAME])
+def test_time_limit_stops_a_long_run_with_a_deadline_error(
+    flux_server: LocalTritonServer, model: str
+) -> None:
+    timeouts_before = metric(flux_server, "fluxfill_requests_total", outcome="timeout")
+    inputs = grpc_inputs(*scene(256), steps=LONG_STEPS, seed=4, timeout_s=0.3)
+    started = time.monotonic()
+    if model == MODEL_NAME:
+        with pytest.raises(InferenceServerException) as caught:
+            grpcclient.InferenceServerClient(flux_server.grpc_url).infer(model, inputs)
+        error = caught.value
+    else:
+        stream = Stream(flux_server)
+        stream.send(inputs)
+        error = next(e for _, e in stream.until_final() if e is not None)
+        stream.client.stop_stream()
+    assert time.monotonic() - started < 15
+    # Stream errors carry no status in tritonclient: the message prefix is what identifies a deadline.
+    assert error.status() == ("StatusCode.UNAVAILABLE" if model == MODEL_NAME else None)
+    assert error.message().startswith("deadline exceeded: stopped after step")
+    assert "exceeds the limit of 0.3 s" in error.message()
+    assert metric(flux_server, "fluxfill_requests_total", outcome="timeout") == timeouts_before + 1
+
+
+def test_full_queue_refuses_excess_quickly_and_urgent_overtakes_bulk(flux_server: LocalTritonServer) -> None:
+    client = grpcclient.InferenceServerClient(flux_server.grpc_url)
+    finished: queue.Queue[tuple[str, float, Any]] = queue.Queue()
+
+    def on_done(tag: str, result: Any, error: Any) -> None:
+        finished.put((tag, time.monotonic(), error))
+
+    def submit(tag: str, steps: int, priority: int = 0) -> None:
+        client.async_infer(
+            MODEL_NAME,
+            grpc_inputs(*scene(64), steps=steps, seed=5),
+            callback=partial(on_done, tag),
+            priority=priority,
+        )
+
+    submit("blocker", LONG_STEPS // 4)
+    time.sleep(0.5)  # the blocker is executing; everything below waits in flux_fill's queue (max 8)
+    for index in range(8):
+        submit(f"bulk{index}", 1)
+    submit("urgent", 1, priority=PRIORITY_URGENT)
+    for index in range(3):
+        submit(f"excess{index}", 1)
+    results = [finished.get(timeout=120) for _ in range(13)]
+    refused = [(tag, error) for tag, _, error in results if error is not None]
+    assert len(refused) >= 3, refused
+    assert all("Exceeds maximum queue size" in error.message() for _, error in refused)
+    assert all(error.status() == "StatusCode.UNAVAILABLE" for _, error in refused)
+    order = [tag for tag, _, error in sorted(results, key=lambda r: r[1]) if error is None]
+    assert order[0] == "blocker"
+    assert order[1] == "urgent", order
+
+
+def test_repeated_prompt_hits_the_cache_with_identical_output(flux_server: LocalTritonServer) -> None:
+    hits, misses = (
+        metric(flux_server, "fluxfill_prompt_cache_requests_total", result=r) for r in ("hit", "miss")
+    )
+    prompt = f"a unique prompt {time.monotonic_ns()}"
+    with FluxFillClient(flux_server.grpc_url, "grpc") as client:
+        first = client.inpaint(*scene(96), prompt, steps=2, seed=8).image
+        second = client.inpaint(*scene(96), prompt, steps=2, seed=8).image
+    assert np.array_equal(first, second)
+    assert metric(flux_server, "fluxfill_prompt_cache_requests_total", result="miss") == misses + 1
+    assert metric(flux_server, "fluxfill_prompt_cache_requests_total", result="hit") == hits + 1
+
+
+def test_metrics_count_each_outcome(flux_server: LocalTritonServer) -> None:
+    names = ("success", "invalid", "cancelled", "timeout", "error")
+    before = {outcome: metric(flux_server, "fluxfill_requests_total", outcome=outcome) for outcome in names}
+    with FluxFillClient(flux_server.grpc_url, "grpc") as client:
+        client.inpaint(*scene(64), "ok", steps=1, seed=1)
+        client.inpaint(*scene(64), "ok", steps=1, seed=2)
+        image, _ = scene(64)
+        client.inpaint(image, np.zeros((64, 64), np.uint8), "empty mask is a success", seed=3)
+        with pytest.raises(Exception, match="MASK"):
+            client.inpaint(image, np.zeros((8, 8), np.uint8), "bad mask")
+    after = {outcome: metric(flux_server, "fluxfill_requests_total", outcome=outcome) for outcome in names}
+    assert {k: after[k] - before[k] for k in names} == {
+        "success": 3,
+        "invalid": 1,
+        "cancelled": 0,
+        "timeout": 0,
+        "error": 0,
+    }
+    assert metric(flux_server, "fluxfill_model_load_seconds") > 0
+    assert metric(flux_server, "fluxfill_model_info", device="cpu", offload="none") == 1
+    assert metric(flux_server, "fluxfill_denoised_pixel_ratio_count") > 0
+    assert metric(flux_server, "fluxfill_phase_duration_seconds_count", phase="preprocess") > 0
+
+
+def test_model_is_ready_only_after_its_warm_up(flux_server: LocalTritonServer) -> None:
+    log = flux_server.log_text()
+    assert "warm-up at" in log
+    assert log.index("warm-up at") < log.index("flux_fill ready on")
