@@ -11,8 +11,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, cast, get_args
 
+from fluxfill.inpaint.geometry import parse_buckets
+
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 OffloadPolicy = Literal["none", "model", "sequential", "auto"]
+Quantization = Literal["none", "fp8"]
+CompileMode = Literal["off", "regional", "full"]
+CompileBackend = Literal["inductor", "eager"]
 
 
 class ConfigError(ValueError):
@@ -46,6 +51,11 @@ class ModelConfig:
     prompt_cache_size: int
     max_run_seconds: float
     warmup_steps: int
+    resolution_buckets: tuple[tuple[int, int], ...]
+    transformer_quantization: Quantization
+    first_block_cache_threshold: float
+    compile: CompileMode
+    compile_backend: CompileBackend
 
 
 # What each parameter means; the README's configuration table is generated from this and config.pbtxt.
@@ -69,6 +79,12 @@ DESCRIPTIONS: dict[str, str] = {
     "prompt_cache_size": "encoded prompts kept (LRU) so a repeated prompt skips the text encoders; 0 = off",
     "max_run_seconds": "time limit of one run, stopped at the next step; TIMEOUT_S may shorten it",
     "warmup_steps": "steps of the warm-up inference run before the model reports READY; 0 = no warm-up",
+    "resolution_buckets": "working sizes to snap to, e.g. 1024x1024,1152x896 (empty = exact sizes)",
+    "transformer_quantization": "none, or fp8: torchao float8 dynamic quantization of transformer linears",
+    "first_block_cache_threshold": "first-block cache: reuse the remaining blocks while the first block's "
+    "output changes less than this (0 = off)",
+    "compile": "torch.compile the transformer: off, regional (repeated blocks) or full; warmed per bucket",
+    "compile_backend": "inductor (generates kernels) or eager (graph capture only: debugging, CPU tests)",
 }
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -99,6 +115,10 @@ def _optional_sha256(value: str) -> str | None:
     if not _SHA256.fullmatch(value):
         raise ValueError("must be 64 hexadecimal characters or empty")
     return value
+
+
+def _buckets(value: str) -> tuple[tuple[int, int], ...]:
+    return parse_buckets(value)
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
@@ -165,6 +185,11 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "prompt_cache_size": _int(0, 100_000),
     "max_run_seconds": _float(0.001, 86_400.0),
     "warmup_steps": _int(0, 1000),
+    "resolution_buckets": _buckets,
+    "transformer_quantization": _choice(get_args(Quantization)),
+    "first_block_cache_threshold": _float(0.0, 1.0),
+    "compile": _choice(get_args(CompileMode)),
+    "compile_backend": _choice(get_args(CompileBackend)),
 }
 PARAMETER_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ModelConfig))
 
@@ -190,6 +215,10 @@ def parse_model_config(parameters: Mapping[str, str]) -> ModelConfig:
 def _check_relations(config: ModelConfig) -> None:
     if config.default_steps > config.max_steps:
         raise ConfigError("default_steps", f"{config.default_steps} exceeds max_steps {config.max_steps}")
+    if config.compile != "off" and config.warmup_steps == 0:
+        raise ConfigError(
+            "warmup_steps", "must be at least 1 when compile is on, or user requests would compile"
+        )
     if config.min_working_pixels > config.max_working_pixels:
         raise ConfigError(
             "min_working_pixels",

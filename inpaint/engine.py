@@ -87,6 +87,7 @@ class InpaintEngine:
             feather=config.feather_pixels,
             min_pixels=config.min_working_pixels,
             max_pixels=config.max_working_pixels,
+            buckets=config.resolution_buckets,
         )
         if plan is None:
             # Nothing to repaint: the input is the answer, and the model never runs.

@@ -108,8 +108,13 @@ def plan_crop(
     feather: int,
     min_pixels: int,
     max_pixels: int,
+    buckets: tuple[tuple[int, int], ...] = (),
 ) -> CropPlan | None:
-    """Choose the region to denoise and its working size; None when the mask is empty."""
+    """Choose the region to denoise and its working size; None when the mask is empty.
+
+    With `buckets`, the working size is one of them (so compiled graphs are reused) and the crop grows
+    towards the bucket's aspect, so the resize stays (nearly) uniform.
+    """
     height, width = mask.shape
     bbox = mask_bounding_box(mask)
     if bbox is None:
@@ -121,6 +126,10 @@ def plan_crop(
     else:
         box = Box(0, 0, width, height)
     working_w, working_h = working_size(box.width, box.height, min_pixels, max_pixels)
+    if buckets:
+        working_w, working_h = choose_bucket(box.width, box.height, working_w * working_h, buckets)
+        if crop_to_mask:
+            box = fit_box_to_aspect(box, working_w / working_h, width, height)
     return CropPlan(box, working_w, working_h)
 
 
@@ -169,3 +178,43 @@ def composite(original: UInt8Array, generated: UInt8Array, alpha: FloatArray) ->
     blended = original.astype(np.float32) * (1.0 - weight) + generated.astype(np.float32) * weight
     mixed = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return np.where(weight > 0, mixed, original)
+
+
+def parse_buckets(text: str) -> tuple[tuple[int, int], ...]:
+    """Parse "1024x1024,1152x896" into sizes; raises ValueError naming the bad entry."""
+    buckets = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        width, sep, height = entry.partition("x")
+        if not (sep and width.isdigit() and height.isdigit()):
+            raise ValueError(f"{entry!r} is not WIDTHxHEIGHT")
+        if int(width) % SIZE_MULTIPLE or int(height) % SIZE_MULTIPLE or not int(width) or not int(height):
+            raise ValueError(f"{entry!r}: both sides must be positive multiples of {SIZE_MULTIPLE}")
+        buckets.append((int(width), int(height)))
+    return tuple(buckets)
+
+
+def choose_bucket(
+    width: int, height: int, target_pixels: int, buckets: tuple[tuple[int, int], ...]
+) -> tuple[int, int]:
+    """The bucket closest in aspect, then in area, to a crop that would be denoised at `target_pixels`."""
+
+    def distance(bucket: tuple[int, int]) -> tuple[float, float]:
+        aspect_error = abs(math.log((bucket[0] / bucket[1]) / (width / height)))
+        area_error = abs(math.log(bucket[0] * bucket[1] / target_pixels))
+        # Aspect dominates (distortion shows); area only separates buckets of one shape at several scales.
+        return round(aspect_error, 2), area_error
+
+    return min(buckets, key=distance)
+
+
+def fit_box_to_aspect(box: Box, aspect: float, width: int, height: int) -> Box:
+    """Grow the box's shorter dimension (centred, within the image) towards width/height == aspect."""
+    grow_w = max(0, round(box.height * aspect) - box.width)
+    grow_h = max(0, round(box.width / aspect) - box.height)
+    left = max(0, box.left - grow_w // 2)
+    right = min(width, left + box.width + grow_w)
+    left = max(0, right - box.width - grow_w)
+    top = max(0, box.top - grow_h // 2)
+    bottom = min(height, top + box.height + grow_h)
+    top = max(0, bottom - box.height - grow_h)
+    return Box(left, top, right, bottom)

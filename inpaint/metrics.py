@@ -3,6 +3,7 @@
 The metric API (`MetricFamily`) is injected: triton_python_backend_utils in the server, a stub in unit tests.
 """
 
+from dataclasses import dataclass
 from typing import Any
 
 from fluxfill.inpaint.errors import CancelledError, DeadlineExceededError, InvalidInputError
@@ -26,68 +27,88 @@ def outcome_of(error: BaseException) -> str:
     return "error"
 
 
+@dataclass(frozen=True)
+class FamilySpec:
+    """One metric family as /metrics shows it; the README's metrics table is generated from these."""
+
+    name: str
+    kind: str
+    labels: tuple[str, ...]
+    description: str
+
+
+FAMILIES: dict[str, FamilySpec] = {
+    "requests": FamilySpec("fluxfill_requests_total", "counter", ("outcome",), "requests by outcome"),
+    "step": FamilySpec("fluxfill_step_duration_seconds", "histogram", (), "one denoising step, as it ends"),
+    "denoise": FamilySpec(
+        "fluxfill_denoise_duration_seconds", "histogram", (), "all denoising steps of a run"
+    ),
+    "phase": FamilySpec(
+        "fluxfill_phase_duration_seconds",
+        "histogram",
+        ("phase",),
+        "preprocess (validate, crop, resize) and postprocess (resize back, composite)",
+    ),
+    "ratio": FamilySpec(
+        "fluxfill_denoised_pixel_ratio",
+        "histogram",
+        (),
+        "share of the input's pixels inside the denoised crop",
+    ),
+    "load": FamilySpec("fluxfill_model_load_seconds", "gauge", (), "loading the weights plus the warm-up"),
+    "gpu_peak": FamilySpec(
+        "fluxfill_gpu_memory_peak_bytes", "gauge", (), "peak GPU memory allocated (CUDA only)"
+    ),
+    "cache": FamilySpec(
+        "fluxfill_prompt_cache_requests_total",
+        "counter",
+        ("result",),
+        "prompt-embedding cache lookups (hit, miss)",
+    ),
+    "info": FamilySpec(
+        "fluxfill_model_info",
+        "gauge",
+        ("device", "dtype", "offload"),
+        "1, labelled with where the weights live",
+    ),
+}
+
+
 class ModelMetrics:
     """Counters, histograms and gauges of one model instance."""
 
     def __init__(self, triton: Any) -> None:
-        family = triton.MetricFamily
+        factory = triton.MetricFamily
+        kinds = {"counter": factory.COUNTER, "gauge": factory.GAUGE, "histogram": factory.HISTOGRAM}
         # The families must stay referenced for the model's lifetime, or later updates fail.
-        self._requests = family(
-            name="fluxfill_requests_total", description="Requests by outcome", kind=family.COUNTER
+        self._families = {
+            key: factory(name=spec.name, description=spec.description, kind=kinds[spec.kind])
+            for key, spec in FAMILIES.items()
+        }
+        family = self._families
+        self.outcomes = {
+            outcome: family["requests"].Metric(labels={"outcome": outcome}) for outcome in OUTCOMES
+        }
+        self.step_seconds = family["step"].Metric(labels={}, buckets=STEP_BUCKETS)
+        self.denoise_seconds = family["denoise"].Metric(labels={}, buckets=RUN_BUCKETS)
+        self.preprocess_seconds = family["phase"].Metric(
+            labels={"phase": "preprocess"}, buckets=PHASE_BUCKETS
         )
-        self._step = family(
-            name="fluxfill_step_duration_seconds",
-            description="Duration of one denoising step",
-            kind=family.HISTOGRAM,
+        self.postprocess_seconds = family["phase"].Metric(
+            labels={"phase": "postprocess"}, buckets=PHASE_BUCKETS
         )
-        self._denoise = family(
-            name="fluxfill_denoise_duration_seconds",
-            description="Denoising time of one run",
-            kind=family.HISTOGRAM,
-        )
-        self._phase = family(
-            name="fluxfill_phase_duration_seconds",
-            description="Time outside denoising, by phase",
-            kind=family.HISTOGRAM,
-        )
-        self._ratio = family(
-            name="fluxfill_denoised_pixel_ratio",
-            description="Share of the input's pixels denoised",
-            kind=family.HISTOGRAM,
-        )
-        self._load = family(
-            name="fluxfill_model_load_seconds",
-            description="Seconds to load weights and warm up",
-            kind=family.GAUGE,
-        )
-        self._gpu_peak = family(
-            name="fluxfill_gpu_memory_peak_bytes", description="Peak GPU memory allocated", kind=family.GAUGE
-        )
-        self._cache = family(
-            name="fluxfill_prompt_cache_requests_total",
-            description="Prompt cache lookups",
-            kind=family.COUNTER,
-        )
-        self._info = family(
-            name="fluxfill_model_info",
-            description="Placement of the loaded model (value 1)",
-            kind=family.GAUGE,
-        )
-        self.outcomes = {outcome: self._requests.Metric(labels={"outcome": outcome}) for outcome in OUTCOMES}
-        self.step_seconds = self._step.Metric(labels={}, buckets=STEP_BUCKETS)
-        self.denoise_seconds = self._denoise.Metric(labels={}, buckets=RUN_BUCKETS)
-        self.preprocess_seconds = self._phase.Metric(labels={"phase": "preprocess"}, buckets=PHASE_BUCKETS)
-        self.postprocess_seconds = self._phase.Metric(labels={"phase": "postprocess"}, buckets=PHASE_BUCKETS)
-        self.denoised_ratio = self._ratio.Metric(labels={}, buckets=RATIO_BUCKETS)
-        self.load_seconds = self._load.Metric(labels={})
-        self.gpu_peak_bytes = self._gpu_peak.Metric(labels={})
-        self.cache = {result: self._cache.Metric(labels={"result": result}) for result in ("hit", "miss")}
+        self.denoised_ratio = family["ratio"].Metric(labels={}, buckets=RATIO_BUCKETS)
+        self.load_seconds = family["load"].Metric(labels={})
+        self.gpu_peak_bytes = family["gpu_peak"].Metric(labels={})
+        self.cache = {result: family["cache"].Metric(labels={"result": result}) for result in ("hit", "miss")}
         self._cache_seen = CacheStats()
 
     def record_load(self, seconds: float, device: str, dtype: str, offload: str) -> None:
         """Load time and where the weights live."""
         self.load_seconds.set(seconds)
-        self._placement = self._info.Metric(labels={"device": device, "dtype": dtype, "offload": offload})
+        self._placement = self._families["info"].Metric(
+            labels={"device": device, "dtype": dtype, "offload": offload}
+        )
         self._placement.set(1)
 
     def record_outcome(self, outcome: str) -> None:

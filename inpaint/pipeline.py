@@ -18,6 +18,7 @@ from fluxfill.inpaint.engine import StepCallback
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 from fluxfill.inpaint.offload import OffloadDecision, choose_offload
 from fluxfill.inpaint.prompt_cache import PromptCache
+from fluxfill.inpaint.speedups import apply_speedups, reset_step_cache
 from fluxfill.inpaint.weights import check_weights
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class LoadReport:
     offload: OffloadDecision
     transformer_parameters: int
     is_test_model: bool
+    speedups: tuple[str, ...] = ()
 
 
 class DiffusersDenoiser:
@@ -80,6 +82,7 @@ class DiffusersDenoiser:
             return {}
 
         prompt_embeds, pooled_embeds = self.prompt_cache.get(prompt)
+        reset_step_cache(self._pipeline.transformer)
         # A CPU generator makes a seed mean the same noise on every device.
         generator = torch.Generator(device="cpu").manual_seed(seed)
         with torch.inference_mode():
@@ -120,17 +123,23 @@ def load_pipeline(config: ModelConfig, device: str) -> tuple[DiffusersDenoiser, 
             quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),  # type: ignore[no-untyped-call]
             config=str(config.weights_dir),
             subfolder="transformer",
-            torch_dtype=dtype,
+            dtype=dtype,
             local_files_only=True,
         )
     pipeline = FluxFillPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-        str(config.weights_dir), torch_dtype=dtype, local_files_only=True, **components
+        str(config.weights_dir), dtype=dtype, local_files_only=True, **components
     )
     pipeline.set_progress_bar_config(disable=True)
     decision = _place(pipeline, config, device)
     parameters = sum(p.numel() for p in pipeline.transformer.parameters())
+    speedups = tuple(apply_speedups(pipeline, config, device))
     report = LoadReport(
-        device, str(dtype).removeprefix("torch."), decision, parameters, parameters < TEST_MODEL_PARAMETERS
+        device,
+        str(dtype).removeprefix("torch."),
+        decision,
+        parameters,
+        parameters < TEST_MODEL_PARAMETERS,
+        speedups,
     )
     return DiffusersDenoiser(pipeline, config.max_sequence_length, config.prompt_cache_size), report
 

@@ -58,27 +58,31 @@ class FluxFillService:
         service.load_seconds = time.perf_counter() - started
         return service
 
+    def warm_up_sizes(self) -> list[tuple[int, int]]:
+        """Every bucket when compiling (each shape compiles once), else the largest working size."""
+        config = self.config
+        if config.resolution_buckets and config.compile != "off":
+            return list(config.resolution_buckets)
+        side = int(np.sqrt(config.max_working_pixels))
+        return [working_size(side, side, config.min_working_pixels, config.max_working_pixels)]
+
     def warm_up(self) -> None:
-        """One inference at the largest working size, so the first user request pays no first-run cost."""
+        """Inference before READY, so the first user request pays no first-run (or compile) cost."""
         if self.config.warmup_steps == 0:
             return
-        side = int(np.sqrt(self.config.max_working_pixels))
-        width, height = working_size(
-            side, side, self.config.min_working_pixels, self.config.max_working_pixels
-        )
-        request = InpaintRequest(
-            image=np.full((height, width, 3), 127, np.uint8),
-            mask=np.ones((height, width), bool),
-            prompt=self.config.default_prompt,
-            steps=self.config.warmup_steps,
-            guidance=self.config.default_guidance,
-            seed=0,
-        )
-        started = time.perf_counter()
-        self.engine.inpaint(request)
-        logger.info(
-            "warm-up at %dx%d, %d steps: %.2f s", width, height, request.steps, time.perf_counter() - started
-        )
+        for width, height in self.warm_up_sizes():
+            request = InpaintRequest(
+                image=np.full((height, width, 3), 127, np.uint8),
+                mask=np.ones((height, width), bool),
+                prompt=self.config.default_prompt,
+                steps=self.config.warmup_steps,
+                guidance=self.config.default_guidance,
+                seed=0,
+            )
+            started = time.perf_counter()
+            result = self.engine.inpaint(request)
+            elapsed = time.perf_counter() - started
+            logger.info("warm-up at %s, %d steps: %.2f s", result.working_size, request.steps, elapsed)
 
     def run(
         self,

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fluxfill.inpaint.config import DESCRIPTIONS, PARAMETER_NAMES
-from fluxfill.inpaint.contract import INPUTS, OUTPUTS, TensorSpec
+from fluxfill.inpaint.contract import INPUTS, OUTPUTS, STREAM_OUTPUTS, TensorSpec
+from fluxfill.inpaint.metrics import FAMILIES
 from tests.support import REPO_ROOT, repository_parameters
 
 README = REPO_ROOT / "README.md"
@@ -36,12 +37,36 @@ def _tensor_rows(specs: tuple[TensorSpec, ...]) -> list[str]:
 
 def tensor_contract() -> str:
     """The model's inputs and outputs from fluxfill.inpaint.contract."""
-    return "\n".join(["Inputs:", "", *_tensor_rows(INPUTS), "", "Outputs:", "", *_tensor_rows(OUTPUTS)])
+    return "\n".join(
+        [
+            "Inputs (both models):",
+            "",
+            *_tensor_rows(INPUTS),
+            "",
+            "Outputs of `flux_fill`:",
+            "",
+            *_tensor_rows(OUTPUTS),
+            "",
+            "Outputs of `flux_fill_stream` (each progress response has STEP and TOTAL_STEPS only):",
+            "",
+            *_tensor_rows(STREAM_OUTPUTS),
+        ]
+    )
+
+
+def model_metrics() -> str:
+    """Our metric families on Triton's /metrics, from fluxfill.inpaint.metrics."""
+    rows = ["| metric | type | labels | what it measures |", "|---|---|---|---|"]
+    for spec in FAMILIES.values():
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "—"
+        rows.append(f"| `{spec.name}` | {spec.kind} | {labels} | {spec.description} |")
+    return "\n".join(rows)
 
 
 TABLES: dict[str, Callable[[], str]] = {
     "model-parameters": model_parameters,
     "tensor-contract": tensor_contract,
+    "model-metrics": model_metrics,
 }
 
 
