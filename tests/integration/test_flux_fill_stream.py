@@ -76,6 +76,14 @@ def metric(server: LocalTritonServer, name: str, **labels: str) -> float:
     return total
 
 
+def wait_for_steps_beyond(server: LocalTritonServer, count: float) -> None:
+    """Block until a run has finished a step, i.e. it is executing now."""
+    deadline = time.monotonic() + 30
+    while metric(server, "fluxfill_step_duration_seconds_count") <= count:
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.02)
+
+
 def test_stream_sends_one_response_per_step_in_order_then_the_unary_image(
     flux_server: LocalTritonServer,
 ) -> None:
@@ -124,10 +132,7 @@ def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: Local
         grpc_inputs(*scene(256), steps=LONG_STEPS, seed=3),
         callback=lambda result, error: done.put((result, error)),
     )
-    deadline = time.monotonic() + 30
-    while metric(flux_server, "fluxfill_step_duration_seconds_count") == steps_before:
-        assert time.monotonic() < deadline, "the forwarded run never started"
-        time.sleep(0.05)
+    wait_for_steps_beyond(flux_server, steps_before)
     context.cancel()
     _, error = done.get(timeout=30)
     assert error is not None
@@ -170,16 +175,18 @@ def test_full_queue_refuses_excess_quickly_and_urgent_overtakes_bulk(flux_server
     def on_done(tag: str, result: Any, error: Any) -> None:
         finished.put((tag, time.monotonic(), error))
 
-    def submit(tag: str, steps: int, priority: int = 0) -> None:
+    def submit(tag: str, steps: int, priority: int = 0, size: int = 64) -> None:
         client.async_infer(
             MODEL_NAME,
-            grpc_inputs(*scene(64), steps=steps, seed=5),
+            grpc_inputs(*scene(size), steps=steps, seed=5),
             callback=partial(on_done, tag),
             priority=priority,
         )
 
-    submit("blocker", LONG_STEPS // 4)
-    time.sleep(0.5)  # the blocker is executing; everything below waits in flux_fill's queue (max 8)
+    steps_before = metric(flux_server, "fluxfill_step_duration_seconds_count")
+    submit("blocker", LONG_STEPS, size=256)
+    wait_for_steps_beyond(flux_server, steps_before)
+    # The blocker is executing: everything below waits in flux_fill's queue (max 8).
     for index in range(8):
         submit(f"bulk{index}", 1)
     submit("urgent", 1, priority=PRIORITY_URGENT)
