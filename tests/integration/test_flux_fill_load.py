@@ -66,3 +66,15 @@ def test_missing_weights_dir_is_named(start_flux_server: ServerFactory, tmp_path
     state = server.model_states()["flux_fill_stream"]
     assert state.state == "UNAVAILABLE"
     assert f"weights_dir '{missing}' is not a diffusers FLUX.1-Fill directory" in state.reason
+
+
+def test_missing_python_packages_are_unavailable_with_the_import_error(tiny_model: TinyModel) -> None:
+    from fluxfill.client.local_server import LocalTritonServer
+    from tests.support import MODEL_REPOSITORY
+
+    # Without our venv first on PATH the stub's Python has none of the model's packages.
+    parameters = {"flux_fill_stream": {"weights_dir": str(tiny_model.pipeline_dir)}}
+    with LocalTritonServer(MODEL_REPOSITORY, parameters=parameters, env={"PATH": "/usr/bin:/bin"}) as server:
+        state = server.model_states()["flux_fill_stream"]
+    assert state.state == "UNAVAILABLE"
+    assert "No module named" in state.reason
