@@ -51,6 +51,8 @@ class ModelConfig:
     prompt_cache_size: int
     max_run_seconds: float
     warmup_steps: int
+    preview_every: int
+    preview_max_side: int
     resolution_buckets: tuple[tuple[int, int], ...]
     transformer_quantization: Quantization
     first_block_cache_threshold: float
@@ -79,6 +81,8 @@ DESCRIPTIONS: dict[str, str] = {
     "prompt_cache_size": "encoded prompts kept (LRU) so a repeated prompt skips the text encoders; 0 = off",
     "max_run_seconds": "time limit of one run, stopped at the next step; TIMEOUT_S may shorten it",
     "warmup_steps": "steps of the warm-up inference run before the model reports READY; 0 = no warm-up",
+    "preview_every": "streaming: attach a low-resolution PREVIEW to every n-th step's response; 0 = never",
+    "preview_max_side": "longer side of a PREVIEW image, in pixels",
     "resolution_buckets": "working sizes to snap to, e.g. 1024x1024,1152x896 (empty = exact sizes)",
     "transformer_quantization": "none, or fp8: torchao float8 dynamic quantization of transformer linears",
     "first_block_cache_threshold": "first-block cache: reuse the remaining blocks while the first block's "
@@ -185,6 +189,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "prompt_cache_size": _int(0, 100_000),
     "max_run_seconds": _float(0.001, 86_400.0),
     "warmup_steps": _int(0, 1000),
+    "preview_every": _int(0, 1000),
+    "preview_max_side": _int(16, 1024),
     "resolution_buckets": _buckets,
     "transformer_quantization": _choice(get_args(Quantization)),
     "first_block_cache_threshold": _float(0.0, 1.0),

@@ -48,6 +48,7 @@ STREAM_OUTPUTS: tuple[TensorSpec, ...] = (
     *OUTPUTS,
     TensorSpec("STEP", "INT32", (1,), "denoising steps done (0 and 0 when the mask was empty)"),
     TensorSpec("TOTAL_STEPS", "INT32", (1,), "denoising steps of this run"),
+    TensorSpec("PREVIEW", "UINT8", (-1, -1, 3), "low-resolution working crop, every preview_every steps"),
 )
 
 

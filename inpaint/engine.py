@@ -23,6 +23,8 @@ from fluxfill.inpaint.request import InpaintRequest
 
 # Called with (0, total) just before denoising and (k, total) after step k; raising stops the run.
 StepCallback = Callable[[int, int], None]
+# Receives a low-resolution preview just before the step callback of the step it shows.
+PreviewCallback = Callable[[UInt8Array], None]
 
 
 class Denoiser(Protocol):
@@ -38,6 +40,7 @@ class Denoiser(Protocol):
         guidance: float,
         seed: int,
         on_step: StepCallback | None,
+        on_preview: PreviewCallback | None = None,
     ) -> UInt8Array: ...
 
 
@@ -76,7 +79,12 @@ class InpaintEngine:
         self._denoiser = denoiser
         self._config = config
 
-    def inpaint(self, request: InpaintRequest, on_step: StepCallback | None = None) -> InpaintResult:
+    def inpaint(
+        self,
+        request: InpaintRequest,
+        on_step: StepCallback | None = None,
+        on_preview: PreviewCallback | None = None,
+    ) -> InpaintResult:
         """Inpaint one request; pixels beyond the feathered mask stay bit-identical."""
         config = self._config
         started = time.perf_counter()
@@ -108,6 +116,7 @@ class InpaintEngine:
             guidance=request.guidance,
             seed=request.seed,
             on_step=on_step,
+            on_preview=on_preview,
         )
         denoised = time.perf_counter()
 

@@ -14,9 +14,10 @@ from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantization
 from PIL import Image
 
 from fluxfill.inpaint.config import ModelConfig
-from fluxfill.inpaint.engine import StepCallback
+from fluxfill.inpaint.engine import PreviewCallback, StepCallback
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 from fluxfill.inpaint.offload import OffloadDecision, choose_offload
+from fluxfill.inpaint.preview import decode_preview
 from fluxfill.inpaint.prompt_cache import PromptCache
 from fluxfill.inpaint.speedups import apply_speedups, reset_step_cache
 from fluxfill.inpaint.weights import check_weights
@@ -43,11 +44,13 @@ class LoadReport:
 class DiffusersDenoiser:
     """A `FluxFillPipeline` behind the engine's `Denoiser` port."""
 
-    def __init__(self, pipeline: Any, max_sequence_length: int, prompt_cache_size: int) -> None:
+    def __init__(self, pipeline: Any, config: ModelConfig) -> None:
         self._pipeline = pipeline
-        self._max_sequence_length = max_sequence_length
+        self._max_sequence_length = config.max_sequence_length
+        self._preview_every = config.preview_every
+        self._preview_max_side = config.preview_max_side
         self.prompt_cache: PromptCache[tuple[torch.Tensor, torch.Tensor]] = PromptCache(
-            prompt_cache_size, self._encode_prompt
+            config.prompt_cache_size, self._encode_prompt
         )
 
     def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,13 +73,23 @@ class DiffusersDenoiser:
         guidance: float,
         seed: int,
         on_step: StepCallback | None,
+        on_preview: PreviewCallback | None = None,
     ) -> UInt8Array:
         """Run the pipeline once at the image's size (a multiple of 16)."""
         height, width = mask.shape
 
         def after_step(
-            _pipe: Any, step_index: int, _timestep: Any, _tensors: dict[str, Any]
+            _pipe: Any, step_index: int, _timestep: Any, tensors: dict[str, Any]
         ) -> dict[str, Any]:
+            step = step_index + 1
+            if (
+                on_preview is not None
+                and self._preview_every
+                and step % self._preview_every == 0
+                and step < steps
+            ):
+                latents = tensors["latents"]
+                on_preview(decode_preview(self._pipeline, latents, height, width, self._preview_max_side))
             if on_step is not None:
                 on_step(step_index + 1, steps)
             return {}
@@ -141,7 +154,7 @@ def load_pipeline(config: ModelConfig, device: str) -> tuple[DiffusersDenoiser, 
         parameters < TEST_MODEL_PARAMETERS,
         speedups,
     )
-    return DiffusersDenoiser(pipeline, config.max_sequence_length, config.prompt_cache_size), report
+    return DiffusersDenoiser(pipeline, config), report
 
 
 def peak_gpu_bytes(device: str) -> int | None:

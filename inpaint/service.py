@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fluxfill.inpaint.config import ModelConfig, parse_model_config
-from fluxfill.inpaint.engine import InpaintEngine, InpaintResult
+from fluxfill.inpaint.engine import InpaintEngine, InpaintResult, PreviewCallback
 from fluxfill.inpaint.geometry import working_size
 from fluxfill.inpaint.pipeline import LoadReport, load_pipeline, peak_gpu_bytes
 from fluxfill.inpaint.prompt_cache import CacheStats
@@ -91,6 +91,7 @@ class FluxFillService:
         is_cancelled: Callable[[], bool] = _never,
         on_progress: ProgressSink | None = None,
         on_step_seconds: Callable[[float], None] | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> Run:
         """Validate the raw inputs (InvalidInputError) and inpaint, stopping on cancel or time limit."""
         request = build_request(inputs, self.config)
@@ -101,7 +102,7 @@ class FluxFillService:
             on_step_seconds=on_step_seconds,
         )
         guard.check(0, request.steps)
-        result = self.engine.inpaint(request, guard)
+        result = self.engine.inpaint(request, guard, on_preview)
         total = request.steps if result.denoised_box is not None else 0
         return Run(result, guard.step_durations, total)
 

@@ -243,3 +243,21 @@ def test_model_is_ready_only_after_its_warm_up(flux_server: LocalTritonServer) -
     log = flux_server.log_text()
     assert "warm-up at" in log
     assert log.index("warm-up at") < log.index("flux_fill ready on")
+
+
+def test_previews_ride_on_every_nth_progress_response(start_flux_server: Any) -> None:
+    server = start_flux_server(preview_every="2", preview_max_side="64", warmup_steps="0")
+    stream = Stream(server)
+    stream.send(grpc_inputs(*scene(256), steps=5, seed=6))
+    responses = [result for result, error in stream.until_final() if error is None]
+    stream.client.stop_stream()
+    shapes = {int(r.as_numpy("STEP")[0]): r.as_numpy("PREVIEW") for r in responses[:-1]}
+    assert [step for step, preview in shapes.items() if preview is not None] == [2, 4]
+    preview = shapes[2]
+    assert preview is not None
+    assert preview.dtype == np.uint8
+    assert max(preview.shape[:2]) <= 64
+    assert preview.shape[2] == 3
+    # Unary callers do not ask for previews, so none are decoded for them; the image is unchanged.
+    with FluxFillClient(server.grpc_url, "grpc") as client:
+        assert client.inpaint(*scene(64), "x", steps=2, seed=1).image.shape == (64, 64, 3)

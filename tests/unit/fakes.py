@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from fluxfill.inpaint.engine import StepCallback
+from fluxfill.inpaint.engine import PreviewCallback, StepCallback
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 
 
@@ -23,6 +23,7 @@ class PaintingDenoiser:
         guidance: float,
         seed: int,
         on_step: StepCallback | None,
+        on_preview: PreviewCallback | None = None,
     ) -> UInt8Array:
         self.calls.append(
             {"shape": image.shape, "mask_shape": mask.shape, "prompt": prompt, "steps": steps, "seed": seed}

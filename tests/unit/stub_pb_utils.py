@@ -87,10 +87,13 @@ class InferenceRequest:
         self._cancelled = cancelled
         self.model_name = model_name
         self.inputs = inputs or []
-        self.requested_output_names = requested_output_names or []
+        self.requested_output_names_value = requested_output_names or []
 
     def get_response_sender(self) -> ResponseSender:
         return self.sender
+
+    def requested_output_names(self) -> list[str]:
+        return self.requested_output_names_value
 
     def request_id(self) -> str:
         return self._request_id

@@ -100,12 +100,18 @@ class TritonPythonModel:
         def cancelled() -> bool:
             return bool(sender.is_cancelled()) or self._forwarding.is_cancel_requested(request_id)
 
+        # A preview is decoded only for callers that asked for it, and rides on its step's progress response.
+        wants_preview = "PREVIEW" in request.requested_output_names()
+        previews: list[Any] = []
+
         def progress(step: int, total: int) -> None:
             if not sender.is_cancelled():
                 progress_tensors = [
                     pb_utils.Tensor("STEP", _int32(step)),
                     pb_utils.Tensor("TOTAL_STEPS", _int32(total)),
                 ]
+                if previews:
+                    progress_tensors.append(pb_utils.Tensor("PREVIEW", previews.pop()))
                 sender.send(pb_utils.InferenceResponse(output_tensors=progress_tensors))
 
         try:
@@ -114,6 +120,7 @@ class TritonPythonModel:
                 is_cancelled=cancelled,
                 on_progress=progress,
                 on_step_seconds=self._metrics.record_step,
+                on_preview=previews.append if wants_preview else None,
             )
         except self._expected_errors as error:
             outcome, code, message = self._outcome_of(error), error.code, str(error)
