@@ -18,6 +18,7 @@ OffloadPolicy = Literal["none", "model", "sequential", "auto"]
 Quantization = Literal["none", "fp8"]
 CompileMode = Literal["off", "regional", "full"]
 CompileBackend = Literal["inductor", "eager"]
+T5Placement = Literal["device", "cpu"]
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class ModelConfig:
     first_block_cache_threshold: float
     compile: CompileMode
     compile_backend: CompileBackend
+    t5_placement: T5Placement
 
 
 # What each parameter means; the README's configuration table is generated from this and config.pbtxt.
@@ -88,6 +90,7 @@ DESCRIPTIONS: dict[str, str] = {
     "first_block_cache_threshold": "first-block cache: reuse the remaining blocks while the first block's "
     "output changes less than this (0 = off)",
     "compile": "torch.compile the transformer: off, regional (repeated blocks) or full; warmed per bucket",
+    "t5_placement": "device, or cpu: after warm-up T5 waits in CPU memory (cached prompts skip it)",
     "compile_backend": "inductor (generates kernels) or eager (graph capture only: debugging, CPU tests)",
 }
 
@@ -196,6 +199,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "first_block_cache_threshold": _float(0.0, 1.0),
     "compile": _choice(get_args(CompileMode)),
     "compile_backend": _choice(get_args(CompileBackend)),
+    "t5_placement": _choice(get_args(T5Placement)),
 }
 PARAMETER_NAMES: tuple[str, ...] = tuple(field.name for field in fields(ModelConfig))
 

@@ -54,14 +54,22 @@ class DiffusersDenoiser:
         )
 
     def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        pipeline = self._pipeline
+        device = pipeline._execution_device
         with torch.inference_mode():
-            prompt_embeds, pooled_embeds, _text_ids = self._pipeline.encode_prompt(
-                prompt=prompt,
-                prompt_2=None,
-                device=self._pipeline._execution_device,
-                max_sequence_length=self._max_sequence_length,
+            pooled_embeds = pipeline._get_clip_prompt_embeds(prompt=prompt, device=device)
+            # T5 may be parked in CPU memory (t5_placement=cpu): encode where it lives, then move the result.
+            t5_device = next(pipeline.text_encoder_2.parameters()).device
+            prompt_embeds = pipeline._get_t5_prompt_embeds(
+                prompt=prompt, max_sequence_length=self._max_sequence_length, device=t5_device
             )
-        return prompt_embeds, pooled_embeds
+        return prompt_embeds.to(device), pooled_embeds
+
+    def park_t5(self) -> None:
+        """Move T5 (9.5 GB in bf16) to CPU memory: prompt-cache hits never need it, misses run slower."""
+        self._pipeline.text_encoder_2.to("cpu")
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def denoise(
         self,

@@ -55,6 +55,9 @@ class FluxFillService:
         denoiser, report = load_pipeline(config, device)
         service = cls(InpaintEngine(denoiser, config), config, report, denoiser.prompt_cache.stats)
         service.warm_up()
+        if config.t5_placement == "cpu" and report.offload.mode == "none":
+            # After warm-up the default prompt is cached, so the fixed-prompt case never touches T5 again.
+            denoiser.park_t5()
         service.load_seconds = time.perf_counter() - started
         return service
 

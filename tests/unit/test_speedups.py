@@ -152,3 +152,15 @@ def test_regional_compile_with_buckets_warms_every_bucket(tiny_pipeline_dir: Pat
     assert all(block._compiled_call_impl is not None for block in blocks)
     assert service.warm_up_sizes() == [(128, 128), (160, 96)]
     assert inpaint_once(service).shape == (96, 128, 3)
+
+
+def test_t5_parked_after_warm_up_gives_identical_images(tiny_pipeline_dir: Path) -> None:
+    from fluxfill.inpaint.service import FluxFillService
+
+    resident = FluxFillService.load(small_config(tiny_pipeline_dir), "cpu")
+    parked = FluxFillService.load(small_config(tiny_pipeline_dir, t5_placement="cpu"), "cpu")
+    t5 = parked.engine._denoiser._pipeline.text_encoder_2  # type: ignore[attr-defined]
+    assert next(t5.parameters()).device.type == "cpu"
+    # A new prompt is a cache miss: it runs T5 where it is parked and must match the resident run.
+    assert np.array_equal(inpaint_once(parked), inpaint_once(resident))
+    assert parked.cache_stats.misses == 2  # the warm-up's default prompt, then "a ball"
