@@ -35,7 +35,9 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("STEPS", "INT32", (1,), "denoising steps; absent means the model's default", optional=True),
     TensorSpec("GUIDANCE", "FP32", (1,), "guidance scale; absent means the model's default", optional=True),
     TensorSpec("SEED", "INT64", (1,), f"0..{MAX_SEED}; absent means a random seed", optional=True),
-    TensorSpec("TIMEOUT_S", "FP32", (1,), "time limit in seconds, at most max_run_seconds", optional=True),
+    TensorSpec(
+        "TIMEOUT_S", "FP32", (1,), "time limit in seconds; the model's max_run_seconds caps it", optional=True
+    ),
 )
 
 OUTPUTS: tuple[TensorSpec, ...] = (

@@ -17,6 +17,9 @@ from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 # A prompt longer than this cannot be meant; T5 only reads max_sequence_length tokens anyway.
 MAX_PROMPT_BYTES = 4096
 
+# One day: anything longer is a mistake, not a limit.
+MAX_TIMEOUT_S = 86_400.0
+
 RawInputs = Mapping[str, npt.NDArray[np.generic] | None]
 
 
@@ -41,7 +44,7 @@ def build_request(inputs: RawInputs, config: ModelConfig) -> InpaintRequest:
     steps = _optional_int(inputs.get("STEPS"), "STEPS", 1, config.max_steps)
     guidance = _optional_float(inputs.get("GUIDANCE"), "GUIDANCE", 0.0, 100.0)
     seed = _optional_int(inputs.get("SEED"), "SEED", 0, MAX_SEED)
-    timeout = _optional_float(inputs.get("TIMEOUT_S"), "TIMEOUT_S", 0.001, config.max_run_seconds)
+    timeout = _optional_float(inputs.get("TIMEOUT_S"), "TIMEOUT_S", 0.001, MAX_TIMEOUT_S)
     return InpaintRequest(
         image=image,
         mask=mask,
@@ -49,7 +52,8 @@ def build_request(inputs: RawInputs, config: ModelConfig) -> InpaintRequest:
         steps=config.default_steps if steps is None else steps,
         guidance=config.default_guidance if guidance is None else guidance,
         seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-        time_limit_s=config.max_run_seconds if timeout is None else timeout,
+        # A caller's limit can only shorten the model's own: asking for more is not an error.
+        time_limit_s=config.max_run_seconds if timeout is None else min(timeout, config.max_run_seconds),
     )
 
 

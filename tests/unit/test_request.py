@@ -44,6 +44,19 @@ def test_explicit_values_are_used() -> None:
     assert (request.steps, request.guidance, request.seed, request.prompt) == (4, 3.5, MAX_SEED, "a red ball")
 
 
+@pytest.mark.parametrize(("asked", "applied"), [(None, 300.0), (12.5, 12.5), (599.0, 300.0)])
+def test_time_limit_is_the_callers_capped_by_the_models(asked: float | None, applied: float) -> None:
+    timeout = None if asked is None else np.array([asked], np.float32)
+    request = build_request(valid_inputs(TIMEOUT_S=timeout), make_config(max_run_seconds="300"))
+    assert request.time_limit_s == applied
+
+
+@pytest.mark.parametrize("asked", [0.0, -1.0, np.inf, 1e6])
+def test_time_limit_out_of_range_is_refused(asked: float) -> None:
+    with pytest.raises(InvalidInputError, match="TIMEOUT_S: must be between 0.001 and 86400"):
+        build_request(valid_inputs(TIMEOUT_S=np.array([asked], np.float32)), CONFIG)
+
+
 def test_mask_threshold_is_128() -> None:
     mask = np.zeros((20, 30), np.uint8)
     mask[0, 0], mask[0, 1], mask[0, 2] = 127, 128, 255
