@@ -53,7 +53,7 @@ def test_time_limit_is_the_callers_capped_by_the_models(asked: float | None, app
 
 @pytest.mark.parametrize("asked", [0.0, -1.0, np.inf, 1e6])
 def test_time_limit_out_of_range_is_refused(asked: float) -> None:
-    with pytest.raises(InvalidInputError, match="TIMEOUT_S: must be between 0.001 and 86400"):
+    with pytest.raises(InvalidInputError, match=r"TIMEOUT_S: must be between 0\.001 and 86400"):
         build_request(valid_inputs(TIMEOUT_S=np.array([asked], np.float32)), CONFIG)
 
 
