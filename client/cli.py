@@ -11,13 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from fluxfill.client.errors import (
-    EXIT_OK,
-    EXIT_USAGE,
-    FluxFillError,
-    InvalidInputError,
-    ServiceUnavailableError,
-)
+from fluxfill.client import cli_infer, cli_jobs
+from fluxfill.client.errors import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, FluxFillError, InvalidInputError
 
 DEFAULT_TINY_DIR = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fluxfill" / "tiny-flux-fill"
@@ -36,6 +31,9 @@ def _parameter(text: str) -> tuple[str, str]:
     return key, value
 
 
+JOB_COMMANDS = ("submit", "watch", "cancel", "dlq")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command with its --help."""
     parser = _Parser(
@@ -48,8 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tiny.add_argument("--output", type=Path, default=DEFAULT_TINY_DIR, help="directory to build into")
 
-    serve = commands.add_parser("serve", help="run tritonserver with the model repository until Ctrl-C")
-    serve.add_argument("--model-repository", type=Path, default=Path("model_repository"))
+    serve = commands.add_parser(
+        "serve",
+        help="run tritonserver with the model repository until Ctrl-C",
+        description="Serve flux_fill and flux_fill_stream with a local tritonserver until Ctrl-C or SIGTERM; "
+        "without --weights-dir, the tiny test model (its output is noise). Exit 3 if a model cannot load.",
+    )
+    serve.add_argument(
+        "--model-repository", type=Path, default=Path("model_repository"), help="the repository to serve"
+    )
     serve.add_argument("--weights-dir", help="diffusers FLUX.1-Fill directory (default: the tiny test model)")
     serve.add_argument("--gguf-file", help="GGUF transformer file to use instead of the directory's")
     serve.add_argument(
@@ -58,27 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a flux_fill config.pbtxt parameter (repeatable)",
+        help="override a flux_fill_stream config.pbtxt parameter (repeatable)",
     )
-    serve.add_argument("--tiny-model-dir", type=Path, default=DEFAULT_TINY_DIR)
+    serve.add_argument(
+        "--tiny-model-dir", type=Path, default=DEFAULT_TINY_DIR, help="where the tiny test model is built"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
     for port, default in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
-        serve.add_argument(f"--{port}-port", type=int, default=default)
+        serve.add_argument(f"--{port}-port", type=int, default=default, help=f"{port} port")
 
-    infer = commands.add_parser("infer", help="inpaint IMAGE where MASK is white, through a running server")
-    infer.add_argument("image", type=Path)
-    infer.add_argument(
-        "mask", type=Path, help="mask image (white = repaint) or RGBA image (transparent = repaint)"
-    )
-    infer.add_argument("--prompt", default="")
-    infer.add_argument("--output", type=Path, required=True)
-    infer.add_argument("--steps", type=int)
-    infer.add_argument("--guidance", type=float)
-    infer.add_argument("--seed", type=int)
-    infer.add_argument(
-        "--url", default=None, help="HOST:PORT (default localhost:8001 for grpc, 8000 for http)"
-    )
-    infer.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    cli_infer.add_parser(commands)
+    cli_jobs.add_parsers(commands)
 
     digest = commands.add_parser(
         "weights-digest", help="print the sha256 that the weights_sha256 parameter expects"
@@ -94,11 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _run(args)
     except FluxFillError as error:
-        sys.stderr.write(f"fluxfill {args.command}: {error}\n")
+        # One line, whatever the server's message held.
+        message = " ".join(str(error).split())
+        sys.stderr.write(f"fluxfill {args.command}: {message}\n")
         return error.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write(f"fluxfill {args.command}: interrupted\n")
-        return 130
+        sys.stderr.write(f"fluxfill {args.command}: interrupted (Ctrl-C)\n")
+        return EXIT_STOPPED
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,7 +110,9 @@ def _run(args: argparse.Namespace) -> int:
 
         return serve(args)
     if args.command == "infer":
-        return _infer(args)
+        return cli_infer.run(args)
+    if args.command in JOB_COMMANDS:
+        return cli_jobs.run(args)
     if args.command == "weights-digest":
         from fluxfill.inpaint.weights import directory_digest, file_sha256
 
@@ -123,25 +122,3 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{digest}\n")
         return EXIT_OK
     raise AssertionError(args.command)
-
-
-def _infer(args: argparse.Namespace) -> int:
-    from fluxfill.client.images import load_mask, load_rgb, save_rgb
-    from fluxfill.client.inference import FluxFillClient
-
-    image, mask = load_rgb(args.image), load_mask(args.mask)
-    if image.shape[:2] != mask.shape:
-        raise InvalidInputError(
-            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
-        )
-    url = args.url or ("localhost:8001" if args.protocol == "grpc" else "localhost:8000")
-    try:
-        with FluxFillClient(url, args.protocol) as client:
-            result = client.inpaint(
-                image, mask, args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed
-            )
-    except ConnectionError as error:
-        raise ServiceUnavailableError(f"cannot reach {url}: {error}") from None
-    save_rgb(result.image, args.output)
-    sys.stdout.write(f"wrote {args.output} (seed {result.seed})\n")
-    return EXIT_OK

@@ -1,13 +1,22 @@
-"""Errors the client raises, translated from tritonclient at one boundary.
+"""Errors the client raises, translated from tritonclient and socket errors at one boundary.
 
 FluxFillError
-├── InvalidInputError         the server refused the input (INVALID_ARG / HTTP 400); exit code 2
+├── InvalidInputError         the input is wrong (bad file, mask size, INVALID_ARG / HTTP 400); exit code 2
 ├── ServiceUnavailableError   no server, model not ready, queue full (UNAVAILABLE / 503); exit code 3
+│   └── ContractMismatchError the server's model declares other tensors than this client's contract
 ├── CancelledError            the run was cancelled; exit code 4
 └── DeadlineExceededError     the run hit its time limit; exit code 4
+
+Only a `ServiceUnavailableError` with `retryable` set is worth retrying: the server may come back or its
+queue drain. A model that failed to load, or a contract mismatch, will not fix itself.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from tritonclient.utils import InferenceServerException
+
+from fluxfill.inpaint.contract import INPUTS
 
 # The command line's exit codes (documented in the README).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_STOPPED = 0, 1, 2, 3, 4
@@ -20,18 +29,34 @@ class FluxFillError(Exception):
 
 
 class InvalidInputError(FluxFillError):
+    """The input cannot be used; the message says which and why."""
+
     exit_code = EXIT_USAGE
 
 
 class ServiceUnavailableError(FluxFillError):
+    """The server or the model cannot answer now; `retryable` when trying again may help."""
+
     exit_code = EXIT_UNAVAILABLE
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ContractMismatchError(ServiceUnavailableError):
+    """The served model's inputs or outputs differ from fluxfill.inpaint.contract."""
 
 
 class CancelledError(FluxFillError):
+    """The run was cancelled, by the caller or on the server."""
+
     exit_code = EXIT_STOPPED
 
 
 class DeadlineExceededError(FluxFillError):
+    """The run did not finish within its time limit."""
+
     exit_code = EXIT_STOPPED
 
 
@@ -48,21 +73,70 @@ _BY_STATUS: dict[str, type[FluxFillError]] = {
     "StatusCode.DEADLINE_EXCEEDED": DeadlineExceededError,
     "504": DeadlineExceededError,
 }
+_RETRYABLE_STATUSES = {"StatusCode.UNAVAILABLE", "503"}
+# Retryable unavailability told by the message alone (a stream's errors carry no status).
+_UNREACHABLE_HINTS = (
+    "connection refused",
+    "failed to connect",
+    "connect failed",
+    "socket closed",
+    "exceeds maximum queue size",
+)
+# Input validation messages from the model start with the tensor's name ("MASK: must have shape ...").
+_INPUT_PREFIXES = tuple(f"{spec.name}: " for spec in INPUTS)
 
 
 def map_triton_error(error: InferenceServerException) -> FluxFillError:
     """Translate a tritonclient exception into our tree, keeping the server's message."""
     status = str(error.status()) if error.status() is not None else ""
     message = error.message() or str(error)
+    return classify(message, status)
+
+
+def classify(message: str, status: str = "") -> FluxFillError:
+    """The error for a server message and status; a stream's errors carry the message only."""
+    lowered = message.lower()
+    # The model reports its time limit as UNAVAILABLE with this prefix: it must not look retryable.
+    if "deadline exceeded" in lowered:
+        return DeadlineExceededError(message)
+    # HTTP answers 400 for a model the server does not serve: that is no fault of the input.
+    if "unknown model" in lowered or "no available versions" in lowered:
+        return ServiceUnavailableError(message)
     kind = _BY_STATUS.get(status)
-    if kind is None and _looks_unreachable(message):
-        kind = ServiceUnavailableError
+    if kind is None:
+        if any(hint in lowered for hint in _UNREACHABLE_HINTS):
+            return ServiceUnavailableError(message, retryable=True)
+        if "cancelled" in lowered:
+            kind = CancelledError
+        elif _strip_request_id(message).startswith(_INPUT_PREFIXES):
+            kind = InvalidInputError
+    if kind is ServiceUnavailableError:
+        unreachable = any(hint in lowered for hint in _UNREACHABLE_HINTS)
+        return ServiceUnavailableError(message, retryable=status in _RETRYABLE_STATUSES or unreachable)
     return (kind or FluxFillError)(message)
 
 
-def _looks_unreachable(message: str) -> bool:
-    lowered = message.lower()
-    return any(
-        hint in lowered
-        for hint in ("connection refused", "failed to connect", "connect failed", "unavailable")
-    )
+def _strip_request_id(message: str) -> str:
+    # Triton may prefix a model's message with "[request id: ...] ".
+    if message.startswith("[request id:"):
+        return message.partition("] ")[2]
+    return message
+
+
+@contextmanager
+def mapped_errors(url: str) -> Iterator[None]:
+    """The one boundary: tritonclient and socket errors inside become `FluxFillError`s."""
+    try:
+        yield
+    except InferenceServerException as error:
+        mapped = map_triton_error(error)
+        if isinstance(mapped, ServiceUnavailableError) and url not in str(mapped):
+            # Say which server: gRPC's own text names a resolved address at best.
+            mapped = type(mapped)(f"{url}: {mapped}", retryable=mapped.retryable)
+        raise mapped from None
+    except TimeoutError as error:
+        # The HTTP client's network timeout surfaces as a bare socket timeout.
+        raise DeadlineExceededError(f"deadline exceeded: no answer from {url} in time ({error})") from None
+    except OSError as error:
+        # The HTTP client raises plain socket errors (refused, reset, unresolvable) for a missing server.
+        raise ServiceUnavailableError(f"cannot reach {url}: {error}", retryable=True) from None

@@ -1,40 +1,143 @@
-"""Read photos and masks from files into the arrays the model takes, and write results."""
+"""Photos and masks from files, PIL images, arrays or boxes into the arrays the model takes.
 
+A mask marks the pixels to repaint with values >= 128. It can be given as
+- a mask image of any mode (L, 1, P, RGB, I;16, ...), white = repaint;
+- an RGBA or LA image, whose transparent area is repainted (the convention of "erase, then fill");
+- a box `x,y,w,h` in pixels of the photo.
+"""
+
+import os
+import re
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fluxfill.client.errors import InvalidInputError
+from fluxfill.inpaint.contract import MASK_THRESHOLD
+
+RGBArray: TypeAlias = npt.NDArray[np.uint8]
+MaskArray: TypeAlias = npt.NDArray[np.uint8]
+ImageLike: TypeAlias = str | os.PathLike[str] | Image.Image | npt.NDArray[Any]
+Box: TypeAlias = tuple[int, int, int, int]
+MaskLike: TypeAlias = ImageLike | Box
+
+_BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Open and decode an image file, turned upright as its EXIF orientation says."""
+    path = Path(path)
     try:
         image = Image.open(path)
         image.load()
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as error:
+    except IsADirectoryError:
+        raise InvalidInputError(f"{path}: is a directory, not an image") from None
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
     # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them.
     return ImageOps.exif_transpose(image)
 
 
-def load_rgb(path: Path) -> npt.NDArray[np.uint8]:
-    """A photo as height x width x 3 uint8 RGB."""
-    return np.asarray(_open(path).convert("RGB"), dtype=np.uint8)
+def load_rgb(path: str | os.PathLike[str]) -> RGBArray:
+    """A photo file as height x width x 3 uint8 RGB."""
+    return np.asarray(open_image(path).convert("RGB"), dtype=np.uint8)
 
 
-def load_mask(path: Path) -> npt.NDArray[np.uint8]:
-    """A mask as height x width uint8 (>= 128 repaints); an RGBA image's alpha channel is used if present."""
-    image = _open(path)
-    if image.mode in {"RGBA", "LA"}:
-        image = image.getchannel("A")
-    return np.asarray(image.convert("L"), dtype=np.uint8)
+def to_rgb(image: ImageLike) -> RGBArray:
+    """A photo (path, PIL image, or uint8 array H x W x 3 or H x W) as height x width x 3 RGB."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise InvalidInputError(f"image array must be uint8, got {image.dtype}")
+        if image.ndim == 2:
+            return np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return np.ascontiguousarray(image[:, :, :3])
+        raise InvalidInputError(f"image array must be H x W x 3, got shape {list(image.shape)}")
+    return load_rgb(image)
 
 
-def save_rgb(image: npt.NDArray[np.uint8], path: Path) -> None:
+def mask_from_image(image: Image.Image) -> MaskArray:
+    """A mask image of any mode as 0/255: transparent repaints in RGBA/LA, else white (>= 128) repaints."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA"}:
+        return np.where(np.asarray(image.getchannel("A")) < MASK_THRESHOLD, 255, 0).astype(np.uint8)
+    if image.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
+        # 16-bit and float masks: scale by their own range so "white" means the brightest value.
+        values = np.asarray(image, dtype=np.float64)
+        top = values.max()
+        return np.where(top > 0 and values >= top / 2, 255, 0).astype(np.uint8)
+    grey = np.asarray(image.convert("L"))
+    return np.where(grey >= MASK_THRESHOLD, 255, 0).astype(np.uint8)
+
+
+def parse_box(text: str) -> Box:
+    """`x,y,w,h` in pixels; raises InvalidInputError otherwise."""
+    match = _BOX.match(text)
+    if match is None:
+        raise InvalidInputError(f"box must be x,y,w,h in whole pixels, got {text!r}")
+    x, y, w, h = (int(group) for group in match.groups())
+    return x, y, w, h
+
+
+def mask_from_box(box: Box, height: int, width: int) -> MaskArray:
+    """A height x width mask repainting the box (x, y, w, h), which must lie inside the photo."""
+    x, y, w, h = box
+    if w <= 0 or h <= 0:
+        raise InvalidInputError(f"box {x},{y},{w},{h} is empty: width and height must be positive")
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise InvalidInputError(f"box {x},{y},{w},{h} does not fit inside the {width}x{height} photo")
+    mask = np.zeros((height, width), np.uint8)
+    mask[y : y + h, x : x + w] = 255
+    return mask
+
+
+def looks_like_box(text: str) -> bool:
+    """True when a command-line MASK argument is a box rather than a file name."""
+    return _BOX.match(text) is not None and not Path(text).exists()
+
+
+def to_mask(mask: MaskLike, height: int, width: int) -> MaskArray:
+    """Any mask form as a height x width uint8 array the size of the photo; raises InvalidInputError."""
+    if isinstance(mask, tuple):
+        return mask_from_box(mask, height, width)
+    if isinstance(mask, np.ndarray):
+        if mask.ndim == 3 and mask.shape[2] == 1:
+            mask = mask[:, :, 0]
+        if mask.ndim != 2:
+            raise InvalidInputError(f"mask array must be H x W, got shape {list(mask.shape)}")
+        if mask.dtype == np.bool_:
+            return np.where(mask, 255, 0).astype(np.uint8)
+        if mask.dtype != np.uint8:
+            raise InvalidInputError(f"mask array must be uint8 or bool, got {mask.dtype}")
+        # Arrays are the wire form: the server checks their shape against IMAGE and names the tensor.
+        return mask
+    array = mask_from_image(mask if isinstance(mask, Image.Image) else open_image(mask))
+    if array.shape != (height, width):
+        raise InvalidInputError(
+            f"mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}"
+        )
+    return array
+
+
+def load_mask(path: str | os.PathLike[str]) -> MaskArray:
+    """A mask file as height x width 0/255 uint8 (see the module docstring for the accepted forms)."""
+    return mask_from_image(open_image(path))
+
+
+def save_rgb(image: RGBArray, path: str | os.PathLike[str]) -> None:
     """Write an RGB array; the format follows the suffix."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(path)
+    try:
+        Image.fromarray(image).save(path)
+    except (ValueError, KeyError) as error:
+        # PIL raises ValueError/KeyError for a suffix it has no writer for.
+        raise InvalidInputError(f"{path}: cannot write this format ({error})") from None

@@ -1,18 +1,38 @@
-"""Call the flux_fill model over gRPC or HTTP with the tensor contract of fluxfill.inpaint.contract."""
+"""The Python client: inpaint over gRPC (streamed, with progress) or HTTP, with the tensor contract of
+fluxfill.inpaint.contract.
 
-from dataclasses import dataclass
+Over gRPC the client calls `flux_fill_stream`: progress per step, and a cancel (a `CancelHandle`, Ctrl-C, or
+the timeout) cancels the stream, which stops the run on the server within one step. Over HTTP it calls the
+unary `flux_fill`: no progress, and Triton cannot cancel an HTTP request, so a cancel is only checked
+before sending; the timeout is sent as TIMEOUT_S, which the server enforces, and the socket waits
+`HTTP_GRACE_S` longer for that answer.
+"""
+
+import time
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from tritonclient.utils import InferenceServerException
 
-from fluxfill.client.errors import map_triton_error
-from fluxfill.inpaint.contract import INPUTS, MODEL_NAME
+from fluxfill.client.contract_check import check_metadata
+from fluxfill.client.errors import CancelledError, DeadlineExceededError, mapped_errors
+from fluxfill.client.images import ImageLike, MaskLike, to_mask, to_rgb
+from fluxfill.client.retry import RetryPolicy, call_with_retries
+from fluxfill.client.streaming import (
+    CancelHandle,
+    InpaintOutput,
+    ProgressCallback,
+    stream_call,
+)
+from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, OUTPUTS, STREAM_MODEL_NAME, STREAM_OUTPUTS
+
+__all__ = ["CancelHandle", "FluxFillClient", "InpaintOutput", "Protocol", "contract_arrays"]
 
 Protocol = Literal["grpc", "http"]
+DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
+HTTP_GRACE_S = 1.0
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "UINT8": np.uint8,
     "INT32": np.int32,
@@ -20,14 +40,6 @@ _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "FP32": np.float32,
     "BYTES": np.object_,
 }
-
-
-@dataclass(frozen=True)
-class InpaintOutput:
-    """The inpainted image (input height x width x 3) and the seed the server used."""
-
-    image: npt.NDArray[np.uint8]
-    seed: int
 
 
 def contract_arrays(
@@ -38,6 +50,7 @@ def contract_arrays(
     steps: int | None = None,
     guidance: float | None = None,
     seed: int | None = None,
+    timeout_s: float | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
     """The request's tensors by name, typed as the contract declares; absent optionals are left out."""
     values: dict[str, object] = {
@@ -47,47 +60,139 @@ def contract_arrays(
         "STEPS": None if steps is None else [steps],
         "GUIDANCE": None if guidance is None else [guidance],
         "SEED": None if seed is None else [seed],
+        "TIMEOUT_S": None if timeout_s is None else [timeout_s],
     }
     arrays: dict[str, npt.NDArray[Any]] = {}
     for spec in INPUTS:
-        value = values[spec.name]
+        value = values.get(spec.name)
         if value is not None:
             arrays[spec.name] = np.asarray(value, dtype=_NUMPY_TYPES[spec.datatype])
     return arrays
 
 
 class FluxFillClient:
-    """A synchronous client for one Triton server."""
+    """A synchronous client for one Triton server; use as a context manager or call close().
 
-    def __init__(self, url: str, protocol: Protocol = "grpc", model_name: str = MODEL_NAME) -> None:
+    Args:
+        url: HOST:PORT of the server's gRPC or HTTP endpoint.
+        protocol: "grpc" (streamed, progress, real cancellation) or "http" (unary).
+        model_name: the unary model, used over HTTP.
+        stream_model_name: the decoupled model, used over gRPC.
+        retry: how often and how long to retry while the server is unavailable (UNAVAILABLE only).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        protocol: Protocol = "grpc",
+        model_name: str = MODEL_NAME,
+        *,
+        stream_model_name: str = STREAM_MODEL_NAME,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if protocol not in DEFAULT_PORTS:
+            raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
+        self.url = url
         self.protocol = protocol
-        self.model_name = model_name
-        module = grpcclient if protocol == "grpc" else httpclient
-        self._module: Any = module
-        self._client: Any = module.InferenceServerClient(url=url)
+        self.model_name = stream_model_name if protocol == "grpc" else model_name
+        self.retry = retry or RetryPolicy()
+        self._client: Any = (grpcclient if protocol == "grpc" else httpclient).InferenceServerClient(url=url)
+        self._checked = False
+
+    def check_contract(self) -> None:
+        """Raise ContractMismatchError if the served model's tensors differ from this client's contract."""
+        with mapped_errors(self.url):
+            if self.protocol == "grpc":
+                metadata = self._client.get_model_metadata(self.model_name, as_json=True)
+            else:
+                metadata = self._client.get_model_metadata(self.model_name)
+        outputs = STREAM_OUTPUTS if self.protocol == "grpc" else OUTPUTS
+        check_metadata(self.model_name, metadata, INPUTS, outputs)
+        self._checked = True
 
     def inpaint(
         self,
-        image: npt.NDArray[np.uint8],
-        mask: npt.NDArray[np.uint8],
+        image: ImageLike,
+        mask: MaskLike,
         prompt: str = "",
         *,
         steps: int | None = None,
         guidance: float | None = None,
         seed: int | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        cancel: CancelHandle | None = None,
     ) -> InpaintOutput:
-        """Inpaint `image` where `mask` >= 128; raises a `FluxFillError` subclass on failure."""
+        """Inpaint `image` where `mask` says; raises a `FluxFillError` subclass on failure.
+
+        Args:
+            image: a file path, PIL image or uint8 array (H x W x 3).
+            mask: a mask file/PIL image (white or, for RGBA, transparent = repaint), a uint8 array
+                (>= 128 = repaint) or a box (x, y, w, h).
+            prompt: what to paint; empty means the model's default prompt.
+            steps: denoising steps; None means the model's default.
+            guidance: guidance scale; None means the model's default.
+            seed: for a reproducible result; None means the server picks one (returned in the output).
+            timeout: seconds for the whole call, retries included; the server stops the run too.
+            on_progress: called with (step, total_steps) after every step (gRPC only).
+            cancel: a CancelHandle whose cancel() stops the run on the server (gRPC).
+        """
+        rgb = to_rgb(image)
+        arrays = contract_arrays(
+            rgb,
+            to_mask(mask, rgb.shape[0], rgb.shape[1]),
+            prompt,
+            steps=steps,
+            guidance=guidance,
+            seed=seed,
+            timeout_s=timeout,
+        )
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def attempt() -> InpaintOutput:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceededError(f"deadline exceeded: no result within {timeout:.3g} s")
+            if cancel is not None and cancel.cancelled:
+                raise CancelledError("cancelled by the caller")
+            if not self._checked:
+                self.check_contract()
+            with mapped_errors(self.url):
+                return self._call(arrays, on_progress, cancel, remaining)
+
+        return call_with_retries(attempt, self.retry)
+
+    def _call(
+        self,
+        arrays: dict[str, npt.NDArray[Any]],
+        on_progress: ProgressCallback | None,
+        cancel: CancelHandle | None,
+        timeout_s: float | None,
+    ) -> InpaintOutput:
+        module: Any = grpcclient if self.protocol == "grpc" else httpclient
         inputs = []
-        arrays = contract_arrays(image, mask, prompt, steps=steps, guidance=guidance, seed=seed)
         for spec in INPUTS:
             if spec.name in arrays:
-                tensor = self._module.InferInput(spec.name, list(arrays[spec.name].shape), spec.datatype)
+                tensor = module.InferInput(spec.name, list(arrays[spec.name].shape), spec.datatype)
                 tensor.set_data_from_numpy(arrays[spec.name])
                 inputs.append(tensor)
-        try:
+        if self.protocol == "grpc":
+            return stream_call(
+                self._client,
+                self.model_name,
+                inputs,
+                on_progress=on_progress,
+                cancel=cancel,
+                timeout_s=timeout_s,
+            )
+        if timeout_s is None:
             result = self._client.infer(self.model_name, inputs)
-        except InferenceServerException as error:
-            raise map_triton_error(error) from None
+        else:
+            # tritonclient.http takes its network timeout per client, not per call. The grace lets the
+            # server's own deadline answer (it stopped the run at TIMEOUT_S) arrive before the socket quits.
+            network_timeout = timeout_s + HTTP_GRACE_S
+            with httpclient.InferenceServerClient(url=self.url, network_timeout=network_timeout) as timed:
+                result = timed.infer(self.model_name, inputs)
         return InpaintOutput(result.as_numpy("IMAGE"), int(result.as_numpy("SEED")[0]))
 
     def close(self) -> None:

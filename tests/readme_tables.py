@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings
 from fluxfill.inpaint.config import DESCRIPTIONS, PARAMETER_NAMES
 from fluxfill.inpaint.contract import INPUTS, OUTPUTS, STREAM_OUTPUTS, TensorSpec
 from fluxfill.inpaint.metrics import FAMILIES
@@ -63,7 +64,24 @@ def model_metrics() -> str:
     return "\n".join(rows)
 
 
+def bridge_settings() -> str:
+    """The bridge's environment variables from fluxfill.bridge.settings."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in BridgeSettings.model_fields.items():
+        if field.is_required():
+            default = "(required)"
+        elif field.default_factory is not None:
+            default = "(the hostname)"
+        elif field.default is None or field.default == "":
+            default = "(empty)"
+        else:
+            default = f"`{str(field.default).lower() if isinstance(field.default, bool) else field.default}`"
+        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {field.description} |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "bridge-settings": bridge_settings,
     "model-parameters": model_parameters,
     "tensor-contract": tensor_contract,
     "model-metrics": model_metrics,

@@ -8,6 +8,7 @@ import pytest
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import TinyModel, ensure_tiny_model
+from tests.integration.emulators import GoogleEmulators, running_emulators
 from tests.support import MODEL_REPOSITORY, REPO_ROOT
 
 # Shared with `make demo`: building is idempotent, so a second run reuses it.
@@ -44,6 +45,13 @@ def start_flux_server(tiny_model: TinyModel) -> Iterator[ServerFactory]:
             return server
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def google_emulators() -> Iterator[GoogleEmulators]:
+    """Pub/Sub and Firestore emulators and fake-gcs-server, with *_EMULATOR_HOST set for the session."""
+    with running_emulators() as emulators:
+        yield emulators
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,93 @@
+"""The SessionStore port over Firestore: every change is a transaction applying fluxfill.bridge.sessions."""
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.api_core import exceptions as api
+from google.cloud import firestore
+
+from fluxfill.bridge import sessions
+from fluxfill.bridge.contract import JobStatus
+from fluxfill.bridge.errors import SessionTransientError
+from fluxfill.bridge.ports import Claim, Heartbeat, JobRef
+
+T = TypeVar("T")
+Decision = Callable[[Mapping[str, Any] | None, datetime], tuple[T, sessions.Update | None]]
+# Contention surfaces as this ValueError once the client's own retries are spent (see FACTS.md).
+_CONTENTION = "Failed to commit transaction"
+
+
+@contextmanager
+def firestore_errors(action: str) -> Iterator[None]:
+    """The boundary: Firestore failures, contention included, become SessionTransientError."""
+    try:
+        yield
+    except (api.GoogleAPICallError, api.RetryError) as error:
+        raise SessionTransientError(f"firestore failed to {action}: {error}") from None
+    except ValueError as error:
+        if _CONTENTION not in str(error):
+            raise
+        raise SessionTransientError(
+            f"firestore transaction to {action} lost to contention: {error}"
+        ) from None
+
+
+class FirestoreSessions:
+    """Session documents of one `google.cloud.firestore.Client`."""
+
+    def __init__(
+        self, client: firestore.Client, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    ) -> None:
+        self._client = client
+        self._now = now
+
+    def _transact(self, path: str, action: str, decide: Decision[T]) -> T:
+        reference = self._client.document(path)
+
+        @firestore.transactional
+        def run(transaction: firestore.Transaction) -> T:
+            snapshot = reference.get(transaction=transaction)
+            result, update = decide(snapshot.to_dict() if snapshot.exists else None, self._now())
+            if update is not None:
+                transaction.set(reference, {str(key): value for key, value in update.items()}, merge=True)
+            return result
+
+        with firestore_errors(action):
+            return run(self._client.transaction(max_attempts=5))  # type: ignore[no-any-return]
+
+    def claim(self, job: JobRef, owner: str, lease_s: float) -> Claim:
+        """See SessionStore.claim."""
+        return self._transact(
+            job.document,
+            "claim the job",
+            lambda document, now: sessions.claim(document, owner, now, lease_s, job.message_id),
+        )
+
+    def heartbeat(
+        self, job: JobRef, owner: str, lease_s: float, progress: tuple[int, int] | None
+    ) -> Heartbeat:
+        """See SessionStore.heartbeat."""
+        return self._transact(
+            job.document,
+            "renew the lease",
+            lambda document, now: sessions.heartbeat(document, owner, now, lease_s, progress),
+        )
+
+    def release(self, job: JobRef, owner: str, reason: str) -> None:
+        """See SessionStore.release."""
+        self._transact(
+            job.document,
+            "give the job back",
+            lambda document, now: (None, sessions.release(document, owner, now, reason)),
+        )
+
+    def finish(self, job: JobRef, owner: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
+        """See SessionStore.finish."""
+
+        def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, sessions.Update | None]:
+            update = sessions.finish(document, owner, now, status, fields)
+            return update is not None, update
+
+        return self._transact(job.document, f"record {status.value}", decide)

@@ -1,0 +1,78 @@
+"""The ObjectStore port over Cloud Storage: metadata first, generation-pinned reads, create-only writes."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+from google.api_core import exceptions as api
+from google.auth.exceptions import TransportError
+from google.cloud import storage  # type: ignore[attr-defined]
+
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import PermanentJobError, StorageTransientError
+from fluxfill.bridge.ports import ObjectInfo
+
+
+@contextmanager
+def storage_errors(action: str) -> Iterator[None]:
+    """The boundary: every Cloud Storage failure we let through becomes a StorageTransientError."""
+    try:
+        yield
+    except (api.GoogleAPICallError, api.RetryError) as error:
+        # Permissions or configuration are not the job's fault: retried, then dead-lettered with this text.
+        raise StorageTransientError(f"cloud storage failed to {action}: {error}") from None
+    except (requests.RequestException, TransportError, OSError) as error:
+        raise StorageTransientError(f"cannot reach cloud storage to {action}: {error}") from None
+
+
+class CloudStorageObjects:
+    """One bucket of a `google.cloud.storage.Client`."""
+
+    def __init__(self, client: storage.Client, bucket: str) -> None:
+        self._client = client
+        self._bucket = client.bucket(bucket)
+
+    def find(self, pattern: str) -> ObjectInfo | None:
+        """The object at `pattern`, or the one object whose name continues a prefix ending in `*`."""
+        if not pattern.endswith("*"):
+            with storage_errors(f"read the metadata of {pattern}"):
+                blob = self._bucket.get_blob(pattern)
+            return None if blob is None else _info(blob)
+        prefix = pattern[:-1]
+        with storage_errors(f"list {pattern}"):
+            blobs = [
+                blob
+                for blob in self._client.list_blobs(self._bucket, prefix=prefix, max_results=10)
+                if "/" not in blob.name[len(prefix) :]
+            ]
+        if len(blobs) > 1:
+            names = ", ".join(blob.name for blob in blobs)
+            raise PermanentJobError(
+                ErrorCode.ORIGINAL_AMBIGUOUS, f"more than one object matches {pattern}: {names}"
+            )
+        return _info(blobs[0]) if blobs else None
+
+    def read(self, info: ObjectInfo) -> bytes:
+        """The bytes of the generation whose size was checked, so a swapped object cannot slip in."""
+        blob = self._bucket.blob(info.path, generation=info.generation)
+        with storage_errors(f"download {info.path}"):
+            try:
+                return bytes(blob.download_as_bytes(if_generation_match=info.generation))
+            except (api.NotFound, api.PreconditionFailed):
+                raise PermanentJobError(
+                    ErrorCode.OBJECT_CHANGED, f"{info.path} was replaced or deleted while the job read it"
+                ) from None
+
+    def create(self, path: str, data: bytes, content_type: str) -> bool:
+        """Upload only if no object exists there (if_generation_match=0); False when one does."""
+        blob = self._bucket.blob(path)
+        with storage_errors(f"upload {path}"):
+            try:
+                blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+            except api.PreconditionFailed:
+                return False
+        return True
+
+
+def _info(blob: storage.Blob) -> ObjectInfo:
+    return ObjectInfo(blob.name, int(blob.size or 0), int(blob.generation or 0), blob.content_type)

@@ -1,0 +1,196 @@
+"""The InpaintModel port over Triton: flux_fill_stream over a gRPC stream, or unary flux_fill (gRPC or HTTP).
+
+Every call waits on a queue fed by tritonclient's thread, polling briefly, so a cancel or the deadline is
+noticed within `POLL_S`; leaving the wait without a result cancels the gRPC call, which stops the run on the
+server within one step. HTTP cannot be cancelled: the run stops on the server at its TIMEOUT_S instead.
+"""
+
+import contextlib
+import queue
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from fluxfill.bridge.adapters.triton_errors import map_triton_exception
+from fluxfill.bridge.errors import JobCancelledError, JobDeadlineExceededError
+from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
+from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, PRIORITY_BULK, PRIORITY_URGENT, STREAM_MODEL_NAME
+
+logger = structlog.get_logger(__name__)
+POLL_S = 0.05
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "UINT8": np.uint8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+    "BYTES": np.object_,
+}
+_Reply = tuple[Any, BaseException | None]
+
+
+def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt.NDArray[Any]]:
+    """The contract's tensors for one request; absent optionals are left out."""
+    values: dict[str, object] = {
+        "IMAGE": request.image,
+        "MASK": request.mask,
+        "PROMPT": [request.prompt.encode("utf-8")],
+        "STEPS": None if request.steps is None else [request.steps],
+        "GUIDANCE": None if request.guidance is None else [request.guidance],
+        "SEED": [request.seed],
+        "TIMEOUT_S": [timeout_s],
+    }
+    return {
+        spec.name: np.asarray(values[spec.name], dtype=_NUMPY_TYPES[spec.datatype])
+        for spec in INPUTS
+        if values.get(spec.name) is not None
+    }
+
+
+class TritonInpaintModel:
+    """FLUX.1-Fill on one Triton server; a fresh client per call, so concurrent jobs share nothing."""
+
+    def __init__(self, url: str, protocol: str = "grpc-stream", max_run_s: float = 300.0) -> None:
+        if protocol not in {"grpc-stream", "grpc", "http"}:
+            raise ValueError(f"unknown Triton protocol {protocol!r}: use grpc-stream, grpc or http")
+        self.protocol = protocol
+        self.name = STREAM_MODEL_NAME if protocol == "grpc-stream" else MODEL_NAME
+        self._url = url
+        self._max_run_s = max_run_s
+        self._module: Any = httpclient if protocol == "http" else grpcclient
+
+    def _client(self, timeout_s: float | None = None) -> Any:
+        if self._module is httpclient and timeout_s is not None:
+            return httpclient.InferenceServerClient(self._url, network_timeout=timeout_s)
+        return self._module.InferenceServerClient(self._url)
+
+    def is_ready(self) -> bool:
+        """Whether Triton reports the model READY; False when it cannot be asked."""
+        try:
+            client = self._client(timeout_s=5.0)
+            try:
+                return bool(client.is_model_ready(self.name))
+            finally:
+                client.close()
+        except Exception:  # readiness is a yes/no question: any failure to answer is a no
+            return False
+
+    def infer(
+        self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        """Run one request; see the module docstring for how it stops."""
+        remaining = control.deadline - time.monotonic()
+        if remaining <= 0:
+            raise JobDeadlineExceededError("deadline exceeded before the Triton call")
+        inputs = []
+        # The model refuses a TIMEOUT_S above its max_run_seconds; the bridge's own deadline still applies.
+        for name, array in request_arrays(request, min(remaining, self._max_run_s)).items():
+            spec = next(spec for spec in INPUTS if spec.name == name)
+            tensor = self._module.InferInput(name, list(array.shape), spec.datatype)
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        priority = PRIORITY_URGENT if request.urgent else PRIORITY_BULK
+        if self.protocol == "grpc-stream":
+            return self._stream(inputs, priority, on_progress, control)
+        if self.protocol == "grpc":
+            return self._unary_grpc(inputs, priority, control, remaining)
+        return self._unary_http(inputs, priority, control, remaining)
+
+    def _stream(
+        self, inputs: list[Any], priority: int, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        client = self._client()
+        replies: queue.Queue[_Reply] = queue.Queue()
+        finished = False
+        try:
+            try:
+                client.start_stream(callback=lambda result, error: replies.put((result, error)))
+                client.async_stream_infer(self.name, inputs, priority=priority)
+            except Exception as error:  # the one boundary: tritonclient's errors become ours
+                raise map_triton_exception(error) from None
+            while True:
+                result = _next_reply(replies, control)
+                step, total = result.as_numpy("STEP"), result.as_numpy("TOTAL_STEPS")
+                if step is not None and total is not None and int(total[0]) > 0:
+                    on_progress(int(step[0]), int(total[0]))
+                if result.as_numpy("IMAGE") is not None:
+                    finished = True
+                    return _result(result)
+        finally:
+            # A cancel, the deadline or an error: cancelling the stream stops the run on the server.
+            with contextlib.suppress(Exception):
+                client.stop_stream(cancel_requests=not finished)
+            client.close()
+
+    def _unary_grpc(
+        self, inputs: list[Any], priority: int, control: RunControl, remaining: float
+    ) -> InferenceResult:
+        client = self._client()
+        replies: queue.Queue[_Reply] = queue.Queue()
+        finished = False
+        call: Any = None
+        try:
+            try:
+                call = client.async_infer(
+                    self.name,
+                    inputs,
+                    callback=lambda result, error: replies.put((result, error)),
+                    priority=priority,
+                    client_timeout=remaining,
+                )
+            except Exception as error:  # the one boundary: tritonclient's errors become ours
+                raise map_triton_exception(error) from None
+            result = _result(_next_reply(replies, control))
+            finished = True
+            return result
+        finally:
+            if call is not None and not finished:
+                call.cancel()
+            client.close()
+
+    def _unary_http(
+        self, inputs: list[Any], priority: int, control: RunControl, remaining: float
+    ) -> InferenceResult:
+        # The server stops at TIMEOUT_S; the socket waits a little longer so that its own answer comes back.
+        client = self._client(timeout_s=remaining + 5.0)
+        replies: queue.Queue[_Reply] = queue.Queue()
+
+        def call() -> None:
+            try:
+                replies.put((client.infer(self.name, inputs, priority=priority), None))
+            except Exception as error:  # handed to the waiting thread, which maps it
+                replies.put((None, error))
+            finally:
+                client.close()
+
+        threading.Thread(target=call, name="triton-http", daemon=True).start()
+        try:
+            return _result(_next_reply(replies, control))
+        except JobCancelledError:
+            logger.warning("HTTP cannot cancel a Triton run: it goes on until its TIMEOUT_S on the server")
+            raise
+
+
+def _next_reply(replies: "queue.Queue[_Reply]", control: RunControl) -> Any:
+    while True:
+        if control.cancel.is_set():
+            raise JobCancelledError("cancelled while Triton was running")
+        if time.monotonic() > control.deadline:
+            raise JobDeadlineExceededError("deadline exceeded while Triton was running")
+        try:
+            result, error = replies.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+        if error is not None:
+            raise map_triton_exception(error)
+        return result
+
+
+def _result(result: Any) -> InferenceResult:
+    image = np.ascontiguousarray(result.as_numpy("IMAGE"), dtype=np.uint8)
+    return InferenceResult(image, int(result.as_numpy("SEED")[0]))

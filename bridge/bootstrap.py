@@ -1,0 +1,64 @@
+"""Wire the bridge once: settings in, a handler over real adapters out; the one place building clients."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fluxfill.bridge.adapters.firestore import FirestoreSessions
+from fluxfill.bridge.adapters.pubsub import PubSubDeadLetters
+from fluxfill.bridge.adapters.storage import CloudStorageObjects
+from fluxfill.bridge.adapters.triton import TritonInpaintModel
+from fluxfill.bridge.credentials import google_credentials
+from fluxfill.bridge.handler import JobHandler
+from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.oidc import PushTokenVerifier
+from fluxfill.bridge.ports import DeadLetterSink, InpaintModel
+from fluxfill.bridge.readiness import Readiness
+from fluxfill.bridge.settings import BridgeSettings
+
+
+@dataclass
+class Bridge:
+    """Everything one bridge process runs on."""
+
+    settings: BridgeSettings
+    handler: JobHandler
+    readiness: Readiness
+    metrics: BridgeMetrics
+    dead_letters: DeadLetterSink | None
+    verifier: PushTokenVerifier | None
+    subscriber: Any = field(default=None)  # a pubsub_v1.SubscriberClient in pull mode
+
+
+def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) -> Bridge:
+    """Create the Google and Triton clients and the handler over them."""
+    from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+
+    credentials = google_credentials(settings)
+    metrics = BridgeMetrics()
+    model = model or TritonInpaintModel(
+        settings.triton_url, settings.triton_protocol, settings.model_max_run_s
+    )
+    readiness = Readiness(model, settings.readiness_interval_s, metrics)
+    handler = JobHandler(
+        settings,
+        CloudStorageObjects(
+            storage.Client(project=settings.project, credentials=credentials), settings.bucket
+        ),
+        FirestoreSessions(firestore.Client(project=settings.project, credentials=credentials)),
+        model,
+        metrics,
+        readiness=readiness,
+    )
+    dead_letters = None
+    if settings.dead_letter_topic:
+        publisher = pubsub_v1.PublisherClient(credentials=credentials)
+        dead_letters = PubSubDeadLetters(
+            publisher, publisher.topic_path(settings.project, settings.dead_letter_topic)
+        )
+    verifier = None
+    if settings.mode == "push" and settings.push_auth:
+        verifier = PushTokenVerifier(
+            settings.push_audience, settings.push_service_account, settings.oidc_certs_url
+        )
+    subscriber = pubsub_v1.SubscriberClient(credentials=credentials) if settings.mode == "pull" else None
+    return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber)

@@ -1,0 +1,148 @@
+"""The job contract between the app and the bridge: message schema, storage layout, session document, codes.
+
+The app (and `fluxfill submit/watch/cancel/dlq`) build on this module; it imports no Google or Triton code.
+"""
+
+import json
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fluxfill.inpaint.contract import MAX_SEED
+
+# Firebase uids are 28 characters and auto ids 20; path-safe characters only, so an id cannot climb the tree.
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+MAX_PROMPT_CHARS = 2000
+MAX_STEPS = 100
+
+# Storage object templates, filled with the validated ids only (never a path from the message).
+DEFAULT_ORIGINAL_TEMPLATE = "users/{userId}/sessions/{sessionId}/original.*"
+DEFAULT_MASK_TEMPLATE = "users/{userId}/sessions/{sessionId}/mask.png"
+DEFAULT_EDITED_TEMPLATE = "users/{userId}/sessions/{sessionId}/edited.png"
+DEFAULT_PREVIEW_TEMPLATE = "users/{userId}/sessions/{sessionId}/preview.jpg"
+DEFAULT_SESSION_TEMPLATE = "users/{userId}/sessions/{sessionId}"
+PREVIEW_MAX_SIDE = 512
+
+
+class JobStatus(StrEnum):
+    """`status` of a session document: queued -> processing -> done | failed | cancelled."""
+
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class ErrorCode(StrEnum):
+    """`error.code` of a failed (or cancelled) session; each comes with a sentence in `error.message`."""
+
+    MALFORMED_MESSAGE = "malformed_message"  # not UTF-8 JSON of an object
+    INVALID_JOB = "invalid_job"  # a field missing, unknown or out of range
+    ORIGINAL_MISSING = "original_missing"
+    ORIGINAL_AMBIGUOUS = "original_ambiguous"  # more than one original.* object
+    MASK_MISSING = "mask_missing"
+    OBJECT_TOO_LARGE = "object_too_large"  # refused from its metadata, never downloaded
+    OBJECT_CHANGED = "object_changed"  # replaced or deleted between its metadata and its download
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"  # not JPEG, PNG or WebP by its magic bytes
+    CORRUPT_IMAGE = "corrupt_image"
+    IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # a decompression bomb or simply too large
+    MASK_SIZE_MISMATCH = "mask_size_mismatch"
+    MODEL_REJECTED_INPUT = "model_rejected_input"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+    RETRIES_EXHAUSTED = "retries_exhausted"
+
+
+class SessionField(StrEnum):
+    """Field names of the session document (camelCase, as the app reads them)."""
+
+    STATUS = "status"
+    PROGRESS = "progress"  # {step, total}
+    ATTEMPT = "attempt"  # claims so far
+    OWNER = "owner"  # the bridge instance processing it
+    LEASE_EXPIRES_AT = "leaseExpiresAt"  # after this another bridge may claim it
+    CANCEL_REQUESTED = "cancelRequested"  # written by the app: true asks the bridge to stop
+    ERROR = "error"  # {code, message}
+    RESULT = "result"  # {paths {edited, preview}, width, height, seed}
+    TIMINGS = "timings"  # seconds per phase: queue, download, inference, upload, total
+    MODEL = "model"  # what produced the result: model, protocol, prompt, steps, guidance, seed, priority
+    MESSAGE_ID = "messageId"
+    UPDATED_AT = "updatedAt"
+    STARTED_AT = "startedAt"
+    FINISHED_AT = "finishedAt"
+
+
+# Attributes the bridge sets on a message it publishes to the dead-letter topic itself.
+DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"
+DEAD_LETTER_REASON_ATTRIBUTE = "fluxfillErrorMessage"
+DEAD_LETTER_MESSAGE_ID_ATTRIBUTE = "fluxfillOriginalMessageId"
+
+Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class JobMessage(BaseModel):
+    """The data of a Pub/Sub job message (JSON); anything else in it is refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    userId: Identifier  # noqa: N815 (the wire names are camelCase)
+    sessionId: Identifier  # noqa: N815
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    guidance: float | None = Field(default=None, ge=0.0, le=100.0)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
+    priority: Literal["urgent", "bulk"] = "bulk"
+
+    def paths(self, template: str) -> str:
+        """Fill a storage or document template with this job's ids."""
+        return template.format(userId=self.userId, sessionId=self.sessionId)
+
+
+class InvalidJobError(ValueError):
+    """The message cannot be a job; `code` and a sentence say why; `ids` when the ids were valid."""
+
+    def __init__(self, code: ErrorCode, message: str, ids: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.ids = ids
+
+
+def parse_job(data: bytes) -> JobMessage:
+    """Validate a message's data; raises InvalidJobError with one sentence per bad field."""
+    try:
+        payload: Any = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidJobError(
+            ErrorCode.MALFORMED_MESSAGE, f"message data is not UTF-8 JSON: {error}"
+        ) from None
+    if not isinstance(payload, dict):
+        raise InvalidJobError(
+            ErrorCode.MALFORMED_MESSAGE, f"message data must be a JSON object, not {type(payload).__name__}"
+        )
+    try:
+        return JobMessage.model_validate(payload)
+    except ValidationError as error:
+        raise InvalidJobError(ErrorCode.INVALID_JOB, _describe(error), _valid_ids(payload)) from None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors(include_url=False, include_input=False):
+        field = ".".join(str(part) for part in item["loc"]) or "message"
+        problems.append(f"{field}: {item['msg']}")
+    return "invalid job: " + "; ".join(problems)
+
+
+def _valid_ids(payload: dict[str, Any]) -> tuple[str, str] | None:
+    user, session = payload.get("userId"), payload.get("sessionId")
+    if not (isinstance(user, str) and isinstance(session, str)):
+        return None
+    if re.fullmatch(ID_PATTERN, user) and re.fullmatch(ID_PATTERN, session):
+        return user, session
+    return None

@@ -1,0 +1,57 @@
+"""The bridge's exception tree; adapters translate third-party errors into it at one boundary each.
+
+BridgeError
+├── RetryableError            trying the same job again later may succeed: nack / HTTP 5xx
+│   ├── TritonUnavailableError    server down, model not ready, queue full
+│   ├── StorageTransientError     Cloud Storage 429 / 5xx / connection trouble
+│   └── SessionTransientError     Firestore unavailable, aborted or contended transaction
+├── PermanentJobError         the job itself is wrong: ack + failed record with `code`
+│   (invalid job, missing object, oversized object, bad image, input the model refuses)
+└── RunStoppedError           the Triton run was stopped before it finished
+    ├── JobCancelledError         the app asked to cancel, or the bridge is shutting down
+    └── JobDeadlineExceededError  the job's time limit passed: failed with `deadline_exceeded`
+
+The handler alone decides what each means for the job; only the entry points ack or nack.
+"""
+
+from fluxfill.bridge.contract import ErrorCode
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge's ports raise."""
+
+
+class RetryableError(BridgeError):
+    """A transient failure: the message is redelivered and the job tried again."""
+
+
+class TritonUnavailableError(RetryableError):
+    """Triton cannot run the job now (unreachable, model not ready, queue full, internal error)."""
+
+
+class StorageTransientError(RetryableError):
+    """Cloud Storage failed in a way that may pass."""
+
+
+class SessionTransientError(RetryableError):
+    """Firestore failed in a way that may pass (including a transaction lost to contention)."""
+
+
+class PermanentJobError(BridgeError):
+    """The job cannot succeed however often it is tried; `code` goes into the session's error record."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RunStoppedError(BridgeError):
+    """The Triton run stopped early."""
+
+
+class JobCancelledError(RunStoppedError):
+    """Cancelled: by the app through the session document, or by the bridge's shutdown."""
+
+
+class JobDeadlineExceededError(RunStoppedError):
+    """The job's deadline passed before the result came back."""

@@ -1,0 +1,117 @@
+"""The HTTP side: /healthz, /readyz and /metrics always; /push (Cloud Run) in push mode."""
+
+import base64
+import binascii
+import json
+import threading
+from datetime import datetime
+
+import structlog
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from fluxfill.bridge.bootstrap import Bridge
+from fluxfill.bridge.oidc import CertificatesUnavailableError, PushAuthError
+from fluxfill.bridge.outcome import Delivery
+from fluxfill.bridge.settle import should_ack
+
+logger = structlog.get_logger(__name__)
+
+
+class EnvelopeError(ValueError):
+    """The push body is not a Pub/Sub push envelope."""
+
+
+def delivery_from_envelope(body: bytes) -> Delivery:
+    """The handler's Delivery from a push request body; raises EnvelopeError naming what is wrong."""
+    try:
+        envelope = json.loads(body)
+        message = envelope["message"]
+        data = base64.b64decode(message.get("data", ""), validate=True)
+        message_id = str(message.get("messageId") or message["message_id"])
+        publish_time = message.get("publishTime") or message.get("publish_time")
+        attempt = envelope.get("deliveryAttempt")
+        return Delivery(
+            data=data,
+            message_id=message_id,
+            attributes={str(k): str(v) for k, v in (message.get("attributes") or {}).items()},
+            publish_time=datetime.fromisoformat(publish_time) if publish_time else None,
+            delivery_attempt=int(attempt) if attempt is not None else None,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+        raise EnvelopeError(f"not a Pub/Sub push envelope: {type(error).__name__}: {error}") from None
+
+
+class HttpEntryPoint:
+    """The routes over one bridge; push requests beyond max_concurrent_jobs are answered 429."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+        self._lock = threading.Lock()
+        self._running = 0
+        routes = [
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics),
+        ]
+        if bridge.settings.mode == "push":
+            routes.append(Route("/push", self.push, methods=["POST"]))
+        self.app = Starlette(routes=routes)
+
+    async def healthz(self, _request: Request) -> Response:
+        """The process is alive."""
+        return PlainTextResponse("ok")
+
+    async def readyz(self, _request: Request) -> Response:
+        """200 only while Triton reports the model READY and the bridge is not stopping."""
+        if self._bridge.readiness.ready:
+            return PlainTextResponse("ready")
+        return PlainTextResponse("not ready", status_code=503)
+
+    async def metrics(self, _request: Request) -> Response:
+        """Prometheus exposition."""
+        return Response(self._bridge.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    async def push(self, request: Request) -> Response:
+        """One pushed message: 204 acks it, 5xx or 429 makes Pub/Sub redeliver it."""
+        if not self._bridge.readiness.ready:
+            return PlainTextResponse("not ready", status_code=503)
+        refusal = self._authenticate(request.headers.get("authorization"))
+        if refusal is not None:
+            return refusal
+        try:
+            delivery = delivery_from_envelope(await request.body())
+        except EnvelopeError as error:
+            logger.warning("push body refused", reason=str(error))
+            return PlainTextResponse(str(error), status_code=400)
+        with self._lock:
+            if self._running >= self._bridge.settings.max_concurrent_jobs:
+                return PlainTextResponse("busy", status_code=429)
+            self._running += 1
+        try:
+            acked = await run_in_threadpool(self._handle, delivery)
+        finally:
+            with self._lock:
+                self._running -= 1
+        return Response(status_code=204) if acked else PlainTextResponse("retry", status_code=503)
+
+    def _handle(self, delivery: Delivery) -> bool:
+        outcome = self._bridge.handler.handle(delivery)
+        return should_ack(outcome, delivery, self._bridge.dead_letters)
+
+    def _authenticate(self, authorization: str | None) -> Response | None:
+        verifier = self._bridge.verifier
+        if verifier is None:
+            return None
+        try:
+            verifier.verify(authorization)
+        except PushAuthError as error:
+            logger.warning("push refused", status=error.status, reason=str(error))
+            return PlainTextResponse(str(error), status_code=error.status)
+        except CertificatesUnavailableError as error:
+            logger.error("cannot verify push tokens", reason=str(error))
+            return PlainTextResponse("cannot verify tokens now", status_code=503)
+        return None

@@ -1,0 +1,123 @@
+"""Turn untrusted uploaded bytes into the model's RGB photo and one-channel mask, or a specific refusal.
+
+Rules (documented in the README):
+- Only JPEG, PNG and WebP, recognised by their magic bytes, not by name or content type.
+- The pixel count is checked from the header before decoding (decompression bombs).
+- EXIF orientation is applied, so the photo is upright as the app showed it when the mask was painted.
+- Photo modes are normalised to 8-bit RGB: transparency is composited over white, 16-bit is scaled down.
+- The mask becomes one 8-bit channel: its alpha when it has real transparency, else its luminance.
+- A mask of another size than the photo is scaled to it (nearest neighbour) when the aspect ratios agree
+  within 1 %; otherwise the job fails with `mask_size_mismatch`.
+"""
+
+import io
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import PermanentJobError
+
+_MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+ASPECT_TOLERANCE = 0.01
+
+
+def sniff_format(data: bytes) -> str | None:
+    """JPEG, PNG or WEBP from the leading bytes; None for anything else."""
+    for magic, name in _MAGIC.items():
+        if data.startswith(magic):
+            return name
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    kind = sniff_format(data)
+    if kind is None:
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} is not a JPEG, PNG or WebP image (by its first bytes)",
+        )
+    try:
+        image = Image.open(io.BytesIO(data), formats=[kind])
+        width, height = image.size
+        if width * height > max_pixels:
+            raise PermanentJobError(
+                ErrorCode.IMAGE_TOO_MANY_PIXELS,
+                f"the {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
+            )
+        image.load()
+        return ImageOps.exif_transpose(image)
+    # Pillow warns, then refuses, beyond its own bomb limit; under `-W error` the warning is raised too.
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise PermanentJobError(
+            ErrorCode.IMAGE_TOO_MANY_PIXELS, f"the {what} is too large: {error}"
+        ) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise PermanentJobError(
+            ErrorCode.CORRUPT_IMAGE, f"the {what} ({kind}) cannot be decoded: {error or type(error).__name__}"
+        ) from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.uint32)
+        return Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+def decode_photo(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """The upright photo as height x width x 3 uint8."""
+    image = _eight_bit(_open(data, "original photo", max_pixels))
+    if image.mode == "P" or "A" in image.mode or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """The upright mask as height x width uint8 (>= 128 means repaint)."""
+    image = _eight_bit(_open(data, "mask", max_pixels))
+    if image.mode == "P" or "transparency" in image.info:
+        image = image.convert("RGBA")
+    if "A" in image.mode:
+        alpha = np.asarray(image.getchannel("A"), dtype=np.uint8)
+        if alpha.min() < 255:
+            return alpha
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def fit_mask(mask: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
+    """The mask at the photo's size: unchanged, scaled when the aspect ratios agree, else refused."""
+    mask_height, mask_width = mask.shape
+    if (mask_height, mask_width) == (height, width):
+        return mask
+    photo_aspect, mask_aspect = width / height, mask_width / mask_height
+    if abs(mask_aspect / photo_aspect - 1.0) > ASPECT_TOLERANCE:
+        raise PermanentJobError(
+            ErrorCode.MASK_SIZE_MISMATCH,
+            f"the mask is {mask_width}x{mask_height} but the photo is {width}x{height}: "
+            "their aspect ratios differ by more than 1 %",
+        )
+    scaled = Image.fromarray(mask, mode="L").resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(scaled, dtype=np.uint8)
+
+
+def encode_png(image: npt.NDArray[np.uint8]) -> bytes:
+    """The result as PNG (lossless, so untouched pixels stay exactly the original's)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_preview(image: npt.NDArray[np.uint8], max_side: int) -> bytes:
+    """A JPEG preview whose longer side is at most `max_side` pixels."""
+    preview = Image.fromarray(image, mode="RGB")
+    preview.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    preview.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

@@ -1,0 +1,58 @@
+"""Prometheus metrics of one bridge, in their own registry (served on /metrics)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
+
+
+class BridgeMetrics:
+    """Jobs by outcome, latencies, per-phase timings, queue age, in-flight jobs, Triton errors, readiness."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "fluxfill_bridge_jobs", "Messages handled, by outcome", ["outcome"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "fluxfill_bridge_job_latency_seconds",
+            "Publish time to outcome, for jobs that ended (done, failed, cancelled)",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.phase = Histogram(
+            "fluxfill_bridge_phase_seconds",
+            "Time per phase of a job (download, inference, upload)",
+            ["phase"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_age = Histogram(
+            "fluxfill_bridge_queue_age_seconds",
+            "Publish time to the start of handling",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "fluxfill_bridge_jobs_in_flight", "Jobs being handled now", registry=self.registry
+        )
+        self.triton_errors = Counter(
+            "fluxfill_bridge_triton_errors",
+            "Failed Triton calls, by error",
+            ["error"],
+            registry=self.registry,
+        )
+        self.downloaded_bytes = Counter(
+            "fluxfill_bridge_downloaded_bytes", "Bytes read from Cloud Storage", registry=self.registry
+        )
+        self.ready = Gauge(
+            "fluxfill_bridge_ready", "1 when Triton reports the model READY", registry=self.registry
+        )
+
+    def exposition(self) -> bytes:
+        """The text format Prometheus scrapes."""
+        return generate_latest(self.registry)
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
+        """One sample's current value (0 when absent); for tests and logs."""
+        value = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if value is None else value

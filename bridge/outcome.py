@@ -1,0 +1,44 @@
+"""What the handler gets (a delivery) and decides (an outcome), shared by it and the entry points."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+from fluxfill.bridge.contract import ErrorCode
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One delivery of a Pub/Sub message, whichever entry point received it."""
+
+    data: bytes
+    message_id: str
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    publish_time: datetime | None = None
+    delivery_attempt: int | None = None  # set by Pub/Sub only on subscriptions with a dead-letter policy
+
+
+class OutcomeKind(StrEnum):
+    """What became of a delivery; every kind but RETRY is acknowledged."""
+
+    DONE = "done"
+    DUPLICATE = "duplicate"  # already finished, or held by another bridge's unexpired lease: no work done
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRY = "retry"  # nack: Pub/Sub redelivers
+    DEAD_LETTER = "dead_letter"  # publish to the dead-letter topic, then ack
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The handler's decision, with the error code and sentence where there is one."""
+
+    kind: OutcomeKind
+    code: ErrorCode | None = None
+    reason: str = ""
+
+    @property
+    def ack(self) -> bool:
+        """Whether Pub/Sub may forget the message."""
+        return self.kind is not OutcomeKind.RETRY

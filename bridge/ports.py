@@ -1,0 +1,144 @@
+"""The ports the job handler drives; adapters implement them over Cloud Storage, Firestore and Triton."""
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fluxfill.bridge.contract import ErrorCode, JobStatus
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A stored object's metadata, read before any byte of it."""
+
+    path: str
+    size: int
+    generation: int
+    content_type: str | None = None
+
+
+class ObjectStore(Protocol):
+    """The bucket: metadata first, bounded reads, create-only writes."""
+
+    def find(self, pattern: str) -> ObjectInfo | None:
+        """The one object matching `pattern` (a path, or a prefix ending in `*`); None when absent.
+
+        Raises PermanentJobError(ORIGINAL_AMBIGUOUS) when a `*` pattern matches several objects.
+        """
+
+    def read(self, info: ObjectInfo) -> bytes:
+        """The bytes of exactly the generation `info` describes."""
+
+    def create(self, path: str, data: bytes, content_type: str) -> bool:
+        """Write a new object; False (and nothing written) when it already exists."""
+
+
+class ClaimKind(Enum):
+    """What a claim attempt found."""
+
+    CLAIMED = "claimed"  # ours now: run it
+    FINISHED = "finished"  # already terminal: a duplicate delivery
+    BUSY = "busy"  # another bridge holds an unexpired lease
+    CANCEL_REQUESTED = "cancel_requested"  # the app cancelled before any bridge started it
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of a transactional claim; `attempt` counts claims including this one."""
+
+    kind: ClaimKind
+    attempt: int = 0
+    status: JobStatus | None = None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a lease renewal learned: whether the app asked to cancel, whether the lease is still ours."""
+
+    cancel_requested: bool
+    still_owner: bool
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A session document's path, and the Pub/Sub message that carries the job."""
+
+    document: str
+    message_id: str
+
+
+class SessionStore(Protocol):
+    """The session documents; every write checks ownership and never leaves a terminal state."""
+
+    def claim(self, job: JobRef, owner: str, lease_s: float) -> Claim:
+        """Move the job to processing with `owner` and a lease, unless it is terminal or leased by another."""
+
+    def heartbeat(
+        self, job: JobRef, owner: str, lease_s: float, progress: tuple[int, int] | None
+    ) -> Heartbeat:
+        """Extend the lease, write progress if given, and read the app's cancel request."""
+
+    def release(self, job: JobRef, owner: str, reason: str) -> None:
+        """Give a claimed job back (status queued) so a redelivery can claim it at once."""
+
+    def finish(self, job: JobRef, owner: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
+        """Write a terminal status; False when terminal, or not ours (owner None: leased by anyone)."""
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One inpainting run: the normalised photo and mask and the job's model parameters."""
+
+    image: npt.NDArray[np.uint8]
+    mask: npt.NDArray[np.uint8]
+    prompt: str
+    seed: int
+    steps: int | None = None
+    guidance: float | None = None
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """The inpainted image (the photo's size) and the seed used."""
+
+    image: npt.NDArray[np.uint8]
+    seed: int
+
+
+@dataclass
+class RunControl:
+    """How a running inference is stopped: `cancel` set from any thread, or the monotonic `deadline`."""
+
+    deadline: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class InpaintModel(Protocol):
+    """Triton serving FLUX.1-Fill."""
+
+    name: str
+    protocol: str
+
+    def is_ready(self) -> bool:
+        """Whether the model answers READY now; never raises."""
+
+    def infer(
+        self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        """Run to the end; raises TritonUnavailableError, PermanentJobError, JobCancelledError or
+        JobDeadlineExceededError."""
+
+
+class DeadLetterSink(Protocol):
+    """Where the bridge sends messages that Pub/Sub's own dead-lettering cannot handle."""
+
+    def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
+        """Publish and wait for the server's acknowledgement; raises RetryableError on failure."""

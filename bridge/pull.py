@@ -1,0 +1,85 @@
+"""The pull entry point: streaming pull once Triton is READY, flow control = max concurrent jobs.
+
+The pull starts only when the model is first READY. If Triton goes away later, the stream stays open (closing
+it strands the messages it holds until their leases lapse) but every callback waits for readiness before
+handling, so at most `max_concurrent_jobs` messages are held, their ack deadlines kept alive meanwhile.
+"""
+
+import contextlib
+import threading
+from typing import Any
+
+import structlog
+from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+from fluxfill.bridge.bootstrap import Bridge
+from fluxfill.bridge.outcome import Delivery
+from fluxfill.bridge.settle import should_ack
+
+logger = structlog.get_logger(__name__)
+# The ack deadline is kept alive this much beyond the job deadline, for the final writes.
+LEASE_MARGIN_S = 60.0
+
+
+def delivery_of(message: Any) -> Delivery:
+    """A pulled message as the handler sees it."""
+    return Delivery(
+        data=bytes(message.data),
+        message_id=str(message.message_id),
+        attributes=dict(message.attributes),
+        publish_time=message.publish_time,
+        delivery_attempt=message.delivery_attempt,
+    )
+
+
+class PullRunner:
+    """Subscribes only while ready; unsubscribes (in-flight jobs go on) when Triton goes away or on stop."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        if bridge.subscriber is None:
+            raise ValueError("pull mode needs a subscriber client")
+        self._bridge = bridge
+        self._subscriber = bridge.subscriber
+        settings = bridge.settings
+        self._path = self._subscriber.subscription_path(settings.project, settings.subscription)
+        self._flow = pubsub_v1.types.FlowControl(
+            max_messages=settings.max_concurrent_jobs,
+            max_lease_duration=settings.job_deadline_s + LEASE_MARGIN_S,
+        )
+        self._stop = threading.Event()
+
+    def _on_message(self, message: Any) -> None:
+        if not self._bridge.readiness.wait_until_ready(self._stop):
+            message.nack()
+            return
+        delivery = delivery_of(message)
+        outcome = self._bridge.handler.handle(delivery)
+        if should_ack(outcome, delivery, self._bridge.dead_letters):
+            message.ack()
+        else:
+            message.nack()
+
+    def run(self, stop: threading.Event, drained: threading.Event) -> None:
+        """Pull until `stop` is set, then close the stream once `drained` says no job is left in flight.
+
+        Closing only after the drain lets the in-flight jobs' acks and nacks go out on a live stream.
+        """
+        self._stop = stop
+        if not self._bridge.readiness.wait_until_ready(stop):
+            return
+        logger.info("pulling", subscription=self._path)
+        future = self._subscriber.subscribe(
+            self._path, self._on_message, flow_control=self._flow, await_callbacks_on_shutdown=True
+        )
+        while not stop.wait(self._bridge.settings.readiness_interval_s):
+            if future.done():
+                # The stream failed for good (the library retries transient errors itself): start anew.
+                logger.error("streaming pull ended; subscribing again", error=str(future.exception()))
+                future = self._subscriber.subscribe(
+                    self._path, self._on_message, flow_control=self._flow, await_callbacks_on_shutdown=True
+                )
+        drained.wait()
+        logger.info("closing the pull")
+        future.cancel()
+        with contextlib.suppress(Exception):  # a stream that had failed: nothing left to drain
+            future.result()

@@ -1,0 +1,69 @@
+"""Whether Triton serves the model READY: polled in the background, dropped at once on an error."""
+
+import threading
+
+import structlog
+
+from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.ports import InpaintModel
+
+logger = structlog.get_logger(__name__)
+
+
+class Readiness:
+    """The bridge takes work only while `ready`; `stopping` (SIGTERM) makes it unready for good."""
+
+    def __init__(self, model: InpaintModel, interval_s: float, metrics: BridgeMetrics) -> None:
+        self._model = model
+        self._interval_s = interval_s
+        self._metrics = metrics
+        self._ready = threading.Event()
+        self.stopping = threading.Event()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True while the model is READY and the bridge is not shutting down."""
+        return self._ready.is_set() and not self.stopping.is_set()
+
+    def check(self) -> bool:
+        """Ask Triton now and record the answer."""
+        ready = self._model.is_ready()
+        self._set(ready, "model READY" if ready else f"model {self._model.name} not ready")
+        return self.ready
+
+    def mark_unready(self, reason: str) -> None:
+        """Stop taking work at once (a Triton call failed as unavailable) until a check says READY."""
+        self._set(False, reason)
+
+    def _set(self, ready: bool, reason: str) -> None:
+        with self._changed:
+            if ready != self._ready.is_set():
+                logger.info("readiness changed", ready=ready, reason=reason)
+            if ready:
+                self._ready.set()
+            else:
+                self._ready.clear()
+            self._metrics.ready.set(1 if ready else 0)
+            self._changed.notify_all()
+
+    def wait_until_ready(self, stop: threading.Event) -> bool:
+        """Block until ready (True) or `stop` is set (False)."""
+        while not stop.is_set():
+            if self.ready:
+                return True
+            with self._changed:
+                self._changed.wait(timeout=self._interval_s)
+        return False
+
+    def start(self, stop: threading.Event) -> None:
+        """Poll Triton every interval until `stop` is set."""
+
+        def poll() -> None:
+            while not stop.is_set():
+                self.check()
+                stop.wait(self._interval_s)
+
+        self._thread = threading.Thread(target=poll, name="readiness", daemon=True)
+        self._thread.start()

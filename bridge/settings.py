@@ -1,0 +1,93 @@
+"""The bridge's one typed settings object, read from `FLUXFILL_BRIDGE_*` environment variables."""
+
+import socket
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fluxfill.bridge import contract
+
+ENV_PREFIX = "FLUXFILL_BRIDGE_"
+
+
+class BridgeSettings(BaseSettings):
+    """Everything the bridge is configured with; built once at start and passed down."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    mode: Literal["pull", "push"] = Field(
+        "pull", description="entry point: streaming pull, or an HTTP push endpoint"
+    )
+    project: str = Field(description="Google Cloud project of the subscription, bucket and Firestore")
+    subscription: str = Field("", description="Pub/Sub subscription id to pull from (pull mode)")
+    dead_letter_topic: str = Field(
+        "", description="topic id the bridge publishes unparseable or exhausted jobs to; empty = none"
+    )
+    bucket: str = Field(description="Cloud Storage bucket holding the originals, masks and results")
+    original_template: str = Field(
+        contract.DEFAULT_ORIGINAL_TEMPLATE, description="original photo; a final `*` matches its extension"
+    )
+    mask_template: str = Field(contract.DEFAULT_MASK_TEMPLATE, description="mask object")
+    edited_template: str = Field(contract.DEFAULT_EDITED_TEMPLATE, description="result, PNG at full size")
+    preview_template: str = Field(
+        contract.DEFAULT_PREVIEW_TEMPLATE, description="preview, JPEG, longer side at most 512 px"
+    )
+    session_template: str = Field(contract.DEFAULT_SESSION_TEMPLATE, description="Firestore session document")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton host:port for `triton_protocol`")
+    triton_protocol: Literal["grpc-stream", "grpc", "http"] = Field(
+        "grpc-stream",
+        description="grpc-stream: flux_fill_stream with progress; grpc / http: unary flux_fill (fallback)",
+    )
+    max_concurrent_jobs: int = Field(1, ge=1, description="jobs run at once (pull flow control, push limit)")
+    job_deadline_s: float = Field(300.0, gt=0, description="a job running after this fails as timed out")
+    model_max_run_s: float = Field(
+        300.0, gt=0, description="the model's max_run_seconds: the TIMEOUT_S sent to Triton is at most this"
+    )
+    lease_s: float = Field(60.0, gt=0, description="a claim not renewed for this long may be taken over")
+    max_delivery_attempts: int = Field(
+        5, ge=1, description="after this many attempts a retryable failure fails the job and dead-letters it"
+    )
+    progress_interval_s: float = Field(
+        1.0, gt=0, description="least time between progress writes (also the cancel check period)"
+    )
+    max_object_bytes: int = Field(
+        40_000_000, gt=0, description="larger originals or masks are refused unread"
+    )
+    max_image_pixels: int = Field(50_000_000, gt=0, description="larger decoded images are refused")
+    shutdown_grace_s: float = Field(
+        30.0,
+        ge=0,
+        description="on SIGTERM, in-flight jobs get this long before they are cancelled and nacked",
+    )
+    readiness_interval_s: float = Field(
+        2.0, gt=0, description="how often Triton's model readiness is checked"
+    )
+    http_host: str = Field("0.0.0.0", description="address of /healthz, /readyz, /metrics and /push")  # noqa: S104
+    http_port: int = Field(8080, ge=0, le=65535, description="port of that HTTP server; 0 = any free port")
+    push_auth: bool = Field(True, description="verify the push OIDC token; false only for local use")
+    push_audience: str = Field("", description="expected `aud` of push tokens (the endpoint URL)")
+    push_service_account: str = Field("", description="expected `email` of push tokens")
+    oidc_certs_url: str = Field(
+        "https://www.googleapis.com/oauth2/v1/certs", description="Google's token signing certificates"
+    )
+    service_account_key_b64: SecretStr | None = Field(
+        None, description="fallback only: base64 service-account key, used (with a warning) without ADC"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="least severity logged"
+    )
+    instance_id: str = Field(
+        default_factory=socket.gethostname, description="this bridge's name in claims; default the hostname"
+    )
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> "BridgeSettings":
+        if self.mode == "pull" and not self.subscription:
+            raise ValueError("pull mode needs FLUXFILL_BRIDGE_SUBSCRIPTION")
+        if self.mode == "push" and self.push_auth and not (self.push_audience and self.push_service_account):
+            raise ValueError(
+                "push mode verifies OIDC tokens: set FLUXFILL_BRIDGE_PUSH_AUDIENCE and "
+                "FLUXFILL_BRIDGE_PUSH_SERVICE_ACCOUNT, or FLUXFILL_BRIDGE_PUSH_AUTH=false for local use"
+            )
+        return self

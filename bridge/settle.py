@@ -1,0 +1,28 @@
+"""From the handler's outcome to ack or nack: the one decision both entry points share."""
+
+import structlog
+
+from fluxfill.bridge.contract import DEAD_LETTER_MESSAGE_ID_ATTRIBUTE, ErrorCode
+from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from fluxfill.bridge.ports import DeadLetterSink
+
+logger = structlog.get_logger(__name__)
+
+
+def should_ack(outcome: Outcome, delivery: Delivery, dead_letters: DeadLetterSink | None) -> bool:
+    """True to ack; a dead-letter outcome is acked only once the dead-letter topic has the message."""
+    if outcome.kind is not OutcomeKind.DEAD_LETTER:
+        return outcome.ack
+    if dead_letters is None:
+        # Nothing may be lost: the subscription's own dead-letter policy, if any, moves it after its attempts.
+        logger.error("no dead-letter topic configured; nacking", code=outcome.code, reason=outcome.reason)
+        return False
+    attributes = {**delivery.attributes, DEAD_LETTER_MESSAGE_ID_ATTRIBUTE: delivery.message_id}
+    try:
+        dead_letters.publish(delivery.data, attributes, outcome.code or ErrorCode.INVALID_JOB, outcome.reason)
+    except RetryableError as error:
+        logger.error("dead-lettering failed; nacking", error=str(error))
+        return False
+    logger.warning("dead-lettered", code=outcome.code)
+    return True

@@ -1,0 +1,101 @@
+"""The arguments of `fluxfill submit | watch | cancel | dlq`; what they do is in job_commands.
+
+Kept free of the bridge and Google imports, so the other commands never load them.
+"""
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Each job setting, and the environment variable that gives its default.
+SETTING_VARIABLES = {
+    "project": "FLUXFILL_PROJECT",
+    "bucket": "FLUXFILL_BUCKET",
+    "topic": "FLUXFILL_TOPIC",
+    "dead_letter_subscription": "FLUXFILL_DLQ_SUBSCRIPTION",
+}
+
+
+def default_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Flag defaults from the environment."""
+    return {
+        **{name: environ.get(variable, "") for name, variable in SETTING_VARIABLES.items()},
+        "project": environ.get("FLUXFILL_PROJECT") or environ.get("GOOGLE_CLOUD_PROJECT", ""),
+        "user": environ.get("FLUXFILL_USER", "fluxfill-cli"),
+    }
+
+
+def missing_setting(name: str) -> str:
+    """The message for a setting neither flag nor variable gave."""
+    return (
+        f"no {name.replace('_', ' ')} given: pass --{name.replace('_', '-')} or set {SETTING_VARIABLES[name]}"
+    )
+
+
+def _common(parser: argparse.ArgumentParser, *names: str) -> None:
+    defaults = default_settings()
+    helps = {
+        "project": "Google Cloud project (FLUXFILL_PROJECT or GOOGLE_CLOUD_PROJECT)",
+        "bucket": "bucket of originals, masks and results (FLUXFILL_BUCKET)",
+        "topic": "Pub/Sub topic id the app publishes jobs to (FLUXFILL_TOPIC)",
+        "dead_letter_subscription": "subscription id of the dead-letter topic (FLUXFILL_DLQ_SUBSCRIPTION)",
+        "user": "the user id the session belongs to (FLUXFILL_USER, default fluxfill-cli)",
+    }
+    for name in ("project", *names, "user"):
+        parser.add_argument("--" + name.replace("_", "-"), default=defaults[name], help=helps[name])
+
+
+def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
+    """Register submit, watch, cancel and dlq."""
+    submit = commands.add_parser(
+        "submit",
+        help="upload photo and mask, create the session and publish the job, as the app does",
+        description="Upload IMAGE and MASK, create the queued session document and publish the job "
+        "exactly as the app does; prints the session id. Emulators are used when *_EMULATOR_HOST is set.",
+    )
+    submit.add_argument("image", type=Path, help="the photo")
+    submit.add_argument("mask", help="mask image (white = repaint), RGBA image (transparent), or box x,y,w,h")
+    submit.add_argument("--prompt", default="", help="what to paint")
+    submit.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    submit.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    submit.add_argument("--seed", type=int, help="seed (default: random)")
+    submit.add_argument("--priority", choices=("urgent", "bulk"), default="bulk", help="queue priority")
+    submit.add_argument("--session", help="session id to use (default: a new random id)")
+    _common(submit, "bucket", "topic")
+
+    watch = commands.add_parser(
+        "watch",
+        help="show a session's status and progress until it ends",
+        description="Show SESSION's status and progress until it is done, failed or cancelled. Exit codes: "
+        "0 done, 2 failed for its input, 3 failed for the service, 4 cancelled or timed out.",
+    )
+    watch.add_argument("session", help="the session id printed by submit")
+    watch.add_argument("--timeout", type=float, help="stop watching after this many seconds (exit 4)")
+    watch.add_argument("--interval", type=float, default=0.5, help="seconds between reads of the document")
+    _common(watch)
+
+    cancel = commands.add_parser(
+        "cancel", help="ask the bridge to stop a session", description="Set cancelRequested on SESSION."
+    )
+    cancel.add_argument("session", help="the session id")
+    _common(cancel)
+
+    dlq = commands.add_parser("dlq", help="dead-lettered jobs: list them, replay them")
+    actions = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=type(dlq))
+    listing = actions.add_parser(
+        "list", help="show each dead-lettered job with its failure reason (leaves them queued)"
+    )
+    _common(listing, "dead_letter_subscription")
+    replay = actions.add_parser("replay", help="requeue sessions and republish dead-lettered jobs")
+    replay.add_argument("id", nargs="?", help="a message id or session id to replay")
+    replay.add_argument("--all", action="store_true", help="replay every dead-lettered job")
+    _common(replay, "dead_letter_subscription", "topic")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one job command."""
+    from fluxfill.client.job_commands import run_job_command
+
+    return run_job_command(args)

@@ -1,0 +1,142 @@
+"""`fluxfill dlq`: read the dead-letter subscription with each job's failure reason, and replay jobs.
+
+Listing leases the messages only while reading them, then hands them straight back (ack deadline 0), so a
+listing never consumes anything. A replay resets the session to queued, republishes the original data to
+the jobs topic without the bridge's dead-letter attributes, and only then acks the dead letter.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.api_core import exceptions as api
+
+from fluxfill.bridge.contract import (
+    DEAD_LETTER_CODE_ATTRIBUTE,
+    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
+    DEAD_LETTER_REASON_ATTRIBUTE,
+    InvalidJobError,
+    SessionField,
+    parse_job,
+)
+from fluxfill.client.jobs import JobSystem, SessionRef, google_errors
+
+_BRIDGE_ATTRIBUTES = {
+    DEAD_LETTER_CODE_ATTRIBUTE,
+    DEAD_LETTER_REASON_ATTRIBUTE,
+    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
+}
+PULL_BATCH = 100
+# A pull waits this long when nothing is there; the first waits longer, for a slow start.
+FIRST_PULL_TIMEOUT_S = 3.0
+NEXT_PULL_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-lettered job and why it failed."""
+
+    message_id: str
+    ack_id: str
+    data: bytes
+    attributes: dict[str, str]
+    ref: SessionRef | None
+    code: str
+    reason: str
+
+    def matches(self, wanted: str) -> bool:
+        """Selected by its message id, its original message id, or its session id."""
+        original = self.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE)
+        return wanted in {self.message_id, original, self.ref.session if self.ref else None}
+
+
+def _ref(data: bytes) -> SessionRef | None:
+    try:
+        job = parse_job(data)
+    except InvalidJobError as error:
+        return SessionRef(*error.ids) if error.ids else None
+    return SessionRef(job.userId, job.sessionId)
+
+
+class DeadLetterQueue:
+    """The dead-letter subscription of a JobSystem."""
+
+    def __init__(self, jobs: JobSystem) -> None:
+        jobs.require("dead_letter_subscription")
+        self._jobs = jobs
+        self._subscriber = jobs.client("subscriber")
+        self._path = self._subscriber.subscription_path(
+            jobs.settings.project, jobs.settings.dead_letter_subscription
+        )
+
+    def _pull_all(self) -> list[DeadLetter]:
+        letters: dict[str, DeadLetter] = {}
+        while True:
+            with google_errors(f"pull from {self._path}"):
+                try:
+                    response = self._subscriber.pull(
+                        request={"subscription": self._path, "max_messages": PULL_BATCH},
+                        timeout=NEXT_PULL_TIMEOUT_S if letters else FIRST_PULL_TIMEOUT_S,
+                    )
+                except api.DeadlineExceeded:
+                    break  # nothing (more) to deliver
+            fresh = [m for m in response.received_messages if m.message.message_id not in letters]
+            if not fresh:
+                break
+            for received in fresh:
+                letters[received.message.message_id] = self._describe(received)
+        return sorted(letters.values(), key=lambda letter: letter.message_id)
+
+    def _describe(self, received: Any) -> DeadLetter:
+        message = received.message
+        data, attributes = bytes(message.data), dict(message.attributes)
+        ref = _ref(data)
+        code = attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "")
+        reason = attributes.get(DEAD_LETTER_REASON_ATTRIBUTE, "")
+        if not code and ref is not None:
+            # Dead-lettered by Pub/Sub after too many deliveries: the session document holds the last error.
+            error = ((self._jobs.session(ref) or {}).get(SessionField.ERROR.value)) or {}
+            code, reason = str(error.get("code", "")), str(error.get("message", ""))
+        return DeadLetter(
+            message_id=str(message.message_id),
+            ack_id=str(received.ack_id),
+            data=data,
+            attributes=attributes,
+            ref=ref,
+            code=code or "unknown",
+            reason=reason or f"no reason recorded (delivered {received.delivery_attempt or '?'} times)",
+        )
+
+    def _settle(self, ack: list[str], release: list[str]) -> None:
+        with google_errors(f"settle messages of {self._path}"):
+            if ack:
+                self._subscriber.acknowledge(request={"subscription": self._path, "ack_ids": ack})
+            if release:
+                self._subscriber.modify_ack_deadline(
+                    request={"subscription": self._path, "ack_ids": release, "ack_deadline_seconds": 0}
+                )
+
+    def peek(self) -> list[DeadLetter]:
+        """Every dead letter now, left in the queue."""
+        letters = self._pull_all()
+        self._settle([], [letter.ack_id for letter in letters])
+        return letters
+
+    def replay(self, selected: Callable[[DeadLetter], bool]) -> list[DeadLetter]:
+        """Requeue and republish the selected dead letters, then ack them; the rest stay."""
+        letters = self._pull_all()
+        replayed: list[DeadLetter] = []
+        try:
+            for letter in letters:
+                if not selected(letter):
+                    continue
+                if letter.ref is not None:
+                    self._jobs.requeue(letter.ref)
+                attributes = {k: v for k, v in letter.attributes.items() if k not in _BRIDGE_ATTRIBUTES}
+                self._jobs.publish(letter.data, attributes)
+                replayed.append(letter)
+        finally:
+            # Whatever was not replayed (a failure midway included) goes back to the queue.
+            done = [letter.ack_id for letter in replayed]
+            self._settle(done, [letter.ack_id for letter in letters if letter.ack_id not in done])
+        return replayed

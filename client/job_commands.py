@@ -1,0 +1,119 @@
+"""`fluxfill submit | watch | cancel | dlq`: the job system as the app uses it, from a terminal."""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField
+from fluxfill.client.cli_dlq import run_dlq
+from fluxfill.client.cli_jobs import missing_setting
+from fluxfill.client.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    DeadlineExceededError,
+    InvalidInputError,
+)
+from fluxfill.client.images import MaskLike, looks_like_box, parse_box
+from fluxfill.client.jobs import JobSettings, JobSystem, SessionRef, new_session_id
+from fluxfill.client.progress import ProgressBar
+
+# How `watch` exits for a failed job: the input's fault, the service's, or a stop.
+_STOPPED_CODES = {ErrorCode.DEADLINE_EXCEEDED, ErrorCode.CANCELLED}
+_UNAVAILABLE_CODES = {ErrorCode.RETRIES_EXHAUSTED}
+_INPUT_CODES = set(ErrorCode) - _STOPPED_CODES - _UNAVAILABLE_CODES
+# The settings each command needs besides the project.
+_NEEDS = {
+    "submit": ("bucket", "topic"),
+    "list": ("dead_letter_subscription",),
+    "replay": ("dead_letter_subscription", "topic"),
+}
+
+
+def _system(args: argparse.Namespace) -> JobSystem:
+    command = args.dlq_command if args.command == "dlq" else args.command
+    for name in ("project", *_NEEDS.get(command, ())):
+        if not getattr(args, name):
+            raise InvalidInputError(missing_setting(name))
+    return JobSystem(
+        JobSettings(
+            project=args.project,
+            bucket=getattr(args, "bucket", ""),
+            topic=getattr(args, "topic", ""),
+            dead_letter_subscription=getattr(args, "dead_letter_subscription", ""),
+        )
+    )
+
+
+def run_job_command(args: argparse.Namespace) -> int:
+    """Dispatch one job command."""
+    jobs = _system(args)
+    if args.command == "submit":
+        return _submit(jobs, args)
+    if args.command == "watch":
+        if args.interval <= 0 or (args.timeout is not None and args.timeout <= 0):
+            raise InvalidInputError("--interval and --timeout must be positive")
+        return _watch(jobs, SessionRef(args.user, args.session), args.timeout, args.interval)
+    if args.command == "cancel":
+        status = jobs.request_cancel(SessionRef(args.user, args.session))
+        done = status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+        sys.stdout.write(
+            f"{args.session}: already {status}\n" if done else f"{args.session}: cancel requested\n"
+        )
+        return EXIT_OK
+    return run_dlq(jobs, args)
+
+
+def _submit(jobs: JobSystem, args: argparse.Namespace) -> int:
+    mask: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
+    ref = SessionRef(args.user, args.session or new_session_id())
+    fields = {"prompt": args.prompt, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+    jobs.submit(ref, args.image, mask, priority=args.priority, **fields)
+    sys.stdout.write(f"{ref.session}\n")
+    return EXIT_OK
+
+
+def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: float) -> int:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar, last_status, last_step = ProgressBar(sys.stderr), None, 0
+    while True:
+        document = jobs.session(ref)
+        if document is None:
+            raise InvalidInputError(f"no session {ref.session} of user {ref.user} ({ref.document})")
+        status = str(document.get(SessionField.STATUS.value, ""))
+        if status != last_status:
+            bar.interrupt()
+            attempt = document.get(SessionField.ATTEMPT.value)
+            sys.stderr.write(f"{status}" + (f" (attempt {attempt})" if attempt else "") + "\n")
+            last_status = status
+        progress = document.get(SessionField.PROGRESS.value) or {}
+        step, total = progress.get("step") or 0, progress.get("total")
+        if status == JobStatus.PROCESSING and total and step > last_step:
+            bar(int(step), int(total))
+            last_step = int(step)
+        if status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}:
+            return _report(ref, status, document)
+        if deadline is not None and time.monotonic() > deadline:
+            raise DeadlineExceededError(f"{ref.session} still {status} after {timeout:g} s")
+        time.sleep(interval)
+
+
+def _report(ref: SessionRef, status: str, document: dict[str, Any]) -> int:
+    if status == JobStatus.DONE:
+        result = document.get(SessionField.RESULT.value) or {}
+        edited = (result.get("paths") or {}).get("edited", "")
+        size = f"{result.get('width')}x{result.get('height')}"
+        sys.stdout.write(f"{ref.session}: done: {edited} ({size}, seed {result.get('seed')})\n")
+        return EXIT_OK
+    error = document.get(SessionField.ERROR.value) or {}
+    code, message = str(error.get("code", "")), " ".join(str(error.get("message", "")).split())
+    sys.stderr.write(f"fluxfill watch: {ref.session} {status}: {code}: {message}\n")
+    if status == JobStatus.CANCELLED or code in _STOPPED_CODES:
+        return EXIT_STOPPED
+    if code in _UNAVAILABLE_CODES:
+        return EXIT_UNAVAILABLE
+    return EXIT_USAGE if code in _INPUT_CODES else EXIT_FAILED

@@ -1,0 +1,248 @@
+"""Act on the job system the way the app does: upload, create the session document, publish, read, cancel.
+
+Everything about the job (message schema, storage paths, session fields and statuses) comes from
+fluxfill.bridge.contract; this module only speaks to Google Cloud. Emulators are used when the usual
+`*_EMULATOR_HOST` variables are set.
+"""
+
+import io
+import json
+import secrets
+import string
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from google.api_core import exceptions as api
+from PIL import Image
+
+from fluxfill.bridge.contract import (
+    DEFAULT_MASK_TEMPLATE,
+    DEFAULT_ORIGINAL_TEMPLATE,
+    DEFAULT_SESSION_TEMPLATE,
+    TERMINAL_STATUSES,
+    InvalidJobError,
+    JobMessage,
+    JobStatus,
+    SessionField,
+    parse_job,
+)
+from fluxfill.bridge.credentials import using_emulators
+from fluxfill.client.errors import InvalidInputError, ServiceUnavailableError
+from fluxfill.client.images import MaskLike, open_image, to_mask
+
+# Formats the bridge accepts for an original, by PIL's name, with the extension the app gives them.
+ORIGINAL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+PUBLISH_TIMEOUT_S = 30.0
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def now() -> datetime:
+    """The time written to documents (timezone-aware UTC, as the bridge writes it)."""
+    return datetime.now(UTC)
+
+
+def new_session_id() -> str:
+    """A 20-character id like Firestore's auto ids."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Where the job system lives; the CLI fills it from flags and FLUXFILL_* variables."""
+
+    project: str
+    bucket: str = ""
+    topic: str = ""
+    dead_letter_subscription: str = ""
+
+
+@dataclass(frozen=True)
+class SessionRef:
+    """One user's session: the document and storage paths follow from the two ids."""
+
+    user: str
+    session: str
+
+    @property
+    def document(self) -> str:
+        """The session document's path."""
+        return DEFAULT_SESSION_TEMPLATE.format(userId=self.user, sessionId=self.session)
+
+    def object_path(self, template: str, extension: str = "") -> str:
+        """A storage path from a contract template; `extension` replaces a final `*`."""
+        path = template.format(userId=self.user, sessionId=self.session)
+        return path[:-1] + extension if path.endswith("*") else path
+
+
+@contextmanager
+def google_errors(action: str) -> Iterator[None]:
+    """The boundary: Google API failures become client errors naming what was being done."""
+    try:
+        yield
+    except api.NotFound as error:
+        raise InvalidInputError(f"cannot {action}: not found ({error.message})") from None
+    except (api.GoogleAPICallError, api.RetryError) as error:
+        raise ServiceUnavailableError(f"cannot {action}: {error}", retryable=True) from None
+    except (TimeoutError, ConnectionError) as error:
+        raise ServiceUnavailableError(f"cannot {action}: {error}", retryable=True) from None
+
+
+def validated_job(ref: SessionRef, **fields: Any) -> JobMessage:
+    """The job message as the bridge will parse it; InvalidInputError naming every bad field."""
+    payload = {
+        "userId": ref.user,
+        "sessionId": ref.session,
+        **{k: v for k, v in fields.items() if v is not None},
+    }
+    try:
+        return parse_job(json.dumps(payload).encode())
+    except InvalidJobError as error:
+        raise InvalidInputError(str(error)) from None
+
+
+def encode_original(path: Path) -> tuple[bytes, str]:
+    """The photo's bytes and extension as uploaded: JPEG, PNG and WebP as they are, anything else as PNG."""
+    image = open_image(path)  # decodes it, so a broken file is refused here and not by the bridge
+    with Image.open(path) as header:
+        fmt = header.format or ""
+    if fmt in ORIGINAL_FORMATS:
+        return path.read_bytes(), ORIGINAL_FORMATS[fmt]
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue(), "png"
+
+
+def encode_mask(mask: MaskLike, photo: Path) -> bytes:
+    """The mask as the app uploads it: a PNG the photo's size, white = repaint."""
+    width, height = open_image(photo).size
+    buffer = io.BytesIO()
+    Image.fromarray(to_mask(mask, height, width)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class JobSystem:
+    """Google Cloud clients for one project, created on first use."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        self.settings = settings
+        self._clients: dict[str, Any] = {}
+
+    def _credentials(self) -> Any:
+        if using_emulators():
+            from google.auth.credentials import AnonymousCredentials
+
+            return AnonymousCredentials()  # type: ignore[no-untyped-call]
+        return None  # Application Default Credentials
+
+    def client(self, kind: str) -> Any:
+        """The storage, firestore, publisher or subscriber client."""
+        if kind not in self._clients:
+            from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+
+            project, credentials = self.settings.project, self._credentials()
+            factories: dict[str, Callable[[], Any]] = {
+                "storage": lambda: storage.Client(project=project, credentials=credentials),
+                "firestore": lambda: firestore.Client(project=project, credentials=credentials),
+                "publisher": lambda: pubsub_v1.PublisherClient(credentials=credentials),
+                "subscriber": lambda: pubsub_v1.SubscriberClient(credentials=credentials),
+            }
+            self._clients[kind] = factories[kind]()
+        return self._clients[kind]
+
+    def submit(self, ref: SessionRef, photo: Path, mask: MaskLike, **fields: Any) -> JobMessage:
+        """Upload photo and mask, create the queued session document, publish the job."""
+        job = validated_job(ref, **fields)
+        original, extension = encode_original(photo)
+        mask_png = encode_mask(mask, photo)
+        self.require("bucket", "topic")
+        bucket = self.client("storage").bucket(self.settings.bucket)
+        with google_errors(f"upload to gs://{self.settings.bucket}"):
+            original_path = ref.object_path(DEFAULT_ORIGINAL_TEMPLATE, extension)
+            content_type = Image.MIME.get(extension.upper().replace("JPG", "JPEG"), "image/png")
+            bucket.blob(original_path).upload_from_string(original, content_type=content_type)
+            bucket.blob(ref.object_path(DEFAULT_MASK_TEMPLATE)).upload_from_string(
+                mask_png, content_type="image/png"
+            )
+        with google_errors(f"create {ref.document}"):
+            self.client("firestore").document(ref.document).create(
+                {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()}
+            )
+        self.publish(job.model_dump_json(exclude_none=True).encode(), {})
+        return job
+
+    def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
+        """Publish to the jobs topic and wait for the message id."""
+        self.require("topic")
+        publisher = self.client("publisher")
+        topic = publisher.topic_path(self.settings.project, self.settings.topic)
+        with google_errors(f"publish to {topic}"):
+            return str(publisher.publish(topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT_S))
+
+    def session(self, ref: SessionRef) -> dict[str, Any] | None:
+        """The session document now, or None if there is none."""
+        with google_errors(f"read {ref.document}"):
+            snapshot = self.client("firestore").document(ref.document).get()
+        return snapshot.to_dict() if snapshot.exists else None
+
+    def request_cancel(self, ref: SessionRef) -> str:
+        """Ask the bridge to stop, as the app does; returns the status found (InvalidInputError if none)."""
+        from google.cloud import firestore
+
+        reference = self.client("firestore").document(ref.document)
+
+        @firestore.transactional
+        def mark(transaction: Any) -> str:
+            snapshot = reference.get(transaction=transaction)
+            if not snapshot.exists:
+                raise InvalidInputError(f"no session {ref.session} of user {ref.user} ({ref.document})")
+            status = str((snapshot.to_dict() or {}).get(SessionField.STATUS.value, ""))
+            if status not in TERMINAL_STATUSES:
+                transaction.update(
+                    reference,
+                    {
+                        SessionField.CANCEL_REQUESTED.value: True,
+                        SessionField.UPDATED_AT.value: now(),
+                    },
+                )
+            return status
+
+        with google_errors(f"request cancellation of {ref.document}"):
+            return str(mark(self.client("firestore").transaction()))
+
+    def requeue(self, ref: SessionRef) -> bool:
+        """Put a failed or cancelled session back to queued for a replay; False if it is done or missing."""
+        from google.cloud import firestore
+
+        reference = self.client("firestore").document(ref.document)
+
+        @firestore.transactional
+        def reset(transaction: Any) -> bool:
+            snapshot = reference.get(transaction=transaction)
+            document = snapshot.to_dict() if snapshot.exists else None
+            if document is None or document.get(SessionField.STATUS.value) == JobStatus.DONE.value:
+                return False
+            transaction.update(
+                reference,
+                {
+                    SessionField.STATUS.value: JobStatus.QUEUED.value,
+                    SessionField.ERROR.value: None,
+                    SessionField.CANCEL_REQUESTED.value: False,
+                    SessionField.OWNER.value: None,
+                    SessionField.LEASE_EXPIRES_AT.value: None,
+                    SessionField.UPDATED_AT.value: now(),
+                },
+            )
+            return True
+
+        with google_errors(f"requeue {ref.document}"):
+            return bool(reset(self.client("firestore").transaction()))
+
+    def require(self, *names: str) -> None:
+        """Raise InvalidInputError for the first of these settings that is empty."""
+        for name in names:
+            if not getattr(self.settings, name):
+                raise InvalidInputError(f"no {name.replace('_', ' ')} configured")

@@ -1,0 +1,38 @@
+"""Fixtures of the bridge's integration tests: one job system per test on the session's emulators."""
+
+from collections.abc import Iterator
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, pubsub_v1, storage
+
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import PROJECT, JobSystem
+from tests.integration.conftest import ServerFactory
+from tests.integration.emulators import GoogleEmulators
+
+
+@pytest.fixture(scope="session")
+def google_clients(google_emulators: GoogleEmulators) -> Iterator[tuple[object, ...]]:
+    credentials = AnonymousCredentials()
+    publisher = pubsub_v1.PublisherClient(credentials=credentials)
+    subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
+    storage_client = storage.Client(project=PROJECT, credentials=credentials)
+    db = firestore.Client(project=PROJECT, credentials=credentials)
+    yield publisher, subscriber, storage_client, db
+    subscriber.close()
+
+
+@pytest.fixture
+def jobs(google_emulators: GoogleEmulators, google_clients: tuple[object, ...]) -> JobSystem:
+    """Fresh topics, subscriptions and bucket, and an empty Firestore."""
+    google_emulators.firestore.clear(PROJECT)
+    system = JobSystem(*google_clients)  # type: ignore[arg-type]
+    system.create()
+    return system
+
+
+@pytest.fixture(scope="session")
+def slow_flux_server(start_flux_server: ServerFactory) -> LocalTritonServer:
+    """The tiny model denoising at 1024x1024: about 40 ms a step, so a 100-step run lasts seconds."""
+    return start_flux_server(min_working_pixels="1048576", max_working_pixels="1048576")

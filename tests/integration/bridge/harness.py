@@ -1,0 +1,290 @@
+"""The app's side of the job system on the emulators, a bridge run in-process, and a switchable TCP proxy."""
+
+import contextlib
+import io
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from google.cloud import firestore, pubsub_v1, storage
+from google.cloud.pubsub_v1.types import DeadLetterPolicy
+from PIL import Image
+
+from fluxfill.bridge.bootstrap import Bridge, build_bridge
+from fluxfill.bridge.ports import InpaintModel
+from fluxfill.bridge.service import BridgeService
+from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.client.triton_binary import free_port
+
+PROJECT = "fluxfill-test"
+# The least Pub/Sub allows; the bridge's own max_delivery_attempts is set lower in the tests that need it.
+POLICY_ATTEMPTS = 5
+
+
+def encode(array: np.ndarray, kind: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def photo(height: int = 96, width: int = 128) -> np.ndarray:
+    return np.random.default_rng(height * 31 + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def box_mask(height: int = 96, width: int = 128) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4 : height // 2, width // 4 : width // 2] = 255
+    return mask
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@dataclass
+class JobSystem:
+    """One test's topic, subscription, dead-letter topic and bucket, and the app's view of them."""
+
+    publisher: pubsub_v1.PublisherClient
+    subscriber: pubsub_v1.SubscriberClient
+    storage_client: storage.Client
+    db: firestore.Client
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    @property
+    def topic(self) -> str:
+        return self.publisher.topic_path(PROJECT, f"jobs-{self.name}")
+
+    @property
+    def subscription_id(self) -> str:
+        return f"bridge-{self.name}"
+
+    @property
+    def dead_letter_topic_id(self) -> str:
+        return f"dead-{self.name}"
+
+    @property
+    def bucket(self) -> str:
+        return f"bucket-{self.name}"
+
+    def create(self) -> None:
+        """The topics, the bridge's pull subscription, a subscription on the dead-letter topic, the bucket."""
+        dead_topic = self.publisher.topic_path(PROJECT, self.dead_letter_topic_id)
+        self.publisher.create_topic(name=self.topic)
+        self.publisher.create_topic(name=dead_topic)
+        request: dict[str, Any] = {
+            "name": self.subscriber.subscription_path(PROJECT, self.subscription_id),
+            "topic": self.topic,
+            "ack_deadline_seconds": 10,
+            "dead_letter_policy": DeadLetterPolicy(
+                dead_letter_topic=dead_topic, max_delivery_attempts=POLICY_ATTEMPTS
+            ),
+        }
+        self.subscriber.create_subscription(request=request)
+        self.subscriber.create_subscription(
+            name=self.subscriber.subscription_path(PROJECT, f"dlq-{self.name}"), topic=dead_topic
+        )
+        self.storage_client.create_bucket(self.bucket)
+
+    def add_push_subscription(self, endpoint: str) -> None:
+        """A push subscription on the job topic (the emulator sends no OIDC token)."""
+        self.subscriber.create_subscription(
+            request={
+                "name": self.subscriber.subscription_path(PROJECT, f"push-{self.name}"),
+                "topic": self.topic,
+                "ack_deadline_seconds": 10,
+                "push_config": {"push_endpoint": endpoint},
+            }
+        )
+
+    def settings(self, triton_url: str, **overrides: Any) -> BridgeSettings:
+        values: dict[str, Any] = {
+            "project": PROJECT,
+            "subscription": self.subscription_id,
+            "dead_letter_topic": self.dead_letter_topic_id,
+            "bucket": self.bucket,
+            "triton_url": triton_url,
+            "http_host": "127.0.0.1",
+            "http_port": 0,
+            "readiness_interval_s": 0.2,
+            "progress_interval_s": 0.2,
+            "lease_s": 30,
+            "job_deadline_s": 60,
+            "shutdown_grace_s": 10,
+            **overrides,
+        }
+        return BridgeSettings(**values)
+
+    def upload(self, user: str, session: str, name: str, data: bytes) -> None:
+        blob = self.storage_client.bucket(self.bucket).blob(f"users/{user}/sessions/{session}/{name}")
+        blob.upload_from_string(data)
+
+    def download(self, user: str, session: str, name: str) -> bytes:
+        blob = self.storage_client.bucket(self.bucket).blob(f"users/{user}/sessions/{session}/{name}")
+        return bytes(blob.download_as_bytes())
+
+    def new_job(self, photo_bytes: bytes | None = None, mask_bytes: bytes | None = None) -> tuple[str, str]:
+        """A fresh user and session with the photo and mask uploaded and the session document queued."""
+        user, session = f"u{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+        self.upload(
+            user, session, "original.png", photo_bytes if photo_bytes is not None else encode(photo())
+        )
+        self.upload(user, session, "mask.png", mask_bytes if mask_bytes is not None else encode(box_mask()))
+        self.document(user, session).set({"status": "queued"})
+        return user, session
+
+    def document(self, user: str, session: str) -> firestore.DocumentReference:
+        return self.db.document(f"users/{user}/sessions/{session}")
+
+    def session(self, user: str, session: str) -> dict[str, Any]:
+        return self.document(user, session).get().to_dict() or {}
+
+    def publish(self, data: bytes | dict[str, Any]) -> str:
+        payload = data if isinstance(data, bytes) else json.dumps(data).encode()
+        return str(self.publisher.publish(self.topic, payload).result(timeout=10))
+
+    def wait_for(
+        self, user: str, session: str, done: Callable[[dict[str, Any]], bool], timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            document = self.session(user, session)
+            if done(document):
+                return document
+            time.sleep(0.05)
+        raise AssertionError(f"session {user}/{session} never got there; last: {self.session(user, session)}")
+
+    def pull_now(self, timeout_s: float = 5.0) -> list[Any]:
+        """Synchronously pull (and ack) what the bridge's subscription has available within `timeout_s`."""
+        path = self.subscriber.subscription_path(PROJECT, self.subscription_id)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            response = self.subscriber.pull(subscription=path, max_messages=10, timeout=5)
+            if response.received_messages:
+                ack_ids = [m.ack_id for m in response.received_messages]
+                self.subscriber.acknowledge(subscription=path, ack_ids=ack_ids)
+                return [m.message for m in response.received_messages]
+            time.sleep(0.1)
+        return []
+
+    def dead_letters(self, expected: int, timeout_s: float = 15.0) -> list[Any]:
+        """Pull (and ack) at least `expected` messages from the dead-letter topic."""
+        path = self.subscriber.subscription_path(PROJECT, f"dlq-{self.name}")
+        received: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while len(received) < expected and time.monotonic() < deadline:
+            response = self.subscriber.pull(subscription=path, max_messages=10, timeout=2)
+            if response.received_messages:
+                self.subscriber.acknowledge(
+                    subscription=path, ack_ids=[m.ack_id for m in response.received_messages]
+                )
+                received.extend(m.message for m in response.received_messages)
+        return received
+
+
+@dataclass
+class RunningBridge:
+    """A BridgeService on a thread of the test process."""
+
+    service: BridgeService
+    thread: threading.Thread
+
+    @property
+    def bridge(self) -> Bridge:
+        return self.service.bridge
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.service.http_port}"
+
+    def counted(self, outcome: str) -> float:
+        return self.bridge.metrics.sample("fluxfill_bridge_jobs_total", {"outcome": outcome})
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        self.service.request_stop()
+        self.thread.join(timeout=timeout_s)
+        assert not self.thread.is_alive(), "the bridge did not stop"
+
+
+@contextlib.contextmanager
+def running_bridge(settings: BridgeSettings, model: InpaintModel | None = None) -> Iterator[RunningBridge]:
+    service = BridgeService(build_bridge(settings, model))
+    thread = threading.Thread(target=service.run, name="bridge-under-test", daemon=True)
+    thread.start()
+    assert service.started.wait(30), "the bridge did not start"
+    running = RunningBridge(service, thread)
+    try:
+        yield running
+    finally:
+        if thread.is_alive():
+            running.stop()
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:`port` to `target`; `down()` refuses and cuts connections until `up()`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = target_port
+        self._listener: socket.socket | None = None
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+            connections, self._connections = self._connections, []
+        if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                server = socket.create_connection(("127.0.0.1", self._target))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)

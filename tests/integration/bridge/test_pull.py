@@ -1,0 +1,237 @@
+"""The bridge in pull mode against the Pub/Sub, Firestore and Storage emulators and a real tritonserver."""
+
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.bridge.errors import TritonUnavailableError
+from fluxfill.bridge.ports import InferenceResult
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import (
+    JobSystem,
+    TcpProxy,
+    box_mask,
+    encode,
+    photo,
+    running_bridge,
+    wait_until,
+)
+
+pytestmark = pytest.mark.integration
+FEATHER = 8  # the shipped feather_pixels: pixels farther than this from the mask are untouched
+
+
+def is_terminal(document: dict[str, object]) -> bool:
+    return document.get("status") in {"done", "failed", "cancelled"}
+
+
+def test_happy_path_writes_result_preview_and_done(jobs: JobSystem, flux_server: LocalTritonServer) -> None:
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url, progress_interval_s=0.01)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session, "prompt": "a red ball", "steps": 3, "seed": 7})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done", document
+    edited = np.asarray(Image.open(io.BytesIO(jobs.download(user, session, "edited.png"))))
+    original, mask = photo(), box_mask()
+    assert edited.shape == original.shape
+    far = np.ones_like(mask, bool)
+    rows, cols = np.nonzero(mask)
+    far[rows.min() - FEATHER : rows.max() + FEATHER + 1, cols.min() - FEATHER : cols.max() + FEATHER + 1] = (
+        False
+    )
+    assert np.array_equal(edited[far], original[far]), "unmasked pixels must be unchanged"
+    assert not np.array_equal(edited[mask >= 128], original[mask >= 128])
+    preview = Image.open(io.BytesIO(jobs.download(user, session, "preview.jpg")))
+    assert preview.format == "JPEG"
+    assert max(preview.size) <= 512
+    assert document["result"]["seed"] == 7
+    assert (document["result"]["width"], document["result"]["height"]) == (128, 96)
+    assert document["progress"] == {"step": 3, "total": 3}
+    assert document["model"]["model"] == "flux_fill_stream"
+    assert document["model"]["steps"] == 3
+    assert document["attempt"] == 1
+    assert document["error"] is None
+    assert bridge.counted("done") == 1
+
+
+def test_duplicate_delivery_writes_one_result_and_one_terminal_state(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    job = {"userId": user, "sessionId": session, "steps": 2}
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish(job)
+        first = jobs.wait_for(user, session, is_terminal)
+        jobs.publish(job)
+        wait_until(lambda: bridge.counted("duplicate") == 1)
+    assert first["status"] == "done"
+    assert jobs.session(user, session)["finishedAt"] == first["finishedAt"], (
+        "the terminal state must not change"
+    )
+    assert bridge.counted("done") == 1
+    assert jobs.session(user, session)["attempt"] == 1
+
+
+def test_two_bridges_racing_for_one_job_have_one_winner(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    job = {"userId": user, "sessionId": session, "steps": 2}
+    first_settings = jobs.settings(flux_server.grpc_url, instance_id="bridge-a")
+    second_settings = jobs.settings(flux_server.grpc_url, instance_id="bridge-b")
+    with running_bridge(first_settings) as first, running_bridge(second_settings) as second:
+        for _ in range(4):
+            jobs.publish(job)
+        wait_until(lambda: sum(b.counted("done") + b.counted("duplicate") for b in (first, second)) == 4)
+    assert first.counted("done") + second.counted("done") == 1
+    document = jobs.session(user, session)
+    assert document["status"] == "done"
+    assert document["attempt"] == 1
+    assert document["owner"] in {"bridge-a", "bridge-b"}
+
+
+def test_malformed_message_is_acked_and_dead_lettered(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        message_id = jobs.publish(b"{not json")
+        dead = jobs.dead_letters(expected=1)
+        time.sleep(1.0)  # an unacked message would be redelivered within this time
+    assert len(dead) == 1
+    assert dead[0].data == b"{not json"
+    assert dead[0].attributes["fluxfillErrorCode"] == "malformed_message"
+    assert dead[0].attributes["fluxfillOriginalMessageId"] == message_id
+    assert bridge.counted("dead_letter") == 1
+
+
+def test_invalid_job_fails_its_session_with_the_field_named(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": 1000})
+        document = jobs.wait_for(user, session, is_terminal)
+        dead = jobs.dead_letters(expected=1)
+    assert document["status"] == "failed"
+    assert document["error"]["code"] == "invalid_job"
+    assert "steps" in document["error"]["message"]
+    assert dead[0].attributes["fluxfillErrorCode"] == "invalid_job"
+
+
+def test_corrupt_image_fails_with_corrupt_image(jobs: JobSystem, flux_server: LocalTritonServer) -> None:
+    user, session = jobs.new_job(photo_bytes=encode(photo())[:200])
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "failed"
+    assert document["error"]["code"] == "corrupt_image"
+
+
+def test_oversized_object_fails_without_being_downloaded(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    big = np.random.default_rng(1).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    user, session = jobs.new_job(photo_bytes=encode(big))
+    with running_bridge(jobs.settings(flux_server.grpc_url, max_object_bytes=100_000)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["error"]["code"] == "object_too_large"
+    assert bridge.bridge.metrics.sample("fluxfill_bridge_downloaded_bytes_total") == 0
+
+
+def test_missing_original_fails_with_original_missing(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    user, session = "nobody", "nothing"
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["error"]["code"] == "original_missing"
+
+
+def test_nothing_is_pulled_while_triton_is_down_and_the_job_is_done_once_it_is_back(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    proxy = TcpProxy(flux_server.grpc_port)
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(proxy.url)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        time.sleep(1.5)
+        assert jobs.session(user, session)["status"] == "queued", "no job may be taken while Triton is down"
+        ready = httpx.get(f"{bridge.url}/readyz")
+        assert ready.status_code == 503
+        proxy.up()
+        try:
+            document = jobs.wait_for(user, session, is_terminal)
+            assert httpx.get(f"{bridge.url}/readyz").status_code == 200
+        finally:
+            proxy.down()
+    assert document["status"] == "done"
+
+
+def test_triton_lost_mid_service_retries_the_job_until_it_is_back(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    proxy = TcpProxy(flux_server.grpc_port)
+    proxy.up()
+    user, session = jobs.new_job()
+    try:
+        # A slow readiness poll: the job itself finds Triton gone before the poll does.
+        with running_bridge(jobs.settings(proxy.url, readiness_interval_s=2.0)) as bridge:
+            wait_until(lambda: bridge.bridge.readiness.ready)
+            proxy.down()
+            jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+            time.sleep(1.0)
+            assert jobs.session(user, session)["status"] in {"queued", "processing"}
+            proxy.up()
+            document = jobs.wait_for(user, session, is_terminal)
+    finally:
+        proxy.down()
+    assert document["status"] == "done"
+    assert bridge.counted("retry") >= 1
+    assert document["attempt"] == 2
+
+
+class FailingInference:
+    """Our InpaintModel port, READY but failing every run as unavailable (a full queue, say)."""
+
+    name, protocol = "flux_fill_stream", "grpc-stream"
+
+    def is_ready(self) -> bool:
+        return True
+
+    def infer(self, *_args: object, **_kwargs: object) -> InferenceResult:
+        raise TritonUnavailableError("triton: Exceeds maximum queue size")
+
+
+def test_job_failing_every_attempt_is_failed_and_dead_lettered(jobs: JobSystem) -> None:
+    user, session = jobs.new_job()
+    settings = jobs.settings("127.0.0.1:1", max_delivery_attempts=3)
+    with running_bridge(settings, FailingInference()) as bridge:
+        message_id = jobs.publish({"userId": user, "sessionId": session})
+        document = jobs.wait_for(user, session, is_terminal)
+        dead = jobs.dead_letters(expected=1)
+    assert document["status"] == "failed"
+    assert document["error"]["code"] == "retries_exhausted"
+    assert "maximum queue size" in document["error"]["message"]
+    assert document["attempt"] == 3
+    assert bridge.counted("retry") == 2
+    assert [m.attributes["fluxfillOriginalMessageId"] for m in dead] == [message_id]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_unary_fallback_protocols_finish_the_job(
+    jobs: JobSystem, flux_server: LocalTritonServer, protocol: str
+) -> None:
+    url = flux_server.http_url if protocol == "http" else flux_server.grpc_url
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(url, triton_protocol=protocol)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2, "seed": 3})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done"
+    assert document["model"]["model"] == "flux_fill"
+    assert document["model"]["protocol"] == protocol

@@ -1,0 +1,122 @@
+"""The bridge in push mode: Pub/Sub's push to /push, OIDC verification, readiness."""
+
+import base64
+import json
+
+import httpx
+import pytest
+
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import JobSystem, running_bridge
+from tests.integration.bridge.oidc_keys import AUDIENCE, SERVICE_ACCOUNT, SigningKey, certificate_endpoint
+
+pytestmark = pytest.mark.integration
+
+
+def is_terminal(document: dict[str, object]) -> bool:
+    return document.get("status") in {"done", "failed", "cancelled"}
+
+
+def envelope(data: bytes, message_id: str = "push-1") -> dict[str, object]:
+    return {
+        "message": {
+            "data": base64.b64encode(data).decode(),
+            "messageId": message_id,
+            "publishTime": "2026-11-24T08:00:00.000Z",
+            "attributes": {},
+        },
+        "subscription": "projects/fluxfill-test/subscriptions/push",
+    }
+
+
+def test_pushed_job_is_done_through_the_emulator(jobs: JobSystem, flux_server: LocalTritonServer) -> None:
+    user, session = jobs.new_job()
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)
+    with running_bridge(settings) as bridge:
+        jobs.add_push_subscription(f"{bridge.url}/push")
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done"
+    assert bridge.counted("done") == 1
+
+
+@pytest.fixture(scope="module")
+def google_key() -> SigningKey:
+    return SigningKey.generate("google-key-1")
+
+
+@pytest.fixture(scope="module")
+def stranger_key() -> SigningKey:
+    return SigningKey.generate("google-key-1")  # the same key id, another key: a forged signature
+
+
+def test_push_tokens_are_verified(
+    jobs: JobSystem, flux_server: LocalTritonServer, google_key: SigningKey, stranger_key: SigningKey
+) -> None:
+    user, session = jobs.new_job()
+    body = envelope(json.dumps({"userId": user, "sessionId": session, "steps": 2}).encode())
+    with certificate_endpoint(google_key) as certs_url:
+        settings = jobs.settings(
+            flux_server.grpc_url,
+            mode="push",
+            push_audience=AUDIENCE,
+            push_service_account=SERVICE_ACCOUNT,
+            oidc_certs_url=certs_url,
+        )
+        with running_bridge(settings) as bridge:
+
+            def post(token: str | None) -> int:
+                headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+                return httpx.post(f"{bridge.url}/push", json=body, headers=headers, timeout=30).status_code
+
+            refusals = {
+                "none": post(None),
+                "garbage": post("not-a-jwt"),
+                "forged": post(stranger_key.token()),
+                "expired": post(google_key.token(iat=1_000_000, exp=1_000_600)),
+                "other issuer": post(google_key.token(iss="https://evil.example")),
+                "wrong audience": post(google_key.token(aud="https://other.example/push")),
+                "wrong account": post(google_key.token(email="someone@evil.example")),
+                "unverified email": post(google_key.token(email_verified=False)),
+            }
+            assert jobs.session(user, session)["status"] == "queued", "a refused push must do no work"
+            accepted = post(google_key.token())
+    assert refusals == {
+        "none": 401,
+        "garbage": 401,
+        "forged": 401,
+        "expired": 401,
+        "other issuer": 401,
+        "wrong audience": 403,
+        "wrong account": 403,
+        "unverified email": 403,
+    }
+    assert accepted == 204
+    assert jobs.session(user, session)["status"] == "done"
+
+
+def test_push_answers_400_to_a_body_that_is_no_envelope(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)
+    with running_bridge(settings) as bridge:
+        response = httpx.post(f"{bridge.url}/push", content=b"{}", timeout=10)
+        malformed = httpx.post(f"{bridge.url}/push", json=envelope(b"{oops"), timeout=10)
+        dead = jobs.dead_letters(expected=1)
+    assert response.status_code == 400
+    assert "not a Pub/Sub push envelope" in response.text
+    assert malformed.status_code == 204, "a malformed job is acked once dead-lettered"
+    assert dead[0].attributes["fluxfillErrorCode"] == "malformed_message"
+
+
+def test_push_answers_503_until_triton_is_ready(jobs: JobSystem) -> None:
+    settings = jobs.settings("127.0.0.1:1", mode="push", push_auth=False)
+    with running_bridge(settings) as bridge:
+        pushed = httpx.post(f"{bridge.url}/push", json=envelope(b"{}"), timeout=10)
+        ready = httpx.get(f"{bridge.url}/readyz", timeout=10)
+        healthy = httpx.get(f"{bridge.url}/healthz", timeout=10)
+        metrics = httpx.get(f"{bridge.url}/metrics", timeout=10)
+    assert pushed.status_code == 503
+    assert ready.status_code == 503
+    assert healthy.status_code == 200
+    assert "fluxfill_bridge_ready 0.0" in metrics.text

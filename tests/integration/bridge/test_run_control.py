@@ -1,0 +1,160 @@
+"""Cancellation through the session document, deadlines and SIGTERM, on a tritonserver that takes seconds."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import JobSystem, running_bridge, wait_until
+
+pytestmark = pytest.mark.integration
+LONG_RUN = 100  # steps: about 4 s on the slow server
+
+
+def is_terminal(document: dict[str, object]) -> bool:
+    return document.get("status") in {"done", "failed", "cancelled"}
+
+
+def has_progress(document: dict[str, object]) -> bool:
+    progress = document.get("progress")
+    return isinstance(progress, dict) and (progress.get("step") or 0) >= 1
+
+
+def triton_outcomes(server: LocalTritonServer, outcome: str) -> float:
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local URL)
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("fluxfill_requests_total{") and f'outcome="{outcome}"' in line
+    )
+
+
+def test_progress_is_seen_and_cancel_from_the_app_stops_triton(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": LONG_RUN})
+        running = jobs.wait_for(user, session, has_progress)
+        assert running["status"] == "processing"
+        assert 1 <= running["progress"]["step"] < LONG_RUN
+        assert running["progress"]["total"] == LONG_RUN
+        asked = time.monotonic()
+        jobs.document(user, session).update({"cancelRequested": True})
+        document = jobs.wait_for(user, session, is_terminal)
+        noticed_s = time.monotonic() - asked
+        # Triton counts the run as cancelled once it stops: within a step, not after the ~90 steps left.
+        wait_until(
+            lambda: triton_outcomes(slow_flux_server, "cancelled") == cancelled_before + 1, timeout_s=5
+        )
+        freed_s = time.monotonic() - asked
+    assert document["status"] == "cancelled"
+    assert document["error"]["code"] == "cancelled"
+    assert noticed_s < 2.0
+    assert freed_s < 3.0
+
+
+def test_deadline_fails_the_job_with_deadline_exceeded(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    timeouts_before = triton_outcomes(slow_flux_server, "timeout") + triton_outcomes(
+        slow_flux_server, "cancelled"
+    )
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url, job_deadline_s=1.5)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": LONG_RUN})
+        document = jobs.wait_for(user, session, is_terminal)
+        # The run stopped on Triton too: by its TIMEOUT_S or by the cancelled stream, whichever came first.
+        wait_until(
+            lambda: (
+                triton_outcomes(slow_flux_server, "timeout") + triton_outcomes(slow_flux_server, "cancelled")
+                == timeouts_before + 1
+            ),
+            timeout_s=5,
+        )
+    assert document["status"] == "failed"
+    assert document["error"]["code"] == "deadline_exceeded"
+
+
+def bridge_process(jobs: JobSystem, triton_url: str, **settings: str) -> subprocess.Popen[str]:
+    environment = {f"FLUXFILL_BRIDGE_{key.upper()}": str(value) for key, value in settings.items()}
+    base = jobs.settings(triton_url)
+    for key in ("project", "subscription", "dead_letter_topic", "bucket", "triton_url", "http_host"):
+        environment.setdefault(f"FLUXFILL_BRIDGE_{key.upper()}", str(getattr(base, key)))
+    environment |= {"FLUXFILL_BRIDGE_HTTP_PORT": "0", "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.2"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fluxfill.bridge"],
+        env={**os.environ, **environment},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def log_lines(output: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def test_sigterm_lets_a_job_finish_within_the_grace_period(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    process = bridge_process(
+        jobs, slow_flux_server.grpc_url, shutdown_grace_s="30", instance_id="bridge-term"
+    )
+    try:
+        message_id = jobs.publish({"userId": user, "sessionId": session, "steps": 20})
+        jobs.wait_for(user, session, has_progress)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert jobs.session(user, session)["status"] == "done"
+    lines = log_lines(stdout)
+    assert all(line["severity"] in {"DEBUG", "INFO", "WARNING", "ERROR"} for line in lines)
+    outcome = next(line for line in lines if line["message"] == "job outcome")
+    assert outcome["outcome"] == "done"
+    assert outcome["messageId"] == message_id
+    assert outcome["userId"] == user
+
+
+def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer
+) -> None:
+    user, session = jobs.new_job()
+    cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
+    process = bridge_process(jobs, slow_flux_server.grpc_url, shutdown_grace_s="0.5")
+    try:
+        job = json.dumps({"userId": user, "sessionId": session, "steps": LONG_RUN}).encode()
+        jobs.publish(job)
+        jobs.wait_for(user, session, has_progress)
+        stopped_at = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=60)
+        stop_s = time.monotonic() - stopped_at
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    assert stop_s < 3.0
+    document = jobs.session(user, session)
+    assert document["status"] == "queued"
+    assert document["owner"] is None
+    wait_until(lambda: triton_outcomes(slow_flux_server, "cancelled") == cancelled_before + 1, timeout_s=5)
+    # Nacked, on the stream that is still open: the decision is logged with the outcome.
+    outcome = next(line for line in log_lines(stdout) if line["message"] == "job outcome")
+    assert outcome["outcome"] == "retry"
+    assert "cancelled" in str(outcome["reason"])

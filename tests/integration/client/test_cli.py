@@ -1,0 +1,215 @@
+"""`fluxfill infer` as a user runs it: a subprocess on a real tritonserver, judged by files and exit codes."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.client.inference import FluxFillClient
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.client.triton_binary import free_port
+from tests.integration.client.support import FOLLOW_UP_LIMIT_S, LONG_RUN_STEPS, box_mask, outcome_count, photo
+
+pytestmark = pytest.mark.integration
+
+FLUXFILL = str(Path(sys.executable).parent / "fluxfill")
+HEIGHT, WIDTH = 48, 80
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cli")
+    Image.fromarray(photo(HEIGHT, WIDTH)).save(folder / "photo.png")
+    Image.fromarray(box_mask(HEIGHT, WIDTH)).save(folder / "mask.png")
+    Image.fromarray(box_mask(HEIGHT // 2, WIDTH)).save(folder / "small-mask.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def fluxfill(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLUXFILL, *map(str, args)], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def infer(files: Path, server: LocalTritonServer, *extra: str | Path) -> subprocess.CompletedProcess[str]:
+    return fluxfill(
+        "infer",
+        files / "photo.png",
+        files / "mask.png",
+        "--url",
+        server.grpc_url,
+        "--prompt",
+        "a cat",
+        *extra,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, fragment: str) -> None:
+    assert result.returncode == code, result.stderr
+    # Progress lines may come first; the error itself is one line, and the last.
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("step ")]
+    assert len(lines) == 1, f"expected one error line on stderr, got: {result.stderr!r}"
+    assert result.stderr.splitlines()[-1] == lines[0]
+    assert lines[0].startswith("fluxfill infer: ")
+    assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_infer_writes_an_image_of_the_input_size_and_prints_the_seed(
+    flux_server: LocalTritonServer, files: Path, tmp_path: Path, protocol: str
+) -> None:
+    url = flux_server.grpc_url if protocol == "grpc" else flux_server.http_url
+    output = tmp_path / "out" / "result.png"
+    result = fluxfill(
+        "infer", files / "photo.png", files / "mask.png", "--output", output,
+        "--url", url, "--protocol", protocol, "--seed", "42",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = np.asarray(Image.open(output))
+    assert written.shape == (HEIGHT, WIDTH, 3)
+    assert "seed 42" in result.stdout
+    # A box mask gives the same pixels as the mask file it describes.
+    by_box = tmp_path / "box.png"
+    box = f"{WIDTH // 4},{HEIGHT // 4},{WIDTH // 2},{HEIGHT // 2}"
+    again = fluxfill(
+        "infer",
+        files / "photo.png",
+        box,
+        "--output",
+        by_box,
+        "--url",
+        url,
+        "--protocol",
+        protocol,
+        "--seed",
+        "42",
+    )
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(np.asarray(Image.open(by_box)), written)
+
+
+def test_random_seed_is_printed(flux_server: LocalTritonServer, files: Path, tmp_path: Path) -> None:
+    result = infer(files, flux_server, "--output", tmp_path / "r.png")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"\(80x48, seed \d+\)", result.stdout)
+
+
+def test_progress_bar_advances_once_per_step(
+    flux_server: LocalTritonServer, files: Path, tmp_path: Path
+) -> None:
+    result = infer(files, flux_server, "--output", tmp_path / "p.png", "--steps", "6")
+    assert result.returncode == 0, result.stderr
+    steps = [(int(a), int(b)) for a, b in re.findall(r"^step (\d+)/(\d+)", result.stderr, re.MULTILINE)]
+    assert steps == [(step, 6) for step in range(1, 7)]
+
+
+@pytest.mark.parametrize(
+    ("mask", "fragment"),
+    [
+        ("small-mask.png", "mask is 80x24 but the image is 80x48"),
+        ("notes.txt", "notes.txt: not a readable image"),
+        ("missing.png", "missing.png: no such file"),
+        ("70,40,20,20", "box 70,40,20,20 does not fit inside the 80x48 photo"),
+    ],
+)
+def test_invalid_mask_exits_2_with_one_line(
+    flux_server: LocalTritonServer, files: Path, tmp_path: Path, mask: str, fragment: str
+) -> None:
+    mask_arg = mask if "," in mask else str(files / mask)
+    output = tmp_path / "never.png"
+    result = fluxfill(
+        "infer", files / "photo.png", mask_arg, "--output", output, "--url", flux_server.grpc_url
+    )
+    assert_one_line_error(result, 2, fragment)
+    assert not output.exists()
+
+
+def test_input_the_server_refuses_exits_2_with_its_message(
+    flux_server: LocalTritonServer, files: Path, tmp_path: Path
+) -> None:
+    result = infer(files, flux_server, "--output", tmp_path / "x.png", "--steps", "0")
+    assert_one_line_error(result, 2, "STEPS: must be between 1 and")
+
+
+def test_usage_error_exits_2(files: Path) -> None:
+    result = fluxfill("infer", files / "photo.png", files / "mask.png")
+    assert result.returncode == 2
+    assert "--output" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_stopped_server_exits_3(files: Path, tmp_path: Path, protocol: str) -> None:
+    url = f"127.0.0.1:{free_port()}"
+    result = fluxfill(
+        "infer", files / "photo.png", files / "mask.png", "--output", tmp_path / "x.png",
+        "--url", url, "--protocol", protocol, "--retries", "0",
+    )  # fmt: skip
+    assert_one_line_error(result, 3, url)
+
+
+def test_unavailable_server_is_retried_with_backoff_before_exit_3(files: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = fluxfill(
+        "infer", files / "photo.png", files / "mask.png", "--output", tmp_path / "x.png",
+        "--url", f"127.0.0.1:{free_port()}", "--retries", "2",
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert len(re.findall("retrying in", result.stderr)) == 2
+    assert time.monotonic() - started >= 0.5 + 1.0, "backoff waits 0.5 s, then 1 s"
+
+
+def test_timeout_exits_4(long_run_server: LocalTritonServer, files: Path, tmp_path: Path) -> None:
+    result = infer(
+        files,
+        long_run_server,
+        "--output",
+        tmp_path / "t.png",
+        "--steps",
+        str(LONG_RUN_STEPS),
+        "--timeout",
+        "1",
+    )
+    assert_one_line_error(result, 4, "deadline exceeded")
+
+
+def test_sigint_during_a_long_run_cancels_it_on_the_server(
+    long_run_server: LocalTritonServer, files: Path, tmp_path: Path
+) -> None:
+    cancelled_before = outcome_count(long_run_server, "cancelled")
+    output = tmp_path / "never.png"
+    process = subprocess.Popen(
+        [FLUXFILL, "infer", str(files / "photo.png"), str(files / "mask.png"), "--output", str(output),
+         "--url", long_run_server.grpc_url, "--steps", str(LONG_RUN_STEPS)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    # Wait until the server is denoising: the progress bar has shown a few steps.
+    for line in process.stderr:
+        if line.startswith("step 5/"):
+            break
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=10)
+    assert process.returncode == 4
+    assert rest.splitlines()[-1] == (
+        "fluxfill infer: interrupted (Ctrl-C): cancelled; the server stopped the run"
+    )
+    assert "Traceback" not in rest
+    assert not output.exists()
+    # The model counts a cancelled outcome only once its run loop has stopped.
+    deadline = time.monotonic() + 5
+    while outcome_count(long_run_server, "cancelled") < cancelled_before + 1:
+        assert time.monotonic() < deadline, "the server never reported the run cancelled"
+        time.sleep(0.05)
+    # The run had ~995 steps (20+ s) left: a prompt answer shows the single instance is free again.
+    started = time.monotonic()
+    with FluxFillClient(long_run_server.grpc_url) as client:
+        client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=2)
+    assert time.monotonic() - started < FOLLOW_UP_LIMIT_S

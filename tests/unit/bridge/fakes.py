@@ -1,0 +1,145 @@
+"""Hand-written in-memory fakes of the bridge's own ports."""
+
+import fnmatch
+import io
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fluxfill.bridge import sessions
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import (
+    JobCancelledError,
+    JobDeadlineExceededError,
+    PermanentJobError,
+)
+from fluxfill.bridge.ports import (
+    Claim,
+    Heartbeat,
+    InferenceRequest,
+    InferenceResult,
+    JobRef,
+    ObjectInfo,
+    ProgressCallback,
+    RunControl,
+)
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class FakeObjectStore:
+    """A bucket in a dict; records every read so tests can see what was downloaded."""
+
+    objects: dict[str, bytes] = field(default_factory=dict)
+    reads: list[str] = field(default_factory=list)
+    fail_with: Exception | None = None
+
+    def find(self, pattern: str) -> ObjectInfo | None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        matches = sorted(p for p in self.objects if fnmatch.fnmatchcase(p, pattern))
+        if len(matches) > 1:
+            raise PermanentJobError(ErrorCode.ORIGINAL_AMBIGUOUS, f"several objects match {pattern}")
+        if not matches:
+            return None
+        return ObjectInfo(matches[0], len(self.objects[matches[0]]), 1)
+
+    def read(self, info: ObjectInfo) -> bytes:
+        self.reads.append(info.path)
+        return self.objects[info.path]
+
+    def create(self, path: str, data: bytes, content_type: str) -> bool:
+        if path in self.objects:
+            return False
+        self.objects[path] = data
+        return True
+
+
+@dataclass
+class FakeSessionStore:
+    """Session documents in a dict, under the same state machine as the Firestore adapter."""
+
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)
+    progress_writes: list[tuple[int, int]] = field(default_factory=list)
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _apply(self, path: str, update: Mapping[str, Any] | None) -> None:
+        if update is not None:
+            self.documents.setdefault(path, {}).update({str(k): v for k, v in update.items()})
+
+    def claim(self, job: JobRef, owner: str, lease_s: float) -> Claim:
+        with self._lock:
+            result, update = sessions.claim(
+                self.documents.get(job.document), owner, self.now(), lease_s, job.message_id
+            )
+            self._apply(job.document, update)
+            return result
+
+    def heartbeat(
+        self, job: JobRef, owner: str, lease_s: float, progress: tuple[int, int] | None
+    ) -> Heartbeat:
+        with self._lock:
+            beat, update = sessions.heartbeat(
+                self.documents.get(job.document), owner, self.now(), lease_s, progress
+            )
+            if update is not None and progress is not None:
+                self.progress_writes.append(progress)
+            self._apply(job.document, update)
+            return beat
+
+    def release(self, job: JobRef, owner: str, reason: str) -> None:
+        with self._lock:
+            self._apply(
+                job.document, sessions.release(self.documents.get(job.document), owner, self.now(), reason)
+            )
+
+    def finish(self, job: JobRef, owner: str | None, status: Any, fields: Mapping[str, Any]) -> bool:
+        with self._lock:
+            update = sessions.finish(self.documents.get(job.document), owner, self.now(), status, fields)
+            self._apply(job.document, update)
+            return update is not None
+
+
+@dataclass
+class FakeModel:
+    """Paints the mask white step by step; can be slowed, made to fail, or held until cancelled."""
+
+    steps: int = 4
+    step_s: float = 0.0
+    fail_with: Exception | None = None
+    ready: bool = True
+    calls: list[InferenceRequest] = field(default_factory=list)
+    name: str = "fake_flux_fill"
+    protocol: str = "fake"
+
+    def is_ready(self) -> bool:
+        return self.ready
+
+    def infer(
+        self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        self.calls.append(request)
+        if self.fail_with is not None:
+            raise self.fail_with
+        total = request.steps or self.steps
+        for step in range(1, total + 1):
+            if control.cancel.wait(self.step_s) or control.cancel.is_set():
+                raise JobCancelledError(f"cancelled after step {step - 1}")
+            if time.monotonic() > control.deadline:
+                raise JobDeadlineExceededError("deadline exceeded")
+            on_progress(step, total)
+        image = request.image.copy()
+        image[request.mask >= 128] = 255
+        return InferenceResult(image, request.seed)

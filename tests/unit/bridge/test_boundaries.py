@@ -1,0 +1,127 @@
+"""The error boundaries, logs, credentials and settings of the bridge."""
+
+import base64
+import json
+from typing import Any
+
+import pytest
+import structlog
+from google.auth.credentials import AnonymousCredentials
+from pydantic import ValidationError
+from tritonclient.utils import InferenceServerException
+
+from fluxfill.bridge import credentials
+from fluxfill.bridge.adapters.triton_errors import map_triton_exception
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import (
+    JobCancelledError,
+    JobDeadlineExceededError,
+    PermanentJobError,
+    TritonUnavailableError,
+)
+from fluxfill.bridge.logs import PROCESSORS
+from fluxfill.bridge.settings import BridgeSettings
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            InferenceServerException("MASK: must have shape", status="StatusCode.INVALID_ARGUMENT"),
+            PermanentJobError,
+        ),
+        (InferenceServerException("[request id: 7] IMAGE: empty"), PermanentJobError),
+        (InferenceServerException("bad input", status="400"), PermanentJobError),
+        (
+            InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"),
+            TritonUnavailableError,
+        ),
+        (InferenceServerException("Exceeds maximum queue size", status="503"), TritonUnavailableError),
+        (
+            InferenceServerException("no available versions", status="StatusCode.NOT_FOUND"),
+            TritonUnavailableError,
+        ),
+        (
+            InferenceServerException("internal error: RuntimeError", status="StatusCode.INTERNAL"),
+            TritonUnavailableError,
+        ),
+        (
+            InferenceServerException("deadline exceeded after step 3", status="StatusCode.UNAVAILABLE"),
+            JobDeadlineExceededError,
+        ),
+        (
+            InferenceServerException("timed out", status="StatusCode.DEADLINE_EXCEEDED"),
+            JobDeadlineExceededError,
+        ),
+        (
+            InferenceServerException("Locally cancelled by application!", status="StatusCode.CANCELLED"),
+            JobCancelledError,
+        ),
+        (ConnectionRefusedError("connection refused"), TritonUnavailableError),
+        (TimeoutError("timed out"), JobDeadlineExceededError),
+        (RuntimeError("anything else"), TritonUnavailableError),
+    ],
+)
+def test_every_triton_error_is_mapped(error: BaseException, expected: type[Exception]) -> None:
+    mapped = map_triton_exception(error)
+    assert type(mapped) is expected
+    if isinstance(mapped, PermanentJobError):
+        assert mapped.code is ErrorCode.MODEL_REJECTED_INPUT
+
+
+def render(method: str, **event: Any) -> dict[str, Any]:
+    """Run one event through the bridge's processors, as configure_logging does."""
+    rendered: Any = {"event": "something happened", **event}
+    for processor in PROCESSORS:
+        rendered = processor(None, method, rendered)
+    return dict(json.loads(rendered))
+
+
+@pytest.mark.parametrize(
+    ("method", "severity"), [("info", "INFO"), ("warning", "WARNING"), ("error", "ERROR"), ("debug", "DEBUG")]
+)
+def test_log_lines_are_json_with_cloud_logging_severity(method: str, severity: str) -> None:
+    line = render(method, messageId="m1")
+    assert line["severity"] == severity
+    assert line["message"] == "something happened"
+    assert line["messageId"] == "m1"
+    assert "time" in line
+
+
+def test_secrets_never_reach_a_log_line() -> None:
+    line = render("info", authorization="Bearer abc", service_account_key_b64="c2VjcmV0", token="t", step=3)  # noqa: S106
+    assert line["authorization"] == line["service_account_key_b64"] == line["token"] == "[redacted]"
+    assert line["step"] == 3
+
+
+def settings(**overrides: Any) -> BridgeSettings:
+    return BridgeSettings(**{"project": "p", "subscription": "s", "bucket": "b", **overrides})
+
+
+def test_emulators_get_anonymous_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")
+    assert isinstance(credentials.resolve_credentials(settings()), AnonymousCredentials)
+
+
+def test_a_bad_key_fallback_is_refused_without_quoting_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in credentials.EMULATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/nonexistent/key.json")
+    secret = base64.b64encode(b'{"type": "service_account", "private_key": "TOPSECRET"}').decode()
+    with structlog.testing.capture_logs() as logs, pytest.raises(credentials.CredentialsError) as caught:
+        credentials.resolve_credentials(settings(service_account_key_b64=secret))
+    assert "TOPSECRET" not in str(caught.value)
+    assert secret not in str(caught.value)
+    assert secret not in json.dumps(logs, default=str)
+    assert any(entry["log_level"] == "warning" and "falling back" in entry["event"] for entry in logs)
+
+
+def test_push_mode_needs_an_audience_and_account_unless_auth_is_switched_off() -> None:
+    with pytest.raises(ValidationError, match="PUSH_AUDIENCE"):
+        settings(mode="push")
+    assert settings(mode="push", push_auth=False).push_auth is False
+
+
+def test_pull_mode_needs_a_subscription() -> None:
+    with pytest.raises(ValidationError, match="SUBSCRIPTION"):
+        BridgeSettings(project="p", bucket="b", subscription="")

@@ -1,0 +1,79 @@
+"""The job message schema: what is accepted, and the specific refusal for everything else."""
+
+import json
+
+import pytest
+
+from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, parse_job
+
+
+def parse(payload: object) -> JobMessage:
+    return parse_job(json.dumps(payload).encode())
+
+
+def test_minimal_message_gets_defaults() -> None:
+    job = parse({"userId": "u1", "sessionId": "s1"})
+    assert (job.prompt, job.steps, job.guidance, job.seed, job.priority) == ("", None, None, None, "bulk")
+
+
+def test_full_message_is_kept() -> None:
+    job = parse(
+        {
+            "userId": "u1",
+            "sessionId": "s1",
+            "prompt": "a hat",
+            "steps": 20,
+            "guidance": 30,
+            "seed": 5,
+            "priority": "urgent",
+        }
+    )
+    assert (job.steps, job.guidance, job.seed, job.priority) == (20, 30.0, 5, "urgent")
+
+
+def test_paths_are_built_from_the_validated_ids() -> None:
+    job = parse({"userId": "u1", "sessionId": "s1"})
+    assert job.paths("users/{userId}/sessions/{sessionId}/mask.png") == "users/u1/sessions/s1/mask.png"
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"sessionId": "s1"}, "userId"),
+        ({"userId": "../other", "sessionId": "s1"}, "userId"),
+        ({"userId": "u1", "sessionId": "s/../../x"}, "sessionId"),
+        ({"userId": "u1", "sessionId": "s1", "steps": 0}, "steps"),
+        ({"userId": "u1", "sessionId": "s1", "steps": "20"}, "steps"),
+        ({"userId": "u1", "sessionId": "s1", "steps": True}, "steps"),
+        ({"userId": "u1", "sessionId": "s1", "seed": -1}, "seed"),
+        ({"userId": "u1", "sessionId": "s1", "guidance": 1000}, "guidance"),
+        ({"userId": "u1", "sessionId": "s1", "priority": "now"}, "priority"),
+        ({"userId": "u1", "sessionId": "s1", "prompt": "x" * 2001}, "prompt"),
+        ({"userId": "u1", "sessionId": "s1", "imagePath": "gs://x"}, "imagePath"),
+    ],
+)
+def test_invalid_field_is_named_in_the_error(payload: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse(payload)
+    assert caught.value.code is ErrorCode.INVALID_JOB
+    assert str(caught.value).startswith("invalid job: ")
+    assert field in str(caught.value)
+
+
+def test_invalid_job_with_valid_ids_keeps_them_for_the_failed_record() -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse({"userId": "u1", "sessionId": "s1", "steps": 0})
+    assert caught.value.ids == ("u1", "s1")
+
+
+def test_path_climbing_ids_are_not_kept() -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse({"userId": "..", "sessionId": "s1", "steps": 0})
+    assert caught.value.ids is None
+
+
+@pytest.mark.parametrize("data", [b"", b"{", b"\x80\x81", b"null", b"[]"])
+def test_non_object_data_is_malformed(data: bytes) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse_job(data)
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE

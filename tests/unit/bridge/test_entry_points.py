@@ -1,0 +1,88 @@
+"""What the entry points share: outcome to ack or nack, and the push envelope."""
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.http_app import EnvelopeError, delivery_from_envelope
+from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from fluxfill.bridge.settle import should_ack
+
+
+@dataclass
+class FakeDeadLetters:
+    """Our DeadLetterSink port: records what it was given, or fails."""
+
+    broken: bool = False
+    published: list[tuple[bytes, dict[str, str], ErrorCode]] = field(default_factory=list)
+
+    def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
+        if self.broken:
+            raise RetryableError("dead-letter topic unavailable")
+        self.published.append((data, dict(attributes), code))
+
+
+DELIVERY = Delivery(b"{oops", "m7", {"origin": "app"})
+DEAD = Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.MALFORMED_MESSAGE, "not JSON")
+
+
+@pytest.mark.parametrize(
+    ("kind", "acked"),
+    [
+        (OutcomeKind.DONE, True),
+        (OutcomeKind.DUPLICATE, True),
+        (OutcomeKind.FAILED, True),
+        (OutcomeKind.CANCELLED, True),
+        (OutcomeKind.RETRY, False),
+    ],
+)
+def test_every_outcome_but_retry_is_acked(kind: OutcomeKind, acked: bool) -> None:
+    assert should_ack(Outcome(kind), DELIVERY, FakeDeadLetters()) is acked
+
+
+def test_dead_letter_is_acked_only_once_published_with_its_code_and_origin() -> None:
+    sink = FakeDeadLetters()
+    assert should_ack(DEAD, DELIVERY, sink) is True
+    data, attributes, code = sink.published[0]
+    assert data == b"{oops"
+    assert code is ErrorCode.MALFORMED_MESSAGE
+    assert attributes == {"origin": "app", "fluxfillOriginalMessageId": "m7"}
+
+
+def test_dead_letter_is_nacked_when_it_cannot_be_published() -> None:
+    assert should_ack(DEAD, DELIVERY, FakeDeadLetters(broken=True)) is False
+    assert should_ack(DEAD, DELIVERY, None) is False
+
+
+def test_push_envelope_becomes_a_delivery() -> None:
+    body = {
+        "message": {
+            "data": base64.b64encode(b'{"userId": "u"}').decode(),
+            "messageId": "42",
+            "publishTime": "2026-11-24T08:00:00.123456789Z",
+            "attributes": {"a": "b"},
+        },
+        "deliveryAttempt": 3,
+        "subscription": "projects/p/subscriptions/s",
+    }
+    delivery = delivery_from_envelope(json.dumps(body).encode())
+    assert delivery.data == b'{"userId": "u"}'
+    assert delivery.message_id == "42"
+    assert delivery.attributes == {"a": "b"}
+    assert delivery.delivery_attempt == 3
+    assert delivery.publish_time is not None
+    assert delivery.publish_time.year == 2026
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"[]", b"{}", b'{"message": {}}', b'{"message": {"data": "***", "messageId": "1"}}'],
+)
+def test_a_body_that_is_no_envelope_is_refused(body: bytes) -> None:
+    with pytest.raises(EnvelopeError, match="not a Pub/Sub push envelope"):
+        delivery_from_envelope(body)

@@ -1,0 +1,306 @@
+"""The job handler's outcome for each situation, over in-memory fakes of its ports."""
+
+import io
+import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.bridge.contract import ErrorCode, JobMessage, JobStatus
+from fluxfill.bridge.errors import StorageTransientError, TritonUnavailableError
+from fluxfill.bridge.handler import JobHandler, default_seed
+from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.outcome import Delivery, OutcomeKind
+from fluxfill.bridge.settings import BridgeSettings
+from tests.unit.bridge.fakes import FakeModel, FakeObjectStore, FakeSessionStore, png
+
+USER, SESSION = "user1", "session1"
+PREFIX = f"users/{USER}/sessions/{SESSION}"
+DOCUMENT = PREFIX
+
+
+def settings(**overrides: Any) -> BridgeSettings:
+    values: dict[str, Any] = {
+        "project": "demo",
+        "subscription": "jobs",
+        "bucket": "bucket",
+        "instance_id": "bridge-a",
+        "progress_interval_s": 0.02,
+        "max_delivery_attempts": 3,
+        **overrides,
+    }
+    return BridgeSettings(**values)
+
+
+def photo(height: int = 40, width: int = 60) -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def box_mask(height: int = 40, width: int = 60) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[10:20, 10:30] = 255
+    return mask
+
+
+class World:
+    """A handler over fakes, with an uploaded photo and mask."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.objects = FakeObjectStore(
+            {f"{PREFIX}/original.png": png(photo()), f"{PREFIX}/mask.png": png(box_mask())}
+        )
+        self.sessions = FakeSessionStore()
+        self.model = FakeModel()
+        self.metrics = BridgeMetrics()
+        self.settings = settings(**overrides)
+        self.handler = JobHandler(self.settings, self.objects, self.sessions, self.model, self.metrics)
+
+    def deliver(self, attempt: int | None = None, **job: Any) -> Any:
+        data = json.dumps({"userId": USER, "sessionId": SESSION, **job}).encode()
+        return self.handler.handle(
+            Delivery(data, "m1", publish_time=datetime.now(UTC), delivery_attempt=attempt)
+        )
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return self.sessions.documents[DOCUMENT]
+
+
+def test_happy_path_uploads_result_and_preview_and_records_done() -> None:
+    world = World()
+    world.model.step_s = 0.03
+    outcome = world.deliver(prompt="a hat", steps=4, seed=11)
+    assert outcome.kind is OutcomeKind.DONE
+    assert outcome.ack
+    edited = np.asarray(Image.open(io.BytesIO(world.objects.objects[f"{PREFIX}/edited.png"])))
+    assert edited.shape == (40, 60, 3)
+    untouched = box_mask() < 128
+    assert np.array_equal(edited[untouched], photo()[untouched])
+    preview = Image.open(io.BytesIO(world.objects.objects[f"{PREFIX}/preview.jpg"]))
+    assert preview.format == "JPEG"
+    assert max(preview.size) <= 512
+    doc = world.document
+    assert doc["status"] == "done"
+    assert doc["error"] is None
+    assert doc["result"] == {
+        "paths": {"edited": f"{PREFIX}/edited.png", "preview": f"{PREFIX}/preview.jpg"},
+        "width": 60,
+        "height": 40,
+        "seed": 11,
+    }
+    assert doc["model"]["prompt"] == "a hat"
+    assert doc["model"]["steps"] == 4
+    assert set(doc["timings"]) >= {"download", "inference", "upload", "total", "queue"}
+    assert doc["progress"] == {"step": 4, "total": 4}
+    assert world.sessions.progress_writes, "progress must be written while the job runs"
+    assert world.metrics.sample("fluxfill_bridge_jobs_total", {"outcome": "done"}) == 1
+
+
+def test_progress_writes_are_throttled_to_the_interval() -> None:
+    world = World(progress_interval_s=0.2)
+    world.model.step_s = 0.01
+    world.deliver(steps=60)  # ~0.6 s of steps: at most a few writes, not 60
+    assert 1 <= len(world.sessions.progress_writes) <= 5
+
+
+def test_duplicate_delivery_of_a_finished_job_does_no_work() -> None:
+    world = World()
+    assert world.deliver().kind is OutcomeKind.DONE
+    second = world.deliver()
+    assert second.kind is OutcomeKind.DUPLICATE
+    assert second.ack
+    assert len(world.model.calls) == 1
+
+
+def test_job_leased_by_another_live_bridge_is_retried_later() -> None:
+    world = World()
+    world.sessions.documents[DOCUMENT] = {
+        "status": "processing",
+        "owner": "bridge-b",
+        "leaseExpiresAt": datetime.now(UTC) + timedelta(minutes=1),
+        "attempt": 1,
+    }
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.RETRY
+    assert not outcome.ack
+    assert world.model.calls == []
+    assert world.document["owner"] == "bridge-b"
+
+
+def test_expired_lease_of_a_crashed_bridge_is_taken_over() -> None:
+    world = World()
+    world.sessions.documents[DOCUMENT] = {
+        "status": "processing",
+        "owner": "bridge-b",
+        "leaseExpiresAt": datetime.now(UTC) - timedelta(seconds=1),
+        "attempt": 1,
+    }
+    assert world.deliver().kind is OutcomeKind.DONE
+    assert world.document["attempt"] == 2
+    assert world.document["owner"] == "bridge-a"
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe", b"not json", b"[1, 2]", b'"text"'])
+def test_unparseable_message_is_dead_lettered_with_malformed_code(data: bytes) -> None:
+    world = World()
+    outcome = world.handler.handle(Delivery(data, "m1"))
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert outcome.ack
+    assert outcome.code is ErrorCode.MALFORMED_MESSAGE
+    assert world.sessions.documents == {}
+
+
+def test_invalid_field_fails_the_session_and_dead_letters_naming_the_field() -> None:
+    world = World()
+    outcome = world.deliver(steps=0, colour="red")
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert outcome.code is ErrorCode.INVALID_JOB
+    assert "steps" in outcome.reason
+    assert "colour" in outcome.reason
+    assert world.document["status"] == "failed"
+    assert world.document["error"]["code"] == "invalid_job"
+    assert world.model.calls == []
+
+
+@pytest.mark.parametrize(
+    ("remove", "code"),
+    [("original.png", ErrorCode.ORIGINAL_MISSING), ("mask.png", ErrorCode.MASK_MISSING)],
+)
+def test_missing_object_fails_with_its_code(remove: str, code: ErrorCode) -> None:
+    world = World()
+    del world.objects.objects[f"{PREFIX}/{remove}"]
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.code is code
+    assert world.document["error"]["code"] == code.value
+
+
+def test_oversized_object_is_refused_without_being_downloaded() -> None:
+    world = World(max_object_bytes=100)
+    outcome = world.deliver()
+    assert outcome.code is ErrorCode.OBJECT_TOO_LARGE
+    assert world.objects.reads == []
+
+
+def test_corrupt_image_fails_with_corrupt_image() -> None:
+    world = World()
+    world.objects.objects[f"{PREFIX}/original.png"] = png(photo())[:60]
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.code is ErrorCode.CORRUPT_IMAGE
+
+
+def test_triton_unavailable_is_retried_and_the_claim_given_back() -> None:
+    world = World()
+    world.model.fail_with = TritonUnavailableError("connection refused")
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.RETRY
+    assert world.document["status"] == "queued"
+    assert world.document["owner"] is None
+    world.model.fail_with = None
+    assert world.deliver().kind is OutcomeKind.DONE
+    assert world.document["attempt"] == 2
+
+
+def test_storage_transient_error_is_retried() -> None:
+    world = World()
+    world.objects.fail_with = StorageTransientError("503 from storage")
+    assert world.deliver().kind is OutcomeKind.RETRY
+
+
+def test_last_attempt_fails_the_job_and_dead_letters_it() -> None:
+    world = World()
+    world.model.fail_with = TritonUnavailableError("queue full")
+    assert world.deliver(attempt=2).kind is OutcomeKind.RETRY
+    outcome = world.deliver(attempt=3)
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert outcome.code is ErrorCode.RETRIES_EXHAUSTED
+    assert world.document["status"] == "failed"
+    assert "queue full" in world.document["error"]["message"]
+
+
+def test_unexpected_error_does_not_escape_and_is_retried() -> None:
+    world = World()
+    world.model.fail_with = KeyError("bug")
+    assert world.deliver().kind is OutcomeKind.RETRY
+
+
+def test_cancel_requested_while_running_cancels_the_run() -> None:
+    world = World()
+    world.model.step_s = 0.05
+
+    def cancel_soon() -> None:
+        time.sleep(0.15)
+        world.document["cancelRequested"] = True
+
+    threading.Thread(target=cancel_soon).start()
+    outcome = world.deliver(steps=100)
+    assert outcome.kind is OutcomeKind.CANCELLED
+    assert world.document["status"] == "cancelled"
+    assert f"{PREFIX}/edited.png" not in world.objects.objects
+
+
+def test_cancel_requested_before_start_never_runs_the_model() -> None:
+    world = World()
+    world.sessions.documents[DOCUMENT] = {"status": "queued", "cancelRequested": True}
+    assert world.deliver().kind is OutcomeKind.CANCELLED
+    assert world.model.calls == []
+    assert world.document["status"] == "cancelled"
+
+
+def test_deadline_fails_the_job_with_deadline_exceeded() -> None:
+    world = World(job_deadline_s=0.1)
+    world.model.step_s = 0.05
+    outcome = world.deliver(steps=100)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.code is ErrorCode.DEADLINE_EXCEEDED
+    assert world.document["error"]["code"] == "deadline_exceeded"
+
+
+def test_hard_stop_cancels_the_run_and_gives_the_job_back() -> None:
+    world = World()
+    world.model.step_s = 0.05
+    threading.Timer(0.1, world.handler.hard_stop.set).start()
+    outcome = world.deliver(steps=100)
+    assert outcome.kind is OutcomeKind.RETRY
+    assert world.document["status"] == "queued"
+
+
+def test_result_left_by_an_earlier_attempt_counts_as_done() -> None:
+    world = World()
+    world.objects.objects[f"{PREFIX}/edited.png"] = b"earlier"
+    assert world.deliver().kind is OutcomeKind.DONE
+    assert world.objects.objects[f"{PREFIX}/edited.png"] == b"earlier"
+
+
+def test_absent_seed_is_fixed_by_the_session_so_retries_repaint_the_same() -> None:
+    world = World()
+    world.deliver()
+    job = JobMessage(userId=USER, sessionId=SESSION)
+    assert world.model.calls[0].seed == default_seed(job) == world.document["result"]["seed"]
+
+
+def test_terminal_state_is_never_left() -> None:
+    world = World()
+    world.sessions.documents[DOCUMENT] = {"status": JobStatus.FAILED.value, "error": {"code": "x"}}
+    assert world.deliver().kind is OutcomeKind.DUPLICATE
+    assert world.document["status"] == "failed"
+    assert world.model.calls == []
+
+
+def test_invalid_duplicate_does_not_fail_a_job_another_bridge_is_running() -> None:
+    world = World()
+    running = {
+        "status": "processing",
+        "owner": "bridge-b",
+        "leaseExpiresAt": datetime.now(UTC) + timedelta(minutes=1),
+    }
+    world.sessions.documents[DOCUMENT] = dict(running)
+    outcome = world.deliver(steps=0)
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert world.document == running

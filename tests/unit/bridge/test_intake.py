@@ -1,0 +1,115 @@
+"""Untrusted uploads: formats by magic bytes, pixel caps, orientation, modes, mask sizes."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.intake import decode_mask, decode_photo, encode_preview, fit_mask, sniff_format
+
+BIG = 10_000_000
+
+
+def encode(image: Image.Image, kind: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind, **options)
+    return buffer.getvalue()
+
+
+def refusal(call: object, *args: object) -> ErrorCode:
+    with pytest.raises(PermanentJobError) as caught:
+        call(*args)  # type: ignore[operator]
+    return caught.value.code
+
+
+@pytest.mark.parametrize(("kind", "name"), [("JPEG", "JPEG"), ("PNG", "PNG"), ("WEBP", "WEBP")])
+def test_supported_formats_are_sniffed_and_decoded(kind: str, name: str) -> None:
+    data = encode(Image.new("RGB", (30, 20), (10, 200, 30)), kind)
+    assert sniff_format(data) == name
+    assert decode_photo(data, BIG).shape == (20, 30, 3)
+
+
+@pytest.mark.parametrize("kind", ["GIF", "BMP", "TIFF"])
+def test_other_formats_are_refused_by_their_bytes(kind: str) -> None:
+    data = encode(Image.new("RGB", (8, 8)), kind)
+    assert refusal(decode_photo, data, BIG) is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+
+
+def test_truncated_image_is_corrupt() -> None:
+    data = encode(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")
+    assert refusal(decode_photo, data[: len(data) // 2], BIG) is ErrorCode.CORRUPT_IMAGE
+
+
+def test_garbage_after_a_png_signature_is_corrupt() -> None:
+    assert refusal(decode_photo, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, BIG) is ErrorCode.CORRUPT_IMAGE
+
+
+def test_too_many_pixels_is_refused_before_decoding() -> None:
+    # A 4000x4000 single-colour PNG compresses to a few KB: a small decompression bomb.
+    data = encode(Image.new("L", (4000, 4000)), "PNG")
+    assert len(data) < 100_000
+    assert refusal(decode_photo, data, 1_000_000) is ErrorCode.IMAGE_TOO_MANY_PIXELS
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    data = encode(image, "JPEG", exif=exif)
+    assert decode_photo(data, BIG).shape == (40, 20, 3)
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        (Image.new("RGBA", (4, 4), (255, 0, 0, 0)), (255, 255, 255)),  # transparent -> white
+        (Image.new("RGBA", (4, 4), (255, 0, 0, 255)), (255, 0, 0)),
+        (Image.new("L", (4, 4), 100), (100, 100, 100)),
+        (Image.new("P", (4, 4), 0), (0, 0, 0)),
+        (Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+    ],
+)
+def test_photo_modes_become_rgb(image: Image.Image, expected: tuple[int, int, int]) -> None:
+    photo = decode_photo(encode(image, "PNG"), BIG)
+    assert photo.shape == (4, 4, 3)
+    assert tuple(photo[0, 0]) == expected
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    photo = decode_photo(encode(Image.new("CMYK", (4, 4), (0, 0, 0, 0)), "JPEG"), BIG)
+    assert photo.shape == (4, 4, 3)
+    assert photo.min() > 240
+
+
+def test_mask_uses_alpha_when_transparent_else_luminance() -> None:
+    painted = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    painted.putpixel((1, 1), (255, 0, 0, 255))
+    mask = decode_mask(encode(painted, "PNG"), BIG)
+    assert mask.shape == (4, 4)
+    assert mask[1, 1] == 255
+    assert mask[0, 0] == 0
+    grey = decode_mask(encode(Image.new("RGB", (4, 4), (255, 255, 255)), "PNG"), BIG)
+    assert grey.shape == (4, 4)
+    assert grey.min() == 255
+
+
+def test_mask_of_the_same_aspect_is_scaled_to_the_photo() -> None:
+    mask = np.zeros((50, 100), np.uint8)
+    mask[:, 50:] = 255
+    scaled = fit_mask(mask, 100, 200)
+    assert scaled.shape == (100, 200)
+    assert scaled[:, :100].max() == 0
+    assert scaled[:, 100:].min() == 255
+
+
+def test_mask_of_another_aspect_is_refused() -> None:
+    assert refusal(fit_mask, np.zeros((50, 50), np.uint8), 100, 200) is ErrorCode.MASK_SIZE_MISMATCH
+
+
+def test_preview_longer_side_is_at_most_the_limit() -> None:
+    preview = Image.open(io.BytesIO(encode_preview(np.zeros((300, 1200, 3), np.uint8), 512)))
+    assert preview.format == "JPEG"
+    assert preview.size == (512, 128)

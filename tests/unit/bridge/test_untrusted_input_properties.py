@@ -1,0 +1,80 @@
+"""Whatever arrives, the answer is a job, an image or a specific refusal: never another exception."""
+
+import io
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, parse_job
+from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.intake import decode_mask, decode_photo
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "userId": JSON | st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True),
+        "sessionId": JSON | st.from_regex(r"[A-Za-z0-9_-]{1,8}", fullmatch=True),
+        "prompt": JSON,
+        "steps": JSON,
+        "guidance": JSON,
+        "seed": JSON,
+        "priority": JSON | st.sampled_from(["urgent", "bulk"]),
+    },
+)
+
+
+@given(
+    st.binary(max_size=200)
+    | JSON.map(lambda v: json.dumps(v).encode())
+    | FIELDS.map(lambda v: json.dumps(v).encode())
+)
+@settings(max_examples=300, deadline=None)
+def test_any_message_is_a_job_or_a_coded_refusal(data: bytes) -> None:
+    result = parse_or_refusal(data)
+    if not isinstance(result, JobMessage):
+        code, sentence = result
+        assert code in {ErrorCode.MALFORMED_MESSAGE, ErrorCode.INVALID_JOB}
+        assert sentence
+
+
+def parse_or_refusal(data: bytes) -> JobMessage | tuple[ErrorCode, str]:
+    try:
+        return parse_job(data)
+    except InvalidJobError as error:
+        return error.code, str(error)
+
+
+def png_prefix() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=80), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_are_an_image_or_a_coded_refusal(tail: bytes, keep: int, as_mask: bool) -> None:
+    # Half-real files too: a valid PNG cut short and followed by noise.
+    data = png_prefix()[:keep] + tail
+    decode = decode_mask if as_mask else decode_photo
+    try:
+        decoded = decode(data, 1_000_000)
+    except PermanentJobError as error:
+        refusal = error.code
+    else:
+        refusal = None
+        assert decoded.dtype.name == "uint8"
+    assert refusal in {
+        None,
+        ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+        ErrorCode.CORRUPT_IMAGE,
+        ErrorCode.IMAGE_TOO_MANY_PIXELS,
+    }

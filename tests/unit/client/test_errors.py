@@ -1,0 +1,90 @@
+"""Every tritonclient and socket error the client meets is mapped once, to the right class and exit code."""
+
+import pytest
+from tritonclient.utils import InferenceServerException
+
+from fluxfill.client.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    FluxFillError,
+    InvalidInputError,
+    ServiceUnavailableError,
+    classify,
+    mapped_errors,
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "kind", "retryable"),
+    [
+        ("StatusCode.INVALID_ARGUMENT", "STEPS: must be between 1 and 100, got 0", InvalidInputError, None),
+        ("400", "MASK: must have shape", InvalidInputError, None),
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", ServiceUnavailableError, True),
+        ("503", "Exceeds maximum queue size", ServiceUnavailableError, True),
+        ("StatusCode.NOT_FOUND", "Request for unknown model", ServiceUnavailableError, False),
+        ("400", "Request for unknown model: 'x' is not found", ServiceUnavailableError, False),
+        (
+            "StatusCode.UNAVAILABLE",
+            "Request for unknown model: 'x' has no available versions",
+            ServiceUnavailableError,
+            False,
+        ),
+        ("StatusCode.CANCELLED", "Locally cancelled by application!", CancelledError, None),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", DeadlineExceededError, None),
+        # The model reports its time limit as UNAVAILABLE: it must not be retried.
+        (
+            "StatusCode.UNAVAILABLE",
+            "deadline exceeded: stopped after step 3 of 9",
+            DeadlineExceededError,
+            None,
+        ),
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServiceUnavailableError, True),
+        # A stream's errors carry no status: the message decides.
+        ("", "STEPS: must be between 1 and 100, got 0", InvalidInputError, None),
+        ("", "[request id: 7] MASK: must have shape", InvalidInputError, None),
+        ("", "cancelled by the caller after step 3 of 9", CancelledError, None),
+        ("", "deadline exceeded: stopped after step 3", DeadlineExceededError, None),
+        ("", "Connection refused", ServiceUnavailableError, True),
+        ("", "Exceeds maximum queue size", ServiceUnavailableError, True),
+        ("StatusCode.INTERNAL", "internal error: ValueError: boom", FluxFillError, None),
+    ],
+)
+def test_status_and_message_choose_the_class(
+    status: str, message: str, kind: type[FluxFillError], retryable: bool | None
+) -> None:
+    error = classify(message, status)
+    assert type(error) is kind
+    assert str(error) == message
+    if retryable is not None:
+        assert isinstance(error, ServiceUnavailableError)
+        assert error.retryable is retryable
+
+
+@pytest.mark.parametrize(
+    ("raised", "kind", "exit_code"),
+    [
+        (InferenceServerException("bad", status="StatusCode.INVALID_ARGUMENT"), InvalidInputError, 2),
+        (InferenceServerException("down", status="StatusCode.UNAVAILABLE"), ServiceUnavailableError, 3),
+        (ConnectionRefusedError(111, "Connection refused"), ServiceUnavailableError, 3),
+        (OSError("Name or service not known"), ServiceUnavailableError, 3),
+        (TimeoutError("timed out"), DeadlineExceededError, 4),
+        (InferenceServerException("x", status="StatusCode.CANCELLED"), CancelledError, 4),
+    ],
+)
+def test_the_boundary_maps_upstream_errors_and_sets_the_exit_code(
+    raised: Exception, kind: type[FluxFillError], exit_code: int
+) -> None:
+    with pytest.raises(kind) as caught, mapped_errors("host:1"):
+        raise raised
+    assert caught.value.exit_code == exit_code
+    assert caught.value.__cause__ is None
+
+
+def test_unavailable_names_the_address() -> None:
+    with pytest.raises(ServiceUnavailableError, match=r"^host:1: down$"), mapped_errors("host:1"):
+        raise InferenceServerException("down", status="StatusCode.UNAVAILABLE")
+
+
+def test_other_exceptions_pass_through() -> None:
+    with pytest.raises(KeyError), mapped_errors("host:1"):
+        raise KeyError("not ours")

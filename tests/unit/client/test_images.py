@@ -1,0 +1,142 @@
+"""Photos and masks in every accepted form become the arrays the model takes, or a clear InvalidInputError."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.client.errors import InvalidInputError
+from fluxfill.client.images import (
+    load_mask,
+    looks_like_box,
+    mask_from_box,
+    mask_from_image,
+    parse_box,
+    save_rgb,
+    to_mask,
+    to_rgb,
+)
+
+HEIGHT, WIDTH = 6, 8
+
+
+def painted() -> np.ndarray:
+    """The expected mask: a 3x4 block at x=2..5, y=1..3 repainted."""
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[1:4, 2:6] = 255
+    return mask
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "RGB", "P", "I;16", "I", "F"])
+def test_a_mask_image_of_any_mode_repaints_its_white_area(mode: str) -> None:
+    image = Image.fromarray(painted()).convert(mode)
+    assert np.array_equal(mask_from_image(image), painted())
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_the_transparent_area_of_an_image_with_alpha_is_repainted(mode: str) -> None:
+    alpha = np.where(painted() > 0, 0, 255).astype(np.uint8)
+    image = Image.new(mode[:-1] if mode == "LA" else "RGB", (WIDTH, HEIGHT), 200).convert(mode)
+    image.putalpha(Image.fromarray(alpha))
+    assert np.array_equal(mask_from_image(image), painted())
+
+
+def test_grey_values_split_at_the_contract_threshold() -> None:
+    grey = np.array([[0, 127, 128, 255]], np.uint8)
+    assert mask_from_image(Image.fromarray(grey)).tolist() == [[0, 0, 255, 255]]
+
+
+def test_a_box_repaints_exactly_its_pixels() -> None:
+    assert np.array_equal(mask_from_box(parse_box("2, 1,4,3"), HEIGHT, WIDTH), painted())
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("2,1,4", "box must be x,y,w,h"), ("a,b,c,d", "box must be x,y,w,h"), ("-1,0,2,2", "box must be")],
+)
+def test_a_malformed_box_is_refused(text: str, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        parse_box(text)
+
+
+@pytest.mark.parametrize(
+    ("box", "message"),
+    [((0, 0, 0, 3), "is empty"), ((6, 0, 4, 2), "does not fit inside the 8x6 photo")],
+)
+def test_a_box_outside_the_photo_or_empty_is_refused(box: tuple[int, int, int, int], message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        mask_from_box(box, HEIGHT, WIDTH)
+
+
+def test_box_text_is_told_apart_from_a_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert looks_like_box("1,2,3,4")
+    assert not looks_like_box("mask.png")
+    (tmp_path / "1,2,3,4").write_bytes(b"")
+    assert not looks_like_box("1,2,3,4"), "an existing file of that name wins"
+
+
+def test_every_mask_form_gives_the_same_array(tmp_path: Path) -> None:
+    Image.fromarray(painted()).save(tmp_path / "mask.png")
+    forms = [
+        painted(),
+        painted() > 0,
+        Image.fromarray(painted()),
+        tmp_path / "mask.png",
+        str(tmp_path / "mask.png"),
+    ]
+    for form in [*forms, (2, 1, 4, 3)]:
+        assert np.array_equal(to_mask(form, HEIGHT, WIDTH), painted()), form
+    assert np.array_equal(load_mask(tmp_path / "mask.png"), painted())
+
+
+def test_a_mask_file_of_another_size_is_refused_naming_both_sizes(tmp_path: Path) -> None:
+    Image.new("L", (4, 4)).save(tmp_path / "small.png")
+    with pytest.raises(InvalidInputError, match="mask is 4x4 but the image is 8x6"):
+        to_mask(tmp_path / "small.png", HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize(
+    ("mask", "message"),
+    [(np.zeros((2, 2, 3), np.uint8), "must be H x W"), (np.zeros((2, 2), np.float32), "uint8 or bool")],
+)
+def test_a_mask_array_of_the_wrong_kind_is_refused(mask: np.ndarray, message: str) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        to_mask(mask, 2, 2)
+
+
+def test_photos_in_every_form_become_rgb(tmp_path: Path) -> None:
+    rgb = np.arange(HEIGHT * WIDTH * 3, dtype=np.uint8).reshape(HEIGHT, WIDTH, 3)
+    Image.fromarray(rgb).save(tmp_path / "photo.png")
+    rgba = np.dstack([rgb, np.full((HEIGHT, WIDTH), 255, np.uint8)])
+    for form in [rgb, rgba, Image.fromarray(rgb), tmp_path / "photo.png"]:
+        assert np.array_equal(to_rgb(form), rgb)
+    assert to_rgb(rgb[:, :, 0]).shape == (HEIGHT, WIDTH, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.png", None, "missing.png: no such file"),
+        ("notes.txt", b"hello", "notes.txt: not a readable image"),
+    ],
+)
+def test_unreadable_files_are_named(tmp_path: Path, name: str, content: bytes | None, message: str) -> None:
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(InvalidInputError, match=message):
+        to_rgb(tmp_path / name)
+
+
+def test_exif_rotation_is_applied(tmp_path: Path) -> None:
+    image = Image.new("RGB", (WIDTH, HEIGHT))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: the user saw it upright, HEIGHT wide
+    image.save(tmp_path / "phone.jpg", exif=exif)
+    assert to_rgb(tmp_path / "phone.jpg").shape == (WIDTH, HEIGHT, 3)
+
+
+def test_an_unknown_output_format_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="cannot write this format"):
+        save_rgb(np.zeros((2, 2, 3), np.uint8), tmp_path / "out.nope")

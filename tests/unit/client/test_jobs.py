@@ -1,0 +1,140 @@
+"""Job commands' pure parts: contract paths, job validation, upload encoding, watch's exit codes."""
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.bridge.contract import DEFAULT_MASK_TEMPLATE, DEFAULT_ORIGINAL_TEMPLATE, ErrorCode, parse_job
+from fluxfill.client.cli import main
+from fluxfill.client.cli_dlq import run_dlq
+from fluxfill.client.errors import InvalidInputError
+from fluxfill.client.job_commands import _report
+from fluxfill.client.jobs import (
+    JobSettings,
+    JobSystem,
+    SessionRef,
+    encode_mask,
+    encode_original,
+    new_session_id,
+    validated_job,
+)
+
+REF = SessionRef("u1", "s1")
+
+
+def test_paths_follow_the_contract_templates() -> None:
+    assert REF.document == "users/u1/sessions/s1"
+    assert REF.object_path(DEFAULT_ORIGINAL_TEMPLATE, "jpg") == "users/u1/sessions/s1/original.jpg"
+    assert REF.object_path(DEFAULT_MASK_TEMPLATE) == "users/u1/sessions/s1/mask.png"
+
+
+def test_session_ids_are_new_and_valid_for_the_contract() -> None:
+    ids = {new_session_id() for _ in range(50)}
+    assert len(ids) == 50
+    for session in ids:
+        validated_job(SessionRef("u1", session))
+
+
+def test_the_published_job_is_what_the_bridge_parses() -> None:
+    job = validated_job(REF, prompt="a hat", steps=3, guidance=None, seed=9, priority="urgent")
+    parsed = parse_job(job.model_dump_json(exclude_none=True).encode())
+    assert parsed == job
+    assert (parsed.steps, parsed.guidance, parsed.seed, parsed.priority) == (3, None, 9, "urgent")
+
+
+@pytest.mark.parametrize(
+    ("ref", "fields", "message"),
+    [
+        (REF, {"steps": 500}, "steps: Input should be less than or equal to 100"),
+        (REF, {"prompt": "x" * 3000}, "prompt: "),
+        (SessionRef("../etc", "s1"), {}, "userId: String should match pattern"),
+    ],
+)
+def test_a_job_the_bridge_would_refuse_is_refused_here_first(
+    ref: SessionRef, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match="invalid job: ") as caught:
+        validated_job(ref, **fields)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(("suffix", "extension"), [(".jpg", "jpg"), (".png", "png"), (".webp", "webp")])
+def test_accepted_formats_are_uploaded_as_they_are(tmp_path: Path, suffix: str, extension: str) -> None:
+    path = tmp_path / f"photo{suffix}"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
+    assert encode_original(path) == (path.read_bytes(), extension)
+
+
+def test_other_formats_are_uploaded_as_png(tmp_path: Path) -> None:
+    path = tmp_path / "photo.bmp"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
+    data, extension = encode_original(path)
+    assert extension == "png"
+    assert Image.open(io.BytesIO(data)).format == "PNG"
+
+
+def test_the_uploaded_mask_is_a_png_the_photos_size(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 6)).save(tmp_path / "photo.png")
+    mask = np.asarray(Image.open(io.BytesIO(encode_mask((2, 1, 3, 2), tmp_path / "photo.png"))))
+    assert mask.shape == (6, 8)
+    assert mask.sum() == 255 * 6
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "exit_code"),
+    [
+        ("failed", ErrorCode.MASK_MISSING, 2),
+        ("failed", ErrorCode.MODEL_REJECTED_INPUT, 2),
+        ("failed", ErrorCode.RETRIES_EXHAUSTED, 3),
+        ("failed", ErrorCode.DEADLINE_EXCEEDED, 4),
+        ("cancelled", ErrorCode.CANCELLED, 4),
+        ("failed", "something_new", 1),
+    ],
+)
+def test_watch_exits_by_why_the_job_ended(
+    status: str, code: str, exit_code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _report(REF, status, {"error": {"code": code, "message": "why\nit ended"}}) == exit_code
+    assert capsys.readouterr().err == f"fluxfill watch: s1 {status}: {code}: why it ended\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["watch", "s1"], "no project given: pass --project or set FLUXFILL_PROJECT"),
+        (
+            ["submit", "a.png", "b.png", "--project", "p"],
+            "no bucket given: pass --bucket or set FLUXFILL_BUCKET",
+        ),
+        (
+            ["dlq", "list", "--project", "p"],
+            "pass --dead-letter-subscription or set FLUXFILL_DLQ_SUBSCRIPTION",
+        ),
+    ],
+)
+def test_missing_settings_exit_2_naming_their_flag_and_variable(
+    argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for variable in (
+        "FLUXFILL_PROJECT",
+        "GOOGLE_CLOUD_PROJECT",
+        "FLUXFILL_BUCKET",
+        "FLUXFILL_DLQ_SUBSCRIPTION",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fluxfill {argv[0]}: no ")
+    assert err.endswith(f"{message}\n")
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("job_id", "replay_all"), [(None, False), ("abc", True)])
+def test_replay_needs_exactly_one_of_an_id_or_all(job_id: str | None, replay_all: bool) -> None:
+    args = argparse.Namespace(dlq_command="replay", id=job_id, all=replay_all)
+    with pytest.raises(InvalidInputError, match="exactly one of"):
+        run_dlq(JobSystem(JobSettings(project="p", dead_letter_subscription="d")), args)

@@ -1,0 +1,79 @@
+"""The progress bar's two renderings, and every command's --help and usage errors."""
+
+import io
+
+import pytest
+
+from fluxfill.client.cli import build_parser, main
+from fluxfill.client.progress import ProgressBar
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_pipe_gets_one_line_per_step() -> None:
+    stream = io.StringIO()
+    bar = ProgressBar(stream)
+    for step in (1, 2, 3):
+        bar(step, 3)
+    assert [line.split("  ")[0] for line in stream.getvalue().splitlines()] == [
+        "step 1/3",
+        "step 2/3",
+        "step 3/3",
+    ]
+
+
+def test_a_terminal_gets_one_bar_redrawn_in_place() -> None:
+    stream = Terminal()
+    bar = ProgressBar(stream, width=10)
+    bar(1, 4)
+    bar(4, 4)
+    text = stream.getvalue()
+    assert text.startswith("\r[##........] step 1/4")
+    assert "\r[##########] step 4/4" in text
+    assert text.endswith("\n")
+    assert text.count("\n") == 1
+
+
+def test_an_interrupted_bar_ends_its_line() -> None:
+    stream = Terminal()
+    bar = ProgressBar(stream)
+    bar(1, 4)
+    bar.interrupt()
+    assert stream.getvalue().endswith("\n")
+
+
+COMMANDS = [name for name in build_parser()._subparsers._group_actions[0].choices]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main([command, "--help"])
+    assert caught.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: fluxfill {command}")
+    assert len(out.splitlines()) > 3
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["no-such-command"], ["infer"], ["infer", "a.png", "b.png", "--output", "o.png", "--steps", "x"]],
+)
+def test_usage_errors_exit_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("fluxfill")
+
+
+def test_an_unknown_output_format_exits_2_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["infer", "a.png", "1,1,2,2", "--output", "out.nope", "--url", "127.0.0.1:1"]) == 2
+    assert (
+        capsys.readouterr().err
+        == "fluxfill infer: out.nope: unknown image format '.nope' (use .png, .jpg, .webp, ...)\n"
+    )
