@@ -8,14 +8,17 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme clean
+.PHONY: demo test lint unit integration tiny-model readme lock clean
 
-$(INSTALLED): pyproject.toml
+LOCKS := requirements/triton.txt requirements/bridge.txt
+
+$(INSTALLED): pyproject.toml $(LOCKS)
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[model,serve,client,bridge,bench,dev]'
+	# The lock files hold what the tests ran with (and what the images install): a fresh venv gets the same.
+	$(BIN)/pip install --quiet $(addprefix -c ,$(LOCKS)) -e '.[model,serve,client,bridge,bench,dev]'
 	touch $@
 
 tiny-model: $(INSTALLED)
@@ -48,6 +51,10 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build out
+
+# requirements/*.txt: the exact versions the tests ran with, per container image (tests/unit/deploy checks them).
+lock: $(INSTALLED)
+	$(BIN)/python deploy/lock.py
 
 readme: $(INSTALLED)
 	$(BIN)/python -m tests.readme_tables

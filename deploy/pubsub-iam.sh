@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Pub/Sub topics and subscriptions, and least-privilege IAM for the service accounts; safe to run again
+# (creates what is missing, updates subscriptions in place). Values come from deploy/config.env.
+#   deploy/pubsub-iam.sh            # Cloud Run and GKE
+#   GKE=1 deploy/pubsub-iam.sh      # also bind the GKE service accounts through Workload Identity
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+while IFS='=' read -r name value; do
+  [[ -n ${!name+set} ]] || export "${name}=${value}"
+done < <(grep -E '^[A-Z_][A-Z0-9_]*=' "${here}/config.env")
+
+gc() { gcloud --project="${PROJECT}" --quiet "$@"; }
+number=$(gc projects describe "${PROJECT}" --format='value(projectNumber)')
+pubsub_agent="serviceAccount:service-${number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+
+ensure_topic() { gc pubsub topics describe "$1" >/dev/null 2>&1 || gc pubsub topics create "$1"; }
+
+# Create the subscription, or update an existing one to the same settings.
+ensure_subscription() {
+  local name=$1
+  shift
+  if gc pubsub subscriptions describe "${name}" >/dev/null 2>&1; then
+    gc pubsub subscriptions update "${name}" "$@"
+  else
+    gc pubsub subscriptions create "${name}" --topic="${TOPIC}" "$@"
+  fi
+}
+
+ensure_service_account() {
+  local email=$1 id=${1%%@*}
+  gc iam service-accounts describe "${email}" >/dev/null 2>&1 ||
+    gc iam service-accounts create "${id}" --display-name="fluxfill ${id}"
+}
+
+ensure_topic "${TOPIC}"
+ensure_topic "${DEAD_LETTER_TOPIC}"
+for account in "${BRIDGE_SA}" "${TRITON_SA}" "${PUSH_SA}"; do ensure_service_account "${account}"; done
+
+# Both subscriptions: Pub/Sub's own dead-lettering after SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS (the bridge
+# dead-letters a job itself earlier, at MAX_DELIVERY_ATTEMPTS) and exponential retry backoff, so a job
+# leased by another bridge is not redelivered in a tight loop.
+common=(
+  --dead-letter-topic="${DEAD_LETTER_TOPIC}"
+  --max-delivery-attempts="${SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS}"
+  --min-retry-delay="${MIN_RETRY_BACKOFF_S}s"
+  --max-retry-delay="${MAX_RETRY_BACKOFF_S}s"
+  --message-retention-duration=7d
+)
+ensure_subscription "${PULL_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PULL_ACK_DEADLINE_S}"
+# Push: an OIDC token of PUSH_SA whose audience the bridge checks (FLUXFILL_BRIDGE_PUSH_AUDIENCE).
+ensure_subscription "${PUSH_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PUSH_ACK_DEADLINE_S}" \
+  --push-endpoint="${PUSH_AUDIENCE}" \
+  --push-auth-service-account="${PUSH_SA}" \
+  --push-auth-token-audience="${PUSH_AUDIENCE}"
+# Dead letters stay until someone looks (`fluxfill dlq list` / `replay`); 7 days is Pub/Sub's maximum.
+gc pubsub subscriptions describe "${DEAD_LETTER_SUBSCRIPTION}" >/dev/null 2>&1 ||
+  gc pubsub subscriptions create "${DEAD_LETTER_SUBSCRIPTION}" --topic="${DEAD_LETTER_TOPIC}" \
+    --message-retention-duration=7d --ack-deadline=60
+
+# Pub/Sub's service agent forwards undeliverable messages: publish on the dead-letter topic, subscribe on
+# the subscriptions it takes them from.
+gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${pubsub_agent}" --role=roles/pubsub.publisher
+for subscription in "${PULL_SUBSCRIPTION}" "${PUSH_SUBSCRIPTION}"; do
+  gc pubsub subscriptions add-iam-policy-binding "${subscription}" \
+    --member="${pubsub_agent}" --role=roles/pubsub.subscriber
+done
+
+# The bridge: pull its subscription, publish dead letters, read originals and create results (create-only:
+# objectCreator cannot overwrite), read and write session documents, and write metrics and logs.
+bridge="serviceAccount:${BRIDGE_SA}"
+gc pubsub subscriptions add-iam-policy-binding "${PULL_SUBSCRIPTION}" --member="${bridge}" --role=roles/pubsub.subscriber
+gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${bridge}" --role=roles/pubsub.publisher
+for role in roles/storage.objectViewer roles/storage.objectCreator; do
+  gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="${bridge}" --role="${role}" --quiet
+done
+for role in roles/datastore.user roles/monitoring.metricWriter roles/logging.logWriter; do
+  gc projects add-iam-policy-binding "${PROJECT}" --member="${bridge}" --role="${role}" --condition=None
+done
+
+# Triton: read the weights mirror only; write metrics and logs.
+triton="serviceAccount:${TRITON_SA}"
+gcloud storage buckets add-iam-policy-binding "gs://${WEIGHTS_BUCKET}" --member="${triton}" \
+  --role=roles/storage.objectViewer --quiet
+for role in roles/monitoring.metricWriter roles/logging.logWriter; do
+  gc projects add-iam-policy-binding "${PROJECT}" --member="${triton}" --role="${role}" --condition=None
+done
+# Cloud Run's bridge variants run Triton under the bridge's account: it reads the weights too.
+gcloud storage buckets add-iam-policy-binding "gs://${WEIGHTS_BUCKET}" --member="${bridge}" \
+  --role=roles/storage.objectViewer --quiet
+
+# Push: only PUSH_SA may invoke the push service, and Pub/Sub may mint its tokens.
+gc run services add-iam-policy-binding fluxfill-bridge-push --region="${REGION}" \
+  --member="serviceAccount:${PUSH_SA}" --role=roles/run.invoker
+gc iam service-accounts add-iam-policy-binding "${PUSH_SA}" --member="${pubsub_agent}" \
+  --role=roles/iam.serviceAccountTokenCreator
+
+if [[ ${GKE:-0} == 1 ]]; then
+  for pair in "bridge:${BRIDGE_SA}" "triton:${TRITON_SA}"; do
+    gc iam service-accounts add-iam-policy-binding "${pair#*:}" --role=roles/iam.workloadIdentityUser \
+      --member="serviceAccount:${PROJECT}.svc.id.goog[${GKE_NAMESPACE}/${pair%%:*}]"
+  done
+fi

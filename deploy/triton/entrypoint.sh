@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Start Triton on a writable copy of the model repository whose flux_fill_stream `weights_sha256` parameter
+# holds FLUXFILL_WEIGHTS_SHA256: the model hashes the mounted weights and refuses to load on a mismatch,
+# so a wrong or half-copied mirror never serves. Extra arguments go to tritonserver.
+set -euo pipefail
+
+die() { echo "entrypoint: $*" >&2; exit 2; }
+
+# Set one string parameter of a config.pbtxt in place; fails unless the key occurs exactly once.
+set_parameter() {
+  local config=$1 key=$2 value=$3
+  local pattern="(key: *\"${key}\", *value: *\{ *string_value: *)\"[^\"]*\""
+  [[ $(grep -cE "${pattern}" "${config}") == 1 ]] || die "${config}: no single '${key}' parameter"
+  sed -E -i "s|${pattern}|\\1\"${value}\"|" "${config}"
+}
+
+digest=${FLUXFILL_WEIGHTS_SHA256:-}
+[[ ${digest} =~ ^[0-9a-f]{64}$ ]] ||
+  die "FLUXFILL_WEIGHTS_SHA256 must be the weights' sha256 (64 hex digits; \`fluxfill weights-digest PATH\`)"
+source_repository=${FLUXFILL_MODEL_REPOSITORY_SOURCE:-/opt/fluxfill/model_repository}
+repository=${FLUXFILL_MODEL_REPOSITORY:-/tmp/fluxfill/model_repository}
+
+rm -rf "${repository}"
+mkdir -p "$(dirname "${repository}")" "${FLUXFILL_FORWARDING_DIR:-/tmp/fluxfill/forwarding}"
+cp -r "${source_repository}" "${repository}"
+config="${repository}/flux_fill_stream/config.pbtxt"
+set_parameter "${config}" weights_sha256 "${digest}"
+# Optional GGUF transformer inside the mounted weights; its own sha256 is then the digest.
+if [[ -n ${FLUXFILL_GGUF_FILE:-} ]]; then
+  [[ ${FLUXFILL_GGUF_FILE} =~ ^[A-Za-z0-9_./-]+$ ]] || die "FLUXFILL_GGUF_FILE has unexpected characters"
+  set_parameter "${config}" gguf_file "${FLUXFILL_GGUF_FILE}"
+fi
+
+# --exit-on-error=false: a model that fails initialize (e.g. a digest mismatch) leaves the server up with the
+#   reason in the repository index and /v2/models/flux_fill_stream/ready at 400, so the startup probe fails
+#   and the platform restarts the container, rather than a crash loop that hides the reason.
+# Python-backend shared memory: a ~1 MP request is ~7 MB of tensors (~14 MB with flux_fill's forwarded copy);
+#   64 MiB per instance holds several without growing, and growth comes in 64 MiB steps for large photos
+#   (/dev/shm is mounted at 2 GiB by the manifests).
+# stub-timeout-seconds: a stub moving a large tensor under GPU load is not declared dead after the 30 s default.
+# exit-timeout-secs: below Cloud Run's and the GKE pod's termination grace, so in-flight runs end cleanly.
+exec "${TRITONSERVER:-tritonserver}" \
+  --model-repository="${repository}" \
+  --exit-on-error=false \
+  --strict-readiness=true \
+  --http-port=8000 \
+  --grpc-port=8001 \
+  --metrics-port=8002 \
+  --allow-metrics=true \
+  --allow-gpu-metrics=true \
+  --backend-config=python,shm-default-byte-size=67108864 \
+  --backend-config=python,shm-growth-byte-size=67108864 \
+  --backend-config=python,stub-timeout-seconds=120 \
+  --exit-timeout-secs="${FLUXFILL_EXIT_TIMEOUT_S:-25}" \
+  "$@"

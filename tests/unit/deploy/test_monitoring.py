@@ -1,0 +1,118 @@
+"""The dashboard and alert policies query metrics that exist, and cover what on-call looks at first."""
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.outcome import OutcomeKind
+from fluxfill.inpaint.metrics import FAMILIES
+from tests.unit.deploy.support import DEPLOY, config_env, load_json
+
+DASHBOARD = DEPLOY / "monitoring" / "dashboard.json"
+ALERTS = sorted((DEPLOY / "monitoring" / "alerts").glob("*.json"))
+METRIC = re.compile(r"\b(?:fluxfill_\w+|nv_\w+|pubsub_googleapis_com:\w+)\b")
+# Triton 2.51's own families on the metrics port (docs/user_guide/metrics.md), those we query.
+TRITON_FAMILIES = {
+    "nv_gpu_utilization",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_memory_total_bytes",
+    "nv_inference_pending_request_count",
+}
+# Cloud Monitoring's Pub/Sub metrics as Managed Prometheus names them ('/' -> ':', '.' -> '_').
+PUBSUB_METRICS = {
+    "pubsub_googleapis_com:subscription_oldest_unacked_message_age",
+    "pubsub_googleapis_com:subscription_num_undelivered_messages",
+}
+SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+
+
+def exposed_names() -> set[str]:
+    """Every sample name the model (through Triton) and the bridge put on their /metrics pages."""
+    names = set(TRITON_FAMILIES | PUBSUB_METRICS)
+    for spec in FAMILIES.values():
+        # Triton exposes a custom family under its given name (counters already end in _total).
+        names |= {spec.name + s for s in SUFFIXES[spec.kind]} if spec.kind == "histogram" else {spec.name}
+    for family in BridgeMetrics().registry.collect():
+        names |= {family.name + s for s in SUFFIXES[family.type]}
+    return names
+
+
+def queries() -> dict[str, list[str]]:
+    """PromQL of every dashboard chart and alert condition, by file."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node: Any, into: list[str]) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in {"prometheusQuery", "query"} and isinstance(value, str):
+                    into.append(value)
+                else:
+                    walk(value, into)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, into)
+
+    for path in [DASHBOARD, *ALERTS]:
+        walk(load_json(path), found.setdefault(path.name, []))
+    return found
+
+
+def test_every_chart_and_alert_has_a_query() -> None:
+    found = queries()
+    assert len(found[DASHBOARD.name]) >= 10
+    assert all(len(found[path.name]) == 1 for path in ALERTS)
+
+
+@pytest.mark.parametrize("path", [DASHBOARD, *ALERTS], ids=lambda p: Path(p).name)
+def test_queried_metrics_exist(path: Path) -> None:
+    known = exposed_names()
+    for query in queries()[path.name]:
+        names = set(METRIC.findall(query))
+        assert names, query
+        assert names <= known, f"{path.name}: unknown {names - known}"
+
+
+def test_outcome_labels_in_queries_are_real_outcomes() -> None:
+    outcomes = {kind.value for kind in OutcomeKind}
+    for found in queries().values():
+        for query in found:
+            if "fluxfill_bridge_jobs_total" in query:
+                for values in re.findall(r'outcome=~?"([^"]+)"', query):
+                    assert set(values.split("|")) <= outcomes, query
+
+
+def test_subscriptions_in_queries_are_ours() -> None:
+    config = config_env()
+    ours = {config[k] for k in ("PULL_SUBSCRIPTION", "PUSH_SUBSCRIPTION", "DEAD_LETTER_SUBSCRIPTION")}
+    for found in queries().values():
+        for query in found:
+            for values in re.findall(r'subscription_id=~?"([^"]+)"', query):
+                assert set(values.split("|")) <= ours, query
+
+
+def test_dashboard_shows_what_on_call_needs_first() -> None:
+    text = " ".join(queries()[DASHBOARD.name])
+    for needed in (
+        "subscription_oldest_unacked_message_age",  # queue age
+        "fluxfill_bridge_jobs_total",  # jobs by outcome
+        "fluxfill_bridge_phase_seconds_bucket",  # latency by phase
+        "nv_gpu_memory_used_bytes",  # GPU memory
+        "nv_gpu_utilization",  # GPU utilisation
+        "fluxfill_step_duration_seconds_bucket",  # step time
+    ):
+        assert needed in text, needed
+
+
+def test_alerts_cover_the_issue() -> None:
+    by_name = {path.stem: " ".join(queries()[path.name]) for path in ALERTS}
+    assert "oldest_unacked_message_age" in by_name["queue-age"]
+    assert 'outcome=~"failed|dead_letter"' in by_name["failure-rate"]
+    assert config_env()["DEAD_LETTER_SUBSCRIPTION"] in by_name["dead-letters"]
+    assert "fluxfill_bridge_ready" in by_name["model-not-ready"]
+    assert "nv_gpu_memory_used_bytes" in by_name["gpu-memory"]
+    for path in ALERTS:
+        policy = load_json(path)
+        assert "Runbook" in policy["documentation"]["content"], path.name
