@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme lock clean
+.PHONY: demo test lint unit integration tiny-model readme lock bench clean
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 
@@ -39,6 +39,8 @@ lint: $(INSTALLED) $(TYPECHECK_TREE)/fluxfill
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	cd $(TYPECHECK_TREE) && ../../$(BIN)/mypy -p fluxfill.inpaint -p fluxfill.client -p fluxfill.bridge
+	# bench imports the tests' bridge harness, which is not strict-typed: follow it silently.
+	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy --follow-imports=silent bench
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests/unit
@@ -51,6 +53,13 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build out
+
+# The four CPU benchmarks (a few minutes); each prints its table and writes a PNG under out/bench/.
+bench: $(INSTALLED)
+	$(BIN)/python -m bench.serving_overhead
+	$(BIN)/python -m bench.intake
+	$(BIN)/python -m bench.crop_to_mask
+	$(BIN)/python -m bench.bridge_throughput
 
 # requirements/*.txt: the exact versions the tests ran with, per container image (tests/unit/deploy checks them).
 lock: $(INSTALLED)

@@ -76,7 +76,8 @@ def decode_photo(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
 
 
 def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:

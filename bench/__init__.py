@@ -1,0 +1,1 @@
+"""Benchmarks of the serving stack: each script prints one table of ratios measured side by side."""

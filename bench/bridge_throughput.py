@@ -1,0 +1,187 @@
+"""Bridge throughput: jobs per second through the emulators with a near-zero-cost model, by concurrency.
+
+The real bridge (`build_bridge`, streaming pull, Firestore claims and status writes, Cloud Storage reads
+and writes) runs in this process against the Pub/Sub and Firestore emulators and fake-gcs-server (the
+integration tests' own harness); only the model is replaced by one that returns the photo at once, so what
+is measured is the bridge and its Google round trips. Jobs are uploaded and queued before the clock starts;
+the clock runs from the first publish to the last job counted done, at 1, 4 and 16 concurrent jobs.
+Per job, the bridge's own phase timings (written to each session's `timings`) are split further with the
+intake functions timed on the same images in this run: download = fetch + decode, upload = encode + write;
+"claim, status, ack" is the rest of the job's share of the wall time.
+
+Run: `python -m bench.bridge_throughput [--quick]` (needs Java for the emulators, as the integration tests).
+"""
+
+import io
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+from PIL import Image
+
+from bench.common import interleaved, markdown_table, median_ms, parser, pyplot, report, save_plot
+from bench.photo import textured_photo
+from fluxfill.bridge import intake
+from fluxfill.bridge.contract import PREVIEW_MAX_SIDE
+from fluxfill.bridge.logs import configure_logging
+from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
+from fluxfill.client.local_emulators import running_emulators
+from tests.integration.bridge.harness import PROJECT, JobSystem, running_bridge, wait_until
+
+CONCURRENCY = (1, 4, 16)
+QUICK_CONCURRENCY = (1, 4)
+PHOTO_SIZE = (1024, 768)
+GOAL_JOBS_PER_S = 20.0
+
+
+class InstantModel:
+    """The InpaintModel port at near-zero cost: the photo comes back as the result."""
+
+    name = "instant"
+    protocol = "none"
+
+    def is_ready(self) -> bool:
+        return True
+
+    def infer(
+        self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        return InferenceResult(request.image, request.seed)
+
+
+def job_images() -> tuple[bytes, bytes]:
+    """A JPEG photo and a PNG mask, as the app uploads them."""
+    width, height = PHOTO_SIZE
+    photo = textured_photo(width, height)
+    mask = np.zeros((height, width), np.uint8)
+    mask[height // 4 : height // 2, width // 4 : width // 2] = 255
+    photo_buffer, mask_buffer = io.BytesIO(), io.BytesIO()
+    Image.fromarray(photo).save(photo_buffer, format="JPEG", quality=90)
+    Image.fromarray(mask).save(mask_buffer, format="PNG")
+    return photo_buffer.getvalue(), mask_buffer.getvalue()
+
+
+def codec_ms(photo: bytes, mask: bytes) -> dict[str, float]:
+    """The bridge's own decode and encode calls on these images, timed here (median ms)."""
+    decoded = intake.decode_photo(photo, 50_000_000)
+
+    def decode() -> None:
+        intake.fit_mask(intake.decode_mask(mask, 50_000_000), *decoded.shape[:2])
+        intake.decode_photo(photo, 50_000_000)
+
+    def encode() -> None:
+        intake.encode_png(decoded)
+        intake.encode_preview(decoded, PREVIEW_MAX_SIDE)
+
+    times = interleaved({"decode": decode, "encode": encode}, rounds=5)
+    return {name: median_ms(samples) for name, samples in times.items()}
+
+
+def run_level(
+    clients: tuple[Any, ...], concurrency: int, jobs: int, images: tuple[bytes, bytes]
+) -> dict[str, float]:
+    """Jobs per second and mean phase seconds at one concurrency, on a fresh topic and subscription."""
+    system = JobSystem(*clients)
+    system.create()
+    sessions = [system.new_job(*images) for _ in range(jobs)]
+    settings = system.settings("127.0.0.1:1", max_concurrent_jobs=concurrency, progress_interval_s=1.0)
+    with running_bridge(settings, InstantModel()) as bridge:
+        started = time.perf_counter()
+        for user, session in sessions:
+            system.publish({"userId": user, "sessionId": session, "steps": 1, "seed": 1})
+        wait_until(lambda: bridge.counted("done") >= jobs, timeout_s=120 + jobs)
+        elapsed = time.perf_counter() - started
+    timings = [system.session(user, session)["timings"] for user, session in sessions]
+    figures = {
+        phase: statistics.fmean(t[phase] for t in timings) for phase in ("download", "inference", "upload")
+    }
+    figures["jobs/s"] = jobs / elapsed
+    # Each job's share of the wall time, at this concurrency, minus what the bridge timed itself.
+    figures["job wall"] = concurrency * elapsed / jobs
+    return figures
+
+
+def plot(rows: list[dict[str, float]], plot_dir: Path) -> None:
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    labels = [f"{int(row['concurrency'])} concurrent\n{row['jobs/s']:.1f} jobs/s" for row in rows]
+    bottom = np.zeros(len(rows))
+    for phase in ("download I/O", "decode", "inference", "encode", "upload I/O", "claim, status, ack"):
+        values = np.array([row[phase] for row in rows])
+        axis.bar(labels, values, bottom=bottom, label=phase)
+        bottom += values
+    axis.set_ylabel("ms per job (each job's share of the wall time)")
+    axis.set_title("Bridge: time per job by phase (instant model)")
+    axis.legend(fontsize=8)
+    save_plot(figure, plot_dir, "bridge_throughput")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser(__doc__).parse_args(argv)
+    # The bridge logs every job on stdout; here only its warnings matter, and stdout is for the table.
+    configure_logging("WARNING", sys.stderr)
+    levels, per_level = (QUICK_CONCURRENCY, 2) if args.quick else (CONCURRENCY, 4)
+    images = job_images()
+    rows = []
+    with running_emulators():
+        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
+        clients = (
+            pubsub_v1.PublisherClient(credentials=credentials),
+            subscriber,
+            storage.Client(project=PROJECT, credentials=credentials),
+            firestore.Client(project=PROJECT, credentials=credentials),
+        )
+        try:
+            codecs = codec_ms(*images)
+            for concurrency in levels:
+                figures = run_level(clients, concurrency, per_level * concurrency + 4, images)
+                wall_ms = figures["job wall"] * 1000
+                download, upload = figures["download"] * 1000, figures["upload"] * 1000
+                rows.append(
+                    {
+                        "concurrency": concurrency,
+                        "jobs/s": figures["jobs/s"],
+                        "download I/O": max(0.0, download - codecs["decode"]),
+                        "decode": min(download, codecs["decode"]),
+                        "inference": figures["inference"] * 1000,
+                        "encode": min(upload, codecs["encode"]),
+                        "upload I/O": max(0.0, upload - codecs["encode"]),
+                        "claim, status, ack": max(
+                            0.0, wall_ms - download - upload - figures["inference"] * 1000
+                        ),
+                    }
+                )
+        finally:
+            subscriber.close()
+    phases = ["download I/O", "decode", "inference", "encode", "upload I/O", "claim, status, ack"]
+    headers = ["concurrent jobs", "jobs/s", "goal", *(f"{phase} ms" for phase in phases)]
+    table = [
+        [
+            int(row["concurrency"]),
+            f"{row['jobs/s']:.1f}",
+            "met" if row["jobs/s"] >= GOAL_JOBS_PER_S else "not met",
+            *(f"{row[phase]:.0f}" for phase in phases),
+        ]
+        for row in rows
+    ]
+    notes = [
+        f"photo {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90 + PNG mask; {per_level}N + 4 jobs at N concurrent; "
+        f"goal ≥ {GOAL_JOBS_PER_S:g} jobs/s per bridge process",
+        "phases are ms per job: at N concurrent jobs each job's share of the wall time is N x wall / jobs; "
+        "decode and encode: the bridge's intake functions timed alone on the same images in this run "
+        "(contention between concurrent jobs shows in the I/O columns)",
+        "the emulators and the bridge share this machine's cores: lower bounds for a real deployment",
+    ]
+    report("Bridge throughput (instant model, emulators)", markdown_table(headers, table), notes)
+    plot(rows, args.plot_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Each benchmark runs end to end in quick mode, so none can rot: it prints its table and draws its plot.
+
+Speed is not asserted here (the benchmarks report it); only that they run and say what they measured. Each
+runs as the script it is, in its own process, so its logging setup and servers never leak into other tests.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def run_quick(module: str, plot_dir: Path) -> str:
+    """Run `python -m bench.MODULE --quick`; its stdout, after checking it succeeded and drew its plot."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick", "--plot-dir", str(plot_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (plot_dir / f"{module}.png").is_file(), "no plot written"
+    return done.stdout
+
+
+def table_row(output: str, first_cells: str) -> list[str]:
+    """The cells of the table row starting with `first_cells` (e.g. "| 10% |")."""
+    row = next(line for line in output.splitlines() if line.startswith(first_cells))
+    return [cell.strip() for cell in row.strip("|").split("|")]
+
+
+def test_serving_overhead_measures_every_path_against_in_process(tmp_path: Path) -> None:
+    output = run_quick("serving_overhead", tmp_path)
+    for path in ("HTTP unary (flux_fill)", "gRPC unary (flux_fill)", "gRPC stream (flux_fill_stream)"):
+        added_serving_ms = table_row(output, f"| 256x256 | {path} |")[4]
+        assert float(added_serving_ms) > 0, "a serving path cannot be cheaper than no serving at all"
+    assert "not measured in quick mode" in output
+
+
+def test_intake_compares_the_service_path_and_the_draft_candidate_with_naive(tmp_path: Path) -> None:
+    output = run_quick("intake", tmp_path)
+    for path in ("naive", "service today", "draft candidate"):
+        cells = table_row(output, f"| 30% | {path}")
+        assert float(cells[5]) > 0, f"{path}: no peak memory measured"
+    # The draft candidate decodes at reduced scale for a 30% mask: it must need less memory than naive.
+    assert float(table_row(output, "| 30% | draft")[5]) < float(table_row(output, "| 30% | naive")[5])
+
+
+def test_crop_to_mask_denoises_fewer_tokens_than_the_full_frame_at_the_same_density(tmp_path: Path) -> None:
+    cells = table_row(run_quick("crop_to_mask", tmp_path), "| 10% |")
+    crop_tokens, same_density_tokens = int(cells[3]), int(cells[4])
+    assert crop_tokens < same_density_tokens
+
+
+def test_gpu_transformer_runs_the_scaled_down_config_on_cpu(tmp_path: Path) -> None:
+    output = run_quick("gpu_transformer", tmp_path)
+    for name in ("bf16", "bf16+compile", "bf16+fbcache", "gguf-q4"):
+        assert float(table_row(output, f"| {name} |")[1]) > 0, f"{name} did not run"
+    assert table_row(output, "| bf16+offload leaf |")[1] == "unavailable (CPU offload needs a CUDA device)"
+    assert table_row(output, "| fp8 |")[1].startswith("unavailable (")
+
+
+def test_bridge_throughput_runs_jobs_through_the_emulators(tmp_path: Path) -> None:
+    output = run_quick("bridge_throughput", tmp_path)
+    for concurrency in (1, 4):
+        assert float(table_row(output, f"| {concurrency} |")[1]) > 0
