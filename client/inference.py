@@ -11,7 +11,6 @@ before sending; the timeout is sent as TIMEOUT_S, which the server enforces, and
 import time
 from typing import Any, Literal
 
-import numpy as np
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -26,48 +25,20 @@ from fluxfill.client.streaming import (
     ProgressCallback,
     stream_call,
 )
-from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, OUTPUTS, STREAM_MODEL_NAME, STREAM_OUTPUTS
+from fluxfill.inpaint.contract import (
+    INPUTS,
+    MODEL_NAME,
+    OUTPUTS,
+    STREAM_MODEL_NAME,
+    STREAM_OUTPUTS,
+    contract_arrays,
+)
 
 __all__ = ["CancelHandle", "FluxFillClient", "InpaintOutput", "Protocol", "contract_arrays"]
 
 Protocol = Literal["grpc", "http"]
 DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
 HTTP_GRACE_S = 1.0
-_NUMPY_TYPES: dict[str, type[np.generic]] = {
-    "UINT8": np.uint8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP32": np.float32,
-    "BYTES": np.object_,
-}
-
-
-def contract_arrays(
-    image: npt.NDArray[np.uint8],
-    mask: npt.NDArray[np.uint8],
-    prompt: str,
-    *,
-    steps: int | None = None,
-    guidance: float | None = None,
-    seed: int | None = None,
-    timeout_s: float | None = None,
-) -> dict[str, npt.NDArray[Any]]:
-    """The request's tensors by name, typed as the contract declares; absent optionals are left out."""
-    values: dict[str, object] = {
-        "IMAGE": image,
-        "MASK": mask,
-        "PROMPT": [prompt.encode("utf-8")],
-        "STEPS": None if steps is None else [steps],
-        "GUIDANCE": None if guidance is None else [guidance],
-        "SEED": None if seed is None else [seed],
-        "TIMEOUT_S": None if timeout_s is None else [timeout_s],
-    }
-    arrays: dict[str, npt.NDArray[Any]] = {}
-    for spec in INPUTS:
-        value = values.get(spec.name)
-        if value is not None:
-            arrays[spec.name] = np.asarray(value, dtype=_NUMPY_TYPES[spec.datatype])
-    return arrays
 
 
 class FluxFillClient:

@@ -1,10 +1,15 @@
 """The model's tensor contract: the one source the model, the client and the docs read.
 
-Kept free of torch and Triton imports so the client can use it without the model's dependencies.
+Kept free of torch and Triton imports (numpy only) so the client and the bridge use it without the model's
+dependencies.
 `tests/unit/test_contract.py` checks `model_repository/flux_fill/config.pbtxt` against it.
 """
 
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 # Unary inference (HTTP and gRPC); forwards to the streaming model, which holds the weights.
 MODEL_NAME = "flux_fill"
@@ -57,3 +62,39 @@ STREAM_OUTPUTS: tuple[TensorSpec, ...] = (
 def input_spec(name: str) -> TensorSpec:
     """Return the declared input called `name`."""
     return next(spec for spec in INPUTS if spec.name == name)
+
+
+NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "UINT8": np.uint8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+    "BYTES": np.object_,
+}
+
+
+def contract_arrays(
+    image: npt.NDArray[np.uint8],
+    mask: npt.NDArray[np.uint8],
+    prompt: str,
+    *,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, npt.NDArray[Any]]:
+    """A request's input tensors by name, typed as declared above; absent optionals are left out."""
+    values: dict[str, object] = {
+        "IMAGE": image,
+        "MASK": mask,
+        "PROMPT": [prompt.encode("utf-8")],
+        "STEPS": None if steps is None else [steps],
+        "GUIDANCE": None if guidance is None else [guidance],
+        "SEED": None if seed is None else [seed],
+        "TIMEOUT_S": None if timeout_s is None else [timeout_s],
+    }
+    return {
+        spec.name: np.asarray(values[spec.name], dtype=NUMPY_TYPES[spec.datatype])
+        for spec in INPUTS
+        if values[spec.name] is not None
+    }

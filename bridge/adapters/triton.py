@@ -20,36 +20,31 @@ import tritonclient.http as httpclient
 from fluxfill.bridge.adapters.triton_errors import map_triton_exception
 from fluxfill.bridge.errors import JobCancelledError, JobDeadlineExceededError
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
-from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, PRIORITY_BULK, PRIORITY_URGENT, STREAM_MODEL_NAME
+from fluxfill.inpaint.contract import (
+    INPUTS,
+    MODEL_NAME,
+    PRIORITY_BULK,
+    PRIORITY_URGENT,
+    STREAM_MODEL_NAME,
+    contract_arrays,
+)
 
 logger = structlog.get_logger(__name__)
 POLL_S = 0.05
-_NUMPY_TYPES: dict[str, type[np.generic]] = {
-    "UINT8": np.uint8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP32": np.float32,
-    "BYTES": np.object_,
-}
 _Reply = tuple[Any, BaseException | None]
 
 
 def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt.NDArray[Any]]:
     """The contract's tensors for one request; absent optionals are left out."""
-    values: dict[str, object] = {
-        "IMAGE": request.image,
-        "MASK": request.mask,
-        "PROMPT": [request.prompt.encode("utf-8")],
-        "STEPS": None if request.steps is None else [request.steps],
-        "GUIDANCE": None if request.guidance is None else [request.guidance],
-        "SEED": [request.seed],
-        "TIMEOUT_S": [timeout_s],
-    }
-    return {
-        spec.name: np.asarray(values[spec.name], dtype=_NUMPY_TYPES[spec.datatype])
-        for spec in INPUTS
-        if values.get(spec.name) is not None
-    }
+    return contract_arrays(
+        request.image,
+        request.mask,
+        request.prompt,
+        steps=request.steps,
+        guidance=request.guidance,
+        seed=request.seed,
+        timeout_s=timeout_s,
+    )
 
 
 class TritonInpaintModel:
