@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme lock bench clean
+.PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak clean
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 
@@ -41,6 +41,7 @@ lint: $(INSTALLED) $(TYPECHECK_TREE)/fluxfill
 	cd $(TYPECHECK_TREE) && ../../$(BIN)/mypy -p fluxfill.inpaint -p fluxfill.client -p fluxfill.bridge
 	# bench imports the tests' bridge harness, which is not strict-typed: follow it silently.
 	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy --follow-imports=silent bench
+	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy chaos tests/unit/test_chaos_invariants.py tests/integration/test_chaos.py
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests/unit
@@ -60,6 +61,14 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.crop_to_mask
 	$(BIN)/python -m bench.bridge_throughput
+
+# Load, soak and chaos runs of the whole job path (chaos/): exit 1 when an invariant breaks.
+chaos: $(INSTALLED)
+	$(BIN)/python -m chaos --jobs 500
+saturation: $(INSTALLED)
+	$(BIN)/python -m chaos saturation
+soak: $(INSTALLED)
+	$(BIN)/python -m chaos soak --duration 1800
 
 # requirements/*.txt: the exact versions the tests ran with, per container image (tests/unit/deploy checks them).
 lock: $(INSTALLED)

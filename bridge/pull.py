@@ -45,6 +45,9 @@ class PullRunner:
         self._flow = pubsub_v1.types.FlowControl(
             max_messages=settings.max_concurrent_jobs,
             max_lease_duration=settings.job_deadline_s + LEASE_MARGIN_S,
+            # Short lease extensions bound how long a crashed bridge's messages wait before redelivery
+            # (the client's default is up to the 60 s stream ack deadline, or more).
+            max_duration_per_lease_extension=settings.lease_extension_s,
         )
         self._stop = threading.Event()
 

@@ -45,6 +45,13 @@ class BridgeSettings(BaseSettings):
         300.0, gt=0, description="the model's max_run_seconds: the TIMEOUT_S sent to Triton is at most this"
     )
     lease_s: float = Field(60.0, gt=0, description="a claim not renewed for this long may be taken over")
+    lease_extension_s: int = Field(
+        15,
+        ge=10,
+        le=600,
+        description="Pub/Sub ack-deadline extension per renewal: a crashed bridge's "
+        "messages come back after about this long",
+    )
     max_delivery_attempts: int = Field(
         5, ge=1, description="after this many attempts a retryable failure fails the job and dead-letters it"
     )

@@ -78,3 +78,44 @@ def test_any_bytes_are_an_image_or_a_coded_refusal(tail: bytes, keep: int, as_ma
         ErrorCode.CORRUPT_IMAGE,
         ErrorCode.IMAGE_TOO_MANY_PIXELS,
     }
+
+
+# Modes each format can hold, as phones, editors and scanners write them.
+MODES_BY_FORMAT = {
+    "PNG": ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"],
+    "JPEG": ["L", "RGB", "CMYK"],
+    "WEBP": ["RGB", "RGBA"],
+}
+IMAGES = st.sampled_from([(f, m) for f, modes in MODES_BY_FORMAT.items() for m in modes])
+
+
+@given(
+    IMAGES,
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=8),
+    st.integers(min_value=0, max_value=2**32 - 1),
+)
+@settings(max_examples=200, deadline=None)
+def test_any_valid_image_decodes_upright_at_its_size(
+    image_kind: tuple[str, str], width: int, height: int, orientation: int, seed: int
+) -> None:
+    fmt, mode = image_kind
+    noise = Image.frombytes("L", (width, height), random_bytes(seed, width * height))
+    image = noise.convert(mode) if mode != "I;16" else noise.convert("I").convert("I;16")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, exif=exif)
+    # EXIF orientations 5 to 8 turn the picture a quarter: width and height swap.
+    upright = (width, height) if orientation >= 5 else (height, width)
+    photo = decode_photo(buffer.getvalue(), 1_000_000)
+    mask = decode_mask(buffer.getvalue(), 1_000_000)
+    assert photo.shape == (*upright, 3)
+    assert photo.dtype.name == "uint8"
+    assert mask.shape == upright
+    assert mask.dtype.name == "uint8"
+
+
+def random_bytes(seed: int, count: int) -> bytes:
+    return bytes((seed >> (index % 32) ^ index * 2654435761) & 0xFF for index in range(count))

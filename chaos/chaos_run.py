@@ -1,0 +1,121 @@
+"""The chaos run: publish the mix, kill Triton and bridges on schedule, let it settle, check it."""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chaos import faults, invariants, traffic
+from chaos.fleet import Fleet, FleetConfig, running_fleet
+from chaos.workload import Kind, PlannedJob, plan
+from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE
+
+TERMINAL = {"done", "failed", "cancelled"}
+
+
+@dataclass(frozen=True)
+class ChaosOptions:
+    """One run's size and seed."""
+
+    jobs: int = 500
+    seed: int = 7
+    rate_per_s: float = 10.0
+    # The emulator keeps handing messages to a SIGKILLed bridge's dead stream; each comes back only after a
+    # 60 s stream ack deadline, sometimes more than once (see the README's Reliability section).
+    settle_timeout_s: float = 600.0
+    triton_kills: int = 2
+    bridge_kills: int = 2
+    steps: int = 4
+
+    @classmethod
+    def quick(cls, seed: int = 7) -> "ChaosOptions":
+        """About 40 jobs over a ~25 s publishing window: the version `make test` runs."""
+        return cls(jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=240.0)
+
+
+@dataclass
+class ChaosReport:
+    """What a run did and found."""
+
+    options: ChaosOptions
+    mix: dict[str, int]
+    messages: int
+    faults: list[str]
+    fault_errors: list[str]
+    checks: list[invariants.Check]
+    latencies_s: list[float]
+    settled_s: float
+    dead_letter_copies: int
+    policy_dead_letters: int  # moved by Pub/Sub's own dead-letter policy, not by the bridge
+    left_on_subscription: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks) and not self.fault_errors
+
+
+def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None = None) -> ChaosReport:
+    """Start the fleet, run the schedule, and check everything; the fleet is always stopped at the end."""
+    planned = plan(options.jobs, options.seed, options.steps)
+    order = traffic.publish_order(planned, options.seed)
+    with running_fleet(config or FleetConfig(), run_dir) as fleet:
+        traffic.prepare(fleet.jobs, planned)
+        published = traffic.Published()
+        schedule = faults.schedule(
+            [b.name for b in fleet.bridges],
+            len(order) / options.rate_per_s,
+            options.seed,
+            options.triton_kills,
+            options.bridge_kills,
+        )
+        stop, log = threading.Event(), faults.FaultLog()
+        injector = faults.inject(fleet, schedule, stop, log)
+        started = time.monotonic()
+        traffic.publish_all(fleet.jobs, order, options.rate_per_s, published)
+        injector.join()
+        dead: list[Any] = []
+        settled = _settle(fleet, planned, dead, started + options.settle_timeout_s)
+        settled_s = time.monotonic() - started
+        for bridge in fleet.bridges:
+            bridge.terminate()
+        traffic.drain_dead_letters(fleet.jobs, dead)
+        left = traffic.left_on_subscription(fleet.jobs, wait_s=3.0)
+        evidence = invariants.Evidence(
+            planned,
+            traffic.session_documents(fleet.jobs, planned),
+            traffic.result_objects(fleet.jobs),
+            dead,
+            invariants.done_outcomes(log_path for b in fleet.bridges for log_path in b.logs),
+            published.message_ids,
+        )
+    notes = [] if settled else [f"not settled within {options.settle_timeout_s:.0f} s"]
+    return ChaosReport(
+        options=options,
+        mix={kind.value: sum(1 for j in planned if j.kind is kind) for kind in Kind},
+        messages=len(order),
+        faults=log.done,
+        fault_errors=log.errors,
+        checks=invariants.check_all(evidence),
+        latencies_s=invariants.latencies(evidence, published.first_at),
+        settled_s=settled_s,
+        dead_letter_copies=len(dead),
+        policy_dead_letters=sum(1 for m in dead if DEAD_LETTER_CODE_ATTRIBUTE not in m.attributes),
+        left_on_subscription=len(left),
+        notes=notes,
+    )
+
+
+def _settle(fleet: Fleet, planned: list[PlannedJob], dead: list[Any], deadline: float) -> bool:
+    """Wait until every session is terminal and every expected dead letter arrived (or the deadline)."""
+    with_session = [j for j in planned if j.user]
+    expected_dead = sum(1 for j in planned if j.expectation.dead_letter)
+    while time.monotonic() < deadline:
+        traffic.drain_dead_letters(fleet.jobs, dead)
+        documents = traffic.session_documents(fleet.jobs, with_session)
+        finished = sum(1 for d in documents.values() if d.get("status") in TERMINAL)
+        if finished == len(with_session) and len(dead) >= expected_dead:
+            return True
+        time.sleep(1.0)
+    return False

@@ -1,0 +1,296 @@
+"""The fleet under test: the Google emulators, one tritonserver, bridge processes; each can be killed.
+
+Everything is real: `python -m fluxfill.bridge` subprocesses and a tritonserver (with its Python-backend
+stubs) serving the tiny FLUX Fill model. SIGKILL is sent to a whole process group, as a crashed container
+dies.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+from google.cloud.pubsub_v1.types import DeadLetterPolicy  # type: ignore[import-untyped]
+
+from fluxfill.client.local_emulators import GoogleEmulators, running_emulators
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.client.triton_binary import end_group, free_port, group_members
+from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
+from fluxfill.inpaint.tiny import ensure_tiny_model
+
+PROJECT = "fluxfill-chaos"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+TINY_MODEL_DIR = REPO_ROOT / "build" / "tiny-flux-fill"
+# Small working sizes keep one job at tens of milliseconds on 2 CPU cores; the steps are set per job.
+TRITON_PARAMETERS = {
+    "default_steps": "2",
+    "min_working_pixels": "16384",
+    "max_working_pixels": "65536",
+    "warmup_steps": "1",
+}
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Knobs of one run; the defaults suit the 2-core CI machine."""
+
+    bridges: int = 2
+    concurrency: int = 2  # max_concurrent_jobs per bridge
+    # The bridge's own retry budget; Pub/Sub's dead-letter policy gets more, so the bridge decides first.
+    # Higher than deploy/config.env (5 and 10) because the subscription here has no retry backoff (see
+    # JobSystem.create): a duplicate copy nacked while another bridge runs its job comes straight back,
+    # spending attempts in milliseconds that production spends over minutes of backoff.
+    max_delivery_attempts: int = 10
+    policy_attempts: int = 20
+    ack_deadline_s: int = 10
+    lease_s: float = 4.0
+    progress_interval_s: float = 0.5
+    job_deadline_s: float = 60.0
+
+
+@dataclass
+class JobSystem:
+    """The run's topics, subscriptions and bucket, and the clients the harness reads them with."""
+
+    publisher: Any
+    subscriber: Any
+    storage_client: Any
+    db: Any
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def topic(self) -> str:
+        return str(self.publisher.topic_path(PROJECT, f"jobs-{self.name}"))
+
+    @property
+    def subscription_id(self) -> str:
+        return f"bridge-{self.name}"
+
+    @property
+    def dead_letter_topic_id(self) -> str:
+        return f"dead-{self.name}"
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return str(self.subscriber.subscription_path(PROJECT, f"dlq-{self.name}"))
+
+    @property
+    def subscription(self) -> str:
+        return str(self.subscriber.subscription_path(PROJECT, self.subscription_id))
+
+    @property
+    def bucket(self) -> str:
+        return f"bucket-{self.name}"
+
+    def create(self, config: FleetConfig) -> None:
+        """Topics, the bridges' subscription (with a dead-letter policy) and its dead-letter subscription.
+
+        No retry policy: with one beside a dead-letter policy, this emulator never redelivers the messages a
+        SIGKILLed streaming pull held (seen here; without it they come back after the ack deadline).
+        """
+        dead_topic = self.publisher.topic_path(PROJECT, self.dead_letter_topic_id)
+        self.publisher.create_topic(name=self.topic)
+        self.publisher.create_topic(name=dead_topic)
+        self.subscriber.create_subscription(
+            request={
+                "name": self.subscription,
+                "topic": self.topic,
+                "ack_deadline_seconds": config.ack_deadline_s,
+                "dead_letter_policy": DeadLetterPolicy(
+                    dead_letter_topic=dead_topic, max_delivery_attempts=config.policy_attempts
+                ),
+            }
+        )
+        self.subscriber.create_subscription(name=self.dead_letter_subscription, topic=dead_topic)
+        self.storage_client.create_bucket(self.bucket)
+
+
+class BridgeProcess:
+    """One `python -m fluxfill.bridge` process; `kill()` is SIGKILL, `start()` a fresh incarnation."""
+
+    def __init__(self, name: str, environment: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self._environment = environment
+        self._log_dir = log_dir
+        self.incarnation = 0
+        self.http_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.logs: list[Path] = []
+
+    @property
+    def instance_id(self) -> str:
+        # A restarted bridge is a new instance (a new container), so it cannot resume its old leases.
+        return f"{self.name}-{self.incarnation}"
+
+    def start(self) -> None:
+        self.incarnation += 1
+        self.http_port = free_port()
+        env = {
+            **os.environ,
+            **self._environment,
+            "FLUXFILL_BRIDGE_INSTANCE_ID": self.instance_id,
+            "FLUXFILL_BRIDGE_HTTP_PORT": str(self.http_port),
+        }
+        log = self._log_dir / f"{self.instance_id}.log"
+        self.logs.append(log)
+        with log.open("wb") as sink:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fluxfill.bridge"],
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no nack, no lease given back."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def terminate(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM and wait for the drain (the graceful path)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def pids(self) -> list[int]:
+        return [] if self.process is None or self.process.poll() is not None else [self.process.pid]
+
+
+class TritonProcess:
+    """A tritonserver on fixed ports, so bridges reconnect to the same address after a restart."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self._run_dir = run_dir
+        self.ports = (free_port(), free_port(), free_port())
+        self.server: LocalTritonServer | None = None
+        self._lock = threading.Lock()
+        self.restarts = 0
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports[1]}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports[2]}/metrics"
+
+    def start(self) -> None:
+        model = ensure_tiny_model(TINY_MODEL_DIR)
+        http, grpc, metrics = self.ports
+        server = LocalTritonServer(
+            MODEL_REPOSITORY,
+            run_dir=self._run_dir / f"triton-{self.restarts}",
+            parameters={STREAM_MODEL_NAME: {"weights_dir": str(model.pipeline_dir), **TRITON_PARAMETERS}},
+            http_port=http,
+            grpc_port=grpc,
+            metrics_port=metrics,
+            required_models=[STREAM_MODEL_NAME, MODEL_NAME],
+        )
+        with self._lock:
+            self.server = server
+        server.start()
+
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs (one process group), then clean up."""
+        with self._lock:
+            server, self.server = self.server, None
+        if server is not None and server.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
+            server.stop()
+        self.restarts += 1
+
+    def stop(self) -> None:
+        with self._lock:
+            server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+
+    @property
+    def pids(self) -> list[int]:
+        """tritonserver and its Python-backend stubs."""
+        with self._lock:
+            pid = self.server.pid if self.server is not None else None
+        return group_members(pid) if pid is not None else []
+
+
+@dataclass
+class Fleet:
+    """Emulators, the job system on them, one Triton and the bridges."""
+
+    emulators: GoogleEmulators
+    jobs: JobSystem
+    triton: TritonProcess
+    bridges: list[BridgeProcess]
+    config: FleetConfig
+
+    def bridge_environment(self) -> dict[str, str]:
+        config = self.config
+        return {
+            **self.emulators.environment(),
+            "FLUXFILL_BRIDGE_PROJECT": PROJECT,
+            "FLUXFILL_BRIDGE_SUBSCRIPTION": self.jobs.subscription_id,
+            "FLUXFILL_BRIDGE_DEAD_LETTER_TOPIC": self.jobs.dead_letter_topic_id,
+            "FLUXFILL_BRIDGE_BUCKET": self.jobs.bucket,
+            "FLUXFILL_BRIDGE_TRITON_URL": self.triton.grpc_url,
+            "FLUXFILL_BRIDGE_HTTP_HOST": "127.0.0.1",
+            "FLUXFILL_BRIDGE_MAX_CONCURRENT_JOBS": str(config.concurrency),
+            "FLUXFILL_BRIDGE_MAX_DELIVERY_ATTEMPTS": str(config.max_delivery_attempts),
+            "FLUXFILL_BRIDGE_LEASE_S": str(config.lease_s),
+            "FLUXFILL_BRIDGE_PROGRESS_INTERVAL_S": str(config.progress_interval_s),
+            "FLUXFILL_BRIDGE_JOB_DEADLINE_S": str(config.job_deadline_s),
+            "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.5",
+            "FLUXFILL_BRIDGE_SHUTDOWN_GRACE_S": "10",
+        }
+
+
+@contextlib.contextmanager
+def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
+    """Start everything (emulators, Triton, bridges); stop everything at the end, whatever happened."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with running_emulators() as emulators, contextlib.ExitStack() as stack:
+        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
+        stack.callback(subscriber.close)
+        jobs = JobSystem(
+            pubsub_v1.PublisherClient(credentials=credentials),
+            subscriber,
+            storage.Client(project=PROJECT, credentials=credentials),
+            firestore.Client(project=PROJECT, credentials=credentials),
+        )
+        jobs.create(config)
+        triton = TritonProcess(run_dir)
+        stack.callback(triton.stop)
+        triton.start()
+        fleet = Fleet(emulators, jobs, triton, [], config)
+        environment = fleet.bridge_environment()
+        for index in range(config.bridges):
+            bridge = BridgeProcess(f"bridge-{chr(ord('a') + index)}", environment, run_dir)
+            stack.callback(_end_bridge, bridge)
+            bridge.start()
+            fleet.bridges.append(bridge)
+        yield fleet
+
+
+def _end_bridge(bridge: BridgeProcess) -> None:
+    if bridge.process is not None:
+        bridge.terminate(timeout_s=15.0)
+        end_group(bridge.process.pid, timeout_s=2.0)

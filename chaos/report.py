@@ -1,0 +1,132 @@
+"""Markdown tables of a run's figures, for the terminal and the README (the CLI's printer)."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from chaos.chaos_run import ChaosReport
+from chaos.invariants import percentile
+from chaos.saturation import TRITON_QUEUE_BOUND, SaturationReport
+from chaos.soak import MAX_FD_GROWTH_PER_1000, MAX_RSS_GROWTH_MB_PER_1000, SoakReport
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def chaos_text(report: ChaosReport) -> str:
+    options = report.options
+    valid = report.mix.get("valid", 0) + report.mix.get("duplicate", 0)
+    lost = sum(c.broken for c in report.checks if c.name.startswith(("valid", "no job left")))
+    duplicated = next((c.broken for c in report.checks if c.name == "valid job done exactly once"), 0)
+    summary = table(
+        ["jobs", "messages", "mix", "faults injected", "lost", "done twice", "settled in"],
+        [
+            [
+                options.jobs,
+                report.messages,
+                ", ".join(f"{kind} {count}" for kind, count in report.mix.items()),
+                len(report.faults),
+                lost,
+                duplicated,
+                f"{report.settled_s:.0f} s",
+            ]
+        ],
+    )
+    checks = table(
+        ["invariant", "checked", "broken", "result", "examples"],
+        [[c.name, c.checked, c.broken, "ok" if c.ok else "BROKEN", c.examples or "—"] for c in report.checks],
+    )
+    values = report.latencies_s
+    latency = table(
+        ["end-to-end latency (publish to terminal write)", "p50", "p90", "p99", "max"],
+        [
+            [f"{len(values)} jobs with a session (valid {valid})"]
+            + [f"{percentile(values, q):.2f} s" for q in (0.5, 0.9, 0.99, 1.0)]
+        ],
+    )
+    lines = [summary, "", checks, "", latency, "", "Faults:"]
+    lines += [f"- {fault}" for fault in report.faults] + [f"- FAILED: {e}" for e in report.fault_errors]
+    lines.append(
+        f"Dead letters received: {report.dead_letter_copies} ({report.policy_dead_letters} moved by "
+        f"Pub/Sub's own policy); left on the jobs subscription after the bridges stopped: "
+        f"{report.left_on_subscription}"
+    )
+    lines += [f"Note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def print_chaos(report: ChaosReport, run_dir: Path) -> None:
+    print(chaos_text(report))
+    print(f"Logs: {run_dir}  Result: {'PASS' if report.ok else 'FAIL'}")
+
+
+def saturation_text(report: SaturationReport) -> str:
+    ages = report.oldest_age_s
+    trace = ", ".join(f"{at:.0f}s:{age:.0f}" for at, age in ages[:: max(1, len(ages) // 12)])
+    return table(
+        ["measure", "value", "bound", "result"],
+        [
+            ["fleet capacity (calibrated)", f"{report.capacity_per_s:.1f} jobs/s", "—", "—"],
+            ["burst (10x capacity)", f"{report.burst_jobs} jobs", "—", "—"],
+            [
+                "max jobs in flight per bridge",
+                report.max_in_flight,
+                report.in_flight_limit,
+                "ok" if report.max_in_flight <= report.in_flight_limit else "BROKEN",
+            ],
+            [
+                "max Triton pending requests",
+                f"{report.max_triton_pending:.0f}",
+                TRITON_QUEUE_BOUND,
+                "ok" if report.max_triton_pending <= TRITON_QUEUE_BOUND else "BROKEN",
+            ],
+            [
+                "oldest unfinished job age (s into burst: age s)",
+                trace,
+                "rises",
+                "ok" if report.age_rose else "BROKEN",
+            ],
+            [
+                "final statuses",
+                report.statuses,
+                f"done {report.burst_jobs}",
+                "ok" if report.statuses == {"done": report.burst_jobs} else "BROKEN",
+            ],
+            ["drained in", f"{report.drained_s:.0f} s", "—", "—"],
+        ],
+    )
+
+
+def print_saturation(report: SaturationReport, run_dir: Path) -> None:
+    print(saturation_text(report))
+    print(f"Logs: {run_dir}  Result: {'PASS' if report.ok else 'FAIL'}")
+
+
+def soak_text(report: SoakReport) -> str:
+    rows = []
+    for series in report.series:
+        first, last = series.points[0], series.points[-1]
+        rss, fds = series.growth_per_1000()
+        rows.append(
+            [
+                series.name,
+                f"{first[1] / 2**20:.0f} → {last[1] / 2**20:.0f}",
+                f"{rss:+.1f}",
+                f"{first[2]} → {last[2]}",
+                f"{fds:+.1f}",
+            ]
+        )
+    header = (
+        f"{report.jobs_done}/{report.jobs_published} jobs done in {report.options.duration_s:.0f} s at "
+        f"{report.options.rate_per_s:g}/s; growth after a {30}% warm-up, limits "
+        f"{MAX_RSS_GROWTH_MB_PER_1000:g} MB and {MAX_FD_GROWTH_PER_1000:g} fds per 1,000 jobs"
+    )
+    body = table(["process", "RSS MB", "RSS MB / 1,000 jobs", "open fds", "fds / 1,000 jobs"], rows)
+    return header + "\n\n" + body
+
+
+def print_soak(report: SoakReport, run_dir: Path) -> None:
+    print(soak_text(report))
+    print(f"Logs: {run_dir}  Result: {'PASS' if report.ok else 'FAIL'}")

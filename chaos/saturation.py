@@ -1,0 +1,117 @@
+"""Saturation: a burst of ten times what the fleet can process, watched while it drains.
+
+Capacity is measured first (a calibration batch through the same fleet); the burst then publishes at ten times
+that rate. While it drains, the sampler reads each bridge's in-flight gauge, Triton's pending requests and the
+age of the oldest job not yet finished (what Pub/Sub's oldest_unacked_message_age shows in production).
+"""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from chaos import probes, traffic
+from chaos.fleet import Fleet, FleetConfig, running_fleet
+from chaos.soak import _jobs
+from chaos.workload import PlannedJob
+
+# Triton's max_queue_size of flux_fill_stream, plus the one request executing.
+TRITON_QUEUE_BOUND = 8 + 1
+CALIBRATION_JOBS = 20
+
+
+@dataclass(frozen=True)
+class SaturationOptions:
+    quick: bool = False
+    seed: int = 7
+    burst_s: float = 10.0
+    steps: int = 2
+
+
+@dataclass
+class SaturationReport:
+    capacity_per_s: float
+    burst_jobs: int
+    max_in_flight: int
+    in_flight_limit: int
+    max_triton_pending: float
+    oldest_age_s: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the burst, age)
+    statuses: dict[str, int] = field(default_factory=dict)
+    drained_s: float = 0.0
+
+    @property
+    def age_rose(self) -> bool:
+        ages = [age for _, age in self.oldest_age_s]
+        return len(ages) > 2 and max(ages) > 3 * max(ages[0], 1.0)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.max_in_flight <= self.in_flight_limit
+            and self.max_triton_pending <= TRITON_QUEUE_BOUND
+            and self.age_rose
+            and self.statuses == {"done": self.burst_jobs}
+        )
+
+
+def _wait_done(fleet: Fleet, jobs: list[PlannedJob], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        documents = traffic.session_documents(fleet.jobs, jobs)
+        if sum(1 for d in documents.values() if d.get("status") == "done") == len(jobs):
+            return
+        time.sleep(0.5)
+
+
+def run_saturation(
+    options: SaturationOptions, run_dir: Path, config: FleetConfig | None = None
+) -> SaturationReport:
+    """Calibrate, burst at ten times capacity, sample until drained."""
+    config = config or FleetConfig()
+    burst_s = 5.0 if options.quick else options.burst_s
+    with running_fleet(config, run_dir) as fleet:
+        calibration = _jobs(CALIBRATION_JOBS, options.seed, options.steps)
+        traffic.prepare(fleet.jobs, calibration)
+        started = time.monotonic()
+        traffic.publish_all(fleet.jobs, calibration, 1000.0, traffic.Published())
+        _wait_done(fleet, calibration, 120.0)
+        capacity = CALIBRATION_JOBS / (time.monotonic() - started)
+        # Fresh session ids after the calibration's: _jobs numbers them from 0.
+        count = CALIBRATION_JOBS + int(10 * capacity * burst_s)
+        burst = _jobs(count, options.seed, options.steps)[CALIBRATION_JOBS:]
+        traffic.prepare(fleet.jobs, burst)
+        report = SaturationReport(capacity, len(burst), 0, config.concurrency, 0.0)
+        published = traffic.Published()
+        threading.Thread(
+            target=traffic.publish_all, args=(fleet.jobs, burst, 10 * capacity, published), daemon=True
+        ).start()
+        started = time.monotonic()
+        while time.monotonic() - started < 600:
+            _sample(fleet, burst, published, report, time.monotonic() - started)
+            if published.count == len(burst) and report.oldest_age_s and report.oldest_age_s[-1][1] == 0:
+                break
+        report.drained_s = time.monotonic() - started
+        documents = traffic.session_documents(fleet.jobs, burst)
+    for document in documents.values():
+        report.statuses[str(document.get("status"))] = report.statuses.get(str(document.get("status")), 0) + 1
+    return report
+
+
+def _sample(
+    fleet: Fleet, burst: list[PlannedJob], published: traffic.Published, report: SaturationReport, at_s: float
+) -> None:
+    for bridge in fleet.bridges:
+        samples = probes.scrape(f"http://127.0.0.1:{bridge.http_port}/metrics")
+        report.max_in_flight = max(
+            report.max_in_flight, int(probes.total(samples, "fluxfill_bridge_jobs_in_flight"))
+        )
+    pending = probes.total(probes.scrape(fleet.triton.metrics_url), "nv_inference_pending_request_count")
+    report.max_triton_pending = max(report.max_triton_pending, pending)
+    with published.lock:
+        first_at = dict(published.first_at)
+    documents = traffic.session_documents(fleet.jobs, [j for j in burst if j.key in first_at])
+    waiting = [first_at[k] for k, d in documents.items() if d.get("status") != "done" and k in first_at]
+    age = (datetime.now(UTC) - min(waiting)).total_seconds() if waiting else 0.0
+    report.oldest_age_s.append((round(at_s, 1), round(age, 1)))
+    time.sleep(0.5)

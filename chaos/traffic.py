@@ -1,0 +1,122 @@
+"""The app's side of a run: upload and queue the jobs, publish them at a pace, drain the dead letters."""
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from chaos.fleet import JobSystem
+from chaos.workload import PlannedJob
+
+PUBLISH_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Published:
+    """What was published, when: first publish time per job key, and every message id."""
+
+    first_at: dict[str, datetime] = field(default_factory=dict)
+    message_ids: dict[str, list[str]] = field(default_factory=dict)
+    count: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, job: PlannedJob, message_id: str, at: datetime) -> None:
+        with self.lock:
+            self.first_at.setdefault(job.key, at)
+            self.message_ids.setdefault(job.key, []).append(message_id)
+            self.count += 1
+
+
+def prepare(jobs: JobSystem, planned: Sequence[PlannedJob], workers: int = 8) -> None:
+    """Upload each job's objects and create its queued session document, as the app does before publishing."""
+    bucket = jobs.storage_client.bucket(jobs.bucket)
+
+    def one(job: PlannedJob) -> None:
+        if not job.user:
+            return
+        prefix = f"users/{job.user}/sessions/{job.session}"
+        if job.original is not None:
+            bucket.blob(f"{prefix}/original.jpg").upload_from_string(job.original, content_type="image/jpeg")
+        if job.mask is not None:
+            bucket.blob(f"{prefix}/mask.png").upload_from_string(job.mask, content_type="image/png")
+        jobs.db.document(prefix).set({"status": "queued", "updatedAt": datetime.now(UTC)})
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, planned))
+
+
+def publish_order(planned: Sequence[PlannedJob], seed: int) -> list[PlannedJob]:
+    """Every message once per copy; a duplicate's second copy lands at a random later position."""
+    rng = random.Random(seed + 1)  # noqa: S311 (a reproducible order, not cryptography)
+    order = list(planned)
+    for job in planned:
+        for _ in range(job.copies - 1):
+            first = order.index(job)
+            order.insert(rng.randint(first + 1, len(order)), job)
+    return order
+
+
+def publish_all(
+    jobs: JobSystem, order: Sequence[PlannedJob], rate_per_s: float, published: Published
+) -> None:
+    """Publish in order at about `rate_per_s`; the publish time recorded is when the server accepted it."""
+    interval = 1.0 / rate_per_s
+    started = time.monotonic()
+    for index, job in enumerate(order):
+        delay = started + index * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        message_id = jobs.publisher.publish(jobs.topic, job.data).result(timeout=PUBLISH_TIMEOUT_S)
+        published.record(job, str(message_id), datetime.now(UTC))
+
+
+def drain_dead_letters(jobs: JobSystem, into: list[Any]) -> None:
+    """Pull (and ack) whatever the dead-letter subscription has now."""
+    response = jobs.subscriber.pull(subscription=jobs.dead_letter_subscription, max_messages=100, timeout=5)
+    if response.received_messages:
+        jobs.subscriber.acknowledge(
+            subscription=jobs.dead_letter_subscription,
+            ack_ids=[m.ack_id for m in response.received_messages],
+        )
+        into.extend(m.message for m in response.received_messages)
+
+
+def left_on_subscription(jobs: JobSystem, wait_s: float) -> list[Any]:
+    """Messages still deliverable on the bridges' subscription (a sync pull; run with the bridges stopped)."""
+    found: list[Any] = []
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        response = jobs.subscriber.pull(subscription=jobs.subscription, max_messages=100, timeout=2)
+        if response.received_messages:
+            jobs.subscriber.acknowledge(
+                subscription=jobs.subscription, ack_ids=[m.ack_id for m in response.received_messages]
+            )
+            found.extend(m.message for m in response.received_messages)
+        else:
+            time.sleep(0.5)
+    return found
+
+
+def session_documents(jobs: JobSystem, planned: Sequence[PlannedJob]) -> dict[str, dict[str, Any]]:
+    """The session document of every planned job that has ids (absent documents are left out)."""
+    references = [jobs.db.document(f"users/{j.user}/sessions/{j.session}") for j in planned if j.user]
+    documents: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(references), 200):
+        for snapshot in jobs.db.get_all(references[start : start + 200]):
+            if snapshot.exists:
+                documents[snapshot.reference.id] = snapshot.to_dict() or {}
+    return documents
+
+
+def result_objects(jobs: JobSystem) -> dict[str, list[str]]:
+    """Result object names (edited.png, preview.jpg) per session id, from a listing of the whole bucket."""
+    results: dict[str, list[str]] = {}
+    for blob in jobs.storage_client.list_blobs(jobs.bucket):
+        parts = blob.name.split("/")
+        if len(parts) == 5 and parts[4] in {"edited.png", "preview.jpg"}:
+            results.setdefault(parts[3], []).append(parts[4])
+    return results

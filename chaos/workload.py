@@ -1,0 +1,138 @@
+"""The job mix of a run: valid jobs, duplicates, poison messages and corrupt images, each with its outcome.
+
+Each planned job says what must become of it, so the invariants can be checked per job afterwards:
+`status`/`code` of its session document (None: the message has no usable ids, so no document) and whether the
+bridge must dead-letter its message (with `code`).
+"""
+
+import io
+import json
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+PHOTO_SIZE = (96, 128)  # height, width: small, so Storage and PNG coding stay cheap
+
+
+class Kind(StrEnum):
+    """What a planned message is."""
+
+    VALID = "valid"
+    DUPLICATE = "duplicate"  # a valid job published twice
+    MALFORMED_JSON = "malformed_json"
+    UNKNOWN_FIELD = "unknown_field"
+    BAD_IDS = "bad_ids"  # ids that break the path rules
+    MISSING_OBJECT = "missing_object"
+    CORRUPT_IMAGE = "corrupt_image"
+
+
+# Shares of the mix; what is left over is valid jobs.
+POISON_SHARES = {
+    Kind.DUPLICATE: 0.15,
+    Kind.MALFORMED_JSON: 0.05,
+    Kind.UNKNOWN_FIELD: 0.05,
+    Kind.BAD_IDS: 0.05,
+    Kind.MISSING_OBJECT: 0.05,
+    Kind.CORRUPT_IMAGE: 0.05,
+}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What must become of a planned job."""
+
+    status: str | None  # the session's terminal status; None: no session document may exist
+    code: str | None  # error.code of a failed session, or the dead letter's code
+    dead_letter: bool  # the bridge must publish it to the dead-letter topic
+
+
+EXPECTED = {
+    Kind.VALID: Expectation("done", None, dead_letter=False),
+    Kind.DUPLICATE: Expectation("done", None, dead_letter=False),
+    Kind.MALFORMED_JSON: Expectation(None, "malformed_message", dead_letter=True),
+    Kind.UNKNOWN_FIELD: Expectation("failed", "invalid_job", dead_letter=True),
+    Kind.BAD_IDS: Expectation(None, "invalid_job", dead_letter=True),
+    Kind.MISSING_OBJECT: Expectation("failed", "original_missing", dead_letter=False),
+    Kind.CORRUPT_IMAGE: Expectation("failed", "corrupt_image", dead_letter=False),
+}
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of the run: its message(s), the objects to upload first, and what must happen."""
+
+    key: str  # unique within the run: the session id, or a tag for messages without ids
+    kind: Kind
+    user: str
+    session: str
+    data: bytes
+    copies: int  # times the message is published
+    original: bytes | None
+    mask: bytes | None
+
+    @property
+    def expectation(self) -> Expectation:
+        return EXPECTED[self.kind]
+
+
+def encode(array: npt.NDArray[np.uint8], kind: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def images(rng: random.Random) -> tuple[bytes, bytes]:
+    """A random photo (JPEG) and a box mask (PNG) of PHOTO_SIZE."""
+    height, width = PHOTO_SIZE
+    pixels = np.random.default_rng(rng.getrandbits(32)).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    top, left = rng.randrange(0, height // 2), rng.randrange(0, width // 2)
+    mask[top : top + height // 3, left : left + width // 3] = 255
+    return encode(pixels, "JPEG"), encode(mask)
+
+
+def plan(count: int, seed: int, steps: int = 4) -> list[PlannedJob]:
+    """`count` jobs in a seeded, shuffled mix (every kind at least once)."""
+    rng = random.Random(seed)  # noqa: S311 (a reproducible test plan, not cryptography)
+    kinds = [kind for kind, share in POISON_SHARES.items() for _ in range(max(1, round(count * share)))]
+    kinds += [Kind.VALID] * max(1, count - len(kinds))
+    rng.shuffle(kinds)
+    return [_job(index, kind, rng, steps) for index, kind in enumerate(kinds)]
+
+
+def _job(index: int, kind: Kind, rng: random.Random, steps: int) -> PlannedJob:
+    user, session = f"u{index % 7}", f"s{seed_tag(rng)}{index:05d}"
+    message: dict[str, object] = {"userId": user, "sessionId": session, "steps": steps, "seed": index}
+    original: bytes | None
+    original, mask = images(rng)
+    if kind is Kind.UNKNOWN_FIELD:
+        message["negativePrompt"] = "not in the contract"
+    if kind is Kind.BAD_IDS:
+        message["userId"] = f"../u{index}"
+        user = ""
+    if kind is Kind.MISSING_OBJECT:
+        original = None
+    if kind is Kind.CORRUPT_IMAGE and original is not None:
+        original = original[: len(original) // 3]
+    data = json.dumps(message).encode()
+    if kind is Kind.MALFORMED_JSON:
+        data = b'{"userId": "' + user.encode() + b'", "sessionId": ' + session.encode()
+        user = ""
+    return PlannedJob(
+        key=session,
+        kind=kind,
+        user=user,
+        session=session,
+        data=data,
+        copies=2 if kind is Kind.DUPLICATE else 1,
+        original=original,
+        mask=mask,
+    )
+
+
+def seed_tag(rng: random.Random) -> str:
+    return f"{rng.getrandbits(16):04x}"

@@ -1,0 +1,42 @@
+"""The quick chaos run and a short soak, against the emulators, a real tritonserver and bridge processes."""
+
+from pathlib import Path
+
+import pytest
+
+from chaos.chaos_run import ChaosOptions, run_chaos
+from chaos.report import chaos_text, soak_text
+from chaos.soak import SoakOptions, run_soak
+
+pytestmark = pytest.mark.integration
+
+
+# Usually about 100 s; the emulator may hand a message to a killed bridge's dead stream more than once, and
+# each time it comes back only after 60 s, so the settle wait allows 240 s.
+@pytest.mark.timeout(420)
+def test_quick_chaos_loses_no_job_and_does_none_twice(tmp_path: Path) -> None:
+    """~40 jobs with duplicates and poison, Triton and bridges SIGKILLed twice each: every invariant holds."""
+    report = run_chaos(ChaosOptions.quick(), tmp_path)
+    text = chaos_text(report)
+    assert not report.fault_errors, text
+    assert len(report.faults) == 4, text
+    assert all(check.checked > 0 for check in report.checks), text
+    assert [c.name for c in report.checks if not c.ok] == [], text
+    assert not report.notes, text
+    sessions = sum(count for kind, count in report.mix.items() if kind not in {"malformed_json", "bad_ids"})
+    assert len(report.latencies_s) == sessions, text
+
+
+@pytest.mark.timeout(240)
+def test_short_soak_shows_no_clear_growth(tmp_path: Path) -> None:
+    """A steady minute of valid jobs: every job done, and no clear memory or descriptor growth per job."""
+    report = run_soak(SoakOptions(duration_s=45.0, rate_per_s=5.0, sample_every_s=1.0), tmp_path)
+    text = soak_text(report)
+    assert report.jobs_done == report.jobs_published, text
+    assert {s.name for s in report.series} >= {
+        "bridge-a",
+        "bridge-b",
+        "tritonserver",
+        "stub flux_fill_stream",
+    }, text
+    assert report.ok, text

@@ -1,0 +1,136 @@
+"""The chaos harness's own logic: the plan, the schedule, and invariants that do break on bad evidence."""
+
+import dataclasses
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from chaos import faults, invariants
+from chaos.traffic import publish_order
+from chaos.workload import Kind, PlannedJob, plan
+
+
+def good_evidence() -> invariants.Evidence:
+    """Evidence of a perfect run of a small plan: every job ended exactly as expected."""
+    planned = plan(20, seed=3)
+    documents: dict[str, dict[str, Any]] = {}
+    results: dict[str, list[str]] = {}
+    dead: list[Any] = []
+    message_ids: dict[str, list[str]] = {}
+    for index, job in enumerate(planned):
+        message_ids[job.key] = [f"m{index}-{copy}" for copy in range(job.copies)]
+        expected = job.expectation
+        if expected.status == "done":
+            documents[job.session] = {"status": "done", "result": {"paths": {"edited": "x/edited.png"}}}
+            results[job.session] = ["edited.png", "preview.jpg"]
+        elif expected.status is not None:
+            documents[job.session] = {"status": expected.status, "error": {"code": expected.code}}
+        if expected.dead_letter:
+            attributes = {"fluxfillErrorCode": expected.code, "fluxfillOriginalMessageId": f"m{index}-0"}
+            dead.append(SimpleNamespace(attributes=attributes, message_id=f"d{index}"))
+    done = Counter(j.session for j in planned if j.expectation.status == "done")
+    return invariants.Evidence(planned, documents, results, dead, done, message_ids)
+
+
+def first(evidence: invariants.Evidence, kind: Kind) -> PlannedJob:
+    return next(job for job in evidence.planned if job.kind is kind)
+
+
+def broken(evidence: invariants.Evidence) -> dict[str, int]:
+    return {check.name: check.broken for check in invariants.check_all(evidence) if not check.ok}
+
+
+def test_a_perfect_run_breaks_nothing_and_checks_every_job() -> None:
+    checks = invariants.check_all(good_evidence())
+    assert all(check.ok for check in checks)
+    assert all(check.checked > 0 for check in checks)
+
+
+def test_a_job_done_twice_is_caught() -> None:
+    evidence = good_evidence()
+    evidence.done_logged[first(evidence, Kind.DUPLICATE).session] = 2
+    assert broken(evidence) == {"valid job done exactly once": 1}
+
+
+def test_a_lost_job_is_caught_as_lost_and_unfinished() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.VALID)
+    evidence.documents[job.session] = {"status": "processing", "owner": "bridge-a-1"}
+    del evidence.results[job.session]
+    assert broken(evidence) == {
+        "valid job done exactly once": 1,
+        "one result object set per valid job": 1,
+        "no job left queued or processing": 1,
+    }
+
+
+def test_a_missing_preview_is_caught() -> None:
+    evidence = good_evidence()
+    evidence.results[first(evidence, Kind.VALID).session] = ["edited.png"]
+    assert broken(evidence) == {"one result object set per valid job": 1}
+
+
+def test_a_wrong_error_code_is_caught() -> None:
+    evidence = good_evidence()
+    evidence.documents[first(evidence, Kind.CORRUPT_IMAGE).session]["error"] = {"code": "retries_exhausted"}
+    assert broken(evidence) == {"invalid job failed with its specific code": 1}
+
+
+@pytest.mark.parametrize("kind", [Kind.MALFORMED_JSON, Kind.BAD_IDS, Kind.UNKNOWN_FIELD])
+def test_a_poison_message_missing_from_the_dead_letters_is_caught(kind: Kind) -> None:
+    evidence = good_evidence()
+    ids = evidence.message_ids[first(evidence, kind).key]
+    kept = [m for m in evidence.dead_letters if m.attributes["fluxfillOriginalMessageId"] not in ids]
+    evidence = dataclasses.replace(evidence, dead_letters=kept)
+    assert broken(evidence) == {"invalid job accounted for on the dead-letter path": 1}
+
+
+def test_a_valid_looking_job_dead_lettered_is_caught() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.MISSING_OBJECT)
+    stray = SimpleNamespace(attributes={}, message_id="new", data=job.data)  # moved by Pub/Sub's policy
+    evidence = dataclasses.replace(evidence, dead_letters=[*evidence.dead_letters, stray])
+    assert broken(evidence) == {"invalid job accounted for on the dead-letter path": 1}
+
+
+def test_an_orphaned_result_is_caught() -> None:
+    evidence = good_evidence()
+    evidence.results[first(evidence, Kind.CORRUPT_IMAGE).session] = ["edited.png"]
+    assert broken(evidence) == {"no orphaned result objects": 1}
+
+
+def test_the_plan_is_seeded_and_holds_every_kind() -> None:
+    jobs = plan(40, seed=11)
+    assert [j.data for j in jobs] == [j.data for j in plan(40, seed=11)]
+    assert [j.data for j in jobs] != [j.data for j in plan(40, seed=12)]
+    assert {j.kind for j in jobs} == set(Kind)
+    assert len({j.key for j in jobs}) == len(jobs)
+
+
+def test_a_duplicate_is_published_twice_and_later() -> None:
+    jobs = plan(40, seed=5)
+    order = publish_order(jobs, seed=5)
+    duplicate = next(j for j in jobs if j.kind is Kind.DUPLICATE)
+    positions = [i for i, j in enumerate(order) if j is duplicate]
+    assert len(positions) == 2
+    assert len(order) == sum(j.copies for j in jobs)
+
+
+def test_faults_fall_inside_the_window_and_are_seeded() -> None:
+    schedule = faults.schedule(["bridge-a", "bridge-b"], window_s=100.0, seed=1)
+    assert schedule == faults.schedule(["bridge-a", "bridge-b"], window_s=100.0, seed=1)
+    assert [f.target for f in schedule].count("triton") == 2
+    assert len(schedule) == 4
+    assert all(10.0 <= f.at_s <= 85.0 for f in schedule)
+
+
+def test_latency_runs_from_first_publish_to_the_terminal_write() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.VALID)
+    published = datetime(2026, 1, 1, tzinfo=UTC)
+    evidence.documents[job.session]["finishedAt"] = published + timedelta(seconds=3)
+    assert invariants.latencies(evidence, {job.key: published}) == [3.0]
+    assert invariants.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
