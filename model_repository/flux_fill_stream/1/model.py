@@ -76,6 +76,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(
             f"flux_fill ready on {report.device} ({report.dtype}, offload={report.offload.mode}: "
             f"{report.offload.reason}, transformer parameters={report.transformer_parameters}, "
+            f"speedups: {', '.join(report.speedups) or 'none'}, "
             f"loaded and warmed up in {self._service.load_seconds:.1f} s)"
         )
         if report.is_test_model:
