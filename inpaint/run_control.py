@@ -9,7 +9,8 @@ from fluxfill.inpaint.errors import CancelledError, DeadlineExceededError
 ProgressSink = Callable[[int, int], None]
 
 
-def _never() -> bool:
+def never_cancelled() -> bool:
+    """The default cancellation check: nothing ever asks the run to stop."""
     return False
 
 
@@ -18,7 +19,7 @@ class StepGuard:
     """The engine's step callback: progress out, cancellation and time limit checked after every step."""
 
     time_limit_s: float | None = None
-    is_cancelled: Callable[[], bool] = _never
+    is_cancelled: Callable[[], bool] = never_cancelled
     on_progress: ProgressSink | None = None
     # Step timings are exported as they happen, so a long run is visible while it runs.
     on_step_seconds: Callable[[float], None] | None = None

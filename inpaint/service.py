@@ -13,13 +13,9 @@ from fluxfill.inpaint.geometry import working_size
 from fluxfill.inpaint.pipeline import LoadReport, load_pipeline, peak_gpu_bytes
 from fluxfill.inpaint.prompt_cache import CacheStats
 from fluxfill.inpaint.request import InpaintRequest, RawInputs, build_request
-from fluxfill.inpaint.run_control import ProgressSink, StepGuard
+from fluxfill.inpaint.run_control import ProgressSink, StepGuard, never_cancelled
 
 logger = logging.getLogger(__name__)
-
-
-def _never() -> bool:
-    return False
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ class FluxFillService:
         self,
         inputs: RawInputs,
         *,
-        is_cancelled: Callable[[], bool] = _never,
+        is_cancelled: Callable[[], bool] = never_cancelled,
         on_progress: ProgressSink | None = None,
         on_step_seconds: Callable[[float], None] | None = None,
         on_preview: PreviewCallback | None = None,

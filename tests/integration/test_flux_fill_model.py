@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-from numpy.lib.stride_tricks import sliding_window_view
 from tritonclient.utils import InferenceServerException
 
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.client.inference import FluxFillClient, contract_arrays
 from fluxfill.client.local_server import LocalTritonServer
+from tests.support import within_distance
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +29,7 @@ def box_mask(height: int, width: int, rows: slice, cols: slice) -> np.ndarray:
 
 
 def beyond_feather(mask: np.ndarray) -> np.ndarray:
-    window = 2 * FEATHER + 1
-    return ~sliding_window_view(np.pad(mask >= 128, FEATHER), (window, window)).any(axis=(2, 3))
+    return ~within_distance(mask >= 128, FEATHER)
 
 
 @pytest.fixture(scope="module")

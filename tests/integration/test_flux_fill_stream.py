@@ -24,9 +24,7 @@ LONG_STEPS = 100
 
 
 def grpc_inputs(image: np.ndarray, mask: np.ndarray, prompt: str = "a cat", **optional: Any) -> list[Any]:
-    arrays = contract_arrays(image, mask, prompt, **{k: v for k, v in optional.items() if k != "timeout_s"})
-    if "timeout_s" in optional:
-        arrays["TIMEOUT_S"] = np.array([optional["timeout_s"]], np.float32)
+    arrays = contract_arrays(image, mask, prompt, **optional)
     types = {spec.name: spec.datatype for spec in INPUTS}
     inputs = []
     for name, array in arrays.items():

@@ -2,12 +2,11 @@
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 
 from fluxfill.inpaint.engine import InpaintEngine
 from fluxfill.inpaint.errors import CancelledError
 from fluxfill.inpaint.request import InpaintRequest
-from tests.support import make_config
+from tests.support import make_config, within_distance
 from tests.unit.fakes import PaintingDenoiser
 
 
@@ -20,8 +19,7 @@ def request_for(image: np.ndarray, mask: np.ndarray, steps: int = 3) -> InpaintR
 
 
 def beyond_feather(mask: np.ndarray, feather: int) -> np.ndarray:
-    window = 2 * feather + 1
-    return ~sliding_window_view(np.pad(mask, feather), (window, window)).any(axis=(2, 3))
+    return ~within_distance(mask, feather)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 
 from fluxfill.inpaint.geometry import (
     Box,
@@ -12,12 +11,7 @@ from fluxfill.inpaint.geometry import (
     plan_crop,
     working_size,
 )
-
-
-def within_distance(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Pixels within Chebyshev distance `radius` of the mask, by brute-force windows."""
-    padded = np.pad(mask, radius)
-    return sliding_window_view(padded, (2 * radius + 1, 2 * radius + 1)).any(axis=(2, 3))
+from tests.support import within_distance
 
 
 @pytest.mark.parametrize(
