@@ -3,11 +3,12 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluxfill.bridge.adapters.firestore import FirestoreSessions
+from fluxfill.bridge.adapters.firestore import FirestoreDeadLetterLedger, FirestoreSessions
 from fluxfill.bridge.adapters.pubsub import PubSubDeadLetters
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
 from fluxfill.bridge.credentials import google_credentials
+from fluxfill.bridge.dead_letters import OncePerMessage
 from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.oidc import PushTokenVerifier
@@ -34,6 +35,7 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
     from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
 
     credentials = google_credentials(settings)
+    db = firestore.Client(project=settings.project, credentials=credentials)
     metrics = BridgeMetrics()
     model = model or TritonInpaintModel(
         settings.triton_url, settings.triton_protocol, settings.model_max_run_s
@@ -44,17 +46,21 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         CloudStorageObjects(
             storage.Client(project=settings.project, credentials=credentials), settings.bucket
         ),
-        FirestoreSessions(firestore.Client(project=settings.project, credentials=credentials)),
+        FirestoreSessions(db),
         model,
         metrics,
         readiness=readiness,
     )
-    dead_letters = None
+    dead_letters: DeadLetterSink | None = None
     if settings.dead_letter_topic:
         publisher = pubsub_v1.PublisherClient(credentials=credentials)
         dead_letters = PubSubDeadLetters(
             publisher, publisher.topic_path(settings.project, settings.dead_letter_topic)
         )
+        if settings.dead_letter_ledger:
+            dead_letters = OncePerMessage(
+                dead_letters, FirestoreDeadLetterLedger(db, settings.dead_letter_ledger)
+            )
     verifier = None
     if settings.mode == "push" and settings.push_auth:
         verifier = PushTokenVerifier(

@@ -2,7 +2,8 @@
 
 BridgeError
 ├── RetryableError            trying the same job again later may succeed: nack / HTTP 5xx
-│   ├── TritonUnavailableError    server down, model not ready, queue full
+│   ├── TritonUnavailableError    server down, model not ready, internal error
+│   ├── TritonBusyError           the model's queue is full: back-pressure, resent within the attempt
 │   ├── StorageTransientError     Cloud Storage 429 / 5xx / connection trouble
 │   └── SessionTransientError     Firestore unavailable, aborted or contended transaction
 ├── PermanentJobError         the job itself is wrong: ack + failed record with `code`
@@ -26,7 +27,11 @@ class RetryableError(BridgeError):
 
 
 class TritonUnavailableError(RetryableError):
-    """Triton cannot run the job now (unreachable, model not ready, queue full, internal error)."""
+    """Triton cannot run the job now (unreachable, model not ready, internal error)."""
+
+
+class TritonBusyError(RetryableError):
+    """Triton refused the request because the model's queue is at its bound; the server itself is fine."""
 
 
 class StorageTransientError(RetryableError):

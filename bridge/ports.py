@@ -142,3 +142,13 @@ class DeadLetterSink(Protocol):
 
     def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
         """Publish and wait for the server's acknowledgement; raises RetryableError on failure."""
+
+
+class DeadLetterLedger(Protocol):
+    """Which original messages were dead-lettered already."""
+
+    def recorded(self, message_id: str) -> bool:
+        """Whether `message_id` was dead-lettered; raises RetryableError when that cannot be read."""
+
+    def record(self, message_id: str, code: ErrorCode) -> None:
+        """Note that `message_id` was dead-lettered with `code`; raises RetryableError on failure."""

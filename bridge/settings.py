@@ -24,6 +24,12 @@ class BridgeSettings(BaseSettings):
     dead_letter_topic: str = Field(
         "", description="topic id the bridge publishes unparseable or exhausted jobs to; empty = none"
     )
+    dead_letter_ledger: str = Field(
+        "fluxfillDeadLetters",
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="Firestore collection of dead-lettered message ids, so a redelivered message is "
+        "dead-lettered once; empty = none",
+    )
     bucket: str = Field(description="Cloud Storage bucket holding the originals, masks and results")
     original_template: str = Field(
         contract.DEFAULT_ORIGINAL_TEMPLATE, description="original photo; a final `*` matches its extension"

@@ -2,7 +2,8 @@
 
 Listing leases the messages only while reading them, then hands them straight back (ack deadline 0), so a
 listing never consumes anything. A replay resets the session to queued, republishes the original data to
-the jobs topic without the bridge's dead-letter attributes, and only then acks the dead letter.
+the jobs topic without the bridge's dead-letter attributes, and only then acks the dead letter; copies of one
+message (same `fluxfillOriginalMessageId`) are republished once and all acked.
 """
 
 from collections.abc import Callable
@@ -43,6 +44,11 @@ class DeadLetter:
     ref: SessionRef | None
     code: str
     reason: str
+
+    @property
+    def origin(self) -> str:
+        """The dead-lettered message's id: copies of one message (redelivered, dead-lettered twice) share it."""
+        return self.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE) or self.message_id
 
     def matches(self, wanted: str) -> bool:
         """Selected by its message id, its original message id, or its session id."""
@@ -126,9 +132,13 @@ class DeadLetterQueue:
         """Requeue and republish the selected dead letters, then ack them; the rest stay."""
         letters = self._pull_all()
         replayed: list[DeadLetter] = []
+        copies: list[DeadLetter] = []  # of a message replayed above: acked, not republished
         try:
             for letter in letters:
                 if not selected(letter):
+                    continue
+                if any(letter.origin == done.origin for done in replayed):
+                    copies.append(letter)
                     continue
                 if letter.ref is not None:
                     self._jobs.requeue(letter.ref)
@@ -137,6 +147,6 @@ class DeadLetterQueue:
                 replayed.append(letter)
         finally:
             # Whatever was not replayed (a failure midway included) goes back to the queue.
-            done = [letter.ack_id for letter in replayed]
+            done = [letter.ack_id for letter in replayed + copies]
             self._settle(done, [letter.ack_id for letter in letters if letter.ack_id not in done])
         return replayed

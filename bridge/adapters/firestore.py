@@ -2,19 +2,22 @@
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as api
 from google.cloud import firestore
 
 from fluxfill.bridge import sessions
-from fluxfill.bridge.contract import JobStatus
+from fluxfill.bridge.contract import ErrorCode, JobStatus
 from fluxfill.bridge.errors import SessionTransientError
 from fluxfill.bridge.ports import Claim, Heartbeat, JobRef
 
 T = TypeVar("T")
 Decision = Callable[[Mapping[str, Any] | None, datetime], tuple[T, sessions.Update | None]]
+# Pub/Sub keeps an unacked message at most 7 days: a ledger entry older than that guards nothing
+# (`expireAt` is there for a Firestore TTL policy to delete it).
+LEDGER_RETENTION = timedelta(days=8)
 # Contention surfaces as this ValueError once the client's own retries are spent (see FACTS.md).
 _CONTENTION = "Failed to commit transaction"
 
@@ -91,3 +94,42 @@ class FirestoreSessions:
             return update is not None, update
 
         return self._transact(job.document, f"record {status.value}", decide)
+
+
+class FirestoreDeadLetterLedger:
+    """The DeadLetterLedger port: one document per dead-lettered message id in `collection`."""
+
+    def __init__(
+        self,
+        client: firestore.Client,
+        collection: str,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._collection = client.collection(collection)
+        self._now = now
+
+    def recorded(self, message_id: str) -> bool:
+        """See DeadLetterLedger.recorded; an id that cannot name a document is never recorded."""
+        if not _usable_id(message_id):
+            return False
+        with firestore_errors("read the dead-letter ledger"):
+            return bool(self._collection.document(message_id).get().exists)
+
+    def record(self, message_id: str, code: ErrorCode) -> None:
+        """See DeadLetterLedger.record."""
+        if not _usable_id(message_id):
+            return
+        now = self._now()
+        entry = {"code": code.value, "deadLetteredAt": now, "expireAt": now + LEDGER_RETENTION}
+        with firestore_errors("write the dead-letter ledger"):
+            self._collection.document(message_id).set(entry)
+
+
+def _usable_id(message_id: str) -> bool:
+    # Firestore's document id rules; Pub/Sub's ids are digits, but a push envelope is only JSON.
+    return (
+        0 < len(message_id.encode()) <= 1500
+        and "/" not in message_id
+        and message_id not in {".", ".."}
+        and not (message_id.startswith("__") and message_id.endswith("__"))
+    )

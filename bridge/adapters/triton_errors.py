@@ -1,7 +1,8 @@
 """The boundary where tritonclient's and the socket's errors become the bridge's (mirrors client/errors.py).
 
 Only invalid input is permanent: a server that is down, a model that is loading or failed, a full queue or an
-internal error may all pass, so they are retried (and, after the last attempt, dead-lettered).
+internal error may all pass, so they are retried (and, after the last attempt, dead-lettered). A full queue is
+told apart (TritonBusyError): it says the server is up and busy, not that it is gone.
 """
 
 from tritonclient.utils import InferenceServerException
@@ -12,12 +13,15 @@ from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
     PermanentJobError,
+    TritonBusyError,
     TritonUnavailableError,
 )
 from fluxfill.inpaint.contract import INPUTS
 
 _INVALID_STATUSES = frozenset({"StatusCode.INVALID_ARGUMENT", "400"})
 _DEADLINE_STATUSES = frozenset({"StatusCode.DEADLINE_EXCEEDED"})
+# Triton's refusal by a bounded queue (HTTP 503 / gRPC UNAVAILABLE, and as text through BLS and streams).
+_QUEUE_FULL = "exceeds maximum queue size"
 # The model's input errors start with the tensor's name ("MASK: must have shape ..."); a stream's errors
 # carry no status, so this prefix is what marks them.
 _INPUT_PREFIXES = tuple(f"{spec.name}: " for spec in INPUTS)
@@ -52,4 +56,6 @@ def _from_server(error: InferenceServerException) -> BridgeError:
         return JobCancelledError(message)
     if status in _INVALID_STATUSES or _strip_request_id(message).startswith(_INPUT_PREFIXES):
         return PermanentJobError(ErrorCode.MODEL_REJECTED_INPUT, f"the model refused the input: {message}")
+    if _QUEUE_FULL in lowered:
+        return TritonBusyError(f"triton: {message}")
     return TritonUnavailableError(f"triton: {message}")

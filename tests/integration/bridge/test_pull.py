@@ -197,7 +197,7 @@ def test_triton_lost_mid_service_retries_the_job_until_it_is_back(
 
 
 class FailingInference:
-    """Our InpaintModel port, READY but failing every run as unavailable (a full queue, say)."""
+    """Our InpaintModel port, READY but failing every run with a retryable error (an internal one, say)."""
 
     name, protocol = "flux_fill_stream", "grpc-stream"
 
@@ -205,7 +205,7 @@ class FailingInference:
         return True
 
     def infer(self, *_args: object, **_kwargs: object) -> InferenceResult:
-        raise TritonUnavailableError("triton: Exceeds maximum queue size")
+        raise TritonUnavailableError("triton: internal error: RuntimeError: CUDA error")
 
 
 def test_job_failing_every_attempt_is_failed_and_dead_lettered(jobs: JobSystem) -> None:
@@ -217,7 +217,7 @@ def test_job_failing_every_attempt_is_failed_and_dead_lettered(jobs: JobSystem) 
         dead = jobs.dead_letters(expected=1)
     assert document["status"] == "failed"
     assert document["error"]["code"] == "retries_exhausted"
-    assert "maximum queue size" in document["error"]["message"]
+    assert "CUDA error" in document["error"]["message"]
     assert document["attempt"] == 3
     assert bridge.counted("retry") == 2
     assert [m.attributes["fluxfillOriginalMessageId"] for m in dead] == [message_id]

@@ -40,6 +40,24 @@ def test_pushed_job_is_done_through_the_emulator(jobs: JobSystem, flux_server: L
     assert bridge.counted("done") == 1
 
 
+def test_a_message_pushed_again_is_dead_lettered_once(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Redelivery of a poison message (the same message id) is acked again but not dead-lettered again."""
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)
+    with running_bridge(settings) as bridge:
+        statuses = [
+            httpx.post(f"{bridge.url}/push", json=envelope(b"{not json", "poison-1")).status_code
+            for _ in range(3)
+        ]
+        dead = jobs.dead_letters(expected=2, timeout_s=5.0)
+    assert statuses == [204, 204, 204]
+    assert [m.attributes["fluxfillOriginalMessageId"] for m in dead] == ["poison-1"]
+    assert bridge.counted("dead_letter") == 3
+    ledger = jobs.db.document("fluxfillDeadLetters/poison-1").get().to_dict()
+    assert (ledger or {}).get("code") == "malformed_message"
+
+
 @pytest.fixture(scope="module")
 def google_key() -> SigningKey:
     return SigningKey.generate("google-key-1")

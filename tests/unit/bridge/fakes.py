@@ -18,6 +18,7 @@ from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
     PermanentJobError,
+    TritonBusyError,
 )
 from fluxfill.bridge.ports import (
     Claim,
@@ -114,11 +115,12 @@ class FakeSessionStore:
 
 @dataclass
 class FakeModel:
-    """Paints the mask white step by step; can be slowed, made to fail, or held until cancelled."""
+    """Paints the mask white step by step; can be slowed, made to fail or busy, or held until cancelled."""
 
     steps: int = 4
     step_s: float = 0.0
     fail_with: Exception | None = None
+    busy_calls: int = 0  # this many calls are refused first, as Triton's full queue refuses them
     ready: bool = True
     calls: list[InferenceRequest] = field(default_factory=list)
     name: str = "fake_flux_fill"
@@ -131,6 +133,8 @@ class FakeModel:
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
     ) -> InferenceResult:
         self.calls.append(request)
+        if len(self.calls) <= self.busy_calls:
+            raise TritonBusyError("triton: Exceeds maximum queue size")
         if self.fail_with is not None:
             raise self.fail_with
         total = request.steps or self.steps

@@ -17,6 +17,7 @@ from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
     PermanentJobError,
+    TritonBusyError,
     TritonUnavailableError,
 )
 from fluxfill.bridge.logs import PROCESSORS
@@ -34,9 +35,10 @@ from fluxfill.bridge.settings import BridgeSettings
         (InferenceServerException("bad input", status="400"), PermanentJobError),
         (
             InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"),
-            TritonUnavailableError,
+            TritonBusyError,
         ),
-        (InferenceServerException("Exceeds maximum queue size", status="503"), TritonUnavailableError),
+        (InferenceServerException("Exceeds maximum queue size", status="503"), TritonBusyError),
+        (InferenceServerException("[request id: 3] Exceeds maximum queue size"), TritonBusyError),
         (
             InferenceServerException("no available versions", status="StatusCode.NOT_FOUND"),
             TritonUnavailableError,

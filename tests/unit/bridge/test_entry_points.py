@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from fluxfill.bridge.contract import ErrorCode
-from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.dead_letters import OncePerMessage
+from fluxfill.bridge.errors import RetryableError, SessionTransientError
 from fluxfill.bridge.http_app import EnvelopeError, delivery_from_envelope
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.settle import should_ack
@@ -25,6 +26,25 @@ class FakeDeadLetters:
         if self.broken:
             raise RetryableError("dead-letter topic unavailable")
         self.published.append((data, dict(attributes), code))
+
+
+@dataclass
+class FakeLedger:
+    """Our DeadLetterLedger port in a dict; can be made unreadable or unwritable."""
+
+    entries: dict[str, ErrorCode] = field(default_factory=dict)
+    unreadable: bool = False
+    unwritable: bool = False
+
+    def recorded(self, message_id: str) -> bool:
+        if self.unreadable:
+            raise SessionTransientError("firestore unavailable")
+        return message_id in self.entries
+
+    def record(self, message_id: str, code: ErrorCode) -> None:
+        if self.unwritable:
+            raise SessionTransientError("firestore unavailable")
+        self.entries[message_id] = code
 
 
 DELIVERY = Delivery(b"{oops", "m7", {"origin": "app"})
@@ -57,6 +77,36 @@ def test_dead_letter_is_acked_only_once_published_with_its_code_and_origin() -> 
 def test_dead_letter_is_nacked_when_it_cannot_be_published() -> None:
     assert should_ack(DEAD, DELIVERY, FakeDeadLetters(broken=True)) is False
     assert should_ack(DEAD, DELIVERY, None) is False
+
+
+def test_a_redelivered_message_is_dead_lettered_once_and_acked_each_time() -> None:
+    sink, ledger = FakeDeadLetters(), FakeLedger()
+    once = OncePerMessage(sink, ledger)
+    assert [should_ack(DEAD, DELIVERY, once) for _ in range(3)] == [True, True, True]
+    assert len(sink.published) == 1
+    assert ledger.entries == {"m7": ErrorCode.MALFORMED_MESSAGE}
+    other = Delivery(b"{oops", "m8")
+    assert should_ack(DEAD, other, once) is True
+    assert len(sink.published) == 2
+
+
+def test_an_unreadable_ledger_lets_the_dead_letter_through() -> None:
+    sink = FakeDeadLetters()
+    once = OncePerMessage(sink, FakeLedger({"m7": ErrorCode.MALFORMED_MESSAGE}, unreadable=True))
+    assert should_ack(DEAD, DELIVERY, once) is True
+    assert len(sink.published) == 1
+
+
+def test_an_unwritable_ledger_still_acks_the_published_dead_letter() -> None:
+    sink = FakeDeadLetters()
+    assert should_ack(DEAD, DELIVERY, OncePerMessage(sink, FakeLedger(unwritable=True))) is True
+    assert len(sink.published) == 1
+
+
+def test_a_dead_letter_that_cannot_be_published_is_not_recorded() -> None:
+    ledger = FakeLedger()
+    assert should_ack(DEAD, DELIVERY, OncePerMessage(FakeDeadLetters(broken=True), ledger)) is False
+    assert ledger.entries == {}
 
 
 def test_push_envelope_becomes_a_delivery() -> None:

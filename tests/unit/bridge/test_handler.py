@@ -215,13 +215,55 @@ def test_storage_transient_error_is_retried() -> None:
 
 def test_last_attempt_fails_the_job_and_dead_letters_it() -> None:
     world = World()
-    world.model.fail_with = TritonUnavailableError("queue full")
-    assert world.deliver(attempt=2).kind is OutcomeKind.RETRY
+    world.model.fail_with = TritonUnavailableError("internal error: RuntimeError")
+    assert [world.deliver(attempt=n).kind for n in (1, 2)] == [OutcomeKind.RETRY] * 2
     outcome = world.deliver(attempt=3)
     assert outcome.kind is OutcomeKind.DEAD_LETTER
     assert outcome.code is ErrorCode.RETRIES_EXHAUSTED
     assert world.document["status"] == "failed"
-    assert "queue full" in world.document["error"]["message"]
+    assert world.document["attempt"] == 3
+    assert "RuntimeError" in world.document["error"]["message"]
+
+
+def test_deliveries_bounced_unclaimed_spend_no_attempt() -> None:
+    """Pub/Sub's delivery_attempt also counts nacks of copies another bridge held: only claims count."""
+    world = World()
+    world.model.fail_with = TritonUnavailableError("internal error: RuntimeError")
+    outcome = world.deliver(attempt=9)
+    assert outcome.kind is OutcomeKind.RETRY
+    assert world.document["status"] == "queued"
+    assert world.document["attempt"] == 1
+
+
+def test_full_triton_queue_is_resent_within_the_same_attempt() -> None:
+    world = World()
+    world.model.busy_calls = 3
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.DONE
+    assert len(world.model.calls) == 4
+    assert world.document["attempt"] == 1
+    assert world.metrics.sample("fluxfill_bridge_triton_errors_total", {"error": "TritonBusyError"}) == 3
+
+
+def test_triton_queue_full_until_the_deadline_gives_the_job_back() -> None:
+    world = World(job_deadline_s=0.5)
+    world.model.busy_calls = 10_000
+    started = time.monotonic()
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "maximum queue size" in outcome.reason
+    assert time.monotonic() - started < 1.5
+    assert world.document["status"] == "queued"
+    assert 2 <= len(world.model.calls) < 20
+
+
+def test_cancel_while_triton_queue_is_full_cancels_the_job() -> None:
+    world = World(job_deadline_s=30.0)
+    world.model.busy_calls = 10_000
+    threading.Timer(0.2, lambda: world.document.update(cancelRequested=True)).start()
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.CANCELLED
+    assert world.document["status"] == "cancelled"
 
 
 def test_unexpected_error_does_not_escape_and_is_retried() -> None:
