@@ -15,7 +15,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=500, help="jobs in the chaos mix (default 500)")
     parser.add_argument("--quick", action="store_true", help="a ~40-job run, as `make test` does")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--rate", type=float, default=10.0, help="jobs published per second")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="jobs published per second (chaos 10, soak 3: below capacity)",
+    )
     parser.add_argument("--settle-timeout", type=float, default=600.0, help="chaos: seconds to wait")
     parser.add_argument("--duration", type=float, default=1800.0, help="soak: seconds (default 30 min)")
     parser.add_argument("--run-dir", type=Path, default=None, help="logs of Triton and the bridges")
@@ -26,7 +31,10 @@ def main(argv: list[str] | None = None) -> int:
             ChaosOptions.quick(args.seed)
             if args.quick
             else ChaosOptions(
-                jobs=args.jobs, seed=args.seed, rate_per_s=args.rate, settle_timeout_s=args.settle_timeout
+                jobs=args.jobs,
+                seed=args.seed,
+                rate_per_s=args.rate or ChaosOptions.rate_per_s,
+                settle_timeout_s=args.settle_timeout,
             )
         )
         report = run_chaos(options, run_dir)
@@ -42,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     from chaos.report import print_soak
     from chaos.soak import SoakOptions, run_soak
 
-    soak = run_soak(SoakOptions(duration_s=args.duration, rate_per_s=args.rate, seed=args.seed), run_dir)
+    soak = run_soak(
+        SoakOptions(duration_s=args.duration, rate_per_s=args.rate or SoakOptions.rate_per_s, seed=args.seed),
+        run_dir,
+    )
     print_soak(soak, run_dir)
     return 0 if soak.ok else 1
 

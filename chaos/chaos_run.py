@@ -9,7 +9,7 @@ from typing import Any
 from chaos import faults, invariants, traffic
 from chaos.fleet import Fleet, FleetConfig, running_fleet
 from chaos.workload import Kind, PlannedJob, plan
-from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE
+from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE, DEAD_LETTER_MESSAGE_ID_ATTRIBUTE
 
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -47,6 +47,7 @@ class ChaosReport:
     latencies_s: list[float]
     settled_s: float
     dead_letter_copies: int
+    dead_lettered_messages: int  # distinct original messages among the copies
     policy_dead_letters: int  # moved by Pub/Sub's own dead-letter policy, not by the bridge
     left_on_subscription: int
     notes: list[str] = field(default_factory=list)
@@ -101,6 +102,9 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         latencies_s=invariants.latencies(evidence, published.first_at),
         settled_s=settled_s,
         dead_letter_copies=len(dead),
+        dead_lettered_messages=len(
+            {m.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE) or bytes(m.data) for m in dead}
+        ),
         policy_dead_letters=sum(1 for m in dead if DEAD_LETTER_CODE_ATTRIBUTE not in m.attributes),
         left_on_subscription=len(left),
         notes=notes,

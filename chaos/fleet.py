@@ -11,17 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
-from google.cloud.pubsub_v1.types import DeadLetterPolicy  # type: ignore[import-untyped]
 
-from fluxfill.client.local_emulators import GoogleEmulators, running_emulators
+from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.triton_binary import end_group, free_port, group_members
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
@@ -48,7 +45,7 @@ class FleetConfig:
     concurrency: int = 2  # max_concurrent_jobs per bridge
     # The bridge's own retry budget; Pub/Sub's dead-letter policy gets more, so the bridge decides first.
     # Higher than deploy/config.env (5 and 10) because the subscription here has no retry backoff (see
-    # JobSystem.create): a duplicate copy nacked while another bridge runs its job comes straight back,
+    # LocalJobSystem.create): a duplicate copy nacked while another bridge runs its job comes straight back,
     # spending attempts in milliseconds that production spends over minutes of backoff.
     max_delivery_attempts: int = 10
     policy_attempts: int = 20
@@ -56,63 +53,6 @@ class FleetConfig:
     lease_s: float = 4.0
     progress_interval_s: float = 0.5
     job_deadline_s: float = 60.0
-
-
-@dataclass
-class JobSystem:
-    """The run's topics, subscriptions and bucket, and the clients the harness reads them with."""
-
-    publisher: Any
-    subscriber: Any
-    storage_client: Any
-    db: Any
-    name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
-
-    @property
-    def topic(self) -> str:
-        return str(self.publisher.topic_path(PROJECT, f"jobs-{self.name}"))
-
-    @property
-    def subscription_id(self) -> str:
-        return f"bridge-{self.name}"
-
-    @property
-    def dead_letter_topic_id(self) -> str:
-        return f"dead-{self.name}"
-
-    @property
-    def dead_letter_subscription(self) -> str:
-        return str(self.subscriber.subscription_path(PROJECT, f"dlq-{self.name}"))
-
-    @property
-    def subscription(self) -> str:
-        return str(self.subscriber.subscription_path(PROJECT, self.subscription_id))
-
-    @property
-    def bucket(self) -> str:
-        return f"bucket-{self.name}"
-
-    def create(self, config: FleetConfig) -> None:
-        """Topics, the bridges' subscription (with a dead-letter policy) and its dead-letter subscription.
-
-        No retry policy: with one beside a dead-letter policy, this emulator never redelivers the messages a
-        SIGKILLed streaming pull held (seen here; without it they come back after the ack deadline).
-        """
-        dead_topic = self.publisher.topic_path(PROJECT, self.dead_letter_topic_id)
-        self.publisher.create_topic(name=self.topic)
-        self.publisher.create_topic(name=dead_topic)
-        self.subscriber.create_subscription(
-            request={
-                "name": self.subscription,
-                "topic": self.topic,
-                "ack_deadline_seconds": config.ack_deadline_s,
-                "dead_letter_policy": DeadLetterPolicy(
-                    dead_letter_topic=dead_topic, max_delivery_attempts=config.policy_attempts
-                ),
-            }
-        )
-        self.subscriber.create_subscription(name=self.dead_letter_subscription, topic=dead_topic)
-        self.storage_client.create_bucket(self.bucket)
 
 
 class BridgeProcess:
@@ -237,7 +177,7 @@ class Fleet:
     """Emulators, the job system on them, one Triton and the bridges."""
 
     emulators: GoogleEmulators
-    jobs: JobSystem
+    jobs: LocalJobSystem
     triton: TritonProcess
     bridges: list[BridgeProcess]
     config: FleetConfig
@@ -270,13 +210,14 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
         credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
         subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
         stack.callback(subscriber.close)
-        jobs = JobSystem(
+        jobs = LocalJobSystem(
             pubsub_v1.PublisherClient(credentials=credentials),
             subscriber,
             storage.Client(project=PROJECT, credentials=credentials),
             firestore.Client(project=PROJECT, credentials=credentials),
+            PROJECT,
         )
-        jobs.create(config)
+        jobs.create(config.ack_deadline_s, config.policy_attempts)
         triton = TritonProcess(run_dir)
         stack.callback(triton.stop)
         triton.start()

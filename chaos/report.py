@@ -49,7 +49,8 @@ def chaos_text(report: ChaosReport) -> str:
     lines = [summary, "", checks, "", latency, "", "Faults:"]
     lines += [f"- {fault}" for fault in report.faults] + [f"- FAILED: {e}" for e in report.fault_errors]
     lines.append(
-        f"Dead letters received: {report.dead_letter_copies} ({report.policy_dead_letters} moved by "
+        f"Dead letters received: {report.dead_letter_copies} for {report.dead_lettered_messages} messages "
+        f"({report.policy_dead_letters} moved by "
         f"Pub/Sub's own policy); left on the jobs subscription after the bridges stopped: "
         f"{report.left_on_subscription}"
     )
@@ -74,13 +75,19 @@ def saturation_text(report: SaturationReport) -> str:
                 "max jobs in flight per bridge",
                 report.max_in_flight,
                 report.in_flight_limit,
-                "ok" if report.max_in_flight <= report.in_flight_limit else "BROKEN",
+                "ok" if report.max_in_flight == report.in_flight_limit else "BROKEN",
             ],
             [
                 "max Triton pending requests",
                 f"{report.max_triton_pending:.0f}",
                 TRITON_QUEUE_BOUND,
                 "ok" if report.max_triton_pending <= TRITON_QUEUE_BOUND else "BROKEN",
+            ],
+            [
+                "requests refused at Triton's queue bound (resent by the bridges)",
+                f"{report.triton_refusals:.0f}",
+                "> 0",
+                "ok" if report.triton_refusals > 0 else "BROKEN (bound never reached)",
             ],
             [
                 "oldest unfinished job age (s into burst: age s)",

@@ -1,5 +1,8 @@
 """Saturation: a burst of ten times what the fleet can process, watched while it drains.
 
+The fleet runs more jobs at once than Triton's queue holds, so the burst meets the queue's bound: Triton
+refuses the excess at once and each bridge resends it (back-pressure), and no job may fail because of it.
+
 Capacity is measured first (a calibration batch through the same fleet); the burst then publishes at ten times
 that rate. While it drains, the sampler reads each bridge's in-flight gauge, Triton's pending requests and the
 age of the oldest job not yet finished (what Pub/Sub's oldest_unacked_message_age shows in production).
@@ -19,6 +22,8 @@ from chaos.workload import PlannedJob
 # Triton's max_queue_size of flux_fill_stream, plus the one request executing.
 TRITON_QUEUE_BOUND = 8 + 1
 CALIBRATION_JOBS = 20
+# More jobs in flight over the fleet (2 x 6) than Triton's queue holds, so the burst meets its bound.
+SATURATION_FLEET = FleetConfig(bridges=2, concurrency=6)
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,7 @@ class SaturationReport:
     max_in_flight: int
     in_flight_limit: int
     max_triton_pending: float
+    triton_refusals: float = 0.0  # requests the full queue refused, each resent by its bridge
     oldest_age_s: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the burst, age)
     statuses: dict[str, int] = field(default_factory=dict)
     drained_s: float = 0.0
@@ -48,8 +54,9 @@ class SaturationReport:
     @property
     def ok(self) -> bool:
         return (
-            self.max_in_flight <= self.in_flight_limit
+            self.max_in_flight == self.in_flight_limit
             and self.max_triton_pending <= TRITON_QUEUE_BOUND
+            and self.triton_refusals > 0
             and self.age_rose
             and self.statuses == {"done": self.burst_jobs}
         )
@@ -68,8 +75,8 @@ def run_saturation(
     options: SaturationOptions, run_dir: Path, config: FleetConfig | None = None
 ) -> SaturationReport:
     """Calibrate, burst at ten times capacity, sample until drained."""
-    config = config or FleetConfig()
-    burst_s = 5.0 if options.quick else options.burst_s
+    config = config or SATURATION_FLEET
+    burst_s = 3.0 if options.quick else options.burst_s
     with running_fleet(config, run_dir) as fleet:
         calibration = _jobs(CALIBRATION_JOBS, options.seed, options.steps)
         traffic.prepare(fleet.jobs, calibration)
@@ -92,6 +99,14 @@ def run_saturation(
             if published.count == len(burst) and report.oldest_age_s and report.oldest_age_s[-1][1] == 0:
                 break
         report.drained_s = time.monotonic() - started
+        report.triton_refusals = sum(
+            probes.total(
+                probes.scrape(f"http://127.0.0.1:{bridge.http_port}/metrics"),
+                "fluxfill_bridge_triton_errors_total",
+                '"TritonBusyError"',
+            )
+            for bridge in fleet.bridges
+        )
         documents = traffic.session_documents(fleet.jobs, burst)
     for document in documents.values():
         report.statuses[str(document.get("status"))] = report.statuses.get(str(document.get("status")), 0) + 1

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from chaos.fleet import JobSystem
 from chaos.workload import PlannedJob
+from fluxfill.client.local_emulators import LocalJobSystem
 
 PUBLISH_TIMEOUT_S = 30.0
 
@@ -31,7 +31,7 @@ class Published:
             self.count += 1
 
 
-def prepare(jobs: JobSystem, planned: Sequence[PlannedJob], workers: int = 8) -> None:
+def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 8) -> None:
     """Upload each job's objects and create its queued session document, as the app does before publishing."""
     bucket = jobs.storage_client.bucket(jobs.bucket)
 
@@ -61,7 +61,7 @@ def publish_order(planned: Sequence[PlannedJob], seed: int) -> list[PlannedJob]:
 
 
 def publish_all(
-    jobs: JobSystem, order: Sequence[PlannedJob], rate_per_s: float, published: Published
+    jobs: LocalJobSystem, order: Sequence[PlannedJob], rate_per_s: float, published: Published
 ) -> None:
     """Publish in order at about `rate_per_s`; the publish time recorded is when the server accepted it."""
     interval = 1.0 / rate_per_s
@@ -74,7 +74,7 @@ def publish_all(
         published.record(job, str(message_id), datetime.now(UTC))
 
 
-def drain_dead_letters(jobs: JobSystem, into: list[Any]) -> None:
+def drain_dead_letters(jobs: LocalJobSystem, into: list[Any]) -> None:
     """Pull (and ack) whatever the dead-letter subscription has now."""
     response = jobs.subscriber.pull(subscription=jobs.dead_letter_subscription, max_messages=100, timeout=5)
     if response.received_messages:
@@ -85,7 +85,7 @@ def drain_dead_letters(jobs: JobSystem, into: list[Any]) -> None:
         into.extend(m.message for m in response.received_messages)
 
 
-def left_on_subscription(jobs: JobSystem, wait_s: float) -> list[Any]:
+def left_on_subscription(jobs: LocalJobSystem, wait_s: float) -> list[Any]:
     """Messages still deliverable on the bridges' subscription (a sync pull; run with the bridges stopped)."""
     found: list[Any] = []
     deadline = time.monotonic() + wait_s
@@ -101,7 +101,7 @@ def left_on_subscription(jobs: JobSystem, wait_s: float) -> list[Any]:
     return found
 
 
-def session_documents(jobs: JobSystem, planned: Sequence[PlannedJob]) -> dict[str, dict[str, Any]]:
+def session_documents(jobs: LocalJobSystem, planned: Sequence[PlannedJob]) -> dict[str, dict[str, Any]]:
     """The session document of every planned job that has ids (absent documents are left out)."""
     references = [jobs.db.document(f"users/{j.user}/sessions/{j.session}") for j in planned if j.user]
     documents: dict[str, dict[str, Any]] = {}
@@ -112,7 +112,7 @@ def session_documents(jobs: JobSystem, planned: Sequence[PlannedJob]) -> dict[st
     return documents
 
 
-def result_objects(jobs: JobSystem) -> dict[str, list[str]]:
+def result_objects(jobs: LocalJobSystem) -> dict[str, list[str]]:
     """Result object names (edited.png, preview.jpg) per session id, from a listing of the whole bucket."""
     results: dict[str, list[str]] = {}
     for blob in jobs.storage_client.list_blobs(jobs.bucket):

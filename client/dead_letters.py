@@ -47,7 +47,7 @@ class DeadLetter:
 
     @property
     def origin(self) -> str:
-        """The dead-lettered message's id: copies of one message (redelivered, dead-lettered twice) share it."""
+        """The dead-lettered message's id, which copies of one message (dead-lettered twice) share."""
         return self.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE) or self.message_id
 
     def matches(self, wanted: str) -> bool:

@@ -13,12 +13,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Self
+from typing import IO, Any, Self
 
 from fluxfill.client.triton_binary import end_group, free_port
 
@@ -228,3 +229,67 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@dataclass
+class LocalJobSystem:
+    """One run's jobs topic, the bridges' subscription, the dead-letter topic with a subscription, a bucket.
+
+    Each name carries a fresh suffix: on the Pub/Sub emulator a subscription name reused after a delete breaks
+    streaming pull, and a fresh bucket keeps runs that share emulators apart.
+    """
+
+    publisher: Any  # pubsub_v1.PublisherClient
+    subscriber: Any  # pubsub_v1.SubscriberClient
+    storage_client: Any  # storage.Client
+    db: Any  # firestore.Client
+    project: str
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+
+    @property
+    def topic(self) -> str:
+        return str(self.publisher.topic_path(self.project, f"jobs-{self.name}"))
+
+    @property
+    def subscription_id(self) -> str:
+        return f"bridge-{self.name}"
+
+    @property
+    def subscription(self) -> str:
+        return str(self.subscriber.subscription_path(self.project, self.subscription_id))
+
+    @property
+    def dead_letter_topic_id(self) -> str:
+        return f"dead-{self.name}"
+
+    @property
+    def dead_letter_subscription(self) -> str:
+        return str(self.subscriber.subscription_path(self.project, f"dlq-{self.name}"))
+
+    @property
+    def bucket(self) -> str:
+        return f"bucket-{self.name}"
+
+    def create(self, ack_deadline_s: int, policy_attempts: int) -> None:
+        """Topics, the bridges' subscription (dead-letter policy), the dead-letter subscription, the bucket.
+
+        No retry policy: beside a dead-letter policy it stopped this emulator from redelivering the messages
+        a SIGKILLed streaming pull held (seen here; without one they come back after the ack deadline).
+        """
+        from google.cloud.pubsub_v1.types import DeadLetterPolicy  # type: ignore[import-untyped]
+
+        dead_topic = self.publisher.topic_path(self.project, self.dead_letter_topic_id)
+        self.publisher.create_topic(name=self.topic)
+        self.publisher.create_topic(name=dead_topic)
+        self.subscriber.create_subscription(
+            request={
+                "name": self.subscription,
+                "topic": self.topic,
+                "ack_deadline_seconds": ack_deadline_s,
+                "dead_letter_policy": DeadLetterPolicy(
+                    dead_letter_topic=dead_topic, max_delivery_attempts=policy_attempts
+                ),
+            }
+        )
+        self.subscriber.create_subscription(name=self.dead_letter_subscription, topic=dead_topic)
+        self.storage_client.create_bucket(self.bucket)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from chaos.chaos_run import ChaosOptions, run_chaos
-from chaos.report import chaos_text, soak_text
+from chaos.report import chaos_text, saturation_text, soak_text
+from chaos.saturation import TRITON_QUEUE_BOUND, SaturationOptions, run_saturation
 from chaos.soak import SoakOptions, run_soak
 
 pytestmark = pytest.mark.integration
@@ -25,6 +26,21 @@ def test_quick_chaos_loses_no_job_and_does_none_twice(tmp_path: Path) -> None:
     assert not report.notes, text
     sessions = sum(count for kind, count in report.mix.items() if kind not in {"malformed_json", "bad_ids"})
     assert len(report.latencies_s) == sessions, text
+    assert report.dead_lettered_messages == sum(
+        count for kind, count in report.mix.items() if kind in {"malformed_json", "unknown_field", "bad_ids"}
+    ), text
+
+
+@pytest.mark.timeout(240)
+def test_quick_saturation_meets_triton_queue_bound_and_fails_nothing(tmp_path: Path) -> None:
+    """A burst of 10x capacity on 12 job slots over a 9-request Triton queue: refusals resent, all done."""
+    report = run_saturation(SaturationOptions(quick=True), tmp_path)
+    text = saturation_text(report)
+    assert report.max_in_flight == report.in_flight_limit == 6, text
+    assert 0 < report.max_triton_pending <= TRITON_QUEUE_BOUND, text
+    assert report.triton_refusals > 0, text
+    assert report.age_rose, text
+    assert report.statuses == {"done": report.burst_jobs}, text
 
 
 @pytest.mark.timeout(240)

@@ -8,18 +8,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from google.cloud import firestore, pubsub_v1, storage
-from google.cloud.pubsub_v1.types import DeadLetterPolicy
+from google.cloud import firestore
 from PIL import Image
 
 from fluxfill.bridge.bootstrap import Bridge, build_bridge
 from fluxfill.bridge.ports import InpaintModel
 from fluxfill.bridge.service import BridgeService
 from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.client.local_emulators import LocalJobSystem
 from fluxfill.client.triton_binary import free_port
 
 PROJECT = "fluxfill-test"
@@ -52,55 +52,20 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
 
 
 @dataclass
-class JobSystem:
+class JobSystem(LocalJobSystem):
     """One test's topic, subscription, dead-letter topic and bucket, and the app's view of them."""
 
-    publisher: pubsub_v1.PublisherClient
-    subscriber: pubsub_v1.SubscriberClient
-    storage_client: storage.Client
-    db: firestore.Client
-    name: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
+    project: str = PROJECT
 
-    @property
-    def topic(self) -> str:
-        return self.publisher.topic_path(PROJECT, f"jobs-{self.name}")
-
-    @property
-    def subscription_id(self) -> str:
-        return f"bridge-{self.name}"
-
-    @property
-    def dead_letter_topic_id(self) -> str:
-        return f"dead-{self.name}"
-
-    @property
-    def bucket(self) -> str:
-        return f"bucket-{self.name}"
-
-    def create(self) -> None:
+    def create(self, ack_deadline_s: int = 10, policy_attempts: int = POLICY_ATTEMPTS) -> None:
         """The topics, the bridge's pull subscription, a subscription on the dead-letter topic, the bucket."""
-        dead_topic = self.publisher.topic_path(PROJECT, self.dead_letter_topic_id)
-        self.publisher.create_topic(name=self.topic)
-        self.publisher.create_topic(name=dead_topic)
-        request: dict[str, Any] = {
-            "name": self.subscriber.subscription_path(PROJECT, self.subscription_id),
-            "topic": self.topic,
-            "ack_deadline_seconds": 10,
-            "dead_letter_policy": DeadLetterPolicy(
-                dead_letter_topic=dead_topic, max_delivery_attempts=POLICY_ATTEMPTS
-            ),
-        }
-        self.subscriber.create_subscription(request=request)
-        self.subscriber.create_subscription(
-            name=self.subscriber.subscription_path(PROJECT, f"dlq-{self.name}"), topic=dead_topic
-        )
-        self.storage_client.create_bucket(self.bucket)
+        super().create(ack_deadline_s, policy_attempts)
 
     def add_push_subscription(self, endpoint: str) -> None:
         """A push subscription on the job topic (the emulator sends no OIDC token)."""
         self.subscriber.create_subscription(
             request={
-                "name": self.subscriber.subscription_path(PROJECT, f"push-{self.name}"),
+                "name": self.subscriber.subscription_path(self.project, f"push-{self.name}"),
                 "topic": self.topic,
                 "ack_deadline_seconds": 10,
                 "push_config": {"push_endpoint": endpoint},
@@ -166,7 +131,7 @@ class JobSystem:
 
     def pull_now(self, timeout_s: float = 5.0) -> list[Any]:
         """Synchronously pull (and ack) what the bridge's subscription has available within `timeout_s`."""
-        path = self.subscriber.subscription_path(PROJECT, self.subscription_id)
+        path = self.subscription
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             response = self.subscriber.pull(subscription=path, max_messages=10, timeout=5)
@@ -179,7 +144,7 @@ class JobSystem:
 
     def dead_letters(self, expected: int, timeout_s: float = 15.0) -> list[Any]:
         """Pull (and ack) at least `expected` messages from the dead-letter topic."""
-        path = self.subscriber.subscription_path(PROJECT, f"dlq-{self.name}")
+        path = self.dead_letter_subscription
         received: list[Any] = []
         deadline = time.monotonic() + timeout_s
         while len(received) < expected and time.monotonic() < deadline:
