@@ -3,13 +3,18 @@
 import io
 import json
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, parse_job
 from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.intake import decode_mask, decode_photo
+from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.outcome import Delivery, OutcomeKind
+from fluxfill.bridge.settings import BridgeSettings
+from tests.unit.bridge.fakes import FakeModel, FakeObjectStore, FakeSessionStore
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
@@ -119,3 +124,57 @@ def test_any_valid_image_decodes_upright_at_its_size(
 
 def random_bytes(seed: int, count: int) -> bytes:
     return bytes((seed >> (index % 32) ^ index * 2654435761) & 0xFF for index in range(count))
+
+
+UPLOADS = st.one_of(
+    st.binary(max_size=200),
+    st.tuples(IMAGES, st.integers(1, 48), st.integers(1, 48), st.integers(0, 2**32 - 1)).map(
+        lambda args: encoded_image(*args)
+    ),
+)
+
+
+@given(UPLOADS, UPLOADS | st.none(), st.binary(max_size=120) | FIELDS.map(lambda v: json.dumps(v).encode()))
+@settings(max_examples=150, deadline=None)
+def test_any_job_through_the_handler_ends_done_or_refused_with_a_code(
+    original: bytes, mask: bytes | None, extra: bytes
+) -> None:
+    """Random uploads and messages through the whole handler: a terminal outcome, never a retry or a crash."""
+    prefix = "users/u1/sessions/s1"
+    objects = {f"{prefix}/original.png": original}
+    if mask is not None:
+        objects[f"{prefix}/mask.png"] = mask
+    sessions = FakeSessionStore()
+    handler = JobHandler(
+        BridgeSettings(project="p", subscription="s", bucket="b", instance_id="a", progress_interval_s=0.01),
+        FakeObjectStore(objects),
+        sessions,
+        FakeModel(steps=1),
+        BridgeMetrics(),
+    )
+    for data in (json.dumps({"userId": "u1", "sessionId": "s1", "steps": 1}).encode(), extra):
+        outcome = handler.handle(Delivery(data, "m1"))
+        assert outcome.kind in {
+            OutcomeKind.DONE,
+            OutcomeKind.FAILED,
+            OutcomeKind.DEAD_LETTER,
+            OutcomeKind.DUPLICATE,
+        }
+        if outcome.kind in {OutcomeKind.FAILED, OutcomeKind.DEAD_LETTER}:
+            assert outcome.code is not None
+            assert outcome.reason
+    document = sessions.documents[prefix]
+    event(f"{document['status']} {(document.get('error') or {}).get('code', '')}")
+    assert document["status"] in {"done", "failed"}
+    if document["status"] == "failed":
+        assert ErrorCode(document["error"]["code"])
+        assert document["error"]["message"]
+
+
+def encoded_image(image_kind: tuple[str, str], width: int, height: int, seed: int) -> bytes:
+    fmt, mode = image_kind
+    noise = Image.frombytes("L", (width, height), random_bytes(seed, width * height))
+    image = noise.convert(mode) if mode != "I;16" else noise.convert("I").convert("I;16")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
