@@ -57,6 +57,10 @@ gc pubsub subscriptions describe "${DEAD_LETTER_SUBSCRIPTION}" >/dev/null 2>&1 |
   gc pubsub subscriptions create "${DEAD_LETTER_SUBSCRIPTION}" --topic="${DEAD_LETTER_TOPIC}" \
     --message-retention-duration=7d --ack-deadline=60
 
+# The bridge's ledger of dead-lettered message ids (FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER's default collection):
+# Firestore deletes each entry once its expireAt passes, a day after Pub/Sub could still redeliver it.
+gc firestore fields ttls update expireAt --collection-group=fluxfillDeadLetters --enable-ttl --async
+
 # Pub/Sub's service agent forwards undeliverable messages: publish on the dead-letter topic, subscribe on
 # the subscriptions it takes them from.
 gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${pubsub_agent}" --role=roles/pubsub.publisher

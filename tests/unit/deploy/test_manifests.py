@@ -236,6 +236,8 @@ def test_pubsub_script_applies_those_settings() -> None:
         "roles/iam.workloadIdentityUser",
     ):
         assert flag in script, flag
+    ledger = BridgeSettings.model_fields["dead_letter_ledger"].default
+    assert f"ttls update expireAt --collection-group={ledger} --enable-ttl" in script
     # Least privilege: no owner/editor, no bucket-wide admin.
     assert not re.search(r"roles/(owner|editor|storage\.admin|pubsub\.admin)", script)
 
