@@ -180,14 +180,24 @@ def test_timeout_exits_4(long_run_server: LocalTritonServer, files: Path, tmp_pa
     assert_one_line_error(result, 4, "deadline exceeded")
 
 
+# Run from the background (nohup, `cmd &`, some CI runners) the tests inherit SIGINT ignored, and so would the
+# CLI, which then never sees Ctrl-C: this prefix gives it the disposition a terminal's foreground job has.
+SIGINT_AS_FROM_A_TERMINAL = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])",
+]
+
+
 def test_sigint_during_a_long_run_cancels_it_on_the_server(
     long_run_server: LocalTritonServer, files: Path, tmp_path: Path
 ) -> None:
     cancelled_before = outcome_count(long_run_server, "cancelled")
     output = tmp_path / "never.png"
     process = subprocess.Popen(
-        [FLUXFILL, "infer", str(files / "photo.png"), str(files / "mask.png"), "--output", str(output),
-         "--url", long_run_server.grpc_url, "--steps", str(LONG_RUN_STEPS)],
+        [*SIGINT_AS_FROM_A_TERMINAL, FLUXFILL, "infer", str(files / "photo.png"), str(files / "mask.png"),
+         "--output", str(output), "--url", long_run_server.grpc_url, "--steps", str(LONG_RUN_STEPS)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert process.stderr is not None
