@@ -1,7 +1,6 @@
 """The job handler: one delivery in, one outcome out. It never acks or nacks; the entry points do."""
 
 import hashlib
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from typing import Any
 import structlog
 
 from fluxfill.bridge import intake
+from fluxfill.bridge.admission import infer_when_admitted
 from fluxfill.bridge.contract import (
     PREVIEW_MAX_SIDE,
     ErrorCode,
@@ -21,12 +21,10 @@ from fluxfill.bridge.contract import (
     parse_job,
 )
 from fluxfill.bridge.errors import (
-    BridgeError,
     JobCancelledError,
     JobDeadlineExceededError,
     PermanentJobError,
     RetryableError,
-    TritonBusyError,
     TritonUnavailableError,
 )
 from fluxfill.bridge.metrics import BridgeMetrics
@@ -36,7 +34,6 @@ from fluxfill.bridge.ports import (
     Claim,
     ClaimKind,
     InferenceRequest,
-    InferenceResult,
     InpaintModel,
     JobRef,
     ObjectStore,
@@ -48,10 +45,6 @@ from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.inpaint.contract import MAX_SEED
 
 logger = structlog.get_logger(__name__)
-# A request Triton's full queue refused is sent again after a pause that doubles up to the cap (with jitter,
-# so the bridges sharing a server do not knock in step).
-BUSY_FIRST_PAUSE_S = 0.1
-BUSY_MAX_PAUSE_S = 2.0
 
 
 def default_seed(job: JobMessage) -> int:
@@ -216,7 +209,7 @@ class JobHandler:
         if control.cancel.is_set():
             raise JobCancelledError("cancel requested before inference")
         phase_start = time.monotonic()
-        result = self._infer_when_admitted(request, monitor, control)
+        result = infer_when_admitted(self._model, request, monitor.report_progress, control, self._metrics)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         edited_path, preview_path = job.paths(settings.edited_template), job.paths(settings.preview_template)
@@ -251,28 +244,6 @@ class JobHandler:
                 "priority": job.priority,
             },
         }
-
-    def _infer_when_admitted(
-        self, request: InferenceRequest, monitor: JobMonitor, control: RunControl
-    ) -> InferenceResult:
-        """Run on Triton; a full queue is back-pressure, so the request is resent within this attempt.
-
-        Only when the job's deadline comes first does the refusal end the attempt (retried later).
-        """
-        pause = BUSY_FIRST_PAUSE_S
-        while True:
-            try:
-                return self._model.infer(request, on_progress=monitor.report_progress, control=control)
-            except BridgeError as error:
-                self._metrics.triton_errors.labels(type(error).__name__).inc()
-                if not isinstance(error, TritonBusyError):
-                    raise
-                wait = pause * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
-                if time.monotonic() + wait >= control.deadline:
-                    raise
-                if control.cancel.wait(wait):
-                    raise JobCancelledError("cancelled while Triton's queue was full") from None
-                pause = min(2 * pause, BUSY_MAX_PAUSE_S)
 
     def _fetch(self, job: JobMessage, template: str, what: str) -> bytes:
         missing = ErrorCode.ORIGINAL_MISSING if what == "original" else ErrorCode.MASK_MISSING
