@@ -43,12 +43,12 @@ class FleetConfig:
 
     bridges: int = 2
     concurrency: int = 2  # max_concurrent_jobs per bridge
-    # The bridge's own retry budget; Pub/Sub's dead-letter policy gets more, so the bridge decides first.
-    # Higher than deploy/config.env (5 and 10) because the subscription here has no retry backoff (see
-    # LocalJobSystem.create): a duplicate copy nacked while another bridge runs its job comes straight back,
-    # spending attempts in milliseconds that production spends over minutes of backoff.
+    # The bridge's own budget counts claims, so faults spend it: a job can meet all four, each costing a
+    # claim; hence more than deploy/config.env's 5. Pub/Sub's policy counts every delivery, and this emulator
+    # keeps delivering to a SIGKILLed bridge's dead stream (one message went there 10 times), so the policy
+    # gets the most Pub/Sub allows: the bridge decides first.
     max_delivery_attempts: int = 10
-    policy_attempts: int = 20
+    policy_attempts: int = 100
     ack_deadline_s: int = 10
     lease_s: float = 4.0
     progress_interval_s: float = 0.5
