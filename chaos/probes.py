@@ -5,6 +5,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([-+0-9.eEinfNa]+)$")
@@ -27,6 +28,11 @@ def scrape(url: str, timeout_s: float = 2.0) -> dict[str, float]:
 def total(samples: dict[str, float], name: str, label: str = "") -> float:
     """The sum of a family's samples whose labels contain `label`."""
     return sum(v for k, v in samples.items() if k.split("{")[0] == name and label in k)
+
+
+def bridges_total(http_ports: Iterable[int], name: str, label: str = "") -> float:
+    """`total` of one family summed over the bridges listening on `http_ports`."""
+    return sum(total(scrape(f"http://127.0.0.1:{port}/metrics"), name, label) for port in http_ports)
 
 
 def rss_bytes(pid: int) -> int:

@@ -99,13 +99,10 @@ def run_saturation(
             if published.count == len(burst) and report.oldest_age_s and report.oldest_age_s[-1][1] == 0:
                 break
         report.drained_s = time.monotonic() - started
-        report.triton_refusals = sum(
-            probes.total(
-                probes.scrape(f"http://127.0.0.1:{bridge.http_port}/metrics"),
-                "fluxfill_bridge_triton_errors_total",
-                '"TritonBusyError"',
-            )
-            for bridge in fleet.bridges
+        report.triton_refusals = probes.bridges_total(
+            (bridge.http_port for bridge in fleet.bridges),
+            "fluxfill_bridge_triton_errors_total",
+            '"TritonBusyError"',
         )
         documents = traffic.session_documents(fleet.jobs, burst)
     for document in documents.values():

@@ -91,12 +91,7 @@ def _jobs(count: int, seed: int, steps: int) -> list[PlannedJob]:
 
 
 def _sample(fleet: Fleet, series: dict[str, Series]) -> float:
-    done = sum(
-        probes.total(
-            probes.scrape(f"http://127.0.0.1:{b.http_port}/metrics"), "fluxfill_bridge_jobs_total", '"done"'
-        )
-        for b in fleet.bridges
-    )
+    done = probes.bridges_total((b.http_port for b in fleet.bridges), "fluxfill_bridge_jobs_total", '"done"')
     processes = [(b.name, pid) for b in fleet.bridges for pid in b.pids]
     processes += [(probes.triton_role(pid), pid) for pid in fleet.triton.pids]
     for name, pid in processes:
