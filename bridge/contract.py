@@ -8,13 +8,14 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from fluxfill.inpaint.contract import MAX_SEED
+from fluxfill.inpaint.contract import MAX_PROMPT_BYTES, MAX_SEED
 
 # Firebase uids are 28 characters and auto ids 20; path-safe characters only, so an id cannot climb the tree.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
-MAX_PROMPT_CHARS = 2000
+# Firestore reserves document ids of this form (and refuses the whole path with InvalidArgument).
+RESERVED_ID_PATTERN = r"__.*__"
 MAX_STEPS = 100
 
 # Storage object templates, filled with the validated ids only (never a path from the message).
@@ -65,7 +66,8 @@ class SessionField(StrEnum):
     STATUS = "status"
     PROGRESS = "progress"  # {step, total}
     ATTEMPT = "attempt"  # claims so far
-    OWNER = "owner"  # the bridge instance processing it
+    OWNER = "owner"  # the bridge instance processing it (for people: claims are fenced by claimId)
+    CLAIM_ID = "claimId"  # the current claim's fencing token: only its holder may renew, release or finish
     LEASE_EXPIRES_AT = "leaseExpiresAt"  # after this another bridge may claim it
     CANCEL_REQUESTED = "cancelRequested"  # written by the app: true asks the bridge to stop
     ERROR = "error"  # {code, message}
@@ -73,6 +75,7 @@ class SessionField(StrEnum):
     TIMINGS = "timings"  # seconds per phase: queue, download, inference, upload, total
     MODEL = "model"  # what produced the result: model, protocol, prompt, steps, guidance, seed, priority
     MESSAGE_ID = "messageId"
+    REPLAYED = "replayed"  # set by `fluxfill dlq replay`: {at, reason, previousError, previousAttempts}
     UPDATED_AT = "updatedAt"
     STARTED_AT = "startedAt"
     FINISHED_AT = "finishedAt"
@@ -83,7 +86,37 @@ DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"
 DEAD_LETTER_REASON_ATTRIBUTE = "fluxfillErrorMessage"
 DEAD_LETTER_MESSAGE_ID_ATTRIBUTE = "fluxfillOriginalMessageId"
 
-Identifier = Annotated[str, Field(pattern=ID_PATTERN)]
+
+def firestore_id_allowed(value: str) -> bool:
+    """Whether Firestore takes `value` as a document id: 1 to 1,500 bytes, no `/`, not `.`, `..`, `__*__`."""
+    return (
+        0 < len(value.encode()) <= 1500
+        and "/" not in value
+        and value not in {".", ".."}
+        and re.fullmatch(RESERVED_ID_PATTERN, value) is None
+    )
+
+
+def is_valid_id(value: str) -> bool:
+    """A user or session id the contract accepts: path-safe characters, and a Firestore document id."""
+    return re.fullmatch(ID_PATTERN, value) is not None and firestore_id_allowed(value)
+
+
+def _identifier(value: str) -> str:
+    if not firestore_id_allowed(value):
+        raise ValueError("ids of the form __name__ are reserved by Firestore")
+    return value
+
+
+def _prompt_within_limit(value: str) -> str:
+    size = len(value.encode("utf-8"))
+    if size > MAX_PROMPT_BYTES:
+        raise ValueError(f"is {size} bytes of UTF-8; the limit is {MAX_PROMPT_BYTES}")
+    return value
+
+
+Identifier = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(_identifier)]
+Prompt = Annotated[str, AfterValidator(_prompt_within_limit)]
 
 
 class JobMessage(BaseModel):
@@ -93,7 +126,7 @@ class JobMessage(BaseModel):
 
     userId: Identifier  # noqa: N815 (the wire names are camelCase)
     sessionId: Identifier  # noqa: N815
-    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    prompt: Prompt = ""
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
     guidance: float | None = Field(default=None, ge=0.0, le=100.0)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
@@ -143,6 +176,6 @@ def _valid_ids(payload: dict[str, Any]) -> tuple[str, str] | None:
     user, session = payload.get("userId"), payload.get("sessionId")
     if not (isinstance(user, str) and isinstance(session, str)):
         return None
-    if re.fullmatch(ID_PATTERN, user) and re.fullmatch(ID_PATTERN, session):
+    if is_valid_id(user) and is_valid_id(session):
         return user, session
     return None

@@ -8,9 +8,11 @@ BridgeError
 │   └── SessionTransientError     Firestore unavailable, aborted or contended transaction
 ├── PermanentJobError         the job itself is wrong: ack + failed record with `code`
 │   (invalid job, missing object, oversized object, bad image, input the model refuses)
+│   └── SessionRefusedError       Firestore refuses the session's path (InvalidArgument)
 └── RunStoppedError           the Triton run was stopped before it finished
     ├── JobCancelledError         the app asked to cancel, or the bridge is shutting down
-    └── JobDeadlineExceededError  the job's time limit passed: failed with `deadline_exceeded`
+    ├── JobDeadlineExceededError  the run's time limit passed: failed with `deadline_exceeded`
+    └── LeaseLostError            our claim is no longer current: stop, write nothing
 
 The handler alone decides what each means for the job; only the entry points ack or nack.
 """
@@ -50,6 +52,13 @@ class PermanentJobError(BridgeError):
         self.code = code
 
 
+class SessionRefusedError(PermanentJobError):
+    """Firestore refuses the session document's path: no attempt can ever write it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INVALID_JOB, message)
+
+
 class RunStoppedError(BridgeError):
     """The Triton run stopped early."""
 
@@ -60,3 +69,7 @@ class JobCancelledError(RunStoppedError):
 
 class JobDeadlineExceededError(RunStoppedError):
     """The job's deadline passed before the result came back."""
+
+
+class LeaseLostError(RunStoppedError):
+    """The claim could not be renewed in time, or another claim replaced it: nothing may be written."""

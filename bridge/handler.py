@@ -1,9 +1,11 @@
 """The job handler: one delivery in, one outcome out. It never acks or nacks; the entry points do."""
 
-import hashlib
+import math
 import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,7 +14,6 @@ import structlog
 from fluxfill.bridge import intake
 from fluxfill.bridge.admission import infer_when_admitted
 from fluxfill.bridge.contract import (
-    PREVIEW_MAX_SIDE,
     ErrorCode,
     InvalidJobError,
     JobMessage,
@@ -23,6 +24,7 @@ from fluxfill.bridge.contract import (
 from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
+    LeaseLostError,
     PermanentJobError,
     RetryableError,
     TritonUnavailableError,
@@ -41,16 +43,11 @@ from fluxfill.bridge.ports import (
     SessionStore,
 )
 from fluxfill.bridge.readiness import Readiness
+from fluxfill.bridge.results import result_fields, upload_results, uploaded_result
+from fluxfill.bridge.seeds import default_seed
 from fluxfill.bridge.settings import BridgeSettings
-from fluxfill.inpaint.contract import MAX_SEED
 
 logger = structlog.get_logger(__name__)
-
-
-def default_seed(job: JobMessage) -> int:
-    """A seed fixed by the session, so a retried job repaints exactly what an earlier attempt uploaded."""
-    digest = hashlib.sha256(f"{job.userId}/{job.sessionId}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & MAX_SEED
 
 
 class JobHandler:
@@ -111,39 +108,54 @@ class JobHandler:
             return self._claim_and_run(job, ref, delivery)
         except RetryableError as error:
             return Outcome(OutcomeKind.RETRY, reason=str(error))
+        except PermanentJobError as error:  # the session store itself refused the job (its path)
+            return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error))
 
     def _refuse(self, delivery: Delivery, error: InvalidJobError) -> Outcome:
+        finalize = None
         if error.ids is not None:
             user, session = error.ids
-            document = self._settings.session_template.format(userId=user, sessionId=session)
-            try:
-                self._sessions.finish(
-                    JobRef(document, delivery.message_id),
-                    None,
-                    JobStatus.FAILED,
-                    _error(error.code, str(error)),
-                )
-            except RetryableError as transient:
-                return Outcome(OutcomeKind.RETRY, reason=str(transient))
-        return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error))
+            ref = JobRef(self._settings.session_template.format(userId=user, sessionId=session), "")
+            failure = _error(error.code, str(error))
+
+            def finalize() -> None:
+                self._sessions.finish(ref, None, JobStatus.FAILED, failure)
+
+        return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error), finalize=finalize)
 
     def _claim_and_run(self, job: JobMessage, ref: JobRef, delivery: Delivery) -> Outcome:
         if self._readiness is not None and not self._readiness.ready:
             # Not claimed, so no attempt is spent while Triton is away.
             return Outcome(OutcomeKind.RETRY, reason="the model is not ready")
-        owner = self._settings.instance_id
-        claim = self._sessions.claim(ref, owner, self._settings.lease_s)
+        claim = self._sessions.claim(
+            ref,
+            claim_id=uuid.uuid4().hex,
+            owner=self._settings.instance_id,
+            lease_s=self._settings.lease_s,
+            max_attempts=self._settings.max_delivery_attempts,
+        )
         if claim.kind is not ClaimKind.CLAIMED:
-            return self._not_claimed(claim, ref)
+            return self._not_claimed(claim, ref, delivery)
+        claimed = _Claimed(ref, claim.claim_id, claim.attempt)
         # Claims count the attempts that did work: a delivery bounced unclaimed (another bridge's lease,
         # Triton away) spends none, while Pub/Sub's delivery_attempt counts those too.
-        attempt = claim.attempt
-        logger.info("job claimed", attempt=attempt, delivery_attempt=delivery.delivery_attempt)
-        control = RunControl(deadline=time.monotonic() + self._settings.job_deadline_s)
+        logger.info(
+            "job claimed",
+            attempt=claim.attempt,
+            delivery_attempt=delivery.delivery_attempt,
+            claimId=claimed.claim_id,
+        )
+        uploaded = uploaded_result(self._objects, job, self._settings)
+        if uploaded is not None:
+            # An earlier run uploaded the results and died before its final write: record them, run nothing.
+            logger.info("results already uploaded by an earlier attempt; recording them")
+            return self._end_done(claimed, uploaded)
+        # The job's deadline is set when inference starts: waiting on our own dependencies is not the job's.
+        control = RunControl(deadline=math.inf)
         monitor = JobMonitor(
             self._sessions,
             ref,
-            owner,
+            claimed.claim_id,
             lease_s=self._settings.lease_s,
             interval_s=self._settings.progress_interval_s,
             control=control,
@@ -151,33 +163,56 @@ class JobHandler:
         )
         try:
             with monitor:
-                fields = self._run(job, control, monitor, delivery)
+                fields = self._run(job, control, monitor, delivery, claimed)
         except Exception as error:  # a bug must not lose the job either: it is retried, then dead-lettered
-            return self._after_failure(error, ref, attempt, monitor)
-        if not self._sessions.finish(ref, owner, JobStatus.DONE, fields):
-            return Outcome(OutcomeKind.DUPLICATE, reason="finished meanwhile by someone else")
+            return self._after_failure(error, claimed, monitor)
+        return self._end_done(claimed, fields)
+
+    def _end_done(self, claimed: "_Claimed", fields: dict[str, Any]) -> Outcome:
+        if not self._sessions.finish(claimed.ref, claimed.claim_id, JobStatus.DONE, fields):
+            return _claim_taken_over()
         return Outcome(OutcomeKind.DONE)
 
-    def _not_claimed(self, claim: Claim, ref: JobRef) -> Outcome:
+    def _not_claimed(self, claim: Claim, ref: JobRef, delivery: Delivery) -> Outcome:
         if claim.kind is ClaimKind.FINISHED:
             return Outcome(OutcomeKind.DUPLICATE, reason=f"already {claim.status}")
         if claim.kind is ClaimKind.BUSY:
-            return Outcome(OutcomeKind.RETRY, reason="another bridge holds the job's lease")
+            if claim.holder_message_id and claim.holder_message_id != delivery.message_id:
+                # Another message of the same job runs under a live claim: that message stays unacked until
+                # the run ends, and comes back if it does not, so this copy is not needed.
+                return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
+            return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")
+        if claim.kind is ClaimKind.EXHAUSTED:
+            reason = (
+                f"gave up after {claim.attempt} attempts; last error: {claim.last_error or 'none recorded'}"
+            )
+            return self._dead_letter_exhausted(ref, reason)
         message = "cancelled by the app before it started"
         self._sessions.finish(ref, None, JobStatus.CANCELLED, _error(ErrorCode.CANCELLED, message))
         return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)
 
-    def _after_failure(self, error: Exception, ref: JobRef, attempt: int, monitor: JobMonitor) -> Outcome:
-        if isinstance(error, PermanentJobError):
-            return self._end(ref, JobStatus.FAILED, OutcomeKind.FAILED, error.code, str(error))
-        if isinstance(error, JobDeadlineExceededError):
-            reason = f"the job did not finish within {self._settings.job_deadline_s:g} s ({error})"
-            return self._end(ref, JobStatus.FAILED, OutcomeKind.FAILED, ErrorCode.DEADLINE_EXCEEDED, reason)
-        if isinstance(error, JobCancelledError):
-            if monitor.cancel_requested:
-                reason = "cancelled by the app"
-                return self._end(ref, JobStatus.CANCELLED, OutcomeKind.CANCELLED, ErrorCode.CANCELLED, reason)
-            return self._give_back(ref, f"stopped: {error}")
+    def _dead_letter_exhausted(self, ref: JobRef, reason: str) -> Outcome:
+        """Dead-letter first; the failed status is written only once the dead letter is published.
+
+        Should the publish fail, the message is nacked and its next delivery finds the job exhausted again
+        (claims refuse it), so the dead letter is retried rather than lost.
+        """
+        failure = _error(ErrorCode.RETRIES_EXHAUSTED, reason)
+
+        def finalize() -> None:
+            self._sessions.finish(ref, None, JobStatus.FAILED, failure)
+
+        return Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.RETRIES_EXHAUSTED, reason, finalize=finalize)
+
+    def _after_failure(self, error: Exception, claimed: "_Claimed", monitor: JobMonitor) -> Outcome:
+        if monitor.lease_lost or isinstance(error, LeaseLostError):
+            # Not ours any more: write nothing; the message comes back to whoever holds the job now.
+            return Outcome(OutcomeKind.RETRY, reason=f"the claim was lost: {error}")
+        ending = self._ending_for(error, monitor)
+        if ending is not None:
+            return self._end(claimed, ending)
+        if isinstance(error, JobCancelledError):  # the bridge's shutdown, or Triton on its own
+            return self._give_back(claimed, f"stopped: {error}")
         if isinstance(error, TritonUnavailableError) and self._readiness is not None:
             self._readiness.mark_unready(str(error))
         if not isinstance(error, RetryableError):
@@ -185,10 +220,31 @@ class JobHandler:
         reason = (
             str(error) if isinstance(error, RetryableError) else f"internal error: {type(error).__name__}"
         )
-        return self._retry_or_exhaust(ref, attempt, reason)
+        if claimed.attempt < self._settings.max_delivery_attempts:
+            return self._give_back(claimed, reason)
+        # Released first, so the exhausted job is never left under this claim's lease.
+        self._sessions.release(claimed.ref, claimed.claim_id, reason)
+        exhausted = f"gave up after {claimed.attempt} attempts; last error: {reason}"
+        return self._dead_letter_exhausted(claimed.ref, exhausted)
+
+    def _ending_for(self, error: Exception, monitor: JobMonitor) -> Outcome | None:
+        """The terminal outcome a run's error means, or None when the job may be tried again."""
+        if isinstance(error, PermanentJobError):
+            return Outcome(OutcomeKind.FAILED, error.code, str(error))
+        if isinstance(error, JobDeadlineExceededError):
+            reason = f"the run did not finish within {self._settings.job_deadline_s:g} s ({error})"
+            return Outcome(OutcomeKind.FAILED, ErrorCode.DEADLINE_EXCEEDED, reason)
+        if isinstance(error, JobCancelledError) and monitor.cancel_requested:
+            return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, "cancelled by the app")
+        return None
 
     def _run(
-        self, job: JobMessage, control: RunControl, monitor: JobMonitor, delivery: Delivery
+        self,
+        job: JobMessage,
+        control: RunControl,
+        monitor: JobMonitor,
+        delivery: Delivery,
+        claimed: "_Claimed",
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
@@ -209,15 +265,12 @@ class JobHandler:
         if control.cancel.is_set():
             raise JobCancelledError("cancel requested before inference")
         phase_start = time.monotonic()
+        control.deadline = phase_start + settings.job_deadline_s
         result = infer_when_admitted(self._model, request, monitor.report_progress, control, self._metrics)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
-        edited_path, preview_path = job.paths(settings.edited_template), job.paths(settings.preview_template)
-        # Create-only: an earlier attempt's upload (same seed, same image) counts as done.
-        self._objects.create(edited_path, intake.encode_png(result.image), "image/png")
-        self._objects.create(
-            preview_path, intake.encode_preview(result.image, PREVIEW_MAX_SIDE), "image/jpeg"
-        )
+        self._confirm_claim(claimed, monitor)
+        paths = upload_results(self._objects, job, settings, result.image)
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
         if delivery.publish_time is not None:
@@ -225,39 +278,13 @@ class JobHandler:
                 0.0, (self._now() - delivery.publish_time).total_seconds() - timings["total"]
             )
         total_steps = monitor.steps_seen[-1][1] if monitor.steps_seen else None
-        return {
-            SessionField.PROGRESS: {"step": total_steps, "total": total_steps},
-            SessionField.RESULT: {
-                "paths": {"edited": edited_path, "preview": preview_path},
-                "width": width,
-                "height": height,
-                "seed": result.seed,
-            },
-            SessionField.TIMINGS: timings,
-            SessionField.MODEL: {
-                "model": self._model.name,
-                "protocol": self._model.protocol,
-                "prompt": job.prompt,
-                "steps": job.steps,
-                "guidance": job.guidance,
-                "seed": result.seed,
-                "priority": job.priority,
-            },
-        }
+        fields = result_fields(
+            job, self._model, paths, (width, height), seed=result.seed, total_steps=total_steps
+        )
+        return {**fields, SessionField.TIMINGS: timings}
 
     def _fetch(self, job: JobMessage, template: str, what: str) -> bytes:
-        missing = ErrorCode.ORIGINAL_MISSING if what == "original" else ErrorCode.MASK_MISSING
-        pattern = job.paths(template)
-        info = self._objects.find(pattern)
-        if info is None:
-            raise PermanentJobError(missing, f"the {what} {pattern} does not exist in the bucket")
-        if info.size > self._settings.max_object_bytes:
-            raise PermanentJobError(
-                ErrorCode.OBJECT_TOO_LARGE,
-                f"the {what} {info.path} is {info.size} bytes, more than the limit of "
-                f"{self._settings.max_object_bytes}; it was not downloaded",
-            )
-        data = self._objects.read(info)
+        data = intake.fetch(self._objects, job.paths(template), what, self._settings.max_object_bytes)
         self._metrics.downloaded_bytes.inc(len(data))
         return data
 
@@ -266,26 +293,38 @@ class JobHandler:
         self._metrics.phase.labels(name).observe(seconds)
         return seconds
 
-    def _end(
-        self, ref: JobRef, status: JobStatus, kind: OutcomeKind, code: ErrorCode, reason: str
-    ) -> Outcome:
-        if not self._sessions.finish(ref, self._settings.instance_id, status, _error(code, reason)):
-            return Outcome(OutcomeKind.DUPLICATE, reason="finished meanwhile by someone else")
-        return Outcome(kind, code, reason)
+    def _confirm_claim(self, claimed: "_Claimed", monitor: JobMonitor) -> None:
+        """Results are written only while our claim is current: asked of the store right before the upload."""
+        if monitor.lease_lost:
+            raise LeaseLostError("the lease could not be renewed while the job ran")
+        beat = self._sessions.heartbeat(claimed.ref, claimed.claim_id, self._settings.lease_s, None)
+        if not beat.still_owner:
+            raise LeaseLostError("another claim took the job over before the upload")
 
-    def _give_back(self, ref: JobRef, reason: str) -> Outcome:
-        self._sessions.release(ref, self._settings.instance_id, reason)
+    def _end(self, claimed: "_Claimed", ending: Outcome) -> Outcome:
+        status = JobStatus.CANCELLED if ending.kind is OutcomeKind.CANCELLED else JobStatus.FAILED
+        code = ending.code or ErrorCode.INVALID_JOB
+        if not self._sessions.finish(claimed.ref, claimed.claim_id, status, _error(code, ending.reason)):
+            return _claim_taken_over()
+        return ending
+
+    def _give_back(self, claimed: "_Claimed", reason: str) -> Outcome:
+        self._sessions.release(claimed.ref, claimed.claim_id, reason)
         return Outcome(OutcomeKind.RETRY, reason=reason)
 
-    def _retry_or_exhaust(self, ref: JobRef, attempt: int, reason: str) -> Outcome:
-        if attempt < self._settings.max_delivery_attempts:
-            return self._give_back(ref, reason)
-        exhausted = f"gave up after {attempt} attempts; last error: {reason}"
-        if not self._sessions.finish(
-            ref, self._settings.instance_id, JobStatus.FAILED, _error(ErrorCode.RETRIES_EXHAUSTED, exhausted)
-        ):
-            return Outcome(OutcomeKind.DUPLICATE, reason="finished meanwhile by someone else")
-        return Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.RETRIES_EXHAUSTED, exhausted)
+
+@dataclass(frozen=True)
+class _Claimed:
+    """A job under our claim: its session, the fencing token every write carries, the attempt number."""
+
+    ref: JobRef
+    claim_id: str
+    attempt: int
+
+
+def _claim_taken_over() -> Outcome:
+    # Redelivered: a job finished meanwhile is then acked as a duplicate; one still running is left alone.
+    return Outcome(OutcomeKind.RETRY, reason="the claim is no longer current; not recorded")
 
 
 def _error(code: ErrorCode, message: str) -> dict[str, Any]:

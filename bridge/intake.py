@@ -18,10 +18,26 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.ports import ObjectStore
 
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 ASPECT_TOLERANCE = 0.01
+
+
+def fetch(objects: ObjectStore, pattern: str, what: str, max_bytes: int) -> bytes:
+    """The original's or mask's bytes; refused from its metadata, unread, when missing or over `max_bytes`."""
+    info = objects.find(pattern)
+    if info is None:
+        missing = ErrorCode.ORIGINAL_MISSING if what == "original" else ErrorCode.MASK_MISSING
+        raise PermanentJobError(missing, f"the {what} {pattern} does not exist in the bucket")
+    if info.size > max_bytes:
+        raise PermanentJobError(
+            ErrorCode.OBJECT_TOO_LARGE,
+            f"the {what} {info.path} is {info.size} bytes, more than the limit of {max_bytes}; "
+            "it was not downloaded",
+        )
+    return objects.read(info)
 
 
 def sniff_format(data: bytes) -> str | None:

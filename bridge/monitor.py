@@ -1,4 +1,8 @@
-"""Watch a running job: renew its lease, write progress at most once per interval, notice a cancel."""
+"""Watch a running job: renew its lease, write progress at most once per interval, notice a cancel.
+
+A run whose lease cannot be renewed for LEASE_LOSS_FRACTION of the lease stops: by then another bridge may
+be about to take the job over, and a holder that cannot renew must stop rather than hope.
+"""
 
 import threading
 import time
@@ -12,6 +16,8 @@ from fluxfill.bridge.ports import JobRef, RunControl, SessionStore
 logger = structlog.get_logger(__name__)
 # How often the watcher wakes to notice the bridge's hard stop between heartbeats.
 _WAKE_S = 0.05
+# Failed renewals for this share of the lease stop the run, leaving margin for clocks and the final writes.
+LEASE_LOSS_FRACTION = 0.75
 
 
 class JobMonitor:
@@ -21,7 +27,7 @@ class JobMonitor:
         self,
         sessions: SessionStore,
         job: JobRef,
-        owner: str,
+        claim_id: str,
         *,
         lease_s: float,
         interval_s: float,
@@ -30,7 +36,8 @@ class JobMonitor:
     ) -> None:
         self._sessions = sessions
         self._job = job
-        self._owner = owner
+        self._claim_id = claim_id
+        self._renewed_at = time.monotonic()
         self._lease_s = lease_s
         self._interval_s = interval_s
         self._control = control
@@ -65,19 +72,29 @@ class JobMonitor:
         with self._lock:
             progress = self._progress if self._progress != self._written else None
         try:
-            beat = self._sessions.heartbeat(self._job, self._owner, self._lease_s, progress)
+            beat = self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, progress)
         except RetryableError as error:
-            # A missed heartbeat only shortens the lease margin; the next one tries again.
-            logger.warning("heartbeat failed", error=str(error))
+            unrenewed_s = time.monotonic() - self._renewed_at
+            if unrenewed_s < LEASE_LOSS_FRACTION * self._lease_s:
+                # A missed heartbeat only shortens the lease margin; the next one tries again.
+                logger.warning("heartbeat failed", error=str(error), unrenewed_s=round(unrenewed_s, 1))
+                return
+            self._lose_lease(f"the lease was not renewed for {unrenewed_s:.0f} s: {error}")
             return
+        if beat.still_owner:
+            self._renewed_at = time.monotonic()
         if progress is not None:
             self._written = progress
         if beat.cancel_requested and not self.cancel_requested:
             logger.info("cancel requested by the app")
             self.cancel_requested = True
             self._control.cancel.set()
-        if not beat.still_owner and not self.lease_lost:
-            logger.warning("lease lost to another bridge; stopping the run")
+        if not beat.still_owner:
+            self._lose_lease("another claim replaced ours")
+
+    def _lose_lease(self, reason: str) -> None:
+        if not self.lease_lost:
+            logger.warning("lease lost; stopping the run and writing nothing", reason=reason)
             self.lease_lost = True
             self._control.cancel.set()
 

@@ -1,6 +1,6 @@
 """What the handler gets (a delivery) and decides (an outcome), shared by it and the entry points."""
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -32,11 +32,16 @@ class OutcomeKind(StrEnum):
 
 @dataclass(frozen=True)
 class Outcome:
-    """The handler's decision, with the error code and sentence where there is one."""
+    """The handler's decision, with the error code and sentence where there is one.
+
+    `finalize` (dead letters only) records the job's end; it runs only once the dead letter is published, so
+    a failed publish leaves the job to its next delivery instead of ending it without a dead letter.
+    """
 
     kind: OutcomeKind
     code: ErrorCode | None = None
     reason: str = ""
+    finalize: Callable[[], None] | None = field(default=None, compare=False)
 
     @property
     def ack(self) -> bool:

@@ -45,17 +45,26 @@ class ClaimKind(Enum):
 
     CLAIMED = "claimed"  # ours now: run it
     FINISHED = "finished"  # already terminal: a duplicate delivery
-    BUSY = "busy"  # another bridge holds an unexpired lease
+    BUSY = "busy"  # a live lease is held (by another bridge, or by another run of this one)
     CANCEL_REQUESTED = "cancel_requested"  # the app cancelled before any bridge started it
+    EXHAUSTED = "exhausted"  # max attempts were claimed already: dead-letter it, never run it again
 
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of a transactional claim; `attempt` counts claims including this one."""
+    """The outcome of a transactional claim; `attempt` counts claims including this one.
+
+    `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
+    `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
+    the earlier attempts failed.
+    """
 
     kind: ClaimKind
     attempt: int = 0
     status: JobStatus | None = None
+    claim_id: str = ""
+    holder_message_id: str = ""
+    last_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,21 +84,21 @@ class JobRef:
 
 
 class SessionStore(Protocol):
-    """The session documents; every write checks ownership and never leaves a terminal state."""
+    """The session documents; every write is fenced by the claim id and never leaves a terminal state."""
 
-    def claim(self, job: JobRef, owner: str, lease_s: float) -> Claim:
-        """Move the job to processing with `owner` and a lease, unless it is terminal or leased by another."""
+    def claim(self, job: JobRef, *, claim_id: str, owner: str, lease_s: float, max_attempts: int) -> Claim:
+        """Move the job to processing under `claim_id`, unless terminal, leased, cancelled or exhausted."""
 
     def heartbeat(
-        self, job: JobRef, owner: str, lease_s: float, progress: tuple[int, int] | None
+        self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
         """Extend the lease, write progress if given, and read the app's cancel request."""
 
-    def release(self, job: JobRef, owner: str, reason: str) -> None:
+    def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """Give a claimed job back (status queued) so a redelivery can claim it at once."""
 
-    def finish(self, job: JobRef, owner: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
-        """Write a terminal status; False when terminal, or not ours (owner None: leased by anyone)."""
+    def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
+        """Write a terminal status; False when terminal, or `claim_id` is not current (None: unleased)."""
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,24 @@ class PullRunner:
         self._stop = threading.Event()
 
     def _on_message(self, message: Any) -> None:
+        """Never raises: an exception here would end the stream and open another beside it."""
+        try:
+            acked = self._settle(message)
+        except Exception:  # a bug must neither lose the message nor restart the stream
+            logger.exception("unexpected error in the pull callback; nacking")
+            acked = False
+        with contextlib.suppress(Exception):  # a closed stream: the message comes back anyway
+            if acked:
+                message.ack()
+            else:
+                message.nack()
+
+    def _settle(self, message: Any) -> bool:
         if not self._bridge.readiness.wait_until_ready(self._stop):
-            message.nack()
-            return
+            return False
         delivery = delivery_of(message)
         outcome = self._bridge.handler.handle(delivery)
-        if should_ack(outcome, delivery, self._bridge.dead_letters):
-            message.ack()
-        else:
-            message.nack()
+        return should_ack(outcome, delivery, self._bridge.dead_letters)
 
     def run(self, stop: threading.Event, drained: threading.Event) -> None:
         """Pull until `stop` is set, then close the stream once `drained` says no job is left in flight.
@@ -78,6 +87,7 @@ class PullRunner:
             if future.done():
                 # The stream failed for good (the library retries transient errors itself): start anew.
                 logger.error("streaming pull ended; subscribing again", error=str(future.exception()))
+                future.cancel()  # never two streams at once
                 future = self._subscriber.subscribe(
                     self._path, self._on_message, flow_control=self._flow, await_callbacks_on_shutdown=True
                 )

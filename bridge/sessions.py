@@ -1,7 +1,9 @@
 """The session document's state machine, as pure functions of the document read inside a transaction.
 
 Both the Firestore adapter and the unit tests' in-memory store apply these, so the rules live in one place:
-a terminal status is never left, a live lease of another owner is respected, an expired one is taken over.
+a terminal status is never left; a live lease is respected whoever holds it (the same bridge included: a
+second delivery of a running job is never claimed twice); every claim gets a fresh `claimId`, a fencing token,
+and heartbeat, release and finish act only for the current one; attempts are limited at claim time.
 """
 
 from collections.abc import Mapping
@@ -23,47 +25,71 @@ def _status(document: Document | None) -> JobStatus | None:
         return None
 
 
-def _leased_by_other(document: Document, owner: str, now: datetime) -> bool:
-    if _status(document) is not JobStatus.PROCESSING or document.get(SessionField.OWNER) == owner:
+def _leased(document: Document, now: datetime) -> bool:
+    if _status(document) is not JobStatus.PROCESSING:
         return False
     expires = document.get(SessionField.LEASE_EXPIRES_AT)
     return isinstance(expires, datetime) and expires > now
 
 
+def _held_by(document: Document, claim_id: str) -> bool:
+    return _status(document) is JobStatus.PROCESSING and document.get(SessionField.CLAIM_ID) == claim_id
+
+
+def _last_error(document: Document) -> str:
+    error = document.get(SessionField.ERROR)
+    return str(error.get("message", "")) if isinstance(error, Mapping) else ""
+
+
 def claim(
-    document: Document | None, owner: str, now: datetime, lease_s: float, message_id: str
+    document: Document | None,
+    *,
+    claim_id: str,
+    owner: str,
+    now: datetime,
+    lease_s: float,
+    message_id: str,
+    max_attempts: int,
 ) -> tuple[Claim, Update | None]:
     """What a claim finds, and the fields to write (None: write nothing)."""
     status = _status(document)
+    current = document or {}
     if status in TERMINAL_STATUSES:
         return Claim(ClaimKind.FINISHED, status=status), None
-    current = document or {}
     if current.get(SessionField.CANCEL_REQUESTED) is True:
         return Claim(ClaimKind.CANCEL_REQUESTED, status=status), None
-    if _leased_by_other(current, owner, now):
-        return Claim(ClaimKind.BUSY, status=status), None
-    attempt = int(current.get(SessionField.ATTEMPT) or 0) + 1
+    attempts = int(current.get(SessionField.ATTEMPT) or 0)
+    if _leased(current, now):
+        holder = str(current.get(SessionField.MESSAGE_ID) or "")
+        return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder), None
+    if attempts >= max_attempts:
+        # Checked here, not only after a retryable error: a job that kills its bridge comes back unclaimed.
+        return Claim(ClaimKind.EXHAUSTED, attempts, status, last_error=_last_error(current)), None
     update: Update = {
         SessionField.STATUS: JobStatus.PROCESSING.value,
+        SessionField.CLAIM_ID: claim_id,
         SessionField.OWNER: owner,
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
-        SessionField.ATTEMPT: attempt,
+        SessionField.ATTEMPT: attempts + 1,
         SessionField.MESSAGE_ID: message_id,
         SessionField.PROGRESS: {"step": 0, "total": None},
         SessionField.STARTED_AT: now,
         SessionField.UPDATED_AT: now,
     }
-    return Claim(ClaimKind.CLAIMED, attempt=attempt, status=JobStatus.PROCESSING), update
+    return Claim(ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id), update
 
 
 def heartbeat(
-    document: Document | None, owner: str, now: datetime, lease_s: float, progress: tuple[int, int] | None
+    document: Document | None,
+    claim_id: str,
+    now: datetime,
+    lease_s: float,
+    progress: tuple[int, int] | None,
 ) -> tuple[Heartbeat, Update | None]:
-    """Renew our lease (and record progress) while the document is still ours and processing."""
+    """Renew the lease (and record progress) while `claim_id` is still the current claim."""
     current = document or {}
     cancel = current.get(SessionField.CANCEL_REQUESTED) is True
-    ours = _status(current) is JobStatus.PROCESSING and current.get(SessionField.OWNER) == owner
-    if not ours:
+    if not _held_by(current, claim_id):
         return Heartbeat(cancel_requested=cancel, still_owner=False), None
     update: Update = {
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
@@ -74,14 +100,15 @@ def heartbeat(
     return Heartbeat(cancel_requested=cancel, still_owner=True), update
 
 
-def release(document: Document | None, owner: str, now: datetime, reason: str) -> Update | None:
-    """Back to queued, lease cleared, so a redelivery is claimed at once; only by the owner."""
+def release(document: Document | None, claim_id: str, now: datetime, reason: str) -> Update | None:
+    """Back to queued, lease cleared, so a redelivery is claimed at once; only by the current claim."""
     current = document or {}
-    if _status(current) is not JobStatus.PROCESSING or current.get(SessionField.OWNER) != owner:
+    if not _held_by(current, claim_id):
         return None
     return {
         SessionField.STATUS: JobStatus.QUEUED.value,
         SessionField.OWNER: None,
+        SessionField.CLAIM_ID: None,
         SessionField.LEASE_EXPIRES_AT: None,
         SessionField.ERROR: {"code": "retrying", "message": reason},
         SessionField.UPDATED_AT: now,
@@ -89,18 +116,23 @@ def release(document: Document | None, owner: str, now: datetime, reason: str) -
 
 
 def finish(
-    document: Document | None, owner: str | None, now: datetime, status: JobStatus, fields: Mapping[str, Any]
+    document: Document | None,
+    claim_id: str | None,
+    now: datetime,
+    status: JobStatus,
+    fields: Mapping[str, Any],
 ) -> Update | None:
-    """The terminal write, or None when the document is already terminal or (with an owner) not ours."""
+    """The terminal write, or None when the document is terminal, or `claim_id` is not the current claim.
+
+    Without a claim id (an invalid duplicate, an early cancel, an exhausted job) a job under a live lease is
+    left to the bridge holding it.
+    """
     current = document or {}
     if _status(current) in TERMINAL_STATUSES:
         return None
-    # Without an owner (an invalid duplicate, an early cancel) a job another bridge runs is left to it.
-    if owner is None and _leased_by_other(current, "", now):
+    if claim_id is None and _leased(current, now):
         return None
-    if owner is not None and (
-        _status(current) is not JobStatus.PROCESSING or current.get(SessionField.OWNER) != owner
-    ):
+    if claim_id is not None and not _held_by(current, claim_id):
         return None
     update: Update = {
         SessionField.STATUS: status.value,

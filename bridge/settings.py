@@ -1,5 +1,7 @@
 """The bridge's one typed settings object, read from `FLUXFILL_BRIDGE_*` environment variables."""
 
+import os
+import secrets
 import socket
 from typing import Literal
 
@@ -91,7 +93,9 @@ class BridgeSettings(BaseSettings):
         "INFO", description="least severity logged"
     )
     instance_id: str = Field(
-        default_factory=socket.gethostname, description="this bridge's name in claims; default the hostname"
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}",
+        description="this bridge's name in logs and the session's `owner` (claims are fenced by a "
+        "fresh claim id each); default the hostname plus pid and a random suffix",
     )
 
     @model_validator(mode="after")

@@ -15,8 +15,10 @@ def should_ack(outcome: Outcome, delivery: Delivery, dead_letters: DeadLetterSin
     if outcome.kind is not OutcomeKind.DEAD_LETTER:
         return outcome.ack
     if dead_letters is None:
-        # Nothing may be lost: the subscription's own dead-letter policy, if any, moves it after its attempts.
+        # Nothing may be lost: the subscription's own dead-letter policy, if any, moves it after its attempts;
+        # the session records the failure meanwhile.
         logger.error("no dead-letter topic configured; nacking", code=outcome.code, reason=outcome.reason)
+        _finalize(outcome)
         return False
     attributes = {**delivery.attributes, DEAD_LETTER_MESSAGE_ID_ATTRIBUTE: delivery.message_id}
     try:
@@ -25,4 +27,16 @@ def should_ack(outcome: Outcome, delivery: Delivery, dead_letters: DeadLetterSin
         logger.error("dead-lettering failed; nacking", error=str(error))
         return False
     logger.warning("dead-lettered", code=outcome.code)
+    # A redelivery after a failed final write finds the dead letter in the ledger and writes again.
+    return _finalize(outcome)
+
+
+def _finalize(outcome: Outcome) -> bool:
+    if outcome.finalize is None:
+        return True
+    try:
+        outcome.finalize()
+    except RetryableError as error:
+        logger.error("dead-lettered, but the session's end was not recorded; nacking", error=str(error))
+        return False
     return True

@@ -1,9 +1,11 @@
 """`fluxfill dlq`: read the dead-letter subscription with each job's failure reason, and replay jobs.
 
 Listing leases the messages only while reading them, then hands them straight back (ack deadline 0), so a
-listing never consumes anything. A replay resets the session to queued, republishes the original data to
-the jobs topic without the bridge's dead-letter attributes, and only then acks the dead letter; copies of one
-message (same `fluxfillOriginalMessageId`) are republished once and all acked.
+listing never consumes anything. A replay starts the session afresh (queued, attempts reset, the old error
+kept under `replayed`), republishes the original data to the jobs topic without the bridge's dead-letter
+attributes, and only then acks the dead letter; copies of one message (same `fluxfillOriginalMessageId`) are
+republished once and all acked. A dead letter that is not a valid job, or whose session runs under a live
+claim, is refused with its reason and stays in the queue.
 """
 
 from collections.abc import Callable
@@ -54,6 +56,22 @@ class DeadLetter:
         """Selected by its message id, its original message id, or its session id."""
         original = self.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE)
         return wanted in {self.message_id, original, self.ref.session if self.ref else None}
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """What a replay did: the dead letters republished, and those refused with the reason."""
+
+    replayed: list[DeadLetter]
+    refused: list[tuple[DeadLetter, str]]
+
+
+def _not_a_job(letter: DeadLetter) -> str | None:
+    try:
+        parse_job(letter.data)
+    except InvalidJobError as error:
+        return f"not a valid job ({error.code.value}): replaying it would only dead-letter it again"
+    return None
 
 
 def _ref(data: bytes) -> SessionRef | None:
@@ -128,25 +146,29 @@ class DeadLetterQueue:
         self._settle([], [letter.ack_id for letter in letters])
         return letters
 
-    def replay(self, selected: Callable[[DeadLetter], bool]) -> list[DeadLetter]:
-        """Requeue and republish the selected dead letters, then ack them; the rest stay."""
+    def replay(self, selected: Callable[[DeadLetter], bool], reason: str = "replayed") -> ReplayReport:
+        """Start the selected jobs afresh and republish them, then ack their dead letters; the rest stay."""
         letters = self._pull_all()
-        replayed: list[DeadLetter] = []
+        report = ReplayReport([], [])
         copies: list[DeadLetter] = []  # of a message replayed above: acked, not republished
         try:
             for letter in letters:
                 if not selected(letter):
                     continue
-                if any(letter.origin == done.origin for done in replayed):
+                if any(letter.origin == done.origin for done in report.replayed):
                     copies.append(letter)
                     continue
-                if letter.ref is not None:
-                    self._jobs.requeue(letter.ref)
+                refusal = _not_a_job(letter)
+                if refusal is None and letter.ref is not None:
+                    refusal = self._jobs.requeue(letter.ref, reason)
+                if refusal is not None:
+                    report.refused.append((letter, refusal))
+                    continue
                 attributes = {k: v for k, v in letter.attributes.items() if k not in _BRIDGE_ATTRIBUTES}
                 self._jobs.publish(letter.data, attributes)
-                replayed.append(letter)
+                report.replayed.append(letter)
         finally:
-            # Whatever was not replayed (a failure midway included) goes back to the queue.
-            done = [letter.ack_id for letter in replayed + copies]
+            # Whatever was not replayed (a refusal or a failure midway included) goes back to the queue.
+            done = [letter.ack_id for letter in report.replayed + copies]
             self._settle(done, [letter.ack_id for letter in letters if letter.ack_id not in done])
-        return replayed
+        return report

@@ -19,6 +19,7 @@ from typing import Any
 from google.api_core import exceptions as api
 from PIL import Image
 
+from fluxfill.bridge.adapters.pubsub import publish_message
 from fluxfill.bridge.contract import (
     DEFAULT_MASK_TEMPLATE,
     DEFAULT_ORIGINAL_TEMPLATE,
@@ -180,7 +181,8 @@ class JobSystem:
         publisher = self.client("publisher")
         topic = publisher.topic_path(self.settings.project, self.settings.topic)
         with google_errors(f"publish to {topic}"):
-            return str(publisher.publish(topic, data, **attributes).result(timeout=PUBLISH_TIMEOUT_S))
+            # Attributes are data: any name (`timeout`, `retry` ...) must reach Pub/Sub, not the call.
+            return publish_message(publisher, topic, data, attributes, PUBLISH_TIMEOUT_S)
 
     def session(self, ref: SessionRef) -> dict[str, Any] | None:
         """The session document now, or None if there is none."""
@@ -213,33 +215,51 @@ class JobSystem:
         with google_errors(f"request cancellation of {ref.document}"):
             return str(mark(self.client("firestore").transaction()))
 
-    def requeue(self, ref: SessionRef) -> bool:
-        """Put a failed or cancelled session back to queued for a replay; False if it is done or missing."""
+    def requeue(self, ref: SessionRef, reason: str) -> str | None:
+        """Start a session afresh for a replay; None when done, else why it was not (a live claim runs it).
+
+        Afresh means: queued, attempts back to 0, the old error cleared, no claim, and `replayed` recording
+        when, why and what the previous error was. A done session is left as it is (a replay acks as a
+        duplicate); a missing one is created by the bridge's claim.
+        """
         from google.cloud import firestore
 
         reference = self.client("firestore").document(ref.document)
 
         @firestore.transactional
-        def reset(transaction: Any) -> bool:
+        def reset(transaction: Any) -> str | None:
             snapshot = reference.get(transaction=transaction)
             document = snapshot.to_dict() if snapshot.exists else None
             if document is None or document.get(SessionField.STATUS.value) == JobStatus.DONE.value:
-                return False
+                return None
+            expires = document.get(SessionField.LEASE_EXPIRES_AT.value)
+            processing = document.get(SessionField.STATUS.value) == JobStatus.PROCESSING.value
+            if processing and isinstance(expires, datetime) and expires > now():
+                return f"{ref.document} is processing under a live claim (until {expires.isoformat()})"
             transaction.update(
                 reference,
                 {
                     SessionField.STATUS.value: JobStatus.QUEUED.value,
+                    SessionField.ATTEMPT.value: 0,
                     SessionField.ERROR.value: None,
                     SessionField.CANCEL_REQUESTED.value: False,
                     SessionField.OWNER.value: None,
+                    SessionField.CLAIM_ID.value: None,
                     SessionField.LEASE_EXPIRES_AT.value: None,
+                    SessionField.REPLAYED.value: {
+                        "at": now(),
+                        "reason": reason,
+                        "previousError": document.get(SessionField.ERROR.value),
+                        "previousAttempts": document.get(SessionField.ATTEMPT.value),
+                    },
                     SessionField.UPDATED_AT.value: now(),
                 },
             )
-            return True
+            return None
 
         with google_errors(f"requeue {ref.document}"):
-            return bool(reset(self.client("firestore").transaction()))
+            refusal: str | None = reset(self.client("firestore").transaction())
+        return refusal
 
     def require(self, *names: str) -> None:
         """Raise InvalidInputError for the first of these settings that is empty."""

@@ -20,6 +20,9 @@ PRIORITY_URGENT, PRIORITY_BULK = 1, 2
 # A mask value at or above this threshold marks a pixel to repaint.
 MASK_THRESHOLD = 128
 MAX_SEED = 2**63 - 1
+# A prompt longer than this (UTF-8 bytes) cannot be meant; T5 only reads max_sequence_length tokens anyway.
+# The model refuses more, and the bridge refuses a job asking for more before it downloads anything.
+MAX_PROMPT_BYTES = 4096
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from google.api_core import exceptions as api
 from google.cloud import firestore
 
 from fluxfill.bridge import sessions
-from fluxfill.bridge.contract import ErrorCode, JobStatus
-from fluxfill.bridge.errors import SessionTransientError
+from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
+from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError
 from fluxfill.bridge.ports import Claim, Heartbeat, JobRef
 
 T = TypeVar("T")
@@ -24,9 +24,15 @@ _CONTENTION = "Failed to commit transaction"
 
 @contextmanager
 def firestore_errors(action: str) -> Iterator[None]:
-    """The boundary: Firestore failures, contention included, become SessionTransientError."""
+    """The boundary: Firestore failures, contention included, become SessionTransientError.
+
+    InvalidArgument is the exception: Firestore refuses the request itself (a reserved or malformed path),
+    and will refuse it however often it is retried.
+    """
     try:
         yield
+    except api.InvalidArgument as error:
+        raise SessionRefusedError(f"firestore refused to {action}: {error.message}") from None
     except (api.GoogleAPICallError, api.RetryError) as error:
         raise SessionTransientError(f"firestore failed to {action}: {error}") from None
     except ValueError as error:
@@ -60,37 +66,45 @@ class FirestoreSessions:
         with firestore_errors(action):
             return run(self._client.transaction(max_attempts=5))  # type: ignore[no-any-return]
 
-    def claim(self, job: JobRef, owner: str, lease_s: float) -> Claim:
+    def claim(self, job: JobRef, *, claim_id: str, owner: str, lease_s: float, max_attempts: int) -> Claim:
         """See SessionStore.claim."""
         return self._transact(
             job.document,
             "claim the job",
-            lambda document, now: sessions.claim(document, owner, now, lease_s, job.message_id),
+            lambda document, now: sessions.claim(
+                document,
+                claim_id=claim_id,
+                owner=owner,
+                now=now,
+                lease_s=lease_s,
+                message_id=job.message_id,
+                max_attempts=max_attempts,
+            ),
         )
 
     def heartbeat(
-        self, job: JobRef, owner: str, lease_s: float, progress: tuple[int, int] | None
+        self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
         """See SessionStore.heartbeat."""
         return self._transact(
             job.document,
             "renew the lease",
-            lambda document, now: sessions.heartbeat(document, owner, now, lease_s, progress),
+            lambda document, now: sessions.heartbeat(document, claim_id, now, lease_s, progress),
         )
 
-    def release(self, job: JobRef, owner: str, reason: str) -> None:
+    def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """See SessionStore.release."""
         self._transact(
             job.document,
             "give the job back",
-            lambda document, now: (None, sessions.release(document, owner, now, reason)),
+            lambda document, now: (None, sessions.release(document, claim_id, now, reason)),
         )
 
-    def finish(self, job: JobRef, owner: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
+    def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
         """See SessionStore.finish."""
 
         def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, sessions.Update | None]:
-            update = sessions.finish(document, owner, now, status, fields)
+            update = sessions.finish(document, claim_id, now, status, fields)
             return update is not None, update
 
         return self._transact(job.document, f"record {status.value}", decide)
@@ -126,10 +140,5 @@ class FirestoreDeadLetterLedger:
 
 
 def _usable_id(message_id: str) -> bool:
-    # Firestore's document id rules; Pub/Sub's ids are digits, but a push envelope is only JSON.
-    return (
-        0 < len(message_id.encode()) <= 1500
-        and "/" not in message_id
-        and message_id not in {".", ".."}
-        and not (message_id.startswith("__") and message_id.endswith("__"))
-    )
+    # Pub/Sub's ids are digits, but a push envelope is only JSON.
+    return firestore_id_allowed(message_id)

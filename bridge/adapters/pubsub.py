@@ -1,9 +1,16 @@
-"""Pub/Sub adapters: the dead-letter topic the bridge publishes to itself."""
+"""Pub/Sub adapters: the dead-letter topic the bridge publishes to itself.
+
+Attributes are data, never keyword arguments: a message may carry any attribute name (`timeout`, `retry`,
+`ordering_key` ...), so the dead letter is published through the GAPIC call with an explicit attribute map.
+Pub/Sub's limits are applied before publishing: a copy that would exceed them carries a truncated payload,
+and says so, instead of failing forever.
+"""
 
 from collections.abc import Mapping
 
 from google.api_core import exceptions as api
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.pubsub_v1.services.publisher.client import PublisherClient as GeneratedPublisherClient
 
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
@@ -13,12 +20,62 @@ from fluxfill.bridge.contract import (
 from fluxfill.bridge.errors import RetryableError
 
 PUBLISH_TIMEOUT_S = 30.0
-# Pub/Sub caps an attribute value at 1024 bytes.
-_MAX_ATTRIBUTE_CHARS = 1000
+# Pub/Sub's limits: 10 MB a request, 100 attributes, keys of 256 bytes, values of 1024 bytes.
+MAX_REQUEST_BYTES = 10_000_000
+MAX_ATTRIBUTES = 100
+MAX_KEY_BYTES = 256
+MAX_VALUE_BYTES = 1024
+# A payload beyond this is cut to TRUNCATED_DATA_BYTES: enough to see what it was, far from the limit.
+MAX_DATA_BYTES = 9_000_000
+TRUNCATED_DATA_BYTES = 64_000
+TRUNCATED_ATTRIBUTE = "fluxfillTruncatedFromBytes"
 
 
 class DeadLetterPublishError(RetryableError):
     """The dead-letter topic did not take the message: the original is nacked instead, so nothing is lost."""
+
+
+def _utf8_prefix(text: str, limit: int) -> str:
+    return text.encode()[:limit].decode(errors="ignore")
+
+
+def dead_letter_message(
+    data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str
+) -> tuple[bytes, dict[str, str]]:
+    """The copy to publish: within Pub/Sub's limits whatever the original carried, our attributes kept."""
+    ours = {
+        DEAD_LETTER_CODE_ATTRIBUTE: code.value,
+        DEAD_LETTER_REASON_ATTRIBUTE: _utf8_prefix(reason, MAX_VALUE_BYTES),
+    }
+    if len(data) > MAX_DATA_BYTES:
+        ours[TRUNCATED_ATTRIBUTE] = str(len(data))
+        data = data[:TRUNCATED_DATA_BYTES]
+    kept: dict[str, str] = {}
+    # Keys reserved by Pub/Sub (goog*) or over its limits are dropped; our own always win.
+    for key, value in attributes.items():
+        if len(kept) >= MAX_ATTRIBUTES - len(ours) - 1:
+            break
+        if key in ours or key.startswith("goog") or not 0 < len(key.encode()) <= MAX_KEY_BYTES:
+            continue
+        kept[key] = _utf8_prefix(value, MAX_VALUE_BYTES)
+    return data, {**kept, **ours}
+
+
+def publish_message(
+    publisher: pubsub_v1.PublisherClient,
+    topic: str,
+    data: bytes,
+    attributes: Mapping[str, str],
+    timeout_s: float,
+) -> str:
+    """Publish one message with `attributes` as a map, wait for the server, return its message id.
+
+    The batching `PublisherClient.publish` takes attributes as keyword arguments beside its own `timeout`,
+    `retry` and `ordering_key`; the generated client's publish (its base class) takes them as data.
+    """
+    message = pubsub_v1.types.PubsubMessage(data=data, attributes=dict(attributes))
+    response = GeneratedPublisherClient.publish(publisher, topic=topic, messages=[message], timeout=timeout_s)
+    return str(response.message_ids[0])
 
 
 class PubSubDeadLetters:
@@ -30,13 +87,8 @@ class PubSubDeadLetters:
 
     def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
         """Publish and wait for the server's message id."""
-        extra = {
-            DEAD_LETTER_CODE_ATTRIBUTE: code.value,
-            DEAD_LETTER_REASON_ATTRIBUTE: reason[:_MAX_ATTRIBUTE_CHARS],
-        }
+        body, labels = dead_letter_message(data, attributes, code, reason)
         try:
-            self._publisher.publish(self.topic_path, data, **{**attributes, **extra}).result(
-                timeout=PUBLISH_TIMEOUT_S
-            )
+            publish_message(self._publisher, self.topic_path, body, labels, PUBLISH_TIMEOUT_S)
         except (api.GoogleAPICallError, api.RetryError, TimeoutError) as error:
             raise DeadLetterPublishError(f"cannot publish to {self.topic_path}: {error}") from None

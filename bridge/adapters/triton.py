@@ -3,12 +3,17 @@
 Every call waits on a queue fed by tritonclient's thread, polling briefly, so a cancel or the deadline is
 noticed within `POLL_S`; leaving the wait without a result cancels the gRPC call, which stops the run on the
 server within one step. HTTP cannot be cancelled: the run stops on the server at its TIMEOUT_S instead.
+
+Every call is bounded: readiness asks with a timeout (a frozen server must read as not ready, not block), and
+a run that reaches its deadline asks Triton once more; a server that does not answer then is unavailable
+(the job is given back for later) rather than the job being too slow.
 """
 
 import contextlib
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +23,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from fluxfill.bridge.adapters.triton_errors import map_triton_exception
-from fluxfill.bridge.errors import JobCancelledError, JobDeadlineExceededError
+from fluxfill.bridge.errors import (
+    BridgeError,
+    JobCancelledError,
+    JobDeadlineExceededError,
+    TritonUnavailableError,
+)
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
 from fluxfill.inpaint.contract import (
     INPUTS,
@@ -31,6 +41,9 @@ from fluxfill.inpaint.contract import (
 
 logger = structlog.get_logger(__name__)
 POLL_S = 0.05
+READY_TIMEOUT_S = 5.0
+# At a run's deadline: a server that cannot say READY within this is hung, not slow.
+DEADLINE_PROBE_TIMEOUT_S = 2.0
 _Reply = tuple[Any, BaseException | None]
 
 
@@ -64,16 +77,26 @@ class TritonInpaintModel:
             return httpclient.InferenceServerClient(self._url, network_timeout=timeout_s)
         return self._module.InferenceServerClient(self._url)
 
-    def is_ready(self) -> bool:
-        """Whether Triton reports the model READY; False when it cannot be asked."""
+    def is_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
+        """Whether Triton reports the model READY within `timeout_s`; False when it cannot be asked."""
         try:
-            client = self._client(timeout_s=5.0)
+            client = self._client(timeout_s=timeout_s)
             try:
-                return bool(client.is_model_ready(self.name))
+                if self._module is httpclient:
+                    return bool(client.is_model_ready(self.name))
+                return bool(client.is_model_ready(self.name, client_timeout=timeout_s))
             finally:
                 client.close()
         except Exception:  # readiness is a yes/no question: any failure to answer is a no
             return False
+
+    def _past_deadline(self) -> BridgeError:
+        if self.is_ready(DEADLINE_PROBE_TIMEOUT_S):
+            return JobDeadlineExceededError("deadline exceeded while Triton was running")
+        return TritonUnavailableError(
+            f"the run reached its deadline and Triton did not answer a readiness check within "
+            f"{DEADLINE_PROBE_TIMEOUT_S:g} s: the server is hung or gone"
+        )
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
@@ -109,7 +132,7 @@ class TritonInpaintModel:
             except Exception as error:  # the one boundary: tritonclient's errors become ours
                 raise map_triton_exception(error) from None
             while True:
-                result = _next_reply(replies, control)
+                result = _next_reply(replies, control, self._past_deadline)
                 step, total = result.as_numpy("STEP"), result.as_numpy("TOTAL_STEPS")
                 if step is not None and total is not None and int(total[0]) > 0:
                     on_progress(int(step[0]), int(total[0]))
@@ -140,7 +163,7 @@ class TritonInpaintModel:
                 )
             except Exception as error:  # the one boundary: tritonclient's errors become ours
                 raise map_triton_exception(error) from None
-            result = _result(_next_reply(replies, control))
+            result = _result(_next_reply(replies, control, self._past_deadline))
             finished = True
             return result
         finally:
@@ -165,18 +188,20 @@ class TritonInpaintModel:
 
         threading.Thread(target=call, name="triton-http", daemon=True).start()
         try:
-            return _result(_next_reply(replies, control))
+            return _result(_next_reply(replies, control, self._past_deadline))
         except JobCancelledError:
             logger.warning("HTTP cannot cancel a Triton run: it goes on until its TIMEOUT_S on the server")
             raise
 
 
-def _next_reply(replies: "queue.Queue[_Reply]", control: RunControl) -> Any:
+def _next_reply(
+    replies: "queue.Queue[_Reply]", control: RunControl, past_deadline: Callable[[], BridgeError]
+) -> Any:
     while True:
         if control.cancel.is_set():
             raise JobCancelledError("cancelled while Triton was running")
         if time.monotonic() > control.deadline:
-            raise JobDeadlineExceededError("deadline exceeded while Triton was running")
+            raise past_deadline()
         try:
             result, error = replies.get(timeout=POLL_S)
         except queue.Empty:

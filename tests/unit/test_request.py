@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from fluxfill.inpaint.contract import INPUTS, MAX_SEED
+from fluxfill.inpaint.contract import INPUTS, MAX_PROMPT_BYTES, MAX_SEED
 from fluxfill.inpaint.errors import InvalidInputError, code_for_message
-from fluxfill.inpaint.request import MAX_PROMPT_BYTES, build_request
+from fluxfill.inpaint.request import build_request
 from tests.support import make_config
 
 CONFIG = make_config(max_input_pixels="10000", max_steps="50", default_prompt="fill it")

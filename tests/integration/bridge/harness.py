@@ -196,7 +196,10 @@ def running_bridge(settings: BridgeSettings, model: InpaintModel | None = None) 
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:`port` to `target`; `down()` refuses and cuts connections until `up()`."""
+    """Forwards 127.0.0.1:`port` to `target`; `down()` refuses and cuts connections until `up()`.
+
+    `freeze()` is a hung server (SIGSTOP): connections are accepted and kept, nothing passes until `thaw()`.
+    """
 
     def __init__(self, target_port: int) -> None:
         self.port = free_port()
@@ -204,6 +207,14 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -246,10 +257,10 @@ class TcpProxy:
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)

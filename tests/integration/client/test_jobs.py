@@ -201,7 +201,8 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     # A job dead-lettered for a cause since fixed (here: published as the bridge does when it gives up).
     fixed = submit(world, "--steps", "2", "--session", "fixed-1")
     wait_for_status(world, fixed, JobStatus.DONE)
-    world.db.document(f"users/{USER}/sessions/{fixed}").update({"status": "failed", "result": None})
+    exhausted = {"status": "failed", "result": None, "attempt": 5, "error": {"code": "retries_exhausted"}}
+    world.db.document(f"users/{USER}/sessions/{fixed}").update(exhausted)
     job = json.dumps({"userId": USER, "sessionId": fixed, "steps": 2}).encode()
     attributes = {
         DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
@@ -226,6 +227,14 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     assert replayed.stdout.count(f"({fixed})") == 1, "two copies of one message are replayed once"
     watched = fluxfill(world, "watch", fixed, "--timeout", "60")
     assert watched.returncode == 0, watched.stderr
+    document = world.db.document(f"users/{USER}/sessions/{fixed}").get().to_dict() or {}
+    assert document["attempt"] == 1, "a replayed job starts afresh: one more try would not do"
+    assert document["replayed"]["previousAttempts"] == 5
+    assert document["replayed"]["previousError"] == {"code": "retries_exhausted"}
+    refused = fluxfill(world, "dlq", "replay", poisoned)
+    assert refused.returncode == 2
+    assert "not a valid job (invalid_job): replaying it would only dead-letter it again" in refused.stderr
+    assert "Traceback" not in refused.stderr
     remaining = fluxfill(world, "dlq", "list").stdout
     assert poisoned in remaining
     assert fixed not in remaining

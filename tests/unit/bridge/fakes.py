@@ -18,6 +18,8 @@ from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
     PermanentJobError,
+    RetryableError,
+    SessionTransientError,
     TritonBusyError,
 )
 from fluxfill.bridge.ports import (
@@ -45,6 +47,7 @@ class FakeObjectStore:
     objects: dict[str, bytes] = field(default_factory=dict)
     reads: list[str] = field(default_factory=list)
     fail_with: Exception | None = None
+    read_delay_s: float = 0.0  # a slow bucket
 
     def find(self, pattern: str) -> ObjectInfo | None:
         if self.fail_with is not None:
@@ -57,6 +60,7 @@ class FakeObjectStore:
         return ObjectInfo(matches[0], len(self.objects[matches[0]]), 1)
 
     def read(self, info: ObjectInfo) -> bytes:
+        time.sleep(self.read_delay_s)
         self.reads.append(info.path)
         return self.objects[info.path]
 
@@ -74,41 +78,54 @@ class FakeSessionStore:
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress_writes: list[tuple[int, int]] = field(default_factory=list)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    heartbeat_fails_with: Exception | None = None  # every heartbeat raises this (Firestore away)
+    finish_fails_with: Exception | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _apply(self, path: str, update: Mapping[str, Any] | None) -> None:
         if update is not None:
             self.documents.setdefault(path, {}).update({str(k): v for k, v in update.items()})
 
-    def claim(self, job: JobRef, owner: str, lease_s: float) -> Claim:
+    def claim(self, job: JobRef, *, claim_id: str, owner: str, lease_s: float, max_attempts: int) -> Claim:
         with self._lock:
             result, update = sessions.claim(
-                self.documents.get(job.document), owner, self.now(), lease_s, job.message_id
+                self.documents.get(job.document),
+                claim_id=claim_id,
+                owner=owner,
+                now=self.now(),
+                lease_s=lease_s,
+                message_id=job.message_id,
+                max_attempts=max_attempts,
             )
             self._apply(job.document, update)
             return result
 
     def heartbeat(
-        self, job: JobRef, owner: str, lease_s: float, progress: tuple[int, int] | None
+        self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
+        if self.heartbeat_fails_with is not None:
+            raise self.heartbeat_fails_with
         with self._lock:
             beat, update = sessions.heartbeat(
-                self.documents.get(job.document), owner, self.now(), lease_s, progress
+                self.documents.get(job.document), claim_id, self.now(), lease_s, progress
             )
             if update is not None and progress is not None:
                 self.progress_writes.append(progress)
             self._apply(job.document, update)
             return beat
 
-    def release(self, job: JobRef, owner: str, reason: str) -> None:
+    def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         with self._lock:
             self._apply(
-                job.document, sessions.release(self.documents.get(job.document), owner, self.now(), reason)
+                job.document,
+                sessions.release(self.documents.get(job.document), claim_id, self.now(), reason),
             )
 
-    def finish(self, job: JobRef, owner: str | None, status: Any, fields: Mapping[str, Any]) -> bool:
+    def finish(self, job: JobRef, claim_id: str | None, status: Any, fields: Mapping[str, Any]) -> bool:
+        if self.finish_fails_with is not None:
+            raise self.finish_fails_with
         with self._lock:
-            update = sessions.finish(self.documents.get(job.document), owner, self.now(), status, fields)
+            update = sessions.finish(self.documents.get(job.document), claim_id, self.now(), status, fields)
             self._apply(job.document, update)
             return update is not None
 
@@ -147,3 +164,35 @@ class FakeModel:
         image = request.image.copy()
         image[request.mask >= 128] = 255
         return InferenceResult(image, request.seed)
+
+
+@dataclass
+class FakeDeadLetters:
+    """Our DeadLetterSink port: records what it was given, or fails."""
+
+    broken: bool = False
+    published: list[tuple[bytes, dict[str, str], ErrorCode]] = field(default_factory=list)
+
+    def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
+        if self.broken:
+            raise RetryableError("dead-letter topic unavailable")
+        self.published.append((data, dict(attributes), code))
+
+
+@dataclass
+class FakeLedger:
+    """Our DeadLetterLedger port in a dict; can be made unreadable or unwritable."""
+
+    entries: dict[str, ErrorCode] = field(default_factory=dict)
+    unreadable: bool = False
+    unwritable: bool = False
+
+    def recorded(self, message_id: str) -> bool:
+        if self.unreadable:
+            raise SessionTransientError("firestore unavailable")
+        return message_id in self.entries
+
+    def record(self, message_id: str, code: ErrorCode) -> None:
+        if self.unwritable:
+            raise SessionTransientError("firestore unavailable")
+        self.entries[message_id] = code

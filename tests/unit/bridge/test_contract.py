@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, parse_job
+from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, is_valid_id, parse_job
+from fluxfill.inpaint.contract import MAX_PROMPT_BYTES
 
 
 def parse(payload: object) -> JobMessage:
@@ -48,7 +49,10 @@ def test_paths_are_built_from_the_validated_ids() -> None:
         ({"userId": "u1", "sessionId": "s1", "seed": -1}, "seed"),
         ({"userId": "u1", "sessionId": "s1", "guidance": 1000}, "guidance"),
         ({"userId": "u1", "sessionId": "s1", "priority": "now"}, "priority"),
-        ({"userId": "u1", "sessionId": "s1", "prompt": "x" * 2001}, "prompt"),
+        ({"userId": "u1", "sessionId": "s1", "prompt": "x" * (MAX_PROMPT_BYTES + 1)}, "prompt"),
+        ({"userId": "u1", "sessionId": "s1", "prompt": "é" * (MAX_PROMPT_BYTES // 2 + 1)}, "prompt"),
+        ({"userId": "__u__", "sessionId": "s1"}, "userId"),
+        ({"userId": "u1", "sessionId": "__x_y__"}, "sessionId"),
         ({"userId": "u1", "sessionId": "s1", "imagePath": "gs://x"}, "imagePath"),
     ],
 )
@@ -77,3 +81,26 @@ def test_non_object_data_is_malformed(data: bytes) -> None:
     with pytest.raises(InvalidJobError) as caught:
         parse_job(data)
     assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+
+
+def test_prompt_limit_is_the_models_limit_in_utf8_bytes() -> None:
+    """One limit in one place: a prompt the bridge accepts is never refused by the model for its length."""
+    assert parse({"userId": "u1", "sessionId": "s1", "prompt": "é" * (MAX_PROMPT_BYTES // 2)}).prompt
+    assert parse({"userId": "u1", "sessionId": "s1", "prompt": "x" * MAX_PROMPT_BYTES}).prompt
+
+
+@pytest.mark.parametrize("value", ["__u__", "____", "__a-b__", "", "a" * 129, "a/b", ".", ".."])
+def test_ids_firestore_refuses_are_invalid(value: str) -> None:
+    assert not is_valid_id(value)
+
+
+@pytest.mark.parametrize("value", ["_", "__", "___", "__u", "u__", "a_b", "Xy-9", "a" * 128])
+def test_ids_firestore_accepts_are_valid(value: str) -> None:
+    assert is_valid_id(value)
+
+
+def test_reserved_ids_are_not_kept_for_a_failed_record() -> None:
+    """Firestore would refuse the failed record's path too: the job is only dead-lettered."""
+    with pytest.raises(InvalidJobError) as caught:
+        parse({"userId": "__u__", "sessionId": "s1"})
+    assert caught.value.ids is None

@@ -2,50 +2,15 @@
 
 import base64
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import pytest
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.dead_letters import OncePerMessage
-from fluxfill.bridge.errors import RetryableError, SessionTransientError
 from fluxfill.bridge.http_app import EnvelopeError, delivery_from_envelope
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.settle import should_ack
-
-
-@dataclass
-class FakeDeadLetters:
-    """Our DeadLetterSink port: records what it was given, or fails."""
-
-    broken: bool = False
-    published: list[tuple[bytes, dict[str, str], ErrorCode]] = field(default_factory=list)
-
-    def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
-        if self.broken:
-            raise RetryableError("dead-letter topic unavailable")
-        self.published.append((data, dict(attributes), code))
-
-
-@dataclass
-class FakeLedger:
-    """Our DeadLetterLedger port in a dict; can be made unreadable or unwritable."""
-
-    entries: dict[str, ErrorCode] = field(default_factory=dict)
-    unreadable: bool = False
-    unwritable: bool = False
-
-    def recorded(self, message_id: str) -> bool:
-        if self.unreadable:
-            raise SessionTransientError("firestore unavailable")
-        return message_id in self.entries
-
-    def record(self, message_id: str, code: ErrorCode) -> None:
-        if self.unwritable:
-            raise SessionTransientError("firestore unavailable")
-        self.entries[message_id] = code
-
+from tests.unit.bridge.fakes import FakeDeadLetters, FakeLedger
 
 DELIVERY = Delivery(b"{oops", "m7", {"origin": "app"})
 DEAD = Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.MALFORMED_MESSAGE, "not JSON")

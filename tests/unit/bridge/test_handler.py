@@ -1,11 +1,9 @@
 """The job handler's outcome for each situation, over in-memory fakes of its ports."""
 
 import io
-import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import numpy as np
 import pytest
@@ -13,62 +11,10 @@ from PIL import Image
 
 from fluxfill.bridge.contract import ErrorCode, JobMessage, JobStatus
 from fluxfill.bridge.errors import StorageTransientError, TritonUnavailableError
-from fluxfill.bridge.handler import JobHandler, default_seed
-from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.handler import default_seed
 from fluxfill.bridge.outcome import Delivery, OutcomeKind
-from fluxfill.bridge.settings import BridgeSettings
-from tests.unit.bridge.fakes import FakeModel, FakeObjectStore, FakeSessionStore, png
-
-USER, SESSION = "user1", "session1"
-PREFIX = f"users/{USER}/sessions/{SESSION}"
-DOCUMENT = PREFIX
-
-
-def settings(**overrides: Any) -> BridgeSettings:
-    values: dict[str, Any] = {
-        "project": "demo",
-        "subscription": "jobs",
-        "bucket": "bucket",
-        "instance_id": "bridge-a",
-        "progress_interval_s": 0.02,
-        "max_delivery_attempts": 3,
-        **overrides,
-    }
-    return BridgeSettings(**values)
-
-
-def photo(height: int = 40, width: int = 60) -> np.ndarray:
-    return np.random.default_rng(7).integers(0, 255, (height, width, 3), dtype=np.uint8)
-
-
-def box_mask(height: int = 40, width: int = 60) -> np.ndarray:
-    mask = np.zeros((height, width), np.uint8)
-    mask[10:20, 10:30] = 255
-    return mask
-
-
-class World:
-    """A handler over fakes, with an uploaded photo and mask."""
-
-    def __init__(self, **overrides: Any) -> None:
-        self.objects = FakeObjectStore(
-            {f"{PREFIX}/original.png": png(photo()), f"{PREFIX}/mask.png": png(box_mask())}
-        )
-        self.sessions = FakeSessionStore()
-        self.model = FakeModel()
-        self.metrics = BridgeMetrics()
-        self.settings = settings(**overrides)
-        self.handler = JobHandler(self.settings, self.objects, self.sessions, self.model, self.metrics)
-
-    def deliver(self, attempt: int | None = None, **job: Any) -> Any:
-        data = json.dumps({"userId": USER, "sessionId": SESSION, **job}).encode()
-        return self.handler.handle(
-            Delivery(data, "m1", publish_time=datetime.now(UTC), delivery_attempt=attempt)
-        )
-
-    @property
-    def document(self) -> dict[str, Any]:
-        return self.sessions.documents[DOCUMENT]
+from tests.unit.bridge.fakes import png
+from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World, box_mask, photo
 
 
 def test_happy_path_uploads_result_and_preview_and_records_done() -> None:

@@ -50,7 +50,8 @@ def test_the_published_job_is_what_the_bridge_parses() -> None:
     ("ref", "fields", "message"),
     [
         (REF, {"steps": 500}, "steps: Input should be less than or equal to 100"),
-        (REF, {"prompt": "x" * 3000}, "prompt: "),
+        (REF, {"prompt": "x" * 5000}, "prompt: "),
+        (SessionRef("__u__", "s1"), {}, "userId: "),
         (SessionRef("../etc", "s1"), {}, "userId: String should match pattern"),
     ],
 )

@@ -1,0 +1,89 @@
+"""A job's results: uploaded create-only, described in the session, and recognised when an earlier attempt
+uploaded them and died before its final write (verified and recorded instead of running the model again)."""
+
+import io
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+from PIL import Image, UnidentifiedImageError
+
+from fluxfill.bridge import intake
+from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, JobMessage, SessionField
+from fluxfill.bridge.ports import InpaintModel, ObjectStore
+from fluxfill.bridge.seeds import default_seed
+from fluxfill.bridge.settings import BridgeSettings
+
+logger = structlog.get_logger(__name__)
+
+
+def uploaded_result(objects: ObjectStore, job: JobMessage, settings: BridgeSettings) -> dict[str, Any] | None:
+    """The session fields for results already in the bucket, or None when any is missing or unreadable.
+
+    Uploads are create-only and made under a current claim with the session's fixed seed, so results that
+    exist are this job's; the edited image must still decode as an image to count.
+    """
+    edited_path, preview_path = job.paths(settings.edited_template), job.paths(settings.preview_template)
+    edited = objects.find(edited_path)
+    if edited is None or objects.find(preview_path) is None:
+        return None
+    try:
+        with Image.open(io.BytesIO(objects.read(edited))) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        logger.warning("an uploaded result does not decode; running the job again", error=str(error))
+        return None
+    seed = job.seed if job.seed is not None else default_seed(job)
+    return {
+        SessionField.RESULT: {
+            "paths": {"edited": edited_path, "preview": preview_path},
+            "width": width,
+            "height": height,
+            "seed": seed,
+        },
+        SessionField.TIMINGS: {},
+        SessionField.MODEL: {
+            "prompt": job.prompt,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "seed": seed,
+            "priority": job.priority,
+            "recovered": True,
+        },
+    }
+
+
+def upload_results(
+    objects: ObjectStore, job: JobMessage, settings: BridgeSettings, image: npt.NDArray[np.uint8]
+) -> dict[str, str]:
+    """Write the edited image and its preview; create-only, so an earlier attempt's upload is kept."""
+    paths = {"edited": job.paths(settings.edited_template), "preview": job.paths(settings.preview_template)}
+    objects.create(paths["edited"], intake.encode_png(image), "image/png")
+    objects.create(paths["preview"], intake.encode_preview(image, PREVIEW_MAX_SIDE), "image/jpeg")
+    return paths
+
+
+def result_fields(
+    job: JobMessage,
+    model: InpaintModel,
+    paths: dict[str, str],
+    size: tuple[int, int],
+    *,
+    seed: int,
+    total_steps: int | None,
+) -> dict[str, Any]:
+    """The done session's progress, result and model fields (width, height = `size`)."""
+    return {
+        SessionField.PROGRESS: {"step": total_steps, "total": total_steps},
+        SessionField.RESULT: {"paths": paths, "width": size[0], "height": size[1], "seed": seed},
+        SessionField.MODEL: {
+            "model": model.name,
+            "protocol": model.protocol,
+            "prompt": job.prompt,
+            "steps": job.steps,
+            "guidance": job.guidance,
+            "seed": seed,
+            "priority": job.priority,
+        },
+    }

@@ -1,0 +1,109 @@
+"""Exactly one outcome in the fleet as production runs it: shared names, duplicate publishes, hostile
+attributes, ids Firestore refuses, and a Triton that hangs instead of dying (real emulators, real Triton)."""
+
+import json
+import time
+import uuid
+
+import pytest
+
+from fluxfill.bridge.adapters.firestore import FirestoreSessions
+from fluxfill.bridge.adapters.pubsub import publish_message
+from fluxfill.bridge.contract import JobStatus
+from fluxfill.bridge.errors import SessionRefusedError
+from fluxfill.bridge.ports import JobRef
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import JobSystem, TcpProxy, running_bridge, wait_until
+
+pytestmark = pytest.mark.integration
+HOSTILE_ATTRIBUTES = {"timeout": "0.001", "retry": "yes", "ordering_key": "k", "data": "x", "topic": "t"}
+
+
+def is_terminal(document: dict[str, object]) -> bool:
+    return document.get("status") in {"done", "failed", "cancelled"}
+
+
+def test_two_bridges_named_alike_run_a_job_published_twice_once(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer
+) -> None:
+    """Cloud Run: every instance is `localhost`; the app publishes the same job twice, close together."""
+    user, session = jobs.new_job()
+    job = {"userId": user, "sessionId": session, "steps": 40}
+    settings = jobs.settings(slow_flux_server.grpc_url, instance_id="localhost")
+    with running_bridge(settings) as first, running_bridge(settings) as second:
+        jobs.publish(job)
+        jobs.publish(job)
+        document = jobs.wait_for(user, session, is_terminal, timeout_s=90)
+        wait_until(lambda: sum(b.counted("done") + b.counted("duplicate") for b in (first, second)) == 2)
+    assert document["status"] == "done", document
+    assert document["attempt"] == 1, "the second copy must never be claimed while the first runs"
+    assert first.counted("done") + second.counted("done") == 1
+    assert first.counted("failed") + second.counted("failed") == 0
+
+
+def test_hostile_attribute_names_are_carried_as_data(jobs: JobSystem, flux_server: LocalTritonServer) -> None:
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url, max_concurrent_jobs=2)) as bridge:
+        valid = json.dumps({"userId": user, "sessionId": session, "steps": 2}).encode()
+        publish_message(jobs.publisher, jobs.topic, valid, HOSTILE_ATTRIBUTES, 10)
+        poison_id = publish_message(jobs.publisher, jobs.topic, b"{nope", HOSTILE_ATTRIBUTES, 10)
+        document = jobs.wait_for(user, session, is_terminal)
+        dead = jobs.dead_letters(expected=1)
+        assert bridge.bridge.metrics.sample("fluxfill_bridge_jobs_in_flight") == 0
+    assert document["status"] == "done"
+    assert len(dead) == 1
+    assert dead[0].attributes["fluxfillOriginalMessageId"] == poison_id
+    assert {key: dead[0].attributes[key] for key in HOSTILE_ATTRIBUTES} == HOSTILE_ATTRIBUTES
+
+
+def test_a_path_firestore_refuses_is_a_permanent_error(jobs: JobSystem) -> None:
+    sessions = FirestoreSessions(jobs.db)
+    with pytest.raises(SessionRefusedError):
+        sessions.claim(
+            JobRef("users/u1/sessions/__reserved__", "m1"),
+            claim_id=uuid.uuid4().hex,
+            owner="bridge",
+            lease_s=30,
+            max_attempts=3,
+        )
+
+
+def test_claims_are_fenced_on_the_real_store(jobs: JobSystem) -> None:
+    sessions = FirestoreSessions(jobs.db)
+    ref = JobRef(f"users/u1/sessions/s{uuid.uuid4().hex[:8]}", "m1")
+    first = sessions.claim(ref, claim_id="claim-1", owner="localhost", lease_s=0.5, max_attempts=3)
+    second = sessions.claim(ref, claim_id="claim-2", owner="localhost", lease_s=30, max_attempts=3)
+    assert (first.kind.value, second.kind.value) == ("claimed", "busy")
+    time.sleep(0.7)  # the first claim's lease lapses; another takes the job over
+    third = sessions.claim(ref, claim_id="claim-3", owner="localhost", lease_s=30, max_attempts=3)
+    assert third.kind.value == "claimed"
+    assert not sessions.heartbeat(ref, "claim-1", 30, (1, 4)).still_owner
+    assert not sessions.finish(ref, "claim-1", JobStatus.DONE, {})
+    sessions.release(ref, "claim-1", "stale")
+    document = jobs.db.document(ref.document).get().to_dict() or {}
+    assert (document["status"], document["claimId"]) == ("processing", "claim-3")
+    assert sessions.finish(ref, "claim-3", JobStatus.DONE, {})
+
+
+def test_hung_triton_is_marked_unready_and_the_job_given_back(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """SIGSTOP-like: connections stay open and nothing answers. Not the job's fault: no deadline_exceeded."""
+    proxy = TcpProxy(flux_server.grpc_port)
+    proxy.up()
+    user, session = jobs.new_job()
+    settings = jobs.settings(proxy.url, job_deadline_s=3, readiness_interval_s=0.5)
+    try:
+        with running_bridge(settings) as bridge:
+            wait_until(lambda: bridge.bridge.readiness.ready)
+            proxy.freeze()
+            jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+            wait_until(lambda: not bridge.bridge.readiness.ready, timeout_s=15)
+            given_back = jobs.wait_for(user, session, lambda d: d.get("status") == "queued" and "error" in d)
+            assert given_back["error"]["code"] == "retrying"
+            proxy.thaw()
+            document = jobs.wait_for(user, session, is_terminal, timeout_s=90)
+    finally:
+        proxy.down()
+    assert document["status"] == "done", document
+    assert bridge.counted("failed") == 0

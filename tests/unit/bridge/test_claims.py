@@ -1,0 +1,197 @@
+"""Exactly one outcome: claims fenced by a claim id, stalled owners that stop, attempt limits that hold."""
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError, TritonUnavailableError
+from fluxfill.bridge.outcome import OutcomeKind
+from fluxfill.bridge.settings import BridgeSettings
+from tests.unit.bridge.world import PREFIX, World
+
+EDITED, PREVIEW = f"{PREFIX}/edited.png", f"{PREFIX}/preview.jpg"
+
+
+def run_in_background(world: World, **job: object) -> tuple[threading.Thread, list[object]]:
+    outcomes: list[object] = []
+    thread = threading.Thread(target=lambda: outcomes.append(world.deliver(**job)))  # type: ignore[arg-type]
+    thread.start()
+    return thread, outcomes
+
+
+def wait_for_steps(world: World, count: int = 1) -> None:
+    deadline = time.monotonic() + 10
+    while len(world.model.calls) < count or world.document.get("status") != "processing":
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.01)
+
+
+def test_bridges_sharing_one_name_never_run_a_job_twice() -> None:
+    """Cloud Run names every instance `localhost`: a second delivery is not claimed while the first runs."""
+    world = World(instance_id="localhost")
+    world.model.step_s = 0.02
+    twin = world.another_bridge(instance_id="localhost")
+    thread, outcomes = run_in_background(world, steps=30, message_id="m1")
+    wait_for_steps(world)
+    republished = world.deliver(handler=twin, steps=30, message_id="m2")
+    redelivered = world.deliver(handler=twin, steps=30, message_id="m1")
+    thread.join()
+    assert republished.kind is OutcomeKind.DUPLICATE, "another message of a running job is not needed"
+    assert redelivered.kind is OutcomeKind.RETRY, "the running message itself must come back if the run dies"
+    assert len(world.model.calls) == 1
+    assert outcomes[0].kind is OutcomeKind.DONE  # type: ignore[attr-defined]
+    assert world.document["attempt"] == 1
+    assert world.document["status"] == "done"
+
+
+def test_every_claim_gets_its_own_fencing_token() -> None:
+    world = World(instance_id="localhost")
+    world.model.fail_with = TritonUnavailableError("connection refused")
+    world.deliver()
+    first = world.sessions.documents[f"{PREFIX}"].get("claimId")
+    assert first is None, "a released claim leaves no token behind"
+    tokens = []
+    original_claim = world.sessions.claim
+
+    def recording_claim(*args: object, **kwargs: object) -> object:
+        claim = original_claim(*args, **kwargs)  # type: ignore[arg-type]
+        tokens.append(claim.claim_id)
+        return claim
+
+    world.sessions.claim = recording_claim  # type: ignore[method-assign]
+    world.deliver()
+    world.model.fail_with = None
+    world.deliver()
+    assert len(set(tokens)) == 2
+    assert all(len(token) >= 32 for token in tokens)
+
+
+def test_default_instance_id_is_unique_per_process_even_with_one_hostname() -> None:
+    first = BridgeSettings(project="p", subscription="s", bucket="b")
+    second = BridgeSettings(project="p", subscription="s", bucket="b")
+    assert first.instance_id != second.instance_id
+    assert len(first.instance_id) > len("localhost")
+
+
+def test_run_stops_and_writes_nothing_when_heartbeats_fail_past_the_bound() -> None:
+    world = World(lease_s=0.4, progress_interval_s=0.02)
+    world.model.step_s = 0.02
+    thread, outcomes = run_in_background(world, steps=100)
+    wait_for_steps(world)
+    world.sessions.heartbeat_fails_with = SessionTransientError("firestore unavailable")
+    thread.join(timeout=10)
+    assert not thread.is_alive(), "a bridge that cannot renew its lease must stop"
+    assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
+    assert EDITED not in world.objects.objects
+    assert PREVIEW not in world.objects.objects
+
+
+def test_run_whose_claim_was_taken_over_uploads_nothing_and_leaves_the_session_alone() -> None:
+    """A stalled bridge wakes after another took the job over and the app cancelled it."""
+    world = World(progress_interval_s=0.02)
+    world.model.step_s = 0.02
+    thread, outcomes = run_in_background(world, steps=100)
+    wait_for_steps(world)
+    taken_over = {
+        "status": "cancelled",
+        "claimId": "someone-else",
+        "error": {"code": "cancelled", "message": "by the app"},
+    }
+    world.document.update(taken_over)
+    thread.join(timeout=10)
+    assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
+    assert EDITED not in world.objects.objects
+    assert world.document["status"] == "cancelled"
+    assert world.document["error"] == taken_over["error"]
+
+
+def test_claim_is_checked_right_before_the_upload() -> None:
+    """No heartbeat falls between the takeover and the end of the run: the upload itself asks."""
+    world = World(progress_interval_s=60)
+    world.model.step_s = 0.05
+    thread, outcomes = run_in_background(world, steps=4)
+    wait_for_steps(world)
+    world.document["claimId"] = "someone-else"
+    thread.join(timeout=10)
+    assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
+    assert EDITED not in world.objects.objects
+
+
+def test_crash_between_upload_and_final_write_is_finished_without_running_again() -> None:
+    world = World(lease_s=0.2)
+    world.sessions.finish_fails_with = SessionTransientError("firestore unavailable")
+    assert world.deliver(seed=5).kind is OutcomeKind.RETRY
+    assert EDITED in world.objects.objects
+    world.sessions.finish_fails_with = None
+    time.sleep(0.3)  # the dead run's lease lapses
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.DONE
+    assert len(world.model.calls) == 1, "the model must not run again for results already uploaded"
+    assert world.document["status"] == "done"
+    assert world.document["result"]["seed"] == 5
+    assert (world.document["result"]["width"], world.document["result"]["height"]) == (60, 40)
+    assert world.document["model"]["recovered"] is True
+
+
+def test_attempt_limit_holds_for_a_job_that_kills_its_bridge() -> None:
+    """No retryable error is ever seen when the bridge dies (OOM): the claim itself refuses the fourth try."""
+    world = World()
+    world.sessions.documents[PREFIX] = {
+        "status": "processing",
+        "claimId": "dead-bridge",
+        "leaseExpiresAt": datetime.now(UTC) - timedelta(seconds=1),
+        "attempt": 3,
+        "error": {"code": "retrying", "message": "bridge killed"},
+    }
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert outcome.code is ErrorCode.RETRIES_EXHAUSTED
+    assert world.model.calls == []
+    assert world.document["attempt"] == 3
+    assert world.document["status"] == "failed"
+    assert world.dead_letters.published[0][2] is ErrorCode.RETRIES_EXHAUSTED
+    assert world.acked == [True]
+
+
+def test_failed_dead_letter_publish_leaves_the_job_for_its_next_delivery() -> None:
+    world = World()
+    world.model.fail_with = TritonUnavailableError("internal error")
+    world.dead_letters.broken = True
+    outcomes = [world.deliver().kind for _ in range(4)]
+    assert outcomes == [
+        OutcomeKind.RETRY,
+        OutcomeKind.RETRY,
+        OutcomeKind.DEAD_LETTER,
+        OutcomeKind.DEAD_LETTER,
+    ]
+    assert world.acked == [False] * 4
+    assert world.document["status"] == "queued", "no terminal status before the dead letter is out"
+    assert len(world.model.calls) == 3
+    world.dead_letters.broken = False
+    assert world.deliver().kind is OutcomeKind.DEAD_LETTER
+    assert world.acked[-1] is True
+    assert world.document["status"] == "failed"
+    assert world.document["error"]["code"] == "retries_exhausted"
+    assert "internal error" in world.document["error"]["message"]
+    assert len(world.dead_letters.published) == 1
+
+
+def test_slow_storage_does_not_spend_the_run_deadline() -> None:
+    """Waiting on our own dependencies is not the job's fault: deadline_exceeded is for slow runs only."""
+    world = World(job_deadline_s=0.3)
+    world.objects.read_delay_s = 0.25  # two reads: longer than the whole deadline
+    assert world.deliver().kind is OutcomeKind.DONE
+
+
+def test_session_path_firestore_refuses_is_dead_lettered_not_retried_forever() -> None:
+    world = World()
+
+    def refuse(*_args: object, **_kwargs: object) -> object:
+        raise SessionRefusedError("firestore refused to claim the job: invalid path")
+
+    world.sessions.claim = refuse  # type: ignore[method-assign]
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert outcome.code is ErrorCode.INVALID_JOB
+    assert world.acked == [True]

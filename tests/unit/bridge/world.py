@@ -1,0 +1,79 @@
+"""A job handler over fakes of its ports and an uploaded photo and mask; outcomes settled as in service."""
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from fluxfill.bridge.handler import JobHandler
+from fluxfill.bridge.metrics import BridgeMetrics
+from fluxfill.bridge.outcome import Delivery, Outcome
+from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.bridge.settle import should_ack
+from tests.unit.bridge.fakes import FakeDeadLetters, FakeModel, FakeObjectStore, FakeSessionStore, png
+
+USER, SESSION = "user1", "session1"
+PREFIX = f"users/{USER}/sessions/{SESSION}"
+DOCUMENT = PREFIX
+
+
+def settings(**overrides: Any) -> BridgeSettings:
+    values: dict[str, Any] = {
+        "project": "demo",
+        "subscription": "jobs",
+        "bucket": "bucket",
+        "instance_id": "bridge-a",
+        "progress_interval_s": 0.02,
+        "max_delivery_attempts": 3,
+        **overrides,
+    }
+    return BridgeSettings(**values)
+
+
+def photo(height: int = 40, width: int = 60) -> np.ndarray:
+    return np.random.default_rng(7).integers(0, 255, (height, width, 3), dtype=np.uint8)
+
+
+def box_mask(height: int = 40, width: int = 60) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    mask[10:20, 10:30] = 255
+    return mask
+
+
+class World:
+    """A handler over fakes, with an uploaded photo and mask."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.objects = FakeObjectStore(
+            {f"{PREFIX}/original.png": png(photo()), f"{PREFIX}/mask.png": png(box_mask())}
+        )
+        self.sessions = FakeSessionStore()
+        self.model = FakeModel()
+        self.metrics = BridgeMetrics()
+        self.settings = settings(**overrides)
+        self.handler = JobHandler(self.settings, self.objects, self.sessions, self.model, self.metrics)
+        self.dead_letters = FakeDeadLetters()
+        self.acked: list[bool] = []
+
+    def another_bridge(self, **overrides: Any) -> JobHandler:
+        """A second handler over the same bucket, sessions and model (another bridge, or another slot)."""
+        return JobHandler(settings(**overrides), self.objects, self.sessions, self.model, self.metrics)
+
+    def deliver(
+        self,
+        attempt: int | None = None,
+        message_id: str = "m1",
+        handler: JobHandler | None = None,
+        **job: Any,
+    ) -> Outcome:
+        """Handle one delivery and settle it as the entry points do (dead letter, then the final write)."""
+        data = json.dumps({"userId": USER, "sessionId": SESSION, **job}).encode()
+        delivery = Delivery(data, message_id, publish_time=datetime.now(UTC), delivery_attempt=attempt)
+        outcome = (handler or self.handler).handle(delivery)
+        self.acked.append(should_ack(outcome, delivery, self.dead_letters))
+        return outcome
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return self.sessions.documents[DOCUMENT]
