@@ -12,7 +12,7 @@ TYPECHECK_TREE := build/typecheck
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 
-$(INSTALLED): pyproject.toml $(LOCKS)
+$(INSTALLED): pyproject.toml setup.py $(LOCKS)
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.

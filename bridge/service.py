@@ -9,6 +9,7 @@ import uvicorn
 from fluxfill.bridge.bootstrap import Bridge
 from fluxfill.bridge.http_app import HttpEntryPoint
 from fluxfill.bridge.pull import PullRunner
+from fluxfill.bridge.settings import SHUTDOWN_CLEANUP_S
 
 logger = structlog.get_logger(__name__)
 _POLL_S = 0.05
@@ -79,5 +80,11 @@ class BridgeService:
                 "grace period over: cancelling in-flight jobs on Triton", in_flight=self._in_flight()
             )
             self.bridge.handler.hard_stop.set()
-        while self._in_flight() > 0:
+        # Bounded: a hung dependency must not carry the process into the platform's SIGKILL mid-write.
+        cleanup_deadline = time.monotonic() + SHUTDOWN_CLEANUP_S
+        while self._in_flight() > 0 and time.monotonic() < cleanup_deadline:
             time.sleep(_POLL_S)
+        if self._in_flight() > 0:
+            logger.error(
+                "exiting with jobs still in flight; their leases will lapse", in_flight=self._in_flight()
+            )

@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from fluxfill.bridge import contract
 
 ENV_PREFIX = "FLUXFILL_BRIDGE_"
+# After the grace period, cancelling the runs on Triton and giving their claims back may take this long;
+# then the bridge exits whatever is left (the leases lapse). The grace plus this must fit the platform's
+# window between SIGTERM and SIGKILL (Cloud Run: 10 s; GKE: terminationGracePeriodSeconds).
+SHUTDOWN_CLEANUP_S = 3.0
 
 
 class BridgeSettings(BaseSettings):
@@ -71,9 +75,10 @@ class BridgeSettings(BaseSettings):
     )
     max_image_pixels: int = Field(50_000_000, gt=0, description="larger decoded images are refused")
     shutdown_grace_s: float = Field(
-        30.0,
+        6.0,
         ge=0,
-        description="on SIGTERM, in-flight jobs get this long before they are cancelled and nacked",
+        description="on SIGTERM, in-flight jobs get this long before they are cancelled and nacked "
+        "(plus 3 s for that: fits Cloud Run's 10 s before SIGKILL)",
     )
     readiness_interval_s: float = Field(
         2.0, gt=0, description="how often Triton's model readiness is checked"

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # Pub/Sub topics and subscriptions, and least-privilege IAM for the service accounts; safe to run again
 # (creates what is missing, updates subscriptions in place). Values come from deploy/config.env.
-#   deploy/pubsub-iam.sh            # Cloud Run and GKE
-#   GKE=1 deploy/pubsub-iam.sh      # also bind the GKE service accounts through Workload Identity
+#   deploy/pubsub-iam.sh                   # DELIVERY from config.env (pull: worker pool or GKE)
+#   DELIVERY=push deploy/pubsub-iam.sh     # the Cloud Run push service instead
+#   GKE=1 deploy/pubsub-iam.sh             # also bind the GKE service accounts through Workload Identity
+# One topology per deployment: the other delivery's subscription is deleted if it exists.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 while IFS='=' read -r name value; do
   [[ -n ${!name+set} ]] || export "${name}=${value}"
 done < <(grep -E '^[A-Z_][A-Z0-9_]*=' "${here}/config.env")
+
+case "${DELIVERY}" in
+  pull) subscription=${PULL_SUBSCRIPTION} other=${PUSH_SUBSCRIPTION} ;;
+  push) subscription=${PUSH_SUBSCRIPTION} other=${PULL_SUBSCRIPTION} ;;
+  *)
+    echo "DELIVERY must be pull or push, not '${DELIVERY}'" >&2
+    exit 2
+    ;;
+esac
 
 gc() { gcloud --project="${PROJECT}" --quiet "$@"; }
 number=$(gc projects describe "${PROJECT}" --format='value(projectNumber)')
@@ -36,7 +47,7 @@ ensure_topic "${TOPIC}"
 ensure_topic "${DEAD_LETTER_TOPIC}"
 for account in "${BRIDGE_SA}" "${TRITON_SA}" "${PUSH_SA}"; do ensure_service_account "${account}"; done
 
-# Both subscriptions: Pub/Sub's own dead-lettering after SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS (the bridge
+# The subscription: Pub/Sub's own dead-lettering after SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS (the bridge
 # dead-letters a job itself earlier, at MAX_DELIVERY_ATTEMPTS) and exponential retry backoff, so a job
 # leased by another bridge is not redelivered in a tight loop.
 common=(
@@ -46,12 +57,19 @@ common=(
   --max-retry-delay="${MAX_RETRY_BACKOFF_S}s"
   --message-retention-duration=7d
 )
-ensure_subscription "${PULL_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PULL_ACK_DEADLINE_S}"
-# Push: an OIDC token of PUSH_SA whose audience the bridge checks (FLUXFILL_BRIDGE_PUSH_AUDIENCE).
-ensure_subscription "${PUSH_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PUSH_ACK_DEADLINE_S}" \
-  --push-endpoint="${PUSH_AUDIENCE}" \
-  --push-auth-service-account="${PUSH_SA}" \
-  --push-auth-token-audience="${PUSH_AUDIENCE}"
+if [[ ${DELIVERY} == pull ]]; then
+  ensure_subscription "${PULL_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PULL_ACK_DEADLINE_S}"
+else
+  # Push: an OIDC token of PUSH_SA whose audience the bridge checks (FLUXFILL_BRIDGE_PUSH_AUDIENCE).
+  ensure_subscription "${PUSH_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PUSH_ACK_DEADLINE_S}" \
+    --push-endpoint="${PUSH_AUDIENCE}" \
+    --push-auth-service-account="${PUSH_SA}" \
+    --push-auth-token-audience="${PUSH_AUDIENCE}"
+fi
+if gc pubsub subscriptions describe "${other}" >/dev/null 2>&1; then
+  echo "deleting ${other}: DELIVERY=${DELIVERY} takes every job through ${subscription} alone" >&2
+  gc pubsub subscriptions delete "${other}"
+fi
 # Dead letters stay until someone looks (`fluxfill dlq list` / `replay`); 7 days is Pub/Sub's maximum.
 gc pubsub subscriptions describe "${DEAD_LETTER_SUBSCRIPTION}" >/dev/null 2>&1 ||
   gc pubsub subscriptions create "${DEAD_LETTER_SUBSCRIPTION}" --topic="${DEAD_LETTER_TOPIC}" \
@@ -64,15 +82,16 @@ gc firestore fields ttls update expireAt --collection-group=fluxfillDeadLetters 
 # Pub/Sub's service agent forwards undeliverable messages: publish on the dead-letter topic, subscribe on
 # the subscriptions it takes them from.
 gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${pubsub_agent}" --role=roles/pubsub.publisher
-for subscription in "${PULL_SUBSCRIPTION}" "${PUSH_SUBSCRIPTION}"; do
-  gc pubsub subscriptions add-iam-policy-binding "${subscription}" \
-    --member="${pubsub_agent}" --role=roles/pubsub.subscriber
-done
+gc pubsub subscriptions add-iam-policy-binding "${subscription}" \
+  --member="${pubsub_agent}" --role=roles/pubsub.subscriber
 
 # The bridge: pull its subscription, publish dead letters, read originals and create results (create-only:
 # objectCreator cannot overwrite), read and write session documents, and write metrics and logs.
 bridge="serviceAccount:${BRIDGE_SA}"
-gc pubsub subscriptions add-iam-policy-binding "${PULL_SUBSCRIPTION}" --member="${bridge}" --role=roles/pubsub.subscriber
+if [[ ${DELIVERY} == pull ]]; then
+  gc pubsub subscriptions add-iam-policy-binding "${PULL_SUBSCRIPTION}" --member="${bridge}" \
+    --role=roles/pubsub.subscriber
+fi
 gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${bridge}" --role=roles/pubsub.publisher
 for role in roles/storage.objectViewer roles/storage.objectCreator; do
   gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="${bridge}" --role="${role}" --quiet
@@ -93,10 +112,12 @@ gcloud storage buckets add-iam-policy-binding "gs://${WEIGHTS_BUCKET}" --member=
   --role=roles/storage.objectViewer --quiet
 
 # Push: only PUSH_SA may invoke the push service, and Pub/Sub may mint its tokens.
-gc run services add-iam-policy-binding fluxfill-bridge-push --region="${REGION}" \
-  --member="serviceAccount:${PUSH_SA}" --role=roles/run.invoker
-gc iam service-accounts add-iam-policy-binding "${PUSH_SA}" --member="${pubsub_agent}" \
-  --role=roles/iam.serviceAccountTokenCreator
+if [[ ${DELIVERY} == push ]]; then
+  gc run services add-iam-policy-binding fluxfill-bridge-push --region="${REGION}" \
+    --member="serviceAccount:${PUSH_SA}" --role=roles/run.invoker
+  gc iam service-accounts add-iam-policy-binding "${PUSH_SA}" --member="${pubsub_agent}" \
+    --role=roles/iam.serviceAccountTokenCreator
+fi
 
 if [[ ${GKE:-0} == 1 ]]; then
   for pair in "bridge:${BRIDGE_SA}" "triton:${TRITON_SA}"; do

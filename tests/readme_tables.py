@@ -71,7 +71,7 @@ def bridge_settings() -> str:
         if field.is_required():
             default = "(required)"
         elif field.default_factory is not None:
-            default = "(the hostname)"
+            default = "(hostname-pid-random)"
         elif field.default is None or field.default == "":
             default = "(empty)"
         else:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from fluxfill.bridge.http_app import HttpEntryPoint
-from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings
+from fluxfill.bridge.settings import ENV_PREFIX, SHUTDOWN_CLEANUP_S, BridgeSettings
 from tests.support import FLUX_FILL_STREAM_CONFIG, REPO_ROOT, read_model_config
 from tests.unit.deploy.support import (
     BRIDGE_IMAGE,
@@ -343,3 +343,45 @@ def test_cloud_run_gpu_instances_fit_an_l4_instance() -> None:
         memory = sum(quantity(limit["memory"]) for limit in limits)
         assert 4 <= cpu <= 8, path
         assert 16 <= memory <= 32, path
+
+
+# Seconds between SIGTERM and SIGKILL: Cloud Run's is fixed; Kubernetes' default unless the pod says.
+CLOUD_RUN_TERMINATION_S = 10.0
+KUBERNETES_DEFAULT_TERMINATION_S = 30.0
+
+
+def termination_window(workload: dict[str, Any]) -> float:
+    if workload["apiVersion"].startswith(("serving.knative.dev", "run.googleapis.com")):
+        return CLOUD_RUN_TERMINATION_S
+    return float(pod_spec(workload).get("terminationGracePeriodSeconds", KUBERNETES_DEFAULT_TERMINATION_S))
+
+
+def triton_exit_timeout_default() -> float:
+    script = (DEPLOY / "triton" / "entrypoint.sh").read_text()
+    match = re.search(r"--exit-timeout-secs=\"\$\{FLUXFILL_EXIT_TIMEOUT_S:-(\d+)\}\"", script)
+    assert match, "the entrypoint's exit timeout is no longer a FLUXFILL_EXIT_TIMEOUT_S default"
+    return float(match.group(1))
+
+
+def test_bridge_shutdown_fits_each_platforms_termination_window() -> None:
+    """Grace for in-flight jobs, then their cancel and give-back, all before the platform's SIGKILL."""
+    default = BridgeSettings.model_fields["shutdown_grace_s"].default
+    seen = 0
+    for path, workload, container in containers(BRIDGE_IMAGE):
+        grace = float(env_of(container).get(f"{ENV_PREFIX}SHUTDOWN_GRACE_S", default))
+        window = termination_window(workload)
+        assert grace + SHUTDOWN_CLEANUP_S < window, (
+            f"{path.name}: {grace} + {SHUTDOWN_CLEANUP_S} s >= {window} s"
+        )
+        seen += 1
+    assert seen >= 3
+    assert default + SHUTDOWN_CLEANUP_S < CLOUD_RUN_TERMINATION_S, "the default must fit the primary platform"
+
+
+def test_triton_stops_waiting_for_runs_within_each_platforms_window() -> None:
+    seen = 0
+    for path, workload, container in containers(TRITON_IMAGE):
+        timeout = float(env_of(container).get("FLUXFILL_EXIT_TIMEOUT_S", triton_exit_timeout_default()))
+        assert timeout < termination_window(workload), path.name
+        seen += 1
+    assert seen >= 3

@@ -1,0 +1,16 @@
+"""Packages are found, not listed: every package under inpaint/, client/ and bridge/ ships as fluxfill.<path>.
+
+pyproject.toml holds everything else. This file exists only because setuptools' declarative `packages.find`
+cannot put found packages under a prefix (the top-level folders are mapped under one `fluxfill` namespace so
+nothing generic such as `client` lands in site-packages); a hand-kept list once shipped without
+fluxfill.bridge.adapters.
+"""
+
+from setuptools import find_packages, setup
+
+TOP_LEVEL = ("inpaint", "client", "bridge")
+
+setup(
+    packages=[f"fluxfill.{name}" for name in find_packages(include=[f"{top}*" for top in TOP_LEVEL])],
+    package_dir={f"fluxfill.{top}": top for top in TOP_LEVEL},
+)

@@ -1,0 +1,78 @@
+"""deploy/pubsub-iam.sh makes one topology per deployment, pull or push, never both (over a fake gcloud)."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.unit.deploy.support import DEPLOY, config_env
+
+CONFIG = config_env()
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# Records each call; `describe` succeeds for the project and for subscriptions named in $EXISTING.
+echo "$*" >> "${GCLOUD_LOG}"
+case "$*" in
+  *"projects describe"*) echo 123 ;;
+  *"subscriptions describe"*)
+    for name in ${EXISTING:-}; do [[ "$*" == *"describe ${name}"* ]] && exit 0; done
+    exit 1 ;;
+  *" describe "*) exit 1 ;;
+esac
+"""
+
+
+def run_script(
+    tmp_path: Path, delivery: str, existing: str = ""
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD)
+    gcloud.chmod(0o755)
+    log = tmp_path / "gcloud.log"
+    log.touch()
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "GCLOUD_LOG": str(log),
+        "EXISTING": existing,
+        "DELIVERY": delivery,
+    }
+    result = subprocess.run(
+        ["bash", str(DEPLOY / "pubsub-iam.sh")], env=env, capture_output=True, text=True, check=False
+    )
+    return result, log.read_text()
+
+
+def test_the_shipped_topology_is_pull() -> None:
+    assert CONFIG["DELIVERY"] == "pull"
+
+
+def test_pull_creates_only_the_pull_subscription_and_removes_a_push_one(tmp_path: Path) -> None:
+    result, calls = run_script(tmp_path, "pull", existing=CONFIG["PUSH_SUBSCRIPTION"])
+    assert result.returncode == 0, result.stderr
+    assert f"subscriptions create {CONFIG['PULL_SUBSCRIPTION']} --topic={CONFIG['TOPIC']}" in calls
+    assert "--push-endpoint" not in calls
+    assert f"subscriptions create {CONFIG['PUSH_SUBSCRIPTION']}" not in calls
+    assert f"subscriptions delete {CONFIG['PUSH_SUBSCRIPTION']}" in calls
+    assert "run services add-iam-policy-binding" not in calls
+
+
+def test_push_creates_only_the_push_subscription_and_removes_a_pull_one(tmp_path: Path) -> None:
+    result, calls = run_script(tmp_path, "push", existing=CONFIG["PULL_SUBSCRIPTION"])
+    assert result.returncode == 0, result.stderr
+    creates = [line for line in calls.splitlines() if f"--topic={CONFIG['TOPIC']} " in line]
+    (create,) = [line for line in creates if "subscriptions create" in line]
+    assert f"subscriptions create {CONFIG['PUSH_SUBSCRIPTION']} --topic={CONFIG['TOPIC']}" in create
+    assert f"--push-endpoint={CONFIG['PUSH_AUDIENCE']}" in create
+    assert f"subscriptions delete {CONFIG['PULL_SUBSCRIPTION']}" in calls
+    assert f"add-iam-policy-binding {CONFIG['PULL_SUBSCRIPTION']}" not in calls
+
+
+@pytest.mark.parametrize("delivery", ["both", ""])
+def test_any_other_topology_is_refused_before_anything_is_changed(tmp_path: Path, delivery: str) -> None:
+    result, calls = run_script(tmp_path, delivery)
+    assert result.returncode == 2
+    assert "DELIVERY must be pull or push" in result.stderr
+    assert calls == ""
