@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fluxfill.bridge.adapters.firestore import FirestoreDeadLetterLedger, FirestoreSessions
-from fluxfill.bridge.adapters.pubsub import PubSubDeadLetters
+from fluxfill.bridge.adapters.pubsub import PubSubDeadLetters, publisher_client, subscriber_client
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
 from fluxfill.bridge.credentials import google_credentials
@@ -32,7 +32,7 @@ class Bridge:
 
 def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) -> Bridge:
     """Create the Google and Triton clients and the handler over them."""
-    from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+    from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
     credentials = google_credentials(settings)
     db = firestore.Client(project=settings.project, credentials=credentials)
@@ -53,7 +53,7 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
     )
     dead_letters: DeadLetterSink | None = None
     if settings.dead_letter_topic:
-        publisher = pubsub_v1.PublisherClient(credentials=credentials)
+        publisher = publisher_client(credentials)
         dead_letters = PubSubDeadLetters(
             publisher, publisher.topic_path(settings.project, settings.dead_letter_topic)
         )
@@ -66,5 +66,5 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         verifier = PushTokenVerifier(
             settings.push_audience, settings.push_service_account, settings.oidc_certs_url
         )
-    subscriber = pubsub_v1.SubscriberClient(credentials=credentials) if settings.mode == "pull" else None
+    subscriber = subscriber_client(credentials) if settings.mode == "pull" else None
     return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber)

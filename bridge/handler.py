@@ -78,13 +78,18 @@ class JobHandler:
     def handle(self, delivery: Delivery) -> Outcome:
         """Decide what becomes of one delivery; never raises."""
         self._metrics.in_flight.inc()
-        if delivery.publish_time is not None:
-            self._metrics.queue_age.observe(max(0.0, (self._now() - delivery.publish_time).total_seconds()))
         # Each delivery runs on its own worker thread (or a copied context): its log ids start afresh.
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(messageId=delivery.message_id)
         try:
-            outcome = self._handle(delivery)
+            if delivery.publish_time is not None:
+                age = (self._now() - delivery.publish_time).total_seconds()
+                self._metrics.queue_age.observe(max(0.0, age))
+            try:
+                outcome = self._handle(delivery)
+            except Exception:  # a bug must not escape to the entry point: the message comes back
+                logger.exception("unexpected error while handling the delivery")
+                outcome = Outcome(OutcomeKind.RETRY, reason="internal error")
             warn = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD_LETTER)
             log = logger.warning if warn else logger.info
             log("job outcome", outcome=outcome.kind.value, code=outcome.code, reason=outcome.reason)

@@ -1,10 +1,16 @@
-"""The HTTP side: /healthz, /readyz and /metrics always; /push (Cloud Run) in push mode."""
+"""The HTTP side: /healthz, /readyz and /metrics always; /push (Cloud Run) in push mode.
+
+/push answers every request with a decision Pub/Sub understands, never a 500: 204 (done, or dead-lettered),
+400 (no push envelope), 401/403 (token), 413 (body over MAX_PUSH_BODY_BYTES, refused before parsing), 429
+(busy) or 503 (not ready, or retry later). Token checks and the job run off the event loop, so /healthz
+answers while they block.
+"""
 
 import base64
 import binascii
 import json
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 import structlog
 from starlette.applications import Starlette
@@ -19,6 +25,8 @@ from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.settle import should_ack
 
 logger = structlog.get_logger(__name__)
+# Pub/Sub's largest message (10 MB) base64-encoded in its envelope, with room for attributes.
+MAX_PUSH_BODY_BYTES = 14_500_000
 
 
 class EnvelopeError(ValueError):
@@ -38,11 +46,35 @@ def delivery_from_envelope(body: bytes) -> Delivery:
             data=data,
             message_id=message_id,
             attributes={str(k): str(v) for k, v in (message.get("attributes") or {}).items()},
-            publish_time=datetime.fromisoformat(publish_time) if publish_time else None,
+            publish_time=_utc(datetime.fromisoformat(publish_time)) if publish_time else None,
             delivery_attempt=int(attempt) if attempt is not None else None,
         )
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as error:
+    # RecursionError: JSON nested too deep to parse.
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError) as error:
         raise EnvelopeError(f"not a Pub/Sub push envelope: {type(error).__name__}: {error}") from None
+
+
+def _utc(moment: datetime) -> datetime:
+    # Pub/Sub sends UTC with a Z; a time without a zone is read as UTC rather than compared as naive.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+class BodyTooLargeError(ValueError):
+    """The push body is over MAX_PUSH_BODY_BYTES."""
+
+
+async def bounded_body(request: Request, limit: int = MAX_PUSH_BODY_BYTES) -> bytes:
+    """The request body, read no further than `limit` bytes; BodyTooLargeError beyond it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLargeError(f"the body is {declared} bytes, over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLargeError(f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class HttpEntryPoint:
@@ -76,14 +108,26 @@ class HttpEntryPoint:
         return Response(self._bridge.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def push(self, request: Request) -> Response:
-        """One pushed message: 204 acks it, 5xx or 429 makes Pub/Sub redeliver it."""
+        """One pushed message: 204 acks it, 503 or 429 makes Pub/Sub redeliver it; never a 500."""
+        try:
+            return await self._push(request)
+        except Exception:  # a bug must not become a 500 that Pub/Sub cannot read: retry later
+            logger.exception("unexpected error in the push handler")
+            return PlainTextResponse("retry later", status_code=503)
+
+    async def _push(self, request: Request) -> Response:
         if not self._bridge.readiness.ready:
             return PlainTextResponse("not ready", status_code=503)
-        refusal = self._authenticate(request.headers.get("authorization"))
+        refusal = await run_in_threadpool(self._authenticate, request.headers.get("authorization"))
         if refusal is not None:
             return refusal
         try:
-            delivery = delivery_from_envelope(await request.body())
+            body = await bounded_body(request)
+        except BodyTooLargeError as error:
+            logger.warning("push body refused", reason=str(error))
+            return PlainTextResponse(str(error), status_code=413)
+        try:
+            delivery = delivery_from_envelope(body)
         except EnvelopeError as error:
             logger.warning("push body refused", reason=str(error))
             return PlainTextResponse(str(error), status_code=400)

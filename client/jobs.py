@@ -19,7 +19,6 @@ from typing import Any
 from google.api_core import exceptions as api
 from PIL import Image
 
-from fluxfill.bridge.adapters.pubsub import publish_message
 from fluxfill.bridge.contract import (
     DEFAULT_MASK_TEMPLATE,
     DEFAULT_ORIGINAL_TEMPLATE,
@@ -142,14 +141,16 @@ class JobSystem:
     def client(self, kind: str) -> Any:
         """The storage, firestore, publisher or subscriber client."""
         if kind not in self._clients:
-            from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
+            from google.cloud import firestore, storage  # type: ignore[attr-defined]
+
+            from fluxfill.bridge.adapters.pubsub import publisher_client, subscriber_client
 
             project, credentials = self.settings.project, self._credentials()
             factories: dict[str, Callable[[], Any]] = {
                 "storage": lambda: storage.Client(project=project, credentials=credentials),
                 "firestore": lambda: firestore.Client(project=project, credentials=credentials),
-                "publisher": lambda: pubsub_v1.PublisherClient(credentials=credentials),
-                "subscriber": lambda: pubsub_v1.SubscriberClient(credentials=credentials),
+                "publisher": lambda: publisher_client(credentials),
+                "subscriber": lambda: subscriber_client(credentials),
             }
             self._clients[kind] = factories[kind]()
         return self._clients[kind]
@@ -177,6 +178,8 @@ class JobSystem:
 
     def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
         """Publish to the jobs topic and wait for the message id."""
+        from fluxfill.bridge.adapters.pubsub import publish_message
+
         self.require("topic")
         publisher = self.client("publisher")
         topic = publisher.topic_path(self.settings.project, self.settings.topic)

@@ -196,6 +196,8 @@ class LocalTritonServer:
             "--log-verbose=0",
         ]
         logger.info("starting %s (run dir %s)", binary.executable, self.run_dir)
+        # The forwarding side channel lives in this server's run dir: private, and removed with it.
+        environment = {"FLUXFILL_FORWARDING_DIR": str(self.run_dir / "forwarding"), **self._env}
         self._log_file = self.log_path.open("wb")
         # Own session and process group, so stop() can also reach the python backend stubs it forks.
         self._process = subprocess.Popen(
@@ -203,7 +205,7 @@ class LocalTritonServer:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            env=binary.environment(self._env),
+            env=binary.environment(environment),
             cwd=self.run_dir,
             start_new_session=True,
         )

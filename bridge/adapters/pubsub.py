@@ -6,11 +6,16 @@ Pub/Sub's limits are applied before publishing: a copy that would exceed them ca
 and says so, instead of failing forever.
 """
 
+import os
 from collections.abc import Mapping
+from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as api
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.pubsub_v1.services.publisher.client import PublisherClient as GeneratedPublisherClient
+from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
+from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
@@ -29,6 +34,29 @@ MAX_VALUE_BYTES = 1024
 MAX_DATA_BYTES = 9_000_000
 TRUNCATED_DATA_BYTES = 64_000
 TRUNCATED_ATTRIBUTE = "fluxfillTruncatedFromBytes"
+
+
+# Real Pub/Sub channels carry any message size; the library's emulator channel keeps gRPC's 4 MB receive
+# default, which a message near Pub/Sub's 10 MB limit exceeds.
+_UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+
+
+def publisher_client(credentials: Any) -> pubsub_v1.PublisherClient:
+    """A PublisherClient; against the emulator, over a channel without gRPC's 4 MB limit."""
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.PublisherClient(credentials=credentials)
+    transport = PublisherGrpcTransport(channel=grpc.insecure_channel(host, options=_UNLIMITED))
+    return pubsub_v1.PublisherClient(transport=transport)
+
+
+def subscriber_client(credentials: Any) -> pubsub_v1.SubscriberClient:
+    """A SubscriberClient; against the emulator, over a channel without gRPC's 4 MB limit."""
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    if not host:
+        return pubsub_v1.SubscriberClient(credentials=credentials)
+    transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(host, options=_UNLIMITED))
+    return pubsub_v1.SubscriberClient(transport=transport)
 
 
 class DeadLetterPublishError(RetryableError):

@@ -140,11 +140,24 @@ def test_caller_cancelling_the_stream_stops_the_run_within_a_step(stream_model: 
 
 def test_forwarder_cancel_flag_stops_the_run(stream_model: Any) -> None:
     request_id = forwarding.new_forwarded_id()
+    forwarding.open_run(request_id)
     forwarding.request_cancel(request_id)
     request = pb.InferenceRequest(valid_tensors(), request_id=request_id)
     stream_model.execute([request])
     assert error_sent(request).code() == pb.TritonError.CANCELLED
     assert forwarding.take_error(request_id) == ("CANCELLED", "cancelled by the caller after step 0 of 3")
+    forwarding.clear(request_id)
+
+
+def test_direct_callers_leave_no_files_whatever_their_request_id(stream_model: Any) -> None:
+    """1,000 invalid requests straight to flux_fill_stream, some with forwarder-like ids: nothing stays."""
+    before = set(forwarding.channel_dir().iterdir()) if forwarding.channel_dir().exists() else set()
+    for request_id in ("", "direct-1", forwarding.new_forwarded_id()):
+        request = pb.InferenceRequest(valid_tensors(steps=0), request_id=request_id)
+        stream_model.execute([request])
+        assert error_sent(request).code() == pb.TritonError.INVALID_ARG
+    after = set(forwarding.channel_dir().iterdir()) if forwarding.channel_dir().exists() else set()
+    assert after == before
 
 
 def test_time_limit_is_unavailable_with_deadline_message(stream_model: Any) -> None:

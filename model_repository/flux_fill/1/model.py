@@ -27,6 +27,7 @@ class TritonPythonModel:
             t for t in (pb_utils.get_input_tensor_by_name(request, n) for n in _INPUT_NAMES) if t is not None
         ]
         request_id = forwarding.new_forwarded_id()
+        forwarding.open_run(request_id)
         inner = pb_utils.InferenceRequest(
             model_name=STREAM_MODEL_NAME,
             inputs=inputs,

@@ -65,15 +65,41 @@ class SigningKey:
         return jwt.encode(signer, claims).decode()
 
 
+@dataclass
+class CertificateServer:
+    """What the certificate endpoint was asked, and how it answers."""
+
+    url: str = ""
+    requests: int = 0
+    delay_s: float = 0.0
+    cache_control: str = "public, max-age=300"
+    failing: bool = False
+
+
 @contextmanager
 def certificate_endpoint(*keys: SigningKey) -> Iterator[str]:
     """Serve {key id: certificate PEM} as Google's v1 certs endpoint does; yields its URL."""
+    with certificate_server(*keys) as server:
+        yield server.url
+
+
+@contextmanager
+def certificate_server(*keys: SigningKey) -> Iterator[CertificateServer]:
+    """The certificate endpoint, with its request count, a delay, its Cache-Control and failure switchable."""
     body = json.dumps({key.key_id: key.certificate_pem for key in keys}).encode()
+    state = CertificateServer()
 
     class Certificates(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            state.requests += 1
+            time.sleep(state.delay_s)
+            if state.failing:
+                self.send_response(503)
+                self.end_headers()
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
+            self.send_header("Cache-Control", state.cache_control)
             self.end_headers()
             self.wfile.write(body)
 
@@ -83,8 +109,9 @@ def certificate_endpoint(*keys: SigningKey) -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Certificates)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/oauth2/v1/certs"
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/oauth2/v1/certs"
+        yield state
     finally:
         server.shutdown()
         server.server_close()

@@ -2,13 +2,28 @@
 
 import base64
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
+from fluxfill.bridge.oidc import (
+    FAILURE_BACKOFF_S,
+    REFETCH_INTERVAL_S,
+    CertificatesUnavailableError,
+    PushAuthError,
+    PushTokenVerifier,
+)
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import JobSystem, running_bridge
-from tests.integration.bridge.oidc_keys import AUDIENCE, SERVICE_ACCOUNT, SigningKey, certificate_endpoint
+from tests.integration.bridge.oidc_keys import (
+    AUDIENCE,
+    SERVICE_ACCOUNT,
+    SigningKey,
+    certificate_endpoint,
+    certificate_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +153,128 @@ def test_push_answers_503_until_triton_is_ready(jobs: JobSystem) -> None:
     assert ready.status_code == 503
     assert healthy.status_code == 200
     assert "fluxfill_bridge_ready 0.0" in metrics.text
+
+
+def test_verifier_caches_certificates_for_their_http_lifetime(google_key: SigningKey) -> None:
+    now = [0.0]
+    with certificate_server(google_key) as server:
+        server.cache_control = "public, max-age=100"
+        verifier = PushTokenVerifier(AUDIENCE, SERVICE_ACCOUNT, server.url, clock=lambda: now[0])
+        verifier.verify(f"Bearer {google_key.token()}")
+        now[0] = 99.0
+        verifier.verify(f"Bearer {google_key.token()}")
+        assert server.requests == 1
+        now[0] = 101.0
+        verifier.verify(f"Bearer {google_key.token()}")
+        assert server.requests == 2
+
+
+def test_unknown_key_ids_refetch_at_most_once_per_interval(google_key: SigningKey) -> None:
+    now = [0.0]
+    intruder = SigningKey.generate("unknown-key")
+    with certificate_server(google_key) as server:
+        verifier = PushTokenVerifier(AUDIENCE, SERVICE_ACCOUNT, server.url, clock=lambda: now[0])
+        for _ in range(20):
+            with pytest.raises(PushAuthError) as refused:
+                verifier.verify(f"Bearer {intruder.token()}")
+            assert refused.value.status == 401
+            now[0] += 1.0
+        assert server.requests == 1, "20 forged key ids within the interval: one fetch, the first one"
+        now[0] += REFETCH_INTERVAL_S
+        with pytest.raises(PushAuthError):
+            verifier.verify(f"Bearer {intruder.token()}")
+        assert server.requests == 2
+
+
+def test_a_failed_certificate_fetch_is_remembered_briefly(google_key: SigningKey) -> None:
+    now = [0.0]
+    with certificate_server(google_key) as server:
+        server.failing = True
+        verifier = PushTokenVerifier(AUDIENCE, SERVICE_ACCOUNT, server.url, clock=lambda: now[0])
+        for _ in range(5):
+            with pytest.raises(CertificatesUnavailableError):
+                verifier.verify(f"Bearer {google_key.token()}")
+        assert server.requests == 1
+        server.failing = False
+        now[0] = FAILURE_BACKOFF_S + 1
+        assert verifier.verify(f"Bearer {google_key.token()}")["aud"] == AUDIENCE
+
+
+def test_tokens_allow_a_small_clock_skew(google_key: SigningKey) -> None:
+    now = int(time.time())
+    with certificate_server(google_key) as server:
+        verifier = PushTokenVerifier(AUDIENCE, SERVICE_ACCOUNT, server.url)
+        assert verifier.verify(f"Bearer {google_key.token(iat=now - 630, exp=now - 30)}")
+        with pytest.raises(PushAuthError):
+            verifier.verify(f"Bearer {google_key.token(iat=now - 700, exp=now - 100)}")
+
+
+def test_forged_tokens_do_not_hold_the_server(
+    jobs: JobSystem, flux_server: LocalTritonServer, google_key: SigningKey
+) -> None:
+    intruders = [SigningKey.generate(f"forged-{n}") for n in range(3)]
+    with certificate_server(google_key) as server:
+        settings = jobs.settings(
+            flux_server.grpc_url,
+            mode="push",
+            push_audience=AUDIENCE,
+            push_service_account=SERVICE_ACCOUNT,
+            oidc_certs_url=server.url,
+        )
+        with running_bridge(settings) as bridge:
+            server.delay_s = 3.0  # a slow certificate endpoint
+            body = envelope(b"{}")
+
+            def forged(key: SigningKey) -> int:
+                headers = {"Authorization": f"Bearer {key.token()}"}
+                return httpx.post(f"{bridge.url}/push", json=body, headers=headers, timeout=30).status_code
+
+            with ThreadPoolExecutor(3) as pool:
+                answers = pool.map(forged, intruders)
+                time.sleep(0.5)
+                started = time.monotonic()
+                health = httpx.get(f"{bridge.url}/healthz", timeout=10)
+                health_s = time.monotonic() - started
+                statuses = sorted(answers)
+    assert health.status_code == 200
+    assert health_s < 1.0, f"/healthz waited {health_s:.1f} s behind token checks"
+    assert statuses == [401, 401, 401]
+    assert server.requests <= 2, "forged key ids must not make the bridge fetch certificates each time"
+
+
+def test_hostile_envelopes_get_a_decision_and_leave_nothing_in_flight(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)
+    naive_time = envelope(b"{oops", "naive-1")
+    naive_time["message"]["publishTime"] = "2026-11-24T08:00:00"  # type: ignore[index]
+    huge_data = envelope(b"{" + b"x" * 9_999_000, "huge-1")
+    with running_bridge(settings) as bridge:
+        post = lambda content: httpx.post(f"{bridge.url}/push", content=content, timeout=60).status_code  # noqa: E731
+        statuses = {
+            "deep": post(b"[" * 100_000),
+            "deep envelope": post(b'{"message": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
+            "naive publishTime": post(json.dumps(naive_time).encode()),
+            "10 MB malformed data": post(json.dumps(huge_data).encode()),
+            "40 MB body": post(b" " * 40_000_000),
+        }
+        dead = jobs.dead_letters(expected=2, timeout_s=15)
+        in_flight = bridge.bridge.metrics.sample("fluxfill_bridge_jobs_in_flight")
+        health = httpx.get(f"{bridge.url}/healthz", timeout=10).status_code
+        stopping = time.monotonic()
+        bridge.stop(timeout_s=30)
+        stop_s = time.monotonic() - stopping
+    assert stop_s < 10, f"push mode took {stop_s:.1f} s to stop: Cloud Run would SIGKILL it"
+    assert statuses == {
+        "deep": 400,
+        "deep envelope": 400,
+        "naive publishTime": 204,
+        "10 MB malformed data": 204,
+        "40 MB body": 413,
+    }
+    assert in_flight == 0
+    assert health == 200
+    by_origin = {m.attributes["fluxfillOriginalMessageId"]: m for m in dead}
+    assert set(by_origin) == {"naive-1", "huge-1"}
+    assert by_origin["huge-1"].attributes["fluxfillTruncatedFromBytes"] == str(len(b"{") + 9_999_000)
+    assert len(by_origin["huge-1"].data) < 100_000

@@ -239,3 +239,14 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     assert poisoned in remaining
     assert fixed not in remaining
     assert fluxfill(world, "dlq", "replay").returncode == 2, "replay needs an ID or --all"
+
+
+def test_dlq_list_reads_a_dead_letter_near_pubsubs_size_limit(world: JobWorld) -> None:
+    """gRPC's default 4 MB receive limit must not stop the listing of a 5 MB dead letter."""
+    job = json.dumps({"userId": USER, "sessionId": "big-1", "prompt": "x" * 5_000_000}).encode()
+    attributes = {DEAD_LETTER_CODE_ATTRIBUTE: "invalid_job", DEAD_LETTER_REASON_ATTRIBUTE: "prompt too long"}
+    topic = world.publisher.topic_path(PROJECT, DEAD_TOPIC)
+    world.publisher.publish(topic, job, **attributes).result(timeout=30)
+    listed = fluxfill(world, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert f"{USER}/big-1\tinvalid_job\tprompt too long" in listed.stdout
