@@ -31,6 +31,16 @@ if [[ -n ${FLUXFILL_GGUF_FILE:-} ]]; then
   set_parameter "${config}" gguf_file "${FLUXFILL_GGUF_FILE}"
 fi
 
+# Say which CUDA build of torch this is and whether it sees a GPU, before anything else can hide it: a
+# driver too old for the build shows here as available=False, not as a slow CPU run later.
+"${FLUXFILL_PYTHON:-python3}" - <<'PY' || echo "entrypoint: torch cannot be imported: the model will say why" >&2
+import torch
+cuda = torch.cuda.is_available()
+device = torch.cuda.get_device_name(0) if cuda else "none"
+print(f"entrypoint: torch {torch.__version__} built for CUDA {torch.version.cuda}; "
+      f"cuda available={cuda}; device={device}", flush=True)
+PY
+
 # --exit-on-error=false: a model that fails initialize (e.g. a digest mismatch) leaves the server up with the
 #   reason in the repository index and /v2/models/flux_fill_stream/ready at 400, so the startup probe fails
 #   and the platform restarts the container, rather than a crash loop that hides the reason.

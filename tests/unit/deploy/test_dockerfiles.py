@@ -127,8 +127,11 @@ def test_pip_installs_only_the_lock_file_and_the_package(image: str, dockerfile:
     ]
     assert any(f"-r {lock}" in a for a in installs)
     for command in installs:
-        assert f"-r {lock}" in command or (
-            "--no-deps ." in command and f"PIP_CONSTRAINT={lock}" in command
+        assert (
+            f"-r {lock}" in command
+            or ("--no-deps ." in command and f"PIP_CONSTRAINT={lock}" in command)
+            # torch's CUDA build, at the version the lock file pins (read from it)
+            or ('"torch==${torch_version}+${TORCH_CUDA}"' in command and image == "triton")
         ), command
 
 
@@ -162,3 +165,30 @@ def test_docker_context_keeps_what_the_images_copy() -> None:
     assert ignored(".venv")
     assert ignored(".git")
     assert ignored("build/tiny-flux-fill/x.safetensors")
+
+
+# NVIDIA's release -> the CUDA its image carries (release notes).
+TRITON_RELEASE_CUDA = {"24.10": "12.6"}
+# Cloud Run's L4 driver (535) runs CUDA 12.x runtimes through minor-version compatibility, not CUDA 13.
+CLOUD_RUN_L4_CUDA_MAJOR = "12"
+
+
+def test_triton_images_torch_build_matches_the_bases_cuda_major() -> None:
+    defaults = arg_defaults(TRITON)
+    release = re.search(r"tritonserver:(\d+\.\d+)-py3", defaults["TRITON_IMAGE"])
+    assert release, defaults["TRITON_IMAGE"]
+    base_major = TRITON_RELEASE_CUDA[release.group(1)].split(".")[0]
+    build = re.fullmatch(r"cu(\d+?)(\d)", defaults["TORCH_CUDA"])
+    assert build, f"TORCH_CUDA={defaults['TORCH_CUDA']} is not a CUDA build"
+    assert build.group(1) == base_major == CLOUD_RUN_L4_CUDA_MAJOR
+    assert defaults["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/${TORCH_CUDA}"
+    # The version is the lock's: the image cannot drift from the tested torch.
+    lock = (REPO_ROOT / "requirements" / "triton.txt").read_text()
+    assert re.search(r"^torch==\S+$", lock, re.MULTILINE)
+    assert "sed -n 's/^torch==//p' /opt/fluxfill/requirements.txt" in TRITON.read_text()
+
+
+def test_triton_entrypoint_reports_torchs_cuda_build_and_the_gpu() -> None:
+    script = (REPO_ROOT / "deploy" / "triton" / "entrypoint.sh").read_text()
+    assert "torch.version.cuda" in script
+    assert "torch.cuda.is_available()" in script

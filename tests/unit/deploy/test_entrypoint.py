@@ -3,6 +3,7 @@
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,18 @@ def test_tritonserver_flags(tmp_path: Path) -> None:
     assert sizes["python,shm-growth-byte-size"] >= 16 * 2**20
     # Extra arguments are passed on, last.
     assert argv[-1] == "--log-verbose=1"
+
+
+def test_start_reports_torchs_cuda_build_and_whether_it_sees_a_gpu(tmp_path: Path) -> None:
+    result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, FLUXFILL_PYTHON=sys.executable)
+    assert result.returncode == 0, result.stderr
+    # This machine's torch is the CPU build: no CUDA, no GPU, and it says so before tritonserver starts.
+    assert "entrypoint: torch 2." in result.stdout
+    assert "built for CUDA None; cuda available=False; device=none" in result.stdout
+
+
+def test_start_goes_on_when_torch_cannot_be_imported(tmp_path: Path) -> None:
+    result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, FLUXFILL_PYTHON="/bin/false")
+    assert result.returncode == 0
+    assert "torch cannot be imported" in result.stderr
+    assert (tmp_path / "argv").exists()
