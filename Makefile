@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak clean
+.PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak clean images
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 
@@ -54,6 +54,11 @@ test: lint
 
 clean:
 	rm -rf $(VENV) build out
+
+# Both images from the shipped Dockerfiles, built here with podman (a debootstrapped Debian base, a stand-in
+# Triton base from the nvidia-pytriton wheel); tests/integration/images builds them too and starts them.
+images:
+	deploy/images/build-local.sh
 
 # The four CPU benchmarks (a few minutes); each prints its table and writes a PNG under out/bench/.
 bench: $(INSTALLED)

@@ -4,12 +4,16 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 
 import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
 
 from fluxfill.client.local_emulators import GoogleEmulators, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import TinyModel, ensure_tiny_model
 from tests.support import MODEL_REPOSITORY, REPO_ROOT
+
+PROJECT = "fluxfill-test"
 
 # Shared with `make demo`: building is idempotent, so a second run reuses it.
 TINY_MODEL_DIR = REPO_ROOT / "build" / "tiny-flux-fill"
@@ -58,3 +62,15 @@ def google_emulators() -> Iterator[GoogleEmulators]:
 def flux_server(start_flux_server: ServerFactory) -> LocalTritonServer:
     """The tiny diffusers-format model, READY."""
     return start_flux_server()
+
+
+@pytest.fixture(scope="session")
+def google_clients(google_emulators: GoogleEmulators) -> Iterator[tuple[object, ...]]:
+    """The app's clients on the emulators: publisher, subscriber, storage and Firestore."""
+    credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    publisher = pubsub_v1.PublisherClient(credentials=credentials)
+    subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
+    storage_client = storage.Client(project=PROJECT, credentials=credentials)
+    db = firestore.Client(project=PROJECT, credentials=credentials)
+    yield publisher, subscriber, storage_client, db
+    subscriber.close()

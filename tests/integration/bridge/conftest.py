@@ -1,26 +1,11 @@
 """Fixtures of the bridge's integration tests: one job system per test on the session's emulators."""
 
-from collections.abc import Iterator
-
 import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore, pubsub_v1, storage
 
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import PROJECT, JobSystem
 from tests.integration.conftest import ServerFactory
-
-
-@pytest.fixture(scope="session")
-def google_clients(google_emulators: GoogleEmulators) -> Iterator[tuple[object, ...]]:
-    credentials = AnonymousCredentials()
-    publisher = pubsub_v1.PublisherClient(credentials=credentials)
-    subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
-    storage_client = storage.Client(project=PROJECT, credentials=credentials)
-    db = firestore.Client(project=PROJECT, credentials=credentials)
-    yield publisher, subscriber, storage_client, db
-    subscriber.close()
 
 
 @pytest.fixture

@@ -1,0 +1,200 @@
+"""What users deploy, built and started: both images from the shipped Dockerfiles, with podman.
+
+The images are built by deploy/images/build-local.sh (a debootstrapped Debian base, a stand-in Triton base
+made from the nvidia-pytriton wheel, CPU torch); where podman cannot be had, these tests are skipped with the
+reason. Containers run on the host network and are always removed.
+"""
+
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+
+from fluxfill.client.local_emulators import GoogleEmulators
+from fluxfill.client.triton_binary import free_port
+from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, STREAM_MODEL_NAME, contract_arrays
+from fluxfill.inpaint.tiny import TinyModel
+from fluxfill.inpaint.weights import directory_digest
+from tests.integration.bridge.harness import JobSystem
+from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+BUILD = REPO_ROOT / "deploy" / "images" / "build-local.sh"
+CONTAINERS_CONF = REPO_ROOT / "build" / "images" / "containers.conf"
+BRIDGE_IMAGE, TRITON_IMAGE = "fluxfill-bridge:local", "fluxfill-triton:local"
+SKIPPED = 3
+
+
+def podman(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["podman", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+        env={"CONTAINERS_CONF": str(CONTAINERS_CONF), "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"},
+    )
+
+
+@pytest.fixture(scope="module")
+def images() -> None:
+    built = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=1500, check=False)
+    if built.returncode == SKIPPED:
+        pytest.skip(built.stderr.strip().splitlines()[-1])
+    assert built.returncode == 0, built.stderr[-4000:]
+
+
+@pytest.fixture
+def container_name() -> Iterator[str]:
+    name = f"fluxfill-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    podman("rm", "-f", "-t", "0", name)
+
+
+def http_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=2).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def wait_for_status(url: str, wanted: int, name: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if http_status(url) == wanted:
+            return
+        state = podman("inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+        assert state == "running", f"{name} is {state}:\n{logs(name)}"
+        time.sleep(0.5)
+    raise AssertionError(f"{url} never answered {wanted}:\n{logs(name)}")
+
+
+def logs(name: str) -> str:
+    """The container's log lines that say something: the table borders and blank lines left out."""
+    result = podman("logs", name)
+    lines = (result.stdout + result.stderr).splitlines()
+    return "\n".join(line[:400] for line in lines if line.strip() and line[0] not in "|+")[-4000:]
+
+
+def test_bridge_image_without_settings_exits_2_with_one_line(images: None) -> None:
+    result = podman("run", "--rm", "--network", "host", BRIDGE_IMAGE)
+    output = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode == 2, output
+    assert len(output) == 1, output
+    line = json.loads(output[0])
+    assert line["message"] == "invalid settings"
+    assert "project" in line["problems"]
+
+
+def test_bridge_image_answers_health_and_exits_0_on_sigterm(
+    images: None, google_emulators: GoogleEmulators, google_clients: tuple[object, ...], container_name: str
+) -> None:
+    jobs = JobSystem(*google_clients)  # type: ignore[arg-type]
+    jobs.create()
+    port = free_port()
+    settings = {
+        "FLUXFILL_BRIDGE_PROJECT": jobs.project,
+        "FLUXFILL_BRIDGE_SUBSCRIPTION": jobs.subscription_id,
+        "FLUXFILL_BRIDGE_BUCKET": jobs.bucket,
+        "FLUXFILL_BRIDGE_TRITON_URL": f"127.0.0.1:{free_port()}",
+        "FLUXFILL_BRIDGE_HTTP_HOST": "127.0.0.1",
+        "FLUXFILL_BRIDGE_HTTP_PORT": str(port),
+        **google_emulators.environment(),
+    }
+    variables = [arg for key, value in settings.items() for arg in ("-e", f"{key}={value}")]
+    started = podman("run", "-d", "--name", container_name, "--network", "host", *variables, BRIDGE_IMAGE)
+    assert started.returncode == 0, started.stderr
+    wait_for_status(f"http://127.0.0.1:{port}/healthz", 200, container_name, timeout_s=60)
+    assert http_status(f"http://127.0.0.1:{port}/readyz") == 503, "no Triton: not ready"
+    podman("kill", "--signal", "TERM", container_name)
+    exit_code = podman("wait", container_name, timeout_s=30).stdout.strip()
+    assert exit_code == "0", podman("logs", container_name).stdout[-3000:]
+    assert "bridge stopped" in podman("logs", container_name).stdout
+
+
+def start_triton(name: str, weights: Path, digest: str) -> tuple[int, int]:
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    started = podman(
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--shm-size=1g",
+        "-v",
+        f"{weights}:/models/weights/FLUX.1-Fill-dev:ro",
+        "-e",
+        f"FLUXFILL_WEIGHTS_SHA256={digest}",
+        TRITON_IMAGE,
+        f"--http-port={http_port}",
+        f"--grpc-port={grpc_port}",
+        f"--metrics-port={metrics_port}",
+    )
+    assert started.returncode == 0, started.stderr
+    return http_port, metrics_port
+
+
+def readable_copy(source: Path, target: Path) -> Path:
+    """The weights as a read-only bucket mount presents them: readable by the image's non-root user."""
+    shutil.copytree(source, target)
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
+
+
+def test_triton_image_serves_the_tiny_model_and_answers_one_inference(
+    images: None, tiny_model: TinyModel, container_name: str, tmp_path: Path
+) -> None:
+    weights = readable_copy(tiny_model.pipeline_dir, tmp_path / "weights")
+    http_port, _ = start_triton(container_name, weights, directory_digest(weights))
+    base = f"http://127.0.0.1:{http_port}"
+    wait_for_status(f"{base}/v2/models/{STREAM_MODEL_NAME}/ready", 200, container_name, timeout_s=240)
+    assert httpx.get(f"{base}/v2", timeout=5).json()["version"] == "2.51.0"
+    image = np.random.default_rng(3).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    mask = np.zeros((64, 96), np.uint8)
+    mask[16:40, 24:60] = 255
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}", network_timeout=120)
+    inputs = []
+    for name, array in contract_arrays(image, mask, "a hat", steps=2, seed=7).items():
+        spec = next(spec for spec in INPUTS if spec.name == name)
+        tensor = httpclient.InferInput(name, list(array.shape), spec.datatype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    result = client.infer(MODEL_NAME, inputs)
+    client.close()
+    edited = result.as_numpy("IMAGE")
+    assert edited.shape == image.shape
+    assert not np.array_equal(edited[mask >= 128], image[mask >= 128])
+    logs = podman("logs", container_name)
+    assert "built for CUDA None; cuda available=False" in logs.stdout + logs.stderr
+
+
+def test_triton_image_without_weights_reports_the_model_unavailable_with_its_reason(
+    images: None, tmp_path: Path, container_name: str
+) -> None:
+    empty = tmp_path / "no-weights"
+    empty.mkdir()
+    http_port, _ = start_triton(container_name, empty, "0" * 64)
+    base = f"http://127.0.0.1:{http_port}"
+    wait_for_status(f"{base}/v2/health/live", 200, container_name, timeout_s=120)
+    deadline = time.monotonic() + 120
+    states: dict[str, dict[str, str]] = {}
+    while time.monotonic() < deadline:
+        index = httpx.post(f"{base}/v2/repository/index", json={}, timeout=5).json()
+        states = {model["name"]: model for model in index}
+        if states.get(STREAM_MODEL_NAME, {}).get("state") == "UNAVAILABLE":
+            break
+        time.sleep(0.5)
+    stream = states[STREAM_MODEL_NAME]
+    assert stream["state"] == "UNAVAILABLE", states
+    assert "weights" in stream["reason"].lower(), stream
+    assert http_status(f"{base}/v2/models/{STREAM_MODEL_NAME}/ready") == 400
