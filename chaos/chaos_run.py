@@ -24,14 +24,16 @@ class ChaosOptions:
     # The emulator keeps handing messages to a SIGKILLed bridge's dead stream; each comes back only after a
     # 60 s stream ack deadline, sometimes more than once (see the README's Reliability section).
     settle_timeout_s: float = 600.0
-    triton_kills: int = 2
-    bridge_kills: int = 2
+    fault_plan: faults.FaultPlan = field(default_factory=faults.FaultPlan)
     steps: int = 4
 
     @classmethod
     def quick(cls, seed: int = 7) -> "ChaosOptions":
-        """About 40 jobs over a ~25 s publishing window: the version `make test` runs."""
-        return cls(jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=240.0)
+        """About 40 jobs over a ~25 s publishing window, one fault of each kind: the run `make test` runs."""
+        plan = faults.FaultPlan(
+            triton_kills=1, bridge_kills=1, emulator_pauses=("storage",), triton_stop_s=17.0, pause_s=6.0
+        )
+        return cls(jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=300.0, fault_plan=plan)
 
 
 @dataclass
@@ -65,11 +67,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         traffic.prepare(fleet.jobs, planned)
         published = traffic.Published()
         schedule = faults.schedule(
-            [b.name for b in fleet.bridges],
-            len(order) / options.rate_per_s,
-            options.seed,
-            options.triton_kills,
-            options.bridge_kills,
+            [b.name for b in fleet.bridges], len(order) / options.rate_per_s, options.seed, options.fault_plan
         )
         stop, log = threading.Event(), faults.FaultLog()
         injector = faults.inject(fleet, schedule, stop, log)

@@ -1,11 +1,21 @@
-"""The fault schedule: Triton and bridges SIGKILLed at seeded moments, each restarted after a short outage.
+"""The fault schedule: processes killed, processes that hang, dependencies that pause, at seeded moments.
+
+Faults, each followed by recovery:
+- `kill`: SIGKILL Triton (with its stubs) or a bridge; restarted after a short outage (a crashed container).
+- `stop`: SIGSTOP Triton past the run deadline, or a bridge past its lease, then SIGCONT (a process that hangs
+  instead of dying: the bridge wakes up to find its job taken over; Triton's callers find it unanswering).
+- `pause`: SIGSTOP an emulator (Firestore, Storage or Pub/Sub) longer than a job takes, then SIGCONT.
+- `kill-in-pause`: pause Firestore, SIGKILL a bridge while its final writes wait on it (results uploaded,
+  status not yet written), restart the bridge, resume Firestore.
 
 A moment is a time within the publishing window (drawn between 10 % and 85 % of it), so every fault lands
 while work is in flight; the faults run one after another on their own thread, each at least MIN_GAP_S after
-the previous one recovered, so a restarted process is up and working before it is hit again.
+the previous one recovered, so a recovered process is working before it is hit again.
 """
 
+import os
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -13,15 +23,32 @@ from dataclasses import dataclass, field
 from chaos.fleet import Fleet
 
 MIN_GAP_S = 2.0
+EMULATORS = ("firestore", "storage", "pubsub")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One planned kill: of `target` ("triton" or a bridge's name) `at_s` after publishing starts."""
+    """One planned fault: `action` on `target` ("triton", a bridge's name or an emulator) at `at_s`."""
 
     target: str
     at_s: float
     outage_s: float
+    action: str = "kill"
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """How many faults of each kind a run gets, and how long the hangs last."""
+
+    triton_kills: int = 2
+    bridge_kills: int = 2
+    triton_stops: int = 1
+    bridge_stops: int = 1
+    emulator_pauses: tuple[str, ...] = EMULATORS
+    kills_in_firestore_pause: int = 1
+    triton_stop_s: float = 18.0  # past the fleet's 15 s run deadline
+    bridge_stop_s: float = 8.0  # past the fleet's 4 s lease
+    pause_s: float = 8.0
 
 
 @dataclass
@@ -32,22 +59,33 @@ class FaultLog:
     errors: list[str] = field(default_factory=list)
 
 
-def schedule(
-    bridges: list[str], window_s: float, seed: int, triton_kills: int = 2, bridge_kills: int = 2
-) -> list[Fault]:
-    """Seeded kills of Triton and of random bridges within `window_s`, ordered by when they fire."""
+def schedule(bridges: list[str], window_s: float, seed: int, plan: FaultPlan | None = None) -> list[Fault]:
+    """Seeded faults of every kind in `plan` within `window_s`, ordered by when they fire."""
+    plan = plan or FaultPlan()
     rng = random.Random(seed + 2)  # noqa: S311 (reproducible fault moments, not cryptography)
-    targets = ["triton"] * triton_kills + [rng.choice(bridges) for _ in range(bridge_kills)]
-    rng.shuffle(targets)
+    specs: list[tuple[str, str, float]] = [("triton", "kill", 0.0)] * plan.triton_kills
+    specs += [(rng.choice(bridges), "kill", 0.0) for _ in range(plan.bridge_kills)]
+    specs += [("triton", "stop", plan.triton_stop_s)] * plan.triton_stops
+    specs += [(rng.choice(bridges), "stop", plan.bridge_stop_s) for _ in range(plan.bridge_stops)]
+    specs += [(emulator, "pause", plan.pause_s) for emulator in plan.emulator_pauses]
+    specs += [
+        (rng.choice(bridges), "kill-in-pause", plan.pause_s) for _ in range(plan.kills_in_firestore_pause)
+    ]
+    rng.shuffle(specs)
     faults = [
-        Fault(target, round(window_s * rng.uniform(0.1, 0.85), 2), round(rng.uniform(0.2, 2.0), 2))
-        for target in targets
+        Fault(
+            target,
+            round(window_s * rng.uniform(0.1, 0.85), 2),
+            outage or round(rng.uniform(0.2, 2.0), 2),
+            action,
+        )
+        for target, action, outage in specs
     ]
     return sorted(faults, key=lambda fault: fault.at_s)
 
 
 def inject(fleet: Fleet, faults: list[Fault], stop: threading.Event, log: FaultLog) -> threading.Thread:
-    """Run the schedule on a thread; each fault waits for its moment, kills, waits its outage, restarts."""
+    """Run the schedule on a thread; each fault waits for its moment, strikes, waits its outage, recovers."""
     started = time.monotonic()
 
     def run() -> None:
@@ -56,9 +94,9 @@ def inject(fleet: Fleet, faults: list[Fault], stop: threading.Event, log: FaultL
             if stop.wait(max(0.0, max(started + fault.at_s, earliest) - time.monotonic())):
                 return
             try:
-                _apply(fleet, fault, log, time.monotonic() - started)
+                log.done.append(_apply(fleet, fault, time.monotonic() - started))
             except Exception as error:  # reported as a broken run, never swallowed
-                log.errors.append(f"{fault.target}: {type(error).__name__}: {error}")
+                log.errors.append(f"{fault.target} {fault.action}: {type(error).__name__}: {error}")
             earliest = time.monotonic() + MIN_GAP_S
 
     thread = threading.Thread(target=run, name="faults", daemon=True)
@@ -66,23 +104,61 @@ def inject(fleet: Fleet, faults: list[Fault], stop: threading.Event, log: FaultL
     return thread
 
 
-def _apply(fleet: Fleet, fault: Fault, log: FaultLog, at_s: float) -> None:
+def _emulator_group(fleet: Fleet, name: str) -> int:
+    emulator = getattr(fleet.emulators, name)
+    if emulator.pid is None:
+        raise RuntimeError(f"the {name} emulator is not running")
+    return int(emulator.pid)
+
+
+def _apply(fleet: Fleet, fault: Fault, at_s: float) -> str:
     started = time.monotonic()
+    when, outage = f"t={at_s:.1f} s", f"{fault.outage_s:.1f} s"
+    if fault.target in EMULATORS:
+        group = _emulator_group(fleet, fault.target)
+        _signal_group(group, signal.SIGSTOP)
+        time.sleep(fault.outage_s)
+        _signal_group(group, signal.SIGCONT)
+        return f"{when}: SIGSTOP the {fault.target} emulator for {outage}, then SIGCONT"
     if fault.target == "triton":
+        if fault.action == "stop":
+            fleet.triton.signal(signal.SIGSTOP)
+            time.sleep(fault.outage_s)
+            fleet.triton.signal(signal.SIGCONT)
+            return f"{when}: SIGSTOP tritonserver and its stubs for {outage} (past the run deadline), SIGCONT"
         fleet.triton.kill()
         time.sleep(fault.outage_s)
         fleet.triton.start()
-    else:
-        bridge = next(b for b in fleet.bridges if b.name == fault.target)
-        old = bridge.instance_id
-        bridge.kill()
-        time.sleep(fault.outage_s)
-        bridge.start()
-        log.done.append(
-            f"t={at_s:.1f} s: SIGKILL {old}, restarted {fault.outage_s:.1f} s later as {bridge.instance_id}"
+        return (
+            f"{when}: SIGKILL tritonserver and its stubs, restarted {outage} later, "
+            f"READY {time.monotonic() - started:.1f} s after the kill"
         )
-        return
-    log.done.append(
-        f"t={at_s:.1f} s: SIGKILL tritonserver and its stubs, restarted {fault.outage_s:.1f} s later, "
-        f"READY {time.monotonic() - started:.1f} s after the kill"
-    )
+    bridge = next(b for b in fleet.bridges if b.name == fault.target)
+    old = bridge.incarnation_name
+    if fault.action == "stop":
+        bridge.signal(signal.SIGSTOP)
+        time.sleep(fault.outage_s)
+        bridge.signal(signal.SIGCONT)
+        return f"{when}: SIGSTOP {old} for {outage} (past its lease), then SIGCONT"
+    if fault.action == "kill-in-pause":
+        group = _emulator_group(fleet, "firestore")
+        _signal_group(group, signal.SIGSTOP)
+        try:
+            time.sleep(fault.outage_s / 2)  # final writes of running jobs now wait on Firestore
+            bridge.kill()
+            bridge.start()
+            time.sleep(fault.outage_s / 2)
+        finally:
+            _signal_group(group, signal.SIGCONT)
+        return (
+            f"{when}: SIGSTOP Firestore, SIGKILL {old} while its writes waited, restarted as "
+            f"{bridge.incarnation_name}, SIGCONT Firestore {outage} after the stop"
+        )
+    bridge.kill()
+    time.sleep(fault.outage_s)
+    bridge.start()
+    return f"{when}: SIGKILL {old}, restarted {outage} later as {bridge.incarnation_name}"
+
+
+def _signal_group(group: int, signum: int) -> None:
+    os.killpg(group, signum)

@@ -52,14 +52,20 @@ class FleetConfig:
     ack_deadline_s: int = 10
     lease_s: float = 4.0
     progress_interval_s: float = 0.5
-    job_deadline_s: float = 60.0
+    # Counted from the start of inference: a hung Triton is stopped for longer than this.
+    job_deadline_s: float = 15.0
+    # As on Cloud Run, where every instance's hostname is `localhost`: claims must not rely on names.
+    shared_instance_id: str | None = "localhost"
 
 
 class BridgeProcess:
     """One `python -m fluxfill.bridge` process; `kill()` is SIGKILL, `start()` a fresh incarnation."""
 
-    def __init__(self, name: str, environment: dict[str, str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, environment: dict[str, str], log_dir: Path, shared_instance_id: str | None = None
+    ) -> None:
         self.name = name
+        self._shared_instance_id = shared_instance_id
         self._environment = environment
         self._log_dir = log_dir
         self.incarnation = 0
@@ -68,9 +74,13 @@ class BridgeProcess:
         self.logs: list[Path] = []
 
     @property
-    def instance_id(self) -> str:
+    def incarnation_name(self) -> str:
         # A restarted bridge is a new instance (a new container), so it cannot resume its old leases.
         return f"{self.name}-{self.incarnation}"
+
+    @property
+    def instance_id(self) -> str:
+        return self._shared_instance_id or self.incarnation_name
 
     def start(self) -> None:
         self.incarnation += 1
@@ -81,7 +91,7 @@ class BridgeProcess:
             "FLUXFILL_BRIDGE_INSTANCE_ID": self.instance_id,
             "FLUXFILL_BRIDGE_HTTP_PORT": str(self.http_port),
         }
-        log = self._log_dir / f"{self.instance_id}.log"
+        log = self._log_dir / f"{self.incarnation_name}.log"
         self.logs.append(log)
         with log.open("wb") as sink:
             self.process = subprocess.Popen(
@@ -99,6 +109,12 @@ class BridgeProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the bridge's process group (SIGSTOP / SIGCONT: a process that hangs)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signum)
 
     def terminate(self, timeout_s: float = 30.0) -> None:
         """SIGTERM and wait for the drain (the graceful path)."""
@@ -164,6 +180,14 @@ class TritonProcess:
         if server is not None:
             server.stop()
 
+    def signal(self, signum: int) -> None:
+        """Send `signum` to tritonserver and its stubs (SIGSTOP / SIGCONT: a server that hangs)."""
+        with self._lock:
+            pid = self.server.pid if self.server is not None else None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signum)
+
     @property
     def pids(self) -> list[int]:
         """tritonserver and its Python-backend stubs."""
@@ -224,7 +248,8 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
         fleet = Fleet(emulators, jobs, triton, [], config)
         environment = fleet.bridge_environment()
         for index in range(config.bridges):
-            bridge = BridgeProcess(f"bridge-{chr(ord('a') + index)}", environment, run_dir)
+            name = f"bridge-{chr(ord('a') + index)}"
+            bridge = BridgeProcess(name, environment, run_dir, config.shared_instance_id)
             stack.callback(_end_bridge, bridge)
             bridge.start()
             fleet.bridges.append(bridge)

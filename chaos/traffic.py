@@ -50,13 +50,17 @@ def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 
 
 
 def publish_order(planned: Sequence[PlannedJob], seed: int) -> list[PlannedJob]:
-    """Every message once per copy; a duplicate's second copy lands at a random later position."""
+    """Every message once per copy; a duplicate's second copy comes right behind the first (an app that
+    publishes twice, close together) or, for every other one, at a random later position."""
     rng = random.Random(seed + 1)  # noqa: S311 (a reproducible order, not cryptography)
     order = list(planned)
+    duplicates = 0
     for job in planned:
         for _ in range(job.copies - 1):
             first = order.index(job)
-            order.insert(rng.randint(first + 1, len(order)), job)
+            duplicates += 1
+            at = first + 1 if duplicates % 2 else rng.randint(first + 1, len(order))
+            order.insert(at, job)
     return order
 
 

@@ -86,6 +86,11 @@ class LocalEmulator:
             f"{self.name} not ready after {self._startup_timeout_s:.0f} s:\n{self.log_tail()}"
         )
 
+    @property
+    def pid(self) -> int | None:
+        """The process group's leader (the emulator runs in its own group), None when not running."""
+        return self._process.pid if self._process is not None else None
+
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of its output."""
         path = self._dir / "log.txt"

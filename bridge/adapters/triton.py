@@ -5,11 +5,12 @@ noticed within `POLL_S`; leaving the wait without a result cancels the gRPC call
 server within one step. HTTP cannot be cancelled: the run stops on the server at its TIMEOUT_S instead.
 
 Every call is bounded: readiness asks with a timeout (a frozen server must read as not ready, not block), and
-a run that reaches its deadline asks Triton once more; a server that does not answer then is unavailable
-(the job is given back for later) rather than the job being too slow.
+a run that reaches its deadline is the job's fault only if it ran: a stream that never got its first step, or
+a server that does not answer a readiness check then, is Triton unavailable (the job is given back for later).
 """
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -90,7 +91,12 @@ class TritonInpaintModel:
         except Exception:  # readiness is a yes/no question: any failure to answer is a no
             return False
 
-    def _past_deadline(self) -> BridgeError:
+    def _past_deadline(self, started: bool = True) -> BridgeError:
+        """What a run at its deadline means: `started` is False for a stream that never reported a step."""
+        if not started:
+            return TritonUnavailableError(
+                "the run reached its deadline before Triton reported its first step: it never ran"
+            )
         if self.is_ready(DEADLINE_PROBE_TIMEOUT_S):
             return JobDeadlineExceededError("deadline exceeded while Triton was running")
         return TritonUnavailableError(
@@ -124,7 +130,7 @@ class TritonInpaintModel:
     ) -> InferenceResult:
         client = self._client()
         replies: queue.Queue[_Reply] = queue.Queue()
-        finished = False
+        finished = started = False
         try:
             try:
                 client.start_stream(callback=lambda result, error: replies.put((result, error)))
@@ -132,7 +138,8 @@ class TritonInpaintModel:
             except Exception as error:  # the one boundary: tritonclient's errors become ours
                 raise map_triton_exception(error) from None
             while True:
-                result = _next_reply(replies, control, self._past_deadline)
+                result = _next_reply(replies, control, functools.partial(self._past_deadline, started))
+                started = True
                 step, total = result.as_numpy("STEP"), result.as_numpy("TOTAL_STEPS")
                 if step is not None and total is not None and int(total[0]) > 0:
                     on_progress(int(step[0]), int(total[0]))

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from chaos import faults
 from chaos.chaos_run import ChaosOptions, run_chaos
 from chaos.report import chaos_text, saturation_text, soak_text
 from chaos.saturation import TRITON_QUEUE_BOUND, SaturationOptions, run_saturation
@@ -14,13 +15,18 @@ pytestmark = pytest.mark.integration
 
 # Usually about 100 s; the emulator may hand a message to a killed bridge's dead stream more than once, and
 # each time it comes back only after 60 s, so the settle wait allows 240 s.
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_quick_chaos_loses_no_job_and_does_none_twice(tmp_path: Path) -> None:
-    """~40 jobs with duplicates and poison, Triton and bridges SIGKILLed twice each: every invariant holds."""
-    report = run_chaos(ChaosOptions.quick(), tmp_path)
+    """~40 jobs with duplicates and poison, every bridge named `localhost`, one fault of each kind (Triton and
+    a bridge SIGKILLed, each SIGSTOPped past its deadline or lease, Storage paused, a bridge killed while
+    Firestore held its final writes): every invariant holds."""
+    options = ChaosOptions.quick()
+    report = run_chaos(options, tmp_path)
     text = chaos_text(report)
     assert not report.fault_errors, text
-    assert len(report.faults) == 4, text
+    assert (
+        len(report.faults) == len(faults.schedule(["a", "b"], 10.0, options.seed, options.fault_plan)) == 6
+    ), text
     assert all(check.checked > 0 for check in report.checks), text
     assert [c.name for c in report.checks if not c.ok] == [], text
     assert not report.notes, text

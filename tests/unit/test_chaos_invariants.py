@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from chaos import faults, invariants
+from chaos.fleet import FleetConfig
 from chaos.traffic import publish_order
 from chaos.workload import Kind, PlannedJob, plan
 
@@ -117,14 +118,33 @@ def test_a_duplicate_is_published_twice_and_later() -> None:
     positions = [i for i, j in enumerate(order) if j is duplicate]
     assert len(positions) == 2
     assert len(order) == sum(j.copies for j in jobs)
+    gaps = [
+        b - a
+        for job in jobs
+        if job.kind is Kind.DUPLICATE
+        for a, b in [[i for i, j in enumerate(order) if j is job]]
+    ]
+    assert 1 in gaps, "some duplicates are published back to back"
 
 
 def test_faults_fall_inside_the_window_and_are_seeded() -> None:
     schedule = faults.schedule(["bridge-a", "bridge-b"], window_s=100.0, seed=1)
     assert schedule == faults.schedule(["bridge-a", "bridge-b"], window_s=100.0, seed=1)
-    assert [f.target for f in schedule].count("triton") == 2
-    assert len(schedule) == 4
+    actions = sorted(
+        (f.target if f.target in {"triton", *faults.EMULATORS} else "bridge", f.action) for f in schedule
+    )
+    assert actions == sorted(
+        [("triton", "kill")] * 2
+        + [("bridge", "kill")] * 2
+        + [("triton", "stop"), ("bridge", "stop"), ("bridge", "kill-in-pause")]
+        + [(emulator, "pause") for emulator in faults.EMULATORS]
+    )
     assert all(10.0 <= f.at_s <= 85.0 for f in schedule)
+    plan = faults.FaultPlan()
+    hangs = {f.action: f.outage_s for f in schedule if f.action in {"stop", "pause"} and f.target != "triton"}
+    assert hangs["stop"] == plan.bridge_stop_s > FleetConfig().lease_s, "a bridge must hang past its lease"
+    (triton_stop,) = [f for f in schedule if f.target == "triton" and f.action == "stop"]
+    assert triton_stop.outage_s > FleetConfig().job_deadline_s, "Triton must hang past the run deadline"
 
 
 def test_latency_runs_from_first_publish_to_the_terminal_write() -> None:
