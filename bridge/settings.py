@@ -15,6 +15,13 @@ ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # then the bridge exits whatever is left (the leases lapse). The grace plus this must fit the platform's
 # window between SIGTERM and SIGKILL (Cloud Run: 10 s; GKE: terminationGracePeriodSeconds).
 SHUTDOWN_CLEANUP_S = 3.0
+# Memory a job may take, per pixel of its photo: measured 11.3 through the whole handler with an in-memory
+# model (tests/unit/bridge/test_memory.py bounds it by HANDLER_BYTES_PER_PIXEL); the Triton client's request
+# and response buffers add up to four more copies of the 3-byte RGB image. A bridge's memory limit must hold
+# BRIDGE_BASELINE_BYTES + max_concurrent_jobs x max_image_pixels x JOB_BYTES_PER_PIXEL (tested per manifest).
+HANDLER_BYTES_PER_PIXEL = 12
+JOB_BYTES_PER_PIXEL = HANDLER_BYTES_PER_PIXEL + 4 * 3
+BRIDGE_BASELINE_BYTES = 300 * 2**20
 
 
 class BridgeSettings(BaseSettings):

@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from fluxfill.bridge.http_app import HttpEntryPoint
-from fluxfill.bridge.settings import ENV_PREFIX, SHUTDOWN_CLEANUP_S, BridgeSettings
+from fluxfill.bridge.settings import (
+    BRIDGE_BASELINE_BYTES,
+    ENV_PREFIX,
+    JOB_BYTES_PER_PIXEL,
+    SHUTDOWN_CLEANUP_S,
+    BridgeSettings,
+)
 from tests.support import FLUX_FILL_STREAM_CONFIG, REPO_ROOT, read_model_config
 from tests.unit.deploy.support import (
     BRIDGE_IMAGE,
@@ -383,5 +389,20 @@ def test_triton_stops_waiting_for_runs_within_each_platforms_window() -> None:
     for path, workload, container in containers(TRITON_IMAGE):
         timeout = float(env_of(container).get("FLUXFILL_EXIT_TIMEOUT_S", triton_exit_timeout_default()))
         assert timeout < termination_window(workload), path.name
+        seen += 1
+    assert seen >= 3
+
+
+def test_bridge_memory_follows_from_concurrency_and_the_pixel_limit() -> None:
+    """Every job may be a photo at max_image_pixels: the limit holds them all at once beside the baseline."""
+    fields = BridgeSettings.model_fields
+    seen = 0
+    for path, _workload, container in containers(BRIDGE_IMAGE):
+        env = env_of(container)
+        jobs = int(env.get(f"{ENV_PREFIX}MAX_CONCURRENT_JOBS", fields["max_concurrent_jobs"].default))
+        pixels = int(env.get(f"{ENV_PREFIX}MAX_IMAGE_PIXELS", fields["max_image_pixels"].default))
+        needed = BRIDGE_BASELINE_BYTES + jobs * pixels * JOB_BYTES_PER_PIXEL
+        limit = quantity(container["resources"]["limits"]["memory"]) * 2**30
+        assert limit >= needed, f"{path.name}: {limit / 2**30:.2f} GiB < {needed / 2**30:.2f} GiB needed"
         seen += 1
     assert seen >= 3

@@ -1,0 +1,81 @@
+"""Memory per job, measured in a fresh process on a 12 MP phone-size photo: the bounds manifests build on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fluxfill.bridge.intake import INTAKE_BYTES_PER_PIXEL
+from fluxfill.bridge.settings import HANDLER_BYTES_PER_PIXEL
+from tests.support import REPO_ROOT
+
+WIDTH, HEIGHT = 4000, 3000
+
+DECODE = """
+import json, resource, sys
+from pathlib import Path
+from fluxfill.bridge import intake
+data = Path(sys.argv[1]).read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+photo = intake.decode_photo(data, 50_000_000)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(json.dumps(grown / (photo.shape[0] * photo.shape[1])))
+"""
+
+WHOLE_JOB = """
+import json, resource, sys
+from pathlib import Path
+from tests.unit.bridge.world import PREFIX, World
+world = World(max_image_pixels=50_000_000, max_object_bytes=100_000_000, job_deadline_s=600)
+world.objects.objects = {
+    f"{PREFIX}/original.png": Path(sys.argv[1]).read_bytes(),
+    f"{PREFIX}/mask.png": Path(sys.argv[2]).read_bytes(),
+}
+world.model.steps = 1
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+outcome = world.deliver()
+assert outcome.kind.value == "done", outcome
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+print(json.dumps(grown / (int(sys.argv[3]) * int(sys.argv[4]))))
+"""
+
+
+def bytes_per_pixel(script: str, *args: str) -> float:
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO_ROOT, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return float(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("memory")
+    files = {
+        "rgba.png": Image.new("RGBA", (WIDTH, HEIGHT), (10, 200, 30, 128)),
+        "rgb.jpg": Image.new("RGB", (WIDTH, HEIGHT), (10, 200, 30)),
+        "palette.png": Image.new("P", (WIDTH, HEIGHT), 3),
+    }
+    mask = Image.new("L", (WIDTH, HEIGHT), 0)
+    mask.paste(255, (1000, 1000, 3000, 2500))
+    files["mask.png"] = mask
+    for name, image in files.items():
+        image.save(folder / name)
+    return {name: folder / name for name in files}
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "rgb.jpg", "palette.png"])
+def test_decoding_keeps_one_full_size_copy_beside_the_decoded_image(
+    photos: dict[str, Path], name: str
+) -> None:
+    """A 50 MP RGBA photo once took 1.15 GB: whole-image copies to composite transparency (22 bytes/pixel)."""
+    assert bytes_per_pixel(DECODE, str(photos[name])) <= INTAKE_BYTES_PER_PIXEL
+
+
+@pytest.mark.parametrize("name", ["rgba.png", "rgb.jpg"])
+def test_a_whole_job_stays_within_its_memory_budget(photos: dict[str, Path], name: str) -> None:
+    measured = bytes_per_pixel(WHOLE_JOB, str(photos[name]), str(photos["mask.png"]), str(WIDTH), str(HEIGHT))
+    assert measured <= HANDLER_BYTES_PER_PIXEL
