@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 
-from fluxfill.bridge import intake
+from fluxfill.bridge import intake, unclaimed
 from fluxfill.bridge.admission import infer_when_admitted
 from fluxfill.bridge.contract import (
     ErrorCode,
@@ -33,7 +33,6 @@ from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.monitor import JobMonitor
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import (
-    Claim,
     ClaimKind,
     InferenceRequest,
     InpaintModel,
@@ -106,7 +105,7 @@ class JobHandler:
         try:
             job = parse_job(delivery.data)
         except InvalidJobError as error:
-            return self._refuse(delivery, error)
+            return unclaimed.refuse(self._sessions, self._settings.session_template, error)
         ref = JobRef(job.paths(self._settings.session_template), delivery.message_id)
         structlog.contextvars.bind_contextvars(userId=job.userId, sessionId=job.sessionId)
         try:
@@ -115,18 +114,6 @@ class JobHandler:
             return Outcome(OutcomeKind.RETRY, reason=str(error))
         except PermanentJobError as error:  # the session store itself refused the job (its path)
             return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error))
-
-    def _refuse(self, delivery: Delivery, error: InvalidJobError) -> Outcome:
-        finalize = None
-        if error.ids is not None:
-            user, session = error.ids
-            ref = JobRef(self._settings.session_template.format(userId=user, sessionId=session), "")
-            failure = _error(error.code, str(error))
-
-            def finalize() -> None:
-                self._sessions.finish(ref, None, JobStatus.FAILED, failure)
-
-        return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error), finalize=finalize)
 
     def _claim_and_run(self, job: JobMessage, ref: JobRef, delivery: Delivery) -> Outcome:
         if self._readiness is not None and not self._readiness.ready:
@@ -140,7 +127,7 @@ class JobHandler:
             max_attempts=self._settings.max_delivery_attempts,
         )
         if claim.kind is not ClaimKind.CLAIMED:
-            return self._not_claimed(claim, ref, delivery)
+            return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         claimed = _Claimed(ref, claim.claim_id, claim.attempt)
         # Claims count the attempts that did work: a delivery bounced unclaimed (another bridge's lease,
         # Triton away) spends none, while Pub/Sub's delivery_attempt counts those too.
@@ -178,37 +165,6 @@ class JobHandler:
             return _claim_taken_over()
         return Outcome(OutcomeKind.DONE)
 
-    def _not_claimed(self, claim: Claim, ref: JobRef, delivery: Delivery) -> Outcome:
-        if claim.kind is ClaimKind.FINISHED:
-            return Outcome(OutcomeKind.DUPLICATE, reason=f"already {claim.status}")
-        if claim.kind is ClaimKind.BUSY:
-            if claim.holder_message_id and claim.holder_message_id != delivery.message_id:
-                # Another message of the same job runs under a live claim: that message stays unacked until
-                # the run ends, and comes back if it does not, so this copy is not needed.
-                return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
-            return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")
-        if claim.kind is ClaimKind.EXHAUSTED:
-            reason = (
-                f"gave up after {claim.attempt} attempts; last error: {claim.last_error or 'none recorded'}"
-            )
-            return self._dead_letter_exhausted(ref, reason)
-        message = "cancelled by the app before it started"
-        self._sessions.finish(ref, None, JobStatus.CANCELLED, _error(ErrorCode.CANCELLED, message))
-        return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)
-
-    def _dead_letter_exhausted(self, ref: JobRef, reason: str) -> Outcome:
-        """Dead-letter first; the failed status is written only once the dead letter is published.
-
-        Should the publish fail, the message is nacked and its next delivery finds the job exhausted again
-        (claims refuse it), so the dead letter is retried rather than lost.
-        """
-        failure = _error(ErrorCode.RETRIES_EXHAUSTED, reason)
-
-        def finalize() -> None:
-            self._sessions.finish(ref, None, JobStatus.FAILED, failure)
-
-        return Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.RETRIES_EXHAUSTED, reason, finalize=finalize)
-
     def _after_failure(self, error: Exception, claimed: "_Claimed", monitor: JobMonitor) -> Outcome:
         if monitor.lease_lost or isinstance(error, LeaseLostError):
             # Not ours any more: write nothing; the message comes back to whoever holds the job now.
@@ -230,7 +186,9 @@ class JobHandler:
         # Released first, so the exhausted job is never left under this claim's lease.
         self._sessions.release(claimed.ref, claimed.claim_id, reason)
         exhausted = f"gave up after {claimed.attempt} attempts; last error: {reason}"
-        return self._dead_letter_exhausted(claimed.ref, exhausted)
+        return unclaimed.dead_letter_then_fail(
+            self._sessions, claimed.ref, ErrorCode.RETRIES_EXHAUSTED, exhausted
+        )
 
     def _ending_for(self, error: Exception, monitor: JobMonitor) -> Outcome | None:
         """The terminal outcome a run's error means, or None when the job may be tried again."""
@@ -309,7 +267,9 @@ class JobHandler:
     def _end(self, claimed: "_Claimed", ending: Outcome) -> Outcome:
         status = JobStatus.CANCELLED if ending.kind is OutcomeKind.CANCELLED else JobStatus.FAILED
         code = ending.code or ErrorCode.INVALID_JOB
-        if not self._sessions.finish(claimed.ref, claimed.claim_id, status, _error(code, ending.reason)):
+        if not self._sessions.finish(
+            claimed.ref, claimed.claim_id, status, unclaimed.error_fields(code, ending.reason)
+        ):
             return _claim_taken_over()
         return ending
 
@@ -330,7 +290,3 @@ class _Claimed:
 def _claim_taken_over() -> Outcome:
     # Redelivered: a job finished meanwhile is then acked as a duplicate; one still running is left alone.
     return Outcome(OutcomeKind.RETRY, reason="the claim is no longer current; not recorded")
-
-
-def _error(code: ErrorCode, message: str) -> dict[str, Any]:
-    return {SessionField.ERROR: {"code": code.value, "message": message}}

@@ -1,0 +1,55 @@
+"""What becomes of a delivery that is not run: a refused message, a job not claimed, an exhausted job."""
+
+from typing import Any
+
+from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobStatus, SessionField
+from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from fluxfill.bridge.ports import Claim, ClaimKind, JobRef, SessionStore
+
+
+def error_fields(code: ErrorCode, message: str) -> dict[str, Any]:
+    """The session's `error` field."""
+    return {SessionField.ERROR: {"code": code.value, "message": message}}
+
+
+def dead_letter_then_fail(sessions: SessionStore, ref: JobRef, code: ErrorCode, reason: str) -> Outcome:
+    """Dead-letter first; the failed status is written (by `finalize`) only once the dead letter is out.
+
+    Should the publish fail, the message is nacked and its next delivery finds the job the same way (an
+    exhausted job is refused by every claim), so the dead letter is retried rather than lost.
+    """
+    failure = error_fields(code, reason)
+
+    def finalize() -> None:
+        # No claim id: written only while no live claim holds the job.
+        sessions.finish(ref, None, JobStatus.FAILED, failure)
+
+    return Outcome(OutcomeKind.DEAD_LETTER, code, reason, finalize=finalize)
+
+
+def refuse(sessions: SessionStore, session_template: str, error: InvalidJobError) -> Outcome:
+    """A message that is no valid job: dead-lettered, and its session (when its ids are usable) failed."""
+    if error.ids is None:
+        return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error))
+    user, session = error.ids
+    ref = JobRef(session_template.format(userId=user, sessionId=session), "")
+    return dead_letter_then_fail(sessions, ref, error.code, str(error))
+
+
+def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Delivery) -> Outcome:
+    """The outcome of a delivery whose claim found the job finished, running, exhausted or cancelled."""
+    if claim.kind is ClaimKind.FINISHED:
+        return Outcome(OutcomeKind.DUPLICATE, reason=f"already {claim.status}")
+    if claim.kind is ClaimKind.BUSY:
+        if claim.holder_message_id and claim.holder_message_id != delivery.message_id:
+            # Another message of the same job runs under a live claim: that message stays unacked until the
+            # run ends, and comes back if it does not, so this copy is not needed.
+            return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
+        return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")
+    if claim.kind is ClaimKind.EXHAUSTED:
+        last = claim.last_error or "none recorded"
+        reason = f"gave up after {claim.attempt} attempts; last error: {last}"
+        return dead_letter_then_fail(sessions, ref, ErrorCode.RETRIES_EXHAUSTED, reason)
+    message = "cancelled by the app before it started"
+    sessions.finish(ref, None, JobStatus.CANCELLED, error_fields(ErrorCode.CANCELLED, message))
+    return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)
