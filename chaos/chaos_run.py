@@ -53,6 +53,7 @@ class ChaosReport:
     policy_dead_letters: int  # moved by Pub/Sub's own dead-letter policy, not by the bridge
     left_on_subscription: int
     notes: list[str] = field(default_factory=list)
+    crash_restarts: list[str] = field(default_factory=list)  # Triton dying on its own, restarted
 
     @property
     def ok(self) -> bool:
@@ -106,6 +107,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         policy_dead_letters=sum(1 for m in dead if DEAD_LETTER_CODE_ATTRIBUTE not in m.attributes),
         left_on_subscription=len(left),
         notes=notes,
+        crash_restarts=list(fleet.triton.crash_restarts),
     )
 
 

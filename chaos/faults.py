@@ -121,18 +121,8 @@ def _apply(fleet: Fleet, fault: Fault, at_s: float) -> str:
         _signal_group(group, signal.SIGCONT)
         return f"{when}: SIGSTOP the {fault.target} emulator for {outage}, then SIGCONT"
     if fault.target == "triton":
-        if fault.action == "stop":
-            fleet.triton.signal(signal.SIGSTOP)
-            time.sleep(fault.outage_s)
-            fleet.triton.signal(signal.SIGCONT)
-            return f"{when}: SIGSTOP tritonserver and its stubs for {outage} (past the run deadline), SIGCONT"
-        fleet.triton.kill()
-        time.sleep(fault.outage_s)
-        fleet.triton.start()
-        return (
-            f"{when}: SIGKILL tritonserver and its stubs, restarted {outage} later, "
-            f"READY {time.monotonic() - started:.1f} s after the kill"
-        )
+        with fleet.triton.exclusive:
+            return _strike_triton(fleet, fault, when, outage, started)
     bridge = next(b for b in fleet.bridges if b.name == fault.target)
     old = bridge.incarnation_name
     if fault.action == "stop":
@@ -162,3 +152,18 @@ def _apply(fleet: Fleet, fault: Fault, at_s: float) -> str:
 
 def _signal_group(group: int, signum: int) -> None:
     os.killpg(group, signum)
+
+
+def _strike_triton(fleet: Fleet, fault: Fault, when: str, outage: str, started: float) -> str:
+    if fault.action == "stop":
+        fleet.triton.signal(signal.SIGSTOP)
+        time.sleep(fault.outage_s)
+        fleet.triton.signal(signal.SIGCONT)
+        return f"{when}: SIGSTOP tritonserver and its stubs for {outage} (past the run deadline), SIGCONT"
+    fleet.triton.kill()
+    time.sleep(fault.outage_s)
+    fleet.triton.start()
+    return (
+        f"{when}: SIGKILL tritonserver and its stubs, restarted {outage} later, "
+        f"READY {time.monotonic() - started:.1f} s after the kill"
+    )

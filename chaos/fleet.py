@@ -138,7 +138,10 @@ class TritonProcess:
         self.ports = (free_port(), free_port(), free_port())
         self.server: LocalTritonServer | None = None
         self._lock = threading.Lock()
+        # Held across a kill-and-restart (a fault, or the supervisor), so the two never interleave.
+        self.exclusive = threading.Lock()
         self.restarts = 0
+        self.crash_restarts: list[str] = []
 
     @property
     def grpc_url(self) -> str:
@@ -179,6 +182,26 @@ class TritonProcess:
             server, self.server = self.server, None
         if server is not None:
             server.stop()
+
+    def supervise(self, stop: threading.Event, interval_s: float = 1.0) -> threading.Thread:
+        """Restart a tritonserver that died on its own (seen once: a segfault after SIGCONT), as the
+        platform restarts a crashed container; each restart is noted for the report."""
+
+        def watch() -> None:
+            while not stop.wait(interval_s):
+                with self.exclusive:
+                    with self._lock:
+                        server = self.server
+                    code = server.wait(0) if server is not None else None
+                    if code is None or stop.is_set():
+                        continue
+                    self.crash_restarts.append(f"tritonserver exited with {code} on its own; restarted")
+                    self.kill()
+                    self.start()
+
+        thread = threading.Thread(target=watch, name="triton-supervisor", daemon=True)
+        thread.start()
+        return thread
 
     def signal(self, signum: int) -> None:
         """Send `signum` to tritonserver and its stubs (SIGSTOP / SIGCONT: a server that hangs)."""
@@ -245,6 +268,10 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
         triton = TritonProcess(run_dir)
         stack.callback(triton.stop)
         triton.start()
+        supervisor_stop = threading.Event()
+        supervisor = triton.supervise(supervisor_stop)
+        stack.callback(supervisor.join)
+        stack.callback(supervisor_stop.set)
         fleet = Fleet(emulators, jobs, triton, [], config)
         environment = fleet.bridge_environment()
         for index in range(config.bridges):

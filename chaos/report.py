@@ -48,6 +48,7 @@ def chaos_text(report: ChaosReport) -> str:
     )
     lines = [summary, "", checks, "", latency, "", "Faults:"]
     lines += [f"- {fault}" for fault in report.faults] + [f"- FAILED: {e}" for e in report.fault_errors]
+    lines += [f"- supervisor: {restart}" for restart in report.crash_restarts]
     lines.append(
         f"Dead letters received: {report.dead_letter_copies} for {report.dead_lettered_messages} messages "
         f"({report.policy_dead_letters} moved by "
