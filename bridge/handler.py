@@ -137,7 +137,8 @@ class JobHandler:
             delivery_attempt=delivery.delivery_attempt,
             claimId=claimed.claim_id,
         )
-        uploaded = uploaded_result(self._objects, job, self._settings)
+        # Only a job claimed before can have results of ours (two metadata reads saved on first attempts).
+        uploaded = uploaded_result(self._objects, job, self._settings) if claim.attempt > 1 else None
         if uploaded is not None:
             # An earlier run uploaded the results and died before its final write: record them, run nothing.
             logger.info("results already uploaded by an earlier attempt; recording them")

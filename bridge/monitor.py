@@ -60,12 +60,24 @@ class JobMonitor:
 
     def _watch(self) -> None:
         next_beat = time.monotonic() + self._interval_s
+        beating: threading.Thread | None = None
         while not self._finished.wait(_WAKE_S):
             if self._hard_stop.is_set() and not self.shutdown:
                 self.shutdown = True
                 self._control.cancel.set()
+            if beating is not None and beating.is_alive():
+                # A heartbeat that hangs (Firestore frozen) is a failed one: the bound holds all the same.
+                unrenewed_s = time.monotonic() - self._renewed_at
+                if unrenewed_s >= LEASE_LOSS_FRACTION * self._lease_s:
+                    self._lose_lease(
+                        f"a heartbeat has hung; the lease was not renewed for {unrenewed_s:.0f} s"
+                    )
+                continue
             if time.monotonic() >= next_beat:
-                self._beat()
+                beating = threading.Thread(
+                    target=self._beat, name=f"heartbeat-{self._job.message_id}", daemon=True
+                )
+                beating.start()
                 next_beat = time.monotonic() + self._interval_s
 
     def _beat(self) -> None:

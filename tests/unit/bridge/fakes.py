@@ -79,6 +79,7 @@ class FakeSessionStore:
     progress_writes: list[tuple[int, int]] = field(default_factory=list)
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     heartbeat_fails_with: Exception | None = None  # every heartbeat raises this (Firestore away)
+    heartbeat_hangs: threading.Event = field(default_factory=threading.Event)  # set: heartbeats block
     finish_fails_with: Exception | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -105,6 +106,8 @@ class FakeSessionStore:
     ) -> Heartbeat:
         if self.heartbeat_fails_with is not None:
             raise self.heartbeat_fails_with
+        while self.heartbeat_hangs.is_set():  # a frozen Firestore: no answer, no error
+            time.sleep(0.01)
         with self._lock:
             beat, update = sessions.heartbeat(
                 self.documents.get(job.document), claim_id, self.now(), lease_s, progress

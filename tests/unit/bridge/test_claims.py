@@ -87,6 +87,20 @@ def test_run_stops_and_writes_nothing_when_heartbeats_fail_past_the_bound() -> N
     assert PREVIEW not in world.objects.objects
 
 
+def test_run_stops_when_heartbeats_hang_instead_of_failing() -> None:
+    world = World(lease_s=0.4, progress_interval_s=0.02)
+    world.model.step_s = 0.05
+    thread, outcomes = run_in_background(world, steps=100)
+    wait_for_steps(world)
+    world.sessions.heartbeat_hangs.set()
+    thread.join(timeout=5)
+    world.sessions.heartbeat_hangs.clear()
+    assert not thread.is_alive(), "a heartbeat that never returns must not keep the run going"
+    assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
+    assert len(world.model.calls) == 1
+    assert EDITED not in world.objects.objects
+
+
 def test_run_whose_claim_was_taken_over_uploads_nothing_and_leaves_the_session_alone() -> None:
     """A stalled bridge wakes after another took the job over and the app cancelled it."""
     world = World(progress_interval_s=0.02)
