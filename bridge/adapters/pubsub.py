@@ -41,21 +41,25 @@ TRUNCATED_ATTRIBUTE = "fluxfillTruncatedFromBytes"
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
+def _emulator_transport(transport: Any) -> Any:
+    """`transport` over an unlimited channel to the emulator; None against real Pub/Sub."""
+    host = os.environ.get("PUBSUB_EMULATOR_HOST")
+    return transport(channel=grpc.insecure_channel(host, options=_UNLIMITED)) if host else None
+
+
 def publisher_client(credentials: Any) -> pubsub_v1.PublisherClient:
     """A PublisherClient; against the emulator, over a channel without gRPC's 4 MB limit."""
-    host = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if not host:
+    transport = _emulator_transport(PublisherGrpcTransport)
+    if transport is None:
         return pubsub_v1.PublisherClient(credentials=credentials)
-    transport = PublisherGrpcTransport(channel=grpc.insecure_channel(host, options=_UNLIMITED))
     return pubsub_v1.PublisherClient(transport=transport)
 
 
 def subscriber_client(credentials: Any) -> pubsub_v1.SubscriberClient:
     """A SubscriberClient; against the emulator, over a channel without gRPC's 4 MB limit."""
-    host = os.environ.get("PUBSUB_EMULATOR_HOST")
-    if not host:
+    transport = _emulator_transport(SubscriberGrpcTransport)
+    if transport is None:
         return pubsub_v1.SubscriberClient(credentials=credentials)
-    transport = SubscriberGrpcTransport(channel=grpc.insecure_channel(host, options=_UNLIMITED))
     return pubsub_v1.SubscriberClient(transport=transport)
 
 
