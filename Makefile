@@ -57,8 +57,8 @@ clean:
 
 # Both images from the shipped Dockerfiles, built here with podman (a debootstrapped Debian base, a stand-in
 # Triton base from the nvidia-pytriton wheel); tests/integration/images builds them too and starts them.
-images:
-	deploy/images/build-local.sh
+images: $(INSTALLED)
+	PYTHON=$(BIN)/python deploy/images/build-local.sh
 
 # The four CPU benchmarks (a few minutes); each prints its table and writes a PNG under out/bench/.
 bench: $(INSTALLED)

@@ -60,7 +60,7 @@ if ! podman image exists "${triton_base}"; then
   log "making the stand-in ${triton_base} from the nvidia-pytriton wheel"
   rm -rf "${work}/standin" && mkdir -p "${work}/standin"
   version=$(sed -n 's/.*"nvidia-pytriton==\([^"]*\)".*/\1/p' "${root}/pyproject.toml")
-  python3 -m pip download --quiet --no-deps --dest "${work}/standin" "nvidia-pytriton==${version}"
+  "${PYTHON:-python3}" -m pip download --quiet --no-deps --dest "${work}/standin" "nvidia-pytriton==${version}"
   build -f "${root}/deploy/images/triton-standin.Containerfile" -t "${triton_base}" "${work}/standin"
 fi
 

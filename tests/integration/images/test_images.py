@@ -6,8 +6,10 @@ reason. Containers run on the host network and are always removed.
 """
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,7 +48,14 @@ def podman(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[st
 
 @pytest.fixture(scope="module")
 def images() -> None:
-    built = subprocess.run(["bash", str(BUILD)], capture_output=True, text=True, timeout=1500, check=False)
+    built = subprocess.run(
+        ["bash", str(BUILD)],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+        env={**os.environ, "PYTHON": sys.executable},  # its pip fetches the nvidia-pytriton wheel
+    )
     if built.returncode == SKIPPED:
         pytest.skip(built.stderr.strip().splitlines()[-1])
     assert built.returncode == 0, built.stderr[-4000:]
