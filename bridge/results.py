@@ -24,9 +24,9 @@ def uploaded_result(objects: ObjectStore, job: JobMessage, settings: BridgeSetti
     Uploads are create-only and made under a current claim with the session's fixed seed, so results that
     exist are this job's; the edited image must still decode as an image to count.
     """
-    edited_path, preview_path = job.paths(settings.edited_template), job.paths(settings.preview_template)
-    edited = objects.find(edited_path)
-    if edited is None or objects.find(preview_path) is None:
+    paths = result_paths(job, settings)
+    edited = objects.find(paths["edited"])
+    if edited is None or objects.find(paths["preview"]) is None:
         return None
     try:
         with Image.open(io.BytesIO(objects.read(edited))) as image:
@@ -36,29 +36,22 @@ def uploaded_result(objects: ObjectStore, job: JobMessage, settings: BridgeSetti
         return None
     seed = job.seed if job.seed is not None else default_seed(job)
     return {
-        SessionField.RESULT: {
-            "paths": {"edited": edited_path, "preview": preview_path},
-            "width": width,
-            "height": height,
-            "seed": seed,
-        },
+        SessionField.RESULT: _result(paths, (width, height), seed),
         SessionField.TIMINGS: {},
-        SessionField.MODEL: {
-            "prompt": job.prompt,
-            "steps": job.steps,
-            "guidance": job.guidance,
-            "seed": seed,
-            "priority": job.priority,
-            "recovered": True,
-        },
+        SessionField.MODEL: {**_parameters(job, seed), "recovered": True},
     }
+
+
+def result_paths(job: JobMessage, settings: BridgeSettings) -> dict[str, str]:
+    """Where a job's edited image and preview go."""
+    return {"edited": job.paths(settings.edited_template), "preview": job.paths(settings.preview_template)}
 
 
 def upload_results(
     objects: ObjectStore, job: JobMessage, settings: BridgeSettings, image: npt.NDArray[np.uint8]
 ) -> dict[str, str]:
     """Write the edited image and its preview; create-only, so an earlier attempt's upload is kept."""
-    paths = {"edited": job.paths(settings.edited_template), "preview": job.paths(settings.preview_template)}
+    paths = result_paths(job, settings)
     objects.create(paths["edited"], intake.encode_png(image), "image/png")
     objects.create(paths["preview"], intake.encode_preview(image, PREVIEW_MAX_SIDE), "image/jpeg")
     return paths
@@ -76,14 +69,21 @@ def result_fields(
     """The done session's progress, result and model fields (width, height = `size`)."""
     return {
         SessionField.PROGRESS: {"step": total_steps, "total": total_steps},
-        SessionField.RESULT: {"paths": paths, "width": size[0], "height": size[1], "seed": seed},
-        SessionField.MODEL: {
-            "model": model.name,
-            "protocol": model.protocol,
-            "prompt": job.prompt,
-            "steps": job.steps,
-            "guidance": job.guidance,
-            "seed": seed,
-            "priority": job.priority,
-        },
+        SessionField.RESULT: _result(paths, size, seed),
+        SessionField.MODEL: {"model": model.name, "protocol": model.protocol, **_parameters(job, seed)},
+    }
+
+
+def _result(paths: dict[str, str], size: tuple[int, int], seed: int) -> dict[str, Any]:
+    return {"paths": paths, "width": size[0], "height": size[1], "seed": seed}
+
+
+def _parameters(job: JobMessage, seed: int) -> dict[str, Any]:
+    # What produced the image, so results can be reproduced and compared.
+    return {
+        "prompt": job.prompt,
+        "steps": job.steps,
+        "guidance": job.guidance,
+        "seed": seed,
+        "priority": job.priority,
     }

@@ -25,7 +25,8 @@ def _status(document: Document | None) -> JobStatus | None:
         return None
 
 
-def _leased(document: Document, now: datetime) -> bool:
+def leased(document: Document, now: datetime) -> bool:
+    """Whether a live claim holds the job: processing, with a lease that has not expired."""
     if _status(document) is not JobStatus.PROCESSING:
         return False
     expires = document.get(SessionField.LEASE_EXPIRES_AT)
@@ -59,7 +60,7 @@ def claim(
     if current.get(SessionField.CANCEL_REQUESTED) is True:
         return Claim(ClaimKind.CANCEL_REQUESTED, status=status), None
     attempts = int(current.get(SessionField.ATTEMPT) or 0)
-    if _leased(current, now):
+    if leased(current, now):
         holder = str(current.get(SessionField.MESSAGE_ID) or "")
         return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder), None
     if attempts >= max_attempts:
@@ -130,7 +131,7 @@ def finish(
     current = document or {}
     if _status(current) in TERMINAL_STATUSES:
         return None
-    if claim_id is None and _leased(current, now):
+    if claim_id is None and leased(current, now):
         return None
     if claim_id is not None and not _held_by(current, claim_id):
         return None

@@ -46,6 +46,7 @@ class DeadLetter:
     ref: SessionRef | None
     code: str
     reason: str
+    not_a_job: str | None = None  # why replaying it would only dead-letter it again; None for a valid job
 
     @property
     def origin(self) -> str:
@@ -66,20 +67,14 @@ class ReplayReport:
     refused: list[tuple[DeadLetter, str]]
 
 
-def _not_a_job(letter: DeadLetter) -> str | None:
-    try:
-        parse_job(letter.data)
-    except InvalidJobError as error:
-        return f"not a valid job ({error.code.value}): replaying it would only dead-letter it again"
-    return None
-
-
-def _ref(data: bytes) -> SessionRef | None:
+def _read_job(data: bytes) -> tuple[SessionRef | None, str | None]:
+    """The dead letter's session (when its ids are usable), and why it is not a valid job (None if it is)."""
     try:
         job = parse_job(data)
     except InvalidJobError as error:
-        return SessionRef(*error.ids) if error.ids else None
-    return SessionRef(job.userId, job.sessionId)
+        refusal = f"not a valid job ({error.code.value}): replaying it would only dead-letter it again"
+        return (SessionRef(*error.ids) if error.ids else None), refusal
+    return SessionRef(job.userId, job.sessionId), None
 
 
 class DeadLetterQueue:
@@ -114,7 +109,7 @@ class DeadLetterQueue:
     def _describe(self, received: Any) -> DeadLetter:
         message = received.message
         data, attributes = bytes(message.data), dict(message.attributes)
-        ref = _ref(data)
+        ref, not_a_job = _read_job(data)
         code = attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "")
         reason = attributes.get(DEAD_LETTER_REASON_ATTRIBUTE, "")
         if not code and ref is not None:
@@ -129,6 +124,7 @@ class DeadLetterQueue:
             ref=ref,
             code=code or "unknown",
             reason=reason or f"no reason recorded (delivered {received.delivery_attempt or '?'} times)",
+            not_a_job=not_a_job,
         )
 
     def _settle(self, ack: list[str], release: list[str]) -> None:
@@ -158,7 +154,7 @@ class DeadLetterQueue:
                 if any(letter.origin == done.origin for done in report.replayed):
                     copies.append(letter)
                     continue
-                refusal = _not_a_job(letter)
+                refusal = letter.not_a_job
                 if refusal is None and letter.ref is not None:
                     refusal = self._jobs.requeue(letter.ref, reason)
                 if refusal is not None:

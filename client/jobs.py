@@ -227,6 +227,8 @@ class JobSystem:
         """
         from google.cloud import firestore
 
+        from fluxfill.bridge.sessions import leased
+
         reference = self.client("firestore").document(ref.document)
 
         @firestore.transactional
@@ -235,9 +237,8 @@ class JobSystem:
             document = snapshot.to_dict() if snapshot.exists else None
             if document is None or document.get(SessionField.STATUS.value) == JobStatus.DONE.value:
                 return None
-            expires = document.get(SessionField.LEASE_EXPIRES_AT.value)
-            processing = document.get(SessionField.STATUS.value) == JobStatus.PROCESSING.value
-            if processing and isinstance(expires, datetime) and expires > now():
+            if leased(document, now()):
+                expires = document[SessionField.LEASE_EXPIRES_AT.value]
                 return f"{ref.document} is processing under a live claim (until {expires.isoformat()})"
             transaction.update(
                 reference,

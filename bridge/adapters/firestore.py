@@ -124,21 +124,17 @@ class FirestoreDeadLetterLedger:
 
     def recorded(self, message_id: str) -> bool:
         """See DeadLetterLedger.recorded; an id that cannot name a document is never recorded."""
-        if not _usable_id(message_id):
+        # Pub/Sub's ids are digits, but a push envelope is only JSON: an id may not name a document.
+        if not firestore_id_allowed(message_id):
             return False
         with firestore_errors("read the dead-letter ledger"):
             return bool(self._collection.document(message_id).get().exists)
 
     def record(self, message_id: str, code: ErrorCode) -> None:
         """See DeadLetterLedger.record."""
-        if not _usable_id(message_id):
+        if not firestore_id_allowed(message_id):
             return
         now = self._now()
         entry = {"code": code.value, "deadLetteredAt": now, "expireAt": now + LEDGER_RETENTION}
         with firestore_errors("write the dead-letter ledger"):
             self._collection.document(message_id).set(entry)
-
-
-def _usable_id(message_id: str) -> bool:
-    # Pub/Sub's ids are digits, but a push envelope is only JSON.
-    return firestore_id_allowed(message_id)

@@ -25,8 +25,7 @@ from fluxfill.bridge.contract import (
 from fluxfill.bridge.errors import RetryableError
 
 PUBLISH_TIMEOUT_S = 30.0
-# Pub/Sub's limits: 10 MB a request, 100 attributes, keys of 256 bytes, values of 1024 bytes.
-MAX_REQUEST_BYTES = 10_000_000
+# Pub/Sub's limits: 10 MB a request (hence MAX_DATA_BYTES), 100 attributes, keys of 256 bytes, values of 1024.
 MAX_ATTRIBUTES = 100
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024

@@ -43,6 +43,10 @@ def box_mask(height: int = 96, width: int = 128) -> np.ndarray:
     return mask
 
 
+def is_terminal(document: dict[str, object]) -> bool:
+    return document.get("status") in {"done", "failed", "cancelled"}
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():

@@ -13,14 +13,10 @@ from fluxfill.bridge.contract import JobStatus
 from fluxfill.bridge.errors import SessionRefusedError
 from fluxfill.bridge.ports import JobRef
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import JobSystem, TcpProxy, running_bridge, wait_until
+from tests.integration.bridge.harness import JobSystem, TcpProxy, is_terminal, running_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 HOSTILE_ATTRIBUTES = {"timeout": "0.001", "retry": "yes", "ordering_key": "k", "data": "x", "topic": "t"}
-
-
-def is_terminal(document: dict[str, object]) -> bool:
-    return document.get("status") in {"done", "failed", "cancelled"}
 
 
 def test_two_bridges_named_alike_run_a_job_published_twice_once(

@@ -16,6 +16,7 @@ from tests.integration.bridge.harness import (
     TcpProxy,
     box_mask,
     encode,
+    is_terminal,
     photo,
     running_bridge,
     wait_until,
@@ -23,10 +24,6 @@ from tests.integration.bridge.harness import (
 
 pytestmark = pytest.mark.integration
 FEATHER = 8  # the shipped feather_pixels: pixels farther than this from the mask are untouched
-
-
-def is_terminal(document: dict[str, object]) -> bool:
-    return document.get("status") in {"done", "failed", "cancelled"}
 
 
 def test_happy_path_writes_result_preview_and_done(jobs: JobSystem, flux_server: LocalTritonServer) -> None:

@@ -15,8 +15,9 @@ from fluxfill.bridge.oidc import (
     PushAuthError,
     PushTokenVerifier,
 )
+from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import JobSystem, running_bridge
+from tests.integration.bridge.harness import JobSystem, is_terminal, running_bridge
 from tests.integration.bridge.oidc_keys import (
     AUDIENCE,
     SERVICE_ACCOUNT,
@@ -26,10 +27,6 @@ from tests.integration.bridge.oidc_keys import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-def is_terminal(document: dict[str, object]) -> bool:
-    return document.get("status") in {"done", "failed", "cancelled"}
 
 
 def envelope(data: bytes, message_id: str = "push-1") -> dict[str, object]:
@@ -73,6 +70,17 @@ def test_a_message_pushed_again_is_dead_lettered_once(
     assert (ledger or {}).get("code") == "malformed_message"
 
 
+def verified_push_settings(jobs: JobSystem, triton_url: str, certs_url: str) -> BridgeSettings:
+    """Push mode checking tokens against the local certificate endpoint at `certs_url`."""
+    return jobs.settings(
+        triton_url,
+        mode="push",
+        push_audience=AUDIENCE,
+        push_service_account=SERVICE_ACCOUNT,
+        oidc_certs_url=certs_url,
+    )
+
+
 @pytest.fixture(scope="module")
 def google_key() -> SigningKey:
     return SigningKey.generate("google-key-1")
@@ -89,13 +97,7 @@ def test_push_tokens_are_verified(
     user, session = jobs.new_job()
     body = envelope(json.dumps({"userId": user, "sessionId": session, "steps": 2}).encode())
     with certificate_endpoint(google_key) as certs_url:
-        settings = jobs.settings(
-            flux_server.grpc_url,
-            mode="push",
-            push_audience=AUDIENCE,
-            push_service_account=SERVICE_ACCOUNT,
-            oidc_certs_url=certs_url,
-        )
+        settings = verified_push_settings(jobs, flux_server.grpc_url, certs_url)
         with running_bridge(settings) as bridge:
 
             def post(token: str | None) -> int:
@@ -214,13 +216,7 @@ def test_forged_tokens_do_not_hold_the_server(
 ) -> None:
     intruders = [SigningKey.generate(f"forged-{n}") for n in range(3)]
     with certificate_server(google_key) as server:
-        settings = jobs.settings(
-            flux_server.grpc_url,
-            mode="push",
-            push_audience=AUDIENCE,
-            push_service_account=SERVICE_ACCOUNT,
-            oidc_certs_url=server.url,
-        )
+        settings = verified_push_settings(jobs, flux_server.grpc_url, server.url)
         with running_bridge(settings) as bridge:
             server.delay_s = 3.0  # a slow certificate endpoint
             body = envelope(b"{}")

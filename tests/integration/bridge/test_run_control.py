@@ -11,14 +11,10 @@ import urllib.request
 import pytest
 
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import JobSystem, running_bridge, wait_until
+from tests.integration.bridge.harness import JobSystem, is_terminal, running_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 LONG_RUN = 100  # steps: about 4 s on the slow server
-
-
-def is_terminal(document: dict[str, object]) -> bool:
-    return document.get("status") in {"done", "failed", "cancelled"}
 
 
 def has_progress(document: dict[str, object]) -> bool:
