@@ -11,12 +11,21 @@ TYPECHECK_TREE := build/typecheck
 .PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak clean images
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
+# The venv takes torch's CPU build, explicitly: on plain PyPI `torch==2.13.0` IS the CUDA 13 build (several GB of
+# nvidia-* wheels). A local CPU wheel is used when one lies in TORCH_WHEELS (this project's machines keep one
+# there); otherwise pip takes 2.13.0+cpu from PyTorch's CPU wheel index. The Triton image takes a CUDA build.
+TORCH_VERSION := 2.13.0
+TORCH_WHEELS ?= /opt/wheels
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_LOCAL := $(firstword $(wildcard $(TORCH_WHEELS)/torch-$(TORCH_VERSION)+cpu-*.whl))
+TORCH_INSTALL := $(if $(TORCH_LOCAL),$(TORCH_LOCAL),--index-url $(TORCH_CPU_INDEX) --extra-index-url https://pypi.org/simple torch==$(TORCH_VERSION)+cpu)
 
 $(INSTALLED): pyproject.toml setup.py $(LOCKS)
+	@test -x "$$(command -v $(PYTHON))" || { echo "make: $(PYTHON) not found: install Python 3.11 with its shared library (Debian/Ubuntu: apt install python3.11 python3.11-venv libpython3.11); see the README's Prerequisites" >&2; exit 2; }
 	$(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first and pinned: an unpinned resolve would pull a multi-GB CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
+	# torch first, the CPU build (see TORCH_INSTALL): the later installs then find it satisfied.
+	$(BIN)/pip install --quiet $(TORCH_INSTALL)
 	# The lock files hold what the tests ran with (and what the images install): a fresh venv gets the same.
 	$(BIN)/pip install --quiet $(addprefix -c ,$(LOCKS)) -e '.[model,serve,client,bridge,bench,dev]'
 	touch $@

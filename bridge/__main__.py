@@ -1,7 +1,10 @@
 """`python -m fluxfill.bridge`: run the bridge configured by FLUXFILL_BRIDGE_* variables."""
 
+import argparse
 import signal
 import sys
+import textwrap
+from collections.abc import Sequence
 
 import structlog
 from pydantic import ValidationError
@@ -10,20 +13,41 @@ from fluxfill.bridge.bootstrap import build_bridge
 from fluxfill.bridge.credentials import CredentialsError
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.service import BridgeService
-from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.bridge.settings import BridgeSettings, setting_rows, variable
 
 logger = structlog.get_logger("fluxfill.bridge")
 
 
-def main() -> int:
+def _parser() -> argparse.ArgumentParser:
+    settings = "\n".join(
+        f"  {name} {default if default.startswith('(') else f'(default {default})'}\n"
+        + textwrap.fill(meaning, 100, initial_indent=" " * 6, subsequent_indent=" " * 6)
+        for name, default, meaning in setting_rows()
+    )
+    return argparse.ArgumentParser(
+        prog="python -m fluxfill.bridge",
+        description="The Pub/Sub -> Cloud Storage -> Triton -> Firestore bridge. It takes no arguments: "
+        "every setting comes from an environment variable. Exit 2 on invalid settings or no credentials.",
+        epilog=f"environment variables:\n{settings}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _problem(error: dict[str, object]) -> str:
+    location = error.get("loc") or ()
+    where = variable(str(location[0])) if isinstance(location, tuple) and location else "settings"
+    message = str(error.get("msg", "")).removeprefix("Value error, ")
+    return f"{where}: {'required' if error.get('type') == 'missing' else message}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT; exit 2 on invalid settings or missing credentials."""
+    _parser().parse_args(argv)
     try:
         settings = BridgeSettings()  # type: ignore[call-arg]
     except ValidationError as error:
         configure_logging()
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()
-        )
+        problems = "; ".join(_problem(dict(e)) for e in error.errors())
         logger.error("invalid settings", problems=problems)
         return 2
     configure_logging(settings.log_level)

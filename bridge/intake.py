@@ -19,10 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectStore
+from fluxfill.inpaint import geometry
 
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-ASPECT_TOLERANCE = 0.01
 # Peak memory of decoding a photo, per pixel, beyond what the bridge held before: Pillow's decoded image
 # (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers. Measured 8.9 (RGBA PNG) and
 # 10.1 (RGB JPEG) on a 12 MP photo; tests/unit/bridge/test_memory.py keeps it within this bound.
@@ -133,19 +133,11 @@ def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
 
 
 def fit_mask(mask: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
-    """The mask at the photo's size: unchanged, scaled when the aspect ratios agree, else refused."""
-    mask_height, mask_width = mask.shape
-    if (mask_height, mask_width) == (height, width):
-        return mask
-    photo_aspect, mask_aspect = width / height, mask_width / mask_height
-    if abs(mask_aspect / photo_aspect - 1.0) > ASPECT_TOLERANCE:
-        raise PermanentJobError(
-            ErrorCode.MASK_SIZE_MISMATCH,
-            f"the mask is {mask_width}x{mask_height} but the photo is {width}x{height}: "
-            "their aspect ratios differ by more than 1 %",
-        )
-    scaled = Image.fromarray(mask, mode="L").resize((width, height), Image.Resampling.NEAREST)
-    return np.asarray(scaled, dtype=np.uint8)
+    """The mask at the photo's size (geometry.fit_mask: the client's rule too), else refused."""
+    try:
+        return geometry.fit_mask(mask, height, width)
+    except geometry.MaskSizeError as error:
+        raise PermanentJobError(ErrorCode.MASK_SIZE_MISMATCH, str(error)) from None
 
 
 def encode_png(image: npt.NDArray[np.uint8]) -> bytes:

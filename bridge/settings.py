@@ -120,3 +120,24 @@ class BridgeSettings(BaseSettings):
                 "FLUXFILL_BRIDGE_PUSH_SERVICE_ACCOUNT, or FLUXFILL_BRIDGE_PUSH_AUTH=false for local use"
             )
         return self
+
+
+def variable(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def setting_rows() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) for every setting: the README's table and `--help` both print these."""
+    rows = []
+    for name, field in BridgeSettings.model_fields.items():
+        if field.is_required():
+            default = "(required)"
+        elif field.default_factory is not None:
+            default = "(hostname-pid-random)"
+        elif field.default is None or field.default == "":
+            default = "(empty)"
+        else:
+            default = str(field.default).lower() if isinstance(field.default, bool) else str(field.default)
+        rows.append((variable(name), default, field.description or ""))
+    return rows

@@ -1,27 +1,52 @@
 """The `fluxfill` command line.
 
-Exit codes: 0 done, 2 invalid input or usage, 3 service unavailable, 4 cancelled or timed out.
+Exit codes: 0 done, 1 an unexpected failure (one line, the details in a log file), 2 invalid input or usage,
+3 service unavailable, 4 cancelled or timed out. Nothing reaches the terminal as a traceback.
 """
 
 import argparse
 import logging
 import os
 import sys
+import time
+import traceback
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from fluxfill.client import cli_infer, cli_jobs
-from fluxfill.client.errors import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, FluxFillError, InvalidInputError
-
-DEFAULT_TINY_DIR = (
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fluxfill" / "tiny-flux-fill"
+from fluxfill.client.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_STOPPED,
+    EXIT_USAGE,
+    FluxFillError,
+    InvalidInputError,
 )
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fluxfill"
+DEFAULT_TINY_DIR = CACHE_DIR / "tiny-flux-fill"
+# Where an unexpected failure's traceback goes (the terminal gets one line naming the file).
+ERROR_LOG_DIR = CACHE_DIR / "errors"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none worth showing (None, empty, False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, "", False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _parameter(text: str) -> tuple[str, str]:
@@ -31,33 +56,23 @@ def _parameter(text: str) -> tuple[str, str]:
     return key, value
 
 
-JOB_COMMANDS = ("submit", "watch", "cancel", "dlq")
+JOB_COMMANDS = ("submit", "watch", "cancel", "fetch", "dlq")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command with its --help."""
-    parser = _Parser(
-        prog="fluxfill", description="FLUX.1-Fill inpainting on Triton: serve, call, build test weights."
-    )
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _version() -> str:
+    try:
+        return metadata.version("fluxfill")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
-    tiny = commands.add_parser(
-        "tiny-model", help="build the tiny random-weight test model (offline, idempotent)"
-    )
-    tiny.add_argument("--output", type=Path, default=DEFAULT_TINY_DIR, help="directory to build into")
 
-    serve = commands.add_parser(
-        "serve",
-        help="run tritonserver with the model repository until Ctrl-C",
-        description="Serve flux_fill and flux_fill_stream with a local tritonserver until Ctrl-C or SIGTERM; "
-        "without --weights-dir, the tiny test model (its output is noise). Exit 3 if a model cannot load.",
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The weights and model parameters of `serve` and `stack`."""
+    parser.add_argument(
+        "--weights-dir", help="diffusers FLUX.1-Fill directory (default: the tiny test model)"
     )
-    serve.add_argument(
-        "--model-repository", type=Path, default=Path("model_repository"), help="the repository to serve"
-    )
-    serve.add_argument("--weights-dir", help="diffusers FLUX.1-Fill directory (default: the tiny test model)")
-    serve.add_argument("--gguf-file", help="GGUF transformer file to use instead of the directory's")
-    serve.add_argument(
+    parser.add_argument("--gguf-file", help="GGUF transformer file to use instead of the directory's")
+    parser.add_argument(
         "--param",
         type=_parameter,
         action="append",
@@ -65,18 +80,71 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a flux_fill_stream config.pbtxt parameter (repeatable)",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--tiny-model-dir", type=Path, default=DEFAULT_TINY_DIR, help="where the tiny test model is built"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Every command with its --help."""
+    parser = _Parser(
+        prog="fluxfill",
+        description="FLUX.1-Fill inpainting on Triton: inpaint a photo, serve the model, run the job path "
+        "locally, and act on the job system as the app does. `fluxfill COMMAND --help` for each command.",
+        epilog="exit codes: 0 done, 1 unexpected failure (details in a log file), 2 invalid input or usage, "
+        "3 service unavailable, 4 cancelled or timed out",
+    )
+    parser.add_argument("--version", action="version", version=f"fluxfill {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    cli_infer.add_parser(commands)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run tritonserver with the model repository until Ctrl-C",
+        description="Serve flux_fill and flux_fill_stream with a local tritonserver until Ctrl-C or SIGTERM; "
+        "without --weights-dir, the tiny test model (its output is noise). Exit 2 when a port is taken or "
+        "the weights are incomplete (checked before starting), 3 if a model cannot load.",
+    )
+    serve.add_argument(
+        "--model-repository",
+        type=Path,
+        help="the repository to serve (default: the one shipped with this package)",
+    )
+    _add_model_options(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all)")
     for port, default in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
         serve.add_argument(f"--{port}-port", type=int, default=default, help=f"{port} port")
 
-    cli_infer.add_parser(commands)
+    from fluxfill.client.stack import add_port_options
+
+    stack = commands.add_parser(
+        "stack",
+        help="run the whole job path locally (emulators, Triton, a bridge) until Ctrl-C",
+        description="Start the Pub/Sub and Firestore emulators, fake-gcs-server, tritonserver and a bridge; "
+        "create the bucket, topics and subscriptions; print the export lines for submit/watch/fetch/dlq; "
+        "stop everything on Ctrl-C. Needs Java and the Google Cloud SDK's emulators (see the README).",
+    )
+    _add_model_options(stack)
+    add_port_options(stack)
+
     cli_jobs.add_parsers(commands)
 
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="build the tiny random-weight test model (offline, idempotent)",
+        description="Build the tiny random-weight FluxFillPipeline the tests, the demo and `serve` without "
+        "--weights-dir use: a diffusers directory and a Q8_0 GGUF transformer, built offline by our own "
+        "code. Its output is noise; it proves the path, not the quality. Does nothing when already built.",
+    )
+    tiny.add_argument("--output", type=Path, default=DEFAULT_TINY_DIR, help="directory to build into")
+
     digest = commands.add_parser(
-        "weights-digest", help="print the sha256 that the weights_sha256 parameter expects"
+        "weights-digest",
+        help="print the sha256 that the weights_sha256 parameter expects",
+        description="Print the sha256 the model's weights_sha256 parameter is compared with: of a GGUF file, "
+        "or over every weight file of a diffusers directory (path and content). Fails for a directory "
+        "without weight files.",
     )
     digest.add_argument("path", type=Path, help="a GGUF file or a diffusers weights directory")
     return parser
@@ -84,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; errors are one line on stderr and an exit code, never a traceback."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
@@ -96,29 +168,61 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"fluxfill {args.command}: interrupted (Ctrl-C)\n")
         return EXIT_STOPPED
+    except Exception as error:  # the catch-all: whatever we did not foresee is one line and a log file
+        where = _write_error_log(args.command, argv)
+        message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+        sys.stderr.write(f"fluxfill {args.command}: unexpected error: {message} (details in {where})\n")
+        return EXIT_FAILED
+
+
+def _write_error_log(command: str, argv: Sequence[str] | None) -> str:
+    """The traceback being handled, in a file of its own; its path (or why there is none)."""
+    try:
+        ERROR_LOG_DIR.mkdir(parents=True, exist_ok=True)
+        path = ERROR_LOG_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{command}.log"
+        arguments = " ".join(sys.argv[1:] if argv is None else argv)
+        path.write_text(f"fluxfill {_version()}: fluxfill {arguments}\n\n{traceback.format_exc()}")
+        return str(path)
+    except OSError as error:
+        return f"no log: {error}"
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "tiny-model":
         from fluxfill.inpaint.tiny import ensure_tiny_model
 
-        model = ensure_tiny_model(args.output)
+        try:
+            model = ensure_tiny_model(args.output)
+        except OSError as error:
+            raise InvalidInputError(f"cannot build into {args.output}: {error.strerror or error}") from None
         sys.stdout.write(f"pipeline: {model.pipeline_dir}\ngguf: {model.gguf_file}\n")
         return EXIT_OK
     if args.command == "serve":
         from fluxfill.client.serve import serve
 
         return serve(args)
+    if args.command == "stack":
+        from fluxfill.client import stack
+        from fluxfill.client.serve import default_model_repository, flux_fill_parameters
+
+        return stack.run(args, lambda: flux_fill_parameters(args), default_model_repository())
     if args.command == "infer":
         return cli_infer.run(args)
     if args.command in JOB_COMMANDS:
         return cli_jobs.run(args)
     if args.command == "weights-digest":
-        from fluxfill.inpaint.weights import directory_digest, file_sha256
-
-        if not args.path.exists():
-            raise InvalidInputError(f"{args.path}: no such file or directory")
-        digest = directory_digest(args.path) if args.path.is_dir() else file_sha256(args.path)
-        sys.stdout.write(f"{digest}\n")
-        return EXIT_OK
+        return _weights_digest(args.path)
     raise AssertionError(args.command)
+
+
+def _weights_digest(path: Path) -> int:
+    from fluxfill.inpaint.weights import WEIGHT_SUFFIXES, directory_digest, file_sha256, weight_files
+
+    if not path.exists():
+        raise InvalidInputError(f"{path}: no such file or directory")
+    if path.is_dir() and not weight_files(path):
+        suffixes = ", ".join(WEIGHT_SUFFIXES)
+        raise InvalidInputError(f"{path}: no weight files ({suffixes}) in this directory")
+    digest = directory_digest(path) if path.is_dir() else file_sha256(path)
+    sys.stdout.write(f"{digest}\n")
+    return EXIT_OK

@@ -1,15 +1,26 @@
 """`fluxfill infer`: inpaint one photo through a running server, with a progress bar and Ctrl-C to cancel."""
 
 import argparse
+import http.client
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from fluxfill.client.errors import EXIT_OK, CancelledError, InvalidInputError
-from fluxfill.client.images import MaskLike, load_rgb, looks_like_box, parse_box, save_rgb, to_mask
-from fluxfill.client.inference import DEFAULT_PORTS, FluxFillClient
+from fluxfill.client.errors import EXIT_OK, CancelledError, InvalidInputError, ServiceUnavailableError
+from fluxfill.client.images import (
+    MaskLike,
+    load_rgb,
+    looks_like_box,
+    parse_box,
+    save_rgb,
+    to_mask,
+    warn_about_mask,
+)
+from fluxfill.client.inference import DEFAULT_PORTS, FluxFillClient, checked_url
 from fluxfill.client.progress import ProgressBar
 from fluxfill.client.retry import RetryPolicy
 
@@ -55,6 +66,25 @@ def _output_path(path: Path) -> Path:
     return path
 
 
+def _with_protocol_hint(error: ServiceUnavailableError, url: str, protocol: str) -> ServiceUnavailableError:
+    """The error, with a hint when a gRPC call reached a server that answers HTTP/1 (Triton's HTTP port).
+
+    Triton's HTTP port closes a gRPC connection without a word ("Socket closed"); one HTTP request tells.
+    """
+    if protocol != "grpc" or "HTTP port" in str(error):
+        return error
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1.0):
+            pass
+    except urllib.error.HTTPError:
+        pass  # an HTTP answer all the same
+    except (OSError, ValueError, http.client.HTTPException):
+        return error
+    return ServiceUnavailableError(
+        f"{url} answers HTTP/1, not gRPC: is this the HTTP port? (use --protocol http)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Inpaint, write the output and print it with the seed."""
     output = _output_path(args.output)
@@ -62,10 +92,11 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--retries must be 0 or more, got {args.retries}")
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInputError(f"--timeout must be positive, got {args.timeout:g}")
+    url = checked_url(args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}")
     image = load_rgb(args.image)
     mask_arg: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
     mask = to_mask(mask_arg, image.shape[0], image.shape[1])
-    url = args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}"
+    warn_about_mask(mask_arg, args.image, "infer")
     progress = ProgressBar(sys.stderr)
     try:
         with FluxFillClient(url, args.protocol, retry=RetryPolicy(retries=args.retries)) as client:
@@ -79,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 on_progress=progress,
             )
+    except ServiceUnavailableError as error:
+        raise _with_protocol_hint(error, url, args.protocol) from None
     except KeyboardInterrupt:
         # Leaving the call cancelled its gRPC stream, and with it the run on the server.
         progress.interrupt()

@@ -1,13 +1,16 @@
-"""The arguments of `fluxfill submit | watch | cancel | dlq`; what they do is in job_commands.
+"""The arguments of `fluxfill submit | watch | cancel | fetch | dlq`; what they do is in job_commands.
 
 Kept free of the bridge and Google imports, so the other commands never load them.
 """
 
 import argparse
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from fluxfill.client.errors import EXIT_USAGE
 
 # Each job setting, and the environment variable that gives its default.
 SETTING_VARIABLES = {
@@ -48,7 +51,7 @@ def _common(parser: argparse.ArgumentParser, *names: str) -> None:
 
 
 def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
-    """Register submit, watch, cancel and dlq."""
+    """Register submit, watch, cancel, fetch and dlq."""
     submit = commands.add_parser(
         "submit",
         help="upload photo and mask, create the session and publish the job, as the app does",
@@ -82,8 +85,25 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
     cancel.add_argument("session", help="the session id")
     _common(cancel)
 
-    dlq = commands.add_parser("dlq", help="dead-lettered jobs: list them, replay them")
-    actions = dlq.add_subparsers(dest="dlq_command", required=True, parser_class=type(dlq))
+    fetch = commands.add_parser(
+        "fetch",
+        help="download a finished session's results",
+        description="Download SESSION's edited image and preview to OUTPUT_DIR as SESSION-edited.EXT and "
+        "SESSION-preview.EXT. Exit 2 when the session is not done yet or failed for its input, 3 or 4 as "
+        "watch for a session that failed or was cancelled.",
+    )
+    fetch.add_argument("session", help="the session id printed by submit")
+    fetch.add_argument("--output-dir", type=Path, default=Path("."), help="where to write the files")
+    _common(fetch, "bucket")
+
+    dlq = commands.add_parser(
+        "dlq",
+        help="dead-lettered jobs: list them, replay them",
+        description="Dead-lettered jobs: `dlq list` shows each with its reason, `dlq replay` starts them "
+        "afresh.",
+    )
+    dlq.set_defaults(dlq_parser=dlq)
+    actions = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", parser_class=type(dlq))
     listing = actions.add_parser(
         "list", help="show each dead-lettered job with its failure reason (leaves them queued)"
     )
@@ -96,6 +116,9 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run one job command."""
+    if args.command == "dlq" and args.dlq_command is None:
+        args.dlq_parser.print_help(sys.stderr)
+        return EXIT_USAGE
     from fluxfill.client.job_commands import run_job_command
 
     return run_job_command(args)

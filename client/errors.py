@@ -11,6 +11,7 @@ Only a `ServiceUnavailableError` with `retryable` set is worth retrying: the ser
 queue drain. A model that failed to load, or a contract mismatch, will not fix itself.
 """
 
+import http.client
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -82,6 +83,10 @@ _UNREACHABLE_HINTS = (
     "socket closed",
     "exceeds maximum queue size",
 )
+# gRPC's words for a peer that answered in HTTP/1 (the HTTP port): retrying cannot help.
+_NOT_GRPC_HINT = "failed parsing http/2"
+_NOT_GRPC = "it answers HTTP/1, not gRPC: is this the HTTP port? (gRPC: 8001 by default; or --protocol http)"
+_NOT_HTTP = "it does not answer HTTP/1: is this the gRPC port? (HTTP: 8000 by default; or --protocol grpc)"
 # Input validation messages from the model start with the tensor's name ("MASK: must have shape ...").
 _INPUT_PREFIXES = tuple(f"{spec.name}: " for spec in INPUTS)
 
@@ -102,6 +107,8 @@ def classify(message: str, status: str = "") -> FluxFillError:
     # HTTP answers 400 for a model the server does not serve: that is no fault of the input.
     if "unknown model" in lowered or "no available versions" in lowered:
         return ServiceUnavailableError(message)
+    if _NOT_GRPC_HINT in lowered:
+        return ServiceUnavailableError(f"{_NOT_GRPC} ({message})")
     kind = _BY_STATUS.get(status)
     if kind is None:
         if any(hint in lowered for hint in _UNREACHABLE_HINTS):
@@ -134,6 +141,9 @@ def mapped_errors(url: str) -> Iterator[None]:
             # Say which server: gRPC's own text names a resolved address at best.
             mapped = type(mapped)(f"{url}: {mapped}", retryable=mapped.retryable)
         raise mapped from None
+    except http.client.HTTPException as error:
+        # geventhttpclient's parse errors: an HTTP/2 (gRPC) server answered.
+        raise ServiceUnavailableError(f"{url}: {_NOT_HTTP} ({error!r})") from None
     except TimeoutError as error:
         # The HTTP client's network timeout surfaces as a bare socket timeout.
         raise DeadlineExceededError(f"deadline exceeded: no answer from {url} in time ({error})") from None

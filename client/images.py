@@ -6,8 +6,11 @@ A mask marks the pixels to repaint with values >= 128. It can be given as
 - a box `x,y,w,h` in pixels of the photo.
 """
 
+import contextlib
 import os
 import re
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -17,6 +20,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD
+from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
 
 RGBArray: TypeAlias = npt.NDArray[np.uint8]
 MaskArray: TypeAlias = npt.NDArray[np.uint8]
@@ -24,6 +28,9 @@ ImageLike: TypeAlias = str | os.PathLike[str] | Image.Image | npt.NDArray[Any]
 Box: TypeAlias = tuple[int, int, int, int]
 MaskLike: TypeAlias = ImageLike | Box
 
+# A mask selecting more than this share of the photo is most likely inverted (see selection_warning).
+MOSTLY_SELECTED = 0.9
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
 _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
 
 
@@ -67,7 +74,7 @@ def mask_from_image(image: Image.Image) -> MaskArray:
     """A mask image of any mode as 0/255: transparent repaints in RGBA/LA, else white (>= 128) repaints."""
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in {"RGBA", "LA", "PA"}:
+    if image.mode in _ALPHA_MODES:
         return np.where(np.asarray(image.getchannel("A")) < MASK_THRESHOLD, 255, 0).astype(np.uint8)
     if image.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
         # 16-bit and float masks: scale by their own range so "white" means the brightest value.
@@ -120,11 +127,51 @@ def to_mask(mask: MaskLike, height: int, width: int) -> MaskArray:
         # Arrays are the wire form: the server checks their shape against IMAGE and names the tensor.
         return mask
     array = mask_from_image(mask if isinstance(mask, Image.Image) else open_image(mask))
-    if array.shape != (height, width):
-        raise InvalidInputError(
-            f"mask is {array.shape[1]}x{array.shape[0]} but the image is {width}x{height}"
+    try:
+        # The bridge's rule too: a mask drawn on a scaled copy of the photo is scaled back to it.
+        return fit_mask(array, height, width)
+    except MaskSizeError as error:
+        raise InvalidInputError(str(error)) from None
+
+
+def warn_about_mask(mask: MaskLike, photo: str | os.PathLike[str], command: str) -> None:
+    """Write the selection warning for a mask file, if any, as one `fluxfill COMMAND: warning:` line."""
+    if isinstance(mask, tuple) or not isinstance(mask, str | os.PathLike):
+        return  # a box selects what it says
+    image = open_image(mask)
+    width, height = open_image(photo).size
+    warning = selection_warning(to_mask(image, height, width), uses_alpha(image))
+    if warning is not None:
+        sys.stderr.write(f"fluxfill {command}: warning: {warning}\n")
+
+
+def uses_alpha(mask: Image.Image) -> bool:
+    """Whether the mask is read from its transparency (repaint where transparent), not its brightness."""
+    return mask.mode in _ALPHA_MODES or (mask.mode == "P" and "transparency" in mask.info)
+
+
+def selection_warning(mask: MaskArray, from_alpha: bool) -> str | None:
+    """A sentence when the mask most likely does not say what its author meant, else None.
+
+    Nothing selected changes nothing (red strokes are 76 in grey, under the threshold of 128); almost
+    everything selected is usually an inverted mask, most often strokes painted on a transparent layer.
+    """
+    share = float(np.count_nonzero(mask >= MASK_THRESHOLD)) / max(mask.size, 1)
+    if share == 0.0:
+        if from_alpha:
+            return "the mask is opaque everywhere, so it selects nothing: transparent pixels mark the repaint"
+        return (
+            f"the mask selects nothing: pixels with a grey value of at least {MASK_THRESHOLD} mark what to "
+            "repaint (white strokes; pure red is only 76)"
         )
-    return array
+    if share > MOSTLY_SELECTED:
+        if from_alpha:
+            return (
+                f"the mask selects {share:.0%} of the photo: an RGBA mask repaints its TRANSPARENT pixels, "
+                "so strokes painted on a transparent layer select everything else"
+            )
+        return f"the mask selects {share:.0%} of the photo: white marks what to repaint, black what to keep"
+    return None
 
 
 def load_mask(path: str | os.PathLike[str]) -> MaskArray:
@@ -133,11 +180,19 @@ def load_mask(path: str | os.PathLike[str]) -> MaskArray:
 
 
 def save_rgb(image: RGBArray, path: str | os.PathLike[str]) -> None:
-    """Write an RGB array; the format follows the suffix."""
+    """Write an RGB array (the format follows the suffix) whole or not at all: a temporary file, renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
     try:
-        Image.fromarray(image).save(path)
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        Image.fromarray(image).save(temporary, format=fmt)
+        os.replace(temporary, path)
     except (ValueError, KeyError) as error:
         # PIL raises ValueError/KeyError for a suffix it has no writer for.
         raise InvalidInputError(f"{path}: cannot write this format ({error})") from None
+    finally:
+        # Reached with the file still there only when the write failed or was interrupted (Ctrl-C).
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)

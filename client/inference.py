@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from fluxfill.client.contract_check import check_metadata
-from fluxfill.client.errors import CancelledError, DeadlineExceededError, mapped_errors
+from fluxfill.client.errors import CancelledError, DeadlineExceededError, InvalidInputError, mapped_errors
 from fluxfill.client.images import ImageLike, MaskLike, to_mask, to_rgb
 from fluxfill.client.retry import RetryPolicy, call_with_retries
 from fluxfill.client.streaming import (
@@ -41,6 +41,20 @@ DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
 HTTP_GRACE_S = 1.0
 
 
+def checked_url(url: str) -> str:
+    """`url` if it is HOST:PORT with a port in 1..65535; InvalidInputError saying what is wrong otherwise.
+
+    tritonclient takes a scheme as part of the host (then retries a name that never resolves) and wraps a
+    port over 65535 silently: both are refused here, at once.
+    """
+    if "://" in url:
+        raise InvalidInputError(f"url {url!r}: give HOST:PORT without a scheme (e.g. localhost:8001)")
+    host, sep, port = url.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise InvalidInputError(f"url {url!r}: expected HOST:PORT with a port from 1 to 65535")
+    return url
+
+
 class FluxFillClient:
     """A synchronous client for one Triton server; use as a context manager or call close().
 
@@ -63,7 +77,7 @@ class FluxFillClient:
     ) -> None:
         if protocol not in DEFAULT_PORTS:
             raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
-        self.url = url
+        self.url = checked_url(url)
         self.protocol = protocol
         self.model_name = stream_model_name if protocol == "grpc" else model_name
         self.retry = retry or RetryPolicy()
@@ -109,15 +123,18 @@ class FluxFillClient:
             cancel: a CancelHandle whose cancel() stops the run on the server (gRPC).
         """
         rgb = to_rgb(image)
-        arrays = contract_arrays(
-            rgb,
-            to_mask(mask, rgb.shape[0], rgb.shape[1]),
-            prompt,
-            steps=steps,
-            guidance=guidance,
-            seed=seed,
-            timeout_s=timeout,
-        )
+        try:
+            arrays = contract_arrays(
+                rgb,
+                to_mask(mask, rgb.shape[0], rgb.shape[1]),
+                prompt,
+                steps=steps,
+                guidance=guidance,
+                seed=seed,
+                timeout_s=timeout,
+            )
+        except ValueError as error:
+            raise InvalidInputError(str(error)) from None
         deadline = None if timeout is None else time.monotonic() + timeout
 
         def attempt() -> InpaintOutput:

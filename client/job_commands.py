@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField
+from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField, is_valid_id
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.cli_jobs import missing_setting
 from fluxfill.client.errors import (
@@ -18,7 +18,7 @@ from fluxfill.client.errors import (
     DeadlineExceededError,
     InvalidInputError,
 )
-from fluxfill.client.images import MaskLike, looks_like_box, parse_box
+from fluxfill.client.images import MaskLike, looks_like_box, parse_box, warn_about_mask
 from fluxfill.client.jobs import JobSettings, JobSystem, SessionRef, new_session_id
 from fluxfill.client.progress import ProgressBar
 
@@ -31,6 +31,7 @@ _NEEDS = {
     "submit": ("bucket", "topic"),
     "list": ("dead_letter_subscription",),
     "replay": ("dead_letter_subscription", "topic"),
+    "fetch": ("bucket",),
 }
 
 
@@ -49,17 +50,31 @@ def _system(args: argparse.Namespace) -> JobSystem:
     )
 
 
+def session_ref(args: argparse.Namespace) -> SessionRef:
+    """The session the arguments name; InvalidInputError for an id the job contract would refuse."""
+    for what, value in (("user", args.user), ("session", args.session)):
+        if value is not None and not is_valid_id(value):
+            raise InvalidInputError(
+                f"{what} id {value!r} is not valid: 1 to 128 of A-Z a-z 0-9 _ - (no '/', not __name__)"
+            )
+    return SessionRef(args.user, args.session or new_session_id())
+
+
 def run_job_command(args: argparse.Namespace) -> int:
     """Dispatch one job command."""
+    if args.command != "dlq":
+        session_ref(args)  # ids are checked before anything is read or uploaded
     jobs = _system(args)
     if args.command == "submit":
         return _submit(jobs, args)
     if args.command == "watch":
         if args.interval <= 0 or (args.timeout is not None and args.timeout <= 0):
             raise InvalidInputError("--interval and --timeout must be positive")
-        return _watch(jobs, SessionRef(args.user, args.session), args.timeout, args.interval)
+        return _watch(jobs, session_ref(args), args.timeout, args.interval)
+    if args.command == "fetch":
+        return _fetch(jobs, session_ref(args), args.output_dir)
     if args.command == "cancel":
-        status = jobs.request_cancel(SessionRef(args.user, args.session))
+        status = jobs.request_cancel(session_ref(args))
         done = status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
         sys.stdout.write(
             f"{args.session}: already {status}\n" if done else f"{args.session}: cancel requested\n"
@@ -70,10 +85,32 @@ def run_job_command(args: argparse.Namespace) -> int:
 
 def _submit(jobs: JobSystem, args: argparse.Namespace) -> int:
     mask: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
-    ref = SessionRef(args.user, args.session or new_session_id())
+    ref = session_ref(args)
     fields = {"prompt": args.prompt, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+    warn_about_mask(mask, args.image, "submit")
     jobs.submit(ref, args.image, mask, priority=args.priority, **fields)
     sys.stdout.write(f"{ref.session}\n")
+    return EXIT_OK
+
+
+def _fetch(jobs: JobSystem, ref: SessionRef, output_dir: Path) -> int:
+    """Download a finished session's results next to each other as SESSION-edited.EXT, SESSION-preview.EXT."""
+    document = jobs.session(ref)
+    if document is None:
+        raise InvalidInputError(f"no session {ref.session} of user {ref.user} ({ref.document})")
+    status = str(document.get(SessionField.STATUS.value, ""))
+    if status in {JobStatus.FAILED, JobStatus.CANCELLED}:
+        return _report(ref, status, document, "fetch")
+    paths = ((document.get(SessionField.RESULT.value) or {}).get("paths")) or {}
+    if status != JobStatus.DONE or not paths:
+        raise InvalidInputError(
+            f"{ref.session} is {status or 'not started'}: nothing to fetch yet (fluxfill watch {ref.session} "
+            "waits for it)"
+        )
+    for kind, object_path in sorted(paths.items()):
+        target = output_dir / f"{ref.session}-{kind}{Path(str(object_path)).suffix}"
+        jobs.download(str(object_path), target)
+        sys.stdout.write(f"{target}\n")
     return EXIT_OK
 
 
@@ -96,13 +133,13 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
             bar(int(step), int(total))
             last_step = int(step)
         if status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}:
-            return _report(ref, status, document)
+            return _report(ref, status, document, "watch")
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"{ref.session} still {status} after {timeout:g} s")
         time.sleep(interval)
 
 
-def _report(ref: SessionRef, status: str, document: dict[str, Any]) -> int:
+def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str) -> int:
     if status == JobStatus.DONE:
         result = document.get(SessionField.RESULT.value) or {}
         edited = (result.get("paths") or {}).get("edited", "")
@@ -111,7 +148,7 @@ def _report(ref: SessionRef, status: str, document: dict[str, Any]) -> int:
         return EXIT_OK
     error = document.get(SessionField.ERROR.value) or {}
     code, message = str(error.get("code", "")), " ".join(str(error.get("message", "")).split())
-    sys.stderr.write(f"fluxfill watch: {ref.session} {status}: {code}: {message}\n")
+    sys.stderr.write(f"fluxfill {command}: {ref.session} {status}: {code}: {message}\n")
     if status == JobStatus.CANCELLED or code in _STOPPED_CODES:
         return EXIT_STOPPED
     if code in _UNAVAILABLE_CODES:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from google.api_core import exceptions as api
+from google.auth import exceptions as auth
 from PIL import Image
 
 from fluxfill.bridge.contract import (
@@ -31,13 +32,17 @@ from fluxfill.bridge.contract import (
     parse_job,
 )
 from fluxfill.bridge.credentials import using_emulators
-from fluxfill.client.errors import InvalidInputError, ServiceUnavailableError
+from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnavailableError
 from fluxfill.client.images import MaskLike, open_image, to_mask
 
 # Formats the bridge accepts for an original, by PIL's name, with the extension the app gives them.
 ORIGINAL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 PUBLISH_TIMEOUT_S = 30.0
 _ID_ALPHABET = string.ascii_letters + string.digits
+NO_CREDENTIALS = (
+    "no credentials: set the *_EMULATOR_HOST variables (a local stack: fluxfill stack) "
+    "or run gcloud auth application-default login"
+)
 
 
 def now() -> datetime:
@@ -83,8 +88,15 @@ def google_errors(action: str) -> Iterator[None]:
     """The boundary: Google API failures become client errors naming what was being done."""
     try:
         yield
+    except auth.DefaultCredentialsError:
+        raise InvalidInputError(NO_CREDENTIALS) from None
+    except auth.GoogleAuthError as error:
+        raise ServiceUnavailableError(f"cannot {action}: credentials refused ({error})") from None
     except api.NotFound as error:
         raise InvalidInputError(f"cannot {action}: not found ({error.message})") from None
+    except (api.PermissionDenied, api.Unauthenticated) as error:
+        hint = "check the project and your account"
+        raise InvalidInputError(f"cannot {action}: {error.message} ({hint})") from None
     except (api.GoogleAPICallError, api.RetryError) as error:
         raise ServiceUnavailableError(f"cannot {action}: {error}", retryable=True) from None
     except (TimeoutError, ConnectionError) as error:
@@ -152,29 +164,80 @@ class JobSystem:
                 "publisher": lambda: publisher_client(credentials),
                 "subscriber": lambda: subscriber_client(credentials),
             }
-            self._clients[kind] = factories[kind]()
+            with google_errors(f"create the {kind} client"):
+                self._clients[kind] = factories[kind]()
         return self._clients[kind]
 
     def submit(self, ref: SessionRef, photo: Path, mask: MaskLike, **fields: Any) -> JobMessage:
-        """Upload photo and mask, create the queued session document, publish the job."""
+        """Upload photo and mask, create the queued session document, publish the job.
+
+        All or nothing where that can be known: when a step fails before the job is published (a missing
+        bucket or topic, no permission), what the earlier steps made is deleted again and the error says so.
+        Only a publish whose outcome is unknown (a timeout) leaves the session, and the error names it.
+        """
         job = validated_job(ref, **fields)
         original, extension = encode_original(photo)
         mask_png = encode_mask(mask, photo)
         self.require("bucket", "topic")
-        bucket = self.client("storage").bucket(self.settings.bucket)
-        with google_errors(f"upload to gs://{self.settings.bucket}"):
-            original_path = ref.object_path(DEFAULT_ORIGINAL_TEMPLATE, extension)
-            content_type = Image.MIME.get(extension.upper().replace("JPG", "JPEG"), "image/png")
-            bucket.blob(original_path).upload_from_string(original, content_type=content_type)
-            bucket.blob(ref.object_path(DEFAULT_MASK_TEMPLATE)).upload_from_string(
-                mask_png, content_type="image/png"
-            )
-        with google_errors(f"create {ref.document}"):
-            self.client("firestore").document(ref.document).create(
-                {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()}
-            )
-        self.publish(job.model_dump_json(exclude_none=True).encode(), {})
+        made: list[str] = []
+        try:
+            bucket = self.client("storage").bucket(self.settings.bucket)
+            with google_errors(f"upload to gs://{self.settings.bucket}"):
+                original_path = ref.object_path(DEFAULT_ORIGINAL_TEMPLATE, extension)
+                content_type = Image.MIME.get(extension.upper().replace("JPG", "JPEG"), "image/png")
+                bucket.blob(original_path).upload_from_string(original, content_type=content_type)
+                made.append(original_path)
+                mask_path = ref.object_path(DEFAULT_MASK_TEMPLATE)
+                bucket.blob(mask_path).upload_from_string(mask_png, content_type="image/png")
+                made.append(mask_path)
+            with google_errors(f"create {ref.document}"):
+                self.client("firestore").document(ref.document).create(
+                    {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()}
+                )
+                made.append(ref.document)
+            self.publish(job.model_dump_json(exclude_none=True).encode(), {})
+        except ServiceUnavailableError as error:
+            if ref.document in made:
+                # A publish that timed out may have reached Pub/Sub: the session stays for the bridge.
+                raise ServiceUnavailableError(
+                    f"{error}; the job may have been published: session {ref.session} is kept "
+                    f"(fluxfill watch {ref.session} shows whether it runs)",
+                    retryable=error.retryable,
+                ) from None
+            raise type(error)(f"{error}; {self._undo(ref, made)}", retryable=error.retryable) from None
+        except FluxFillError as error:
+            raise type(error)(f"{error}; {self._undo(ref, made)}") from None
         return job
+
+    def _undo(self, ref: SessionRef, made: list[str]) -> str:
+        """Delete what a failed submit made; a sentence saying what was done."""
+        if not made:
+            return "nothing was created"
+        left = []
+        for name in reversed(made):
+            try:
+                if name == ref.document:
+                    self.client("firestore").document(name).delete()
+                else:
+                    self.client("storage").bucket(self.settings.bucket).blob(name).delete()
+            except Exception:  # best effort: what is left is reported, not raised
+                left.append(name)
+        if left:
+            return f"could not delete what it made: {', '.join(left)}"
+        return f"removed what it had made ({len(made)} of {len(made)}): nothing is left behind"
+
+    def download(self, object_path: str, target: Path) -> None:
+        """Copy one object of the bucket to `target`, whole or not at all."""
+        self.require("bucket")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with google_errors(f"download gs://{self.settings.bucket}/{object_path}"):
+                blob = self.client("storage").bucket(self.settings.bucket).blob(object_path)
+                blob.download_to_filename(str(partial))
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
 
     def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
         """Publish to the jobs topic and wait for the message id."""

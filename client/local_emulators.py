@@ -21,11 +21,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from fluxfill.client.errors import ServiceUnavailableError
+from fluxfill.client.prerequisites import (
+    cloud_sdk_root,
+    emulator_problems,
+    firestore_jar,
+    pubsub_emulator,
+    require,
+)
 from fluxfill.client.triton_binary import end_group, free_port
-
-SDK = Path("/usr/lib/google-cloud-sdk/platform")
-PUBSUB_EMULATOR = SDK / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
-FIRESTORE_JAR = SDK / "cloud-firestore-emulator" / "cloud-firestore-emulator.jar"
 
 
 def fake_gcs_binary() -> Path:
@@ -36,7 +40,7 @@ def fake_gcs_binary() -> Path:
     return package / "vendor" / "fake-gcs-server" / "bin" / "fake-gcs-server-linux-amd64"
 
 
-class EmulatorError(RuntimeError):
+class EmulatorError(ServiceUnavailableError):
     """An emulator did not start; the message carries its log tail."""
 
 
@@ -65,14 +69,17 @@ class LocalEmulator:
     def start(self) -> Self:
         """Start and wait until its ready endpoint answers."""
         self._log = (self._dir / "log.txt").open("wb")
-        self._process = subprocess.Popen(
-            self.argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=self._dir,
-            start_new_session=True,
-        )
+        try:
+            self._process = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                cwd=self._dir,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise EmulatorError(f"{self.name} cannot start: {error}") from None
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -129,7 +136,7 @@ class PubSubEmulator(LocalEmulator):
     name = "pubsub"
 
     def argv(self) -> list[str]:
-        return [str(PUBSUB_EMULATOR), "--host=127.0.0.1", f"--port={self.port}"]
+        return [str(pubsub_emulator(cloud_sdk_root())), "--host=127.0.0.1", f"--port={self.port}"]
 
 
 class FirestoreEmulator(LocalEmulator):
@@ -141,7 +148,7 @@ class FirestoreEmulator(LocalEmulator):
         return [
             "java",
             "-cp",
-            str(FIRESTORE_JAR),
+            str(firestore_jar(cloud_sdk_root())),
             "com.google.cloud.datastore.emulator.firestore.CloudFirestore",
             "start",
             "--host=127.0.0.1",
@@ -206,10 +213,19 @@ class GoogleEmulators:
 
 
 @contextlib.contextmanager
-def running_emulators() -> Iterator[GoogleEmulators]:
-    """Start all three in parallel (about 2 s), point the environment at them, stop them all at the end."""
+def running_emulators(
+    pubsub_port: int | None = None, firestore_port: int | None = None, storage_port: int | None = None
+) -> Iterator[GoogleEmulators]:
+    """Start all three in parallel (about 2 s), point the environment at them, stop them all at the end.
+
+    Ports default to free ones. MissingPrerequisiteError, before anything starts, when Java or an emulator
+    is not installed.
+    """
+    require(emulator_problems)
     with contextlib.ExitStack() as stack:
-        emulators = GoogleEmulators(PubSubEmulator(), FirestoreEmulator(), FakeGcsServer())
+        emulators = GoogleEmulators(
+            PubSubEmulator(pubsub_port), FirestoreEmulator(firestore_port), FakeGcsServer(storage_port)
+        )
         for emulator in (emulators.pubsub, emulators.firestore, emulators.storage):
             stack.callback(emulator.stop)
         with ThreadPoolExecutor(max_workers=3) as pool:

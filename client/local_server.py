@@ -20,6 +20,7 @@ from typing import IO, Any, NamedTuple, Self
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from fluxfill.client.prerequisites import require, triton_problems
 from fluxfill.client.triton_binary import TritonBinary, end_group, find_tritonserver, free_port
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,9 @@ class LocalTritonServer:
             self._run_dir = self._given_run_dir
         else:
             self._run_dir = Path(tempfile.mkdtemp(prefix="fluxfill-triton-"))
+        if self._binary is None:
+            # A stub that cannot load libpython would leave the models LOADING until the startup timeout.
+            require(triton_problems)
         binary = self._binary or find_tritonserver()
         copy_repository(self.source_repository, self.model_repository, self._parameters)
         argv = [

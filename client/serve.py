@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE
+from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE, InvalidInputError
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
+from fluxfill.client.prerequisites import require, require_free_ports, triton_problems
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -18,8 +19,26 @@ def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def default_model_repository() -> Path:
+    """The model repository shipped with the package: the checkout's, or the wheel's copy beside client/."""
+    return Path(__file__).resolve().parents[1] / "model_repository"
+
+
+def check_weights_arguments(args: argparse.Namespace) -> None:
+    """Refuse, in milliseconds and before any server starts, weights that cannot load."""
+    from fluxfill.inpaint.weights import directory_problem
+
+    if args.gguf_file and not Path(args.gguf_file).is_file():
+        raise InvalidInputError(f"--gguf-file {args.gguf_file}: no such file")
+    if args.weights_dir:
+        problem = directory_problem(Path(args.weights_dir), transformer_elsewhere=bool(args.gguf_file))
+        if problem is not None:
+            raise InvalidInputError(f"--weights-dir: {problem}")
+
+
 def flux_fill_parameters(args: argparse.Namespace) -> dict[str, str]:
     """The parameter overrides for flux_fill_stream; without --weights-dir, the tiny test model."""
+    check_weights_arguments(args)
     parameters = dict(args.param)
     if args.weights_dir:
         parameters["weights_dir"] = str(Path(args.weights_dir).resolve())
@@ -38,9 +57,17 @@ def flux_fill_parameters(args: argparse.Namespace) -> dict[str, str]:
 
 def serve(args: argparse.Namespace) -> int:
     """Start, report the endpoints, and stay in the foreground; exit 3 if the model cannot load."""
+    repository = args.model_repository or default_model_repository()
+    if not (repository / STREAM_MODEL_NAME / "config.pbtxt").is_file():
+        raise InvalidInputError(f"--model-repository {repository}: no {STREAM_MODEL_NAME}/config.pbtxt there")
+    check_weights_arguments(args)
+    ports = {"http": args.http_port, "grpc": args.grpc_port, "metrics": args.metrics_port}
+    require_free_ports(args.host, ports)
+    require(triton_problems)
+    parameters = flux_fill_parameters(args)
     server = LocalTritonServer(
-        args.model_repository,
-        parameters={STREAM_MODEL_NAME: flux_fill_parameters(args)},
+        repository,
+        parameters={STREAM_MODEL_NAME: parameters},
         host=args.host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -19,6 +19,7 @@ from fluxfill.client.errors import FluxFillError
 from fluxfill.client.images import load_mask, load_rgb, save_rgb
 from fluxfill.client.inference import FluxFillClient
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer
+from fluxfill.client.prerequisites import emulator_problems, require, triton_problems
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import ensure_tiny_model
 
@@ -45,6 +46,8 @@ def run() -> int:
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Both halves need these: say what is missing now, not after the first half ran.
+    require(triton_problems, emulator_problems)
 
     weights_dir = (args.weights_dir or ensure_tiny_model(args.tiny_model).pipeline_dir).resolve()
     image = load_rgb(DEMO_DIR / "chelsea.png")

@@ -86,7 +86,16 @@ def contract_arrays(
     seed: int | None = None,
     timeout_s: float | None = None,
 ) -> dict[str, npt.NDArray[Any]]:
-    """A request's input tensors by name, typed as declared above; absent optionals are left out."""
+    """A request's input tensors by name, typed as declared above; absent optionals are left out.
+
+    Raises ValueError, naming the tensor, for an integer its type cannot hold or a negative seed (numpy would
+    raise a bare OverflowError).
+    """
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"SEED: must be 0..{MAX_SEED}, got {seed}")
+    if steps is not None and not np.iinfo(np.int32).min <= steps <= np.iinfo(np.int32).max:
+        # Only what INT32 cannot carry: the model itself refuses steps out of its range, naming its limits.
+        raise ValueError(f"STEPS: must be a 32-bit integer, got {steps}")
     values: dict[str, object] = {
         "IMAGE": image,
         "MASK": mask,

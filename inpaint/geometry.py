@@ -17,6 +17,28 @@ FloatArray = npt.NDArray[np.float32]
 
 # FLUX packs 2x2 latent patches over an 8x VAE: sizes must be multiples of 16.
 SIZE_MULTIPLE = 16
+# A mask of another size than the photo is scaled to it when the aspect ratios agree this closely (the app
+# may upload a mask drawn on a downscaled preview). The bridge and the client apply the same rule.
+MASK_ASPECT_TOLERANCE = 0.01
+
+
+class MaskSizeError(ValueError):
+    """The mask cannot be fitted to the photo: its aspect ratio differs by more than the tolerance."""
+
+
+def fit_mask(mask: UInt8Array, height: int, width: int) -> UInt8Array:
+    """The mask at the photo's size: as it is, scaled (nearest) when the aspect ratios agree, else refused."""
+    mask_height, mask_width = mask.shape
+    if (mask_height, mask_width) == (height, width):
+        return mask
+    photo_aspect, mask_aspect = width / height, mask_width / mask_height
+    if abs(mask_aspect / photo_aspect - 1.0) > MASK_ASPECT_TOLERANCE:
+        raise MaskSizeError(
+            f"the mask is {mask_width}x{mask_height} but the photo is {width}x{height}: "
+            f"their aspect ratios differ by more than {MASK_ASPECT_TOLERANCE:.0%}"
+        )
+    scaled = Image.fromarray(mask, mode="L").resize((width, height), Image.Resampling.NEAREST)
+    return np.asarray(scaled, dtype=np.uint8)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings
+from fluxfill.bridge.settings import setting_rows
 from fluxfill.inpaint.config import DESCRIPTIONS, PARAMETER_NAMES
 from fluxfill.inpaint.contract import INPUTS, OUTPUTS, STREAM_OUTPUTS, TensorSpec
 from fluxfill.inpaint.metrics import FAMILIES
@@ -67,16 +67,9 @@ def model_metrics() -> str:
 def bridge_settings() -> str:
     """The bridge's environment variables from fluxfill.bridge.settings."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in BridgeSettings.model_fields.items():
-        if field.is_required():
-            default = "(required)"
-        elif field.default_factory is not None:
-            default = "(hostname-pid-random)"
-        elif field.default is None or field.default == "":
-            default = "(empty)"
-        else:
-            default = f"`{str(field.default).lower() if isinstance(field.default, bool) else field.default}`"
-        rows.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {field.description} |")
+    for name, default, meaning in setting_rows():
+        shown = default if default.startswith("(") else f"`{default}`"
+        rows.append(f"| `{name}` | {shown} | {meaning} |")
     return "\n".join(rows)
 
 

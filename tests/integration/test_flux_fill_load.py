@@ -65,7 +65,7 @@ def test_missing_weights_dir_is_named(start_flux_server: ServerFactory, tmp_path
     server = start_flux_server(require_ready=False, weights_dir=str(missing))
     state = server.model_states()["flux_fill_stream"]
     assert state.state == "UNAVAILABLE"
-    assert f"weights_dir '{missing}' is not a diffusers FLUX.1-Fill directory" in state.reason
+    assert f"weights_dir '{missing}' is not a directory" in state.reason
 
 
 def test_missing_python_packages_are_unavailable_with_the_import_error(tiny_model: TinyModel) -> None:

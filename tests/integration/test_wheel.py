@@ -22,6 +22,7 @@ from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defi
 
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.triton_binary import end_group, free_port
+from fluxfill.inpaint.tiny import TinyModel
 from tests.integration.bridge.harness import JobSystem
 from tests.support import REPO_ROOT
 
@@ -147,3 +148,50 @@ def test_the_installed_bridge_serves_health_and_stops_on_sigterm(
     finally:
         end_group(process.pid, 5)
         process.wait()
+
+
+def test_the_installed_wheel_serves_the_model_from_any_directory(
+    wheel_venv: Path, tiny_model: TinyModel
+) -> None:
+    # No model repository in the working directory: `serve` finds the one shipped in the wheel.
+    ports = [str(free_port()) for _ in range(3)]
+    argv = [wheel_venv, "-c", "import sys; from fluxfill.client.cli import main; sys.exit(main())", "serve"]
+    options = [
+        "--weights-dir",
+        str(tiny_model.pipeline_dir),
+        "--http-port",
+        ports[0],
+        "--grpc-port",
+        ports[1],
+    ]
+    process = subprocess.Popen(
+        [*argv, *options, "--metrics-port", ports[2]],
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "flux_fill and flux_fill_stream READY" in line:
+                break
+        assert any("flux_fill and flux_fill_stream READY" in line for line in lines), "".join(lines)[-3000:]
+        served = subprocess.run(
+            [wheel_venv, "-c", "from fluxfill.client.serve import default_model_repository as d; print(d())"],
+            cwd="/",
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        assert served.startswith(str(wheel_venv.parent.parent)), served
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        end_group(process.pid, 5)
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -113,7 +113,7 @@ def test_progress_bar_advances_once_per_step(
 @pytest.mark.parametrize(
     ("mask", "fragment"),
     [
-        ("small-mask.png", "mask is 80x24 but the image is 80x48"),
+        ("small-mask.png", "the mask is 80x24 but the photo is 80x48"),
         ("notes.txt", "notes.txt: not a readable image"),
         ("missing.png", "missing.png: no such file"),
         ("70,40,20,20", "box 70,40,20,20 does not fit inside the 80x48 photo"),

@@ -158,6 +158,28 @@ def test_submit_uploads_creates_and_publishes_then_watch_reaches_done(world: Job
     assert "processing" in result.stderr
     edited = world.bucket.blob(f"users/{USER}/sessions/{session}/edited.png").download_as_bytes()
     assert Image.open(io.BytesIO(edited)).size == (WIDTH, HEIGHT)
+    fetched = fluxfill(world, "fetch", session, "--output-dir", world.files / "fetched")
+    assert fetched.returncode == 0, fetched.stderr
+    written = sorted(Path(line) for line in fetched.stdout.splitlines())
+    assert [p.name for p in written] == [f"{session}-edited.png", f"{session}-preview.jpg"]
+    assert written[0].read_bytes() == edited
+    with Image.open(written[1]) as preview:
+        assert preview.format == "JPEG"
+    assert sorted(p.name for p in (world.files / "fetched").iterdir()) == [p.name for p in written]
+
+
+def test_a_submit_that_cannot_publish_leaves_nothing_behind(world: JobWorld) -> None:
+    session = "topic-missing-1"
+    result = fluxfill(world, "submit", world.files / "photo.jpg", world.files / "mask.png",
+                      "--topic", "no-such-topic", "--session", session)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "not found" in result.stderr
+    assert "nothing is left behind" in result.stderr
+    assert result.stdout == ""
+    prefix = f"users/{USER}/sessions/{session}/"
+    assert list(world.bucket.list_blobs(prefix=prefix)) == []
+    assert not world.db.document(f"users/{USER}/sessions/{session}").get().exists
 
 
 def test_invalid_job_fields_exit_2_before_anything_is_uploaded(world: JobWorld) -> None:
@@ -172,6 +194,9 @@ def test_invalid_job_fields_exit_2_before_anything_is_uploaded(world: JobWorld) 
 def test_cancel_reaches_cancelled(world: JobWorld) -> None:
     session = submit(world, "--steps", "100")
     wait_for_status(world, session, JobStatus.PROCESSING)
+    early = fluxfill(world, "fetch", session, "--output-dir", world.files / "early")
+    assert early.returncode == 2
+    assert f"{session} is processing: nothing to fetch yet" in early.stderr
     result = fluxfill(world, "cancel", session)
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{session}: cancel requested\n"
@@ -180,6 +205,10 @@ def test_cancel_reaches_cancelled(world: JobWorld) -> None:
     assert f"{session} cancelled: cancelled:" in watched.stderr
     again = fluxfill(world, "cancel", session)
     assert again.stdout == f"{session}: already cancelled\n"
+    fetched = fluxfill(world, "fetch", session, "--output-dir", world.files / "early")
+    assert fetched.returncode == 4
+    assert f"fluxfill fetch: {session} cancelled: cancelled:" in fetched.stderr
+    assert not (world.files / "early").exists()
 
 
 def test_watch_and_cancel_of_an_unknown_session_exit_2(world: JobWorld) -> None:

@@ -14,9 +14,12 @@ from fluxfill.client.images import (
     mask_from_image,
     parse_box,
     save_rgb,
+    selection_warning,
     to_mask,
     to_rgb,
+    uses_alpha,
 )
+from fluxfill.inpaint.geometry import MASK_ASPECT_TOLERANCE
 
 HEIGHT, WIDTH = 6, 8
 
@@ -91,9 +94,25 @@ def test_every_mask_form_gives_the_same_array(tmp_path: Path) -> None:
     assert np.array_equal(load_mask(tmp_path / "mask.png"), painted())
 
 
+def test_a_mask_drawn_on_a_scaled_copy_is_scaled_as_the_bridge_does(tmp_path: Path) -> None:
+    # Same rule as the bridge (fluxfill.inpaint.geometry.fit_mask): a mask at half size, same aspect ratio.
+    half = np.zeros((30, 40), np.uint8)
+    half[5:15, 10:30] = 255
+    Image.fromarray(half).save(tmp_path / "half.png")
+    scaled = to_mask(tmp_path / "half.png", 60, 80)
+    assert scaled.shape == (60, 80)
+    assert np.array_equal(scaled[10:30, 20:60], np.full((20, 40), 255, np.uint8))
+    assert int(scaled.sum()) == 255 * 20 * 40
+    # Just past the tolerance in aspect ratio: refused, naming both sizes.
+    off = int(80 * (1 + 2 * MASK_ASPECT_TOLERANCE))
+    Image.new("L", (off, 60)).save(tmp_path / "off.png")
+    with pytest.raises(InvalidInputError, match=f"the mask is {off}x60 but the photo is 80x60"):
+        to_mask(tmp_path / "off.png", 60, 80)
+
+
 def test_a_mask_file_of_another_size_is_refused_naming_both_sizes(tmp_path: Path) -> None:
     Image.new("L", (4, 4)).save(tmp_path / "small.png")
-    with pytest.raises(InvalidInputError, match="mask is 4x4 but the image is 8x6"):
+    with pytest.raises(InvalidInputError, match="the mask is 4x4 but the photo is 8x6"):
         to_mask(tmp_path / "small.png", HEIGHT, WIDTH)
 
 
@@ -140,3 +159,57 @@ def test_exif_rotation_is_applied(tmp_path: Path) -> None:
 def test_an_unknown_output_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="cannot write this format"):
         save_rgb(np.zeros((2, 2, 3), np.uint8), tmp_path / "out.nope")
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_partial_one(tmp_path: Path) -> None:
+    target = tmp_path / "out.png"
+    target.write_bytes(b"the previous result")
+    with pytest.raises(InvalidInputError):
+        save_rgb(np.zeros((2, 2, 3), np.uint8), tmp_path / "out.nope")
+    save_rgb(np.full((2, 3, 3), 7, np.uint8), target)
+    assert np.array_equal(np.asarray(Image.open(target)), np.full((2, 3, 3), 7, np.uint8))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_an_interrupted_write_keeps_the_previous_file_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "out.png"
+    save_rgb(np.full((2, 2, 3), 1, np.uint8), target)
+    before = target.read_bytes()
+
+    def interrupted(self: Image.Image, fp: object, *args: object, **kwargs: object) -> None:
+        Path(str(fp)).write_bytes(b"\x89PNG half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_rgb(np.full((2, 2, 3), 9, np.uint8), target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+@pytest.mark.parametrize(
+    ("mask", "from_alpha", "fragment"),
+    [
+        (np.zeros((4, 4), np.uint8), False, "selects nothing"),
+        (np.full((4, 4), 76, np.uint8), False, "pure red is only 76"),
+        (np.zeros((4, 4), np.uint8), True, "opaque everywhere"),
+        (np.full((4, 4), 255, np.uint8), True, "TRANSPARENT"),
+        (np.full((4, 4), 255, np.uint8), False, "selects 100% of the photo"),
+    ],
+)
+def test_a_mask_that_most_likely_says_something_else_gets_a_warning(
+    mask: np.ndarray, from_alpha: bool, fragment: str
+) -> None:
+    warning = selection_warning(mask, from_alpha)
+    assert warning is not None
+    assert fragment in warning
+
+
+def test_an_ordinary_mask_gets_no_warning() -> None:
+    mask = np.zeros((10, 10), np.uint8)
+    mask[2:8, 2:8] = 255
+    assert selection_warning(mask, from_alpha=False) is None
+    assert uses_alpha(Image.new("RGBA", (2, 2)))
+    assert not uses_alpha(Image.new("L", (2, 2)))

@@ -99,7 +99,7 @@ def test_the_uploaded_mask_is_a_png_the_photos_size(tmp_path: Path) -> None:
 def test_watch_exits_by_why_the_job_ended(
     status: str, code: str, exit_code: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert _report(REF, status, {"error": {"code": code, "message": "why\nit ended"}}) == exit_code
+    assert _report(REF, status, {"error": {"code": code, "message": "why\nit ended"}}, "watch") == exit_code
     assert capsys.readouterr().err == f"fluxfill watch: s1 {status}: {code}: why it ended\n"
 
 

@@ -60,7 +60,7 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["no-such-command"], ["infer"], ["infer", "a.png", "b.png", "--output", "o.png", "--steps", "x"]],
+    [["no-such-command"], ["infer"], ["infer", "a.png", "b.png", "--output", "o.png", "--steps", "x"]],
 )
 def test_usage_errors_exit_2_with_one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
@@ -69,6 +69,13 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], capsys: pytest.Captu
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.splitlines()[-1].startswith("fluxfill")
+
+
+def test_no_command_prints_the_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fluxfill")
+    assert "infer" in err
 
 
 def test_an_unknown_output_format_exits_2_before_anything_runs(capsys: pytest.CaptureFixture[str]) -> None:

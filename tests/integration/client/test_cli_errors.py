@@ -1,0 +1,303 @@
+"""Every command given bad input, as a user runs it: its documented exit code and one line, no traceback.
+
+Each case runs `fluxfill` (or `python -m fluxfill.bridge`) as a subprocess with no Google credentials, no
+emulator variables and a private HOME, as on a newcomer's machine. The cases run in parallel (each is a
+process start); a failure names every case that broke its promise.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.client.local_server import LocalTritonServer
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+FLUXFILL = str(BIN / "fluxfill")
+H, W = 48, 64
+
+
+@dataclass(frozen=True)
+class Case:
+    """argv (after `fluxfill`), the exit code, a fragment of the last stderr line, extra environment."""
+
+    argv: tuple[str, ...]
+    code: int
+    fragment: str
+    env: dict[str, str] = field(default_factory=dict)
+    # Lines allowed before the error (help output, a warning); None = exactly one stderr line.
+    prefix_lines_allowed: bool = False
+
+
+def _files(folder: Path) -> dict[str, str]:
+    Image.fromarray(np.full((H, W, 3), 120, np.uint8)).save(folder / "photo.png")
+    mask = np.zeros((H, W), np.uint8)
+    mask[10:30, 10:40] = 255
+    Image.fromarray(mask).save(folder / "mask.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(folder / "black.png")
+    red = np.zeros((H, W, 3), np.uint8)
+    red[10:30, 10:40, 0] = 255
+    Image.fromarray(red).save(folder / "red.png")
+    strokes = np.zeros((H, W, 4), np.uint8)  # strokes painted opaque on a transparent layer
+    strokes[10:20, 10:20] = 255
+    Image.fromarray(strokes, mode="RGBA").save(folder / "strokes.png")
+    Image.fromarray(np.zeros((H, W * 2), np.uint8)).save(folder / "wide-mask.png")
+    (folder / "empty-dir").mkdir()
+    incomplete = folder / "incomplete-weights"
+    (incomplete / "vae").mkdir(parents=True)
+    (incomplete / "model_index.json").write_text('{"_class_name": "FluxFillPipeline", "vae": ["d", "A"]}')
+    return {
+        name: str(folder / name) for name in ("photo.png", "mask.png", "black.png", "red.png", "strokes.png")
+    } | {
+        "wide": str(folder / "wide-mask.png"),
+        "out": str(folder / "out.png"),
+        "empty": str(folder / "empty-dir"),
+        "incomplete": str(incomplete),
+        "folder": str(folder),
+    }
+
+
+def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict[str, Case]:
+    infer = ("infer", f["photo.png"], f["mask.png"], "--output", f["out"])
+    offline = ("--url", "127.0.0.1:9", "--retries", "0")  # port 9 (discard) answers nothing here
+    job = ("--project", "p", "--user", "u")
+    return {
+        "no command": Case((), 2, "", prefix_lines_allowed=True),
+        "dlq without action": Case(("dlq",), 2, "", prefix_lines_allowed=True),
+        "seed too large": Case((*infer, "--seed", "99999999999999999999"), 2, "SEED: must be 0..", {}),
+        "negative seed": Case((*infer, "--seed", "-1"), 2, "SEED: must be 0.."),
+        "steps too large": Case((*infer, "--steps", "9999999999"), 2, "STEPS: must be a 32-bit integer"),
+        "port over 65535": Case((*infer, "--url", "127.0.0.1:99999"), 2, "port from 1 to 65535"),
+        "url with scheme": Case((*infer, "--url", "http://127.0.0.1:8001"), 2, "without a scheme"),
+        "url without port": Case((*infer, "--url", "localhost"), 2, "expected HOST:PORT"),
+        "missing photo": Case(("infer", "nope.png", f["mask.png"], "--output", f["out"]), 2, "no such file"),
+        "photo is a directory": Case(
+            ("infer", f["folder"], f["mask.png"], "--output", f["out"]), 2, "directory"
+        ),
+        "unknown output format": Case(
+            ("infer", f["photo.png"], f["mask.png"], "--output", "x.nope"), 2, "format"
+        ),
+        "mask of another aspect": Case(
+            ("infer", f["photo.png"], f["wide"], "--output", f["out"]), 2, "aspect"
+        ),
+        "box outside": Case(
+            ("infer", f["photo.png"], "50,40,30,30", "--output", f["out"]), 2, "does not fit"
+        ),
+        "negative retries": Case((*infer, "--retries", "-1"), 2, "--retries must be 0 or more"),
+        "no server": Case((*infer, *offline), 3, "127.0.0.1:9"),
+        "http at the grpc port": Case(
+            (*infer, "--protocol", "http", "--url", server.grpc_url, "--retries", "0"),
+            3,
+            "is this the gRPC port",
+        ),
+        "grpc at the http port": Case(
+            (*infer, "--url", server.http_url, "--retries", "0"), 3, "is this the HTTP port"
+        ),
+        "black mask warns": Case(
+            ("infer", f["photo.png"], f["black.png"], "--output", f["out"], *offline),
+            3,
+            "127.0.0.1:9",
+            prefix_lines_allowed=True,
+        ),
+        "red strokes warn": Case(
+            ("infer", f["photo.png"], f["red.png"], "--output", f["out"], *offline),
+            3,
+            "127.0.0.1:9",
+            prefix_lines_allowed=True,
+        ),
+        "strokes on transparency warn": Case(
+            ("infer", f["photo.png"], f["strokes.png"], "--output", f["out"], *offline),
+            3,
+            "127.0.0.1:9",
+            prefix_lines_allowed=True,
+        ),
+        "watch id with slash": Case(("watch", "a/b", *job), 2, "session id 'a/b' is not valid"),
+        "cancel user with slash": Case(
+            ("cancel", "s1", "--project", "p", "--user", "a/b"), 2, "user id 'a/b'"
+        ),
+        "fetch reserved id": Case(("fetch", "__x__", *job, "--bucket", "b"), 2, "session id '__x__'"),
+        "watch without project": Case(("watch", "s1"), 2, "no project given"),
+        "watch without credentials": Case(("watch", "s1", *job), 2, "no credentials"),
+        "cancel without credentials": Case(("cancel", "s1", *job), 2, "no credentials"),
+        "fetch without credentials": Case(("fetch", "s1", *job, "--bucket", "b"), 2, "no credentials"),
+        "submit without credentials": Case(
+            ("submit", f["photo.png"], f["mask.png"], *job, "--bucket", "b", "--topic", "t"),
+            2,
+            "no credentials",
+        ),
+        "submit without topic": Case(
+            ("submit", f["photo.png"], f["mask.png"], *job, "--bucket", "b"), 2, "no topic"
+        ),
+        "submit bad steps": Case(
+            ("submit", f["photo.png"], f["mask.png"], *job, "--bucket", "b", "--topic", "t", "--steps", "0"),
+            2,
+            "steps",
+        ),
+        "dlq list without credentials": Case(
+            ("dlq", "list", "--project", "p", "--dead-letter-subscription", "s"), 2, "no credentials"
+        ),
+        "dlq replay without id": Case(
+            ("dlq", "replay", "--project", "p", "--dead-letter-subscription", "s", "--topic", "t"),
+            2,
+            "exactly one",
+        ),
+        "serve missing weights": Case(("serve", "--weights-dir", "/nonexistent"), 2, "not a directory"),
+        "serve incomplete weights": Case(
+            ("serve", "--weights-dir", f["incomplete"]), 2, "incomplete: no weights for vae"
+        ),
+        "serve missing gguf": Case(("serve", "--gguf-file", "/nonexistent.gguf"), 2, "no such file"),
+        "serve not a repository": Case(
+            ("serve", "--model-repository", f["folder"]), 2, "no flux_fill_stream"
+        ),
+        "serve on a taken port": Case(("serve", "--grpc-port", str(held_port)), 2, f"grpc port {held_port}"),
+        "serve one port twice": Case(
+            ("serve", "--http-port", "8105", "--grpc-port", "8105"), 2, "are both 8105"
+        ),
+        "serve port out of range": Case(("serve", "--metrics-port", "70000"), 2, "1 to 65535"),
+        "stack on a taken port": Case(
+            ("stack", "--pubsub-port", str(held_port)), 2, f"pubsub port {held_port}"
+        ),
+        "stack without the Cloud SDK": Case(
+            ("stack",), 3, "the Pub/Sub emulator is missing", {"FLUXFILL_CLOUD_SDK": "/nonexistent"}
+        ),
+        "stack without java": Case(("stack",), 3, "java not found", {"PATH": str(BIN)}),
+        "digest of nothing": Case(("weights-digest", "/nonexistent"), 2, "no such file or directory"),
+        "digest of an empty directory": Case(("weights-digest", f["empty"]), 2, "no weight files"),
+        "tiny model where it cannot write": Case(
+            ("tiny-model", "--output", "/proc/fluxfill"), 2, "cannot build"
+        ),
+        "unknown option": Case((*infer, "--nope"), 2, "unrecognized arguments", prefix_lines_allowed=True),
+    }
+
+
+def _environment(home: Path, extra: dict[str, str]) -> dict[str, str]:
+    # A newcomer's machine: no credentials, no emulators, nothing cached.
+    hidden = ("_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "FLUXFILL_")
+    environment = {k: v for k, v in os.environ.items() if not any(h in k for h in hidden)}
+    return {
+        **environment,
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "NO_GCE_CHECK": "True",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def results(
+    tmp_path_factory: pytest.TempPathFactory, flux_server: LocalTritonServer
+) -> Iterator[dict[str, tuple[Case, subprocess.CompletedProcess[str]]]]:
+    folder = tmp_path_factory.mktemp("cli-errors")
+    files = _files(folder)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        cases = _cases(files, held.getsockname()[1], flux_server)
+
+        def run(case: Case) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [FLUXFILL, *case.argv],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                cwd=folder,
+                env=_environment(folder / "home", case.env),
+            )
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            done = dict(zip(cases, pool.map(run, cases.values()), strict=True))
+        yield {name: (cases[name], result) for name, result in done.items()}
+
+
+def test_every_command_with_bad_input_exits_with_its_code_and_one_line(
+    results: dict[str, tuple[Case, subprocess.CompletedProcess[str]]],
+) -> None:
+    failures = []
+    for name, (case, result) in results.items():
+        stderr = result.stderr
+        lines = stderr.splitlines()
+        problems = []
+        if result.returncode != case.code:
+            problems.append(f"exit {result.returncode}, expected {case.code}")
+        if "Traceback" in stderr:
+            problems.append("a traceback")
+        if not lines:
+            problems.append("nothing on stderr")
+        elif case.fragment and case.fragment not in lines[-1]:
+            problems.append(f"last line lacks {case.fragment!r}")
+        elif not case.prefix_lines_allowed and len(lines) != 1:
+            problems.append(f"{len(lines)} lines")
+        if (
+            lines
+            and case.argv
+            and not case.prefix_lines_allowed
+            and not lines[-1].startswith(f"fluxfill {case.argv[0]}: ")
+        ):
+            problems.append("the line does not start with `fluxfill COMMAND: `")
+        if problems:
+            failures.append(f"{name}: {', '.join(problems)}; stderr: {stderr[-600:]!r}")
+    assert not failures, "\n".join(failures)
+
+
+def test_mask_warnings_say_what_the_mask_selects(
+    results: dict[str, tuple[Case, subprocess.CompletedProcess[str]]],
+) -> None:
+    expected = {
+        "black mask warns": "selects nothing",
+        "red strokes warn": "pure red is only 76",
+        "strokes on transparency warn": "TRANSPARENT",
+    }
+    for name, fragment in expected.items():
+        first = results[name][1].stderr.splitlines()[0]
+        assert first.startswith("fluxfill infer: warning: "), first
+        assert fragment in first
+    assert "warning" not in results["no server"][1].stderr
+
+
+def test_help_lists_every_command_and_the_version_is_printed() -> None:
+    help_text = subprocess.run([FLUXFILL], capture_output=True, text=True, check=False).stderr
+    for command in ("infer", "serve", "stack", "submit", "watch", "cancel", "fetch", "dlq", "tiny-model"):
+        assert f"    {command}" in help_text
+    assert "exit codes" in help_text
+    version = subprocess.run([FLUXFILL, "--version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("fluxfill 0.")
+    serve_help = subprocess.run(
+        [FLUXFILL, "serve", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "(default: 8001)" in serve_help
+    assert "(default: 127.0.0.1)" in serve_help
+    for command in ("tiny-model", "weights-digest", "fetch", "stack"):
+        text = subprocess.run(
+            [FLUXFILL, command, "--help"], capture_output=True, text=True, check=True
+        ).stdout
+        description = text.split("\n\n")[1]
+        assert len(description.split()) > 10, f"{command} --help has no description: {text!r}"
+
+
+def test_the_bridge_names_the_variables_it_lacks_and_explains_itself(tmp_path: Path) -> None:
+    environment = _environment(tmp_path, {})
+    bridge = [sys.executable, "-m", "fluxfill.bridge"]
+    missing = subprocess.run(bridge, capture_output=True, text=True, env=environment, timeout=60, check=False)
+    assert missing.returncode == 2
+    # The bridge logs JSON lines to stdout (what Cloud Logging reads).
+    assert "FLUXFILL_BRIDGE_PROJECT: required" in missing.stdout
+    assert "FLUXFILL_BRIDGE_BUCKET: required" in missing.stdout
+    assert "Traceback" not in missing.stdout + missing.stderr
+    helped = subprocess.run([*bridge, "--help"], capture_output=True, text=True, env=environment, check=True)
+    assert "FLUXFILL_BRIDGE_TRITON_URL (default 127.0.0.1:8001)" in helped.stdout
+    unknown = subprocess.run(
+        [*bridge, "--nope"], capture_output=True, text=True, env=environment, check=False
+    )
+    assert unknown.returncode == 2
+    assert "unrecognized arguments: --nope" in unknown.stderr
