@@ -1,6 +1,6 @@
 """Turn untrusted uploaded bytes into the model's RGB photo and one-channel mask, or a specific refusal.
 
-Rules (documented in the README):
+Rules (documented in docs/bridge.md, "Untrusted images"):
 - Only JPEG, PNG and WebP, recognised by their magic bytes, not by name or content type.
 - The pixel count is checked from the header before decoding (decompression bombs).
 - EXIF orientation is applied, so the photo is upright as the app showed it when the mask was painted.

@@ -128,7 +128,7 @@ def variable(field_name: str) -> str:
 
 
 def setting_rows() -> list[tuple[str, str, str]]:
-    """(variable, default, meaning) for every setting: the README's table and `--help` both print these."""
+    """(variable, default, meaning) for every setting: docs/bridge.md's table and `--help` both show these."""
     rows = []
     for name, field in BridgeSettings.model_fields.items():
         if field.is_required():

@@ -22,7 +22,7 @@ class ChaosOptions:
     seed: int = 7
     rate_per_s: float = 10.0
     # The emulator keeps handing messages to a SIGKILLed bridge's dead stream; each comes back only after a
-    # 60 s stream ack deadline, sometimes more than once (see the README's Reliability section).
+    # 60 s stream ack deadline, sometimes more than once (see docs/reliability.md).
     settle_timeout_s: float = 600.0
     fault_plan: faults.FaultPlan = field(default_factory=faults.FaultPlan)
     steps: int = 4

@@ -1,4 +1,4 @@
-"""Markdown tables of a run's figures, for the terminal and the README (the CLI's printer)."""
+"""Markdown tables of a run's figures, for the terminal and docs/reliability.md (the CLI's printer)."""
 
 from collections.abc import Sequence
 from pathlib import Path

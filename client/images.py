@@ -28,8 +28,10 @@ ImageLike: TypeAlias = str | os.PathLike[str] | Image.Image | npt.NDArray[Any]
 Box: TypeAlias = tuple[int, int, int, int]
 MaskLike: TypeAlias = ImageLike | Box
 
-# A mask selecting more than this share of the photo is most likely inverted (see selection_warning).
+# A mask selecting more than this share of the photo is most likely inverted (see selection_warning). An
+# erased area is seldom most of a photo, strokes on a transparent layer nearly always leave most of it clear.
 MOSTLY_SELECTED = 0.9
+MOSTLY_SELECTED_BY_ALPHA = 0.5
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
 _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
 
@@ -164,7 +166,7 @@ def selection_warning(mask: MaskArray, from_alpha: bool) -> str | None:
             f"the mask selects nothing: pixels with a grey value of at least {MASK_THRESHOLD} mark what to "
             "repaint (white strokes; pure red is only 76)"
         )
-    if share > MOSTLY_SELECTED:
+    if share > (MOSTLY_SELECTED_BY_ALPHA if from_alpha else MOSTLY_SELECTED):
         if from_alpha:
             return (
                 f"the mask selects {share:.0%} of the photo: an RGBA mask repaints its TRANSPARENT pixels, "

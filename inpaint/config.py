@@ -62,7 +62,7 @@ class ModelConfig:
     t5_placement: T5Placement
 
 
-# What each parameter means; the README's configuration table is generated from this and config.pbtxt.
+# What each parameter means; docs/model.md's configuration table is generated from this and config.pbtxt.
 DESCRIPTIONS: dict[str, str] = {
     "weights_dir": "diffusers-format FLUX.1-Fill directory (the transformer too, unless gguf_file is set)",
     "gguf_file": "optional GGUF transformer file used instead of the directory's transformer; empty = none",

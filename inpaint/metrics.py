@@ -29,7 +29,7 @@ def outcome_of(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """One metric family as /metrics shows it; the README's metrics table is generated from these."""
+    """One metric family as /metrics shows it; docs/model.md's metrics table is generated from these."""
 
     name: str
     kind: str

@@ -1,6 +1,7 @@
-"""Generate the README's tables from their sources of truth; `make readme` rewrites them.
+"""Generate the documentation's tables from their sources of truth; `make readme` rewrites them.
 
-tests/unit/test_readme.py fails when the README differs from what this renders.
+The tables live in the README and the reference files under docs/; tests/unit/test_readme.py fails when one
+differs from what this renders.
 """
 
 import re
@@ -15,6 +16,11 @@ from fluxfill.inpaint.metrics import FAMILIES
 from tests.support import REPO_ROOT, repository_parameters
 
 README = REPO_ROOT / "README.md"
+
+
+def documents() -> list[Path]:
+    """The README and every reference file it links under docs/."""
+    return [README, *sorted((REPO_ROOT / "docs").glob("*.md"))]
 
 
 def model_parameters() -> str:
@@ -91,12 +97,13 @@ def current_block(text: str, name: str) -> str | None:
     return match.group(2).rstrip("\n") if match else None
 
 
-def rewrite(path: Path = README) -> None:
-    """Replace every generated block in the README with a fresh rendering."""
-    text = path.read_text()
-    for name, render in TABLES.items():
-        text = _block(name).sub(lambda m, r=render: f"{m.group(1)}{r()}\n{m.group(3)}", text)
-    path.write_text(text)
+def rewrite() -> None:
+    """Replace every generated block in every document with a fresh rendering."""
+    for path in documents():
+        text = path.read_text()
+        for name, render in TABLES.items():
+            text = _block(name).sub(lambda m, r=render: f"{m.group(1)}{r()}\n{m.group(3)}", text)
+        path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""The README's generated tables match their sources (run `make readme` to refresh them)."""
+"""The documentation's generated tables match their sources (run `make readme` to refresh them)."""
 
 import pytest
 
-from tests.readme_tables import README, TABLES, current_block
+from tests.readme_tables import TABLES, current_block, documents
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
-def test_readme_table_matches_its_source(name: str) -> None:
-    block = current_block(README.read_text(), name)
-    assert block is not None, f"README.md lacks the <!-- BEGIN {name} --> block"
-    assert block == TABLES[name](), f"README.md's {name} table is stale: run `make readme`"
+def test_each_generated_table_is_in_one_document_and_matches_its_source(name: str) -> None:
+    found = {path.name: block for path in documents() if (block := current_block(path.read_text(), name))}
+    assert len(found) == 1, f"the <!-- BEGIN {name} --> block is in {sorted(found) or 'no document'}"
+    ((where, block),) = found.items()
+    assert block == TABLES[name](), f"{where}'s {name} table is stale: run `make readme`"

@@ -21,3 +21,9 @@ def jobs(google_emulators: GoogleEmulators, google_clients: tuple[object, ...]) 
 def slow_flux_server(start_flux_server: ServerFactory) -> LocalTritonServer:
     """The tiny model denoising at 1024x1024: about 40 ms a step, so a 100-step run lasts seconds."""
     return start_flux_server(min_working_pixels="1048576", max_working_pixels="1048576")
+
+
+@pytest.fixture(scope="session")
+def slower_flux_server(start_flux_server: ServerFactory) -> LocalTritonServer:
+    """The tiny model at 1536x1536: ~4 s before the first step, then ~0.4 s a step (2026-12-03, 2 cores)."""
+    return start_flux_server(min_working_pixels="2359296", max_working_pixels="2359296")
