@@ -25,7 +25,7 @@ from typing import IO, Any
 
 from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE, ServiceUnavailableError
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
-from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
 from fluxfill.client.prerequisites import emulator_problems, require, require_free_ports, triton_problems
 from fluxfill.client.triton_binary import end_group, free_port
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
@@ -87,6 +87,11 @@ def run(
     except KeyboardInterrupt:
         sys.stderr.write("fluxfill stack: stopped (everything it started is stopped)\n")
         return EXIT_OK
+    except ModelUnavailableError as error:
+        raise ServiceUnavailableError(f"{error.model} failed to load: {error.reason}") from None
+    except LocalServerError as error:
+        # Its message ends with the server's log tail: the first line says what happened.
+        raise ServiceUnavailableError(f"tritonserver: {str(error).splitlines()[0]}") from None
     finally:
         with contextlib.suppress(OSError):
             for path in run_dir.iterdir():

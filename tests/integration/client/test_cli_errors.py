@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.conftest import TINY_MODEL_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +172,12 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
             ("stack",), 3, "the Pub/Sub emulator is missing", {"FLUXFILL_CLOUD_SDK": "/nonexistent"}
         ),
         "stack without java": Case(("stack",), 3, "java not found", {"PATH": str(BIN)}),
+        "stack with a parameter the model refuses": Case(
+            ("stack", "--weights-dir", str(TINY_MODEL_DIR / "pipeline"), "--param", "dtype=nope"),
+            3,
+            "flux_fill_stream failed to load: UNAVAILABLE",
+            prefix_lines_allowed=True,  # the INFO lines of what it started and stopped
+        ),
         "digest of nothing": Case(("weights-digest", "/nonexistent"), 2, "no such file or directory"),
         "digest of an empty directory": Case(("weights-digest", f["empty"]), 2, "no weight files"),
         "tiny model where it cannot write": Case(

@@ -100,7 +100,7 @@ def test_bridge_image_without_settings_exits_2_with_one_line(images: None) -> No
     assert len(output) == 1, output
     line = json.loads(output[0])
     assert line["message"] == "invalid settings"
-    assert "project" in line["problems"]
+    assert "FLUXFILL_BRIDGE_PROJECT: required" in line["problems"]
 
 
 def test_bridge_image_answers_health_and_exits_0_on_sigterm(

@@ -1,5 +1,6 @@
 """Both Dockerfiles: hadolint, pinned bases, non-root, the tested dependencies and the model repository."""
 
+import ast
 import fnmatch
 import re
 import shutil
@@ -133,6 +134,23 @@ def test_pip_installs_only_the_lock_file_and_the_package(image: str, dockerfile:
             # torch's CUDA build, at the version the lock file pins (read from it)
             or ('"torch==${torch_version}+${TORCH_CUDA}"' in command and image == "triton")
         ), command
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES.values())
+def test_the_package_build_gets_every_folder_setup_py_maps(dockerfile: Path) -> None:
+    # setup.py maps top-level folders into the wheel; a folder the image does not copy breaks `pip install .`.
+    tree = ast.parse((REPO_ROOT / "setup.py").read_text())
+    folders = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and (REPO_ROOT / node.value).is_dir()
+    }
+    assert {"inpaint", "client", "bridge", "model_repository"} <= folders
+    copies = [a.split() for i, a in instructions(dockerfile) if i == "COPY" and "--from" not in a]
+    for folder in folders:
+        assert [f"{folder}/", f"{folder}/"] in copies, f"{dockerfile.name} does not copy {folder}/ to build"
 
 
 def test_triton_image_carries_the_model_repository_and_the_entrypoint() -> None:

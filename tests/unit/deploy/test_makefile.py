@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def _venv_recipe(*variables: str) -> str:
     return subprocess.run(
-        ["make", "-n", "-B", ".venv/.installed", *variables],
+        ["make", "--no-print-directory", "-n", "-B", ".venv/.installed", *variables],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
