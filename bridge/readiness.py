@@ -8,6 +8,8 @@ from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.ports import InpaintModel
 
 logger = structlog.get_logger(__name__)
+# How soon a waiter notices the stop event, whatever the readiness interval.
+STOP_CHECK_S = 0.2
 
 
 class Readiness:
@@ -49,12 +51,15 @@ class Readiness:
             self._changed.notify_all()
 
     def wait_until_ready(self, stop: threading.Event) -> bool:
-        """Block until ready (True) or `stop` is set (False)."""
-        while not stop.is_set():
-            if self.ready:
-                return True
-            with self._changed:
-                self._changed.wait(timeout=self._interval_s)
+        """Block until ready (True) or `stop` is set (False, noticed within STOP_CHECK_S)."""
+        # The check and the wait hold the condition's lock together: a change made between them (and its
+        # notify) cannot be missed, which once left a puller asleep for a whole readiness interval.
+        with self._changed:
+            while not stop.is_set():
+                if self.ready:
+                    return True
+                # `stop` is an Event, not this condition: wake now and then to see it.
+                self._changed.wait(timeout=min(self._interval_s, STOP_CHECK_S))
         return False
 
     def start(self, stop: threading.Event) -> None:

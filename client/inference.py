@@ -39,6 +39,7 @@ __all__ = ["CancelHandle", "FluxFillClient", "InpaintOutput", "Protocol", "contr
 Protocol = Literal["grpc", "http"]
 DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
 HTTP_GRACE_S = 1.0
+METADATA_TIMEOUT_S = 30.0
 
 
 def checked_url(url: str) -> str:
@@ -88,7 +89,10 @@ class FluxFillClient:
         """Raise ContractMismatchError if the served model's tensors differ from this client's contract."""
         with mapped_errors(self.url):
             if self.protocol == "grpc":
-                metadata = self._client.get_model_metadata(self.model_name, as_json=True)
+                # Bounded: a hung server must not hold a call whose caller gave it a timeout.
+                metadata = self._client.get_model_metadata(
+                    self.model_name, as_json=True, client_timeout=METADATA_TIMEOUT_S
+                )
             else:
                 metadata = self._client.get_model_metadata(self.model_name)
         outputs = STREAM_OUTPUTS if self.protocol == "grpc" else OUTPUTS
