@@ -3,7 +3,11 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from fluxfill.bridge.adapters.firestore import FirestoreDeadLetterLedger, FirestoreSessions
+from fluxfill.bridge.adapters.firestore import (
+    FirestoreDeadLetterLedger,
+    FirestoreRuntimeConfig,
+    FirestoreSessions,
+)
 from fluxfill.bridge.adapters.pubsub import PubSubDeadLetters, publisher_client, subscriber_client
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
@@ -14,6 +18,7 @@ from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.oidc import PushTokenVerifier
 from fluxfill.bridge.ports import DeadLetterSink, InpaintModel
 from fluxfill.bridge.readiness import Readiness
+from fluxfill.bridge.runtime_config import CachedRuntimeConfig
 from fluxfill.bridge.settings import BridgeSettings
 
 
@@ -50,6 +55,11 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         model,
         metrics,
         readiness=readiness,
+        runtime_config=CachedRuntimeConfig(
+            FirestoreRuntimeConfig(db, settings.runtime_config_document), settings.runtime_config_cache_s
+        )
+        if settings.runtime_config_document
+        else None,
     )
     dead_letters: DeadLetterSink | None = None
     if settings.dead_letter_topic:

@@ -17,6 +17,8 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 # Firestore reserves document ids of this form (and refuses the whole path with InvalidArgument).
 RESERVED_ID_PATTERN = r"__.*__"
 MAX_STEPS = 100
+# Service-wide job defaults and experiments (fluxfill.bridge.runtime_config; `fluxfill config show|set`).
+DEFAULT_RUNTIME_CONFIG_DOCUMENT = "fluxfillConfig/runtime"
 
 # Storage object templates, filled with the validated ids only (never a path from the message).
 DEFAULT_ORIGINAL_TEMPLATE = "users/{userId}/sessions/{sessionId}/original.*"
@@ -73,7 +75,8 @@ class SessionField(StrEnum):
     ERROR = "error"  # {code, message}
     RESULT = "result"  # {paths {edited, preview}, width, height, seed}
     TIMINGS = "timings"  # seconds per phase: queue, download, inference, upload, total
-    MODEL = "model"  # what produced the result: model, protocol, prompt, steps, guidance, seed, priority
+    # What produced the result: model, protocol, prompt, steps, guidance, seed, priority, experiment.
+    MODEL = "model"
     MESSAGE_ID = "messageId"
     REPLAYED = "replayed"  # set by `fluxfill dlq replay`: {at, reason, previousError, previousAttempts}
     UPDATED_AT = "updatedAt"

@@ -43,6 +43,7 @@ from fluxfill.bridge.ports import (
 )
 from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.results import result_fields, upload_results, uploaded_result
+from fluxfill.bridge.runtime_config import CachedRuntimeConfig, ResolvedParameters, RuntimeConfig, resolve
 from fluxfill.bridge.seeds import default_seed
 from fluxfill.bridge.settings import BridgeSettings
 
@@ -62,6 +63,7 @@ class JobHandler:
         *,
         readiness: Readiness | None = None,
         hard_stop: threading.Event | None = None,
+        runtime_config: CachedRuntimeConfig | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._settings = settings
@@ -72,6 +74,7 @@ class JobHandler:
         self._readiness = readiness
         # Set when the shutdown grace period is over: running jobs are cancelled and given back.
         self.hard_stop = hard_stop or threading.Event()
+        self._runtime_config = runtime_config
         self._now = now
 
     def handle(self, delivery: Delivery) -> Outcome:
@@ -138,7 +141,11 @@ class JobHandler:
             claimId=claimed.claim_id,
         )
         # Only a job claimed before can have results of ours (two metadata reads saved on first attempts).
-        uploaded = uploaded_result(self._objects, job, self._settings) if claim.attempt > 1 else None
+        uploaded = (
+            uploaded_result(self._objects, job, self._settings, self._parameters(job))
+            if claim.attempt > 1
+            else None
+        )
         if uploaded is not None:
             # An earlier run uploaded the results and died before its final write: record them, run nothing.
             logger.info("results already uploaded by an earlier attempt; recording them")
@@ -223,8 +230,15 @@ class JobHandler:
         )
         timings["download"] = self._phase("download", started)
         seed = job.seed if job.seed is not None else default_seed(job)
+        parameters = self._parameters(job)
         request = InferenceRequest(
-            photo, mask, job.prompt, seed, job.steps, job.guidance, job.priority == "urgent"
+            photo,
+            mask,
+            parameters.prompt,
+            seed,
+            parameters.steps,
+            parameters.guidance,
+            job.priority == "urgent",
         )
         if control.cancel.is_set():
             raise JobCancelledError("cancel requested before inference")
@@ -243,9 +257,21 @@ class JobHandler:
             )
         total_steps = monitor.steps_seen[-1][1] if monitor.steps_seen else None
         fields = result_fields(
-            job, self._model, paths, (width, height), seed=result.seed, total_steps=total_steps
+            job,
+            self._model,
+            paths,
+            (width, height),
+            seed=result.seed,
+            total_steps=total_steps,
+            parameters=parameters,
         )
         return {**fields, SessionField.TIMINGS: timings}
+
+    def _parameters(self, job: JobMessage) -> ResolvedParameters:
+        """The job's own fields, completed by the runtime config (when the bridge has one)."""
+        if self._runtime_config is None:
+            return resolve(job, RuntimeConfig())
+        return self._runtime_config.resolve(job)
 
     def _fetch(self, job: JobMessage, template: str, what: str) -> bytes:
         data = intake.fetch(self._objects, job.paths(template), what, self._settings.max_object_bytes)

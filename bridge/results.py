@@ -12,13 +12,16 @@ from PIL import Image, UnidentifiedImageError
 from fluxfill.bridge import intake
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, JobMessage, SessionField
 from fluxfill.bridge.ports import InpaintModel, ObjectStore
+from fluxfill.bridge.runtime_config import ResolvedParameters
 from fluxfill.bridge.seeds import default_seed
 from fluxfill.bridge.settings import BridgeSettings
 
 logger = structlog.get_logger(__name__)
 
 
-def uploaded_result(objects: ObjectStore, job: JobMessage, settings: BridgeSettings) -> dict[str, Any] | None:
+def uploaded_result(
+    objects: ObjectStore, job: JobMessage, settings: BridgeSettings, parameters: ResolvedParameters
+) -> dict[str, Any] | None:
     """The session fields for results already in the bucket, or None when any is missing or unreadable.
 
     Uploads are create-only and made under a current claim with the session's fixed seed, so results that
@@ -38,7 +41,7 @@ def uploaded_result(objects: ObjectStore, job: JobMessage, settings: BridgeSetti
     return {
         SessionField.RESULT: _result(paths, (width, height), seed),
         SessionField.TIMINGS: {},
-        SessionField.MODEL: {**_parameters(job, seed), "recovered": True},
+        SessionField.MODEL: {**_parameters(job, parameters, seed), "recovered": True},
     }
 
 
@@ -65,12 +68,17 @@ def result_fields(
     *,
     seed: int,
     total_steps: int | None,
+    parameters: ResolvedParameters,
 ) -> dict[str, Any]:
     """The done session's progress, result and model fields (width, height = `size`)."""
     return {
         SessionField.PROGRESS: {"step": total_steps, "total": total_steps},
         SessionField.RESULT: _result(paths, size, seed),
-        SessionField.MODEL: {"model": model.name, "protocol": model.protocol, **_parameters(job, seed)},
+        SessionField.MODEL: {
+            "model": model.name,
+            "protocol": model.protocol,
+            **_parameters(job, parameters, seed),
+        },
     }
 
 
@@ -78,12 +86,7 @@ def _result(paths: dict[str, str], size: tuple[int, int], seed: int) -> dict[str
     return {"paths": paths, "width": size[0], "height": size[1], "seed": seed}
 
 
-def _parameters(job: JobMessage, seed: int) -> dict[str, Any]:
-    # What produced the image, so results can be reproduced and compared.
-    return {
-        "prompt": job.prompt,
-        "steps": job.steps,
-        "guidance": job.guidance,
-        "seed": seed,
-        "priority": job.priority,
-    }
+def _parameters(job: JobMessage, parameters: ResolvedParameters, seed: int) -> dict[str, Any]:
+    # What produced the image (the job's fields completed by the runtime config, and its experiment variant),
+    # so results can be reproduced and compared. None: the model's own config.pbtxt default.
+    return {**parameters.recorded(), "seed": seed, "priority": job.priority}

@@ -53,6 +53,14 @@ class BridgeSettings(BaseSettings):
         contract.DEFAULT_PREVIEW_TEMPLATE, description="preview, JPEG, longer side at most 512 px"
     )
     session_template: str = Field(contract.DEFAULT_SESSION_TEMPLATE, description="Firestore session document")
+    runtime_config_document: str = Field(
+        contract.DEFAULT_RUNTIME_CONFIG_DOCUMENT,
+        pattern=r"^([A-Za-z0-9_-]+/[A-Za-z0-9_-]+)(/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+)*$|^$",
+        description="Firestore document of job defaults and experiments (`fluxfill config`); empty = none",
+    )
+    runtime_config_cache_s: float = Field(
+        30.0, ge=0, description="how long the bridge uses that document before reading it again"
+    )
     triton_url: str = Field("127.0.0.1:8001", description="Triton host:port for `triton_protocol`")
     triton_protocol: Literal["grpc-stream", "grpc", "http"] = Field(
         "grpc-stream",

@@ -56,7 +56,7 @@ def _parameter(text: str) -> tuple[str, str]:
     return key, value
 
 
-JOB_COMMANDS = ("submit", "watch", "cancel", "fetch", "dlq")
+JOB_COMMANDS = ("submit", "watch", "cancel", "fetch", "dlq", "config")
 
 
 def _version() -> str:

@@ -18,7 +18,10 @@ SETTING_VARIABLES = {
     "bucket": "FLUXFILL_BUCKET",
     "topic": "FLUXFILL_TOPIC",
     "dead_letter_subscription": "FLUXFILL_DLQ_SUBSCRIPTION",
+    "document": "FLUXFILL_CONFIG_DOCUMENT",
 }
+# = fluxfill.bridge.contract.DEFAULT_RUNTIME_CONFIG_DOCUMENT (not imported: this module stays light; tested).
+DEFAULT_CONFIG_DOCUMENT = "fluxfillConfig/runtime"
 
 
 def default_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -26,6 +29,7 @@ def default_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     return {
         **{name: environ.get(variable, "") for name, variable in SETTING_VARIABLES.items()},
         "project": environ.get("FLUXFILL_PROJECT") or environ.get("GOOGLE_CLOUD_PROJECT", ""),
+        "document": environ.get("FLUXFILL_CONFIG_DOCUMENT") or DEFAULT_CONFIG_DOCUMENT,
         "user": environ.get("FLUXFILL_USER", "fluxfill-cli"),
     }
 
@@ -44,6 +48,8 @@ def _common(parser: argparse.ArgumentParser, *names: str) -> None:
         "bucket": "bucket of originals, masks and results (FLUXFILL_BUCKET)",
         "topic": "Pub/Sub topic id the app publishes jobs to (FLUXFILL_TOPIC)",
         "dead_letter_subscription": "subscription id of the dead-letter topic (FLUXFILL_DLQ_SUBSCRIPTION)",
+        "document": "the runtime config document, as the bridge's FLUXFILL_BRIDGE_RUNTIME_CONFIG_DOCUMENT "
+        "(FLUXFILL_CONFIG_DOCUMENT)",
         "user": "the user id the session belongs to (FLUXFILL_USER, default fluxfill-cli)",
     }
     for name in ("project", *names, "user"):
@@ -96,6 +102,21 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
     fetch.add_argument("--output-dir", type=Path, default=Path("."), help="where to write the files")
     _common(fetch, "bucket")
 
+    config = commands.add_parser(
+        "config",
+        help="show or set the job defaults and experiments the bridges apply (no redeploy)",
+        description="The runtime config document: defaults for what jobs omit (prompt, steps, guidance) and "
+        "an optional experiment of weighted variants. `config show` prints it as JSON; `config set FILE` "
+        "validates FILE with the rules of a job and writes it. Bridges pick it up within "
+        "FLUXFILL_BRIDGE_RUNTIME_CONFIG_CACHE_S.",
+    )
+    config.set_defaults(config_parser=config)
+    config_actions = config.add_subparsers(dest="config_command", metavar="ACTION", parser_class=type(config))
+    _common(config_actions.add_parser("show", help="print the document as JSON"), "document")
+    setting = config_actions.add_parser("set", help="validate a JSON file and write it as the document")
+    setting.add_argument("file", type=Path, help="the document as JSON (see the README's example)")
+    _common(setting, "document")
+
     dlq = commands.add_parser(
         "dlq",
         help="dead-lettered jobs: list them, replay them",
@@ -118,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
     """Run one job command."""
     if args.command == "dlq" and args.dlq_command is None:
         args.dlq_parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.command == "config" and args.config_command is None:
+        args.config_parser.print_help(sys.stderr)
         return EXIT_USAGE
     from fluxfill.client.job_commands import run_job_command
 

@@ -1,6 +1,7 @@
 """`fluxfill submit | watch | cancel | dlq`: the job system as the app uses it, from a terminal."""
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,11 +33,15 @@ _NEEDS = {
     "list": ("dead_letter_subscription",),
     "replay": ("dead_letter_subscription", "topic"),
     "fetch": ("bucket",),
+    "show": ("document",),
+    "set": ("document",),
 }
 
 
 def _system(args: argparse.Namespace) -> JobSystem:
-    command = args.dlq_command if args.command == "dlq" else args.command
+    command = {"dlq": getattr(args, "dlq_command", ""), "config": getattr(args, "config_command", "")}.get(
+        args.command, args.command
+    )
     for name in ("project", *_NEEDS.get(command, ())):
         if not getattr(args, name):
             raise InvalidInputError(missing_setting(name))
@@ -62,9 +67,11 @@ def session_ref(args: argparse.Namespace) -> SessionRef:
 
 def run_job_command(args: argparse.Namespace) -> int:
     """Dispatch one job command."""
-    if args.command != "dlq":
+    if args.command not in ("dlq", "config"):
         session_ref(args)  # ids are checked before anything is read or uploaded
     jobs = _system(args)
+    if args.command == "config":
+        return _config(jobs, args)
     if args.command == "submit":
         return _submit(jobs, args)
     if args.command == "watch":
@@ -90,6 +97,33 @@ def _submit(jobs: JobSystem, args: argparse.Namespace) -> int:
     warn_about_mask(mask, args.image, "submit")
     jobs.submit(ref, args.image, mask, priority=args.priority, **fields)
     sys.stdout.write(f"{ref.session}\n")
+    return EXIT_OK
+
+
+def _config(jobs: JobSystem, args: argparse.Namespace) -> int:
+    """`config show`: the document as JSON; `config set FILE`: validated, then written whole."""
+    from fluxfill.bridge.runtime_config import InvalidRuntimeConfigError, parse_runtime_config
+
+    if args.config_command == "show":
+        document = jobs.runtime_config(args.document)
+        if document is None:
+            sys.stderr.write(f"no document at {args.document}: jobs get the model's own defaults\n")
+        sys.stdout.write(json.dumps(document or {}, indent=2, sort_keys=True) + "\n")
+        return EXIT_OK
+    try:
+        fields = json.loads(args.file.read_text())
+    except FileNotFoundError:
+        raise InvalidInputError(f"{args.file}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidInputError(f"{args.file}: not a JSON document ({error})") from None
+    if not isinstance(fields, dict):
+        raise InvalidInputError(f"{args.file}: the document must be a JSON object")
+    try:
+        parse_runtime_config(fields)
+    except InvalidRuntimeConfigError as error:
+        raise InvalidInputError(f"{args.file}: {error}; nothing was written") from None
+    jobs.set_runtime_config(args.document, fields)
+    sys.stdout.write(f"wrote {args.document}\n")
     return EXIT_OK
 
 

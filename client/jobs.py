@@ -328,6 +328,17 @@ class JobSystem:
             refusal: str | None = reset(self.client("firestore").transaction())
         return refusal
 
+    def runtime_config(self, path: str) -> dict[str, Any] | None:
+        """The runtime config document's fields, None when there is none."""
+        with google_errors(f"read {path}"):
+            snapshot = self.client("firestore").document(path).get()
+        return snapshot.to_dict() if snapshot.exists else None
+
+    def set_runtime_config(self, path: str, fields: Mapping[str, Any]) -> None:
+        """Replace the runtime config document (validated by the caller)."""
+        with google_errors(f"write {path}"):
+            self.client("firestore").document(path).set(dict(fields))
+
     def require(self, *names: str) -> None:
         """Raise InvalidInputError for the first of these settings that is empty."""
         for name in names:

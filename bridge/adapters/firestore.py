@@ -138,3 +138,16 @@ class FirestoreDeadLetterLedger:
         entry = {"code": code.value, "deadLetteredAt": now, "expireAt": now + LEDGER_RETENTION}
         with firestore_errors("write the dead-letter ledger"):
             self._collection.document(message_id).set(entry)
+
+
+class FirestoreRuntimeConfig:
+    """The RuntimeConfigSource port: one document's fields, None when it does not exist."""
+
+    def __init__(self, client: firestore.Client, path: str) -> None:
+        self._document = client.document(path)
+
+    def read(self) -> Mapping[str, Any] | None:
+        """See RuntimeConfigSource.read."""
+        with firestore_errors("read the runtime config"):
+            snapshot = self._document.get()
+        return snapshot.to_dict() if snapshot.exists else None

@@ -54,6 +54,7 @@ def _files(folder: Path) -> dict[str, str]:
     Image.fromarray(strokes, mode="RGBA").save(folder / "strokes.png")
     Image.fromarray(np.zeros((H, W * 2), np.uint8)).save(folder / "wide-mask.png")
     (folder / "empty-dir").mkdir()
+    (folder / "bad-config.json").write_text('{"defaults": {"steps": 0}}')
     incomplete = folder / "incomplete-weights"
     (incomplete / "vae").mkdir(parents=True)
     (incomplete / "model_index.json").write_text('{"_class_name": "FluxFillPipeline", "vae": ["d", "A"]}')
@@ -65,6 +66,7 @@ def _files(folder: Path) -> dict[str, str]:
         "empty": str(folder / "empty-dir"),
         "incomplete": str(incomplete),
         "folder": str(folder),
+        "bad-config": str(folder / "bad-config.json"),
     }
 
 
@@ -152,6 +154,14 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
             2,
             "exactly one",
         ),
+        "config without action": Case(("config",), 2, "", prefix_lines_allowed=True),
+        "config set of a missing file": Case(
+            ("config", "set", "/nonexistent.json", "--project", "p"), 2, "no such"
+        ),
+        "config set of an invalid document": Case(
+            ("config", "set", f["bad-config"], "--project", "p"), 2, "defaults.steps: Input should be greater"
+        ),
+        "config show without credentials": Case(("config", "show", "--project", "p"), 2, "no credentials"),
         "serve missing weights": Case(("serve", "--weights-dir", "/nonexistent"), 2, "not a directory"),
         "serve incomplete weights": Case(
             ("serve", "--weights-dir", f["incomplete"]), 2, "incomplete: no weights for vae"
@@ -274,7 +284,19 @@ def test_mask_warnings_say_what_the_mask_selects(
 
 def test_help_lists_every_command_and_the_version_is_printed() -> None:
     help_text = subprocess.run([FLUXFILL], capture_output=True, text=True, check=False).stderr
-    for command in ("infer", "serve", "stack", "submit", "watch", "cancel", "fetch", "dlq", "tiny-model"):
+    commands = (
+        "infer",
+        "serve",
+        "stack",
+        "submit",
+        "watch",
+        "cancel",
+        "fetch",
+        "dlq",
+        "config",
+        "tiny-model",
+    )
+    for command in commands:
         assert f"    {command}" in help_text
     assert "exit codes" in help_text
     version = subprocess.run([FLUXFILL, "--version"], capture_output=True, text=True, check=True).stdout
