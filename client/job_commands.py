@@ -67,32 +67,27 @@ def session_ref(args: argparse.Namespace) -> SessionRef:
 
 def run_job_command(args: argparse.Namespace) -> int:
     """Dispatch one job command."""
-    if args.command not in ("dlq", "config"):
-        session_ref(args)  # ids are checked before anything is read or uploaded
+    if args.command in ("dlq", "config"):
+        jobs = _system(args)
+        return _config(jobs, args) if args.command == "config" else run_dlq(jobs, args)
+    ref = session_ref(args)  # ids are checked (and submit's new id drawn) before anything is read or uploaded
     jobs = _system(args)
-    if args.command == "config":
-        return _config(jobs, args)
     if args.command == "submit":
-        return _submit(jobs, args)
+        return _submit(jobs, args, ref)
     if args.command == "watch":
         if args.interval <= 0 or (args.timeout is not None and args.timeout <= 0):
             raise InvalidInputError("--interval and --timeout must be positive")
-        return _watch(jobs, session_ref(args), args.timeout, args.interval)
+        return _watch(jobs, ref, args.timeout, args.interval)
     if args.command == "fetch":
-        return _fetch(jobs, session_ref(args), args.output_dir)
-    if args.command == "cancel":
-        status = jobs.request_cancel(session_ref(args))
-        done = status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
-        sys.stdout.write(
-            f"{args.session}: already {status}\n" if done else f"{args.session}: cancel requested\n"
-        )
-        return EXIT_OK
-    return run_dlq(jobs, args)
+        return _fetch(jobs, ref, args.output_dir)
+    status = jobs.request_cancel(ref)
+    done = status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}
+    sys.stdout.write(f"{ref.session}: already {status}\n" if done else f"{ref.session}: cancel requested\n")
+    return EXIT_OK
 
 
-def _submit(jobs: JobSystem, args: argparse.Namespace) -> int:
+def _submit(jobs: JobSystem, args: argparse.Namespace, ref: SessionRef) -> int:
     mask: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
-    ref = session_ref(args)
     fields = {"prompt": args.prompt, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
     warn_about_mask(mask, args.image, "submit")
     jobs.submit(ref, args.image, mask, priority=args.priority, **fields)
