@@ -8,15 +8,21 @@ from fluxfill.bridge.adapters.firestore import (
     FirestoreRuntimeConfig,
     FirestoreSessions,
 )
-from fluxfill.bridge.adapters.pubsub import PubSubDeadLetters, publisher_client, subscriber_client
+from fluxfill.bridge.adapters.pubsub import (
+    PubSubDeadLetters,
+    PubSubRequeue,
+    publisher_client,
+    subscriber_client,
+)
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
+from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.credentials import google_credentials
 from fluxfill.bridge.dead_letters import OncePerMessage
 from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.oidc import PushTokenVerifier
-from fluxfill.bridge.ports import DeadLetterSink, InpaintModel
+from fluxfill.bridge.ports import DeadLetterSink, InpaintModel, Requeue
 from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig
 from fluxfill.bridge.settings import BridgeSettings
@@ -33,6 +39,7 @@ class Bridge:
     dead_letters: DeadLetterSink | None
     verifier: PushTokenVerifier | None
     subscriber: Any = field(default=None)  # a pubsub_v1.SubscriberClient in pull mode
+    requeue: Requeue | None = None  # where jobs waiting for their user's running jobs go (with that limit)
 
 
 def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) -> Bridge:
@@ -51,7 +58,12 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         CloudStorageObjects(
             storage.Client(project=settings.project, credentials=credentials), settings.bucket
         ),
-        FirestoreSessions(db),
+        FirestoreSessions(
+            db,
+            user_slots_collection=settings.user_slots_collection
+            if settings.max_jobs_in_flight_per_user
+            else "",
+        ),
         model,
         metrics,
         readiness=readiness,
@@ -61,9 +73,9 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         if settings.runtime_config_document
         else None,
     )
+    publisher = publisher_client(credentials) if settings.dead_letter_topic or settings.topic else None
     dead_letters: DeadLetterSink | None = None
-    if settings.dead_letter_topic:
-        publisher = publisher_client(credentials)
+    if publisher is not None and settings.dead_letter_topic:
         dead_letters = PubSubDeadLetters(
             publisher, publisher.topic_path(settings.project, settings.dead_letter_topic)
         )
@@ -76,5 +88,11 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         verifier = PushTokenVerifier(
             settings.push_audience, settings.push_service_account, settings.oidc_certs_url
         )
+    requeue = None
+    if publisher is not None and settings.topic:
+        topics = {BULK_LANE: publisher.topic_path(settings.project, settings.topic)}
+        if settings.urgent_topic:
+            topics[URGENT_LANE] = publisher.topic_path(settings.project, settings.urgent_topic)
+        requeue = PubSubRequeue(publisher, topics)
     subscriber = subscriber_client(credentials) if settings.mode == "pull" else None
-    return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber)
+    return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber, requeue)

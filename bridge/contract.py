@@ -19,6 +19,8 @@ RESERVED_ID_PATTERN = r"__.*__"
 MAX_STEPS = 100
 # Service-wide job defaults and experiments (fluxfill.bridge.runtime_config; `fluxfill config show|set`).
 DEFAULT_RUNTIME_CONFIG_DOCUMENT = "fluxfillConfig/runtime"
+# One document per user with a running job: its claims' slots (fluxfill.bridge.user_slots).
+DEFAULT_USER_SLOTS_COLLECTION = "fluxfillUserSlots"
 
 # Storage object templates, filled with the validated ids only (never a path from the message).
 DEFAULT_ORIGINAL_TEMPLATE = "users/{userId}/sessions/{sessionId}/original.*"
@@ -88,6 +90,13 @@ class SessionField(StrEnum):
 DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"
 DEAD_LETTER_REASON_ATTRIBUTE = "fluxfillErrorMessage"
 DEAD_LETTER_MESSAGE_ID_ATTRIBUTE = "fluxfillOriginalMessageId"
+# Priority lanes: a job's `priority`, and the topic and subscription it travels on.
+URGENT_LANE = "urgent"
+BULK_LANE = "bulk"
+# Attributes of the copy a bridge publishes when a job waits for its user's running jobs (a deferral): when
+# the job was first published (its queue time counts from then) and how often it was deferred.
+FIRST_PUBLISHED_ATTRIBUTE = "fluxfillFirstPublished"
+DEFERRALS_ATTRIBUTE = "fluxfillDeferrals"
 
 
 def firestore_id_allowed(value: str) -> bool:

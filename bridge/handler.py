@@ -21,6 +21,7 @@ from fluxfill.bridge.contract import (
     SessionField,
     parse_job,
 )
+from fluxfill.bridge.deferral import AtLimitHint, first_published
 from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
@@ -76,6 +77,7 @@ class JobHandler:
         self.hard_stop = hard_stop or threading.Event()
         self._runtime_config = runtime_config
         self._now = now
+        self._at_limit = AtLimitHint()
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Decide what becomes of one delivery; never raises."""
@@ -83,9 +85,10 @@ class JobHandler:
         # Each delivery runs on its own worker thread (or a copied context): its log ids start afresh.
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(messageId=delivery.message_id)
+        published = first_published(delivery)
         try:
-            if delivery.publish_time is not None:
-                age = (self._now() - delivery.publish_time).total_seconds()
+            if published is not None:
+                age = (self._now() - published).total_seconds()
                 self._metrics.queue_age.observe(max(0.0, age))
             try:
                 outcome = self._handle(delivery)
@@ -100,8 +103,8 @@ class JobHandler:
             self._metrics.in_flight.dec()
         self._metrics.jobs.labels(outcome.kind.value).inc()
         ended = outcome.kind in (OutcomeKind.DONE, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
-        if ended and delivery.publish_time is not None:
-            self._metrics.latency.observe(max(0.0, (self._now() - delivery.publish_time).total_seconds()))
+        if ended and published is not None:
+            self._metrics.latency.observe(max(0.0, (self._now() - published).total_seconds()))
         return outcome
 
     def _handle(self, delivery: Delivery) -> Outcome:
@@ -109,7 +112,7 @@ class JobHandler:
             job = parse_job(delivery.data)
         except InvalidJobError as error:
             return unclaimed.refuse(self._sessions, self._settings.session_template, error)
-        ref = JobRef(job.paths(self._settings.session_template), delivery.message_id)
+        ref = JobRef(job.paths(self._settings.session_template), delivery.message_id, job.userId)
         structlog.contextvars.bind_contextvars(userId=job.userId, sessionId=job.sessionId)
         try:
             return self._claim_and_run(job, ref, delivery)
@@ -122,28 +125,44 @@ class JobHandler:
         if self._readiness is not None and not self._readiness.ready:
             # Not claimed, so no attempt is spent while Triton is away.
             return Outcome(OutcomeKind.RETRY, reason="the model is not ready")
+        limit = self._settings.max_jobs_in_flight_per_user
+        if limit and self._at_limit.at_limit(job.userId):
+            return _deferred(job, f"its user had {limit} jobs running a moment ago")
         claim = self._sessions.claim(
             ref,
             claim_id=uuid.uuid4().hex,
             owner=self._settings.instance_id,
             lease_s=self._settings.lease_s,
             max_attempts=self._settings.max_delivery_attempts,
+            max_per_user=limit,
         )
+        if claim.kind is ClaimKind.USER_AT_LIMIT:
+            self._at_limit.note(job.userId)
+            return _deferred(job, f"its user has {claim.user_running} jobs running, the most allowed")
         if claim.kind is not ClaimKind.CLAIMED:
             return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
-        claimed = _Claimed(ref, claim.claim_id, claim.attempt)
+        try:
+            return self._run_claimed(job, ref, delivery, claim.claim_id, claim.attempt)
+        finally:
+            # A slot of this user's is free now (or about to be): its next job need not wait for the hint.
+            self._at_limit.forget(job.userId)
+
+    def _run_claimed(
+        self, job: JobMessage, ref: JobRef, delivery: Delivery, claim_id: str, attempt: int
+    ) -> Outcome:
+        claimed = _Claimed(ref, claim_id, attempt)
         # Claims count the attempts that did work: a delivery bounced unclaimed (another bridge's lease,
         # Triton away) spends none, while Pub/Sub's delivery_attempt counts those too.
         logger.info(
             "job claimed",
-            attempt=claim.attempt,
+            attempt=attempt,
             delivery_attempt=delivery.delivery_attempt,
             claimId=claimed.claim_id,
         )
         # Only a job claimed before can have results of ours (two metadata reads saved on first attempts).
         uploaded = (
             uploaded_result(self._objects, job, self._settings, self._parameters(job))
-            if claim.attempt > 1
+            if attempt > 1
             else None
         )
         if uploaded is not None:
@@ -251,10 +270,9 @@ class JobHandler:
         paths = upload_results(self._objects, job, settings, result.image)
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
-        if delivery.publish_time is not None:
-            timings["queue"] = max(
-                0.0, (self._now() - delivery.publish_time).total_seconds() - timings["total"]
-            )
+        published = first_published(delivery)
+        if published is not None:
+            timings["queue"] = max(0.0, (self._now() - published).total_seconds() - timings["total"])
         total_steps = monitor.steps_seen[-1][1] if monitor.steps_seen else None
         fields = result_fields(
             job,
@@ -312,6 +330,10 @@ class _Claimed:
     ref: JobRef
     claim_id: str
     attempt: int
+
+
+def _deferred(job: JobMessage, why: str) -> Outcome:
+    return Outcome(OutcomeKind.DEFER, reason=f"waiting: {why}", lane=job.priority)
 
 
 def _claim_taken_over() -> Outcome:

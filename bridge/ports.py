@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fluxfill.bridge.contract import ErrorCode, JobStatus
+from fluxfill.bridge.outcome import Delivery
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -48,6 +49,7 @@ class ClaimKind(Enum):
     BUSY = "busy"  # a live lease is held (by another bridge, or by another run of this one)
     CANCEL_REQUESTED = "cancel_requested"  # the app cancelled before any bridge started it
     EXHAUSTED = "exhausted"  # max attempts were claimed already: dead-letter it, never run it again
+    USER_AT_LIMIT = "user_at_limit"  # its user has max_jobs_in_flight_per_user jobs running: later
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Claim:
 
     `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
-    the earlier attempts failed.
+    the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run.
     """
 
     kind: ClaimKind
@@ -65,6 +67,7 @@ class Claim:
     claim_id: str = ""
     holder_message_id: str = ""
     last_error: str = ""
+    user_running: int = 0
 
 
 @dataclass(frozen=True)
@@ -77,17 +80,28 @@ class Heartbeat:
 
 @dataclass(frozen=True)
 class JobRef:
-    """A session document's path, and the Pub/Sub message that carries the job."""
+    """A session document's path, the Pub/Sub message that carries the job, and its user (for fairness)."""
 
     document: str
     message_id: str
+    user: str = ""
 
 
 class SessionStore(Protocol):
     """The session documents; every write is fenced by the claim id and never leaves a terminal state."""
 
-    def claim(self, job: JobRef, *, claim_id: str, owner: str, lease_s: float, max_attempts: int) -> Claim:
-        """Move the job to processing under `claim_id`, unless terminal, leased, cancelled or exhausted."""
+    def claim(
+        self,
+        job: JobRef,
+        *,
+        claim_id: str,
+        owner: str,
+        lease_s: float,
+        max_attempts: int,
+        max_per_user: int = 0,
+    ) -> Claim:
+        """Move the job to processing under `claim_id`, unless terminal, leased, cancelled or exhausted,
+        or its user has `max_per_user` (0: no limit) jobs running already (then nothing is written)."""
 
     def heartbeat(
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
@@ -95,10 +109,11 @@ class SessionStore(Protocol):
         """Extend the lease, write progress if given, and read the app's cancel request."""
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
-        """Give a claimed job back (status queued) so a redelivery can claim it at once."""
+        """Give a claimed job back (status queued, its user's slot freed) so a redelivery can claim it."""
 
     def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
-        """Write a terminal status; False when terminal, or `claim_id` is not current (None: unleased)."""
+        """Write a terminal status and free the claim's user slot; False when terminal, or `claim_id` is not
+        current (None: unleased)."""
 
 
 @dataclass(frozen=True)
@@ -161,3 +176,10 @@ class DeadLetterLedger(Protocol):
 
     def record(self, message_id: str, code: ErrorCode) -> None:
         """Note that `message_id` was dead-lettered with `code`; raises RetryableError on failure."""
+
+
+class Requeue(Protocol):
+    """Where a deferred job's fresh copy is published: the topic of its lane (its priority)."""
+
+    def publish(self, delivery: Delivery, lane: str) -> None:
+        """Publish the copy and wait for the server's acknowledgement; raises RetryableError on failure."""

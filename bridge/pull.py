@@ -6,6 +6,7 @@ handling, so at most `max_concurrent_jobs` messages are held, their ack deadline
 """
 
 import contextlib
+import functools
 import threading
 from typing import Any
 
@@ -13,6 +14,8 @@ import structlog
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
 from fluxfill.bridge.bootstrap import Bridge
+from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
+from fluxfill.bridge.lanes import SlotGate
 from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.settle import should_ack
 
@@ -33,7 +36,10 @@ def delivery_of(message: Any) -> Delivery:
 
 
 class PullRunner:
-    """Subscribes only while ready; unsubscribes (in-flight jobs go on) when Triton goes away or on stop."""
+    """Subscribes only while ready; unsubscribes (in-flight jobs go on) when Triton goes away or on stop.
+
+    With an urgent subscription, two streams feed one SlotGate: a freed slot takes urgent work first.
+    """
 
     def __init__(self, bridge: Bridge) -> None:
         if bridge.subscriber is None:
@@ -41,7 +47,12 @@ class PullRunner:
         self._bridge = bridge
         self._subscriber = bridge.subscriber
         settings = bridge.settings
-        self._path = self._subscriber.subscription_path(settings.project, settings.subscription)
+        self._lanes = {BULK_LANE: self._subscriber.subscription_path(settings.project, settings.subscription)}
+        if settings.urgent_subscription:
+            self._lanes[URGENT_LANE] = self._subscriber.subscription_path(
+                settings.project, settings.urgent_subscription
+            )
+        self._gate = SlotGate(settings.max_concurrent_jobs, settings.bulk_share)
         self._flow = pubsub_v1.types.FlowControl(
             max_messages=settings.max_concurrent_jobs,
             max_lease_duration=settings.job_deadline_s + LEASE_MARGIN_S,
@@ -51,10 +62,10 @@ class PullRunner:
         )
         self._stop = threading.Event()
 
-    def _on_message(self, message: Any) -> None:
+    def _on_message(self, lane: str, message: Any) -> None:
         """Never raises: an exception here would end the stream and open another beside it."""
         try:
-            acked = self._settle(message)
+            acked = self._settle(lane, message)
         except Exception:  # a bug must neither lose the message nor restart the stream
             logger.exception("unexpected error in the pull callback; nacking")
             acked = False
@@ -64,35 +75,49 @@ class PullRunner:
             else:
                 message.nack()
 
-    def _settle(self, message: Any) -> bool:
+    def _settle(self, lane: str, message: Any) -> bool:
         if not self._bridge.readiness.wait_until_ready(self._stop):
             return False
-        delivery = delivery_of(message)
-        outcome = self._bridge.handler.handle(delivery)
-        return should_ack(outcome, delivery, self._bridge.dead_letters)
+        if not self._gate.acquire(lane, self._stop):
+            return False
+        try:
+            delivery = delivery_of(message)
+            outcome = self._bridge.handler.handle(delivery)
+            return should_ack(outcome, delivery, self._bridge.dead_letters, self._bridge.requeue)
+        finally:
+            self._gate.release()
+
+    def _subscribe(self, lane: str) -> Any:
+        return self._subscriber.subscribe(
+            self._lanes[lane],
+            functools.partial(self._on_message, lane),
+            flow_control=self._flow,
+            await_callbacks_on_shutdown=True,
+        )
 
     def run(self, stop: threading.Event, drained: threading.Event) -> None:
-        """Pull until `stop` is set, then close the stream once `drained` says no job is left in flight.
+        """Pull until `stop` is set, then close the streams once `drained` says no job is left in flight.
 
-        Closing only after the drain lets the in-flight jobs' acks and nacks go out on a live stream.
+        Closing only after the drain lets the in-flight jobs' acks and nacks go out on live streams.
         """
         self._stop = stop
         if not self._bridge.readiness.wait_until_ready(stop):
             return
-        logger.info("pulling", subscription=self._path)
-        future = self._subscriber.subscribe(
-            self._path, self._on_message, flow_control=self._flow, await_callbacks_on_shutdown=True
-        )
+        logger.info("pulling", subscriptions=self._lanes)
+        futures = {lane: self._subscribe(lane) for lane in self._lanes}
         while not stop.wait(self._bridge.settings.readiness_interval_s):
-            if future.done():
-                # The stream failed for good (the library retries transient errors itself): start anew.
-                logger.error("streaming pull ended; subscribing again", error=str(future.exception()))
-                future.cancel()  # never two streams at once
-                future = self._subscriber.subscribe(
-                    self._path, self._on_message, flow_control=self._flow, await_callbacks_on_shutdown=True
-                )
+            for lane, future in futures.items():
+                if future.done():
+                    # The stream failed for good (the library retries transient errors itself): start anew.
+                    logger.error(
+                        "streaming pull ended; subscribing again", lane=lane, error=str(future.exception())
+                    )
+                    future.cancel()  # never two streams at once
+                    futures[lane] = self._subscribe(lane)
         drained.wait()
         logger.info("closing the pull")
-        future.cancel()
-        with contextlib.suppress(Exception):  # a stream that had failed: nothing left to drain
-            future.result()
+        for future in futures.values():
+            future.cancel()
+        for future in futures.values():
+            with contextlib.suppress(Exception):  # a stream that had failed: nothing left to drain
+                future.result()

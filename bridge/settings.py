@@ -33,7 +33,40 @@ class BridgeSettings(BaseSettings):
         "pull", description="entry point: streaming pull, or an HTTP push endpoint"
     )
     project: str = Field(description="Google Cloud project of the subscription, bucket and Firestore")
-    subscription: str = Field("", description="Pub/Sub subscription id to pull from (pull mode)")
+    subscription: str = Field(
+        "", description="Pub/Sub subscription id to pull from (pull mode; the bulk jobs' with an urgent one)"
+    )
+    urgent_subscription: str = Field(
+        "",
+        description="subscription of the urgent jobs' topic (pull mode): a free slot takes urgent work "
+        "first; empty = one lane",
+    )
+    bulk_share: float = Field(
+        0.1,
+        gt=0,
+        le=0.5,
+        description="while urgent jobs wait, at least this share of the freed slots goes to a waiting bulk "
+        "job, so bulk work is never starved",
+    )
+    topic: str = Field(
+        "",
+        description="topic id of bulk jobs (the subscription's): a job waiting for its user's running jobs "
+        "is published there again; needed with max_jobs_in_flight_per_user",
+    )
+    urgent_topic: str = Field(
+        "", description="topic id of urgent jobs, for their waiting copies; empty = `topic`"
+    )
+    max_jobs_in_flight_per_user: int = Field(
+        0,
+        ge=0,
+        description="jobs of one user running at once, fleet-wide; more wait (not claimed, no attempt "
+        "spent); 0 = no limit",
+    )
+    user_slots_collection: str = Field(
+        contract.DEFAULT_USER_SLOTS_COLLECTION,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Firestore collection of each user's running-job slots (with that limit)",
+    )
     dead_letter_topic: str = Field(
         "", description="topic id the bridge publishes unparseable or exhausted jobs to; empty = none"
     )
@@ -126,6 +159,15 @@ class BridgeSettings(BaseSettings):
             raise ValueError(
                 "push mode verifies OIDC tokens: set FLUXFILL_BRIDGE_PUSH_AUDIENCE and "
                 "FLUXFILL_BRIDGE_PUSH_SERVICE_ACCOUNT, or FLUXFILL_BRIDGE_PUSH_AUTH=false for local use"
+            )
+        if self.urgent_subscription and self.mode != "pull":
+            raise ValueError(
+                "FLUXFILL_BRIDGE_URGENT_SUBSCRIPTION is a pull subscription: push mode takes what is pushed"
+            )
+        if self.max_jobs_in_flight_per_user and not self.topic:
+            raise ValueError(
+                "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER publishes waiting jobs again: set "
+                "FLUXFILL_BRIDGE_TOPIC to the jobs topic"
             )
         return self
 

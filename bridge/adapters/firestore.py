@@ -8,13 +8,16 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as api
 from google.cloud import firestore
 
-from fluxfill.bridge import sessions
+from fluxfill.bridge import sessions, user_slots
 from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
 from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError
 from fluxfill.bridge.ports import Claim, Heartbeat, JobRef
 
 T = TypeVar("T")
-Decision = Callable[[Mapping[str, Any] | None, datetime], tuple[T, sessions.Update | None]]
+Decision = Callable[
+    [Mapping[str, Any] | None, Mapping[str, Any] | None, datetime],
+    tuple[T, sessions.Update | None, dict[str, Any] | None],
+]
 # Pub/Sub keeps an unacked message at most 7 days: a ledger entry older than that guards nothing
 # (`expireAt` is there for a Firestore TTL policy to delete it).
 LEDGER_RETENTION = timedelta(days=8)
@@ -44,35 +47,61 @@ def firestore_errors(action: str) -> Iterator[None]:
 
 
 class FirestoreSessions:
-    """Session documents of one `google.cloud.firestore.Client`."""
+    """Session documents of one `google.cloud.firestore.Client`, and the users' slot documents beside them
+    (`user_slots_collection`; empty when no per-user limit is set: then they are never read)."""
 
     def __init__(
-        self, client: firestore.Client, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+        self,
+        client: firestore.Client,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        user_slots_collection: str = "",
     ) -> None:
         self._client = client
         self._now = now
+        self._user_slots = user_slots_collection
 
-    def _transact(self, path: str, action: str, decide: Decision[T]) -> T:
-        reference = self._client.document(path)
+    def _transact(self, job: JobRef, action: str, decide: Decision[T], with_slots: bool = True) -> T:
+        """Read the session (and its user's slots), decide, write both in one transaction."""
+        session = self._client.document(job.document)
+        slots = (
+            self._client.document(f"{self._user_slots}/{job.user}")
+            if with_slots and self._user_slots and job.user and firestore_id_allowed(job.user)
+            else None
+        )
 
         @firestore.transactional
         def run(transaction: firestore.Transaction) -> T:
-            snapshot = reference.get(transaction=transaction)
-            result, update = decide(snapshot.to_dict() if snapshot.exists else None, self._now())
+            document = _read(session, transaction)
+            slots_document = _read(slots, transaction) if slots is not None else None
+            result, update, slots_update = decide(document, slots_document, self._now())
             if update is not None:
-                transaction.set(reference, {str(key): value for key, value in update.items()}, merge=True)
+                transaction.set(session, {str(key): value for key, value in update.items()}, merge=True)
+            if slots is not None and slots_update is not None:
+                # The whole document: a merge would keep the map entries the update leaves out.
+                transaction.set(slots, slots_update)
             return result
 
         with firestore_errors(action):
             return run(self._client.transaction(max_attempts=5))  # type: ignore[no-any-return]
 
-    def claim(self, job: JobRef, *, claim_id: str, owner: str, lease_s: float, max_attempts: int) -> Claim:
+    def claim(
+        self,
+        job: JobRef,
+        *,
+        claim_id: str,
+        owner: str,
+        lease_s: float,
+        max_attempts: int,
+        max_per_user: int = 0,
+    ) -> Claim:
         """See SessionStore.claim."""
         return self._transact(
-            job.document,
+            job,
             "claim the job",
-            lambda document, now: sessions.claim(
+            lambda document, slots, now: user_slots.claim(
                 document,
+                slots,
+                limit=max_per_user,
                 claim_id=claim_id,
                 owner=owner,
                 now=now,
@@ -80,6 +109,7 @@ class FirestoreSessions:
                 message_id=job.message_id,
                 max_attempts=max_attempts,
             ),
+            with_slots=max_per_user > 0,
         )
 
     def heartbeat(
@@ -87,27 +117,40 @@ class FirestoreSessions:
     ) -> Heartbeat:
         """See SessionStore.heartbeat."""
         return self._transact(
-            job.document,
+            job,
             "renew the lease",
-            lambda document, now: sessions.heartbeat(document, claim_id, now, lease_s, progress),
+            lambda document, slots, now: user_slots.heartbeat(
+                document, slots, claim_id=claim_id, now=now, lease_s=lease_s, progress=progress
+            ),
         )
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """See SessionStore.release."""
         self._transact(
-            job.document,
+            job,
             "give the job back",
-            lambda document, now: (None, sessions.release(document, claim_id, now, reason)),
+            lambda document, slots, now: (
+                None,
+                sessions.release(document, claim_id, now, reason),
+                user_slots.drop(slots, claim_id, now),
+            ),
         )
 
     def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
         """See SessionStore.finish."""
 
-        def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, sessions.Update | None]:
+        def decide(
+            document: Mapping[str, Any] | None, slots: Mapping[str, Any] | None, now: datetime
+        ) -> tuple[bool, sessions.Update | None, dict[str, Any] | None]:
             update = sessions.finish(document, claim_id, now, status, fields)
-            return update is not None, update
+            return update is not None, update, user_slots.drop(slots, claim_id, now)
 
-        return self._transact(job.document, f"record {status.value}", decide)
+        return self._transact(job, f"record {status.value}", decide, with_slots=claim_id is not None)
+
+
+def _read(reference: Any, transaction: firestore.Transaction) -> dict[str, Any] | None:
+    snapshot = reference.get(transaction=transaction)
+    return snapshot.to_dict() if snapshot.exists else None
 
 
 class FirestoreDeadLetterLedger:

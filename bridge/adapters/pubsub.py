@@ -18,11 +18,14 @@ from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTra
 from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcTransport
 
 from fluxfill.bridge.contract import (
+    BULK_LANE,
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
     ErrorCode,
 )
+from fluxfill.bridge.deferral import deferral_attributes
 from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.outcome import Delivery
 
 PUBLISH_TIMEOUT_S = 30.0
 # Pub/Sub's limits: 10 MB a request (hence MAX_DATA_BYTES), 100 attributes, keys of 256 bytes, values of 1024.
@@ -81,15 +84,20 @@ def dead_letter_message(
     if len(data) > MAX_DATA_BYTES:
         ours[TRUNCATED_ATTRIBUTE] = str(len(data))
         data = data[:TRUNCATED_DATA_BYTES]
+    return data, bounded_attributes(attributes, ours)
+
+
+def bounded_attributes(attributes: Mapping[str, str], ours: Mapping[str, str]) -> dict[str, str]:
+    """`attributes` within Pub/Sub's limits, with `ours` added: keys reserved by Pub/Sub (goog*) or over its
+    limits are dropped, and ours always win."""
     kept: dict[str, str] = {}
-    # Keys reserved by Pub/Sub (goog*) or over its limits are dropped; our own always win.
     for key, value in attributes.items():
         if len(kept) >= MAX_ATTRIBUTES - len(ours) - 1:
             break
         if key in ours or key.startswith("goog") or not 0 < len(key.encode()) <= MAX_KEY_BYTES:
             continue
         kept[key] = _utf8_prefix(value, MAX_VALUE_BYTES)
-    return data, {**kept, **ours}
+    return {**kept, **ours}
 
 
 def publish_message(
@@ -123,3 +131,25 @@ class PubSubDeadLetters:
             publish_message(self._publisher, self.topic_path, body, labels, PUBLISH_TIMEOUT_S)
         except (api.GoogleAPICallError, api.RetryError, TimeoutError) as error:
             raise DeadLetterPublishError(f"cannot publish to {self.topic_path}: {error}") from None
+
+
+class RequeuePublishError(RetryableError):
+    """The job's topic did not take the deferred copy: the original is nacked instead, so nothing is lost."""
+
+
+class PubSubRequeue:
+    """Publishes a deferred job's copy to its lane's topic (fluxfill.bridge.deferral)."""
+
+    def __init__(self, publisher: pubsub_v1.PublisherClient, topic_paths: Mapping[str, str]) -> None:
+        self._publisher = publisher
+        self.topic_paths = dict(topic_paths)
+
+    def publish(self, delivery: Delivery, lane: str) -> None:
+        """See Requeue.publish; a lane without a topic of its own (urgent, when no urgent topic is set)
+        goes to the bulk topic."""
+        topic = self.topic_paths.get(lane) or self.topic_paths[BULK_LANE]
+        attributes = bounded_attributes(delivery.attributes, deferral_attributes(delivery))
+        try:
+            publish_message(self._publisher, topic, delivery.data, attributes, PUBLISH_TIMEOUT_S)
+        except (api.GoogleAPICallError, api.RetryError, TimeoutError) as error:
+            raise RequeuePublishError(f"cannot publish the deferred job to {topic}: {error}") from None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fluxfill.bridge import sessions
+from fluxfill.bridge import sessions, user_slots
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import (
     JobCancelledError,
@@ -22,6 +22,7 @@ from fluxfill.bridge.errors import (
     SessionTransientError,
     TritonBusyError,
 )
+from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.ports import (
     Claim,
     Heartbeat,
@@ -81,16 +82,33 @@ class FakeSessionStore:
     heartbeat_fails_with: Exception | None = None  # every heartbeat raises this (Firestore away)
     heartbeat_hangs: threading.Event = field(default_factory=threading.Event)  # set: heartbeats block
     finish_fails_with: Exception | None = None
+    user_slots: dict[str, dict[str, Any]] = field(default_factory=dict)  # per user, as in Firestore
+    claims: int = 0  # claim transactions asked for
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _apply(self, path: str, update: Mapping[str, Any] | None) -> None:
         if update is not None:
             self.documents.setdefault(path, {}).update({str(k): v for k, v in update.items()})
 
-    def claim(self, job: JobRef, *, claim_id: str, owner: str, lease_s: float, max_attempts: int) -> Claim:
+    def _apply_slots(self, job: JobRef, update: dict[str, Any] | None) -> None:
+        if update is not None and job.user:
+            self.user_slots[job.user] = update
+
+    def claim(
+        self,
+        job: JobRef,
+        *,
+        claim_id: str,
+        owner: str,
+        lease_s: float,
+        max_attempts: int,
+        max_per_user: int = 0,
+    ) -> Claim:
         with self._lock:
-            result, update = sessions.claim(
+            result, update, slots = user_slots.claim(
                 self.documents.get(job.document),
+                self.user_slots.get(job.user),
+                limit=max_per_user,
                 claim_id=claim_id,
                 owner=owner,
                 now=self.now(),
@@ -98,7 +116,9 @@ class FakeSessionStore:
                 message_id=job.message_id,
                 max_attempts=max_attempts,
             )
+            self.claims += 1
             self._apply(job.document, update)
+            self._apply_slots(job, slots)
             return result
 
     def heartbeat(
@@ -109,27 +129,35 @@ class FakeSessionStore:
         while self.heartbeat_hangs.is_set():  # a frozen Firestore: no answer, no error
             time.sleep(0.01)
         with self._lock:
-            beat, update = sessions.heartbeat(
-                self.documents.get(job.document), claim_id, self.now(), lease_s, progress
+            beat, update, slots = user_slots.heartbeat(
+                self.documents.get(job.document),
+                self.user_slots.get(job.user),
+                claim_id=claim_id,
+                now=self.now(),
+                lease_s=lease_s,
+                progress=progress,
             )
             if update is not None and progress is not None:
                 self.progress_writes.append(progress)
             self._apply(job.document, update)
+            self._apply_slots(job, slots)
             return beat
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         with self._lock:
-            self._apply(
-                job.document,
-                sessions.release(self.documents.get(job.document), claim_id, self.now(), reason),
-            )
+            now = self.now()
+            update = sessions.release(self.documents.get(job.document), claim_id, now, reason)
+            self._apply(job.document, update)
+            self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))
 
     def finish(self, job: JobRef, claim_id: str | None, status: Any, fields: Mapping[str, Any]) -> bool:
         if self.finish_fails_with is not None:
             raise self.finish_fails_with
         with self._lock:
-            update = sessions.finish(self.documents.get(job.document), claim_id, self.now(), status, fields)
+            now = self.now()
+            update = sessions.finish(self.documents.get(job.document), claim_id, now, status, fields)
             self._apply(job.document, update)
+            self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))
             return update is not None
 
 
@@ -180,6 +208,19 @@ class FakeDeadLetters:
         if self.broken:
             raise RetryableError("dead-letter topic unavailable")
         self.published.append((data, dict(attributes), code))
+
+
+@dataclass
+class FakeRequeue:
+    """Our Requeue port: records each deferred copy (its delivery and lane), or fails."""
+
+    broken: bool = False
+    published: list[tuple[Delivery, str]] = field(default_factory=list)
+
+    def publish(self, delivery: Delivery, lane: str) -> None:
+        if self.broken:
+            raise RetryableError("jobs topic unavailable")
+        self.published.append((delivery, lane))
 
 
 @dataclass

@@ -11,7 +11,14 @@ from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
-from tests.unit.bridge.fakes import FakeDeadLetters, FakeModel, FakeObjectStore, FakeSessionStore, png
+from tests.unit.bridge.fakes import (
+    FakeDeadLetters,
+    FakeModel,
+    FakeObjectStore,
+    FakeRequeue,
+    FakeSessionStore,
+    png,
+)
 
 USER, SESSION = "user1", "session1"
 PREFIX = f"users/{USER}/sessions/{SESSION}"
@@ -54,6 +61,7 @@ class World:
         self.settings = settings(**overrides)
         self.handler = JobHandler(self.settings, self.objects, self.sessions, self.model, self.metrics)
         self.dead_letters = FakeDeadLetters()
+        self.requeue = FakeRequeue()
         self.acked: list[bool] = []
 
     def another_bridge(self, **overrides: Any) -> JobHandler:
@@ -65,14 +73,24 @@ class World:
         attempt: int | None = None,
         message_id: str = "m1",
         handler: JobHandler | None = None,
+        attributes: dict[str, str] | None = None,
         **job: Any,
     ) -> Outcome:
-        """Handle one delivery and settle it as the entry points do (dead letter, then the final write)."""
+        """Handle one delivery and settle it as the entry points do (dead letter or deferred copy, then the
+        final write)."""
         data = json.dumps({"userId": USER, "sessionId": SESSION, **job}).encode()
-        delivery = Delivery(data, message_id, publish_time=datetime.now(UTC), delivery_attempt=attempt)
+        delivery = Delivery(
+            data, message_id, attributes or {}, publish_time=datetime.now(UTC), delivery_attempt=attempt
+        )
         outcome = (handler or self.handler).handle(delivery)
-        self.acked.append(should_ack(outcome, delivery, self.dead_letters))
+        self.acked.append(should_ack(outcome, delivery, self.dead_letters, self.requeue))
         return outcome
+
+    def upload(self, user: str, session: str) -> None:
+        """The same photo and mask for another session (another job of the app's)."""
+        prefix = f"users/{user}/sessions/{session}"
+        self.objects.objects[f"{prefix}/original.png"] = png(photo())
+        self.objects.objects[f"{prefix}/mask.png"] = png(box_mask())
 
     @property
     def document(self) -> dict[str, Any]:

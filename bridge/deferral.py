@@ -1,0 +1,77 @@
+"""A job whose user is at the per-user limit waits on Pub/Sub as a fresh copy of its message.
+
+Why a copy and not a nack: Pub/Sub counts every delivery toward the subscription's dead-letter policy, and
+a nacked message comes back either at once (a tight loop) or after the retry policy's growing backoff, while
+GPUs idle. A copy starts its delivery count afresh and is taken as soon as a bridge has a free slot; the
+original is acked only once the copy is published, so a crash in between leaves two messages of one job,
+which the claim protocol runs once.
+"""
+
+import threading
+import time
+from datetime import UTC, datetime
+
+from fluxfill.bridge.contract import DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE
+from fluxfill.bridge.outcome import Delivery
+
+# A user found at the limit is taken as still there for this long without asking Firestore again: a flood
+# of one user's jobs then costs one transaction a second per bridge, not one per message.
+AT_LIMIT_HINT_S = 1.0
+
+
+def first_published(delivery: Delivery) -> datetime | None:
+    """When the job was first published: a deferred copy says so in an attribute; else its publish time.
+
+    The attribute is trusted only to move the time back (a copy is published after the original), and
+    only when it reads as a time; anything else is ignored.
+    """
+    published = delivery.publish_time
+    stated = delivery.attributes.get(FIRST_PUBLISHED_ATTRIBUTE)
+    if not stated:
+        return published
+    try:
+        moment = datetime.fromisoformat(stated)
+    except ValueError:
+        return published
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment if published is None or moment <= published else published
+
+
+def deferral_attributes(delivery: Delivery) -> dict[str, str]:
+    """What the copy carries beside the original's attributes: its first publish time, the deferral count
+    plus one."""
+    try:
+        deferrals = max(int(delivery.attributes.get(DEFERRALS_ATTRIBUTE, "0")), 0)
+    except ValueError:
+        deferrals = 0
+    ours = {DEFERRALS_ATTRIBUTE: str(deferrals + 1)}
+    first = first_published(delivery)
+    if first is not None:
+        ours[FIRST_PUBLISHED_ATTRIBUTE] = first.isoformat()
+    return ours
+
+
+class AtLimitHint:
+    """Users this bridge found at their limit moments ago; forgotten when one of their jobs ends here."""
+
+    def __init__(self, hold_s: float = AT_LIMIT_HINT_S) -> None:
+        self._hold_s = hold_s
+        self._until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, user: str) -> None:
+        with self._lock:
+            self._until[user] = time.monotonic() + self._hold_s
+
+    def forget(self, user: str) -> None:
+        with self._lock:
+            self._until.pop(user, None)
+
+    def at_limit(self, user: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            # Expired entries go as they are met, so the map holds only users seen within the hold.
+            for stale in [name for name, until in self._until.items() if until <= now]:
+                del self._until[stale]
+            return user in self._until

@@ -1,0 +1,196 @@
+"""Per-user fairness: at most max_jobs_in_flight_per_user of a user's jobs run; the rest wait as copies."""
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from fluxfill.bridge import user_slots
+from fluxfill.bridge.contract import DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE
+from fluxfill.bridge.deferral import AtLimitHint, deferral_attributes, first_published
+from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from tests.unit.bridge.world import USER, World, settings
+
+NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def test_a_slot_is_taken_only_below_the_limit() -> None:
+    first = user_slots.take(None, "c1", NOW, 60, limit=2)
+    second = user_slots.take(first, "c2", NOW, 60, limit=2)
+    assert second is not None
+    assert set(second["claims"]) == {"c1", "c2"}
+    assert user_slots.take(second, "c3", NOW, 60, limit=2) is None
+    assert user_slots.take(second, "c2", NOW, 60, limit=2) is not None, "a claim holding a slot keeps it"
+
+
+def test_lapsed_slots_free_themselves_and_are_dropped_when_written() -> None:
+    """A crashed bridge never gives its slot back: the slot lapses with the lease."""
+    held = user_slots.take(None, "crashed", NOW, 60, limit=1)
+    assert user_slots.take(held, "next", NOW + timedelta(seconds=59), 60, limit=1) is None
+    later = user_slots.take(held, "next", NOW + timedelta(seconds=61), 60, limit=1)
+    assert later is not None
+    assert set(later["claims"]) == {"next"}
+
+
+def test_a_slot_is_renewed_only_once_half_its_lease_is_spent() -> None:
+    """A user's running jobs share one document; Firestore takes about one write a second to it."""
+    held = user_slots.take(None, "c1", NOW, 60, limit=1)
+    assert user_slots.renew(held, "c1", NOW + timedelta(seconds=20), 60) is None
+    renewed = user_slots.renew(held, "c1", NOW + timedelta(seconds=40), 60)
+    assert renewed is not None
+    assert renewed["claims"]["c1"] == NOW + timedelta(seconds=100)
+    assert user_slots.renew(held, "someone-else", NOW + timedelta(seconds=40), 60) is None
+    assert user_slots.renew(held, "c1", NOW + timedelta(seconds=61), 60) is None, "a lapsed slot is gone"
+
+
+def test_dropping_a_slot_writes_only_when_the_claim_held_one() -> None:
+    held = user_slots.take(None, "c1", NOW, 60, limit=2)
+    assert user_slots.drop(held, "c2", NOW) is None
+    assert user_slots.drop(held, None, NOW) is None
+    assert user_slots.drop(held, "c1", NOW) == {"claims": {}}
+
+
+@pytest.mark.parametrize("claims", [None, "not a map", {"c1": "not a time"}, {"c1": 5}])
+def test_a_slot_document_of_any_shape_counts_only_live_times(claims: object) -> None:
+    assert user_slots.live_claims({"claims": claims}, NOW) == {}
+    assert user_slots.take({"claims": claims}, "c2", NOW, 60, limit=1) is not None
+
+
+def limited_world(limit: int = 1, step_s: float = 0.02) -> World:
+    world = World(max_jobs_in_flight_per_user=limit, topic="jobs")
+    world.model.step_s = step_s
+    return world
+
+
+def deliver_in_background(world: World, **job: object) -> tuple[threading.Thread, list[Outcome]]:
+    outcomes: list[Outcome] = []
+    thread = threading.Thread(target=lambda: outcomes.append(world.deliver(**job)))  # type: ignore[arg-type]
+    thread.start()
+    return thread, outcomes
+
+
+def wait_until_running(world: World, session: str) -> None:
+    deadline = time.monotonic() + 10
+    document = f"users/{USER}/sessions/{session}"
+    while world.sessions.documents.get(document, {}).get("status") != "processing" or not world.model.calls:
+        assert time.monotonic() < deadline, "the first job never started"
+        time.sleep(0.01)
+
+
+def test_a_job_over_its_users_limit_waits_without_spending_an_attempt() -> None:
+    world = limited_world(limit=1)
+    world.upload(USER, "s1")
+    world.upload(USER, "s2")
+    thread, first = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
+    wait_until_running(world, "s1")
+    waiting = world.deliver(sessionId="s2", message_id="m2")
+    thread.join()
+    assert first[0].kind is OutcomeKind.DONE
+    assert waiting.kind is OutcomeKind.DEFER, waiting.reason
+    assert "1 jobs running" in waiting.reason
+    assert world.acked[-1] is True, "acked once its copy is published"
+    assert [(d.message_id, lane) for d, lane in world.requeue.published] == [("m2", "bulk")]
+    assert f"users/{USER}/sessions/s2" not in world.sessions.documents, "nothing written, no attempt spent"
+    assert len(world.model.calls) == 1
+    # Its copy comes back once the first job has ended, and runs as the job's first attempt.
+    copy = world.deliver(sessionId="s2", message_id="m3")
+    assert copy.kind is OutcomeKind.DONE
+    assert world.sessions.documents[f"users/{USER}/sessions/s2"]["attempt"] == 1
+    assert world.sessions.user_slots[USER] == {"claims": {}}, "every slot given back"
+
+
+def test_another_users_job_is_not_held_back() -> None:
+    world = limited_world(limit=1)
+    world.upload(USER, "s1")
+    world.upload("user2", "s9")
+    thread, _ = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
+    wait_until_running(world, "s1")
+    other = world.deliver(userId="user2", sessionId="s9", message_id="m2")
+    thread.join()
+    assert other.kind is OutcomeKind.DONE
+
+
+def test_an_urgent_jobs_copy_goes_back_to_the_urgent_lane() -> None:
+    world = limited_world(limit=1)
+    world.upload(USER, "s1")
+    world.upload(USER, "s2")
+    thread, _ = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
+    wait_until_running(world, "s1")
+    world.deliver(sessionId="s2", message_id="m2", priority="urgent")
+    thread.join()
+    assert [lane for _, lane in world.requeue.published] == ["urgent"]
+
+
+def test_a_failed_copy_is_a_nack_so_nothing_is_lost() -> None:
+    world = limited_world(limit=1)
+    world.upload(USER, "s1")
+    world.upload(USER, "s2")
+    world.requeue.broken = True
+    thread, _ = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
+    wait_until_running(world, "s1")
+    outcome = world.deliver(sessionId="s2", message_id="m2")
+    thread.join()
+    assert outcome.kind is OutcomeKind.DEFER
+    assert world.acked == [False, True], "the deferred message nacked, the running one acked"
+
+
+def test_a_flood_costs_one_claim_transaction_then_none_while_the_user_is_at_the_limit() -> None:
+    world = limited_world(limit=1)
+    for index in range(1, 12):
+        world.upload(USER, f"s{index}")
+    thread, _ = deliver_in_background(world, sessionId="s1", steps=60, message_id="m1")
+    wait_until_running(world, "s1")
+    claims_before = world.sessions.claims
+    outcomes = [world.deliver(sessionId=f"s{index}", message_id=f"m{index}") for index in range(2, 12)]
+    thread.join()
+    assert {outcome.kind for outcome in outcomes} == {OutcomeKind.DEFER}
+    assert world.sessions.claims - claims_before == 1, "the rest were deferred from the hint"
+
+
+def test_without_a_limit_no_slot_is_kept() -> None:
+    world = World()
+    world.deliver()
+    assert world.sessions.user_slots == {}
+
+
+def test_the_limit_needs_the_topic_to_publish_waiting_jobs_to() -> None:
+    with pytest.raises(ValidationError, match="FLUXFILL_BRIDGE_TOPIC"):
+        settings(max_jobs_in_flight_per_user=2)
+
+
+def test_an_urgent_subscription_is_pull_only() -> None:
+    with pytest.raises(ValidationError, match="push mode"):
+        settings(mode="push", push_auth=False, urgent_subscription="urgent")
+
+
+def test_a_copy_keeps_the_first_publish_time_and_counts_its_deferrals() -> None:
+    original = Delivery(b"{}", "m1", {"app": "x"}, publish_time=NOW)
+    first = deferral_attributes(original)
+    assert first == {DEFERRALS_ATTRIBUTE: "1", FIRST_PUBLISHED_ATTRIBUTE: NOW.isoformat()}
+    copy = Delivery(b"{}", "m2", {**original.attributes, **first}, publish_time=NOW + timedelta(seconds=30))
+    assert first_published(copy) == NOW, "queue time counts from the first publish"
+    assert deferral_attributes(copy)[DEFERRALS_ATTRIBUTE] == "2"
+
+
+@pytest.mark.parametrize(
+    ("stated", "expected_offset_s"),
+    [("not a time", 0), ((NOW + timedelta(hours=1)).isoformat(), 0), ("2026-12-03T11:59:00", -60)],
+)
+def test_a_stated_first_publish_time_only_moves_it_back(stated: str, expected_offset_s: int) -> None:
+    delivery = Delivery(b"{}", "m", {FIRST_PUBLISHED_ATTRIBUTE: stated, DEFERRALS_ATTRIBUTE: "x"}, NOW)
+    assert first_published(delivery) == NOW + timedelta(seconds=expected_offset_s)
+    assert deferral_attributes(delivery)[DEFERRALS_ATTRIBUTE] == "1"
+
+
+def test_the_hint_lapses_and_is_forgotten_when_a_job_of_the_user_ends() -> None:
+    hint = AtLimitHint(hold_s=0.05)
+    hint.note("u")
+    assert hint.at_limit("u")
+    assert not hint.at_limit("v")
+    hint.forget("u")
+    assert not hint.at_limit("u")
+    hint.note("u")
+    time.sleep(0.06)
+    assert not hint.at_limit("u")
