@@ -1,13 +1,18 @@
 """Priority across the fleet: urgent and bulk jobs arrive on their own subscriptions and share one bridge's
 slots through this gate.
 
-Each subscription's stream holds at most `max_concurrent_jobs` messages, so a bridge never hoards work; the
-gate decides which held message runs when a slot frees: an urgent one, unless bulk's reserved turn has come.
+Each subscription's stream holds at most `max_concurrent_jobs` + 1 messages: the running ones and one
+waiting at this gate. (Without that one, a lane's next message is delivered only after its running job is
+acked, by when the other lane's waiting job has taken the slot: urgent and bulk would merely alternate.)
+When a slot frees, the gate chooses among the waiting: an urgent job, unless bulk's reserved turn has come.
 While both wait, bulk gets one grant in every round(1 / bulk_share), so a steady stream of urgent jobs slows
-bulk work down but never stops it. An urgent job therefore waits for at most one running job per slot.
+bulk work down but never stops it. An urgent job waits for at most one running job to end; the cost is one
+job per lane held by a busy bridge while another may be idle, for at most that long.
 """
 
 import threading
+
+from prometheus_client import Gauge
 
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.readiness import STOP_CHECK_S
@@ -16,8 +21,9 @@ from fluxfill.bridge.readiness import STOP_CHECK_S
 class SlotGate:
     """`slots` run slots shared by the urgent and bulk lanes."""
 
-    def __init__(self, slots: int, bulk_share: float) -> None:
+    def __init__(self, slots: int, bulk_share: float, waiting: Gauge | None = None) -> None:
         self._free = slots
+        self._waiting_gauge = waiting
         self._bulk_every = max(1, round(1 / bulk_share))
         self._waiting = {URGENT_LANE: 0, BULK_LANE: 0}
         # Urgent grants in a row while bulk work waited; bulk's turn comes at _bulk_every - 1.
@@ -38,6 +44,7 @@ class SlotGate:
         """Block until `lane` may use a slot (True), or `stop` is set (False, seen within STOP_CHECK_S)."""
         with self._changed:
             self._waiting[lane] += 1
+            self._show(lane)
             try:
                 while not stop.is_set():
                     if self._may_run(lane):
@@ -47,8 +54,13 @@ class SlotGate:
                 return False
             finally:
                 self._waiting[lane] -= 1
+                self._show(lane)
                 # A waiter leaving may hand the turn to the other lane.
                 self._changed.notify_all()
+
+    def _show(self, lane: str) -> None:
+        if self._waiting_gauge is not None:
+            self._waiting_gauge.labels(lane).set(self._waiting[lane])
 
     def _grant(self, lane: str) -> None:
         self._free -= 1

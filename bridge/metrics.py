@@ -6,7 +6,8 @@ _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 
 class BridgeMetrics:
-    """Jobs by outcome, latencies, per-phase timings, queue age, in-flight jobs, Triton errors, readiness."""
+    """Jobs by outcome, latencies, per-phase timings, queue age, in-flight and waiting jobs, Triton errors,
+    readiness."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -34,6 +35,12 @@ class BridgeMetrics:
         )
         self.in_flight = Gauge(
             "fluxfill_bridge_jobs_in_flight", "Jobs being handled now", registry=self.registry
+        )
+        self.waiting = Gauge(
+            "fluxfill_bridge_jobs_waiting",
+            "Pulled jobs waiting for a slot, by lane (urgent ones are taken first)",
+            ["lane"],
+            registry=self.registry,
         )
         self.triton_errors = Counter(
             "fluxfill_bridge_triton_errors",

@@ -52,9 +52,11 @@ class PullRunner:
             self._lanes[URGENT_LANE] = self._subscriber.subscription_path(
                 settings.project, settings.urgent_subscription
             )
-        self._gate = SlotGate(settings.max_concurrent_jobs, settings.bulk_share)
+        self._gate = SlotGate(settings.max_concurrent_jobs, settings.bulk_share, bridge.metrics.waiting)
         self._flow = pubsub_v1.types.FlowControl(
-            max_messages=settings.max_concurrent_jobs,
+            # With two lanes each holds one message more than the slots, waiting at the gate: when a slot
+            # frees, both lanes have a job there to choose from (see fluxfill.bridge.lanes).
+            max_messages=settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0),
             max_lease_duration=settings.job_deadline_s + LEASE_MARGIN_S,
             # Short lease extensions bound how long a crashed bridge's messages wait before redelivery
             # (the client's default is up to the 60 s stream ack deadline, or more).

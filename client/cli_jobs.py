@@ -17,6 +17,7 @@ SETTING_VARIABLES = {
     "project": "FLUXFILL_PROJECT",
     "bucket": "FLUXFILL_BUCKET",
     "topic": "FLUXFILL_TOPIC",
+    "urgent_topic": "FLUXFILL_URGENT_TOPIC",
     "dead_letter_subscription": "FLUXFILL_DLQ_SUBSCRIPTION",
     "document": "FLUXFILL_CONFIG_DOCUMENT",
 }
@@ -47,6 +48,7 @@ def _common(parser: argparse.ArgumentParser, *names: str) -> None:
         "project": "Google Cloud project (FLUXFILL_PROJECT or GOOGLE_CLOUD_PROJECT)",
         "bucket": "bucket of originals, masks and results (FLUXFILL_BUCKET)",
         "topic": "Pub/Sub topic id the app publishes jobs to (FLUXFILL_TOPIC)",
+        "urgent_topic": "topic id of urgent jobs (FLUXFILL_URGENT_TOPIC); empty: --topic",
         "dead_letter_subscription": "subscription id of the dead-letter topic (FLUXFILL_DLQ_SUBSCRIPTION)",
         "document": "the runtime config document, as the bridge's FLUXFILL_BRIDGE_RUNTIME_CONFIG_DOCUMENT "
         "(FLUXFILL_CONFIG_DOCUMENT)",
@@ -70,9 +72,14 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
     submit.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     submit.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
     submit.add_argument("--seed", type=int, help="seed (default: random)")
-    submit.add_argument("--priority", choices=("urgent", "bulk"), default="bulk", help="queue priority")
+    submit.add_argument(
+        "--priority",
+        choices=("urgent", "bulk"),
+        default="bulk",
+        help="urgent jobs go to the urgent topic and are taken before bulk ones",
+    )
     submit.add_argument("--session", help="session id to use (default: a new random id)")
-    _common(submit, "bucket", "topic")
+    _common(submit, "bucket", "topic", "urgent_topic")
 
     watch = commands.add_parser(
         "watch",

@@ -50,6 +50,7 @@ def _system(args: argparse.Namespace) -> JobSystem:
             project=args.project,
             bucket=getattr(args, "bucket", ""),
             topic=getattr(args, "topic", ""),
+            urgent_topic=getattr(args, "urgent_topic", ""),
             dead_letter_subscription=getattr(args, "dead_letter_subscription", ""),
         )
     )

@@ -63,6 +63,7 @@ class JobSettings:
     bucket: str = ""
     topic: str = ""
     dead_letter_subscription: str = ""
+    urgent_topic: str = ""  # urgent jobs' topic; empty: they go to `topic` too
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,7 @@ class JobSystem:
                     {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()}
                 )
                 made.append(ref.document)
-            self.publish(job.model_dump_json(exclude_none=True).encode(), {})
+            self.publish(job.model_dump_json(exclude_none=True).encode(), {}, job.priority)
         except ServiceUnavailableError as error:
             if ref.document in made:
                 # A publish that timed out may have reached Pub/Sub: the session stays for the bridge.
@@ -239,13 +240,17 @@ class JobSystem:
         finally:
             partial.unlink(missing_ok=True)
 
-    def publish(self, data: bytes, attributes: Mapping[str, str]) -> str:
-        """Publish to the jobs topic and wait for the message id."""
+    def publish(self, data: bytes, attributes: Mapping[str, str], priority: str = "bulk") -> str:
+        """Publish to the jobs topic of `priority` (urgent: the urgent topic, when there is one) and wait
+        for the message id."""
         from fluxfill.bridge.adapters.pubsub import publish_message
 
         self.require("topic")
         publisher = self.client("publisher")
-        topic = publisher.topic_path(self.settings.project, self.settings.topic)
+        urgent = priority == "urgent" and self.settings.urgent_topic
+        topic = publisher.topic_path(
+            self.settings.project, self.settings.urgent_topic if urgent else self.settings.topic
+        )
         with google_errors(f"publish to {topic}"):
             # Attributes are data: any name (`timeout`, `retry` ...) must reach Pub/Sub, not the call.
             return publish_message(publisher, topic, data, attributes, PUBLISH_TIMEOUT_S)

@@ -254,7 +254,8 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
 
 @dataclass
 class LocalJobSystem:
-    """One run's jobs topic, the bridges' subscription, the dead-letter topic with a subscription, a bucket.
+    """One run's jobs topics (bulk and urgent) with the bridges' subscriptions, the dead-letter topic with a
+    subscription, a bucket.
 
     Each name carries a fresh suffix: on the Pub/Sub emulator a subscription name reused after a delete breaks
     streaming pull, and a fresh bucket keeps runs that share emulators apart.
@@ -269,7 +270,7 @@ class LocalJobSystem:
 
     @property
     def topic(self) -> str:
-        return str(self.publisher.topic_path(self.project, f"jobs-{self.name}"))
+        return str(self.publisher.topic_path(self.project, self.topic_id))
 
     @property
     def subscription_id(self) -> str:
@@ -278,6 +279,26 @@ class LocalJobSystem:
     @property
     def subscription(self) -> str:
         return str(self.subscriber.subscription_path(self.project, self.subscription_id))
+
+    @property
+    def topic_id(self) -> str:
+        return f"jobs-{self.name}"
+
+    @property
+    def urgent_topic_id(self) -> str:
+        return f"urgent-{self.name}"
+
+    @property
+    def urgent_topic(self) -> str:
+        return str(self.publisher.topic_path(self.project, self.urgent_topic_id))
+
+    @property
+    def urgent_subscription_id(self) -> str:
+        return f"bridge-urgent-{self.name}"
+
+    @property
+    def urgent_subscription(self) -> str:
+        return str(self.subscriber.subscription_path(self.project, self.urgent_subscription_id))
 
     @property
     def dead_letter_topic_id(self) -> str:
@@ -292,7 +313,8 @@ class LocalJobSystem:
         return f"bucket-{self.name}"
 
     def create(self, ack_deadline_s: int, policy_attempts: int) -> None:
-        """Topics, the bridges' subscription (dead-letter policy), the dead-letter subscription, the bucket.
+        """Topics, the bridges' subscriptions (bulk and urgent, with a dead-letter policy), the dead-letter
+        subscription, the bucket.
 
         No retry policy: beside a dead-letter policy it stopped this emulator from redelivering the messages
         a SIGKILLed streaming pull held (seen here; without one they come back after the ack deadline).
@@ -301,16 +323,21 @@ class LocalJobSystem:
 
         dead_topic = self.publisher.topic_path(self.project, self.dead_letter_topic_id)
         self.publisher.create_topic(name=self.topic)
+        self.publisher.create_topic(name=self.urgent_topic)
         self.publisher.create_topic(name=dead_topic)
-        self.subscriber.create_subscription(
-            request={
-                "name": self.subscription,
-                "topic": self.topic,
-                "ack_deadline_seconds": ack_deadline_s,
-                "dead_letter_policy": DeadLetterPolicy(
-                    dead_letter_topic=dead_topic, max_delivery_attempts=policy_attempts
-                ),
-            }
-        )
+        for subscription, topic in (
+            (self.subscription, self.topic),
+            (self.urgent_subscription, self.urgent_topic),
+        ):
+            self.subscriber.create_subscription(
+                request={
+                    "name": subscription,
+                    "topic": topic,
+                    "ack_deadline_seconds": ack_deadline_s,
+                    "dead_letter_policy": DeadLetterPolicy(
+                        dead_letter_topic=dead_topic, max_delivery_attempts=policy_attempts
+                    ),
+                }
+            )
         self.subscriber.create_subscription(name=self.dead_letter_subscription, topic=dead_topic)
         self.storage_client.create_bucket(self.bucket)

@@ -124,6 +124,9 @@ def _bridge_environment(jobs: LocalJobSystem, triton_url: str, port: int) -> dic
         **os.environ,
         "FLUXFILL_BRIDGE_PROJECT": PROJECT,
         "FLUXFILL_BRIDGE_SUBSCRIPTION": jobs.subscription_id,
+        "FLUXFILL_BRIDGE_URGENT_SUBSCRIPTION": jobs.urgent_subscription_id,
+        "FLUXFILL_BRIDGE_TOPIC": jobs.topic_id,
+        "FLUXFILL_BRIDGE_URGENT_TOPIC": jobs.urgent_topic_id,
         "FLUXFILL_BRIDGE_DEAD_LETTER_TOPIC": jobs.dead_letter_topic_id,
         "FLUXFILL_BRIDGE_BUCKET": jobs.bucket,
         "FLUXFILL_BRIDGE_TRITON_URL": triton_url,
@@ -184,7 +187,8 @@ def _usage(
         **emulators.environment(),
         "FLUXFILL_PROJECT": PROJECT,
         "FLUXFILL_BUCKET": jobs.bucket,
-        "FLUXFILL_TOPIC": f"jobs-{jobs.name}",
+        "FLUXFILL_TOPIC": jobs.topic_id,
+        "FLUXFILL_URGENT_TOPIC": jobs.urgent_topic_id,
         "FLUXFILL_DLQ_SUBSCRIPTION": f"dlq-{jobs.name}",
     }
     exports = "".join(f"export {name}={value}\n" for name, value in variables.items())
@@ -194,7 +198,8 @@ def _usage(
         f"{exports}"
         f"# The bridge reads the same project as FLUXFILL_BRIDGE_PROJECT={PROJECT} (FLUXFILL_* configure the "
         "command line, FLUXFILL_BRIDGE_* the bridge: python -m fluxfill.bridge --help)\n"
-        f"# bridge: subscription {jobs.subscription_id}, dead letters to {jobs.dead_letter_topic_id}, "
+        f"# bridge: subscriptions {jobs.subscription_id} (bulk) and {jobs.urgent_subscription_id} (urgent, "
+        "taken first), dead letters to {jobs.dead_letter_topic_id}, "
         f"http://127.0.0.1:{port}/metrics, log {log}\n"
         f"# triton: fluxfill infer PHOTO MASK --url {server.grpc_url} --output OUT.png; "
         f"metrics {server.metrics_url}\n"

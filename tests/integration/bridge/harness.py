@@ -102,9 +102,12 @@ class JobSystem(LocalJobSystem):
         blob = self.storage_client.bucket(self.bucket).blob(f"users/{user}/sessions/{session}/{name}")
         return bytes(blob.download_as_bytes())
 
-    def new_job(self, photo_bytes: bytes | None = None, mask_bytes: bytes | None = None) -> tuple[str, str]:
-        """A fresh user and session with the photo and mask uploaded and the session document queued."""
-        user, session = f"u{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    def new_job(
+        self, photo_bytes: bytes | None = None, mask_bytes: bytes | None = None, user: str | None = None
+    ) -> tuple[str, str]:
+        """A fresh session (of a fresh user unless `user` is given) with the photo and mask uploaded and the
+        session document queued."""
+        user, session = user or f"u{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
         self.upload(
             user, session, "original.png", photo_bytes if photo_bytes is not None else encode(photo())
         )
