@@ -84,6 +84,7 @@ def test_the_walkthrough_runs_a_job_with_only_the_printed_exports(
         "FLUXFILL_PROJECT",
         "FLUXFILL_BUCKET",
         "FLUXFILL_TOPIC",
+        "FLUXFILL_URGENT_TOPIC",
         "FLUXFILL_DLQ_SUBSCRIPTION",
     }
     # The relation between the CLI's and the bridge's settings is spelled out.
@@ -92,9 +93,14 @@ def test_the_walkthrough_runs_a_job_with_only_the_printed_exports(
     Image.fromarray(box_mask(40, 56)).save(tmp_path / "mask.png")
     environment = {**_clean_environment(), **exports}
 
-    def fluxfill(*args: str) -> subprocess.CompletedProcess[str]:
+    def fluxfill(*args: str, **overrides: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [FLUXFILL, *args], env=environment, capture_output=True, text=True, timeout=120, check=False
+            [FLUXFILL, *args],
+            env={**environment, **overrides},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
 
     submitted = fluxfill(
@@ -110,6 +116,18 @@ def test_the_walkthrough_runs_a_job_with_only_the_printed_exports(
     with Image.open(edited) as image:
         assert image.size == (56, 40)
     assert fluxfill("dlq", "list").returncode == 0
+    # An urgent job travels on the urgent topic and subscription alone: the bulk topic may not even exist.
+    urgent = fluxfill(
+        "submit",
+        str(tmp_path / "photo.jpg"),
+        str(tmp_path / "mask.png"),
+        "--priority",
+        "urgent",
+        FLUXFILL_TOPIC="no-such-topic",
+    )
+    assert urgent.returncode == 0, urgent.stderr
+    watched = fluxfill("watch", urgent.stdout.strip(), "--timeout", "90")
+    assert watched.returncode == 0, watched.stderr
 
 
 def test_ctrl_c_stops_every_part(stack: tuple[subprocess.Popen[str], str]) -> None:
