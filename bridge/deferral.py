@@ -15,8 +15,8 @@ from fluxfill.bridge.contract import DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIB
 from fluxfill.bridge.outcome import Delivery
 
 # A user found at the limit is taken as still there for this long without asking Firestore again: a flood
-# of one user's jobs then costs one transaction a second per bridge, not one per message.
-AT_LIMIT_HINT_S = 1.0
+# of one user's jobs then costs a couple of reads a second per bridge, not one per message.
+AT_LIMIT_HINT_S = 0.5
 
 
 def first_published(delivery: Delivery) -> datetime | None:

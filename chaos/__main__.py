@@ -1,4 +1,5 @@
-"""`python -m chaos [chaos|saturation|soak]`: runs against real parts; exits 1 when an invariant breaks."""
+"""`python -m chaos [chaos|saturation|soak|priority|fairness]`: runs against real parts; exits 1 when an
+invariant breaks."""
 
 import argparse
 import sys
@@ -11,7 +12,9 @@ from chaos.report import print_chaos
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
-    parser.add_argument("mode", nargs="?", default="chaos", choices=["chaos", "saturation", "soak"])
+    parser.add_argument(
+        "mode", nargs="?", default="chaos", choices=["chaos", "saturation", "soak", "priority", "fairness"]
+    )
     parser.add_argument("--jobs", type=int, default=500, help="jobs in the chaos mix (default 500)")
     parser.add_argument("--quick", action="store_true", help="a ~40-job run, as `make test` does")
     parser.add_argument("--seed", type=int, default=7)
@@ -47,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         saturation = run_saturation(SaturationOptions(quick=args.quick, seed=args.seed), run_dir)
         print_saturation(saturation, run_dir)
         return 0 if saturation.ok else 1
+    if args.mode in {"priority", "fairness"}:
+        from chaos.queueing import QueueingOptions, run_fairness, run_priority
+        from chaos.report import print_fairness, print_priority
+
+        queueing = QueueingOptions(seed=args.seed)
+        if args.mode == "priority":
+            priority = run_priority(queueing, run_dir)
+            print_priority(priority, run_dir)
+            return 0 if priority.ok else 1
+        fairness = run_fairness(queueing, run_dir)
+        print_fairness(fairness, run_dir)
+        return 0 if fairness.ok else 1
     from chaos.report import print_soak
     from chaos.soak import SoakOptions, run_soak
 

@@ -56,6 +56,9 @@ class FleetConfig:
     job_deadline_s: float = 15.0
     # As on Cloud Run, where every instance's hostname is `localhost`: claims must not rely on names.
     shared_instance_id: str | None = "localhost"
+    # Priority lanes: the bridges also pull the urgent subscription, and take it first.
+    urgent_lane: bool = False
+    max_jobs_in_flight_per_user: int = 0
 
 
 class BridgeProcess:
@@ -246,6 +249,14 @@ class Fleet:
             "FLUXFILL_BRIDGE_JOB_DEADLINE_S": str(config.job_deadline_s),
             "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.5",
             "FLUXFILL_BRIDGE_SHUTDOWN_GRACE_S": "10",
+            "FLUXFILL_BRIDGE_TOPIC": self.jobs.topic_id,
+            "FLUXFILL_BRIDGE_URGENT_TOPIC": self.jobs.urgent_topic_id,
+            "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER": str(config.max_jobs_in_flight_per_user),
+            **(
+                {"FLUXFILL_BRIDGE_URGENT_SUBSCRIPTION": self.jobs.urgent_subscription_id}
+                if config.urgent_lane
+                else {}
+            ),
         }
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from chaos.chaos_run import ChaosReport
 from chaos.invariants import percentile
+from chaos.queueing import FairnessReport, PriorityReport, Waits
 from chaos.saturation import TRITON_QUEUE_BOUND, SaturationReport
 from chaos.soak import MAX_FD_GROWTH_PER_1000, MAX_RSS_GROWTH_MB_PER_1000, SoakReport
 
@@ -138,3 +139,68 @@ def soak_text(report: SoakReport) -> str:
 def print_soak(report: SoakReport, run_dir: Path) -> None:
     print(soak_text(report))
     print(f"Logs: {run_dir}  Result: {'PASS' if report.ok else 'FAIL'}")
+
+
+def _in_durations(seconds: float, job_s: float) -> str:
+    return f"{seconds:.2f} s ({seconds / job_s:.1f} jobs)"
+
+
+def priority_text(report: PriorityReport) -> str:
+    def row(name: str, waits: Waits) -> list[object]:
+        return [
+            name,
+            f"{waits.done}/{waits.total}",
+            _in_durations(waits.p(50), report.job_s),
+            _in_durations(waits.p(99), report.job_s),
+            _in_durations(max(waits.seconds, default=float("nan")), report.job_s),
+        ]
+
+    return (
+        f"{report.bridges} bridges, {report.slots} slots; a job-duration (slot time per job) is "
+        f"{report.job_s:.2f} s (median run, claim to final write: {report.run_s:.2f} s)\n\n"
+        + table(
+            ["jobs", "done", "queue time p50", "p99", "max"],
+            [
+                row("urgent (published while the backlog drains)", report.urgent),
+                row("bulk (the backlog)", report.bulk),
+            ],
+        )
+    )
+
+
+def fairness_text(report: FairnessReport) -> str:
+    rows = []
+    for name, run in (("with the limit", report.limited), ("without (before)", report.unlimited)):
+        others = ", ".join(f"{seconds / run.job_s:.1f}" for seconds in sorted(run.others.seconds))
+        rows.append(
+            [
+                f"{name}: {run.limit or 'none'}",
+                f"{run.job_s:.2f} s",
+                others,
+                f"{run.flood.done}/{run.flood.total}",
+            ]
+        )
+    return (
+        f"{report.bridges} bridges, {report.slots} slots; one user publishes {report.flood_jobs} jobs, then "
+        f"{report.limited.others.total} other users one each; goal: each waits at most bridges x limit = "
+        f"{report.goal_durations} job-durations\n\n"
+        + table(
+            [
+                "max_jobs_in_flight_per_user",
+                "job-duration",
+                "the other users' queue times (jobs)",
+                "flood done",
+            ],
+            rows,
+        )
+    )
+
+
+def print_priority(report: PriorityReport, run_dir: Path) -> None:
+    print(priority_text(report))
+    print(f"\nlogs: {run_dir}")
+
+
+def print_fairness(report: FairnessReport, run_dir: Path) -> None:
+    print(fairness_text(report))
+    print(f"\nlogs: {run_dir}")

@@ -12,8 +12,14 @@ while IFS='=' read -r name value; do
 done < <(grep -E '^[A-Z_][A-Z0-9_]*=' "${here}/config.env")
 
 case "${DELIVERY}" in
-  pull) subscription=${PULL_SUBSCRIPTION} other=${PUSH_SUBSCRIPTION} ;;
-  push) subscription=${PUSH_SUBSCRIPTION} other=${PULL_SUBSCRIPTION} ;;
+  pull)
+    subscriptions=("${PULL_SUBSCRIPTION}" "${URGENT_PULL_SUBSCRIPTION}")
+    others=("${PUSH_SUBSCRIPTION}" "${URGENT_PUSH_SUBSCRIPTION}")
+    ;;
+  push)
+    subscriptions=("${PUSH_SUBSCRIPTION}" "${URGENT_PUSH_SUBSCRIPTION}")
+    others=("${PULL_SUBSCRIPTION}" "${URGENT_PULL_SUBSCRIPTION}")
+    ;;
   *)
     echo "DELIVERY must be pull or push, not '${DELIVERY}'" >&2
     exit 2
@@ -26,14 +32,14 @@ pubsub_agent="serviceAccount:service-${number}@gcp-sa-pubsub.iam.gserviceaccount
 
 ensure_topic() { gc pubsub topics describe "$1" >/dev/null 2>&1 || gc pubsub topics create "$1"; }
 
-# Create the subscription, or update an existing one to the same settings.
+# Create the subscription to a topic, or update an existing one to the same settings.
 ensure_subscription() {
-  local name=$1
-  shift
+  local name=$1 topic=$2
+  shift 2
   if gc pubsub subscriptions describe "${name}" >/dev/null 2>&1; then
     gc pubsub subscriptions update "${name}" "$@"
   else
-    gc pubsub subscriptions create "${name}" --topic="${TOPIC}" "$@"
+    gc pubsub subscriptions create "${name}" --topic="${topic}" "$@"
   fi
 }
 
@@ -44,6 +50,7 @@ ensure_service_account() {
 }
 
 ensure_topic "${TOPIC}"
+ensure_topic "${URGENT_TOPIC}"
 ensure_topic "${DEAD_LETTER_TOPIC}"
 for account in "${BRIDGE_SA}" "${TRITON_SA}" "${PUSH_SA}"; do ensure_service_account "${account}"; done
 
@@ -57,19 +64,27 @@ common=(
   --max-retry-delay="${MAX_RETRY_BACKOFF_S}s"
   --message-retention-duration=7d
 )
-if [[ ${DELIVERY} == pull ]]; then
-  ensure_subscription "${PULL_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PULL_ACK_DEADLINE_S}"
-else
-  # Push: an OIDC token of PUSH_SA whose audience the bridge checks (FLUXFILL_BRIDGE_PUSH_AUDIENCE).
-  ensure_subscription "${PUSH_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PUSH_ACK_DEADLINE_S}" \
-    --push-endpoint="${PUSH_AUDIENCE}" \
-    --push-auth-service-account="${PUSH_SA}" \
-    --push-auth-token-audience="${PUSH_AUDIENCE}"
-fi
-if gc pubsub subscriptions describe "${other}" >/dev/null 2>&1; then
-  echo "deleting ${other}: DELIVERY=${DELIVERY} takes every job through ${subscription} alone" >&2
-  gc pubsub subscriptions delete "${other}"
-fi
+# Pull: the bridges pull both lanes and take urgent jobs first. Push has no lanes: both topics are pushed to
+# the one endpoint as they come (Triton's request priority still favours urgent ones).
+topics=("${TOPIC}" "${URGENT_TOPIC}")
+for lane in 0 1; do
+  if [[ ${DELIVERY} == pull ]]; then
+    ensure_subscription "${subscriptions[lane]}" "${topics[lane]}" "${common[@]}" \
+      --ack-deadline="${PULL_ACK_DEADLINE_S}"
+  else
+    # Push: an OIDC token of PUSH_SA whose audience the bridge checks (FLUXFILL_BRIDGE_PUSH_AUDIENCE).
+    ensure_subscription "${subscriptions[lane]}" "${topics[lane]}" "${common[@]}" \
+      --ack-deadline="${PUSH_ACK_DEADLINE_S}" \
+      --push-endpoint="${PUSH_AUDIENCE}" \
+      --push-auth-service-account="${PUSH_SA}" \
+      --push-auth-token-audience="${PUSH_AUDIENCE}"
+  fi
+  other=${others[lane]}
+  if gc pubsub subscriptions describe "${other}" >/dev/null 2>&1; then
+    echo "deleting ${other}: DELIVERY=${DELIVERY} takes every job through ${subscriptions[*]} alone" >&2
+    gc pubsub subscriptions delete "${other}"
+  fi
+done
 # Dead letters stay until someone looks (`fluxfill dlq list` / `replay`); 7 days is Pub/Sub's maximum.
 gc pubsub subscriptions describe "${DEAD_LETTER_SUBSCRIPTION}" >/dev/null 2>&1 ||
   gc pubsub subscriptions create "${DEAD_LETTER_SUBSCRIPTION}" --topic="${DEAD_LETTER_TOPIC}" \
@@ -82,17 +97,24 @@ gc firestore fields ttls update expireAt --collection-group=fluxfillDeadLetters 
 # Pub/Sub's service agent forwards undeliverable messages: publish on the dead-letter topic, subscribe on
 # the subscriptions it takes them from.
 gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${pubsub_agent}" --role=roles/pubsub.publisher
-gc pubsub subscriptions add-iam-policy-binding "${subscription}" \
-  --member="${pubsub_agent}" --role=roles/pubsub.subscriber
+for subscription in "${subscriptions[@]}"; do
+  gc pubsub subscriptions add-iam-policy-binding "${subscription}" \
+    --member="${pubsub_agent}" --role=roles/pubsub.subscriber
+done
 
-# The bridge: pull its subscription, publish dead letters, read originals and create results (create-only:
+# The bridge: pull its subscriptions, publish dead letters and the copies of jobs waiting for their user's
+# running ones (on the job topics), read originals and create results (create-only:
 # objectCreator cannot overwrite), read and write session documents, and write metrics and logs.
 bridge="serviceAccount:${BRIDGE_SA}"
 if [[ ${DELIVERY} == pull ]]; then
-  gc pubsub subscriptions add-iam-policy-binding "${PULL_SUBSCRIPTION}" --member="${bridge}" \
-    --role=roles/pubsub.subscriber
+  for subscription in "${subscriptions[@]}"; do
+    gc pubsub subscriptions add-iam-policy-binding "${subscription}" --member="${bridge}" \
+      --role=roles/pubsub.subscriber
+  done
 fi
-gc pubsub topics add-iam-policy-binding "${DEAD_LETTER_TOPIC}" --member="${bridge}" --role=roles/pubsub.publisher
+for topic in "${DEAD_LETTER_TOPIC}" "${TOPIC}" "${URGENT_TOPIC}"; do
+  gc pubsub topics add-iam-policy-binding "${topic}" --member="${bridge}" --role=roles/pubsub.publisher
+done
 for role in roles/storage.objectViewer roles/storage.objectCreator; do
   gcloud storage buckets add-iam-policy-binding "gs://${BUCKET}" --member="${bridge}" --role="${role}" --quiet
 done

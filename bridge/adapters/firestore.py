@@ -1,5 +1,6 @@
 """The SessionStore port over Firestore: every change is a transaction applying fluxfill.bridge.sessions."""
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ from google.cloud import firestore
 from fluxfill.bridge import sessions, user_slots
 from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
 from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError
-from fluxfill.bridge.ports import Claim, Heartbeat, JobRef
+from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat, JobRef
 
 T = TypeVar("T")
 Decision = Callable[
@@ -59,6 +60,10 @@ class FirestoreSessions:
         self._client = client
         self._now = now
         self._user_slots = user_slots_collection
+        # When each of our claims' slots lapses, as last written: a heartbeat reads the user's document
+        # only when its slot needs renewing, not at every progress write.
+        self._slot_expiry: dict[str, datetime] = {}
+        self._slot_lock = threading.Lock()
 
     def _transact(self, job: JobRef, action: str, decide: Decision[T], with_slots: bool = True) -> T:
         """Read the session (and its user's slots), decide, write both in one transaction."""
@@ -94,8 +99,17 @@ class FirestoreSessions:
         max_attempts: int,
         max_per_user: int = 0,
     ) -> Claim:
-        """See SessionStore.claim."""
-        return self._transact(
+        """See SessionStore.claim.
+
+        With a limit, the user's slots are first read outside any transaction: a user at the limit (a flood
+        being deferred) then costs one plain read, and transactions, which lock the document they read, are
+        left to the claims that may succeed (they check again).
+        """
+        if max_per_user > 0:
+            running = self._running(job)
+            if running >= max_per_user:
+                return Claim(ClaimKind.USER_AT_LIMIT, user_running=running)
+        claim = self._transact(
             job,
             "claim the job",
             lambda document, slots, now: user_slots.claim(
@@ -111,21 +125,53 @@ class FirestoreSessions:
             ),
             with_slots=max_per_user > 0,
         )
+        if claim.kind is ClaimKind.CLAIMED and max_per_user > 0:
+            with self._slot_lock:
+                self._slot_expiry[claim_id] = self._now() + timedelta(seconds=lease_s)
+        return claim
+
+    def _running(self, job: JobRef) -> int:
+        """How many live slots the user holds now (0 when the slots cannot be read here)."""
+        if not (self._user_slots and job.user and firestore_id_allowed(job.user)):
+            return 0
+        with firestore_errors("read the user's running jobs"):
+            snapshot = self._client.document(f"{self._user_slots}/{job.user}").get()
+        return len(user_slots.live_claims(snapshot.to_dict() if snapshot.exists else None, self._now()))
+
+    def _slot_due(self, claim_id: str, lease_s: float) -> bool:
+        with self._slot_lock:
+            expires = self._slot_expiry.get(claim_id)
+        return expires is not None and expires - self._now() <= timedelta(seconds=lease_s / 2)
+
+    def _slot_renewed(self, claim_id: str, lease_s: float) -> None:
+        with self._slot_lock:
+            if claim_id in self._slot_expiry:
+                self._slot_expiry[claim_id] = self._now() + timedelta(seconds=lease_s)
+
+    def _slot_freed(self, claim_id: str | None) -> None:
+        with self._slot_lock:
+            self._slot_expiry.pop(claim_id or "", None)
 
     def heartbeat(
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
         """See SessionStore.heartbeat."""
-        return self._transact(
+        due = self._slot_due(claim_id, lease_s)
+        beat = self._transact(
             job,
             "renew the lease",
             lambda document, slots, now: user_slots.heartbeat(
                 document, slots, claim_id=claim_id, now=now, lease_s=lease_s, progress=progress
             ),
+            with_slots=due,
         )
+        if due and beat.still_owner:
+            self._slot_renewed(claim_id, lease_s)
+        return beat
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """See SessionStore.release."""
+        self._slot_freed(claim_id)
         self._transact(
             job,
             "give the job back",
@@ -145,6 +191,7 @@ class FirestoreSessions:
             update = sessions.finish(document, claim_id, now, status, fields)
             return update is not None, update, user_slots.drop(slots, claim_id, now)
 
+        self._slot_freed(claim_id)
         return self._transact(job, f"record {status.value}", decide, with_slots=claim_id is not None)
 
 

@@ -236,8 +236,8 @@ def test_pubsub_script_applies_those_settings() -> None:
         '--max-delivery-attempts="${SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS}"',
         '--min-retry-delay="${MIN_RETRY_BACKOFF_S}s"',
         '--max-retry-delay="${MAX_RETRY_BACKOFF_S}s"',
-        'ensure_subscription "${PULL_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PULL_ACK_DEADLINE_S}"',
-        'ensure_subscription "${PUSH_SUBSCRIPTION}" "${common[@]}" --ack-deadline="${PUSH_ACK_DEADLINE_S}"',
+        '--ack-deadline="${PULL_ACK_DEADLINE_S}"',
+        '--ack-deadline="${PUSH_ACK_DEADLINE_S}"',
         '--push-auth-service-account="${PUSH_SA}"',
         "roles/iam.workloadIdentityUser",
     ):

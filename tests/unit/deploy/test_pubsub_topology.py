@@ -49,19 +49,31 @@ def test_the_shipped_topology_is_pull() -> None:
     assert CONFIG["DELIVERY"] == "pull"
 
 
-def test_pull_creates_only_the_pull_subscription_and_removes_a_push_one(tmp_path: Path) -> None:
-    result, calls = run_script(tmp_path, "pull", existing=CONFIG["PUSH_SUBSCRIPTION"])
+def test_pull_creates_only_the_pull_subscriptions_and_removes_push_ones(tmp_path: Path) -> None:
+    existing = f"{CONFIG['PUSH_SUBSCRIPTION']} {CONFIG['URGENT_PUSH_SUBSCRIPTION']}"
+    result, calls = run_script(tmp_path, "pull", existing=existing)
     assert result.returncode == 0, result.stderr
     assert f"subscriptions create {CONFIG['PULL_SUBSCRIPTION']} --topic={CONFIG['TOPIC']}" in calls
+    urgent = f"subscriptions create {CONFIG['URGENT_PULL_SUBSCRIPTION']} --topic={CONFIG['URGENT_TOPIC']}"
+    assert urgent in calls
     assert "--push-endpoint" not in calls
-    assert f"subscriptions create {CONFIG['PUSH_SUBSCRIPTION']}" not in calls
-    assert f"subscriptions delete {CONFIG['PUSH_SUBSCRIPTION']}" in calls
+    for push in (CONFIG["PUSH_SUBSCRIPTION"], CONFIG["URGENT_PUSH_SUBSCRIPTION"]):
+        assert f"subscriptions create {push}" not in calls
+        assert f"subscriptions delete {push}" in calls
     assert "run services add-iam-policy-binding" not in calls
+    # The bridge pulls both lanes and publishes waiting jobs' copies to both job topics.
+    bridge = f"--member=serviceAccount:{CONFIG['BRIDGE_SA']}"
+    for subscription in (CONFIG["PULL_SUBSCRIPTION"], CONFIG["URGENT_PULL_SUBSCRIPTION"]):
+        assert f"subscriptions add-iam-policy-binding {subscription} {bridge}" in calls
+    for topic in (CONFIG["TOPIC"], CONFIG["URGENT_TOPIC"]):
+        assert f"topics add-iam-policy-binding {topic} {bridge} --role=roles/pubsub.publisher" in calls
 
 
-def test_push_creates_only_the_push_subscription_and_removes_a_pull_one(tmp_path: Path) -> None:
+def test_push_creates_only_the_push_subscriptions_and_removes_a_pull_one(tmp_path: Path) -> None:
     result, calls = run_script(tmp_path, "push", existing=CONFIG["PULL_SUBSCRIPTION"])
     assert result.returncode == 0, result.stderr
+    urgent = f"subscriptions create {CONFIG['URGENT_PUSH_SUBSCRIPTION']} --topic={CONFIG['URGENT_TOPIC']}"
+    assert urgent in calls, "urgent jobs must be delivered in push mode too"
     creates = [line for line in calls.splitlines() if f"--topic={CONFIG['TOPIC']} " in line]
     (create,) = [line for line in creates if "subscriptions create" in line]
     assert f"subscriptions create {CONFIG['PUSH_SUBSCRIPTION']} --topic={CONFIG['TOPIC']}" in create
