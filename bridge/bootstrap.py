@@ -16,6 +16,7 @@ from fluxfill.bridge.adapters.pubsub import (
 )
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
+from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.credentials import google_credentials
 from fluxfill.bridge.dead_letters import OncePerMessage
@@ -60,9 +61,9 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         ),
         FirestoreSessions(
             db,
-            user_slots_collection=settings.user_slots_collection
+            user_slots=FirestoreUserSlots(db, settings.user_slots_collection)
             if settings.max_jobs_in_flight_per_user
-            else "",
+            else None,
         ),
         model,
         metrics,

@@ -12,6 +12,7 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from fluxfill.bridge.adapters.firestore import FirestoreSessions
+from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.errors import SessionTransientError
 from fluxfill.bridge.ports import ClaimKind, InferenceRequest, InferenceResult, JobRef, RunControl
 from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
@@ -35,7 +36,10 @@ def claim_until_decided(store: FirestoreSessions, ref: JobRef, limit: int) -> Cl
 def test_the_per_user_count_holds_under_concurrent_bridges(jobs: JobSystem) -> None:
     """Ten claims of one user's ten jobs at once, through two bridges' clients: exactly the limit runs."""
     other_client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
-    bridges = [FirestoreSessions(client, user_slots_collection=SLOTS) for client in (jobs.db, other_client)]
+    bridges = [
+        FirestoreSessions(client, user_slots=FirestoreUserSlots(client, SLOTS))
+        for client in (jobs.db, other_client)
+    ]
     user = f"u{uuid.uuid4().hex[:8]}"
     refs = [JobRef(f"users/{user}/sessions/s{index}", f"m{index}", user) for index in range(10)]
     kinds: list[ClaimKind] = []
@@ -54,10 +58,13 @@ def test_the_per_user_count_holds_under_concurrent_bridges(jobs: JobSystem) -> N
     assert len(waiting) == 8, "a job over the limit is not written to: no attempt spent"
 
     # A bridge that crashed never gives its slots back: they lapse with their leases.
-    later = FirestoreSessions(
-        jobs.db, now=lambda: datetime.now(UTC) + timedelta(seconds=31), user_slots_collection=SLOTS
+    def later() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=31)
+
+    later_bridge = FirestoreSessions(
+        jobs.db, now=later, user_slots=FirestoreUserSlots(jobs.db, SLOTS, now=later)
     )
-    assert claim_until_decided(later, waiting[0], 2) is ClaimKind.CLAIMED
+    assert claim_until_decided(later_bridge, waiting[0], 2) is ClaimKind.CLAIMED
 
 
 class GatedModel:

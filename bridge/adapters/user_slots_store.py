@@ -1,0 +1,120 @@
+"""Each user's running-job slots in Firestore, changed by compare-and-set, never inside a transaction.
+
+Why not in the claim's transaction: transactions lock what they read, and every claim of a flooding user
+reads the same document; two that read it and then both write deadlock until Firestore's lock timeout (the
+emulator made four bridges' claims wait 10 s each, round after round). Here a change reads the document,
+computes the new one with fluxfill.bridge.user_slots, and writes it only if nobody wrote in between (the
+document's update time as a precondition; `create` when there is none); a lost race reads again. Nobody
+waits on a lock, and exactly one of racing writers wins each round.
+
+The claim takes a slot first and then claims the session (giving the slot back if that finds the job
+finished, running or failing): a bridge that dies in between leaves a slot that lapses with its lease.
+"""
+
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from google.api_core import exceptions as api
+from google.cloud import firestore
+
+from fluxfill.bridge import user_slots
+from fluxfill.bridge.adapters.firestore_errors import firestore_errors
+from fluxfill.bridge.errors import SessionTransientError
+
+logger = structlog.get_logger(__name__)
+# Rounds of read-then-conditional-write before a change counts as lost to contention (the job comes back).
+CHANGE_ATTEMPTS = 10
+Change = Callable[[Mapping[str, Any] | None, datetime], dict[str, Any] | None]
+
+
+class FirestoreUserSlots:
+    """The slots of each user in `collection` (one document per user)."""
+
+    def __init__(
+        self,
+        client: firestore.Client,
+        collection: str,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._client = client
+        self._collection = collection
+        self._now = now
+        # When each of our claims' slots lapses, as last written: a heartbeat touches the user's document only
+        # when its slot needs renewing, not at every progress write.
+        self._expiry: dict[str, datetime] = {}
+        self._lock = threading.Lock()
+
+    def _change(self, user: str, action: str, change: Change) -> dict[str, Any] | None:
+        """Apply `change` by compare-and-set; the document written, or None when `change` wrote nothing."""
+        reference = self._client.document(f"{self._collection}/{user}")
+        for _ in range(CHANGE_ATTEMPTS):
+            with firestore_errors(action):
+                snapshot = reference.get()
+                new = change(snapshot.to_dict() if snapshot.exists else None, self._now())
+                if new is None:
+                    return None
+                try:
+                    if snapshot.exists:
+                        option = self._client.write_option(last_update_time=snapshot.update_time)
+                        # `update` replaces the `claims` map as a whole (lapsed entries dropped).
+                        reference.update(new, option=option)
+                    else:
+                        reference.create(new)
+                except (api.FailedPrecondition, api.Conflict):
+                    continue  # another bridge wrote first: read again
+                return new
+        raise SessionTransientError(f"{action}: the user's slots kept changing ({CHANGE_ATTEMPTS} rounds)")
+
+    def take(self, user: str, claim_id: str, lease_s: float, limit: int) -> int | None:
+        """Take a slot for `claim_id`: None when taken, else how many live slots hold the user back."""
+        running = 0
+
+        def take(slots: Mapping[str, Any] | None, now: datetime) -> dict[str, Any] | None:
+            nonlocal running
+            running = len(user_slots.live_claims(slots, now))
+            return user_slots.take(slots, claim_id, now, lease_s, limit)
+
+        if self._change(user, "take a slot of the user's", take) is None:
+            return running
+        with self._lock:
+            self._expiry[claim_id] = self._now() + timedelta(seconds=lease_s)
+        return None
+
+    def renew_if_due(self, user: str, claim_id: str, lease_s: float) -> None:
+        """Extend the slot once half its lease is spent; a failure is logged (the next heartbeat retries)."""
+        with self._lock:
+            expires = self._expiry.get(claim_id)
+        if expires is None or expires - self._now() > timedelta(seconds=lease_s / 2):
+            return
+        try:
+            self._change(
+                user,
+                "renew a slot of the user's",
+                lambda slots, now: user_slots.renew(slots, claim_id, now, lease_s),
+            )
+        except SessionTransientError as error:
+            logger.warning(
+                "could not renew the user's slot; trying again at the next heartbeat", error=str(error)
+            )
+            return
+        with self._lock:
+            if claim_id in self._expiry:
+                self._expiry[claim_id] = self._now() + timedelta(seconds=lease_s)
+
+    def give_back(self, user: str, claim_id: str | None) -> None:
+        """Free the claim's slot; a failure is logged (the slot then lapses with its lease)."""
+        if claim_id is None:
+            return
+        with self._lock:
+            held = self._expiry.pop(claim_id, None)
+        if held is None:
+            return
+        try:
+            self._change(
+                user, "free a slot of the user's", lambda slots, now: user_slots.drop(slots, claim_id, now)
+            )
+        except SessionTransientError as error:
+            logger.warning("could not free the user's slot; it lapses with its lease", error=str(error))
