@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak clean images
+.PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak priority fairness clean images
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 # The venv takes torch's CPU build, explicitly: on plain PyPI `torch==2.13.0` IS the CUDA 13 build (several GB of
@@ -83,6 +83,11 @@ saturation: $(INSTALLED)
 	$(BIN)/python -m chaos saturation
 soak: $(INSTALLED)
 	$(BIN)/python -m chaos soak --duration 1800
+# Who waits behind whom: urgent jobs behind a bulk backlog; other users behind one user's flood.
+priority: $(INSTALLED)
+	$(BIN)/python -m chaos priority
+fairness: $(INSTALLED)
+	$(BIN)/python -m chaos fairness
 
 # requirements/*.txt: the exact versions the tests ran with, per container image (tests/unit/deploy checks them).
 lock: $(INSTALLED)
