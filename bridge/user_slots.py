@@ -1,10 +1,12 @@
 """Per-user fairness: at most `max_jobs_in_flight_per_user` jobs of one user run at once, fleet-wide.
 
 One document per user (`{user_slots_collection}/{userId}`) maps each running claim's id to the time its slot
-lapses. It is read and written in the same transaction as the session document, so concurrent bridges agree
-on the count; a slot is renewed with the claim's lease (only when half of it is spent: Firestore sustains
-about one write per second to a document, and a user's jobs share one) and lapses with it, so a crashed
-bridge's slots free themselves. Pure functions of the document, like fluxfill.bridge.sessions.
+lapses. The Firestore adapter changes it by compare-and-set (fluxfill.bridge.adapters.user_slots_store), so
+concurrent bridges agree on the count; a slot is renewed with the claim's lease (only when half of it is
+spent: Firestore sustains about one write per second to a document, and a user's jobs share one) and lapses
+with it, so a crashed bridge's slots free themselves. Pure functions of the document, like
+fluxfill.bridge.sessions; `claim` and `heartbeat` compose them with the session's rules under one lock, as the
+in-memory store of the unit tests applies them.
 """
 
 from collections.abc import Mapping
