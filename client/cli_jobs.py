@@ -139,7 +139,7 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
     replay = actions.add_parser("replay", help="requeue sessions and republish dead-lettered jobs")
     replay.add_argument("id", nargs="?", help="a message id or session id to replay")
     replay.add_argument("--all", action="store_true", help="replay every dead-lettered job")
-    _common(replay, "dead_letter_subscription", "topic")
+    _common(replay, "dead_letter_subscription", "topic", "urgent_topic")
 
 
 def run(args: argparse.Namespace) -> int:

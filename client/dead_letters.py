@@ -47,6 +47,7 @@ class DeadLetter:
     code: str
     reason: str
     not_a_job: str | None = None  # why replaying it would only dead-letter it again; None for a valid job
+    priority: str = "bulk"  # the job's lane: a replay goes back to that lane's topic
 
     @property
     def origin(self) -> str:
@@ -67,14 +68,15 @@ class ReplayReport:
     refused: list[tuple[DeadLetter, str]]
 
 
-def _read_job(data: bytes) -> tuple[SessionRef | None, str | None]:
-    """The dead letter's session (when its ids are usable), and why it is not a valid job (None if it is)."""
+def _read_job(data: bytes) -> tuple[SessionRef | None, str | None, str]:
+    """The dead letter's session (when its ids are usable), why it is not a valid job (None if it is), and
+    its priority."""
     try:
         job = parse_job(data)
     except InvalidJobError as error:
         refusal = f"not a valid job ({error.code.value}): replaying it would only dead-letter it again"
-        return (SessionRef(*error.ids) if error.ids else None), refusal
-    return SessionRef(job.userId, job.sessionId), None
+        return (SessionRef(*error.ids) if error.ids else None), refusal, "bulk"
+    return SessionRef(job.userId, job.sessionId), None, job.priority
 
 
 class DeadLetterQueue:
@@ -109,7 +111,7 @@ class DeadLetterQueue:
     def _describe(self, received: Any) -> DeadLetter:
         message = received.message
         data, attributes = bytes(message.data), dict(message.attributes)
-        ref, not_a_job = _read_job(data)
+        ref, not_a_job, priority = _read_job(data)
         code = attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "")
         reason = attributes.get(DEAD_LETTER_REASON_ATTRIBUTE, "")
         if not code and ref is not None:
@@ -125,6 +127,7 @@ class DeadLetterQueue:
             code=code or "unknown",
             reason=reason or f"no reason recorded (delivered {received.delivery_attempt or '?'} times)",
             not_a_job=not_a_job,
+            priority=priority,
         )
 
     def _settle(self, ack: list[str], release: list[str]) -> None:
@@ -161,7 +164,7 @@ class DeadLetterQueue:
                     report.refused.append((letter, refusal))
                     continue
                 attributes = {k: v for k, v in letter.attributes.items() if k not in _BRIDGE_ATTRIBUTES}
-                self._jobs.publish(letter.data, attributes)
+                self._jobs.publish(letter.data, attributes, letter.priority)
                 report.replayed.append(letter)
         finally:
             # Whatever was not replayed (a refusal or a failure midway included) goes back to the queue.

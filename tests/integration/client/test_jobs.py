@@ -36,6 +36,7 @@ FLUXFILL = str(Path(sys.executable).parent / "fluxfill")
 # documents apart (and Pub/Sub names must never be reused after a delete).
 PROJECT, BUCKET, USER = "fluxfill-test", "fluxfill-cli-jobs", "cli-user"
 TOPIC, SUBSCRIPTION = "cli-jobs", "cli-jobs-bridge"
+URGENT_TOPIC, URGENT_SUBSCRIPTION = "cli-jobs-urgent", "cli-jobs-urgent-bridge"
 DEAD_TOPIC, DEAD_SUBSCRIPTION = "cli-jobs-dead", "cli-jobs-dead-list"
 HEIGHT, WIDTH = 40, 56
 
@@ -52,9 +53,13 @@ class JobWorld:
 def _create_pubsub() -> None:
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topic, dead = publisher.topic_path(PROJECT, TOPIC), publisher.topic_path(PROJECT, DEAD_TOPIC)
-    publisher.create_topic(name=topic)
-    publisher.create_topic(name=dead)
+    urgent = publisher.topic_path(PROJECT, URGENT_TOPIC)
+    for name in (topic, urgent, dead):
+        publisher.create_topic(name=name)
     subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, SUBSCRIPTION), topic=topic)
+    subscriber.create_subscription(
+        name=subscriber.subscription_path(PROJECT, URGENT_SUBSCRIPTION), topic=urgent
+    )
     subscriber.create_subscription(name=subscriber.subscription_path(PROJECT, DEAD_SUBSCRIPTION), topic=dead)
 
 
@@ -86,6 +91,7 @@ def world(
             **os.environ,
             "FLUXFILL_BRIDGE_PROJECT": PROJECT,
             "FLUXFILL_BRIDGE_SUBSCRIPTION": SUBSCRIPTION,
+            "FLUXFILL_BRIDGE_URGENT_SUBSCRIPTION": URGENT_SUBSCRIPTION,
             "FLUXFILL_BRIDGE_DEAD_LETTER_TOPIC": DEAD_TOPIC,
             "FLUXFILL_BRIDGE_BUCKET": BUCKET,
             "FLUXFILL_BRIDGE_TRITON_URL": long_run_server.grpc_url,
@@ -110,6 +116,7 @@ def world(
             "FLUXFILL_PROJECT": PROJECT,
             "FLUXFILL_BUCKET": BUCKET,
             "FLUXFILL_TOPIC": TOPIC,
+            "FLUXFILL_URGENT_TOPIC": URGENT_TOPIC,
             "FLUXFILL_DLQ_SUBSCRIPTION": DEAD_SUBSCRIPTION,
             "FLUXFILL_USER": USER,
         }
@@ -117,10 +124,12 @@ def world(
         yield JobWorld(cli_env, folder, bucket, db, pubsub_v1.PublisherClient())
 
 
-def fluxfill(world: JobWorld, *args: str | Path, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def fluxfill(
+    world: JobWorld, *args: str | Path, timeout: float = 90, **overrides: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [FLUXFILL, *map(str, args)],
-        env=world.env,
+        env={**world.env, **overrides},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -228,11 +237,11 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     world.publisher.publish(world.publisher.topic_path(PROJECT, TOPIC), data).result(timeout=10)
     wait_for_status(world, poisoned, JobStatus.FAILED)
     # A job dead-lettered for a cause since fixed (here: published as the bridge does when it gives up).
-    fixed = submit(world, "--steps", "2", "--session", "fixed-1")
+    fixed = submit(world, "--steps", "2", "--session", "fixed-1", "--priority", "urgent")
     wait_for_status(world, fixed, JobStatus.DONE)
     exhausted = {"status": "failed", "result": None, "attempt": 5, "error": {"code": "retries_exhausted"}}
     world.db.document(f"users/{USER}/sessions/{fixed}").update(exhausted)
-    job = json.dumps({"userId": USER, "sessionId": fixed, "steps": 2}).encode()
+    job = json.dumps({"userId": USER, "sessionId": fixed, "steps": 2, "priority": "urgent"}).encode()
     attributes = {
         DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
         DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
@@ -251,7 +260,8 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     assert rows[f"{USER}/{fixed}"][2:] == ["retries_exhausted", "triton was down"]
     assert fluxfill(world, "dlq", "list").stdout == listed.stdout, "listing must leave the queue as it was"
 
-    replayed = fluxfill(world, "dlq", "replay", fixed)
+    # An urgent job goes back to the urgent topic: the bulk one may not even exist.
+    replayed = fluxfill(world, "dlq", "replay", fixed, FLUXFILL_TOPIC="no-such-topic")
     assert replayed.returncode == 0, replayed.stderr
     assert replayed.stdout.count(f"({fixed})") == 1, "two copies of one message are replayed once"
     watched = fluxfill(world, "watch", fixed, "--timeout", "60")
