@@ -10,7 +10,13 @@ from typing import Any
 
 from PIL import Image
 
-from fluxfill.client.errors import EXIT_OK, CancelledError, InvalidInputError, ServiceUnavailableError
+from fluxfill.client.errors import (
+    EXIT_OK,
+    NOT_GRPC,
+    CancelledError,
+    InvalidInputError,
+    ServiceUnavailableError,
+)
 from fluxfill.client.images import (
     MaskLike,
     load_rgb,
@@ -71,7 +77,7 @@ def _with_protocol_hint(error: ServiceUnavailableError, url: str, protocol: str)
 
     Triton's HTTP port closes a gRPC connection without a word ("Socket closed"); one HTTP request tells.
     """
-    if protocol != "grpc" or "HTTP port" in str(error):
+    if protocol != "grpc" or NOT_GRPC in str(error):
         return error
     try:
         with urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1.0):
@@ -80,9 +86,7 @@ def _with_protocol_hint(error: ServiceUnavailableError, url: str, protocol: str)
         pass  # an HTTP answer all the same
     except (OSError, ValueError, http.client.HTTPException):
         return error
-    return ServiceUnavailableError(
-        f"{url} answers HTTP/1, not gRPC: is this the HTTP port? (use --protocol http)"
-    )
+    return ServiceUnavailableError(f"{url} {NOT_GRPC}")
 
 
 def run(args: argparse.Namespace) -> int:

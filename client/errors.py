@@ -85,7 +85,7 @@ _UNREACHABLE_HINTS = (
 )
 # gRPC's words for a peer that answered in HTTP/1 (the HTTP port): retrying cannot help.
 _NOT_GRPC_HINT = "failed parsing http/2"
-_NOT_GRPC = "it answers HTTP/1, not gRPC: is this the HTTP port? (gRPC: 8001 by default; or --protocol http)"
+NOT_GRPC = "answers HTTP/1, not gRPC: is this the HTTP port? (gRPC: 8001 by default; or --protocol http)"
 _NOT_HTTP = "it does not answer HTTP/1: is this the gRPC port? (HTTP: 8000 by default; or --protocol grpc)"
 # Input validation messages from the model start with the tensor's name ("MASK: must have shape ...").
 _INPUT_PREFIXES = tuple(f"{spec.name}: " for spec in INPUTS)
@@ -108,7 +108,7 @@ def classify(message: str, status: str = "") -> FluxFillError:
     if "unknown model" in lowered or "no available versions" in lowered:
         return ServiceUnavailableError(message)
     if _NOT_GRPC_HINT in lowered:
-        return ServiceUnavailableError(f"{_NOT_GRPC} ({message})")
+        return ServiceUnavailableError(f"it {NOT_GRPC} ({message})")
     kind = _BY_STATUS.get(status)
     if kind is None:
         if any(hint in lowered for hint in _UNREACHABLE_HINTS):
