@@ -1,8 +1,9 @@
-"""The pull entry point: streaming pull once Triton is READY, flow control = max concurrent jobs.
+"""The pull entry point: streaming pull once Triton is READY, flow control = max concurrent jobs (plus one
+waiting job per lane when there is an urgent lane, see fluxfill.bridge.lanes).
 
-The pull starts only when the model is first READY. If Triton goes away later, the stream stays open (closing
-it strands the messages it holds until their leases lapse) but every callback waits for readiness before
-handling, so at most `max_concurrent_jobs` messages are held, their ack deadlines kept alive meanwhile.
+The pull starts only when the model is first READY. If Triton goes away later, the streams stay open (closing
+them strands the messages they hold until their leases lapse) but every callback waits for readiness before
+handling, so no more messages than that flow control are held, their ack deadlines kept alive meanwhile.
 """
 
 import contextlib
