@@ -79,12 +79,18 @@ def wait_until_running(world: World, session: str) -> None:
         time.sleep(0.01)
 
 
-def test_a_job_over_its_users_limit_waits_without_spending_an_attempt() -> None:
-    world = limited_world(limit=1)
+def first_job_running(world: World) -> tuple[threading.Thread, list[Outcome]]:
+    """USER's job s1 running (40 steps) on a thread of its own; s2's photo and mask uploaded too."""
     world.upload(USER, "s1")
     world.upload(USER, "s2")
-    thread, first = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
+    thread, outcomes = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
     wait_until_running(world, "s1")
+    return thread, outcomes
+
+
+def test_a_job_over_its_users_limit_waits_without_spending_an_attempt() -> None:
+    world = limited_world(limit=1)
+    thread, first = first_job_running(world)
     waiting = world.deliver(sessionId="s2", message_id="m2")
     thread.join()
     assert first[0].kind is OutcomeKind.DONE
@@ -103,10 +109,8 @@ def test_a_job_over_its_users_limit_waits_without_spending_an_attempt() -> None:
 
 def test_another_users_job_is_not_held_back() -> None:
     world = limited_world(limit=1)
-    world.upload(USER, "s1")
     world.upload("user2", "s9")
-    thread, _ = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
-    wait_until_running(world, "s1")
+    thread, _ = first_job_running(world)
     other = world.deliver(userId="user2", sessionId="s9", message_id="m2")
     thread.join()
     assert other.kind is OutcomeKind.DONE
@@ -114,10 +118,7 @@ def test_another_users_job_is_not_held_back() -> None:
 
 def test_an_urgent_jobs_copy_goes_back_to_the_urgent_lane() -> None:
     world = limited_world(limit=1)
-    world.upload(USER, "s1")
-    world.upload(USER, "s2")
-    thread, _ = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
-    wait_until_running(world, "s1")
+    thread, _ = first_job_running(world)
     world.deliver(sessionId="s2", message_id="m2", priority="urgent")
     thread.join()
     assert [lane for _, lane in world.requeue.published] == ["urgent"]
@@ -125,11 +126,8 @@ def test_an_urgent_jobs_copy_goes_back_to_the_urgent_lane() -> None:
 
 def test_a_failed_copy_is_a_nack_so_nothing_is_lost() -> None:
     world = limited_world(limit=1)
-    world.upload(USER, "s1")
-    world.upload(USER, "s2")
     world.requeue.broken = True
-    thread, _ = deliver_in_background(world, sessionId="s1", steps=40, message_id="m1")
-    wait_until_running(world, "s1")
+    thread, _ = first_job_running(world)
     outcome = world.deliver(sessionId="s2", message_id="m2")
     thread.join()
     assert outcome.kind is OutcomeKind.DEFER
