@@ -209,7 +209,8 @@ def _fairness_run(options: QueueingOptions, run_dir: Path, limit: int) -> Fairne
         traffic.prepare(fleet.jobs, flood + others)
         published: dict[str, datetime] = {}
         _publish(fleet, flood, fleet.jobs.topic, published)
-        # The others come once the flood is under way, as a user's single edit arrives in a busy hour.
+        # The others come once the flood is under way (three of its first 20 jobs done), as a single edit
+        # arrives in a busy hour.
         started = time.monotonic()
         while time.monotonic() - started < 120:
             documents = traffic.session_documents(fleet.jobs, flood[:20])
