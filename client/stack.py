@@ -199,7 +199,7 @@ def _usage(
         f"# The bridge reads the same project as FLUXFILL_BRIDGE_PROJECT={PROJECT} (FLUXFILL_* configure the "
         "command line, FLUXFILL_BRIDGE_* the bridge: python -m fluxfill.bridge --help)\n"
         f"# bridge: subscriptions {jobs.subscription_id} (bulk) and {jobs.urgent_subscription_id} (urgent, "
-        "taken first), dead letters to {jobs.dead_letter_topic_id}, "
+        f"taken first), dead letters to {jobs.dead_letter_topic_id}, "
         f"http://127.0.0.1:{port}/metrics, log {log}\n"
         f"# triton: fluxfill infer PHOTO MASK --url {server.grpc_url} --output OUT.png; "
         f"metrics {server.metrics_url}\n"

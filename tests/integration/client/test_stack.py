@@ -89,6 +89,7 @@ def test_the_walkthrough_runs_a_job_with_only_the_printed_exports(
     }
     # The relation between the CLI's and the bridge's settings is spelled out.
     assert f"FLUXFILL_BRIDGE_PROJECT={exports['FLUXFILL_PROJECT']}" in printed
+    assert "{" not in printed, "a placeholder left unfilled in what the stack printed"
     Image.fromarray(photo(40, 56)).save(tmp_path / "photo.jpg", quality=95)
     Image.fromarray(box_mask(40, 56)).save(tmp_path / "mask.png")
     environment = {**_clean_environment(), **exports}
