@@ -69,12 +69,13 @@ clean:
 images: $(INSTALLED)
 	PYTHON=$(BIN)/python deploy/images/build-local.sh
 
-# The four CPU benchmarks (a few minutes); each prints its table and writes a PNG under out/bench/.
+# The five CPU benchmarks (about 9 minutes); each prints its table and writes a PNG under out/bench/.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.serving_overhead
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.crop_to_mask
 	$(BIN)/python -m bench.bridge_throughput
+	$(BIN)/python -m bench.result_formats
 
 # Load, soak and chaos runs of the whole job path (chaos/): exit 1 when an invariant breaks.
 chaos: $(INSTALLED)

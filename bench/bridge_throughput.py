@@ -1,8 +1,10 @@
 """Bridge throughput: jobs per second through the emulators with a near-zero-cost model, by concurrency.
 
+The results keep the original's format (the photo is a JPEG: its edited MCUs are spliced).
+
 The real bridge (`build_bridge`, streaming pull, Firestore claims and status writes, Cloud Storage reads
 and writes) runs in this process against the Pub/Sub and Firestore emulators and fake-gcs-server (the
-integration tests' own harness); only the model is replaced by one that returns the photo at once, so what
+integration tests' own harness); only the model is replaced by one that paints the mask at once, so what
 is measured is the bridge and its Google round trips. Jobs are uploaded and queued before the clock starts;
 the clock runs from the first publish to the last job counted done, at 1, 4 and 16 concurrent jobs.
 Per job, the bridge's own phase timings (written to each session's `timings`) are split further with the
@@ -30,7 +32,9 @@ from fluxfill.bridge import intake
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
+from fluxfill.bridge.result_image import encode_result
 from fluxfill.client.local_emulators import running_emulators
+from fluxfill.inpaint.contract import MASK_THRESHOLD
 from tests.integration.bridge.harness import PROJECT, JobSystem, running_bridge, wait_until
 
 CONCURRENCY = (1, 4, 16)
@@ -39,10 +43,11 @@ PHOTO_SIZE = (1024, 768)
 GOAL_JOBS_PER_S = 20.0
 
 
-class InstantModel:
-    """The InpaintModel port at near-zero cost: the photo comes back as the result."""
+class PaintingModel:
+    """The InpaintModel port at near-zero cost: the mask painted grey at once, so the result is edited (a
+    JPEG result then has MCUs to splice, as with the real model)."""
 
-    name = "instant"
+    name = "painting"
     protocol = "none"
 
     def is_ready(self) -> bool:
@@ -51,7 +56,9 @@ class InstantModel:
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
     ) -> InferenceResult:
-        return InferenceResult(request.image, request.seed)
+        image = request.image.copy()
+        image[request.mask >= MASK_THRESHOLD] = 128
+        return InferenceResult(image, request.seed)
 
 
 def job_images() -> tuple[bytes, bytes]:
@@ -68,15 +75,25 @@ def job_images() -> tuple[bytes, bytes]:
 
 def codec_ms(photo: bytes, mask: bytes) -> dict[str, float]:
     """The bridge's own decode and encode calls on these images, timed here (median ms)."""
-    decoded = intake.decode_photo(photo, 50_000_000)
+    decoded = intake.read_photo(photo, 50_000_000)
+    fitted = intake.fit_mask(intake.decode_mask(mask, 50_000_000), *decoded.pixels.shape[:2])
+    edited = (
+        PaintingModel()
+        .infer(
+            InferenceRequest(decoded.pixels, fitted, "", 1),
+            on_progress=lambda *_: None,
+            control=RunControl(0.0),
+        )
+        .image
+    )
 
     def decode() -> None:
-        intake.fit_mask(intake.decode_mask(mask, 50_000_000), *decoded.shape[:2])
-        intake.decode_photo(photo, 50_000_000)
+        intake.fit_mask(intake.decode_mask(mask, 50_000_000), *decoded.pixels.shape[:2])
+        intake.read_photo(photo, 50_000_000)
 
     def encode() -> None:
-        intake.encode_png(decoded)
-        intake.encode_preview(decoded, PREVIEW_MAX_SIDE)
+        encode_result(decoded, edited)
+        intake.encode_preview(edited, PREVIEW_MAX_SIDE)
 
     times = interleaved({"decode": decode, "encode": encode}, rounds=5)
     return {name: median_ms(samples) for name, samples in times.items()}
@@ -90,7 +107,7 @@ def run_level(
     system.create()
     sessions = [system.new_job(*images) for _ in range(jobs)]
     settings = system.settings("127.0.0.1:1", max_concurrent_jobs=concurrency, progress_interval_s=1.0)
-    with running_bridge(settings, InstantModel()) as bridge:
+    with running_bridge(settings, PaintingModel()) as bridge:
         started = time.perf_counter()
         for user, session in sessions:
             system.publish({"userId": user, "sessionId": session, "steps": 1, "seed": 1})
@@ -116,7 +133,7 @@ def plot(rows: list[dict[str, float]], plot_dir: Path) -> None:
         axis.bar(labels, values, bottom=bottom, label=phase)
         bottom += values
     axis.set_ylabel("ms per job (each job's share of the wall time)")
-    axis.set_title("Bridge: time per job by phase (instant model)")
+    axis.set_title("Bridge: time per job by phase (painting model)")
     axis.legend(fontsize=8)
     save_plot(figure, plot_dir, "bridge_throughput")
 
@@ -178,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "(contention between concurrent jobs shows in the I/O columns)",
         "the emulators and the bridge share this machine's cores: lower bounds for a real deployment",
     ]
-    report("Bridge throughput (instant model, emulators)", markdown_table(headers, table), notes)
+    report("Bridge throughput (painting model, emulators)", markdown_table(headers, table), notes)
     plot(rows, args.plot_dir)
     return 0
 

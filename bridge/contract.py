@@ -25,7 +25,10 @@ DEFAULT_USER_SLOTS_COLLECTION = "fluxfillUserSlots"
 # Storage object templates, filled with the validated ids only (never a path from the message).
 DEFAULT_ORIGINAL_TEMPLATE = "users/{userId}/sessions/{sessionId}/original.*"
 DEFAULT_MASK_TEMPLATE = "users/{userId}/sessions/{sessionId}/mask.png"
-DEFAULT_EDITED_TEMPLATE = "users/{userId}/sessions/{sessionId}/edited.png"
+# The final `*` of the result's template is its extension: jpg, png or webp (fluxfill.bridge.result_image).
+DEFAULT_EDITED_TEMPLATE = "users/{userId}/sessions/{sessionId}/edited.*"
+# `result.format` of a done session, and the edited object's extension for it.
+RESULT_EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
 DEFAULT_PREVIEW_TEMPLATE = "users/{userId}/sessions/{sessionId}/preview.jpg"
 DEFAULT_SESSION_TEMPLATE = "users/{userId}/sessions/{sessionId}"
 PREVIEW_MAX_SIDE = 512
@@ -54,7 +57,7 @@ class ErrorCode(StrEnum):
     MASK_MISSING = "mask_missing"
     OBJECT_TOO_LARGE = "object_too_large"  # refused from its metadata, never downloaded
     OBJECT_CHANGED = "object_changed"  # replaced or deleted between its metadata and its download
-    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"  # not JPEG, PNG or WebP by its magic bytes
+    UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"  # not JPEG, PNG, WebP, HEIC or AVIF by its bytes
     CORRUPT_IMAGE = "corrupt_image"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # a decompression bomb or simply too large
     MASK_SIZE_MISMATCH = "mask_size_mismatch"

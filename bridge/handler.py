@@ -238,10 +238,10 @@ class JobHandler:
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
-        photo = intake.decode_photo(
+        photo = intake.read_photo(
             self._fetch(job, settings.original_template, "original"), settings.max_image_pixels
         )
-        height, width = photo.shape[:2]
+        height, width = photo.pixels.shape[:2]
         mask = intake.fit_mask(
             intake.decode_mask(self._fetch(job, settings.mask_template, "mask"), settings.max_image_pixels),
             height,
@@ -251,7 +251,7 @@ class JobHandler:
         seed = job.seed if job.seed is not None else default_seed(job)
         parameters = self._parameters(job)
         request = InferenceRequest(
-            photo,
+            photo.pixels,
             mask,
             parameters.prompt,
             seed,
@@ -267,7 +267,7 @@ class JobHandler:
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         self._confirm_claim(claimed, monitor)
-        paths = upload_results(self._objects, job, settings, result.image)
+        paths, encoded = upload_results(self._objects, job, settings, photo, result.image)
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
         published = first_published(delivery)
@@ -279,6 +279,7 @@ class JobHandler:
             self._model,
             paths,
             (width, height),
+            encoded,
             seed=result.seed,
             total_steps=total_steps,
             parameters=parameters,

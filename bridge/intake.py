@@ -1,7 +1,7 @@
 """Turn untrusted uploaded bytes into the model's RGB photo and one-channel mask, or a specific refusal.
 
 Rules (documented in docs/bridge.md, "Untrusted images"):
-- Only JPEG, PNG and WebP, recognised by their magic bytes, not by name or content type.
+- Only JPEG, PNG, WebP, HEIC/HEIF and AVIF, recognised by their leading bytes, not by name or content type.
 - The pixel count is checked from the header before decoding (decompression bombs).
 - EXIF orientation is applied, so the photo is upright as the app showed it when the mask was painted.
 - Photo modes are normalised to 8-bit RGB: transparency is composited over white, 16-bit is scaled down.
@@ -11,17 +11,27 @@ Rules (documented in docs/bridge.md, "Untrusted images"):
 """
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+import pillow_heif
+from PIL import Image, UnidentifiedImageError
 
+from fluxfill.bridge import orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectStore
 from fluxfill.inpaint import geometry
 
+# HEIC and HEIF by libheif (pillow-heif), AVIF by Pillow itself; opening reads the header, load() decodes.
+pillow_heif.register_heif_opener()
+
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
+# ISO BMFF brands (the `ftyp` box): AVIF's, then HEIF's (mif1/msf1 alone mean HEIF's structure).
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+ACCEPTED = "a JPEG, PNG, WebP, HEIC or AVIF image"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # Peak memory of decoding a photo, per pixel, beyond what the bridge held before: Pillow's decoded image
 # (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers. Measured 8.9 (RGBA PNG) and
@@ -45,21 +55,32 @@ def fetch(objects: ObjectStore, pattern: str, what: str, max_bytes: int) -> byte
 
 
 def sniff_format(data: bytes) -> str | None:
-    """JPEG, PNG or WEBP from the leading bytes; None for anything else."""
+    """JPEG, PNG, WEBP, HEIF or AVIF (Pillow's names) from the leading bytes; None for anything else."""
     for magic, name in _MAGIC.items():
         if data.startswith(magic):
             return name
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
+    if data[4:8] == b"ftyp":
+        return _iso_brand(data)
     return None
 
 
-def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+def _iso_brand(data: bytes) -> str | None:
+    box_end = min(int.from_bytes(data[:4], "big"), len(data), 4096)
+    # The major brand, then the compatible brands after the minor version.
+    brands = {data[8:12]} | {data[at : at + 4] for at in range(16, box_end - 3, 4)}
+    if brands & _AVIF_BRANDS:
+        return "AVIF"
+    return "HEIF" if brands & _HEIF_BRANDS else None
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, int]:
+    """The image as stored, decoded, with its format and EXIF orientation."""
     kind = sniff_format(data)
     if kind is None:
         raise PermanentJobError(
-            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
-            f"the {what} is not a JPEG, PNG or WebP image (by its first bytes)",
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT, f"the {what} is not {ACCEPTED} (by its first bytes)"
         )
     try:
         image = Image.open(io.BytesIO(data), formats=[kind])
@@ -70,13 +91,18 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
                 f"the {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
             )
         image.load()
-        return ImageOps.exif_transpose(image)
+        return image, kind, orientation.orientation_of(image)
     # Pillow warns, then refuses, beyond its own bomb limit; under `-W error` the warning is raised too.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PermanentJobError(
             ErrorCode.IMAGE_TOO_MANY_PIXELS, f"the {what} is too large: {error}"
         ) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    # libheif's refusals come as RuntimeError.
+    except UnidentifiedImageError:
+        raise PermanentJobError(
+            ErrorCode.CORRUPT_IMAGE, f"the {what} starts as {kind} but does not parse as one"
+        ) from None
+    except (OSError, SyntaxError, ValueError, RuntimeError) as error:
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} ({kind}) cannot be decoded: {error or type(error).__name__}"
         ) from None
@@ -93,36 +119,84 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 _STRIP_ROWS = 256
 
 
-def decode_photo(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
-    """The upright photo as height x width x 3 uint8.
+@dataclass(frozen=True)
+class Photo:
+    """The upright photo the model sees, and what its result needs to keep the original's format."""
+
+    pixels: npt.NDArray[np.uint8]  # upright, height x width x 3, transparency composited over white
+    format: str  # by the leading bytes: JPEG, PNG, WEBP, HEIF or AVIF
+    orientation: int  # EXIF orientation (1-8) that turned the stored grid upright
+    original: bytes  # as uploaded: a JPEG result is spliced into these
+    alpha: npt.NDArray[np.uint8] | None = None  # upright transparency, when the original had any
+    lossless: bool = False  # a WebP original coded losslessly
+    exif: bytes | None = None
+    icc_profile: bytes | None = None  # when it describes RGB or grey pixels
+    greyscale: bool = False
+
+
+def read_photo(data: bytes, max_pixels: int) -> Photo:
+    """The upright photo, its format, orientation and metadata; refused with a specific code when bad.
 
     Memory: the decoded image and the returned array, and nothing else of full size (a 50 MP RGBA photo took
     1.15 GB when transparency was composited on whole-image copies): see `INTAKE_BYTES_PER_PIXEL`.
     """
-    image = _eight_bit(_open(data, "original photo", max_pixels))
+    stored, kind, turn = _open(data, "original photo", max_pixels)
+    exif, icc_profile = stored.info.get("exif"), stored.info.get("icc_profile")
+    if stored.mode == "CMYK":
+        icc_profile = None  # it describes ink, not the RGB pixels a result is made of
+    greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in _SIXTEEN_BIT_MODES
+    image = orientation.upright(_eight_bit(stored), turn)
+    del stored  # a turned photo is a copy: the stored one goes before the array is made
+    alpha = None
     if image.mode == "P" or "A" in image.mode or "transparency" in image.info:
         if image.mode != "RGBA":
             image = image.convert("RGBA")
-        return _over_white(image)
-    # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+        pixels, alpha = _over_white(image)
+    else:
+        # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    return Photo(
+        pixels,
+        kind,
+        turn,
+        data,
+        alpha=alpha,
+        lossless=kind == "WEBP" and _webp_lossless(data),
+        exif=exif,
+        icc_profile=icc_profile,
+        greyscale=greyscale,
+    )
 
 
-def _over_white(rgba: Image.Image) -> npt.NDArray[np.uint8]:
-    """Composite over white strip by strip, into the one full-size output array."""
+def decode_photo(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
+    """The upright photo as height x width x 3 uint8 (`read_photo`'s pixels)."""
+    return read_photo(data, max_pixels).pixels
+
+
+def _webp_lossless(data: bytes) -> bool:
+    # The simple format starts with its one image chunk; the extended one (VP8X) lists chunks after it.
+    return data[12:16] == b"VP8L" or (data[12:16] == b"VP8X" and b"VP8L" in data[30:4096])
+
+
+def _over_white(rgba: Image.Image) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None]:
+    """Composite over white strip by strip, into the one full-size output array; the alpha channel too,
+    unless it is opaque everywhere."""
     width, height = rgba.size
     out = np.empty((height, width, 3), np.uint8)
+    alpha_out = np.empty((height, width), np.uint8)
     for top in range(0, height, _STRIP_ROWS):
         bottom = min(height, top + _STRIP_ROWS)
         strip = np.asarray(rgba.crop((0, top, width, bottom)), dtype=np.uint16)
         alpha = strip[..., 3:]
         out[top:bottom] = (strip[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
-    return out
+        alpha_out[top:bottom] = alpha[..., 0]
+    return out, (alpha_out if alpha_out.min() < 255 else None)
 
 
 def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     """The upright mask as height x width uint8 (>= 128 means repaint)."""
-    image = _eight_bit(_open(data, "mask", max_pixels))
+    stored, _, turn = _open(data, "mask", max_pixels)
+    image = orientation.upright(_eight_bit(stored), turn)
     if image.mode == "P" or "transparency" in image.info:
         image = image.convert("RGBA")
     if "A" in image.mode:
@@ -140,16 +214,17 @@ def fit_mask(mask: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArra
         raise PermanentJobError(ErrorCode.MASK_SIZE_MISMATCH, str(error)) from None
 
 
-def encode_png(image: npt.NDArray[np.uint8]) -> bytes:
-    """The result as PNG (lossless, so untouched pixels stay exactly the original's)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
+def _shared_rgb(pixels: npt.NDArray[np.uint8]) -> Image.Image:
+    """An RGB image over the array's own memory (fromarray copies: 36 MB at 12 MP); a copy only when the
+    array is not contiguous."""
+    pixels = np.ascontiguousarray(pixels)
+    height, width = pixels.shape[:2]
+    return Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)
 
 
 def encode_preview(image: npt.NDArray[np.uint8], max_side: int) -> bytes:
     """A JPEG preview whose longer side is at most `max_side` pixels."""
-    preview = Image.fromarray(image, mode="RGB")
+    preview = _shared_rgb(image)
     preview.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     preview.save(buffer, format="JPEG", quality=85)

@@ -15,11 +15,13 @@ ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # then the bridge exits whatever is left (the leases lapse). The grace plus this must fit the platform's
 # window between SIGTERM and SIGKILL (Cloud Run: 10 s; GKE: terminationGracePeriodSeconds).
 SHUTDOWN_CLEANUP_S = 3.0
-# Memory a job may take, per pixel of its photo: measured 11.3 through the whole handler with an in-memory
-# model (tests/unit/bridge/test_memory.py bounds it by HANDLER_BYTES_PER_PIXEL); the Triton client's request
-# and response buffers add up to four more copies of the 3-byte RGB image. A bridge's memory limit must hold
+# Memory a job may take, per pixel of its photo: measured 22.5 through the whole handler with an in-memory
+# model on a 12 MP JPEG whose result is spliced (the coefficient arrays, and jpeglib's copies of them while
+# writing, 6 bytes), 17.0 on an RGBA PNG (tests/unit/bridge/test_memory.py bounds it by
+# HANDLER_BYTES_PER_PIXEL); the Triton client's request and response buffers add up to four more copies of
+# the 3-byte RGB image. A bridge's memory limit must hold
 # BRIDGE_BASELINE_BYTES + max_concurrent_jobs x max_image_pixels x JOB_BYTES_PER_PIXEL (tested per manifest).
-HANDLER_BYTES_PER_PIXEL = 12
+HANDLER_BYTES_PER_PIXEL = 24
 JOB_BYTES_PER_PIXEL = HANDLER_BYTES_PER_PIXEL + 4 * 3
 BRIDGE_BASELINE_BYTES = 300 * 2**20
 
@@ -81,7 +83,16 @@ class BridgeSettings(BaseSettings):
         contract.DEFAULT_ORIGINAL_TEMPLATE, description="original photo; a final `*` matches its extension"
     )
     mask_template: str = Field(contract.DEFAULT_MASK_TEMPLATE, description="mask object")
-    edited_template: str = Field(contract.DEFAULT_EDITED_TEMPLATE, description="result, PNG at full size")
+    edited_template: str = Field(
+        contract.DEFAULT_EDITED_TEMPLATE,
+        pattern=r"\*$",
+        description="result at full size in the original's format; the final `*` becomes jpg, png or webp",
+    )
+    result_format: Literal["original", "png"] = Field(
+        "original",
+        description="original: the result keeps the original's format (a JPEG spliced, HEIC/AVIF as JPEG); "
+        "png: always a lossless PNG",
+    )
     preview_template: str = Field(
         contract.DEFAULT_PREVIEW_TEMPLATE, description="preview, JPEG, longer side at most 512 px"
     )

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from chaos.workload import PlannedJob
-from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE, DEAD_LETTER_MESSAGE_ID_ATTRIBUTE
+from fluxfill.bridge.contract import (
+    DEAD_LETTER_CODE_ATTRIBUTE,
+    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
+    RESULT_EXTENSIONS,
+)
 
-RESULT_OBJECTS = ["edited.png", "preview.jpg"]
+PREVIEW = "preview.jpg"
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,9 @@ def _one_result(evidence: Evidence, valid: Sequence[PlannedJob]) -> Check:
         document = evidence.documents.get(job.session, {})
         names = sorted(evidence.results.get(job.session, []))
         paths = (document.get("result") or {}).get("paths", {})
-        if names != RESULT_OBJECTS or not paths.get("edited", "").endswith("edited.png"):
+        # The edited image's extension follows the original's format (the session's result says which).
+        edited = f"edited.{RESULT_EXTENSIONS.get(str((document.get('result') or {}).get('format')), '?')}"
+        if names != sorted([edited, PREVIEW]) or not paths.get("edited", "").endswith(f"/{edited}"):
             broken.append(f"{job.session}: objects {names}")
     return _check("one result object set per valid job", valid, broken)
 

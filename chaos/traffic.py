@@ -117,10 +117,10 @@ def session_documents(jobs: LocalJobSystem, planned: Sequence[PlannedJob]) -> di
 
 
 def result_objects(jobs: LocalJobSystem) -> dict[str, list[str]]:
-    """Result object names (edited.png, preview.jpg) per session id, from a listing of the whole bucket."""
+    """Result object names (edited.EXT, preview.jpg) per session id, from a listing of the whole bucket."""
     results: dict[str, list[str]] = {}
     for blob in jobs.storage_client.list_blobs(jobs.bucket):
         parts = blob.name.split("/")
-        if len(parts) == 5 and parts[4] in {"edited.png", "preview.jpg"}:
+        if len(parts) == 5 and (parts[4].startswith("edited.") or parts[4] == "preview.jpg"):
             results.setdefault(parts[3], []).append(parts[4])
     return results

@@ -100,6 +100,9 @@ def _download(jobs: JobSystem, ref: SessionRef, out_dir: Path) -> tuple[Path, Pa
     bucket = jobs.client("storage").bucket(BUCKET)
     out_dir.mkdir(parents=True, exist_ok=True)
     edited, preview = out_dir / "chelsea-job-edited.png", out_dir / "chelsea-job-preview.jpg"
-    bucket.blob(ref.object_path(DEFAULT_EDITED_TEMPLATE)).download_to_filename(str(edited))
+    # The result keeps the original's format: the demo's original is a PNG.
+    bucket.blob(ref.object_path(DEFAULT_EDITED_TEMPLATE).removesuffix("*") + "png").download_to_filename(
+        str(edited)
+    )
     bucket.blob(ref.object_path(DEFAULT_PREVIEW_TEMPLATE)).download_to_filename(str(preview))
     return edited, preview

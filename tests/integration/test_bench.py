@@ -71,3 +71,14 @@ def test_bridge_throughput_runs_jobs_through_the_emulators(tmp_path: Path) -> No
     output = run_quick("bridge_throughput", tmp_path)
     for concurrency in (1, 4):
         assert float(table_row(output, f"| {concurrency} |")[1]) > 0
+
+
+def test_result_formats_compares_png_results_with_the_originals_format(tmp_path: Path) -> None:
+    output = run_quick("result_formats", tmp_path)
+    png, spliced = (
+        table_row(output, "| 1 MP | PNG result |"),
+        table_row(output, "| 1 MP | original's format |"),
+    )
+    assert (png[2], spliced[2]) == ("lossless", "dct_splice")
+    # A spliced JPEG of a 10 % edit is about the original's size; a PNG of a photo is several times it.
+    assert float(spliced[9]) < 1.2 < float(png[9])

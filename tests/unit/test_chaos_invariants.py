@@ -25,7 +25,10 @@ def good_evidence() -> invariants.Evidence:
         message_ids[job.key] = [f"m{index}-{copy}" for copy in range(job.copies)]
         expected = job.expectation
         if expected.status == "done":
-            documents[job.session] = {"status": "done", "result": {"paths": {"edited": "x/edited.png"}}}
+            documents[job.session] = {
+                "status": "done",
+                "result": {"paths": {"edited": "x/edited.png"}, "format": "png"},
+            }
             results[job.session] = ["edited.png", "preview.jpg"]
         elif expected.status is not None:
             documents[job.session] = {"status": expected.status, "error": {"code": expected.code}}
@@ -71,6 +74,12 @@ def test_a_lost_job_is_caught_as_lost_and_unfinished() -> None:
 def test_a_missing_preview_is_caught() -> None:
     evidence = good_evidence()
     evidence.results[first(evidence, Kind.VALID).session] = ["edited.png"]
+    assert broken(evidence) == {"one result object set per valid job": 1}
+
+
+def test_an_edited_object_in_another_format_than_the_session_says_is_caught() -> None:
+    evidence = good_evidence()
+    evidence.results[first(evidence, Kind.VALID).session] = ["edited.jpg", "preview.jpg"]
     assert broken(evidence) == {"one result object set per valid job": 1}
 
 

@@ -55,6 +55,48 @@ def test_happy_path_writes_result_preview_and_done(jobs: JobSystem, flux_server:
     assert bridge.counted("done") == 1
 
 
+def phone_photo(kind: str) -> bytes:
+    """The harness photo stored sideways with EXIF orientation 6, as a phone writes a JPEG (or HEIC)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(np.rot90(photo(), 1)).save(buffer, format=kind, quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_a_phone_jpeg_comes_back_a_jpeg_spliced_in_its_own_orientation(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    original = phone_photo("JPEG")
+    user, session = jobs.new_job(original)
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2, "seed": 3})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done", document
+    result = document["result"]
+    assert (result["format"], result["encoding"]) == ("jpeg", "dct_splice")
+    assert result["paths"]["edited"].endswith(f"/{session}/edited.jpg")
+    assert (result["width"], result["height"]) == (128, 96)  # upright, as the mask was painted
+    edited = jobs.download(user, session, "edited.jpg")
+    stored = Image.open(io.BytesIO(edited))
+    assert stored.size == (96, 128)  # still stored sideways
+    assert stored.getexif()[0x0112] == 6
+    assert stored.info["exif"] == Image.open(io.BytesIO(original)).info["exif"]
+    assert len(edited) <= 1.2 * len(original)
+
+
+def test_a_heic_original_comes_back_an_upright_jpeg(jobs: JobSystem, flux_server: LocalTritonServer) -> None:
+    user, session = jobs.new_job(phone_photo("HEIF"))
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2, "seed": 3})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done", document
+    assert (document["result"]["format"], document["result"]["encoding"]) == ("jpeg", "reencoded")
+    edited = Image.open(io.BytesIO(jobs.download(user, session, "edited.jpg")))
+    assert edited.size == (128, 96)
+    assert 0x0112 not in edited.getexif()
+
+
 def test_duplicate_delivery_writes_one_result_and_one_terminal_state(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:

@@ -165,12 +165,12 @@ def test_submit_uploads_creates_and_publishes_then_watch_reaches_done(world: Job
     assert f"{session}: done: " in result.stdout
     assert f"({WIDTH}x{HEIGHT}, seed 5)" in result.stdout
     assert "processing" in result.stderr
-    edited = world.bucket.blob(f"users/{USER}/sessions/{session}/edited.png").download_as_bytes()
+    edited = world.bucket.blob(f"users/{USER}/sessions/{session}/edited.jpg").download_as_bytes()
     assert Image.open(io.BytesIO(edited)).size == (WIDTH, HEIGHT)
     fetched = fluxfill(world, "fetch", session, "--output-dir", world.files / "fetched")
     assert fetched.returncode == 0, fetched.stderr
     written = sorted(Path(line) for line in fetched.stdout.splitlines())
-    assert [p.name for p in written] == [f"{session}-edited.png", f"{session}-preview.jpg"]
+    assert [p.name for p in written] == [f"{session}-edited.jpg", f"{session}-preview.jpg"]
     assert written[0].read_bytes() == edited
     with Image.open(written[1]) as preview:
         assert preview.format == "JPEG"

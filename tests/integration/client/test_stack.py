@@ -113,9 +113,10 @@ def test_the_walkthrough_runs_a_job_with_only_the_printed_exports(
     assert watched.returncode == 0, watched.stderr
     fetched = fluxfill("fetch", session, "--output-dir", str(tmp_path / "results"))
     assert fetched.returncode == 0, fetched.stderr
-    edited = tmp_path / "results" / f"{session}-edited.png"
+    # A JPEG photo comes back a JPEG (its edit spliced in), named so.
+    edited = tmp_path / "results" / f"{session}-edited.jpg"
     with Image.open(edited) as image:
-        assert image.size == (56, 40)
+        assert (image.format, image.size) == ("JPEG", (56, 40))
     assert fluxfill("dlq", "list").returncode == 0
     # An urgent job travels on the urgent topic and subscription alone: the bulk topic may not even exist.
     urgent = fluxfill(

@@ -129,6 +129,35 @@ def test_bridge_image_answers_health_and_exits_0_on_sigterm(
     assert "bridge stopped" in podman("logs", container_name).stdout
 
 
+# Inside the shipped bridge image: a HEIC decodes, and a phone JPEG's edit is spliced by the bundled libjpeg.
+RESULT_FORMATS_IN_IMAGE = """
+import io
+import numpy as np
+from PIL import Image
+from fluxfill.bridge.intake import read_photo
+from fluxfill.bridge.result_image import encode_result
+pixels = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+for kind in ("JPEG", "HEIF", "AVIF"):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind, quality=90)
+    photo = read_photo(buffer.getvalue(), 10**6)
+    edited = photo.pixels.copy()
+    edited[8:24, 8:24] = 0
+    result = encode_result(photo, edited)
+    print(kind, photo.format, result.format, result.encoding)
+"""
+
+
+def test_bridge_image_splices_jpegs_and_reads_heic_and_avif(images: None) -> None:
+    done = podman("run", "--rm", "--entrypoint", "python", BRIDGE_IMAGE, "-c", RESULT_FORMATS_IN_IMAGE)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:3] == [
+        "JPEG JPEG jpeg dct_splice",
+        "HEIF HEIF jpeg reencoded",
+        "AVIF AVIF jpeg reencoded",
+    ]
+
+
 def start_triton(name: str, weights: Path, digest: str) -> tuple[int, int]:
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     started = podman(

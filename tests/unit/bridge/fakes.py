@@ -49,6 +49,7 @@ class FakeObjectStore:
     reads: list[str] = field(default_factory=list)
     fail_with: Exception | None = None
     read_delay_s: float = 0.0  # a slow bucket
+    content_types: dict[str, str] = field(default_factory=dict)
 
     def find(self, pattern: str) -> ObjectInfo | None:
         if self.fail_with is not None:
@@ -69,6 +70,7 @@ class FakeObjectStore:
         if path in self.objects:
             return False
         self.objects[path] = data
+        self.content_types[path] = content_type
         return True
 
 

@@ -146,6 +146,8 @@ def test_crash_between_upload_and_final_write_is_finished_without_running_again(
     assert world.document["result"]["seed"] == 5
     assert (world.document["result"]["width"], world.document["result"]["height"]) == (60, 40)
     assert world.document["model"]["recovered"] is True
+    assert world.document["result"]["paths"]["edited"] == EDITED
+    assert world.document["result"]["format"] == "png"
 
 
 def test_attempt_limit_holds_for_a_job_that_kills_its_bridge() -> None:

@@ -38,6 +38,8 @@ def test_happy_path_uploads_result_and_preview_and_records_done() -> None:
         "width": 60,
         "height": 40,
         "seed": 11,
+        "format": "png",
+        "encoding": "lossless",
     }
     assert doc["model"]["prompt"] == "a hat"
     assert doc["model"]["steps"] == 4
@@ -292,3 +294,32 @@ def test_invalid_duplicate_does_not_fail_a_job_another_bridge_is_running() -> No
     outcome = world.deliver(steps=0)
     assert outcome.kind is OutcomeKind.DEAD_LETTER
     assert world.document == running
+
+
+def phone_jpeg(turn: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    buffer = io.BytesIO()
+    # Stored sideways: upright it is the 60x40 photo the mask was painted on.
+    Image.fromarray(np.rot90(photo(), -1)).save(buffer, format="JPEG", quality=90, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_a_jpeg_original_gets_a_spliced_jpeg_result_named_after_its_format() -> None:
+    world = World()
+    del world.objects.objects[f"{PREFIX}/original.png"]
+    world.objects.objects[f"{PREFIX}/original.jpg"] = phone_jpeg(turn=8)
+    assert world.deliver(seed=3).kind is OutcomeKind.DONE
+    result = world.document["result"]
+    assert result["paths"]["edited"] == f"{PREFIX}/edited.jpg"
+    assert (result["format"], result["encoding"], result["width"], result["height"]) == (
+        "jpeg",
+        "dct_splice",
+        60,
+        40,
+    )
+    assert f"{PREFIX}/edited.png" not in world.objects.objects
+    assert world.objects.content_types[f"{PREFIX}/edited.jpg"] == "image/jpeg"
+    edited = Image.open(io.BytesIO(world.objects.objects[f"{PREFIX}/edited.jpg"]))
+    assert edited.getexif()[0x0112] == 8
+    assert edited.size == (40, 60)

@@ -1,0 +1,65 @@
+"""EXIF orientation: the stored pixel grid of a photo versus the upright photo the app showed.
+
+The model sees (and the mask is painted on) the upright photo; a JPEG result is spliced into the stored grid
+and keeps the original's EXIF, orientation tag included, so viewers turn it upright exactly as before.
+"""
+
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import numpy as np
+from PIL import Image
+
+# Pixels or a per-pixel map: any array whose first two axes are rows and columns.
+Grid = TypeVar("Grid", bound=np.ndarray[Any, Any])
+
+ORIENTATION_TAG = 0x0112
+# What turns the stored grid upright, per orientation (as PIL.ImageOps.exif_transpose does).
+_TO_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# Every one of them undoes itself, but the quarter turns, which undo each other.
+_INVERSE = {
+    Image.Transpose.ROTATE_90: Image.Transpose.ROTATE_270,
+    Image.Transpose.ROTATE_270: Image.Transpose.ROTATE_90,
+}
+
+
+def orientation_of(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (as stored) when absent or not one of the eight."""
+    value = image.getexif().get(ORIENTATION_TAG, 1)
+    return value if isinstance(value, int) and value in range(1, 9) else 1
+
+
+def upright(image: Image.Image, orientation: int) -> Image.Image:
+    """The stored image turned upright (the image itself for orientation 1)."""
+    method = _TO_UPRIGHT.get(orientation)
+    return image if method is None else image.transpose(method)
+
+
+def to_stored(pixels: Grid, orientation: int) -> Grid:
+    """Upright pixels (height x width [x channels]) back in the stored grid: a view, no copy."""
+    method = _TO_UPRIGHT.get(orientation)
+    if method is None:
+        return pixels
+    return _transposed(pixels, _INVERSE.get(method, method))
+
+
+def _transposed(pixels: Grid, method: Image.Transpose) -> Grid:
+    # Pillow's transposes on arrays: ROTATE_90 is a quarter turn counter-clockwise.
+    views: dict[Image.Transpose, Callable[[Any], Any]] = {
+        Image.Transpose.FLIP_LEFT_RIGHT: lambda a: a[:, ::-1],
+        Image.Transpose.FLIP_TOP_BOTTOM: lambda a: a[::-1],
+        Image.Transpose.ROTATE_180: lambda a: a[::-1, ::-1],
+        Image.Transpose.ROTATE_90: lambda a: np.rot90(a, 1),
+        Image.Transpose.ROTATE_270: lambda a: np.rot90(a, -1),
+        Image.Transpose.TRANSPOSE: lambda a: a.swapaxes(0, 1),
+        Image.Transpose.TRANSVERSE: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    }
+    return cast(Grid, views[method](pixels))

@@ -1,0 +1,112 @@
+"""The edited image in the original's format: what a phone app shows and stores without surprises.
+
+- JPEG: the edited MCUs spliced into the original's coefficients (fluxfill.bridge.jpeg_splice), in the stored
+  orientation with the original's markers; where that cannot be done, a whole re-encode at quality 95 with the
+  original's EXIF, in the stored orientation too, and the reason recorded.
+- PNG: PNG, keeping transparency (the original's alpha) and greyscale.
+- WebP: WebP, lossless when the original was, else quality 90; transparency kept.
+- HEIC/HEIF and AVIF: a quality-95 JPEG of the upright photo (what every phone and browser shows), with the
+  original's EXIF (orientation cleared: the pixels are upright) and colour profile.
+"""
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from fluxfill.bridge import jpeg_splice, orientation
+from fluxfill.bridge.contract import RESULT_EXTENSIONS
+from fluxfill.bridge.intake import Photo
+
+REENCODE_QUALITY = 95
+LOSSY_WEBP_QUALITY = 90
+
+
+@dataclass(frozen=True)
+class EncodedResult:
+    data: bytes
+    format: str  # jpeg, png or webp
+    encoding: str  # dct_splice, reencoded, lossless or lossy
+    note: str | None = None  # why a JPEG original was re-encoded whole
+
+    @property
+    def extension(self) -> str:
+        return RESULT_EXTENSIONS[self.format]
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.format}"
+
+
+def encode_result(photo: Photo, edited: npt.NDArray[np.uint8], *, always_png: bool = False) -> EncodedResult:
+    """The upright edited pixels (height x width x 3) as the result file for this original (or as a PNG)."""
+    if always_png:
+        return EncodedResult(_save(_with_alpha(photo, edited), "PNG"), "png", "lossless")
+    if photo.format == "JPEG":
+        return _jpeg(photo, edited)
+    if photo.format == "PNG":
+        return encode_result(photo, edited, always_png=True)
+    if photo.format == "WEBP":
+        image = _with_alpha(photo, edited)
+        if photo.lossless:
+            return EncodedResult(_save(image, "WEBP", lossless=True), "webp", "lossless")
+        return EncodedResult(_save(image, "WEBP", quality=LOSSY_WEBP_QUALITY), "webp", "lossy")
+    exif = _upright_exif(photo.exif)
+    data = _save(
+        Image.fromarray(edited), "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile)
+    )
+    return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}")
+
+
+def changed_pixels(before: npt.NDArray[np.uint8], after: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Where any channel differs (channel by channel: 10x faster than .any(axis=2) on 12 MP)."""
+    changed: npt.NDArray[np.bool_] = before[..., 0] != after[..., 0]
+    for channel in range(1, before.shape[2]):
+        changed |= before[..., channel] != after[..., channel]
+    return changed
+
+
+def _jpeg(photo: Photo, edited: npt.NDArray[np.uint8]) -> EncodedResult:
+    stored = orientation.to_stored(edited, photo.orientation)
+    changed = orientation.to_stored(changed_pixels(photo.pixels, edited), photo.orientation)
+    try:
+        return EncodedResult(jpeg_splice.splice(photo.original, stored, changed), "jpeg", "dct_splice")
+    except jpeg_splice.SpliceRefusedError as refused:
+        image = Image.fromarray(np.ascontiguousarray(stored))
+        if photo.greyscale:
+            image = image.convert("L")
+        metadata = _metadata(photo.exif, photo.icc_profile)
+        data = _save(image, "JPEG", quality=REENCODE_QUALITY, **metadata)
+        return EncodedResult(data, "jpeg", "reencoded", f"the original could not be spliced: {refused}")
+
+
+def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
+    image = Image.fromarray(edited)
+    if photo.alpha is not None:
+        image.putalpha(Image.fromarray(photo.alpha))
+    elif photo.greyscale:
+        image = image.convert("L")
+    return image
+
+
+def _upright_exif(exif: bytes | None) -> bytes | None:
+    if not exif:
+        return exif
+    tags = Image.Exif()
+    tags.load(exif)
+    tags.pop(orientation.ORIENTATION_TAG, None)
+    return tags.tobytes()
+
+
+def _metadata(exif: bytes | None, icc_profile: bytes | None) -> dict[str, bytes]:
+    return {
+        name: value for name, value in (("exif", exif), ("icc_profile", icc_profile)) if value is not None
+    }
+
+
+def _save(image: Image.Image, kind: str, **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind, **options)
+    return buffer.getvalue()

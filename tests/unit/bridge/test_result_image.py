@@ -1,0 +1,259 @@
+"""Results in the original's format, on real files written by libjpeg, libpng, libwebp, libheif and
+libavif: the JPEG splice keeps every untouched block's coefficients and the metadata bit for bit, in any
+orientation."""
+
+import io
+import tempfile
+from pathlib import Path
+
+import jpeglib
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image, ImageCms, ImageOps
+
+from fluxfill.bridge import orientation
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.intake import read_photo
+from fluxfill.bridge.jpeg_splice import header_segments
+from fluxfill.bridge.result_image import EncodedResult, encode_result
+from tests.support import REPO_ROOT
+
+BIG = 50_000_000
+# Pillow's subsampling numbers.
+SAMPLINGS = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+
+
+def textured(width: int, height: int) -> npt.NDArray[np.uint8]:
+    """The demo photo at this size with seeded noise: real detail in every block."""
+    base = Image.open(REPO_ROOT / "demo" / "chelsea.png").convert("RGB").resize((width, height))
+    noise = np.random.default_rng(7).normal(0, 4, (height, width, 3))
+    return np.clip(np.asarray(base, np.float32) + noise, 0, 255).astype(np.uint8)
+
+
+def jpeg(pixels: npt.NDArray[np.uint8], **options: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", **options)
+    return buffer.getvalue()
+
+
+def phone_metadata(turn: int = 1) -> dict[str, object]:
+    exif = Image.Exif()
+    exif[orientation.ORIENTATION_TAG] = turn
+    exif[0x010F] = "PetPhone"  # Make
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return {"exif": exif.tobytes(), "icc_profile": icc, "comment": b"shot on a phone"}
+
+
+def coefficients(data: bytes) -> jpeglib.DCTJPEG:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "image.jpg"
+        path.write_bytes(data)
+        image = jpeglib.read_dct(str(path))
+        image.load()
+        return image
+
+
+def box_decoded(data: bytes) -> npt.NDArray[np.uint8]:
+    """Decoded without fancy upsampling: each MCU's pixels then depend on its own coefficients alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "image.jpg"
+        path.write_bytes(data)
+        return np.asarray(jpeglib.read_spatial(str(path), flags=["-DO_FANCY_UPSAMPLING"]).spatial)
+
+
+def metadata(data: bytes) -> list[bytes]:
+    return [segment for marker, segment in header_segments(data) if marker >= 0xE0 or marker == 0xDB]
+
+
+def edit(photo: npt.NDArray[np.uint8], box: tuple[int, int, int, int]) -> npt.NDArray[np.uint8]:
+    top, left, bottom, right = box
+    edited = photo.copy()
+    edited[top:bottom, left:right] = (edited[top:bottom, left:right] // 2 + np.uint8(100)).astype(np.uint8)
+    return edited
+
+
+def mcu_grid(changed: npt.NDArray[np.bool_], mcu: tuple[int, int]) -> npt.NDArray[np.bool_]:
+    rows, cols = -(-changed.shape[0] // mcu[0]), -(-changed.shape[1] // mcu[1])
+    padded = np.zeros((rows * mcu[0], cols * mcu[1]), bool)
+    padded[: changed.shape[0], : changed.shape[1]] = changed
+    return padded.reshape(rows, mcu[0], cols, mcu[1]).any(axis=(1, 3))
+
+
+@pytest.mark.parametrize("sampling", ["4:4:4", "4:2:2", "4:2:0", "greyscale"])
+def test_a_spliced_jpeg_keeps_every_untouched_block_and_the_metadata_bit_for_bit(sampling: str) -> None:
+    pixels = textured(203, 141)  # sizes that are no multiple of an MCU: edge blocks are padded
+    if sampling == "greyscale":
+        original = jpeg(pixels[..., 0], quality=90, **phone_metadata())
+    else:
+        original = jpeg(pixels, quality=90, subsampling=SAMPLINGS[sampling], **phone_metadata())
+    photo = read_photo(original, BIG)
+    # Two patches: the MCUs between them, inside the edit's bounding box, are untouched too.
+    edited = edit(edit(photo.pixels, (37, 45, 90, 121)), (110, 150, 130, 190))
+
+    result = encode_result(photo, edited)
+
+    assert (result.format, result.encoding, result.note) == ("jpeg", "dct_splice", None)
+    before, after = coefficients(original), coefficients(result.data)
+    mcu = (8 * int(before.samp_factor[:, 0].max()), 8 * int(before.samp_factor[:, 1].max()))
+    changed_mcus = mcu_grid((edited != photo.pixels).any(axis=2), mcu)
+    assert changed_mcus.sum() > 4
+    planes = [(before.Y, after.Y)] + (
+        [(before.Cb, after.Cb), (before.Cr, after.Cr)] if before.Cb is not None else []
+    )
+    for index, (old, new) in enumerate(planes):
+        v_samp, h_samp = (int(value) for value in before.samp_factor[index])
+        untouched = ~np.repeat(np.repeat(changed_mcus, v_samp, 0), h_samp, 1)[: old.shape[0], : old.shape[1]]
+        assert np.array_equal(old[untouched], new[untouched])
+        assert not np.array_equal(old[~untouched], new[~untouched])
+    assert np.array_equal(before.qt, after.qt)
+    assert np.array_equal(before.samp_factor, after.samp_factor)
+    assert metadata(result.data) == metadata(original)  # EXIF, ICC, comment and quantization tables
+    # Decoded: identical pixels in every MCU outside the edit; the edit itself as the model made it.
+    old_pixels, new_pixels = box_decoded(original), box_decoded(result.data)
+    outside = ~np.repeat(np.repeat(changed_mcus, mcu[0], 0), mcu[1], 1)[: edited.shape[0], : edited.shape[1]]
+    assert np.array_equal(old_pixels[outside], new_pixels[outside])
+    decoded = np.asarray(Image.open(io.BytesIO(result.data)).convert("RGB"), np.int16)
+    reference = edited if sampling != "greyscale" else np.repeat(edited[..., :1], 3, axis=2)
+    assert np.abs(decoded[37:90, 45:121] - reference[37:90, 45:121]).mean() < 3.0
+
+
+@pytest.mark.parametrize("turn", range(1, 9))
+def test_the_splice_happens_in_the_stored_orientation_and_the_exif_stays(turn: int) -> None:
+    stored = textured(96, 64)
+    original = jpeg(stored, quality=92, **phone_metadata(turn))
+    photo = read_photo(original, BIG)
+    upright = np.asarray(orientation.upright(Image.fromarray(stored), turn))
+    assert photo.pixels.shape == upright.shape
+    edited = edit(photo.pixels, (0, 0, 16, 16))  # the upright top-left corner
+
+    result = encode_result(photo, edited)
+
+    assert result.encoding == "dct_splice"
+    assert metadata(result.data) == metadata(original)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(result.data))).convert("RGB"), np.int16)
+    assert shown.shape == edited.shape
+    # The edit is where the user painted it, and nowhere else.
+    assert np.abs(shown[:16, :16] - edited[:16, :16]).mean() < 3.0
+    far = np.abs(shown[32:, 48:] - photo.pixels[32:, 48:].astype(np.int16))
+    assert far.max() == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [({"progressive": True}, "progressive"), ({"mode": "CMYK"}, "CMYK")],
+)
+def test_jpegs_that_cannot_be_spliced_are_re_encoded_whole_with_the_reason(
+    options: dict[str, object], reason: str
+) -> None:
+    pixels = textured(64, 48)
+    image = Image.fromarray(pixels)
+    if options.pop("mode", None) == "CMYK":
+        image = image.convert("CMYK")
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90, exif=phone_metadata(6)["exif"], **options)
+    photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    assert (result.format, result.encoding) == ("jpeg", "reencoded")
+    assert result.note is not None
+    assert reason in result.note
+    shown = Image.open(io.BytesIO(result.data))
+    assert shown.mode == "RGB"
+    assert shown.getexif()[orientation.ORIENTATION_TAG] == 6
+    upright = np.asarray(ImageOps.exif_transpose(shown), np.int16)
+    assert np.abs(upright - edited).mean() < 4.0
+
+
+def test_an_edit_that_changes_nothing_returns_the_original_bytes() -> None:
+    original = jpeg(textured(64, 48), quality=90)
+    photo = read_photo(original, BIG)
+    assert encode_result(photo, photo.pixels.copy()).data == original
+
+
+def decoded(result: EncodedResult) -> Image.Image:
+    return Image.open(io.BytesIO(result.data))
+
+
+def test_a_png_with_alpha_keeps_its_mode_and_its_transparency() -> None:
+    rgba = np.dstack([textured(40, 30), np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))])
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format="PNG")
+    photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (5, 5, 20, 20))
+
+    result = encode_result(photo, edited)
+
+    image = decoded(result)
+    assert (result.format, result.encoding, image.format, image.mode) == ("png", "lossless", "PNG", "RGBA")
+    assert np.array_equal(np.asarray(image)[..., 3], rgba[..., 3])
+    assert np.array_equal(np.asarray(image)[..., :3], edited)
+
+
+def test_greyscale_png_stays_greyscale_and_rgb_png_is_lossless() -> None:
+    grey = io.BytesIO()
+    Image.fromarray(textured(40, 30)[..., 1]).save(grey, format="PNG")
+    photo = read_photo(grey.getvalue(), BIG)
+    assert decoded(encode_result(photo, photo.pixels)).mode == "L"
+    rgb = io.BytesIO()
+    Image.fromarray(textured(40, 30)).save(rgb, format="PNG")
+    photo = read_photo(rgb.getvalue(), BIG)
+    edited = edit(photo.pixels, (0, 0, 10, 10))
+    assert np.array_equal(np.asarray(decoded(encode_result(photo, edited))), edited)
+
+
+@pytest.mark.parametrize("lossless", [True, False])
+def test_webp_stays_webp_and_lossless_when_the_original_was(lossless: bool) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(textured(48, 32)).save(buffer, format="WEBP", lossless=lossless, quality=90)
+    photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (4, 4, 20, 20))
+
+    result = encode_result(photo, edited)
+
+    assert (result.format, decoded(result).format) == ("webp", "WEBP")
+    assert result.encoding == ("lossless" if lossless else "lossy")
+    error = np.abs(np.asarray(decoded(result).convert("RGB"), np.int16) - edited)
+    assert error.max() == 0 if lossless else error.mean() < 4.0
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_heic_and_avif_originals_give_an_upright_jpeg(kind: str) -> None:
+    stored = textured(64, 48)
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format=kind, quality=90, exif=phone_metadata(1)["exif"])
+    photo = read_photo(buffer.getvalue(), BIG)
+    assert photo.format == kind
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    image = decoded(result)
+    assert (result.format, result.encoding, image.format) == ("jpeg", "reencoded", "JPEG")
+    assert result.note == f"the original is {kind}"
+    assert orientation.ORIENTATION_TAG not in image.getexif()
+    assert image.getexif()[0x010F] == "PetPhone"
+    assert np.abs(np.asarray(image, np.int16) - edited).mean() < 4.0
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_a_corrupt_heic_or_avif_is_a_corrupt_image(kind: str) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(textured(64, 48)).save(buffer, format=kind, quality=90)
+    data = buffer.getvalue()
+    for broken in (data[: len(data) // 2], data[:64] + bytes(len(data) - 64)):
+        with pytest.raises(PermanentJobError) as caught:
+            read_photo(broken, BIG)
+        assert caught.value.code is ErrorCode.CORRUPT_IMAGE
+        assert kind in str(caught.value)
+
+
+def test_a_heic_over_the_pixel_cap_is_refused_before_decoding() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(textured(64, 48)).save(buffer, format="HEIF", quality=50)
+    with pytest.raises(PermanentJobError) as caught:
+        read_photo(buffer.getvalue(), 64 * 48 - 1)
+    assert caught.value.code is ErrorCode.IMAGE_TOO_MANY_PIXELS
