@@ -81,6 +81,25 @@ class JobHandler:
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Decide what becomes of one delivery; never raises."""
+        return self._accounted(delivery, self._handle)
+
+    def defer_if_user_at_limit(self, delivery: Delivery) -> Outcome | None:
+        """DEFER, without a slot, Firestore or a claim, when this job's user was found at the per-user limit a
+        moment ago (the hint); None when the job must go through `handle`. Never raises."""
+        limit = self._settings.max_jobs_in_flight_per_user
+        if not limit:
+            return None
+        try:
+            job = parse_job(delivery.data)
+        except InvalidJobError:
+            return None
+        if not self._at_limit.at_limit(job.userId):
+            return None
+        why = f"its user had {limit} jobs running a moment ago"
+        return self._accounted(delivery, lambda _: _deferred(job, why))
+
+    def _accounted(self, delivery: Delivery, decide: Callable[[Delivery], Outcome]) -> Outcome:
+        """`decide`'s outcome, logged with the delivery's ids and counted in the metrics."""
         self._metrics.in_flight.inc()
         # Each delivery runs on its own worker thread (or a copied context): its log ids start afresh.
         structlog.contextvars.clear_contextvars()
@@ -91,7 +110,7 @@ class JobHandler:
                 age = (self._now() - published).total_seconds()
                 self._metrics.queue_age.observe(max(0.0, age))
             try:
-                outcome = self._handle(delivery)
+                outcome = decide(delivery)
             except Exception:  # a bug must not escape to the entry point: the message comes back
                 logger.exception("unexpected error while handling the delivery")
                 outcome = Outcome(OutcomeKind.RETRY, reason="internal error")

@@ -1,5 +1,6 @@
 """The pull entry point: streaming pull once Triton is READY, flow control = max concurrent jobs (plus one
-waiting job per lane when there is an urgent lane, see fluxfill.bridge.lanes).
+waiting job per lane when there is an urgent lane, see fluxfill.bridge.lanes; plus `deferral_prefetch` bulk
+messages with a per-user limit, see fluxfill.bridge.deferral).
 
 The pull starts only when the model is first READY. If Triton goes away later, the streams stay open (closing
 them strands the messages they hold until their leases lapse) but every callback waits for readiness before
@@ -18,6 +19,7 @@ from fluxfill.bridge.bootstrap import Bridge
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.lanes import SlotGate
 from fluxfill.bridge.outcome import Delivery
+from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
 
 logger = structlog.get_logger(__name__)
@@ -54,16 +56,25 @@ class PullRunner:
                 settings.project, settings.urgent_subscription
             )
         self._gate = SlotGate(settings.max_concurrent_jobs, settings.bulk_share, bridge.metrics.waiting)
-        self._flow = pubsub_v1.types.FlowControl(
-            # With two lanes each holds one message more than the slots, waiting at the gate: when a slot
-            # frees, both lanes have a job there to choose from (see fluxfill.bridge.lanes).
-            max_messages=settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0),
+        # With two lanes each holds one message more than the slots, waiting at the gate: when a slot frees,
+        # both lanes have a job there to choose from (see fluxfill.bridge.lanes).
+        held = settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0)
+        # With a per-user limit, bulk holds more: a flood's messages are published again without a slot, each
+        # a round trip, and a few at once get other users' jobs out from behind a flood many times faster.
+        prefetch = settings.deferral_prefetch if settings.max_jobs_in_flight_per_user else 0
+        self.flows = {lane: self._flow_control(settings, held) for lane in self._lanes}
+        self.flows[BULK_LANE] = self._flow_control(settings, held + prefetch)
+        self._stop = threading.Event()
+
+    @staticmethod
+    def _flow_control(settings: BridgeSettings, max_messages: int) -> Any:
+        return pubsub_v1.types.FlowControl(
+            max_messages=max_messages,
             max_lease_duration=settings.job_deadline_s + LEASE_MARGIN_S,
             # Short lease extensions bound how long a crashed bridge's messages wait before redelivery
             # (the client's default is up to the 60 s stream ack deadline, or more).
             max_duration_per_lease_extension=settings.lease_extension_s,
         )
-        self._stop = threading.Event()
 
     def _on_message(self, lane: str, message: Any) -> None:
         """Never raises: an exception here would end the stream and open another beside it."""
@@ -81,10 +92,14 @@ class PullRunner:
     def _settle(self, lane: str, message: Any) -> bool:
         if not self._bridge.readiness.wait_until_ready(self._stop):
             return False
+        delivery = delivery_of(message)
+        # A job of a user at the limit goes back to the topic without waiting for a slot it would not use.
+        early = self._bridge.handler.defer_if_user_at_limit(delivery)
+        if early is not None:
+            return should_ack(early, delivery, self._bridge.dead_letters, self._bridge.requeue)
         if not self._gate.acquire(lane, self._stop):
             return False
         try:
-            delivery = delivery_of(message)
             outcome = self._bridge.handler.handle(delivery)
             return should_ack(outcome, delivery, self._bridge.dead_letters, self._bridge.requeue)
         finally:
@@ -94,7 +109,7 @@ class PullRunner:
         return self._subscriber.subscribe(
             self._lanes[lane],
             functools.partial(self._on_message, lane),
-            flow_control=self._flow,
+            flow_control=self.flows[lane],
             await_callbacks_on_shutdown=True,
         )
 

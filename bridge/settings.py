@@ -64,6 +64,14 @@ class BridgeSettings(BaseSettings):
         description="jobs of one user running at once, fleet-wide; more wait (not claimed, no attempt "
         "spent); 0 = no limit",
     )
+    deferral_prefetch: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="with a per-user limit, bulk messages a pulling bridge holds beyond its slots, so a "
+        "flooding user's jobs are passed over (published again) in parallel; runnable ones among them wait "
+        "here for a slot (see docs/bridge.md before raising it)",
+    )
     user_slots_collection: str = Field(
         contract.DEFAULT_USER_SLOTS_COLLECTION,
         pattern=r"^[A-Za-z0-9_-]+$",

@@ -1,5 +1,6 @@
 """Per-user fairness: at most max_jobs_in_flight_per_user of a user's jobs run; the rest wait as copies."""
 
+import json
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -192,3 +193,31 @@ def test_the_hint_lapses_and_is_forgotten_when_a_job_of_the_user_ends() -> None:
     hint.note("u")
     time.sleep(0.06)
     assert not hint.at_limit("u")
+
+
+def job_delivery(session: str, user: str = USER) -> Delivery:
+    return Delivery(json.dumps({"userId": user, "sessionId": session}).encode(), f"m-{session}", {}, NOW)
+
+
+def test_a_job_of_a_user_found_at_the_limit_is_deferred_before_taking_a_slot() -> None:
+    """The pull path asks this first: a flood's messages go back without a slot, a claim or a read."""
+    world = limited_world(limit=1)
+    assert world.handler.defer_if_user_at_limit(job_delivery("s2")) is None, "no hint yet: through handle"
+    thread, _ = first_job_running(world)
+    assert world.deliver(sessionId="s2", message_id="m2").kind is OutcomeKind.DEFER  # the hint is noted
+    claims, reads = world.sessions.claims, list(world.objects.reads)
+
+    early = world.handler.defer_if_user_at_limit(job_delivery("s3"))
+
+    assert early is not None
+    assert (early.kind, early.lane) == (OutcomeKind.DEFER, "bulk")
+    assert (world.sessions.claims, world.objects.reads) == (claims, reads)
+    assert world.handler.defer_if_user_at_limit(job_delivery("s4", user="someone-else")) is None
+    assert world.handler.defer_if_user_at_limit(Delivery(b"not json", "m-bad", {}, NOW)) is None
+    thread.join()
+    assert world.handler.defer_if_user_at_limit(job_delivery("s5")) is None, "the user's job ended here"
+    assert world.metrics.jobs.labels("defer")._value.get() == 2
+
+
+def test_without_a_limit_nothing_is_deferred_early() -> None:
+    assert World().handler.defer_if_user_at_limit(job_delivery("s1")) is None
