@@ -14,10 +14,12 @@ intake functions timed on the same images in this run: download = fetch + decode
 Run: `python -m bench.bridge_throughput [--quick]` (needs Java for the emulators, as the integration tests).
 """
 
+import contextlib
 import io
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,23 @@ def run_level(
     return figures
 
 
+@contextlib.contextmanager
+def emulator_clients() -> Iterator[tuple[Any, ...]]:
+    """The emulators, running, and the publisher, subscriber, storage and Firestore clients of the harness."""
+    with running_emulators():
+        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
+        subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
+        try:
+            yield (
+                pubsub_v1.PublisherClient(credentials=credentials),
+                subscriber,
+                storage.Client(project=PROJECT, credentials=credentials),
+                firestore.Client(project=PROJECT, credentials=credentials),
+            )
+        finally:
+            subscriber.close()
+
+
 def plot(rows: list[dict[str, float]], plot_dir: Path) -> None:
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -145,37 +164,24 @@ def main(argv: list[str] | None = None) -> int:
     levels, per_level = (QUICK_CONCURRENCY, 2) if args.quick else (CONCURRENCY, 4)
     images = job_images()
     rows = []
-    with running_emulators():
-        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
-        subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
-        clients = (
-            pubsub_v1.PublisherClient(credentials=credentials),
-            subscriber,
-            storage.Client(project=PROJECT, credentials=credentials),
-            firestore.Client(project=PROJECT, credentials=credentials),
-        )
-        try:
-            codecs = codec_ms(*images)
-            for concurrency in levels:
-                figures = run_level(clients, concurrency, per_level * concurrency + 4, images)
-                wall_ms = figures["job wall"] * 1000
-                download, upload = figures["download"] * 1000, figures["upload"] * 1000
-                rows.append(
-                    {
-                        "concurrency": concurrency,
-                        "jobs/s": figures["jobs/s"],
-                        "download I/O": max(0.0, download - codecs["decode"]),
-                        "decode": min(download, codecs["decode"]),
-                        "inference": figures["inference"] * 1000,
-                        "encode": min(upload, codecs["encode"]),
-                        "upload I/O": max(0.0, upload - codecs["encode"]),
-                        "claim, status, ack": max(
-                            0.0, wall_ms - download - upload - figures["inference"] * 1000
-                        ),
-                    }
-                )
-        finally:
-            subscriber.close()
+    with emulator_clients() as clients:
+        codecs = codec_ms(*images)
+        for concurrency in levels:
+            figures = run_level(clients, concurrency, per_level * concurrency + 4, images)
+            wall_ms = figures["job wall"] * 1000
+            download, upload = figures["download"] * 1000, figures["upload"] * 1000
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "jobs/s": figures["jobs/s"],
+                    "download I/O": max(0.0, download - codecs["decode"]),
+                    "decode": min(download, codecs["decode"]),
+                    "inference": figures["inference"] * 1000,
+                    "encode": min(upload, codecs["encode"]),
+                    "upload I/O": max(0.0, upload - codecs["encode"]),
+                    "claim, status, ack": max(0.0, wall_ms - download - upload - figures["inference"] * 1000),
+                }
+            )
     phases = ["download I/O", "decode", "inference", "encode", "upload I/O", "claim, status, ack"]
     headers = ["concurrent jobs", "jobs/s", "goal", *(f"{phase} ms" for phase in phases)]
     table = [

@@ -23,16 +23,13 @@ import time
 from typing import Any
 
 import numpy as np
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
 from PIL import Image
 
-from bench.bridge_throughput import PaintingModel
+from bench.bridge_throughput import PaintingModel, emulator_clients
 from bench.common import markdown_table, parser, pyplot, report, save_plot
 from bench.photo import ORIENTATION_TAG, ROTATE_90_CW, blob_mask, photo_bytes, textured_photo
 from fluxfill.bridge.logs import configure_logging
-from fluxfill.client.local_emulators import running_emulators
-from tests.integration.bridge.harness import PROJECT, JobSystem, running_bridge, wait_until
+from tests.integration.bridge.harness import JobSystem, running_bridge, wait_until
 
 VARIANTS = {"PNG result": "png", "original's format": "original"}
 MASK_COVERAGE = 0.10
@@ -144,20 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         else {"12 MP": photo_bytes(), "1 MP": one_megapixel_photo()}
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    with running_emulators():
-        credentials = AnonymousCredentials()  # type: ignore[no-untyped-call]
-        subscriber = pubsub_v1.SubscriberClient(credentials=credentials)
-        clients = (
-            pubsub_v1.PublisherClient(credentials=credentials),
-            subscriber,
-            storage.Client(project=PROJECT, credentials=credentials),
-            firestore.Client(project=PROJECT, credentials=credentials),
-        )
-        try:
-            for size, photo in photos.items():
-                results[size] = side_by_side(clients, photo, rounds, jobs)
-        finally:
-            subscriber.close()
+    with emulator_clients() as clients:
+        for size, photo in photos.items():
+            results[size] = side_by_side(clients, photo, rounds, jobs)
     headers = [
         "photo",
         "result",
