@@ -34,8 +34,9 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 ACCEPTED = "a JPEG, PNG, WebP, HEIC or AVIF image"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # Peak memory of decoding a photo, per pixel, beyond what the bridge held before: Pillow's decoded image
-# (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers. Measured 8.9 (RGBA PNG) and
-# 10.1 (RGB JPEG) on a 12 MP photo; tests/unit/bridge/test_memory.py keeps it within this bound.
+# (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers. Measured (the process's own
+# peak) 10.5 (RGBA and palette PNG) and 10.2 (RGB JPEG) on a 12 MP photo; tests/unit/bridge/test_memory.py
+# keeps it within this bound.
 INTAKE_BYTES_PER_PIXEL = 11
 
 
@@ -97,11 +98,11 @@ def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, in
         raise PermanentJobError(
             ErrorCode.IMAGE_TOO_MANY_PIXELS, f"the {what} is too large: {error}"
         ) from None
-    # libheif's refusals come as RuntimeError.
     except UnidentifiedImageError:
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} starts as {kind} but does not parse as one"
         ) from None
+    # libheif's refusals come as RuntimeError.
     except (OSError, SyntaxError, ValueError, RuntimeError) as error:
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} ({kind}) cannot be decoded: {error or type(error).__name__}"

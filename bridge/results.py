@@ -65,7 +65,7 @@ def upload_results(
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
     attempt's upload is kept. The preview is made and written beside the edited image, on another thread
-    (the JPEG splice and the codecs release the GIL): 10-15 % of a 12 MP job's bridge time."""
+    (the JPEG splice and the codecs release the GIL), so its ~50 ms at 12 MP overlap the splice."""
     paths = result_paths(job, settings)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview") as pool:
         preview = pool.submit(_upload_preview, objects, paths["preview"], image)
