@@ -86,17 +86,23 @@ class JobHandler:
     def defer_if_user_at_limit(self, delivery: Delivery) -> Outcome | None:
         """DEFER, without a slot, Firestore or a claim, when this job's user was found at the per-user limit a
         moment ago (the hint); None when the job must go through `handle`. Never raises."""
-        limit = self._settings.max_jobs_in_flight_per_user
-        if not limit:
+        if not self._settings.max_jobs_in_flight_per_user:
             return None
         try:
             job = parse_job(delivery.data)
         except InvalidJobError:
             return None
-        if not self._at_limit.at_limit(job.userId):
+        deferred = self._hinted_deferral(job)
+        if deferred is None:
             return None
-        why = f"its user had {limit} jobs running a moment ago"
-        return self._accounted(delivery, lambda _: _deferred(job, why))
+        return self._accounted(delivery, lambda _: deferred)
+
+    def _hinted_deferral(self, job: JobMessage) -> Outcome | None:
+        """DEFER when the job's user was found at the per-user limit a moment ago (no read), else None."""
+        limit = self._settings.max_jobs_in_flight_per_user
+        if limit and self._at_limit.at_limit(job.userId):
+            return _deferred(job, f"its user had {limit} jobs running a moment ago")
+        return None
 
     def _accounted(self, delivery: Delivery, decide: Callable[[Delivery], Outcome]) -> Outcome:
         """`decide`'s outcome, logged with the delivery's ids and counted in the metrics."""
@@ -144,9 +150,10 @@ class JobHandler:
         if self._readiness is not None and not self._readiness.ready:
             # Not claimed, so no attempt is spent while Triton is away.
             return Outcome(OutcomeKind.RETRY, reason="the model is not ready")
+        hinted = self._hinted_deferral(job)
+        if hinted is not None:
+            return hinted
         limit = self._settings.max_jobs_in_flight_per_user
-        if limit and self._at_limit.at_limit(job.userId):
-            return _deferred(job, f"its user had {limit} jobs running a moment ago")
         claim = self._sessions.claim(
             ref,
             claim_id=uuid.uuid4().hex,

@@ -65,10 +65,10 @@ def splice(original: bytes, edited: npt.NDArray[np.uint8], changed: npt.NDArray[
         source, target = Path(folder) / "original.jpg", Path(folder) / "edited.jpg"
         source.write_bytes(original)
         jpeg = _read(source)
-        mcu_rows, mcu_cols = _changed_mcus(changed, jpeg)
-        if not mcu_rows.size:
+        mcus = _changed_mcus(changed, jpeg)
+        if not mcus.any():
             return original
-        _replace_blocks(jpeg, edited, (changed.shape[0], changed.shape[1]), (mcu_rows, mcu_cols))
+        _replace_blocks(jpeg, edited, (changed.shape[0], changed.shape[1]), mcus)
         # Optimized Huffman tables: 10 % smaller than the standard ones for 50 ms on 12 MP.
         jpeg.write_dct(os.fspath(target), flags=["+OPTIMIZE_CODING"])
         return with_metadata_of(original, target.read_bytes())
@@ -130,10 +130,8 @@ def _mcu_size(jpeg: jpeglib.DCTJPEG) -> tuple[int, int]:
     return _BLOCK * v_max, _BLOCK * h_max
 
 
-def _changed_mcus(
-    changed: npt.NDArray[np.bool_], jpeg: jpeglib.DCTJPEG
-) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Row and column indices of every MCU holding a changed pixel (one MCU row at a time: no full copy)."""
+def _changed_mcus(changed: npt.NDArray[np.bool_], jpeg: jpeglib.DCTJPEG) -> npt.NDArray[np.bool_]:
+    """Which MCUs (rows x columns) hold a changed pixel (one MCU row at a time: no full copy)."""
     mcu_h, mcu_w = _mcu_size(jpeg)
     height, width = changed.shape
     cols = -(-width // mcu_w)
@@ -142,27 +140,25 @@ def _changed_mcus(
     for row in range(grid.shape[0]):
         columns[:width] = changed[row * mcu_h : (row + 1) * mcu_h].any(axis=0)
         grid[row] = columns.reshape(cols, mcu_w).any(axis=1)
-    mcu_rows, mcu_cols = np.nonzero(grid)
-    return mcu_rows, mcu_cols
+    return grid
 
 
 def _replace_blocks(
     jpeg: jpeglib.DCTJPEG,
     edited: npt.NDArray[np.uint8],
     size: tuple[int, int],
-    mcus: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]],
+    changed: npt.NDArray[np.bool_],
 ) -> None:
-    """Put the edited pixels' blocks in place in every changed MCU, a band of MCU rows at a time (the float
-    temporaries stay a few MB whatever the edit's size)."""
+    """Put the edited pixels' blocks in place in every `changed` MCU, a band of MCU rows at a time, within
+    the changed ones' bounding box (the float temporaries stay a few MB whatever the edit's size)."""
     mcu_h, mcu_w = _mcu_size(jpeg)
-    changed = np.zeros((int(mcus[0].max()) + 1, int(mcus[1].max()) + 1), bool)
-    changed[mcus] = True
-    left, right = int(mcus[1].min()), changed.shape[1]
-    for top in range(int(mcus[0].min()), changed.shape[0], _BAND_MCU_ROWS):
-        band = changed[top : top + _BAND_MCU_ROWS, left:right]
+    rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
+    bottom, left, right = int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    for top in range(int(rows[0]), bottom, _BAND_MCU_ROWS):
+        band = changed[top : min(top + _BAND_MCU_ROWS, bottom), left:right]
         if band.any():
-            rows = (top * mcu_h, (top + band.shape[0]) * mcu_h)
-            region = _edge_padded(edited, size, rows, (left * mcu_w, right * mcu_w))
+            pixel_rows = (top * mcu_h, (top + band.shape[0]) * mcu_h)
+            region = _edge_padded(edited, size, pixel_rows, (left * mcu_w, right * mcu_w))
             _replace_band(jpeg, region, (top, left), band)
 
 

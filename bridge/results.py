@@ -30,8 +30,8 @@ def uploaded_result(
     Uploads are create-only and made under a current claim with the session's fixed seed, so results that
     exist are this job's; the edited image must still decode as an image to count.
     """
-    paths = result_paths(job, settings)
-    edited = objects.find(job.paths(settings.edited_template))
+    paths = result_paths(job, settings)  # edited: the template's `*`, any extension
+    edited = objects.find(paths["edited"])
     if edited is None or objects.find(paths["preview"]) is None:
         return None
     try:
