@@ -8,6 +8,7 @@ from fluxfill.bridge.adapters.firestore import (
     FirestoreRuntimeConfig,
     FirestoreSessions,
 )
+from fluxfill.bridge.adapters.parking_store import FirestoreParkingLot
 from fluxfill.bridge.adapters.pubsub import (
     PubSubDeadLetters,
     PubSubRequeue,
@@ -23,7 +24,8 @@ from fluxfill.bridge.dead_letters import OncePerMessage
 from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.oidc import PushTokenVerifier
-from fluxfill.bridge.ports import DeadLetterSink, InpaintModel, Requeue
+from fluxfill.bridge.parking import Parking
+from fluxfill.bridge.ports import DeadLetterSink, InpaintModel
 from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig
 from fluxfill.bridge.settings import BridgeSettings
@@ -40,7 +42,7 @@ class Bridge:
     dead_letters: DeadLetterSink | None
     verifier: PushTokenVerifier | None
     subscriber: Any = field(default=None)  # a pubsub_v1.SubscriberClient in pull mode
-    requeue: Requeue | None = None  # where jobs waiting for their user's running jobs go (with that limit)
+    parking: Parking | None = None  # jobs over their user's limit (with that limit): swept now and then
 
 
 def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) -> Bridge:
@@ -54,17 +56,19 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         settings.triton_url, settings.triton_protocol, settings.model_max_run_s
     )
     readiness = Readiness(model, settings.readiness_interval_s, metrics)
+    publisher = publisher_client(credentials) if settings.dead_letter_topic or settings.topic else None
+    slots, parking = None, None
+    if settings.max_jobs_in_flight_per_user:
+        assert publisher is not None  # settings require the topic with the limit
+        slots = FirestoreUserSlots(db, settings.user_slots_collection)
+        lot = FirestoreParkingLot(db, settings.parked_jobs_collection, _requeue(settings, publisher))
+        parking = Parking(lot, slots, settings.max_jobs_in_flight_per_user, metrics)
     handler = JobHandler(
         settings,
         CloudStorageObjects(
             storage.Client(project=settings.project, credentials=credentials), settings.bucket
         ),
-        FirestoreSessions(
-            db,
-            user_slots=FirestoreUserSlots(db, settings.user_slots_collection)
-            if settings.max_jobs_in_flight_per_user
-            else None,
-        ),
+        FirestoreSessions(db, user_slots=slots),
         model,
         metrics,
         readiness=readiness,
@@ -73,8 +77,8 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         )
         if settings.runtime_config_document
         else None,
+        parking=parking,
     )
-    publisher = publisher_client(credentials) if settings.dead_letter_topic or settings.topic else None
     dead_letters: DeadLetterSink | None = None
     if publisher is not None and settings.dead_letter_topic:
         dead_letters = PubSubDeadLetters(
@@ -89,11 +93,13 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         verifier = PushTokenVerifier(
             settings.push_audience, settings.push_service_account, settings.oidc_certs_url
         )
-    requeue = None
-    if publisher is not None and settings.topic:
-        topics = {BULK_LANE: publisher.topic_path(settings.project, settings.topic)}
-        if settings.urgent_topic:
-            topics[URGENT_LANE] = publisher.topic_path(settings.project, settings.urgent_topic)
-        requeue = PubSubRequeue(publisher, topics)
     subscriber = subscriber_client(credentials) if settings.mode == "pull" else None
-    return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber, requeue)
+    return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber, parking)
+
+
+def _requeue(settings: BridgeSettings, publisher: Any) -> PubSubRequeue:
+    """Where released jobs go: the topic of their lane."""
+    topics = {BULK_LANE: publisher.topic_path(settings.project, settings.topic)}
+    if settings.urgent_topic:
+        topics[URGENT_LANE] = publisher.topic_path(settings.project, settings.urgent_topic)
+    return PubSubRequeue(publisher, topics)

@@ -21,6 +21,8 @@ MAX_STEPS = 100
 DEFAULT_RUNTIME_CONFIG_DOCUMENT = "fluxfillConfig/runtime"
 # One document per user with a running job: its claims' slots (fluxfill.bridge.user_slots).
 DEFAULT_USER_SLOTS_COLLECTION = "fluxfillUserSlots"
+# Jobs waiting for a slot of their user's: `{collection}/{userId}/jobs/{sessionId}` (fluxfill.bridge.parking).
+DEFAULT_PARKED_JOBS_COLLECTION = "fluxfillParkedJobs"
 
 # Storage object templates, filled with the validated ids only (never a path from the message).
 DEFAULT_ORIGINAL_TEMPLATE = "users/{userId}/sessions/{sessionId}/original.*"
@@ -96,8 +98,8 @@ DEAD_LETTER_MESSAGE_ID_ATTRIBUTE = "fluxfillOriginalMessageId"
 # Priority lanes: a job's `priority`, and the topic and subscription it travels on.
 URGENT_LANE = "urgent"
 BULK_LANE = "bulk"
-# Attributes of the copy a bridge publishes when a job waits for its user's running jobs (a deferral): when
-# the job was first published (its queue time counts from then) and how often it was deferred.
+# Attributes of a parked job's message when it is published again (fluxfill.bridge.parking): when the job was
+# first published (its queue time counts from then) and how often it was parked.
 FIRST_PUBLISHED_ATTRIBUTE = "fluxfillFirstPublished"
 DEFERRALS_ATTRIBUTE = "fluxfillDeferrals"
 

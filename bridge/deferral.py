@@ -1,10 +1,10 @@
-"""A job whose user is at the per-user limit waits on Pub/Sub as a fresh copy of its message.
+"""What a waiting job's message carries when it is published again, and the hint that a user is at the limit.
 
-Why a copy and not a nack: Pub/Sub counts every delivery toward the subscription's dead-letter policy, and
-a nacked message comes back either at once (a tight loop) or after the retry policy's growing backoff, while
-GPUs idle. A copy starts its delivery count afresh and is taken as soon as a bridge has a free slot; the
-original is acked only once the copy is published, so a crash in between leaves two messages of one job,
-which the claim protocol runs once.
+A job whose user is at the per-user limit is parked (fluxfill.bridge.parking) and published again when a slot
+of the user's frees: a new message, whose attributes say when the job was first published (its queue time
+counts from then) and how often it was parked. A new message and not a nack: Pub/Sub counts every delivery
+toward the subscription's dead-letter policy, and a nacked message comes back either at once (a tight loop)
+or after the retry policy's growing backoff, while GPUs idle.
 """
 
 import threading
@@ -20,7 +20,8 @@ AT_LIMIT_HINT_S = 0.5
 
 
 def first_published(delivery: Delivery) -> datetime | None:
-    """When the job was first published: a deferred copy says so in an attribute; else its publish time.
+    """When the job was first published: a released job's message says so in an attribute; else its publish
+    time.
 
     The attribute is trusted only to move the time back (a copy is published after the original), and
     only when it reads as a time; anything else is ignored.
@@ -39,8 +40,8 @@ def first_published(delivery: Delivery) -> datetime | None:
 
 
 def deferral_attributes(delivery: Delivery) -> dict[str, str]:
-    """What the copy carries beside the original's attributes: its first publish time, the deferral count
-    plus one."""
+    """What a parked job's message carries beside the original's attributes when published again: its first
+    publish time, the deferral (parking) count plus one."""
     try:
         deferrals = max(int(delivery.attributes.get(DEFERRALS_ATTRIBUTE, "0")), 0)
     except ValueError:

@@ -33,6 +33,7 @@ from fluxfill.bridge.errors import (
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.monitor import JobMonitor
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.ports import (
     ClaimKind,
     InferenceRequest,
@@ -65,8 +66,11 @@ class JobHandler:
         readiness: Readiness | None = None,
         hard_stop: threading.Event | None = None,
         runtime_config: CachedRuntimeConfig | None = None,
+        parking: Parking | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        if settings.max_jobs_in_flight_per_user and parking is None:
+            raise ValueError("a per-user limit needs a parking lot for the jobs over it")
         self._settings = settings
         self._objects = objects
         self._sessions = sessions
@@ -76,6 +80,7 @@ class JobHandler:
         # Set when the shutdown grace period is over: running jobs are cancelled and given back.
         self.hard_stop = hard_stop or threading.Event()
         self._runtime_config = runtime_config
+        self._parking = parking
         self._now = now
         self._at_limit = AtLimitHint()
 
@@ -84,25 +89,32 @@ class JobHandler:
         return self._accounted(delivery, self._handle)
 
     def defer_if_user_at_limit(self, delivery: Delivery) -> Outcome | None:
-        """DEFER, without a slot, Firestore or a claim, when this job's user was found at the per-user limit a
-        moment ago (the hint); None when the job must go through `handle`. Never raises."""
+        """Park the job, without a slot, a claim or a read, when its user was found at the per-user limit a
+        moment ago (the hint): DEFER (or RETRY when the park failed); None when the job must go through
+        `handle`. Never raises."""
         if not self._settings.max_jobs_in_flight_per_user:
             return None
         try:
             job = parse_job(delivery.data)
         except InvalidJobError:
             return None
-        deferred = self._hinted_deferral(job)
-        if deferred is None:
+        if not self._at_limit.at_limit(job.userId):
             return None
-        return self._accounted(delivery, lambda _: deferred)
+        return self._accounted(delivery, lambda _: self._park_hinted(job, delivery))
 
-    def _hinted_deferral(self, job: JobMessage) -> Outcome | None:
-        """DEFER when the job's user was found at the per-user limit a moment ago (no read), else None."""
+    def _park_hinted(self, job: JobMessage, delivery: Delivery) -> Outcome:
+        """Park a job whose user was found at the per-user limit a moment ago (no read)."""
         limit = self._settings.max_jobs_in_flight_per_user
-        if limit and self._at_limit.at_limit(job.userId):
-            return _deferred(job, f"its user had {limit} jobs running a moment ago")
-        return None
+        return self._park(job, delivery, f"its user had {limit} jobs running a moment ago")
+
+    def _park(self, job: JobMessage, delivery: Delivery, why: str) -> Outcome:
+        """DEFER once the job is parked (fluxfill.bridge.parking); RETRY (nack) when it could not be."""
+        assert self._parking is not None  # the constructor requires it with a limit
+        try:
+            self._parking.park(job, delivery)
+        except RetryableError as error:
+            return Outcome(OutcomeKind.RETRY, reason=f"waiting ({why}), but could not be parked: {error}")
+        return Outcome(OutcomeKind.DEFER, reason=f"parked: {why}")
 
     def _accounted(self, delivery: Delivery, decide: Callable[[Delivery], Outcome]) -> Outcome:
         """`decide`'s outcome, logged with the delivery's ids and counted in the metrics."""
@@ -150,10 +162,9 @@ class JobHandler:
         if self._readiness is not None and not self._readiness.ready:
             # Not claimed, so no attempt is spent while Triton is away.
             return Outcome(OutcomeKind.RETRY, reason="the model is not ready")
-        hinted = self._hinted_deferral(job)
-        if hinted is not None:
-            return hinted
         limit = self._settings.max_jobs_in_flight_per_user
+        if limit and self._at_limit.at_limit(job.userId):
+            return self._park_hinted(job, delivery)
         claim = self._sessions.claim(
             ref,
             claim_id=uuid.uuid4().hex,
@@ -164,14 +175,19 @@ class JobHandler:
         )
         if claim.kind is ClaimKind.USER_AT_LIMIT:
             self._at_limit.note(job.userId)
-            return _deferred(job, f"its user has {claim.user_running} jobs running, the most allowed")
+            return self._park(
+                job, delivery, f"its user has {claim.user_running} jobs running, the most allowed"
+            )
         if claim.kind is not ClaimKind.CLAIMED:
             return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         try:
             return self._run_claimed(job, ref, delivery, claim.claim_id, claim.attempt)
         finally:
-            # A slot of this user's is free now (or about to be): its next job need not wait for the hint.
+            # A slot of this user's is free now (or about to be): its next job need not wait for the hint,
+            # and its oldest parked job goes out.
             self._at_limit.forget(job.userId)
+            if self._parking is not None:
+                self._parking.release_free(job.userId)
 
     def _run_claimed(
         self, job: JobMessage, ref: JobRef, delivery: Delivery, claim_id: str, attempt: int
@@ -357,10 +373,6 @@ class _Claimed:
     ref: JobRef
     claim_id: str
     attempt: int
-
-
-def _deferred(job: JobMessage, why: str) -> Outcome:
-    return Outcome(OutcomeKind.DEFER, reason=f"waiting: {why}", lane=job.priority)
 
 
 def _claim_taken_over() -> Outcome:

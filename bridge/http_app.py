@@ -144,7 +144,7 @@ class HttpEntryPoint:
 
     def _handle(self, delivery: Delivery) -> bool:
         outcome = self._bridge.handler.handle(delivery)
-        return should_ack(outcome, delivery, self._bridge.dead_letters, self._bridge.requeue)
+        return should_ack(outcome, delivery, self._bridge.dead_letters)
 
     def _authenticate(self, authorization: str | None) -> Response | None:
         verifier = self._bridge.verifier

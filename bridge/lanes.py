@@ -2,7 +2,7 @@
 slots through this gate.
 
 Each subscription's stream holds at most `max_concurrent_jobs` + 1 messages: the running ones and one
-waiting at this gate (bulk may hold `deferral_prefetch` more, see fluxfill.bridge.pull). Without that one, a
+waiting at this gate. Without that one, a
 lane's next message is delivered only after its running job is acked, by when the other lane's waiting job
 has taken the slot: urgent and bulk would merely alternate.
 When a slot frees, the gate chooses among the waiting: an urgent job, unless bulk's reserved turn has come.

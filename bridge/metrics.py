@@ -6,8 +6,8 @@ _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 
 class BridgeMetrics:
-    """Jobs by outcome, latencies, per-phase timings, queue age, in-flight and waiting jobs, Triton errors,
-    readiness."""
+    """Jobs by outcome, latencies, per-phase timings, queue age, in-flight and waiting jobs, parked jobs,
+    Triton errors, readiness."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,6 +40,12 @@ class BridgeMetrics:
             "fluxfill_bridge_jobs_waiting",
             "Pulled jobs waiting for a slot, by lane (urgent ones are taken first)",
             ["lane"],
+            registry=self.registry,
+        )
+        self.parking = Counter(
+            "fluxfill_bridge_parked_jobs",
+            "Jobs parked (their user at the per-user limit) and released again, by event",
+            ["event"],
             registry=self.registry,
         )
         self.triton_errors = Counter(

@@ -27,9 +27,9 @@ class OutcomeKind(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     RETRY = "retry"  # nack: Pub/Sub redelivers
-    # Its user has max_jobs_in_flight_per_user jobs running: a fresh copy goes back on the job's topic, then
-    # this one is acked (nacked only if that publish fails). No attempt is spent, and no Pub/Sub delivery
-    # either, so waiting for long never dead-letters the job.
+    # Its user has max_jobs_in_flight_per_user jobs running: the job is parked (fluxfill.bridge.parking) and
+    # this message acked; published again when a slot of the user's frees. No attempt is spent, and no Pub/Sub
+    # delivery either, so waiting for long never dead-letters the job.
     DEFER = "defer"
     DEAD_LETTER = "dead_letter"  # publish to the dead-letter topic, then ack
 
@@ -40,16 +40,14 @@ class Outcome:
 
     `finalize` (dead letters only) records the job's end; it runs only once the dead letter is published, so
     a failed publish leaves the job to its next delivery instead of ending it without a dead letter.
-    `lane` (deferrals only) is the job's priority, which names the topic its copy goes to.
     """
 
     kind: OutcomeKind
     code: ErrorCode | None = None
     reason: str = ""
     finalize: Callable[[], None] | None = field(default=None, compare=False)
-    lane: str = ""
 
     @property
     def ack(self) -> bool:
-        """Whether Pub/Sub may forget the message (a dead letter or deferral: once its copy is out)."""
+        """Whether Pub/Sub may forget the message (a dead letter: once the dead-letter topic has it)."""
         return self.kind is not OutcomeKind.RETRY

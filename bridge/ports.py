@@ -3,6 +3,7 @@
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any, Protocol
 
@@ -10,7 +11,6 @@ import numpy as np
 import numpy.typing as npt
 
 from fluxfill.bridge.contract import ErrorCode, JobStatus
-from fluxfill.bridge.outcome import Delivery
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -179,7 +179,48 @@ class DeadLetterLedger(Protocol):
 
 
 class Requeue(Protocol):
-    """Where a deferred job's fresh copy is published: the topic of its lane (its priority)."""
+    """Where a parked job is published again when it is released: the topic of its lane (its priority)."""
 
-    def publish(self, delivery: Delivery, lane: str) -> None:
-        """Publish the copy and wait for the server's acknowledgement; raises RetryableError on failure."""
+    def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
+        """Publish and wait for the server's acknowledgement; raises RetryableError on failure."""
+
+
+@dataclass(frozen=True)
+class ParkedJob:
+    """A job waiting for a slot of its user's: its message as it will be published again.
+
+    `version` is the store's own (Firestore's update time): a release wins only the version it read.
+    """
+
+    user: str
+    session: str
+    data: bytes
+    attributes: Mapping[str, str]
+    lane: str
+    first_published: datetime | None
+    version: Any = None
+
+
+class ParkingLot(Protocol):
+    """Jobs over their user's limit, kept outside Pub/Sub until a slot frees (fluxfill.bridge.parking)."""
+
+    def park(self, job: ParkedJob) -> None:
+        """Keep the job (replacing one of the same session); raises RetryableError on failure."""
+
+    def oldest(self, user: str, count: int) -> list[ParkedJob]:
+        """Up to `count` of the user's parked jobs, first published first, none being released by another
+        bridge now; raises RetryableError."""
+
+    def release(self, job: ParkedJob) -> bool:
+        """Publish the job and forget it, if `job.version` is still the parked one (False: another bridge
+        released it, or it was parked anew); raises RetryableError."""
+
+    def users(self) -> list[str]:
+        """The users with parked jobs; raises RetryableError."""
+
+
+class SlotCounter(Protocol):
+    """How many of a user's jobs run now (fluxfill.bridge.user_slots)."""
+
+    def running(self, user: str) -> int:
+        """The user's live slots; raises RetryableError."""

@@ -1,6 +1,5 @@
 """The pull entry point: streaming pull once Triton is READY, flow control = max concurrent jobs (plus one
-waiting job per lane when there is an urgent lane, see fluxfill.bridge.lanes; plus `deferral_prefetch` bulk
-messages with a per-user limit, see fluxfill.bridge.deferral).
+waiting job per lane when there is an urgent lane, see fluxfill.bridge.lanes).
 
 The pull starts only when the model is first READY. If Triton goes away later, the streams stay open (closing
 them strands the messages they hold until their leases lapse) but every callback waits for readiness before
@@ -59,11 +58,7 @@ class PullRunner:
         # With two lanes each holds one message more than the slots, waiting at the gate: when a slot frees,
         # both lanes have a job there to choose from (see fluxfill.bridge.lanes).
         held = settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0)
-        # With a per-user limit, bulk holds more: a flood's messages are published again without a slot, each
-        # a round trip, and a few at once get other users' jobs out from behind a flood many times faster.
-        prefetch = settings.deferral_prefetch if settings.max_jobs_in_flight_per_user else 0
-        self.flows = {lane: self._flow_control(settings, held) for lane in self._lanes}
-        self.flows[BULK_LANE] = self._flow_control(settings, held + prefetch)
+        self._flow = self._flow_control(settings, held)
         self._stop = threading.Event()
 
     @staticmethod
@@ -93,15 +88,15 @@ class PullRunner:
         if not self._bridge.readiness.wait_until_ready(self._stop):
             return False
         delivery = delivery_of(message)
-        # A job of a user at the limit goes back to the topic without waiting for a slot it would not use.
+        # A job of a user at the limit is parked without waiting for a slot it would not use.
         early = self._bridge.handler.defer_if_user_at_limit(delivery)
         if early is not None:
-            return should_ack(early, delivery, self._bridge.dead_letters, self._bridge.requeue)
+            return should_ack(early, delivery, self._bridge.dead_letters)
         if not self._gate.acquire(lane, self._stop):
             return False
         try:
             outcome = self._bridge.handler.handle(delivery)
-            return should_ack(outcome, delivery, self._bridge.dead_letters, self._bridge.requeue)
+            return should_ack(outcome, delivery, self._bridge.dead_letters)
         finally:
             self._gate.release()
 
@@ -109,7 +104,7 @@ class PullRunner:
         return self._subscriber.subscribe(
             self._lanes[lane],
             functools.partial(self._on_message, lane),
-            flow_control=self.flows[lane],
+            flow_control=self._flow,
             await_callbacks_on_shutdown=True,
         )
 

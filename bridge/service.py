@@ -53,6 +53,8 @@ class BridgeService:
             time.sleep(_POLL_S)
         puller = None
         drained = threading.Event()
+        if self.bridge.parking is not None:
+            threading.Thread(target=self._sweep, name="parking-sweep", daemon=True).start()
         if settings.mode == "pull":
             runner = PullRunner(self.bridge)
             puller = threading.Thread(target=runner.run, args=(self._stop, drained), name="pull")
@@ -71,6 +73,12 @@ class BridgeService:
         self._server.should_exit = True
         self._server_thread.join(timeout=10)
         logger.info("bridge stopped")
+
+    def _sweep(self) -> None:
+        """Release, now and then, the parked jobs of users with free slots (fluxfill.bridge.parking)."""
+        assert self.bridge.parking is not None
+        while not self._stop.wait(self.bridge.settings.parking_sweep_s):
+            self.bridge.parking.sweep()
 
     def _drain(self, deadline: float) -> None:
         while self._in_flight() > 0 and time.monotonic() < deadline:

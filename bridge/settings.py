@@ -52,30 +52,33 @@ class BridgeSettings(BaseSettings):
     )
     topic: str = Field(
         "",
-        description="topic id of bulk jobs (the subscription's): a job waiting for its user's running jobs "
-        "is published there again; needed with max_jobs_in_flight_per_user",
+        description="topic id of bulk jobs (the subscription's): a parked job (its user was at the limit) is "
+        "published there again when released; needed with max_jobs_in_flight_per_user",
     )
     urgent_topic: str = Field(
-        "", description="topic id of urgent jobs, for their waiting copies; empty = `topic`"
+        "", description="topic id of urgent jobs, for released urgent jobs; empty = `topic`"
     )
     max_jobs_in_flight_per_user: int = Field(
         0,
         ge=0,
-        description="jobs of one user running at once, fleet-wide; more wait (not claimed, no attempt "
-        "spent); 0 = no limit",
-    )
-    deferral_prefetch: int = Field(
-        0,
-        ge=0,
-        le=100,
-        description="with a per-user limit, bulk messages a pulling bridge holds beyond its slots, so a "
-        "flooding user's jobs are passed over (published again) in parallel; runnable ones among them wait "
-        "here for a slot (see docs/bridge.md before raising it)",
+        description="jobs of one user running at once, fleet-wide; more are parked in Firestore (not "
+        "claimed, no attempt spent) until one of the user's jobs ends; 0 = no limit",
     )
     user_slots_collection: str = Field(
         contract.DEFAULT_USER_SLOTS_COLLECTION,
         pattern=r"^[A-Za-z0-9_-]+$",
         description="Firestore collection of each user's running-job slots (with that limit)",
+    )
+    parked_jobs_collection: str = Field(
+        contract.DEFAULT_PARKED_JOBS_COLLECTION,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Firestore collection of the jobs waiting for a slot of their user's (with that limit)",
+    )
+    parking_sweep_s: float = Field(
+        30.0,
+        gt=0,
+        description="how often a bridge releases the parked jobs of users with free slots (slots that "
+        "lapsed with a crashed bridge's leases; releases that died half-way)",
     )
     dead_letter_topic: str = Field(
         "", description="topic id the bridge publishes unparseable or exhausted jobs to; empty = none"
@@ -185,7 +188,7 @@ class BridgeSettings(BaseSettings):
             )
         if self.max_jobs_in_flight_per_user and not self.topic:
             raise ValueError(
-                "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER publishes waiting jobs again: set "
+                "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER publishes parked jobs again: set "
                 "FLUXFILL_BRIDGE_TOPIC to the jobs topic"
             )
         return self

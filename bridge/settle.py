@@ -5,21 +5,13 @@ import structlog
 from fluxfill.bridge.contract import DEAD_LETTER_MESSAGE_ID_ATTRIBUTE, ErrorCode
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
-from fluxfill.bridge.ports import DeadLetterSink, Requeue
+from fluxfill.bridge.ports import DeadLetterSink
 
 logger = structlog.get_logger(__name__)
 
 
-def should_ack(
-    outcome: Outcome,
-    delivery: Delivery,
-    dead_letters: DeadLetterSink | None,
-    requeue: Requeue | None = None,
-) -> bool:
-    """True to ack; a dead-letter outcome is acked only once the dead-letter topic has the message, a
-    deferral only once the job's topic has its copy."""
-    if outcome.kind is OutcomeKind.DEFER:
-        return _requeued(outcome, delivery, requeue)
+def should_ack(outcome: Outcome, delivery: Delivery, dead_letters: DeadLetterSink | None) -> bool:
+    """True to ack; a dead-letter outcome is acked only once the dead-letter topic has the message."""
     if outcome.kind is not OutcomeKind.DEAD_LETTER:
         return outcome.ack
     if dead_letters is None:
@@ -46,18 +38,5 @@ def _finalize(outcome: Outcome) -> bool:
         outcome.finalize()
     except RetryableError as error:
         logger.error("dead-lettered, but the session's end was not recorded; nacking", error=str(error))
-        return False
-    return True
-
-
-def _requeued(outcome: Outcome, delivery: Delivery, requeue: Requeue | None) -> bool:
-    if requeue is None:
-        # Settings require the topics whenever the limit is set; without them, Pub/Sub redelivers it.
-        logger.error("no topic to publish a deferred job to; nacking", reason=outcome.reason)
-        return False
-    try:
-        requeue.publish(delivery, outcome.lane)
-    except RetryableError as error:
-        logger.error("publishing the deferred job failed; nacking", error=str(error))
         return False
     return True

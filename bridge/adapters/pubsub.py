@@ -21,13 +21,14 @@ from fluxfill.bridge.contract import (
     BULK_LANE,
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
+    DEFERRALS_ATTRIBUTE,
+    FIRST_PUBLISHED_ATTRIBUTE,
     ErrorCode,
 )
-from fluxfill.bridge.deferral import deferral_attributes
 from fluxfill.bridge.errors import RetryableError
-from fluxfill.bridge.outcome import Delivery
 
 PUBLISH_TIMEOUT_S = 30.0
+DEFERRAL_ATTRIBUTES = (DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE)
 # Pub/Sub's limits: 10 MB a request (hence MAX_DATA_BYTES), 100 attributes, keys of 256 bytes, values of 1024.
 MAX_ATTRIBUTES = 100
 MAX_KEY_BYTES = 256
@@ -134,22 +135,24 @@ class PubSubDeadLetters:
 
 
 class RequeuePublishError(RetryableError):
-    """The job's topic did not take the deferred copy: the original is nacked instead, so nothing is lost."""
+    """The job's topic did not take a released job: it stays parked for the next release."""
 
 
 class PubSubRequeue:
-    """Publishes a deferred job's copy to its lane's topic (fluxfill.bridge.deferral)."""
+    """Publishes a released job to its lane's topic (fluxfill.bridge.parking)."""
 
     def __init__(self, publisher: pubsub_v1.PublisherClient, topic_paths: Mapping[str, str]) -> None:
         self._publisher = publisher
         self.topic_paths = dict(topic_paths)
 
-    def publish(self, delivery: Delivery, lane: str) -> None:
+    def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
         """See Requeue.publish; a lane without a topic of its own (urgent, when no urgent topic is set)
-        goes to the bulk topic."""
+        goes to the bulk topic. The deferral attributes are kept whatever else Pub/Sub's limits drop."""
         topic = self.topic_paths.get(lane) or self.topic_paths[BULK_LANE]
-        attributes = bounded_attributes(delivery.attributes, deferral_attributes(delivery))
+        ours = {key: attributes[key] for key in DEFERRAL_ATTRIBUTES if key in attributes}
         try:
-            publish_message(self._publisher, topic, delivery.data, attributes, PUBLISH_TIMEOUT_S)
+            publish_message(
+                self._publisher, topic, data, bounded_attributes(attributes, ours), PUBLISH_TIMEOUT_S
+            )
         except (api.GoogleAPICallError, api.RetryError, TimeoutError) as error:
-            raise RequeuePublishError(f"cannot publish the deferred job to {topic}: {error}") from None
+            raise RequeuePublishError(f"cannot publish the released job to {topic}: {error}") from None

@@ -68,6 +68,12 @@ class FirestoreUserSlots:
                 return new
         raise SessionTransientError(f"{action}: the user's slots kept changing ({CHANGE_ATTEMPTS} rounds)")
 
+    def running(self, user: str) -> int:
+        """See SlotCounter.running."""
+        with firestore_errors("read the user's slots"):
+            snapshot = self._client.document(f"{self._collection}/{user}").get()
+        return len(user_slots.live_claims(snapshot.to_dict() if snapshot.exists else None, self._now()))
+
     def take(self, user: str, claim_id: str, lease_s: float, limit: int) -> int | None:
         """Take a slot for `claim_id`: None when taken, else how many live slots hold the user back."""
         running = 0

@@ -13,6 +13,7 @@ from google.cloud import firestore
 
 from fluxfill.bridge.adapters.firestore import FirestoreSessions
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
+from fluxfill.bridge.contract import DEFAULT_PARKED_JOBS_COLLECTION
 from fluxfill.bridge.errors import SessionTransientError
 from fluxfill.bridge.ports import ClaimKind, InferenceRequest, InferenceResult, JobRef, RunControl
 from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
@@ -160,7 +161,9 @@ def test_one_users_flood_runs_one_at_a_time_while_another_users_job_goes_past_it
             publish(jobs, key)
         jobs.wait_for(*other, is_terminal)
         assert [jobs.session(*key).get("status") for key in flood] == ["processing"] + ["queued"] * 4
-        assert bridge.counted("defer") > 0
+        assert bridge.counted("defer") == 4, "each waiting job parked once, not passed round"
+        parked = jobs.db.collection(DEFAULT_PARKED_JOBS_COLLECTION, flooder, "jobs").stream()
+        assert sorted(document.id for document in parked) == sorted(session for _, session in flood[1:])
         model.release(flood[0][1])
         for key in flood:
             jobs.wait_for(*key, is_terminal)
@@ -168,3 +171,4 @@ def test_one_users_flood_runs_one_at_a_time_while_another_users_job_goes_past_it
     assert all(len(running & flood_sessions) <= 1 for running in model.overlaps), model.overlaps
     assert all(jobs.session(*key)["attempt"] == 1 for key in [*flood, other]), "waiting spent no attempt"
     wait_until(lambda: (jobs.db.document(f"{SLOTS}/{flooder}").get().to_dict() or {}).get("claims") == {})
+    assert list(jobs.db.collection(DEFAULT_PARKED_JOBS_COLLECTION, flooder, "jobs").stream()) == []

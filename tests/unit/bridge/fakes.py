@@ -5,7 +5,7 @@ import io
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +22,6 @@ from fluxfill.bridge.errors import (
     SessionTransientError,
     TritonBusyError,
 )
-from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.ports import (
     Claim,
     Heartbeat,
@@ -30,6 +29,7 @@ from fluxfill.bridge.ports import (
     InferenceResult,
     JobRef,
     ObjectInfo,
+    ParkedJob,
     ProgressCallback,
     RunControl,
 )
@@ -152,6 +152,11 @@ class FakeSessionStore:
             self._apply(job.document, update)
             self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))
 
+    def running(self, user: str) -> int:
+        """Our SlotCounter port: the user's live slots."""
+        with self._lock:
+            return len(user_slots.live_claims(self.user_slots.get(user), self.now()))
+
     def finish(self, job: JobRef, claim_id: str | None, status: Any, fields: Mapping[str, Any]) -> bool:
         if self.finish_fails_with is not None:
             raise self.finish_fails_with
@@ -213,16 +218,46 @@ class FakeDeadLetters:
 
 
 @dataclass
-class FakeRequeue:
-    """Our Requeue port: records each deferred copy (its delivery and lane), or fails."""
+class FakeParkingLot:
+    """Our ParkingLot port in a dict (each park a new version, as Firestore's update time); records what it
+    published; can be made to fail."""
 
+    parked: dict[tuple[str, str], ParkedJob] = field(default_factory=dict)
+    published: list[ParkedJob] = field(default_factory=list)
     broken: bool = False
-    published: list[tuple[Delivery, str]] = field(default_factory=list)
+    _versions: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, delivery: Delivery, lane: str) -> None:
+    def _check(self) -> None:
         if self.broken:
-            raise RetryableError("jobs topic unavailable")
-        self.published.append((delivery, lane))
+            raise SessionTransientError("firestore unavailable")
+
+    def park(self, job: ParkedJob) -> None:
+        self._check()
+        with self._lock:
+            self._versions += 1
+            self.parked[(job.user, job.session)] = replace(job, version=self._versions)
+
+    def oldest(self, user: str, count: int) -> list[ParkedJob]:
+        self._check()
+        with self._lock:
+            mine = [job for (owner, _), job in self.parked.items() if owner == user]
+        return sorted(mine, key=lambda job: job.first_published or datetime.min.replace(tzinfo=UTC))[:count]
+
+    def release(self, job: ParkedJob) -> bool:
+        self._check()
+        with self._lock:
+            current = self.parked.get((job.user, job.session))
+            if current is None or current.version != job.version:
+                return False
+            del self.parked[(job.user, job.session)]
+            self.published.append(job)
+            return True
+
+    def users(self) -> list[str]:
+        self._check()
+        with self._lock:
+            return sorted({user for user, _ in self.parked})
 
 
 @dataclass

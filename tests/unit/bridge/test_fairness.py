@@ -1,4 +1,4 @@
-"""Per-user fairness: at most max_jobs_in_flight_per_user of a user's jobs run; the rest wait as copies."""
+"""Per-user fairness: at most max_jobs_in_flight_per_user of a user's jobs run; the rest are parked."""
 
 import json
 import threading
@@ -9,9 +9,12 @@ import pytest
 from pydantic import ValidationError
 
 from fluxfill.bridge import user_slots
-from fluxfill.bridge.contract import DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE
+from fluxfill.bridge.contract import DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE, JobMessage, parse_job
 from fluxfill.bridge.deferral import AtLimitHint, deferral_attributes, first_published
+from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from fluxfill.bridge.parking import Parking, parked
+from tests.unit.bridge.fakes import FakeParkingLot, FakeSessionStore
 from tests.unit.bridge.world import USER, World, settings
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -89,23 +92,30 @@ def first_job_running(world: World) -> tuple[threading.Thread, list[Outcome]]:
     return thread, outcomes
 
 
-def test_a_job_over_its_users_limit_waits_without_spending_an_attempt() -> None:
+def test_a_job_over_its_users_limit_is_parked_and_released_when_the_users_job_ends() -> None:
     world = limited_world(limit=1)
     thread, first = first_job_running(world)
     waiting = world.deliver(sessionId="s2", message_id="m2")
-    thread.join()
-    assert first[0].kind is OutcomeKind.DONE
     assert waiting.kind is OutcomeKind.DEFER, waiting.reason
     assert "1 jobs running" in waiting.reason
-    assert world.acked[-1] is True, "acked once its copy is published"
-    assert [(d.message_id, lane) for d, lane in world.requeue.published] == [("m2", "bulk")]
+    assert world.acked[-1] is True, "acked once parked"
+    parked = world.parking_lot.parked[(USER, "s2")]
+    assert (parked.lane, parked.attributes[DEFERRALS_ATTRIBUTE]) == ("bulk", "1")
     assert f"users/{USER}/sessions/s2" not in world.sessions.documents, "nothing written, no attempt spent"
+    assert world.parking_lot.published == [], "its user's slot is still taken"
+    thread.join()
+    assert first[0].kind is OutcomeKind.DONE
     assert len(world.model.calls) == 1
-    # Its copy comes back once the first job has ended, and runs as the job's first attempt.
-    copy = world.deliver(sessionId="s2", message_id="m3")
-    assert copy.kind is OutcomeKind.DONE
+    # The first job's end released it: published again, and it runs as the job's first attempt.
+    assert [job.session for job in world.parking_lot.published] == ["s2"]
+    assert world.parking_lot.parked == {}
+    released = world.parking_lot.published[0]
+    assert world.deliver(
+        message_id="m3", attributes=dict(released.attributes), **json.loads(released.data)
+    ).kind is (OutcomeKind.DONE)
     assert world.sessions.documents[f"users/{USER}/sessions/s2"]["attempt"] == 1
     assert world.sessions.user_slots[USER] == {"claims": {}}, "every slot given back"
+    assert world.metrics.sample("fluxfill_bridge_parked_jobs_total", {"event": "released"}) == 1
 
 
 def test_another_users_job_is_not_held_back() -> None:
@@ -117,25 +127,26 @@ def test_another_users_job_is_not_held_back() -> None:
     assert other.kind is OutcomeKind.DONE
 
 
-def test_an_urgent_jobs_copy_goes_back_to_the_urgent_lane() -> None:
+def test_an_urgent_job_is_parked_and_released_in_the_urgent_lane() -> None:
     world = limited_world(limit=1)
     thread, _ = first_job_running(world)
     world.deliver(sessionId="s2", message_id="m2", priority="urgent")
     thread.join()
-    assert [lane for _, lane in world.requeue.published] == ["urgent"]
+    assert [job.lane for job in world.parking_lot.published] == ["urgent"]
 
 
-def test_a_failed_copy_is_a_nack_so_nothing_is_lost() -> None:
+def test_a_failed_park_is_a_nack_so_nothing_is_lost() -> None:
     world = limited_world(limit=1)
-    world.requeue.broken = True
+    world.parking_lot.broken = True
     thread, _ = first_job_running(world)
     outcome = world.deliver(sessionId="s2", message_id="m2")
     thread.join()
-    assert outcome.kind is OutcomeKind.DEFER
-    assert world.acked == [False, True], "the deferred message nacked, the running one acked"
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "could not be parked" in outcome.reason
+    assert world.acked == [False, True], "the waiting message nacked, the running one acked"
 
 
-def test_a_flood_costs_one_claim_transaction_then_none_while_the_user_is_at_the_limit() -> None:
+def test_a_flood_costs_one_claim_transaction_and_one_parking_per_job() -> None:
     world = limited_world(limit=1)
     for index in range(1, 12):
         world.upload(USER, f"s{index}")
@@ -145,7 +156,61 @@ def test_a_flood_costs_one_claim_transaction_then_none_while_the_user_is_at_the_
     outcomes = [world.deliver(sessionId=f"s{index}", message_id=f"m{index}") for index in range(2, 12)]
     thread.join()
     assert {outcome.kind for outcome in outcomes} == {OutcomeKind.DEFER}
-    assert world.sessions.claims - claims_before == 1, "the rest were deferred from the hint"
+    assert world.sessions.claims - claims_before == 1, "the rest were parked from the hint"
+    assert [job.session for job in world.parking_lot.published] == ["s2"], "one slot freed: one released"
+    assert len(world.parking_lot.parked) == 9
+
+
+def parked_job(session: str, user: str = USER, offset_s: float = 0) -> tuple[JobMessage, Delivery]:
+    data = json.dumps({"userId": user, "sessionId": session}).encode()
+    return parse_job(data), Delivery(data, f"m-{session}", {}, NOW + timedelta(seconds=offset_s))
+
+
+def test_a_park_looks_at_the_slots_again_so_a_slot_freed_meanwhile_is_not_left_idle() -> None:
+    """The user's last job ended between the at-limit finding and the park, finding nothing parked."""
+    lot, sessions = FakeParkingLot(), FakeSessionStore()
+    parking = Parking(lot, sessions, 1, BridgeMetrics())
+    parking.park(*parked_job("s1"))
+    assert [job.session for job in lot.published] == ["s1"], "no slot taken: released at once"
+    sessions.user_slots[USER] = user_slots.take(None, "running", datetime.now(UTC), 60, limit=1) or {}
+    parking.park(*parked_job("s2"))
+    assert list(lot.parked) == [(USER, "s2")], "the user's slot is taken: it stays parked"
+
+
+def test_the_sweep_releases_oldest_first_as_many_as_each_user_has_free_slots() -> None:
+    """What releases the jobs of users whose slots lapsed with a crashed bridge's leases."""
+    lot, sessions = FakeParkingLot(), FakeSessionStore()
+    for user, session, offset_s in [("u1", "late", 3), ("u1", "early", 1), ("u1", "mid", 2), ("u2", "x", 0)]:
+        job, delivery = parked_job(session, user, offset_s)
+        lot.park(parked(job, delivery))
+    sessions.user_slots["u2"] = user_slots.take(None, "held", datetime.now(UTC), 60, limit=2) or {}
+    sessions.user_slots["u2"] = (
+        user_slots.take(sessions.user_slots["u2"], "held2", datetime.now(UTC), 60, 2) or {}
+    )
+    assert Parking(lot, sessions, 2, BridgeMetrics()).sweep() == 2
+    assert [job.session for job in lot.published] == ["early", "mid"]
+    assert set(lot.parked) == {("u1", "late"), ("u2", "x")}
+
+
+def test_a_release_lost_to_another_bridge_or_a_new_parking_publishes_nothing() -> None:
+    lot = FakeParkingLot()
+    parking = Parking(lot, FakeSessionStore(), 1, BridgeMetrics())
+    lot.park(parked(*parked_job("s1")))
+    seen = lot.oldest(USER, 1)[0]
+    lot.park(parked(*parked_job("s1")))  # parked again meanwhile: a new version
+    assert lot.release(seen) is False
+    assert parking.release_free(USER) == 1, "the current version is released"
+    assert lot.published[0].version != seen.version
+
+
+def test_releasing_never_raises_when_firestore_is_away() -> None:
+    lot = FakeParkingLot()
+    parking = Parking(lot, FakeSessionStore(), 1, BridgeMetrics())
+    lot.park(parked(*parked_job("s1")))
+    lot.broken = True
+    assert (parking.release_free(USER), parking.sweep()) == (0, 0)
+    lot.broken = False
+    assert parking.sweep() == 1
 
 
 def test_without_a_limit_no_slot_is_kept() -> None:
@@ -154,7 +219,7 @@ def test_without_a_limit_no_slot_is_kept() -> None:
     assert world.sessions.user_slots == {}
 
 
-def test_the_limit_needs_the_topic_to_publish_waiting_jobs_to() -> None:
+def test_the_limit_needs_the_topic_to_publish_released_jobs_to() -> None:
     with pytest.raises(ValidationError, match="FLUXFILL_BRIDGE_TOPIC"):
         settings(max_jobs_in_flight_per_user=2)
 
@@ -210,7 +275,8 @@ def test_a_job_of_a_user_found_at_the_limit_is_deferred_before_taking_a_slot() -
     early = world.handler.defer_if_user_at_limit(job_delivery("s3"))
 
     assert early is not None
-    assert (early.kind, early.lane) == (OutcomeKind.DEFER, "bulk")
+    assert early.kind is OutcomeKind.DEFER
+    assert set(world.parking_lot.parked) == {(USER, "s2"), (USER, "s3")}
     assert (world.sessions.claims, world.objects.reads) == (claims, reads)
     assert world.handler.defer_if_user_at_limit(job_delivery("s4", user="someone-else")) is None
     assert world.handler.defer_if_user_at_limit(Delivery(b"not json", "m-bad", {}, NOW)) is None

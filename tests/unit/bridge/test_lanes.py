@@ -1,19 +1,9 @@
-"""The slot gate: urgent work first, a reserved share for bulk, a stop that frees every waiter; what each
-lane's stream holds."""
+"""The slot gate: urgent work first, a reserved share for bulk, a stop that frees every waiter."""
 
 import threading
 import time
-from types import SimpleNamespace
 
-import pytest
-from google.auth.credentials import AnonymousCredentials
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
-
-from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.lanes import SlotGate
-from fluxfill.bridge.metrics import BridgeMetrics
-from fluxfill.bridge.pull import PullRunner
-from tests.unit.bridge.world import settings
 
 URGENT, BULK = "urgent", "bulk"
 
@@ -102,20 +92,3 @@ def test_a_stop_releases_every_waiter_without_a_slot() -> None:
         thread.join(timeout=2)
         assert not thread.is_alive()
     assert waiters.granted == []
-
-
-@pytest.mark.parametrize(("limit", "held"), [(0, (3, 3)), (2, (11, 3))])
-def test_only_the_bulk_stream_holds_the_deferral_prefetch_and_only_with_a_per_user_limit(
-    limit: int, held: tuple[int, int]
-) -> None:
-    chosen = settings(
-        urgent_subscription="urgent",
-        topic="jobs",
-        max_concurrent_jobs=2,
-        deferral_prefetch=8,
-        max_jobs_in_flight_per_user=limit,
-    )
-    subscriber = pubsub_v1.SubscriberClient(credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
-    bridge = SimpleNamespace(subscriber=subscriber, settings=chosen, metrics=BridgeMetrics())
-    runner = PullRunner(bridge)  # type: ignore[arg-type]
-    assert (runner.flows[BULK_LANE].max_messages, runner.flows[URGENT_LANE].max_messages) == held

@@ -9,13 +9,14 @@ import numpy as np
 from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome
+from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
 from tests.unit.bridge.fakes import (
     FakeDeadLetters,
     FakeModel,
     FakeObjectStore,
-    FakeRequeue,
+    FakeParkingLot,
     FakeSessionStore,
     png,
 )
@@ -59,14 +60,19 @@ class World:
         self.model = FakeModel()
         self.metrics = BridgeMetrics()
         self.settings = settings(**overrides)
-        self.handler = JobHandler(self.settings, self.objects, self.sessions, self.model, self.metrics)
+        self.parking_lot = FakeParkingLot()
+        self.handler = self._handler(self.settings)
         self.dead_letters = FakeDeadLetters()
-        self.requeue = FakeRequeue()
         self.acked: list[bool] = []
 
     def another_bridge(self, **overrides: Any) -> JobHandler:
         """A second handler over the same bucket, sessions and model (another bridge, or another slot)."""
-        return JobHandler(settings(**overrides), self.objects, self.sessions, self.model, self.metrics)
+        return self._handler(settings(**overrides))
+
+    def _handler(self, chosen: BridgeSettings) -> JobHandler:
+        limit = chosen.max_jobs_in_flight_per_user
+        parking = Parking(self.parking_lot, self.sessions, limit, self.metrics) if limit else None
+        return JobHandler(chosen, self.objects, self.sessions, self.model, self.metrics, parking=parking)
 
     def deliver(
         self,
@@ -76,14 +82,13 @@ class World:
         attributes: dict[str, str] | None = None,
         **job: Any,
     ) -> Outcome:
-        """Handle one delivery and settle it as the entry points do (dead letter or deferred copy, then the
-        final write)."""
+        """Handle one delivery and settle it as the entry points do (dead letter, then the final write)."""
         data = json.dumps({"userId": USER, "sessionId": SESSION, **job}).encode()
         delivery = Delivery(
             data, message_id, attributes or {}, publish_time=datetime.now(UTC), delivery_attempt=attempt
         )
         outcome = (handler or self.handler).handle(delivery)
-        self.acked.append(should_ack(outcome, delivery, self.dead_letters, self.requeue))
+        self.acked.append(should_ack(outcome, delivery, self.dead_letters))
         return outcome
 
     def upload(self, user: str, session: str) -> None:

@@ -1,0 +1,159 @@
+"""Parked jobs on the Firestore and Pub/Sub emulators: one parking per session, oldest first, each release
+published once, a job parked again mid-release kept, a release that died half-way retried, and a bridge's
+sweep running the parked jobs of a user whose slots lapsed."""
+
+import json
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+
+from fluxfill.bridge.adapters.parking_store import RELEASE_RETRY_S, FirestoreParkingLot
+from fluxfill.bridge.adapters.pubsub import PubSubRequeue
+from fluxfill.bridge.contract import BULK_LANE, DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE, parse_job
+from fluxfill.bridge.outcome import Delivery
+from fluxfill.bridge.parking import parked
+from fluxfill.bridge.ports import InferenceResult, ParkedJob
+from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge
+
+pytestmark = pytest.mark.integration
+PARKED = "fluxfillParkedJobs"
+START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+
+
+def lot_of(jobs: JobSystem, client: firestore.Client | None = None, **kwargs: Any) -> FirestoreParkingLot:
+    requeue = PubSubRequeue(jobs.publisher, {BULK_LANE: jobs.topic})
+    return FirestoreParkingLot(client or jobs.db, PARKED, requeue, **kwargs)
+
+
+def job(user: str, session: str, offset_s: float = 0, **attributes: str) -> ParkedJob:
+    data = json.dumps({"userId": user, "sessionId": session}).encode()
+    return parked(
+        parse_job(data), Delivery(data, f"m-{session}", attributes, START + timedelta(seconds=offset_s))
+    )
+
+
+def sessions_published(jobs: JobSystem) -> list[str]:
+    return sorted(json.loads(message.data)["sessionId"] for message in jobs.pull_now(timeout_s=3))
+
+
+def test_a_session_is_parked_once_and_a_users_jobs_come_out_oldest_first(jobs: JobSystem) -> None:
+    lot = lot_of(jobs)
+    for session, offset_s in [("late", 30), ("early", 10), ("mid", 20), ("early", 10)]:
+        lot.park(job("u1", session, offset_s, app="x"))
+    lot.park(job("u2", "other"))
+    assert sorted(lot.users()) == ["u1", "u2"]
+    oldest = lot.oldest("u1", 2)
+    assert [parked.session for parked in oldest] == ["early", "mid"]
+    assert oldest[0].attributes == {
+        "app": "x",
+        DEFERRALS_ATTRIBUTE: "1",
+        FIRST_PUBLISHED_ATTRIBUTE: (START + timedelta(seconds=10)).isoformat(),
+    }
+    assert len(list(jobs.db.collection(PARKED, "u1", "jobs").stream())) == 3, "one parking per session"
+
+    assert lot.release(oldest[0]) is True
+    [message] = jobs.pull_now()
+    assert (json.loads(message.data)["sessionId"], message.attributes["app"]) == ("early", "x")
+    assert [parked.session for parked in lot.oldest("u1", 5)] == ["mid", "late"], "released is deleted"
+
+
+def test_racing_releases_publish_each_parked_job_once(jobs: JobSystem) -> None:
+    """Two bridges (two clients) release the same user's five jobs at once, each as many as it sees."""
+    other = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    lots = [lot_of(jobs), lot_of(jobs, other)]
+    for index in range(5):
+        lots[0].park(job("u1", f"s{index}", index))
+    won: list[bool] = []
+
+    def release_all(lot: FirestoreParkingLot) -> None:
+        seen = lot.oldest("u1", 5)
+        won.extend(lot.release(parked) for parked in seen)
+
+    threads = [threading.Thread(target=release_all, args=(lot,)) for lot in lots]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert won.count(True) == 5, won
+    assert sessions_published(jobs) == [f"s{index}" for index in range(5)]
+    assert lots[0].oldest("u1", 5) == []
+
+
+class ParkingAgainOnPublish:
+    """Our Requeue port: publishes nothing, parks the job again (its user still at the limit at the bridge
+    that takes it), as can happen between a release's publish and its delete."""
+
+    def __init__(self) -> None:
+        self.lot: FirestoreParkingLot | None = None
+        self.published: list[bytes] = []
+
+    def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
+        assert self.lot is not None
+        self.published.append(data)
+        self.lot.park(job("u1", json.loads(data)["sessionId"], 0, **attributes))
+
+
+def test_a_job_parked_again_during_its_release_is_not_deleted_with_it(jobs: JobSystem) -> None:
+    requeue = ParkingAgainOnPublish()
+    lot = FirestoreParkingLot(jobs.db, PARKED, requeue)
+    requeue.lot = lot
+    lot.park(job("u1", "s1"))
+    assert lot.release(lot.oldest("u1", 1)[0]) is True
+    [again] = lot.oldest("u1", 1)
+    assert again.attributes[DEFERRALS_ATTRIBUTE] == "2", "the new parking stands, unmarked"
+
+
+def test_a_release_that_died_half_way_is_released_again_once_its_mark_lapses(jobs: JobSystem) -> None:
+    lot = lot_of(jobs)
+    lot.park(job("u1", "s1"))
+    [seen] = lot.oldest("u1", 1)
+    # Marked, as a release does before publishing; then the releasing bridge died.
+    jobs.db.document(f"{PARKED}/u1/jobs/s1").update({"releasing": datetime.now(UTC)})
+    assert lot.oldest("u1", 1) == [], "being released by another bridge"
+    assert lot.release(seen) is False, "that version is another bridge's to publish"
+
+    def later() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=RELEASE_RETRY_S + 1)
+
+    [lapsed] = lot_of(jobs, now=later).oldest("u1", 1)
+    assert lot_of(jobs, now=later).release(lapsed) is True
+    assert sessions_published(jobs) == ["s1"]
+
+
+def test_a_bridge_sweeps_parked_jobs_of_users_with_free_slots_and_runs_them(jobs: JobSystem) -> None:
+    """As after a crash: the job was parked, its user's slot lapsed, and no job of the user ends to release
+    it. A running bridge's sweep publishes it, and it runs."""
+    user, session = jobs.new_job()
+    lot_of(jobs).park(job(user, session))
+    settings = jobs.settings(
+        "127.0.0.1:1",
+        max_jobs_in_flight_per_user=1,
+        topic=jobs.topic_id,
+        parked_jobs_collection=PARKED,
+        parking_sweep_s=0.5,
+    )
+    with running_bridge(settings, InstantModel()) as bridge:
+        document = jobs.wait_for(user, session, is_terminal)
+        assert bridge.bridge.metrics.sample("fluxfill_bridge_parked_jobs_total", {"event": "released"}) == 1
+    assert document["status"] == "done"
+    assert document["attempt"] == 1
+    assert list(jobs.db.collection(PARKED, user, "jobs").stream()) == []
+
+
+class InstantModel:
+    """Our InpaintModel port: returns the photo at once."""
+
+    name = "instant"
+    protocol = "fake"
+
+    def is_ready(self) -> bool:
+        return True
+
+    def infer(self, request: Any, *, on_progress: Any, control: Any) -> Any:
+        on_progress(1, 1)
+        return InferenceResult(request.image, request.seed)
