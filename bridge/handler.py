@@ -44,6 +44,7 @@ from fluxfill.bridge.ports import (
     SessionStore,
 )
 from fluxfill.bridge.readiness import Readiness
+from fluxfill.bridge.result_image import read_ahead
 from fluxfill.bridge.results import result_fields, upload_results, uploaded_result
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig, ResolvedParameters, RuntimeConfig, resolve
 from fluxfill.bridge.seeds import default_seed
@@ -283,6 +284,7 @@ class JobHandler:
         photo = intake.read_photo(
             self._fetch(job, settings.original_template, "original"), settings.max_image_pixels
         )
+        ahead = read_ahead(photo, always_png=settings.result_format == "png")
         height, width = photo.pixels.shape[:2]
         mask = intake.fit_mask(
             intake.decode_mask(self._fetch(job, settings.mask_template, "mask"), settings.max_image_pixels),
@@ -309,7 +311,7 @@ class JobHandler:
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         self._confirm_claim(claimed, monitor)
-        paths, encoded = upload_results(self._objects, job, settings, photo, result.image)
+        paths, encoded = upload_results(self._objects, job, settings, photo, result.image, ahead=ahead)
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
         published = first_published(delivery)

@@ -40,12 +40,27 @@ class EncodedResult:
         return f"image/{self.format}"
 
 
-def encode_result(photo: Photo, edited: npt.NDArray[np.uint8], *, always_png: bool = False) -> EncodedResult:
-    """The upright edited pixels (height x width x 3) as the result file for this original (or as a PNG)."""
+def read_ahead(photo: Photo, *, always_png: bool = False) -> jpeg_splice.CoefficientsAhead | None:
+    """For a JPEG original whose result will be spliced: its coefficients, read from now on, on a worker
+    thread."""
+    if always_png or photo.format != "JPEG":
+        return None
+    return jpeg_splice.CoefficientsAhead(photo.original)
+
+
+def encode_result(
+    photo: Photo,
+    edited: npt.NDArray[np.uint8],
+    *,
+    always_png: bool = False,
+    ahead: jpeg_splice.CoefficientsAhead | None = None,
+) -> EncodedResult:
+    """The upright edited pixels (height x width x 3) as the result file for this original (or as a PNG);
+    `ahead`: read_ahead(photo), when it was started."""
     if always_png:
         return EncodedResult(_save(_with_alpha(photo, edited), "PNG"), "png", "lossless")
     if photo.format == "JPEG":
-        return _jpeg(photo, edited)
+        return _jpeg(photo, edited, ahead)
     if photo.format == "PNG":
         return encode_result(photo, edited, always_png=True)
     if photo.format == "WEBP":
@@ -68,11 +83,15 @@ def changed_pixels(before: npt.NDArray[np.uint8], after: npt.NDArray[np.uint8]) 
     return changed
 
 
-def _jpeg(photo: Photo, edited: npt.NDArray[np.uint8]) -> EncodedResult:
+def _jpeg(
+    photo: Photo, edited: npt.NDArray[np.uint8], ahead: jpeg_splice.CoefficientsAhead | None
+) -> EncodedResult:
     stored = orientation.to_stored(edited, photo.orientation)
     changed = orientation.to_stored(changed_pixels(photo.pixels, edited), photo.orientation)
     try:
-        return EncodedResult(jpeg_splice.splice(photo.original, stored, changed), "jpeg", "dct_splice")
+        coefficients = ahead.result() if ahead is not None else None
+        spliced = jpeg_splice.splice(photo.original, stored, changed, coefficients)
+        return EncodedResult(spliced, "jpeg", "dct_splice")
     except jpeg_splice.SpliceRefusedError as refused:
         image = Image.fromarray(np.ascontiguousarray(stored))
         if photo.greyscale:

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from fluxfill.bridge import intake
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, JobMessage, SessionField
 from fluxfill.bridge.intake import Photo
+from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.ports import InpaintModel, ObjectStore
 from fluxfill.bridge.result_image import EncodedResult, encode_result
 from fluxfill.bridge.runtime_config import ResolvedParameters
@@ -62,14 +63,17 @@ def upload_results(
     settings: BridgeSettings,
     photo: Photo,
     image: npt.NDArray[np.uint8],
+    *,
+    ahead: CoefficientsAhead | None = None,
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
     attempt's upload is kept. The preview is made and written beside the edited image, on another thread
-    (the JPEG splice and the codecs release the GIL), so its ~50 ms at 12 MP overlap the splice."""
+    (the JPEG splice and the codecs release the GIL), so its ~100 ms at 12 MP overlap the splice. `ahead`:
+    the original's coefficients being read (result_image.read_ahead)."""
     paths = result_paths(job, settings)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview") as pool:
         preview = pool.submit(_upload_preview, objects, paths["preview"], image)
-        encoded = encode_result(photo, image, always_png=settings.result_format == "png")
+        encoded = encode_result(photo, image, always_png=settings.result_format == "png", ahead=ahead)
         paths["edited"] = result_paths(job, settings, encoded.extension)["edited"]
         objects.create(paths["edited"], encoded.data, encoded.content_type)
         preview.result()
