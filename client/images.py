@@ -22,6 +22,12 @@ from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
 
+# iPhones store photos as HEIC: with pillow-heif (client and bridge extras) they open like any other image.
+with contextlib.suppress(ImportError):
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+
 RGBArray: TypeAlias = npt.NDArray[np.uint8]
 MaskArray: TypeAlias = npt.NDArray[np.uint8]
 ImageLike: TypeAlias = str | os.PathLike[str] | Image.Image | npt.NDArray[Any]

@@ -36,7 +36,8 @@ from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnav
 from fluxfill.client.images import MaskLike, open_image, to_mask
 
 # Formats the bridge accepts for an original, by PIL's name, with the extension the app gives them.
-ORIGINAL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+# Uploaded as they are: what the bridge reads itself (fluxfill.bridge.intake.sniff_format).
+ORIGINAL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "avif"}
 PUBLISH_TIMEOUT_S = 30.0
 _ID_ALPHABET = string.ascii_letters + string.digits
 NO_CREDENTIALS = (
@@ -118,7 +119,8 @@ def validated_job(ref: SessionRef, **fields: Any) -> JobMessage:
 
 
 def encode_original(path: Path) -> tuple[bytes, str]:
-    """The photo's bytes and extension as uploaded: JPEG, PNG and WebP as they are, anything else as PNG."""
+    """The photo's bytes and extension as uploaded: JPEG, PNG, WebP, HEIC and AVIF as they are, anything else
+    as PNG."""
     image = open_image(path)  # decodes it, so a broken file is refused here and not by the bridge
     with Image.open(path) as header:
         fmt = header.format or ""

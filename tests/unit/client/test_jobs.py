@@ -2,9 +2,12 @@
 
 import argparse
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pillow_heif  # type: ignore[import-untyped]
 import pytest
 from PIL import Image
 
@@ -68,6 +71,28 @@ def test_accepted_formats_are_uploaded_as_they_are(tmp_path: Path, suffix: str, 
     path = tmp_path / f"photo{suffix}"
     Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
     assert encode_original(path) == (path.read_bytes(), extension)
+
+
+@pytest.mark.parametrize(("kind", "extension"), [("HEIF", "heic"), ("AVIF", "avif")])
+def test_phone_formats_the_bridge_reads_are_uploaded_as_they_are(
+    tmp_path: Path, kind: str, extension: str
+) -> None:
+    """An iPhone's HEIC goes up as taken: the bridge reads HEIC and AVIF itself (and answers with a JPEG).
+
+    In a fresh process: this one may have registered the HEIF codec through the bridge's own modules."""
+    pillow_heif.register_heif_opener()
+    path = tmp_path / f"photo.{extension}"
+    Image.new("RGB", (16, 12), (10, 20, 30)).save(path, format=kind)
+    check = (
+        "import sys; from pathlib import Path; from fluxfill.client.jobs import encode_original, encode_mask;"
+        "path = Path(sys.argv[1]); data, extension = encode_original(path);"
+        "assert data == path.read_bytes(), 'converted';"
+        "print(extension, len(encode_mask((2, 1, 3, 2), path)) > 0)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check, str(path)], check=False, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout.split()) == (0, [extension, "True"]), done.stderr[-1500:]
 
 
 def test_other_formats_are_uploaded_as_png(tmp_path: Path) -> None:
