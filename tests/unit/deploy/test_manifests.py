@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from chaos.chaos_run import SHIPPED_PER_USER_LIMIT
 from fluxfill.bridge.http_app import HttpEntryPoint
 from fluxfill.bridge.settings import (
     BRIDGE_BASELINE_BYTES,
@@ -406,3 +407,8 @@ def test_bridge_memory_follows_from_concurrency_and_the_pixel_limit() -> None:
         assert limit >= needed, f"{path.name}: {limit / 2**30:.2f} GiB < {needed / 2**30:.2f} GiB needed"
         seen += 1
     assert seen >= 3
+
+
+def test_the_chaos_run_uses_the_shipped_per_user_limit() -> None:
+    """The chaos run is only as harsh as production if its bridges park and release jobs as shipped."""
+    assert int(config_env()["MAX_JOBS_IN_FLIGHT_PER_USER"]) == SHIPPED_PER_USER_LIMIT > 0
