@@ -2,7 +2,7 @@
 
 The results keep the original's format (the photo is a JPEG: its edited MCUs are spliced).
 
-The real bridge (`build_bridge`, streaming pull, Firestore claims and status writes, Cloud Storage reads
+The real bridge (`build_bridge`, pull, Firestore claims and status writes, Cloud Storage reads
 and writes) runs in this process against the Pub/Sub and Firestore emulators and fake-gcs-server (the
 integration tests' own harness); only the model is replaced by one that paints the mask at once, so what
 is measured is the bridge and its Google round trips. Jobs are uploaded and queued before the clock starts;

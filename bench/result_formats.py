@@ -1,7 +1,7 @@
 """Job path on phone JPEGs, by phase: PNG results (the bridge until 2026-12) against results in the
 original's format (a JPEG spliced in the DCT domain), side by side in one run.
 
-The real bridge (`build_bridge`, streaming pull, Firestore claims and status writes, Cloud Storage reads and
+The real bridge (`build_bridge`, pull, Firestore claims and status writes, Cloud Storage reads and
 writes) runs in this process against the Pub/Sub and Firestore emulators and fake-gcs-server; the model
 paints the mask grey at once (`PaintingModel`), so the edit is real but costs next to nothing. For a 12 MP
 phone JPEG (4000x3000 stored, EXIF orientation 6, q90, textured) and a 1 MP one, with a 10 % blob mask, each

@@ -41,7 +41,9 @@ class Bridge:
     metrics: BridgeMetrics
     dead_letters: DeadLetterSink | None
     verifier: PushTokenVerifier | None
-    subscriber: Any = field(default=None)  # a pubsub_v1.SubscriberClient in pull mode
+    subscriber: Any = field(default=None)  # a pubsub_v1.SubscriberClient in pull mode: acks and leases
+    # A second client whose channel only pulls: closed on stop, ending a pull that waits for messages.
+    pull_subscriber: Any = field(default=None)
     parking: Parking | None = None  # jobs over their user's limit (with that limit): swept now and then
 
 
@@ -93,8 +95,12 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         verifier = PushTokenVerifier(
             settings.push_audience, settings.push_service_account, settings.oidc_certs_url
         )
-    subscriber = subscriber_client(credentials) if settings.mode == "pull" else None
-    return Bridge(settings, handler, readiness, metrics, dead_letters, verifier, subscriber, parking)
+    subscriber, pull_subscriber = None, None
+    if settings.mode == "pull":
+        subscriber, pull_subscriber = subscriber_client(credentials), subscriber_client(credentials)
+    return Bridge(
+        settings, handler, readiness, metrics, dead_letters, verifier, subscriber, pull_subscriber, parking
+    )
 
 
 def _requeue(settings: BridgeSettings, publisher: Any) -> PubSubRequeue:

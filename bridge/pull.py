@@ -1,53 +1,62 @@
-"""The pull entry point: streaming pull once Triton is READY, flow control = max concurrent jobs (plus one
-waiting job per lane when there is an urgent lane, see fluxfill.bridge.lanes).
+"""The pull entry point: unary pulls that ask for exactly the messages a bridge has room for.
 
-The pull starts only when the model is first READY. If Triton goes away later, the streams stay open (closing
-them strands the messages they hold until their leases lapse) but every callback waits for readiness before
-handling, so no more messages than that flow control are held, their ack deadlines kept alive meanwhile.
+Room per subscription is `max_concurrent_jobs` (plus one message waiting at the lane gate when there is an
+urgent lane, see fluxfill.bridge.lanes), counting every message pulled and not yet settled. A streaming
+pull's flow control is best effort: Pub/Sub may deliver more, and the client then holds the surplus, leased,
+while another bridge idles (the emulator ignores it entirely: one stream got 8 of 10 messages under a flow
+control of 2, see docs/reliability.md). A unary pull cannot be given more than it asked for.
+
+Nothing is pulled until the model is READY, nor while it is not. Held messages wait for readiness before
+their jobs run, their ack deadlines kept alive meanwhile (fluxfill.bridge.leases).
 """
 
-import contextlib
-import functools
 import threading
 from typing import Any
 
 import structlog
-from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+from google.api_core import exceptions as api
 
 from fluxfill.bridge.bootstrap import Bridge
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.lanes import SlotGate
+from fluxfill.bridge.leases import HeldMessage, Leases
 from fluxfill.bridge.outcome import Delivery
-from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
 
 logger = structlog.get_logger(__name__)
 # The ack deadline is kept alive this much beyond the job deadline, for the final writes.
 LEASE_MARGIN_S = 60.0
+# How long one pull waits for messages when there are none (Pub/Sub answers as soon as there are).
+PULL_WAIT_S = 10.0
+# A failing pull is tried again after this, doubling up to the maximum.
+PULL_BACKOFF_S = 0.5
+PULL_BACKOFF_MAX_S = 10.0
+# After the drain, how long the messages that never ran may take to be nacked.
+SETTLE_WAIT_S = 1.0
 
 
-def delivery_of(message: Any) -> Delivery:
-    """A pulled message as the handler sees it."""
+def delivery_of(received: Any) -> Delivery:
+    """A pulled message (a ReceivedMessage) as the handler sees it."""
+    message = received.message
     return Delivery(
         data=bytes(message.data),
         message_id=str(message.message_id),
         attributes=dict(message.attributes),
         publish_time=message.publish_time,
-        delivery_attempt=message.delivery_attempt,
+        # 0 when the subscription has no dead-letter policy: the count is unknown then.
+        delivery_attempt=received.delivery_attempt or None,
     )
 
 
 class PullRunner:
-    """Subscribes only while ready; unsubscribes (in-flight jobs go on) when Triton goes away or on stop.
-
-    With an urgent subscription, two streams feed one SlotGate: a freed slot takes urgent work first.
-    """
+    """Pulls while ready and until stopped; with an urgent subscription, both lanes feed one SlotGate."""
 
     def __init__(self, bridge: Bridge) -> None:
-        if bridge.subscriber is None:
-            raise ValueError("pull mode needs a subscriber client")
+        if bridge.subscriber is None or bridge.pull_subscriber is None:
+            raise ValueError("pull mode needs two subscriber clients")
         self._bridge = bridge
         self._subscriber = bridge.subscriber
+        self._puller = bridge.pull_subscriber
         settings = bridge.settings
         self._lanes = {BULK_LANE: self._subscriber.subscription_path(settings.project, settings.subscription)}
         if settings.urgent_subscription:
@@ -57,37 +66,28 @@ class PullRunner:
         self._gate = SlotGate(settings.max_concurrent_jobs, settings.bulk_share, bridge.metrics.waiting)
         # With two lanes each holds one message more than the slots, waiting at the gate: when a slot frees,
         # both lanes have a job there to choose from (see fluxfill.bridge.lanes).
-        held = settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0)
-        self._flow = self._flow_control(settings, held)
+        self._allowance = settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0)
+        self._leases = Leases(
+            self._subscriber, settings.lease_extension_s, settings.job_deadline_s + LEASE_MARGIN_S
+        )
         self._stop = threading.Event()
 
-    @staticmethod
-    def _flow_control(settings: BridgeSettings, max_messages: int) -> Any:
-        return pubsub_v1.types.FlowControl(
-            max_messages=max_messages,
-            max_lease_duration=settings.job_deadline_s + LEASE_MARGIN_S,
-            # Short lease extensions bound how long a crashed bridge's messages wait before redelivery
-            # (the client's default is up to the 60 s stream ack deadline, or more).
-            max_duration_per_lease_extension=settings.lease_extension_s,
-        )
-
-    def _on_message(self, lane: str, message: Any) -> None:
-        """Never raises: an exception here would end the stream and open another beside it."""
+    def _on_message(self, lane: str, received: Any, held: HeldMessage) -> None:
+        """Never raises: a bug must not lose the message."""
         try:
-            acked = self._settle(lane, message)
-        except Exception:  # a bug must neither lose the message nor restart the stream
-            logger.exception("unexpected error in the pull callback; nacking")
+            acked = self._settle(lane, received)
+        except Exception:
+            logger.exception("unexpected error handling a pulled message; nacking")
             acked = False
-        with contextlib.suppress(Exception):  # a closed stream: the message comes back anyway
-            if acked:
-                message.ack()
-            else:
-                message.nack()
+        if acked:
+            self._leases.ack(held)
+        else:
+            self._leases.nack(held)
 
-    def _settle(self, lane: str, message: Any) -> bool:
+    def _settle(self, lane: str, received: Any) -> bool:
         if not self._bridge.readiness.wait_until_ready(self._stop):
             return False
-        delivery = delivery_of(message)
+        delivery = delivery_of(received)
         # A job of a user at the limit is parked without waiting for a slot it would not use.
         early = self._bridge.handler.defer_if_user_at_limit(delivery)
         if early is not None:
@@ -100,37 +100,75 @@ class PullRunner:
         finally:
             self._gate.release()
 
-    def _subscribe(self, lane: str) -> Any:
-        return self._subscriber.subscribe(
-            self._lanes[lane],
-            functools.partial(self._on_message, lane),
-            flow_control=self._flow,
-            await_callbacks_on_shutdown=True,
-        )
+    def _pull_lane(self, lane: str) -> None:
+        subscription = self._lanes[lane]
+        backoff = PULL_BACKOFF_S
+        while self._bridge.readiness.wait_until_ready(self._stop):
+            room = self._leases.wait_for_room(subscription, self._allowance, self._stop)
+            if room == 0:
+                return
+            try:
+                response = self._puller.pull(
+                    request={"subscription": subscription, "max_messages": room},
+                    timeout=PULL_WAIT_S,
+                    retry=None,
+                )
+            except api.DeadlineExceeded:
+                continue  # nothing to pull
+            except Exception as error:  # Pub/Sub away, or the channel closed on stop
+                if self._stop.is_set():
+                    return
+                logger.warning("pull failed; trying again", lane=lane, error=str(error), in_s=backoff)
+                self._stop.wait(backoff)
+                backoff = min(2 * backoff, PULL_BACKOFF_MAX_S)
+                continue
+            backoff = PULL_BACKOFF_S
+            self._dispatch(lane, subscription, list(response.received_messages))
+
+    def _dispatch(self, lane: str, subscription: str, received: list[Any]) -> None:
+        if not received:
+            return
+        held_messages = self._leases.hold(subscription, [message.ack_id for message in received])
+        for message, held in zip(received, held_messages, strict=True):
+            # Daemon threads: a job hung past the shutdown's cleanup must not keep the process alive (its
+            # lease then lapses and the message comes back).
+            try:
+                threading.Thread(
+                    target=self._on_message, args=(lane, message, held), name=f"job-{lane}", daemon=True
+                ).start()
+            except RuntimeError:  # no thread to be had: given back, not held until its lease ends
+                logger.exception("could not start a job thread; nacking")
+                self._leases.nack(held)
 
     def run(self, stop: threading.Event, drained: threading.Event) -> None:
-        """Pull until `stop` is set, then close the streams once `drained` says no job is left in flight.
+        """Pull until `stop` is set; keep the held messages alive until `drained` says no job is left.
 
-        Closing only after the drain lets the in-flight jobs' acks and nacks go out on live streams.
+        Messages held but not yet running when `stop` is set are nacked by their threads at once.
         """
         self._stop = stop
         if not self._bridge.readiness.wait_until_ready(stop):
             return
-        logger.info("pulling", subscriptions=self._lanes)
-        futures = {lane: self._subscribe(lane) for lane in self._lanes}
-        while not stop.wait(self._bridge.settings.readiness_interval_s):
-            for lane, future in futures.items():
-                if future.done():
-                    # The stream failed for good (the library retries transient errors itself): start anew.
-                    logger.error(
-                        "streaming pull ended; subscribing again", lane=lane, error=str(future.exception())
-                    )
-                    future.cancel()  # never two streams at once
-                    futures[lane] = self._subscribe(lane)
+        logger.info("pulling", subscriptions=self._lanes, room=self._allowance)
+        kept_alive = threading.Event()
+        keeper = threading.Thread(
+            target=self._leases.keep_alive, args=(kept_alive,), name="leases", daemon=True
+        )
+        keeper.start()
+        pullers = [
+            threading.Thread(target=self._pull_lane, args=(lane,), name=f"pull-{lane}", daemon=True)
+            for lane in self._lanes
+        ]
+        for puller in pullers:
+            puller.start()
+        stop.wait()
+        # Closing the pulling channel ends the pulls in flight; what a pull brought meanwhile is nacked.
+        self._puller.close()
+        for puller in pullers:
+            puller.join(timeout=PULL_WAIT_S)
         drained.wait()
-        logger.info("closing the pull")
-        for future in futures.values():
-            future.cancel()
-        for future in futures.values():
-            with contextlib.suppress(Exception):  # a stream that had failed: nothing left to drain
-                future.result()
+        # The last nacks (messages that never ran) go out before the process may exit; a job hung past the
+        # drain is not waited for: its lease lapses.
+        if not self._leases.wait_until_settled(SETTLE_WAIT_S):
+            logger.warning("leaving messages held; they come back when their leases lapse")
+        kept_alive.set()
+        logger.info("pull closed")

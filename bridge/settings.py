@@ -32,7 +32,7 @@ class BridgeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     mode: Literal["pull", "push"] = Field(
-        "pull", description="entry point: streaming pull, or an HTTP push endpoint"
+        "pull", description="entry point: pull (as many messages as free slots), or an HTTP push endpoint"
     )
     project: str = Field(description="Google Cloud project of the subscription, bucket and Firestore")
     subscription: str = Field(
@@ -121,7 +121,9 @@ class BridgeSettings(BaseSettings):
         "grpc-stream",
         description="grpc-stream: flux_fill_stream with progress; grpc / http: unary flux_fill (fallback)",
     )
-    max_concurrent_jobs: int = Field(1, ge=1, description="jobs run at once (pull flow control, push limit)")
+    max_concurrent_jobs: int = Field(
+        1, ge=1, description="jobs run at once (and messages a pull holds; the push limit)"
+    )
     job_deadline_s: float = Field(300.0, gt=0, description="a job running after this fails as timed out")
     model_max_run_s: float = Field(
         300.0, gt=0, description="the model's max_run_seconds: the TIMEOUT_S sent to Triton is at most this"

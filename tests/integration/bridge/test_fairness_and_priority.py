@@ -172,3 +172,24 @@ def test_one_users_flood_runs_one_at_a_time_while_another_users_job_goes_past_it
     assert all(jobs.session(*key)["attempt"] == 1 for key in [*flood, other]), "waiting spent no attempt"
     wait_until(lambda: (jobs.db.document(f"{SLOTS}/{flooder}").get().to_dict() or {}).get("claims") == {})
     assert list(jobs.db.collection(DEFAULT_PARKED_JOBS_COLLECTION, flooder, "jobs").stream()) == []
+
+
+def test_a_busy_bridge_pulls_nothing_it_has_no_slot_for(jobs: JobSystem) -> None:
+    """One slot each: while bridge a's job runs, every job published goes to bridge b (a streaming pull's
+    flow control is best effort, and ignored by the emulator: a busy bridge's stream held jobs an idle one
+    could have run)."""
+    held = jobs.new_job()
+    others = [jobs.new_job() for _ in range(6)]
+    busy_model, idle_model = GatedModel(held[1]), GatedModel()
+    with running_bridge(jobs.settings("127.0.0.1:1", max_concurrent_jobs=1, instance_id="a"), busy_model):
+        publish(jobs, held)
+        wait_until(lambda: busy_model.started == [held[1]])
+        with running_bridge(jobs.settings("127.0.0.1:1", max_concurrent_jobs=1, instance_id="b"), idle_model):
+            for key in others:
+                publish(jobs, key)
+            for key in others:
+                assert jobs.wait_for(*key, is_terminal)["status"] == "done"
+            assert busy_model.started == [held[1]], "the busy bridge took a job it had no slot for"
+            assert sorted(idle_model.started) == sorted(session for _, session in others)
+            busy_model.release(held[1])
+            assert jobs.wait_for(*held, is_terminal)["owner"] == "a"
