@@ -2,6 +2,11 @@
 
 A run whose lease cannot be renewed for LEASE_LOSS_FRACTION of the lease stops: by then another bridge may
 be about to take the job over, and a holder that cannot renew must stop rather than hope.
+
+A job's calls to its session document go one at a time: the heartbeats, the claim check before the upload
+and (after the monitor has ended) the final write. Two transactions on one Firestore document wait on each
+other's locks: a heartbeat still in flight beside the final write stalled jobs for seconds on the emulator,
+then reported the lease lost of a job already done.
 """
 
 import threading
@@ -11,13 +16,16 @@ from types import TracebackType
 import structlog
 
 from fluxfill.bridge.errors import RetryableError
-from fluxfill.bridge.ports import JobRef, RunControl, SessionStore
+from fluxfill.bridge.ports import Heartbeat, JobRef, RunControl, SessionStore
 
 logger = structlog.get_logger(__name__)
 # How often the watcher wakes to notice the bridge's hard stop between heartbeats.
 _WAKE_S = 0.05
 # Failed renewals for this share of the lease stop the run, leaving margin for clocks and the final writes.
 LEASE_LOSS_FRACTION = 0.75
+# At the end, how long a heartbeat in flight is waited for before the final write goes ahead anyway (a
+# heartbeat that hangs must not hold the job's end: the final write is fenced by the claim either way).
+END_WAIT_S = 2.0
 
 
 class JobMonitor:
@@ -43,6 +51,7 @@ class JobMonitor:
         self._control = control
         self._hard_stop = hard_stop
         self._finished = threading.Event()
+        self._calls = threading.Lock()  # held by each call to the session document
         self._lock = threading.Lock()
         self._progress: tuple[int, int] | None = None
         self._written: tuple[int, int] | None = None
@@ -80,11 +89,19 @@ class JobMonitor:
                 beating.start()
                 next_beat = time.monotonic() + self._interval_s
 
+    def confirm_claim(self) -> Heartbeat:
+        """A heartbeat now, after any in flight: is the claim still ours?"""
+        with self._calls:
+            return self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, None)
+
     def _beat(self) -> None:
         with self._lock:
             progress = self._progress if self._progress != self._written else None
         try:
-            beat = self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, progress)
+            with self._calls:
+                if self._finished.is_set():
+                    return  # the job is ending: its final write is next
+                beat = self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, progress)
         except RetryableError as error:
             unrenewed_s = time.monotonic() - self._renewed_at
             if unrenewed_s < LEASE_LOSS_FRACTION * self._lease_s:
@@ -122,3 +139,6 @@ class JobMonitor:
     ) -> None:
         self._finished.set()
         self._thread.join()
+        # No heartbeat starts any more; one in flight is waited for, so that the final write goes alone.
+        if self._calls.acquire(timeout=END_WAIT_S):
+            self._calls.release()

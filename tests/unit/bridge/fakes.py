@@ -1,10 +1,12 @@
 """Hand-written in-memory fakes of the bridge's own ports."""
 
+import contextlib
 import fnmatch
 import io
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -86,7 +88,22 @@ class FakeSessionStore:
     finish_fails_with: Exception | None = None
     user_slots: dict[str, dict[str, Any]] = field(default_factory=dict)  # per user, as in Firestore
     claims: int = 0  # claim transactions asked for
+    call_s: float = 0.0  # each heartbeat and finish takes this long, as a round trip to Firestore does
+    most_at_once: int = 0  # the most heartbeats and finishes of one session in flight together
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _in_flight: Counter[str] = field(default_factory=Counter)
+
+    @contextlib.contextmanager
+    def _round_trip(self, path: str) -> Iterator[None]:
+        with self._lock:
+            self._in_flight[path] += 1
+            self.most_at_once = max(self.most_at_once, self._in_flight[path])
+        try:
+            time.sleep(self.call_s)
+            yield
+        finally:
+            with self._lock:
+                self._in_flight[path] -= 1
 
     def _apply(self, path: str, update: Mapping[str, Any] | None) -> None:
         if update is not None:
@@ -130,7 +147,7 @@ class FakeSessionStore:
             raise self.heartbeat_fails_with
         while self.heartbeat_hangs.is_set():  # a frozen Firestore: no answer, no error
             time.sleep(0.01)
-        with self._lock:
+        with self._round_trip(job.document), self._lock:
             beat, update, slots = user_slots.heartbeat(
                 self.documents.get(job.document),
                 self.user_slots.get(job.user),
@@ -160,7 +177,7 @@ class FakeSessionStore:
     def finish(self, job: JobRef, claim_id: str | None, status: Any, fields: Mapping[str, Any]) -> bool:
         if self.finish_fails_with is not None:
             raise self.finish_fails_with
-        with self._lock:
+        with self._round_trip(job.document), self._lock:
             now = self.now()
             update = sessions.finish(self.documents.get(job.document), claim_id, now, status, fields)
             self._apply(job.document, update)

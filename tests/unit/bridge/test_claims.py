@@ -211,3 +211,15 @@ def test_session_path_firestore_refuses_is_dead_lettered_not_retried_forever() -
     assert outcome.kind is OutcomeKind.DEAD_LETTER
     assert outcome.code is ErrorCode.INVALID_JOB
     assert world.acked == [True]
+
+
+def test_a_jobs_heartbeats_claim_check_and_final_write_never_overlap() -> None:
+    """Two transactions on one Firestore document wait on each other's locks (on the emulator a job stalled
+    seconds, then logged its lease lost after finishing): one call at a time per job."""
+    world = World(progress_interval_s=0.001)
+    world.sessions.call_s = 0.03  # a beat is in flight most of the time (the watcher wakes every 50 ms)
+    world.model.step_s = 0.02
+    for index in range(5):
+        world.upload("u1", f"s{index}")
+        assert world.deliver(userId="u1", sessionId=f"s{index}", steps=10).kind is OutcomeKind.DONE
+    assert world.sessions.most_at_once == 1
