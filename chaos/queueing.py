@@ -6,6 +6,7 @@ a job-duration is the slot time per job: the busy span times the slots over the 
 spends between jobs (ack, pull, claim) counts too. The median run (claim to final write) is reported beside.
 """
 
+import itertools
 import json
 import random
 import threading
@@ -75,6 +76,9 @@ class FairnessRun:
     run_s: float  # the median run
     others: Waits
     flood: Waits
+    # Of each other user's wait, the seconds during which a slot was free (no job claimed and unfinished on
+    # it): what the fleet could have saved. The rest was spent behind running jobs.
+    others_idle_slot_s: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -139,6 +143,32 @@ def _waits(
         if document.get("status") == "done" and job.key in published:
             waits.seconds.append((document["startedAt"] - published[job.key]).total_seconds())
     return waits
+
+
+def idle_slot_waits(
+    planned: Sequence[PlannedJob],
+    published: dict[str, datetime],
+    docs: dict[str, dict[str, Any]],
+    slots: int,
+) -> list[float]:
+    """For each done job of `planned`: the seconds between its publication and its claim during which fewer
+    than `slots` jobs (of anyone, per their claim and final write) were running."""
+    runs = [(d["startedAt"], d["finishedAt"]) for d in docs.values() if d.get("status") == "done"]
+    idle: list[float] = []
+    for job in planned:
+        document = docs.get(job.session, {})
+        if document.get("status") != "done" or job.key not in published:
+            continue
+        begin, end = published[job.key], document["startedAt"]
+        # The moments the running count changes within the wait bound intervals of constant count.
+        moments = sorted({begin, end, *(t for run in runs for t in run if begin < t < end)})
+        free = 0.0
+        for start, stop in itertools.pairwise(moments):
+            running = sum(1 for claimed, finished in runs if claimed <= start < finished)
+            if running < slots:
+                free += (stop - start).total_seconds()
+        idle.append(free)
+    return idle
 
 
 def _median_run_s(docs: dict[str, dict[str, Any]]) -> float:
@@ -234,6 +264,7 @@ def _fairness_run(options: QueueingOptions, run_dir: Path, limit: int) -> Fairne
         _median_run_s(docs),
         _waits(others, published, docs),
         _waits(flood, published, docs),
+        idle_slot_waits(others, published, docs, slots),
     )
 
 

@@ -177,6 +177,7 @@ def fairness_text(report: FairnessReport) -> str:
                 f"{name}: {run.limit or 'none'}",
                 f"{run.job_s:.2f} s",
                 others,
+                f"{max(run.others_idle_slot_s, default=0.0):.2f} s",
                 f"{run.flood.done}/{run.flood.total}",
             ]
         )
@@ -189,6 +190,7 @@ def fairness_text(report: FairnessReport) -> str:
                 "max_jobs_in_flight_per_user",
                 "job-duration",
                 "the other users' queue times (jobs)",
+                "longest of their waits with a slot free",
                 "flood done",
             ],
             rows,

@@ -163,3 +163,30 @@ def test_latency_runs_from_first_publish_to_the_terminal_write() -> None:
     evidence.documents[job.session]["finishedAt"] = published + timedelta(seconds=3)
     assert invariants.latencies(evidence, {job.key: published}) == [3.0]
     assert invariants.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+
+
+def test_a_wait_counts_only_the_time_a_slot_was_free() -> None:
+    """Two slots; the waiting job (published at 0, claimed at 10) had both slots busy from 2 to 6 and from 7
+    on, one free 0-2 and 6-7: 3 s of its 10 s wait a slot was free."""
+    from chaos.queueing import idle_slot_waits
+
+    t0 = datetime(2026, 12, 3, tzinfo=UTC)
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    def job(session: str) -> PlannedJob:
+        return PlannedJob(session, Kind.VALID, "u", session, b"{}", 1, None, None)
+
+    docs: dict[str, dict[str, Any]] = {
+        "a": {"status": "done", "startedAt": at(-5), "finishedAt": at(20)},  # one slot busy throughout
+        "b": {"status": "done", "startedAt": at(2), "finishedAt": at(6)},
+        "c": {"status": "done", "startedAt": at(7), "finishedAt": at(9)},
+        "d": {"status": "done", "startedAt": at(9), "finishedAt": at(15)},
+        "waiting": {"status": "done", "startedAt": at(10), "finishedAt": at(12)},
+        "failed": {"status": "failed"},
+    }
+    published = {"waiting": at(0), "failed": at(0)}
+    assert idle_slot_waits([job("waiting"), job("failed")], published, docs, slots=2) == [3.0]
+    assert idle_slot_waits([job("waiting")], published, docs, slots=1) == [0.0]
+    assert idle_slot_waits([job("waiting")], published, docs, slots=3) == [10.0]
