@@ -1,9 +1,9 @@
 """Priority across the fleet: urgent and bulk jobs arrive on their own subscriptions and share one bridge's
 slots through this gate.
 
-Each subscription's stream holds at most `max_concurrent_jobs` + 1 messages: the running ones and one
-waiting at this gate. Without that one, a
-lane's next message is delivered only after its running job is acked, by when the other lane's waiting job
+A bridge holds at most `max_concurrent_jobs` + 1 messages of each subscription (fluxfill.bridge.pull): the
+running ones and one waiting at this gate. Without that one, a lane's next message is pulled only after its
+running job is acked, by when the other lane's waiting job
 has taken the slot: urgent and bulk would merely alternate.
 When a slot frees, the gate chooses among the waiting: an urgent job, unless bulk's reserved turn has come.
 While both wait, bulk gets one grant in every round(1 / bulk_share), so a steady stream of urgent jobs slows
