@@ -10,6 +10,7 @@ from PIL import Image
 
 from fluxfill.bridge.errors import TritonUnavailableError
 from fluxfill.bridge.ports import InferenceResult
+from fluxfill.bridge.pull import PULL_WAIT_S
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import (
     JobSystem,
@@ -281,3 +282,21 @@ def test_unary_fallback_protocols_finish_the_job(
     assert document["status"] == "done"
     assert document["model"]["model"] == "flux_fill"
     assert document["model"]["protocol"] == protocol
+
+
+def test_a_stop_ends_the_pull_waiting_for_messages_at_once(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """An idle bridge's pull waits up to PULL_WAIT_S for messages; SIGTERM closes its channel instead of
+    waiting (Cloud Run allows 10 s in all), and a message published after the stop stays for another bridge."""
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        wait_until(lambda: bridge.bridge.readiness.ready)
+        time.sleep(1.0)  # the pull is now waiting on an empty subscription
+        started = time.monotonic()
+        bridge.stop(timeout_s=PULL_WAIT_S)
+        stopped_in_s = time.monotonic() - started
+    assert stopped_in_s < PULL_WAIT_S / 2, f"the stop waited {stopped_in_s:.1f} s for the pull"
+    user, session = jobs.new_job()
+    jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        assert jobs.wait_for(user, session, is_terminal)["status"] == "done"
