@@ -15,7 +15,7 @@ from types import TracebackType
 
 import structlog
 
-from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.errors import LeaseLostError, RetryableError
 from fluxfill.bridge.ports import Heartbeat, JobRef, RunControl, SessionStore
 
 logger = structlog.get_logger(__name__)
@@ -90,9 +90,14 @@ class JobMonitor:
                 next_beat = time.monotonic() + self._interval_s
 
     def confirm_claim(self) -> Heartbeat:
-        """A heartbeat now, after any in flight: is the claim still ours?"""
-        with self._calls:
+        """A heartbeat now, after any in flight: is the claim still ours? A heartbeat in flight that does not
+        end within the lease-loss bound is a lost lease, as the watcher would find it."""
+        if not self._calls.acquire(timeout=LEASE_LOSS_FRACTION * self._lease_s):
+            raise LeaseLostError("a heartbeat has hung; the claim could not be checked")
+        try:
             return self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, None)
+        finally:
+            self._calls.release()
 
     def _beat(self) -> None:
         with self._lock:

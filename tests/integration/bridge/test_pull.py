@@ -288,7 +288,7 @@ def test_a_stop_ends_the_pull_waiting_for_messages_at_once(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
     """An idle bridge's pull waits up to PULL_WAIT_S for messages; SIGTERM closes its channel instead of
-    waiting (Cloud Run allows 10 s in all), and a message published after the stop stays for another bridge."""
+    waiting (Cloud Run allows 10 s in all); a message published after the stop stays for another bridge."""
     with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
         wait_until(lambda: bridge.bridge.readiness.ready)
         time.sleep(1.0)  # the pull is now waiting on an empty subscription

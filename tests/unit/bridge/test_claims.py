@@ -223,3 +223,19 @@ def test_a_jobs_heartbeats_claim_check_and_final_write_never_overlap() -> None:
         world.upload("u1", f"s{index}")
         assert world.deliver(userId="u1", sessionId=f"s{index}", steps=10).kind is OutcomeKind.DONE
     assert world.sessions.most_at_once == 1
+
+
+def test_a_heartbeat_hung_at_the_claim_check_is_a_lost_lease_not_a_hung_job() -> None:
+    """The run ends while a heartbeat hangs: the claim check waits for it as long as the watcher would."""
+    world = World(lease_s=2.0, progress_interval_s=0.02)
+    world.model.step_s = 0.1
+    thread, outcomes = run_in_background(world, steps=3)
+    wait_for_steps(world)
+    world.sessions.heartbeat_hangs.set()
+    try:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the claim check waited on a hung heartbeat"
+    finally:
+        world.sessions.heartbeat_hangs.clear()
+    assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
+    assert EDITED not in world.objects.objects
