@@ -7,7 +7,7 @@ _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 class BridgeMetrics:
     """Jobs by outcome, latencies, per-phase timings, queue age, in-flight and waiting jobs, parked jobs,
-    Triton errors, readiness."""
+    Triton errors, failed pulls, readiness."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -52,6 +52,12 @@ class BridgeMetrics:
             "fluxfill_bridge_triton_errors",
             "Failed Triton calls, by error",
             ["error"],
+            registry=self.registry,
+        )
+        self.pull_errors = Counter(
+            "fluxfill_bridge_pull_errors",
+            "Pulls that failed (Pub/Sub unreachable, the subscription gone or not ours), by lane",
+            ["lane"],
             registry=self.registry,
         )
         self.downloaded_bytes = Counter(

@@ -118,6 +118,7 @@ class PullRunner:
             except Exception as error:  # Pub/Sub away, or the channel closed on stop
                 if self._stop.is_set():
                     return
+                self._bridge.metrics.pull_errors.labels(lane).inc()
                 logger.warning("pull failed; trying again", lane=lane, error=str(error), in_s=backoff)
                 self._stop.wait(backoff)
                 backoff = min(2 * backoff, PULL_BACKOFF_MAX_S)

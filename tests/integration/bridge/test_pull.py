@@ -300,3 +300,15 @@ def test_a_stop_ends_the_pull_waiting_for_messages_at_once(
     jobs.publish({"userId": user, "sessionId": session, "steps": 2})
     with running_bridge(jobs.settings(flux_server.grpc_url)):
         assert jobs.wait_for(user, session, is_terminal)["status"] == "done"
+
+
+def test_a_pull_that_fails_is_counted_and_tried_again(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """A subscription that is not there (deleted, renamed): the bridge keeps running, says so in its log and
+    in `fluxfill_bridge_pull_errors_total`, and keeps trying."""
+    settings = jobs.settings(flux_server.grpc_url, subscription=f"missing-{jobs.name}")
+    with running_bridge(settings) as bridge:
+        metrics = bridge.bridge.metrics
+        wait_until(lambda: metrics.sample("fluxfill_bridge_pull_errors_total", {"lane": "bulk"}) >= 2)
+        assert httpx.get(f"{bridge.url}/healthz").status_code == 200

@@ -113,6 +113,7 @@ def test_alerts_cover_the_issue() -> None:
     assert config_env()["DEAD_LETTER_SUBSCRIPTION"] in by_name["dead-letters"]
     assert "fluxfill_bridge_ready" in by_name["model-not-ready"]
     assert "nv_gpu_memory_used_bytes" in by_name["gpu-memory"]
+    assert "fluxfill_bridge_pull_errors_total" in by_name["pull-failing"]
     for path in ALERTS:
         policy = load_json(path)
         assert "Runbook" in policy["documentation"]["content"], path.name
