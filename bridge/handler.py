@@ -225,7 +225,7 @@ class JobHandler:
         )
         try:
             with monitor:
-                fields = self._run(job, control, monitor, delivery, claimed)
+                fields = self._run(job, control, monitor, delivery)
         except Exception as error:  # a bug must not lose the job either: it is retried, then dead-lettered
             return self._after_failure(error, claimed, monitor)
         return self._end_done(claimed, fields)
@@ -277,7 +277,6 @@ class JobHandler:
         control: RunControl,
         monitor: JobMonitor,
         delivery: Delivery,
-        claimed: "_Claimed",
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
@@ -310,7 +309,7 @@ class JobHandler:
         result = infer_when_admitted(self._model, request, monitor.report_progress, control, self._metrics)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
-        self._confirm_claim(claimed, monitor)
+        self._confirm_claim(monitor)
         paths, encoded = upload_results(self._objects, job, settings, photo, result.image, ahead=ahead)
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
@@ -346,7 +345,7 @@ class JobHandler:
         self._metrics.phase.labels(name).observe(seconds)
         return seconds
 
-    def _confirm_claim(self, claimed: "_Claimed", monitor: JobMonitor) -> None:
+    def _confirm_claim(self, monitor: JobMonitor) -> None:
         """Results are written only while our claim is current: asked of the store right before the upload."""
         if monitor.lease_lost:
             raise LeaseLostError("the lease could not be renewed while the job ran")
