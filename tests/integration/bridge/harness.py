@@ -260,7 +260,17 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
-                self._connections += [client, server]
+                # down() may have run while this connection was being made: it closed the listener and the
+                # connections it knew of, so this pair is closed here, or it would be left open for good.
+                accepted_while_up = self._listener is listener
+                if accepted_while_up:
+                    self._connections += [client, server]
+            if not accepted_while_up:
+                for orphan in (client, server):
+                    with contextlib.suppress(OSError):
+                        orphan.shutdown(socket.SHUT_RDWR)
+                    orphan.close()
+                return
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
 
