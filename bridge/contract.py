@@ -5,6 +5,7 @@ The app (and `fluxfill submit/watch/cancel/dlq`) build on this module; it import
 
 import json
 import re
+from collections import Counter
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -52,7 +53,7 @@ TERMINAL_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCE
 class ErrorCode(StrEnum):
     """`error.code` of a failed (or cancelled) session; each comes with a sentence in `error.message`."""
 
-    MALFORMED_MESSAGE = "malformed_message"  # not UTF-8 JSON of an object
+    MALFORMED_MESSAGE = "malformed_message"  # not standard UTF-8 JSON of an object (one copy of each key)
     INVALID_JOB = "invalid_job"  # a field missing, unknown or out of range
     ORIGINAL_MISSING = "original_missing"
     ORIGINAL_AMBIGUOUS = "original_ambiguous"  # more than one original.* object
@@ -166,10 +167,20 @@ class InvalidJobError(ValueError):
 def parse_job(data: bytes) -> JobMessage:
     """Validate a message's data; raises InvalidJobError with one sentence per bad field."""
     try:
-        payload: Any = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        payload: Any = json.loads(
+            data.decode("utf-8"), object_pairs_hook=_object_without_repeats, parse_constant=_no_constant
+        )
+    except (UnicodeDecodeError, _NotStandardJsonError) as error:
         raise InvalidJobError(
             ErrorCode.MALFORMED_MESSAGE, f"message data is not UTF-8 JSON: {error}"
+        ) from None
+    # json.loads raises these beyond JSONDecodeError: nesting deeper than the interpreter's stack, and an
+    # integer of more digits than int() converts (4,300).
+    except RecursionError:
+        raise InvalidJobError(ErrorCode.MALFORMED_MESSAGE, "message data is nested too deeply") from None
+    except ValueError as error:
+        raise InvalidJobError(
+            ErrorCode.MALFORMED_MESSAGE, f"message data is not UTF-8 JSON: {str(error)[:200]}"
         ) from None
     if not isinstance(payload, dict):
         raise InvalidJobError(
@@ -179,6 +190,24 @@ def parse_job(data: bytes) -> JobMessage:
         return JobMessage.model_validate(payload)
     except ValidationError as error:
         raise InvalidJobError(ErrorCode.INVALID_JOB, _describe(error), _valid_ids(payload)) from None
+
+
+class _NotStandardJsonError(ValueError):
+    """JSON that Python's parser takes but the standard (and the app's parsers) do not."""
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: parsers disagree on which copy of a repeated key wins, so
+    the app and the bridge could read one message as two different jobs."""
+    payload = dict(pairs)
+    if len(payload) < len(pairs):
+        repeated = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        raise _NotStandardJsonError(f"{', '.join(repeated)[:100]} given more than once")
+    return payload
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotStandardJsonError(f"{name} is not a finite number")
 
 
 def _describe(error: ValidationError) -> str:

@@ -104,3 +104,44 @@ def test_reserved_ids_are_not_kept_for_a_failed_record() -> None:
     with pytest.raises(InvalidJobError) as caught:
         parse({"userId": "__u__", "sessionId": "s1"})
     assert caught.value.ids is None
+
+
+# Hostile shapes json.loads itself chokes on (RecursionError, ValueError beyond JSONDecodeError): a message
+# must still be a coded refusal, never an exception that sends it round until the dead-letter policy takes it.
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 100_000,
+        b'{"userId": "u1", "sessionId": "s1", "x": ' + b'{"a": ' * 50_000 + b"1" + b"}" * 50_001,
+        b'{"userId": "u1", "sessionId": "s1", "seed": ' + b"9" * 5_000 + b"}",
+    ],
+)
+def test_data_json_cannot_hold_is_malformed(data: bytes) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse_job(data)
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+    assert len(str(caught.value)) < 300, "one sentence, not the data"
+
+
+def test_a_field_given_twice_is_refused_not_taken_from_its_last_copy() -> None:
+    """Parsers disagree on duplicate keys (first or last wins): the app and the bridge must not read one
+    message as two different jobs."""
+    with pytest.raises(InvalidJobError) as caught:
+        parse_job(b'{"userId": "u1", "sessionId": "s1", "userId": "u2"}')
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+    assert "userId" in str(caught.value)
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_number_that_is_not_finite_is_named_as_such(literal: bytes) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse_job(b'{"userId": "u1", "sessionId": "s1", "guidance": ' + literal + b"}")
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
+    assert "finite" in str(caught.value)
+
+
+def test_a_message_of_many_repeated_keys_is_refused_at_once() -> None:
+    data = b'{"userId": "u1", "sessionId": "s1"' + b', "x": 1' * 200_000 + b"}"
+    with pytest.raises(InvalidJobError) as caught:
+        parse_job(data)
+    assert caught.value.code is ErrorCode.MALFORMED_MESSAGE
