@@ -4,6 +4,7 @@ The model sees (and the mask is painted on) the upright photo; a JPEG result is 
 and keeps the original's EXIF, orientation tag included, so viewers turn it upright exactly as before.
 """
 
+import struct
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -31,9 +32,18 @@ _INVERSE = {
 }
 
 
+# What Pillow raises on EXIF it cannot parse (cut short, a broken directory, not TIFF at all); UserWarning
+# too, which it issues for some faults and which a process under `-W error` raises.
+EXIF_ERRORS = (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, UserWarning)
+
+
 def orientation_of(image: Image.Image) -> int:
-    """The image's EXIF orientation, 1 (as stored) when absent or not one of the eight."""
-    value = image.getexif().get(ORIENTATION_TAG, 1)
+    """The image's EXIF orientation, 1 (as stored) when absent, unreadable or not one of the eight: broken
+    metadata is no reason to refuse pixels that decode."""
+    try:
+        value = image.getexif().get(ORIENTATION_TAG, 1)
+    except EXIF_ERRORS:
+        return 1
     return value if isinstance(value, int) and value in range(1, 9) else 1
 
 

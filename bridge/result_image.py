@@ -22,6 +22,8 @@ from fluxfill.bridge.intake import Photo
 
 REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
+# EXIF travels in one APP1 segment of a JPEG (Pillow refuses more); a HEIC's may be larger.
+JPEG_MAX_EXIF_BYTES = 65_533
 
 
 @dataclass(frozen=True)
@@ -68,11 +70,11 @@ def encode_result(
         if photo.lossless:
             return EncodedResult(_save(image, "WEBP", lossless=True), "webp", "lossless")
         return EncodedResult(_save(image, "WEBP", quality=LOSSY_WEBP_QUALITY), "webp", "lossy")
-    exif = _upright_exif(photo.exif)
+    exif, left_out = _jpeg_exif(photo.exif, upright=True)
     data = _save(
         Image.fromarray(edited), "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile)
     )
-    return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}")
+    return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}{left_out}")
 
 
 def changed_pixels(before: npt.NDArray[np.uint8], after: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
@@ -96,9 +98,11 @@ def _jpeg(
         image = Image.fromarray(np.ascontiguousarray(stored))
         if photo.greyscale:
             image = image.convert("L")
-        metadata = _metadata(photo.exif, photo.icc_profile)
-        data = _save(image, "JPEG", quality=REENCODE_QUALITY, **metadata)
-        return EncodedResult(data, "jpeg", "reencoded", f"the original could not be spliced: {refused}")
+        exif, left_out = _jpeg_exif(photo.exif, upright=False)
+        data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile))
+        return EncodedResult(
+            data, "jpeg", "reencoded", f"the original could not be spliced: {refused}{left_out}"
+        )
 
 
 def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
@@ -110,13 +114,23 @@ def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
     return image
 
 
-def _upright_exif(exif: bytes | None) -> bytes | None:
+def _jpeg_exif(exif: bytes | None, *, upright: bool) -> tuple[bytes | None, str]:
+    """The EXIF a JPEG result carries (without its orientation when the pixels are upright), and what to add
+    to the result's note when the original's is left out: metadata is kept where it can be, and its faults
+    never fail a job whose pixels are good."""
     if not exif:
-        return exif
-    tags = Image.Exif()
-    tags.load(exif)
-    tags.pop(orientation.ORIENTATION_TAG, None)
-    return tags.tobytes()
+        return exif, ""
+    if upright:
+        try:
+            tags = Image.Exif()
+            tags.load(exif)
+            tags.pop(orientation.ORIENTATION_TAG, None)
+            exif = tags.tobytes()
+        except orientation.EXIF_ERRORS as error:
+            return None, f"; its EXIF was left out: it cannot be read ({error or type(error).__name__})"
+    if len(exif) > JPEG_MAX_EXIF_BYTES:
+        return None, f"; its EXIF was left out: {len(exif)} bytes, more than a JPEG segment holds"
+    return exif, ""
 
 
 def _metadata(exif: bytes | None, icc_profile: bytes | None) -> dict[str, bytes]:

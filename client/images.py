@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fluxfill.bridge import orientation
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -54,8 +55,12 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InvalidInputError(f"{path}: is a directory, not an image") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
-    # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them.
-    return ImageOps.exif_transpose(image)
+    # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them; EXIF that does
+    # not parse says nothing of it (the bridge takes such a photo as stored too).
+    try:
+        return ImageOps.exif_transpose(image)
+    except orientation.EXIF_ERRORS:
+        return image
 
 
 def load_rgb(path: str | os.PathLike[str]) -> RGBArray:

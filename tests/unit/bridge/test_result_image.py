@@ -2,10 +2,12 @@
 libavif: the JPEG splice keeps every untouched block's coefficients and the metadata bit for bit, in any
 orientation."""
 
+import dataclasses
 import io
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import jpeglib
@@ -315,3 +317,70 @@ def test_concurrent_splices_do_not_corrupt_the_process() -> None:
     command = [sys.executable, "-c", CONCURRENT_SPLICES]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def _bad_exifs() -> dict[str, bytes]:
+    """EXIF a phone or an editing app may leave behind: cut short, a broken directory, and one larger than a
+    JPEG's APP1 segment can hold (65,533 bytes; HEIC's EXIF has no such limit)."""
+    whole = bytes(phone_metadata(6)["exif"])  # type: ignore[arg-type]
+    huge = Image.Exif()
+    huge[orientation.ORIENTATION_TAG] = 6
+    huge[0x010E] = "x" * 70_000  # ImageDescription
+    return {
+        "cut short": whole[: len(whole) // 2],
+        "broken directory": whole[:20] + b"\xff" * 12 + whole[32:],
+        "not TIFF": b"Exif\x00\x00MM\x00",
+        "over 64 KB": huge.tobytes(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    # Pillow's AVIF encoder refuses to write EXIF that is not TIFF at all.
+    [
+        (kind, name)
+        for kind in ("HEIF", "AVIF")
+        for name in _bad_exifs()
+        if (kind, name) != ("AVIF", "not TIFF")
+    ],
+)
+def test_an_original_with_exif_a_jpeg_cannot_carry_still_gives_a_jpeg(kind: str, name: str) -> None:
+    """Metadata is carried on a best-effort basis: EXIF that cannot be read or written again is left out,
+    and the result says so, instead of the job failing after its inference (every attempt's)."""
+    buffer = io.BytesIO()
+    # Pillow's AVIF plugin warns as it reads such EXIF, writing and opening (warnings, not errors, in the
+    # bridge; this test suite raises them).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Image.fromarray(textured(64, 48)).save(buffer, format=kind, quality=90, exif=_bad_exifs()[name])
+        photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    image = leniently_decoded(result)
+    assert (result.format, image.format) == ("jpeg", "JPEG")
+    assert image.size == (photo.pixels.shape[1], photo.pixels.shape[0])
+    assert np.abs(np.asarray(image, np.int16) - edited).mean() < 4.0
+    if photo.exif and orientation.ORIENTATION_TAG in image.getexif():
+        pytest.fail("an upright result must not carry an orientation")
+
+
+@pytest.mark.parametrize("name", list(_bad_exifs()))
+def test_a_jpeg_re_encoded_whole_with_exif_it_cannot_carry_still_gives_a_jpeg(name: str) -> None:
+    stored = textured(64, 48)
+    photo = read_photo(jpeg(stored, quality=90, progressive=True), BIG)
+    photo = dataclasses.replace(photo, exif=_bad_exifs()[name])
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    assert (result.format, result.encoding, leniently_decoded(result).format) == ("jpeg", "reencoded", "JPEG")
+    assert ("EXIF was left out" in (result.note or "")) == (name == "over 64 KB"), result.note
+
+
+def leniently_decoded(result: EncodedResult) -> Image.Image:
+    """Opened as viewers do: a JPEG keeps the original's EXIF as it was, faults included, and Pillow warns."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return decoded(result)

@@ -156,6 +156,14 @@ def test_exif_rotation_is_applied(tmp_path: Path) -> None:
     assert to_rgb(tmp_path / "phone.jpg").shape == (WIDTH, HEIGHT, 3)
 
 
+@pytest.mark.parametrize("kind", ["PNG", "WEBP", "HEIF"])
+def test_exif_that_is_not_tiff_is_ignored_not_a_traceback(tmp_path: Path, kind: str) -> None:
+    """Broken metadata is no reason to refuse a photo that decodes: it is taken as stored."""
+    path = tmp_path / f"photo.{kind.lower()}"
+    Image.new("RGB", (WIDTH, HEIGHT)).save(path, format=kind, exif=b"Exif\x00\x00MM\x00")
+    assert to_rgb(path).shape == (HEIGHT, WIDTH, 3)
+
+
 def test_an_unknown_output_format_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="cannot write this format"):
         save_rgb(np.zeros((2, 2, 3), np.uint8), tmp_path / "out.nope")
