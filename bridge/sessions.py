@@ -6,6 +6,7 @@ second delivery of a running job is never claimed twice); every claim gets a fre
 and heartbeat, release and finish act only for the current one; attempts are limited at claim time.
 """
 
+import math
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,6 +43,16 @@ def _last_error(document: Document) -> str:
     return str(error.get("message", "")) if isinstance(error, Mapping) else ""
 
 
+def _attempts(value: object) -> int:
+    """The claims so far: a whole number the bridge wrote; anything else the document holds (the app writes
+    it too) counts as none, never as an exception on every delivery."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if not math.isfinite(value) or value != int(value):
+        return 0
+    return max(0, int(value))
+
+
 def claim(
     document: Document | None,
     *,
@@ -59,7 +70,7 @@ def claim(
         return Claim(ClaimKind.FINISHED, status=status), None
     if current.get(SessionField.CANCEL_REQUESTED) is True:
         return Claim(ClaimKind.CANCEL_REQUESTED, status=status), None
-    attempts = int(current.get(SessionField.ATTEMPT) or 0)
+    attempts = _attempts(current.get(SessionField.ATTEMPT))
     if leased(current, now):
         holder = str(current.get(SessionField.MESSAGE_ID) or "")
         return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder), None

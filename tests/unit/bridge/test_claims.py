@@ -4,9 +4,13 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from fluxfill.bridge import sessions
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError, TritonUnavailableError
 from fluxfill.bridge.outcome import OutcomeKind
+from fluxfill.bridge.ports import ClaimKind
 from fluxfill.bridge.settings import BridgeSettings
 from tests.unit.bridge.world import PREFIX, World
 
@@ -239,3 +243,36 @@ def test_a_heartbeat_hung_at_the_claim_check_is_a_lost_lease_not_a_hung_job() ->
         world.sessions.heartbeat_hangs.clear()
     assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
     assert EDITED not in world.objects.objects
+
+
+@pytest.mark.parametrize(
+    ("attempt", "counted"),
+    [
+        ("2", 0),
+        ("many", 0),
+        (1.0, 1),
+        (float("nan"), 0),
+        (float("inf"), 0),
+        ({"n": 1}, 0),
+        (True, 0),
+        (-3, 0),
+    ],
+)
+def test_an_attempt_field_the_app_wrote_wrong_is_a_count_not_an_exception(
+    attempt: object, counted: int
+) -> None:
+    """The session document is the app's too: a field of the wrong type must not make every delivery of the
+    job an internal error until the dead-letter policy takes it, with the session never told."""
+    now = datetime(2026, 12, 3, tzinfo=UTC)
+    found, update = sessions.claim(
+        {"status": "queued", "attempt": attempt},
+        claim_id="c1",
+        owner="localhost",
+        now=now,
+        lease_s=30,
+        message_id="m1",
+        max_attempts=3,
+    )
+    assert found.kind is ClaimKind.CLAIMED
+    assert update is not None
+    assert update["attempt"] == counted + 1
