@@ -1,7 +1,16 @@
-"""Triton's full queue is back-pressure, not a failure: a refused request is sent again within the attempt."""
+"""Triton's full queue is back-pressure, not a failure: a refused request is sent again within the attempt,
+the bridge's refused jobs in the order they were first refused.
+
+A pause that doubled per job (the way before) let the jobs refused a moment ago, polling every 0.1 s, take
+the places a long-waiting job, polling every 2 s, was waiting for: under a burst one job could be refused
+until its deadline while younger ones ran. Now the refused jobs form a line: only the first sends again,
+with a short flat pause, and a job that finds a line waits behind it instead of trying first.
+"""
 
 import random
+import threading
 import time
+from collections import deque
 
 from fluxfill.bridge.errors import BridgeError, JobCancelledError, TritonBusyError
 from fluxfill.bridge.metrics import BridgeMetrics
@@ -13,33 +22,107 @@ from fluxfill.bridge.ports import (
     RunControl,
 )
 
-# The pause doubles from the first to the cap, with jitter, so bridges sharing a server do not knock in step.
+# The first in line sends again after this pause, doubled up to the cap, jittered so that the lines of the
+# bridges sharing a server do not knock in step. The cap stays short: one request per bridge at most polls.
 BUSY_FIRST_PAUSE_S = 0.1
-BUSY_MAX_PAUSE_S = 2.0
+BUSY_MAX_PAUSE_S = 0.5
+# Triton refuses a request over its queue at once; one not refused this long after it went is in the queue
+# (or running), and the next in line may try.
+ADMITTED_AFTER_S = 0.25
+_WAIT_STEP_S = 0.05
 
 
-def infer_when_admitted(
-    model: InpaintModel,
-    request: InferenceRequest,
-    on_progress: ProgressCallback,
-    control: RunControl,
-    metrics: BridgeMetrics,
-) -> InferenceResult:
-    """Run on Triton, resending while its queue is full; every failed call is counted by error.
+class AdmissionLine:
+    """One bridge's jobs waiting for a place in Triton's queue, first refused first."""
 
-    Only when the job's deadline would pass first does the refusal (TritonBusyError) end the attempt.
-    """
-    pause = BUSY_FIRST_PAUSE_S
-    while True:
+    def __init__(self, admitted_after_s: float = ADMITTED_AFTER_S) -> None:
+        self._admitted_after_s = admitted_after_s
+        self._line: deque[object] = deque()
+        self._let_through: set[object] = set()  # first in line and sent, not refused for a moment
+        self._changed = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._line)
+
+    def infer(
+        self,
+        model: InpaintModel,
+        request: InferenceRequest,
+        on_progress: ProgressCallback,
+        control: RunControl,
+        metrics: BridgeMetrics,
+    ) -> InferenceResult:
+        """Run on Triton; while its queue is full, wait in line and send again when first; every failed call
+        is counted by error. Only when the job's deadline would pass first does the refusal (TritonBusyError)
+        end the attempt."""
+        ticket = object()
+        with self._changed:
+            if self._line:  # others were refused before us: behind them
+                self._line.append(ticket)
+        pause = BUSY_FIRST_PAUSE_S
         try:
-            return model.infer(request, on_progress=on_progress, control=control)
-        except BridgeError as error:
-            metrics.triton_errors.labels(type(error).__name__).inc()
-            if not isinstance(error, TritonBusyError):
-                raise
-            wait = pause * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
-            if time.monotonic() + wait >= control.deadline:
-                raise
-            if control.cancel.wait(wait):
-                raise JobCancelledError("cancelled while Triton's queue was full") from None
-            pause = min(2 * pause, BUSY_MAX_PAUSE_S)
+            while True:
+                self._wait_to_be_first(ticket, control)
+                # The next in line may go once this request has not been refused for a moment.
+                admitted = threading.Timer(self._admitted_after_s, self._let_go, (ticket,))
+                admitted.daemon = True
+                admitted.start()
+                try:
+                    return model.infer(request, on_progress=on_progress, control=control)
+                except BridgeError as error:
+                    metrics.triton_errors.labels(type(error).__name__).inc()
+                    if not isinstance(error, TritonBusyError):
+                        raise
+                    refused = error
+                finally:
+                    admitted.cancel()
+                self._keep_place(ticket)
+                wait = pause * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not cryptography)
+                if time.monotonic() + wait >= control.deadline:
+                    raise refused
+                if control.cancel.wait(wait):
+                    raise JobCancelledError("cancelled while Triton's queue was full") from None
+                pause = min(2 * pause, BUSY_MAX_PAUSE_S)
+        finally:
+            self._leave(ticket)
+
+    def _keep_place(self, ticket: object) -> None:
+        """Refused: still first when it was first; first again when it was let through a moment ago (it is
+        older than all behind it); else at the end of the line."""
+        with self._changed:
+            if ticket in self._line:
+                return
+            if ticket in self._let_through:
+                self._let_through.discard(ticket)
+                self._line.appendleft(ticket)
+            else:
+                self._line.append(ticket)
+
+    def _wait_to_be_first(self, ticket: object, control: RunControl) -> None:
+        """Return when the job may send (first in line, or no line it belongs to); raise on cancel, or when
+        the deadline passes still behind others."""
+        with self._changed:
+            while ticket in self._line and self._line[0] is not ticket:
+                if control.cancel.is_set():
+                    raise JobCancelledError("cancelled while waiting for a place in Triton's queue")
+                if time.monotonic() >= control.deadline:
+                    raise TritonBusyError(
+                        f"Triton's queue stayed full: {self._line.index(ticket)} jobs of this bridge were "
+                        "still ahead at the deadline"
+                    )
+                self._changed.wait(_WAIT_STEP_S)
+
+    def _let_go(self, ticket: object) -> None:
+        with self._changed:
+            if ticket in self._line:
+                self._line.remove(ticket)
+                self._let_through.add(ticket)
+                self._changed.notify_all()
+
+    def _leave(self, ticket: object) -> None:
+        with self._changed:
+            self._let_through.discard(ticket)
+            if ticket in self._line:
+                self._line.remove(ticket)
+                self._changed.notify_all()

@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from fluxfill.bridge import intake, unclaimed
-from fluxfill.bridge.admission import infer_when_admitted
+from fluxfill.bridge.admission import AdmissionLine
 from fluxfill.bridge.contract import (
     ErrorCode,
     InvalidJobError,
@@ -84,6 +84,8 @@ class JobHandler:
         self._parking = parking
         self._now = now
         self._at_limit = AtLimitHint()
+        # This bridge's jobs refused by Triton's full queue send again in the order they were refused.
+        self._admission = AdmissionLine()
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Decide what becomes of one delivery; never raises."""
@@ -306,7 +308,7 @@ class JobHandler:
             raise JobCancelledError("cancel requested before inference")
         phase_start = time.monotonic()
         control.deadline = phase_start + settings.job_deadline_s
-        result = infer_when_admitted(self._model, request, monitor.report_progress, control, self._metrics)
+        result = self._admission.infer(self._model, request, monitor.report_progress, control, self._metrics)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         self._confirm_claim(monitor)

@@ -104,6 +104,14 @@ def saturation_text(report: SaturationReport) -> str:
                 "ok" if report.statuses == {"done": report.burst_jobs} else "BROKEN",
             ],
             ["drained in", f"{report.drained_s:.0f} s", "—", "—"],
+            [
+                "a job's inference phase, resends included (p50 / p99 / max)",
+                " / ".join(f"{percentile(report.inference_s, q):.1f}" for q in (0.5, 0.99, 1.0)) + " s"
+                if report.inference_s
+                else "—",
+                "—",
+                "—",
+            ],
         ],
     )
 

@@ -47,6 +47,9 @@ class SaturationReport:
     oldest_age_s: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the burst, age)
     statuses: dict[str, int] = field(default_factory=dict)
     drained_s: float = 0.0
+    # Each done job's inference phase (its session's timings): refusals and resends at Triton's full queue,
+    # the wait in Triton's queue and the run. Its spread shows whether the refused jobs took turns.
+    inference_s: list[float] = field(default_factory=list)
 
     @property
     def age_rose(self) -> bool:
@@ -109,6 +112,10 @@ def run_saturation(
         documents = traffic.session_documents(fleet.jobs, burst)
     for document in documents.values():
         report.statuses[str(document.get("status"))] = report.statuses.get(str(document.get("status")), 0) + 1
+        inference = (document.get("timings") or {}).get("inference")
+        if document.get("status") == "done" and isinstance(inference, int | float):
+            report.inference_s.append(float(inference))
+    report.inference_s.sort()
     return report
 
 
