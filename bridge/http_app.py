@@ -49,8 +49,16 @@ def delivery_from_envelope(body: bytes) -> Delivery:
             publish_time=_utc(datetime.fromisoformat(publish_time)) if publish_time else None,
             delivery_attempt=int(attempt) if attempt is not None else None,
         )
-    # RecursionError: JSON nested too deep to parse.
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError) as error:
+    # RecursionError: JSON nested too deep to parse; OverflowError: an infinite delivery attempt.
+    except (
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        binascii.Error,
+        RecursionError,
+        OverflowError,
+    ) as error:
         raise EnvelopeError(f"not a Pub/Sub push envelope: {type(error).__name__}: {error}") from None
 
 

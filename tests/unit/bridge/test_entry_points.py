@@ -96,7 +96,17 @@ def test_push_envelope_becomes_a_delivery() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"", b"[]", b"{}", b'{"message": {}}', b'{"message": {"data": "***", "messageId": "1"}}'],
+    [
+        b"",
+        b"[]",
+        b"{}",
+        b'{"message": {}}',
+        b'{"message": {"data": "***", "messageId": "1"}}',
+        b'{"message": {"data": "", "messageId": "1"}, "deliveryAttempt": Infinity}',
+        b'{"message": {"data": "", "messageId": "1"}, "deliveryAttempt": NaN}',
+        b'{"message": {"data": "", "messageId": "1", "publishTime": 5}}',
+        b'{"message": {"data": "", "messageId": "1"}, "deliveryAttempt": 1' + b"0" * 5000 + b"}",
+    ],
 )
 def test_a_body_that_is_no_envelope_is_refused(body: bytes) -> None:
     with pytest.raises(EnvelopeError, match="not a Pub/Sub push envelope"):
