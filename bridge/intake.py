@@ -103,8 +103,8 @@ def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, in
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} starts as {kind} but does not parse as one"
         ) from None
-    # libheif's refusals come as RuntimeError.
-    except (OSError, SyntaxError, ValueError, RuntimeError) as error:
+    # libheif's refusals come as RuntimeError, and a file cut short as EOFError.
+    except (OSError, SyntaxError, ValueError, RuntimeError, EOFError) as error:
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} ({kind}) cannot be decoded: {error or type(error).__name__}"
         ) from None

@@ -8,7 +8,8 @@ its coefficients bit for bit, so it decodes as before (pixels next to a changed 
 upsampling's one-sample reach, as in any decoder's fancy upsampling).
 
 Baseline and extended Huffman-coded JPEGs in YCbCr (4:4:4, 4:2:2, 4:2:0, 4:4:0) or greyscale are spliced;
-anything else is refused with the reason (SpliceRefusedError), and the caller re-encodes the whole image.
+anything else is refused with the reason (SpliceRefusedError), and the caller re-encodes the whole image; so
+is an original whose corrupt scan decodes to coefficients that cannot be written back.
 
 Why jpeglib: the one maintained binding that both reads and writes coefficient arrays with the markers
 (PyTurboJPEG and simplejpeg work in pixels; jpegio is unmaintained). It works through files, so a splice
@@ -112,8 +113,13 @@ def splice(
         target = Path(folder) / "edited.jpg"
         # Optimized Huffman tables: 10 % smaller than the standard ones, for ~140 ms at 12 MP (2026-12-03,
         # 2 cores): the app's users download the result, often more than once.
-        with _LIBJPEG:
-            jpeg.write_dct(os.fspath(target), flags=["+OPTIMIZE_CODING"])
+        try:
+            with _LIBJPEG:
+                jpeg.write_dct(os.fspath(target), flags=["+OPTIMIZE_CODING"])
+        # A scan with corrupt data decodes (libjpeg warns and goes on, as viewers do) to coefficients beyond
+        # what an encoder writes ("DCT coefficient out of range"): such an original is re-encoded whole.
+        except Exception as error:
+            raise SpliceRefusedError(f"its coefficients cannot be written back: {error}") from None
         return with_metadata_of(original, target.read_bytes())
 
 

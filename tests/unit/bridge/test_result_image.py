@@ -272,6 +272,30 @@ def test_a_corrupt_heic_or_avif_is_a_corrupt_image(kind: str) -> None:
         assert kind in str(caught.value)
 
 
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_any_header_byte_of_a_heic_or_avif_broken_decodes_or_is_refused_with_a_code(kind: str) -> None:
+    """Every byte of the boxes before the coded image set to 0x00 and to 0xFF in turn: an extent's length
+    zeroed made libheif raise EOFError, which escaped the intake (a bug nacked the message until the
+    dead-letter policy took it)."""
+    buffer = io.BytesIO()
+    Image.fromarray(textured(64, 48)).save(buffer, format=kind, quality=90)
+    data = buffer.getvalue()
+    escaped = []
+    with warnings.catch_warnings():  # Pillow's AVIF plugin warns on some broken headers (not an error)
+        warnings.simplefilter("ignore")
+        for at in range(min(len(data), 400)):
+            for value in (0x00, 0xFF):
+                broken = bytearray(data)
+                broken[at] = value
+                try:
+                    read_photo(bytes(broken), BIG)
+                except PermanentJobError:
+                    pass
+                except Exception as error:  # what escapes is the finding
+                    escaped.append(f"byte {at} = {value:#x}: {type(error).__name__}: {error}")
+    assert escaped == []
+
+
 def test_a_heic_over_the_pixel_cap_is_refused_before_decoding() -> None:
     buffer = io.BytesIO()
     Image.fromarray(textured(64, 48)).save(buffer, format="HEIF", quality=50)
@@ -384,3 +408,21 @@ def leniently_decoded(result: EncodedResult) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return decoded(result)
+
+
+def test_a_jpeg_whose_scan_decodes_to_coefficients_no_encoder_writes_is_re_encoded_whole() -> None:
+    """files/corrupt-scan.jpg: a 64x48 quality-90 JPEG with five bytes of its scan changed (found by
+    mutating real files). libjpeg decodes it, as phones and browsers show it, to coefficients out of the
+    range an encoder writes; the splice's write failed after the inference, on every attempt, until
+    retries_exhausted."""
+    original = (Path(__file__).parent / "files" / "corrupt-scan.jpg").read_bytes()
+    photo = read_photo(original, BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited, ahead=read_ahead(photo))
+
+    assert (result.format, result.encoding) == ("jpeg", "reencoded")
+    assert "could not be spliced" in (result.note or "")
+    assert "written" in (result.note or "")
+    image = leniently_decoded(result)
+    assert np.abs(np.asarray(image, np.int16) - orientation.to_stored(edited, photo.orientation)).mean() < 4.0
