@@ -258,7 +258,8 @@ class LocalJobSystem:
     subscription, a bucket.
 
     Each name carries a fresh suffix: on the Pub/Sub emulator a subscription name reused after a delete breaks
-    streaming pull, and a fresh bucket keeps runs that share emulators apart.
+    a streaming pull (the bridge's until 2026-12-03; it now pulls unary), and a fresh bucket keeps runs that
+    share emulators apart.
     """
 
     publisher: Any  # pubsub_v1.PublisherClient
@@ -317,7 +318,8 @@ class LocalJobSystem:
         subscription, the bucket.
 
         No retry policy: beside a dead-letter policy it stopped this emulator from redelivering the messages
-        a SIGKILLed streaming pull held (seen here; without one they come back after the ack deadline).
+        a SIGKILLed subscriber held (seen with the streaming pull the bridge used until 2026-12-03; without
+        one they come back after the ack deadline).
         """
         from google.cloud.pubsub_v1.types import DeadLetterPolicy  # type: ignore[import-untyped]
 
