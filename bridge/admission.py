@@ -126,3 +126,24 @@ class AdmissionLine:
             if ticket in self._line:
                 self._line.remove(ticket)
                 self._changed.notify_all()
+
+
+class AdmissionLines:
+    """A line per Triton priority level: the model's queue policy bounds each level's queue on its own, so an
+    urgent job never waits behind bulk jobs that the bulk queue refused."""
+
+    def __init__(self, admitted_after_s: float = ADMITTED_AFTER_S) -> None:
+        self.urgent = AdmissionLine(admitted_after_s)
+        self.bulk = AdmissionLine(admitted_after_s)
+
+    def infer(
+        self,
+        model: InpaintModel,
+        request: InferenceRequest,
+        on_progress: ProgressCallback,
+        control: RunControl,
+        metrics: BridgeMetrics,
+    ) -> InferenceResult:
+        """AdmissionLine.infer in the line of the request's priority."""
+        line = self.urgent if request.urgent else self.bulk
+        return line.infer(model, request, on_progress, control, metrics)

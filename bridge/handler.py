@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 
 from fluxfill.bridge import intake, unclaimed
-from fluxfill.bridge.admission import AdmissionLine
+from fluxfill.bridge.admission import AdmissionLines
 from fluxfill.bridge.contract import (
     ErrorCode,
     InvalidJobError,
@@ -84,8 +84,9 @@ class JobHandler:
         self._parking = parking
         self._now = now
         self._at_limit = AtLimitHint()
-        # This bridge's jobs refused by Triton's full queue send again in the order they were refused.
-        self._admission = AdmissionLine()
+        # This bridge's jobs refused by Triton's full queue send again in the order they were refused, a line
+        # per priority level.
+        self._admission = AdmissionLines()
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Decide what becomes of one delivery; never raises."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from fluxfill.bridge.admission import AdmissionLine
+from fluxfill.bridge.admission import AdmissionLine, AdmissionLines
 from fluxfill.bridge.errors import JobCancelledError, TritonBusyError
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
@@ -24,6 +24,7 @@ class QueueOfPlaces:
     protocol: str = "fake"
     admitted: list[int] = field(default_factory=list)  # seeds, in the order they got a place
     refusals: int = 0
+    urgent_places: int = 0  # urgent requests admitted (and answered) at once, this many
     _running: list[threading.Event] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -35,6 +36,11 @@ class QueueOfPlaces:
     ) -> InferenceResult:
         finished = threading.Event()
         with self._lock:
+            if request.urgent and self.urgent_places > 0:
+                # Triton bounds each priority level's queue on its own.
+                self.urgent_places -= 1
+                self.admitted.append(request.seed)
+                return InferenceResult(request.image, request.seed)
             if len(self._running) >= self.places:
                 self.refusals += 1
                 raise TritonBusyError("triton: Exceeds maximum queue size")
@@ -52,16 +58,24 @@ class QueueOfPlaces:
             return len(self._running)
 
 
-def request(seed: int) -> InferenceRequest:
-    return InferenceRequest(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.uint8), "", seed)
+def request(seed: int, *, urgent: bool = False) -> InferenceRequest:
+    return InferenceRequest(
+        np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.uint8), "", seed, urgent=urgent
+    )
 
 
 def start(
-    line: AdmissionLine, model: QueueOfPlaces, seed: int, control: RunControl | None = None
+    line: AdmissionLine | AdmissionLines,
+    model: QueueOfPlaces,
+    seed: int,
+    control: RunControl | None = None,
+    *,
+    urgent: bool = False,
 ) -> threading.Thread:
     control = control or RunControl(deadline=time.monotonic() + 60)
+    job = request(seed, urgent=urgent)
     thread = threading.Thread(
-        target=line.infer, args=(model, request(seed), lambda *_: None, control, BridgeMetrics()), daemon=True
+        target=line.infer, args=(model, job, lambda *_: None, control, BridgeMetrics()), daemon=True
     )
     thread.start()
     return thread
@@ -166,3 +180,21 @@ def test_a_cancelled_job_leaves_the_line_at_once(where: str) -> None:
     assert len(errors) == 1
     assert len(line) == (1 if where == "in line" else 0)
     model.finish_oldest()
+
+
+def test_an_urgent_job_does_not_wait_behind_refused_bulk_jobs() -> None:
+    """Triton's queue is bounded per priority level: bulk jobs refused by theirs must not hold an urgent job
+    back (one line for all made it wait behind every refused bulk job)."""
+    model, lines = QueueOfPlaces(places=1, urgent_places=1), AdmissionLines()
+    threads = [start(lines, model, seed) for seed in range(4)]
+    wait_for(lambda: model.running() == 1 and len(lines.bulk) == 3)
+    urgent = start(lines, model, 99, urgent=True)
+    urgent.join(5)
+    assert not urgent.is_alive()
+    assert 99 in model.admitted
+    assert len(lines.bulk) == 3
+    for _ in range(4):
+        wait_for(lambda: model.running() == 1)
+        model.finish_oldest()
+    for thread in threads:
+        thread.join(10)
