@@ -136,14 +136,6 @@ class AdmissionLines:
         self.urgent = AdmissionLine(admitted_after_s)
         self.bulk = AdmissionLine(admitted_after_s)
 
-    def infer(
-        self,
-        model: InpaintModel,
-        request: InferenceRequest,
-        on_progress: ProgressCallback,
-        control: RunControl,
-        metrics: BridgeMetrics,
-    ) -> InferenceResult:
-        """AdmissionLine.infer in the line of the request's priority."""
-        line = self.urgent if request.urgent else self.bulk
-        return line.infer(model, request, on_progress, control, metrics)
+    def line_for(self, request: InferenceRequest) -> AdmissionLine:
+        """The line of the request's priority."""
+        return self.urgent if request.urgent else self.bulk

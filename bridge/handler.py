@@ -309,7 +309,8 @@ class JobHandler:
             raise JobCancelledError("cancel requested before inference")
         phase_start = time.monotonic()
         control.deadline = phase_start + settings.job_deadline_s
-        result = self._admission.infer(self._model, request, monitor.report_progress, control, self._metrics)
+        line = self._admission.line_for(request)
+        result = line.infer(self._model, request, monitor.report_progress, control, self._metrics)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         self._confirm_claim(monitor)

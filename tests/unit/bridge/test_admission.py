@@ -74,8 +74,9 @@ def start(
 ) -> threading.Thread:
     control = control or RunControl(deadline=time.monotonic() + 60)
     job = request(seed, urgent=urgent)
+    chosen = line.line_for(job) if isinstance(line, AdmissionLines) else line
     thread = threading.Thread(
-        target=line.infer, args=(model, job, lambda *_: None, control, BridgeMetrics()), daemon=True
+        target=chosen.infer, args=(model, job, lambda *_: None, control, BridgeMetrics()), daemon=True
     )
     thread.start()
     return thread
