@@ -98,7 +98,7 @@ def test_refused_jobs_get_places_in_the_order_they_were_refused_and_newcomers_wa
     for seed in (1, 2, 3):
         threads.append(start(line, model, seed))
         wait_for(lambda seed=seed: len(line) == seed)  # refused, in line
-    time.sleep(4.0)  # long enough for a doubling pause to reach its 2 s cap
+    time.sleep(2.0)  # long enough for a per-job doubling pause to pass 1 s
     threads.append(start(line, model, 9))
     wait_for(lambda: len(line) == 4)
     for served in range(1, 5):
@@ -118,8 +118,8 @@ def test_only_the_first_in_line_asks_again() -> None:
     threads += [start(line, model, seed) for seed in range(1, 9)]
     wait_for(lambda: len(line) == 8)
     refusals = model.refusals
-    time.sleep(3.0)
-    assert model.refusals - refusals <= 3.0 / 0.25 + 1
+    time.sleep(2.0)
+    assert model.refusals - refusals <= 2.0 / 0.25 + 1
     model.finish_oldest()
     for _ in range(8):
         wait_for(lambda: model.running() == 1)
