@@ -239,14 +239,7 @@ class TcpProxy:
         with self._lock:
             listener, self._listener = self._listener, None
             connections, self._connections = self._connections, []
-        if listener is not None:
-            with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-            connection.close()
+        _close([listener, *connections] if listener is not None else connections)
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -266,10 +259,7 @@ class TcpProxy:
                 if accepted_while_up:
                     self._connections += [client, server]
             if not accepted_while_up:
-                for orphan in (client, server):
-                    with contextlib.suppress(OSError):
-                        orphan.shutdown(socket.SHUT_RDWR)
-                    orphan.close()
+                _close([client, server])
                 return
             for source, sink in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
@@ -281,3 +271,11 @@ class TcpProxy:
                 sink.sendall(data)
         with contextlib.suppress(OSError):
             sink.shutdown(socket.SHUT_WR)
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    """Shut down and close each socket, whatever state its peer left it in."""
+    for each in sockets:
+        with contextlib.suppress(OSError):
+            each.shutdown(socket.SHUT_RDWR)
+        each.close()

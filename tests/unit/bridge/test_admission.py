@@ -71,13 +71,22 @@ def start(
     control: RunControl | None = None,
     *,
     urgent: bool = False,
+    errors: list[BaseException] | None = None,
 ) -> threading.Thread:
+    """The job's inference on a thread of its own; the error it ends with goes into `errors` when given."""
     control = control or RunControl(deadline=time.monotonic() + 60)
     job = request(seed, urgent=urgent)
     chosen = line.line_for(job) if isinstance(line, AdmissionLines) else line
-    thread = threading.Thread(
-        target=chosen.infer, args=(model, job, lambda *_: None, control, BridgeMetrics()), daemon=True
-    )
+
+    def run() -> None:
+        try:
+            chosen.infer(model, job, lambda *_: None, control, BridgeMetrics())
+        except (TritonBusyError, JobCancelledError) as error:
+            if errors is None:
+                raise
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
 
@@ -135,18 +144,8 @@ def test_a_job_still_behind_others_at_its_deadline_is_refused_and_leaves_the_lin
     wait_for(lambda: model.running() == 1)
     start(line, model, 1)
     wait_for(lambda: len(line) == 1)
-    control = RunControl(deadline=time.monotonic() + 1.0)
     outcome: list[BaseException] = []
-
-    def late() -> None:
-        try:
-            line.infer(model, request(2), lambda *_: None, control, BridgeMetrics())
-        except (TritonBusyError, JobCancelledError) as error:
-            outcome.append(error)
-
-    thread = threading.Thread(target=late, daemon=True)
-    thread.start()
-    thread.join(10)
+    start(line, model, 2, RunControl(deadline=time.monotonic() + 1.0), errors=outcome).join(10)
     assert len(outcome) == 1
     assert isinstance(outcome[0], TritonBusyError)
     assert len(line) == 1, "the job that gave up is no longer in line"
@@ -166,19 +165,12 @@ def test_a_cancelled_job_leaves_the_line_at_once(where: str) -> None:
         wait_for(lambda: len(line) == 1)
     control = RunControl(deadline=time.monotonic() + 60)
     errors: list[BaseException] = []
-
-    def cancelled() -> None:
-        try:
-            line.infer(model, request(2), lambda *_: None, control, BridgeMetrics())
-        except JobCancelledError as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=cancelled, daemon=True)
-    thread.start()
+    thread = start(line, model, 2, control, errors=errors)
     wait_for(lambda: len(line) == (2 if where == "in line" else 1))
     control.cancel.set()
     thread.join(2)
     assert len(errors) == 1
+    assert isinstance(errors[0], JobCancelledError)
     assert len(line) == (1 if where == "in line" else 0)
     model.finish_oldest()
 
