@@ -63,11 +63,13 @@ class AdmissionLine:
         pause = BUSY_FIRST_PAUSE_S
         try:
             while True:
-                self._wait_to_be_first(ticket, control)
-                # The next in line may go once this request has not been refused for a moment.
+                in_line = self._wait_to_be_first(ticket, control)
+                # The next in line may go once this request has not been refused for a moment (a job that
+                # is in no line holds nobody back: no timer).
                 admitted = threading.Timer(self._admitted_after_s, self._let_go, (ticket,))
                 admitted.daemon = True
-                admitted.start()
+                if in_line:
+                    admitted.start()
                 try:
                     return model.infer(request, on_progress=on_progress, control=control)
                 except BridgeError as error:
@@ -99,9 +101,9 @@ class AdmissionLine:
             else:
                 self._line.append(ticket)
 
-    def _wait_to_be_first(self, ticket: object, control: RunControl) -> None:
-        """Return when the job may send (first in line, or no line it belongs to); raise on cancel, or when
-        the deadline passes still behind others."""
+    def _wait_to_be_first(self, ticket: object, control: RunControl) -> bool:
+        """Return when the job may send: first in line (True), or in no line (False); raise on cancel, or
+        when the deadline passes still behind others."""
         with self._changed:
             while ticket in self._line and self._line[0] is not ticket:
                 if control.cancel.is_set():
@@ -112,6 +114,7 @@ class AdmissionLine:
                         "still ahead at the deadline"
                     )
                 self._changed.wait(_WAIT_STEP_S)
+            return ticket in self._line
 
     def _let_go(self, ticket: object) -> None:
         with self._changed:
