@@ -10,7 +10,8 @@ from chaos.report import chaos_text, saturation_text, soak_text
 from chaos.saturation import TRITON_QUEUE_BOUND, SaturationOptions, run_saturation
 from chaos.soak import SoakOptions, run_soak
 
-pytestmark = pytest.mark.integration
+# Minutes each: scheduled first (tests/conftest.py), so a second worker runs the rest meanwhile.
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 # About 90 s here (100-140 s with the streaming pull, whose killed bridges' dead streams the emulator kept
