@@ -32,6 +32,11 @@ class TritonUnavailableError(RetryableError):
     """Triton cannot run the job now (unreachable, model not ready, internal error)."""
 
 
+class TritonInterruptedError(RetryableError):
+    """The run's deadline passed after Triton had been unavailable during it: the lost time was Triton's, so
+    the job is tried again rather than failed as too slow (Triton may well be back: readiness is kept)."""
+
+
 class TritonBusyError(RetryableError):
     """Triton refused the request because the model's queue is at its bound; the server itself is fine."""
 

@@ -28,6 +28,7 @@ from fluxfill.bridge.errors import (
     LeaseLostError,
     PermanentJobError,
     RetryableError,
+    TritonInterruptedError,
     TritonUnavailableError,
 )
 from fluxfill.bridge.metrics import BridgeMetrics
@@ -37,6 +38,7 @@ from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.ports import (
     ClaimKind,
     InferenceRequest,
+    InferenceResult,
     InpaintModel,
     JobRef,
     ObjectStore,
@@ -309,8 +311,7 @@ class JobHandler:
             raise JobCancelledError("cancel requested before inference")
         phase_start = time.monotonic()
         control.deadline = phase_start + settings.job_deadline_s
-        line = self._admission.line_for(request)
-        result = line.infer(self._model, request, monitor.report_progress, control, self._metrics)
+        result = self._infer(request, control, monitor)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         self._confirm_claim(monitor)
@@ -332,6 +333,21 @@ class JobHandler:
             parameters=parameters,
         )
         return {**fields, SessionField.TIMINGS: timings}
+
+    def _infer(self, request: InferenceRequest, control: RunControl, monitor: JobMonitor) -> InferenceResult:
+        mark = self._readiness.mark() if self._readiness is not None else 0
+        line = self._admission.line_for(request)
+        try:
+            return line.infer(self._model, request, monitor.report_progress, control, self._metrics)
+        except JobDeadlineExceededError as error:
+            # A deadline fails the job only when the run had Triton all along: a Triton that hung during the
+            # run (and may be back by its deadline) cost the job its time, so the job is given back instead.
+            away = self._readiness.unavailable_since(mark) if self._readiness is not None else None
+            if away is None:
+                raise
+            raise TritonInterruptedError(
+                f"the run reached its deadline after Triton was unavailable during it ({away})"
+            ) from error
 
     def _parameters(self, job: JobMessage) -> ResolvedParameters:
         """The job's own fields, completed by the runtime config (when the bridge has one)."""

@@ -23,6 +23,10 @@ class Readiness:
         self.stopping = threading.Event()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        # Each time Triton was seen unready counts one spell, with its reason: a run can ask afterwards
+        # whether Triton went away while it ran, even when Triton was back before the run's end.
+        self._unready_spells = 0
+        self._last_unready_reason = ""
 
     @property
     def ready(self) -> bool:
@@ -39,10 +43,28 @@ class Readiness:
         """Stop taking work at once (a Triton call failed as unavailable) until a check says READY."""
         self._set(False, reason)
 
+    def mark(self) -> int:
+        """A mark to pass to `unavailable_since` later."""
+        with self._changed:
+            return self._unready_spells
+
+    def unavailable_since(self, mark: int) -> str | None:
+        """Why Triton was unready at some moment since `mark` (or is now); None when it was ready throughout.
+
+        The bridge's own stop does not count: it says nothing about Triton.
+        """
+        with self._changed:
+            if self._unready_spells != mark or not self._ready.is_set():
+                return self._last_unready_reason or "the model was not ready"
+            return None
+
     def _set(self, ready: bool, reason: str) -> None:
         with self._changed:
             if ready != self._ready.is_set():
                 logger.info("readiness changed", ready=ready, reason=reason)
+            if not ready:
+                self._unready_spells += 1
+                self._last_unready_reason = reason
             if ready:
                 self._ready.set()
             else:

@@ -252,6 +252,39 @@ def test_deadline_fails_the_job_with_deadline_exceeded() -> None:
     assert world.document["error"]["code"] == "deadline_exceeded"
 
 
+def test_deadline_with_triton_ready_all_along_fails_the_job() -> None:
+    world = World(job_deadline_s=0.3, readiness=True)
+    world.model.step_s = 0.05
+    outcome = world.deliver(steps=100)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert outcome.code is ErrorCode.DEADLINE_EXCEEDED
+
+
+def test_deadline_reached_after_triton_was_unavailable_during_the_run_gives_the_job_back() -> None:
+    # Seen in the chaos run: Triton hung (SIGSTOP) for 12 of a running job's 15 s and answered READY again
+    # just before the deadline; the job was failed as too slow, though the hang was Triton's, not the job's.
+    world = World(job_deadline_s=1.0, readiness=True)
+    assert world.readiness is not None
+    world.model.step_s = 0.05
+
+    def hang_then_recover() -> None:
+        world.model.ready = False
+        world.readiness.check()  # the readiness poll sees the hang
+        time.sleep(0.3)
+        world.model.ready = True
+        world.readiness.check()  # and the recovery, before the run's deadline
+
+    threading.Timer(0.2, hang_then_recover).start()
+    outcome = world.deliver(steps=100)
+    assert outcome.kind is OutcomeKind.RETRY
+    assert "unavailable" in outcome.reason
+    assert world.document["status"] == "queued"
+    assert world.document["attempt"] == 1
+    # The next delivery runs it again (Triton is ready), and this time the run is not cut short.
+    world.model.step_s = 0.0
+    assert world.deliver(steps=100).kind is OutcomeKind.DONE
+
+
 def test_hard_stop_cancels_the_run_and_gives_the_job_back() -> None:
     world = World()
     world.model.step_s = 0.05

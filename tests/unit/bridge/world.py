@@ -10,6 +10,7 @@ from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome
 from fluxfill.bridge.parking import Parking
+from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
 from tests.unit.bridge.fakes import (
@@ -52,7 +53,8 @@ def box_mask(height: int = 40, width: int = 60) -> np.ndarray:
 class World:
     """A handler over fakes, with an uploaded photo and mask."""
 
-    def __init__(self, **overrides: Any) -> None:
+    def __init__(self, *, readiness: bool = False, **overrides: Any) -> None:
+        """`readiness`: the handler watches Triton's readiness (checked once here), as a bridge does."""
         self.objects = FakeObjectStore(
             {f"{PREFIX}/original.png": png(photo()), f"{PREFIX}/mask.png": png(box_mask())}
         )
@@ -61,6 +63,9 @@ class World:
         self.metrics = BridgeMetrics()
         self.settings = settings(**overrides)
         self.parking_lot = FakeParkingLot()
+        self.readiness = Readiness(self.model, 600.0, self.metrics) if readiness else None
+        if self.readiness is not None:
+            self.readiness.check()
         self.handler = self._handler(self.settings)
         self.dead_letters = FakeDeadLetters()
         self.acked: list[bool] = []
@@ -72,7 +77,15 @@ class World:
     def _handler(self, chosen: BridgeSettings) -> JobHandler:
         limit = chosen.max_jobs_in_flight_per_user
         parking = Parking(self.parking_lot, self.sessions, limit, self.metrics) if limit else None
-        return JobHandler(chosen, self.objects, self.sessions, self.model, self.metrics, parking=parking)
+        return JobHandler(
+            chosen,
+            self.objects,
+            self.sessions,
+            self.model,
+            self.metrics,
+            readiness=self.readiness,
+            parking=parking,
+        )
 
     def deliver(
         self,
