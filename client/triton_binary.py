@@ -4,6 +4,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -122,12 +123,51 @@ def assemble_python_backend(pytriton_root: Path, backends: Path) -> Path:
     return backends
 
 
+# Ports for our local servers are drawn from here up to the kernel's ephemeral range (see free_port).
+FIRST_SERVER_PORT = 20000
+PORT_DRAWS = 64
+
+
 def free_port() -> int:
-    """A TCP port free right now on the loopback interface."""
+    """A TCP port free right now on the loopback interface, below the kernel's ephemeral port range.
+
+    A port bound to 0 comes from the ephemeral range, which outgoing connections draw from too: between this
+    call and the server's own bind, a client socket (ours, or a parallel test worker's gRPC channel) could
+    take it, and the server fails to start. Below the range only another explicit bind can take it. Where
+    the range leaves no room below it, the kernel's choice is taken.
+    """
+    return free_port_between(FIRST_SERVER_PORT, _ephemeral_ports()[0])
+
+
+def free_port_between(first: int, end: int) -> int:
+    """A free port drawn at random from [first, end) (random: parallel callers rarely draw the same one)."""
+    if end - first >= 2:
+        for _ in range(PORT_DRAWS):
+            port = first + secrets.randbelow(end - first)
+            if _bindable(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's ephemeral port range; Linux's default where it cannot be read."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def group_members(pgid: int) -> list[int]:

@@ -1,0 +1,35 @@
+"""Ports for local servers: free, and out of the range that outgoing connections take theirs from."""
+
+import socket
+from pathlib import Path
+
+from fluxfill.client.triton_binary import FIRST_SERVER_PORT, free_port, free_port_between
+
+
+def ephemeral_low() -> int:
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_can_be_bound() -> None:
+    low = ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    if low - FIRST_SERVER_PORT >= 2:
+        assert all(FIRST_SERVER_PORT <= port < low for port in ports), sorted(ports)
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", port))
+
+
+def test_a_bound_port_is_never_handed_out() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        busy = taken.getsockname()[1]
+        # A window of two ports, one of them busy: every draw must land on the other (or fall back).
+        chosen = {free_port_between(busy, busy + 2) for _ in range(20)}
+    assert busy not in chosen
+
+
+def test_no_room_falls_back_to_the_kernels_choice() -> None:
+    port = free_port_between(40000, 40000)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", port))
