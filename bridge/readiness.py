@@ -23,9 +23,9 @@ class Readiness:
         self.stopping = threading.Event()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
-        # Each time Triton was seen unready counts one spell, with its reason: a run can ask afterwards
-        # whether Triton went away while it ran, even when Triton was back before the run's end.
-        self._unready_spells = 0
+        # Every "unready" (a check's answer or a failed call's mark) is counted with its reason: a run asks
+        # afterwards whether Triton went away while it ran, even when Triton was back before the run's end.
+        self._times_seen_unready = 0
         self._last_unready_reason = ""
 
     @property
@@ -46,7 +46,7 @@ class Readiness:
     def mark(self) -> int:
         """A mark to pass to `unavailable_since` later."""
         with self._changed:
-            return self._unready_spells
+            return self._times_seen_unready
 
     def unavailable_since(self, mark: int) -> str | None:
         """Why Triton was unready at some moment since `mark` (or is now); None when it was ready throughout.
@@ -54,7 +54,7 @@ class Readiness:
         The bridge's own stop does not count: it says nothing about Triton.
         """
         with self._changed:
-            if self._unready_spells != mark or not self._ready.is_set():
+            if self._times_seen_unready != mark or not self._ready.is_set():
                 return self._last_unready_reason or "the model was not ready"
             return None
 
@@ -63,7 +63,7 @@ class Readiness:
             if ready != self._ready.is_set():
                 logger.info("readiness changed", ready=ready, reason=reason)
             if not ready:
-                self._unready_spells += 1
+                self._times_seen_unready += 1
                 self._last_unready_reason = reason
             if ready:
                 self._ready.set()
