@@ -268,13 +268,15 @@ def test_deadline_reached_after_triton_was_unavailable_during_the_run_gives_the_
     world.model.step_s = 0.05
 
     def hang_then_recover() -> None:
+        while not world.model.calls:  # the run has begun: the hang falls inside it
+            time.sleep(0.01)
         world.model.ready = False
         world.readiness.check()  # the readiness poll sees the hang
         time.sleep(0.3)
         world.model.ready = True
         world.readiness.check()  # and the recovery, before the run's deadline
 
-    threading.Timer(0.2, hang_then_recover).start()
+    threading.Thread(target=hang_then_recover, daemon=True).start()
     outcome = world.deliver(steps=100)
     assert outcome.kind is OutcomeKind.RETRY
     assert "unavailable" in outcome.reason
