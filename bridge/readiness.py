@@ -62,13 +62,12 @@ class Readiness:
         with self._changed:
             if ready != self._ready.is_set():
                 logger.info("readiness changed", ready=ready, reason=reason)
-            if not ready:
-                self._times_seen_unready += 1
-                self._last_unready_reason = reason
             if ready:
                 self._ready.set()
             else:
                 self._ready.clear()
+                self._times_seen_unready += 1
+                self._last_unready_reason = reason
             self._metrics.ready.set(1 if ready else 0)
             self._changed.notify_all()
 

@@ -136,7 +136,7 @@ def free_port() -> int:
     take it, and the server fails to start. Below the range only another explicit bind can take it. Where
     the range leaves no room below it, the kernel's choice is taken.
     """
-    return free_port_between(FIRST_SERVER_PORT, _ephemeral_ports()[0])
+    return free_port_between(FIRST_SERVER_PORT, _ephemeral_low())
 
 
 def free_port_between(first: int, end: int) -> int:
@@ -161,13 +161,12 @@ def _bindable(port: int) -> bool:
         return True
 
 
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's ephemeral port range; Linux's default where it cannot be read."""
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range; Linux's default where it cannot be read."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def group_members(pgid: int) -> list[int]:
