@@ -1,14 +1,18 @@
 """The job handler: one delivery in, one outcome out. It never acks or nacks; the entry points do."""
 
+import contextvars
 import math
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
 from fluxfill.bridge import intake, unclaimed
@@ -31,6 +35,7 @@ from fluxfill.bridge.errors import (
     TritonInterruptedError,
     TritonUnavailableError,
 )
+from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.monitor import JobMonitor
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
@@ -285,16 +290,8 @@ class JobHandler:
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
-        photo = intake.read_photo(
-            self._fetch(job, settings.original_template, "original"), settings.max_image_pixels
-        )
-        ahead = read_ahead(photo, always_png=settings.result_format == "png")
+        photo, mask, ahead = self._download(job)
         height, width = photo.pixels.shape[:2]
-        mask = intake.fit_mask(
-            intake.decode_mask(self._fetch(job, settings.mask_template, "mask"), settings.max_image_pixels),
-            height,
-            width,
-        )
         timings["download"] = self._phase("download", started)
         seed = job.seed if job.seed is not None else default_seed(job)
         parameters = self._parameters(job)
@@ -314,8 +311,16 @@ class JobHandler:
         result = self._infer(request, control, monitor)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
-        self._confirm_claim(monitor)
-        paths, encoded = upload_results(self._objects, job, settings, photo, result.image, ahead=ahead)
+        # Our claim is confirmed beside the encoding, and before anything is written.
+        paths, encoded = upload_results(
+            self._objects,
+            job,
+            settings,
+            photo,
+            result.image,
+            ahead=ahead,
+            before_writing=lambda: self._confirm_claim(monitor),
+        )
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
         published = first_published(delivery)
@@ -333,6 +338,28 @@ class JobHandler:
             parameters=parameters,
         )
         return {**fields, SessionField.TIMINGS: timings}
+
+    def _download(
+        self, job: JobMessage
+    ) -> tuple[intake.Photo, npt.NDArray[np.uint8], CoefficientsAhead | None]:
+        """The upright photo, the mask fitted to it, and the original's coefficients being read (a JPEG whose
+        result is spliced). The mask is fetched and decoded on a second thread, and the coefficients read
+        on a third, while the photo decodes (the codecs release the GIL); a refused original is reported
+        first, as it would be one after the other."""
+        settings = self._settings
+        max_pixels = settings.max_image_pixels
+
+        def fetch_mask() -> npt.NDArray[np.uint8]:
+            return intake.decode_mask(self._fetch(job, settings.mask_template, "mask"), max_pixels)
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask") as pool:
+            mask = pool.submit(contextvars.copy_context().run, fetch_mask)
+            original = self._fetch(job, settings.original_template, "original")
+            intake.check_header(original, "original photo", max_pixels)  # the pixel cap, before any decode
+            ahead = read_ahead(original, always_png=settings.result_format == "png")
+            photo = intake.read_photo(original, max_pixels)
+            height, width = photo.pixels.shape[:2]
+            return photo, intake.fit_mask(mask.result(), height, width), ahead
 
     def _infer(self, request: InferenceRequest, control: RunControl, monitor: JobMonitor) -> InferenceResult:
         mark = self._readiness.mark() if self._readiness is not None else 0

@@ -77,8 +77,14 @@ def _iso_brand(data: bytes) -> str | None:
     return "HEIF" if brands & _HEIF_BRANDS else None
 
 
-def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, int]:
-    """The image as stored, decoded, with its format and EXIF orientation."""
+def check_header(data: bytes, what: str, max_pixels: int) -> str:
+    """The image's format, once its header parses and its pixel count is within `max_pixels` (nothing is
+    decoded); refused as `read_photo` refuses it."""
+    return _open(data, what, max_pixels, decode=False)[1]
+
+
+def _open(data: bytes, what: str, max_pixels: int, *, decode: bool = True) -> tuple[Image.Image, str, int]:
+    """The image as stored, decoded (or only its header read), with its format and EXIF orientation."""
     kind = sniff_format(data)
     if kind is None:
         raise PermanentJobError(
@@ -92,6 +98,8 @@ def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, in
                 ErrorCode.IMAGE_TOO_MANY_PIXELS,
                 f"the {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
             )
+        if not decode:
+            return image, kind, 1
         image.load()
         return image, kind, orientation.orientation_of(image)
     # Pillow warns, then refuses, beyond its own bomb limit; under `-W error` the warning is raised too.

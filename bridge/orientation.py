@@ -61,6 +61,14 @@ def to_stored(pixels: Grid, orientation: int) -> Grid:
     return _transposed(pixels, _INVERSE.get(method, method))
 
 
+def stored_origin_at_end(orientation: int) -> tuple[bool, bool]:
+    """Whether the stored grid's top-left pixel is in the upright photo's last row, and in its last column."""
+    corners = to_stored(np.arange(4).reshape(2, 2), orientation)
+    # The upright corner it comes from: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right.
+    origin = int(corners[0, 0])
+    return origin >= 2, origin % 2 == 1
+
+
 def _transposed(pixels: Grid, method: Image.Transpose) -> Grid:
     # Pillow's transposes on arrays: ROTATE_90 is a quarter turn counter-clockwise.
     views: dict[Image.Transpose, Callable[[Any], Any]] = {

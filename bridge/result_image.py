@@ -18,7 +18,7 @@ from PIL import Image
 
 from fluxfill.bridge import jpeg_splice, orientation
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
-from fluxfill.bridge.intake import Photo
+from fluxfill.bridge.intake import Photo, sniff_format
 
 REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
@@ -42,12 +42,12 @@ class EncodedResult:
         return f"image/{self.format}"
 
 
-def read_ahead(photo: Photo, *, always_png: bool = False) -> jpeg_splice.CoefficientsAhead | None:
+def read_ahead(original: bytes, *, always_png: bool = False) -> jpeg_splice.CoefficientsAhead | None:
     """For a JPEG original whose result will be spliced: its coefficients, read from now on, on a worker
-    thread."""
-    if always_png or photo.format != "JPEG":
+    thread. Only for an original whose header passed intake.check_header (the pixel cap before decoding)."""
+    if always_png or sniff_format(original) != "JPEG":
         return None
-    return jpeg_splice.CoefficientsAhead(photo.original)
+    return jpeg_splice.CoefficientsAhead(original)
 
 
 def encode_result(
@@ -77,19 +77,15 @@ def encode_result(
     return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}{left_out}")
 
 
-def changed_pixels(before: npt.NDArray[np.uint8], after: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
-    """Where any channel differs (channel by channel: 10x faster than .any(axis=2) on 12 MP)."""
-    changed: npt.NDArray[np.bool_] = before[..., 0] != after[..., 0]
-    for channel in range(1, before.shape[2]):
-        changed |= before[..., channel] != after[..., channel]
-    return changed
-
-
 def _jpeg(
     photo: Photo, edited: npt.NDArray[np.uint8], ahead: jpeg_splice.CoefficientsAhead | None
 ) -> EncodedResult:
     stored = orientation.to_stored(edited, photo.orientation)
-    changed = orientation.to_stored(changed_pixels(photo.pixels, edited), photo.orientation)
+    # Compared upright (contiguous), in blocks aligned to the stored grid's origin; the small grid is turned.
+    from_end = orientation.stored_origin_at_end(photo.orientation)
+    changed = orientation.to_stored(
+        jpeg_splice.changed_blocks(photo.pixels, edited, from_end), photo.orientation
+    )
     try:
         coefficients = ahead.result() if ahead is not None else None
         spliced = jpeg_splice.splice(photo.original, stored, changed, coefficients)

@@ -1,7 +1,9 @@
 """A job's results: uploaded create-only, described in the session, and recognised when an earlier attempt
 uploaded them and died before its final write (verified and recorded instead of running the model again)."""
 
+import contextvars
 import io
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -65,23 +67,24 @@ def upload_results(
     image: npt.NDArray[np.uint8],
     *,
     ahead: CoefficientsAhead | None = None,
+    before_writing: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
-    attempt's upload is kept. The preview is made and written beside the edited image, on another thread
-    (the JPEG splice and the codecs release the GIL), so its ~100 ms at 12 MP overlap the splice. `ahead`:
-    the original's coefficients being read (result_image.read_ahead)."""
+    attempt's upload is kept. `before_writing` (the claim's confirmation) runs on a thread beside the
+    encoding, and nothing is written unless it returns; the preview is made beside the edited image, and
+    the two objects are written at once (the JPEG splice and the codecs release the GIL). `ahead`: the
+    original's coefficients being read (result_image.read_ahead)."""
     paths = result_paths(job, settings)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preview") as pool:
-        preview = pool.submit(_upload_preview, objects, paths["preview"], image)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="results") as pool:
+        confirmed = pool.submit(contextvars.copy_context().run, before_writing)
+        preview = pool.submit(intake.encode_preview, image, PREVIEW_MAX_SIDE)
         encoded = encode_result(photo, image, always_png=settings.result_format == "png", ahead=ahead)
+        confirmed.result()
         paths["edited"] = result_paths(job, settings, encoded.extension)["edited"]
+        preview_written = pool.submit(objects.create, paths["preview"], preview.result(), "image/jpeg")
         objects.create(paths["edited"], encoded.data, encoded.content_type)
-        preview.result()
+        preview_written.result()
     return paths, encoded
-
-
-def _upload_preview(objects: ObjectStore, path: str, image: npt.NDArray[np.uint8]) -> None:
-    objects.create(path, intake.encode_preview(image, PREVIEW_MAX_SIDE), "image/jpeg")
 
 
 def _described(encoded: EncodedResult) -> dict[str, str]:

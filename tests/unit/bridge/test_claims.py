@@ -125,7 +125,8 @@ def test_run_whose_claim_was_taken_over_uploads_nothing_and_leaves_the_session_a
 
 
 def test_claim_is_checked_right_before_the_upload() -> None:
-    """No heartbeat falls between the takeover and the end of the run: the upload itself asks."""
+    """No heartbeat falls between the takeover and the end of the run: the upload itself asks (beside the
+    encoding), and neither object is written."""
     world = World(progress_interval_s=60)
     world.model.step_s = 0.05
     thread, outcomes = run_in_background(world, steps=4)
@@ -134,6 +135,7 @@ def test_claim_is_checked_right_before_the_upload() -> None:
     thread.join(timeout=10)
     assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
     assert EDITED not in world.objects.objects
+    assert PREVIEW not in world.objects.objects
 
 
 def test_crash_between_upload_and_final_write_is_finished_without_running_again() -> None:

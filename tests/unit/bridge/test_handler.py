@@ -128,11 +128,20 @@ def test_missing_object_fails_with_its_code(remove: str, code: ErrorCode) -> Non
     assert world.document["error"]["code"] == code.value
 
 
+def test_with_both_objects_missing_the_original_is_named() -> None:
+    """The mask is fetched beside the original: the failure reported is still the original's."""
+    world = World()
+    del world.objects.objects[f"{PREFIX}/original.png"]
+    del world.objects.objects[f"{PREFIX}/mask.png"]
+    assert world.deliver().code is ErrorCode.ORIGINAL_MISSING
+
+
 def test_oversized_object_is_refused_without_being_downloaded() -> None:
     world = World(max_object_bytes=100)
     outcome = world.deliver()
     assert outcome.code is ErrorCode.OBJECT_TOO_LARGE
-    assert world.objects.reads == []
+    # The mask, small enough, may be read beside the original (they are fetched at once).
+    assert f"{PREFIX}/original.png" not in world.objects.reads
 
 
 def test_corrupt_image_fails_with_corrupt_image() -> None:
