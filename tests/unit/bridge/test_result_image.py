@@ -423,6 +423,46 @@ def test_concurrent_splices_do_not_corrupt_the_process() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+BROKEN_HEADERS = """
+import io
+import numpy as np
+from PIL import Image
+from fluxfill.bridge import intake, jpeg_splice
+from fluxfill.bridge.errors import PermanentJobError
+
+pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8)
+buffer = io.BytesIO()
+exif = b"Exif\\x00\\x00MM\\x00*\\x00\\x00\\x00\\x08"  # an APP1 segment to break too
+Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, exif=exif)
+data = buffer.getvalue()
+read = 0
+for at in range(data.index(b"\\xff\\xda") + 14):  # every byte up to the scan's first data
+    for value in (0x00, 0xFF, data[at] ^ 0x01):
+        broken = bytearray(data)
+        broken[at] = value
+        try:
+            intake.check_header(bytes(broken), "original photo", 10**8)
+        except PermanentJobError:
+            continue
+        read += 1
+        try:
+            jpeg_splice.read_coefficients(bytes(broken))
+        except jpeg_splice.SpliceRefusedError:
+            pass
+print(read)
+"""
+
+
+def test_coefficients_of_a_jpeg_with_any_header_byte_broken_are_read_or_refused() -> None:
+    """The coefficients are read ahead from the moment the header passes the pixel cap, before Pillow has
+    decoded (and perhaps refused) the photo: jpeglib, whose docs warn that libjpeg may exit the process,
+    must refuse a broken JPEG with an exception. In a child process, so an exit fails this test only."""
+    command = [sys.executable, "-c", BROKEN_HEADERS]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout.split()[-1]) > 500, "most broken headers still pass the header check"
+
+
 def _bad_exifs() -> dict[str, bytes]:
     """EXIF a phone or an editing app may leave behind: cut short, a broken directory, and one larger than a
     JPEG's APP1 segment can hold (65,533 bytes; HEIC's EXIF has no such limit)."""
