@@ -46,6 +46,7 @@ from fluxfill.bridge.ports import (
     InferenceResult,
     InpaintModel,
     JobRef,
+    ObjectInfo,
     ObjectStore,
     RunControl,
     SessionStore,
@@ -343,18 +344,21 @@ class JobHandler:
         self, job: JobMessage
     ) -> tuple[intake.Photo, npt.NDArray[np.uint8], CoefficientsAhead | None]:
         """The upright photo, the mask fitted to it, and the original's coefficients being read (a JPEG whose
-        result is spliced). The mask is fetched and decoded on a second thread, and the coefficients read
-        on a third, while the photo decodes (the codecs release the GIL); a refused original is reported
-        first, as it would be one after the other."""
+        result is spliced). Once the original's metadata passes (a missing or oversized original downloads
+        nothing), the mask is fetched and decoded on a second thread, and the coefficients read on a third,
+        while the photo downloads and decodes (the codecs release the GIL); a refused original is the error
+        reported, as it would be one after the other."""
         settings = self._settings
         max_pixels = settings.max_image_pixels
+        original_info = self._locate(job, settings.original_template, "original")
 
         def fetch_mask() -> npt.NDArray[np.uint8]:
-            return intake.decode_mask(self._fetch(job, settings.mask_template, "mask"), max_pixels)
+            mask_info = self._locate(job, settings.mask_template, "mask")
+            return intake.decode_mask(self._read(mask_info), max_pixels)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask") as pool:
             mask = pool.submit(contextvars.copy_context().run, fetch_mask)
-            original = self._fetch(job, settings.original_template, "original")
+            original = self._read(original_info)
             intake.check_header(original, "original photo", max_pixels)  # the pixel cap, before any decode
             ahead = read_ahead(original, always_png=settings.result_format == "png")
             photo = intake.read_photo(original, max_pixels)
@@ -382,8 +386,11 @@ class JobHandler:
             return resolve(job, RuntimeConfig())
         return self._runtime_config.resolve(job)
 
-    def _fetch(self, job: JobMessage, template: str, what: str) -> bytes:
-        data = intake.fetch(self._objects, job.paths(template), what, self._settings.max_object_bytes)
+    def _locate(self, job: JobMessage, template: str, what: str) -> ObjectInfo:
+        return intake.locate(self._objects, job.paths(template), what, self._settings.max_object_bytes)
+
+    def _read(self, info: ObjectInfo) -> bytes:
+        data = self._objects.read(info)
         self._metrics.downloaded_bytes.inc(len(data))
         return data
 

@@ -22,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from fluxfill.bridge import orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
-from fluxfill.bridge.ports import ObjectStore
+from fluxfill.bridge.ports import ObjectInfo, ObjectStore
 from fluxfill.inpaint import geometry
 
 # HEIC and HEIF by libheif (pillow-heif), AVIF by Pillow itself; opening reads the header, load() decodes.
@@ -41,8 +41,8 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 INTAKE_BYTES_PER_PIXEL = 11
 
 
-def fetch(objects: ObjectStore, pattern: str, what: str, max_bytes: int) -> bytes:
-    """The original's or mask's bytes; refused from its metadata, unread, when missing or over `max_bytes`."""
+def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int) -> ObjectInfo:
+    """The original's or mask's metadata, to read it by; refused, unread, when missing or over `max_bytes`."""
     info = objects.find(pattern)
     if info is None:
         missing = ErrorCode.ORIGINAL_MISSING if what == "original" else ErrorCode.MASK_MISSING
@@ -53,7 +53,7 @@ def fetch(objects: ObjectStore, pattern: str, what: str, max_bytes: int) -> byte
             f"the {what} {info.path} is {info.size} bytes, more than the limit of {max_bytes}; "
             "it was not downloaded",
         )
-    return objects.read(info)
+    return info
 
 
 def sniff_format(data: bytes) -> str | None:
