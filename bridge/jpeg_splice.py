@@ -31,7 +31,7 @@ import numpy.typing as npt
 jpeglib.version.set("turbo210")
 # jpeglib is not thread-safe: two reads or writes at once corrupt the C heap and kill the process (seen with
 # four threads splicing 0.3 MP JPEGs). Every call into it holds this lock; a bridge running several jobs
-# splices one at a time (0.2 s to read and 0.35 s to write 12 MP here), while the GPU is the bottleneck.
+# splices one at a time (0.1 s to read and 0.15 s to write 12 MP here), while the GPU is the bottleneck.
 _LIBJPEG = threading.Lock()
 # Reads ahead of the splice (CoefficientsAhead); two, for the bridges that run two jobs at once.
 _READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg-coefficients")
@@ -114,7 +114,7 @@ def splice(
     _replace_blocks(jpeg, edited, (edited.shape[0], edited.shape[1]), mcus)
     with tempfile.TemporaryDirectory(prefix="fluxfill-splice-") as folder:
         target = Path(folder) / "edited.jpg"
-        # Optimized Huffman tables: 10 % smaller than the standard ones, for ~55 ms at 12 MP (2026-12-04,
+        # Optimized Huffman tables: 10 % smaller than the standard ones, for ~45 ms at 12 MP (2026-12-04,
         # 2 cores): the app's users download the result, often more than once.
         try:
             with _LIBJPEG:
