@@ -54,8 +54,8 @@ def single_threaded_blas() -> None:
 
     The bridge's parallelism is its jobs' threads, and its one BLAS call (the splice's n x 64 by 64 x 64
     product) is small: OpenBLAS's own threads spun while they waited for a busy core, which cost a 1 MP job
-    150 instead of 87 ms of the bridge's CPU, and 20 ms of its wall time (2 cores beside the emulators,
-    2026-12-04)."""
+    151-164 instead of 82-92 ms of the bridge's CPU, and ~20 ms of its wall time (2 cores beside the
+    emulators, 2026-12-04; docs/benchmarks.md)."""
     threadpool_limits(limits=1, user_api="blas")
 
 
