@@ -47,6 +47,8 @@ _BLOCK = 8
 _SOS, _APP0, _APP15, _COM = 0xDA, 0xE0, 0xEF, 0xFE
 # MCU rows encoded at a time: 256 pixel rows of 4:2:0.
 _BAND_MCU_ROWS = 16
+# Block rows compared at a time: 256 pixel rows.
+_BAND_BLOCK_ROWS = 32
 # Row u of the orthonormal 8-point DCT-II as JPEG scales it: coefficients = M @ block @ M.T, natural order.
 _U = np.arange(_BLOCK)
 _DCT = np.cos((2 * _U[None, :] + 1) * _U[:, None] * np.pi / 16) / 2
@@ -133,14 +135,21 @@ def changed_blocks(
 
     `from_end`: (rows, columns) whose blocks are counted from the last row or column, so the partial block
     is the first: a JPEG's blocks start at its stored top-left corner, which an upright photo may hold at
-    any corner. One comparison of the images and two grouped reductions, no padded copy (15 ms at 12 MP).
+    any corner. Compared a band of block rows at a time (the comparison's flags stay a few MB, not a byte a
+    sample of the photo), each reduced over reshaped views, no padded copy (15 ms at 12 MP).
     """
     height, width = before.shape[:2]
-    differs = np.not_equal(before, after).reshape(height, -1)
-    per_pixel = differs.shape[1] // width
-    rows = _any_in_groups(differs, 0, _BLOCK, (height % _BLOCK) if from_end[0] else 0)
-    head = ((width % _BLOCK) if from_end[1] else 0) * per_pixel
-    return _any_in_groups(rows, 1, _BLOCK * per_pixel, head)
+    per_pixel = before.size // (height * width)
+    head_rows = (height % _BLOCK) if from_end[0] else 0
+    head_cols = ((width % _BLOCK) if from_end[1] else 0) * per_pixel
+    edges = sorted({0, *range(head_rows, height, _BLOCK), height})  # where each block row starts
+    bands = []
+    for first in range(0, len(edges) - 1, _BAND_BLOCK_ROWS):
+        top, bottom = edges[first], edges[min(first + _BAND_BLOCK_ROWS, len(edges) - 1)]
+        differs = np.not_equal(before[top:bottom], after[top:bottom]).reshape(bottom - top, -1)
+        rows = _any_in_groups(differs, 0, _BLOCK, head_rows if top == 0 else 0)
+        bands.append(_any_in_groups(rows, 1, _BLOCK * per_pixel, head_cols))
+    return np.concatenate(bands)
 
 
 def _any_in_groups(flags: npt.NDArray[np.bool_], axis: int, size: int, head: int) -> npt.NDArray[np.bool_]:

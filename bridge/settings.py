@@ -15,9 +15,10 @@ ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # then the bridge exits whatever is left (the leases lapse). The grace plus this must fit the platform's
 # window between SIGTERM and SIGKILL (Cloud Run: 10 s; GKE: terminationGracePeriodSeconds).
 SHUTDOWN_CLEANUP_S = 3.0
-# Memory a job may take, per pixel of its photo: measured 22.5 through the whole handler with an in-memory
+# Memory a job may take, per pixel of its photo: measured 20.9 through the whole handler with an in-memory
 # model on a 12 MP JPEG whose result is spliced (the coefficient arrays, and jpeglib's copies of them while
-# writing, 6 bytes), 17.0 on an RGBA PNG (tests/unit/bridge/test_memory.py bounds it by
+# writing, 6 bytes; 21-24 by threads' timing while the changed blocks were found over one full-size
+# comparison), 17.0 on an RGBA PNG (tests/unit/bridge/test_memory.py bounds it by
 # HANDLER_BYTES_PER_PIXEL); the Triton client's request and response buffers add up to four more copies of
 # the 3-byte RGB image. A bridge's memory limit must hold
 # BRIDGE_BASELINE_BYTES + max_concurrent_jobs x max_image_pixels x JOB_BYTES_PER_PIXEL (tested per manifest).

@@ -176,10 +176,13 @@ def test_scattered_edits_change_exactly_their_mcus_in_any_orientation(turn: int,
 @pytest.mark.parametrize("from_end", [(False, False), (False, True), (True, False), (True, True)])
 def test_changed_blocks_flags_exactly_the_blocks_with_a_changed_byte(from_end: tuple[bool, bool]) -> None:
     rng = np.random.default_rng(3)
-    for height, width, channels in [(61, 83, 3), (64, 40, 3), (17, 9, 1), (8, 8, 3), (5, 3, 3)]:
+    # Heights past one band of 256 rows too, with and without a partial block row.
+    sizes = [(61, 83, 3), (64, 40, 3), (17, 9, 1), (8, 8, 3), (5, 3, 3)]
+    sizes += [(600, 21, 3), (517, 16, 1), (512, 9, 3)]
+    for height, width, channels in sizes:
         before = rng.integers(0, 256, (height, width, channels), np.uint8)
         after = before.copy()
-        for _ in range(4):
+        for _ in range(12):
             row, col, channel = rng.integers(height), rng.integers(width), rng.integers(channels)
             after[row, col, channel] ^= 1
         changed = (before != after).any(axis=2)
