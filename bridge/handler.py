@@ -403,7 +403,7 @@ class JobHandler:
         """Results are written only while our claim is current: asked of the store right before the upload."""
         if monitor.lease_lost:
             raise LeaseLostError("the lease could not be renewed while the job ran")
-        if not monitor.confirm_claim().still_owner:
+        if not monitor.confirm_claim():
             raise LeaseLostError("another claim took the job over before the upload")
 
     def _end(self, claimed: "_Claimed", ending: Outcome) -> Outcome:

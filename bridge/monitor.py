@@ -16,7 +16,7 @@ from types import TracebackType
 import structlog
 
 from fluxfill.bridge.errors import LeaseLostError, RetryableError
-from fluxfill.bridge.ports import Heartbeat, JobRef, RunControl, SessionStore
+from fluxfill.bridge.ports import JobRef, RunControl, SessionStore
 
 logger = structlog.get_logger(__name__)
 # How often the watcher wakes to notice the bridge's hard stop between heartbeats.
@@ -89,13 +89,14 @@ class JobMonitor:
                 beating.start()
                 next_beat = time.monotonic() + self._interval_s
 
-    def confirm_claim(self) -> Heartbeat:
-        """A heartbeat now, after any in flight: is the claim still ours? A heartbeat in flight that does not
-        end within the lease-loss bound is a lost lease, as the watcher would find it."""
+    def confirm_claim(self) -> bool:
+        """Is the claim still ours? Read now, after any heartbeat in flight (one read: the lease is the
+        heartbeats' to renew). A heartbeat in flight that does not end within the lease-loss bound is a lost
+        lease, as the watcher would find it."""
         if not self._calls.acquire(timeout=LEASE_LOSS_FRACTION * self._lease_s):
             raise LeaseLostError("a heartbeat has hung; the claim could not be checked")
         try:
-            return self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, None)
+            return self._sessions.holds_claim(self._job, self._claim_id)
         finally:
             self._calls.release()
 

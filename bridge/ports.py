@@ -108,6 +108,9 @@ class SessionStore(Protocol):
     ) -> Heartbeat:
         """Extend the lease, write progress if given, and read the app's cancel request."""
 
+    def holds_claim(self, job: JobRef, claim_id: str) -> bool:
+        """Whether `claim_id` is still the job's current claim: one read, nothing written."""
+
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """Give a claimed job back (status queued, its user's slot freed) so a redelivery can claim it."""
 

@@ -34,7 +34,9 @@ def leased(document: Document, now: datetime) -> bool:
     return isinstance(expires, datetime) and expires > now
 
 
-def _held_by(document: Document, claim_id: str) -> bool:
+def held_by(document: Document | None, claim_id: str) -> bool:
+    """Whether `claim_id` is the job's current claim (processing under it)."""
+    document = document or {}
     return _status(document) is JobStatus.PROCESSING and document.get(SessionField.CLAIM_ID) == claim_id
 
 
@@ -101,7 +103,7 @@ def heartbeat(
     """Renew the lease (and record progress) while `claim_id` is still the current claim."""
     current = document or {}
     cancel = current.get(SessionField.CANCEL_REQUESTED) is True
-    if not _held_by(current, claim_id):
+    if not held_by(current, claim_id):
         return Heartbeat(cancel_requested=cancel, still_owner=False), None
     update: Update = {
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
@@ -115,7 +117,7 @@ def heartbeat(
 def release(document: Document | None, claim_id: str, now: datetime, reason: str) -> Update | None:
     """Back to queued, lease cleared, so a redelivery is claimed at once; only by the current claim."""
     current = document or {}
-    if not _held_by(current, claim_id):
+    if not held_by(current, claim_id):
         return None
     return {
         SessionField.STATUS: JobStatus.QUEUED.value,
@@ -144,7 +146,7 @@ def finish(
         return None
     if claim_id is None and leased(current, now):
         return None
-    if claim_id is not None and not _held_by(current, claim_id):
+    if claim_id is not None and not held_by(current, claim_id):
         return None
     update: Update = {
         SessionField.STATUS: status.value,

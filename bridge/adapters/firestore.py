@@ -9,7 +9,7 @@ from google.cloud import firestore
 from fluxfill.bridge import sessions
 from fluxfill.bridge.adapters.firestore_errors import firestore_errors
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
-from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
+from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField, firestore_id_allowed
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat, JobRef
 
 T = TypeVar("T")
@@ -100,6 +100,13 @@ class FirestoreSessions:
         if slots is not None and beat.still_owner:
             slots.renew_if_due(job.user, claim_id, lease_s)
         return beat
+
+    def holds_claim(self, job: JobRef, claim_id: str) -> bool:
+        """See SessionStore.holds_claim: a plain read (strongly consistent), no transaction, no write."""
+        fields = [SessionField.STATUS.value, SessionField.CLAIM_ID.value]
+        with firestore_errors("check the claim"):
+            snapshot = self._client.document(job.document).get(field_paths=fields)
+        return sessions.held_by(snapshot.to_dict() if snapshot.exists else None, claim_id)
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """See SessionStore.release."""

@@ -73,12 +73,18 @@ def test_claims_are_fenced_on_the_real_store(jobs: JobSystem) -> None:
     time.sleep(0.7)  # the first claim's lease lapses; another takes the job over
     third = sessions.claim(ref, claim_id="claim-3", owner="localhost", lease_s=30, max_attempts=3)
     assert third.kind.value == "claimed"
+    before = jobs.db.document(ref.document).get()
+    assert (sessions.holds_claim(ref, "claim-3"), sessions.holds_claim(ref, "claim-1")) == (True, False)
+    assert jobs.db.document(ref.document).get().update_time == before.update_time, "the check wrote"
     assert not sessions.heartbeat(ref, "claim-1", 30, (1, 4)).still_owner
     assert not sessions.finish(ref, "claim-1", JobStatus.DONE, {})
     sessions.release(ref, "claim-1", "stale")
     document = jobs.db.document(ref.document).get().to_dict() or {}
     assert (document["status"], document["claimId"]) == ("processing", "claim-3")
     assert sessions.finish(ref, "claim-3", JobStatus.DONE, {})
+    assert not sessions.holds_claim(ref, "claim-3"), "a finished job is no claim's"
+    missing = JobRef(f"users/u1/sessions/s{uuid.uuid4().hex[:8]}", "m2")
+    assert not sessions.holds_claim(missing, "claim-3")
 
 
 def test_hung_triton_is_marked_unready_and_the_job_given_back(

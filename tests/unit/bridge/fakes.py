@@ -88,6 +88,7 @@ class FakeSessionStore:
     finish_fails_with: Exception | None = None
     user_slots: dict[str, dict[str, Any]] = field(default_factory=dict)  # per user, as in Firestore
     claims: int = 0  # claim transactions asked for
+    claim_checks: int = 0  # reads of whether a claim is still current
     call_s: float = 0.0  # each heartbeat and finish takes this long, as a round trip to Firestore does
     most_at_once: int = 0  # the most heartbeats and finishes of one session in flight together
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,6 +162,15 @@ class FakeSessionStore:
             self._apply(job.document, update)
             self._apply_slots(job, slots)
             return beat
+
+    def holds_claim(self, job: JobRef, claim_id: str) -> bool:
+        if self.heartbeat_fails_with is not None:  # Firestore away: reads fail as heartbeats do
+            raise self.heartbeat_fails_with
+        while self.heartbeat_hangs.is_set():
+            time.sleep(0.01)
+        with self._round_trip(job.document), self._lock:
+            self.claim_checks += 1
+            return sessions.held_by(self.documents.get(job.document), claim_id)
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         with self._lock:

@@ -124,6 +124,14 @@ def test_run_whose_claim_was_taken_over_uploads_nothing_and_leaves_the_session_a
     assert world.document["error"] == taken_over["error"]
 
 
+def test_the_claim_check_before_the_upload_is_one_read() -> None:
+    """It reads whether the claim is current (the lease is the heartbeats' to renew; that the read writes
+    nothing is shown on the emulator, tests/integration/bridge/test_exactly_once.py)."""
+    world = World(progress_interval_s=60)
+    assert world.deliver().kind is OutcomeKind.DONE
+    assert world.sessions.claim_checks == 1
+
+
 def test_claim_is_checked_right_before_the_upload() -> None:
     """No heartbeat falls between the takeover and the end of the run: the upload itself asks (beside the
     encoding), and neither object is written."""
