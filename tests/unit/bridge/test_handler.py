@@ -129,7 +129,7 @@ def test_missing_object_fails_with_its_code(remove: str, code: ErrorCode) -> Non
 
 
 def test_with_both_objects_missing_the_original_is_named() -> None:
-    """The mask is fetched beside the original: the failure reported is still the original's."""
+    """The mask is fetched beside the original once the original is found: a missing original is named."""
     world = World()
     del world.objects.objects[f"{PREFIX}/original.png"]
     del world.objects.objects[f"{PREFIX}/mask.png"]

@@ -111,7 +111,7 @@ def test_mask_of_another_aspect_is_refused() -> None:
 
 
 @pytest.mark.parametrize("size", [(864, 1152), (1000, 3000), (600, 700)])
-def test_the_preview_is_a_lanczos_resample_within_a_grey_level(size: tuple[int, int]) -> None:
+def test_the_preview_is_a_lanczos_resample_within_two_grey_levels(size: tuple[int, int]) -> None:
     """Reduced by a whole factor first, for speed: the preview must still look as a Lanczos resample does."""
     height, width = size
     base = Image.open(REPO_ROOT / "demo" / "chelsea.png").convert("RGB").resize((width, height))
