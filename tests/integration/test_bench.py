@@ -82,6 +82,7 @@ def test_bridge_throughput_runs_jobs_through_the_emulators(tmp_path: Path) -> No
         cells = named_cells(output, f"| {concurrency} |")
         assert float(cells["jobs/s"]) > 0
         assert float(cells["bridge CPU ms per job"]) > 0
+        assert float(cells["emulators CPU ms per job"]) > 0, "the emulators' CPU time was not read"
 
 
 def test_result_formats_compares_png_results_with_the_originals_format(tmp_path: Path) -> None:
