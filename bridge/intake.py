@@ -77,10 +77,10 @@ def _iso_brand(data: bytes) -> str | None:
     return "HEIF" if brands & _HEIF_BRANDS else None
 
 
-def check_header(data: bytes, what: str, max_pixels: int) -> str:
-    """The image's format, once its header parses and its pixel count is within `max_pixels` (nothing is
-    decoded); refused as `read_photo` refuses it."""
-    return _open(data, what, max_pixels, decode=False)[1]
+def check_header(data: bytes, what: str, max_pixels: int) -> None:
+    """Refuse the image as `read_photo` would unless its header parses and its pixel count is within
+    `max_pixels`; nothing is decoded."""
+    _open(data, what, max_pixels, decode=False)
 
 
 def _open(data: bytes, what: str, max_pixels: int, *, decode: bool = True) -> tuple[Image.Image, str, int]:

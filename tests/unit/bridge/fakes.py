@@ -106,6 +106,14 @@ class FakeSessionStore:
             with self._lock:
                 self._in_flight[path] -= 1
 
+    def _heartbeat_faults(self) -> None:
+        """The injected faults of the calls made while a job runs: an error, or a frozen Firestore (no answer,
+        no error) while `heartbeat_hangs` is set."""
+        if self.heartbeat_fails_with is not None:
+            raise self.heartbeat_fails_with
+        while self.heartbeat_hangs.is_set():
+            time.sleep(0.01)
+
     def _apply(self, path: str, update: Mapping[str, Any] | None) -> None:
         if update is not None:
             self.documents.setdefault(path, {}).update({str(k): v for k, v in update.items()})
@@ -144,10 +152,7 @@ class FakeSessionStore:
     def heartbeat(
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
-        if self.heartbeat_fails_with is not None:
-            raise self.heartbeat_fails_with
-        while self.heartbeat_hangs.is_set():  # a frozen Firestore: no answer, no error
-            time.sleep(0.01)
+        self._heartbeat_faults()
         with self._round_trip(job.document), self._lock:
             beat, update, slots = user_slots.heartbeat(
                 self.documents.get(job.document),
@@ -164,10 +169,7 @@ class FakeSessionStore:
             return beat
 
     def holds_claim(self, job: JobRef, claim_id: str) -> bool:
-        if self.heartbeat_fails_with is not None:  # Firestore away: reads fail as heartbeats do
-            raise self.heartbeat_fails_with
-        while self.heartbeat_hangs.is_set():
-            time.sleep(0.01)
+        self._heartbeat_faults()  # Firestore away or frozen: the claim's read fails or hangs as heartbeats do
         with self._round_trip(job.document), self._lock:
             self.claim_checks += 1
             return sessions.held_by(self.documents.get(job.document), claim_id)
