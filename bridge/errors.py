@@ -5,7 +5,7 @@ BridgeError
 │   ├── TritonUnavailableError    server down, model not ready, internal error
 │   ├── TritonBusyError           the model's queue is full: back-pressure, resent within the attempt
 │   ├── StorageTransientError     Cloud Storage 429 / 5xx / connection trouble
-│   └── SessionTransientError     Firestore unavailable, aborted or contended transaction
+│   └── SessionTransientError     Firestore unavailable, or a document that kept changing
 ├── PermanentJobError         the job itself is wrong: ack + failed record with `code`
 │   (invalid job, missing object, oversized object, bad image, input the model refuses)
 │   └── SessionRefusedError       Firestore refuses the session's path (InvalidArgument)
@@ -46,7 +46,7 @@ class StorageTransientError(RetryableError):
 
 
 class SessionTransientError(RetryableError):
-    """Firestore failed in a way that may pass (including a transaction lost to contention)."""
+    """Firestore failed in a way that may pass (including a change that lost every round to contention)."""
 
 
 class PermanentJobError(BridgeError):

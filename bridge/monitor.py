@@ -4,9 +4,10 @@ A run whose lease cannot be renewed for LEASE_LOSS_FRACTION of the lease stops: 
 be about to take the job over, and a holder that cannot renew must stop rather than hope.
 
 A job's calls to its session document go one at a time: the heartbeats, the claim check before the upload
-and (after the monitor has ended) the final write. Two transactions on one Firestore document wait on each
-other's locks: a heartbeat still in flight beside the final write stalled jobs for seconds on the emulator,
-then reported the lease lost of a job already done.
+and (after the monitor has ended) the final write. When these were transactions, two on one Firestore
+document waited on each other's locks: a heartbeat still in flight beside the final write stalled jobs for
+seconds on the emulator, then reported the lease lost of a job already done. With compare-and-set the loser
+would read again: one at a time still spares that round.
 """
 
 import threading

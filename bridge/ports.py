@@ -54,7 +54,7 @@ class ClaimKind(Enum):
 
 @dataclass(frozen=True)
 class Claim:
-    """The outcome of a transactional claim; `attempt` counts claims including this one.
+    """The outcome of a claim; `attempt` counts claims including this one.
 
     `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why

@@ -1,4 +1,5 @@
-"""The session document's state machine, as pure functions of the document read inside a transaction.
+"""The session document's state machine, as pure functions of the document as read (the adapter writes the
+answer only if nobody wrote in between: fluxfill.bridge.adapters.compare_and_set).
 
 Both the Firestore adapter and the unit tests' in-memory store apply these, so the rules live in one place:
 a terminal status is never left; a live lease is respected whoever holds it (the same bridge included: a

@@ -1,4 +1,5 @@
-"""The SessionStore port over Firestore: every change is a transaction applying fluxfill.bridge.sessions."""
+"""The SessionStore port over Firestore: every change applies fluxfill.bridge.sessions by compare-and-set
+(fluxfill.bridge.adapters.compare_and_set)."""
 
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -7,13 +8,13 @@ from typing import Any, TypeVar
 from google.cloud import firestore
 
 from fluxfill.bridge import sessions
+from fluxfill.bridge.adapters.compare_and_set import Decide, compare_and_set
 from fluxfill.bridge.adapters.firestore_errors import firestore_errors
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField, firestore_id_allowed
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat, JobRef
 
 T = TypeVar("T")
-Decision = Callable[[Mapping[str, Any] | None, datetime], tuple[T, sessions.Update | None]]
 # Pub/Sub keeps an unacked message at most 7 days: a ledger entry older than that guards nothing
 # (`expireAt` is there for a Firestore TTL policy to delete it).
 LEDGER_RETENTION = timedelta(days=8)
@@ -33,19 +34,8 @@ class FirestoreSessions:
         self._now = now
         self._slots = user_slots
 
-    def _transact(self, path: str, action: str, decide: Decision[T]) -> T:
-        reference = self._client.document(path)
-
-        @firestore.transactional
-        def run(transaction: firestore.Transaction) -> T:
-            snapshot = reference.get(transaction=transaction)
-            result, update = decide(snapshot.to_dict() if snapshot.exists else None, self._now())
-            if update is not None:
-                transaction.set(reference, {str(key): value for key, value in update.items()}, merge=True)
-            return result
-
-        with firestore_errors(action):
-            return run(self._client.transaction(max_attempts=5))  # type: ignore[no-any-return]
+    def _change(self, path: str, action: str, decide: Decide[T]) -> T:
+        return compare_and_set(self._client, path, action, decide, self._now)
 
     def _slots_of(self, job: JobRef) -> FirestoreUserSlots | None:
         return self._slots if self._slots is not None and firestore_id_allowed(job.user) else None
@@ -68,7 +58,7 @@ class FirestoreSessions:
                 return Claim(ClaimKind.USER_AT_LIMIT, user_running=running)
         claimed = False
         try:
-            result = self._transact(
+            result = self._change(
                 job.document,
                 "claim the job",
                 lambda document, now: sessions.claim(
@@ -91,7 +81,7 @@ class FirestoreSessions:
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
         """See SessionStore.heartbeat; the user's slot is renewed with the lease, when due."""
-        beat = self._transact(
+        beat = self._change(
             job.document,
             "renew the lease",
             lambda document, now: sessions.heartbeat(document, claim_id, now, lease_s, progress),
@@ -110,7 +100,7 @@ class FirestoreSessions:
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """See SessionStore.release."""
-        self._transact(
+        self._change(
             job.document,
             "give the job back",
             lambda document, now: (None, sessions.release(document, claim_id, now, reason)),
@@ -124,7 +114,7 @@ class FirestoreSessions:
             update = sessions.finish(document, claim_id, now, status, fields)
             return update is not None, update
 
-        finished = self._transact(job.document, f"record {status.value}", decide)
+        finished = self._change(job.document, f"record {status.value}", decide)
         self._free_slot(job, claim_id)
         return finished
 

@@ -7,13 +7,11 @@ from google.api_core import exceptions as api
 
 from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError
 
-# Contention surfaces as this ValueError once the client's own retries are spent (see FACTS.md).
-_CONTENTION = "Failed to commit transaction"
-
 
 @contextmanager
 def firestore_errors(action: str) -> Iterator[None]:
-    """The boundary: Firestore failures, contention included, become SessionTransientError.
+    """The boundary: Firestore's failures become SessionTransientError (contention is the caller's:
+    fluxfill.bridge.adapters.compare_and_set).
 
     InvalidArgument is the exception: Firestore refuses the request itself (a reserved or malformed path),
     and will refuse it however often it is retried.
@@ -24,9 +22,3 @@ def firestore_errors(action: str) -> Iterator[None]:
         raise SessionRefusedError(f"firestore refused to {action}: {error.message}") from None
     except (api.GoogleAPICallError, api.RetryError) as error:
         raise SessionTransientError(f"firestore failed to {action}: {error}") from None
-    except ValueError as error:
-        if _CONTENTION not in str(error):
-            raise
-        raise SessionTransientError(
-            f"firestore transaction to {action} lost to contention: {error}"
-        ) from None

@@ -2,10 +2,9 @@
 
 Why not in the claim's transaction: transactions lock what they read, and every claim of a flooding user
 reads the same document; two that read it and then both write deadlock until Firestore's lock timeout (the
-emulator made four bridges' claims wait 10 s each, round after round). Here a change reads the document,
-computes the new one with fluxfill.bridge.user_slots, and writes it only if nobody wrote in between (the
-document's update time as a precondition; `create` when there is none); a lost race reads again. Nobody
-waits on a lock, and exactly one of racing writers wins each round.
+emulator made four bridges' claims wait 10 s each, round after round). Here a change computes the new
+document with fluxfill.bridge.user_slots and writes it by compare-and-set
+(fluxfill.bridge.adapters.compare_and_set): nobody waits on a lock.
 
 The claim takes a slot first and then claims the session (giving the slot back if that finds the job
 finished, running or failing): a bridge that dies in between leaves a slot that lapses with its lease.
@@ -17,16 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from google.api_core import exceptions as api
 from google.cloud import firestore
 
 from fluxfill.bridge import user_slots
+from fluxfill.bridge.adapters.compare_and_set import compare_and_set
 from fluxfill.bridge.adapters.firestore_errors import firestore_errors
 from fluxfill.bridge.errors import SessionTransientError
 
 logger = structlog.get_logger(__name__)
-# Rounds of read-then-conditional-write before a change counts as lost to contention (the job comes back).
-CHANGE_ATTEMPTS = 10
 Change = Callable[[Mapping[str, Any] | None, datetime], dict[str, Any] | None]
 
 
@@ -48,25 +45,14 @@ class FirestoreUserSlots:
         self._lock = threading.Lock()
 
     def _change(self, user: str, action: str, change: Change) -> dict[str, Any] | None:
-        """Apply `change` by compare-and-set; the document written, or None when `change` wrote nothing."""
-        reference = self._client.document(f"{self._collection}/{user}")
-        for _ in range(CHANGE_ATTEMPTS):
-            with firestore_errors(action):
-                snapshot = reference.get()
-                new = change(snapshot.to_dict() if snapshot.exists else None, self._now())
-                if new is None:
-                    return None
-                try:
-                    if snapshot.exists:
-                        option = self._client.write_option(last_update_time=snapshot.update_time)
-                        # `update` replaces the `claims` map as a whole (lapsed entries dropped).
-                        reference.update(new, option=option)
-                    else:
-                        reference.create(new)
-                except (api.FailedPrecondition, api.Conflict):
-                    continue  # another bridge wrote first: read again
-                return new
-        raise SessionTransientError(f"{action}: the user's slots kept changing ({CHANGE_ATTEMPTS} rounds)")
+        """Apply `change` by compare-and-set; the document written, or None when `change` wrote nothing.
+        `update` replaces the `claims` map as a whole (lapsed entries dropped)."""
+
+        def decide(slots: Mapping[str, Any] | None, now: datetime) -> tuple[dict[str, Any] | None, Any]:
+            new = change(slots, now)
+            return new, new
+
+        return compare_and_set(self._client, f"{self._collection}/{user}", action, decide, self._now)
 
     def running(self, user: str) -> int:
         """See SlotCounter.running."""

@@ -1,0 +1,128 @@
+"""Compare-and-set on the Firestore emulator: the session's changes without transactions still give each
+job exactly one claim, and a write never lands on a document other than the one it was decided from."""
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import firestore
+
+from fluxfill.bridge.adapters.compare_and_set import ROUNDS, compare_and_set
+from fluxfill.bridge.adapters.firestore import FirestoreSessions
+from fluxfill.bridge.contract import JobStatus
+from fluxfill.bridge.errors import SessionTransientError
+from fluxfill.bridge.ports import ClaimKind, JobRef
+from tests.integration.bridge.harness import PROJECT, JobSystem
+
+pytestmark = pytest.mark.integration
+
+
+def new_path() -> str:
+    return f"users/u{uuid.uuid4().hex[:8]}/sessions/s{uuid.uuid4().hex[:8]}"
+
+
+def test_racing_claims_of_one_job_through_two_clients_claim_it_once(jobs: JobSystem) -> None:
+    """Twelve deliveries of a job claimed at once through two clients: one claims it, eleven find it busy."""
+    other_client = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    bridges = [FirestoreSessions(jobs.db), FirestoreSessions(other_client)]
+    path = new_path()
+    jobs.db.document(path).set({"status": "queued", "prompt": "a hat"})
+    start = threading.Barrier(12)
+    kinds: list[ClaimKind] = []
+
+    def claim(index: int) -> None:
+        start.wait()
+        store = bridges[index % 2]
+        kinds.append(
+            store.claim(
+                JobRef(path, f"m{index}"), claim_id=f"c{index}", owner="localhost", lease_s=30, max_attempts=3
+            ).kind
+        )
+
+    threads = [threading.Thread(target=claim, args=(index,)) for index in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert Counter(kinds) == {ClaimKind.CLAIMED: 1, ClaimKind.BUSY: 11}
+    document = jobs.db.document(path).get().to_dict() or {}
+    assert (document["attempt"], document["prompt"]) == (1, "a hat"), "one attempt; the app's fields kept"
+
+
+def test_a_write_between_the_read_and_the_write_makes_the_change_read_again(jobs: JobSystem) -> None:
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"status": "processing", "claimId": "c1", "note": "app"})
+    seen: list[Mapping[str, Any] | None] = []
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[str, dict[str, Any]]:
+        seen.append(document)
+        if len(seen) == 1:  # another writer lands after our read: our write must not
+            reference.update({"claimId": "c2"})
+        return str((document or {}).get("claimId")), {"status": "done"}
+
+    answer = compare_and_set(jobs.db, path, "finish", decide, datetime.now)
+    assert [dict(document or {}).get("claimId") for document in seen] == ["c1", "c2"]
+    assert answer == "c2", "the answer comes from the document the write was decided on"
+    assert reference.get().to_dict() == {"status": "done", "claimId": "c2", "note": "app"}
+
+
+def test_a_missing_document_is_created_only_if_still_missing(jobs: JobSystem) -> None:
+    path = new_path()
+    reference = jobs.db.document(path)
+    rounds = 0
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, dict[str, Any]]:
+        nonlocal rounds
+        rounds += 1
+        if document is None:
+            reference.set({"status": "queued"})  # created by someone else after our read
+        return document is not None, {"status": "processing"}
+
+    assert compare_and_set(jobs.db, path, "claim", decide, datetime.now) is True
+    assert rounds == 2
+    assert reference.get().to_dict() == {"status": "processing"}
+
+
+def test_a_document_that_keeps_changing_is_a_retryable_error_and_nothing_of_ours_lands(
+    jobs: JobSystem,
+) -> None:
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"count": 0})
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[None, dict[str, Any]]:
+        reference.update({"count": firestore.Increment(1)})
+        return None, {"ours": True}
+
+    with pytest.raises(SessionTransientError, match="kept changing"):
+        compare_and_set(jobs.db, path, "renew the lease", decide, datetime.now)
+    assert reference.get().to_dict() == {"count": ROUNDS}
+
+
+def test_a_finish_replaces_the_maps_it_writes_and_keeps_every_other_field(jobs: JobSystem) -> None:
+    """The terminal write sets `error` and `progress` as a whole: no key of an earlier error survives."""
+    sessions = FirestoreSessions(jobs.db)
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set(
+        {"status": "queued", "prompt": "a hat", "error": {"code": "retrying", "message": "m", "x": 1}}
+    )
+    ref = JobRef(path, "m1")
+    assert (
+        sessions.claim(ref, claim_id="c1", owner="localhost", lease_s=30, max_attempts=3).kind
+        is ClaimKind.CLAIMED
+    )
+    assert sessions.finish(ref, "c1", JobStatus.FAILED, {"error": {"code": "model_error", "message": "no"}})
+    document = reference.get().to_dict() or {}
+    assert document["error"] == {"code": "model_error", "message": "no"}
+    assert (document["status"], document["prompt"], document["progress"]) == (
+        "failed",
+        "a hat",
+        {"step": 0, "total": None},
+    )
