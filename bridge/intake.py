@@ -19,7 +19,7 @@ import numpy.typing as npt
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import orientation
+from fluxfill.bridge import jpeg_decode, orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo, ObjectStore
@@ -150,6 +150,13 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     Memory: the decoded image and the returned array, and nothing else of full size (a 50 MP RGBA photo took
     1.15 GB when transparency was composited on whole-image copies): see `INTAKE_BYTES_PER_PIXEL`.
     """
+    header, kind, _ = _open(data, "original photo", max_pixels, decode=False)
+    if kind == "JPEG":
+        turn = orientation.orientation_of(header)  # a JPEG's EXIF is read with its header
+        pixels = jpeg_decode.decode_upright(data, header, turn)
+        if pixels is not None:
+            info = header.info
+            return Photo(pixels, kind, turn, data, exif=info.get("exif"), icc_profile=info.get("icc_profile"))
     stored, kind, turn = _open(data, "original photo", max_pixels)
     exif, icc_profile = stored.info.get("exif"), stored.info.get("icc_profile")
     if stored.mode == "CMYK":

@@ -3,7 +3,8 @@
 The original's DCT coefficients are read (jpeglib, libjpeg-turbo 2.1), the blocks of every MCU (minimum coded
 unit: 8x8 pixels, 16x16 for 4:2:0) in which any pixel changed are replaced by the edited pixels' coefficients
 quantized with the original's own tables, and the coefficients are written back with the original's
-quantization tables, sampling and markers (EXIF, ICC, XMP, comments) as they were. Every other block keeps
+quantization tables, sampling and markers (EXIF, ICC, XMP, comments) as they were, Huffman-coded as the
+original was (standard or optimized tables: fluxfill.bridge.jpeg_markers). Every other block keeps
 its coefficients bit for bit, so it decodes as before (pixels next to a changed MCU may move by the chroma
 upsampling's one-sample reach, as in any decoder's fancy upsampling).
 
@@ -27,6 +28,8 @@ import jpeglib  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 
+from fluxfill.bridge import jpeg_markers
+
 # libjpeg-turbo: 1.5x faster than libjpeg 9 at reading and writing 12 MP of coefficients here.
 jpeglib.version.set("turbo210")
 # jpeglib is not thread-safe: two reads or writes at once corrupt the C heap and kill the process (seen with
@@ -44,7 +47,6 @@ _SPLICEABLE_SAMPLING = {
     ((1, 2), (1, 1), (1, 1)): "4:4:0",
 }
 _BLOCK = 8
-_SOS, _APP0, _APP15, _COM = 0xDA, 0xE0, 0xEF, 0xFE
 # MCU rows encoded at a time: 256 pixel rows of 4:2:0.
 _BAND_MCU_ROWS = 16
 # Block rows compared at a time: 256 pixel rows.
@@ -116,16 +118,16 @@ def splice(
     _replace_blocks(jpeg, edited, (edited.shape[0], edited.shape[1]), mcus)
     with tempfile.TemporaryDirectory(prefix="fluxfill-splice-") as folder:
         target = Path(folder) / "edited.jpg"
-        # Optimized Huffman tables: 10 % smaller than the standard ones, for ~45 ms at 12 MP (2026-12-04,
-        # 2 cores): the app's users download the result, often more than once.
+        # Huffman tables as the original's: standard, or optimized (fluxfill.bridge.jpeg_markers).
+        flags = [] if jpeg_markers.has_standard_tables(original) else ["+OPTIMIZE_CODING"]
         try:
             with _LIBJPEG:
-                jpeg.write_dct(os.fspath(target), flags=["+OPTIMIZE_CODING"])
+                jpeg.write_dct(os.fspath(target), flags=flags)
         # A scan with corrupt data decodes (libjpeg warns and goes on, as viewers do) to coefficients beyond
         # what an encoder writes ("DCT coefficient out of range"): such an original is re-encoded whole.
         except Exception as error:
             raise SpliceRefusedError(f"its coefficients cannot be written back: {error}") from None
-        return with_metadata_of(original, target.read_bytes())
+        return jpeg_markers.with_metadata_of(original, target.read_bytes())
 
 
 def changed_blocks(
@@ -170,39 +172,6 @@ def _any_in_groups(flags: npt.NDArray[np.bool_], axis: int, size: int, head: int
     if head + whole < length:
         pieces.append(part(head + whole, length).any(axis=axis, keepdims=True))
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=axis)
-
-
-def header_segments(data: bytes) -> list[tuple[int, bytes]]:
-    """(marker, whole segment bytes) of every segment between SOI and the first scan."""
-    segments, at = [], 2
-    while at + 4 <= len(data) and data[at] == 0xFF:
-        marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
-        if marker == _SOS:
-            break
-        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
-        segments.append((marker, data[at:end]))
-        at = end
-    return segments
-
-
-def _is_metadata(marker: int) -> bool:
-    return _APP0 <= marker <= _APP15 or marker == _COM
-
-
-def with_metadata_of(original: bytes, written: bytes) -> bytes:
-    """`written` with its APPn and COM segments replaced by the original's, byte for byte.
-
-    libjpeg writes a JFIF header of its own beside the markers jpeglib copies back; taking the original's
-    segments verbatim keeps EXIF, ICC, XMP and comments exactly as the phone wrote them.
-    """
-    metadata = b"".join(segment for marker, segment in header_segments(original) if _is_metadata(marker))
-    header = header_segments(written)
-    rest = sum(len(segment) for _, segment in header) + 2
-    tables = b"".join(segment for marker, segment in header if not _is_metadata(marker))
-    return written[:2] + metadata + tables + written[rest:]
 
 
 def _read(path: Path) -> jpeglib.DCTJPEG:

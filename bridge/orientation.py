@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 # Pixels or a per-pixel map: any array whose first two axes are rows and columns.
@@ -51,6 +52,20 @@ def upright(image: Image.Image, orientation: int) -> Image.Image:
     """The stored image turned upright (the image itself for orientation 1)."""
     method = _TO_UPRIGHT.get(orientation)
     return image if method is None else image.transpose(method)
+
+
+def upright_array(pixels: npt.NDArray[np.uint8], orientation: int) -> npt.NDArray[np.uint8]:
+    """Stored pixels (height x width x channels) turned upright into a new array; the array itself for 1.
+
+    Each pixel moves as one element of `channels` bytes: numpy copies a turned uint8 array a byte at a time
+    (a 12 MP RGB photo: 79 ms, against 34 as whole pixels and 45 for Pillow's transpose of its own image)."""
+    method = _TO_UPRIGHT.get(orientation)
+    if method is None:
+        return pixels
+    height, width, channels = pixels.shape
+    whole = np.ascontiguousarray(pixels).view(np.dtype((np.void, channels))).reshape(height, width)
+    turned = np.ascontiguousarray(_transposed(whole, method))
+    return turned.view(np.uint8).reshape(*turned.shape, channels)
 
 
 def to_stored(pixels: Grid, orientation: int) -> Grid:

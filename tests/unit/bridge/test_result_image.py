@@ -16,11 +16,11 @@ import numpy.typing as npt
 import pytest
 from PIL import Image, ImageCms, ImageOps
 
-from fluxfill.bridge import jpeg_splice, orientation
+from fluxfill.bridge import jpeg_markers, jpeg_splice, orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.intake import read_photo
-from fluxfill.bridge.jpeg_splice import header_segments
+from fluxfill.bridge.jpeg_markers import header_segments
 from fluxfill.bridge.result_image import EncodedResult, encode_result, read_ahead
 from tests.support import REPO_ROOT
 from tests.unit.bridge.fakes import png
@@ -278,6 +278,33 @@ def test_an_edit_that_changes_nothing_returns_the_original_bytes() -> None:
     assert encode_result(photo, photo.pixels.copy()).data == original
 
 
+@pytest.mark.parametrize("optimized", [False, True])
+def test_a_spliced_jpeg_is_huffman_coded_as_its_original_was(optimized: bool) -> None:
+    """Standard tables in, standard tables out (one pass); an original optimized stays optimized."""
+    original = jpeg(textured(160, 120), quality=90, subsampling=2, optimize=optimized)
+    assert jpeg_markers.has_standard_tables(original) is not optimized
+    photo = read_photo(original, BIG)
+    edited = edit(photo.pixels, (20, 30, 70, 90))
+
+    result = encode_result(photo, edited)
+
+    assert result.encoding == "dct_splice"
+    tables = jpeg_markers.huffman_tables(result.data)
+    assert tables is not None
+    assert (tables <= jpeg_markers.standard_tables()) is not optimized
+    assert len(result.data) <= len(original) * 1.05, "the result is about as large as its original"
+
+
+def test_huffman_tables_that_do_not_parse_are_none_and_never_standard() -> None:
+    original = jpeg(textured(32, 24), quality=90)
+    at = original.index(b"\xff\xc4")
+    # The first table's counts claim more symbols than its segment holds.
+    cut = original[: at + 5] + b"\xff" * 16 + original[at + 21 :]
+    assert jpeg_markers.huffman_tables(cut) is None
+    assert not jpeg_markers.has_standard_tables(cut)
+    assert len(jpeg_markers.standard_tables()) == 4, "DC and AC, luminance and chrominance"
+
+
 def decoded(result: EncodedResult) -> Image.Image:
     return Image.open(io.BytesIO(result.data))
 
@@ -452,14 +479,19 @@ for at in range(data.index(b"\\xff\\xda") + 14):  # every byte up to the scan's 
             jpeg_splice.read_coefficients(bytes(broken))
         except jpeg_splice.SpliceRefusedError:
             pass
+        try:  # libjpeg-turbo through simplejpeg first, then Pillow
+            intake.read_photo(bytes(broken), 10**8)
+        except PermanentJobError:
+            pass
 print(read)
 """
 
 
-def test_coefficients_of_a_jpeg_with_any_header_byte_broken_are_read_or_refused() -> None:
+def test_a_jpeg_with_any_header_byte_broken_is_read_or_refused() -> None:
     """The coefficients are read ahead from the moment the header passes the pixel cap, before Pillow has
     decoded (and perhaps refused) the photo: jpeglib, whose docs warn that libjpeg may exit the process,
-    must refuse a broken JPEG with an exception. In a child process, so an exit fails this test only."""
+    must refuse a broken JPEG with an exception; so must the photo's decode (simplejpeg, then Pillow). In a
+    child process, so an exit fails this test only."""
     command = [sys.executable, "-c", BROKEN_HEADERS]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

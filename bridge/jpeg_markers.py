@@ -1,0 +1,84 @@
+"""A JPEG's segments before its first scan: the original's metadata carried into a result, and whether its
+Huffman tables are the standard ones.
+
+Huffman tables: a camera's encoder codes in one pass, with the standard tables (JPEG's Annex K, libjpeg's
+defaults); an editor or an app may write tables optimized for the image (a second pass, 5-10 % smaller). A
+spliced result is coded as its original was: with the standard tables when the original's are all standard
+ones (libjpeg writes them in one pass: 45 ms less than optimizing at 12 MP here, and the result is as large
+as such an original), else with optimized tables, so an optimized original does not grow.
+"""
+
+import functools
+import io
+
+from PIL import Image
+
+_SOS, _DHT, _APP0, _APP15, _COM = 0xDA, 0xC4, 0xE0, 0xEF, 0xFE
+# (class: 0 DC or 1 AC, the 16 code-length counts, the symbols)
+Table = tuple[int, bytes, bytes]
+
+
+def header_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """(marker, whole segment bytes) of every segment between SOI and the first scan."""
+    segments, at = [], 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == _SOS:
+            break
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        segments.append((marker, data[at:end]))
+        at = end
+    return segments
+
+
+def _is_metadata(marker: int) -> bool:
+    return _APP0 <= marker <= _APP15 or marker == _COM
+
+
+def with_metadata_of(original: bytes, written: bytes) -> bytes:
+    """`written` with its APPn and COM segments replaced by the original's, byte for byte.
+
+    libjpeg writes a JFIF header of its own beside the markers jpeglib copies back; taking the original's
+    segments verbatim keeps EXIF, ICC, XMP and comments exactly as the phone wrote them.
+    """
+    metadata = b"".join(segment for marker, segment in header_segments(original) if _is_metadata(marker))
+    header = header_segments(written)
+    rest = sum(len(segment) for _, segment in header) + 2
+    tables = b"".join(segment for marker, segment in header if not _is_metadata(marker))
+    return written[:2] + metadata + tables + written[rest:]
+
+
+def huffman_tables(data: bytes) -> set[Table] | None:
+    """The Huffman tables defined before the JPEG's first scan; None when a DHT segment does not parse."""
+    tables: set[Table] = set()
+    for marker, segment in header_segments(data):
+        if marker != _DHT:
+            continue
+        body, at = segment[4:], 0
+        while at < len(body):
+            if at + 17 > len(body):
+                return None
+            counts = body[at + 1 : at + 17]
+            end = at + 17 + sum(counts)
+            if end > len(body):
+                return None
+            tables.add((body[at] >> 4, counts, body[at + 17 : end]))
+            at = end
+    return tables
+
+
+@functools.cache
+def standard_tables() -> frozenset[Table]:
+    """libjpeg's standard tables, as it writes them without optimizing (read from a tiny colour JPEG)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="JPEG", optimize=False)
+    return frozenset(huffman_tables(buffer.getvalue()) or ())
+
+
+def has_standard_tables(original: bytes) -> bool:
+    """Whether every Huffman table of the original is one of the standard ones."""
+    tables = huffman_tables(original)
+    return bool(tables) and tables is not None and tables <= standard_tables()
