@@ -47,8 +47,8 @@ _SPLICEABLE_SAMPLING = {
     ((1, 2), (1, 1), (1, 1)): "4:4:0",
 }
 _BLOCK = 8
-# MCU rows encoded at a time: 256 pixel rows of 4:2:0.
-_BAND_MCU_ROWS = 16
+# MCU rows encoded at a time: 64 pixel rows of 4:2:0.
+_BAND_MCU_ROWS = 4
 # Block rows compared at a time: 256 pixel rows.
 _BAND_BLOCK_ROWS = 32
 # Row u of the orthonormal 8-point DCT-II as JPEG scales it: coefficients = M @ block @ M.T, natural order.
@@ -214,17 +214,20 @@ def _replace_blocks(
     size: tuple[int, int],
     changed: npt.NDArray[np.bool_],
 ) -> None:
-    """Put the edited pixels' blocks in place in every `changed` MCU, a band of MCU rows at a time, within
-    the changed ones' bounding box (the float temporaries stay a few MB whatever the edit's size)."""
+    """Put the edited pixels' blocks in place in every `changed` MCU, a band of MCU rows at a time, each
+    within its own changed columns (the float temporaries stay small whatever the edit's size, and a round
+    edit is not transformed over its bounding box: 23 against 31 ms at 12 MP with 16-row bands over it)."""
     mcu_h, mcu_w = _mcu_size(jpeg)
-    rows, cols = np.nonzero(changed.any(axis=1))[0], np.nonzero(changed.any(axis=0))[0]
-    bottom, left, right = int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    for top in range(int(rows[0]), bottom, _BAND_MCU_ROWS):
-        band = changed[top : min(top + _BAND_MCU_ROWS, bottom), left:right]
-        if band.any():
-            pixel_rows = (top * mcu_h, (top + band.shape[0]) * mcu_h)
-            region = _edge_padded(edited, size, pixel_rows, (left * mcu_w, right * mcu_w))
-            _replace_band(jpeg, region, (top, left), band)
+    for top in range(0, changed.shape[0], _BAND_MCU_ROWS):
+        band_rows = changed[top : top + _BAND_MCU_ROWS]
+        cols = np.nonzero(band_rows.any(axis=0))[0]
+        if not cols.size:
+            continue
+        left, right = int(cols[0]), int(cols[-1]) + 1
+        band = band_rows[:, left:right]
+        pixel_rows = (top * mcu_h, (top + band.shape[0]) * mcu_h)
+        region = _edge_padded(edited, size, pixel_rows, (left * mcu_w, right * mcu_w))
+        _replace_band(jpeg, region, (top, left), band)
 
 
 def _replace_band(

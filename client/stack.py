@@ -59,6 +59,9 @@ def run(
     parameters = model_parameters()  # checks the weights, or builds the tiny model
     ports = {name: chosen.get(name) or free_port() for name in PORTS}
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Explicitly: a process a shell starts in the background without job control inherits SIGINT ignored,
+    # and Python then leaves it ignored; Ctrl-C (or a supervisor's SIGINT) must still stop everything.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     run_dir = Path(tempfile.mkdtemp(prefix="fluxfill-stack-"))
     try:
         with contextlib.ExitStack() as stack:

@@ -6,11 +6,17 @@ timeout. Compare-and-set is a plain read and one write with the read's update ti
 `create` when there was no document): two calls, one when nothing is written. A lost race reads again; nobody
 waits on a lock, and exactly one of racing writers wins each round.
 
+A change may start from the document as the caller last saw it (`Known`: what its own last read or write
+left) instead of reading: one call. The precondition makes that as safe as a read: if anyone wrote since, the
+write is refused and the change reads and decides again. An answer that writes nothing is only ever given
+from a document read in the same change.
+
 The write is an `update`: each top-level field named replaces the stored one as a whole (a map included),
 every other field is left as it was.
 """
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -30,26 +36,48 @@ ROUNDS = 10
 _LOST_RACE = (api.FailedPrecondition, api.Conflict, api.NotFound)
 
 
+@dataclass(frozen=True)
+class Known:
+    """A document as read or written at `update_time`; `fields` None: it did not exist."""
+
+    fields: Mapping[str, Any] | None
+    update_time: Any = None  # Firestore's timestamp, to nanoseconds
+
+
 def compare_and_set(
-    client: firestore.Client, path: str, action: str, decide: Decide[T], now: Callable[[], datetime]
-) -> T:
-    """`decide`'s answer once its write (if any) landed on the document it read; SessionTransientError when
-    other writers won `ROUNDS` rounds in a row, and firestore_errors' errors for Firestore's own failures."""
+    client: firestore.Client,
+    path: str,
+    action: str,
+    decide: Decide[T],
+    now: Callable[[], datetime],
+    *,
+    known: Known | None = None,
+) -> tuple[T, Known]:
+    """`decide`'s answer once its write (if any) landed on the document it decided on, and the document as
+    that left it; SessionTransientError when other writers won `ROUNDS` rounds in a row, and
+    firestore_errors' errors for Firestore's own failures. `known`: start from it instead of reading."""
     reference = client.document(path)
     for _ in range(ROUNDS):
         with firestore_errors(action):
-            snapshot = reference.get()
-            answer, fields = decide(snapshot.to_dict() if snapshot.exists else None, now())
+            read = known is None
+            if known is None:
+                snapshot = reference.get()
+                known = Known(snapshot.to_dict(), snapshot.update_time) if snapshot.exists else Known(None)
+            answer, fields = decide(known.fields, now())
             if fields is None:
-                return answer
+                if not read:  # nothing written to prove the document was still as known: read it
+                    known = None
+                    continue
+                return answer, known
             written = {str(name): value for name, value in fields.items()}
             try:
-                if snapshot.exists:
-                    option = client.write_option(last_update_time=snapshot.update_time)
-                    reference.update(written, option=option)
+                if known.fields is not None:
+                    option = client.write_option(last_update_time=known.update_time)
+                    result = reference.update(written, option=option)
                 else:
-                    reference.create(written)
+                    result = reference.create(written)
             except _LOST_RACE:
-                continue  # another writer came first: read again
-            return answer
+                known = None  # another writer came first: read again
+                continue
+            return answer, Known({**(known.fields or {}), **written}, result.update_time)
     raise SessionTransientError(f"{action}: the document kept changing ({ROUNDS} rounds)")

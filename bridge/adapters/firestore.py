@@ -1,6 +1,7 @@
 """The SessionStore port over Firestore: every change applies fluxfill.bridge.sessions by compare-and-set
 (fluxfill.bridge.adapters.compare_and_set)."""
 
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -8,16 +9,19 @@ from typing import Any, TypeVar
 from google.cloud import firestore
 
 from fluxfill.bridge import sessions
-from fluxfill.bridge.adapters.compare_and_set import Decide, compare_and_set
+from fluxfill.bridge.adapters.compare_and_set import Decide, Known, compare_and_set
 from fluxfill.bridge.adapters.firestore_errors import firestore_errors
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
-from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField, firestore_id_allowed
+from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat, JobRef
 
 T = TypeVar("T")
 # Pub/Sub keeps an unacked message at most 7 days: a ledger entry older than that guards nothing
 # (`expireAt` is there for a Firestore TTL policy to delete it).
 LEDGER_RETENTION = timedelta(days=8)
+# Session documents remembered at most (a bridge runs a few jobs at once; one that lost its claim is forgotten
+# only when this many came after it).
+KNOWN_LIMIT = 256
 
 
 class FirestoreSessions:
@@ -33,9 +37,29 @@ class FirestoreSessions:
         self._client = client
         self._now = now
         self._slots = user_slots
+        # Our running jobs' session documents as our own last read or write left them: a heartbeat, the final
+        # write and a give-back start from there, one call instead of a read and a write (the write's
+        # precondition refuses a document changed since, which is then read: fluxfill.bridge.adapters.
+        # compare_and_set). A claim always reads (another bridge or the app may have written), and only a
+        # claim that succeeded is remembered.
+        self._known: dict[str, Known] = {}
+        self._lock = threading.Lock()
 
     def _change(self, path: str, action: str, decide: Decide[T]) -> T:
-        return compare_and_set(self._client, path, action, decide, self._now)
+        with self._lock:
+            known = self._known.pop(path, None)
+        answer, after = compare_and_set(self._client, path, action, decide, self._now, known=known)
+        self._remember(path, after)
+        return answer
+
+    def _remember(self, path: str, document: Known | None) -> None:
+        with self._lock:
+            if document is None:
+                self._known.pop(path, None)
+                return
+            self._known[path] = document
+            while len(self._known) > KNOWN_LIMIT:
+                del self._known[next(iter(self._known))]  # the oldest
 
     def _slots_of(self, job: JobRef) -> FirestoreUserSlots | None:
         return self._slots if self._slots is not None and firestore_id_allowed(job.user) else None
@@ -58,7 +82,8 @@ class FirestoreSessions:
                 return Claim(ClaimKind.USER_AT_LIMIT, user_running=running)
         claimed = False
         try:
-            result = self._change(
+            result, after = compare_and_set(
+                self._client,
                 job.document,
                 "claim the job",
                 lambda document, now: sessions.claim(
@@ -70,8 +95,11 @@ class FirestoreSessions:
                     message_id=job.message_id,
                     max_attempts=max_attempts,
                 ),
+                self._now,
             )
             claimed = result.kind is ClaimKind.CLAIMED
+            if claimed:
+                self._remember(job.document, after)
             return result
         finally:
             if slots is not None and not claimed:
@@ -92,11 +120,14 @@ class FirestoreSessions:
         return beat
 
     def holds_claim(self, job: JobRef, claim_id: str) -> bool:
-        """See SessionStore.holds_claim: a plain read (strongly consistent), no transaction, no write."""
-        fields = [SessionField.STATUS.value, SessionField.CLAIM_ID.value]
+        """See SessionStore.holds_claim: a plain read (strongly consistent), no write; what it read is what
+        the final write starts from."""
         with firestore_errors("check the claim"):
-            snapshot = self._client.document(job.document).get(field_paths=fields)
-        return sessions.held_by(snapshot.to_dict() if snapshot.exists else None, claim_id)
+            snapshot = self._client.document(job.document).get()
+        document = snapshot.to_dict() if snapshot.exists else None
+        held = sessions.held_by(document, claim_id)
+        self._remember(job.document, Known(document, snapshot.update_time) if held else None)
+        return held
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         """See SessionStore.release."""
@@ -105,6 +136,7 @@ class FirestoreSessions:
             "give the job back",
             lambda document, now: (None, sessions.release(document, claim_id, now, reason)),
         )
+        self._remember(job.document, None)
         self._free_slot(job, claim_id)
 
     def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
@@ -115,6 +147,7 @@ class FirestoreSessions:
             return update is not None, update
 
         finished = self._change(job.document, f"record {status.value}", decide)
+        self._remember(job.document, None)
         self._free_slot(job, claim_id)
         return finished
 

@@ -52,7 +52,8 @@ class FirestoreUserSlots:
             new = change(slots, now)
             return new, new
 
-        return compare_and_set(self._client, f"{self._collection}/{user}", action, decide, self._now)
+        written, _ = compare_and_set(self._client, f"{self._collection}/{user}", action, decide, self._now)
+        return written
 
     def running(self, user: str) -> int:
         """See SlotCounter.running."""

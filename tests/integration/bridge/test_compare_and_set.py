@@ -2,6 +2,7 @@
 job exactly one claim, and a write never lands on a document other than the one it was decided from."""
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
@@ -12,7 +13,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
-from fluxfill.bridge.adapters.compare_and_set import ROUNDS, compare_and_set
+from fluxfill.bridge.adapters.compare_and_set import ROUNDS, Known, compare_and_set
 from fluxfill.bridge.adapters.firestore import FirestoreSessions
 from fluxfill.bridge.contract import JobStatus
 from fluxfill.bridge.errors import SessionTransientError
@@ -66,7 +67,7 @@ def test_a_write_between_the_read_and_the_write_makes_the_change_read_again(jobs
             reference.update({"claimId": "c2"})
         return str((document or {}).get("claimId")), {"status": "done"}
 
-    answer = compare_and_set(jobs.db, path, "finish", decide, datetime.now)
+    answer, _ = compare_and_set(jobs.db, path, "finish", decide, datetime.now)
     assert [dict(document or {}).get("claimId") for document in seen] == ["c1", "c2"]
     assert answer == "c2", "the answer comes from the document the write was decided on"
     assert reference.get().to_dict() == {"status": "done", "claimId": "c2", "note": "app"}
@@ -84,7 +85,7 @@ def test_a_missing_document_is_created_only_if_still_missing(jobs: JobSystem) ->
             reference.set({"status": "queued"})  # created by someone else after our read
         return document is not None, {"status": "processing"}
 
-    assert compare_and_set(jobs.db, path, "claim", decide, datetime.now) is True
+    assert compare_and_set(jobs.db, path, "claim", decide, datetime.now)[0] is True
     assert rounds == 2
     assert reference.get().to_dict() == {"status": "processing"}
 
@@ -126,3 +127,77 @@ def test_a_finish_replaces_the_maps_it_writes_and_keeps_every_other_field(jobs: 
         "a hat",
         {"step": 0, "total": None},
     )
+
+
+def test_a_change_from_the_known_document_writes_without_reading_it(jobs: JobSystem) -> None:
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"status": "processing", "note": "as stored"})
+    stored = reference.get()
+    # Fields only the caller's memory holds: a decision made on them shows that nothing was read.
+    known = Known({"status": "processing", "note": "as known"}, stored.update_time)
+    seen: list[Mapping[str, Any] | None] = []
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[None, dict[str, Any]]:
+        seen.append(document)
+        return None, {"status": "done"}
+
+    _, after = compare_and_set(jobs.db, path, "finish", decide, datetime.now, known=known)
+    assert seen == [known.fields]
+    assert reference.get().to_dict() == {"status": "done", "note": "as stored"}
+    assert after == Known({"status": "done", "note": "as known"}, reference.get().update_time)
+
+
+def test_a_known_document_changed_since_is_read_again_before_the_write(jobs: JobSystem) -> None:
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"status": "processing"})
+    known = Known({"status": "processing"}, reference.get().update_time)
+    reference.update({"cancelRequested": True})  # the app writes after our last look
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, dict[str, Any]]:
+        cancel = bool((document or {}).get("cancelRequested"))
+        return cancel, {"status": "cancelled" if cancel else "done"}
+
+    answer, _ = compare_and_set(jobs.db, path, "finish", decide, datetime.now, known=known)
+    assert answer is True
+    assert reference.get().to_dict() == {"status": "cancelled", "cancelRequested": True}
+
+
+def test_an_answer_without_a_write_comes_from_a_read_not_from_memory(jobs: JobSystem) -> None:
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"claimId": "theirs"})
+    known = Known({"claimId": "ours"}, reference.get().update_time)
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[str, None]:
+        return str((document or {}).get("claimId")), None
+
+    assert compare_and_set(jobs.db, path, "check", decide, datetime.now, known=known)[0] == "theirs"
+
+
+def test_a_running_job_sees_the_apps_cancel_and_a_takeover_through_its_remembered_document(
+    jobs: JobSystem,
+) -> None:
+    """The adapter's memory of its running job never hides another writer: the heartbeat after the app's
+    cancel reports it, and a final write after another bridge's takeover records nothing."""
+    sessions, other = FirestoreSessions(jobs.db), FirestoreSessions(jobs.db)
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"status": "queued"})
+    ref = JobRef(path, "m1")
+    assert (
+        sessions.claim(ref, claim_id="c1", owner="a", lease_s=0.5, max_attempts=3).kind is ClaimKind.CLAIMED
+    )
+    assert not sessions.heartbeat(ref, "c1", 0.5, (1, 4)).cancel_requested
+    reference.update({"cancelRequested": True})
+    assert sessions.heartbeat(ref, "c1", 0.5, (2, 4)).cancel_requested
+    reference.update({"cancelRequested": False})
+    time.sleep(0.7)  # the lease lapses; another bridge takes the job over
+    assert other.claim(ref, claim_id="c2", owner="b", lease_s=30, max_attempts=3).kind is ClaimKind.CLAIMED
+    assert not sessions.finish(ref, "c1", JobStatus.DONE, {})
+    assert not sessions.heartbeat(ref, "c1", 30, None).still_owner
+    assert (reference.get().to_dict() or {})["claimId"] == "c2"
+    assert other.holds_claim(ref, "c2")
+    assert other.finish(ref, "c2", JobStatus.DONE, {})
+    assert (reference.get().to_dict() or {})["status"] == "done"

@@ -25,6 +25,9 @@ pytestmark = pytest.mark.integration
 FLUXFILL = str(Path(sys.executable).parent / "fluxfill")
 EXPORT = re.compile(r"^export (\w+)=(\S+)$")
 HOST_PORT = re.compile(r"127\.0\.0\.1:(\d+)")
+# The stack starts with SIGINT ignored, as a shell without job control starts a background job (a CI
+# runner's, `cmd &` in a script); Python keeps that unless the program installs a handler of its own.
+IGNORING_SIGINT = ["sh", "-c", 'trap "" INT; exec "$0" "$@"']
 
 
 def _clean_environment() -> dict[str, str]:
@@ -45,7 +48,15 @@ def stack(
     log = tmp_path_factory.mktemp("stack") / "stack.err"
     with log.open("w") as errors:
         process = subprocess.Popen(
-            [FLUXFILL, "stack", "--weights-dir", str(tiny_model.pipeline_dir), "--param", "default_steps=2"],
+            [
+                *IGNORING_SIGINT,
+                FLUXFILL,
+                "stack",
+                "--weights-dir",
+                str(tiny_model.pipeline_dir),
+                "--param",
+                "default_steps=2",
+            ],
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
