@@ -15,6 +15,7 @@ The write is an `update`: each top-level field named replaces the stored one as 
 every other field is left as it was.
 """
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -81,3 +82,34 @@ def compare_and_set(
                 continue
             return answer, Known({**(known.fields or {}), **written}, result.update_time)
     raise SessionTransientError(f"{action}: the document kept changing ({ROUNDS} rounds)")
+
+
+class KnownDocuments:
+    """Documents as this process's own last read or write left them, so that a change of one starts from there
+    (one call; a document changed since is read again, see compare_and_set); at most `limit`, the oldest
+    forgotten first."""
+
+    def __init__(self, client: firestore.Client, now: Callable[[], datetime], limit: int) -> None:
+        self._client = client
+        self._now = now
+        self._limit = limit
+        self._documents: dict[str, Known] = {}
+        self._lock = threading.Lock()
+
+    def change(self, path: str, action: str, decide: Decide[T]) -> T:
+        """compare_and_set from the document as last known, which is then what it left."""
+        with self._lock:
+            known = self._documents.pop(path, None)
+        answer, after = compare_and_set(self._client, path, action, decide, self._now, known=known)
+        self.remember(path, after)
+        return answer
+
+    def remember(self, path: str, document: Known | None) -> None:
+        """Start the next change of `path` from `document` (None: read it first)."""
+        with self._lock:
+            self._documents.pop(path, None)
+            if document is None:
+                return
+            self._documents[path] = document
+            while len(self._documents) > self._limit:
+                del self._documents[next(iter(self._documents))]

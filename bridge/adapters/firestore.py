@@ -1,7 +1,6 @@
 """The SessionStore port over Firestore: every change applies fluxfill.bridge.sessions by compare-and-set
 (fluxfill.bridge.adapters.compare_and_set)."""
 
-import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -9,7 +8,7 @@ from typing import Any, TypeVar
 from google.cloud import firestore
 
 from fluxfill.bridge import sessions
-from fluxfill.bridge.adapters.compare_and_set import Decide, Known, compare_and_set
+from fluxfill.bridge.adapters.compare_and_set import Decide, Known, KnownDocuments, compare_and_set
 from fluxfill.bridge.adapters.firestore_errors import firestore_errors
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
@@ -19,8 +18,8 @@ T = TypeVar("T")
 # Pub/Sub keeps an unacked message at most 7 days: a ledger entry older than that guards nothing
 # (`expireAt` is there for a Firestore TTL policy to delete it).
 LEDGER_RETENTION = timedelta(days=8)
-# Session documents remembered at most (a bridge runs a few jobs at once; one that lost its claim is forgotten
-# only when this many came after it).
+# Documents remembered at most (a bridge runs a few jobs at once; one that lost its claim is forgotten only
+# when this many came after it).
 KNOWN_LIMIT = 256
 
 
@@ -38,28 +37,12 @@ class FirestoreSessions:
         self._now = now
         self._slots = user_slots
         # Our running jobs' session documents as our own last read or write left them: a heartbeat, the final
-        # write and a give-back start from there, one call instead of a read and a write (the write's
-        # precondition refuses a document changed since, which is then read: fluxfill.bridge.adapters.
-        # compare_and_set). A claim always reads (another bridge or the app may have written), and only a
-        # claim that succeeded is remembered.
-        self._known: dict[str, Known] = {}
-        self._lock = threading.Lock()
+        # write and a give-back start from there. A claim always reads (another bridge or the app may have
+        # written), and only a claim that succeeded is remembered.
+        self._known = KnownDocuments(client, now, KNOWN_LIMIT)
 
     def _change(self, path: str, action: str, decide: Decide[T]) -> T:
-        with self._lock:
-            known = self._known.pop(path, None)
-        answer, after = compare_and_set(self._client, path, action, decide, self._now, known=known)
-        self._remember(path, after)
-        return answer
-
-    def _remember(self, path: str, document: Known | None) -> None:
-        with self._lock:
-            if document is None:
-                self._known.pop(path, None)
-                return
-            self._known[path] = document
-            while len(self._known) > KNOWN_LIMIT:
-                del self._known[next(iter(self._known))]  # the oldest
+        return self._known.change(path, action, decide)
 
     def _slots_of(self, job: JobRef) -> FirestoreUserSlots | None:
         return self._slots if self._slots is not None and firestore_id_allowed(job.user) else None
@@ -99,7 +82,7 @@ class FirestoreSessions:
             )
             claimed = result.kind is ClaimKind.CLAIMED
             if claimed:
-                self._remember(job.document, after)
+                self._known.remember(job.document, after)
             return result
         finally:
             if slots is not None and not claimed:
@@ -126,7 +109,7 @@ class FirestoreSessions:
             snapshot = self._client.document(job.document).get()
         document = snapshot.to_dict() if snapshot.exists else None
         held = sessions.held_by(document, claim_id)
-        self._remember(job.document, Known(document, snapshot.update_time) if held else None)
+        self._known.remember(job.document, Known(document, snapshot.update_time) if held else None)
         return held
 
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
@@ -136,7 +119,7 @@ class FirestoreSessions:
             "give the job back",
             lambda document, now: (None, sessions.release(document, claim_id, now, reason)),
         )
-        self._remember(job.document, None)
+        self._known.remember(job.document, None)
         self._free_slot(job, claim_id)
 
     def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:
@@ -147,7 +130,7 @@ class FirestoreSessions:
             return update is not None, update
 
         finished = self._change(job.document, f"record {status.value}", decide)
-        self._remember(job.document, None)
+        self._known.remember(job.document, None)
         self._free_slot(job, claim_id)
         return finished
 

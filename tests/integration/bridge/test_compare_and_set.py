@@ -15,6 +15,7 @@ from google.cloud import firestore
 
 from fluxfill.bridge.adapters.compare_and_set import ROUNDS, Known, compare_and_set
 from fluxfill.bridge.adapters.firestore import FirestoreSessions
+from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import JobStatus
 from fluxfill.bridge.errors import SessionTransientError
 from fluxfill.bridge.ports import ClaimKind, JobRef
@@ -201,3 +202,20 @@ def test_a_running_job_sees_the_apps_cancel_and_a_takeover_through_its_remembere
     assert other.holds_claim(ref, "c2")
     assert other.finish(ref, "c2", JobStatus.DONE, {})
     assert (reference.get().to_dict() or {})["status"] == "done"
+
+
+def test_freeing_a_slot_keeps_the_slot_another_bridge_took_since(jobs: JobSystem) -> None:
+    """Two bridges' slots of one user: freeing ours changes the document as it is now; theirs is kept."""
+    first, second = (
+        FirestoreUserSlots(jobs.db, "fluxfillUserSlots"),
+        FirestoreUserSlots(jobs.db, "fluxfillUserSlots"),
+    )
+    user = f"u{uuid.uuid4().hex[:8]}"
+    assert first.take(user, "c1", 30, 2) is None
+    assert second.take(user, "c2", 30, 2) is None
+    assert first.running(user) == 2
+    first.give_back(user, "c1")
+    claims = (jobs.db.document(f"fluxfillUserSlots/{user}").get().to_dict() or {})["claims"]
+    assert set(claims) == {"c2"}
+    second.give_back(user, "c2")
+    assert first.running(user) == 0
