@@ -1,11 +1,11 @@
 """A JPEG's segments before its first scan: the original's metadata carried into a result, and whether its
 Huffman tables are the standard ones.
 
-Huffman tables: a camera's encoder usually codes in one pass, with the standard tables (JPEG's Annex K, libjpeg's
-defaults); an editor or an app may write tables optimized for the image (a second pass, 5-10 % smaller). A
-spliced result is coded as its original was: with the standard tables when the original's are all standard
-ones (libjpeg writes them in one pass: 45 ms less than optimizing at 12 MP here, and the result is as large
-as such an original), else with optimized tables, so an optimized original does not grow.
+Huffman tables: a camera's encoder usually codes in one pass, with the standard tables (JPEG's Annex K,
+libjpeg's defaults); an editor or an app may write tables optimized for the image (a second pass, 5-10 %
+smaller). A spliced result is coded as its original was: with the standard tables when the original's are all
+standard ones (libjpeg writes them in one pass: 45 ms less than optimizing at 12 MP here, and the result is as
+large as such an original), else with optimized tables, so an optimized original does not grow.
 """
 
 import functools
