@@ -1,8 +1,9 @@
 """Each user's running-job slots in Firestore, changed by compare-and-set, never inside a transaction.
 
-Why not in the claim's transaction: transactions lock what they read, and every claim of a flooding user
-reads the same document; two that read it and then both write deadlock until Firestore's lock timeout (the
-emulator made four bridges' claims wait 10 s each, round after round). Here a change computes the new
+Why compare-and-set: the slots were first kept in the claim's transaction, and transactions lock what they
+read; every claim of a flooding user read the same document, and two that read it and then both wrote
+deadlocked until Firestore's lock timeout (the emulator made four bridges' claims wait 10 s each, round after
+round). The sessions' changes are compare-and-set now too. Here a change computes the new
 document with fluxfill.bridge.user_slots and writes it by compare-and-set
 (fluxfill.bridge.adapters.compare_and_set): nobody waits on a lock.
 
