@@ -119,3 +119,13 @@ def test_upright_array_turns_as_pillow_does(turn: int, channels: int) -> None:
     turned = orientation.upright_array(stored, turn)
     np.testing.assert_array_equal(turned.reshape(np.asarray(expected).shape), np.asarray(expected))
     np.testing.assert_array_equal(orientation.to_stored(turned, turn), stored)
+
+
+def test_a_multi_picture_jpeg_decodes_to_its_first_picture_as_pillow_does() -> None:
+    """Phones append pictures after the first one's end (MPO, gain maps): the photo is the first."""
+    first = jpeg(textured(40, 56, seed=1), 6, quality=90)
+    data = first + jpeg(textured(20, 28, seed=2), 1, quality=80)
+    fast = jpeg_decode.decode_upright(data, header(data), 6)
+    assert fast is not None
+    np.testing.assert_array_equal(fast, pillow_upright(first))
+    np.testing.assert_array_equal(intake.read_photo(data, BIG).pixels, fast)
