@@ -12,6 +12,8 @@ Rules (documented in docs/bridge.md, "Untrusted images"):
 """
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,17 +82,17 @@ def _iso_brand(data: bytes) -> str | None:
 def check_header(data: bytes, what: str, max_pixels: int) -> None:
     """Refuse the image as `read_photo` would unless its header parses and its pixel count is within
     `max_pixels`; nothing is decoded."""
-    _open(data, what, max_pixels, decode=False)
+    _header(data, what, max_pixels)
 
 
-def _open(data: bytes, what: str, max_pixels: int, *, decode: bool = True) -> tuple[Image.Image, str, int]:
-    """The image as stored, decoded (or only its header read), with its format and EXIF orientation."""
+def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
+    """The image as stored, only its header read (its pixel count checked), and its format."""
     kind = sniff_format(data)
     if kind is None:
         raise PermanentJobError(
             ErrorCode.UNSUPPORTED_IMAGE_FORMAT, f"the {what} is not {ACCEPTED} (by its first bytes)"
         )
-    try:
+    with _refusals(what, kind):
         image = Image.open(io.BytesIO(data), formats=[kind])
         width, height = image.size
         if width * height > max_pixels:
@@ -98,10 +100,22 @@ def _open(data: bytes, what: str, max_pixels: int, *, decode: bool = True) -> tu
                 ErrorCode.IMAGE_TOO_MANY_PIXELS,
                 f"the {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
             )
-        if not decode:
-            return image, kind, 1
+    return image, kind
+
+
+def _decoded(image: Image.Image, kind: str, what: str) -> int:
+    """Decode the image `_header` opened; its EXIF orientation (read after decoding: a PNG's may follow its
+    pixels)."""
+    with _refusals(what, kind):
         image.load()
-        return image, kind, orientation.orientation_of(image)
+        return orientation.orientation_of(image)
+
+
+@contextmanager
+def _refusals(what: str, kind: str) -> Iterator[None]:
+    """Pillow's and the codecs' failures to open or decode become specific refusals."""
+    try:
+        yield
     # Pillow warns, then refuses, beyond its own bomb limit; under `-W error` the warning is raised too.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PermanentJobError(
@@ -150,14 +164,14 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     Memory: the decoded image and the returned array, and nothing else of full size (a 50 MP RGBA photo took
     1.15 GB when transparency was composited on whole-image copies): see `INTAKE_BYTES_PER_PIXEL`.
     """
-    header, kind, _ = _open(data, "original photo", max_pixels, decode=False)
+    stored, kind = _header(data, "original photo", max_pixels)
     if kind == "JPEG":
-        turn = orientation.orientation_of(header)  # a JPEG's EXIF is read with its header
-        pixels = jpeg_decode.decode_upright(data, header, turn)
+        turn = orientation.orientation_of(stored)  # a JPEG's EXIF is read with its header
+        pixels = jpeg_decode.decode_upright(data, stored, turn)
         if pixels is not None:
-            info = header.info
+            info = stored.info
             return Photo(pixels, kind, turn, data, exif=info.get("exif"), icc_profile=info.get("icc_profile"))
-    stored, kind, turn = _open(data, "original photo", max_pixels)
+    turn = _decoded(stored, kind, "original photo")
     exif, icc_profile = stored.info.get("exif"), stored.info.get("icc_profile")
     if stored.mode == "CMYK":
         icc_profile = None  # it describes ink, not the RGB pixels a result is made of
@@ -212,7 +226,8 @@ def _over_white(rgba: Image.Image) -> tuple[npt.NDArray[np.uint8], npt.NDArray[n
 
 def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     """The upright mask as height x width uint8 (>= 128 means repaint)."""
-    stored, _, turn = _open(data, "mask", max_pixels)
+    stored, kind = _header(data, "mask", max_pixels)
+    turn = _decoded(stored, kind, "mask")
     image = orientation.upright(_eight_bit(stored), turn)
     if image.mode == "P" or "transparency" in image.info:
         image = image.convert("RGBA")

@@ -19,7 +19,7 @@ from fluxfill.bridge import orientation
 def decode_upright(data: bytes, header: Image.Image, turn: int) -> npt.NDArray[np.uint8] | None:
     """The upright pixels (height x width x 3) of the JPEG `data`, whose header Pillow has read, turned by
     EXIF orientation `turn`; None when it is not three components or libjpeg-turbo objects to it."""
-    if header.format != "JPEG" or header.mode != "RGB":  # grey, CMYK: Pillow converts them
+    if header.mode != "RGB":  # grey, CMYK: Pillow converts them
         return None
     try:
         stored = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
