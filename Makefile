@@ -74,9 +74,10 @@ clean:
 images: $(INSTALLED)
 	PYTHON=$(BIN)/python deploy/images/build-local.sh
 
-# The five CPU benchmarks (about 9 minutes); each prints its table and writes a PNG under out/bench/.
+# The six CPU benchmarks (about 10 minutes); each prints its table and writes a PNG under out/bench/.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.serving_overhead
+	$(BIN)/python -m bench.context_request
 	$(BIN)/python -m bench.intake
 	$(BIN)/python -m bench.crop_to_mask
 	$(BIN)/python -m bench.bridge_throughput

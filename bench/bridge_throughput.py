@@ -38,14 +38,17 @@ from bench.common import (
     pyplot,
     report,
     save_plot,
+    shipped_parameters,
 )
 from bench.photo import textured_photo
 from fluxfill.bridge import intake
+from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
 from fluxfill.bridge.result_image import encode_result
 from fluxfill.client.local_emulators import running_emulators
+from fluxfill.inpaint.config import parse_model_config
 from fluxfill.inpaint.contract import MASK_THRESHOLD
 from tests.integration.bridge.harness import PROJECT, JobSystem, running_bridge, wait_until
 
@@ -53,6 +56,7 @@ CONCURRENCY = (1, 4, 16)
 QUICK_CONCURRENCY = (1, 4)
 PHOTO_SIZE = (1024, 768)
 GOAL_JOBS_PER_S = 20.0
+SHIPPED_GEOMETRY = CropGeometry.of(parse_model_config(shipped_parameters()))
 
 
 class PaintingModel:
@@ -64,6 +68,10 @@ class PaintingModel:
 
     def is_ready(self) -> bool:
         return True
+
+    def crop_geometry(self) -> CropGeometry:
+        """The shipped model's: only the mask's surroundings come, as from the real bridge to Triton."""
+        return SHIPPED_GEOMETRY
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl

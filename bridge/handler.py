@@ -17,6 +17,7 @@ import structlog
 
 from fluxfill.bridge import intake, unclaimed
 from fluxfill.bridge.admission import AdmissionLines
+from fluxfill.bridge.context import context_box, pasted
 from fluxfill.bridge.contract import (
     ErrorCode,
     InvalidJobError,
@@ -296,9 +297,12 @@ class JobHandler:
         timings["download"] = self._phase("download", started)
         seed = job.seed if job.seed is not None else default_seed(job)
         parameters = self._parameters(job)
+        # Only the part of the photo the model denoises travels (fluxfill.bridge.context).
+        box = context_box(mask, self._model.crop_geometry())
+        rows, cols = box.slices() if box is not None else (slice(None), slice(None))
         request = InferenceRequest(
-            photo.pixels,
-            mask,
+            photo.pixels[rows, cols],
+            mask[rows, cols],
             parameters.prompt,
             seed,
             parameters.steps,
@@ -312,14 +316,17 @@ class JobHandler:
         result = self._infer(request, control, monitor)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
+        edited, used_seed = pasted(photo.pixels, box, result.image), result.seed
+        del result  # the answer (up to a photo's size) is not held through the encoding, the job's peak
         # Our claim is confirmed beside the encoding, and before anything is written.
         paths, encoded = upload_results(
             self._objects,
             job,
             settings,
             photo,
-            result.image,
+            edited,
             ahead=ahead,
+            within=box,
             before_writing=lambda: self._confirm_claim(monitor),
         )
         timings["upload"] = self._phase("upload", phase_start)
@@ -334,7 +341,7 @@ class JobHandler:
             paths,
             (width, height),
             encoded,
-            seed=result.seed,
+            seed=used_seed,
             total_steps=total_steps,
             parameters=parameters,
         )

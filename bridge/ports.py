@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.contract import ErrorCode, JobStatus
 
 ProgressCallback = Callable[[int, int], None]
@@ -121,7 +122,8 @@ class SessionStore(Protocol):
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """One inpainting run: the normalised photo and mask and the job's model parameters."""
+    """One inpainting run: the normalised photo, or the part of it the model denoises
+    (fluxfill.bridge.context), its mask, and the job's model parameters."""
 
     image: npt.NDArray[np.uint8]
     mask: npt.NDArray[np.uint8]
@@ -134,7 +136,7 @@ class InferenceRequest:
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """The inpainted image (the photo's size) and the seed used."""
+    """The inpainted image (the request's image's size) and the seed used."""
 
     image: npt.NDArray[np.uint8]
     seed: int
@@ -156,6 +158,10 @@ class InpaintModel(Protocol):
 
     def is_ready(self) -> bool:
         """Whether the model answers READY now; never raises."""
+
+    def crop_geometry(self) -> CropGeometry | None:
+        """The parameters the model crops each request by (fluxfill.bridge.context); None when they cannot be
+        known (then whole photos are sent). Never raises."""
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl

@@ -19,6 +19,7 @@ from PIL import Image
 from fluxfill.bridge import jpeg_splice, orientation
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
 from fluxfill.bridge.intake import Photo, sniff_format
+from fluxfill.inpaint.geometry import Box
 
 REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
@@ -56,13 +57,15 @@ def encode_result(
     *,
     always_png: bool = False,
     ahead: jpeg_splice.CoefficientsAhead | None = None,
+    within: Box | None = None,
 ) -> EncodedResult:
     """The upright edited pixels (height x width x 3) as the result file for this original (or as a PNG);
-    `ahead`: read_ahead(photo), when it was started."""
+    `ahead`: read_ahead(photo), when it was started; `within`: the only upright pixels the edit may have
+    changed (the model's context), when known."""
     if always_png:
         return EncodedResult(_save(_with_alpha(photo, edited), "PNG"), "png", "lossless")
     if photo.format == "JPEG":
-        return _jpeg(photo, edited, ahead)
+        return _jpeg(photo, edited, ahead, within)
     if photo.format == "PNG":
         return encode_result(photo, edited, always_png=True)
     if photo.format == "WEBP":
@@ -78,13 +81,16 @@ def encode_result(
 
 
 def _jpeg(
-    photo: Photo, edited: npt.NDArray[np.uint8], ahead: jpeg_splice.CoefficientsAhead | None
+    photo: Photo,
+    edited: npt.NDArray[np.uint8],
+    ahead: jpeg_splice.CoefficientsAhead | None,
+    within: Box | None,
 ) -> EncodedResult:
     stored = orientation.to_stored(edited, photo.orientation)
     # Compared upright (contiguous), in blocks aligned to the stored grid's origin; the small grid is turned.
     from_end = orientation.stored_origin_at_end(photo.orientation)
     changed = orientation.to_stored(
-        jpeg_splice.changed_blocks(photo.pixels, edited, from_end), photo.orientation
+        jpeg_splice.changed_blocks(photo.pixels, edited, from_end, within), photo.orientation
     )
     try:
         coefficients = ahead.result() if ahead is not None else None

@@ -21,6 +21,7 @@ from fluxfill.bridge.result_image import EncodedResult, encode_result
 from fluxfill.bridge.runtime_config import ResolvedParameters
 from fluxfill.bridge.seeds import default_seed
 from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.inpaint.geometry import Box
 
 logger = structlog.get_logger(__name__)
 
@@ -67,18 +68,21 @@ def upload_results(
     image: npt.NDArray[np.uint8],
     *,
     ahead: CoefficientsAhead | None = None,
+    within: Box | None = None,
     before_writing: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
     attempt's upload is kept. `before_writing` (the claim's confirmation) runs on a thread beside the
     encoding, and nothing is written unless it returns; the preview is made beside the edited image, and
     the two objects are written at once (the JPEG splice and the codecs release the GIL). `ahead`: the
-    original's coefficients being read (result_image.read_ahead)."""
+    original's coefficients being read (result_image.read_ahead); `within`: the only pixels the edit may
+    have changed, when known."""
     paths = result_paths(job, settings)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="results") as pool:
         confirmed = pool.submit(contextvars.copy_context().run, before_writing)
         preview = pool.submit(intake.encode_preview, image, PREVIEW_MAX_SIDE)
-        encoded = encode_result(photo, image, always_png=settings.result_format == "png", ahead=ahead)
+        always_png = settings.result_format == "png"
+        encoded = encode_result(photo, image, always_png=always_png, ahead=ahead, within=within)
         confirmed.result()
         paths["edited"] = result_paths(job, settings, encoded.extension)["edited"]
         preview_written = pool.submit(objects.create, paths["preview"], preview.result(), "image/jpeg")

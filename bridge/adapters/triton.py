@@ -11,6 +11,7 @@ a server that does not answer a readiness check then, is Triton unavailable (the
 
 import contextlib
 import functools
+import math
 import queue
 import threading
 import time
@@ -24,6 +25,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from fluxfill.bridge.adapters.triton_errors import map_triton_exception
+from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.errors import (
     BridgeError,
     JobCancelledError,
@@ -31,6 +33,7 @@ from fluxfill.bridge.errors import (
     TritonUnavailableError,
 )
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
+from fluxfill.inpaint.config import flatten_triton_parameters, parse_model_config
 from fluxfill.inpaint.contract import (
     INPUTS,
     MODEL_NAME,
@@ -45,14 +48,18 @@ POLL_S = 0.05
 READY_TIMEOUT_S = 5.0
 # At a run's deadline: a server that cannot say READY within this is hung, not slow.
 DEADLINE_PROBE_TIMEOUT_S = 2.0
+# After a failed read of the model's crop parameters, whole photos are sent this long before the next try.
+GEOMETRY_RETRY_S = 30.0
 _Reply = tuple[Any, BaseException | None]
 
 
 def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt.NDArray[Any]]:
     """The contract's tensors for one request; absent optionals are left out."""
+    # A crop of the photo (fluxfill.bridge.context) is a strided view: tritonclient serialises such an array
+    # 6x slower than a contiguous copy of it (129 against 7 + 21 ms for 11 MP).
     return contract_arrays(
-        request.image,
-        request.mask,
+        np.ascontiguousarray(request.image),
+        np.ascontiguousarray(request.mask),
         request.prompt,
         steps=request.steps,
         guidance=request.guidance,
@@ -72,6 +79,9 @@ class TritonInpaintModel:
         self._url = url
         self._max_run_s = max_run_s
         self._module: Any = httpclient if protocol == "http" else grpcclient
+        self._geometry_lock = threading.Lock()
+        self._geometry: CropGeometry | None = None
+        self._geometry_tried_at = -math.inf
 
     def _client(self, timeout_s: float | None = None) -> Any:
         if self._module is httpclient and timeout_s is not None:
@@ -84,12 +94,51 @@ class TritonInpaintModel:
             client = self._client(timeout_s=timeout_s)
             try:
                 if self._module is httpclient:
-                    return bool(client.is_model_ready(self.name))
-                return bool(client.is_model_ready(self.name, client_timeout=timeout_s))
+                    ready = bool(client.is_model_ready(self.name))
+                else:
+                    ready = bool(client.is_model_ready(self.name, client_timeout=timeout_s))
             finally:
                 client.close()
         except Exception:  # readiness is a yes/no question: any failure to answer is a no
-            return False
+            ready = False
+        if not ready:
+            self._forget_geometry()  # the model may come back reloaded, with other parameters
+        return ready
+
+    def crop_geometry(self) -> CropGeometry | None:
+        """flux_fill_stream's crop parameters (the unary model forwards to it), read once, and again after
+        Triton was seen not ready; None (logged) when they cannot be read or parsed, tried again after
+        GEOMETRY_RETRY_S."""
+        with self._geometry_lock:
+            if self._geometry is None and time.monotonic() - self._geometry_tried_at >= GEOMETRY_RETRY_S:
+                self._geometry_tried_at = time.monotonic()
+                self._geometry = self._read_geometry()
+            return self._geometry
+
+    def _forget_geometry(self) -> None:
+        with self._geometry_lock:
+            self._geometry, self._geometry_tried_at = None, -math.inf
+
+    def _read_geometry(self) -> CropGeometry | None:
+        try:
+            client = self._client(timeout_s=READY_TIMEOUT_S)
+            try:
+                if self._module is httpclient:
+                    config = client.get_model_config(STREAM_MODEL_NAME)
+                else:
+                    answer = client.get_model_config(
+                        STREAM_MODEL_NAME, as_json=True, client_timeout=READY_TIMEOUT_S
+                    )
+                    config = answer["config"]
+            finally:
+                client.close()
+            return CropGeometry.of(parse_model_config(flatten_triton_parameters(config)))
+        except Exception as error:  # an optimisation's input: without it, whole photos are sent
+            logger.warning(
+                "the model's crop parameters cannot be read; whole photos are sent to Triton",
+                error=str(error) or type(error).__name__,
+            )
+            return None
 
     def _past_deadline(self, started: bool = True) -> BridgeError:
         """What a run at its deadline means: `started` is False for a stream that never reported a step."""

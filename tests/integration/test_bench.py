@@ -95,3 +95,11 @@ def test_result_formats_compares_png_results_with_the_originals_format(tmp_path:
     # A spliced JPEG of a 10 % edit is about the original's size; a PNG of a photo is several times it.
     assert float(spliced["x original"]) < 1.2 < float(png["x original"])
     assert float(spliced["bridge CPU ms"]) > 0
+
+
+def test_context_request_moves_less_than_the_whole_photo_for_the_same_image(tmp_path: Path) -> None:
+    # The bench itself refuses to report when the two requests give different images.
+    cells = named_cells(run_quick("context_request", tmp_path), "| 10% |")
+    assert float(cells["MB moved (context)"]) < float(cells["MB moved (whole)"])
+    assert float(cells["whole photo (until now): ms"]) > 0
+    assert float(cells["context only (now): ms"]) > 0

@@ -87,6 +87,9 @@ class GatedModel:
     def is_ready(self) -> bool:
         return True
 
+    def crop_geometry(self) -> None:
+        return None
+
     def release(self, prompt: str) -> None:
         self._held[prompt].set()
 

@@ -154,6 +154,9 @@ class InstantModel:
     def is_ready(self) -> bool:
         return True
 
+    def crop_geometry(self) -> None:
+        return None
+
     def infer(self, request: Any, *, on_progress: Any, control: Any) -> Any:
         on_progress(1, 1)
         return InferenceResult(request.image, request.seed)

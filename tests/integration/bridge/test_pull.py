@@ -251,6 +251,9 @@ class FailingInference:
     def is_ready(self) -> bool:
         return True
 
+    def crop_geometry(self) -> None:
+        return None
+
     def infer(self, *_args: object, **_kwargs: object) -> InferenceResult:
         raise TritonUnavailableError("triton: internal error: RuntimeError: CUDA error")
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from fluxfill.bridge import sessions, user_slots
+from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import (
     JobCancelledError,
@@ -35,6 +36,7 @@ from fluxfill.bridge.ports import (
     ProgressCallback,
     RunControl,
 )
+from tests.support import make_config
 
 
 def png(array: np.ndarray) -> bytes:
@@ -209,9 +211,14 @@ class FakeModel:
     calls: list[InferenceRequest] = field(default_factory=list)
     name: str = "fake_flux_fill"
     protocol: str = "fake"
+    # What it crops by: the shipped model's parameters (None: whole photos are sent).
+    geometry: CropGeometry | None = field(default_factory=lambda: CropGeometry.of(make_config()))
 
     def is_ready(self) -> bool:
         return self.ready
+
+    def crop_geometry(self) -> CropGeometry | None:
+        return self.geometry
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl

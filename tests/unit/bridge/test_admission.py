@@ -31,6 +31,9 @@ class QueueOfPlaces:
     def is_ready(self) -> bool:
         return True
 
+    def crop_geometry(self) -> None:
+        return None
+
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
     ) -> InferenceResult:

@@ -22,6 +22,7 @@ from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.intake import read_photo
 from fluxfill.bridge.jpeg_markers import header_segments
 from fluxfill.bridge.result_image import EncodedResult, encode_result, read_ahead
+from fluxfill.inpaint.geometry import Box
 from tests.support import REPO_ROOT
 from tests.unit.bridge.fakes import png
 
@@ -196,6 +197,21 @@ def test_changed_blocks_flags_exactly_the_blocks_with_a_changed_byte(from_end: t
         )
         expected = padded.reshape(padded.shape[0] // 8, 8, padded.shape[1] // 8, 8).any(axis=(1, 3))
         assert np.array_equal(jpeg_splice.changed_blocks(before, after, from_end), expected)
+        # Told where the changes can be, only the blocks over that box are compared: the same flags.
+        rows, cols = np.nonzero(changed)
+        for grow in range(4):
+            within = Box(
+                max(0, int(cols.min()) - grow * 3),
+                max(0, int(rows.min()) - grow * 5),
+                min(width, int(cols.max()) + 1 + grow * 2),
+                min(height, int(rows.max()) + 1 + grow),
+            )
+            found = jpeg_splice.changed_blocks(before, after, from_end, within)
+            assert np.array_equal(found, expected), (height, width, within)
+        # Only the blocks over the box are compared: the corner pixel's block alone here.
+        corner = jpeg_splice.changed_blocks(before, after, from_end, Box(0, 0, 1, 1))
+        assert corner[0, 0] == expected[0, 0]
+        assert corner.sum() == corner[0, 0]
 
 
 def test_stored_origin_is_the_upright_corner_that_turning_back_puts_first() -> None:

@@ -1,0 +1,80 @@
+"""The bridge reads the served model's crop parameters from tritonserver, sends it only the context, and
+stores the result the whole photo gives."""
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fluxfill.bridge.adapters.triton import TritonInpaintModel
+from fluxfill.bridge.context import CropGeometry, context_box
+from fluxfill.bridge.ports import InferenceRequest, InferenceResult
+from fluxfill.client.inference import FluxFillClient
+from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.inpaint.config import parse_model_config
+from fluxfill.inpaint.contract import STREAM_MODEL_NAME
+from tests.integration.bridge.harness import JobSystem, encode, is_terminal, running_bridge
+from tests.support import read_model_config
+
+pytestmark = pytest.mark.integration
+
+
+def served_geometry(server: LocalTritonServer) -> CropGeometry:
+    """From the config.pbtxt the server was started with (its copy of the repository, overrides applied)."""
+    config = read_model_config(server.model_repository / STREAM_MODEL_NAME / "config.pbtxt")
+    return CropGeometry.of(parse_model_config({k: v.string_value for k, v in config.parameters.items()}))
+
+
+@pytest.mark.parametrize("protocol", ["grpc-stream", "grpc", "http"])
+def test_the_adapter_reads_the_served_models_crop_parameters(
+    flux_server: LocalTritonServer, protocol: str
+) -> None:
+    url = flux_server.http_url if protocol == "http" else flux_server.grpc_url
+    geometry = TritonInpaintModel(url, protocol).crop_geometry()
+    assert geometry == served_geometry(flux_server)
+    # The test server's working sizes differ from the shipped ones: these are the served values.
+    assert geometry is not None
+    assert geometry.max_working_pixels == 65536
+
+
+def test_without_a_server_the_parameters_are_unknown_and_nothing_raises() -> None:
+    assert TritonInpaintModel("127.0.0.1:1").crop_geometry() is None
+
+
+class RecordingTriton(TritonInpaintModel):
+    """The real adapter, noting the shape of every image it sends."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.sent: list[tuple[int, ...]] = []
+
+    def infer(self, request: InferenceRequest, **kwargs: Any) -> InferenceResult:
+        self.sent.append(request.image.shape)
+        return super().infer(request, **kwargs)
+
+
+def test_a_job_through_tritonserver_stores_what_the_whole_photo_gives(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    image = np.random.default_rng(11).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    mask = np.zeros((360, 480), np.uint8)
+    mask[250:300, 380:440] = 255
+    geometry = served_geometry(flux_server)
+    user, session = jobs.new_job(encode(image), encode(mask))
+    triton = RecordingTriton(flux_server.grpc_url)
+    with running_bridge(jobs.settings(flux_server.grpc_url, result_format="png"), triton):
+        jobs.publish({"userId": user, "sessionId": session, "seed": 5, "steps": 2, "prompt": "a cat"})
+        document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
+    assert document["status"] == "done", document
+    stored = np.asarray(Image.open(io.BytesIO(jobs.download(user, session, "edited.png"))))
+    with FluxFillClient(flux_server.grpc_url) as client:
+        whole = client.inpaint(image, mask, "a cat", seed=5, steps=2)
+    assert np.array_equal(stored, whole.image)
+    assert not np.array_equal(stored, image), "the edit happened"
+    (sent,) = triton.sent
+    box = context_box(mask, geometry)
+    assert box is not None
+    assert sent == (box.height, box.width, 3)
+    assert box.area < 0.1 * image.shape[0] * image.shape[1]
