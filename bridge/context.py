@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from fluxfill.bridge import orientation
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.inpaint.config import ModelConfig
 from fluxfill.inpaint.contract import MASK_THRESHOLD
@@ -63,10 +64,11 @@ def context_box(mask: npt.NDArray[np.uint8], geometry: CropGeometry | None) -> B
 
 
 def pasted(
-    photo: npt.NDArray[np.uint8], box: Box | None, answer: npt.NDArray[np.uint8]
+    photo: npt.NDArray[np.uint8], box: Box | None, answer: npt.NDArray[np.uint8], turn: int = 1
 ) -> npt.NDArray[np.uint8]:
     """The whole edited photo: the model's answer for `box` (None: for the whole photo) in place in a copy
-    of `photo`; RetryableError when the answer is not the size that was sent."""
+    of `photo`, laid out as `photo` is (`turn`: the EXIF orientation of the stored grid it may be a view of,
+    orientation.copy_upright); RetryableError when the answer is not the size that was sent."""
     rows, cols = box.slices() if box is not None else (slice(None), slice(None))
     expected = photo[rows, cols].shape
     if answer.shape != expected:
@@ -75,6 +77,6 @@ def pasted(
         )
     if box is None:
         return answer
-    edited = photo.copy()
+    edited = orientation.copy_upright(photo, turn)
     edited[rows, cols] = answer
     return edited

@@ -316,7 +316,8 @@ class JobHandler:
         result = self._infer(request, control, monitor)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
-        edited, used_seed = pasted(photo.pixels, box, result.image), result.seed
+        edited = pasted(photo.pixels, box, result.image, photo.orientation)
+        used_seed = result.seed
         del result  # the answer (up to a photo's size) is not held through the encoding, the job's peak
         # Our claim is confirmed beside the encoding, and before anything is written.
         paths, encoded = upload_results(

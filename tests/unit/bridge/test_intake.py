@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fluxfill.bridge import orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.intake import decode_mask, decode_photo, encode_preview, fit_mask, sniff_format
@@ -110,14 +111,17 @@ def test_mask_of_another_aspect_is_refused() -> None:
     assert refusal(fit_mask, np.zeros((50, 50), np.uint8), 100, 200) is ErrorCode.MASK_SIZE_MISMATCH
 
 
+@pytest.mark.parametrize("turn", [1, 6, 3, 5])
 @pytest.mark.parametrize("size", [(864, 1152), (1000, 3000), (600, 700)])
-def test_the_preview_is_a_lanczos_resample_within_two_grey_levels(size: tuple[int, int]) -> None:
-    """Reduced by a whole factor first, for speed: the preview must still look as a Lanczos resample does."""
+def test_the_preview_is_a_lanczos_resample_within_two_grey_levels(size: tuple[int, int], turn: int) -> None:
+    """Reduced by a whole factor first, for speed: the preview must still look as a Lanczos resample does;
+    of a photo that is a turned view of its stored grid (a phone JPEG), reduced as stored, then turned."""
     height, width = size
     base = Image.open(REPO_ROOT / "demo" / "chelsea.png").convert("RGB").resize((width, height))
     noise = np.random.default_rng(5).normal(0, 6, (height, width, 3))  # detail that resampling can alias
     photo = np.clip(np.asarray(base, np.float32) + noise, 0, 255).astype(np.uint8)
-    preview = np.asarray(Image.open(io.BytesIO(encode_preview(photo, 512))), np.int16)
+    viewed = orientation.upright_view(np.ascontiguousarray(orientation.to_stored(photo, turn)), turn)
+    preview = np.asarray(Image.open(io.BytesIO(encode_preview(viewed, 512, turn))), np.int16)
     reference = Image.fromarray(photo).resize((preview.shape[1], preview.shape[0]), Image.Resampling.LANCZOS)
     compressed = np.asarray(Image.open(io.BytesIO(_jpeg(reference))), np.int16)  # the same JPEG loss
     assert np.abs(preview - compressed).mean() < 2.0  # grey levels; Pillow's default gap: within 1

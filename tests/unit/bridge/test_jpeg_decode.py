@@ -59,7 +59,8 @@ def test_the_upright_pixels_are_pillows_in_every_layout_and_orientation(layout: 
     fast = jpeg_decode.decode_upright(data, header(data), turn)
     assert fast is not None, "a three-component JPEG takes the fast way"
     assert fast.dtype == np.uint8
-    assert fast.flags.c_contiguous
+    # A view of the contiguous stored grid: turned only where a part of it is needed turned.
+    assert orientation.to_stored(fast, turn).flags.c_contiguous
     np.testing.assert_array_equal(fast, pillow_upright(data))
     np.testing.assert_array_equal(intake.read_photo(data, BIG).pixels, fast)
 
@@ -113,12 +114,26 @@ def test_a_jpeg_cut_short_is_still_corrupt() -> None:
 
 @pytest.mark.parametrize("channels", [1, 3, 4])
 @pytest.mark.parametrize("turn", range(1, 9))
-def test_upright_array_turns_as_pillow_does(turn: int, channels: int) -> None:
+def test_the_upright_view_turns_as_pillow_does_and_copies_keep_the_stored_layout(
+    turn: int, channels: int
+) -> None:
     stored = np.random.default_rng(turn).integers(0, 255, (5, 7, channels), np.uint8)
     expected = orientation.upright(Image.fromarray(stored.squeeze(-1) if channels == 1 else stored), turn)
-    turned = orientation.upright_array(stored, turn)
+    turned = orientation.upright_view(stored, turn)
     np.testing.assert_array_equal(turned.reshape(np.asarray(expected).shape), np.asarray(expected))
+    assert np.shares_memory(turned, stored), "a view, not a copy"
     np.testing.assert_array_equal(orientation.to_stored(turned, turn), stored)
+    copied = orientation.copy_upright(turned, turn)
+    np.testing.assert_array_equal(copied, turned)
+    assert not np.shares_memory(copied, stored)
+    # The copy is a view of a contiguous stored grid again: what is written to it lands where it should.
+    assert orientation.to_stored(copied, turn).flags.c_contiguous
+    copied[0, 0] = 1 + copied[0, 0] % 200
+    assert (copied != turned).sum() == channels
+    # An upright array laid out upright (as Pillow turns a photo) is copied as it is.
+    upright = np.ascontiguousarray(turned)
+    assert orientation.stored_layout(upright, turn) is None
+    assert orientation.copy_upright(upright, turn).flags.c_contiguous
 
 
 def test_a_multi_picture_jpeg_decodes_to_its_first_picture_as_pillow_does() -> None:
