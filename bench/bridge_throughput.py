@@ -56,7 +56,7 @@ CONCURRENCY = (1, 4, 16)
 QUICK_CONCURRENCY = (1, 4)
 PHOTO_SIZE = (1024, 768)
 GOAL_JOBS_PER_S = 20.0
-SHIPPED_GEOMETRY = CropGeometry.of(parse_model_config(shipped_parameters()))
+SHIPPED_GEOMETRY = parse_model_config(shipped_parameters()).crop_geometry
 
 
 class PaintingModel:

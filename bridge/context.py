@@ -1,46 +1,23 @@
 """The model's context: only the part of the photo the model denoises travels to Triton and back.
 
-The model crops every request to its mask's surroundings (`fluxfill.inpaint.geometry.plan_crop`) and leaves
-every other pixel as it came. The bridge plans that same crop with the model's own parameters, read from
-Triton (flux_fill_stream's config.pbtxt, the one source of truth), sends the crop alone, and pastes the
-answer back: the result is the one the whole photo would have given (tests/unit/bridge/test_context.py),
-while a 12 MP photo no longer crosses the network twice (36 MB each way) for a mask's few hundred kilopixels.
+The model crops every request to its mask's surroundings (`fluxfill.inpaint.geometry.CropGeometry.plan`) and
+leaves every other pixel as it came. The bridge plans that same crop, with the same code and the model's own
+parameters read from Triton (flux_fill_stream's config.pbtxt, the one source of truth), sends the crop alone,
+and pastes the answer back: the result is the one the whole photo would have given (the model's plan of the
+crop is the crop itself: tests/unit/bridge/test_context.py), while a 12 MP photo no longer crosses the
+network twice (36 MB each way) for a mask's few hundred kilopixels.
 Without the parameters (an older model, a failed read) the whole photo is sent, as it always was.
 """
-
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from fluxfill.bridge import orientation
 from fluxfill.bridge.errors import RetryableError
-from fluxfill.inpaint.config import ModelConfig
 from fluxfill.inpaint.contract import MASK_THRESHOLD
-from fluxfill.inpaint.geometry import Box, plan_crop
+from fluxfill.inpaint.geometry import Box, CropGeometry
 
-
-@dataclass(frozen=True)
-class CropGeometry:
-    """The model's parameters that decide what it crops."""
-
-    crop_to_mask: bool
-    crop_margin: float
-    feather_pixels: int
-    min_working_pixels: int
-    max_working_pixels: int
-    resolution_buckets: tuple[tuple[int, int], ...] = ()
-
-    @classmethod
-    def of(cls, config: ModelConfig) -> "CropGeometry":
-        return cls(
-            config.crop_to_mask,
-            config.crop_margin,
-            config.feather_pixels,
-            config.min_working_pixels,
-            config.max_working_pixels,
-            config.resolution_buckets,
-        )
+__all__ = ["CropGeometry", "context_box", "pasted"]
 
 
 def context_box(mask: npt.NDArray[np.uint8], geometry: CropGeometry | None) -> Box | None:
@@ -48,15 +25,7 @@ def context_box(mask: npt.NDArray[np.uint8], geometry: CropGeometry | None) -> B
     geometry, or an empty mask, which the model answers unchanged)."""
     if geometry is None:
         return None
-    plan = plan_crop(
-        mask >= MASK_THRESHOLD,
-        crop_to_mask=geometry.crop_to_mask,
-        margin_fraction=geometry.crop_margin,
-        feather=geometry.feather_pixels,
-        min_pixels=geometry.min_working_pixels,
-        max_pixels=geometry.max_working_pixels,
-        buckets=geometry.resolution_buckets,
-    )
+    plan = geometry.plan(mask >= MASK_THRESHOLD)
     height, width = mask.shape
     if plan is None or plan.box == Box(0, 0, width, height):
         return None

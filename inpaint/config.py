@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-from fluxfill.inpaint.geometry import parse_buckets
+from fluxfill.inpaint.geometry import CropGeometry, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
 OffloadPolicy = Literal["none", "model", "sequential", "auto"]
@@ -60,6 +60,18 @@ class ModelConfig:
     compile: CompileMode
     compile_backend: CompileBackend
     t5_placement: T5Placement
+
+    @property
+    def crop_geometry(self) -> CropGeometry:
+        """The parameters that decide the crop, on their own (the bridge reads them from Triton too)."""
+        return CropGeometry(
+            self.crop_to_mask,
+            self.crop_margin,
+            self.feather_pixels,
+            self.min_working_pixels,
+            self.max_working_pixels,
+            self.resolution_buckets,
+        )
 
 
 # What each parameter means; docs/model.md's configuration table is generated from this and config.pbtxt.

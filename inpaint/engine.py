@@ -15,7 +15,6 @@ from fluxfill.inpaint.geometry import (
     UInt8Array,
     composite,
     feather_alpha,
-    plan_crop,
     resize_mask,
     resize_rgb,
 )
@@ -88,15 +87,7 @@ class InpaintEngine:
         """Inpaint one request; pixels beyond the feathered mask stay bit-identical."""
         config = self._config
         started = time.perf_counter()
-        plan = plan_crop(
-            request.mask,
-            crop_to_mask=config.crop_to_mask,
-            margin_fraction=config.crop_margin,
-            feather=config.feather_pixels,
-            min_pixels=config.min_working_pixels,
-            max_pixels=config.max_working_pixels,
-            buckets=config.resolution_buckets,
-        )
+        plan = config.crop_geometry.plan(request.mask)
         if plan is None:
             # Nothing to repaint: the input is the answer, and the model never runs.
             return InpaintResult(request.image, request.seed, None, None, PhaseTimes())

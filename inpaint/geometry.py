@@ -208,6 +208,31 @@ def composite(original: UInt8Array, generated: UInt8Array, alpha: FloatArray) ->
     return output
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """The model's parameters that decide what it denoises; the bridge plans the same crop with them, to send
+    the model only that part of the photo (fluxfill.bridge.context)."""
+
+    crop_to_mask: bool
+    crop_margin: float
+    feather_pixels: int
+    min_working_pixels: int
+    max_working_pixels: int
+    resolution_buckets: tuple[tuple[int, int], ...] = ()
+
+    def plan(self, mask: BoolArray) -> CropPlan | None:
+        """`plan_crop` with these parameters."""
+        return plan_crop(
+            mask,
+            crop_to_mask=self.crop_to_mask,
+            margin_fraction=self.crop_margin,
+            feather=self.feather_pixels,
+            min_pixels=self.min_working_pixels,
+            max_pixels=self.max_working_pixels,
+            buckets=self.resolution_buckets,
+        )
+
+
 def parse_buckets(text: str) -> tuple[tuple[int, int], ...]:
     """Parse "1024x1024,1152x896" into sizes; raises ValueError naming the bad entry."""
     buckets = []

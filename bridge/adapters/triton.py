@@ -132,7 +132,7 @@ class TritonInpaintModel:
                     config = answer["config"]
             finally:
                 client.close()
-            return CropGeometry.of(parse_model_config(flatten_triton_parameters(config)))
+            return parse_model_config(flatten_triton_parameters(config)).crop_geometry
         except Exception as error:  # an optimisation's input: without it, whole photos are sent
             logger.warning(
                 "the model's crop parameters cannot be read; whole photos are sent to Triton",

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 def served_geometry(server: LocalTritonServer) -> CropGeometry:
     """From the config.pbtxt the server was started with (its copy of the repository, overrides applied)."""
     config = read_model_config(server.model_repository / STREAM_MODEL_NAME / "config.pbtxt")
-    return CropGeometry.of(parse_model_config({k: v.string_value for k, v in config.parameters.items()}))
+    return parse_model_config({k: v.string_value for k, v in config.parameters.items()}).crop_geometry
 
 
 @pytest.mark.parametrize("protocol", ["grpc-stream", "grpc", "http"])

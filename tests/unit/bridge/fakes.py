@@ -212,7 +212,7 @@ class FakeModel:
     name: str = "fake_flux_fill"
     protocol: str = "fake"
     # What it crops by: the shipped model's parameters (None: whole photos are sent).
-    geometry: CropGeometry | None = field(default_factory=lambda: CropGeometry.of(make_config()))
+    geometry: CropGeometry | None = field(default_factory=lambda: make_config().crop_geometry)
 
     def is_ready(self) -> bool:
         return self.ready

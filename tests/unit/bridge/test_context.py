@@ -20,7 +20,7 @@ from tests.unit.bridge.fakes import png
 from tests.unit.bridge.world import PREFIX, World
 from tests.unit.fakes import PaintingDenoiser
 
-SHIPPED = CropGeometry.of(make_config())
+SHIPPED = make_config().crop_geometry
 
 
 def random_case(seed: int) -> tuple[dict[str, str], np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def test_the_context_alone_gives_the_whole_photos_result(seed: int) -> None:
     config = make_config(**parameters)
     # The fake denoiser inverts what it does not paint, so the blended band shows any change of context.
     engine = InpaintEngine(PaintingDenoiser(), config)
-    box = context_box(mask, CropGeometry.of(config))
+    box = context_box(mask, config.crop_geometry)
     if box is not None:
         rows, cols = box.slices()
         assert box.area < image.shape[0] * image.shape[1]
