@@ -87,7 +87,8 @@ def _jpeg(
     within: Box | None,
 ) -> EncodedResult:
     stored = orientation.to_stored(edited, photo.orientation)
-    # Compared upright (contiguous), in blocks aligned to the stored grid's origin; the small grid is turned.
+    # Compared upright (only over the model's context when known), in blocks aligned to the stored grid's
+    # origin; the small grid is turned.
     from_end = orientation.stored_origin_at_end(photo.orientation)
     changed = orientation.to_stored(
         jpeg_splice.changed_blocks(photo.pixels, edited, from_end, within), photo.orientation
