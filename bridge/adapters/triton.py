@@ -82,6 +82,7 @@ class TritonInpaintModel:
         self._geometry_lock = threading.Lock()
         self._geometry: CropGeometry | None = None
         self._geometry_tried_at = -math.inf
+        self._seen_unready = False
 
     def _client(self, timeout_s: float | None = None) -> Any:
         if self._module is httpclient and timeout_s is not None:
@@ -101,14 +102,17 @@ class TritonInpaintModel:
                 client.close()
         except Exception:  # readiness is a yes/no question: any failure to answer is a no
             ready = False
-        if not ready:
-            self._forget_geometry()  # the model may come back reloaded, with other parameters
+        # The model may come back reloaded, with other parameters: read them again once it is back (and not
+        # only after GEOMETRY_RETRY_S, when a read failed while it was away).
+        if not ready or self._seen_unready:
+            self._forget_geometry()
+        self._seen_unready = not ready
         return ready
 
     def crop_geometry(self) -> CropGeometry | None:
-        """flux_fill_stream's crop parameters (the unary model forwards to it), read once, and again after
-        Triton was seen not ready; None (logged) when they cannot be read or parsed, tried again after
-        GEOMETRY_RETRY_S."""
+        """flux_fill_stream's crop parameters (the unary model forwards to it), read once, and again once
+        Triton is back after it was seen not ready; None (logged) when they cannot be read or parsed, tried
+        again after GEOMETRY_RETRY_S."""
         with self._geometry_lock:
             if self._geometry is None and time.monotonic() - self._geometry_tried_at >= GEOMETRY_RETRY_S:
                 self._geometry_tried_at = time.monotonic()

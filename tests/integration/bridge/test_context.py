@@ -15,7 +15,7 @@ from fluxfill.client.inference import FluxFillClient
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.config import parse_model_config
 from fluxfill.inpaint.contract import STREAM_MODEL_NAME
-from tests.integration.bridge.harness import JobSystem, encode, is_terminal, running_bridge
+from tests.integration.bridge.harness import JobSystem, TcpProxy, encode, is_terminal, running_bridge
 from tests.support import read_model_config
 
 pytestmark = pytest.mark.integration
@@ -41,6 +41,45 @@ def test_the_adapter_reads_the_served_models_crop_parameters(
 
 def test_without_a_server_the_parameters_are_unknown_and_nothing_raises() -> None:
     assert TritonInpaintModel("127.0.0.1:1").crop_geometry() is None
+
+
+class CountingTriton(TritonInpaintModel):
+    """The real adapter, counting its reads of the model's configuration."""
+
+    reads = 0
+
+    def _read_geometry(self) -> CropGeometry | None:
+        self.reads += 1
+        return super()._read_geometry()
+
+
+def test_the_parameters_are_read_once_and_again_after_triton_was_seen_not_ready(
+    flux_server: LocalTritonServer,
+) -> None:
+    proxy = TcpProxy(flux_server.grpc_port)
+    proxy.up()
+    try:
+        model = CountingTriton(proxy.url)
+        expected = served_geometry(flux_server)
+        assert model.crop_geometry() == expected
+        assert model.crop_geometry() == expected
+        assert model.reads == 1, "read once while Triton stays ready"
+        proxy.down()
+        assert not model.is_ready(timeout_s=2)
+        # A failed read is not repeated at every job: whole photos go meanwhile.
+        assert model.crop_geometry() is None
+        assert model.crop_geometry() is None
+        assert model.reads == 2
+        proxy.up()
+        assert model.is_ready()
+        assert model.reads == 2, "a readiness check reads nothing"
+        # Triton was away (it may be back reloaded, with other parameters): read again at once.
+        assert model.crop_geometry() == expected
+        assert model.is_ready()
+        assert model.crop_geometry() == expected
+        assert model.reads == 3
+    finally:
+        proxy.down()
 
 
 class RecordingTriton(TritonInpaintModel):
