@@ -11,6 +11,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from tritonclient.grpc import model_config_pb2
 
 from fluxfill.inpaint.config import ModelConfig
 from fluxfill.inpaint.contract import MASK_THRESHOLD
-from fluxfill.inpaint.geometry import CropPlan, plan_crop
+from fluxfill.inpaint.geometry import CropPlan
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
@@ -137,16 +138,8 @@ def shipped_parameters() -> dict[str, str]:
 
 
 def engine_plan(mask: npt.NDArray[np.uint8], config: ModelConfig, crop_to_mask: bool) -> CropPlan:
-    """What the engine denoises for this mask and configuration (the engine's own `plan_crop`)."""
-    plan = plan_crop(
-        mask >= MASK_THRESHOLD,
-        crop_to_mask=crop_to_mask,
-        margin_fraction=config.crop_margin,
-        feather=config.feather_pixels,
-        min_pixels=config.min_working_pixels,
-        max_pixels=config.max_working_pixels,
-        buckets=config.resolution_buckets,
-    )
+    """What the engine denoises for this mask and configuration (the engine's own plan)."""
+    plan = replace(config.crop_geometry, crop_to_mask=crop_to_mask).plan(mask >= MASK_THRESHOLD)
     if plan is None:
         raise ValueError("the benchmark's mask is empty")
     return plan

@@ -32,7 +32,7 @@ from bench.common import (
 )
 from bench.photo import blob_mask, textured_photo
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
-from fluxfill.bridge.context import context_box, pasted
+from fluxfill.bridge.context import context_box, cut, pasted
 from fluxfill.bridge.ports import InferenceRequest, RunControl
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
@@ -68,8 +68,7 @@ def callers(model: TritonInpaintModel, photo: Image, mask: Image) -> dict[str, C
         box = context_box(mask, model.crop_geometry())
         if box is None:
             raise RuntimeError("the mask's context is the whole photo: nothing to compare")
-        rows, cols = box.slices()
-        return pasted(photo, box, ask(photo[rows, cols], mask[rows, cols]))
+        return pasted(photo, box, ask(*cut(photo, mask, box)))
 
     return dict(zip(VARIANTS, (whole, context), strict=True))
 

@@ -17,7 +17,7 @@ from fluxfill.bridge.errors import RetryableError
 from fluxfill.inpaint.contract import MASK_THRESHOLD
 from fluxfill.inpaint.geometry import Box, CropGeometry
 
-__all__ = ["CropGeometry", "context_box", "pasted"]
+__all__ = ["CropGeometry", "context_box", "cut", "pasted"]
 
 
 def context_box(mask: npt.NDArray[np.uint8], geometry: CropGeometry | None) -> Box | None:
@@ -32,13 +32,23 @@ def context_box(mask: npt.NDArray[np.uint8], geometry: CropGeometry | None) -> B
     return plan.box
 
 
+def cut(
+    photo: npt.NDArray[np.uint8], mask: npt.NDArray[np.uint8], box: Box | None
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """The photo and mask within `box` (None: whole), as the contiguous arrays Triton is sent: tritonclient
+    serialises a strided view 6x slower than a contiguous copy of it (129 against 7 + 21 ms for 11 MP), and a
+    turned view is copied a whole pixel at a time (orientation.contiguous)."""
+    rows, cols = _slices(box)
+    return orientation.contiguous(photo[rows, cols]), np.ascontiguousarray(mask[rows, cols])
+
+
 def pasted(
     photo: npt.NDArray[np.uint8], box: Box | None, answer: npt.NDArray[np.uint8], turn: int = 1
 ) -> npt.NDArray[np.uint8]:
     """The whole edited photo: the model's answer for `box` (None: for the whole photo) in place in a copy
     of `photo`, laid out as `photo` is (`turn`: the EXIF orientation of the stored grid it may be a view of,
     orientation.copy_upright); RetryableError when the answer is not the size that was sent."""
-    rows, cols = box.slices() if box is not None else (slice(None), slice(None))
+    rows, cols = _slices(box)
     expected = photo[rows, cols].shape
     if answer.shape != expected:
         raise RetryableError(
@@ -49,3 +59,7 @@ def pasted(
     edited = orientation.copy_upright(photo, turn)
     edited[rows, cols] = answer
     return edited
+
+
+def _slices(box: Box | None) -> tuple[slice, slice]:
+    return box.slices() if box is not None else (slice(None), slice(None))

@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from fluxfill.bridge import intake, orientation, unclaimed
+from fluxfill.bridge import intake, unclaimed
 from fluxfill.bridge.admission import AdmissionLines
-from fluxfill.bridge.context import context_box, pasted
+from fluxfill.bridge.context import context_box, cut, pasted
 from fluxfill.bridge.contract import (
     ErrorCode,
     InvalidJobError,
@@ -299,10 +299,8 @@ class JobHandler:
         parameters = self._parameters(job)
         # Only the part of the photo the model denoises travels (fluxfill.bridge.context).
         box = context_box(mask, self._model.crop_geometry())
-        rows, cols = box.slices() if box is not None else (slice(None), slice(None))
         request = InferenceRequest(
-            orientation.contiguous(photo.pixels[rows, cols]),
-            np.ascontiguousarray(mask[rows, cols]),
+            *cut(photo.pixels, mask, box),
             parameters.prompt,
             seed,
             parameters.steps,

@@ -55,11 +55,9 @@ _Reply = tuple[Any, BaseException | None]
 
 def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt.NDArray[Any]]:
     """The contract's tensors for one request; absent optionals are left out."""
-    # A crop of the photo (fluxfill.bridge.context) is a strided view: tritonclient serialises such an array
-    # 6x slower than a contiguous copy of it (129 against 7 + 21 ms for 11 MP).
     return contract_arrays(
-        np.ascontiguousarray(request.image),
-        np.ascontiguousarray(request.mask),
+        request.image,
+        request.mask,
         request.prompt,
         steps=request.steps,
         guidance=request.guidance,
