@@ -79,6 +79,10 @@ class FairnessRun:
     # Of each other user's wait, the seconds during which a slot was free (no job claimed and unfinished on
     # it): what the fleet could have saved. The rest was spent behind running jobs.
     others_idle_slot_s: list[float] = field(default_factory=list)
+    # Each other user's wait in the runs of the jobs it waited behind (the median claim-to-final-write of the
+    # jobs running at some moment of its wait): on a machine whose cores every running job shares, a job's
+    # duration grows with the jobs beside it, which the flood's serial pace (job_s) leaves out.
+    others_in_runs_behind: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -169,6 +173,28 @@ def idle_slot_waits(
                 free += (stop - start).total_seconds()
         idle.append(free)
     return idle
+
+
+def waits_in_runs_behind(
+    planned: Sequence[PlannedJob], published: dict[str, datetime], docs: dict[str, dict[str, Any]]
+) -> list[float]:
+    """For each done job of `planned`: its wait over the median run (claim to final write) of the done jobs
+    that were running at some moment between its publication and its claim; 0 for a job that waited behind
+    none."""
+    runs = [(d["startedAt"], d["finishedAt"]) for d in docs.values() if d.get("status") == "done"]
+    ratios: list[float] = []
+    for job in planned:
+        document = docs.get(job.session, {})
+        if document.get("status") != "done" or job.key not in published:
+            continue
+        begin, end = published[job.key], document["startedAt"]
+        behind = sorted(
+            (finished - claimed).total_seconds()
+            for claimed, finished in runs
+            if claimed < end and finished > begin  # its own run begins at its claim: not counted
+        )
+        ratios.append((end - begin).total_seconds() / percentile(behind, 0.5) if behind else 0.0)
+    return ratios
 
 
 def _median_run_s(docs: dict[str, dict[str, Any]]) -> float:
@@ -265,6 +291,7 @@ def _fairness_run(options: QueueingOptions, run_dir: Path, limit: int) -> Fairne
         _waits(others, published, docs),
         _waits(flood, published, docs),
         idle_slot_waits(others, published, docs, slots),
+        waits_in_runs_behind(others, published, docs),
     )
 
 

@@ -185,6 +185,7 @@ def fairness_text(report: FairnessReport) -> str:
                 f"{name}: {run.limit or 'none'}",
                 f"{run.job_s:.2f} s",
                 others,
+                ", ".join(f"{ratio:.1f}" for ratio in sorted(run.others_in_runs_behind)),
                 f"{max(run.others_idle_slot_s, default=0.0):.2f} s",
                 f"{run.flood.done}/{run.flood.total}",
             ]
@@ -198,6 +199,7 @@ def fairness_text(report: FairnessReport) -> str:
                 "max_jobs_in_flight_per_user",
                 "job-duration",
                 "the other users' queue times (jobs)",
+                "the same in the runs they waited behind",
                 "longest of their waits with a slot free",
                 "flood done",
             ],

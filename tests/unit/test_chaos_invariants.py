@@ -190,3 +190,33 @@ def test_a_wait_counts_only_the_time_a_slot_was_free() -> None:
     assert idle_slot_waits([job("waiting"), job("failed")], published, docs, slots=2) == [3.0]
     assert idle_slot_waits([job("waiting")], published, docs, slots=1) == [0.0]
     assert idle_slot_waits([job("waiting")], published, docs, slots=3) == [10.0]
+
+
+def test_a_wait_is_measured_in_the_runs_it_waited_behind() -> None:
+    """The job published at 0 and claimed at 10 waited while runs of 25, 4, 2 and 6 s were under way (the
+    nearest-rank median of four is the second: 4 s): 2.5 runs. One claimed as it was published waited 0;
+    one that waited while nothing ran waited behind no run."""
+    from chaos.queueing import waits_in_runs_behind
+
+    t0 = datetime(2026, 12, 3, tzinfo=UTC)
+
+    def at(seconds: float) -> datetime:
+        return t0 + timedelta(seconds=seconds)
+
+    def job(session: str) -> PlannedJob:
+        return PlannedJob(session, Kind.VALID, "u", session, b"{}", 1, None, None)
+
+    docs: dict[str, dict[str, Any]] = {
+        "a": {"status": "done", "startedAt": at(-5), "finishedAt": at(20)},
+        "b": {"status": "done", "startedAt": at(2), "finishedAt": at(6)},
+        "c": {"status": "done", "startedAt": at(7), "finishedAt": at(9)},
+        "d": {"status": "done", "startedAt": at(9), "finishedAt": at(15)},
+        "before": {"status": "done", "startedAt": at(-9), "finishedAt": at(-6)},
+        "waiting": {"status": "done", "startedAt": at(10), "finishedAt": at(12)},
+        "at_once": {"status": "done", "startedAt": at(16), "finishedAt": at(17)},
+        "alone": {"status": "done", "startedAt": at(22), "finishedAt": at(23)},
+        "failed": {"status": "failed"},
+    }
+    published = {"waiting": at(0), "at_once": at(16), "alone": at(21), "failed": at(0)}
+    planned = [job("waiting"), job("at_once"), job("alone"), job("failed")]
+    assert waits_in_runs_behind(planned, published, docs) == [2.5, 0.0, 0.0]
