@@ -21,7 +21,7 @@ import numpy.typing as npt
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import jpeg_decode, orientation
+from fluxfill.bridge import jpeg_decode, jpeg_markers, orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo, ObjectStore
@@ -92,6 +92,8 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
         raise PermanentJobError(
             ErrorCode.UNSUPPORTED_IMAGE_FORMAT, f"the {what} is not {ACCEPTED} (by its first bytes)"
         )
+    if kind == "JPEG":
+        _refuse_unreadable_jpeg_process(data, what)
     with _refusals(what, kind):
         image = Image.open(io.BytesIO(data), formats=[kind])
         width, height = image.size
@@ -101,6 +103,24 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
                 f"the {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
             )
     return image, kind
+
+
+def _refuse_unreadable_jpeg_process(data: bytes, what: str) -> None:
+    """A JPEG of a process no decoder here reads (12-bit samples, as medical and scientific cameras write;
+    hierarchical coding) is a valid file of an unsupported kind, not a corrupt one: said so from its frame
+    header, before Pillow, which would call it unidentifiable or fail in the decode."""
+    header = jpeg_markers.frame(data)
+    if header is not None and header.precision != 8:
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} is a {header.precision}-bit JPEG; only 8-bit JPEGs, as phones and cameras write "
+            "them, are accepted",
+        )
+    if header is not None and header.hierarchical:
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} is a hierarchical JPEG, which no decoder here reads; save it as an ordinary JPEG",
+        )
 
 
 def _decoded(image: Image.Image, kind: str, what: str) -> int:

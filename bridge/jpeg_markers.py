@@ -1,5 +1,5 @@
-"""A JPEG's segments before its first scan: the original's metadata carried into a result, and whether its
-Huffman tables are the standard ones.
+"""A JPEG's segments before its first scan: its frame (coding process and sample precision), the original's
+metadata carried into a result, and whether its Huffman tables are the standard ones.
 
 Huffman tables: a camera's encoder usually codes in one pass, with the standard tables (JPEG's Annex K,
 libjpeg's defaults); an editor or an app may write tables optimized for the image (a second pass, 5-10 %
@@ -10,6 +10,7 @@ large as such an original), else with optimized tables, so an optimized original
 
 import functools
 import io
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -32,6 +33,38 @@ def header_segments(data: bytes) -> list[tuple[int, bytes]]:
         segments.append((marker, data[at:end]))
         at = end
     return segments
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A JPEG's start-of-frame: which coding process (SOF0-SOF15), and how many bits a sample has."""
+
+    marker: int
+    precision: int
+
+    @property
+    def progressive(self) -> bool:
+        return self.marker & 0x03 == 2
+
+    @property
+    def lossless(self) -> bool:
+        return self.marker & 0x03 == 3
+
+    @property
+    def hierarchical(self) -> bool:
+        return bool(self.marker & 0x04)
+
+
+# Every SOFn marker: C0-CF except DHT (C4), JPG (C8, reserved) and DAC (CC).
+_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def frame(data: bytes) -> Frame | None:
+    """The JPEG's first start-of-frame before its first scan; None when there is none that parses."""
+    for marker, segment in header_segments(data):
+        if marker in _FRAME_MARKERS and len(segment) >= 5:
+            return Frame(marker, segment[4])
+    return None
 
 
 def _is_metadata(marker: int) -> bool:

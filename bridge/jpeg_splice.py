@@ -8,9 +8,11 @@ original was (standard or optimized tables: fluxfill.bridge.jpeg_markers). Every
 its coefficients bit for bit, so it decodes as before (pixels next to a changed MCU may move by the chroma
 upsampling's one-sample reach, as in any decoder's fancy upsampling).
 
-Baseline and extended Huffman-coded JPEGs in YCbCr (4:4:4, 4:2:2, 4:2:0, 4:4:0) or greyscale are spliced;
-anything else is refused with the reason (SpliceRefusedError), and the caller re-encodes the whole image; so
-is an original whose corrupt scan decodes to coefficients that cannot be written back.
+Sequential JPEGs in YCbCr (4:4:4, 4:2:2, 4:2:0, 4:4:0) or greyscale are spliced, Huffman-coded (baseline
+or extended) or arithmetic-coded (libjpeg-turbo reads it; the result is written Huffman-coded with optimized
+tables, which every decoder reads, the coefficients unchanged); anything else is refused with the reason
+(SpliceRefusedError), and the caller re-encodes the whole image; so is an original whose corrupt scan decodes
+to coefficients that cannot be written back.
 
 Why jpeglib: the one maintained binding that both reads and writes coefficient arrays with the markers
 (PyTurboJPEG and simplejpeg work in pixels; jpegio is unmaintained). It works through files, so a splice
@@ -19,6 +21,7 @@ RAM).
 """
 
 import os
+import re
 import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -78,6 +81,7 @@ def sampling_name(samp_factor: npt.NDArray[np.int_]) -> str | None:
 def read_coefficients(original: bytes) -> jpeglib.DCTJPEG:
     """The original's coefficients, quantization tables and sampling; SpliceRefusedError when it cannot be
     spliced (the reason)."""
+    _refuse_by_frame(original)
     with tempfile.TemporaryDirectory(prefix="fluxfill-splice-") as folder:
         source = Path(folder) / "original.jpg"
         source.write_bytes(original)
@@ -210,13 +214,22 @@ def _any_in_groups(flags: npt.NDArray[np.bool_], axis: int, size: int, head: int
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=axis)
 
 
+def _refuse_by_frame(original: bytes) -> None:
+    """The refusals the frame header tells, before anything is read."""
+    header = jpeg_markers.frame(original)
+    if header is not None and header.progressive:
+        raise SpliceRefusedError("it is progressive")
+    if header is not None and header.lossless:
+        raise SpliceRefusedError("it is lossless (it has no DCT coefficients to keep)")
+
+
 def _read(path: Path) -> jpeglib.DCTJPEG:
     try:
         with _LIBJPEG:
             jpeg = jpeglib.read_dct(os.fspath(path))
             jpeg.load()
-    except Exception as error:  # libjpeg's own refusals (arithmetic coding, lossless, 12-bit) come as errors
-        raise SpliceRefusedError(f"its coefficients cannot be read: {error}") from None
+    except Exception as error:  # libjpeg's own refusals come as errors
+        raise SpliceRefusedError(f"its coefficients cannot be read: {_libjpeg_reason(error, path)}") from None
     if jpeg.progressive_mode:
         raise SpliceRefusedError("it is progressive")
     space = str(jpeg.jpeg_color_space).removeprefix("JCS_")
@@ -226,6 +239,13 @@ def _read(path: Path) -> jpeglib.DCTJPEG:
         factors = "/".join(f"{h}x{v}" for v, h in jpeg.samp_factor.tolist())
         raise SpliceRefusedError(f"its sampling factors {factors} are not 4:4:4, 4:2:2, 4:2:0 or 4:4:0")
     return jpeg
+
+
+def _libjpeg_reason(error: Exception, path: Path) -> str:
+    """jpeglib's message without the temporary file's path ("reading info of PATH failedREASON"): the reason
+    is recorded in the session, where a path means nothing."""
+    text = str(error).replace(os.fspath(path), "the original") or type(error).__name__
+    return re.sub(r" failed(?=\S)", " failed: ", text)
 
 
 def _mcu_size(jpeg: jpeglib.DCTJPEG) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Untrusted uploads: formats by magic bytes, pixel caps, orientation, modes, mask sizes."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +23,13 @@ def encode(image: Image.Image, kind: str, **options: object) -> bytes:
 
 
 def refusal(call: object, *args: object) -> ErrorCode:
+    return refusal_and_sentence(call, *args)[0]
+
+
+def refusal_and_sentence(call: object, *args: object) -> tuple[ErrorCode, str]:
     with pytest.raises(PermanentJobError) as caught:
         call(*args)  # type: ignore[operator]
-    return caught.value.code
+    return caught.value.code, str(caught.value)
 
 
 @pytest.mark.parametrize(("kind", "name"), [("JPEG", "JPEG"), ("PNG", "PNG"), ("WEBP", "WEBP")])
@@ -38,6 +43,39 @@ def test_supported_formats_are_sniffed_and_decoded(kind: str, name: str) -> None
 def test_other_formats_are_refused_by_their_bytes(kind: str) -> None:
     data = encode(Image.new("RGB", (8, 8)), kind)
     assert refusal(decode_photo, data, BIG) is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+
+
+FILES = Path(__file__).parent / "files"
+
+
+@pytest.mark.parametrize("call", [decode_photo, decode_mask])
+def test_a_twelve_bit_jpeg_is_an_unsupported_format_not_a_corrupt_image(call: object) -> None:
+    """files/twelve-bit.jpg: a valid 64x48 JPEG of 12-bit samples (libjpeg-turbo 3.1 through imagecodecs,
+    quality 90), as medical and scientific cameras write; Pillow cannot identify it."""
+    data = (FILES / "twelve-bit.jpg").read_bytes()
+    code, sentence = refusal_and_sentence(call, data, BIG)
+    assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    assert "12-bit JPEG" in sentence
+    assert "8-bit" in sentence
+
+
+def test_a_hierarchical_jpeg_is_an_unsupported_format() -> None:
+    """No encoder here writes one: an ordinary JPEG whose frame marker says hierarchical (SOF5) is refused
+    by that header, before any decoder sees it."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (1, 2, 3)), "JPEG"))
+    at = data.index(b"\xff\xc0")
+    data[at + 1] = 0xC5
+    code, sentence = refusal_and_sentence(decode_photo, bytes(data), BIG)
+    assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    assert "hierarchical" in sentence
+
+
+def test_a_lossless_jpeg_is_decoded_exactly() -> None:
+    """files/lossless.jpg: the result tests' 64x48 textured photo, JPEG lossless (SOF3, libjpeg-turbo 3.1
+    through imagecodecs)."""
+    from tests.unit.bridge.test_result_image import textured
+
+    assert np.array_equal(decode_photo((FILES / "lossless.jpg").read_bytes(), BIG), textured(64, 48))
 
 
 def test_truncated_image_is_corrupt() -> None:

@@ -247,7 +247,11 @@ def test_spliced_blocks_are_the_coefficients_libjpeg_itself_encodes(sampling: st
 @pytest.mark.parametrize("read_early", [False, True])
 @pytest.mark.parametrize(
     ("options", "reason"),
-    [({"progressive": True}, "progressive"), ({"mode": "CMYK"}, "CMYK")],
+    [
+        ({"progressive": True}, "progressive"),
+        ({"mode": "CMYK"}, "CMYK"),
+        ({"keep_rgb": True}, "colour space is RGB"),  # R, G, B coded as they are (Adobe transform 0)
+    ],
 )
 def test_jpegs_that_cannot_be_spliced_are_re_encoded_whole_with_the_reason(
     options: dict[str, object], reason: str, read_early: bool
@@ -273,6 +277,20 @@ def test_jpegs_that_cannot_be_spliced_are_re_encoded_whole_with_the_reason(
     assert shown.getexif()[orientation.ORIENTATION_TAG] == 6
     upright = np.asarray(ImageOps.exif_transpose(shown), np.int16)
     assert np.abs(upright - edited).mean() < 4.0
+
+
+def test_a_lossless_jpeg_is_re_encoded_whole_with_the_reason() -> None:
+    """files/lossless.jpg (SOF3): no DCT coefficients to keep; refused by its frame header, not by libjpeg."""
+    photo = read_photo((Path(__file__).parent / "files" / "lossless.jpg").read_bytes(), BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    assert (result.format, result.encoding) == ("jpeg", "reencoded")
+    assert result.note == (
+        "the original could not be spliced: it is lossless (it has no DCT coefficients to keep)"
+    )
+    assert np.abs(np.asarray(decoded(result), np.int16) - edited).mean() < 4.0
 
 
 def test_coefficients_read_ahead_give_the_same_splice() -> None:
@@ -309,6 +327,58 @@ def test_a_spliced_jpeg_is_huffman_coded_as_its_original_was(optimized: bool) ->
     assert tables is not None
     assert (tables <= jpeg_markers.standard_tables()) is not optimized
     assert len(result.data) <= len(original) * 1.05, "the result is about as large as its original"
+
+
+def frame_markers(data: bytes) -> set[int]:
+    """The start-of-frame markers of a JPEG's header (SOF0 baseline Huffman ... SOF9 arithmetic)."""
+    return {marker for marker, _ in header_segments(data) if 0xC0 <= marker <= 0xCF} - {0xC4, 0xC8, 0xCC}
+
+
+def test_an_arithmetic_coded_jpeg_is_spliced_and_comes_out_huffman_coded() -> None:
+    """libjpeg-turbo reads arithmetic coding, so such an original is spliced like any other; its result is
+    Huffman-coded (optimized tables: the original had none), which every decoder reads, and its untouched
+    blocks keep their coefficients."""
+    huffman = jpeg(textured(160, 120), quality=90, subsampling=2, **phone_metadata(6))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "arithmetic.jpg"
+        read = coefficients(huffman)
+        read.write_dct(str(path), flags=["+ARITH_CODE"])
+        original = jpeg_markers.with_metadata_of(huffman, path.read_bytes())
+    assert frame_markers(original) == {0xC9}, "arithmetic-coded, sequential"
+    photo = read_photo(original, BIG)
+    edited = edit(photo.pixels, (20, 30, 70, 90))
+
+    result = encode_result(photo, edited)
+
+    assert (result.format, result.encoding, result.note) == ("jpeg", "dct_splice", None)
+    assert frame_markers(result.data) == {0xC0}
+    tables = jpeg_markers.huffman_tables(result.data)
+    assert tables
+    assert not tables <= jpeg_markers.standard_tables()
+    before, after = coefficients(original), coefficients(result.data)
+    changed = mcu_grid(orientation.to_stored((edited != photo.pixels).any(axis=2), 6), (16, 16))
+    untouched = ~np.repeat(np.repeat(changed, 2, 0), 2, 1)[: before.Y.shape[0], : before.Y.shape[1]]
+    assert untouched.sum() > 0
+    assert (~untouched).sum() > 0
+    assert np.array_equal(before.Y[untouched], after.Y[untouched])
+    assert not np.array_equal(before.Y[~untouched], after.Y[~untouched])
+    assert metadata(result.data) == metadata(original)
+
+
+def test_the_frame_header_tells_the_coding_process_and_the_precision() -> None:
+    files = Path(__file__).parent / "files"
+    baseline = jpeg(textured(32, 24), quality=90)
+    assert jpeg_markers.frame(baseline) == jpeg_markers.Frame(0xC0, 8)
+    progressive = jpeg_markers.frame(jpeg(textured(32, 24), progressive=True))
+    assert progressive is not None
+    assert progressive.progressive
+    assert not progressive.lossless
+    lossless = jpeg_markers.frame((files / "lossless.jpg").read_bytes())
+    assert lossless is not None
+    assert lossless.lossless
+    assert not lossless.hierarchical
+    assert jpeg_markers.frame((files / "twelve-bit.jpg").read_bytes()) == jpeg_markers.Frame(0xC1, 12)
+    assert jpeg_markers.frame(baseline[: baseline.index(b"\xff\xc0") + 4]) is None, "cut inside the frame"
 
 
 def test_huffman_tables_that_do_not_parse_are_none_and_never_standard() -> None:
@@ -482,6 +552,7 @@ exif = b"Exif\\x00\\x00MM\\x00*\\x00\\x00\\x00\\x08"  # an APP1 segment to break
 Image.fromarray(pixels).save(buffer, format="JPEG", quality=90, exif=exif)
 data = buffer.getvalue()
 read = 0
+reasons = set()
 for at in range(data.index(b"\\xff\\xda") + 14):  # every byte up to the scan's first data
     for value in (0x00, 0xFF, data[at] ^ 0x01):
         broken = bytearray(data)
@@ -493,12 +564,13 @@ for at in range(data.index(b"\\xff\\xda") + 14):  # every byte up to the scan's 
         read += 1
         try:
             jpeg_splice.read_coefficients(bytes(broken))
-        except jpeg_splice.SpliceRefusedError:
-            pass
+        except jpeg_splice.SpliceRefusedError as refusal:
+            reasons.add(str(refusal))
         try:  # libjpeg-turbo through simplejpeg first, then Pillow
             intake.read_photo(bytes(broken), 10**8)
         except PermanentJobError:
             pass
+print(sorted(reasons))
 print(read)
 """
 
@@ -512,6 +584,11 @@ def test_a_jpeg_with_any_header_byte_broken_is_read_or_refused() -> None:
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout.split()[-1]) > 500, "most broken headers still pass the header check"
+    # The splice's refusals are recorded in the session: libjpeg's reason, never the temporary file's path.
+    reasons = done.stdout.splitlines()[-2]
+    assert "cannot be read: " in reasons
+    assert "fluxfill-splice" not in reasons
+    assert "/tmp" not in reasons
 
 
 def _bad_exifs() -> dict[str, bytes]:
