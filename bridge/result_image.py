@@ -5,6 +5,7 @@
   original's EXIF, in the stored orientation too, and the reason recorded.
 - PNG: PNG, keeping transparency (the original's alpha) and greyscale.
 - WebP: WebP, lossless when the original was, else quality 90; transparency kept.
+- PNG and WebP keep the original's colour profile and EXIF (orientation cleared: the pixels are upright).
 - HEIC/HEIF and AVIF: a quality-95 JPEG of the upright photo (what every phone and browser shows), with the
   original's EXIF (orientation cleared: the pixels are upright) and colour profile.
 """
@@ -63,21 +64,31 @@ def encode_result(
     `ahead`: read_ahead(photo), when it was started; `within`: the only upright pixels the edit may have
     changed (the model's context), when known."""
     if always_png:
-        return EncodedResult(_save(_with_alpha(photo, edited), "PNG"), "png", "lossless")
+        return _png_or_webp(photo, edited, "PNG")
     if photo.format == "JPEG":
         return _jpeg(photo, edited, ahead, within)
-    if photo.format == "PNG":
-        return encode_result(photo, edited, always_png=True)
-    if photo.format == "WEBP":
-        image = _with_alpha(photo, edited)
-        if photo.lossless:
-            return EncodedResult(_save(image, "WEBP", lossless=True), "webp", "lossless")
-        return EncodedResult(_save(image, "WEBP", quality=LOSSY_WEBP_QUALITY), "webp", "lossy")
-    exif, left_out = _jpeg_exif(photo.exif, upright=True)
+    if photo.format in ("PNG", "WEBP"):
+        return _png_or_webp(photo, edited, photo.format)
+    exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
     data = _save(
         Image.fromarray(edited), "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile)
     )
-    return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}{left_out}")
+    return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}{_exif_note(why)}")
+
+
+def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> EncodedResult:
+    """A PNG or WebP (`kind`) with the original's colour profile (an iPhone screenshot is a Display P3 PNG:
+    without it the result's colours would shift) and its EXIF, upright like the pixels."""
+    image = _with_alpha(photo, edited)
+    exif, why = _carried_exif(photo.exif, upright=True)
+    metadata = _metadata(exif, photo.icc_profile)
+    note = f"the original's EXIF was left out: {why}" if why else None
+    if kind == "PNG":
+        return EncodedResult(_save(image, "PNG", **metadata), "png", "lossless", note)
+    if photo.lossless:
+        return EncodedResult(_save(image, "WEBP", lossless=True, **metadata), "webp", "lossless", note)
+    data = _save(image, "WEBP", quality=LOSSY_WEBP_QUALITY, **metadata)
+    return EncodedResult(data, "webp", "lossy", note)
 
 
 def _jpeg(
@@ -101,28 +112,31 @@ def _jpeg(
         image = Image.fromarray(np.ascontiguousarray(stored))
         if photo.greyscale:
             image = image.convert("L")
-        exif, left_out = _jpeg_exif(photo.exif, upright=False)
+        exif, why = _carried_exif(photo.exif, upright=False, max_bytes=JPEG_MAX_EXIF_BYTES)
         data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile))
         return EncodedResult(
-            data, "jpeg", "reencoded", f"the original could not be spliced: {refused}{left_out}"
+            data, "jpeg", "reencoded", f"the original could not be spliced: {refused}{_exif_note(why)}"
         )
 
 
 def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
+    """RGB, or L for a greyscale original; with the original's transparency (RGBA or LA) when it had any."""
     image = Image.fromarray(edited)
+    if photo.greyscale:
+        image = image.convert("L")
     if photo.alpha is not None:
         image.putalpha(Image.fromarray(photo.alpha))
-    elif photo.greyscale:
-        image = image.convert("L")
     return image
 
 
-def _jpeg_exif(exif: bytes | None, *, upright: bool) -> tuple[bytes | None, str]:
-    """The EXIF a JPEG result carries (without its orientation when the pixels are upright), and what to add
-    to the result's note when the original's is left out: metadata is kept where it can be, and its faults
-    never fail a job whose pixels are good."""
+def _carried_exif(
+    exif: bytes | None, *, upright: bool, max_bytes: int | None = None
+) -> tuple[bytes | None, str | None]:
+    """The EXIF a result carries (without its orientation when the pixels are upright; at most `max_bytes`),
+    and why, when the original's is left out (for the result's note): metadata is kept where it can be, and
+    its faults never fail a job whose pixels are good."""
     if not exif:
-        return exif, ""
+        return exif, None
     if upright:
         try:
             tags = Image.Exif()
@@ -130,10 +144,14 @@ def _jpeg_exif(exif: bytes | None, *, upright: bool) -> tuple[bytes | None, str]
             tags.pop(orientation.ORIENTATION_TAG, None)
             exif = tags.tobytes()
         except orientation.EXIF_ERRORS as error:
-            return None, f"; its EXIF was left out: it cannot be read ({error or type(error).__name__})"
-    if len(exif) > JPEG_MAX_EXIF_BYTES:
-        return None, f"; its EXIF was left out: {len(exif)} bytes, more than a JPEG segment holds"
-    return exif, ""
+            return None, f"it cannot be read ({error or type(error).__name__})"
+    if max_bytes is not None and len(exif) > max_bytes:
+        return None, f"{len(exif)} bytes, more than a JPEG segment holds"
+    return exif, None
+
+
+def _exif_note(why: str | None) -> str:
+    return f"; its EXIF was left out: {why}" if why else ""
 
 
 def _metadata(exif: bytes | None, icc_profile: bytes | None) -> dict[str, bytes]:

@@ -437,6 +437,48 @@ def test_webp_stays_webp_and_lossless_when_the_original_was(lossless: bool) -> N
     assert error.max() == 0 if lossless else error.mean() < 4.0
 
 
+def test_a_greyscale_png_with_transparency_stays_greyscale_with_its_alpha() -> None:
+    la = np.dstack([textured(40, 30)[..., 1], np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))])
+    buffer = io.BytesIO()
+    Image.fromarray(la, mode="LA").save(buffer, format="PNG")
+    photo = read_photo(buffer.getvalue(), BIG)
+
+    image = decoded(encode_result(photo, edit(photo.pixels, (5, 5, 20, 20))))
+
+    assert image.mode == "LA"
+    assert np.array_equal(np.asarray(image)[..., 1], la[..., 1])
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [("PNG", {}), ("WEBP", {"lossless": True}), ("WEBP", {"quality": 90})],
+)
+def test_a_png_or_webp_result_keeps_the_colour_profile_and_the_exif_upright(
+    kind: str, options: dict[str, object]
+) -> None:
+    """An iPhone screenshot is a PNG in Display P3: without its profile the result's colours would be read
+    as sRGB and shift. The EXIF stays too, without its orientation: the result's pixels are upright."""
+    stored = textured(48, 32)
+    metadata = phone_metadata(6)
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(
+        buffer, format=kind, exif=metadata["exif"], icc_profile=metadata["icc_profile"], **options
+    )
+    photo = read_photo(buffer.getvalue(), BIG)
+    assert photo.pixels.shape == (48, 32, 3), "turned upright by its EXIF"
+    edited = edit(photo.pixels, (4, 4, 20, 20))
+
+    result = encode_result(photo, edited)
+
+    image = decoded(result)
+    assert image.format == kind
+    assert image.info.get("icc_profile") == metadata["icc_profile"]
+    exif = image.getexif()
+    assert exif[0x010F] == "PetPhone"
+    assert orientation.ORIENTATION_TAG not in exif
+    assert np.abs(np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.int16) - edited).mean() < 4.0
+
+
 @pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
 def test_heic_and_avif_originals_give_an_upright_jpeg(kind: str) -> None:
     stored = textured(64, 48)
@@ -674,3 +716,39 @@ def test_a_jpeg_whose_scan_decodes_to_coefficients_no_encoder_writes_is_re_encod
     assert "written" in (result.note or "")
     image = leniently_decoded(result)
     assert np.abs(np.asarray(image, np.int16) - orientation.to_stored(edited, photo.orientation)).mean() < 4.0
+
+
+@pytest.mark.parametrize("kind", ["PNG", "WEBP"])
+@pytest.mark.parametrize("name", list(_bad_exifs()))
+def test_a_png_or_webp_with_exif_that_cannot_be_carried_still_gives_its_format(kind: str, name: str) -> None:
+    """A PNG or WebP carries EXIF of any size; EXIF that cannot be read is left out, and the note says so."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Image.fromarray(textured(64, 48)).save(buffer, format=kind, lossless=True, exif=_bad_exifs()[name])
+        photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    image = leniently_decoded(result)
+    assert image.format == kind
+    assert np.array_equal(np.asarray(image.convert("RGB")), edited)
+    carried = image.info.get("exif")
+    if result.note is None:
+        assert carried, "EXIF that could be read is carried"
+        assert orientation.ORIENTATION_TAG not in image.getexif()
+    else:
+        assert result.note.startswith("the original's EXIF was left out: it cannot be read"), result.note
+        assert not carried
+
+
+def test_a_result_always_in_png_keeps_the_colour_profile_too() -> None:
+    metadata = phone_metadata(6)
+    photo = read_photo(jpeg(textured(48, 32), quality=90, **metadata), BIG)
+
+    image = decoded(encode_result(photo, edit(photo.pixels, (4, 4, 20, 20)), always_png=True))
+
+    assert image.format == "PNG"
+    assert image.info.get("icc_profile") == metadata["icc_profile"]
+    assert orientation.ORIENTATION_TAG not in image.getexif()
