@@ -274,10 +274,14 @@ def _shared_rgb(pixels: npt.NDArray[np.uint8]) -> Image.Image:
     return Image.frombuffer("RGB", (width, height), pixels, "raw", "RGB", 0, 1)
 
 
-def encode_preview(image: npt.NDArray[np.uint8], max_side: int, turn: int = 1) -> bytes:
+def encode_preview(
+    image: npt.NDArray[np.uint8], max_side: int, turn: int = 1, icc_profile: bytes | None = None
+) -> bytes:
     """A JPEG preview of upright `image` whose longer side is at most `max_side` pixels; `turn`: the EXIF
     orientation of the stored grid `image` may be a view of (orientation.upright_view), which is then reduced
-    as it is stored and turned small (a contiguous copy of a turned 12 MP view costs 80-150 ms)."""
+    as it is stored and turned small (a contiguous copy of a turned 12 MP view costs 80-150 ms).
+    `icc_profile`: the photo's, carried when it describes RGB (a phone's Display P3 would otherwise show
+    shifted in the app)."""
     stored = orientation.stored_layout(image, turn)
     preview = _shared_rgb(image if stored is None else stored)
     # Box-reduced by the largest whole factor first, then Lanczos: half the CPU of Lanczos from a 1 MP
@@ -287,5 +291,12 @@ def encode_preview(image: npt.NDArray[np.uint8], max_side: int, turn: int = 1) -
     if stored is not None:
         preview = orientation.upright(preview, turn)
     buffer = io.BytesIO()
-    preview.save(buffer, format="JPEG", quality=85)
+    profile = {"icc_profile": icc_profile} if icc_profile and profile_describes(icc_profile, "RGB") else {}
+    preview.save(buffer, format="JPEG", quality=85, **profile)
     return buffer.getvalue()
+
+
+def profile_describes(icc_profile: bytes, mode: str) -> bool:
+    """Whether an ICC profile's data colour space (its header's bytes 16-19) is that of an image of this
+    Pillow mode: GRAY for L and LA, RGB for the others (RGB, RGBA)."""
+    return icc_profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from fluxfill.bridge import jpeg_splice, orientation
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
-from fluxfill.bridge.intake import Photo, sniff_format
+from fluxfill.bridge.intake import Photo, profile_describes, sniff_format
 from fluxfill.inpaint.geometry import Box
 
 REENCODE_QUALITY = 95
@@ -70,9 +70,8 @@ def encode_result(
     if photo.format in ("PNG", "WEBP"):
         return _png_or_webp(photo, edited, photo.format)
     exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
-    data = _save(
-        Image.fromarray(edited), "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile)
-    )
+    image = Image.fromarray(edited)
+    data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode))
     return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}{_exif_note(why)}")
 
 
@@ -81,7 +80,7 @@ def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> Enco
     without it the result's colours would shift) and its EXIF, upright like the pixels."""
     image = _with_alpha(photo, edited)
     exif, why = _carried_exif(photo.exif, upright=True)
-    metadata = _metadata(exif, photo.icc_profile)
+    metadata = _metadata(exif, photo.icc_profile, image.mode)
     note = f"the original's EXIF was left out: {why}" if why else None
     if kind == "PNG":
         return EncodedResult(_save(image, "PNG", **metadata), "png", "lossless", note)
@@ -113,7 +112,9 @@ def _jpeg(
         if photo.greyscale:
             image = image.convert("L")
         exif, why = _carried_exif(photo.exif, upright=False, max_bytes=JPEG_MAX_EXIF_BYTES)
-        data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile))
+        data = _save(
+            image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode)
+        )
         return EncodedResult(
             data, "jpeg", "reencoded", f"the original could not be spliced: {refused}{_exif_note(why)}"
         )
@@ -154,7 +155,11 @@ def _exif_note(why: str | None) -> str:
     return f"; its EXIF was left out: {why}" if why else ""
 
 
-def _metadata(exif: bytes | None, icc_profile: bytes | None) -> dict[str, bytes]:
+def _metadata(exif: bytes | None, icc_profile: bytes | None, mode: str) -> dict[str, bytes]:
+    """Save options carrying the EXIF, and the colour profile when it describes an image of `mode` (a grey
+    profile does not describe the RGB JPEG a greyscale HEIC becomes)."""
+    if icc_profile is not None and not profile_describes(icc_profile, mode):
+        icc_profile = None
     return {
         name: value for name, value in (("exif", exif), ("icc_profile", icc_profile)) if value is not None
     }

@@ -80,7 +80,9 @@ def upload_results(
     paths = result_paths(job, settings)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="results") as pool:
         confirmed = pool.submit(contextvars.copy_context().run, before_writing)
-        preview = pool.submit(intake.encode_preview, image, PREVIEW_MAX_SIDE, photo.orientation)
+        preview = pool.submit(
+            intake.encode_preview, image, PREVIEW_MAX_SIDE, photo.orientation, photo.icc_profile
+        )
         always_png = settings.result_format == "png"
         encoded = encode_result(photo, image, always_png=always_png, ahead=ahead, within=within)
         confirmed.result()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from fluxfill.bridge import orientation
 from fluxfill.bridge.contract import ErrorCode
@@ -175,3 +175,15 @@ def test_preview_longer_side_is_at_most_the_limit() -> None:
     preview = Image.open(io.BytesIO(encode_preview(np.zeros((300, 1200, 3), np.uint8), 512)))
     assert preview.format == "JPEG"
     assert preview.size == (512, 128)
+
+
+def test_the_preview_carries_the_photos_colour_profile_when_it_describes_rgb() -> None:
+    """A phone's photo is often Display P3: a preview without its profile shows its colours shifted, unlike
+    the result. A profile of another colour space (a greyscale photo's) does not describe the RGB preview."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    grey = srgb[:16] + b"GRAY" + srgb[20:]
+    pixels = np.zeros((30, 40, 3), np.uint8)
+
+    assert Image.open(io.BytesIO(encode_preview(pixels, 512, icc_profile=srgb))).info["icc_profile"] == srgb
+    assert "icc_profile" not in Image.open(io.BytesIO(encode_preview(pixels, 512, icc_profile=grey))).info
+    assert "icc_profile" not in Image.open(io.BytesIO(encode_preview(pixels, 512))).info

@@ -752,3 +752,20 @@ def test_a_result_always_in_png_keeps_the_colour_profile_too() -> None:
     assert image.format == "PNG"
     assert image.info.get("icc_profile") == metadata["icc_profile"]
     assert orientation.ORIENTATION_TAG not in image.getexif()
+
+
+@pytest.mark.parametrize(
+    ("mode", "space"), [("L", b"GRAY"), ("RGB", b"GRAY"), ("L", b"RGB "), ("RGB", b"RGB ")]
+)
+def test_a_colour_profile_is_carried_only_onto_pixels_it_describes(mode: str, space: bytes) -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    profile = srgb[:16] + space + srgb[20:]
+    buffer = io.BytesIO()
+    Image.fromarray(textured(40, 30)).convert(mode).save(buffer, format="PNG", icc_profile=profile)
+    photo = read_photo(buffer.getvalue(), BIG)
+
+    image = decoded(encode_result(photo, edit(photo.pixels, (5, 5, 20, 20))))
+
+    assert image.mode == mode
+    fits = space == (b"GRAY" if mode == "L" else b"RGB ")
+    assert image.info.get("icc_profile") == (profile if fits else None)
