@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from fluxfill.bridge import stale_metadata
+
 _SOS, _DHT, _APP0, _APP15, _COM = 0xDA, 0xC4, 0xE0, 0xEF, 0xFE
 # (class: 0 DC or 1 AC, the 16 code-length counts, the symbols)
 Table = tuple[int, bytes, bytes]
@@ -72,16 +74,29 @@ def _is_metadata(marker: int) -> bool:
 
 
 def with_metadata_of(original: bytes, written: bytes) -> bytes:
-    """`written` with its APPn and COM segments replaced by the original's, byte for byte.
+    """`written` with its APPn and COM segments replaced by the original's, byte for byte, except what shows
+    the photo before the edit (fluxfill.bridge.stale_metadata: the EXIF thumbnail is blanked in place; MPF
+    and XMP of appended data are left out).
 
     libjpeg writes a JFIF header of its own beside the markers jpeglib copies back; taking the original's
     segments verbatim keeps EXIF, ICC, XMP and comments exactly as the phone wrote them.
     """
-    metadata = b"".join(segment for marker, segment in header_segments(original) if _is_metadata(marker))
+    metadata = b"".join(
+        stale_metadata.segment_without_thumbnail(marker, segment)
+        for marker, segment in header_segments(original)
+        if _is_metadata(marker) and stale_metadata.left_out_segment(marker, segment) is None
+    )
     header = header_segments(written)
     rest = sum(len(segment) for _, segment in header) + 2
     tables = b"".join(segment for marker, segment in header if not _is_metadata(marker))
     return written[:2] + metadata + tables + written[rest:]
+
+
+def left_out_of(original: bytes) -> list[str]:
+    """What with_metadata_of leaves out of this original's segments, each said once (the result's note)."""
+    segments = header_segments(original)
+    found = (stale_metadata.left_out_segment(marker, segment) for marker, segment in segments)
+    return list(dict.fromkeys(what for what in found if what is not None))
 
 
 def huffman_tables(data: bytes) -> set[Table] | None:

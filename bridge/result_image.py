@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from fluxfill.bridge import jpeg_splice, orientation
+from fluxfill.bridge import jpeg_markers, jpeg_splice, orientation, stale_metadata
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
 from fluxfill.bridge.intake import Photo, profile_describes, sniff_format
 from fluxfill.inpaint.geometry import Box
@@ -106,7 +106,10 @@ def _jpeg(
     try:
         coefficients = ahead.result() if ahead is not None else None
         spliced = jpeg_splice.splice(photo.original, stored, changed, coefficients)
-        return EncodedResult(spliced, "jpeg", "dct_splice")
+        left_out = jpeg_markers.left_out_of(photo.original) if spliced is not photo.original else []
+        note = "left out of the original's metadata, as it shows the photo before the edit: "
+        note += "; ".join(left_out)
+        return EncodedResult(spliced, "jpeg", "dct_splice", note if left_out else None)
     except jpeg_splice.SpliceRefusedError as refused:
         image = Image.fromarray(np.ascontiguousarray(stored))
         if photo.greyscale:
@@ -138,6 +141,7 @@ def _carried_exif(
     its faults never fail a job whose pixels are good."""
     if not exif:
         return exif, None
+    exif = stale_metadata.exif_without_thumbnail(exif)  # rewritten upright below, without IFD1 anyway
     if upright:
         try:
             tags = Image.Exif()

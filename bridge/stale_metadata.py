@@ -1,0 +1,108 @@
+"""Metadata that shows the photo as it was before the edit, which no result may carry.
+
+A phone's photo carries smaller or partial copies of itself beside its pixels: EXIF's embedded thumbnail
+(IFD1, about 160x120, in nearly every camera JPEG), the multi-picture images an MPF segment indexes (an
+iPhone's or an Android Ultra HDR photo's HDR gain map, a large thumbnail), and XMP that describes data
+appended to the file or kept in extended XMP (a motion photo's video, a gain map, a portrait's depth map and
+unblurred image). Copied into the result they would show the unedited pet wherever a viewer reads them (a file
+browser's thumbnail, an HDR display, a gallery's motion or depth editor), or point at appended data the
+result no longer has (only the primary image is written). So: the EXIF thumbnail is blanked and unlinked in
+place (every other EXIF byte and offset as it was), and the MPF and such XMP segments are left out, and the
+result's note says which.
+"""
+
+from collections.abc import Callable
+
+_EXIF_HEADER = b"Exif\x00\x00"
+_XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+_EXTENDED_XMP_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
+_MPF_HEADER = b"MPF\x00"
+_APP1, _APP2 = 0xE1, 0xE2
+# XMP of data outside the primary image: Google's container directory (motion photos, Ultra HDR), the gain
+# map's own schema (Adobe/Google hdrgm, Apple's HDRGainMap), motion photo and depth schemas, and the pointer
+# to extended XMP.
+_XMP_OF_APPENDED_DATA = (
+    b"GContainer",
+    b"Container:Directory",
+    b"hdrgm:",
+    b"HDRGainMap",
+    b"MicroVideo",
+    b"MotionPhoto",
+    b"GDepth:",
+    b"GImage:",
+    b"HasExtendedXMP",
+)
+# IFD1's tags that locate its thumbnail: JPEGInterchangeFormat(Length), or an uncompressed one's strips.
+_JPEG_OFFSET, _JPEG_LENGTH = 0x0201, 0x0202
+_STRIP_OFFSETS, _STRIP_BYTE_COUNTS = 0x0111, 0x0117
+_SHORT_OR_LONG = {3: 2, 4: 4}  # TIFF field types of those tags, and their sizes
+_MAX_STRIPS = 4096  # a hostile count cannot make the walk long
+
+
+def left_out_segment(marker: int, segment: bytes) -> str | None:
+    """What a JPEG header segment (marker and whole segment bytes) holds of the photo before the edit, for
+    the result's note; None when it may be carried."""
+    payload = segment[4:]
+    if marker == _APP2 and payload.startswith(_MPF_HEADER):
+        return "multi-picture images (an HDR gain map or a large thumbnail)"
+    if marker == _APP1 and payload.startswith(_EXTENDED_XMP_HEADER):
+        return "extended XMP (a depth map or an image of the photo before the edit)"
+    describes_appended = any(name in payload for name in _XMP_OF_APPENDED_DATA)
+    if marker == _APP1 and payload.startswith(_XMP_HEADER) and describes_appended:
+        return "XMP describing data beside the image (a gain map, a motion photo's video, depth)"
+    return None
+
+
+def segment_without_thumbnail(marker: int, segment: bytes) -> bytes:
+    """An EXIF APP1 segment with its thumbnail blanked and unlinked (exif_without_thumbnail); any other
+    segment as it is."""
+    if marker != _APP1 or not segment[4:].startswith(_EXIF_HEADER):
+        return segment
+    return segment[:4] + exif_without_thumbnail(segment[4:])
+
+
+def exif_without_thumbnail(exif: bytes) -> bytes:
+    """EXIF (TIFF bytes, or with the "Exif\\0\\0" header a JPEG's APP1 has) with IFD1, the thumbnail's
+    directory, unlinked from IFD0 and the thumbnail's bytes set to zero: the same length, every other byte
+    and offset as it was. EXIF that does not parse that far is returned as it is (no viewer reads its
+    thumbnail either)."""
+    start = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
+    tiff = bytearray(exif[start:])
+    order = {b"II": "little", b"MM": "big"}.get(bytes(tiff[:2]))
+    if order is None or len(tiff) < 8:
+        return exif
+
+    def number(at: int, size: int) -> int:
+        if at < 0 or at + size > len(tiff):
+            raise IndexError(at)
+        return int.from_bytes(tiff[at : at + size], order)  # type: ignore[arg-type]
+
+    try:
+        ifd0 = number(4, 4)
+        next_at = ifd0 + 2 + 12 * number(ifd0, 2)
+        ifd1 = number(next_at, 4)
+        if ifd1 == 0:
+            return exif
+        for offset, length in _thumbnail_spans(ifd1, number):
+            tiff[offset : offset + length] = bytes(min(length, max(0, len(tiff) - offset)))
+        tiff[next_at : next_at + 4] = bytes(4)
+    except IndexError:
+        return exif
+    return exif[:start] + bytes(tiff)
+
+
+def _thumbnail_spans(ifd1: int, read: Callable[[int, int], int]) -> list[tuple[int, int]]:
+    """(offset, length) of each part of the thumbnail IFD1 locates; `read(at, size)` raises IndexError
+    outside the TIFF bytes."""
+    values: dict[int, list[int]] = {}
+    for index in range(read(ifd1, 2)):
+        entry = ifd1 + 2 + 12 * index
+        tag, kind, count = read(entry, 2), read(entry + 2, 2), read(entry + 4, 4)
+        if tag not in (_JPEG_OFFSET, _JPEG_LENGTH, _STRIP_OFFSETS, _STRIP_BYTE_COUNTS) or kind not in (3, 4):
+            continue
+        size = _SHORT_OR_LONG[kind]
+        at = entry + 8 if size * count <= 4 else read(entry + 8, 4)
+        values[tag] = [read(at + size * i, size) for i in range(min(count, _MAX_STRIPS))]
+    spans = list(zip(values.get(_JPEG_OFFSET, []), values.get(_JPEG_LENGTH, []), strict=False))
+    spans += list(zip(values.get(_STRIP_OFFSETS, []), values.get(_STRIP_BYTE_COUNTS, []), strict=False))
+    return spans
