@@ -176,6 +176,7 @@ class Photo:
     exif: bytes | None = None
     icc_profile: bytes | None = None  # when it describes RGB or grey pixels
     greyscale: bool = False
+    frames: int = 1  # images in the file (an animated PNG or WebP, an image sequence): the first is edited
 
 
 def read_photo(data: bytes, max_pixels: int) -> Photo:
@@ -196,6 +197,7 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     if stored.mode == "CMYK":
         icc_profile = None  # it describes ink, not the RGB pixels a result is made of
     greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in _SIXTEEN_BIT_MODES
+    frames = int(getattr(stored, "n_frames", 1))
     image = orientation.upright(_eight_bit(stored), turn)
     del stored  # a turned photo is a copy: the stored one goes before the array is made
     alpha = None
@@ -216,6 +218,7 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
         exif=exif,
         icc_profile=icc_profile,
         greyscale=greyscale,
+        frames=frames,
     )
 
 

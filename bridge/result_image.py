@@ -72,7 +72,8 @@ def encode_result(
     exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
     image = Image.fromarray(edited)
     data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode))
-    return EncodedResult(data, "jpeg", "reencoded", f"the original is {photo.format}{_exif_note(why)}")
+    note = f"the original is {photo.format}{_exif_note(why)}{_frames_note(photo)}"
+    return EncodedResult(data, "jpeg", "reencoded", note)
 
 
 def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> EncodedResult:
@@ -81,7 +82,8 @@ def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> Enco
     image = _with_alpha(photo, edited)
     exif, why = _carried_exif(photo.exif, upright=True)
     metadata = _metadata(exif, photo.icc_profile, image.mode)
-    note = f"the original's EXIF was left out: {why}" if why else None
+    exif_note = f"the original's EXIF was left out: {why}" if why else ""
+    note = "; ".join(part for part in (exif_note, _frames_note(photo).removeprefix("; ")) if part) or None
     if kind == "PNG":
         return EncodedResult(_save(image, "PNG", **metadata), "png", "lossless", note)
     if photo.lossless:
@@ -153,6 +155,12 @@ def _carried_exif(
     if max_bytes is not None and len(exif) > max_bytes:
         return None, f"{len(exif)} bytes, more than a JPEG segment holds"
     return exif, None
+
+
+def _frames_note(photo: Photo) -> str:
+    if photo.frames <= 1:
+        return ""
+    return f"; the original holds {photo.frames} images (an animation or a sequence): the first was edited"
 
 
 def _exif_note(why: str | None) -> str:

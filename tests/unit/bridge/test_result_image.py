@@ -769,3 +769,29 @@ def test_a_colour_profile_is_carried_only_onto_pixels_it_describes(mode: str, sp
     assert image.mode == mode
     fits = space == (b"GRAY" if mode == "L" else b"RGB ")
     assert image.info.get("icc_profile") == (profile if fits else None)
+
+
+@pytest.mark.parametrize("kind", ["PNG", "WEBP", "AVIF"])
+def test_an_animated_original_gives_its_first_image_edited_and_says_so(kind: str) -> None:
+    pixels = textured(48, 32)
+    buffer = io.BytesIO()
+    frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels), Image.fromarray(pixels // 2)]
+    frames[0].save(buffer, format=kind, save_all=True, append_images=frames[1:], lossless=True, quality=90)
+    photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (4, 4, 20, 20))
+
+    result = encode_result(photo, edited)
+
+    assert result.note is not None
+    assert "holds 3 images" in result.note
+    shown = decoded(result)
+    assert getattr(shown, "n_frames", 1) == 1
+    assert np.abs(np.asarray(shown.convert("RGB"), np.int16) - edited).mean() < 4.0
+
+
+def test_a_still_original_has_no_note_of_images() -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(textured(48, 32)).save(buffer, format="PNG")
+    photo = read_photo(buffer.getvalue(), BIG)
+    assert photo.frames == 1
+    assert encode_result(photo, edit(photo.pixels, (4, 4, 20, 20))).note is None
