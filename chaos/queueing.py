@@ -11,7 +11,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,6 +149,21 @@ def _waits(
     return waits
 
 
+def _runs(docs: dict[str, dict[str, Any]]) -> list[tuple[datetime, datetime]]:
+    """(claim, final write) of every done job."""
+    return [(d["startedAt"], d["finishedAt"]) for d in docs.values() if d.get("status") == "done"]
+
+
+def _waits_of_done(
+    planned: Sequence[PlannedJob], published: dict[str, datetime], docs: dict[str, dict[str, Any]]
+) -> Iterator[tuple[datetime, datetime]]:
+    """(publication, claim) of each done job of `planned`."""
+    for job in planned:
+        document = docs.get(job.session, {})
+        if document.get("status") == "done" and job.key in published:
+            yield published[job.key], document["startedAt"]
+
+
 def idle_slot_waits(
     planned: Sequence[PlannedJob],
     published: dict[str, datetime],
@@ -157,13 +172,9 @@ def idle_slot_waits(
 ) -> list[float]:
     """For each done job of `planned`: the seconds between its publication and its claim during which fewer
     than `slots` jobs (of anyone, per their claim and final write) were running."""
-    runs = [(d["startedAt"], d["finishedAt"]) for d in docs.values() if d.get("status") == "done"]
+    runs = _runs(docs)
     idle: list[float] = []
-    for job in planned:
-        document = docs.get(job.session, {})
-        if document.get("status") != "done" or job.key not in published:
-            continue
-        begin, end = published[job.key], document["startedAt"]
+    for begin, end in _waits_of_done(planned, published, docs):
         # The moments the running count changes within the wait bound intervals of constant count.
         moments = sorted({begin, end, *(t for run in runs for t in run if begin < t < end)})
         free = 0.0
@@ -181,13 +192,9 @@ def waits_in_runs_behind(
     """For each done job of `planned`: its wait over the median run (claim to final write) of the done jobs
     that were running at some moment between its publication and its claim; 0 for a job that waited behind
     none."""
-    runs = [(d["startedAt"], d["finishedAt"]) for d in docs.values() if d.get("status") == "done"]
+    runs = _runs(docs)
     ratios: list[float] = []
-    for job in planned:
-        document = docs.get(job.session, {})
-        if document.get("status") != "done" or job.key not in published:
-            continue
-        begin, end = published[job.key], document["startedAt"]
+    for begin, end in _waits_of_done(planned, published, docs):
         behind = sorted(
             (finished - claimed).total_seconds()
             for claimed, finished in runs

@@ -165,18 +165,19 @@ def test_latency_runs_from_first_publish_to_the_terminal_write() -> None:
     assert invariants.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
 
 
+def at(seconds: float) -> datetime:
+    """A moment of the queueing tests' timelines, in seconds from their zero."""
+    return datetime(2026, 12, 3, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+def job(session: str) -> PlannedJob:
+    return PlannedJob(session, Kind.VALID, "u", session, b"{}", 1, None, None)
+
+
 def test_a_wait_counts_only_the_time_a_slot_was_free() -> None:
     """Two slots; the waiting job (published at 0, claimed at 10) had both slots busy from 2 to 6 and from 7
     on, one free 0-2 and 6-7: 3 s of its 10 s wait a slot was free."""
     from chaos.queueing import idle_slot_waits
-
-    t0 = datetime(2026, 12, 3, tzinfo=UTC)
-
-    def at(seconds: float) -> datetime:
-        return t0 + timedelta(seconds=seconds)
-
-    def job(session: str) -> PlannedJob:
-        return PlannedJob(session, Kind.VALID, "u", session, b"{}", 1, None, None)
 
     docs: dict[str, dict[str, Any]] = {
         "a": {"status": "done", "startedAt": at(-5), "finishedAt": at(20)},  # one slot busy throughout
@@ -197,14 +198,6 @@ def test_a_wait_is_measured_in_the_runs_it_waited_behind() -> None:
     nearest-rank median of four is the second: 4 s): 2.5 runs. One claimed as it was published waited 0;
     one that waited while nothing ran waited behind no run."""
     from chaos.queueing import waits_in_runs_behind
-
-    t0 = datetime(2026, 12, 3, tzinfo=UTC)
-
-    def at(seconds: float) -> datetime:
-        return t0 + timedelta(seconds=seconds)
-
-    def job(session: str) -> PlannedJob:
-        return PlannedJob(session, Kind.VALID, "u", session, b"{}", 1, None, None)
 
     docs: dict[str, dict[str, Any]] = {
         "a": {"status": "done", "startedAt": at(-5), "finishedAt": at(20)},
