@@ -158,3 +158,19 @@ def test_a_cut_short_exif_is_returned_as_it_is_or_without_its_thumbnail(cut: int
     cleaned = exif_without_thumbnail(exif)
     assert len(cleaned) == len(exif)
     assert cleaned == exif or thumbnail_jpeg()[:8] not in cleaned
+
+
+@pytest.mark.parametrize("kind", ["PNG", "WEBP", "HEIF"])
+def test_results_written_upright_carry_no_thumbnail_either(kind: str) -> None:
+    """Their EXIF is written again without its orientation (Pillow writes IFD0 and its sub-directories, not
+    IFD1): the thumbnail does not travel there."""
+    buffer = io.BytesIO()
+    Image.fromarray(textured(48, 32)).save(buffer, format=kind, exif=exif_with_thumbnail("<", turn=6))
+    photo = read_photo(buffer.getvalue(), BIG)
+
+    result = encode_result(photo, edit(photo.pixels, (4, 4, 20, 20)))
+
+    assert thumbnail_jpeg() not in result.data
+    tags = Image.open(io.BytesIO(result.data)).getexif()
+    assert tags[0x010F] == "PetPhone"
+    assert 0x0112 not in tags
