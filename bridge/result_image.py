@@ -72,7 +72,7 @@ def encode_result(
     exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
     image = Image.fromarray(edited)
     data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode))
-    note = f"the original is {photo.format}{_exif_note(why)}{_frames_note(photo)}"
+    note = _joined(f"the original is {photo.format}{_exif_note(why)}", _frames_note(photo))
     return EncodedResult(data, "jpeg", "reencoded", note)
 
 
@@ -82,8 +82,7 @@ def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> Enco
     image = _with_alpha(photo, edited)
     exif, why = _carried_exif(photo.exif, upright=True)
     metadata = _metadata(exif, photo.icc_profile, image.mode)
-    exif_note = f"the original's EXIF was left out: {why}" if why else ""
-    note = "; ".join(part for part in (exif_note, _frames_note(photo).removeprefix("; ")) if part) or None
+    note = _joined(f"the original's EXIF was left out: {why}" if why else "", _frames_note(photo))
     if kind == "PNG":
         return EncodedResult(_save(image, "PNG", **metadata), "png", "lossless", note)
     if photo.lossless:
@@ -108,9 +107,10 @@ def _jpeg(
     try:
         coefficients = ahead.result() if ahead is not None else None
         spliced = jpeg_splice.splice(photo.original, stored, changed, coefficients)
+        # An edit that changed nothing returns the original itself, with everything it carries.
         left_out = jpeg_markers.left_out_of(photo.original) if spliced is not photo.original else []
-        note = "left out of the original's metadata, as it shows the photo before the edit: "
-        note += "; ".join(left_out)
+        said = "; ".join(left_out)
+        note = f"left out of the original's metadata, as it shows the photo before the edit: {said}"
         return EncodedResult(spliced, "jpeg", "dct_splice", note if left_out else None)
     except jpeg_splice.SpliceRefusedError as refused:
         image = Image.fromarray(np.ascontiguousarray(stored))
@@ -143,8 +143,9 @@ def _carried_exif(
     its faults never fail a job whose pixels are good."""
     if not exif:
         return exif, None
-    exif = stale_metadata.exif_without_thumbnail(exif)  # rewritten upright below, without IFD1 anyway
-    if upright:
+    if not upright:
+        exif = stale_metadata.exif_without_thumbnail(exif)
+    else:  # written again from its tags: IFD0 and its sub-directories, without IFD1 (the thumbnail)
         try:
             tags = Image.Exif()
             tags.load(exif)
@@ -160,7 +161,12 @@ def _carried_exif(
 def _frames_note(photo: Photo) -> str:
     if photo.frames <= 1:
         return ""
-    return f"; the original holds {photo.frames} images (an animation or a sequence): the first was edited"
+    return f"the original holds {photo.frames} images (an animation or a sequence): the first was edited"
+
+
+def _joined(*notes: str) -> str | None:
+    """A result's note from its parts; None when every part is empty."""
+    return "; ".join(note for note in notes if note) or None
 
 
 def _exif_note(why: str | None) -> str:

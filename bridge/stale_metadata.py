@@ -47,8 +47,8 @@ def left_out_segment(marker: int, segment: bytes) -> str | None:
         return "multi-picture images (an HDR gain map or a large thumbnail)"
     if marker == _APP1 and payload.startswith(_EXTENDED_XMP_HEADER):
         return "extended XMP (a depth map or an image of the photo before the edit)"
-    describes_appended = any(name in payload for name in _XMP_OF_APPENDED_DATA)
-    if marker == _APP1 and payload.startswith(_XMP_HEADER) and describes_appended:
+    is_xmp = marker == _APP1 and payload.startswith(_XMP_HEADER)
+    if is_xmp and any(name in payload for name in _XMP_OF_APPENDED_DATA):  # only XMP is searched
         return "XMP describing data beside the image (a gain map, a motion photo's video, depth)"
     return None
 
