@@ -2,10 +2,12 @@
 
 Four paths, interleaved, each ending with the RGB array the denoiser would get:
 - naive: full decode, orient, convert, resize the whole frame to the working size;
-- service today: the bridge's `decode_photo` (full decode, viewed upright) and its contiguous cut of the
-  model's context (`plan_crop`), then the engine's `resize_rgb` (the code the service runs, split across
-  bridge and model);
-- draft candidate: `decode_crop_draft` below, a bench-only function: JPEG draft mode decodes at 1/2, 1/4
+- service: the bridge's `read_photo` (full decode, viewed upright) and what it sends the model (the
+  model's context, cut contiguous, and box-averaged to about the working size when it is at least twice
+  that: `fluxfill.bridge.context`), then the engine's own plan and `resize_rgb` of it (the code the service
+  runs, split across bridge and model; the bridge's composite after the model is not part of intake);
+- draft candidate: `decode_crop_draft` below, a bench-only function (the composite would need a second,
+  full decode): JPEG draft mode decodes at 1/2, 1/4
   or 1/8 scale (DCT scaling in libjpeg) when the crop at that scale still has at least the working size's
   pixels, then orients, crops and resizes that smaller image;
 - reduced libjpeg-turbo decode: the same with the bridge's own decoder's DCT scaling (simplejpeg), bench only.
@@ -41,7 +43,8 @@ from bench.common import (
 )
 from bench.photo import blob_mask, photo_bytes
 from fluxfill.bridge import orientation
-from fluxfill.bridge.intake import decode_photo
+from fluxfill.bridge.context import plan_context, sent
+from fluxfill.bridge.intake import read_photo
 from fluxfill.inpaint.config import ModelConfig, parse_model_config
 from fluxfill.inpaint.geometry import Box, resize_rgb, working_size
 
@@ -61,12 +64,15 @@ def naive(data: bytes, _mask: UInt8Array, config: ModelConfig) -> UInt8Array:
     return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
-def service_today(data: bytes, mask: UInt8Array, config: ModelConfig) -> UInt8Array:
-    """The bridge's decode and its cut of the model's context, then the engine's single resize."""
-    photo = decode_photo(data, config.max_input_pixels)
-    plan = engine_plan(mask, config, config.crop_to_mask)
+def service(data: bytes, mask: UInt8Array, config: ModelConfig) -> UInt8Array:
+    """The bridge's decode and its context for the model (cut, reduced when far larger than the working
+    size: fluxfill.bridge.context), then the engine's own plan and single resize of what it was sent."""
+    photo = read_photo(data, config.max_input_pixels)
+    context = plan_context(mask, config.crop_geometry)
+    image, region = sent(photo.pixels, mask, context, photo.orientation)
+    plan = engine_plan(region, config, config.crop_to_mask)
     rows, cols = plan.box.slices()
-    return resize_rgb(orientation.contiguous(photo[rows, cols]), plan.working_width, plan.working_height)
+    return resize_rgb(orientation.contiguous(image[rows, cols]), plan.working_width, plan.working_height)
 
 
 def draft_reduction(box: Box, working_width: int, working_height: int) -> int:
@@ -132,7 +138,7 @@ def reduced_turbo(data: bytes, mask: UInt8Array, config: ModelConfig) -> UInt8Ar
 NAIVE = "naive (decode all, resize frame)"
 PATHS: dict[str, IntakePath] = {
     NAIVE: naive,
-    "service today (bridge decode + engine crop)": service_today,
+    "service (bridge decode + context, reduced when large + engine crop)": service,
     "draft candidate (bench only)": decode_crop_draft,
     "reduced libjpeg-turbo decode (bench only)": reduced_turbo,
 }

@@ -5,11 +5,11 @@ The real bridge (`build_bridge`, pull, Firestore claims and status writes, Cloud
 writes) runs in this process against the Pub/Sub and Firestore emulators and fake-gcs-server; the model
 paints the mask grey at once (`PaintingModel`), so the edit is real but costs next to nothing. For a 12 MP
 phone JPEG (4000x3000 stored, EXIF orientation 6, q90, textured) and a 1 MP one, with a 10 % blob mask, each
-round runs a few jobs one at a time through a bridge per variant (`result_format` png, then original, the
-order rotated each round). Per job: the bridge's own phase timings from the session (download = fetch +
-decode; upload = encode + write of both objects), the rest of the job's wall time (claim, status writes,
-ack), the process's CPU time per job (the jobs are published before the bridge starts, so it is the
-bridge's own), and the edited object's bytes against the original's.
+round runs a few jobs one at a time through a bridge per variant (`result_format` png, then original, then
+original with `reduce_context` off; the order rotated each round). Per job: the bridge's own phase timings
+from the session (download = fetch + decode; upload = composite, encode and write of both objects), the rest
+of the job's wall time (claim, status writes, ack), the process's CPU time per job (the jobs are published
+before the bridge starts, so it is the bridge's own), and the edited object's bytes against the original's.
 
 Goals (#15): bridge work per 12 MP job (everything but the model) >= 10x less than with PNG results;
 result bytes <= 1.2x the original's.
@@ -32,7 +32,14 @@ from bench.photo import ORIENTATION_TAG, ROTATE_90_CW, blob_mask, photo_bytes, t
 from fluxfill.bridge.logs import configure_logging
 from tests.integration.bridge.harness import JobSystem, running_bridge, wait_until
 
-VARIANTS = {"PNG result": "png", "original's format": "original"}
+# Bridge settings per variant. The third shows what the reduced context (fluxfill.bridge.context) costs the
+# bridge: its composite, which with the context at full resolution the model does (here: the painting model,
+# whose time is not bridge work; on a GPU host, the model instance between GPU steps).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "PNG result": {"result_format": "png"},
+    "original's format": {"result_format": "original"},
+    "original's format, context at full resolution": {"result_format": "original", "reduce_context": False},
+}
 MASK_COVERAGE = 0.10
 WORK_GOAL, BYTES_GOAL = 10.0, 1.2
 PHASES = ("download", "upload", "claim, status, ack")
@@ -58,7 +65,7 @@ def mask_for(photo: bytes) -> bytes:
 
 
 def run_jobs(
-    clients: tuple[Any, ...], result_format: str, photo: bytes, mask: bytes, jobs: int
+    clients: tuple[Any, ...], overrides: dict[str, Any], photo: bytes, mask: bytes, jobs: int
 ) -> dict[str, Any]:
     """Run `jobs` jobs one at a time through a fresh bridge; per-job phase seconds and the result bytes."""
     system = JobSystem(*clients)
@@ -67,9 +74,7 @@ def run_jobs(
     for _ in range(jobs):
         user, session = system.new_job(photo, mask)
         sessions.append((user, session))
-    settings = system.settings(
-        "127.0.0.1:1", max_concurrent_jobs=1, progress_interval_s=1.0, result_format=result_format
-    )
+    settings = system.settings("127.0.0.1:1", max_concurrent_jobs=1, progress_interval_s=1.0, **overrides)
     # Published before the bridge starts: this process's CPU time while the jobs run is the bridge's own.
     for user, session in sessions:
         system.publish({"userId": user, "sessionId": session, "steps": 1, "seed": 1})

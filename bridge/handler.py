@@ -17,7 +17,7 @@ import structlog
 
 from fluxfill.bridge import intake, unclaimed
 from fluxfill.bridge.admission import AdmissionLines
-from fluxfill.bridge.context import context_box, cut, pasted
+from fluxfill.bridge.context import edited, plan_context, sent
 from fluxfill.bridge.contract import (
     ErrorCode,
     InvalidJobError,
@@ -297,10 +297,11 @@ class JobHandler:
         timings["download"] = self._phase("download", started)
         seed = job.seed if job.seed is not None else default_seed(job)
         parameters = self._parameters(job)
-        # Only the part of the photo the model denoises travels (fluxfill.bridge.context).
-        box = context_box(mask, self._model.crop_geometry())
+        # Only the part of the photo the model denoises travels, reduced when the model would shrink it
+        # anyway (fluxfill.bridge.context).
+        context = plan_context(mask, self._model.crop_geometry(), reduce=settings.reduce_context)
         request = InferenceRequest(
-            *cut(photo.pixels, mask, box),
+            *sent(photo.pixels, mask, context, photo.orientation),
             parameters.prompt,
             seed,
             parameters.steps,
@@ -314,7 +315,7 @@ class JobHandler:
         result = self._infer(request, control, monitor)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
-        edited = pasted(photo.pixels, box, result.image, photo.orientation)
+        image, within = edited(photo.pixels, mask, context, result.image, photo.orientation)
         used_seed = result.seed
         # The context sent and the answer (each up to a photo's size) are not held through the encoding, the
         # job's peak of memory.
@@ -325,9 +326,9 @@ class JobHandler:
             job,
             settings,
             photo,
-            edited,
+            image,
             ahead=ahead,
-            within=box,
+            within=within,
             before_writing=lambda: self._confirm_claim(monitor),
         )
         timings["upload"] = self._phase("upload", phase_start)
@@ -345,6 +346,7 @@ class JobHandler:
             seed=used_seed,
             total_steps=total_steps,
             parameters=parameters,
+            context_reduction=context.reduction,
         )
         return {**fields, SessionField.TIMINGS: timings}
 

@@ -111,8 +111,10 @@ def result_fields(
     seed: int,
     total_steps: int | None,
     parameters: ResolvedParameters,
+    context_reduction: int = 1,
 ) -> dict[str, Any]:
-    """The done session's progress, result and model fields (width, height = `size`)."""
+    """The done session's progress, result and model fields (width, height = `size`; `context_reduction`:
+    how many times smaller each side of the model's context was sent, fluxfill.bridge.context)."""
     return {
         SessionField.PROGRESS: {"step": total_steps, "total": total_steps},
         SessionField.RESULT: {**_result(paths, size, seed), **_described(encoded)},
@@ -120,6 +122,7 @@ def result_fields(
             "model": model.name,
             "protocol": model.protocol,
             **_parameters(job, parameters, seed),
+            "contextReduction": context_reduction,
         },
     }
 

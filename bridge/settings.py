@@ -122,6 +122,11 @@ class BridgeSettings(BaseSettings):
         "grpc-stream",
         description="grpc-stream: flux_fill_stream with progress; grpc / http: unary flux_fill (fallback)",
     )
+    reduce_context: bool = Field(
+        True,
+        description="send the model a crop at least twice its working size box-averaged to about that size, "
+        "and composite its answer at full resolution here; false: always at full resolution",
+    )
     max_concurrent_jobs: int = Field(
         1, ge=1, description="jobs run at once (and messages a pull holds; the push limit)"
     )

@@ -55,7 +55,7 @@ def test_serving_overhead_measures_every_path_against_in_process(tmp_path: Path)
 
 def test_intake_compares_the_service_path_and_the_draft_candidate_with_naive(tmp_path: Path) -> None:
     output = run_quick("intake", tmp_path)
-    for path in ("naive", "service today", "draft candidate"):
+    for path in ("naive", "service (", "draft candidate"):
         cells = table_row(output, f"| 30% | {path}")
         assert float(cells[5]) > 0, f"{path}: no peak memory measured"
     # The draft candidate decodes at reduced scale for a 30% mask: it must need less memory than naive.
@@ -97,9 +97,12 @@ def test_result_formats_compares_png_results_with_the_originals_format(tmp_path:
     assert float(spliced["bridge CPU ms"]) > 0
 
 
-def test_context_request_moves_less_than_the_whole_photo_for_the_same_image(tmp_path: Path) -> None:
-    # The bench itself refuses to report when the two requests give different images.
+def test_context_request_moves_less_than_the_whole_photo_and_less_again_reduced(tmp_path: Path) -> None:
+    # The bench itself refuses to report when the whole photo and its context give different images, or the
+    # reduced context touches pixels beyond the feather.
     cells = named_cells(run_quick("context_request", tmp_path), "| 10% |")
-    assert float(cells["MB moved (context)"]) < float(cells["MB moved (whole)"])
-    assert float(cells["whole photo (until now): ms"]) > 0
-    assert float(cells["context only (now): ms"]) > 0
+    assert cells["context, reduction"].endswith(", 1/2"), "the quick photo's context is reduced by 2"
+    moved = [float(cells[f"MB moved ({name})"]) for name in ("whole", "context", "reduced")]
+    assert moved[0] > moved[1] > moved[2]
+    assert float(cells["whole photo (until 2026-12-04): ms"]) > 0
+    assert float(cells["context reduced (now): ms"]) > 0

@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
-from fluxfill.bridge.context import CropGeometry, context_box
+from fluxfill.bridge.context import CropGeometry, context_box, plan_context
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult
 from fluxfill.client.inference import FluxFillClient
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.config import parse_model_config
 from fluxfill.inpaint.contract import STREAM_MODEL_NAME
+from fluxfill.inpaint.geometry import Box, feather_alpha
 from tests.integration.bridge.harness import JobSystem, TcpProxy, encode, is_terminal, running_bridge
 from tests.support import read_model_config
 
@@ -117,3 +118,31 @@ def test_a_job_through_tritonserver_stores_what_the_whole_photo_gives(
     assert box is not None
     assert sent == (box.height, box.width, 3)
     assert box.area < 0.1 * image.shape[0] * image.shape[1]
+
+
+def test_a_large_crop_goes_reduced_through_tritonserver_and_only_the_feathered_mask_changes(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    rng = np.random.default_rng(12)
+    image = rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)
+    mask = np.zeros((900, 1200), np.uint8)
+    mask[150:750, 200:1000] = 255
+    geometry = served_geometry(flux_server)
+    context = plan_context(mask, geometry)
+    assert context.reduction >= 2, "the test server's working size is a fraction of this crop"
+    user, session = jobs.new_job(encode(image), encode(mask))
+    triton = RecordingTriton(flux_server.grpc_url)
+    with running_bridge(jobs.settings(flux_server.grpc_url, result_format="png"), triton):
+        jobs.publish({"userId": user, "sessionId": session, "seed": 5, "steps": 2, "prompt": "a cat"})
+        document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
+    assert document["status"] == "done", document
+    (sent_shape,) = triton.sent
+    box = context.box or Box(0, 0, 1200, 900)
+    factor = context.reduction
+    assert sent_shape == (-(-box.height // factor), -(-box.width // factor), 3)
+    stored = np.asarray(Image.open(io.BytesIO(jobs.download(user, session, "edited.png"))))
+    assert stored.shape == image.shape
+    alpha = feather_alpha(mask >= 128, geometry.feather_pixels)
+    assert np.array_equal(stored[alpha == 0], image[alpha == 0])
+    changed = np.any(stored != image, axis=2)
+    assert changed[alpha == 1].mean() > 0.9, "the model's noise fills the mask"

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxfill.bridge.context import CropGeometry, context_box, pasted
+from fluxfill.bridge import orientation
+from fluxfill.bridge.context import Context, CropGeometry, context_box, edited, pasted, plan_context, sent
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult
 from fluxfill.inpaint.engine import InpaintEngine
-from fluxfill.inpaint.geometry import Box, plan_crop
+from fluxfill.inpaint.geometry import Box, feather_alpha, plan_crop
 from fluxfill.inpaint.request import InpaintRequest
 from tests.support import make_config
 from tests.unit.bridge.fakes import png
@@ -107,6 +108,174 @@ def test_an_answer_of_another_size_is_refused_and_the_photo_left_alone() -> None
     assert edited.sum() == answer.sum()
 
 
+def big_mask(height: int = 3000, width: int = 4000) -> np.ndarray:
+    """An ellipse over about a third of the photo: the shipped model's crop is most of it."""
+    rows, cols = np.ogrid[:height, :width]
+    inside = ((rows - height / 2) / (height * 0.35)) ** 2 + ((cols - width / 2) / (width * 0.33)) ** 2 < 1
+    return inside.astype(np.uint8) * 255
+
+
+def test_a_crop_far_larger_than_the_working_size_is_sent_reduced_to_about_it() -> None:
+    mask = big_mask()
+    context = plan_context(mask, SHIPPED)
+    plan = SHIPPED.plan(mask >= 128)
+    assert plan is not None
+    assert context.box == (None if plan.box == Box(0, 0, 4000, 3000) else plan.box)
+    assert context.reduction >= 2
+    assert context.feather == SHIPPED.feather_pixels
+    photo = np.zeros((3000, 4000, 3), np.uint8)
+    image, region = sent(photo, mask, context)
+    height, width = image.shape[:2]
+    assert region.shape == (height, width)
+    # At least the working size, so the model still shrinks it; the largest whole factor that keeps it so.
+    assert width >= plan.working_width
+    assert height >= plan.working_height
+    assert width < 2 * plan.working_width or height < 2 * plan.working_height
+    assert plan_context(mask, SHIPPED, reduce=False) == Context(context.box)
+
+
+def test_the_reduction_stops_at_eight() -> None:
+    mask = big_mask()
+    context = plan_context(mask, replace(SHIPPED, min_working_pixels=4096, max_working_pixels=4096))
+    assert context.reduction == 8
+    image, _ = sent(np.zeros((3000, 4000, 3), np.uint8), mask, context)
+    assert image.shape[0] * image.shape[1] > 16 * 4096
+
+
+def test_a_crop_under_twice_the_working_size_goes_at_full_resolution() -> None:
+    mask = np.zeros((3000, 4000), np.uint8)
+    mask[1000:1300, 2000:2400] = 255
+    context = plan_context(mask, SHIPPED)
+    assert context == Context(context_box(mask, SHIPPED))
+    assert plan_context(mask, None) == Context(None)
+    assert plan_context(np.zeros_like(mask), SHIPPED) == Context(None)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 5, 8])
+def test_the_reduced_mask_repaints_every_block_holding_a_repainted_pixel_and_no_other(factor: int) -> None:
+    rng = np.random.default_rng(factor)
+    mask = np.where(rng.random((101, 133)) < 0.002, 255, rng.integers(0, 128, (101, 133))).astype(np.uint8)
+    photo = rng.integers(0, 256, (101, 133, 3), dtype=np.uint8)
+    image, reduced = sent(photo, mask, Context(None, factor, 4))
+    rows, cols = -(-101 // factor), -(-133 // factor)
+    assert image.shape == (rows, cols, 3)
+    assert reduced.shape == (rows, cols)
+    padded = np.zeros((rows * factor, cols * factor), bool)
+    padded[:101, :133] = mask >= 128
+    expected = padded.reshape(rows, factor, cols, factor).any(axis=(1, 3))
+    assert np.array_equal(reduced >= 128, expected)
+    # The photo box-averaged: a block's mean, rounded.
+    block = photo[:factor, :factor].reshape(-1, 3).mean(axis=0)
+    assert np.abs(image[0, 0] - block).max() <= 0.5 + 1e-9
+
+
+def reduced_case(seed: int) -> tuple[np.ndarray, np.ndarray, Context]:
+    """A photo, a mask of rectangles (at the edges too) and a reduced context planned for them."""
+    rng = np.random.default_rng(seed)
+    while True:
+        photo, mask, context = _case(rng)
+        if context.reduction > 1:
+            return photo, mask, context
+
+
+def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Context]:
+    height, width = int(rng.integers(60, 300)), int(rng.integers(60, 300))
+    photo = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    for _ in range(int(rng.integers(1, 4))):
+        top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+        mask[top : top + int(rng.integers(1, height)), left : left + int(rng.integers(1, width))] = 255
+    geometry = replace(
+        SHIPPED,
+        feather_pixels=int(rng.integers(0, 10)),
+        crop_margin=float(rng.choice([0.0, 0.3, 1.0])),
+        crop_to_mask=bool(rng.random() < 0.8),
+        min_working_pixels=256,
+        max_working_pixels=int(rng.choice([256, 1024, 4096])),
+    )
+    return photo, mask, plan_context(mask, geometry)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_reduced_answer_is_composited_at_full_resolution_around_the_mask_only(seed: int) -> None:
+    photo, mask, context = reduced_case(seed)
+    image, _ = sent(photo, mask, context)
+    answer = np.full(image.shape, (250, 5, 120), np.uint8)  # a flat repaint: its upscale is flat too
+    result, within = edited(photo, mask, context, answer)
+    assert result.shape == photo.shape
+    alpha = feather_alpha(mask >= 128, context.feather)
+    untouched = alpha == 0
+    assert np.array_equal(result[untouched], photo[untouched]), "beyond the feather, the photo's own bytes"
+    assert (result[alpha == 1] == (250, 5, 120)).all()
+    band = (alpha > 0) & (alpha < 1)
+    weight = alpha[band][:, None]
+    blended = np.rint(photo[band] * (1 - weight) + answer[0, 0].astype(np.float32) * weight)
+    assert np.array_equal(result[band], blended.astype(np.uint8)), "the model's feather, at full resolution"
+    assert within is not None
+    outside = np.ones(mask.shape, bool)
+    outside[within.slices()] = False
+    assert not (alpha[outside] > 0).any(), "`within` holds every pixel the edit may change"
+    assert np.array_equal(photo, reduced_case(seed)[0]), "the photo itself is not written to"
+
+
+@pytest.mark.parametrize("turn", range(1, 9))
+def test_the_photo_is_reduced_in_blocks_from_its_stored_corner_and_the_answer_scaled_back_onto_them(
+    turn: int,
+) -> None:
+    upright = np.random.default_rng(turn).integers(0, 256, (241, 250, 3), dtype=np.uint8)
+    # Held as the JPEG decoder holds it: the stored grid, viewed upright.
+    stored = orientation.contiguous(orientation.to_stored(upright, turn))
+    photo = orientation.upright_view(stored, turn)
+    mask = np.zeros((241, 250), np.uint8)
+    mask[20:220, 30:230] = 255
+    context = plan_context(mask, replace(SHIPPED, min_working_pixels=1024, max_working_pixels=1024))
+    assert context.box is None  # the margin reaches the photo's edges
+    factor = context.reduction
+    assert factor >= 4
+    assert 241 % factor, "a partial block of rows"
+    assert 250 % factor, "a partial block of columns"
+    image, region = sent(photo, mask, context, turn)
+    height, width = image.shape[:2]
+    assert (height, width) == (-(-241 // factor), -(-250 // factor))
+    # Blocks start at the stored grid's top-left corner: upright, the first row or column of blocks is the
+    # partial one when that corner is at the photo's bottom or right.
+    at_end = orientation.stored_origin_at_end(turn)
+    off_y, off_x = (-241 % factor if at_end[0] else 0), (-250 % factor if at_end[1] else 0)
+
+    def block(row: int, col: int) -> tuple[slice, slice]:
+        top, left = max(0, row * factor - off_y), max(0, col * factor - off_x)
+        return slice(top, (row + 1) * factor - off_y), slice(left, (col + 1) * factor - off_x)
+
+    for row, col in ((0, 0), (height - 1, width - 1), (0, width - 1), (height // 2, width // 3)):
+        mean = upright[block(row, col)].reshape(-1, 3).mean(axis=0)
+        assert np.abs(image[row, col] - mean).max() <= 0.5 + 1e-9
+        assert region[row, col] == (255 if (mask[block(row, col)] >= 128).any() else 0)
+    # Steep ramps across and down the answer: a cubic scaled up reproduces a ramp, so every repainted pixel
+    # shows where in the answer it came from, to a fraction of a reduced pixel.
+    slope = 255 // max(height, width)
+    assert slope >= 6
+    answer = np.zeros(image.shape, np.uint8)
+    answer[..., 0] = slope * np.arange(width, dtype=np.uint8)[None, :]
+    answer[..., 1] = slope * np.arange(height, dtype=np.uint8)[:, None]
+    result, _ = edited(photo, mask, context, answer, turn)
+    rows, cols = np.ogrid[20:220, 30:230]
+    expected_x = slope * ((cols + 0.5 + off_x) / factor - 0.5)
+    expected_y = slope * ((rows + 0.5 + off_y) / factor - 0.5)
+    assert np.abs(result[20:220, 30:230, 0] - expected_x).max() <= 1
+    assert np.abs(result[20:220, 30:230, 1] - expected_y).max() <= 1
+    alpha = feather_alpha(mask >= 128, context.feather)
+    assert np.array_equal(result[alpha == 0], upright[alpha == 0])
+    if turn != 1:
+        assert orientation.stored_layout(result, turn) is not None, "laid out as the photo: a stored grid"
+
+
+def test_a_reduced_answer_of_another_size_is_refused() -> None:
+    photo, mask, context = reduced_case(7)
+    image, _ = sent(photo, mask, context)
+    with pytest.raises(RetryableError, match="for one of"):
+        edited(photo, mask, context, image[:, 1:])
+
+
 def large_world(**overrides: Any) -> World:
     """A 300x400 photo whose mask covers a 30x40 corner of it: the shipped crop is a small part of it."""
     world = World(**overrides)
@@ -159,6 +328,66 @@ def test_a_jpeg_job_with_only_the_context_sent_is_spliced_to_the_same_bytes(turn
         assert world.document["result"]["encoding"] == "dct_splice"
         results.append(world.objects.objects[f"{PREFIX}/edited.jpg"])
     assert results[0] == results[1]
+
+
+def big_mask_world(**overrides: Any) -> tuple[World, np.ndarray, np.ndarray]:
+    """A 600x800 photo, most of it masked, and a model working at 64x64: its crop goes reduced."""
+    world = World(**overrides)
+    image = np.random.default_rng(3).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    mask = big_mask(600, 800)
+    world.objects.objects[f"{PREFIX}/original.png"] = png(image)
+    world.objects.objects[f"{PREFIX}/mask.png"] = png(mask)
+    world.model.geometry = replace(SHIPPED, min_working_pixels=4096, max_working_pixels=4096)
+    return world, image, mask
+
+
+def test_a_job_with_a_large_crop_sends_it_reduced_and_keeps_every_pixel_beyond_the_feather() -> None:
+    world, image, mask = big_mask_world()
+    assert world.deliver(seed=4).kind is OutcomeKind.DONE
+    (request,) = world.model.calls
+    context = plan_context(mask, world.model.geometry)
+    assert context.box is None  # the crop is the whole photo, sent an eighth of its size
+    assert context.reduction == 8
+    assert world.document["model"]["contextReduction"] == 8
+    assert request.image.shape == (75, 100, 3)
+    assert request.mask.shape == (75, 100)
+    stored = edited_png(world)
+    assert stored.shape == image.shape
+    alpha = feather_alpha(mask >= 128, SHIPPED.feather_pixels)
+    assert np.array_equal(stored[alpha == 0], image[alpha == 0])
+    # The fake model paints its mask white: deep inside the photo's mask, white at full resolution.
+    deep = ~feather_alpha(mask < 128, 40).astype(bool)
+    assert deep.sum() > 100_000
+    assert (stored[deep] == 255).all()
+
+
+def test_with_reduce_context_off_the_crop_goes_at_full_resolution() -> None:
+    world, image, mask = big_mask_world(reduce_context=False)
+    assert world.deliver(seed=4).kind is OutcomeKind.DONE
+    (request,) = world.model.calls
+    assert world.document["model"]["contextReduction"] == 1
+    box = context_box(mask, world.model.geometry)
+    expected = (600, 800) if box is None else (box.height, box.width)
+    assert request.image.shape[:2] == expected
+    painted = image.copy()
+    painted[mask >= 128] = 255  # the fake model's own answer, pasted as it is
+    assert np.array_equal(edited_png(world), painted)
+
+
+def test_a_jpeg_job_with_a_reduced_crop_is_spliced_and_keeps_the_blocks_far_from_the_mask() -> None:
+    world, image, mask = big_mask_world()
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    world.objects.objects = {f"{PREFIX}/original.jpg": buffer.getvalue(), f"{PREFIX}/mask.png": png(mask)}
+    assert world.deliver(seed=4).kind is OutcomeKind.DONE
+    assert world.document["result"]["encoding"] == "dct_splice"
+    before = np.asarray(Image.open(buffer))
+    after = np.asarray(Image.open(io.BytesIO(world.objects.objects[f"{PREFIX}/edited.jpg"])))
+    # 16x16 MCUs (4:2:0) farther than the feather and the chroma's reach from the mask decode as before.
+    far = feather_alpha(mask >= 128, SHIPPED.feather_pixels + 32) == 0
+    assert far.sum() > 50_000
+    assert np.array_equal(after[far], before[far])
+    assert not np.array_equal(after, before)
 
 
 class WrongSizeModel:
