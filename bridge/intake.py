@@ -22,6 +22,7 @@ import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
 from fluxfill.bridge import jpeg_decode, jpeg_markers, orientation
+from fluxfill.bridge.colour_profile import ColourDescription, nclx_in, profile_for
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo, ObjectStore
@@ -177,6 +178,7 @@ class Photo:
     icc_profile: bytes | None = None  # when it describes RGB or grey pixels
     greyscale: bool = False
     frames: int = 1  # images in the file (an animated PNG or WebP, an image sequence): the first is edited
+    colour_note: str = ""  # how the colours of a HEIC or AVIF described only by code points are carried
 
 
 def read_photo(data: bytes, max_pixels: int) -> Photo:
@@ -196,6 +198,9 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     exif, icc_profile = stored.info.get("exif"), stored.info.get("icc_profile")
     if stored.mode == "CMYK":
         icc_profile = None  # it describes ink, not the RGB pixels a result is made of
+    colour_note = ""
+    if icc_profile is None and kind in ("HEIF", "AVIF"):
+        icc_profile, colour_note = _profile_of_code_points(stored, data)
     greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in _SIXTEEN_BIT_MODES
     frames = int(getattr(stored, "n_frames", 1))
     image = orientation.upright(_eight_bit(stored), turn)
@@ -219,7 +224,25 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
         icc_profile=icc_profile,
         greyscale=greyscale,
         frames=frames,
+        colour_note=colour_note,
     )
+
+
+def _profile_of_code_points(stored: Image.Image, data: bytes) -> tuple[bytes | None, str]:
+    """For a HEIC or AVIF without an ICC profile: the profile its nclx colour box means
+    (fluxfill.bridge.colour_profile), and the note that says so or why there is none."""
+    nclx = stored.info.get("nclx_profile")  # libheif's reading of a HEIC's; Pillow's AVIF reader has none
+    description = (
+        ColourDescription(int(nclx.get("color_primaries", 2)), int(nclx.get("transfer_characteristics", 2)))
+        if isinstance(nclx, dict)
+        else nclx_in(data)
+    )
+    if description is None:
+        return None, ""
+    profile, said = profile_for(description)
+    if profile is None:
+        return None, said
+    return profile, f"its colours are {said}, described by code points only: the result carries that profile"
 
 
 def decode_photo(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:

@@ -72,7 +72,7 @@ def encode_result(
     exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
     image = Image.fromarray(edited)
     data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode))
-    note = _joined(f"the original is {photo.format}{_exif_note(why)}", _frames_note(photo))
+    note = _joined(f"the original is {photo.format}{_exif_note(why)}", _frames_note(photo), photo.colour_note)
     return EncodedResult(data, "jpeg", "reencoded", note)
 
 
@@ -82,7 +82,9 @@ def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> Enco
     image = _with_alpha(photo, edited)
     exif, why = _carried_exif(photo.exif, upright=True)
     metadata = _metadata(exif, photo.icc_profile, image.mode)
-    note = _joined(f"the original's EXIF was left out: {why}" if why else "", _frames_note(photo))
+    note = _joined(
+        f"the original's EXIF was left out: {why}" if why else "", _frames_note(photo), photo.colour_note
+    )
     if kind == "PNG":
         return EncodedResult(_save(image, "PNG", **metadata), "png", "lossless", note)
     if photo.lossless:
