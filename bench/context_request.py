@@ -75,7 +75,7 @@ def callers(model: TritonInpaintModel, photo: Image, mask: Image) -> dict[str, C
 
     def reduced() -> Image:
         plan = reduced_context(model, mask)
-        return edited(photo, mask, plan, ask(*sent(photo, mask, plan)))[0]
+        return edited(photo.copy(), mask, plan, ask(*sent(photo, mask, plan))).image
 
     return dict(zip(VARIANTS, (whole, context, reduced), strict=True))
 

@@ -26,6 +26,7 @@ bench/intake.py), while reducing the crop takes ~10 ms.
 Without the parameters (an older model, a failed read) the whole photo is sent, as it always was.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,17 @@ from fluxfill.inpaint.contract import MASK_THRESHOLD
 from fluxfill.inpaint.feather import blend, copy_pixels, feather_band
 from fluxfill.inpaint.geometry import Box, CropGeometry, expand_box, mask_bounding_box
 
-__all__ = ["Context", "CropGeometry", "context_box", "cut", "edited", "pasted", "plan_context", "sent"]
+__all__ = [
+    "Context",
+    "CropGeometry",
+    "Edit",
+    "context_box",
+    "cut",
+    "edited",
+    "pasted",
+    "plan_context",
+    "sent",
+]
 
 Pixels = npt.NDArray[np.uint8]
 
@@ -94,10 +105,11 @@ def sent(photo: Pixels, mask: Pixels, context: Context, turn: int = 1) -> tuple[
     # Reduced in the stored grid, whose rows are contiguous (a turned 12 MP crop took 35-45 ms to copy
     # upright), and turned when small; so the blocks start at the stored grid's corner (`_block_offsets`).
     layout = _layout_turn(photo, turn)
-    stored = np.ascontiguousarray(orientation.to_stored(photo[box.slices()], layout))
-    height, width = stored.shape[:2]
-    reduced = Image.frombuffer("RGB", (width, height), stored, "raw", "RGB", 0, 1).reduce(factor)
-    image = orientation.contiguous(orientation.upright_view(np.asarray(reduced, dtype=np.uint8), layout))
+    image = orientation.contiguous(
+        orientation.upright_view(
+            _box_averaged(orientation.to_stored(photo[box.slices()], layout), factor), layout
+        )
+    )
     # The mask, upright, as 0 or 255 box-averaged in the same blocks (a partial first block padded with
     # nothing to repaint, the last one averaged over what it holds: Pillow rounds the reduced size up): a
     # reduced pixel over any repainted one is repainted, as a block's mean is then at least
@@ -109,6 +121,24 @@ def sent(photo: Pixels, mask: Pixels, context: Context, turn: int = 1) -> tuple[
     return image, blocks.astype(np.uint8) * np.uint8(255)
 
 
+# Stored rows reduced at a time: Pillow holds an RGB image at 4 bytes a pixel, so a whole 12 MP crop took
+# 84 MB beside the photo while it was reduced; a band of these rows takes a few.
+_BAND_ROWS = 256
+
+
+def _box_averaged(stored: Pixels, factor: int) -> Pixels:
+    """`stored` (rows contiguous) box-averaged by `factor`, a band of rows at a time (Pillow's reduce,
+    rounding the size up: the last blocks averaged over what they hold)."""
+    height, width = stored.shape[:2]
+    out = np.empty((-(-height // factor), -(-width // factor), 3), np.uint8)
+    band = max(factor, _BAND_ROWS // factor * factor)
+    for top in range(0, height, band):
+        rows = np.ascontiguousarray(stored[top : top + band])
+        image = Image.frombuffer("RGB", (width, rows.shape[0]), rows, "raw", "RGB", 0, 1)
+        out[top // factor : top // factor + -(-rows.shape[0] // factor)] = np.asarray(image.reduce(factor))
+    return out
+
+
 def cut(photo: Pixels, mask: Pixels, box: Box | None) -> tuple[Pixels, Pixels]:
     """The photo and mask within `box` (None: whole), as the contiguous arrays Triton is sent: tritonclient
     serialises a strided view 6x slower than a contiguous copy of it (129 against 7 + 21 ms for 11 MP), and a
@@ -117,22 +147,31 @@ def cut(photo: Pixels, mask: Pixels, box: Box | None) -> tuple[Pixels, Pixels]:
     return orientation.contiguous(photo[rows, cols]), np.ascontiguousarray(mask[rows, cols])
 
 
-def edited(
-    photo: Pixels, mask: Pixels, context: Context, answer: Pixels, turn: int = 1
-) -> tuple[Pixels, Box | None]:
-    """The whole edited photo from the model's answer to `sent(photo, mask, context)`, laid out as `photo`
-    is (`turn`: see `pasted`), and the only pixels the edit may have changed (None: any); RetryableError
-    when the answer is not the size that was sent."""
-    if context.reduction == 1:
-        return pasted(photo, context.box, answer, turn), context.box
+@dataclass(frozen=True)
+class Edit:
+    """The whole edited photo and what it takes to find what changed: `within`, the only pixels that may
+    differ (None: any); `before`, the photo as it was, whole (when `image` is a new array) or only within
+    `within` (when the decoded photo was edited in place, so that a job holds one full-size image)."""
+
+    image: Pixels
+    within: Box | None
+    before: Pixels
+
+
+def edited(photo: Pixels, mask: Pixels, context: Context, answer: Pixels, turn: int = 1) -> Edit:
+    """The edit the model's answer to `sent(photo, mask, context)` makes, written into `photo` itself when
+    it may be written (a copy laid out as it is otherwise: `turn`, see `pasted`); RetryableError when the
+    answer is not the size that was sent, and then `photo` is as it was."""
     factor, box = context.reduction, _whole(photo, context.box)
-    expected = (-(-box.height // factor), -(-box.width // factor), 3)
-    _check_size(answer, expected)
-    rows, cols = box.slices()
-    repaint = mask[rows, cols] >= MASK_THRESHOLD
+    if factor == 1:
+        _check_size(answer, photo[box.slices()].shape)
+        if context.box is None:
+            return Edit(answer, None, photo)
+        return _written(photo, box, turn, lambda target, _: _assign(target, answer))
+    _check_size(answer, (-(-box.height // factor), -(-box.width // factor), 3))
+    repaint = mask[box.slices()] >= MASK_THRESHOLD
     bounds = mask_bounding_box(repaint)
     assert bounds is not None  # a reduced context is planned around repainted pixels
-    result = orientation.copy_upright(photo, turn)
     # The feathered surroundings of the mask, within the box (its margin covers the feather band).
     near = expand_box(bounds, context.feather, box.width, box.height)
     inside = repaint[near.slices()]
@@ -149,10 +188,32 @@ def edited(
     size = (near.width, near.height)
     upscaled = np.asarray(Image.fromarray(answer).resize(size, Image.Resampling.BICUBIC, box=source))
     within = Box(box.left + near.left, box.top + near.top, box.left + near.right, box.top + near.bottom)
-    target = result[within.slices()]
-    copy_pixels(target, upscaled, inside)
-    blend(target, photo[within.slices()], upscaled, band)
-    return result, within
+
+    def composite(target: Pixels, before: Pixels) -> None:
+        copy_pixels(target, upscaled, inside)
+        blend(target, before, upscaled, band)
+
+    return _written(photo, within, turn, composite)
+
+
+def _written(photo: Pixels, within: Box, turn: int, write: Callable[[Pixels, Pixels], None]) -> Edit:
+    """`write(target, before)` over `within`: into `photo` itself, its pixels there kept as they were, when
+    it may be written (a decoded photo); else into a copy of it (an image Pillow holds read-only)."""
+    rows, cols = within.slices()
+    if not photo.flags.writeable:
+        image = orientation.copy_upright(photo, turn)
+        write(image[rows, cols], photo[rows, cols])
+        return Edit(image, within, photo)
+    before = orientation.contiguous(photo[rows, cols])
+    if np.may_share_memory(before, photo):  # already contiguous, so not copied: keep it apart
+        before = before.copy()
+    write(photo[rows, cols], before)
+    return Edit(photo, within, before)
+
+
+def _assign(target: Pixels, source: Pixels) -> None:
+    """target[...] = source, whole pixels at a time (a turned target is written a byte at a time else)."""
+    copy_pixels(target, source, np.ones(target.shape[:2], bool))
 
 
 def pasted(photo: Pixels, box: Box | None, answer: Pixels, turn: int = 1) -> Pixels:

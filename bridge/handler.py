@@ -315,7 +315,7 @@ class JobHandler:
         result = self._infer(request, control, monitor)
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
-        image, within = edited(photo.pixels, mask, context, result.image, photo.orientation)
+        edit = edited(photo.pixels, mask, context, result.image, photo.orientation)
         used_seed = result.seed
         # The context sent and the answer (each up to a photo's size) are not held through the encoding, the
         # job's peak of memory.
@@ -326,9 +326,10 @@ class JobHandler:
             job,
             settings,
             photo,
-            image,
+            edit.image,
             ahead=ahead,
-            within=within,
+            within=edit.within,
+            before=edit.before,
             before_writing=lambda: self._confirm_claim(monitor),
         )
         timings["upload"] = self._phase("upload", phase_start)

@@ -31,7 +31,7 @@ import jpeglib  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
 
-from fluxfill.bridge import jpeg_markers
+from fluxfill.bridge import jpeg_markers, orientation
 from fluxfill.inpaint.geometry import Box
 
 # libjpeg-turbo: 1.5x faster than libjpeg 9 at reading and writing 12 MP of coefficients here.
@@ -146,17 +146,26 @@ def changed_blocks(
     `from_end`: (rows, columns) whose blocks are counted from the last row or column, so the partial block
     is the first: a JPEG's blocks start at its stored top-left corner, which an upright photo may hold at
     any corner. `within`: the only pixels that may differ (the model's context, fluxfill.bridge.context):
-    only the blocks over it are compared. Compared a band of block rows at a time (the comparison's flags
+    only the blocks over it are compared, and `before` may hold only those pixels (a photo edited in place:
+    outside `within` it is `after`). Compared a band of block rows at a time (the comparison's flags
     stay a few MB, not a byte a sample of the photo), each reduced over reshaped views, no padded copy
     (15 ms at 12 MP).
     """
     if within is None:
         return _changed_blocks(before, after, from_end)
-    height, width = before.shape[:2]
+    height, width = after.shape[:2]
     top, bottom, first_row = _block_span(within.top, within.bottom, height, from_end[0])
     left, right, first_col = _block_span(within.left, within.right, width, from_end[1])
+    after_span = after[top:bottom, left:right]
+    if before.shape[:2] == (height, width):
+        before_span = before[top:bottom, left:right]
+    else:  # `within` alone, as it was; the span's few pixels around it are as they are
+        before_span = orientation.contiguous(after_span) if after_span.ndim == 3 else after_span.copy()
+        if np.may_share_memory(before_span, after):
+            before_span = before_span.copy()
+        before_span[within.top - top : within.bottom - top, within.left - left : within.right - left] = before
     # The span starts and ends on block edges, so its own blocks are the image's, partial one included.
-    span = _changed_blocks(before[top:bottom, left:right], after[top:bottom, left:right], from_end)
+    span = _changed_blocks(before_span, after_span, from_end)
     grid = np.zeros((-(-height // _BLOCK), -(-width // _BLOCK)), bool)
     grid[first_row : first_row + span.shape[0], first_col : first_col + span.shape[1]] = span
     return grid

@@ -59,14 +59,16 @@ def encode_result(
     always_png: bool = False,
     ahead: jpeg_splice.CoefficientsAhead | None = None,
     within: Box | None = None,
+    before: npt.NDArray[np.uint8] | None = None,
 ) -> EncodedResult:
     """The upright edited pixels (height x width x 3) as the result file for this original (or as a PNG);
     `ahead`: read_ahead(photo), when it was started; `within`: the only upright pixels the edit may have
-    changed (the model's context), when known."""
+    changed (the model's context), when known; `before`: the photo's pixels as they were within `within`,
+    when `photo.pixels` is `edited` itself, edited in place (else `photo.pixels` are the photo before)."""
     if always_png:
         return _png_or_webp(photo, edited, "PNG")
     if photo.format == "JPEG":
-        return _jpeg(photo, edited, ahead, within)
+        return _jpeg(photo, edited, ahead, within, photo.pixels if before is None else before)
     if photo.format in ("PNG", "WEBP"):
         return _png_or_webp(photo, edited, photo.format)
     exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
@@ -98,13 +100,14 @@ def _jpeg(
     edited: npt.NDArray[np.uint8],
     ahead: jpeg_splice.CoefficientsAhead | None,
     within: Box | None,
+    before: npt.NDArray[np.uint8],
 ) -> EncodedResult:
     stored = orientation.to_stored(edited, photo.orientation)
     # Compared upright (only over the model's context when known), in blocks aligned to the stored grid's
     # origin; the small grid is turned.
     from_end = orientation.stored_origin_at_end(photo.orientation)
     changed = orientation.to_stored(
-        jpeg_splice.changed_blocks(photo.pixels, edited, from_end, within), photo.orientation
+        jpeg_splice.changed_blocks(before, edited, from_end, within), photo.orientation
     )
     try:
         coefficients = ahead.result() if ahead is not None else None

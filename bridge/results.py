@@ -69,6 +69,7 @@ def upload_results(
     *,
     ahead: CoefficientsAhead | None = None,
     within: Box | None = None,
+    before: npt.NDArray[np.uint8] | None = None,
     before_writing: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
@@ -76,7 +77,8 @@ def upload_results(
     encoding, and nothing is written unless it returns; the preview is made beside the edited image, and
     the two objects are written at once (the JPEG splice and the codecs release the GIL). `ahead`: the
     original's coefficients being read (result_image.read_ahead); `within`: the only pixels the edit may
-    have changed, when known."""
+    have changed, when known; `before`: the photo as it was there, when `photo.pixels` was edited in place
+    (fluxfill.bridge.context.Edit)."""
     paths = result_paths(job, settings)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="results") as pool:
         confirmed = pool.submit(contextvars.copy_context().run, before_writing)
@@ -84,7 +86,9 @@ def upload_results(
             intake.encode_preview, image, PREVIEW_MAX_SIDE, photo.orientation, photo.icc_profile
         )
         always_png = settings.result_format == "png"
-        encoded = encode_result(photo, image, always_png=always_png, ahead=ahead, within=within)
+        encoded = encode_result(
+            photo, image, always_png=always_png, ahead=ahead, within=within, before=before
+        )
         confirmed.result()
         paths["edited"] = result_paths(job, settings, encoded.extension)["edited"]
         preview_written = pool.submit(objects.create, paths["preview"], preview.result(), "image/jpeg")

@@ -198,11 +198,14 @@ def _case(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Context]:
 
 @pytest.mark.parametrize("seed", range(40))
 def test_a_reduced_answer_is_composited_at_full_resolution_around_the_mask_only(seed: int) -> None:
-    photo, mask, context = reduced_case(seed)
+    original, mask, context = reduced_case(seed)
+    photo = original.copy()
     image, _ = sent(photo, mask, context)
     answer = np.full(image.shape, (250, 5, 120), np.uint8)  # a flat repaint: its upscale is flat too
-    result, within = edited(photo, mask, context, answer)
-    assert result.shape == photo.shape
+    edit = edited(photo, mask, context, answer)
+    result, within = edit.image, edit.within
+    assert result is photo, "the decoded photo is edited in place: a job holds one full-size image"
+    photo = original
     alpha = feather_alpha(mask >= 128, context.feather)
     untouched = alpha == 0
     assert np.array_equal(result[untouched], photo[untouched]), "beyond the feather, the photo's own bytes"
@@ -215,7 +218,31 @@ def test_a_reduced_answer_is_composited_at_full_resolution_around_the_mask_only(
     outside = np.ones(mask.shape, bool)
     outside[within.slices()] = False
     assert not (alpha[outside] > 0).any(), "`within` holds every pixel the edit may change"
-    assert np.array_equal(photo, reduced_case(seed)[0]), "the photo itself is not written to"
+    assert np.array_equal(edit.before, original[within.slices()]), "what was there before, kept"
+
+
+def test_a_read_only_photo_is_edited_in_a_copy_and_a_full_resolution_context_pasted_in_place() -> None:
+    original, mask, context = reduced_case(3)
+    image, _ = sent(original, mask, context)
+    photo = original.copy()
+    photo.flags.writeable = False  # as Pillow's images come
+    edit = edited(photo, mask, context, np.zeros_like(image))
+    assert edit.image is not photo
+    assert edit.before is photo
+    assert np.array_equal(photo, original)
+    assert not np.array_equal(edit.image, original)
+    box = Box(10, 5, 40, 25)
+    photo = original.copy()
+    answer = np.full((20, 30, 3), 9, np.uint8)
+    edit = edited(photo, mask, Context(box), answer)
+    assert edit.image is photo
+    assert edit.within == box
+    assert np.array_equal(edit.before, original[5:25, 10:40])
+    assert (photo[5:25, 10:40] == 9).all()
+    assert np.array_equal(
+        np.delete(np.delete(photo, np.s_[5:25], 0), np.s_[10:40], 1),
+        np.delete(np.delete(original, np.s_[5:25], 0), np.s_[10:40], 1),
+    )
 
 
 @pytest.mark.parametrize("turn", range(1, 9))
@@ -257,7 +284,7 @@ def test_the_photo_is_reduced_in_blocks_from_its_stored_corner_and_the_answer_sc
     answer = np.zeros(image.shape, np.uint8)
     answer[..., 0] = slope * np.arange(width, dtype=np.uint8)[None, :]
     answer[..., 1] = slope * np.arange(height, dtype=np.uint8)[:, None]
-    result, _ = edited(photo, mask, context, answer, turn)
+    result = edited(photo, mask, context, answer, turn).image
     rows, cols = np.ogrid[20:220, 30:230]
     expected_x = slope * ((cols + 0.5 + off_x) / factor - 0.5)
     expected_y = slope * ((rows + 0.5 + off_y) / factor - 0.5)

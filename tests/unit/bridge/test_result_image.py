@@ -208,6 +208,10 @@ def test_changed_blocks_flags_exactly_the_blocks_with_a_changed_byte(from_end: t
             )
             found = jpeg_splice.changed_blocks(before, after, from_end, within)
             assert np.array_equal(found, expected), (height, width, within)
+            # A photo edited in place keeps only the box as it was: the same flags from that.
+            kept = before[within.slices()].copy()
+            found = jpeg_splice.changed_blocks(kept, after, from_end, within)
+            assert np.array_equal(found, expected), (height, width, within, "in place")
         # Only the blocks over the box are compared: the corner pixel's block alone here.
         corner = jpeg_splice.changed_blocks(before, after, from_end, Box(0, 0, 1, 1))
         assert corner[0, 0] == expected[0, 0]
