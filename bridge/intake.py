@@ -168,7 +168,9 @@ _STRIP_ROWS = 256
 class Photo:
     """The upright photo the model sees, and what its result needs to keep the original's format."""
 
-    pixels: npt.NDArray[np.uint8]  # upright, height x width x 3, transparency composited over white
+    # Upright, height x width x 3, transparency composited over white; the model's edit is written into it
+    # when it may be written (fluxfill.bridge.context.edited), so a job holds one full-size image.
+    pixels: npt.NDArray[np.uint8]
     format: str  # by the leading bytes: JPEG, PNG, WEBP, HEIF or AVIF
     orientation: int  # EXIF orientation (1-8) that turned the stored grid upright
     original: bytes  # as uploaded: a JPEG result is spliced into these

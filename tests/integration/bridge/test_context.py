@@ -95,13 +95,11 @@ class RecordingTriton(TritonInpaintModel):
         return super().infer(request, **kwargs)
 
 
-def test_a_job_through_tritonserver_stores_what_the_whole_photo_gives(
-    jobs: JobSystem, flux_server: LocalTritonServer
-) -> None:
-    image = np.random.default_rng(11).integers(0, 256, (360, 480, 3), dtype=np.uint8)
-    mask = np.zeros((360, 480), np.uint8)
-    mask[250:300, 380:440] = 255
-    geometry = served_geometry(flux_server)
+def png_job(
+    jobs: JobSystem, flux_server: LocalTritonServer, image: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, list[tuple[int, ...]]]:
+    """One job through a bridge and tritonserver, its result a PNG: the stored image, and the shapes of the
+    images the bridge sent Triton."""
     user, session = jobs.new_job(encode(image), encode(mask))
     triton = RecordingTriton(flux_server.grpc_url)
     with running_bridge(jobs.settings(flux_server.grpc_url, result_format="png"), triton):
@@ -109,11 +107,21 @@ def test_a_job_through_tritonserver_stores_what_the_whole_photo_gives(
         document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
     assert document["status"] == "done", document
     stored = np.asarray(Image.open(io.BytesIO(jobs.download(user, session, "edited.png"))))
+    return stored, triton.sent
+
+
+def test_a_job_through_tritonserver_stores_what_the_whole_photo_gives(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    image = np.random.default_rng(11).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+    mask = np.zeros((360, 480), np.uint8)
+    mask[250:300, 380:440] = 255
+    geometry = served_geometry(flux_server)
+    stored, (sent,) = png_job(jobs, flux_server, image, mask)
     with FluxFillClient(flux_server.grpc_url) as client:
         whole = client.inpaint(image, mask, "a cat", seed=5, steps=2)
     assert np.array_equal(stored, whole.image)
     assert not np.array_equal(stored, image), "the edit happened"
-    (sent,) = triton.sent
     box = context_box(mask, geometry)
     assert box is not None
     assert sent == (box.height, box.width, 3)
@@ -130,17 +138,10 @@ def test_a_large_crop_goes_reduced_through_tritonserver_and_only_the_feathered_m
     geometry = served_geometry(flux_server)
     context = plan_context(mask, geometry)
     assert context.reduction >= 2, "the test server's working size is a fraction of this crop"
-    user, session = jobs.new_job(encode(image), encode(mask))
-    triton = RecordingTriton(flux_server.grpc_url)
-    with running_bridge(jobs.settings(flux_server.grpc_url, result_format="png"), triton):
-        jobs.publish({"userId": user, "sessionId": session, "seed": 5, "steps": 2, "prompt": "a cat"})
-        document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
-    assert document["status"] == "done", document
-    (sent_shape,) = triton.sent
+    stored, (sent_shape,) = png_job(jobs, flux_server, image, mask)
     box = context.box or Box(0, 0, 1200, 900)
     factor = context.reduction
     assert sent_shape == (-(-box.height // factor), -(-box.width // factor), 3)
-    stored = np.asarray(Image.open(io.BytesIO(jobs.download(user, session, "edited.png"))))
     assert stored.shape == image.shape
     alpha = feather_alpha(mask >= 128, geometry.feather_pixels)
     assert np.array_equal(stored[alpha == 0], image[alpha == 0])
