@@ -71,12 +71,18 @@ def profile_for(description: ColourDescription) -> tuple[bytes | None, str]:
 
 
 def nclx_in(data: bytes, search_bytes: int = 65_536) -> ColourDescription | None:
-    """The first nclx colour box in an ISO BMFF file's leading bytes (where its `meta` box is), or None."""
+    """What the nclx colour boxes in an ISO BMFF file's leading bytes (where its `meta` box is) say, when
+    they all say the same; None when there is none, or when they differ (a gain map's or another item's box
+    beside the primary image's: which is whose takes the item associations, not read here, and a profile
+    from the wrong one would shift the colours it should keep)."""
+    found = set()
     at = data.find(b"colrnclx", 0, search_bytes)
-    if at < 0 or at + 14 > len(data):
-        return None
-    primaries, transfer = struct.unpack_from(">HH", data, at + 8)
-    return ColourDescription(primaries, transfer)
+    while at >= 0:
+        if at + 12 > len(data):
+            return None
+        found.add(ColourDescription(*struct.unpack_from(">HH", data, at + 8)))
+        at = data.find(b"colrnclx", at + 8, search_bytes)
+    return found.pop() if len(found) == 1 else None
 
 
 def display_profile(primaries: Primaries) -> bytes:

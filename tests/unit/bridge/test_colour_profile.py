@@ -114,8 +114,11 @@ def test_an_srgb_heic_or_avif_gets_no_profile_and_no_note(kind: str) -> None:
     assert encode_result(photo, photo.pixels.copy()).note == f"the original is {kind}"
 
 
-def test_the_nclx_box_is_looked_for_only_in_the_leading_bytes() -> None:
-    box = b"colrnclx" + struct.pack(">HHHB", 12, 13, 6, 0x80)
-    assert nclx_in(b"\0" * 100 + box) == ColourDescription(12, 13)
-    assert nclx_in(b"\0" * 70_000 + box) is None
+def test_the_nclx_boxes_are_looked_for_in_the_leading_bytes_and_must_agree() -> None:
+    p3, srgb = (b"colrnclx" + struct.pack(">HHHB", *codes, 6, 0x80) for codes in ((12, 13), (1, 13)))
+    assert nclx_in(b"\0" * 100 + p3) == ColourDescription(12, 13)
+    assert nclx_in(p3 + b"\0" * 40 + p3) == ColourDescription(12, 13)
+    # A second item's box that says otherwise (a gain map's): which is the primary image's is not known.
+    assert nclx_in(p3 + b"\0" * 40 + srgb) is None
+    assert nclx_in(b"\0" * 70_000 + p3) is None
     assert nclx_in(b"colrnclx\0") is None  # cut short
