@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge import orientation
-from fluxfill.bridge.context import Context, CropGeometry, context_box, edited, pasted, plan_context, sent
+from fluxfill.bridge.context import (
+    Context,
+    CropGeometry,
+    context_box,
+    cut,
+    edited,
+    pasted,
+    plan_context,
+    sent,
+)
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult
@@ -219,6 +228,47 @@ def test_a_reduced_answer_is_composited_at_full_resolution_around_the_mask_only(
     outside[within.slices()] = False
     assert not (alpha[outside] > 0).any(), "`within` holds every pixel the edit may change"
     assert np.array_equal(edit.before, original[within.slices()]), "what was there before, kept"
+
+
+class SmoothDenoiser:
+    """Generates smooth content (sines over the working grid) in the mask and keeps the rest, as a model's
+    output is smooth at its working size."""
+
+    def denoise(self, image: np.ndarray, mask: np.ndarray, **_: Any) -> np.ndarray:
+        height, width = mask.shape
+        rows, cols = np.mgrid[:height, :width] / max(height, width)
+        waves = (100 * np.sin(6 * cols + 1), 100 * np.sin(5 * rows), 80 * np.sin(4 * (cols + rows)))
+        generated = 128 + np.stack(waves, axis=-1)
+        out = image.copy()
+        out[mask] = generated[mask].astype(np.uint8)
+        return out
+
+
+@pytest.mark.parametrize("coverage", [0.2, 0.4])
+def test_a_reduced_context_gives_inside_the_mask_what_the_full_resolution_one_gives(coverage: float) -> None:
+    """The same generated content, scaled up in two steps (the model's to the reduced crop, the bridge's to
+    full resolution) instead of one: within a grey level on average; the feather band is blended at another
+    scale, so it differs more; beyond it both are the photo."""
+    config = make_config(min_working_pixels="16384", max_working_pixels="65536")
+    engine = InpaintEngine(SmoothDenoiser(), config)  # type: ignore[arg-type]
+    rows, cols = np.mgrid[:600, :800]
+    rng = np.random.default_rng(5)
+    waves = np.stack([np.sin(cols / 9.0), np.sin(rows / 7.0), np.sin((rows + cols) / 13.0)], axis=-1)
+    photo = np.clip(128 + 60 * waves + rng.normal(0, 12, (600, 800, 3)), 0, 255).astype(np.uint8)
+    inside = ((rows - 300) / 300) ** 2 + ((cols - 400) / 400) ** 2 < coverage * 4 / np.pi
+    mask = inside.astype(np.uint8) * 255
+    full_context = plan_context(mask, config.crop_geometry, reduce=False)
+    full = pasted(photo, full_context.box, inpainted(engine, *cut(photo, mask, full_context.box)))
+    context = plan_context(mask, config.crop_geometry)
+    assert context.reduction >= 2
+    reduced = edited(photo.copy(), mask, context, inpainted(engine, *sent(photo, mask, context))).image
+    difference = np.abs(full.astype(np.int16) - reduced.astype(np.int16))
+    assert difference[inside].mean() < 1.0
+    assert np.percentile(difference[inside], 99) <= 3
+    alpha = feather_alpha(inside, config.feather_pixels)
+    band = (alpha > 0) & (alpha < 1)
+    assert difference[band].mean() < 12
+    assert not difference[alpha == 0].any()
 
 
 def test_a_read_only_photo_is_edited_in_a_copy_and_a_full_resolution_context_pasted_in_place() -> None:
