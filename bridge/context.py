@@ -167,7 +167,7 @@ def edited(photo: Pixels, mask: Pixels, context: Context, answer: Pixels, turn: 
         _check_size(answer, photo[box.slices()].shape)
         if context.box is None:
             return Edit(answer, None, photo)
-        return _written(photo, box, turn, lambda target, _: _assign(target, answer))
+        return _written(photo, box, turn, lambda target, _: copy_pixels(target, answer))
     _check_size(answer, (-(-box.height // factor), -(-box.width // factor), 3))
     repaint = mask[box.slices()] >= MASK_THRESHOLD
     bounds = mask_bounding_box(repaint)
@@ -204,16 +204,9 @@ def _written(photo: Pixels, within: Box, turn: int, write: Callable[[Pixels, Pix
         image = orientation.copy_upright(photo, turn)
         write(image[rows, cols], photo[rows, cols])
         return Edit(image, within, photo)
-    before = orientation.contiguous(photo[rows, cols])
-    if np.may_share_memory(before, photo):  # already contiguous, so not copied: keep it apart
-        before = before.copy()
+    before = orientation.contiguous_copy(photo[rows, cols])
     write(photo[rows, cols], before)
     return Edit(photo, within, before)
-
-
-def _assign(target: Pixels, source: Pixels) -> None:
-    """target[...] = source, whole pixels at a time (a turned target is written a byte at a time else)."""
-    copy_pixels(target, source, np.ones(target.shape[:2], bool))
 
 
 def pasted(photo: Pixels, box: Box | None, answer: Pixels, turn: int = 1) -> Pixels:

@@ -160,9 +160,7 @@ def changed_blocks(
     if before.shape[:2] == (height, width):
         before_span = before[top:bottom, left:right]
     else:  # `within` alone, as it was; the span's few pixels around it are as they are
-        before_span = orientation.contiguous(after_span) if after_span.ndim == 3 else after_span.copy()
-        if np.may_share_memory(before_span, after):
-            before_span = before_span.copy()
+        before_span = orientation.contiguous_copy(after_span)
         before_span[within.top - top : within.bottom - top, within.left - left : within.right - left] = before
     # The span starts and ends on block edges, so its own blocks are the image's, partial one included.
     span = _changed_blocks(before_span, after_span, from_end)

@@ -135,6 +135,12 @@ def test_the_upright_view_turns_as_pillow_does_and_copies_keep_the_stored_layout
     np.testing.assert_array_equal(flat, turned)
     reversed_channels = turned[..., ::-1]  # pixels not whole in memory: copied as numpy copies
     np.testing.assert_array_equal(orientation.contiguous(reversed_channels), reversed_channels)
+    # A copy that never shares memory, whether the view was turned, already contiguous, or one channel flat.
+    for view in (turned, stored, stored[..., 0]):
+        kept = orientation.contiguous_copy(view)
+        np.testing.assert_array_equal(kept, view)
+        assert kept.flags.c_contiguous
+        assert not np.shares_memory(kept, stored)
     # An upright array laid out upright (as Pillow turns a photo) is copied as it is.
     upright = np.ascontiguousarray(turned)
     assert orientation.stored_layout(upright, turn) is None
