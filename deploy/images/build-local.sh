@@ -55,13 +55,21 @@ if ! podman image exists "${debian}"; then
   rm -rf "${work}/rootfs"
 fi
 
+# The stand-in is made again whenever its recipe changes (a base made by an older recipe would test the
+# images against a layout NGC's no longer matches): the recipe's digest is the image's label.
 triton_base=nvcr.io/nvidia/tritonserver:24.10-py3
-if ! podman image exists "${triton_base}"; then
-  log "making the stand-in ${triton_base} from the nvidia-pytriton wheel"
+standin=${root}/deploy/images
+version=$(sed -n 's/.*"nvidia-pytriton==\([^"]*\)".*/\1/p' "${root}/pyproject.toml")
+recipe=$(cat "${standin}/triton-standin.Containerfile" "${standin}/nvidia_entrypoint.sh" <(echo "${version}") |
+  sha256sum | cut -c1-16)
+made=$(podman image inspect --format '{{ index .Labels "fluxfill.standin.recipe" }}' "${triton_base}" 2>/dev/null || true)
+if [[ ${made} != "${recipe}" ]]; then
+  log "making the stand-in ${triton_base} from the nvidia-pytriton wheel (recipe ${recipe})"
   rm -rf "${work}/standin" && mkdir -p "${work}/standin"
-  version=$(sed -n 's/.*"nvidia-pytriton==\([^"]*\)".*/\1/p' "${root}/pyproject.toml")
   "${PYTHON:-python3}" -m pip download --quiet --no-deps --dest "${work}/standin" "nvidia-pytriton==${version}"
-  build -f "${root}/deploy/images/triton-standin.Containerfile" -t "${triton_base}" "${work}/standin"
+  cp "${standin}/nvidia_entrypoint.sh" "${work}/standin/"
+  build -f "${standin}/triton-standin.Containerfile" --label "fluxfill.standin.recipe=${recipe}" \
+    -t "${triton_base}" "${work}/standin"
 fi
 
 log "building fluxfill-bridge:local"

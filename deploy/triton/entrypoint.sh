@@ -31,14 +31,21 @@ if [[ -n ${FLUXFILL_GGUF_FILE:-} ]]; then
   set_parameter "${config}" gguf_file "${FLUXFILL_GGUF_FILE}"
 fi
 
-# Say which CUDA build of torch this is and whether it sees a GPU, before anything else can hide it: a
-# driver too old for the build shows here as available=False, not as a slow CPU run later.
+# Say which CUDA build of torch this is, whether it sees a GPU and the host's driver, before anything else can
+# hide it: a driver too old for the build shows here as available=False, not as a slow CPU run later.
 "${FLUXFILL_PYTHON:-python3}" - <<'PY' || echo "entrypoint: torch cannot be imported: the model will say why" >&2
+import os, re
 import torch
 cuda = torch.cuda.is_available()
 device = torch.cuda.get_device_name(0) if cuda else "none"
+try:
+    with open(os.environ.get("FLUXFILL_DRIVER_VERSION_FILE", "/proc/driver/nvidia/version")) as file:
+        found = re.search(r"Kernel Module\s+([0-9.]+)", file.read())
+    driver = found.group(1) if found else "unknown"
+except OSError:
+    driver = "none"
 print(f"entrypoint: torch {torch.__version__} built for CUDA {torch.version.cuda}; "
-      f"cuda available={cuda}; device={device}", flush=True)
+      f"cuda available={cuda}; device={device}; NVIDIA driver={driver}", flush=True)
 PY
 
 # --exit-on-error=false: a model that fails initialize (e.g. a digest mismatch) leaves the server up with the

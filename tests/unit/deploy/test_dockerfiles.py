@@ -2,6 +2,7 @@
 
 import ast
 import fnmatch
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +17,9 @@ from tests.support import REPO_ROOT
 TRITON = REPO_ROOT / "Dockerfile.triton"
 BRIDGE = REPO_ROOT / "Dockerfile.bridge"
 DOCKERFILES = {"triton": TRITON, "bridge": BRIDGE}
+STANDIN = REPO_ROOT / "deploy" / "images" / "triton-standin.Containerfile"
+# Where NGC's images keep the entrypoint they start through (and the stand-in base keeps its own).
+NVIDIA_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
 # NVIDIA's release -> its Triton server version (release notes); the server nvidia-pytriton bundles (docs).
 TRITON_RELEASE_SERVER = {"24.10": "2.51.0"}
 PYTRITON_SERVER = {"0.7.0": "2.51.0"}
@@ -158,12 +162,37 @@ def test_triton_image_carries_the_model_repository_and_the_entrypoint() -> None:
     assert ["model_repository/", "/opt/fluxfill/model_repository/"] in copies
     (entrypoint,) = [c[-1] for c in copies if c[:-1] == ["deploy/triton/entrypoint.sh"]]
     (command,) = [a for i, a in instructions(TRITON) if i == "ENTRYPOINT"]
-    assert command == f'["{entrypoint}"]'
+    # NVIDIA's entrypoint first (the base image's own): it turns on CUDA forward compatibility, how NVIDIA
+    # supports the 24.10 image on Cloud Run's R535 driver; started past it, ours would run without.
+    assert json.loads(command) == [NVIDIA_ENTRYPOINT, entrypoint]
     env = " ".join(a for i, a in instructions(TRITON) if i == "ENV")
     assert "FLUXFILL_MODEL_REPOSITORY_SOURCE=/opt/fluxfill/model_repository" in env
     # Nothing fetches from a model hub at build or run time.
     assert "HF_HUB_OFFLINE=1" in env
     assert "huggingface" not in TRITON.read_text().lower()
+
+
+def test_the_stand_in_base_starts_through_an_entrypoint_where_ngcs_is(tmp_path: Path) -> None:
+    """The image tests start the Triton image on the stand-in base: NVIDIA's entrypoint then runs there too,
+    as the stand-in's, which runs its parts and execs the command with its arguments unchanged."""
+    copies = [a.split() for i, a in instructions(STANDIN) if i == "COPY"]
+    assert ["nvidia_entrypoint.sh", NVIDIA_ENTRYPOINT] in copies
+    (command,) = [a for i, a in instructions(STANDIN) if i == "ENTRYPOINT"]
+    assert json.loads(command) == [NVIDIA_ENTRYPOINT]
+    script = tmp_path / "nvidia" / "nvidia_entrypoint.sh"
+    parts = script.parent / "entrypoint.d"
+    parts.mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "deploy" / "images" / "nvidia_entrypoint.sh", script)
+    (parts / "10-banner.txt").write_text("banner\n")
+    (parts / "50-set.sh").write_text("export FROM_A_PART=set\n")
+    shown = subprocess.run(
+        [str(script), "sh", "-c", 'printf "%s|" "$FROM_A_PART" "$@"', "sh", "two words", "--flag=1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert shown.stdout == "banner\nset|two words|--flag=1|"
 
 
 def test_docker_context_keeps_what_the_images_copy() -> None:

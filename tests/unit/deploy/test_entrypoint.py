@@ -102,6 +102,34 @@ def test_start_reports_torchs_cuda_build_and_whether_it_sees_a_gpu(tmp_path: Pat
     assert "built for CUDA None; cuda available=False; device=none" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("version_file", "driver"),
+    [
+        # /proc/driver/nvidia/version as an L4 on Cloud Run shows it (R535).
+        (
+            "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.183.01  Sun May 12 19:39:15 UTC 2024\n"
+            "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n",
+            "535.183.01",
+        ),
+        ("not what the driver writes\n", "unknown"),
+        (None, "none"),  # no NVIDIA driver in the machine
+    ],
+)
+def test_start_reports_the_hosts_nvidia_driver(tmp_path: Path, version_file: str | None, driver: str) -> None:
+    """The compatibility the image runs in depends on it: R535 runs this CUDA 12.6 image only through one."""
+    path = tmp_path / "driver-version"
+    if version_file is not None:
+        path.write_text(version_file)
+    result, _ = run_entrypoint(
+        tmp_path,
+        FLUXFILL_WEIGHTS_SHA256=DIGEST,
+        FLUXFILL_PYTHON=sys.executable,
+        FLUXFILL_DRIVER_VERSION_FILE=str(path),
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"device=none; NVIDIA driver={driver}\n" in result.stdout
+
+
 def test_start_goes_on_when_torch_cannot_be_imported(tmp_path: Path) -> None:
     result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, FLUXFILL_PYTHON="/bin/false")
     assert result.returncode == 0

@@ -187,6 +187,15 @@ def test_weights_are_mounted_where_the_model_looks_read_only() -> None:
         assert shm, f"{path}: the Python backend's shared memory needs a /dev/shm volume"
 
 
+def test_triton_containers_start_through_the_images_entrypoint() -> None:
+    """A `command` would replace the image's entrypoint, NVIDIA's with it, and so CUDA forward compatibility
+    on R535 (Dockerfile.triton); arguments alone go on to tritonserver."""
+    found = list(containers(TRITON_IMAGE))
+    assert found
+    for path, _, container in found:
+        assert "command" not in container, f"{path}: a command bypasses NVIDIA's entrypoint"
+
+
 def test_cloud_run_gpu_workloads() -> None:
     for path, workload in workloads():
         if workload["apiVersion"] == "apps/v1":
