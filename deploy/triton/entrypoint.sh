@@ -56,7 +56,9 @@ PY
 #   (/dev/shm is mounted at 2 GiB by the manifests).
 # stub-timeout-seconds: a stub moving a large tensor under GPU load is not declared dead after the 30 s default.
 # exit-timeout-secs: below Cloud Run's and the GKE pod's termination grace, so in-flight runs end cleanly.
-exec "${TRITONSERVER:-tritonserver}" \
+# Under fluxfill.client.triton_supervisor: it passes signals on and stops Triton when a ready model's stub dies
+#   (Triton 2.51 would stay live and ready and fail every request), so the container exits and is restarted.
+exec python3 -m fluxfill.client.triton_supervisor "${TRITONSERVER:-tritonserver}" \
   --model-repository="${repository}" \
   --exit-on-error=false \
   --strict-readiness=true \

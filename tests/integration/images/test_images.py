@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.triton_binary import free_port
+from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE
 from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, STREAM_MODEL_NAME, contract_arrays
 from fluxfill.inpaint.tiny import TinyModel
 from fluxfill.inpaint.weights import directory_digest
@@ -221,6 +222,36 @@ def test_triton_image_serves_the_tiny_model_and_answers_one_inference(
     # Started through NVIDIA's entrypoint (the stand-in base's, where NGC's image has it), which ran first and
     # passed the container's arguments on (the ports it answered on).
     assert 0 <= shown.find("stand-in for NVIDIA's Triton Server entrypoint") < shown.find("entrypoint: torch")
+
+
+# Run in the container: SIGKILL the Python-backend stub serving flux_fill_stream (as an out-of-memory kill).
+KILL_THE_STREAM_STUB = """
+import os, pathlib, signal
+for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+    arguments = cmdline.read_bytes().split(b"\\0")
+    if arguments[0].endswith(b"triton_python_backend_stub") and b"/flux_fill_stream/" in arguments[1]:
+        os.kill(int(cmdline.parent.name), signal.SIGKILL)
+        print("killed", cmdline.parent.name)
+"""
+
+
+def test_triton_image_exits_when_a_ready_models_stub_dies(
+    images: None, tiny_model: TinyModel, container_name: str, tmp_path: Path
+) -> None:
+    """Triton 2.51 alone stays live and ready with a dead stub and fails every request to its model; the
+    image's supervisor stops it instead, so the platform starts a new container."""
+    weights = readable_copy(tiny_model.pipeline_dir, tmp_path / "weights")
+    http_port, _ = start_triton(container_name, weights, directory_digest(weights))
+    wait_for_status(f"http://127.0.0.1:{http_port}/v2/health/ready", 200, container_name, timeout_s=240)
+    time.sleep(6)  # one of the supervisor's checks (every 5 s) while ready: the stubs are watched
+
+    killed = podman("exec", container_name, "python3", "-c", KILL_THE_STREAM_STUB)
+    assert killed.stdout.startswith("killed"), killed.stdout + killed.stderr
+
+    exit_code = podman("wait", container_name, timeout_s=90).stdout.strip()
+    shown = logs(container_name)
+    assert exit_code == str(STUB_DIED_EXIT_CODE), shown[-3000:]
+    assert "stub of flux_fill_stream (pid" in shown
 
 
 def test_triton_image_without_weights_reports_the_model_unavailable_with_its_reason(

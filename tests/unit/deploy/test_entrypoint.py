@@ -22,7 +22,8 @@ def run_entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProc
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     repository = tmp_path / "served" / "model_repository"
     environment = {
-        "PATH": os.environ["PATH"],
+        # The image's python3 is the venv's, with fluxfill installed: the supervisor runs on it.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "TRITONSERVER": str(fake),
         "ARGV_FILE": str(tmp_path / "argv"),
         "FLUXFILL_MODEL_REPOSITORY_SOURCE": str(MODEL_REPOSITORY),

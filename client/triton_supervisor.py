@@ -1,0 +1,171 @@
+"""Run tritonserver, and stop it when a ready model's Python-backend stub dies, so the platform restarts it.
+
+Triton 2.51 neither restarts the stub of a decoupled model nor lets its death touch any health endpoint: after
+the `flux_fill_stream` stub was killed (an out-of-memory kill, a crash in a CUDA library, or its own stall
+watchdog), `/v2/health/live`, `/v2/health/ready` and the model's ready all still answered 200 while every
+request failed with "Stub process 'flux_fill_stream_0' is not healthy", for as long as the container ran.
+Liveness and startup probes cannot see that, so this process does: it starts tritonserver as its child,
+passes SIGTERM and SIGINT on to it, and once the server has been ready it remembers the stub processes it saw;
+when one of them is gone while the server runs, it says which model's in one line and stops the server
+(SIGTERM, then SIGKILL after `--stop-timeout-s`), exiting with `STUB_DIED_EXIT_CODE`. Otherwise it exits
+with the server's own status.
+
+Stdlib only (it starts before anything else in the image):
+    python3 -m fluxfill.client.triton_supervisor tritonserver --model-repository=... --http-port=8000 ...
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+
+STUB_NAME = "triton_python_backend_stub"
+# EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
+STUB_DIED_EXIT_CODE = 70
+DEFAULT_HTTP_PORT = 8000
+# What a stub's command line carries after the stub: its model's `.../<model>/<version>/model.py`.
+_MODEL_FILE = "model.py"
+
+
+def http_port(server_args: Sequence[str]) -> int:
+    """The port tritonserver will serve HTTP on: its last `--http-port`, else Triton's default."""
+    port = DEFAULT_HTTP_PORT
+    for at, argument in enumerate(server_args):
+        if argument.startswith("--http-port="):
+            port = int(argument.partition("=")[2])
+        elif argument == "--http-port" and at + 1 < len(server_args):
+            port = int(server_args[at + 1])
+    return port
+
+
+def stub_processes(server_pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
+    """The server's Python-backend stubs still running: pid -> the model each serves ('' if unreadable)."""
+    stubs = {}
+    for pid in _children(server_pid, proc):
+        try:
+            arguments = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # it ended meanwhile
+        if not arguments or not arguments[0].decode(errors="replace").endswith(STUB_NAME):
+            continue
+        stubs[pid] = _model_of(arguments)
+    return stubs
+
+
+def _children(pid: int, proc: Path) -> list[int]:
+    """Processes whose parent is `pid`, from every /proc/N/stat (`/proc/N/task/N/children` needs a kernel
+    option that not every kernel has)."""
+    children = []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after the command, which may hold spaces
+        except OSError:
+            continue
+        if len(fields) > 1 and fields[1] == str(pid):
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _model_of(arguments: list[bytes]) -> str:
+    for argument in arguments[1:]:
+        path = Path(argument.decode(errors="replace"))
+        if path.name == _MODEL_FILE and len(path.parts) >= 3:
+            return path.parts[-3]
+    return ""
+
+
+def server_ready(port: int, timeout_s: float = 2.0) -> bool:
+    """Whether tritonserver answers 200 to /v2/health/ready (with --strict-readiness: every model READY)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=timeout_s) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+class Supervisor:
+    """One tritonserver child and the stubs it had once ready."""
+
+    def __init__(
+        self,
+        server_args: Sequence[str],
+        *,
+        check_s: float = 5.0,
+        stop_timeout_s: float = 25.0,
+        ready: Callable[[int], bool] = server_ready,
+        say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+    ) -> None:
+        self._args = list(server_args)
+        self._port = http_port(self._args[1:])
+        self._check_s = check_s
+        self._stop_timeout_s = stop_timeout_s
+        self._ready = ready
+        self._say = say
+        self._stopping = False
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def run(self) -> int:
+        """Start the server and watch it until it exits; its status, or STUB_DIED_EXIT_CODE."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._pass_on)
+        self._server = server = subprocess.Popen(self._args)
+        watched: dict[int, str] = {}
+        while True:
+            status = self._wait(server, self._check_s)
+            if status is not None:
+                return status if status >= 0 else 128 - status  # killed by a signal: as a shell says it
+            if self._stopping:
+                continue  # the stubs end with the server: nothing to watch any more
+            running = stub_processes(server.pid)
+            gone = {pid: model for pid, model in watched.items() if pid not in running}
+            if gone:
+                return self._stop_for(gone, server)
+            if self._ready(self._port):
+                watched.update(running)
+
+    def _pass_on(self, signum: int, _frame: FrameType | None) -> None:
+        self._stopping = True
+        if self._server is not None and self._server.poll() is None:
+            self._server.send_signal(signum)
+
+    def _stop_for(self, gone: dict[int, str], server: "subprocess.Popen[bytes]") -> int:
+        models = ", ".join(sorted(f"{model or 'unknown model'} (pid {pid})" for pid, model in gone.items()))
+        self._say(
+            f"triton_supervisor: the Python-backend stub of {models} exited while Triton was serving; Triton "
+            "would stay live and ready and fail every request to it, so it is stopped for a restart"
+        )
+        self._stopping = True
+        server.terminate()
+        if self._wait(server, self._stop_timeout_s) is None:
+            server.kill()
+            server.wait()
+        return STUB_DIED_EXIT_CODE
+
+    @staticmethod
+    def _wait(server: "subprocess.Popen[bytes]", timeout_s: float) -> int | None:
+        try:
+            return server.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: `python3 -m fluxfill.client.triton_supervisor [options] TRITONSERVER [ARGS...]`."""
+    parser = argparse.ArgumentParser(prog="triton_supervisor", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check-s", type=float, default=float(os.environ.get("FLUXFILL_STUB_CHECK_S", "5")))
+    parser.add_argument("--stop-timeout-s", type=float, default=25.0)
+    parser.add_argument("server", nargs=argparse.REMAINDER, help="tritonserver and its arguments")
+    options = parser.parse_args(argv)
+    if not options.server:
+        parser.error("give the tritonserver command to run")
+    return Supervisor(options.server, check_s=options.check_s, stop_timeout_s=options.stop_timeout_s).run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

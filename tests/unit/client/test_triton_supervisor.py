@@ -1,0 +1,185 @@
+"""The Triton image's supervisor: a ready model's stub that dies stops the server; signals and statuses pass.
+
+The server here is a small stand-in process with the shapes the supervisor reads: children whose command line
+is a `triton_python_backend_stub` serving `.../<model>/1/model.py`, and /v2/health/ready on its --http-port.
+The real tritonserver case is tests/integration/images (the image's entrypoint runs under the supervisor).
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from fluxfill.client.triton_binary import free_port
+from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE, http_port, stub_processes
+
+FAKE_SERVER = textwrap.dedent(
+    """
+    import http.server, os, signal, subprocess, sys, threading
+    from pathlib import Path
+
+    work = Path(sys.argv[1])
+    port = int(next(a for a in sys.argv if a.startswith("--http-port=")).partition("=")[2])
+    ready = (work / "ready").read_text().strip() == "yes"
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if ready and self.path == "/v2/health/ready" else 503)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    stub = work / "triton_python_backend_stub"
+    stubs = [
+        subprocess.Popen([str(stub), "-c", "import time; time.sleep(600)", f"/m/{model}/1/model.py", "shm"])
+        for model in ("flux_fill", "flux_fill_stream")
+    ]
+    (work / "stubs").write_text(" ".join(str(p.pid) for p in stubs))
+
+    def stop(signum, frame):
+        (work / "stopped").write_text(str(signum))
+        for process in stubs:
+            process.kill()
+        sys.exit(int((work / "exit-status").read_text()))
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if (work / "exit-now").exists():  # a server that ends by itself (its stubs end with it)
+        for process in stubs:
+            process.kill()
+        sys.exit(int((work / "exit-status").read_text()))
+    while True:
+        signal.pause()
+    """
+)
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    (tmp_path / "server.py").write_text(FAKE_SERVER)
+    # A stub's command line starts with its binary's name: a link to this Python under that name.
+    (tmp_path / "triton_python_backend_stub").symlink_to(sys.executable)
+    (tmp_path / "ready").write_text("yes")
+    (tmp_path / "exit-status").write_text("0")
+    return tmp_path
+
+
+def supervise(work: Path) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "fluxfill.client.triton_supervisor",
+        "--check-s=0.1",
+        sys.executable,
+        str(work / "server.py"),
+        str(work),
+        f"--http-port={free_port()}",
+    ]
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+
+
+def stub_pids(work: Path) -> list[int]:
+    deadline = time.monotonic() + 30
+    while not (work / "stubs").exists() or not (work / "stubs").read_text():
+        assert time.monotonic() < deadline, "the stand-in server never started its stubs"
+        time.sleep(0.05)
+    return [int(pid) for pid in (work / "stubs").read_text().split()]
+
+
+def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
+    try:
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    return process.returncode, stderr
+
+
+def test_a_ready_models_stub_that_dies_stops_the_server(work: Path) -> None:
+    supervisor = supervise(work)
+    stream_stub = stub_pids(work)[1]
+    time.sleep(0.5)  # a few checks while ready: both stubs are watched
+    os.kill(stream_stub, signal.SIGKILL)
+
+    status, stderr = finish(supervisor)
+
+    assert status == STUB_DIED_EXIT_CODE
+    assert "stub of flux_fill_stream (pid" in stderr
+    assert "stopped for a restart" in stderr
+    assert (work / "stopped").read_text() == str(int(signal.SIGTERM)), "the server was asked to stop"
+
+
+def test_a_stub_that_ends_before_the_server_is_ready_is_the_servers_business(work: Path) -> None:
+    """With --exit-on-error=false a model that fails to load ends its stub and the server stays up with the
+    reason (the startup probe fails instead): not ready, so not watched."""
+    (work / "ready").write_text("no")
+    supervisor = supervise(work)
+    os.kill(stub_pids(work)[1], signal.SIGKILL)
+    time.sleep(0.6)
+    assert supervisor.poll() is None, "the supervisor stopped a server that was never ready"
+    supervisor.send_signal(signal.SIGTERM)
+
+    status, stderr = finish(supervisor)
+
+    assert status == 0
+    assert "stub" not in stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_passes_to_the_server_and_its_status_comes_back(work: Path, signum: int) -> None:
+    (work / "exit-status").write_text("0")
+    supervisor = supervise(work)
+    stub_pids(work)
+    time.sleep(0.3)
+    supervisor.send_signal(signum)
+
+    status, stderr = finish(supervisor)
+
+    assert (work / "stopped").read_text() == str(int(signum))
+    # The stubs end with the server: a shutdown is not a death to report.
+    assert status == 0
+    assert "stub" not in stderr
+
+
+def test_the_servers_own_exit_status_is_the_supervisors(work: Path) -> None:
+    (work / "exit-status").write_text("3")
+    (work / "exit-now").write_text("")
+    status, _ = finish(supervise(work))
+    assert status == 3
+
+
+def test_stubs_are_the_servers_children_named_as_the_stub_with_their_model(tmp_path: Path) -> None:
+    proc = tmp_path / "proc"
+
+    def process(pid: int, parent: int, comm: str, *argv: str) -> None:
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_text(f"{pid} ({comm}) S {parent} {pid} 0 0\n")
+        (proc / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+
+    stub = "/opt/tritonserver/backends/python/triton_python_backend_stub"
+    process(10, 1, "tritonserver", "tritonserver")
+    process(11, 10, "triton_python_ba", stub, "/m/flux_fill_stream/1/model.py", "shm", "1")
+    process(12, 10, "weird) (name", stub, "/m/flux_fill/1/model.py")
+    process(13, 10, "sh", "/bin/sh", "-c", "true")  # another child: not a stub
+    process(14, 99, "triton_python_ba", stub, "/m/other/1/model.py")  # another server's stub
+    process(15, 10, "triton_python_ba", stub)  # no model file on its command line
+
+    assert stub_processes(10, proc) == {11: "flux_fill_stream", 12: "flux_fill", 15: ""}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "port"),
+    [
+        ([], 8000),
+        (["--http-port=8000", "--grpc-port=8001", "--http-port=9100"], 9100),
+        (["--http-port", "9200"], 9200),
+    ],
+)
+def test_the_http_port_is_the_servers_last_one(arguments: list[str], port: int) -> None:
+    assert http_port(arguments) == port
