@@ -51,6 +51,7 @@ class ModelConfig:
     max_sequence_length: int
     prompt_cache_size: int
     max_run_seconds: float
+    stall_seconds: float
     warmup_steps: int
     preview_every: int
     preview_max_side: int
@@ -94,6 +95,8 @@ DESCRIPTIONS: dict[str, str] = {
     "max_sequence_length": "T5 prompt tokens (FLUX allows up to 512)",
     "prompt_cache_size": "encoded prompts kept (LRU) so a repeated prompt skips the text encoders; 0 = off",
     "max_run_seconds": "time limit of one run, stopped at the next step; TIMEOUT_S may shorten it",
+    "stall_seconds": "a run with no step for this long ends the model's process (a hung GPU cannot be "
+    "stopped otherwise; the image's supervisor then restarts Triton); 0 = off",
     "warmup_steps": "steps of the warm-up inference run before the model reports READY; 0 = no warm-up",
     "preview_every": "streaming: attach a low-resolution PREVIEW to every n-th step's response; 0 = never",
     "preview_max_side": "longer side of a PREVIEW image, in pixels",
@@ -203,6 +206,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "max_sequence_length": _int(1, 512),
     "prompt_cache_size": _int(0, 100_000),
     "max_run_seconds": _float(0.001, 86_400.0),
+    "stall_seconds": _float(0.0, 86_400.0),
     "warmup_steps": _int(0, 1000),
     "preview_every": _int(0, 1000),
     "preview_max_side": _int(16, 1024),

@@ -23,6 +23,8 @@ class StepGuard:
     on_progress: ProgressSink | None = None
     # Step timings are exported as they happen, so a long run is visible while it runs.
     on_step_seconds: Callable[[float], None] | None = None
+    # A sign of life for the stall watchdog (fluxfill.inpaint.watchdog), with what it was.
+    on_alive: Callable[[str], None] | None = None
     started: float = field(default_factory=time.monotonic)
     step_durations: list[float] = field(default_factory=list)
     _last_step_at: float | None = None
@@ -44,6 +46,8 @@ class StepGuard:
             if self.on_step_seconds is not None:
                 self.on_step_seconds(now - self._last_step_at)
         self._last_step_at = now
+        if self.on_alive is not None:
+            self.on_alive(f"step {step} of {total}")
         if step > 0 and self.on_progress is not None:
             self.on_progress(step, total)
         self.check(step, total)

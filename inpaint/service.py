@@ -14,6 +14,7 @@ from fluxfill.inpaint.pipeline import LoadReport, load_pipeline, peak_gpu_bytes
 from fluxfill.inpaint.prompt_cache import CacheStats
 from fluxfill.inpaint.request import InpaintRequest, RawInputs, build_request
 from fluxfill.inpaint.run_control import ProgressSink, StepGuard, never_cancelled
+from fluxfill.inpaint.watchdog import StallWatchdog
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class FluxFillService:
         self.report = report
         self.load_seconds = 0.0
         self.cache_stats = cache_stats or CacheStats()
+        # Watches `run` only (warm-up may compile for minutes); its thread is started by the Triton model.
+        self.watchdog = StallWatchdog(config.stall_seconds)
 
     @classmethod
     def load(cls, parameters: Mapping[str, str], device: str) -> "FluxFillService":
@@ -99,9 +102,11 @@ class FluxFillService:
             is_cancelled=is_cancelled,
             on_progress=on_progress,
             on_step_seconds=on_step_seconds,
+            on_alive=self.watchdog.alive,
         )
         guard.check(0, request.steps)
-        result = self.engine.inpaint(request, guard, on_preview)
+        with self.watchdog.watching():
+            result = self.engine.inpaint(request, guard, on_preview)
         total = request.steps if result.denoised_box is not None else 0
         return Run(result, guard.step_durations, total)
 

@@ -79,6 +79,7 @@ class TritonPythonModel:
             f"speedups: {', '.join(report.speedups) or 'none'}, "
             f"loaded and warmed up in {self._service.load_seconds:.1f} s)"
         )
+        self._service.watchdog.start()
         if report.is_test_model:
             pb_utils.Logger.log_warn(
                 "flux_fill is serving a TINY TEST MODEL with random weights: every output is noise. "

@@ -1,0 +1,111 @@
+"""End the model's process when a run stops showing signs of life, so that a hung GPU is restarted.
+
+A run stops itself between steps (cancellation, `max_run_seconds`: fluxfill.inpaint.run_control), but a step
+that never returns (a hung CUDA kernel, a deadlock in a library) cannot be interrupted from Python, and Triton
+2.51 keeps such a model READY while every later request waits behind it. The watchdog is told when a run
+starts, at every step and when it ends; when a run has shown nothing for `stall_seconds`, it says so and
+ends the process. In the Triton image that is the model's stub, and the image's supervisor
+(fluxfill.client.triton_supervisor) then stops Triton so the platform starts a fresh container.
+Warm-up is not watched: compiling may legitimately take many minutes before the model is READY.
+"""
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+
+# The status the process ends with (EX_SOFTWARE, as the supervisor's own).
+STALLED_EXIT_CODE = 70
+
+
+def end_process(reason: str) -> None:
+    """The default on a stall: the reason on stderr and in the log, then the process ends at once (a hung
+    thread would keep an orderly exit waiting forever)."""
+    logger.error(reason)
+    print(f"fluxfill watchdog: {reason}", file=sys.stderr, flush=True)
+    os._exit(STALLED_EXIT_CODE)
+
+
+class StallWatchdog:
+    """Watches the runs in progress; `stall_seconds` 0 watches nothing."""
+
+    def __init__(
+        self,
+        stall_seconds: float,
+        on_stall: Callable[[str], None] = end_process,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stall_seconds = stall_seconds
+        self._on_stall = on_stall
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._running = 0
+        self._last_sign = clock()
+        self._what = ""
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @contextmanager
+    def watching(self) -> Iterator[None]:
+        """Around one run: the watch starts now and ends with it, however it ends."""
+        with self._lock:
+            self._running += 1
+        self.alive("started")
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def alive(self, what: str) -> None:
+        """A sign of life of a running run (a step finished), and what it was, for the stall's message."""
+        with self._lock:
+            self._last_sign = self._clock()
+            self._what = what
+
+    def stalled(self) -> str | None:
+        """Why the runs count as stalled now, or None."""
+        with self._lock:
+            if not self.stall_seconds or not self._running:
+                return None
+            quiet = self._clock() - self._last_sign
+            if quiet <= self.stall_seconds:
+                return None
+            return (
+                f"a run has shown no progress for {quiet:.0f} s (stall_seconds {self.stall_seconds:g}; last: "
+                f"{self._what}): the GPU or a library is hung, and nothing in this process can stop it; "
+                "ending the process so that the server is restarted"
+            )
+
+    def check(self) -> bool:
+        """Act on a stall now; whether there was one."""
+        reason = self.stalled()
+        if reason is not None:
+            self._on_stall(reason)
+        return reason is not None
+
+    def start(self) -> None:
+        """Check from a daemon thread, a few times per `stall_seconds`, until `stop`."""
+        if not self.stall_seconds or self._thread is not None:
+            return
+        interval = min(5.0, self.stall_seconds / 4)
+
+        def watch() -> None:
+            while not self._stop.wait(interval):
+                if self.check():
+                    return
+
+        self._thread = threading.Thread(target=watch, name="fluxfill-stall-watchdog", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the checking thread (the model is being unloaded)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
