@@ -2,6 +2,8 @@
 
 Faults, each followed by recovery:
 - `kill`: SIGKILL Triton (with its stubs) or a bridge; restarted after a short outage (a crashed container).
+- `stub-kill`: SIGKILL the Python-backend stub of `flux_fill_stream` alone (an out-of-memory kill): Triton
+  runs under the image's supervisor, which must stop it (status STUB_DIED_EXIT_CODE); then restarted.
 - `stop`: SIGSTOP Triton past the run deadline, or a bridge past its lease, then SIGCONT (a process that hangs
   instead of dying: the bridge wakes up to find its job taken over; Triton's callers find it unanswering).
 - `pause`: SIGSTOP an emulator (Firestore, Storage or Pub/Sub) longer than a job takes, then SIGCONT.
@@ -19,8 +21,14 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from chaos.fleet import Fleet
+from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE
+from fluxfill.inpaint.contract import STREAM_MODEL_NAME
+
+# How long the supervisor may take to notice a dead stub and stop Triton (it checks every second).
+STUB_DEATH_NOTICED_S = 60.0
 
 MIN_GAP_S = 2.0
 EMULATORS = ("firestore", "storage", "pubsub")
@@ -41,6 +49,7 @@ class FaultPlan:
     """How many faults of each kind a run gets, and how long the hangs last."""
 
     triton_kills: int = 2
+    triton_stub_kills: int = 1
     bridge_kills: int = 2
     triton_stops: int = 1
     bridge_stops: int = 1
@@ -64,6 +73,7 @@ def schedule(bridges: list[str], window_s: float, seed: int, plan: FaultPlan | N
     plan = plan or FaultPlan()
     rng = random.Random(seed + 2)  # noqa: S311 (reproducible fault moments, not cryptography)
     specs: list[tuple[str, str, float]] = [("triton", "kill", 0.0)] * plan.triton_kills
+    specs += [("triton", "stub-kill", 0.0)] * plan.triton_stub_kills
     specs += [(rng.choice(bridges), "kill", 0.0) for _ in range(plan.bridge_kills)]
     specs += [("triton", "stop", plan.triton_stop_s)] * plan.triton_stops
     specs += [(rng.choice(bridges), "stop", plan.bridge_stop_s) for _ in range(plan.bridge_stops)]
@@ -154,7 +164,40 @@ def _signal_group(group: int, signum: int) -> None:
     os.killpg(group, signum)
 
 
+def _stub_of(pids: list[int], model: str) -> int:
+    """The Python-backend stub serving `model` among Triton's processes."""
+    for pid in pids:
+        try:
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if arguments[0].endswith(b"triton_python_backend_stub") and f"/{model}/".encode() in b" ".join(
+            arguments
+        ):
+            return pid
+    raise RuntimeError(f"no stub of {model} among Triton's processes {pids}")
+
+
 def _strike_triton(fleet: Fleet, fault: Fault, when: str, outage: str, started: float) -> str:
+    if fault.action == "stub-kill":
+        server = fleet.triton.server
+        if server is None:
+            raise RuntimeError("Triton is not running")
+        os.kill(_stub_of(fleet.triton.pids, STREAM_MODEL_NAME), signal.SIGKILL)
+        status = server.wait(STUB_DEATH_NOTICED_S)
+        if status != STUB_DIED_EXIT_CODE:
+            raise RuntimeError(
+                f"the {STREAM_MODEL_NAME} stub was killed and Triton's supervisor did not stop it within "
+                f"{STUB_DEATH_NOTICED_S:g} s (status {status}): it would serve a model failing every request"
+            )
+        noticed = time.monotonic() - started
+        fleet.triton.kill()  # what the stop left behind
+        fleet.triton.start()
+        return (
+            f"{when}: SIGKILL the {STREAM_MODEL_NAME} stub alone; the supervisor stopped Triton "
+            f"{noticed:.1f} s later (status {status}), restarted, READY {time.monotonic() - started:.1f} s "
+            "after the kill"
+        )
     if fault.action == "stop":
         fleet.triton.signal(signal.SIGSTOP)
         time.sleep(fault.outage_s)

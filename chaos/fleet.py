@@ -165,6 +165,8 @@ class TritonProcess:
             grpc_port=grpc,
             metrics_port=metrics,
             required_models=[STREAM_MODEL_NAME, MODEL_NAME],
+            # As the Triton image runs it: a ready model's stub that dies ends the server (then restarted).
+            supervised=True,
         )
         with self._lock:
             self.server = server

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -93,7 +94,11 @@ class LocalTritonServer:
         required_models: Iterable[str] = (),
         binary: TritonBinary | None = None,
         keep_run_dir: bool = False,
+        supervised: bool = False,
     ) -> None:
+        """`supervised`: run tritonserver under fluxfill.client.triton_supervisor, as the Triton image does,
+        so the process ends (status STUB_DIED_EXIT_CODE) when a ready model's stub dies instead of serving
+        on with a model that fails every request; `pid` is then the supervisor's."""
         self.source_repository = Path(model_repository)
         if not self.source_repository.is_dir():
             raise LocalServerError(f"model repository {self.source_repository} is not a directory")
@@ -110,6 +115,7 @@ class LocalTritonServer:
         self._required = tuple(required_models)
         self._binary = binary
         self._keep_run_dir = keep_run_dir or run_dir is not None
+        self._supervised = supervised
         self._final_log: str | None = None
         self._run_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -199,6 +205,8 @@ class LocalTritonServer:
             f"--exit-timeout-secs={self._exit_timeout_s}",
             "--log-verbose=0",
         ]
+        if self._supervised:
+            argv = [sys.executable, "-m", "fluxfill.client.triton_supervisor", "--check-s=1", *argv]
         logger.info("starting %s (run dir %s)", binary.executable, self.run_dir)
         # The forwarding side channel lives in this server's run dir: private, and removed with it.
         environment = {"FLUXFILL_FORWARDING_DIR": str(self.run_dir / "forwarding"), **self._env}

@@ -144,6 +144,7 @@ def test_faults_fall_inside_the_window_and_are_seeded() -> None:
     )
     assert actions == sorted(
         [("triton", "kill")] * 2
+        + [("triton", "stub-kill")]
         + [("bridge", "kill")] * 2
         + [("triton", "stop"), ("bridge", "stop"), ("bridge", "kill-in-pause")]
         + [(emulator, "pause") for emulator in faults.EMULATORS]
