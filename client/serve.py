@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         required_models=[STREAM_MODEL_NAME, MODEL_NAME],
+        supervised=True,  # a model whose stub died ends the server (and serve, with the reason): no zombie
     )
     # The server runs in its own process group, so Ctrl-C reaches only us: stop it ourselves.
     signal.signal(signal.SIGTERM, _raise_interrupt)

@@ -77,6 +77,7 @@ def run(
                     http_port=ports["http"],
                     metrics_port=ports["metrics"],
                     required_models=[STREAM_MODEL_NAME, MODEL_NAME],
+                    supervised=True,
                 )
             )
             bridge_log = (run_dir / "bridge.log").open("wb")

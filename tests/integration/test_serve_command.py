@@ -1,5 +1,6 @@
 """`fluxfill serve`: READY with the endpoints, a clean stop on SIGTERM, the model's reason on failure."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +32,41 @@ def test_serve_reports_ready_and_stops_on_sigterm(tiny_model: TinyModel) -> None
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+def descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    found, frontier = [], [pid]
+    while frontier:
+        children = [child for child, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_serve_exits_3_when_the_models_stub_dies(tiny_model: TinyModel) -> None:
+    """Triton alone would go on serving a model that fails every request; serve's supervisor ends it."""
+    process = serve(f"--weights-dir={tiny_model.pipeline_dir}", "--param=warmup_steps=0")
+    assert process.stdout is not None
+    assert "READY" in process.stdout.readline()
+    time.sleep(2)  # a check of the supervisor's while ready (every second)
+    (stub,) = [
+        pid
+        for pid in descendants(process.pid)
+        if b"/flux_fill_stream/1/model.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    os.kill(stub, signal.SIGKILL)
+
+    _, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 3
+    assert "tritonserver exited with code 70" in stderr
+    assert "stub of flux_fill_stream (pid" in stderr
 
 
 def test_serve_exits_3_with_the_models_reason(tmp_path: Path) -> None:
