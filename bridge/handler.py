@@ -38,7 +38,7 @@ from fluxfill.bridge.errors import (
 )
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.metrics import BridgeMetrics
-from fluxfill.bridge.monitor import JobMonitor
+from fluxfill.bridge.monitor import JOB_OVERRUN_S, JobMonitor
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.ports import (
@@ -96,6 +96,15 @@ class JobHandler:
         # This bridge's jobs refused by Triton's full queue send again in the order they were refused, a line
         # per priority level.
         self._admission = AdmissionLines()
+        # The monitors of the jobs running now: an overdue one is a hung thread (/healthz says so).
+        self._monitors: set[JobMonitor] = set()
+        self._monitors_lock = threading.Lock()
+        metrics.overdue.set_function(lambda: len(self.overdue_jobs()))
+
+    def overdue_jobs(self) -> list[str]:
+        """Message ids of the jobs running past their deadline and margin: threads taken for hung."""
+        with self._monitors_lock:
+            return sorted(monitor.message_id for monitor in self._monitors if monitor.overdue)
 
     def handle(self, delivery: Delivery) -> Outcome:
         """Decide what becomes of one delivery; never raises."""
@@ -234,12 +243,18 @@ class JobHandler:
             interval_s=self._settings.progress_interval_s,
             control=control,
             hard_stop=self.hard_stop,
+            max_age_s=self._settings.job_deadline_s + JOB_OVERRUN_S,
         )
+        with self._monitors_lock:
+            self._monitors.add(monitor)
         try:
             with monitor:
                 fields = self._run(job, control, monitor, delivery)
         except Exception as error:  # a bug must not lose the job either: it is retried, then dead-lettered
             return self._after_failure(error, claimed, monitor)
+        finally:
+            with self._monitors_lock:
+                self._monitors.discard(monitor)
         return self._end_done(claimed, fields)
 
     def _end_done(self, claimed: "_Claimed", fields: dict[str, Any]) -> Outcome:

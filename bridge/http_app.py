@@ -102,7 +102,13 @@ class HttpEntryPoint:
         self.app = Starlette(routes=routes)
 
     async def healthz(self, _request: Request) -> Response:
-        """The process is alive."""
+        """The process is alive: 503 when a job's thread hangs (it ran past its deadline and margin), so the
+        platform's liveness probe restarts the bridge rather than leave its slot taken for ever."""
+        hung = self._bridge.handler.overdue_jobs()
+        if hung:
+            return PlainTextResponse(
+                f"{len(hung)} job thread(s) hang past the deadline: {', '.join(hung)[:500]}", status_code=503
+            )
         return PlainTextResponse("ok")
 
     async def readyz(self, _request: Request) -> Response:

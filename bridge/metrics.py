@@ -36,6 +36,11 @@ class BridgeMetrics:
         self.in_flight = Gauge(
             "fluxfill_bridge_jobs_in_flight", "Jobs being handled now", registry=self.registry
         )
+        self.overdue = Gauge(
+            "fluxfill_bridge_jobs_overdue",
+            "Jobs running past their deadline and margin: threads taken for hung (/healthz fails)",
+            registry=self.registry,
+        )
         self.waiting = Gauge(
             "fluxfill_bridge_jobs_waiting",
             "Pulled jobs waiting for a slot, by lane (urgent ones are taken first)",

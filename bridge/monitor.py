@@ -3,6 +3,12 @@
 A run whose lease cannot be renewed for LEASE_LOSS_FRACTION of the lease stops: by then another bridge may
 be about to take the job over, and a holder that cannot renew must stop rather than hope.
 
+A job still running past `max_age_s` (its deadline and a margin: more than any job takes) has a thread that
+hangs in a call that never returns. Its heartbeats would keep its claim alive for ever, every other delivery
+of the job finding it busy: the session would stay `processing` for good. So the monitor stops renewing
+(the lease lapses and another bridge takes the job over; what the hung thread may still write is fenced by
+its claim) and reports the job `overdue`, which the bridge's /healthz turns into a failed liveness check.
+
 A job's calls to its session document go one at a time: the heartbeats, the claim check before the upload
 and (after the monitor has ended) the final write. When these were transactions, two on one Firestore
 document waited on each other's locks: a heartbeat still in flight beside the final write stalled jobs for
@@ -10,6 +16,7 @@ seconds on the emulator, then reported the lease lost of a job already done. Wit
 would read again: one at a time still spares that round.
 """
 
+import math
 import threading
 import time
 from types import TracebackType
@@ -24,6 +31,9 @@ logger = structlog.get_logger(__name__)
 _WAKE_S = 0.05
 # Failed renewals for this share of the lease stop the run, leaving margin for clocks and the final writes.
 LEASE_LOSS_FRACTION = 0.75
+# Past its deadline (which starts with inference), what a job may still take: its download and decode before,
+# its upload and final write after. A job older than its deadline plus this is taken for hung.
+JOB_OVERRUN_S = 120.0
 # At the end, how long a heartbeat in flight is waited for before the final write goes ahead anyway (a
 # heartbeat that hangs must not hold the job's end: the final write is fenced by the claim either way).
 END_WAIT_S = 2.0
@@ -42,11 +52,13 @@ class JobMonitor:
         interval_s: float,
         control: RunControl,
         hard_stop: threading.Event,
+        max_age_s: float = math.inf,
     ) -> None:
         self._sessions = sessions
         self._job = job
         self._claim_id = claim_id
-        self._renewed_at = time.monotonic()
+        self._renewed_at = self._started_at = time.monotonic()
+        self._max_age_s = max_age_s
         self._lease_s = lease_s
         self._interval_s = interval_s
         self._control = control
@@ -59,8 +71,14 @@ class JobMonitor:
         self.cancel_requested = False  # by the app, through the session document
         self.lease_lost = False
         self.shutdown = False
+        self.overdue = False  # past max_age_s: taken for hung, its claim left to lapse
         self.steps_seen: list[tuple[int, int]] = []
         self._thread = threading.Thread(target=self._watch, name=f"monitor-{job.message_id}", daemon=True)
+
+    @property
+    def message_id(self) -> str:
+        """The delivery this job runs for."""
+        return self._job.message_id
 
     def report_progress(self, step: int, total: int) -> None:
         """Called by the model adapter per step; written by the watcher thread, throttled."""
@@ -75,6 +93,10 @@ class JobMonitor:
             if self._hard_stop.is_set() and not self.shutdown:
                 self.shutdown = True
                 self._control.cancel.set()
+            if not self.overdue and time.monotonic() - self._started_at > self._max_age_s:
+                self._give_up_as_hung()
+            if self.overdue:
+                continue  # no more heartbeats: the claim lapses
             if beating is not None and beating.is_alive():
                 # A heartbeat that hangs (Firestore frozen) is a failed one: the bound holds all the same.
                 unrenewed_s = time.monotonic() - self._renewed_at
@@ -127,6 +149,17 @@ class JobMonitor:
             self._control.cancel.set()
         if not beat.still_owner:
             self._lose_lease("another claim replaced ours")
+
+    def _give_up_as_hung(self) -> None:
+        age = time.monotonic() - self._started_at
+        self.overdue = True
+        logger.error(
+            "job overdue: its thread is taken for hung; its claim is left to lapse so that another bridge "
+            "takes the job over, and /healthz fails so that this bridge is restarted",
+            age_s=round(age),
+            max_age_s=self._max_age_s,
+        )
+        self._lose_lease(f"the job ran for {age:.0f} s, past the {self._max_age_s:g} s any job may take")
 
     def _lose_lease(self, reason: str) -> None:
         if not self.lease_lost:

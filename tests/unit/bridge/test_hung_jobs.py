@@ -1,0 +1,78 @@
+"""A job whose thread hangs in a call that never returns: its claim lapses and another bridge finishes it;
+the hung bridge's /healthz fails so that the platform restarts it. Without this the heartbeats went on and
+the session stayed `processing` for ever."""
+
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import pytest
+from starlette.testclient import TestClient
+
+from fluxfill.bridge import handler as handler_module
+from fluxfill.bridge.http_app import HttpEntryPoint
+from fluxfill.bridge.outcome import Outcome, OutcomeKind
+from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
+from tests.unit.bridge.fakes import FakeModel
+from tests.unit.bridge.world import World
+
+
+@dataclass
+class FirstCallHangs(FakeModel):
+    """The first call never returns until released, whatever it is told (a wedged socket, a deadlock)."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    hung: threading.Event = field(default_factory=threading.Event)
+
+    def infer(
+        self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        if not self.hung.is_set():
+            self.hung.set()
+            on_progress(1, 4)
+            self.release.wait(60)
+        return super().infer(request, on_progress=on_progress, control=control)
+
+
+def wait_for(condition: object, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_hung_jobs_claim_lapses_another_bridge_finishes_it_and_healthz_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handler_module, "JOB_OVERRUN_S", 0.5)
+    world = World(job_deadline_s=0.5, lease_s=1.0)
+    world.model = model = FirstCallHangs()
+    world.handler = world.another_bridge(instance_id="bridge-a", job_deadline_s=0.5, lease_s=1.0)
+    health = TestClient(HttpEntryPoint(SimpleNamespace(handler=world.handler, settings=world.settings)).app)
+    outcomes: list[Outcome] = []
+    hung = threading.Thread(target=lambda: outcomes.append(world.deliver()))
+    hung.start()
+    try:
+        wait_for(model.hung.is_set)
+        assert health.get("/healthz").status_code == 200, "running, not yet past its deadline and margin"
+        wait_for(lambda: world.handler.overdue_jobs() == ["m1"])
+        answer = health.get("/healthz")
+        assert answer.status_code == 503
+        assert "hang past the deadline: m1" in answer.text
+        assert "fluxfill_bridge_jobs_overdue 1.0" in world.metrics.exposition().decode()
+        # Heartbeats stopped: the claim lapses, and the next delivery, to another bridge, takes the job over.
+        time.sleep(1.2)
+        other = world.another_bridge(instance_id="bridge-b")
+        assert world.deliver(handler=other).kind is OutcomeKind.DONE
+        assert world.document["status"] == "done"
+        assert world.document["owner"] == "bridge-b"
+    finally:
+        model.release.set()
+        hung.join(30)
+    # The hung thread, released at last, writes nothing over the other bridge's result.
+    assert outcomes[0].kind is OutcomeKind.RETRY
+    assert world.document["status"] == "done"
+    assert world.document["owner"] == "bridge-b"
+    assert world.handler.overdue_jobs() == []
+    assert health.get("/healthz").status_code == 200
