@@ -33,15 +33,28 @@ DEFAULT_HTTP_PORT = 8000
 _MODEL_FILE = "model.py"
 
 
+def _last_value(server_args: Sequence[str], flag: str) -> str | None:
+    """The value of tritonserver's last `flag` (`--flag=value` or `--flag value`), or None."""
+    value = None
+    for at, argument in enumerate(server_args):
+        if argument.startswith(f"{flag}="):
+            value = argument.partition("=")[2]
+        elif argument == flag and at + 1 < len(server_args):
+            value = server_args[at + 1]
+    return value
+
+
 def http_port(server_args: Sequence[str]) -> int:
     """The port tritonserver will serve HTTP on: its last `--http-port`, else Triton's default."""
-    port = DEFAULT_HTTP_PORT
-    for at, argument in enumerate(server_args):
-        if argument.startswith("--http-port="):
-            port = int(argument.partition("=")[2])
-        elif argument == "--http-port" and at + 1 < len(server_args):
-            port = int(server_args[at + 1])
-    return port
+    port = _last_value(server_args, "--http-port")
+    return DEFAULT_HTTP_PORT if port is None else int(port)
+
+
+def http_host(server_args: Sequence[str]) -> str:
+    """Where to ask tritonserver for its readiness: its `--http-address`, or loopback when it listens on
+    every address (the default)."""
+    address = _last_value(server_args, "--http-address")
+    return "127.0.0.1" if address in (None, "", "0.0.0.0", "::") else str(address)  # noqa: S104
 
 
 def stub_processes(server_pid: int, proc: Path = Path("/proc")) -> dict[int, str]:
@@ -80,10 +93,11 @@ def _model_of(arguments: list[bytes]) -> str:
     return ""
 
 
-def server_ready(port: int, timeout_s: float = 2.0) -> bool:
+def server_ready(host: str, port: int, timeout_s: float = 2.0) -> bool:
     """Whether tritonserver answers 200 to /v2/health/ready (with --strict-readiness: every model READY)."""
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v2/health/ready"
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/health/ready", timeout=timeout_s) as reply:
+        with urllib.request.urlopen(url, timeout=timeout_s) as reply:
             return bool(reply.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -98,11 +112,11 @@ class Supervisor:
         *,
         check_s: float = 5.0,
         stop_timeout_s: float = 25.0,
-        ready: Callable[[int], bool] = server_ready,
+        ready: Callable[[str, int], bool] = server_ready,
         say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
     ) -> None:
         self._args = list(server_args)
-        self._port = http_port(self._args[1:])
+        self._host, self._port = http_host(self._args[1:]), http_port(self._args[1:])
         self._check_s = check_s
         self._stop_timeout_s = stop_timeout_s
         self._ready = ready
@@ -126,7 +140,7 @@ class Supervisor:
             gone = {pid: model for pid, model in watched.items() if pid not in running}
             if gone:
                 return self._stop_for(gone, server)
-            if self._ready(self._port):
+            if self._ready(self._host, self._port):
                 watched.update(running)
 
     def _pass_on(self, signum: int, _frame: FrameType | None) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fluxfill.client.triton_binary import free_port
-from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE, http_port, stub_processes
+from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE, http_host, http_port, stub_processes
 
 FAKE_SERVER = textwrap.dedent(
     """
@@ -183,3 +183,16 @@ def test_stubs_are_the_servers_children_named_as_the_stub_with_their_model(tmp_p
 )
 def test_the_http_port_is_the_servers_last_one(arguments: list[str], port: int) -> None:
     assert http_port(arguments) == port
+
+
+@pytest.mark.parametrize(
+    ("arguments", "host"),
+    [
+        ([], "127.0.0.1"),
+        (["--http-address=0.0.0.0"], "127.0.0.1"),
+        (["--http-address", "10.0.0.7", "--http-port=1"], "10.0.0.7"),
+        (["--http-address=::"], "127.0.0.1"),
+    ],
+)
+def test_readiness_is_asked_where_the_server_listens(arguments: list[str], host: str) -> None:
+    assert http_host(arguments) == host
