@@ -19,14 +19,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 @pytest.mark.timeout(600)
 def test_quick_chaos_loses_no_job_and_does_none_twice(tmp_path: Path) -> None:
     """~40 jobs with duplicates and poison, every bridge named `localhost`, one fault of each kind (Triton and
-    a bridge SIGKILLed, each SIGSTOPped past its deadline or lease, Storage paused, a bridge killed while
-    Firestore held its final writes): every invariant holds."""
+    a bridge SIGKILLed, the model's stub SIGKILLed alone, each SIGSTOPped past its deadline or lease, Storage
+    paused, a bridge killed while Firestore held its final writes): every invariant holds."""
     options = ChaosOptions.quick()
     report = run_chaos(options, tmp_path)
     text = chaos_text(report)
     assert not report.fault_errors, text
     assert (
-        len(report.faults) == len(faults.schedule(["a", "b"], 10.0, options.seed, options.fault_plan)) == 6
+        len(report.faults) == len(faults.schedule(["a", "b"], 10.0, options.seed, options.fault_plan)) == 7
     ), text
     assert all(check.checked > 0 for check in report.checks), text
     assert [c.name for c in report.checks if not c.ok] == [], text

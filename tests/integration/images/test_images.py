@@ -222,6 +222,13 @@ def test_triton_image_serves_the_tiny_model_and_answers_one_inference(
     # Started through NVIDIA's entrypoint (the stand-in base's, where NGC's image has it), which ran first and
     # passed the container's arguments on (the ports it answered on).
     assert 0 <= shown.find("stand-in for NVIDIA's Triton Server entrypoint") < shown.find("entrypoint: torch")
+    # SIGTERM reaches tritonserver through the entrypoints and the supervisor: a clean stop inside Cloud
+    # Run's 10 s before SIGKILL.
+    stopping = time.monotonic()
+    podman("kill", "--signal", "TERM", container_name)
+    exit_code = podman("wait", container_name, timeout_s=30).stdout.strip()
+    assert exit_code == "0", logs(container_name)[-3000:]
+    assert time.monotonic() - stopping < 10
 
 
 # Run in the container: SIGKILL the Python-backend stub serving flux_fill_stream (as an out-of-memory kill).
