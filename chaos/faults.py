@@ -21,10 +21,9 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from chaos.fleet import Fleet
-from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE
+from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE, stub_processes
 from fluxfill.inpaint.contract import STREAM_MODEL_NAME
 
 # How long the supervisor may take to notice a dead stub and stop Triton (it checks every second).
@@ -165,16 +164,11 @@ def _signal_group(group: int, signum: int) -> None:
 
 
 def _stub_of(pids: list[int], model: str) -> int:
-    """The Python-backend stub serving `model` among Triton's processes."""
+    """The Python-backend stub serving `model` among the children of Triton's processes."""
     for pid in pids:
-        try:
-            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if arguments[0].endswith(b"triton_python_backend_stub") and f"/{model}/".encode() in b" ".join(
-            arguments
-        ):
-            return pid
+        for stub, served in stub_processes(pid).items():
+            if served == model:
+                return stub
     raise RuntimeError(f"no stub of {model} among Triton's processes {pids}")
 
 
