@@ -4,6 +4,7 @@ the session stayed `processing` for ever."""
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -35,9 +36,9 @@ class FirstCallHangs(FakeModel):
         return super().infer(request, on_progress=on_progress, control=control)
 
 
-def wait_for(condition: object, timeout_s: float = 20.0) -> None:
+def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
 
