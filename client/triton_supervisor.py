@@ -128,7 +128,11 @@ class Supervisor:
         """Start the server and watch it until it exits; its status, or STUB_DIED_EXIT_CODE."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._pass_on)
-        self._server = server = subprocess.Popen(self._args)
+        try:
+            self._server = server = subprocess.Popen(self._args)
+        except OSError as error:  # as a shell says it: 127 not found, 126 not executable
+            self._say(f"triton_supervisor: cannot start {self._args[0]}: {error.strerror or error}")
+            return 127 if isinstance(error, FileNotFoundError) else 126
         watched: dict[int, str] = {}
         while True:
             status = self._wait(server, self._check_s)

@@ -196,3 +196,17 @@ def test_the_http_port_is_the_servers_last_one(arguments: list[str], port: int) 
 )
 def test_readiness_is_asked_where_the_server_listens(arguments: list[str], host: str) -> None:
     assert http_host(arguments) == host
+
+
+def test_a_server_that_cannot_start_is_one_line_and_a_shells_status(tmp_path: Path) -> None:
+    missing = subprocess.run(
+        [sys.executable, "-m", "fluxfill.client.triton_supervisor", str(tmp_path / "tritonserver")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert missing.returncode == 127
+    assert missing.stderr.strip().splitlines() == [
+        f"triton_supervisor: cannot start {tmp_path / 'tritonserver'}: No such file or directory"
+    ]
