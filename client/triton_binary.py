@@ -169,20 +169,23 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def live_processes(proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
+    """Live (non-zombie) processes: pid -> (parent pid, process group), read from /proc."""
+    table = {}
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            # After the parenthesised command (it may hold spaces and parentheses): state, ppid, pgrp, ...
+            state, parent, group = stat.read_text().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):  # it ended meanwhile, or no stat to read
+            continue
+        if state != "Z":
+            table[int(stat.parent.name)] = (int(parent), int(group))
+    return table
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes in a process group, read from /proc."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # Fields after the parenthesised command: state, ppid, pgrp, ...
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
 
 
 def end_group(pgid: int, timeout_s: float) -> None:

@@ -10,7 +10,7 @@ when one of them is gone while the server runs, it says which model's in one lin
 (SIGTERM, then SIGKILL after `--stop-timeout-s`), exiting with `STUB_DIED_EXIT_CODE`. Otherwise it exits
 with the server's own status.
 
-Stdlib only (it starts before anything else in the image):
+The standard library and fluxfill.client.triton_binary only (it starts before anything else in the image):
     python3 -m fluxfill.client.triton_supervisor tritonserver --model-repository=... --http-port=8000 ...
 """
 
@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-STUB_NAME = "triton_python_backend_stub"
+from fluxfill.client.triton_binary import STUB_NAME, live_processes
+
 # EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
 STUB_DIED_EXIT_CODE = 70
 DEFAULT_HTTP_PORT = 8000
@@ -72,17 +73,9 @@ def stub_processes(server_pid: int, proc: Path = Path("/proc")) -> dict[int, str
 
 
 def _children(pid: int, proc: Path) -> list[int]:
-    """Processes whose parent is `pid`, from every /proc/N/stat (`/proc/N/task/N/children` needs a kernel
-    option that not every kernel has)."""
-    children = []
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()  # after the command, which may hold spaces
-        except OSError:
-            continue
-        if len(fields) > 1 and fields[1] == str(pid):
-            children.append(int(stat.parent.name))
-    return children
+    """Live processes whose parent is `pid` (`/proc/N/task/N/children` needs a kernel option that not every
+    kernel has)."""
+    return [child for child, (parent, _) in live_processes(proc).items() if parent == pid]
 
 
 def _model_of(arguments: list[bytes]) -> str:

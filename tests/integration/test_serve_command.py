@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fluxfill.client.triton_binary import free_port
+from fluxfill.client.triton_binary import free_port, live_processes
 from fluxfill.inpaint.tiny import TinyModel
 from tests.support import MODEL_REPOSITORY
 
@@ -35,12 +35,7 @@ def test_serve_reports_ready_and_stops_on_sigterm(tiny_model: TinyModel) -> None
 
 
 def descendants(pid: int) -> list[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
+    parents = {child: parent for child, (parent, _) in live_processes().items()}
     found, frontier = [], [pid]
     while frontier:
         children = [child for child, parent in parents.items() if parent in frontier]
