@@ -22,7 +22,15 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from fluxfill.client.prerequisites import require, triton_problems
-from fluxfill.client.triton_binary import TritonBinary, end_group, find_tritonserver, free_port
+from fluxfill.client.triton_binary import (
+    TritonBinary,
+    end_group,
+    find_tritonserver,
+    free_port,
+    group_members,
+    remove_shm_regions,
+    shm_regions,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +127,7 @@ class LocalTritonServer:
         self._final_log: str | None = None
         self._run_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._shm_regions: set[str] = set()  # the Python-backend stubs' shared memory, named when seen
         self._log_file: IO[bytes] | None = None
         self.states: dict[str, ModelState] = {}
 
@@ -223,6 +232,8 @@ class LocalTritonServer:
         )
         started = time.monotonic()
         self.states = self._wait_until_loaded(self._process)
+        # Noted now, while the stubs run: a server killed later leaves its regions for stop() to remove.
+        self._shm_regions |= shm_regions(group_members(self._process.pid))
         logger.info(
             "tritonserver up in %.1f s on %s: %s",
             time.monotonic() - started,
@@ -296,6 +307,7 @@ class LocalTritonServer:
         process, self._process = self._process, None
         if process is not None:
             pgid = process.pid
+            self._shm_regions |= shm_regions(group_members(pgid))
             # SIGTERM to tritonserver alone first: it then unloads models and reaps its stubs itself.
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -306,6 +318,8 @@ class LocalTritonServer:
             # Whatever outlived it (stubs of a server that died or hung) gets a short grace, then SIGKILL.
             end_group(pgid, timeout_s=2.0)
             process.wait()
+            if not group_members(pgid):
+                remove_shm_regions(self._shm_regions)
             logger.info("tritonserver stopped (exit code %s)", process.returncode)
         if self._log_file is not None:
             self._log_file.close()
