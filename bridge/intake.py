@@ -37,6 +37,12 @@ _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 ACCEPTED = "a JPEG, PNG, WebP, HEIC or AVIF image"
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# A progressive JPEG is decoded a scan at a time, each scan a pass over the whole image's coefficients, so its
+# decoding time grows with scans x pixels, not with the file's size: a 119 KB file of a 12 MP frame and
+# 1,000 repeats of a 48-byte scan took 8 s in libjpeg-turbo and 7 s more in Pillow here (a 40 MB one, hours).
+# Phones write one scan, progressive encoders about ten (libjpeg's script: 10); NVIDIA's nvImageCodec
+# refuses more than 256 by default, after Cure53's audit of libjpeg-turbo, and so does the bridge.
+MAX_JPEG_SCANS = 256
 # Peak memory of decoding a photo, per pixel, beyond what the bridge held before: Pillow's decoded image
 # (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers. Measured (the process's own
 # peak) 10.5 (RGBA and palette PNG) and 10.2 (RGB JPEG) on a 12 MP photo; tests/unit/bridge/test_memory.py
@@ -94,7 +100,7 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
             ErrorCode.UNSUPPORTED_IMAGE_FORMAT, f"the {what} is not {ACCEPTED} (by its first bytes)"
         )
     if kind == "JPEG":
-        _refuse_unreadable_jpeg_process(data, what)
+        _refuse_unreadable_jpeg(data, what)
     with _refusals(what, kind):
         image = Image.open(io.BytesIO(data), formats=[kind])
         width, height = image.size
@@ -106,10 +112,11 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
     return image, kind
 
 
-def _refuse_unreadable_jpeg_process(data: bytes, what: str) -> None:
+def _refuse_unreadable_jpeg(data: bytes, what: str) -> None:
     """A JPEG of a process no decoder here reads (12-bit samples, as medical and scientific cameras write;
     hierarchical coding) is a valid file of an unsupported kind, not a corrupt one: said so from its frame
-    header, before Pillow, which would call it unidentifiable or fail in the decode."""
+    header, before Pillow, which would call it unidentifiable or fail in the decode. So is one of more scans
+    than MAX_JPEG_SCANS, which would keep a decoder busy for minutes."""
     header = jpeg_markers.frame(data)
     if header is not None and header.precision != 8:
         raise PermanentJobError(
@@ -121,6 +128,12 @@ def _refuse_unreadable_jpeg_process(data: bytes, what: str) -> None:
         raise PermanentJobError(
             ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
             f"the {what} is a hierarchical JPEG, which no decoder here reads; save it as an ordinary JPEG",
+        )
+    if jpeg_markers.scan_count(data, at_most=MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} is a progressive JPEG of more than {MAX_JPEG_SCANS} scans (phones write one, "
+            "progressive encoders about ten), which would take minutes to decode; save it again as a JPEG",
         )
 
 

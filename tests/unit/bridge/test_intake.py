@@ -7,10 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from fluxfill.bridge import orientation
+from fluxfill.bridge import jpeg_markers, orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
-from fluxfill.bridge.intake import decode_mask, decode_photo, encode_preview, fit_mask, sniff_format
+from fluxfill.bridge.intake import (
+    MAX_JPEG_SCANS,
+    check_header,
+    decode_mask,
+    decode_photo,
+    encode_preview,
+    fit_mask,
+    sniff_format,
+)
 from tests.support import REPO_ROOT
 
 BIG = 10_000_000
@@ -68,6 +76,46 @@ def test_a_hierarchical_jpeg_is_an_unsupported_format() -> None:
     code, sentence = refusal_and_sentence(decode_photo, bytes(data), BIG)
     assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
     assert "hierarchical" in sentence
+
+
+def progressive_of(scans: int, **options: object) -> bytes:
+    """A 64x48 progressive JPEG (libjpeg's script: 10 scans) whose last scan, a refinement of the luma's AC
+    coefficients, is repeated until it has `scans`: libjpeg warns of a bogus progression and decodes every
+    repeat, a pass over the whole frame each (the hostile file's shape, at a size any test can decode)."""
+    data = encode(Image.new("RGB", (64, 48), (90, 120, 150)), "JPEG", progressive=True, **options)
+    assert data.endswith(b"\xff\xd9")
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    return data[:-2] + last_scan * (scans - 10) + data[-2:]
+
+
+@pytest.mark.parametrize("call", [decode_photo, decode_mask, check_header])
+def test_a_jpeg_of_more_scans_than_any_encoder_writes_is_refused_unread(call: object) -> None:
+    """Decoding time grows with scans x pixels: such a file is refused from its markers, before the header
+    check lets the coefficient read start, whatever the frame's size."""
+    data = progressive_of(MAX_JPEG_SCANS + 1)
+    args = (data, "original photo", BIG) if call is check_header else (data, BIG)
+    code, sentence = refusal_and_sentence(call, *args)
+    assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    assert f"more than {MAX_JPEG_SCANS} scans" in sentence
+
+
+def test_a_jpeg_of_as_many_scans_as_allowed_is_decoded() -> None:
+    assert decode_photo(progressive_of(MAX_JPEG_SCANS), BIG).shape == (48, 64, 3)
+
+
+def test_scans_are_counted_in_the_image_only() -> None:
+    """A thumbnail in an APPn segment and an image appended after EOI (an Ultra HDR gain map) have scans of
+    their own; restart markers and fill bytes lie between and inside the image's."""
+    many = progressive_of(MAX_JPEG_SCANS + 5)
+    assert len(many) < 65_000
+    photo = encode(Image.new("RGB", (64, 48), (5, 6, 7)), "JPEG", progressive=True, restart_marker_blocks=1)
+    with_thumbnail = photo[:2] + b"\xff\xef" + (len(many) + 2).to_bytes(2, "big") + many + photo[2:]
+    filled = photo.replace(b"\xff\xda", b"\xff\xff\xff\xda")
+    assert jpeg_markers.scan_count(with_thumbnail + many, at_most=MAX_JPEG_SCANS) == 10
+    assert jpeg_markers.scan_count(filled, at_most=MAX_JPEG_SCANS) == 10
+    assert decode_photo(with_thumbnail + many, BIG).shape == (48, 64, 3)
+    assert jpeg_markers.scan_count(encode(Image.new("RGB", (8, 8)), "JPEG"), at_most=MAX_JPEG_SCANS) == 1
+    assert jpeg_markers.scan_count(progressive_of(1000), at_most=20) == 21
 
 
 def test_a_lossless_jpeg_is_decoded_exactly() -> None:
