@@ -7,6 +7,7 @@ import json
 import re
 from collections import Counter
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -93,6 +94,14 @@ class SessionField(StrEnum):
     STARTED_AT = "startedAt"
     FINISHED_AT = "finishedAt"
 
+
+# The session document's fields the app's users write: they create it queued, may ask to cancel, and keep
+# `updatedAt` too. The others are the bridge's alone: FIRESTORE_RULES refuses them to the app's users.
+APP_FIELDS = frozenset({SessionField.STATUS, SessionField.CANCEL_REQUESTED, SessionField.UPDATED_AT})
+BRIDGE_FIELDS = frozenset(SessionField) - APP_FIELDS
+# The Firestore security rules of the session documents (merged into the app's rules; the local emulators
+# load them, so every test runs under them).
+FIRESTORE_RULES = Path(__file__).with_name("firestore.rules")
 
 # Attributes the bridge sets on a message it publishes to the dead-letter topic itself.
 DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"

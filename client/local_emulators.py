@@ -21,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from fluxfill.bridge.contract import FIRESTORE_RULES
 from fluxfill.client.errors import ServiceUnavailableError
 from fluxfill.client.prerequisites import (
     cloud_sdk_root,
@@ -140,7 +141,9 @@ class PubSubEmulator(LocalEmulator):
 
 
 class FirestoreEmulator(LocalEmulator):
-    """The Firestore emulator (native mode), started from its jar directly: faster than gcloud."""
+    """The Firestore emulator (native mode), started from its jar directly: faster than gcloud. It enforces
+    the shipped security rules (contract.FIRESTORE_RULES) on requests of the app's users; service accounts,
+    and the emulator's admin that the client libraries send, are not governed by rules."""
 
     name = "firestore"
 
@@ -154,6 +157,7 @@ class FirestoreEmulator(LocalEmulator):
             "--host=127.0.0.1",
             f"--port={self.port}",
             "--database-mode=firestore-native",
+            f"--rules={FIRESTORE_RULES}",
         ]
 
     def clear(self, project: str) -> None:

@@ -6,6 +6,7 @@ every `fluxfill` module is imported from the wheel or not at all.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,9 +46,18 @@ print(len(names))
 @pytest.fixture(scope="module")
 def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wheel")
+    # Built from a copy of what the images copy, not in the checkout: setuptools builds through build/lib and
+    # never empties it, so a file an earlier build put there (a module since deleted, a data file since
+    # dropped from package-data) went into this test's wheel, and into no wheel built from a clean clone.
+    source = folder / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy2(REPO_ROOT / name, source / name)
+    for name in ("inpaint", "client", "bridge", "model_repository"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", folder, "."],
-        cwd=REPO_ROOT,
+        cwd=source,
         check=True,
         capture_output=True,
     )
@@ -82,6 +92,18 @@ def test_every_module_imports_from_the_installed_wheel(wheel_venv: Path) -> None
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout) >= len(source_modules), "a module of the source tree is missing from the wheel"
+
+
+def test_the_installed_wheel_ships_the_firestore_rules_its_emulators_load(wheel_venv: Path) -> None:
+    """`fluxfill stack` from the wheel starts the Firestore emulator with the rules beside the contract."""
+    script = (
+        "import sys; from fluxfill.bridge.contract import FIRESTORE_RULES as r; "
+        "from fluxfill.client.local_emulators import FirestoreEmulator as e; "
+        "assert str(r).startswith(sys.prefix), r; assert 'bridgeFields' in r.read_text(); "
+        "assert f'--rules={r}' in e(1).argv()"
+    )
+    result = subprocess.run([wheel_venv, "-c", script], capture_output=True, text=True, cwd="/", check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def test_the_installed_bridge_refuses_missing_settings_in_one_line(wheel_venv: Path) -> None:

@@ -1,0 +1,247 @@
+"""The shipped Firestore rules (bridge/firestore.rules) in the emulator, as the app's users meet them.
+
+The app's users write their session documents from their phones, signed in: the emulator enforces the rules on
+their requests (an unsigned ID token names the user, as in Firebase's own emulator tests), while the bridge's
+service account is not governed by rules. Each test signs in as the app does and shows both sides: what the
+contract lets a user do works, through a real bridge and Triton where it involves a job, and every field of
+the bridge's is refused to the user.
+"""
+
+import base64
+import json
+import re
+import urllib.error
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from fluxfill.bridge.contract import BRIDGE_FIELDS, FIRESTORE_RULES, JobStatus, SessionField
+from fluxfill.client.local_emulators import GoogleEmulators
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge
+
+pytestmark = pytest.mark.integration
+ALLOWED, REFUSED = 200, 403
+
+
+class AppUser:
+    """A signed-in user of the app, writing and reading through Firestore's REST API as the app's SDK does;
+    `uid` None: not signed in."""
+
+    def __init__(self, emulators: GoogleEmulators, uid: str | None) -> None:
+        self.uid = uid
+        self._base = f"http://{emulators.firestore.host}/v1/projects/{PROJECT}/databases/(default)/documents"
+
+    def _token(self) -> str:
+        def part(value: dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+        claims = {
+            "iss": f"https://securetoken.google.com/{PROJECT}",
+            "aud": PROJECT,
+            "sub": self.uid,
+            "user_id": self.uid,
+            "iat": 0,
+            "exp": 2**31,
+            "firebase": {"sign_in_provider": "anonymous", "identities": {}},
+        }
+        return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        request = urllib.request.Request(  # noqa: S310 (the local emulator)
+            f"{self._base}/{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        if self.uid is not None:
+            request.add_header("Authorization", f"Bearer {self._token()}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                return response.status, json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def create(self, path: str, fields: dict[str, Any]) -> int:
+        collection, document_id = path.rsplit("/", 1)
+        return self._call("POST", f"{collection}?documentId={document_id}", _document(fields))[0]
+
+    def update(self, path: str, fields: dict[str, Any]) -> int:
+        """Writes only these fields (an update mask), as the SDK's update() does."""
+        mask = "&".join(f"updateMask.fieldPaths={name}" for name in fields)
+        return self._call("PATCH", f"{path}?{mask}&currentDocument.exists=true", _document(fields))[0]
+
+    def read(self, path: str) -> tuple[int, dict[str, Any]]:
+        status, body = self._call("GET", path)
+        return status, {name: _plain(value) for name, value in body.get("fields", {}).items()}
+
+    def delete(self, path: str) -> int:
+        return self._call("DELETE", path)[0]
+
+
+def _value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"booleanValue": value}
+    if isinstance(value, int):
+        return {"integerValue": str(value)}
+    if isinstance(value, datetime):
+        return {"timestampValue": value.isoformat().replace("+00:00", "Z")}
+    if isinstance(value, dict):
+        return {"mapValue": _document(value)}
+    return {"stringValue": str(value)}
+
+
+def _document(fields: dict[str, Any]) -> dict[str, Any]:
+    return {"fields": {name: _value(value) for name, value in fields.items()}}
+
+
+def _plain(value: dict[str, Any]) -> Any:
+    (kind, content), *_ = value.items()
+    if kind == "mapValue":
+        return {name: _plain(inner) for name, inner in content.get("fields", {}).items()}
+    return content
+
+
+def new_session(user: str) -> str:
+    return f"users/{user}/sessions/s{uuid.uuid4().hex[:8]}"
+
+
+def queued(**app_fields: Any) -> dict[str, Any]:
+    """What the app writes when it creates a session: queued, its own time, and fields of its own."""
+    return {"status": "queued", "updatedAt": datetime.now(UTC), "petName": "Rex", **app_fields}
+
+
+@pytest.fixture
+def alice(google_emulators: GoogleEmulators) -> AppUser:
+    return AppUser(google_emulators, f"alice{uuid.uuid4().hex[:6]}")
+
+
+@pytest.fixture
+def mallory(google_emulators: GoogleEmulators) -> AppUser:
+    return AppUser(google_emulators, f"mallory{uuid.uuid4().hex[:6]}")
+
+
+def test_the_rules_list_of_bridge_fields_is_the_contracts() -> None:
+    """The refusal tests below run over the contract's list; this keeps the rules' own list the same."""
+    listed = re.search(r"function bridgeFields\(\) \{\s*return \[(.*?)\];", FIRESTORE_RULES.read_text(), re.S)
+    assert listed is not None
+    assert set(re.findall(r"'([^']+)'", listed.group(1))) == set(BRIDGE_FIELDS)
+
+
+def test_a_session_the_user_creates_runs_to_done_and_only_its_user_reads_it(
+    jobs: JobSystem,
+    flux_server: LocalTritonServer,
+    alice: AppUser,
+    mallory: AppUser,
+    google_emulators: GoogleEmulators,
+) -> None:
+    assert alice.uid is not None
+    _, session = jobs.new_job(user=alice.uid)  # photo and mask (Storage rules are not emulated here)
+    path = f"users/{alice.uid}/sessions/{session}"
+    jobs.document(alice.uid, session).delete()
+    assert alice.create(path, queued()) == ALLOWED
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 2})
+        jobs.wait_for(alice.uid, session, is_terminal)
+    status, document = alice.read(path)
+    assert status == ALLOWED
+    assert document["status"] == JobStatus.DONE
+    assert document["petName"] == "Rex", "the app's own field is kept"
+    assert document["result"]["paths"]["edited"].endswith("edited.png")
+    assert mallory.read(path)[0] == REFUSED
+    assert AppUser(google_emulators, None).read(path)[0] == REFUSED
+    assert alice.update(path, {"petName": "Rex II"}) == ALLOWED, "the app's fields stay the app's"
+    assert alice.delete(path) == ALLOWED, "a finished session may be deleted"
+
+
+def test_the_user_cancels_a_running_job(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    assert alice.uid is not None
+    _, session = jobs.new_job(user=alice.uid)
+    path = f"users/{alice.uid}/sessions/{session}"
+    jobs.document(alice.uid, session).delete()
+    assert alice.create(path, queued()) == ALLOWED
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
+        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 100})
+        jobs.wait_for(alice.uid, session, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
+        assert alice.delete(path) == REFUSED, "a running session is not deleted"
+        assert alice.update(path, {"cancelRequested": True}) == ALLOWED
+        document = jobs.wait_for(alice.uid, session, is_terminal)
+    assert document["status"] == JobStatus.CANCELLED
+
+
+@pytest.mark.parametrize("field", sorted(BRIDGE_FIELDS))
+def test_the_user_cannot_create_a_session_with_a_bridge_field(
+    jobs: JobSystem, alice: AppUser, field: str
+) -> None:
+    assert alice.uid is not None
+    path = new_session(alice.uid)
+    assert alice.create(path, queued(**{field: "forged"})) == REFUSED
+    assert alice.create(path, queued()) == ALLOWED
+
+
+@pytest.mark.parametrize("field", [*sorted(BRIDGE_FIELDS), SessionField.STATUS])
+def test_the_user_cannot_write_a_bridge_field_or_the_status_later(
+    jobs: JobSystem, alice: AppUser, field: str
+) -> None:
+    """On a session the bridge is running: forging a result, a lease that never ends, spent attempts."""
+    assert alice.uid is not None
+    path = new_session(alice.uid)
+    assert alice.create(path, queued()) == ALLOWED
+    jobs.db.document(path).update({"status": "processing", "claimId": "c1", "attempt": 1})
+    forged = {"result": {"paths": {"edited": "users/other/x.png"}}} if field == "result" else {field: "done"}
+    assert alice.update(path, forged) == REFUSED
+    assert alice.update(path, {"cancelRequested": True}) == ALLOWED
+
+
+@pytest.mark.parametrize("status", ["processing", "done", "failed", "cancelled", "", 1])
+def test_a_session_is_created_queued_or_without_a_status(
+    jobs: JobSystem, alice: AppUser, status: Any
+) -> None:
+    assert alice.uid is not None
+    assert alice.create(new_session(alice.uid), queued(status=status)) == REFUSED
+    fields = queued()
+    del fields["status"]
+    assert alice.create(new_session(alice.uid), fields) == ALLOWED
+
+
+def test_a_user_writes_only_their_own_sessions(jobs: JobSystem, alice: AppUser, mallory: AppUser) -> None:
+    assert alice.uid is not None
+    path = new_session(alice.uid)
+    assert mallory.create(path, queued()) == REFUSED
+    assert alice.create(path, queued()) == ALLOWED
+    assert mallory.update(path, {"cancelRequested": True}) == REFUSED
+    assert mallory.update(path, {"petName": "Mallory's"}) == REFUSED
+    jobs.db.document(path).update({"status": "done"})
+    assert mallory.delete(path) == REFUSED
+
+
+@pytest.mark.parametrize("value", [False, "yes", 1])
+def test_cancel_is_asked_with_true_only(jobs: JobSystem, alice: AppUser, value: Any) -> None:
+    """Once asked, a cancel is not withdrawn (the bridge may already have stopped the run); the bridge reads
+    only `true` as asked, so anything else is refused rather than silently ignored."""
+    assert alice.uid is not None
+    path = new_session(alice.uid)
+    assert alice.create(path, queued(cancelRequested=False)) == ALLOWED
+    assert alice.update(path, {"cancelRequested": True}) == ALLOWED
+    assert alice.update(path, {"cancelRequested": value}) == REFUSED
+    assert alice.create(new_session(alice.uid), queued(cancelRequested="yes")) == REFUSED
+
+
+def test_the_bridges_collections_are_closed_to_users(jobs: JobSystem, alice: AppUser) -> None:
+    """The runtime config, the per-user slots and parked jobs, the dead-letter ledger: service accounts
+    only (a user who could write their slots would lift their own limit)."""
+    assert alice.uid is not None
+    jobs.db.document("fluxfillConfig/runtime").set({"defaults": {"steps": 28}})
+    for path in (
+        "fluxfillConfig/runtime",
+        f"fluxfillUserSlots/{alice.uid}",
+        f"fluxfillParkedJobs/{alice.uid}/jobs/s1",
+        "fluxfillDeadLetters/m1",
+    ):
+        assert alice.read(path)[0] == REFUSED, path
+        assert alice.create(path, {"slots": {}}) == REFUSED, path
