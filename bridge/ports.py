@@ -51,6 +51,7 @@ class ClaimKind(Enum):
     CANCEL_REQUESTED = "cancel_requested"  # the app cancelled before any bridge started it
     EXHAUSTED = "exhausted"  # max attempts were claimed already: dead-letter it, never run it again
     USER_AT_LIMIT = "user_at_limit"  # its user has max_jobs_in_flight_per_user jobs running: later
+    TOO_LARGE = "too_large"  # the session document has no room for the bridge's fields: fail it, never run
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ class Claim:
 
     `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
-    the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run.
+    the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
+    `document_bytes` (TOO_LARGE) the session document's size.
     """
 
     kind: ClaimKind
@@ -69,6 +71,7 @@ class Claim:
     holder_message_id: str = ""
     last_error: str = ""
     user_running: int = 0
+    document_bytes: int = 0
 
 
 @dataclass(frozen=True)

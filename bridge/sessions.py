@@ -14,9 +14,19 @@ from typing import Any
 
 from fluxfill.bridge.contract import TERMINAL_STATUSES, JobStatus, SessionField
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat
+from fluxfill.inpaint.contract import MAX_PROMPT_BYTES
 
 Document = Mapping[str, Any]
 Update = dict[str, Any]
+
+# Firestore's largest document, by its own size rules (document_bytes).
+MAX_DOCUMENT_BYTES = 1_048_576
+# Room a session document must have for what the bridge writes into it: the claim's fields and the final
+# write's (the result, the model's values with a prompt of up to MAX_PROMPT_BYTES, timings, an error message),
+# the document's name, and room to spare. A document the app filled beyond MAX_DOCUMENT_BYTES less this was
+# claimed and run, and then its final write was refused: the session stayed `processing` for good (seen on the
+# Firestore emulator, which refuses as production does).
+BRIDGE_ROOM_BYTES = 16 * MAX_PROMPT_BYTES
 
 
 def _status(document: Document | None) -> JobStatus | None:
@@ -56,6 +66,34 @@ def _attempts(value: object) -> int:
     return max(0, int(value))
 
 
+def document_bytes(document: Document) -> int:
+    """The size Firestore counts for a document's fields (its storage size rules): each field's name in
+    UTF-8 plus one, and its value: a string's UTF-8 plus one, 8 for a number or a time, 1 for a boolean or
+    null, a map's fields and an array's values summed; plus 32. The document's name is left to
+    BRIDGE_ROOM_BYTES."""
+    return 32 + _fields_bytes(document)
+
+
+def _fields_bytes(fields: Mapping[str, Any]) -> int:
+    return sum(len(str(name).encode()) + 1 + _value_bytes(value) for name, value in fields.items())
+
+
+def _value_bytes(value: object) -> int:
+    if isinstance(value, Mapping):
+        return _fields_bytes(value)
+    if isinstance(value, list | tuple):
+        return sum(_value_bytes(item) for item in value)
+    if isinstance(value, str):
+        return len(value.encode()) + 1
+    if isinstance(value, bytes):
+        return len(value)
+    if value is None or isinstance(value, bool):
+        return 1
+    # A number or a time; a geo point is 16, and a reference counts its path (rare in a session: the room
+    # BRIDGE_ROOM_BYTES leaves covers it).
+    return 8 if isinstance(value, int | float | datetime) else 16
+
+
 def claim(
     document: Document | None,
     *,
@@ -80,6 +118,9 @@ def claim(
     if attempts >= max_attempts:
         # Checked here, not only after a retryable error: a job that kills its bridge comes back unclaimed.
         return Claim(ClaimKind.EXHAUSTED, attempts, status, last_error=_last_error(current)), None
+    size = document_bytes(current)
+    if size > MAX_DOCUMENT_BYTES - BRIDGE_ROOM_BYTES:
+        return Claim(ClaimKind.TOO_LARGE, attempts, status, document_bytes=size), None
     update: Update = {
         SessionField.STATUS: JobStatus.PROCESSING.value,
         SessionField.CLAIM_ID: claim_id,

@@ -3,7 +3,7 @@
 import structlog
 
 from fluxfill.bridge.contract import DEAD_LETTER_MESSAGE_ID_ATTRIBUTE, ErrorCode
-from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.errors import PermanentJobError, RetryableError
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import DeadLetterSink
 
@@ -39,4 +39,8 @@ def _finalize(outcome: Outcome) -> bool:
     except RetryableError as error:
         logger.error("dead-lettered, but the session's end was not recorded; nacking", error=str(error))
         return False
+    except PermanentJobError as error:
+        # Firestore refuses the write itself (a document with no room left for it): no redelivery could
+        # record it either, and the dead letter holds the reason.
+        logger.error("dead-lettered; the session's end cannot be recorded", error=str(error))
     return True

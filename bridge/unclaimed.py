@@ -5,6 +5,7 @@ from typing import Any
 from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobStatus, SessionField
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import Claim, ClaimKind, JobRef, SessionStore
+from fluxfill.bridge.sessions import BRIDGE_ROOM_BYTES, MAX_DOCUMENT_BYTES
 
 
 def error_fields(code: ErrorCode, message: str) -> dict[str, Any]:
@@ -50,6 +51,13 @@ def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Del
         last = claim.last_error or "none recorded"
         reason = f"gave up after {claim.attempt} attempts; last error: {last}"
         return dead_letter_then_fail(sessions, ref, ErrorCode.RETRIES_EXHAUSTED, reason)
+    if claim.kind is ClaimKind.TOO_LARGE:
+        reason = (
+            f"the session document is {claim.document_bytes} bytes: the bridge's fields (up to "
+            f"{BRIDGE_ROOM_BYTES} bytes: progress, result, timings) would take it past Firestore's limit of "
+            f"{MAX_DOCUMENT_BYTES} bytes a document; keep the app's own data in it smaller"
+        )
+        return dead_letter_then_fail(sessions, ref, ErrorCode.INVALID_JOB, reason)
     message = "cancelled by the app before it started"
     sessions.finish(ref, None, JobStatus.CANCELLED, error_fields(ErrorCode.CANCELLED, message))
     return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)

@@ -21,7 +21,7 @@ import pytest
 from fluxfill.bridge.contract import BRIDGE_FIELDS, FIRESTORE_RULES, JobStatus, SessionField
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge
+from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
 
 pytestmark = pytest.mark.integration
 ALLOWED, REFUSED = 200, 403
@@ -245,3 +245,33 @@ def test_the_bridges_collections_are_closed_to_users(jobs: JobSystem, alice: App
     ):
         assert alice.read(path)[0] == REFUSED, path
         assert alice.create(path, {"slots": {}}) == REFUSED, path
+
+
+@pytest.mark.parametrize(
+    ("app_bytes", "left"), [(1_000_000, JobStatus.FAILED), (1_048_300, JobStatus.QUEUED)]
+)
+def test_a_session_the_app_filled_to_firestores_limit_ends_with_a_reason_never_processing_for_ever(
+    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser, app_bytes: int, left: JobStatus
+) -> None:
+    """The rules let the app keep its own data in a session (say, the mask's strokes). Before the size check,
+    a session filled near Firestore's 1 MiB was claimed and run, and its final write refused: dead-lettered,
+    results uploaded, and the session `processing` for good. Now it is not run: failed with the reason, or,
+    when not even that fits, left as the app wrote it; either way dead-lettered once and acked."""
+    assert alice.uid is not None
+    _, session = jobs.new_job(user=alice.uid)
+    path = f"users/{alice.uid}/sessions/{session}"
+    jobs.document(alice.uid, session).delete()
+    assert alice.create(path, queued(strokes="x" * app_bytes)) == ALLOWED
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 2})
+        (letter,) = jobs.dead_letters(1)
+        assert letter.attributes["fluxfillErrorCode"] == "invalid_job"
+        assert "Firestore's limit" in letter.attributes["fluxfillErrorMessage"]
+        wait_until(lambda: bridge.counted("dead_letter") == 1)
+    document = jobs.session(alice.uid, session)
+    assert document["status"] == left
+    if left is JobStatus.FAILED:
+        assert "Firestore's limit of 1048576 bytes" in document["error"]["message"]
+    assert jobs.pull_now(timeout_s=2) == [], "the message was acked, not left to come back"
+    names = {blob.name for blob in jobs.storage_client.list_blobs(jobs.bucket, prefix=path)}
+    assert names == {f"{path}/original.png", f"{path}/mask.png"}, "nothing was run or uploaded"

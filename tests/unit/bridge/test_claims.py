@@ -12,7 +12,7 @@ from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError, T
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import ClaimKind
 from fluxfill.bridge.settings import BridgeSettings
-from tests.unit.bridge.world import PREFIX, World
+from tests.unit.bridge.world import DOCUMENT, PREFIX, World
 
 EDITED, PREVIEW = f"{PREFIX}/edited.png", f"{PREFIX}/preview.jpg"
 
@@ -286,3 +286,62 @@ def test_an_attempt_field_the_app_wrote_wrong_is_a_count_not_an_exception(
     assert found.kind is ClaimKind.CLAIMED
     assert update is not None
     assert update["attempt"] == counted + 1
+
+
+def test_document_bytes_counts_as_firestore_does() -> None:
+    """Firestore's own example: `users/jeff/tasks/my_task_id` (44 bytes of name) with these four fields is
+    147 bytes; maps, arrays, times and nulls by the same rules."""
+    task = {"type": "Personal", "done": False, "priority": 1, "description": "Learn Cloud Firestore"}
+    assert sessions.document_bytes(task) + 44 == 147
+    nested = {"m": {"a": None, "b": [1.5, "xy"]}, "t": datetime(2026, 1, 1, tzinfo=UTC)}
+    assert sessions.document_bytes(nested) == 32 + (2 + (2 + 1) + (2 + 8 + 3)) + (2 + 8)
+
+
+@pytest.mark.parametrize(
+    ("app_bytes", "kind"), [(900_000, ClaimKind.CLAIMED), (1_000_000, ClaimKind.TOO_LARGE)]
+)
+def test_a_session_document_without_room_for_the_bridges_fields_is_not_claimed(
+    app_bytes: int, kind: ClaimKind
+) -> None:
+    """The app's own data in the session: a claim whose result could not be written after the run is not
+    made."""
+    found, update = sessions.claim(
+        {"status": "queued", "strokes": "x" * app_bytes},
+        claim_id="c1",
+        owner="localhost",
+        now=datetime(2026, 12, 4, tzinfo=UTC),
+        lease_s=30,
+        message_id="m1",
+        max_attempts=3,
+    )
+    assert found.kind is kind
+    assert (update is None) is (kind is ClaimKind.TOO_LARGE)
+
+
+def test_a_job_whose_session_has_no_room_fails_with_a_sentence_and_never_runs() -> None:
+    world = World()
+    world.sessions.documents[DOCUMENT] = {"status": "queued", "strokes": "x" * 1_000_000}
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert outcome.code is ErrorCode.INVALID_JOB
+    assert "Firestore's limit of 1048576 bytes" in (outcome.reason or "")
+    assert world.model.calls == []
+    assert world.document["status"] == "failed"
+    assert world.document["error"]["code"] == "invalid_job"
+    assert world.acked == [True]
+
+
+def test_a_dead_letter_whose_session_refuses_its_final_write_is_acked_not_redelivered_for_ever() -> None:
+    """Firestore refusing the failed status itself (a document with no room even for that) cannot change on
+    a redelivery: the dead letter holds the reason, and the message is acked."""
+    world = World()
+    world.sessions.documents[DOCUMENT] = {"status": "queued", "strokes": "x" * 1_000_000}
+
+    def refuse(*_args: object, **_kwargs: object) -> object:
+        raise SessionRefusedError("firestore refused to record failed: maximum entity size is 1048576 bytes")
+
+    world.sessions.finish = refuse  # type: ignore[method-assign]
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert world.acked == [True]
+    assert len(world.dead_letters.published) == 1
