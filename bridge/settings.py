@@ -151,7 +151,11 @@ class BridgeSettings(BaseSettings):
     max_object_bytes: int = Field(
         40_000_000, gt=0, description="larger originals or masks are refused unread"
     )
-    max_image_pixels: int = Field(50_000_000, gt=0, description="larger decoded images are refused")
+    max_image_pixels: int = Field(
+        8192 * 6144,
+        gt=0,
+        description="larger decoded images are refused (8192x6144: a 50 MP phone's full resolution)",
+    )
     shutdown_grace_s: float = Field(
         6.0,
         ge=0,

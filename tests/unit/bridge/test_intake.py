@@ -235,3 +235,31 @@ def test_the_preview_carries_the_photos_colour_profile_when_it_describes_rgb() -
     assert Image.open(io.BytesIO(encode_preview(pixels, 512, icc_profile=srgb))).info["icc_profile"] == srgb
     assert "icc_profile" not in Image.open(io.BytesIO(encode_preview(pixels, 512, icc_profile=grey))).info
     assert "icc_profile" not in Image.open(io.BytesIO(encode_preview(pixels, 512))).info
+
+
+def jpeg_of_size(width: int, height: int) -> bytes:
+    """A small JPEG whose frame header says width x height: what the header checks read, nothing decoded."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (1, 2, 3)), "JPEG"))
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+# Phones' largest photos short of a 200 MP mode: 50 MP sensors' full resolution (8192x6144 as Xiaomi's write,
+# 8160x6144 as a Pixel's, 8160x6120 as a Samsung's) and the iPhone's 48 MP (8064x6048).
+PHONES_LARGEST = [(8192, 6144), (8160, 6144), (8160, 6120), (8064, 6048)]
+
+
+@pytest.mark.parametrize(("width", "height"), PHONES_LARGEST)
+def test_a_phones_full_resolution_photo_is_within_the_default_limits(width: int, height: int) -> None:
+    """The bridge's limit, and the model's for a photo sent whole (`reduce_context` false): a 50 MP phone's
+    full-resolution photo is 50.1-50.3 million pixels, and a limit of 50,000,000 refused it."""
+    from fluxfill.bridge.settings import BridgeSettings
+    from tests.support import make_config
+
+    bridge_limit = BridgeSettings.model_fields["max_image_pixels"].default
+    check_header(jpeg_of_size(width, height), "original photo", bridge_limit)
+    assert width * height <= make_config().max_input_pixels
+    assert refusal(check_header, jpeg_of_size(16320, 12240), "original photo", bridge_limit) is (
+        ErrorCode.IMAGE_TOO_MANY_PIXELS
+    ), "a 200 MP mode's photo is refused, with its code"
