@@ -43,10 +43,12 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # Phones write one scan, progressive encoders about ten (libjpeg's script: 10); NVIDIA's nvImageCodec
 # refuses more than 256 by default, after Cure53's audit of libjpeg-turbo, and so does the bridge.
 MAX_JPEG_SCANS = 256
-# Peak memory of decoding a photo, per pixel, beyond what the bridge held before: Pillow's decoded image
-# (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers. Measured (the process's own
-# peak) 10.5 (RGBA and palette PNG) and 10.2 (RGB JPEG) on a 12 MP photo; tests/unit/bridge/test_memory.py
-# keeps it within this bound.
+# Peak memory of decoding a phone's photo (JPEG, PNG, HEIC), per pixel, beyond what the bridge held before:
+# Pillow's decoded image (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers.
+# Measured (the process's own peak) 10.5 (RGBA and palette PNG, HEIC) and 10.2 (RGB JPEG) on a 12 MP photo;
+# tests/unit/bridge/test_memory.py keeps them within this bound. Other decoders take more (12 MP gradients:
+# AVIF 12.8, CMYK JPEG and 16-bit PNG 14, WebP 18.4, whose decoder keeps a whole RGBA canvas beside Pillow's
+# image); the bound every format's whole job keeps is HANDLER_BYTES_PER_PIXEL (fluxfill.bridge.settings).
 INTAKE_BYTES_PER_PIXEL = 11
 
 

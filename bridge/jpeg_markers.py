@@ -74,10 +74,12 @@ def scan_count(data: bytes, at_most: int) -> int:
 
 @dataclass(frozen=True)
 class Frame:
-    """A JPEG's start-of-frame: which coding process (SOF0-SOF15), and how many bits a sample has."""
+    """A JPEG's start-of-frame: which coding process (SOF0-SOF15), how many bits a sample has, and each
+    component's (horizontal, vertical) sampling factors."""
 
     marker: int
     precision: int
+    sampling: tuple[tuple[int, int], ...] = ()
 
     @property
     def progressive(self) -> bool:
@@ -100,7 +102,10 @@ def frame(data: bytes) -> Frame | None:
     """The JPEG's first start-of-frame before its first scan; None when there is none that parses."""
     for marker, segment in header_segments(data):
         if marker in _FRAME_MARKERS and len(segment) >= 5:
-            return Frame(marker, segment[4])
+            count = segment[9] if len(segment) >= 10 else 0
+            factors = segment[11 : 10 + 3 * count : 3]
+            sampling = tuple((factor >> 4, factor & 0x0F) for factor in factors)
+            return Frame(marker, segment[4], sampling if len(sampling) == count else ())
     return None
 
 

@@ -222,12 +222,21 @@ def _any_in_groups(flags: npt.NDArray[np.bool_], axis: int, size: int, head: int
 
 
 def _refuse_by_frame(original: bytes) -> None:
-    """The refusals the frame header tells, before anything is read."""
+    """The refusals the frame header tells, before anything is read: reading a CMYK photo's four planes of
+    coefficients only to refuse them took 8 bytes a pixel beside the job (28.6 a pixel in all, over
+    HANDLER_BYTES_PER_PIXEL)."""
     header = jpeg_markers.frame(original)
-    if header is not None and header.progressive:
+    if header is None:
+        return
+    if header.progressive:
         raise SpliceRefusedError("it is progressive")
-    if header is not None and header.lossless:
+    if header.lossless:
         raise SpliceRefusedError("it is lossless (it has no DCT coefficients to keep)")
+    if len(header.sampling) == 4:
+        raise SpliceRefusedError("its colour space is CMYK or YCCK (four components)")
+    if len(header.sampling) == 3 and header.sampling not in _SPLICEABLE_SAMPLING:
+        factors = "/".join(f"{h}x{v}" for h, v in header.sampling)
+        raise SpliceRefusedError(f"its sampling factors {factors} are not 4:4:4, 4:2:2, 4:2:0 or 4:4:0")
 
 
 def _read(path: Path) -> jpeglib.DCTJPEG:

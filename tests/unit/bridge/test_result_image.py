@@ -369,10 +369,13 @@ def test_an_arithmetic_coded_jpeg_is_spliced_and_comes_out_huffman_coded() -> No
     assert metadata(result.data) == metadata(original)
 
 
-def test_the_frame_header_tells_the_coding_process_and_the_precision() -> None:
+def test_the_frame_header_tells_the_coding_process_the_precision_and_the_sampling() -> None:
     files = Path(__file__).parent / "files"
     baseline = jpeg(textured(32, 24), quality=90)
-    assert jpeg_markers.frame(baseline) == jpeg_markers.Frame(0xC0, 8)
+    assert jpeg_markers.frame(baseline) == jpeg_markers.Frame(0xC0, 8, ((2, 2), (1, 1), (1, 1)))
+    cmyk = io.BytesIO()
+    Image.fromarray(textured(32, 24)).convert("CMYK").save(cmyk, format="JPEG")
+    assert jpeg_markers.frame(cmyk.getvalue()) == jpeg_markers.Frame(0xC0, 8, ((1, 1),) * 4)
     progressive = jpeg_markers.frame(jpeg(textured(32, 24), progressive=True))
     assert progressive is not None
     assert progressive.progressive
@@ -381,7 +384,9 @@ def test_the_frame_header_tells_the_coding_process_and_the_precision() -> None:
     assert lossless is not None
     assert lossless.lossless
     assert not lossless.hierarchical
-    assert jpeg_markers.frame((files / "twelve-bit.jpg").read_bytes()) == jpeg_markers.Frame(0xC1, 12)
+    twelve_bit = jpeg_markers.frame((files / "twelve-bit.jpg").read_bytes())
+    assert twelve_bit is not None
+    assert (twelve_bit.marker, twelve_bit.precision) == (0xC1, 12)
     assert jpeg_markers.frame(baseline[: baseline.index(b"\xff\xc0") + 4]) is None, "cut inside the frame"
 
 
