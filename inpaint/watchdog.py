@@ -2,8 +2,9 @@
 
 A run stops itself between steps (cancellation, `max_run_seconds`: fluxfill.inpaint.run_control), but a step
 that never returns (a hung CUDA kernel, a deadlock in a library) cannot be interrupted from Python, and Triton
-2.51 keeps such a model READY while every later request waits behind it. The watchdog is told when a run
-starts, at every step and when it ends; when a run has shown nothing for `stall_seconds`, it says so and
+2.51 keeps such a model READY while every later request waits behind it. The watchdog is told when a
+request starts (model.py watches the whole request: its responses go through the stub's IPC, which can hang
+too), at every step and when it ends; when a request has shown nothing for `stall_seconds`, it says so and
 ends the process. In the Triton image that is the model's stub, and the image's supervisor
 (fluxfill.client.triton_supervisor) then stops Triton so the platform starts a fresh container.
 Warm-up is not watched: compiling may legitimately take many minutes before the model is READY.

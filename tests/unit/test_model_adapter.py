@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,6 +17,7 @@ from fluxfill.inpaint.engine import InpaintEngine
 from fluxfill.inpaint.offload import OffloadDecision
 from fluxfill.inpaint.pipeline import LoadReport
 from fluxfill.inpaint.service import FluxFillService
+from fluxfill.inpaint.watchdog import StallWatchdog
 from tests.support import MODEL_REPOSITORY, repository_parameters
 from tests.unit import stub_pb_utils as pb
 from tests.unit.fakes import PaintingDenoiser
@@ -112,6 +114,35 @@ def test_stream_sends_one_progress_response_per_step_then_the_final_image(stream
     assert outputs(final)["IMAGE"].shape == (32, 48, 3)
     assert outputs(final)["SEED"].tolist() == [42]
     assert metric_value("fluxfill_requests_total", outcome="success") == 1
+
+
+def test_a_final_response_that_never_leaves_is_a_stall(stream_model: Any) -> None:
+    """The watchdog covers the whole request: a send hung in the stub's IPC after the run is caught too."""
+    now, stalls = [0.0], []
+    watchdog = StallWatchdog(10, on_stall=stalls.append, clock=lambda: now[0])
+    stream_model._service.watchdog = watchdog
+    request = pb.InferenceRequest(valid_tensors(steps=2))
+    sending, released, recorded = threading.Event(), threading.Event(), request.sender.send
+
+    def hanging_final_send(response: Any = None, flags: int = 0) -> None:
+        if flags == FINAL:
+            sending.set()
+            released.wait(30)
+        recorded(response, flags)
+
+    request.sender.send = hanging_final_send  # type: ignore[method-assign]
+    serving = threading.Thread(target=stream_model.execute, args=([request],))
+    serving.start()
+    try:
+        assert sending.wait(10), "the run never ended"
+        now[0] = 11.0
+        assert watchdog.check()
+        assert "last: sending the final response" in stalls[0]
+    finally:
+        released.set()
+        serving.join(10)
+    assert request.sender.sent[-1][1] == FINAL
+    assert not watchdog.check(), "the request is over: nothing is watched"
 
 
 def test_invalid_request_gets_invalid_arg_and_the_next_one_succeeds(stream_model: Any) -> None:

@@ -89,7 +89,10 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> None:
         """Serve each request in turn; responses go through each request's sender."""
         for request in requests:
-            self._serve(request)
+            # The whole request is watched, not only its run: reading its inputs and sending its responses go
+            # through the stub's IPC with Triton, which can hang as a step can.
+            with self._service.watchdog.watching():
+                self._serve(request)
 
     def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()
@@ -131,7 +134,9 @@ class TritonPythonModel:
             outcome, code, message = "error", "INTERNAL", f"internal error: {type(error).__name__}: {error}"
         else:
             self._record("success")
-            sender.send(self._final_response(run), flags=FINAL)
+            response = self._final_response(run)
+            self._service.watchdog.alive("sending the final response")
+            sender.send(response, flags=FINAL)
             return
         self._record(outcome)
         # After progress responses, this build's BLS drops an error response (and hangs its caller when the
