@@ -17,12 +17,10 @@ from PIL import Image
 
 from fluxfill.bridge import stale_metadata
 
-_SOS, _DHT, _APP0, _APP15, _COM, _EOI = 0xDA, 0xC4, 0xE0, 0xEF, 0xFE, 0xD9
-# Markers that stand alone, without a length: restart markers inside a scan's data, and TEM.
-_STANDALONE = frozenset({*range(0xD0, 0xD8), 0x01})
-# The next marker in a scan's entropy-coded data: 0xFF followed by anything but a stuffed zero, a restart
+_SOS, _DHT, _APP0, _APP15, _COM, _EOI, _TEM = 0xDA, 0xC4, 0xE0, 0xEF, 0xFE, 0xD9, 0x01
+# The next marker that is not inside a scan's data: 0xFF followed by anything but a stuffed zero, a restart
 # marker or a fill byte (a 0xFF of the data itself is always followed by a zero, so this cannot match inside).
-_MARKER_AFTER_SCAN_DATA = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 # (class: 0 DC or 1 AC, the 16 code-length counts, the symbols)
 Table = tuple[int, bytes, bytes]
 
@@ -45,30 +43,24 @@ def header_segments(data: bytes) -> list[tuple[int, bytes]]:
 
 def scan_count(data: bytes, at_most: int) -> int:
     """How many scans the JPEG's image has (up to its EOI: a gain map or other image appended after it, or
-    a thumbnail inside EXIF, is not counted), counting no further than `at_most` + 1. Segments are stepped
-    over by their lengths and each scan's data by a search for the next marker: milliseconds for a 12 MP
-    photo, nothing decoded."""
+    a thumbnail inside EXIF, is not counted), counting no further than `at_most` + 1. Read as libjpeg reads
+    it: segments are stepped over by their lengths, and the next marker is searched for after each (a scan's
+    data, or bytes between segments, which libjpeg skips with a warning and a hostile file may hold):
+    milliseconds for a 12 MP photo, nothing decoded."""
     scans, at = 0, 2
-    while at + 4 <= len(data) and data[at] == 0xFF:
+    while (found := _NEXT_MARKER.search(data, at)) is not None:
+        at = found.start()
         marker = data[at + 1]
-        if marker == 0xFF:  # fill byte
-            at += 1
-            continue
         if marker == _EOI:
             break
-        if marker in _STANDALONE:
+        if marker == _TEM:
             at += 2
             continue
         at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
-        if marker != _SOS:
-            continue
-        scans += 1
-        if scans > at_most:
-            break
-        found = _MARKER_AFTER_SCAN_DATA.search(data, at)
-        if found is None:
-            break
-        at = found.start()
+        if marker == _SOS:
+            scans += 1
+            if scans > at_most:
+                break
     return scans
 
 

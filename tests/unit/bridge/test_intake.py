@@ -103,6 +103,19 @@ def test_a_jpeg_of_as_many_scans_as_allowed_is_decoded() -> None:
     assert decode_photo(progressive_of(MAX_JPEG_SCANS), BIG).shape == (48, 64, 3)
 
 
+def test_bytes_between_segments_do_not_hide_scans() -> None:
+    """libjpeg skips stray bytes before a marker with a warning and decodes on: a count that stopped at the
+    first stray byte let a table, a zero byte and a scan, repeated, through uncounted."""
+    data = encode(Image.new("RGB", (64, 48), (90, 120, 150)), "JPEG", progressive=True)
+    table = data.index(b"\xff\xc4")
+    table_segment = data[table : table + 2 + int.from_bytes(data[table + 2 : table + 4], "big")]
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    bomb = data[:-2] + (table_segment + b"\x00" + last_scan) * (MAX_JPEG_SCANS + 1 - 10) + data[-2:]
+    Image.open(io.BytesIO(bomb)).load()  # the decoders take it, every scan
+    assert jpeg_markers.scan_count(bomb, at_most=MAX_JPEG_SCANS) == MAX_JPEG_SCANS + 1
+    assert refusal(decode_photo, bomb, BIG) is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+
+
 def test_scans_are_counted_in_the_image_only() -> None:
     """A thumbnail in an APPn segment and an image appended after EOI (an Ultra HDR gain map) have scans of
     their own; restart markers and fill bytes lie between and inside the image's."""
