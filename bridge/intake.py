@@ -43,6 +43,11 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # Phones write one scan, progressive encoders about ten (libjpeg's script: 10); NVIDIA's nvImageCodec
 # refuses more than 256 by default, after Cure53's audit of libjpeg-turbo, and so does the bridge.
 MAX_JPEG_SCANS = 256
+# Segments (APPn, COM, tables, scans) of one JPEG: a camera writes a few dozen; a 40 MB file of extended XMP
+# in 64 KB chunks about 600. Libjpeg skips segments fast, but Pillow reads each header segment in Python and
+# keeps every APPn and COM: a 16 MB file of 4 million empty comments took 6.5 s and 458 MB only to be
+# checked here (jpeg_markers.header_segments listed them all), before Pillow's own pass.
+MAX_JPEG_SEGMENTS = 4096
 # Peak memory of decoding a phone's photo (JPEG, PNG, HEIC), per pixel, beyond what the bridge held before:
 # Pillow's decoded image (4 bytes a pixel, RGB included), the RGB array (3) and the decoder's buffers.
 # Measured (the process's own peak) 10.5 (RGBA and palette PNG, HEIC) and 10.2 (RGB JPEG) on a 12 MP photo;
@@ -117,8 +122,23 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
 def _refuse_unreadable_jpeg(data: bytes, what: str) -> None:
     """A JPEG of a process no decoder here reads (12-bit samples, as medical and scientific cameras write;
     hierarchical coding) is a valid file of an unsupported kind, not a corrupt one: said so from its frame
-    header, before Pillow, which would call it unidentifiable or fail in the decode. So is one of more scans
-    than MAX_JPEG_SCANS, which would keep a decoder busy for minutes."""
+    header, before Pillow, which would call it unidentifiable or fail in the decode. So is one of more
+    segments than MAX_JPEG_SEGMENTS or scans than MAX_JPEG_SCANS, which would keep a reader busy for
+    minutes."""
+    # Counted first, bounded: everything after (the frame, Pillow) walks the header segments.
+    counts = jpeg_markers.count_markers(data, at_most=MAX_JPEG_SEGMENTS)
+    if counts.segments > MAX_JPEG_SEGMENTS:
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} is a JPEG of more than {MAX_JPEG_SEGMENTS} marker segments (cameras write a few "
+            "dozen), which would take seconds and hundreds of megabytes to read; save it again as a JPEG",
+        )
+    if counts.scans > MAX_JPEG_SCANS:
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} is a progressive JPEG of more than {MAX_JPEG_SCANS} scans (phones write one, "
+            "progressive encoders about ten), which would take minutes to decode; save it again as a JPEG",
+        )
     header = jpeg_markers.frame(data)
     if header is not None and header.precision != 8:
         raise PermanentJobError(
@@ -130,12 +150,6 @@ def _refuse_unreadable_jpeg(data: bytes, what: str) -> None:
         raise PermanentJobError(
             ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
             f"the {what} is a hierarchical JPEG, which no decoder here reads; save it as an ordinary JPEG",
-        )
-    if jpeg_markers.scan_count(data, at_most=MAX_JPEG_SCANS) > MAX_JPEG_SCANS:
-        raise PermanentJobError(
-            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
-            f"the {what} is a progressive JPEG of more than {MAX_JPEG_SCANS} scans (phones write one, "
-            "progressive encoders about ten), which would take minutes to decode; save it again as a JPEG",
         )
 
 

@@ -41,14 +41,24 @@ def header_segments(data: bytes) -> list[tuple[int, bytes]]:
     return segments
 
 
-def scan_count(data: bytes, at_most: int) -> int:
-    """How many scans the JPEG's image has (up to its EOI: a gain map or other image appended after it, or
-    a thumbnail inside EXIF, is not counted), counting no further than `at_most` + 1. Read as libjpeg reads
-    it: segments are stepped over by their lengths, and the next marker is searched for after each (a scan's
+@dataclass(frozen=True)
+class MarkerCounts:
+    """How many marker segments a JPEG's image has (its scans among them), up to its EOI."""
+
+    segments: int
+    scans: int
+
+
+def count_markers(data: bytes, at_most: int) -> MarkerCounts:
+    """The segments and scans of the JPEG's image (up to its EOI: a gain map or other image appended after
+    it, or a thumbnail inside EXIF, is not counted), counting no further than `at_most` + 1 segments, so a
+    file of millions of empty segments costs no more than a phone's photo. Read as libjpeg reads it:
+    segments are stepped over by their lengths, and the next marker is searched for after each (a scan's
     data, or bytes between segments, which libjpeg skips with a warning and a hostile file may hold):
     milliseconds for a 12 MP photo, nothing decoded."""
-    scans, at = 0, 2
-    while (found := _NEXT_MARKER.search(data, at)) is not None:
+    segments = scans = 0
+    at = 2
+    while segments <= at_most and (found := _NEXT_MARKER.search(data, at)) is not None:
         at = found.start()
         marker = data[at + 1]
         if marker == _EOI:
@@ -57,11 +67,9 @@ def scan_count(data: bytes, at_most: int) -> int:
             at += 2
             continue
         at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
-        if marker == _SOS:
-            scans += 1
-            if scans > at_most:
-                break
-    return scans
+        segments += 1
+        scans += marker == _SOS
+    return MarkerCounts(segments, scans)
 
 
 @dataclass(frozen=True)

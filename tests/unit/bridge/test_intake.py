@@ -12,6 +12,7 @@ from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.intake import (
     MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
     check_header,
     decode_mask,
     decode_photo,
@@ -112,8 +113,22 @@ def test_bytes_between_segments_do_not_hide_scans() -> None:
     last_scan = data[data.rindex(b"\xff\xda") : -2]
     bomb = data[:-2] + (table_segment + b"\x00" + last_scan) * (MAX_JPEG_SCANS + 1 - 10) + data[-2:]
     Image.open(io.BytesIO(bomb)).load()  # the decoders take it, every scan
-    assert jpeg_markers.scan_count(bomb, at_most=MAX_JPEG_SCANS) == MAX_JPEG_SCANS + 1
+    assert jpeg_markers.count_markers(bomb, at_most=MAX_JPEG_SEGMENTS).scans == MAX_JPEG_SCANS + 1
     assert refusal(decode_photo, bomb, BIG) is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+
+
+def test_a_jpeg_of_more_segments_than_any_camera_writes_is_refused_before_it_is_read() -> None:
+    """4 million empty comments (a 16 MB file) took 6.5 s and 458 MB only to be checked, before Pillow read
+    them all again in Python; the count stops at the limit, and a file within it is read as before."""
+    photo = encode(Image.new("RGB", (16, 16), (1, 2, 3)), "JPEG")
+    comment = b"\xff\xfe\x00\x02"
+    code, sentence = refusal_and_sentence(
+        check_header, photo[:2] + comment * MAX_JPEG_SEGMENTS + photo[2:], "original photo", BIG
+    )
+    assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    assert f"more than {MAX_JPEG_SEGMENTS} marker segments" in sentence
+    within = photo[:2] + comment * (MAX_JPEG_SEGMENTS - 9) + photo[2:]
+    assert decode_photo(within, BIG).shape == (16, 16, 3)
 
 
 def test_scans_are_counted_in_the_image_only() -> None:
@@ -124,11 +139,13 @@ def test_scans_are_counted_in_the_image_only() -> None:
     photo = encode(Image.new("RGB", (64, 48), (5, 6, 7)), "JPEG", progressive=True, restart_marker_blocks=1)
     with_thumbnail = photo[:2] + b"\xff\xef" + (len(many) + 2).to_bytes(2, "big") + many + photo[2:]
     filled = photo.replace(b"\xff\xda", b"\xff\xff\xff\xda")
-    assert jpeg_markers.scan_count(with_thumbnail + many, at_most=MAX_JPEG_SCANS) == 10
-    assert jpeg_markers.scan_count(filled, at_most=MAX_JPEG_SCANS) == 10
+    assert jpeg_markers.count_markers(with_thumbnail + many, at_most=MAX_JPEG_SEGMENTS).scans == 10
+    assert jpeg_markers.count_markers(filled, at_most=MAX_JPEG_SEGMENTS).scans == 10
     assert decode_photo(with_thumbnail + many, BIG).shape == (48, 64, 3)
-    assert jpeg_markers.scan_count(encode(Image.new("RGB", (8, 8)), "JPEG"), at_most=MAX_JPEG_SCANS) == 1
-    assert jpeg_markers.scan_count(progressive_of(1000), at_most=20) == 21
+    baseline = jpeg_markers.count_markers(encode(Image.new("RGB", (8, 8)), "JPEG"), at_most=MAX_JPEG_SEGMENTS)
+    assert baseline.scans == 1
+    assert baseline.segments == 9, "APP0, two quantization tables, the frame, four Huffman tables, the scan"
+    assert jpeg_markers.count_markers(progressive_of(1000), at_most=20).segments == 21, "counted no further"
 
 
 def test_a_lossless_jpeg_is_decoded_exactly() -> None:
