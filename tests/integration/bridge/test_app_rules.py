@@ -269,9 +269,35 @@ def test_a_session_the_app_filled_to_firestores_limit_ends_with_a_reason_never_p
         assert "Firestore's limit" in letter.attributes["fluxfillErrorMessage"]
         wait_until(lambda: bridge.counted("dead_letter") == 1)
     document = jobs.session(alice.uid, session)
+    del document["strokes"]  # a megabyte: not for a failure's message
     assert document["status"] == left
     if left is JobStatus.FAILED:
         assert "Firestore's limit of 1048576 bytes" in document["error"]["message"]
     assert jobs.pull_now(timeout_s=2) == [], "the message was acked, not left to come back"
     names = {blob.name for blob in jobs.storage_client.list_blobs(jobs.bucket, prefix=path)}
     assert names == {f"{path}/original.png", f"{path}/mask.png"}, "nothing was run or uploaded"
+
+
+def test_a_session_the_app_grows_during_the_run_still_gets_its_result(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    """The claim found room; the app's own data then grew (the rules allow the app's fields at any time) until
+    Firestore refused the whole done record. The result's paths are written alone: done, not `processing`."""
+    assert alice.uid is not None
+    _, session = jobs.new_job(user=alice.uid)
+    path = f"users/{alice.uid}/sessions/{session}"
+    jobs.document(alice.uid, session).delete()
+    assert alice.create(path, queued()) == ALLOWED
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
+        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 60, "prompt": "p" * 4000})
+        jobs.wait_for(alice.uid, session, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
+        # About 1 KB short of the limit: the result alone fits, the record with its 4 KB prompt does not.
+        assert alice.update(path, {"strokes": "x" * 1_046_500}) == ALLOWED
+        # Waited for without printing the document: its strokes are a megabyte.
+        wait_until(lambda: is_terminal(jobs.session(alice.uid, session)), timeout_s=30)
+    document = jobs.session(alice.uid, session)
+    del document["strokes"]  # a megabyte: not for a failure's message
+    assert document["status"] == JobStatus.DONE
+    assert set(document["result"]) == {"paths", "width", "height", "seed", "format"}
+    assert "model" not in document, "the whole record did not fit"
+    assert jobs.download(alice.uid, session, "edited.png")
