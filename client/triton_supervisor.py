@@ -7,7 +7,9 @@ request failed with "Stub process 'flux_fill_stream_0' is not healthy", for as l
 Liveness and startup probes cannot see that, so this process does: it starts tritonserver as its child,
 passes SIGTERM and SIGINT on to it, and once the server has been ready it remembers the stub processes it saw;
 when one of them is gone while the server runs, it says which model's in one line and stops the server
-(SIGTERM, then SIGKILL after `--stop-timeout-s`), exiting with `STUB_DIED_EXIT_CODE`. Otherwise it exits
+(SIGTERM, then SIGKILL after `--stop-timeout-s`), exiting with `STUB_DIED_EXIT_CODE`. So it does when a
+Python model the server reports READY has no stub at all: one that died before a check could see it (the
+chaos run's stub kill, a second after a restarted server was ready, found that gap). Otherwise it exits
 with the server's own status.
 
 The standard library and fluxfill.client.triton_binary only (it starts before anything else in the image):
@@ -15,6 +17,7 @@ The standard library and fluxfill.client.triton_binary only (it starts before an
 """
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -34,15 +37,34 @@ DEFAULT_HTTP_PORT = 8000
 _MODEL_FILE = "model.py"
 
 
-def _last_value(server_args: Sequence[str], flag: str) -> str | None:
-    """The value of tritonserver's last `flag` (`--flag=value` or `--flag value`), or None."""
-    value = None
+def _values(server_args: Sequence[str], flag: str) -> list[str]:
+    """The values of every tritonserver `flag` (`--flag=value` or `--flag value`), in order."""
+    values = []
     for at, argument in enumerate(server_args):
         if argument.startswith(f"{flag}="):
-            value = argument.partition("=")[2]
+            values.append(argument.partition("=")[2])
         elif argument == flag and at + 1 < len(server_args):
-            value = server_args[at + 1]
-    return value
+            values.append(server_args[at + 1])
+    return values
+
+
+def _last_value(server_args: Sequence[str], flag: str) -> str | None:
+    """The value of tritonserver's last `flag`, or None."""
+    values = _values(server_args, flag)
+    return values[-1] if values else None
+
+
+def python_models(server_args: Sequence[str]) -> frozenset[str]:
+    """The models of the server's `--model-repository` folders that the Python backend serves (a
+    `<version>/model.py` in their folder): each one READY has a stub process."""
+    names: set[str] = set()
+    for repository in _values(server_args, "--model-repository"):
+        try:
+            folders = [path for path in Path(repository).iterdir() if path.is_dir()]
+        except OSError:
+            continue
+        names.update(folder.name for folder in folders if any(folder.glob(f"*/{_MODEL_FILE}")))
+    return frozenset(names)
 
 
 def http_port(server_args: Sequence[str]) -> int:
@@ -96,6 +118,35 @@ def server_ready(host: str, port: int, timeout_s: float = 2.0) -> bool:
         return False
 
 
+def ready_models(host: str, port: int, timeout_s: float = 2.0) -> set[str] | None:
+    """The models tritonserver reports READY (POST /v2/repository/index); None when it cannot be asked."""
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/v2/repository/index"
+    request = urllib.request.Request(url, data=b'{"ready": true}', method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:  # noqa: S310 (http, built above)
+            index = json.loads(reply.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    if not isinstance(index, list):
+        return None
+    return {
+        str(model.get("name")) for model in index if isinstance(model, dict) and model.get("state") == "READY"
+    }
+
+
+def unserved_models(host: str, port: int, server_pid: int, python: frozenset[str]) -> list[str]:
+    """The Python models the server reports READY with no stub process: a stub that died before any check
+    saw it. The stubs are listed after the server answers, so a model that became READY meanwhile has its
+    stub listed (a stub starts before its model is READY)."""
+    ready = ready_models(host, port) if python else None
+    if not ready:
+        return []
+    served = set(stub_processes(server_pid).values())
+    if "" in served:
+        return []  # a stub whose model could not be read: it may be the one
+    return sorted((ready & python) - served)
+
+
 class Supervisor:
     """One tritonserver child and the stubs it had once ready."""
 
@@ -110,6 +161,7 @@ class Supervisor:
     ) -> None:
         self._args = list(server_args)
         self._host, self._port = http_host(self._args[1:]), http_port(self._args[1:])
+        self._python_models = python_models(self._args[1:])
         self._check_s = check_s
         self._stop_timeout_s = stop_timeout_s
         self._ready = ready
@@ -136,17 +188,22 @@ class Supervisor:
             running = stub_processes(server.pid)
             gone = {pid: model for pid, model in watched.items() if pid not in running}
             if gone:
-                return self._stop_for(gone, server)
+                return self._stop_for(
+                    [f"{model or 'unknown model'} (pid {pid})" for pid, model in gone.items()], server
+                )
             if self._ready(self._host, self._port):
                 watched.update(running)
+                unserved = unserved_models(self._host, self._port, server.pid, self._python_models)
+                if unserved:
+                    return self._stop_for([f"{model} (none running)" for model in unserved], server)
 
     def _pass_on(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
         if self._server is not None and self._server.poll() is None:
             self._server.send_signal(signum)
 
-    def _stop_for(self, gone: dict[int, str], server: "subprocess.Popen[bytes]") -> int:
-        models = ", ".join(sorted(f"{model or 'unknown model'} (pid {pid})" for pid, model in gone.items()))
+    def _stop_for(self, stubs: list[str], server: "subprocess.Popen[bytes]") -> int:
+        models = ", ".join(sorted(stubs))
         self._say(
             f"triton_supervisor: the Python-backend stub of {models} exited while Triton was serving; Triton "
             "would stay live and ready and fail every request to it, so it is stopped for a restart"

@@ -20,7 +20,7 @@ from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE, http_host, ht
 
 FAKE_SERVER = textwrap.dedent(
     """
-    import http.server, os, signal, subprocess, sys, threading
+    import http.server, json, os, signal, subprocess, sys, threading
     from pathlib import Path
 
     work = Path(sys.argv[1])
@@ -31,6 +31,13 @@ FAKE_SERVER = textwrap.dedent(
         def do_GET(self):
             self.send_response(200 if ready and self.path == "/v2/health/ready" else 503)
             self.end_headers()
+        def do_POST(self):  # the repository index: both models READY once the server is
+            state = "READY" if ready else "LOADING"
+            index = [{"name": m, "version": "1", "state": state} for m in ("flux_fill", "flux_fill_stream")]
+            body = json.dumps(index).encode()
+            self.send_response(200 if self.path == "/v2/repository/index" else 404)
+            self.end_headers()
+            self.wfile.write(body)
         def log_message(self, *args):
             pass
 
@@ -41,6 +48,9 @@ FAKE_SERVER = textwrap.dedent(
         subprocess.Popen([str(stub), "-c", "import time; time.sleep(600)", f"/m/{model}/1/model.py", "shm"])
         for model in ("flux_fill", "flux_fill_stream")
     ]
+    if (work / "kill-stream-stub-at-once").exists():  # gone before any check of the supervisor's
+        stubs[1].kill()
+        stubs[1].wait()
     (work / "stubs").write_text(" ".join(str(p.pid) for p in stubs))
 
     def stop(signum, frame):
@@ -68,6 +78,9 @@ def work(tmp_path: Path) -> Path:
     (tmp_path / "triton_python_backend_stub").symlink_to(sys.executable)
     (tmp_path / "ready").write_text("yes")
     (tmp_path / "exit-status").write_text("0")
+    for model in ("flux_fill", "flux_fill_stream"):  # the repository the supervisor reads: Python models
+        (tmp_path / "models" / model / "1").mkdir(parents=True)
+        (tmp_path / "models" / model / "1" / "model.py").write_text("")
     return tmp_path
 
 
@@ -81,6 +94,7 @@ def supervise(work: Path) -> subprocess.Popen[str]:
         str(work / "server.py"),
         str(work),
         f"--http-port={free_port()}",
+        f"--model-repository={work / 'models'}",
     ]
     return subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
 
@@ -113,6 +127,20 @@ def test_a_ready_models_stub_that_dies_stops_the_server(work: Path) -> None:
     assert "stub of flux_fill_stream (pid" in stderr
     assert "stopped for a restart" in stderr
     assert (work / "stopped").read_text() == str(int(signal.SIGTERM)), "the server was asked to stop"
+
+
+def test_a_ready_models_stub_that_died_before_any_check_stops_the_server(work: Path) -> None:
+    """The chaos run's stub kill, a second after a restarted server was ready, fell between the supervisor's
+    checks: no check had seen the stub, so none missed it, and the server served a dead model for good. A
+    READY Python model without a stub is that death."""
+    (work / "kill-stream-stub-at-once").write_text("")
+    supervisor = supervise(work)
+
+    status, stderr = finish(supervisor)
+
+    assert status == STUB_DIED_EXIT_CODE
+    assert "stub of flux_fill_stream (none running)" in stderr
+    assert (work / "stopped").read_text() == str(int(signal.SIGTERM))
 
 
 def test_a_stub_that_ends_before_the_server_is_ready_is_the_servers_business(work: Path) -> None:
