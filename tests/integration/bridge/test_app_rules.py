@@ -114,6 +114,17 @@ def queued(**app_fields: Any) -> dict[str, Any]:
     return {"status": "queued", "updatedAt": datetime.now(UTC), "petName": "Rex", **app_fields}
 
 
+def session_of(jobs: JobSystem, user: AppUser, **app_fields: Any) -> tuple[str, str]:
+    """A session the user created as the app does (photo and mask uploaded by the harness: Storage's rules are
+    not emulated here): its id and document path."""
+    assert user.uid is not None
+    _, session = jobs.new_job(user=user.uid)
+    jobs.document(user.uid, session).delete()
+    path = f"users/{user.uid}/sessions/{session}"
+    assert user.create(path, queued(**app_fields)) == ALLOWED
+    return session, path
+
+
 @pytest.fixture
 def alice(google_emulators: GoogleEmulators) -> AppUser:
     return AppUser(google_emulators, f"alice{uuid.uuid4().hex[:6]}")
@@ -139,10 +150,7 @@ def test_a_session_the_user_creates_runs_to_done_and_only_its_user_reads_it(
     google_emulators: GoogleEmulators,
 ) -> None:
     assert alice.uid is not None
-    _, session = jobs.new_job(user=alice.uid)  # photo and mask (Storage rules are not emulated here)
-    path = f"users/{alice.uid}/sessions/{session}"
-    jobs.document(alice.uid, session).delete()
-    assert alice.create(path, queued()) == ALLOWED
+    session, path = session_of(jobs, alice)
     with running_bridge(jobs.settings(flux_server.grpc_url)):
         jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 2})
         jobs.wait_for(alice.uid, session, is_terminal)
@@ -162,10 +170,7 @@ def test_the_user_cancels_a_running_job(
     jobs: JobSystem, slow_flux_server: LocalTritonServer, alice: AppUser
 ) -> None:
     assert alice.uid is not None
-    _, session = jobs.new_job(user=alice.uid)
-    path = f"users/{alice.uid}/sessions/{session}"
-    jobs.document(alice.uid, session).delete()
-    assert alice.create(path, queued()) == ALLOWED
+    session, path = session_of(jobs, alice)
     with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
         jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 100})
         jobs.wait_for(alice.uid, session, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
@@ -258,10 +263,7 @@ def test_a_session_the_app_filled_to_firestores_limit_ends_with_a_reason_never_p
     results uploaded, and the session `processing` for good. Now it is not run: failed with the reason, or,
     when not even that fits, left as the app wrote it; either way dead-lettered once and acked."""
     assert alice.uid is not None
-    _, session = jobs.new_job(user=alice.uid)
-    path = f"users/{alice.uid}/sessions/{session}"
-    jobs.document(alice.uid, session).delete()
-    assert alice.create(path, queued(strokes="x" * app_bytes)) == ALLOWED
+    session, path = session_of(jobs, alice, strokes="x" * app_bytes)
     with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
         jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 2})
         (letter,) = jobs.dead_letters(1)
@@ -284,10 +286,7 @@ def test_a_session_the_app_grows_during_the_run_still_gets_its_result(
     """The claim found room; the app's own data then grew (the rules allow the app's fields at any time) until
     Firestore refused the whole done record. The result's paths are written alone: done, not `processing`."""
     assert alice.uid is not None
-    _, session = jobs.new_job(user=alice.uid)
-    path = f"users/{alice.uid}/sessions/{session}"
-    jobs.document(alice.uid, session).delete()
-    assert alice.create(path, queued()) == ALLOWED
+    session, path = session_of(jobs, alice)
     with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
         jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 60, "prompt": "p" * 4000})
         jobs.wait_for(alice.uid, session, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
