@@ -24,6 +24,7 @@ import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -235,8 +236,13 @@ def _refuse_by_frame(original: bytes) -> None:
     if len(header.sampling) == 4:
         raise SpliceRefusedError("its colour space is CMYK or YCCK (four components)")
     if len(header.sampling) == 3 and header.sampling not in _SPLICEABLE_SAMPLING:
-        factors = "/".join(f"{h}x{v}" for h, v in header.sampling)
-        raise SpliceRefusedError(f"its sampling factors {factors} are not 4:4:4, 4:2:2, 4:2:0 or 4:4:0")
+        raise _sampling_refused(header.sampling)
+
+
+def _sampling_refused(factors: Iterable[tuple[int, int]]) -> SpliceRefusedError:
+    """The refusal of a sampling no splice takes, each component's factors as (horizontal, vertical)."""
+    named = "/".join(f"{h}x{v}" for h, v in factors)
+    return SpliceRefusedError(f"its sampling factors {named} are not 4:4:4, 4:2:2, 4:2:0 or 4:4:0")
 
 
 def _read(path: Path) -> jpeglib.DCTJPEG:
@@ -252,8 +258,7 @@ def _read(path: Path) -> jpeglib.DCTJPEG:
     if space not in ("YCbCr", "GRAYSCALE"):
         raise SpliceRefusedError(f"its colour space is {space}")
     if sampling_name(jpeg.samp_factor) is None:
-        factors = "/".join(f"{h}x{v}" for v, h in jpeg.samp_factor.tolist())
-        raise SpliceRefusedError(f"its sampling factors {factors} are not 4:4:4, 4:2:2, 4:2:0 or 4:4:0")
+        raise _sampling_refused((h, v) for v, h in jpeg.samp_factor.tolist())
     return jpeg
 
 

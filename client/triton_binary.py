@@ -191,14 +191,19 @@ _SHM_REGION = re.compile(r"triton_python_backend_shm_region_[0-9a-f-]+")
 SHM_DIR = Path("/dev/shm")  # noqa: S108 (where shm_open keeps them; we only unlink our own)
 
 
+def command_line(pid: int, proc: Path = Path("/proc")) -> list[str] | None:
+    """A process's arguments, its program first, from /proc; None when it has ended."""
+    try:
+        return (proc / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+
+
 def shm_regions(pids: Iterable[int]) -> set[str]:
     """The Python-backend shared-memory regions these processes' command lines name."""
     names: set[str] = set()
     for pid in pids:
-        try:
-            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except OSError:  # it ended meanwhile
-            continue
+        arguments = command_line(pid) or []
         names.update(argument for argument in arguments if _SHM_REGION.fullmatch(argument))
     return names
 

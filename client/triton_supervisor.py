@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from fluxfill.client.triton_binary import STUB_NAME, live_processes
+from fluxfill.client.triton_binary import STUB_NAME, command_line, live_processes
 
 # EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
 STUB_DIED_EXIT_CODE = 70
@@ -84,13 +84,9 @@ def stub_processes(server_pid: int, proc: Path = Path("/proc")) -> dict[int, str
     """The server's Python-backend stubs still running: pid -> the model each serves ('' if unreadable)."""
     stubs = {}
     for pid in _children(server_pid, proc):
-        try:
-            arguments = (proc / str(pid) / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue  # it ended meanwhile
-        if not arguments or not arguments[0].decode(errors="replace").endswith(STUB_NAME):
-            continue
-        stubs[pid] = _model_of(arguments)
+        arguments = command_line(pid, proc)  # None: it ended meanwhile
+        if arguments and arguments[0].endswith(STUB_NAME):
+            stubs[pid] = _model_of(arguments)
     return stubs
 
 
@@ -100,9 +96,9 @@ def _children(pid: int, proc: Path) -> list[int]:
     return [child for child, (parent, _) in live_processes(proc).items() if parent == pid]
 
 
-def _model_of(arguments: list[bytes]) -> str:
+def _model_of(arguments: list[str]) -> str:
     for argument in arguments[1:]:
-        path = Path(argument.decode(errors="replace"))
+        path = Path(argument)
         if path.name == _MODEL_FILE and len(path.parts) >= 3:
             return path.parts[-3]
     return ""
