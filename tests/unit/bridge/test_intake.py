@@ -57,11 +57,17 @@ def test_other_formats_are_refused_by_their_bytes(kind: str) -> None:
 FILES = Path(__file__).parent / "files"
 
 
+@pytest.mark.parametrize("stray_bytes", [b"", b"\x00\x17"])
 @pytest.mark.parametrize("call", [decode_photo, decode_mask])
-def test_a_twelve_bit_jpeg_is_an_unsupported_format_not_a_corrupt_image(call: object) -> None:
+def test_a_twelve_bit_jpeg_is_an_unsupported_format_not_a_corrupt_image(
+    call: object, stray_bytes: bytes
+) -> None:
     """files/twelve-bit.jpg: a valid 64x48 JPEG of 12-bit samples (libjpeg-turbo 3.1 through imagecodecs,
-    quality 90), as medical and scientific cameras write; Pillow cannot identify it."""
+    quality 90), as medical and scientific cameras write; Pillow cannot identify it. Bytes that are no
+    marker before its frame (libjpeg skips them with a warning) do not hide the frame."""
     data = (FILES / "twelve-bit.jpg").read_bytes()
+    at = data.index(b"\xff\xc1")
+    data = data[:at] + stray_bytes + data[at:]
     code, sentence = refusal_and_sentence(call, data, BIG)
     assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
     assert "12-bit JPEG" in sentence

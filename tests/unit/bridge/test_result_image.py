@@ -146,6 +146,34 @@ def test_the_splice_happens_in_the_stored_orientation_and_the_exif_stays(turn: i
     assert far.max() == 0
 
 
+def with_stray_bytes(data: bytes, before: tuple[bytes, ...]) -> bytes:
+    """`data` with a few bytes that are no marker before the first of each of these markers: libjpeg and
+    Pillow skip them ("Corrupt JPEG data: 2 extraneous bytes before marker") and read the image as before."""
+    for marker in before:
+        at = data.index(marker)
+        data = data[:at] + b"\x00\x17" + data[at:]
+    return data
+
+
+def test_stray_bytes_between_segments_hide_no_metadata_from_the_result() -> None:
+    """Pillow read the EXIF behind stray bytes and turned the photo upright; the splice, whose walk stopped
+    at them, carried no EXIF, so the result was shown on its side."""
+    stored = textured(96, 64)
+    clean = jpeg(stored, quality=92, **phone_metadata(6))
+    original = with_stray_bytes(clean, (b"\xff\xe1", b"\xff\xe2", b"\xff\xfe", b"\xff\xc0"))
+    photo = read_photo(original, BIG)
+    assert (photo.orientation, photo.pixels.shape) == (6, (96, 64, 3)), "Pillow skips the stray bytes"
+    assert jpeg_markers.frame(original) == jpeg_markers.frame(clean)
+    edited = edit(photo.pixels, (0, 0, 16, 16))
+
+    result = encode_result(photo, edited)
+
+    assert result.encoding == "dct_splice"
+    assert metadata(result.data) == metadata(clean)
+    shown = ImageOps.exif_transpose(Image.open(io.BytesIO(result.data)))
+    assert shown.size == (64, 96), "shown upright, as the user painted it"
+
+
 @pytest.mark.parametrize("sampling", ["4:4:4", "4:2:0"])
 @pytest.mark.parametrize("turn", range(1, 9))
 def test_scattered_edits_change_exactly_their_mcus_in_any_orientation(turn: int, sampling: str) -> None:
