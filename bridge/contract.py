@@ -73,6 +73,17 @@ class ErrorCode(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
 
 
+# The failures that are the job's own (its message, its images, its parameters): the app's, or its user's, to
+# fix; retrying or paging the on-call changes nothing. The others are a stop (cancelled, past the deadline) or
+# the service's (attempts spent on parts that were unavailable). `fluxfill watch` exits by it, and a bridge's
+# jobs counter carries it as its `fault` label, so the failure-rate alert pages for the service's alone.
+INPUT_ERRORS = frozenset(ErrorCode) - {
+    ErrorCode.DEADLINE_EXCEEDED,
+    ErrorCode.CANCELLED,
+    ErrorCode.RETRIES_EXHAUSTED,
+}
+
+
 class SessionField(StrEnum):
     """Field names of the session document (camelCase, as the app reads them)."""
 

@@ -161,7 +161,7 @@ class JobHandler:
         finally:
             structlog.contextvars.clear_contextvars()
             self._metrics.in_flight.dec()
-        self._metrics.jobs.labels(outcome.kind.value).inc()
+        self._metrics.jobs.labels(outcome.kind.value, outcome.code or "", outcome.fault).inc()
         ended = outcome.kind in (OutcomeKind.DONE, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
         if ended and published is not None:
             self._metrics.latency.observe(max(0.0, (self._now() - published).total_seconds()))

@@ -12,7 +12,10 @@ class BridgeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter(
-            "fluxfill_bridge_jobs", "Messages handled, by outcome", ["outcome"], registry=self.registry
+            "fluxfill_bridge_jobs",
+            "Messages handled, by outcome, error code and whose fault a failure is (input or service)",
+            ["outcome", "code", "fault"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "fluxfill_bridge_job_latency_seconds",
@@ -77,6 +80,11 @@ class BridgeMetrics:
         return generate_latest(self.registry)
 
     def sample(self, name: str, labels: dict[str, str] | None = None) -> float:
-        """One sample's current value (0 when absent); for tests and logs."""
-        value = self.registry.get_sample_value(name, labels or {})
-        return 0.0 if value is None else value
+        """The sum of the samples of this name that carry these labels (0 when none); for tests and logs."""
+        wanted = (labels or {}).items()
+        return sum(
+            sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == name and wanted <= sample.labels.items()
+        )

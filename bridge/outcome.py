@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.contract import INPUT_ERRORS, ErrorCode
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,14 @@ class Outcome:
     code: ErrorCode | None = None
     reason: str = ""
     finalize: Callable[[], None] | None = field(default=None, compare=False)
+
+    @property
+    def fault(self) -> str:
+        """Whose failure a failed or dead-lettered job is: `input` (contract.INPUT_ERRORS) or `service`;
+        empty for every other outcome."""
+        if self.kind not in (OutcomeKind.FAILED, OutcomeKind.DEAD_LETTER):
+            return ""
+        return "input" if self.code in INPUT_ERRORS else "service"
 
     @property
     def ack(self) -> bool:

@@ -95,7 +95,9 @@ def _jobs(count: int, seed: int, steps: int) -> list[PlannedJob]:
 
 
 def _sample(fleet: Fleet, series: dict[str, Series]) -> float:
-    done = probes.bridges_total((b.http_port for b in fleet.bridges), "fluxfill_bridge_jobs_total", '"done"')
+    done = probes.bridges_total(
+        (b.http_port for b in fleet.bridges), "fluxfill_bridge_jobs_total", 'outcome="done"'
+    )
     processes = [(b.name, pid) for b in fleet.bridges for pid in b.pids]
     processes += [(probes.triton_role(pid), pid) for pid in fleet.triton.pids]
     for name, pid in processes:

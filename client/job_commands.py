@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fluxfill.bridge.contract import ErrorCode, JobStatus, SessionField, is_valid_id
+from fluxfill.bridge.contract import INPUT_ERRORS, ErrorCode, JobStatus, SessionField, is_valid_id
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.cli_jobs import missing_setting
 from fluxfill.client.errors import (
@@ -26,7 +26,6 @@ from fluxfill.client.progress import ProgressBar
 # How `watch` exits for a failed job: the input's fault, the service's, or a stop.
 _STOPPED_CODES = {ErrorCode.DEADLINE_EXCEEDED, ErrorCode.CANCELLED}
 _UNAVAILABLE_CODES = {ErrorCode.RETRIES_EXHAUSTED}
-_INPUT_CODES = set(ErrorCode) - _STOPPED_CODES - _UNAVAILABLE_CODES
 # The settings each command needs besides the project.
 _NEEDS = {
     "submit": ("bucket", "topic"),
@@ -183,4 +182,4 @@ def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str
         return EXIT_STOPPED
     if code in _UNAVAILABLE_CODES:
         return EXIT_UNAVAILABLE
-    return EXIT_USAGE if code in _INPUT_CODES else EXIT_FAILED
+    return EXIT_USAGE if code in INPUT_ERRORS else EXIT_FAILED

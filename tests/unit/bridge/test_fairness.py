@@ -282,7 +282,7 @@ def test_a_job_of_a_user_found_at_the_limit_is_deferred_before_taking_a_slot() -
     assert world.handler.defer_if_user_at_limit(Delivery(b"not json", "m-bad", {}, NOW)) is None
     thread.join()
     assert world.handler.defer_if_user_at_limit(job_delivery("s5")) is None, "the user's job ended here"
-    assert world.metrics.jobs.labels("defer")._value.get() == 2
+    assert world.metrics.sample("fluxfill_bridge_jobs_total", {"outcome": "defer"}) == 2
 
 
 def test_without_a_limit_nothing_is_deferred_early() -> None:

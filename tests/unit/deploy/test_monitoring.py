@@ -6,9 +6,12 @@ from typing import Any
 
 import pytest
 
+from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.inpaint.metrics import FAMILIES
+from tests.unit.bridge.fakes import png
+from tests.unit.bridge.world import PREFIX, USER, World, photo
 from tests.unit.deploy.support import DEPLOY, config_env, load_json
 
 DASHBOARD = DEPLOY / "monitoring" / "dashboard.json"
@@ -117,3 +120,61 @@ def test_alerts_cover_the_issue() -> None:
     for path in ALERTS:
         policy = load_json(path)
         assert "Runbook" in policy["documentation"]["content"], path.name
+
+
+# A PromQL label matcher: name, operator, quoted value.
+MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def selects(matchers: str, labels: dict[str, str]) -> bool:
+    """Whether a series of these labels is selected by a selector's matchers (PromQL's rules: a missing label
+    is the empty string, regular expressions match the whole value)."""
+    for name, operator, value in MATCHER.findall(matchers):
+        actual = labels.get(name, "")
+        matched = actual == value if operator in ("=", "!=") else re.fullmatch(value, actual) is not None
+        if matched is (operator in ("!=", "!~")):
+            return False
+    return True
+
+
+def counted_by(query: str, metrics: BridgeMetrics) -> set[tuple[str, str]]:
+    """(outcome, code) of every non-zero jobs series the query's first jobs selector selects."""
+    found = re.search(r"fluxfill_bridge_jobs_total\{([^}]*)\}", query)
+    assert found is not None, query
+    return {
+        (sample.labels["outcome"], sample.labels["code"])
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "fluxfill_bridge_jobs_total" and sample.value and selects(found[1], sample.labels)
+    }
+
+
+def test_the_failure_rate_alert_pages_for_the_services_failures_not_for_bad_uploads() -> None:
+    """One user uploading corrupt photos again and again (or a hostile one) made more than 10 % of jobs fail
+    and paged the on-call, who can do nothing about it; a job that runs past its deadline is ours."""
+    world = World(job_deadline_s=0.2)
+    world.objects.objects[f"{PREFIX}/original.png"] = png(photo())[:60]
+    assert world.deliver().code is ErrorCode.CORRUPT_IMAGE
+    world.upload(USER, "slow")
+    world.model.step_s = 0.05
+    assert world.deliver(message_id="m2", sessionId="slow", steps=100).code is ErrorCode.DEADLINE_EXCEEDED
+    world.upload(USER, "fine")
+    world.model.step_s = 0.0
+    assert world.deliver(message_id="m3", sessionId="fine", steps=2).kind is OutcomeKind.DONE
+
+    [alert] = queries()["failure-rate.json"]
+    assert counted_by(alert, world.metrics) == {("failed", "deadline_exceeded")}
+    [failures] = [q for q in queries()[DASHBOARD.name] if "sum by (code)" in q]
+    assert counted_by(failures, world.metrics) == {
+        ("failed", "corrupt_image"),
+        ("failed", "deadline_exceeded"),
+    }
+
+
+def test_selects_reads_label_matchers_as_promql_does() -> None:
+    labels = {"outcome": "failed", "fault": "input"}
+    assert selects('outcome=~"failed|dead_letter", fault="input"', labels)
+    assert not selects('outcome=~"fail"', labels), "anchored"
+    assert not selects('fault!="input"', labels)
+    assert selects('code=""', labels), "a missing label is empty"
+    assert selects('code!~"corrupt_image"', labels)
