@@ -54,6 +54,10 @@ ensure_topic "${URGENT_TOPIC}"
 ensure_topic "${DEAD_LETTER_TOPIC}"
 for account in "${BRIDGE_SA}" "${TRITON_SA}" "${PUSH_SA}"; do ensure_service_account "${account}"; done
 
+# Every subscription never expires: Pub/Sub deletes one after 31 days without activity by default (the
+# dead-letter subscription is read only when someone looks; an urgent push lane may see no job for a month),
+# and what is published to its topic afterwards is lost.
+never_expire=(--expiration-period=never)
 # The subscription: Pub/Sub's own dead-lettering after SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS (the bridge
 # dead-letters a job itself earlier, at MAX_DELIVERY_ATTEMPTS) and exponential retry backoff, so a job
 # leased by another bridge is not redelivered in a tight loop.
@@ -63,6 +67,7 @@ common=(
   --min-retry-delay="${MIN_RETRY_BACKOFF_S}s"
   --max-retry-delay="${MAX_RETRY_BACKOFF_S}s"
   --message-retention-duration=7d
+  "${never_expire[@]}"
 )
 # Pull: the bridges pull both lanes and take urgent jobs first. Push has no lanes: both topics are pushed to
 # the one endpoint as they come (Triton's request priority still favours urgent ones).
@@ -86,9 +91,8 @@ for lane in 0 1; do
   fi
 done
 # Dead letters stay until someone looks (`fluxfill dlq list` / `replay`); 7 days is Pub/Sub's maximum.
-gc pubsub subscriptions describe "${DEAD_LETTER_SUBSCRIPTION}" >/dev/null 2>&1 ||
-  gc pubsub subscriptions create "${DEAD_LETTER_SUBSCRIPTION}" --topic="${DEAD_LETTER_TOPIC}" \
-    --message-retention-duration=7d --ack-deadline=60
+ensure_subscription "${DEAD_LETTER_SUBSCRIPTION}" "${DEAD_LETTER_TOPIC}" \
+  --message-retention-duration=7d --ack-deadline=60 "${never_expire[@]}"
 
 # The bridge's ledger of dead-lettered message ids (FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER's default collection):
 # Firestore deletes each entry once its expireAt passes, a day after Pub/Sub could still redeliver it.

@@ -88,3 +88,25 @@ def test_any_other_topology_is_refused_before_anything_is_changed(tmp_path: Path
     assert result.returncode == 2
     assert "DELIVERY must be pull or push" in result.stderr
     assert calls == ""
+
+
+@pytest.mark.parametrize("delivery", ["pull", "push"])
+@pytest.mark.parametrize("exists", [False, True], ids=["created", "updated"])
+def test_no_subscription_expires_when_idle(tmp_path: Path, delivery: str, exists: bool) -> None:
+    """Pub/Sub deletes a subscription after 31 days without activity unless told never to: the dead-letter
+    subscription, read only when someone looks, and an urgent push lane with no urgent job for a month would
+    go, and every message published to their topics afterwards would be lost with them."""
+    names = [
+        CONFIG[key]
+        for key in ("PULL_SUBSCRIPTION", "URGENT_PULL_SUBSCRIPTION", "PUSH_SUBSCRIPTION")
+        + ("URGENT_PUSH_SUBSCRIPTION", "DEAD_LETTER_SUBSCRIPTION")
+    ]
+    result, calls = run_script(tmp_path, delivery, existing=" ".join(names) if exists else "")
+    assert result.returncode == 0, result.stderr
+    made = [line for line in calls.splitlines() if " subscriptions create " in f" {line}"]
+    made += [line for line in calls.splitlines() if " subscriptions update " in f" {line}"]
+    wanted = {CONFIG[f"{'URGENT_' * urgent}{delivery.upper()}_SUBSCRIPTION"] for urgent in (0, 1)}
+    wanted.add(CONFIG["DEAD_LETTER_SUBSCRIPTION"])
+    assert {line.split()[line.split().index("subscriptions") + 2] for line in made} == wanted
+    for line in made:
+        assert "--expiration-period=never" in line.split(), line
