@@ -30,6 +30,10 @@ from fluxfill.inpaint import geometry
 
 # HEIC and HEIF by libheif (pillow-heif), AVIF by Pillow itself; opening reads the header, load() decodes.
 pillow_heif.register_heif_opener()
+# The bridge's own limit (`max_image_pixels`, checked from the header in `_header`) is the only one: Pillow's
+# (178,956,970 pixels, checked as it opens) refused a Samsung's 200 MP photo in its own words and with its own
+# limit, and would refuse it to a bridge configured to take it.
+Image.MAX_IMAGE_PIXELS = None
 
 _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 # ISO BMFF brands (the `ftyp` box): AVIF's, then HEIF's (mif1/msf1 alone mean HEIF's structure).
@@ -166,7 +170,8 @@ def _refusals(what: str, kind: str) -> Iterator[None]:
     """Pillow's and the codecs' failures to open or decode become specific refusals."""
     try:
         yield
-    # Pillow warns, then refuses, beyond its own bomb limit; under `-W error` the warning is raised too.
+    # Pillow's own bomb limit, should anything in the process set one again (see MAX_IMAGE_PIXELS above);
+    # under `-W error` its warning is raised too.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise PermanentJobError(
             ErrorCode.IMAGE_TOO_MANY_PIXELS, f"the {what} is too large: {error}"
@@ -208,7 +213,9 @@ class Photo:
     exif: bytes | None = None
     icc_profile: bytes | None = None  # when it describes RGB or grey pixels
     greyscale: bool = False
-    frames: int = 1  # images in the file (an animated PNG or WebP, an image sequence): the first is edited
+    # Images in the file (an animated PNG or WebP, an image sequence: the first is edited; a HEIC's burst or
+    # collection: its primary image, the one viewers show)
+    frames: int = 1
     colour_note: str = ""  # how the colours of a HEIC or AVIF described only by code points are carried
 
 

@@ -1,6 +1,7 @@
 """Untrusted uploads: formats by magic bytes, pixel caps, orientation, modes, mask sizes."""
 
 import io
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +300,24 @@ def test_a_phones_full_resolution_photo_is_within_the_default_limits(width: int,
     assert refusal(check_header, jpeg_of_size(16320, 12240), "original photo", bridge_limit) is (
         ErrorCode.IMAGE_TOO_MANY_PIXELS
     ), "a 200 MP mode's photo is refused, with its code"
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    """A small PNG whose header chunk says width x height (its CRC made to match)."""
+    data = bytearray(encode(Image.new("RGB", (16, 16), (1, 2, 3)), "PNG"))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.mark.parametrize("made", [jpeg_of_size, png_of_size], ids=["jpeg", "png"])
+def test_a_200_mp_photo_is_refused_by_the_bridges_limit_in_the_bridges_words(made: object) -> None:
+    """A Samsung's 200 MP mode writes 16320x12240. Pillow refuses anything over 178,956,970 pixels itself,
+    before the bridge's check, in its own words ("could be decompression bomb DOS attack") and with its own
+    limit, not the bridge's; and a bridge configured above that limit could not take such a photo at all."""
+    assert callable(made)
+    data = made(16320, 12240)
+    code, sentence = refusal_and_sentence(check_header, data, "original photo", 50_331_648)
+    assert code is ErrorCode.IMAGE_TOO_MANY_PIXELS
+    assert sentence == ("the original photo is 16320x12240 = 199756800 pixels, over the limit of 50331648")
+    check_header(data, "original photo", 200_000_000)  # within a limit set that high

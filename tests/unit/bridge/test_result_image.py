@@ -832,3 +832,26 @@ def test_a_still_original_has_no_note_of_images() -> None:
     photo = read_photo(buffer.getvalue(), BIG)
     assert photo.frames == 1
     assert encode_result(photo, edit(photo.pixels, (4, 4, 20, 20))).note is None
+
+
+def test_a_heic_of_several_images_gives_its_primary_image_edited_and_says_so() -> None:
+    """A HEIC holds a burst, a stereo pair or a collection, and names one image primary: the one viewers show
+    and the one the app showed when the mask was painted (a Nokia's collection made its third one primary).
+    That one is edited, and the note said "the first"."""
+    import pillow_heif
+
+    pixels = textured(48, 32)
+    images = [pixels // 3, 255 - pixels, pixels]
+    heif = pillow_heif.from_bytes(mode="RGB", size=(48, 32), data=images[0].tobytes())
+    for image in images[1:]:
+        heif.add_frombytes(mode="RGB", size=(48, 32), data=image.tobytes())
+    buffer = io.BytesIO()
+    heif.save(buffer, quality=95, primary_index=2)
+    photo = read_photo(buffer.getvalue(), BIG)
+    assert np.abs(photo.pixels.astype(np.int16) - pixels).mean() < 4.0, "the primary image"
+
+    result = encode_result(photo, edit(photo.pixels, (4, 4, 20, 20)))
+
+    assert result.note is not None
+    assert "holds 3 images" in result.note
+    assert "its primary image was edited" in result.note
