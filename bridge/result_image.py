@@ -167,7 +167,10 @@ def _frames_note(photo: Photo) -> str:
     if photo.frames <= 1:
         return ""
     if photo.format == "HEIF":  # a burst, a stereo pair or a collection: libheif opens the primary image
-        return f"the original holds {photo.frames} images (a burst, a pair or a collection): its primary image was edited"
+        return (
+            f"the original holds {photo.frames} images (a burst, a pair or a collection): "
+            "its primary image was edited"
+        )
     return f"the original holds {photo.frames} images (an animation or a sequence): the first was edited"
 
 

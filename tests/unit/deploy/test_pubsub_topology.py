@@ -96,11 +96,8 @@ def test_no_subscription_expires_when_idle(tmp_path: Path, delivery: str, exists
     """Pub/Sub deletes a subscription after 31 days without activity unless told never to: the dead-letter
     subscription, read only when someone looks, and an urgent push lane with no urgent job for a month would
     go, and every message published to their topics afterwards would be lost with them."""
-    names = [
-        CONFIG[key]
-        for key in ("PULL_SUBSCRIPTION", "URGENT_PULL_SUBSCRIPTION", "PUSH_SUBSCRIPTION")
-        + ("URGENT_PUSH_SUBSCRIPTION", "DEAD_LETTER_SUBSCRIPTION")
-    ]
+    lanes = ("PULL", "URGENT_PULL", "PUSH", "URGENT_PUSH", "DEAD_LETTER")
+    names = [CONFIG[f"{lane}_SUBSCRIPTION"] for lane in lanes]
     result, calls = run_script(tmp_path, delivery, existing=" ".join(names) if exists else "")
     assert result.returncode == 0, result.stderr
     made = [line for line in calls.splitlines() if " subscriptions create " in f" {line}"]
