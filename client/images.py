@@ -16,7 +16,7 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from fluxfill.bridge import orientation
 from fluxfill.client.errors import InvalidInputError
@@ -55,12 +55,9 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise InvalidInputError(f"{path}: is a directory, not an image") from None
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
-    # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them; EXIF that does
-    # not parse says nothing of it (the bridge takes such a photo as stored too).
-    try:
-        return ImageOps.exif_transpose(image)
-    except orientation.EXIF_ERRORS:
-        return image
+    # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them, as the bridge
+    # does (EXIF alone, as viewers; EXIF that does not parse says nothing of it).
+    return orientation.upright(image, orientation.orientation_of(image))
 
 
 def load_rgb(path: str | os.PathLike[str]) -> RGBArray:

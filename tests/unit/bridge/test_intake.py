@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageCms
+from PIL.PngImagePlugin import PngInfo
 
 from fluxfill.bridge import jpeg_markers, orientation
 from fluxfill.bridge.contract import ErrorCode
@@ -19,6 +20,7 @@ from fluxfill.bridge.intake import (
     decode_photo,
     encode_preview,
     fit_mask,
+    read_photo,
     sniff_format,
 )
 from tests.support import REPO_ROOT
@@ -185,6 +187,76 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     data = encode(image, "JPEG", exif=exif)
     assert decode_photo(data, BIG).shape == (40, 20, 3)
+
+
+XMP_TURNED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+    b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+    b"</x:xmpmeta>"
+)
+
+
+def exif_of(turn: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    return exif
+
+
+def png_xmp(xmp: bytes) -> PngInfo:
+    """XMP as PNGs carry it: an iTXt chunk of that keyword."""
+    info = PngInfo()
+    info.add_itxt("XML:com.adobe.xmp", xmp.decode())
+    return info
+
+
+def imagemagick_exif(turn: int) -> PngInfo:
+    """EXIF as ImageMagick writes it into a PNG: hex in a "Raw profile type exif" text chunk."""
+    raw = b"Exif\x00\x00" + exif_of(turn).tobytes()
+    info = PngInfo()
+    info.add_text("Raw profile type exif", f"\nexif\n{len(raw):8d}\n{raw.hex()}\n", zip=True)
+    return info
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("JPEG", {"xmp": XMP_TURNED}),
+        ("PNG", {"pnginfo": png_xmp(XMP_TURNED)}),
+        ("WEBP", {"xmp": XMP_TURNED}),
+        ("AVIF", {"xmp": XMP_TURNED}),
+        ("PNG", {"pnginfo": imagemagick_exif(6)}),
+    ],
+    ids=["jpeg-xmp", "png-xmp", "webp-xmp", "avif-xmp", "png-imagemagick"],
+)
+def test_only_an_exif_orientation_turns_the_photo_as_viewers_do(
+    kind: str, options: dict[str, object]
+) -> None:
+    """Browsers and the phones' image decoders turn a photo by its EXIF orientation alone; Pillow also takes
+    one from XMP (tiff:Orientation) or from ImageMagick's PNG text chunk when EXIF has none. Such a photo was
+    turned though the app showed it as stored: a mask painted on it was refused for its aspect, or, turned
+    half round, applied where the user had not painted."""
+    image = Image.new("RGB", (40, 20))
+    data = encode(image, kind, **options)
+    assert Image.open(io.BytesIO(data)).getexif().get(0x0112) == 6, "Pillow reads one"
+    photo = read_photo(data, BIG)
+    assert (photo.orientation, photo.pixels.shape) == (1, (20, 40, 3))
+    assert decode_mask(data, BIG).shape == (20, 40)
+
+
+def test_an_avifs_transformation_turns_the_photo() -> None:
+    """AVIF turns by its irot and imir boxes (Pillow writes an EXIF orientation as them, and reads them as
+    one); viewers ignore an AVIF's EXIF orientation, and so does Pillow."""
+    data = encode(Image.new("RGB", (40, 20)), "AVIF", exif=exif_of(6))
+    photo = read_photo(data, BIG)
+    assert (photo.orientation, photo.pixels.shape) == (6, (40, 20, 3))
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP"])
+def test_an_exif_orientation_turns_the_photo_whatever_xmp_says(kind: str) -> None:
+    xmp = XMP_TURNED.replace(b'"6"', b'"3"')
+    options = {"pnginfo": png_xmp(xmp)} if kind == "PNG" else {"xmp": xmp}
+    data = encode(Image.new("RGB", (40, 20)), kind, exif=exif_of(6), **options)
+    assert read_photo(data, BIG).orientation == 6
 
 
 @pytest.mark.parametrize(

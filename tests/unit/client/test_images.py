@@ -221,3 +221,21 @@ def test_an_ordinary_mask_gets_no_warning() -> None:
     assert selection_warning(mask, from_alpha=False) is None
     assert uses_alpha(Image.new("RGBA", (2, 2)))
     assert not uses_alpha(Image.new("L", (2, 2)))
+
+
+def test_a_photo_file_is_turned_as_the_bridge_turns_it(tmp_path: Path) -> None:
+    """By its EXIF orientation alone, as viewers do: an orientation only XMP states (Pillow's exif_transpose
+    applies it) leaves the photo as stored, so a mask for it lines up as it does in the bridge."""
+    from fluxfill.client.images import load_rgb
+
+    xmp = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF>'
+        b"</x:xmpmeta>"
+    )
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "xmp.jpg", xmp=xmp)
+    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "exif.jpg", exif=exif)
+    assert load_rgb(tmp_path / "xmp.jpg").shape == (HEIGHT, WIDTH, 3)
+    assert load_rgb(tmp_path / "exif.jpg").shape == (WIDTH, HEIGHT, 3)
