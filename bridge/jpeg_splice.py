@@ -8,9 +8,12 @@ original was (standard or optimized tables: fluxfill.bridge.jpeg_markers). Every
 its coefficients bit for bit, so it decodes as before (pixels next to a changed MCU may move by the chroma
 upsampling's one-sample reach, as in any decoder's fancy upsampling).
 
-Sequential JPEGs in YCbCr (4:4:4, 4:2:2, 4:2:0, 4:4:0) or greyscale are spliced, Huffman-coded (baseline
-or extended) or arithmetic-coded (libjpeg-turbo reads it; the result is written Huffman-coded with optimized
-tables, which every decoder reads, the coefficients unchanged); anything else is refused with the reason
+JPEGs in YCbCr (4:4:4, 4:2:2, 4:2:0, 4:4:0) or greyscale are spliced, Huffman-coded (baseline or extended)
+or arithmetic-coded (libjpeg-turbo reads it; the result is written Huffman-coded with optimized tables, which
+every decoder reads, the coefficients unchanged), sequential or progressive (the web's and messaging apps'
+photos often are: the result is written sequentially, with optimized tables, a few per cent larger than the
+original, where a whole re-encode changed every pixel and made it half as large again); anything else is
+refused with the reason
 (SpliceRefusedError), and the caller re-encodes the whole image; so is an original whose corrupt scan decodes
 to coefficients that cannot be written back.
 
@@ -229,8 +232,6 @@ def _refuse_by_frame(original: bytes) -> None:
     header = jpeg_markers.frame(original)
     if header is None:
         return
-    if header.progressive:
-        raise SpliceRefusedError("it is progressive")
     if header.lossless:
         raise SpliceRefusedError("it is lossless (it has no DCT coefficients to keep)")
     if len(header.sampling) == 4:
@@ -252,8 +253,6 @@ def _read(path: Path) -> jpeglib.DCTJPEG:
             jpeg.load()
     except Exception as error:  # libjpeg's own refusals come as errors
         raise SpliceRefusedError(f"its coefficients cannot be read: {_libjpeg_reason(error, path)}") from None
-    if jpeg.progressive_mode:
-        raise SpliceRefusedError("it is progressive")
     space = str(jpeg.jpeg_color_space).removeprefix("JCS_")
     if space not in ("YCbCr", "GRAYSCALE"):
         raise SpliceRefusedError(f"its colour space is {space}")

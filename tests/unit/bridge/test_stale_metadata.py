@@ -51,26 +51,26 @@ def exif_segment(data: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
-@pytest.mark.parametrize("progressive", [False, True])
+@pytest.mark.parametrize("reencoded", [False, True])
 def test_the_exif_thumbnail_of_the_photo_before_the_edit_is_not_in_the_result(
-    order: str, progressive: bool
+    order: str, reencoded: bool
 ) -> None:
     """Spliced: the EXIF segment is the original's, the same length, its thumbnail zeroed and unlinked;
-    re-encoded whole (progressive): the same EXIF goes into the new file."""
+    re-encoded whole (an RGB-coded original): the same EXIF goes into the new file."""
     exif = exif_with_thumbnail(order, turn=6)
-    original = jpeg(textured(96, 64), quality=90, progressive=progressive, exif=exif)
+    original = jpeg(textured(96, 64), quality=90, keep_rgb=reencoded, exif=exif)
     photo = read_photo(original, BIG)
 
     result = encode_result(photo, edit(photo.pixels, (8, 8, 24, 24)))
 
-    assert result.encoding == ("reencoded" if progressive else "dct_splice")
+    assert result.encoding == ("reencoded" if reencoded else "dct_splice")
     assert thumbnail_jpeg() not in result.data
     carried = exif_segment(result.data)
     assert len(carried) == len(exif_segment(original))
     tags = Image.open(io.BytesIO(result.data)).getexif()
     assert (tags[0x010F], tags[0x0112]) == ("PetPhone", 6)
     assert not tags.get_ifd(1), "IFD1 is unlinked"
-    if not progressive:
+    if not reencoded:
         assert result.note is None, "a thumbnail is no segment left out"
 
 
