@@ -15,14 +15,15 @@ ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # then the bridge exits whatever is left (the leases lapse). The grace plus this must fit the platform's
 # window between SIGTERM and SIGKILL (Cloud Run: 10 s; GKE: terminationGracePeriodSeconds).
 SHUTDOWN_CLEANUP_S = 3.0
-# Memory a job may take, per pixel of its photo: measured 20.9 through the whole handler with an in-memory
-# model on a 12 MP JPEG whose result is spliced (the coefficient arrays, and jpeglib's copies of them while
-# writing, 6 bytes; 21-24 by threads' timing while the changed blocks were found over one full-size
-# comparison), 17.0 on an RGBA PNG (tests/unit/bridge/test_memory.py bounds it by
-# HANDLER_BYTES_PER_PIXEL); the Triton client's request and response buffers add up to four more copies of
-# the 3-byte RGB image. A bridge's memory limit must hold
-# BRIDGE_BASELINE_BYTES + max_concurrent_jobs x max_image_pixels x JOB_BYTES_PER_PIXEL (tested per manifest).
-HANDLER_BYTES_PER_PIXEL = 24
+# Memory a job may take, per pixel of its photo, through the whole handler with an in-memory model
+# (tests/unit/bridge/test_memory.py bounds every format by HANDLER_BYTES_PER_PIXEL): the most is a spliced
+# JPEG's, whose coefficients are held while read (twice: libjpeg's and jpeglib's) and while written (libjpeg's
+# copy): 2 bytes a coefficient, 3 a pixel at 4:2:0 and 6 at 4:4:4, where 12 MP JPEGs measured 18-19 (4:2:0)
+# and 22-25 (4:4:4, baseline or progressive, by the threads' timing); 17.0 on an RGBA PNG. The Triton
+# client's request and response buffers add up to four more copies of the 3-byte RGB image. A bridge's memory
+# limit must hold BRIDGE_BASELINE_BYTES + max_concurrent_jobs x max_image_pixels x JOB_BYTES_PER_PIXEL (tested
+# per manifest).
+HANDLER_BYTES_PER_PIXEL = 28
 JOB_BYTES_PER_PIXEL = HANDLER_BYTES_PER_PIXEL + 4 * 3
 BRIDGE_BASELINE_BYTES = 300 * 2**20
 
