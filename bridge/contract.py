@@ -67,6 +67,7 @@ class ErrorCode(StrEnum):
     CORRUPT_IMAGE = "corrupt_image"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # a decompression bomb or simply too large
     MASK_SIZE_MISMATCH = "mask_size_mismatch"
+    MASK_EMPTY = "mask_empty"  # selects no pixel to repaint (none of at least MASK_THRESHOLD)
     MODEL_REJECTED_INPUT = "model_rejected_input"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"

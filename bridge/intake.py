@@ -9,7 +9,8 @@ Rules (documented in docs/bridge.md, "Untrusted images"):
 - Photo modes are normalised to 8-bit RGB: transparency is composited over white, 16-bit is scaled down.
 - The mask becomes one 8-bit channel: its alpha when it has real transparency, else its luminance.
 - A mask of another size than the photo is scaled to it (nearest neighbour) when the aspect ratios agree
-  within 1 %; otherwise the job fails with `mask_size_mismatch`.
+  within 1 %; otherwise the job fails with `mask_size_mismatch`. One that selects no pixel fails with
+  `mask_empty`.
 """
 
 import io
@@ -28,6 +29,7 @@ from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo, ObjectStore
 from fluxfill.inpaint import geometry
+from fluxfill.inpaint.contract import MASK_THRESHOLD
 
 # HEIC and HEIF by libheif (pillow-heif), AVIF by Pillow itself; opening reads the header, load() decodes.
 pillow_heif.register_heif_opener()
@@ -324,11 +326,21 @@ def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
 
 
 def fit_mask(mask: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArray[np.uint8]:
-    """The mask at the photo's size (geometry.fit_mask: the client's rule too), else refused."""
+    """The mask at the photo's size (geometry.fit_mask: the client's rule too), else refused; refused too when
+    it selects nothing to repaint (an app's mask painted darker than mid-grey, or exported empty, gave the
+    photo back unchanged as done, after the whole photo went to Triton for nothing)."""
     try:
-        return geometry.fit_mask(mask, height, width)
+        fitted = geometry.fit_mask(mask, height, width)
     except geometry.MaskSizeError as error:
         raise PermanentJobError(ErrorCode.MASK_SIZE_MISMATCH, str(error)) from None
+    largest = int(fitted.max(initial=0))
+    if largest < MASK_THRESHOLD:
+        raise PermanentJobError(
+            ErrorCode.MASK_EMPTY,
+            f"the mask selects no pixel to repaint: its largest value is {largest}, and a pixel is repainted "
+            f"from {MASK_THRESHOLD} of 255 up (white or light grey; opaque, in a mask with transparency)",
+        )
+    return fitted
 
 
 def _shared_rgb(pixels: npt.NDArray[np.uint8]) -> Image.Image:

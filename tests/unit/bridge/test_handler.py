@@ -151,6 +151,30 @@ def test_corrupt_image_fails_with_corrupt_image() -> None:
     assert outcome.code is ErrorCode.CORRUPT_IMAGE
 
 
+@pytest.mark.parametrize(
+    ("mask", "brightest"),
+    [
+        (np.zeros((40, 60), np.uint8), 0),  # all black
+        (np.full((40, 60), 76, np.uint8), 76),  # red strokes on black, as grey: 76
+        (np.zeros((40, 60, 4), np.uint8), 0),  # all transparent
+    ],
+    ids=["black", "dark-strokes", "transparent"],
+)
+def test_a_mask_that_selects_nothing_fails_the_job_unrun(mask: np.ndarray, brightest: int) -> None:
+    """An app that paints its mask in a colour darker than mid-grey, or exports it empty, got its user's
+    photo back unchanged as `done`, after the whole photo went to Triton for nothing."""
+    world = World()
+    world.objects.objects[f"{PREFIX}/mask.png"] = png(mask)
+    outcome = world.deliver()
+    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, ErrorCode.MASK_EMPTY)
+    assert world.model.calls == []
+    assert world.document["error"]["code"] == "mask_empty"
+    message = world.document["error"]["message"]
+    assert "selects no pixel to repaint" in message
+    assert f"its largest value is {brightest}" in message
+    assert not any(path.endswith(("edited.png", "preview.jpg")) for path in world.objects.objects)
+
+
 def test_triton_unavailable_is_retried_and_the_claim_given_back() -> None:
     world = World()
     world.model.fail_with = TritonUnavailableError("connection refused")
