@@ -91,6 +91,35 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+# What a user may pick that is no image taken here, by its leading bytes, to say what it is.
+_TIFF = "a TIFF (or a camera's raw photo: DNG, CR2, NEF, ARW)"
+_OTHER_MAGIC = {
+    b"GIF87a": "a GIF",
+    b"GIF89a": "a GIF",
+    b"BM": "a BMP",
+    b"II*\x00": _TIFF,
+    b"MM\x00*": _TIFF,
+    b"II+\x00": _TIFF,
+    b"MM\x00+": _TIFF,
+    b"\xff\x0a": "a JPEG XL",
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n": "a JPEG XL",
+    b"%PDF-": "a PDF",
+}
+
+
+def other_format(data: bytes) -> str | None:
+    """What a file the bridge does not take is, when its leading bytes say (for the refusal's sentence)."""
+    for magic, name in _OTHER_MAGIC.items():
+        if data.startswith(magic):
+            return name
+    text = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
+        return "an SVG"
+    if data[4:8] == b"ftyp":
+        return f"a video or another ISO media file (brand {data[8:12].decode('latin-1')!r})"
+    return None
+
+
 def _iso_brand(data: bytes) -> str | None:
     box_end = min(int.from_bytes(data[:4], "big"), len(data), 4096)
     # The major brand, then the compatible brands after the minor version.
@@ -110,9 +139,9 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
     """The image as stored, only its header read (its pixel count checked), and its format."""
     kind = sniff_format(data)
     if kind is None:
-        raise PermanentJobError(
-            ErrorCode.UNSUPPORTED_IMAGE_FORMAT, f"the {what} is not {ACCEPTED} (by its first bytes)"
-        )
+        other = other_format(data)
+        said = f"{other}, not {ACCEPTED}" if other else f"not {ACCEPTED} (by its first bytes)"
+        raise PermanentJobError(ErrorCode.UNSUPPORTED_IMAGE_FORMAT, f"the {what} is {said}")
     if kind == "JPEG":
         _refuse_unreadable_jpeg(data, what)
     with _refusals(what, kind):

@@ -13,6 +13,7 @@ from fluxfill.bridge import jpeg_markers, orientation
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.intake import (
+    ACCEPTED,
     MAX_JPEG_SCANS,
     MAX_JPEG_SEGMENTS,
     check_header,
@@ -51,10 +52,41 @@ def test_supported_formats_are_sniffed_and_decoded(kind: str, name: str) -> None
     assert decode_photo(data, BIG).shape == (20, 30, 3)
 
 
-@pytest.mark.parametrize("kind", ["GIF", "BMP", "TIFF"])
-def test_other_formats_are_refused_by_their_bytes(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "named"),
+    [("GIF", "a GIF"), ("BMP", "a BMP"), ("TIFF", "a TIFF (or a camera's raw photo: DNG, CR2, NEF, ARW)")],
+)
+def test_other_formats_are_refused_by_their_bytes_and_named(kind: str, named: str) -> None:
+    """A user who picked a GIF or an iPhone's ProRAW (DNG, a TIFF) learns what was picked, not only what is
+    taken."""
     data = encode(Image.new("RGB", (8, 8)), kind)
-    assert refusal(decode_photo, data, BIG) is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    code, sentence = refusal_and_sentence(decode_photo, data, BIG)
+    assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    assert sentence == f"the original photo is {named}, not {ACCEPTED}"
+
+
+@pytest.mark.parametrize(
+    ("data", "named"),
+    [
+        (b"\xff\x0a\xfa\x7f" + bytes(60), "a JPEG XL"),
+        (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(60), "a JPEG XL"),
+        (b"%PDF-1.7\n" + bytes(60), "a PDF"),
+        (b"<?xml version='1.0'?><svg" + bytes(60), "an SVG"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'>" + bytes(60), "an SVG"),
+        (b"\x00\x00\x00\x18ftypqt  " + bytes(60), "a video or another ISO media file (brand 'qt  ')"),
+        (b"just some text" + bytes(60), "not {ACCEPTED} (by its first bytes)"),
+    ],
+    ids=["jxl", "jxl-container", "pdf", "svg-xml", "svg", "quicktime", "unknown"],
+)
+def test_files_that_are_no_image_or_no_taken_one_are_named_when_known(data: bytes, named: str) -> None:
+    code, sentence = refusal_and_sentence(check_header, data, "original photo", BIG)
+    assert code is ErrorCode.UNSUPPORTED_IMAGE_FORMAT
+    expected = named.format(ACCEPTED=ACCEPTED)
+    assert sentence == (
+        f"the original photo is {expected}"
+        if named.startswith("not")
+        else f"the original photo is {expected}, not {ACCEPTED}"
+    )
 
 
 FILES = Path(__file__).parent / "files"
