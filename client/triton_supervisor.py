@@ -32,6 +32,9 @@ from fluxfill.client.triton_binary import STUB_NAME, command_line, live_processe
 
 # EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
 STUB_DIED_EXIT_CODE = 70
+# Stubs also end when the server exits by itself (their parent ends them first): it is given this long to
+# exit before their end is taken for a death, so that its own status stands (it was once reported as 70).
+SERVER_EXIT_GRACE_S = 1.0
 DEFAULT_HTTP_PORT = 8000
 # What a stub's command line carries after the stub: its model's `.../<model>/<version>/model.py`.
 _MODEL_FILE = "model.py"
@@ -184,21 +187,39 @@ class Supervisor:
             running = stub_processes(server.pid)
             gone = {pid: model for pid, model in watched.items() if pid not in running}
             if gone:
-                return self._stop_for(
+                stopped = self._stop_for(
                     [f"{model or 'unknown model'} (pid {pid})" for pid, model in gone.items()], server
                 )
+                if stopped is not None:
+                    return stopped
+                continue
             if self._ready(self._host, self._port):
-                watched.update(running)
+                # Listed again once it answers ready: a stub that ended before that was never seen serving.
+                watched.update(stub_processes(server.pid))
                 unserved = unserved_models(self._host, self._port, server.pid, self._python_models)
                 if unserved:
-                    return self._stop_for([f"{model} (none running)" for model in unserved], server)
+                    # A watched stub may die between the listing above and the one the index is held against.
+                    seen = {model: pid for pid, model in watched.items()}
+                    stopped = self._stop_for(
+                        [f"{m} (pid {seen[m]})" if m in seen else f"{m} (none running)" for m in unserved],
+                        server,
+                    )
+                    if stopped is not None:
+                        return stopped
 
     def _pass_on(self, signum: int, _frame: FrameType | None) -> None:
         self._stopping = True
         if self._server is not None and self._server.poll() is None:
             self._server.send_signal(signum)
 
-    def _stop_for(self, stubs: list[str], server: "subprocess.Popen[bytes]") -> int:
+    def _stop_for(self, stubs: list[str], server: "subprocess.Popen[bytes]") -> int | None:
+        """Stop the server for its dead stubs; None (go on) when they ended with the server: it is being
+        stopped (a signal came during the check), or it is exiting by itself (its own status then stands)."""
+        if self._stopping:
+            return None
+        status = self._wait(server, SERVER_EXIT_GRACE_S)
+        if status is not None or self._stopping:
+            return None
         models = ", ".join(sorted(stubs))
         self._say(
             f"triton_supervisor: the Python-backend stub of {models} exited while Triton was serving; Triton "

@@ -25,13 +25,17 @@ FAKE_SERVER = textwrap.dedent(
 
     work = Path(sys.argv[1])
     port = int(next(a for a in sys.argv if a.startswith("--http-port=")).partition("=")[2])
-    ready = (work / "ready").read_text().strip() == "yes"
+    ready = False  # until its stubs are set up, as a tritonserver's models are READY after their stubs start
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            with open(work / "asked-ready", "a") as asked:  # a check of the supervisor's
+                asked.write("x")
             self.send_response(200 if ready and self.path == "/v2/health/ready" else 503)
             self.end_headers()
         def do_POST(self):  # the repository index: both models READY once the server is
+            with open(work / "indexed", "a") as asked:  # a check of the supervisor's while ready
+                asked.write("x")
             state = "READY" if ready else "LOADING"
             index = [{"name": m, "version": "1", "state": state} for m in ("flux_fill", "flux_fill_stream")]
             body = json.dumps(index).encode()
@@ -52,6 +56,7 @@ FAKE_SERVER = textwrap.dedent(
         stubs[1].kill()
         stubs[1].wait()
     (work / "stubs").write_text(" ".join(str(p.pid) for p in stubs))
+    ready = (work / "ready").read_text().strip() == "yes"
 
     def stop(signum, frame):
         (work / "stopped").write_text(str(signum))
@@ -107,6 +112,23 @@ def stub_pids(work: Path) -> list[int]:
     return [int(pid) for pid in (work / "stubs").read_text().split()]
 
 
+def checks(work: Path, record: str) -> int:
+    path = work / record
+    return len(path.read_text()) if path.exists() else 0
+
+
+def wait_for_checks(work: Path, count: int, record: str = "indexed") -> None:
+    """Until the supervisor has made `count` more checks: each asks whether the server is ready
+    (`asked-ready`), and while it is, after listing the stubs, the repository index (`indexed`). Two after
+    the stubs were listed, and it has seen them (a fixed sleep of 0.5 s was once too short on a loaded CI
+    machine, and the stub died unseen)."""
+    target = checks(work, record) + count
+    deadline = time.monotonic() + 30
+    while checks(work, record) < target:
+        assert time.monotonic() < deadline, f"the supervisor made no {count} checks ({record})"
+        time.sleep(0.02)
+
+
 def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     try:
         _, stderr = process.communicate(timeout=30)
@@ -118,7 +140,7 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
 def test_a_ready_models_stub_that_dies_stops_the_server(work: Path) -> None:
     supervisor = supervise(work)
     stream_stub = stub_pids(work)[1]
-    time.sleep(0.5)  # a few checks while ready: both stubs are watched
+    wait_for_checks(work, 2)  # both stubs are watched
     os.kill(stream_stub, signal.SIGKILL)
 
     status, stderr = finish(supervisor)
@@ -149,7 +171,7 @@ def test_a_stub_that_ends_before_the_server_is_ready_is_the_servers_business(wor
     (work / "ready").write_text("no")
     supervisor = supervise(work)
     os.kill(stub_pids(work)[1], signal.SIGKILL)
-    time.sleep(0.6)
+    wait_for_checks(work, 3, "asked-ready")
     assert supervisor.poll() is None, "the supervisor stopped a server that was never ready"
     supervisor.send_signal(signal.SIGTERM)
 
