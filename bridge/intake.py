@@ -3,9 +3,9 @@
 Rules (documented in docs/bridge.md, "Untrusted images"):
 - Only JPEG, PNG, WebP, HEIC/HEIF and AVIF, recognised by their leading bytes, not by name or content type.
 - The pixel count is checked from the header before decoding (decompression bombs).
-- EXIF orientation (EXIF's alone, as viewers: not XMP's) is applied, so the photo is upright as the app showed
-  it when the mask was painted; EXIF that does not parse leaves the photo as stored (broken metadata is no
-  reason to refuse good pixels).
+- EXIF orientation (EXIF's alone, as viewers: not XMP's; see orientation.orientation_of) is applied, so the
+  photo is upright as the app showed it when the mask was painted; EXIF that does not parse leaves the photo
+  as stored (broken metadata is no reason to refuse good pixels).
 - Photo modes are normalised to 8-bit RGB: transparency is composited over white, 16-bit is scaled down.
 - The mask becomes one 8-bit channel: its alpha when it has real transparency, else its luminance.
 - A mask of another size than the photo is scaled to it (nearest neighbour) when the aspect ratios agree

@@ -42,15 +42,19 @@ def orientation_of(image: Image.Image) -> int:
     """The image's EXIF orientation, 1 (as stored) when absent, unreadable or not one of the eight: broken
     metadata is no reason to refuse pixels that decode.
 
-    Only the EXIF's own, as browsers and the phones' image decoders turn a photo (the app shows it as they do,
-    and the mask is painted on that): Pillow's `getexif` also takes one from XMP (`tiff:Orientation`) or from
-    ImageMagick's PNG text chunk when EXIF has none, which no viewer applies. A HEIC's and an AVIF's own
-    transformations (irot, imir) come as EXIF: libheif applies them and says 1, Pillow's AVIF reader
-    writes them there in place of what the file's EXIF said."""
+    Only EXIF's, as viewers turn a photo (the app shows it as they do, and the mask is painted on that):
+    Pillow's `getexif` also takes one from XMP (`tiff:Orientation`) when EXIF has none, which no viewer
+    applies. A PNG's EXIF may be in its eXIf chunk or in ImageMagick's "Raw profile type exif" text chunk:
+    Safari and iOS read both (Chrome and Android show a PNG as stored). A HEIC's and an AVIF's own
+    transformations (irot, imir) come as EXIF: libheif applies them and says 1, Pillow's AVIF reader writes
+    them there in place of what the file's EXIF said."""
     exif = image.info.get("exif")
-    if not exif:
-        return 1
+    raw = image.info.get("Raw profile type exif")
     try:
+        if not exif and isinstance(raw, str):
+            exif = bytes.fromhex("".join(raw.split("\n")[3:]))  # as Pillow reads it
+        if not exif:
+            return 1
         parsed = Image.Exif()
         parsed.load(exif)
         value = parsed.get(ORIENTATION_TAG, 1)
