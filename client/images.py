@@ -144,13 +144,22 @@ def to_mask(mask: MaskLike, height: int, width: int) -> MaskArray:
         raise InvalidInputError(str(error)) from None
 
 
-def warn_about_mask(mask: MaskLike, photo: str | os.PathLike[str], command: str) -> None:
-    """Write the selection warning for a mask file, if any, as one `fluxfill COMMAND: warning:` line."""
+def warn_about_mask(
+    mask: MaskLike, photo: str | os.PathLike[str], command: str, *, refuse_empty: bool = False
+) -> None:
+    """Write the selection warning for a mask file, if any, as one `fluxfill COMMAND: warning:` line;
+    `refuse_empty`: raise InvalidInputError instead for a mask that selects nothing (a job's: the bridge
+    fails it as mask_empty)."""
     if isinstance(mask, tuple) or not isinstance(mask, str | os.PathLike):
         return  # a box selects what it says
     image = open_image(mask)
     width, height = open_image(photo).size
-    warning = selection_warning(to_mask(image, height, width), uses_alpha(image))
+    array = to_mask(image, height, width)
+    warning = selection_warning(array, uses_alpha(image))
+    if refuse_empty and warning is not None and not array.any():
+        raise InvalidInputError(
+            f"{warning}; the bridge would fail the job (mask_empty): nothing was submitted"
+        )
     if warning is not None:
         sys.stderr.write(f"fluxfill {command}: warning: {warning}\n")
 

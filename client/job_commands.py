@@ -89,7 +89,7 @@ def run_job_command(args: argparse.Namespace) -> int:
 def _submit(jobs: JobSystem, args: argparse.Namespace, ref: SessionRef) -> int:
     mask: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
     fields = {"prompt": args.prompt, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
-    warn_about_mask(mask, args.image, "submit")
+    warn_about_mask(mask, args.image, "submit", refuse_empty=True)
     jobs.submit(ref, args.image, mask, priority=args.priority, **fields)
     sys.stdout.write(f"{ref.session}\n")
     return EXIT_OK

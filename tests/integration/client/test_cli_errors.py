@@ -141,6 +141,11 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
         "submit without topic": Case(
             ("submit", f["photo.png"], f["mask.png"], *job, "--bucket", "b"), 2, "no topic"
         ),
+        "submit black mask": Case(
+            ("submit", f["photo.png"], f["black.png"], *job, "--bucket", "b", "--topic", "t"),
+            2,
+            "the bridge would fail the job (mask_empty)",
+        ),
         "submit bad steps": Case(
             ("submit", f["photo.png"], f["mask.png"], *job, "--bucket", "b", "--topic", "t", "--steps", "0"),
             2,

@@ -239,3 +239,17 @@ def test_a_photo_file_is_turned_as_the_bridge_turns_it(tmp_path: Path) -> None:
     Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "exif.jpg", exif=exif)
     assert load_rgb(tmp_path / "xmp.jpg").shape == (HEIGHT, WIDTH, 3)
     assert load_rgb(tmp_path / "exif.jpg").shape == (WIDTH, HEIGHT, 3)
+
+
+def test_a_mask_that_selects_nothing_is_refused_where_refusing_is_asked(tmp_path: Path) -> None:
+    """`submit` refuses it (the bridge fails such a job as mask_empty, so nothing is uploaded or published);
+    `infer` only warns (the model answers such a call with the photo unchanged)."""
+    from fluxfill.client.images import warn_about_mask
+
+    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "photo.png")
+    Image.new("L", (WIDTH, HEIGHT), 76).save(tmp_path / "dark.png")
+    with pytest.raises(
+        InvalidInputError, match=r"selects nothing.*the bridge would fail the job \(mask_empty\)"
+    ):
+        warn_about_mask(tmp_path / "dark.png", tmp_path / "photo.png", "submit", refuse_empty=True)
+    warn_about_mask(tmp_path / "dark.png", tmp_path / "photo.png", "infer")  # a warning line only
