@@ -138,9 +138,14 @@ def unserved_models(host: str, port: int, server_pid: int, python: frozenset[str
     saw it. The stubs are listed after the server answers, so a model that became READY meanwhile has its
     stub listed (a stub starts before its model is READY)."""
     ready = ready_models(host, port) if python else None
+    return without_stub(ready, stub_processes(server_pid), python)
+
+
+def without_stub(ready: set[str] | None, stubs: dict[int, str], python: frozenset[str]) -> list[str]:
+    """Of the READY models (None: the index could not be asked), the Python ones no listed stub serves."""
     if not ready:
         return []
-    served = set(stub_processes(server_pid).values())
+    served = set(stubs.values())
     if "" in served:
         return []  # a stub whose model could not be read: it may be the one
     return sorted((ready & python) - served)
@@ -194,11 +199,15 @@ class Supervisor:
                     return stopped
                 continue
             if self._ready(self._host, self._port):
-                # Listed again once it answers ready: a stub that ended before that was never seen serving.
-                watched.update(stub_processes(server.pid))
-                unserved = unserved_models(self._host, self._port, server.pid, self._python_models)
+                python = self._python_models
+                ready = ready_models(self._host, self._port) if python else None
+                # Listed again once it answers ready and its index is read (as unserved_models does): a stub
+                # that ended before that was never seen serving.
+                listed = stub_processes(server.pid)
+                watched.update(listed)
+                unserved = without_stub(ready, listed, python)
                 if unserved:
-                    # A watched stub may die between the listing above and the one the index is held against.
+                    # A stub seen by an earlier check is named by its pid.
                     seen = {model: pid for pid, model in watched.items()}
                     stopped = self._stop_for(
                         [f"{m} (pid {seen[m]})" if m in seen else f"{m} (none running)" for m in unserved],
