@@ -48,15 +48,7 @@ FAKE_SERVER = textwrap.dedent(
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stub = work / "triton_python_backend_stub"
-    stubs = [
-        subprocess.Popen([str(stub), "-c", "import time; time.sleep(600)", f"/m/{model}/1/model.py", "shm"])
-        for model in ("flux_fill", "flux_fill_stream")
-    ]
-    if (work / "kill-stream-stub-at-once").exists():  # gone before any check of the supervisor's
-        stubs[1].kill()
-        stubs[1].wait()
-    (work / "stubs").write_text(" ".join(str(p.pid) for p in stubs))
-    ready = (work / "ready").read_text().strip() == "yes"
+    stubs = []
 
     def stop(signum, frame):
         (work / "stopped").write_text(str(signum))
@@ -64,8 +56,19 @@ FAKE_SERVER = textwrap.dedent(
             process.kill()
         sys.exit(int((work / "exit-status").read_text()))
 
+    # Before the stubs are started and said: a stop that came before would leave them running, holding the
+    # supervisor's stderr open (a test once waited 30 s for it on a loaded machine).
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    stubs.extend(
+        subprocess.Popen([str(stub), "-c", "import time; time.sleep(600)", f"/m/{model}/1/model.py", "shm"])
+        for model in ("flux_fill", "flux_fill_stream")
+    )
+    if (work / "kill-stream-stub-at-once").exists():  # gone before any check of the supervisor's
+        stubs[1].kill()
+        stubs[1].wait()
+    (work / "stubs").write_text(" ".join(str(p.pid) for p in stubs))
+    ready = (work / "ready").read_text().strip() == "yes"
     if (work / "exit-now").exists():  # a server that ends by itself (its stubs end with it)
         for process in stubs:
             process.kill()
@@ -119,9 +122,9 @@ def checks(work: Path, record: str) -> int:
 
 def wait_for_checks(work: Path, count: int, record: str = "indexed") -> None:
     """Until the supervisor has made `count` more checks: each asks whether the server is ready
-    (`asked-ready`), and while it is, after listing the stubs, the repository index (`indexed`). Two after
-    the stubs were listed, and it has seen them (a fixed sleep of 0.5 s was once too short on a loaded CI
-    machine, and the stub died unseen)."""
+    (`asked-ready`), and while it is, the repository index (`indexed`), then lists the stubs. Two after the
+    stubs were started, and the first of them has listed them (a fixed sleep of 0.5 s was once too short on a
+    loaded CI machine, and the stub died unseen)."""
     target = checks(work, record) + count
     deadline = time.monotonic() + 30
     while checks(work, record) < target:
