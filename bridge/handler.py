@@ -33,7 +33,6 @@ from fluxfill.bridge.errors import (
     LeaseLostError,
     PermanentJobError,
     RetryableError,
-    SessionRefusedError,
     TritonInterruptedError,
     TritonUnavailableError,
 )
@@ -55,7 +54,7 @@ from fluxfill.bridge.ports import (
 )
 from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.result_image import read_ahead
-from fluxfill.bridge.results import essential_record, result_fields, upload_results, uploaded_result
+from fluxfill.bridge.results import result_fields, upload_results, uploaded_result
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig, ResolvedParameters, RuntimeConfig, resolve
 from fluxfill.bridge.seeds import default_seed
 from fluxfill.bridge.settings import BridgeSettings
@@ -259,19 +258,9 @@ class JobHandler:
         return self._end_done(claimed, fields)
 
     def _end_done(self, claimed: "_Claimed", fields: dict[str, Any]) -> Outcome:
-        try:
-            finished = self._sessions.finish(claimed.ref, claimed.claim_id, JobStatus.DONE, fields)
-        except SessionRefusedError as refused:
-            # No room for the whole record: the app's own data in the document grew during the run past the
-            # room the claim checked for (sessions.BRIDGE_ROOM_BYTES). The result's paths are what the app
-            # needs; refused again, the job is dead-lettered with Firestore's reason.
-            logger.warning(
-                "the session refused the whole record; writing the result only", error=str(refused)
-            )
-            finished = self._sessions.finish(
-                claimed.ref, claimed.claim_id, JobStatus.DONE, essential_record(fields)
-            )
-        if not finished:
+        # With no room for the whole record (the app's data grew during the run), the result's paths alone
+        # (fluxfill.bridge.sessions.fitted); refused even so, the job is dead-lettered with the reason.
+        if not self._sessions.finish(claimed.ref, claimed.claim_id, JobStatus.DONE, fields):
             return _claim_taken_over()
         return Outcome(OutcomeKind.DONE)
 

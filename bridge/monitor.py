@@ -23,7 +23,7 @@ from types import TracebackType
 
 import structlog
 
-from fluxfill.bridge.errors import LeaseLostError, RetryableError
+from fluxfill.bridge.errors import LeaseLostError, RetryableError, SessionRefusedError
 from fluxfill.bridge.ports import JobRef, RunControl, SessionStore
 
 logger = structlog.get_logger(__name__)
@@ -131,7 +131,9 @@ class JobMonitor:
                 if self._finished.is_set():
                     return  # the job is ending: its final write is next
                 beat = self._sessions.heartbeat(self._job, self._claim_id, self._lease_s, progress)
-        except RetryableError as error:
+        except (RetryableError, SessionRefusedError) as error:
+            # Refused (Firestore's InvalidArgument) is not expected of a heartbeat, which always fits
+            # (fluxfill.bridge.sessions.fitted); it counts as a missed one all the same, never a dead thread.
             unrenewed_s = time.monotonic() - self._renewed_at
             if unrenewed_s < LEASE_LOSS_FRACTION * self._lease_s:
                 # A missed heartbeat only shortens the lease margin; the next one tries again.

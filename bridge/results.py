@@ -131,17 +131,6 @@ def result_fields(
     }
 
 
-# What of a done session's record the app needs to show the result, when the document has no room for all of
-# it: the result's paths, size, seed and format (no encoding note, model values or timings).
-_ESSENTIAL_RESULT = ("paths", "width", "height", "seed", "format")
-
-
-def essential_record(fields: dict[str, Any]) -> dict[str, Any]:
-    """A done session's fields (result_fields, or an earlier attempt's) cut to what shows the result."""
-    result = fields.get(SessionField.RESULT) or {}
-    return {SessionField.RESULT: {key: result[key] for key in _ESSENTIAL_RESULT if key in result}}
-
-
 def _result(paths: dict[str, str], size: tuple[int, int], seed: int) -> dict[str, Any]:
     return {"paths": paths, "width": size[0], "height": size[1], "seed": seed}
 

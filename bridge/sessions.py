@@ -27,6 +27,23 @@ MAX_DOCUMENT_BYTES = 1_048_576
 # claimed and run, and then its final write was refused: the session stayed `processing` for good (seen on the
 # Firestore emulator, which refuses as production does).
 BRIDGE_ROOM_BYTES = 16 * MAX_PROMPT_BYTES
+# What of a write is kept when the document has no room for all of it (`fitted`): the status and its time, the
+# lease, the error, the result, and the claim's own fields (cleared by a write that ends the claim). Left out:
+# progress, the model's values, timings, when it finished.
+_CLAIM_FIELDS = (SessionField.CLAIM_ID, SessionField.OWNER, SessionField.PROGRESS)
+_KEPT_WHEN_FULL = frozenset(
+    {
+        SessionField.STATUS,
+        SessionField.UPDATED_AT,
+        SessionField.LEASE_EXPIRES_AT,
+        SessionField.ERROR,
+        SessionField.RESULT,
+        SessionField.CLAIM_ID,
+        SessionField.OWNER,
+    }
+)
+# What of a done session's result the app needs to show it: its paths, size, seed and format.
+_ESSENTIAL_RESULT = ("paths", "width", "height", "seed", "format")
 
 
 def _status(document: Document | None) -> JobStatus | None:
@@ -141,8 +158,10 @@ def heartbeat(
     now: datetime,
     lease_s: float,
     progress: tuple[int, int] | None,
+    *,
+    path: str,
 ) -> tuple[Heartbeat, Update | None]:
-    """Renew the lease (and record progress) while `claim_id` is still the current claim."""
+    """Renew the lease (and record progress, when it fits) while `claim_id` is still the current claim."""
     current = document or {}
     cancel = current.get(SessionField.CANCEL_REQUESTED) is True
     if not held_by(current, claim_id):
@@ -153,15 +172,17 @@ def heartbeat(
     }
     if progress is not None:
         update[SessionField.PROGRESS] = {"step": progress[0], "total": progress[1]}
-    return Heartbeat(cancel_requested=cancel, still_owner=True), update
+    return Heartbeat(cancel_requested=cancel, still_owner=True), fitted(current, update, path)
 
 
-def release(document: Document | None, claim_id: str, now: datetime, reason: str) -> Update | None:
+def release(
+    document: Document | None, claim_id: str, now: datetime, reason: str, *, path: str
+) -> Update | None:
     """Back to queued, lease cleared, so a redelivery is claimed at once; only by the current claim."""
     current = document or {}
     if not held_by(current, claim_id):
         return None
-    return {
+    update: Update = {
         SessionField.STATUS: JobStatus.QUEUED.value,
         SessionField.OWNER: None,
         SessionField.CLAIM_ID: None,
@@ -169,6 +190,7 @@ def release(document: Document | None, claim_id: str, now: datetime, reason: str
         SessionField.ERROR: {"code": "retrying", "message": reason},
         SessionField.UPDATED_AT: now,
     }
+    return fitted(current, update, path)
 
 
 def finish(
@@ -177,6 +199,8 @@ def finish(
     now: datetime,
     status: JobStatus,
     fields: Mapping[str, Any],
+    *,
+    path: str,
 ) -> Update | None:
     """The terminal write, or None when the document is terminal, or `claim_id` is not the current claim.
 
@@ -199,4 +223,49 @@ def finish(
     }
     if status is JobStatus.DONE:
         update[SessionField.ERROR] = None
-    return update
+    return fitted(current, update, path)
+
+
+def name_bytes(path: str) -> int:
+    """The size Firestore counts for a document's name: each collection and document id's UTF-8 plus one,
+    and 16."""
+    return 16 + sum(len(part.encode()) + 1 for part in path.split("/"))
+
+
+def fitted(document: Document, update: Update, path: str) -> Update:
+    """`update` as Firestore will take it: whole when the document stays within MAX_DOCUMENT_BYTES, else cut
+    to what the app must see (`_KEPT_WHEN_FULL`): the app writes its own fields at any time, and may fill the
+    document during a run past the room its claim found. Cut, a write that ends the claim clears the claim's
+    fields to make room, nulls are written only over values, the result keeps what shows it, and the error
+    its code and as much of its sentence as fits ("…" where it was cut). A cut update that still does not fit
+    is refused by Firestore (a document filled to within about 200 bytes cannot take a result's paths)."""
+    if _bytes_after(document, update, path) <= MAX_DOCUMENT_BYTES:
+        return update
+    cut = {name: value for name, value in update.items() if name in _KEPT_WHEN_FULL}
+    if cut.get(SessionField.STATUS, JobStatus.PROCESSING.value) != JobStatus.PROCESSING.value:
+        cut.update(dict.fromkeys(_CLAIM_FIELDS))
+    cut = {name: value for name, value in cut.items() if value is not None or document.get(name) is not None}
+    result = cut.get(SessionField.RESULT)
+    if isinstance(result, Mapping):
+        cut[SessionField.RESULT] = {key: result[key] for key in _ESSENTIAL_RESULT if key in result}
+    error = cut.get(SessionField.ERROR)
+    if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+        unsaid = {**cut, SessionField.ERROR: {**error, "message": ""}}
+        room = MAX_DOCUMENT_BYTES - _bytes_after(document, unsaid, path)
+        cut[SessionField.ERROR] = {**error, "message": _cut_to(error["message"], room)}
+    return cut
+
+
+def _bytes_after(document: Document, update: Update, path: str) -> int:
+    return name_bytes(path) + document_bytes({**document, **update})
+
+
+def _cut_to(text: str, room: int) -> str:
+    """`text` within `room` bytes of UTF-8, ending in "…" where it was cut."""
+    encoded = text.encode()
+    if len(encoded) <= room:
+        return text
+    ellipsis = "…"
+    if room < len(ellipsis.encode()):
+        return ""
+    return encoded[: room - len(ellipsis.encode())].decode(errors="ignore") + ellipsis

@@ -99,7 +99,8 @@ def heartbeat(
     now: datetime,
     lease_s: float,
     progress: tuple[int, int] | None,
+    path: str,
 ) -> tuple[Heartbeat, sessions.Update | None, dict[str, Any] | None]:
     """sessions.heartbeat, renewing the claim's slot with its lease."""
-    beat, update = sessions.heartbeat(document, claim_id, now, lease_s, progress)
+    beat, update = sessions.heartbeat(document, claim_id, now, lease_s, progress, path=path)
     return beat, update, renew(slots, claim_id, now, lease_s) if beat.still_owner else None

@@ -95,7 +95,9 @@ class FirestoreSessions:
         beat = self._change(
             job.document,
             "renew the lease",
-            lambda document, now: sessions.heartbeat(document, claim_id, now, lease_s, progress),
+            lambda document, now: sessions.heartbeat(
+                document, claim_id, now, lease_s, progress, path=job.document
+            ),
         )
         slots = self._slots_of(job)
         if slots is not None and beat.still_owner:
@@ -117,7 +119,10 @@ class FirestoreSessions:
         self._change(
             job.document,
             "give the job back",
-            lambda document, now: (None, sessions.release(document, claim_id, now, reason)),
+            lambda document, now: (
+                None,
+                sessions.release(document, claim_id, now, reason, path=job.document),
+            ),
         )
         self._known.remember(job.document, None)
         self._free_slot(job, claim_id)
@@ -126,13 +131,15 @@ class FirestoreSessions:
         """See SessionStore.finish."""
 
         def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, sessions.Update | None]:
-            update = sessions.finish(document, claim_id, now, status, fields)
+            update = sessions.finish(document, claim_id, now, status, fields, path=job.document)
             return update is not None, update
 
-        finished = self._change(job.document, f"record {status.value}", decide)
-        self._known.remember(job.document, None)
-        self._free_slot(job, claim_id)
-        return finished
+        try:
+            return self._change(job.document, f"record {status.value}", decide)
+        finally:
+            # Refused too (the job is then dead-lettered): the job has ended here either way.
+            self._known.remember(job.document, None)
+            self._free_slot(job, claim_id)
 
     def _free_slot(self, job: JobRef, claim_id: str | None) -> None:
         slots = self._slots_of(job)

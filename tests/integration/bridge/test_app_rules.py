@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
+from fluxfill.bridge import sessions
 from fluxfill.bridge.contract import BRIDGE_FIELDS, FIRESTORE_RULES, JobStatus, SessionField
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
 
 pytestmark = pytest.mark.integration
-ALLOWED, REFUSED = 200, 403
+ALLOWED, BAD_REQUEST, REFUSED = 200, 400, 403
 
 
 class AppUser:
@@ -252,18 +253,34 @@ def test_the_bridges_collections_are_closed_to_users(jobs: JobSystem, alice: App
         assert alice.create(path, {"slots": {}}) == REFUSED, path
 
 
+def fill_to(path: str, room: int, document: dict[str, Any]) -> str:
+    """The app's `strokes` that leave `room` bytes in this session document (Firestore's count:
+    sessions.document_bytes, and name_bytes; a field of the app's is its name's bytes plus one, its value's
+    plus one)."""
+    others = {name: value for name, value in document.items() if name != "strokes"}
+    used = sessions.name_bytes(path) + sessions.document_bytes(others)
+    return "x" * (sessions.MAX_DOCUMENT_BYTES - used - len("strokes") - 2 - room)
+
+
 @pytest.mark.parametrize(
-    ("app_bytes", "left"), [(1_000_000, JobStatus.FAILED), (1_048_300, JobStatus.QUEUED)]
+    ("room", "left"), [(48_000, JobStatus.FAILED), (60, JobStatus.FAILED), (0, JobStatus.QUEUED)]
 )
 def test_a_session_the_app_filled_to_firestores_limit_ends_with_a_reason_never_processing_for_ever(
-    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser, app_bytes: int, left: JobStatus
+    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser, room: int, left: JobStatus
 ) -> None:
     """The rules let the app keep its own data in a session (say, the mask's strokes). Before the size check,
     a session filled near Firestore's 1 MiB was claimed and run, and its final write refused: dead-lettered,
-    results uploaded, and the session `processing` for good. Now it is not run: failed with the reason, or,
-    when not even that fits, left as the app wrote it; either way dead-lettered once and acked."""
+    results uploaded, and the session `processing` for good. Now it is not run: failed with the reason (cut
+    to the room left, "…" where it was), or, when not even the code fits, left as the app wrote it; either
+    way dead-lettered once and acked."""
     assert alice.uid is not None
-    session, path = session_of(jobs, alice, strokes="x" * app_bytes)
+    session, path = session_of(jobs, alice, strokes="")
+    strokes = fill_to(path, room, jobs.session(alice.uid, session))
+    assert alice.update(path, {"strokes": strokes + "x"} if room == 0 else {"strokes": strokes}) == (
+        BAD_REQUEST if room == 0 else ALLOWED
+    ), "Firestore counts as sessions.document_bytes and name_bytes"
+    if room == 0:
+        assert alice.update(path, {"strokes": strokes}) == ALLOWED
     with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
         jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 2})
         (letter,) = jobs.dead_letters(1)
@@ -274,7 +291,10 @@ def test_a_session_the_app_filled_to_firestores_limit_ends_with_a_reason_never_p
     del document["strokes"]  # a megabyte: not for a failure's message
     assert document["status"] == left
     if left is JobStatus.FAILED:
-        assert "Firestore's limit of 1048576 bytes" in document["error"]["message"]
+        message = document["error"]["message"]
+        assert message.startswith("the session document is")
+        assert ("Firestore's limit of 1048576 bytes" in message) is (room > 1000)
+        assert message.endswith("…") is (room < 1000)
     assert jobs.pull_now(timeout_s=2) == [], "the message was acked, not left to come back"
     names = {blob.name for blob in jobs.storage_client.list_blobs(jobs.bucket, prefix=path)}
     assert names == {f"{path}/original.png", f"{path}/mask.png"}, "nothing was run or uploaded"
@@ -301,3 +321,29 @@ def test_a_session_the_app_grows_during_the_run_still_gets_its_result(
     assert set(document["result"]) == {"paths", "width", "height", "seed", "format"}
     assert "model" not in document, "the whole record did not fit"
     assert jobs.download(alice.uid, session, "edited.png")
+
+
+def test_a_cancel_that_fills_the_session_to_its_last_byte_is_still_recorded(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    """The app's last write leaves no byte: the cancelled status fits all the same (the claim's own fields
+    make room). Before, the record was refused, the job dead-lettered, and the session stayed `processing`.
+    Firestore's count is checked on the way: one byte more than the limit is refused to the app."""
+    assert alice.uid is not None
+    session, path = session_of(jobs, alice)
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
+        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 100})
+        before = jobs.wait_for(alice.uid, session, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
+        # Heartbeats rewrite the lease, progress and time, each the same size: the room stays as read here.
+        used = sessions.name_bytes(path) + sessions.document_bytes({**before, "cancelRequested": True})
+        strokes = sessions.MAX_DOCUMENT_BYTES - used - len("strokes") - 2
+        too_much = {"strokes": "x" * (strokes + 1), "cancelRequested": True}
+        assert alice.update(path, too_much) == BAD_REQUEST, "Firestore counts as sessions.document_bytes"
+        assert alice.update(path, {"strokes": "x" * strokes, "cancelRequested": True}) == ALLOWED
+        wait_until(lambda: is_terminal(jobs.session(alice.uid, session)), timeout_s=120)
+        wait_until(lambda: jobs.pull_now(timeout_s=1) == [], timeout_s=30)
+    document = jobs.session(alice.uid, session)
+    del document["strokes"]  # a megabyte: not for a failure's message
+    assert document["status"] == JobStatus.CANCELLED
+    assert document["error"]["code"] == "cancelled"
+    assert jobs.dead_letters(1, timeout_s=3) == [], "not dead-lettered"

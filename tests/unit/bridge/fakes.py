@@ -16,12 +16,13 @@ from PIL import Image
 
 from fluxfill.bridge import sessions, user_slots
 from fluxfill.bridge.context import CropGeometry
-from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.contract import ErrorCode, SessionField
 from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
     PermanentJobError,
     RetryableError,
+    SessionRefusedError,
     SessionTransientError,
     TritonBusyError,
 )
@@ -117,8 +118,17 @@ class FakeSessionStore:
             time.sleep(0.01)
 
     def _apply(self, path: str, update: Mapping[str, Any] | None) -> None:
-        if update is not None:
-            self.documents.setdefault(path, {}).update({str(k): v for k, v in update.items()})
+        if update is None:
+            return
+        fields = {str(k): v for k, v in update.items()}
+        # Firestore refuses a write that takes the document past its size limit, counting the name too.
+        size = sessions.name_bytes(path) + sessions.document_bytes({**self.documents.get(path, {}), **fields})
+        if size > sessions.MAX_DOCUMENT_BYTES:
+            raise SessionRefusedError(
+                f"firestore refused the write: Document {path} cannot be written because its size "
+                f"({size:,} bytes) exceeds the maximum allowed size of 1,048,576 bytes"
+            )
+        self.documents.setdefault(path, {}).update(fields)
 
     def _apply_slots(self, job: JobRef, update: dict[str, Any] | None) -> None:
         if update is not None and job.user:
@@ -163,10 +173,11 @@ class FakeSessionStore:
                 now=self.now(),
                 lease_s=lease_s,
                 progress=progress,
+                path=job.document,
             )
-            if update is not None and progress is not None:
-                self.progress_writes.append(progress)
             self._apply(job.document, update)
+            if update is not None and SessionField.PROGRESS in update:
+                self.progress_writes.append(progress)  # type: ignore[arg-type]
             self._apply_slots(job, slots)
             return beat
 
@@ -179,7 +190,9 @@ class FakeSessionStore:
     def release(self, job: JobRef, claim_id: str, reason: str) -> None:
         with self._lock:
             now = self.now()
-            update = sessions.release(self.documents.get(job.document), claim_id, now, reason)
+            update = sessions.release(
+                self.documents.get(job.document), claim_id, now, reason, path=job.document
+            )
             self._apply(job.document, update)
             self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))
 
@@ -193,9 +206,13 @@ class FakeSessionStore:
             raise self.finish_fails_with
         with self._round_trip(job.document), self._lock:
             now = self.now()
-            update = sessions.finish(self.documents.get(job.document), claim_id, now, status, fields)
-            self._apply(job.document, update)
-            self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))
+            update = sessions.finish(
+                self.documents.get(job.document), claim_id, now, status, fields, path=job.document
+            )
+            try:
+                self._apply(job.document, update)
+            finally:  # refused too: the job has ended here either way, as the Firestore adapter frees it
+                self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))
             return update is not None
 
 

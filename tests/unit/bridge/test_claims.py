@@ -345,29 +345,3 @@ def test_a_dead_letter_whose_session_refuses_its_final_write_is_acked_not_redeli
     assert outcome.kind is OutcomeKind.DEAD_LETTER
     assert world.acked == [True]
     assert len(world.dead_letters.published) == 1
-
-
-def test_a_done_record_with_no_room_left_is_written_as_the_result_alone() -> None:
-    """The app's data may grow during the run (its users may write their own fields then): when Firestore
-    refuses the whole record, the result's paths still reach the session, and the job is done."""
-    world = World()
-    refused: list[set[str]] = []
-    finish = world.sessions.finish
-
-    def finish_within_room(ref: object, claim_id: object, status: object, fields: dict[str, object]) -> bool:
-        if "model" in fields:
-            refused.append(set(fields))
-            raise SessionRefusedError(
-                "firestore refused to record done: maximum entity size is 1048576 bytes"
-            )
-        return finish(ref, claim_id, status, fields)  # type: ignore[arg-type]
-
-    world.sessions.finish = finish_within_room  # type: ignore[method-assign,assignment]
-    outcome = world.deliver()
-    assert outcome.kind is OutcomeKind.DONE
-    assert refused, "the whole record was tried first"
-    assert world.document["status"] == "done"
-    assert world.document["result"]["paths"]["edited"] == EDITED
-    assert set(world.document["result"]) == {"paths", "width", "height", "seed", "format"}
-    assert "model" not in world.document
-    assert world.acked == [True]
