@@ -64,7 +64,9 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
         "submit",
         help="upload photo and mask, create the session and publish the job, as the app does",
         description="Upload IMAGE and MASK, create the queued session document and publish the job "
-        "exactly as the app does; prints the session id. Emulators are used when *_EMULATOR_HOST is set.",
+        "exactly as the app does; prints the session id. Emulators are used when *_EMULATOR_HOST is set. "
+        "MASK is read by this client's rules (an RGBA image repaints its transparent pixels) and uploaded "
+        "white on black; the bridge reads an app's own RGBA mask by its opaque pixels.",
     )
     submit.add_argument("image", type=Path, help="the photo")
     submit.add_argument("mask", help="mask image (white = repaint), RGBA image (transparent), or box x,y,w,h")
