@@ -15,6 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
 
+from PIL import Image
+
 from fluxfill.client import cli_infer, cli_jobs
 from fluxfill.client.errors import (
     EXIT_FAILED,
@@ -158,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The commands open the user's own photos: Pillow's limit for untrusted images (a phone's 200 MP
+    # photo is a "decompression bomb" to it, and one over 89 MP a two-line warning) gives way to
+    # open_image's ceiling and the server's own limit.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         return _run(args)
     except FluxFillError as error:

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fluxfill.bridge import orientation
 from fluxfill.client.errors import InvalidInputError
-from fluxfill.inpaint.contract import MASK_THRESHOLD
+from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
 
 # iPhones store photos as HEIC: with pillow-heif (client and bridge extras) they open like any other image.
@@ -48,16 +48,35 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     path = Path(path)
     try:
         image = Image.open(path)
-        image.load()
+        try:
+            _refuse_beyond_every_server(path, image.size)
+            image.load()
+        except BaseException:
+            image.close()  # the file, at once (a refused or broken one too)
+            raise
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise InvalidInputError(f"{path}: is a directory, not an image") from None
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError as error:
+        raise InvalidInputError(
+            f"{path}: more pixels than Pillow opens in this process (PIL.Image.MAX_IMAGE_PIXELS): {error}"
+        ) from None
+    except (UnidentifiedImageError, OSError) as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
     # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them, as the bridge
     # does (EXIF alone, as viewers; EXIF that does not parse says nothing of it).
     return orientation.upright(image, orientation.orientation_of(image))
+
+
+def _refuse_beyond_every_server(path: Path, size: tuple[int, int]) -> None:
+    """Refused from the header, before 1.2 GB and more are decoded: no configuration of the model takes it."""
+    width, height = size
+    if width * height > MAX_INPUT_PIXELS_CEILING:
+        raise InvalidInputError(
+            f"{path}: the image is {width}x{height} = {width * height} pixels, more than any fluxfill server "
+            f"takes ({MAX_INPUT_PIXELS_CEILING})"
+        )
 
 
 def load_rgb(path: str | os.PathLike[str]) -> RGBArray:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, cast, get_args
 
+from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING
 from fluxfill.inpaint.geometry import CropGeometry, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -197,7 +198,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "default_steps": _int(1, 1000),
     "max_steps": _int(1, 1000),
     "default_guidance": _float(0.0, 100.0),
-    "max_input_pixels": _int(1, 400_000_000),
+    "max_input_pixels": _int(1, MAX_INPUT_PIXELS_CEILING),
     "crop_to_mask": _bool,
     "crop_margin": _float(0.0, 10.0),
     "feather_pixels": _int(0, 512),

@@ -23,6 +23,9 @@ MAX_SEED = 2**63 - 1
 # A prompt longer than this (UTF-8 bytes) cannot be meant; T5 only reads max_sequence_length tokens anyway.
 # The model refuses more, and the bridge refuses a job asking for more before it downloads anything.
 MAX_PROMPT_BYTES = 4096
+# The largest photo any configuration of the model takes (its `max_input_pixels` may be set up to this):
+# 1.2 GB of RGB. The `fluxfill` commands open photos up to it; the server's own limit is what then counts.
+MAX_INPUT_PIXELS_CEILING = 400_000_000
 
 
 @dataclass(frozen=True)

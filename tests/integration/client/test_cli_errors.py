@@ -20,6 +20,7 @@ from PIL import Image
 
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.conftest import TINY_MODEL_DIR
+from tests.unit.client.test_images import png_without_pixels
 
 pytestmark = pytest.mark.integration
 
@@ -53,13 +54,26 @@ def _files(folder: Path) -> dict[str, str]:
     strokes[10:20, 10:20] = 255
     Image.fromarray(strokes, mode="RGBA").save(folder / "strokes.png")
     Image.fromarray(np.zeros((H, W * 2), np.uint8)).save(folder / "wide-mask.png")
+    # A Samsung's 200 MP photo (one grey: 0.2 MB as a PNG), and a header naming more pixels than any server
+    # takes (its pixel data is never read).
+    Image.new("L", (16320, 12240), 120).save(folder / "200mp.png")
+    (folder / "too-large.png").write_bytes(png_without_pixels(20001, 20001))
     (folder / "empty-dir").mkdir()
     (folder / "bad-config.json").write_text('{"defaults": {"steps": 0}}')
     incomplete = folder / "incomplete-weights"
     (incomplete / "vae").mkdir(parents=True)
     (incomplete / "model_index.json").write_text('{"_class_name": "FluxFillPipeline", "vae": ["d", "A"]}')
     return {
-        name: str(folder / name) for name in ("photo.png", "mask.png", "black.png", "red.png", "strokes.png")
+        name: str(folder / name)
+        for name in (
+            "photo.png",
+            "mask.png",
+            "black.png",
+            "red.png",
+            "strokes.png",
+            "200mp.png",
+            "too-large.png",
+        )
     } | {
         "wide": str(folder / "wide-mask.png"),
         "out": str(folder / "out.png"),
@@ -98,6 +112,15 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
         ),
         "negative retries": Case((*infer, "--retries", "-1"), 2, "--retries must be 0 or more"),
         "no server": Case((*infer, *offline), 3, "127.0.0.1:9"),
+        # Opened, not called a "decompression bomb" by Pillow nor warned of in two lines: the server decides.
+        "a 200 MP photo": Case(
+            ("infer", f["200mp.png"], "0,0,64,64", "--output", f["out"], *offline), 3, "127.0.0.1:9"
+        ),
+        "a photo larger than any server takes": Case(
+            ("infer", f["too-large.png"], "0,0,64,64", "--output", f["out"], *offline),
+            2,
+            "20001x20001 = 400040001 pixels, more than any fluxfill server takes",
+        ),
         "http at the grpc port": Case(
             (*infer, "--protocol", "http", "--url", server.grpc_url, "--retries", "0"),
             3,

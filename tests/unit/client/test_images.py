@@ -1,5 +1,8 @@
 """Photos and masks in every accepted form become the arrays the model takes, or a clear InvalidInputError."""
 
+import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from fluxfill.client.images import (
     looks_like_box,
     mask_from_box,
     mask_from_image,
+    open_image,
     parse_box,
     save_rgb,
     selection_warning,
@@ -19,6 +23,7 @@ from fluxfill.client.images import (
     to_rgb,
     uses_alpha,
 )
+from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING
 from fluxfill.inpaint.geometry import MASK_ASPECT_TOLERANCE
 
 HEIGHT, WIDTH = 6, 8
@@ -253,3 +258,33 @@ def test_a_mask_that_selects_nothing_is_refused_where_refusing_is_asked(tmp_path
     ):
         warn_about_mask(tmp_path / "dark.png", tmp_path / "photo.png", "submit", refuse_empty=True)
     warn_about_mask(tmp_path / "dark.png", tmp_path / "photo.png", "infer")  # a warning line only
+
+
+def test_an_image_over_pillows_limit_in_a_library_callers_process_is_refused_in_our_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program using the client keeps its own Pillow limit (the `fluxfill` commands lift it)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (100, 100)).save(tmp_path / "photo.png")
+    with pytest.raises(InvalidInputError, match=r"more pixels than Pillow opens in this process"):
+        open_image(tmp_path / "photo.png")
+
+
+def png_without_pixels(width: int, height: int) -> bytes:
+    """A PNG (8-bit grey) of this size whose pixel data is empty: only a header may be read of it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_an_image_larger_than_any_server_takes_is_refused_from_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # as the `fluxfill` commands run
+    side = math.isqrt(MAX_INPUT_PIXELS_CEILING) + 1
+    (tmp_path / "huge.png").write_bytes(png_without_pixels(side, side))
+    with pytest.raises(InvalidInputError, match=rf"{side}x{side} = {side * side} pixels, more than any"):
+        open_image(tmp_path / "huge.png")
