@@ -19,6 +19,7 @@ from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import JobStatus
 from fluxfill.bridge.errors import SessionTransientError
 from fluxfill.bridge.ports import ClaimKind, JobRef
+from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES, document_bytes, name_bytes
 from tests.integration.bridge.harness import PROJECT, JobSystem
 
 pytestmark = pytest.mark.integration
@@ -219,3 +220,29 @@ def test_freeing_a_slot_keeps_the_slot_another_bridge_took_since(jobs: JobSystem
     assert set(claims) == {"c2"}
     second.give_back(user, "c2")
     assert first.running(user) == 0
+
+
+def test_a_change_from_a_document_known_before_the_app_filled_it_is_decided_again_not_refused(
+    jobs: JobSystem,
+) -> None:
+    """The bridge knows the session as it last wrote it; the app then fills it to Firestore's limit. A write
+    decided from the known document would not fit: the emulator refuses its stale precondition before its
+    size, and the change reads the document again and decides from what is there (sessions.fitted cuts a
+    record to the room it finds)."""
+    path = new_path()
+    jobs.db.document(path).set({"status": "processing"})
+    snapshot = jobs.db.document(path).get()
+    known = Known(snapshot.to_dict(), snapshot.update_time)
+    room = MAX_DOCUMENT_BYTES - name_bytes(path) - document_bytes({"status": "processing", "strokes": ""})
+    jobs.db.document(path).update({"strokes": "x" * room})  # the app's write: not a byte left
+    decided: list[Mapping[str, Any] | None] = []
+
+    def decide(document: Mapping[str, Any] | None, _now: datetime) -> tuple[None, dict[str, Any]]:
+        decided.append(document)
+        fits = document is not None and "strokes" in document
+        return None, {"status": "done"} if fits else {"status": "done", "note": "n" * 1000}
+
+    compare_and_set(jobs.db, path, "record done", decide, datetime.now, known=known)
+    assert len(decided) == 2, "decided from the known document, then from a fresh read"
+    assert "strokes" in (decided[1] or {})
+    assert (jobs.db.document(path).get().to_dict() or {})["status"] == "done"
