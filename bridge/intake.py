@@ -29,7 +29,7 @@ from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo, ObjectStore
 from fluxfill.inpaint import geometry
-from fluxfill.inpaint.contract import MASK_THRESHOLD
+from fluxfill.inpaint.contract import MASK_THRESHOLD, ZERO_ONE_MASK_HINT
 
 # HEIC and HEIF by libheif (pillow-heif), AVIF by Pillow itself; opening reads the header, load() decodes.
 pillow_heif.register_heif_opener()
@@ -367,7 +367,8 @@ def fit_mask(mask: npt.NDArray[np.uint8], height: int, width: int) -> npt.NDArra
         raise PermanentJobError(
             ErrorCode.MASK_EMPTY,
             f"the mask selects no pixel to repaint: its largest value is {largest}, and a pixel is repainted "
-            f"from {MASK_THRESHOLD} of 255 up (white or light grey; opaque, in a mask with transparency)",
+            f"from {MASK_THRESHOLD} of 255 up (white or light grey; opaque, in a mask with transparency)"
+            + (f"; {ZERO_ONE_MASK_HINT}" if largest == 1 else ""),
         )
     return fitted
 

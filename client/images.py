@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fluxfill.bridge import orientation
 from fluxfill.client.errors import InvalidInputError
-from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING
+from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
 
 # iPhones store photos as HEIC: with pillow-heif (client and bridge extras) they open like any other image.
@@ -174,7 +174,9 @@ def warn_about_mask(
     image = open_image(mask)
     width, height = open_image(photo).size
     array = to_mask(image, height, width)
-    warning = selection_warning(array, uses_alpha(image))
+    from_alpha = uses_alpha(image)
+    brightest = None if from_alpha or array.any() else int(np.asarray(image.convert("L")).max(initial=0))
+    warning = selection_warning(array, from_alpha, brightest)
     if refuse_empty and warning is not None and not array.any():
         raise InvalidInputError(
             f"{warning}; the bridge would fail the job (mask_empty): nothing was submitted"
@@ -188,10 +190,11 @@ def uses_alpha(mask: Image.Image) -> bool:
     return mask.mode in _ALPHA_MODES or (mask.mode == "P" and "transparency" in mask.info)
 
 
-def selection_warning(mask: MaskArray, from_alpha: bool) -> str | None:
+def selection_warning(mask: MaskArray, from_alpha: bool, brightest: int | None = None) -> str | None:
     """A sentence when the mask most likely does not say what its author meant, else None.
 
-    Nothing selected changes nothing (red strokes are 76 in grey, under the threshold of 128); almost
+    Nothing selected changes nothing (red strokes are 76 in grey, under the threshold of 128; a boolean array
+    saved as 8-bit is 0s and 1s: `brightest`, the mask file's largest grey value, says which); almost
     everything selected is usually an inverted mask, most often strokes painted on a transparent layer.
     """
     share = float(np.count_nonzero(mask >= MASK_THRESHOLD)) / max(mask.size, 1)
@@ -201,6 +204,7 @@ def selection_warning(mask: MaskArray, from_alpha: bool) -> str | None:
         return (
             f"the mask selects nothing: pixels with a grey value of at least {MASK_THRESHOLD} mark what to "
             "repaint (white strokes; pure red is only 76)"
+            + (f"; {ZERO_ONE_MASK_HINT}" if brightest == 1 else "")
         )
     if share > (MOSTLY_SELECTED_BY_ALPHA if from_alpha else MOSTLY_SELECTED):
         if from_alpha:

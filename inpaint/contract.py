@@ -19,6 +19,9 @@ STREAM_MODEL_NAME = "flux_fill_stream"
 PRIORITY_URGENT, PRIORITY_BULK = 1, 2
 # A mask value at or above this threshold marks a pixel to repaint.
 MASK_THRESHOLD = 128
+# What a mask of 0s and 1s (a boolean array saved as 8-bit: numpy's, OpenCV's) selects nothing for, said where
+# such a mask is refused or warned of.
+ZERO_ONE_MASK_HINT = "a mask of 0s and 1s, as a boolean array saved as 8-bit is, needs its 1s at 255"
 MAX_SEED = 2**63 - 1
 # A prompt longer than this (UTF-8 bytes) cannot be meant; T5 only reads max_sequence_length tokens anyway.
 # The model refuses more, and the bridge refuses a job asking for more before it downloads anything.

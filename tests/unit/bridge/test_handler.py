@@ -157,8 +157,9 @@ def test_corrupt_image_fails_with_corrupt_image() -> None:
         (np.zeros((40, 60), np.uint8), 0),  # all black
         (np.full((40, 60), 76, np.uint8), 76),  # red strokes on black, as grey: 76
         (np.zeros((40, 60, 4), np.uint8), 0),  # all transparent
+        (box_mask() // 255, 1),  # a boolean array saved as 8-bit: 0s and 1s
     ],
-    ids=["black", "dark-strokes", "transparent"],
+    ids=["black", "dark-strokes", "transparent", "zeros-and-ones"],
 )
 def test_a_mask_that_selects_nothing_fails_the_job_unrun(mask: np.ndarray, brightest: int) -> None:
     """An app that paints its mask in a colour darker than mid-grey, or exports it empty, got its user's
@@ -172,6 +173,7 @@ def test_a_mask_that_selects_nothing_fails_the_job_unrun(mask: np.ndarray, brigh
     message = world.document["error"]["message"]
     assert "selects no pixel to repaint" in message
     assert f"its largest value is {brightest}" in message
+    assert ("needs its 1s at 255" in message) is (brightest == 1)
     assert not any(path.endswith(("edited.png", "preview.jpg")) for path in world.objects.objects)
 
 

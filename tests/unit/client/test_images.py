@@ -288,3 +288,20 @@ def test_an_image_larger_than_any_server_takes_is_refused_from_its_header(
     (tmp_path / "huge.png").write_bytes(png_without_pixels(side, side))
     with pytest.raises(InvalidInputError, match=rf"{side}x{side} = {side * side} pixels, more than any"):
         open_image(tmp_path / "huge.png")
+
+
+@pytest.mark.parametrize(("brightest", "hinted"), [(1, True), (0, False), (76, False)])
+def test_a_mask_of_zeros_and_ones_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], brightest: int, hinted: bool
+) -> None:
+    """numpy's or OpenCV's boolean mask saved as 8-bit is 0s and 1s: it selects nothing, and says why."""
+    from fluxfill.client.images import warn_about_mask
+
+    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "photo.png")
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[1:3, 1:3] = brightest
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    warn_about_mask(tmp_path / "mask.png", tmp_path / "photo.png", "infer")
+    warning = capsys.readouterr().err
+    assert "selects nothing" in warning
+    assert ("needs its 1s at 255" in warning) is hinted
