@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import jpeg_decode, jpeg_markers, orientation
+from fluxfill.bridge import jpeg_decode, jpeg_markers, orientation, png_colour
 from fluxfill.bridge.colour_profile import ColourDescription, nclx_in, profile_for
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
@@ -249,6 +249,8 @@ class Photo:
     # collection: its primary image, the one viewers show)
     frames: int = 1
     colour_note: str = ""  # how the colours of a HEIC or AVIF described only by code points are carried
+    # A PNG's chunks that say how its colours are shown beside its profile (fluxfill.bridge.png_colour)
+    png_colour: tuple[tuple[bytes, bytes], ...] = ()
 
 
 def read_photo(data: bytes, max_pixels: int) -> Photo:
@@ -295,6 +297,7 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
         greyscale=greyscale,
         frames=frames,
         colour_note=colour_note,
+        png_colour=png_colour.colour_chunks(data) if kind == "PNG" else (),
     )
 
 

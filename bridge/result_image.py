@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from fluxfill.bridge import jpeg_markers, jpeg_splice, orientation, stale_metadata
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
@@ -88,7 +88,10 @@ def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> Enco
         f"the original's EXIF was left out: {why}" if why else "", _frames_note(photo), photo.colour_note
     )
     if kind == "PNG":
-        return EncodedResult(_save(image, "PNG", **metadata), "png", "lossless", note)
+        colour = PngImagePlugin.PngInfo()
+        for chunk, value in photo.png_colour:
+            colour.add(chunk, value)  # Pillow writes these before the pixel data, where they belong
+        return EncodedResult(_save(image, "PNG", pnginfo=colour, **metadata), "png", "lossless", note)
     if photo.lossless:
         return EncodedResult(_save(image, "WEBP", lossless=True, **metadata), "webp", "lossless", note)
     data = _save(image, "WEBP", quality=LOSSY_WEBP_QUALITY, **metadata)

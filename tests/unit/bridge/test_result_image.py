@@ -4,6 +4,7 @@ orientation."""
 
 import dataclasses
 import io
+import struct
 import subprocess
 import sys
 import tempfile
@@ -14,7 +15,7 @@ import jpeglib
 import numpy as np
 import numpy.typing as npt
 import pytest
-from PIL import Image, ImageCms, ImageOps
+from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from fluxfill.bridge import jpeg_markers, jpeg_splice, orientation
 from fluxfill.bridge.contract import ErrorCode
@@ -539,6 +540,54 @@ def test_a_png_or_webp_result_keeps_the_colour_profile_and_the_exif_upright(
     assert exif[0x010F] == "PetPhone"
     assert orientation.ORIENTATION_TAG not in exif
     assert np.abs(np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.int16) - edited).mean() < 4.0
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """Every chunk of a PNG: its type and data, in file order."""
+    chunks, position = [], 8
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        chunks.append((data[position + 4 : position + 8], data[position + 8 : position + 8 + length]))
+        position += 12 + length
+    return chunks
+
+
+GAMMA_ONE = (b"gAMA", struct.pack(">I", 100_000))  # linear light, as a 3D or scientific tool exports
+REC709 = (b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000))
+PQ_BT2020 = (b"cICP", bytes([9, 16, 0, 1]))  # an HDR PNG (the PNG third edition's code points)
+
+
+@pytest.mark.parametrize(
+    ("mode", "chunks"),
+    [
+        ("RGB", [GAMMA_ONE, REC709]),
+        ("L", [GAMMA_ONE]),
+        ("RGBA", [(b"sRGB", b"\x01"), GAMMA_ONE]),
+        ("RGB", [PQ_BT2020]),
+    ],
+    ids=["gamma-and-primaries", "grey-gamma", "srgb-intent", "cicp"],
+)
+def test_a_png_result_says_how_its_colours_are_shown_as_the_original_did(
+    mode: str, chunks: list[tuple[bytes, bytes]]
+) -> None:
+    """Browsers and phones apply a PNG's gAMA and cHRM (where it has no sRGB or ICC profile) and its cICP:
+    a result without them was shown lighter or darker everywhere, the unedited pixels too."""
+    info = PngImagePlugin.PngInfo()
+    for kind, data in chunks:
+        info.add(kind, data)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    stored = (
+        textured(40, 30)[..., :channels]
+        if channels < 4
+        else np.dstack([textured(40, 30), textured(40, 30)[..., 0]])
+    )
+    buffer = io.BytesIO()
+    Image.fromarray(stored.squeeze()).save(buffer, format="PNG", pnginfo=info)
+    photo = read_photo(buffer.getvalue(), BIG)
+
+    result = encode_result(photo, edit(photo.pixels, (5, 5, 20, 20)))
+
+    assert [chunk for chunk in png_chunks(result.data) if chunk[0] in {kind for kind, _ in chunks}] == chunks
 
 
 @pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
