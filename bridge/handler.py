@@ -58,6 +58,7 @@ from fluxfill.bridge.results import result_fields, upload_results, uploaded_resu
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig, ResolvedParameters, RuntimeConfig, resolve
 from fluxfill.bridge.seeds import default_seed
 from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.bridge.uploads import UploadWait, locate
 
 logger = structlog.get_logger(__name__)
 
@@ -243,7 +244,7 @@ class JobHandler:
             interval_s=self._settings.progress_interval_s,
             control=control,
             hard_stop=self.hard_stop,
-            max_age_s=self._settings.job_deadline_s + JOB_OVERRUN_S,
+            max_age_s=self._settings.job_deadline_s + self._settings.upload_grace_s + JOB_OVERRUN_S,
         )
         with self._monitors_lock:
             self._monitors.add(monitor)
@@ -309,7 +310,7 @@ class JobHandler:
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
-        photo, mask, ahead = self._download(job)
+        photo, mask, ahead = self._download(job, self._upload_wait(delivery, control))
         height, width = photo.pixels.shape[:2]
         timings["download"] = self._phase("download", started)
         seed = job.seed if job.seed is not None else default_seed(job)
@@ -368,8 +369,16 @@ class JobHandler:
         )
         return {**fields, SessionField.TIMINGS: timings}
 
+    def _upload_wait(self, delivery: Delivery, control: RunControl) -> UploadWait:
+        """A missing original or mask is waited for until `upload_grace_s` after the job's first publication
+        (from now when that is not known), or until the run is stopped."""
+        grace = self._settings.upload_grace_s
+        published = first_published(delivery)
+        age = 0.0 if published is None else max(0.0, (self._now() - published).total_seconds())
+        return UploadWait(time.monotonic() + grace - age, grace, control.cancel)
+
     def _download(
-        self, job: JobMessage
+        self, job: JobMessage, wait: UploadWait
     ) -> tuple[intake.Photo, npt.NDArray[np.uint8], CoefficientsAhead | None]:
         """The upright photo, the mask fitted to it, and the original's coefficients being read (a JPEG whose
         result is spliced). Once the original's metadata passes (a missing or oversized original downloads
@@ -378,10 +387,10 @@ class JobHandler:
         reported, as it would be one after the other."""
         settings = self._settings
         max_pixels = settings.max_image_pixels
-        original_info = self._locate(job, settings.original_template, "original")
+        original_info = self._locate(job, settings.original_template, "original", wait)
 
         def fetch_mask() -> npt.NDArray[np.uint8]:
-            mask_info = self._locate(job, settings.mask_template, "mask")
+            mask_info = self._locate(job, settings.mask_template, "mask", wait)
             return intake.decode_mask(self._read(mask_info), max_pixels)
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask") as pool:
@@ -414,8 +423,8 @@ class JobHandler:
             return resolve(job, RuntimeConfig())
         return self._runtime_config.resolve(job)
 
-    def _locate(self, job: JobMessage, template: str, what: str) -> ObjectInfo:
-        return intake.locate(self._objects, job.paths(template), what, self._settings.max_object_bytes)
+    def _locate(self, job: JobMessage, template: str, what: str, wait: UploadWait) -> ObjectInfo:
+        return locate(self._objects, job.paths(template), what, self._settings.max_object_bytes, wait)
 
     def _read(self, info: ObjectInfo) -> bytes:
         data = self._objects.read(info)

@@ -27,7 +27,6 @@ from fluxfill.bridge import jpeg_decode, jpeg_markers, orientation, png_colour
 from fluxfill.bridge.colour_profile import ColourDescription, nclx_in, profile_for
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
-from fluxfill.bridge.ports import ObjectInfo, ObjectStore
 from fluxfill.inpaint import geometry
 from fluxfill.inpaint.contract import MASK_THRESHOLD, ZERO_ONE_MASK_HINT
 
@@ -62,21 +61,6 @@ MAX_JPEG_SEGMENTS = 4096
 # AVIF 12.8, CMYK JPEG and 16-bit PNG 14, WebP 18.4, whose decoder keeps a whole RGBA canvas beside Pillow's
 # image); the bound every format's whole job keeps is HANDLER_BYTES_PER_PIXEL (fluxfill.bridge.settings).
 INTAKE_BYTES_PER_PIXEL = 11
-
-
-def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int) -> ObjectInfo:
-    """The original's or mask's metadata, to read it by; refused, unread, when missing or over `max_bytes`."""
-    info = objects.find(pattern)
-    if info is None:
-        missing = ErrorCode.ORIGINAL_MISSING if what == "original" else ErrorCode.MASK_MISSING
-        raise PermanentJobError(missing, f"the {what} {pattern} does not exist in the bucket")
-    if info.size > max_bytes:
-        raise PermanentJobError(
-            ErrorCode.OBJECT_TOO_LARGE,
-            f"the {what} {info.path} is {info.size} bytes, more than the limit of {max_bytes}; "
-            "it was not downloaded",
-        )
-    return info
 
 
 def sniff_format(data: bytes) -> str | None:

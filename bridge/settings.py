@@ -152,6 +152,13 @@ class BridgeSettings(BaseSettings):
     max_object_bytes: int = Field(
         40_000_000, gt=0, description="larger originals or masks are refused unread"
     )
+    upload_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=600,
+        description="an original or mask not in the bucket yet is waited for until this long after the job "
+        "was published (an app that publishes while its uploads run); 0 = missing fails at once",
+    )
     max_image_pixels: int = Field(
         8192 * 6144,
         gt=0,

@@ -54,6 +54,8 @@ class FleetConfig:
     progress_interval_s: float = 0.5
     # Counted from the start of inference: a hung Triton is stopped for longer than this.
     job_deadline_s: float = 15.0
+    # A late upload's objects arrive 1 s after its publication; a missing object's job fails after this.
+    upload_grace_s: float = 10.0
     # As on Cloud Run, where every instance's hostname is `localhost`: claims must not rely on names.
     shared_instance_id: str | None = "localhost"
     # Priority lanes: the bridges also pull the urgent subscription, and take it first.
@@ -249,6 +251,7 @@ class Fleet:
             "FLUXFILL_BRIDGE_LEASE_S": str(config.lease_s),
             "FLUXFILL_BRIDGE_PROGRESS_INTERVAL_S": str(config.progress_interval_s),
             "FLUXFILL_BRIDGE_JOB_DEADLINE_S": str(config.job_deadline_s),
+            "FLUXFILL_BRIDGE_UPLOAD_GRACE_S": str(config.upload_grace_s),
             "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.5",
             "FLUXFILL_BRIDGE_SHUTDOWN_GRACE_S": "10",
             "FLUXFILL_BRIDGE_TOPIC": self.jobs.topic_id,

@@ -18,7 +18,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def chaos_text(report: ChaosReport) -> str:
     options = report.options
-    valid = report.mix.get("valid", 0) + report.mix.get("duplicate", 0)
+    valid = sum(report.mix.get(kind, 0) for kind in ("valid", "duplicate", "late_upload"))
     lost = sum(c.broken for c in report.checks if c.name.startswith(("valid", "no job left")))
     duplicated = next((c.broken for c in report.checks if c.name == "valid job done exactly once"), 0)
     summary = table(

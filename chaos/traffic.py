@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from chaos.workload import PlannedJob
+from chaos.workload import Kind, PlannedJob
 from fluxfill.client.local_emulators import LocalJobSystem
 
 PUBLISH_TIMEOUT_S = 30.0
+# A late upload's objects go up this long after its job is published (well within the fleet's upload grace).
+LATE_UPLOAD_S = 1.0
 
 
 @dataclass
@@ -32,21 +34,30 @@ class Published:
 
 
 def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 8) -> None:
-    """Upload each job's objects and create its queued session document, as the app does before publishing."""
-    bucket = jobs.storage_client.bucket(jobs.bucket)
+    """Upload each job's objects (a late upload's come after its publication, in `publish_all`) and create its
+    queued session document, as the app does before publishing."""
 
     def one(job: PlannedJob) -> None:
         if not job.user:
             return
-        prefix = f"users/{job.user}/sessions/{job.session}"
-        if job.original is not None:
-            bucket.blob(f"{prefix}/original.jpg").upload_from_string(job.original, content_type="image/jpeg")
-        if job.mask is not None:
-            bucket.blob(f"{prefix}/mask.png").upload_from_string(job.mask, content_type="image/png")
-        jobs.db.document(prefix).set({"status": "queued", "updatedAt": datetime.now(UTC)})
+        if job.kind is not Kind.LATE_UPLOAD:
+            upload_objects(jobs, job)
+        jobs.db.document(f"users/{job.user}/sessions/{job.session}").set(
+            {"status": "queued", "updatedAt": datetime.now(UTC)}
+        )
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, planned))
+
+
+def upload_objects(jobs: LocalJobSystem, job: PlannedJob) -> None:
+    """The job's original and mask, those it has, into the bucket."""
+    bucket = jobs.storage_client.bucket(jobs.bucket)
+    prefix = f"users/{job.user}/sessions/{job.session}"
+    if job.original is not None:
+        bucket.blob(f"{prefix}/original.jpg").upload_from_string(job.original, content_type="image/jpeg")
+    if job.mask is not None:
+        bucket.blob(f"{prefix}/mask.png").upload_from_string(job.mask, content_type="image/png")
 
 
 def publish_order(planned: Sequence[PlannedJob], seed: int) -> list[PlannedJob]:
@@ -75,6 +86,8 @@ def publish_all(
         if delay > 0:
             time.sleep(delay)
         message_id = jobs.publisher.publish(jobs.topic, job.data).result(timeout=PUBLISH_TIMEOUT_S)
+        if job.kind is Kind.LATE_UPLOAD and job.key not in published.first_at:
+            threading.Timer(LATE_UPLOAD_S, upload_objects, (jobs, job)).start()
         published.record(job, str(message_id), datetime.now(UTC))
 
 

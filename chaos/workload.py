@@ -28,6 +28,9 @@ class Kind(StrEnum):
     BAD_IDS = "bad_ids"  # ids that break the path rules
     MISSING_OBJECT = "missing_object"
     CORRUPT_IMAGE = "corrupt_image"
+    # Published before its photo and mask are uploaded (an app's function that publishes on the session's
+    # creation while the phone still uploads): the bridge waits for them (upload_grace_s).
+    LATE_UPLOAD = "late_upload"
 
 
 # Shares of the mix; what is left over is valid jobs.
@@ -38,6 +41,7 @@ POISON_SHARES = {
     Kind.BAD_IDS: 0.05,
     Kind.MISSING_OBJECT: 0.05,
     Kind.CORRUPT_IMAGE: 0.05,
+    Kind.LATE_UPLOAD: 0.05,
 }
 
 
@@ -58,6 +62,7 @@ EXPECTED = {
     Kind.BAD_IDS: Expectation(None, "invalid_job", dead_letter=True),
     Kind.MISSING_OBJECT: Expectation("failed", "original_missing", dead_letter=False),
     Kind.CORRUPT_IMAGE: Expectation("failed", "corrupt_image", dead_letter=False),
+    Kind.LATE_UPLOAD: Expectation("done", None, dead_letter=False),
 }
 
 

@@ -2,6 +2,7 @@
 
 import io
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -183,14 +184,32 @@ def test_oversized_object_fails_without_being_downloaded(
     assert bridge.bridge.metrics.sample("fluxfill_bridge_downloaded_bytes_total") == 0
 
 
-def test_missing_original_fails_with_original_missing(
+def test_missing_original_fails_with_original_missing_once_the_upload_grace_is_over(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
     user, session = "nobody", "nothing"
-    with running_bridge(jobs.settings(flux_server.grpc_url)):
+    with running_bridge(jobs.settings(flux_server.grpc_url, upload_grace_s=1)):
         jobs.publish({"userId": user, "sessionId": session})
         document = jobs.wait_for(user, session, is_terminal)
     assert document["error"]["code"] == "original_missing"
+    assert "not uploaded within 1 s of the job's publication" in document["error"]["message"]
+
+
+def test_a_job_published_while_its_photo_and_mask_upload_waits_for_them(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """An app whose Cloud Function publishes on the session's creation, with the phone still uploading."""
+    user, session = f"u{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    jobs.document(user, session).set({"status": "queued"})
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        jobs.wait_for(user, session, lambda document: document.get("status") == "processing")
+        jobs.upload(user, session, "original.png", encode(photo()))
+        jobs.upload(user, session, "mask.png", encode(box_mask()))
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done", document
+    assert document["attempt"] == 1
+    assert bridge.counted("done") == 1
 
 
 def test_nothing_is_pulled_while_triton_is_down_and_the_job_is_done_once_it_is_back(

@@ -55,8 +55,10 @@ class FakeObjectStore:
     fail_with: Exception | None = None
     read_delay_s: float = 0.0  # a slow bucket
     content_types: dict[str, str] = field(default_factory=dict)
+    finds: list[str] = field(default_factory=list)  # every pattern looked for, in order
 
     def find(self, pattern: str) -> ObjectInfo | None:
+        self.finds.append(pattern)
         if self.fail_with is not None:
             raise self.fail_with
         matches = sorted(p for p in self.objects if fnmatch.fnmatchcase(p, pattern))

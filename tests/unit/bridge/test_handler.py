@@ -115,27 +115,6 @@ def test_invalid_field_fails_the_session_and_dead_letters_naming_the_field() -> 
     assert world.model.calls == []
 
 
-@pytest.mark.parametrize(
-    ("remove", "code"),
-    [("original.png", ErrorCode.ORIGINAL_MISSING), ("mask.png", ErrorCode.MASK_MISSING)],
-)
-def test_missing_object_fails_with_its_code(remove: str, code: ErrorCode) -> None:
-    world = World()
-    del world.objects.objects[f"{PREFIX}/{remove}"]
-    outcome = world.deliver()
-    assert outcome.kind is OutcomeKind.FAILED
-    assert outcome.code is code
-    assert world.document["error"]["code"] == code.value
-
-
-def test_with_both_objects_missing_the_original_is_named() -> None:
-    """The mask is fetched beside the original once the original is found: a missing original is named."""
-    world = World()
-    del world.objects.objects[f"{PREFIX}/original.png"]
-    del world.objects.objects[f"{PREFIX}/mask.png"]
-    assert world.deliver().code is ErrorCode.ORIGINAL_MISSING
-
-
 def test_oversized_object_is_refused_without_being_downloaded() -> None:
     world = World(max_object_bytes=100)
     outcome = world.deliver()

@@ -47,9 +47,11 @@ def test_a_hung_jobs_claim_lapses_another_bridge_finishes_it_and_healthz_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(handler_module, "JOB_OVERRUN_S", 0.5)
-    world = World(job_deadline_s=0.5, lease_s=1.0)
+    # A hung job is one older than its deadline, its upload grace (none here) and the margin.
+    quick = {"job_deadline_s": 0.5, "lease_s": 1.0, "upload_grace_s": 0.0}
+    world = World(**quick)
     world.model = model = FirstCallHangs()
-    world.handler = world.another_bridge(instance_id="bridge-a", job_deadline_s=0.5, lease_s=1.0)
+    world.handler = world.another_bridge(instance_id="bridge-a", **quick)
     health = TestClient(HttpEntryPoint(SimpleNamespace(handler=world.handler, settings=world.settings)).app)
     outcomes: list[Outcome] = []
     hung = threading.Thread(target=lambda: outcomes.append(world.deliver()))

@@ -139,8 +139,11 @@ def test_any_job_through_the_handler_ends_done_or_refused_with_a_code(
     if mask is not None:
         objects[f"{prefix}/mask.png"] = mask
     sessions = FakeSessionStore()
+    # What the uploads hold is tested here; a mask that is never uploaded fails at once (its wait for a late
+    # upload: tests/unit/bridge/test_uploads.py).
+    quick = {"progress_interval_s": 0.01, "upload_grace_s": 0.0}
     handler = JobHandler(
-        BridgeSettings(project="p", subscription="s", bucket="b", instance_id="a", progress_interval_s=0.01),
+        BridgeSettings(project="p", subscription="s", bucket="b", instance_id="a", **quick),
         FakeObjectStore(objects),
         sessions,
         FakeModel(steps=1),

@@ -1,7 +1,7 @@
 """A job handler over fakes of its ports and an uploaded photo and mask; outcomes settled as in service."""
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -93,12 +93,14 @@ class World:
         message_id: str = "m1",
         handler: JobHandler | None = None,
         attributes: dict[str, str] | None = None,
+        published_s_ago: float = 0.0,
         **job: Any,
     ) -> Outcome:
         """Handle one delivery and settle it as the entry points do (dead letter, then the final write)."""
         data = json.dumps({"userId": USER, "sessionId": SESSION, **job}).encode()
+        published = datetime.now(UTC) - timedelta(seconds=published_s_ago)
         delivery = Delivery(
-            data, message_id, attributes or {}, publish_time=datetime.now(UTC), delivery_attempt=attempt
+            data, message_id, attributes or {}, publish_time=published, delivery_attempt=attempt
         )
         outcome = (handler or self.handler).handle(delivery)
         self.acked.append(should_ack(outcome, delivery, self.dead_letters))

@@ -1,0 +1,77 @@
+"""Find a job's original or mask in the bucket, waiting a little for one that is not uploaded yet.
+
+The contract says upload first, then publish; an app that publishes while its uploads still run (a Cloud
+Function on the session document's creation, with the photo still on its way from the phone) would otherwise
+see its job fail at once with `original_missing`. A missing object is looked for again once a second until
+`upload_grace_s` after the job was first published: a job that waited in the queue longer than that has had
+its time, and fails at once.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import JobCancelledError, PermanentJobError
+from fluxfill.bridge.ports import ObjectInfo, ObjectStore
+
+logger = structlog.get_logger(__name__)
+
+# How often a missing object is looked for again while its job waits (one listing of the bucket each).
+UPLOAD_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class UploadWait:
+    """Until when (monotonic) a missing object is waited for; `stop` (a cancel, the bridge's shutdown) ends
+    the wait early. `grace_s` is the setting, for the refusal's sentence."""
+
+    until: float
+    grace_s: float
+    stop: threading.Event
+
+    @classmethod
+    def none(cls) -> "UploadWait":
+        """No wait: a missing object is refused at once."""
+        return cls(-float("inf"), 0.0, threading.Event())
+
+
+def locate(
+    objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: UploadWait | None = None
+) -> ObjectInfo:
+    """The original's or mask's metadata, to read it by; refused, unread, when over `max_bytes` or still
+    missing when `wait` ends. Raises JobCancelledError when `wait.stop` is set while waiting."""
+    wait = wait or UploadWait.none()
+    info = objects.find(pattern)
+    if info is None and wait.until > time.monotonic():
+        info = _wait_for(objects, pattern, what, wait)
+    if info is None:
+        missing = ErrorCode.ORIGINAL_MISSING if what == "original" else ErrorCode.MASK_MISSING
+        within = (
+            f"; it was not uploaded within {wait.grace_s:g} s of the job's publication"
+            if wait.grace_s
+            else ""
+        )
+        raise PermanentJobError(missing, f"the {what} {pattern} does not exist in the bucket{within}")
+    if info.size > max_bytes:
+        raise PermanentJobError(
+            ErrorCode.OBJECT_TOO_LARGE,
+            f"the {what} {info.path} is {info.size} bytes, more than the limit of {max_bytes}; "
+            "it was not downloaded",
+        )
+    return info
+
+
+def _wait_for(objects: ObjectStore, pattern: str, what: str, wait: UploadWait) -> ObjectInfo | None:
+    started = time.monotonic()
+    logger.info("waiting for an upload", what=what, pattern=pattern, for_s=round(wait.until - started, 1))
+    while (left := wait.until - time.monotonic()) > 0:
+        if wait.stop.wait(min(UPLOAD_POLL_S, left)):
+            raise JobCancelledError(f"stopped while waiting for the {what} to be uploaded")
+        info = objects.find(pattern)
+        if info is not None:
+            logger.info("the upload arrived", what=what, waited_s=round(time.monotonic() - started, 1))
+            return info
+    return None
