@@ -19,12 +19,11 @@ from fluxfill.client.errors import (
 )
 from fluxfill.client.images import (
     MaskLike,
+    checked_mask,
     load_rgb,
     looks_like_box,
     parse_box,
     save_rgb,
-    to_mask,
-    warn_about_mask,
 )
 from fluxfill.client.inference import DEFAULT_PORTS, FluxFillClient, checked_url
 from fluxfill.client.progress import ProgressBar
@@ -99,8 +98,7 @@ def run(args: argparse.Namespace) -> int:
     url = checked_url(args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}")
     image = load_rgb(args.image)
     mask_arg: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
-    mask = to_mask(mask_arg, image.shape[0], image.shape[1])
-    warn_about_mask(mask_arg, args.image, "infer")
+    mask = checked_mask(mask_arg, image.shape[0], image.shape[1], "infer")
     progress = ProgressBar(sys.stderr)
     try:
         with FluxFillClient(url, args.protocol, retry=RetryPolicy(retries=args.retries)) as client:

@@ -163,16 +163,16 @@ def to_mask(mask: MaskLike, height: int, width: int) -> MaskArray:
         raise InvalidInputError(str(error)) from None
 
 
-def warn_about_mask(
-    mask: MaskLike, photo: str | os.PathLike[str], command: str, *, refuse_empty: bool = False
-) -> None:
-    """Write the selection warning for a mask file, if any, as one `fluxfill COMMAND: warning:` line;
-    `refuse_empty`: raise InvalidInputError instead for a mask that selects nothing (a job's: the bridge
-    fails it as mask_empty)."""
+def checked_mask(
+    mask: MaskLike, height: int, width: int, command: str, *, refuse_empty: bool = False
+) -> MaskArray:
+    """The mask for a height x width photo, as `to_mask` makes it, its file decoded once. A mask file that
+    most likely does not say what its author meant gets one `fluxfill COMMAND: warning:` line
+    (`selection_warning`); with `refuse_empty`, one that selects nothing raises InvalidInputError instead (a
+    job's: the bridge fails it as mask_empty)."""
     if isinstance(mask, tuple) or not isinstance(mask, str | os.PathLike):
-        return  # a box selects what it says
+        return to_mask(mask, height, width)  # a box selects what it says; an image or array is the caller's
     image = open_image(mask)
-    width, height = open_image(photo).size
     array = to_mask(image, height, width)
     from_alpha = uses_alpha(image)
     brightest = None if from_alpha or array.any() else int(np.asarray(image.convert("L")).max(initial=0))
@@ -183,6 +183,7 @@ def warn_about_mask(
         )
     if warning is not None:
         sys.stderr.write(f"fluxfill {command}: warning: {warning}\n")
+    return array
 
 
 def uses_alpha(mask: Image.Image) -> bool:

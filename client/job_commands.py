@@ -19,8 +19,15 @@ from fluxfill.client.errors import (
     DeadlineExceededError,
     InvalidInputError,
 )
-from fluxfill.client.images import MaskLike, looks_like_box, parse_box, warn_about_mask
-from fluxfill.client.jobs import JobSettings, JobSystem, SessionRef, new_session_id
+from fluxfill.client.images import MaskLike, checked_mask, looks_like_box, parse_box
+from fluxfill.client.jobs import (
+    JobSettings,
+    JobSystem,
+    SessionRef,
+    new_session_id,
+    photo_upload,
+    validated_job,
+)
 from fluxfill.client.progress import ProgressBar
 
 # How `watch` exits for a failed job: the input's fault, the service's, or a stop.
@@ -89,8 +96,11 @@ def run_job_command(args: argparse.Namespace) -> int:
 def _submit(jobs: JobSystem, args: argparse.Namespace, ref: SessionRef) -> int:
     mask: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
     fields = {"prompt": args.prompt, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
-    warn_about_mask(mask, args.image, "submit", refuse_empty=True)
-    jobs.submit(ref, args.image, mask, priority=args.priority, **fields)
+    validated_job(ref, priority=args.priority, **fields)  # a bad field is named before any photo is decoded
+    # The photo and the mask decoded once each: a phone's 200 MP photo takes seconds and a gigabyte a time.
+    photo = photo_upload(Path(args.image))
+    selected = checked_mask(mask, photo.height, photo.width, "submit", refuse_empty=True)
+    jobs.submit(ref, photo, selected, priority=args.priority, **fields)
     sys.stdout.write(f"{ref.session}\n")
     return EXIT_OK
 

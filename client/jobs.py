@@ -118,22 +118,33 @@ def validated_job(ref: SessionRef, **fields: Any) -> JobMessage:
         raise InvalidInputError(str(error)) from None
 
 
-def encode_original(path: Path) -> tuple[bytes, str]:
-    """The photo's bytes and extension as uploaded: JPEG, PNG, WebP, HEIC and AVIF as they are, anything else
-    as PNG."""
-    image = open_image(path)  # decodes it, so a broken file is refused here and not by the bridge
+@dataclass(frozen=True)
+class PhotoUpload:
+    """A photo file as `JobSystem.submit` uploads it: its bytes and extension, and its upright size (what
+    the mask must fit)."""
+
+    data: bytes
+    extension: str
+    width: int
+    height: int
+
+
+def photo_upload(path: Path) -> PhotoUpload:
+    """The photo as uploaded: JPEG, PNG, WebP, HEIC and AVIF as they are, anything else as PNG. Decoded once
+    (a 200 MP photo takes seconds), so a broken file is refused here and not by the bridge."""
+    image = open_image(path)
     with Image.open(path) as header:
         fmt = header.format or ""
+    width, height = image.size
     if fmt in ORIGINAL_FORMATS:
-        return path.read_bytes(), ORIGINAL_FORMATS[fmt]
+        return PhotoUpload(path.read_bytes(), ORIGINAL_FORMATS[fmt], width, height)
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
-    return buffer.getvalue(), "png"
+    return PhotoUpload(buffer.getvalue(), "png", width, height)
 
 
-def encode_mask(mask: MaskLike, photo: Path) -> bytes:
-    """The mask as the app uploads it: a PNG the photo's size, white = repaint."""
-    width, height = open_image(photo).size
+def encode_mask(mask: MaskLike, height: int, width: int) -> bytes:
+    """The mask as the app uploads it: a PNG of the photo's upright size, white = repaint."""
     buffer = io.BytesIO()
     Image.fromarray(to_mask(mask, height, width)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -171,16 +182,18 @@ class JobSystem:
                 self._clients[kind] = factories[kind]()
         return self._clients[kind]
 
-    def submit(self, ref: SessionRef, photo: Path, mask: MaskLike, **fields: Any) -> JobMessage:
-        """Upload photo and mask, create the queued session document, publish the job.
+    def submit(self, ref: SessionRef, photo: Path | PhotoUpload, mask: MaskLike, **fields: Any) -> JobMessage:
+        """Upload photo (a file, or one `photo_upload` read) and mask, create the queued session document,
+        publish the job.
 
         All or nothing where that can be known: when a step fails before the job is published (a missing
         bucket or topic, no permission), what the earlier steps made is deleted again and the error says so.
         Only a publish whose outcome is unknown (a timeout) leaves the session, and the error names it.
         """
         job = validated_job(ref, **fields)
-        original, extension = encode_original(photo)
-        mask_png = encode_mask(mask, photo)
+        upload = photo if isinstance(photo, PhotoUpload) else photo_upload(photo)
+        original, extension = upload.data, upload.extension
+        mask_png = encode_mask(mask, upload.height, upload.width)
         self.require("bucket", "topic")
         made: list[str] = []
         try:

@@ -249,15 +249,14 @@ def test_a_photo_file_is_turned_as_the_bridge_turns_it(tmp_path: Path) -> None:
 def test_a_mask_that_selects_nothing_is_refused_where_refusing_is_asked(tmp_path: Path) -> None:
     """`submit` refuses it (the bridge fails such a job as mask_empty, so nothing is uploaded or published);
     `infer` only warns (the model answers such a call with the photo unchanged)."""
-    from fluxfill.client.images import warn_about_mask
+    from fluxfill.client.images import checked_mask
 
-    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "photo.png")
     Image.new("L", (WIDTH, HEIGHT), 76).save(tmp_path / "dark.png")
     with pytest.raises(
         InvalidInputError, match=r"selects nothing.*the bridge would fail the job \(mask_empty\)"
     ):
-        warn_about_mask(tmp_path / "dark.png", tmp_path / "photo.png", "submit", refuse_empty=True)
-    warn_about_mask(tmp_path / "dark.png", tmp_path / "photo.png", "infer")  # a warning line only
+        checked_mask(tmp_path / "dark.png", HEIGHT, WIDTH, "submit", refuse_empty=True)
+    assert not checked_mask(tmp_path / "dark.png", HEIGHT, WIDTH, "infer").any()  # a warning line only
 
 
 def test_an_image_over_pillows_limit_in_a_library_callers_process_is_refused_in_our_words(
@@ -295,13 +294,12 @@ def test_a_mask_of_zeros_and_ones_is_named_as_such(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], brightest: int, hinted: bool
 ) -> None:
     """numpy's or OpenCV's boolean mask saved as 8-bit is 0s and 1s: it selects nothing, and says why."""
-    from fluxfill.client.images import warn_about_mask
+    from fluxfill.client.images import checked_mask
 
-    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "photo.png")
     mask = np.zeros((HEIGHT, WIDTH), np.uint8)
     mask[1:3, 1:3] = brightest
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    warn_about_mask(tmp_path / "mask.png", tmp_path / "photo.png", "infer")
+    checked_mask(tmp_path / "mask.png", HEIGHT, WIDTH, "infer")
     warning = capsys.readouterr().err
     assert "selects nothing" in warning
     assert ("needs its 1s at 255" in warning) is hinted

@@ -5,6 +5,7 @@ import io
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pillow_heif  # type: ignore[import-untyped]
@@ -12,17 +13,20 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge.contract import DEFAULT_MASK_TEMPLATE, DEFAULT_ORIGINAL_TEMPLATE, ErrorCode, parse_job
+from fluxfill.client import images
+from fluxfill.client import jobs as jobs_module
 from fluxfill.client.cli import main
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.errors import InvalidInputError
-from fluxfill.client.job_commands import _report
+from fluxfill.client.job_commands import _report, _submit
 from fluxfill.client.jobs import (
     JobSettings,
     JobSystem,
+    PhotoUpload,
     SessionRef,
     encode_mask,
-    encode_original,
     new_session_id,
+    photo_upload,
     validated_job,
 )
 
@@ -70,7 +74,7 @@ def test_a_job_the_bridge_would_refuse_is_refused_here_first(
 def test_accepted_formats_are_uploaded_as_they_are(tmp_path: Path, suffix: str, extension: str) -> None:
     path = tmp_path / f"photo{suffix}"
     Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
-    assert encode_original(path) == (path.read_bytes(), extension)
+    assert photo_upload(path) == PhotoUpload(path.read_bytes(), extension, 8, 6)
 
 
 @pytest.mark.parametrize(("kind", "extension"), [("HEIF", "heic"), ("AVIF", "avif")])
@@ -84,28 +88,70 @@ def test_phone_formats_the_bridge_reads_are_uploaded_as_they_are(
     path = tmp_path / f"photo.{extension}"
     Image.new("RGB", (16, 12), (10, 20, 30)).save(path, format=kind)
     check = (
-        "import sys; from pathlib import Path; from fluxfill.client.jobs import encode_original, encode_mask;"
-        "path = Path(sys.argv[1]); data, extension = encode_original(path);"
-        "assert data == path.read_bytes(), 'converted';"
-        "print(extension, len(encode_mask((2, 1, 3, 2), path)) > 0)"
+        "import sys; from pathlib import Path; from fluxfill.client.jobs import photo_upload;"
+        "path = Path(sys.argv[1]); upload = photo_upload(path);"
+        "assert upload.data == path.read_bytes(), 'converted';"
+        "print(upload.extension, upload.width, upload.height)"
     )
     done = subprocess.run(
         [sys.executable, "-c", check, str(path)], check=False, capture_output=True, text=True
     )
-    assert (done.returncode, done.stdout.split()) == (0, [extension, "True"]), done.stderr[-1500:]
+    assert (done.returncode, done.stdout.split()) == (0, [extension, "16", "12"]), done.stderr[-1500:]
 
 
 def test_other_formats_are_uploaded_as_png(tmp_path: Path) -> None:
     path = tmp_path / "photo.bmp"
     Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
-    data, extension = encode_original(path)
-    assert extension == "png"
-    assert Image.open(io.BytesIO(data)).format == "PNG"
+    upload = photo_upload(path)
+    assert (upload.extension, upload.width, upload.height) == ("png", 8, 6)
+    assert Image.open(io.BytesIO(upload.data)).format == "PNG"
+
+
+def test_submit_decodes_the_photo_and_the_mask_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A phone's 200 MP photo takes seconds and a gigabyte to decode: `fluxfill submit` decoded it three times
+    (to check the mask, to check the photo, to size the uploaded mask)."""
+    opened: list[str] = []
+    real_open = images.open_image
+
+    def counted(path: Any) -> Image.Image:
+        opened.append(Path(path).name)
+        return real_open(path)
+
+    monkeypatch.setattr(images, "open_image", counted)
+    monkeypatch.setattr(jobs_module, "open_image", counted)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 8x6, upright 6x8: the mask is painted on the upright photo
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(tmp_path / "photo.jpg", exif=exif.tobytes())
+    painted = np.zeros((8, 6), np.uint8)
+    painted[2:4, 1:3] = 255
+    Image.fromarray(painted).save(tmp_path / "mask.png")
+    submitted: list[tuple[Any, ...]] = []
+
+    class RecordingJobs:
+        def submit(self, ref: SessionRef, photo: PhotoUpload, mask: Any, **fields: Any) -> None:
+            submitted.append((ref, photo, mask))
+
+    args = argparse.Namespace(
+        image=str(tmp_path / "photo.jpg"),
+        mask=str(tmp_path / "mask.png"),
+        prompt="a hat",
+        steps=None,
+        guidance=None,
+        seed=None,
+        priority="bulk",
+    )
+    assert _submit(cast(JobSystem, RecordingJobs()), args, REF) == 0
+    assert sorted(opened) == ["mask.png", "photo.jpg"]
+    [(ref, photo, mask)] = submitted
+    assert (ref, photo.extension, photo.width, photo.height) == (REF, "jpg", 6, 8)
+    assert photo.data == (tmp_path / "photo.jpg").read_bytes()
+    assert np.array_equal(mask, painted)
 
 
 def test_the_uploaded_mask_is_a_png_the_photos_size(tmp_path: Path) -> None:
-    Image.new("RGB", (8, 6)).save(tmp_path / "photo.png")
-    mask = np.asarray(Image.open(io.BytesIO(encode_mask((2, 1, 3, 2), tmp_path / "photo.png"))))
+    mask = np.asarray(Image.open(io.BytesIO(encode_mask((2, 1, 3, 2), 6, 8))))
     assert mask.shape == (6, 8)
     assert mask.sum() == 255 * 6
 
