@@ -1,4 +1,5 @@
-"""The ICC profile a HEIC or AVIF photo's nclx colour description means, for the results that carry profiles.
+"""The ICC profile a HEIC or AVIF photo's nclx colour description means, for the results that carry profiles
+(and the one a PNG's gAMA and cHRM mean, for its JPEG preview: fluxfill.bridge.png_colour).
 
 Phones describe a HEIC's or AVIF's colours by an ICC profile (iPhones: Display P3, carried as it is) or by
 code points alone (ISO/IEC 23091-2 in an `nclx` colour box: colour primaries, transfer characteristics), as
@@ -31,6 +32,7 @@ class Primaries:
 
 # Colour primaries code points (ISO/IEC 23091-2, table 2) a photo may carry: BT.709 is sRGB's.
 SRGB_PRIMARIES = frozenset({1, 2})  # BT.709, and unspecified (read as sRGB by everyone)
+BT709 = Primaries("sRGB", (0.640, 0.330), (0.300, 0.600), (0.150, 0.060))
 KNOWN_PRIMARIES = {
     9: Primaries("BT.2020", (0.708, 0.292), (0.170, 0.797), (0.131, 0.046)),
     12: Primaries("Display P3", (0.680, 0.320), (0.265, 0.690), (0.150, 0.060)),
@@ -85,13 +87,16 @@ def nclx_in(data: bytes, search_bytes: int = 65_536) -> ColourDescription | None
     return found.pop() if len(found) == 1 else None
 
 
-def display_profile(primaries: Primaries) -> bytes:
-    """An ICC v4 RGB display profile: these primaries and white, the sRGB curve."""
+def display_profile(primaries: Primaries, gamma: float | None = None) -> bytes:
+    """An ICC v4 RGB display profile: these primaries and white, the sRGB curve or, given `gamma`, the pure
+    power curve of that exponent (a PNG's gAMA). Raises numpy.linalg.LinAlgError for primaries that span no
+    colour space."""
     adapt = _bradford(_xyz(primaries.white), _D50)
     colorants = adapt @ _rgb_to_xyz(primaries)
-    curve = _para(_SRGB_CURVE)
+    curve = _para(_SRGB_CURVE, function=3) if gamma is None else _para((gamma,), function=0)
+    name = primaries.name if gamma is None else f"{primaries.name}, gamma {gamma:.3g}"
     tags = [
-        (b"desc", _mluc(primaries.name)),
+        (b"desc", _mluc(name)),
         (b"cprt", _mluc("No copyright, use freely")),
         (b"wtpt", _xyz_type(_D50)),
         (b"chad", _sf32(adapt)),
@@ -172,8 +177,9 @@ def _sf32(matrix: Matrix) -> bytes:
     return b"sf32\0\0\0\0" + _s15(matrix)
 
 
-def _para(parameters: tuple[float, ...]) -> bytes:
-    return b"para\0\0\0\0" + struct.pack(">HH", 3, 0) + _s15(parameters)
+def _para(parameters: tuple[float, ...], function: int) -> bytes:
+    """An ICC parametric curve: function 0 is Y = X^g, 3 the sRGB curve's form (_SRGB_CURVE)."""
+    return b"para\0\0\0\0" + struct.pack(">HH", function, 0) + _s15(parameters)
 
 
 def _mluc(text: str) -> bytes:

@@ -236,6 +236,12 @@ class Photo:
     # A PNG's chunks that say how its colours are shown beside its profile (fluxfill.bridge.png_colour)
     png_colour: tuple[tuple[bytes, bytes], ...] = ()
 
+    @property
+    def preview_profile(self) -> bytes | None:
+        """The JPEG preview's colour profile: the photo's, else the one a PNG's gAMA and cHRM mean (viewers
+        apply them to the PNG; a JPEG without a profile is shown as sRGB, lighter or darker)."""
+        return self.icc_profile or png_colour.gamma_profile(self.png_colour)
+
 
 def read_photo(data: bytes, max_pixels: int) -> Photo:
     """The upright photo, its format, orientation and metadata; refused with a specific code when bad.

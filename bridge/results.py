@@ -83,7 +83,7 @@ def upload_results(
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="results") as pool:
         confirmed = pool.submit(contextvars.copy_context().run, before_writing)
         preview = pool.submit(
-            intake.encode_preview, image, PREVIEW_MAX_SIDE, photo.orientation, photo.icc_profile
+            intake.encode_preview, image, PREVIEW_MAX_SIDE, photo.orientation, photo.preview_profile
         )
         always_png = settings.result_format == "png"
         encoded = encode_result(
