@@ -375,7 +375,13 @@ class JobHandler:
         grace = self._settings.upload_grace_s
         published = first_published(delivery)
         age = 0.0 if published is None else max(0.0, (self._now() - published).total_seconds())
-        return UploadWait(time.monotonic() + grace - age, grace, control.cancel)
+        waits = self._metrics.upload_waits
+        return UploadWait(
+            time.monotonic() + grace - age,
+            grace,
+            control.cancel,
+            ended=lambda what, outcome: waits.labels(what, outcome).inc(),
+        )
 
     def _download(
         self, job: JobMessage, wait: UploadWait

@@ -7,7 +7,7 @@ _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 class BridgeMetrics:
     """Jobs by outcome, latencies, per-phase timings, queue age, in-flight and waiting jobs, parked jobs,
-    Triton errors, failed pulls, readiness."""
+    waits for late uploads, Triton errors, failed pulls, readiness."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -66,6 +66,13 @@ class BridgeMetrics:
             "fluxfill_bridge_pull_errors",
             "Pulls that failed (Pub/Sub unreachable, the subscription gone or not ours), by lane",
             ["lane"],
+            registry=self.registry,
+        )
+        self.upload_waits = Counter(
+            "fluxfill_bridge_upload_waits",
+            "Jobs that waited for their original or mask (published before its upload ended), by what and "
+            "how the wait ended: arrived, missing (the grace ran out) or stopped (a cancel, the shutdown)",
+            ["what", "outcome"],
             registry=self.registry,
         )
         self.downloaded_bytes = Counter(

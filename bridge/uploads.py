@@ -9,6 +9,7 @@ its time, and fails at once.
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -26,11 +27,13 @@ UPLOAD_POLL_S = 1.0
 @dataclass(frozen=True)
 class UploadWait:
     """Until when (monotonic) a missing object is waited for; `stop` (a cancel, the bridge's shutdown) ends
-    the wait early. `grace_s` is the setting, for the refusal's sentence."""
+    the wait early. `grace_s` is the setting, for the refusal's sentence; `ended(what, outcome)` is told how
+    each wait ended: `arrived`, `missing` or `stopped`."""
 
     until: float
     grace_s: float
     stop: threading.Event
+    ended: Callable[[str, str], None] = lambda what, outcome: None
 
     @classmethod
     def none(cls) -> "UploadWait":
@@ -69,9 +72,12 @@ def _wait_for(objects: ObjectStore, pattern: str, what: str, wait: UploadWait) -
     logger.info("waiting for an upload", what=what, pattern=pattern, for_s=round(wait.until - started, 1))
     while (left := wait.until - time.monotonic()) > 0:
         if wait.stop.wait(min(UPLOAD_POLL_S, left)):
+            wait.ended(what, "stopped")
             raise JobCancelledError(f"stopped while waiting for the {what} to be uploaded")
         info = objects.find(pattern)
         if info is not None:
             logger.info("the upload arrived", what=what, waited_s=round(time.monotonic() - started, 1))
+            wait.ended(what, "arrived")
             return info
+    wait.ended(what, "missing")
     return None

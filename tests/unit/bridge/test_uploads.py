@@ -38,6 +38,10 @@ def test_an_object_uploaded_after_the_job_was_published_is_waited_for(path: str,
     assert world.document["status"] == "done"
     assert world.objects.finds.count(PATTERNS[path]) > 1  # looked for again until it was there
     assert len(world.model.calls) == 1
+    what = "original" if path == ORIGINAL else "mask"
+    assert (
+        world.metrics.sample("fluxfill_bridge_upload_waits_total", {"what": what, "outcome": "arrived"}) == 1
+    )
 
 
 @pytest.mark.parametrize(("path", "code"), MISSING)
@@ -53,6 +57,10 @@ def test_a_job_published_longer_ago_than_the_grace_fails_at_once_with_its_code(
     assert "not uploaded within 30 s of the job's publication" in world.document["error"]["message"]
     assert world.objects.finds.count(PATTERNS[path]) == 1
     assert world.model.calls == []
+    assert (
+        world.metrics.sample("fluxfill_bridge_upload_waits_total", {"what": "original", "outcome": "missing"})
+        == 0
+    )
 
 
 def test_a_job_waits_only_what_is_left_of_its_grace() -> None:
@@ -60,6 +68,8 @@ def test_a_job_waits_only_what_is_left_of_its_grace() -> None:
     held_back(world, ORIGINAL)
     outcome = world.deliver(published_s_ago=29.5)
     assert outcome.code is ErrorCode.ORIGINAL_MISSING
+    waits = {"what": "original", "outcome": "missing"}
+    assert world.metrics.sample("fluxfill_bridge_upload_waits_total", waits) == 1
     # Half a second of polls every 0.05 s (fewer on a busy machine), not thirty seconds' worth.
     assert 2 <= world.objects.finds.count(PATTERNS[ORIGINAL]) <= 12
 
@@ -89,6 +99,8 @@ def test_a_cancel_while_waiting_for_the_upload_cancels_the_job() -> None:
     assert outcome.kind is OutcomeKind.CANCELLED
     assert world.document["status"] == "cancelled"
     assert world.model.calls == []
+    waits = {"what": "original", "outcome": "stopped"}
+    assert world.metrics.sample("fluxfill_bridge_upload_waits_total", waits) == 1
 
 
 def test_the_bridge_s_shutdown_while_waiting_gives_the_job_back() -> None:
