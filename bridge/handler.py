@@ -42,6 +42,7 @@ from fluxfill.bridge.monitor import JOB_OVERRUN_S, JobMonitor
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.ports import (
+    Claim,
     ClaimKind,
     InferenceRequest,
     InferenceResult,
@@ -204,7 +205,7 @@ class JobHandler:
         if claim.kind is not ClaimKind.CLAIMED:
             return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         try:
-            return self._run_claimed(job, ref, delivery, claim.claim_id, claim.attempt)
+            return self._run_claimed(job, ref, delivery, claim)
         finally:
             # A slot of this user's is free now (or about to be): its next job need not wait for the hint,
             # and its oldest parked job goes out.
@@ -212,10 +213,9 @@ class JobHandler:
             if self._parking is not None:
                 self._parking.release_free(job.userId)
 
-    def _run_claimed(
-        self, job: JobMessage, ref: JobRef, delivery: Delivery, claim_id: str, attempt: int
-    ) -> Outcome:
-        claimed = _Claimed(ref, claim_id, attempt)
+    def _run_claimed(self, job: JobMessage, ref: JobRef, delivery: Delivery, claim: Claim) -> Outcome:
+        claimed = _Claimed(ref, claim.claim_id, claim.attempt)
+        attempt = claim.attempt
         # Claims count the attempts that did work: a delivery bounced unclaimed (another bridge's lease,
         # Triton away) spends none, while Pub/Sub's delivery_attempt counts those too.
         logger.info(
@@ -250,7 +250,10 @@ class JobHandler:
             self._monitors.add(monitor)
         try:
             with monitor:
-                fields = self._run(job, control, monitor, delivery)
+                # A session the app never made (a fabricated message, or one the app deleted) gets no wait
+                # for its uploads: only the app's own sessions may hold a slot for the grace.
+                wait = self._upload_wait(delivery, control) if claim.session_existed else UploadWait.none()
+                fields = self._run(job, control, monitor, delivery, wait)
         except Exception as error:  # a bug must not lose the job either: it is retried, then dead-lettered
             return self._after_failure(error, claimed, monitor)
         finally:
@@ -307,10 +310,11 @@ class JobHandler:
         control: RunControl,
         monitor: JobMonitor,
         delivery: Delivery,
+        wait: UploadWait,
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
-        photo, mask, ahead = self._download(job, self._upload_wait(delivery, control))
+        photo, mask, ahead = self._download(job, wait)
         height, width = photo.pixels.shape[:2]
         timings["download"] = self._phase("download", started)
         seed = job.seed if job.seed is not None else default_seed(job)

@@ -61,7 +61,8 @@ class Claim:
     `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
     the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
-    `document_bytes` (TOO_LARGE) the session document's size.
+    `document_bytes` (TOO_LARGE) the session document's size; `session_existed` (CLAIMED) whether the
+    session document was there before the claim (the app made it, or an earlier claim did).
     """
 
     kind: ClaimKind
@@ -72,6 +73,7 @@ class Claim:
     last_error: str = ""
     user_running: int = 0
     document_bytes: int = 0
+    session_existed: bool = True
 
 
 @dataclass(frozen=True)

@@ -149,7 +149,14 @@ def claim(
         SessionField.STARTED_AT: now,
         SessionField.UPDATED_AT: now,
     }
-    return Claim(ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id), update
+    claimed = Claim(
+        ClaimKind.CLAIMED,
+        attempts + 1,
+        JobStatus.PROCESSING,
+        claim_id=claim_id,
+        session_existed=document is not None,
+    )
+    return claimed, update
 
 
 def heartbeat(

@@ -4,7 +4,8 @@ The contract says upload first, then publish; an app that publishes while its up
 Function on the session document's creation, with the photo still on its way from the phone) would otherwise
 see its job fail at once with `original_missing`. A missing object is looked for again once a second until
 `upload_grace_s` after the job was first published: a job that waited in the queue longer than that has had
-its time, and fails at once.
+its time, and fails at once. Only a session the app made waits (the handler decides: a message for a session
+nobody made must not hold a slot for the grace).
 """
 
 import threading

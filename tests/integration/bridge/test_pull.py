@@ -187,12 +187,24 @@ def test_oversized_object_fails_without_being_downloaded(
 def test_missing_original_fails_with_original_missing_once_the_upload_grace_is_over(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
-    user, session = "nobody", "nothing"
+    user, session = f"u{uuid.uuid4().hex[:8]}", f"s{uuid.uuid4().hex[:8]}"
+    jobs.document(user, session).set({"status": "queued"})
     with running_bridge(jobs.settings(flux_server.grpc_url, upload_grace_s=1)):
         jobs.publish({"userId": user, "sessionId": session})
         document = jobs.wait_for(user, session, is_terminal)
     assert document["error"]["code"] == "original_missing"
     assert "not uploaded within 1 s of the job's publication" in document["error"]["message"]
+
+
+def test_a_job_for_a_session_nobody_made_fails_at_once_with_original_missing(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    user, session = "nobody", "nothing"
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["error"]["code"] == "original_missing"
+    assert document["error"]["message"].endswith("does not exist in the bucket")
 
 
 def test_a_job_published_while_its_photo_and_mask_upload_waits_for_them(
