@@ -215,19 +215,18 @@ class JobHandler:
 
     def _run_claimed(self, job: JobMessage, ref: JobRef, delivery: Delivery, claim: Claim) -> Outcome:
         claimed = _Claimed(ref, claim.claim_id, claim.attempt)
-        attempt = claim.attempt
         # Claims count the attempts that did work: a delivery bounced unclaimed (another bridge's lease,
         # Triton away) spends none, while Pub/Sub's delivery_attempt counts those too.
         logger.info(
             "job claimed",
-            attempt=attempt,
+            attempt=claimed.attempt,
             delivery_attempt=delivery.delivery_attempt,
             claimId=claimed.claim_id,
         )
         # Only a job claimed before can have results of ours (two metadata reads saved on first attempts).
         uploaded = (
             uploaded_result(self._objects, job, self._settings, self._parameters(job))
-            if attempt > 1
+            if claimed.attempt > 1
             else None
         )
         if uploaded is not None:

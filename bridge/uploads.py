@@ -42,12 +42,9 @@ class UploadWait:
         return cls(-float("inf"), 0.0, threading.Event())
 
 
-def locate(
-    objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: UploadWait | None = None
-) -> ObjectInfo:
+def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: UploadWait) -> ObjectInfo:
     """The original's or mask's metadata, to read it by; refused, unread, when over `max_bytes` or still
     missing when `wait` ends. Raises JobCancelledError when `wait.stop` is set while waiting."""
-    wait = wait or UploadWait.none()
     info = objects.find(pattern)
     if info is None and wait.until > time.monotonic():
         info = _wait_for(objects, pattern, what, wait)

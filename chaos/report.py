@@ -8,6 +8,7 @@ from chaos.invariants import percentile
 from chaos.queueing import FairnessReport, PriorityReport, Waits
 from chaos.saturation import TRITON_QUEUE_BOUND, SaturationReport
 from chaos.soak import MAX_FD_GROWTH_PER_1000, MAX_RSS_GROWTH_MB_PER_1000, SoakReport
+from chaos.workload import EXPECTED, Kind
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -18,7 +19,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def chaos_text(report: ChaosReport) -> str:
     options = report.options
-    valid = sum(report.mix.get(kind, 0) for kind in ("valid", "duplicate", "late_upload"))
+    valid = sum(count for kind, count in report.mix.items() if EXPECTED[Kind(kind)].status == "done")
     lost = sum(c.broken for c in report.checks if c.name.startswith(("valid", "no job left")))
     duplicated = next((c.broken for c in report.checks if c.name == "valid job done exactly once"), 0)
     summary = table(
