@@ -38,7 +38,7 @@ from fluxfill.bridge.errors import (
 )
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.metrics import BridgeMetrics
-from fluxfill.bridge.monitor import JOB_OVERRUN_S, JobMonitor
+from fluxfill.bridge.monitor import JobMonitor, hung_after_s
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.ports import (
@@ -243,7 +243,7 @@ class JobHandler:
             interval_s=self._settings.progress_interval_s,
             control=control,
             hard_stop=self.hard_stop,
-            max_age_s=self._settings.job_deadline_s + self._settings.upload_grace_s + JOB_OVERRUN_S,
+            max_age_s=hung_after_s(self._settings.job_deadline_s, self._settings.upload_grace_s),
         )
         with self._monitors_lock:
             self._monitors.add(monitor)

@@ -2,14 +2,16 @@
 
 A pulled message comes back to another bridge unless its ack deadline is extended. Each held message is
 extended to `lease_extension_s` at once and then every third of that, until it is settled or its maximum
-lease (the job deadline plus a margin for the final writes) has passed: a bridge that stops (SIGKILL,
-SIGSTOP, a hung process) stops extending, and its messages come back within one `lease_extension_s`.
+lease has passed: a bridge that stops (SIGKILL, SIGSTOP, a hung process) stops extending, and its messages
+come back within one `lease_extension_s`. The maximum lease counts from the pull while the message waits
+(for Triton, for a slot), and again from its job's start: a wait must not eat the job's own time, or the
+message would come back to another bridge while its job still runs here.
 """
 
 import threading
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -23,7 +25,7 @@ CALL_TIMEOUT_S = 10.0
 class HeldMessage:
     subscription: str
     ack_id: str
-    lease_ends: float  # time.monotonic() after which it is no longer extended
+    lease_ends: float  # time.monotonic() after which it is no longer extended (see Leases.started)
 
 
 class Leases:
@@ -44,6 +46,12 @@ class Leases:
             self._held.update((message.ack_id, message) for message in held)
         self._extend(subscription, ack_ids)
         return held
+
+    def started(self, message: HeldMessage) -> None:
+        """Its job has begun: the maximum lease counts afresh from now."""
+        with self._changed:
+            if message.ack_id in self._held:
+                self._held[message.ack_id] = replace(message, lease_ends=time.monotonic() + self._max_lease_s)
 
     def wait_until_settled(self, timeout_s: float) -> bool:
         """Block until no message is held (True) or `timeout_s` passed (False)."""
@@ -77,9 +85,7 @@ class Leases:
             with self._changed:
                 for message in list(self._held.values()):
                     if message.lease_ends <= now:
-                        logger.warning(
-                            "lease given up past the job deadline", subscription=message.subscription
-                        )
+                        logger.warning("lease given up past its maximum", subscription=message.subscription)
                         del self._held[message.ack_id]
                         self._changed.notify_all()
                     else:

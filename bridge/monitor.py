@@ -32,11 +32,17 @@ _WAKE_S = 0.05
 # Failed renewals for this share of the lease stop the run, leaving margin for clocks and the final writes.
 LEASE_LOSS_FRACTION = 0.75
 # Past its deadline (which starts with inference), what a job may still take: its download and decode before,
-# its upload and final write after. A job older than its deadline plus this is taken for hung.
+# its upload and final write after (see hung_after_s).
 JOB_OVERRUN_S = 120.0
 # At the end, how long a heartbeat in flight is waited for before the final write goes ahead anyway (a
 # heartbeat that hangs must not hold the job's end: the final write is fenced by the claim either way).
 END_WAIT_S = 2.0
+
+
+def hung_after_s(job_deadline_s: float, upload_grace_s: float) -> float:
+    """How long after its claim a job is taken for hung: its deadline (from inference), the wait for its
+    uploads before, and JOB_OVERRUN_S for the rest of its work."""
+    return job_deadline_s + upload_grace_s + JOB_OVERRUN_S
 
 
 class JobMonitor:

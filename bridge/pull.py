@@ -20,12 +20,12 @@ from fluxfill.bridge.bootstrap import Bridge
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.lanes import SlotGate
 from fluxfill.bridge.leases import HeldMessage, Leases
+from fluxfill.bridge.monitor import hung_after_s
 from fluxfill.bridge.outcome import Delivery
+from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
 
 logger = structlog.get_logger(__name__)
-# The ack deadline is kept alive this much beyond the job deadline, for the final writes.
-LEASE_MARGIN_S = 60.0
 # How long one pull waits for messages when there are none (Pub/Sub answers as soon as there are).
 PULL_WAIT_S = 10.0
 # A failing pull is tried again after this, doubling up to the maximum.
@@ -33,6 +33,15 @@ PULL_BACKOFF_S = 0.5
 PULL_BACKOFF_MAX_S = 10.0
 # After the drain, how long the messages that never ran may take to be nacked.
 SETTLE_WAIT_S = 1.0
+
+
+def message_lease_s(settings: BridgeSettings) -> float:
+    """How long a held message is kept, from its job's start (and before it, while it waits): until another
+    bridge could take the job over from a hung run here (its monitor's bound, then its claim's lease). Less,
+    and a job still running legitimately (a long wait for its uploads, a run near its deadline) would have its
+    message delivered again meanwhile, each copy spending a delivery attempt that the dead-letter policy
+    counts."""
+    return hung_after_s(settings.job_deadline_s, settings.upload_grace_s) + settings.lease_s
 
 
 def delivery_of(received: Any) -> Delivery:
@@ -67,15 +76,13 @@ class PullRunner:
         # With two lanes each holds one message more than the slots, waiting at the gate: when a slot frees,
         # both lanes have a job there to choose from (see fluxfill.bridge.lanes).
         self._allowance = settings.max_concurrent_jobs + (1 if len(self._lanes) > 1 else 0)
-        self._leases = Leases(
-            self._subscriber, settings.lease_extension_s, settings.job_deadline_s + LEASE_MARGIN_S
-        )
+        self._leases = Leases(self._subscriber, settings.lease_extension_s, message_lease_s(settings))
         self._stop = threading.Event()
 
     def _on_message(self, lane: str, received: Any, held: HeldMessage) -> None:
         """Never raises: a bug must not lose the message."""
         try:
-            acked = self._settle(lane, received)
+            acked = self._settle(lane, received, held)
         except Exception:
             logger.exception("unexpected error handling a pulled message; nacking")
             acked = False
@@ -84,7 +91,7 @@ class PullRunner:
         else:
             self._leases.nack(held)
 
-    def _settle(self, lane: str, received: Any) -> bool:
+    def _settle(self, lane: str, received: Any, held: HeldMessage) -> bool:
         if not self._bridge.readiness.wait_until_ready(self._stop):
             return False
         delivery = delivery_of(received)
@@ -94,6 +101,7 @@ class PullRunner:
             return should_ack(early, delivery, self._bridge.dead_letters)
         if not self._gate.acquire(lane, self._stop):
             return False
+        self._leases.started(held)
         try:
             outcome = self._bridge.handler.handle(delivery)
             return should_ack(outcome, delivery, self._bridge.dead_letters)

@@ -6,7 +6,7 @@ import time
 import pytest
 from google.api_core import exceptions as api
 
-from fluxfill.bridge.leases import Leases
+from fluxfill.bridge.leases import HeldMessage, Leases
 from tests.integration.bridge.harness import JobSystem
 
 pytestmark = pytest.mark.integration
@@ -30,11 +30,12 @@ def pull(jobs: JobSystem, wait_s: float) -> list[str]:
     return []
 
 
-def hold_one(jobs: JobSystem, leases: Leases) -> None:
+def hold_one(jobs: JobSystem, leases: Leases) -> HeldMessage:
     jobs.publisher.publish(jobs.topic, b"{}").result(timeout=10)
     response = jobs.subscriber.pull(subscription=jobs.subscription, max_messages=1, timeout=10)
     assert len(response.received_messages) == 1
-    leases.hold(jobs.subscription, [response.received_messages[0].ack_id])
+    (held,) = leases.hold(jobs.subscription, [response.received_messages[0].ack_id])
+    return held
 
 
 def test_a_held_message_is_kept_until_its_maximum_lease_then_comes_back(jobs: JobSystem) -> None:
@@ -46,6 +47,22 @@ def test_a_held_message_is_kept_until_its_maximum_lease_then_comes_back(jobs: Jo
         assert pull(jobs, 2.5 * EXTENSION_S) == [], "a kept lease must not lapse"
         assert pull(jobs, 4 * EXTENSION_S) != [], "past its maximum lease the message must come back"
         assert leases.wait_until_settled(0), "a lease given up is no longer held"
+    finally:
+        stop.set()
+
+
+def test_a_job_that_starts_late_is_kept_its_whole_maximum_lease_from_its_start(jobs: JobSystem) -> None:
+    # A message that waited for a slot (or for Triton) before its job started: the wait must not eat the job's
+    # own time, or the message comes back to another bridge while the job still runs here.
+    leases = Leases(jobs.subscriber, EXTENSION_S, max_lease_s=3 * EXTENSION_S)
+    stop = threading.Event()
+    threading.Thread(target=leases.keep_alive, args=(stop,), daemon=True).start()
+    try:
+        held = hold_one(jobs, leases)
+        time.sleep(2 * EXTENSION_S)  # waiting at the gate
+        leases.started(held)
+        assert pull(jobs, 2.5 * EXTENSION_S) == [], "kept past its maximum lease counted from the pull"
+        assert pull(jobs, 4 * EXTENSION_S) != [], "past its maximum lease from its start it comes back"
     finally:
         stop.set()
 

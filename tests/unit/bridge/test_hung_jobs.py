@@ -11,12 +11,13 @@ from types import SimpleNamespace
 import pytest
 from starlette.testclient import TestClient
 
-from fluxfill.bridge import handler as handler_module
+from fluxfill.bridge import monitor as monitor_module
 from fluxfill.bridge.http_app import HttpEntryPoint
 from fluxfill.bridge.outcome import Outcome, OutcomeKind
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
+from fluxfill.bridge.pull import message_lease_s
 from tests.unit.bridge.fakes import FakeModel
-from tests.unit.bridge.world import World
+from tests.unit.bridge.world import World, settings
 
 
 @dataclass
@@ -46,7 +47,7 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
 def test_a_hung_jobs_claim_lapses_another_bridge_finishes_it_and_healthz_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(handler_module, "JOB_OVERRUN_S", 0.5)
+    monkeypatch.setattr(monitor_module, "JOB_OVERRUN_S", 0.5)
     # A hung job is one older than its deadline, its upload grace (none here) and the margin.
     quick = {"job_deadline_s": 0.5, "lease_s": 1.0, "upload_grace_s": 0.0}
     world = World(**quick)
@@ -79,3 +80,17 @@ def test_a_hung_jobs_claim_lapses_another_bridge_finishes_it_and_healthz_fails(
     assert world.document["owner"] == "bridge-b"
     assert world.handler.overdue_jobs() == []
     assert health.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "overrides", [{}, {"upload_grace_s": 600.0}, {"lease_s": 300.0}, {"job_deadline_s": 5.0, "lease_s": 1.0}]
+)
+def test_a_pulled_message_is_kept_as_long_as_its_job_may_run_and_its_claim_hold(
+    overrides: dict[str, float],
+) -> None:
+    # Kept less, a job still running here (a long wait for its uploads, a run near its deadline) has its
+    # message delivered again meanwhile, each copy spending a delivery attempt the dead-letter policy counts.
+    chosen = settings(**overrides)
+    legitimate = chosen.job_deadline_s + chosen.upload_grace_s + monitor_module.JOB_OVERRUN_S
+    assert monitor_module.hung_after_s(chosen.job_deadline_s, chosen.upload_grace_s) >= legitimate
+    assert message_lease_s(chosen) >= legitimate + chosen.lease_s
