@@ -1,6 +1,7 @@
 """LocalTritonServer against a real tritonserver serving the fixture repository."""
 
 import os
+import re
 import signal
 import socket
 import sys
@@ -20,10 +21,12 @@ from fluxfill.client.triton_binary import (
     shm_regions,
     stub_for_running_python,
 )
+from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE
 
 pytestmark = pytest.mark.integration
 
 REPOSITORY = Path(__file__).parent / "fixtures" / "model_repository"
+STALL_REPOSITORY = Path(__file__).parent / "fixtures" / "stall_repository"
 BROKEN_MESSAGE = "broken fixture model refuses to initialize"
 OFFSET = 7
 
@@ -150,3 +153,19 @@ def test_missing_stub_is_a_clear_error(tmp_path: Path) -> None:
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     with pytest.raises(TritonNotFoundError, match=rf"no python backend stub for Python {version}.*3\.8"):
         stub_for_running_python(tmp_path)
+
+
+def test_a_stub_hung_holding_the_gil_ends_and_the_supervisor_stops_the_server() -> None:
+    """The stall watchdog's Python thread cannot run while a step holds the GIL; its faulthandler backstop
+    still ends the stub inside a real tritonserver, and the image's supervisor then stops the server."""
+    with LocalTritonServer(STALL_REPOSITORY, supervised=True, required_models=["hang"]) as server:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=60)
+        request = httpclient.InferInput("INPUT", [2], "INT32")
+        request.set_data_from_numpy(np.array([1, 2], np.int32))
+        with pytest.raises(Exception):  # noqa: B017, PT011 (whatever the dying stub makes of the request)
+            client.infer("hang", [request])
+        assert server.wait(timeout_s=60) == STUB_DIED_EXIT_CODE
+        log = server.log_text()
+    assert "Timeout (0:00:01.5" in log  # stall_seconds and the margin, with no sign of life
+    assert re.search(r'hang/1/model\.py", line \d+ in execute', log), "the hung step's frame is in the log"
+    assert "stub of hang (pid" in log

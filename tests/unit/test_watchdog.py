@@ -130,3 +130,65 @@ def test_a_stall_ends_the_process_with_its_reason() -> None:
     assert ended.returncode == STALLED_EXIT_CODE
     assert "fluxfill watchdog: a run has shown no progress" in ended.stderr
     assert time.monotonic() - started < 20
+
+
+def run_script(body: str, timeout_s: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
+    """`body` in a fresh interpreter (a model's stub, as far as the watchdog knows), and how long it took."""
+    started = time.monotonic()
+    ended = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(body)],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    return ended, time.monotonic() - started
+
+
+# libc's sleep called through ctypes.PyDLL keeps the GIL the whole time: a step hung in C code that holds it.
+HOLD_THE_GIL = "import ctypes; hold_the_gil = ctypes.PyDLL(None).usleep"
+
+
+def test_a_step_hung_holding_the_gil_still_ends_the_process() -> None:
+    """The checking thread cannot run then; the GIL-free backstop ends the process, every thread's stack on
+    stderr. Without it the process slept the whole minute (and would hang for ever on a real deadlock)."""
+    ended, took = run_script(
+        f"""
+        {HOLD_THE_GIL}
+        from fluxfill.inpaint import watchdog as module
+        module.BACKSTOP_MARGIN_S = 1.0
+        watchdog = module.StallWatchdog(0.2)
+        watchdog.start()
+        with watchdog.watching():
+            watchdog.alive("step 1 of 3")
+            hold_the_gil(60_000_000)
+        """,
+        timeout_s=30,
+    )
+    assert ended.returncode == 1, ended.stderr
+    assert "Timeout (0:00:01.2" in ended.stderr  # stall_seconds and the margin
+    assert 'File "<string>", line 9 in <module>' in ended.stderr, "the hung call's line is named"
+    assert took < 20
+
+
+def test_the_backstop_spares_a_run_that_shows_signs_of_life_and_the_idle_time_after_it() -> None:
+    ended, _ = run_script(
+        f"""
+        import time
+        {HOLD_THE_GIL}
+        from fluxfill.inpaint import watchdog as module
+        module.BACKSTOP_MARGIN_S = 1.0
+        watchdog = module.StallWatchdog(0.5)
+        watchdog.start()
+        with watchdog.watching():
+            started = time.monotonic()
+            while time.monotonic() - started < 4:  # slow steps holding the GIL, past the backstop's time
+                hold_the_gil(200_000)
+                watchdog.alive("a step")
+        hold_the_gil(3_000_000)  # idle, past the backstop's time again
+        watchdog.stop()
+        print("survived")
+        """
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout.strip() == "survived"
