@@ -4,6 +4,11 @@
 400 (no push envelope), 401/403 (token), 413 (body over MAX_PUSH_BODY_BYTES, refused before parsing), 429
 (busy) or 503 (not ready, or retry later). Token checks and the job run off the event loop, so /healthz
 answers while they block.
+
+A push beyond `max_concurrent_jobs` waits for a slot (urgent jobs first, fluxfill.bridge.lanes) for up to
+`push_slot_wait_s` before it is refused: Pub/Sub counts every refusal as a delivery attempt, and a message
+refused as often as its subscription's dead-letter policy allows is dead-lettered by Pub/Sub, never
+claimed, its session left `queued` (an 8-job burst at a one-slot bridge did that to 3 jobs on the emulator).
 """
 
 import base64
@@ -20,6 +25,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from fluxfill.bridge.bootstrap import Bridge
+from fluxfill.bridge.contract import BULK_LANE, InvalidJobError, parse_job
+from fluxfill.bridge.lanes import SlotGate
 from fluxfill.bridge.oidc import CertificatesUnavailableError, PushAuthError
 from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.settle import should_ack
@@ -27,6 +34,9 @@ from fluxfill.bridge.settle import should_ack
 logger = structlog.get_logger(__name__)
 # Pub/Sub's largest message (10 MB) base64-encoded in its envelope, with room for attributes.
 MAX_PUSH_BODY_BYTES = 14_500_000
+# Pushes waiting for a slot at once, at most: each waits on a worker thread (the pool has 40), and a platform
+# that sends more than a few beyond the slots is better told 429 early.
+MAX_PUSHES_WAITING = 16
 
 
 class EnvelopeError(ValueError):
@@ -62,6 +72,14 @@ def delivery_from_envelope(body: bytes) -> Delivery:
         raise EnvelopeError(f"not a Pub/Sub push envelope: {type(error).__name__}: {error}") from None
 
 
+def _lane_of(delivery: Delivery) -> str:
+    """The lane a push waits in: its job's priority (a message that is no job is refused by the handler)."""
+    try:
+        return parse_job(delivery.data).priority
+    except InvalidJobError:
+        return BULK_LANE
+
+
 def _utc(moment: datetime) -> datetime:
     # Pub/Sub sends UTC with a Z; a time without a zone is read as UTC rather than compared as naive.
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
@@ -86,18 +104,20 @@ async def bounded_body(request: Request, limit: int = MAX_PUSH_BODY_BYTES) -> by
 
 
 class HttpEntryPoint:
-    """The routes over one bridge; push requests beyond max_concurrent_jobs are answered 429."""
+    """The routes over one bridge; push requests beyond max_concurrent_jobs wait for a slot, then 429."""
 
     def __init__(self, bridge: Bridge) -> None:
         self._bridge = bridge
         self._lock = threading.Lock()
-        self._running = 0
+        self._waiting = 0
         routes = [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
             Route("/metrics", self.metrics),
         ]
         if bridge.settings.mode == "push":
+            settings = bridge.settings
+            self._gate = SlotGate(settings.max_concurrent_jobs, settings.bulk_share, bridge.metrics.waiting)
             routes.append(Route("/push", self.push, methods=["POST"]))
         self.app = Starlette(routes=routes)
 
@@ -145,16 +165,39 @@ class HttpEntryPoint:
         except EnvelopeError as error:
             logger.warning("push body refused", reason=str(error))
             return PlainTextResponse(str(error), status_code=400)
-        with self._lock:
-            if self._running >= self._bridge.settings.max_concurrent_jobs:
-                return PlainTextResponse("busy", status_code=429)
-            self._running += 1
+        refusal = await self._take_slot(delivery)
+        if refusal is not None:
+            return refusal
         try:
             acked = await run_in_threadpool(self._handle, delivery)
         finally:
-            with self._lock:
-                self._running -= 1
+            self._gate.release()
         return Response(status_code=204) if acked else PlainTextResponse("retry", status_code=503)
+
+    async def _take_slot(self, delivery: Delivery) -> Response | None:
+        """A slot for this push (None), waited for up to push_slot_wait_s; else the refusal: 429 busy, or
+        503 when the bridge began to stop meanwhile (another bridge takes the job)."""
+        with self._lock:
+            crowded = self._waiting >= MAX_PUSHES_WAITING
+            if not crowded:
+                self._waiting += 1
+        if crowded:
+            return PlainTextResponse("busy", status_code=429)
+        try:
+            taken = await run_in_threadpool(
+                self._gate.acquire,
+                _lane_of(delivery),
+                self._bridge.readiness.stopping,
+                self._bridge.settings.push_slot_wait_s,
+            )
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if taken:
+            return None
+        if self._bridge.readiness.stopping.is_set():
+            return PlainTextResponse("not ready", status_code=503)
+        return PlainTextResponse("busy", status_code=429)
 
     def _handle(self, delivery: Delivery) -> bool:
         outcome = self._bridge.handler.handle(delivery)

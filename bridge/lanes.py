@@ -1,7 +1,9 @@
 """Priority across the fleet: urgent and bulk jobs arrive on their own subscriptions and share one bridge's
 slots through this gate.
 
-A bridge holds at most `max_concurrent_jobs` + 1 messages of each subscription (fluxfill.bridge.pull): the
+In push mode the pushes beyond the slots wait here, by their jobs' priority, for up to `push_slot_wait_s`
+(fluxfill.bridge.http_app). In pull mode
+a bridge holds at most `max_concurrent_jobs` + 1 messages of each subscription (fluxfill.bridge.pull): the
 running ones and one waiting at this gate. Without that one, a lane's next message is pulled only after its
 running job is acked, by when the other lane's waiting job
 has taken the slot: urgent and bulk would merely alternate.
@@ -12,6 +14,7 @@ job per lane held by a busy bridge while another may be idle, for at most that l
 """
 
 import threading
+import time
 
 from prometheus_client import Gauge
 
@@ -41,8 +44,10 @@ class SlotGate:
             return not self._bulk_turn()
         return self._waiting[URGENT_LANE] == 0 or self._bulk_turn()
 
-    def acquire(self, lane: str, stop: threading.Event) -> bool:
-        """Block until `lane` may use a slot (True), or `stop` is set (False, seen within STOP_CHECK_S)."""
+    def acquire(self, lane: str, stop: threading.Event, timeout_s: float | None = None) -> bool:
+        """Block until `lane` may use a slot (True), or `stop` is set (False, seen within STOP_CHECK_S), or
+        `timeout_s` has passed (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._changed:
             self._waiting[lane] += 1
             self._show(lane)
@@ -51,7 +56,12 @@ class SlotGate:
                     if self._may_run(lane):
                         self._grant(lane)
                         return True
-                    self._changed.wait(timeout=STOP_CHECK_S)
+                    left = (
+                        STOP_CHECK_S if deadline is None else min(STOP_CHECK_S, deadline - time.monotonic())
+                    )
+                    if left <= 0:
+                        return False
+                    self._changed.wait(timeout=left)
                 return False
             finally:
                 self._waiting[lane] -= 1

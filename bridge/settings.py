@@ -152,6 +152,13 @@ class BridgeSettings(BaseSettings):
     max_object_bytes: int = Field(
         40_000_000, gt=0, description="larger originals or masks are refused unread"
     )
+    push_slot_wait_s: float = Field(
+        120.0,
+        ge=0,
+        le=600,
+        description="push mode: a push beyond max_concurrent_jobs waits this long for a slot before it is "
+        "refused (429); each refusal spends one of the message's Pub/Sub delivery attempts",
+    )
     upload_grace_s: float = Field(
         30.0,
         ge=0,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from google.cloud import firestore
+from google.cloud.pubsub_v1.types import DeadLetterPolicy  # type: ignore[import-untyped]
 from PIL import Image
 
 from fluxfill.bridge.bootstrap import Bridge, build_bridge
@@ -65,16 +66,23 @@ class JobSystem(LocalJobSystem):
         """The topics, the bridge's pull subscription, a subscription on the dead-letter topic, the bucket."""
         super().create(ack_deadline_s, policy_attempts)
 
-    def add_push_subscription(self, endpoint: str) -> None:
-        """A push subscription on the job topic (the emulator sends no OIDC token)."""
-        self.subscriber.create_subscription(
-            request={
-                "name": self.subscriber.subscription_path(self.project, f"push-{self.name}"),
-                "topic": self.topic,
-                "ack_deadline_seconds": 10,
-                "push_config": {"push_endpoint": endpoint},
-            }
-        )
+    def add_push_subscription(
+        self, endpoint: str, ack_deadline_s: int = 10, policy_attempts: int | None = None
+    ) -> None:
+        """A push subscription on the job topic (the emulator sends no OIDC token); with `policy_attempts`,
+        Pub/Sub dead-letters a message refused that often, as the shipped subscriptions do."""
+        request: dict[str, Any] = {
+            "name": self.subscriber.subscription_path(self.project, f"push-{self.name}"),
+            "topic": self.topic,
+            "ack_deadline_seconds": ack_deadline_s,
+            "push_config": {"push_endpoint": endpoint},
+        }
+        if policy_attempts is not None:
+            request["dead_letter_policy"] = DeadLetterPolicy(
+                dead_letter_topic=self.publisher.topic_path(self.project, self.dead_letter_topic_id),
+                max_delivery_attempts=policy_attempts,
+            )
+        self.subscriber.create_subscription(request=request)
 
     def settings(self, triton_url: str, **overrides: Any) -> BridgeSettings:
         values: dict[str, Any] = {

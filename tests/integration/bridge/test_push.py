@@ -4,6 +4,7 @@ import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -17,7 +18,7 @@ from fluxfill.bridge.oidc import (
 )
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import JobSystem, is_terminal, running_bridge
+from tests.integration.bridge.harness import POLICY_ATTEMPTS, JobSystem, is_terminal, running_bridge
 from tests.integration.bridge.oidc_keys import (
     AUDIENCE,
     SERVICE_ACCOUNT,
@@ -50,6 +51,56 @@ def test_pushed_job_is_done_through_the_emulator(jobs: JobSystem, flux_server: L
         document = jobs.wait_for(user, session, is_terminal)
     assert document["status"] == "done"
     assert bridge.counted("done") == 1
+
+
+def test_a_burst_beyond_the_slots_waits_for_them_and_pub_sub_dead_letters_nothing(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Pushes beyond max_concurrent_jobs wait for a slot. Refused at once (429), each spent one of the
+    message's delivery attempts: this burst at a one-slot bridge had 3 of its 8 jobs dead-lettered by Pub/Sub,
+    never claimed, their sessions left `queued` for good."""
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False, max_concurrent_jobs=1)
+    sessions = [jobs.new_job() for _ in range(8)]
+    with running_bridge(settings) as bridge:
+        jobs.add_push_subscription(f"{bridge.url}/push", ack_deadline_s=60, policy_attempts=POLICY_ATTEMPTS)
+        for user, session in sessions:
+            jobs.publish({"userId": user, "sessionId": session, "steps": 8})
+        documents = [jobs.wait_for(user, session, is_terminal, timeout_s=90) for user, session in sessions]
+        assert [document["status"] for document in documents] == ["done"] * len(sessions)
+        assert jobs.dead_letters(expected=1, timeout_s=3) == []
+    assert bridge.counted("done") == len(sessions)
+
+
+def test_a_push_finding_no_slot_within_its_wait_is_refused_busy(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    settings = jobs.settings(
+        flux_server.grpc_url,
+        mode="push",
+        push_auth=False,
+        max_concurrent_jobs=1,
+        push_slot_wait_s=0.5,
+        upload_grace_s=5,
+    )
+    # The first job holds the one slot while it waits for its photo, which never comes.
+    slow, waiting = ("u-slow", "s-slow"), jobs.new_job()
+    jobs.document(*slow).set({"status": "queued"})
+    held = envelope(json.dumps({"userId": slow[0], "sessionId": slow[1]}).encode(), "p1")
+    held["message"]["publishTime"] = datetime.now(UTC).isoformat()  # type: ignore[index]
+    with running_bridge(settings) as bridge, ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(httpx.post, f"{bridge.url}/push", json=held, timeout=60)
+        jobs.wait_for(*slow, lambda document: document.get("status") == "processing")
+        started = time.monotonic()
+        second = httpx.post(
+            f"{bridge.url}/push",
+            json=envelope(json.dumps({"userId": waiting[0], "sessionId": waiting[1]}).encode(), "p2"),
+            timeout=60,
+        )
+        waited = time.monotonic() - started
+        assert first.result().status_code == 204
+    assert second.status_code == 429
+    assert waited >= 0.5
+    assert jobs.session(*waiting)["status"] == "queued", "a refused push claims nothing"
 
 
 def test_a_message_pushed_again_is_dead_lettered_once(

@@ -12,6 +12,7 @@ import yaml
 
 from chaos.chaos_run import SHIPPED_PER_USER_LIMIT
 from fluxfill.bridge.http_app import HttpEntryPoint
+from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.monitor import hung_after_s
 from fluxfill.bridge.settings import (
     BRIDGE_BASELINE_BYTES,
@@ -47,7 +48,9 @@ CONFIG = config_env()
 
 def bridge_routes(mode: str) -> set[str]:
     """The paths the bridge's HTTP server really serves in this mode."""
-    app = HttpEntryPoint(SimpleNamespace(settings=SimpleNamespace(mode=mode))).app  # type: ignore[arg-type]
+    settings = BridgeSettings(project="p", subscription="s", bucket="b", mode=mode, push_auth=False)
+    bridge = SimpleNamespace(settings=settings, metrics=BridgeMetrics())
+    app = HttpEntryPoint(bridge).app  # type: ignore[arg-type]
     return {route.path for route in app.routes}  # type: ignore[attr-defined]
 
 
@@ -232,10 +235,12 @@ def test_subscription_settings_respect_pubsub_limits_and_the_bridge() -> None:
     assert 10 <= int(CONFIG["PULL_ACK_DEADLINE_S"]) <= 600
     assert 10 <= int(CONFIG["PUSH_ACK_DEADLINE_S"]) <= 600
     # Push: Pub/Sub waits the ack deadline for the answer, so the whole job must fit in it: its wait for a
-    # late upload (the shipped grace: no deployment sets another), its run to the deadline, and the download
-    # and upload around it (all that a run may take before it is taken for hung).
+    # slot and for a late upload (the shipped waits: no deployment sets others), its run to the deadline, and
+    # the download and upload around it (all that a run may take before it is taken for hung).
     grace = BridgeSettings.model_fields["upload_grace_s"].default
-    assert int(CONFIG["PUSH_ACK_DEADLINE_S"]) >= hung_after_s(float(CONFIG["JOB_DEADLINE_S"]), grace)
+    slot_wait = BridgeSettings.model_fields["push_slot_wait_s"].default
+    longest_run = hung_after_s(float(CONFIG["JOB_DEADLINE_S"]), grace)
+    assert int(CONFIG["PUSH_ACK_DEADLINE_S"]) >= slot_wait + longest_run
     assert 5 <= int(CONFIG["SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS"]) <= 100
     # The bridge records retries_exhausted itself before Pub/Sub dead-letters behind its back.
     assert int(CONFIG["SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS"]) > int(CONFIG["MAX_DELIVERY_ATTEMPTS"])
