@@ -35,6 +35,12 @@ FIRST_PULL_TIMEOUT_S = 3.0
 NEXT_PULL_TIMEOUT_S = 1.0
 
 
+# Set by Pub/Sub on a message it dead-letters itself: how often the source subscription delivered it.
+PUBSUB_DELIVERY_COUNT_ATTRIBUTE = "CloudPubSubDeadLetterSourceDeliveryCount"
+# `dlq list`'s code for such a job that no bridge ever claimed.
+UNCLAIMED = "unclaimed"
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One dead-lettered job and why it failed."""
@@ -115,9 +121,18 @@ class DeadLetterQueue:
         code = attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "")
         reason = attributes.get(DEAD_LETTER_REASON_ATTRIBUTE, "")
         if not code and ref is not None:
-            # Dead-lettered by Pub/Sub after too many deliveries: the session document holds the last error.
-            error = ((self._jobs.session(ref) or {}).get(SessionField.ERROR.value)) or {}
+            # Dead-lettered by Pub/Sub after too many deliveries: the session document holds the last error,
+            # unless no bridge ever took the job (refused while busy or not ready: push overload).
+            session = self._jobs.session(ref) or {}
+            error = session.get(SessionField.ERROR.value) or {}
             code, reason = str(error.get("code", "")), str(error.get("message", ""))
+            deliveries = attributes.get(PUBSUB_DELIVERY_COUNT_ATTRIBUTE)
+            if not code and deliveries and session.get(SessionField.STATUS.value, "queued") == "queued":
+                code = UNCLAIMED
+                reason = (
+                    f"dead-lettered by Pub/Sub after {deliveries} deliveries that no bridge took (busy or "
+                    "not ready); the job never ran and its session is still queued: replay it"
+                )
         return DeadLetter(
             message_id=str(message.message_id),
             ack_id=str(received.ack_id),

@@ -280,6 +280,31 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     assert fluxfill(world, "dlq", "replay").returncode == 2, "replay needs an ID or --all"
 
 
+def test_a_job_pub_sub_dead_lettered_unclaimed_is_listed_so_and_replay_runs_it(world: JobWorld) -> None:
+    # Refused by busy bridges as often as the dead-letter policy allows (push overload): Pub/Sub dead-letters
+    # it itself, with its own attributes, and the session was never touched.
+    session = "refused-1"
+    folder = f"users/{USER}/sessions/{session}"
+    world.bucket.blob(f"{folder}/original.jpg").upload_from_filename(world.files / "photo.jpg")
+    world.bucket.blob(f"{folder}/mask.png").upload_from_filename(world.files / "mask.png")
+    world.db.document(folder).create({"status": "queued"})
+    job = json.dumps({"userId": USER, "sessionId": session, "steps": 2}).encode()
+    attributes = {
+        "CloudPubSubDeadLetterSourceDeliveryCount": "10",
+        "CloudPubSubDeadLetterSourceSubscription": "s",
+    }
+    dead_topic = world.publisher.topic_path(PROJECT, DEAD_TOPIC)
+    world.publisher.publish(dead_topic, job, **attributes).result(timeout=10)
+    listed = fluxfill(world, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line.split("\t") for line in listed.stdout.splitlines() if f"{USER}/{session}" in line]
+    assert row[2] == "unclaimed"
+    assert "after 10 deliveries that no bridge took" in row[3]
+    assert fluxfill(world, "dlq", "replay", session).returncode == 0
+    watched = fluxfill(world, "watch", session, "--timeout", "60")
+    assert watched.returncode == 0, watched.stderr
+
+
 def test_dlq_list_reads_a_dead_letter_near_pubsubs_size_limit(world: JobWorld) -> None:
     """gRPC's default 4 MB receive limit must not stop the listing of a 5 MB dead letter."""
     job = json.dumps({"userId": USER, "sessionId": "big-1", "prompt": "x" * 5_000_000}).encode()
