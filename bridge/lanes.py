@@ -2,10 +2,9 @@
 slots through this gate.
 
 In push mode the pushes beyond the slots wait here, by their jobs' priority, for up to `push_slot_wait_s`
-(fluxfill.bridge.http_app). In pull mode
-a bridge holds at most `max_concurrent_jobs` + 1 messages of each subscription (fluxfill.bridge.pull): the
-running ones and one waiting at this gate. Without that one, a lane's next message is pulled only after its
-running job is acked, by when the other lane's waiting job
+(fluxfill.bridge.http_app). In pull mode a bridge holds at most `max_concurrent_jobs` + 1 messages of each
+subscription (fluxfill.bridge.pull): the running ones and one waiting at this gate. Without that one, a
+lane's next message is pulled only after its running job is acked, by when the other lane's waiting job
 has taken the slot: urgent and bulk would merely alternate.
 When a slot frees, the gate chooses among the waiting: an urgent job, unless bulk's reserved turn has come.
 While both wait, bulk gets one grant in every round(1 / bulk_share), so a steady stream of urgent jobs slows
