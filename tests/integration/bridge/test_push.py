@@ -3,7 +3,8 @@
 import base64
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
@@ -71,6 +72,23 @@ def test_a_burst_beyond_the_slots_waits_for_them_and_pub_sub_dead_letters_nothin
     assert bridge.counted("done") == len(sessions)
 
 
+def push_holding_the_slot(jobs: JobSystem, url: str, pool: ThreadPoolExecutor) -> Future[httpx.Response]:
+    """A push whose job takes a one-slot bridge's slot and keeps it while it waits for its photo, which never
+    comes (the bridge's `upload_grace_s`); returns once the job is `processing`."""
+    user, session = f"u{uuid.uuid4().hex[:8]}", "s-slow"
+    jobs.document(user, session).set({"status": "queued"})
+    body = envelope(json.dumps({"userId": user, "sessionId": session}).encode(), f"held-{user}")
+    body["message"]["publishTime"] = datetime.now(UTC).isoformat()  # type: ignore[index]
+    pushed = pool.submit(httpx.post, f"{url}/push", json=body, timeout=60)
+    jobs.wait_for(user, session, lambda document: document.get("status") == "processing")
+    return pushed
+
+
+def push_job(url: str, user: str, session: str) -> httpx.Response:
+    job = json.dumps({"userId": user, "sessionId": session}).encode()
+    return httpx.post(f"{url}/push", json=envelope(job, f"p-{session}"), timeout=60)
+
+
 def test_a_push_finding_no_slot_within_its_wait_is_refused_busy(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
@@ -82,25 +100,43 @@ def test_a_push_finding_no_slot_within_its_wait_is_refused_busy(
         push_slot_wait_s=0.5,
         upload_grace_s=5,
     )
-    # The first job holds the one slot while it waits for its photo, which never comes.
-    slow, waiting = ("u-slow", "s-slow"), jobs.new_job()
-    jobs.document(*slow).set({"status": "queued"})
-    held = envelope(json.dumps({"userId": slow[0], "sessionId": slow[1]}).encode(), "p1")
-    held["message"]["publishTime"] = datetime.now(UTC).isoformat()  # type: ignore[index]
+    waiting = jobs.new_job()
     with running_bridge(settings) as bridge, ThreadPoolExecutor(max_workers=1) as pool:
-        first = pool.submit(httpx.post, f"{bridge.url}/push", json=held, timeout=60)
-        jobs.wait_for(*slow, lambda document: document.get("status") == "processing")
+        first = push_holding_the_slot(jobs, bridge.url, pool)
         started = time.monotonic()
-        second = httpx.post(
-            f"{bridge.url}/push",
-            json=envelope(json.dumps({"userId": waiting[0], "sessionId": waiting[1]}).encode(), "p2"),
-            timeout=60,
-        )
+        second = push_job(bridge.url, *waiting)
         waited = time.monotonic() - started
         assert first.result().status_code == 204
     assert second.status_code == 429
     assert waited >= 0.5
     assert jobs.session(*waiting)["status"] == "queued", "a refused push claims nothing"
+
+
+def test_a_push_waiting_for_a_slot_when_the_bridge_stops_is_given_back_at_once(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    # Cloud Run SIGKILLs 10 s after SIGTERM: a waiting push must not hold the stop, nor start a job then.
+    settings = jobs.settings(
+        flux_server.grpc_url,
+        mode="push",
+        push_auth=False,
+        max_concurrent_jobs=1,
+        upload_grace_s=30,
+        shutdown_grace_s=6,
+    )
+    waiting = jobs.new_job()
+    with running_bridge(settings) as bridge, ThreadPoolExecutor(max_workers=2) as pool:
+        held = push_holding_the_slot(jobs, bridge.url, pool)
+        second = pool.submit(push_job, bridge.url, *waiting)
+        time.sleep(1)  # waiting for the slot
+        assert not second.done()
+        bridge.service.request_stop()
+        # At once, not when the running job's grace (6 s) is over and its slot frees.
+        answer = second.result(timeout=2)
+        bridge.stop(timeout_s=30)
+        assert held.result().status_code == 503, "the running job is given back too"
+    assert answer.status_code == 503, "given back for another bridge to take"
+    assert jobs.session(*waiting)["status"] == "queued"
 
 
 def test_a_message_pushed_again_is_dead_lettered_once(
