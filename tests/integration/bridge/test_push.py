@@ -131,8 +131,9 @@ def test_a_push_waiting_for_a_slot_when_the_bridge_stops_is_given_back_at_once(
         time.sleep(1)  # waiting for the slot
         assert not second.done()
         bridge.service.request_stop()
-        # At once, not when the running job's grace (6 s) is over and its slot frees.
-        answer = second.result(timeout=2)
+        # At once (within 0.2 s, seen; 4 s for a loaded machine), not when the running job's grace (6 s)
+        # is over and its slot frees.
+        answer = second.result(timeout=4)
         bridge.stop(timeout_s=30)
         assert held.result().status_code == 503, "the running job is given back too"
     assert answer.status_code == 503, "given back for another bridge to take"
