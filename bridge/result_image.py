@@ -3,15 +3,17 @@
 - JPEG: the edited MCUs spliced into the original's coefficients (fluxfill.bridge.jpeg_splice), in the stored
   orientation with the original's markers; where that cannot be done, a whole re-encode at quality 95 with the
   original's EXIF, in the stored orientation too, and the reason recorded.
-- PNG: PNG, keeping transparency (the original's alpha) and greyscale.
+- PNG: PNG, keeping transparency (the original's alpha, with the colours behind it: `_straight`) and
+  greyscale.
 - WebP: WebP, lossless when the original was, else quality 90; transparency kept.
 - PNG and WebP keep the original's colour profile and EXIF (orientation cleared: the pixels are upright).
-- HEIC/HEIF and AVIF: a quality-95 JPEG of the upright photo (what every phone and browser shows), with the
-  original's EXIF (orientation cleared: the pixels are upright) and colour profile.
+- HEIC/HEIF and AVIF: a quality-95 JPEG of the upright photo (what every phone and browser shows; greyscale
+  stays greyscale), with the original's EXIF (orientation cleared: the pixels are upright) and colour profile;
+  one with transparency (an iOS sticker, a cut-out) a PNG that keeps it, as a JPEG cannot.
 """
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +28,8 @@ REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
 # EXIF travels in one APP1 segment of a JPEG (Pillow refuses more); a HEIC's may be larger.
 JPEG_MAX_EXIF_BYTES = 65_533
+# Pixels un-composited at a time (`_straight`): its indices stay a few MB at any size.
+_CHUNK_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,8 +75,14 @@ def encode_result(
         return _jpeg(photo, edited, ahead, within, photo.pixels if before is None else before)
     if photo.format in ("PNG", "WEBP"):
         return _png_or_webp(photo, edited, photo.format)
+    if photo.alpha is not None:
+        png_result = _png_or_webp(photo, edited, "PNG")
+        why_png = f"the original is {photo.format} with transparency, which a JPEG cannot hold"
+        return replace(png_result, note=_joined(why_png, png_result.note or ""))
     exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
     image = Image.fromarray(edited)
+    if photo.greyscale:
+        image = image.convert("L")
     data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode))
     note = _joined(f"the original is {photo.format}{_exif_note(why)}", _frames_note(photo), photo.colour_note)
     return EncodedResult(data, "jpeg", "reencoded", note)
@@ -135,12 +145,51 @@ def _jpeg(
 
 def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
     """RGB, or L for a greyscale original; with the original's transparency (RGBA or LA) when it had any."""
-    image = Image.fromarray(edited)
+    image = Image.fromarray(edited) if photo.alpha is None else _straight(edited, photo.alpha)
     if photo.greyscale:
-        image = image.convert("L")
-    if photo.alpha is not None:
-        image.putalpha(Image.fromarray(photo.alpha))
+        image = image.convert("LA" if photo.alpha is not None else "L")
     return image
+
+
+def _straight(over_white: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8]) -> Image.Image:
+    """The RGBA image whose colours, shown over white, are `over_white` (the photo as the model saw it, its
+    transparency composited over white by the intake, with the edit in it).
+
+    Storing the composited colours beside the alpha applied the alpha twice: every semi-transparent pixel (a
+    cut-out's soft edge) came out lighter, far from the edit too. Inverting the composite gives each pixel
+    the original's colour back, within the rounding of one level on screen (the composite rounds to a level,
+    which a pixel 1/a opaque shows 1/a of), and the edit's colours as the model painted them, as far as the
+    original's alpha lets them show. Opaque and fully clear pixels are kept as they are (no colour shows
+    through a clear one), so a cut-out costs its soft edges alone; a chunk of pixels at a time, so that the
+    indices stay a few MB.
+    """
+    # A copy: the preview is made from `over_white` meanwhile, on another thread (results.upload_results).
+    colours = np.array(over_white, dtype=np.uint8).reshape(-1, 3)
+    opacity = alpha.reshape(-1)
+    for start in range(0, opacity.size, _CHUNK_PIXELS):
+        chunk = slice(start, start + _CHUNK_PIXELS)
+        partial = np.flatnonzero(opacity[chunk] - np.uint8(1) < 254) + start  # 1..254 (0 - 1 wraps to 255)
+        if partial.size:
+            index = (opacity[partial].astype(np.uint16) << 8)[:, None] | colours[partial]
+            colours[partial] = _UNCOMPOSITED.take(index)
+    image = Image.fromarray(colours.reshape(over_white.shape))
+    image.putalpha(Image.fromarray(alpha))
+    return image
+
+
+def _uncomposited() -> npt.NDArray[np.uint8]:
+    """colour[a << 8 | shown]: the colour that shows as `shown` over white through alpha `a`, rounded.
+
+    The intake composites shown = (colour * a + 255 * (255 - a) + 127) // 255, so colour is
+    255 * (shown - 255 + a) / a; a shown value darker than 255 - a (an edit where the photo is nearly clear)
+    has no such colour: black, the nearest."""
+    opacity = np.arange(256, dtype=np.int32)[:, None]
+    shown = np.arange(256, dtype=np.int32)[None, :]
+    colour = (2 * 255 * (shown - 255 + opacity) + opacity) // np.maximum(2 * opacity, 1)
+    return np.where(opacity > 0, np.clip(colour, 0, 255), shown).astype(np.uint8).ravel()
+
+
+_UNCOMPOSITED = _uncomposited()
 
 
 def _carried_exif(
@@ -188,7 +237,7 @@ def _exif_note(why: str | None) -> str:
 
 def _metadata(exif: bytes | None, icc_profile: bytes | None, mode: str) -> dict[str, bytes]:
     """Save options carrying the EXIF, and the colour profile when it describes an image of `mode` (a grey
-    profile does not describe the RGB JPEG a greyscale HEIC becomes)."""
+    profile does not describe an RGB image)."""
     if icc_profile is not None and not profile_describes(icc_profile, mode):
         icc_profile = None
     return {

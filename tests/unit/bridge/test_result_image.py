@@ -470,7 +470,41 @@ def test_a_png_with_alpha_keeps_its_mode_and_its_transparency() -> None:
     image = decoded(result)
     assert (result.format, result.encoding, image.format, image.mode) == ("png", "lossless", "PNG", "RGBA")
     assert np.array_equal(np.asarray(image)[..., 3], rgba[..., 3])
-    assert np.array_equal(np.asarray(image)[..., :3], edited)
+    assert np.abs(shown_over(np.asarray(image), 255) - painted(edited, rgba[..., 3])).max() <= 1
+
+
+def painted(edited: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """What the edited picture (as the model saw it, over white) shows as over white through the original's
+    alpha: a pixel a/255 opaque shows 255 - a at its darkest (the alpha is the original's, kept)."""
+    return np.maximum(edited, 255 - alpha[..., None])
+
+
+def shown_over(rgba: npt.NDArray[np.uint8], background: int) -> npt.NDArray[np.float64]:
+    """The RGBA pixels as a viewer shows them over a plain background (0 black, 255 white)."""
+    alpha = rgba[..., 3:].astype(np.float64) / 255
+    return rgba[..., :3] * alpha + background * (1 - alpha)
+
+
+@pytest.mark.parametrize("kind", ["PNG", "WEBP", "HEIF"])
+def test_semi_transparent_pixels_the_edit_left_look_as_before_over_any_background(kind: str) -> None:
+    """The model sees a photo with transparency over white, and its colours were stored as it saw them: each
+    soft edge of a cut-out came out lighter, a pale halo on a dark background, however far from the edit."""
+    alpha = np.tile(np.linspace(255, 8, 64).astype(np.uint8), (48, 1))  # opaque to nearly clear
+    rgba = np.dstack([textured(64, 48) // 3, alpha])  # dark: where the halo shows
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format=kind, lossless=True, quality=100)
+    original = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGBA"))
+    photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    image = np.asarray(decoded(encode_result(photo, edited)).convert("RGBA"))
+
+    untouched = np.ones((48, 64), bool)
+    untouched[8:24, 8:24] = False
+    for background in (0, 255):
+        before, after = shown_over(original, background), shown_over(image, background)
+        assert np.abs(after - before)[untouched].max() <= 1, f"over {background}: the photo changed"
+    assert np.abs(shown_over(image, 255) - painted(edited, image[..., 3])).max() <= 1, "not as painted"
 
 
 def test_greyscale_png_stays_greyscale_and_rgb_png_is_lossless() -> None:
@@ -607,6 +641,40 @@ def test_heic_and_avif_originals_give_an_upright_jpeg(kind: str) -> None:
     assert orientation.ORIENTATION_TAG not in image.getexif()
     assert image.getexif()[0x010F] == "PetPhone"
     assert np.abs(np.asarray(image, np.int16) - edited).mean() < 4.0
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_a_heic_or_avif_with_transparency_gives_a_png_that_keeps_it(kind: str) -> None:
+    """A JPEG holds no transparency: an iOS sticker's or a cut-out's result was a JPEG whose see-through
+    parts had become white, and nothing said so."""
+    rgba = np.dstack([textured(64, 48), np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))])
+    buffer = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buffer, format=kind, quality=90, exif=phone_metadata(1)["exif"])
+    photo = read_photo(buffer.getvalue(), BIG)
+    assert photo.alpha is not None
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    result = encode_result(photo, edited)
+
+    image = decoded(result)
+    assert (result.format, result.encoding, image.format, image.mode) == ("png", "lossless", "PNG", "RGBA")
+    assert np.array_equal(np.asarray(image)[..., 3], photo.alpha)
+    assert np.abs(shown_over(np.asarray(image), 255) - painted(edited, photo.alpha)).max() <= 1
+    assert image.getexif()[0x010F] == "PetPhone"
+    assert result.note == f"the original is {kind} with transparency, which a JPEG cannot hold"
+
+
+@pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
+def test_a_greyscale_heic_or_avif_gives_a_greyscale_jpeg(kind: str) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(textured(64, 48)[..., 1]).save(buffer, format=kind, quality=90)
+    photo = read_photo(buffer.getvalue(), BIG)
+    edited = edit(photo.pixels, (8, 8, 24, 24))
+
+    image = decoded(encode_result(photo, edited))
+
+    assert (image.format, image.mode) == ("JPEG", "L")
+    assert np.abs(np.asarray(image, np.int16) - edited[..., 1]).mean() < 4.0
 
 
 @pytest.mark.parametrize("kind", ["HEIF", "AVIF"])
