@@ -23,7 +23,7 @@ import numpy.typing as npt
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import jpeg_decode, jpeg_markers, orientation, png_colour
+from fluxfill.bridge import jpeg_decode, jpeg_markers, model_rgb, orientation, png_colour
 from fluxfill.bridge.colour_profile import ColourDescription, nclx_in, profile_for
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
@@ -42,7 +42,6 @@ _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 ACCEPTED = "a JPEG, PNG, WebP, HEIC or AVIF image"
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # A progressive JPEG is decoded a scan at a time, each scan a pass over the whole image's coefficients, so its
 # decoding time grows with scans x pixels, not with the file's size: a 119 KB file of a 12 MP frame and
 # 1,000 repeats of a 48-byte scan took 8 s in libjpeg-turbo and 7 s more in Pillow here (a 40 MB one, hours).
@@ -203,17 +202,6 @@ def _refusals(what: str, kind: str) -> Iterator[None]:
         ) from None
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    if image.mode in _SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.uint32)
-        return Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), mode="L")
-    return image
-
-
-# Rows composited at a time: the temporaries stay a few MB whatever the photo's size.
-_STRIP_ROWS = 256
-
-
 @dataclass(frozen=True)
 class Photo:
     """The upright photo the model sees, and what its result needs to keep the original's format."""
@@ -263,15 +251,15 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     colour_note = ""
     if icc_profile is None and kind in ("HEIF", "AVIF"):
         icc_profile, colour_note = _profile_of_code_points(stored, data)
-    greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in _SIXTEEN_BIT_MODES
+    greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in model_rgb.SIXTEEN_BIT_MODES
     frames = int(getattr(stored, "n_frames", 1))
-    image = orientation.upright(_eight_bit(stored), turn)
+    image = orientation.upright(model_rgb.eight_bit(stored), turn)
     del stored  # a turned photo is a copy: the stored one goes before the array is made
     alpha = None
-    if image.mode == "P" or "A" in image.mode or "transparency" in image.info:
+    if image.mode == "P" or model_rgb.has_transparency(image):
         if image.mode != "RGBA":
-            image = image.convert("RGBA")
-        pixels, alpha = _over_white(image)
+            image = image.convert("RGBA")  # here, so that the image it was is freed (memory: read_photo)
+        pixels, alpha = model_rgb.over_white(image)
     else:
         # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.
         pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
@@ -318,26 +306,11 @@ def _webp_lossless(data: bytes) -> bool:
     return data[12:16] == b"VP8L" or (data[12:16] == b"VP8X" and b"VP8L" in data[30:4096])
 
 
-def _over_white(rgba: Image.Image) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None]:
-    """Composite over white strip by strip, into the one full-size output array; the alpha channel too,
-    unless it is opaque everywhere."""
-    width, height = rgba.size
-    out = np.empty((height, width, 3), np.uint8)
-    alpha_out = np.empty((height, width), np.uint8)
-    for top in range(0, height, _STRIP_ROWS):
-        bottom = min(height, top + _STRIP_ROWS)
-        strip = np.asarray(rgba.crop((0, top, width, bottom)), dtype=np.uint16)
-        alpha = strip[..., 3:]
-        out[top:bottom] = (strip[..., :3] * alpha + 255 * (255 - alpha) + 127) // 255
-        alpha_out[top:bottom] = alpha[..., 0]
-    return out, (alpha_out if alpha_out.min() < 255 else None)
-
-
 def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     """The upright mask as height x width uint8 (>= 128 means repaint)."""
     stored, kind = _header(data, "mask", max_pixels)
     turn = _decoded(stored, kind, "mask")
-    image = orientation.upright(_eight_bit(stored), turn)
+    image = orientation.upright(model_rgb.eight_bit(stored), turn)
     if image.mode == "P" or "transparency" in image.info:
         image = image.convert("RGBA")
     if "A" in image.mode:

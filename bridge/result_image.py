@@ -3,8 +3,8 @@
 - JPEG: the edited MCUs spliced into the original's coefficients (fluxfill.bridge.jpeg_splice), in the stored
   orientation with the original's markers; where that cannot be done, a whole re-encode at quality 95 with the
   original's EXIF, in the stored orientation too, and the reason recorded.
-- PNG: PNG, keeping transparency (the original's alpha, with the colours behind it: `_straight`) and
-  greyscale.
+- PNG: PNG, keeping transparency (the original's alpha, with the colours behind it:
+  fluxfill.bridge.model_rgb) and greyscale.
 - WebP: WebP, lossless when the original was, else quality 90; transparency kept.
 - PNG and WebP keep the original's colour profile and EXIF (orientation cleared: the pixels are upright).
 - HEIC/HEIF and AVIF: a quality-95 JPEG of the upright photo (what every phone and browser shows; greyscale
@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, PngImagePlugin
 
-from fluxfill.bridge import jpeg_markers, jpeg_splice, orientation, stale_metadata
+from fluxfill.bridge import jpeg_markers, jpeg_splice, model_rgb, orientation, stale_metadata
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
 from fluxfill.bridge.intake import Photo, profile_describes, sniff_format
 from fluxfill.inpaint.geometry import Box
@@ -28,8 +28,6 @@ REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
 # EXIF travels in one APP1 segment of a JPEG (Pillow refuses more); a HEIC's may be larger.
 JPEG_MAX_EXIF_BYTES = 65_533
-# Pixels un-composited at a time (`_straight`): its indices stay a few MB at any size.
-_CHUNK_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -145,51 +143,11 @@ def _jpeg(
 
 def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
     """RGB, or L for a greyscale original; with the original's transparency (RGBA or LA) when it had any."""
-    image = Image.fromarray(edited) if photo.alpha is None else _straight(edited, photo.alpha)
+    # The colours behind the alpha, not the colours shown over white (model_rgb.straight).
+    image = Image.fromarray(edited) if photo.alpha is None else model_rgb.straight(edited, photo.alpha)
     if photo.greyscale:
         image = image.convert("LA" if photo.alpha is not None else "L")
     return image
-
-
-def _straight(over_white: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8]) -> Image.Image:
-    """The RGBA image whose colours, shown over white, are `over_white` (the photo as the model saw it, its
-    transparency composited over white by the intake, with the edit in it).
-
-    Storing the composited colours beside the alpha applied the alpha twice: every semi-transparent pixel (a
-    cut-out's soft edge) came out lighter, far from the edit too. Inverting the composite gives each pixel
-    the original's colour back, within the rounding of one level on screen (the composite rounds to a level,
-    which a pixel 1/a opaque shows 1/a of), and the edit's colours as the model painted them, as far as the
-    original's alpha lets them show. Opaque and fully clear pixels are kept as they are (no colour shows
-    through a clear one), so a cut-out costs its soft edges alone; a chunk of pixels at a time, so that the
-    indices stay a few MB.
-    """
-    # A copy: the preview is made from `over_white` meanwhile, on another thread (results.upload_results).
-    colours = np.array(over_white, dtype=np.uint8).reshape(-1, 3)
-    opacity = alpha.reshape(-1)
-    for start in range(0, opacity.size, _CHUNK_PIXELS):
-        chunk = slice(start, start + _CHUNK_PIXELS)
-        partial = np.flatnonzero(opacity[chunk] - np.uint8(1) < 254) + start  # 1..254 (0 - 1 wraps to 255)
-        if partial.size:
-            index = (opacity[partial].astype(np.uint16) << 8)[:, None] | colours[partial]
-            colours[partial] = _UNCOMPOSITED.take(index)
-    image = Image.fromarray(colours.reshape(over_white.shape))
-    image.putalpha(Image.fromarray(alpha))
-    return image
-
-
-def _uncomposited() -> npt.NDArray[np.uint8]:
-    """colour[a << 8 | shown]: the colour that shows as `shown` over white through alpha `a`, rounded.
-
-    The intake composites shown = (colour * a + 255 * (255 - a) + 127) // 255, so colour is
-    255 * (shown - 255 + a) / a; a shown value darker than 255 - a (an edit where the photo is nearly clear)
-    has no such colour: black, the nearest."""
-    opacity = np.arange(256, dtype=np.int32)[:, None]
-    shown = np.arange(256, dtype=np.int32)[None, :]
-    colour = (2 * 255 * (shown - 255 + opacity) + opacity) // np.maximum(2 * opacity, 1)
-    return np.where(opacity > 0, np.clip(colour, 0, 255), shown).astype(np.uint8).ravel()
-
-
-_UNCOMPOSITED = _uncomposited()
 
 
 def _carried_exif(

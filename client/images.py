@@ -1,5 +1,8 @@
 """Photos and masks from files, PIL images, arrays or boxes into the arrays the model takes.
 
+A photo becomes the RGB the bridge would give the model for the same file (fluxfill.bridge.model_rgb): upright
+by its EXIF, 16-bit greyscale scaled to 8 bits, transparency composited over white.
+
 A mask marks the pixels to repaint with values >= 128. It can be given as
 - a mask image of any mode (L, 1, P, RGB, I;16, ...), white = repaint;
 - an RGBA or LA image, whose transparent area is repainted (the convention of "erase, then fill");
@@ -18,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import orientation
+from fluxfill.bridge import model_rgb, orientation
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -80,21 +83,25 @@ def _refuse_beyond_every_server(path: Path, size: tuple[int, int]) -> None:
 
 
 def load_rgb(path: str | os.PathLike[str]) -> RGBArray:
-    """A photo file as height x width x 3 uint8 RGB."""
-    return np.asarray(open_image(path).convert("RGB"), dtype=np.uint8)
+    """A photo file as height x width x 3 uint8 RGB, as the bridge shows it to the model: 16-bit greyscale
+    scaled to 8 bits, transparency over white (fluxfill.bridge.model_rgb)."""
+    return model_rgb.model_rgb(open_image(path))
 
 
 def to_rgb(image: ImageLike) -> RGBArray:
-    """A photo (path, PIL image, or uint8 array H x W x 3 or H x W) as height x width x 3 RGB."""
+    """A photo (path, PIL image, or uint8 array H x W x 3, H x W x 4 with alpha, or H x W) as height x width
+    x 3 RGB, as the bridge shows it to the model (load_rgb)."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return model_rgb.model_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise InvalidInputError(f"image array must be uint8, got {image.dtype}")
         if image.ndim == 2:
             return np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim == 3 and image.shape[2] in (3, 4):
-            return np.ascontiguousarray(image[:, :, :3])
+        if image.ndim == 3 and image.shape[2] == 4:
+            return model_rgb.model_rgb(Image.fromarray(image, "RGBA"))
+        if image.ndim == 3 and image.shape[2] == 3:
+            return np.ascontiguousarray(image)
         raise InvalidInputError(f"image array must be H x W x 3, got shape {list(image.shape)}")
     return load_rgb(image)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fluxfill.bridge.intake import decode_photo
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.client.images import (
     load_mask,
@@ -128,6 +129,43 @@ def test_a_mask_file_of_another_size_is_refused_naming_both_sizes(tmp_path: Path
 def test_a_mask_array_of_the_wrong_kind_is_refused(mask: np.ndarray, message: str) -> None:
     with pytest.raises(InvalidInputError, match=message):
         to_mask(mask, 2, 2)
+
+
+def _picture(kind: str) -> tuple[str, Image.Image]:
+    """A 48x32 picture of `kind` with what tells the conversions apart: hidden colours under partial and full
+    transparency, 16-bit values, a transparent palette entry."""
+    ramp = np.tile(np.linspace(0, 255, 48), (32, 1)).astype(np.uint8)
+    colours = np.dstack([ramp, ramp[::-1], np.full_like(ramp, 40)])
+    clear = ramp.T[:32, :1].repeat(48, axis=1)  # varies down the picture, 0 (clear) at the top
+    if kind == "RGBA":
+        return "PNG", Image.fromarray(np.dstack([colours, clear]), "RGBA")
+    if kind == "LA":
+        return "PNG", Image.fromarray(np.dstack([ramp, clear]), "LA")
+    if kind == "P":
+        palette = Image.fromarray(colours).quantize(16)
+        palette.info["transparency"] = 3
+        return "PNG", palette
+    if kind == "I;16":
+        return "PNG", Image.fromarray(ramp.astype(np.uint16) * 257)
+    return kind, Image.fromarray(np.dstack([colours, clear]), "RGBA")  # WEBP, HEIF
+
+
+@pytest.mark.parametrize("kind", ["RGBA", "LA", "P", "I;16", "WEBP", "HEIF"])
+def test_a_photo_becomes_the_picture_the_bridge_gives_the_model(kind: str, tmp_path: Path) -> None:
+    """`fluxfill infer` and a job must show the model one picture for one file: the client kept the colours
+    hidden under transparency (black here, where the bridge shows white) and clipped 16-bit greyscale to
+    white (all but its darkest 1/256)."""
+    file_format, picture = _picture(kind)
+    path = tmp_path / f"photo.{file_format.lower()}"
+    picture.save(path, format=file_format, lossless=True, quality=100)
+
+    bridge_sees = decode_photo(path.read_bytes(), 1_000_000)
+
+    assert np.array_equal(to_rgb(path), bridge_sees)
+    with Image.open(path) as opened:
+        assert np.array_equal(to_rgb(opened), bridge_sees)
+    if kind in {"RGBA", "WEBP"}:
+        assert np.array_equal(to_rgb(np.asarray(Image.open(path))), bridge_sees)
 
 
 def test_photos_in_every_form_become_rgb(tmp_path: Path) -> None:
