@@ -258,7 +258,9 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     alpha = None
     if image.mode == "P" or model_rgb.has_transparency(image):
         if image.mode != "RGBA":
-            image = image.convert("RGBA")  # here, so that the image it was is freed (memory: read_photo)
+            image = image.convert(
+                "RGBA"
+            )  # here: the image before it is freed at once (INTAKE_BYTES_PER_PIXEL)
         pixels, alpha = model_rgb.over_white(image)
     else:
         # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.

@@ -21,13 +21,13 @@ ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 
-def model_rgb(image: Image.Image) -> npt.NDArray[np.uint8]:
-    """The picture as the model's height x width x 3 RGB (the bridge's intake does the same in steps that
-    free each full-size image as soon as it can)."""
+def model_rgb(image: Image.Image) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None]:
+    """The picture as the model's height x width x 3 RGB, and its alpha when it has real transparency (the
+    bridge's intake does the same in steps that free each full-size image as soon as it can)."""
     image = eight_bit(image)
     if image.mode == "P" or has_transparency(image):
-        return over_white(image)[0]
-    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+        return over_white(image)
+    return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8), None
 
 
 def eight_bit(image: Image.Image) -> Image.Image:

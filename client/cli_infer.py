@@ -20,7 +20,7 @@ from fluxfill.client.errors import (
 from fluxfill.client.images import (
     MaskLike,
     checked_mask,
-    load_rgb,
+    load_photo,
     looks_like_box,
     parse_box,
     save_rgb,
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInputError(f"--timeout must be positive, got {args.timeout:g}")
     url = checked_url(args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}")
-    image = load_rgb(args.image)
+    image, alpha = load_photo(args.image)
     mask_arg: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
     mask = checked_mask(mask_arg, image.shape[0], image.shape[1], "infer")
     progress = ProgressBar(sys.stderr)
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         progress.interrupt()
         where = "the server stopped the run" if args.protocol == "grpc" else "HTTP cannot stop a started run"
         raise CancelledError(f"interrupted (Ctrl-C): cancelled; {where}") from None
-    save_rgb(result.image, output)
+    save_rgb(result.image, output, alpha)  # a photo's transparency kept where the output's format holds it
     height, width = result.image.shape[:2]
     sys.stdout.write(f"wrote {output} ({width}x{height}, seed {result.seed})\n")
     return EXIT_OK

@@ -43,6 +43,8 @@ MaskLike: TypeAlias = ImageLike | Box
 MOSTLY_SELECTED = 0.9
 MOSTLY_SELECTED_BY_ALPHA = 0.5
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
+# Output formats that hold transparency (Pillow's names); a JPEG output is the RGB over white.
+_TRANSPARENT_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
 _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
 
 
@@ -85,6 +87,12 @@ def _refuse_beyond_every_server(path: Path, size: tuple[int, int]) -> None:
 def load_rgb(path: str | os.PathLike[str]) -> RGBArray:
     """A photo file as height x width x 3 uint8 RGB, as the bridge shows it to the model: 16-bit greyscale
     scaled to 8 bits, transparency over white (fluxfill.bridge.model_rgb)."""
+    return load_photo(path)[0]
+
+
+def load_photo(path: str | os.PathLike[str]) -> tuple[RGBArray, MaskArray | None]:
+    """A photo file as load_rgb gives it, and its upright alpha when it has real transparency (for an
+    output that keeps it: save_rgb)."""
     return model_rgb.model_rgb(open_image(path))
 
 
@@ -92,14 +100,14 @@ def to_rgb(image: ImageLike) -> RGBArray:
     """A photo (path, PIL image, or uint8 array H x W x 3, H x W x 4 with alpha, or H x W) as height x width
     x 3 RGB, as the bridge shows it to the model (load_rgb)."""
     if isinstance(image, Image.Image):
-        return model_rgb.model_rgb(image)
+        return model_rgb.model_rgb(image)[0]
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise InvalidInputError(f"image array must be uint8, got {image.dtype}")
         if image.ndim == 2:
             return np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim == 3 and image.shape[2] == 4:
-            return model_rgb.model_rgb(Image.fromarray(image, "RGBA"))
+            return model_rgb.model_rgb(Image.fromarray(image, "RGBA"))[0]
         if image.ndim == 3 and image.shape[2] == 3:
             return np.ascontiguousarray(image)
         raise InvalidInputError(f"image array must be H x W x 3, got shape {list(image.shape)}")
@@ -229,15 +237,21 @@ def load_mask(path: str | os.PathLike[str]) -> MaskArray:
     return mask_from_image(open_image(path))
 
 
-def save_rgb(image: RGBArray, path: str | os.PathLike[str]) -> None:
-    """Write an RGB array (the format follows the suffix) whole or not at all: a temporary file, renamed."""
+def save_rgb(image: RGBArray, path: str | os.PathLike[str], alpha: MaskArray | None = None) -> None:
+    """Write an RGB array (the format follows the suffix) whole or not at all: a temporary file, renamed.
+    With `alpha` (the photo's transparency, load_photo), a format that holds transparency keeps it, as the
+    bridge's result does (the colours behind it: model_rgb.straight); another one gets the RGB as it is
+    (over white)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(handle)
     try:
         fmt = Image.registered_extensions().get(path.suffix.lower())
-        Image.fromarray(image).save(temporary, format=fmt)
+        picture = Image.fromarray(image)
+        if alpha is not None and fmt in _TRANSPARENT_FORMATS and alpha.shape == image.shape[:2]:
+            picture = model_rgb.straight(image, alpha)
+        picture.save(temporary, format=fmt)
         os.replace(temporary, path)
     except (ValueError, KeyError) as error:
         # PIL raises ValueError/KeyError for a suffix it has no writer for.

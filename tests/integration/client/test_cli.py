@@ -101,6 +101,35 @@ def test_infer_writes_an_image_of_the_input_size_and_prints_the_seed(
     assert np.array_equal(np.asarray(Image.open(by_box)), written)
 
 
+def test_a_photo_with_transparency_keeps_it_where_the_output_can(
+    flux_server: LocalTritonServer, files: Path, tmp_path: Path
+) -> None:
+    """A cut-out through `fluxfill infer`, as through a job (bridge/model_rgb.py): the model sees it over
+    white, a PNG output keeps its alpha with the colours behind it, a JPEG output is it over white."""
+    clear_at_top = np.linspace(0, 255, HEIGHT).astype(np.uint8)[:, None].repeat(WIDTH, axis=1)
+    cut_out = np.dstack([photo(HEIGHT, WIDTH, seed=3), clear_at_top])
+    Image.fromarray(cut_out, "RGBA").save(tmp_path / "cut-out.png")
+    outputs = {}
+    for name in ("out.png", "out.jpg"):
+        result = fluxfill(
+            "infer", tmp_path / "cut-out.png", files / "mask.png", "--output", tmp_path / name,
+            "--url", flux_server.grpc_url, "--seed", "5",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outputs[name] = np.asarray(Image.open(tmp_path / name))
+    png, jpeg = outputs["out.png"], outputs["out.jpg"]
+    assert png.shape == (HEIGHT, WIDTH, 4)
+    assert jpeg.shape == (HEIGHT, WIDTH, 3)
+    assert np.array_equal(png[..., 3], clear_at_top)
+    # Away from the edit (the mask's box and the feather around it), the colours behind the alpha are the
+    # photo's own.
+    untouched = np.ones((HEIGHT, WIDTH), bool)
+    untouched[HEIGHT // 4 - 10 : 3 * HEIGHT // 4 + 10, WIDTH // 4 - 10 : 3 * WIDTH // 4 + 10] = False
+    untouched &= clear_at_top >= 128  # where the rounding of the composite moves a colour by a level at most
+    assert np.abs(png[..., :3].astype(int) - cut_out[..., :3])[untouched].max() <= 1
+    assert jpeg[:3].mean() > 240, "the JPEG shows the nearly clear top over white"
+
+
 def test_random_seed_is_printed(flux_server: LocalTritonServer, files: Path, tmp_path: Path) -> None:
     result = infer(files, flux_server, "--output", tmp_path / "r.png")
     assert result.returncode == 0, result.stderr

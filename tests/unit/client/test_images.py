@@ -13,6 +13,7 @@ from fluxfill.bridge.intake import decode_photo
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.client.images import (
     load_mask,
+    load_photo,
     looks_like_box,
     mask_from_box,
     mask_from_image,
@@ -166,6 +167,36 @@ def test_a_photo_becomes_the_picture_the_bridge_gives_the_model(kind: str, tmp_p
         assert np.array_equal(to_rgb(opened), bridge_sees)
     if kind in {"RGBA", "WEBP"}:
         assert np.array_equal(to_rgb(np.asarray(Image.open(path))), bridge_sees)
+
+
+def test_an_output_keeps_the_photos_transparency_where_its_format_holds_it(tmp_path: Path) -> None:
+    colours = np.random.default_rng(4).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+    alpha = np.linspace(0, 255, WIDTH).astype(np.uint8)[None, :].repeat(HEIGHT, axis=0)
+    Image.fromarray(np.dstack([colours, alpha]), "RGBA").save(tmp_path / "cut-out.png")
+    shown, photo_alpha = load_photo(tmp_path / "cut-out.png")
+    assert photo_alpha is not None
+    assert np.array_equal(photo_alpha, alpha)
+
+    save_rgb(shown, tmp_path / "out.png", photo_alpha)
+    save_rgb(shown, tmp_path / "out.webp", photo_alpha)
+    save_rgb(shown, tmp_path / "out.jpg", photo_alpha)
+
+    for name in ("out.png", "out.webp"):
+        with Image.open(tmp_path / name) as kept:
+            assert kept.mode == "RGBA", name
+            written = np.asarray(kept)
+        assert np.array_equal(written[..., 3], alpha), name
+    # The PNG's colours are the photo's own (the WebP is lossy): where the composite's rounding moves one by
+    # a level at most.
+    opaque_enough = alpha >= 128
+    with Image.open(tmp_path / "out.png") as kept_png:
+        assert np.abs(np.asarray(kept_png)[..., :3].astype(int) - colours)[opaque_enough].max() <= 1
+    with Image.open(tmp_path / "out.jpg") as flat:
+        assert flat.mode == "RGB"
+    with Image.open(tmp_path / "cut-out.png") as opaque:
+        save_rgb(to_rgb(opaque.convert("RGB")), tmp_path / "opaque.png", None)
+    with Image.open(tmp_path / "opaque.png") as written_opaque:
+        assert written_opaque.mode == "RGB"
 
 
 def test_photos_in_every_form_become_rgb(tmp_path: Path) -> None:
