@@ -65,10 +65,8 @@ def run(
     run_dir = Path(tempfile.mkdtemp(prefix="fluxfill-stack-"))
     try:
         with contextlib.ExitStack() as stack:
-            emulators = stack.enter_context(
-                running_emulators(ports["pubsub"], ports["firestore"], ports["storage"])
-            )
-            jobs = _create_job_system(emulators)
+            # Triton first: a model that fails to load (weights, a parameter) is the likeliest failure, and
+            # is then told before three emulators have been started for nothing.
             server = stack.enter_context(
                 LocalTritonServer(
                     model_repository,
@@ -80,6 +78,10 @@ def run(
                     supervised=True,
                 )
             )
+            emulators = stack.enter_context(
+                running_emulators(ports["pubsub"], ports["firestore"], ports["storage"])
+            )
+            jobs = _create_job_system(emulators)
             bridge_log = (run_dir / "bridge.log").open("wb")
             stack.callback(bridge_log.close)
             bridge = _start_bridge(jobs, server.grpc_url, ports["bridge"], bridge_log)
