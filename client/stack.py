@@ -1,6 +1,6 @@
 """`fluxfill stack`: the whole job path on this machine, in one command, until Ctrl-C.
 
-Starts the Pub/Sub and Firestore emulators and fake-gcs-server, tritonserver with the model repository, and
+Starts tritonserver with the model repository, the Pub/Sub and Firestore emulators and fake-gcs-server, and
 one bridge (`python -m fluxfill.bridge`, as deployed); creates the bucket, the jobs topic, the bridge's
 subscription with its dead-letter policy, the dead-letter topic and a subscription on it; prints the
 `export` lines that point `fluxfill submit | watch | cancel | fetch | dlq` at it; stops everything on Ctrl-C
