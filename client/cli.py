@@ -195,9 +195,11 @@ def _write_error_log(command: str, argv: Sequence[str] | None) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "tiny-model":
-        from fluxfill.inpaint.tiny import ensure_tiny_model
-
         try:
+            # Before torch is imported (seconds): a folder that cannot be made is told at once.
+            args.output.mkdir(parents=True, exist_ok=True)
+            from fluxfill.inpaint.tiny import ensure_tiny_model
+
             model = ensure_tiny_model(args.output)
         except OSError as error:
             raise InvalidInputError(f"cannot build into {args.output}: {error.strerror or error}") from None
