@@ -255,16 +255,11 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     frames = int(getattr(stored, "n_frames", 1))
     image = orientation.upright(model_rgb.eight_bit(stored), turn)
     del stored  # a turned photo is a copy: the stored one goes before the array is made
-    alpha = None
-    if image.mode == "P" or model_rgb.has_transparency(image):
-        if image.mode != "RGBA":
-            image = image.convert(
-                "RGBA"
-            )  # here: the image before it is freed at once (INTAKE_BYTES_PER_PIXEL)
-        pixels, alpha = model_rgb.over_white(image)
-    else:
-        # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.
-        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8)
+    if image.mode != "RGBA" and (image.mode == "P" or model_rgb.has_transparency(image)):
+        # Converted to RGBA here, not inside model_rgb, so that the image before it is freed at once
+        # (INTAKE_BYTES_PER_PIXEL: a palette photo's 1 byte a pixel more otherwise).
+        image = image.convert("RGBA")
+    pixels, alpha = model_rgb.model_rgb(image)
     return Photo(
         pixels,
         kind,

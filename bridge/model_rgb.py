@@ -23,10 +23,11 @@ SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 
 def model_rgb(image: Image.Image) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8] | None]:
     """The picture as the model's height x width x 3 RGB, and its alpha when it has real transparency (the
-    bridge's intake does the same in steps that free each full-size image as soon as it can)."""
+    bridge's intake and the client both take it from here)."""
     image = eight_bit(image)
     if image.mode == "P" or has_transparency(image):
         return over_white(image)
+    # convert() copies even an RGB image: a 12 MP photo is 36 MB, so skip it when the mode is right.
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8), None
 
 
