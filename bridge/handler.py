@@ -404,10 +404,16 @@ class JobHandler:
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mask") as pool:
             mask = pool.submit(contextvars.copy_context().run, fetch_mask)
-            original = self._read(original_info)
-            intake.check_header(original, "original photo", max_pixels)  # the pixel cap, before any decode
-            ahead = read_ahead(original, always_png=settings.result_format == "png")
-            photo = intake.read_photo(original, max_pixels)
+            try:
+                original = self._read(original_info)
+                intake.check_header(original, "original photo", max_pixels)  # the pixel cap, before a decode
+                ahead = read_ahead(original, always_png=settings.result_format == "png")
+                photo = intake.read_photo(original, max_pixels)
+            except BaseException:
+                # The original's error ends the job: the mask's wait for its upload (up to the grace, with
+                # the job's slot held) is stopped, not waited out, before the error is told.
+                wait.stop.set()
+                raise
             height, width = photo.pixels.shape[:2]
             return photo, intake.fit_mask(mask.result(), height, width), ahead
 

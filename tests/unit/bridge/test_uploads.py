@@ -124,3 +124,25 @@ def test_a_session_the_app_never_made_does_not_wait_for_uploads() -> None:
     assert outcome.code is ErrorCode.ORIGINAL_MISSING
     assert world.objects.finds == [PATTERNS[ORIGINAL]]
     assert world.metrics.sample("fluxfill_bridge_upload_waits_total") == 0
+
+
+@pytest.mark.parametrize(
+    ("original", "code"),
+    [
+        (b"\xff\xd8\xff\xe0 a JPEG cut off after its first marker", ErrorCode.CORRUPT_IMAGE),
+        (b"GIF89a\x01\x00\x01\x00", ErrorCode.UNSUPPORTED_IMAGE_FORMAT),
+    ],
+)
+def test_an_original_refused_while_the_mask_is_awaited_is_told_without_waiting_for_the_mask(
+    original: bytes, code: ErrorCode
+) -> None:
+    """The mask is looked for beside the original's download: the original's refusal ends the job at once,
+    not when the mask's wait for its upload runs out (the grace, holding the job's slot meanwhile)."""
+    world = World(upload_grace_s=600.0)
+    held_back(world, MASK)
+    world.objects.objects[ORIGINAL] = original
+    outcome = world.deliver()
+    assert outcome.code is code, outcome.reason
+    assert world.document["error"]["code"] == code.value
+    stopped = {"what": "mask", "outcome": "stopped"}
+    assert world.metrics.sample("fluxfill_bridge_upload_waits_total", stopped) == 1
