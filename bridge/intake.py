@@ -23,8 +23,7 @@ import numpy.typing as npt
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import jpeg_decode, jpeg_markers, model_rgb, orientation, png_colour
-from fluxfill.bridge.colour_profile import ColourDescription, nclx_in, profile_for
+from fluxfill.bridge import jpeg_decode, jpeg_markers, model_rgb, orientation, photo_colours, png_colour
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.inpaint import geometry
@@ -245,12 +244,8 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
             info = stored.info
             return Photo(pixels, kind, turn, data, exif=info.get("exif"), icc_profile=info.get("icc_profile"))
     turn = _decoded(stored, kind, "original photo")
-    exif, icc_profile = stored.info.get("exif"), stored.info.get("icc_profile")
-    if stored.mode == "CMYK":
-        icc_profile = None  # it describes ink, not the RGB pixels a result is made of
-    colour_note = ""
-    if icc_profile is None and kind in ("HEIF", "AVIF"):
-        icc_profile, colour_note = _profile_of_code_points(stored, data)
+    exif = stored.info.get("exif")
+    icc_profile, colour_note = photo_colours.embedded_or_coded(stored, kind, data)
     greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in model_rgb.SIXTEEN_BIT_MODES
     frames = int(getattr(stored, "n_frames", 1))
     image = orientation.upright(model_rgb.eight_bit(stored), turn)
@@ -274,23 +269,6 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
         colour_note=colour_note,
         png_colour=png_colour.colour_chunks(data) if kind == "PNG" else (),
     )
-
-
-def _profile_of_code_points(stored: Image.Image, data: bytes) -> tuple[bytes | None, str]:
-    """For a HEIC or AVIF without an ICC profile: the profile its nclx colour box means
-    (fluxfill.bridge.colour_profile), and the note that says so or why there is none."""
-    nclx = stored.info.get("nclx_profile")  # libheif's reading of a HEIC's; Pillow's AVIF reader has none
-    description = (
-        ColourDescription(int(nclx.get("color_primaries", 2)), int(nclx.get("transfer_characteristics", 2)))
-        if isinstance(nclx, dict)
-        else nclx_in(data)
-    )
-    if description is None:
-        return None, ""
-    profile, said = profile_for(description)
-    if profile is None:
-        return None, said
-    return profile, f"its colours are {said}, described by code points only: the result carries that profile"
 
 
 def decode_photo(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
@@ -361,12 +339,10 @@ def encode_preview(
     if stored is not None:
         preview = orientation.upright(preview, turn)
     buffer = io.BytesIO()
-    profile = {"icc_profile": icc_profile} if icc_profile and profile_describes(icc_profile, "RGB") else {}
+    profile = (
+        {"icc_profile": icc_profile}
+        if icc_profile and photo_colours.profile_describes(icc_profile, "RGB")
+        else {}
+    )
     preview.save(buffer, format="JPEG", quality=85, **profile)
     return buffer.getvalue()
-
-
-def profile_describes(icc_profile: bytes, mode: str) -> bool:
-    """Whether an ICC profile's data colour space (its header's bytes 16-19) is that of an image of this
-    Pillow mode: GRAY for L and LA, RGB for the others (RGB, RGBA)."""
-    return icc_profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")

@@ -21,7 +21,8 @@ from PIL import Image, PngImagePlugin
 
 from fluxfill.bridge import jpeg_markers, jpeg_splice, model_rgb, orientation, stale_metadata
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
-from fluxfill.bridge.intake import Photo, profile_describes, sniff_format
+from fluxfill.bridge.intake import Photo, sniff_format
+from fluxfill.bridge.photo_colours import profile_describes
 from fluxfill.inpaint.geometry import Box
 
 REENCODE_QUALITY = 95

@@ -96,14 +96,14 @@ def run(args: argparse.Namespace) -> int:
     if args.timeout is not None and args.timeout <= 0:
         raise InvalidInputError(f"--timeout must be positive, got {args.timeout:g}")
     url = checked_url(args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}")
-    image, alpha = load_photo(args.image)
+    photo = load_photo(args.image)
     mask_arg: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
-    mask = checked_mask(mask_arg, image.shape[0], image.shape[1], "infer")
+    mask = checked_mask(mask_arg, photo.rgb.shape[0], photo.rgb.shape[1], "infer")
     progress = ProgressBar(sys.stderr)
     try:
         with FluxFillClient(url, args.protocol, retry=RetryPolicy(retries=args.retries)) as client:
             result = client.inpaint(
-                image,
+                photo.rgb,
                 mask,
                 args.prompt,
                 steps=args.steps,
@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
         progress.interrupt()
         where = "the server stopped the run" if args.protocol == "grpc" else "HTTP cannot stop a started run"
         raise CancelledError(f"interrupted (Ctrl-C): cancelled; {where}") from None
-    save_rgb(result.image, output, alpha)  # a photo's transparency kept where the output's format holds it
+    # The photo's transparency and colour profile kept where the output's format holds them.
+    save_rgb(result.image, output, photo.alpha, photo.icc_profile)
     height, width = result.image.shape[:2]
     sys.stdout.write(f"wrote {output} ({width}x{height}, seed {result.seed})\n")
     return EXIT_OK

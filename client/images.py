@@ -15,13 +15,13 @@ import re
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import model_rgb, orientation
+from fluxfill.bridge import model_rgb, orientation, photo_colours
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -45,11 +45,34 @@ MOSTLY_SELECTED_BY_ALPHA = 0.5
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
 # Output formats that hold transparency (Pillow's names); a JPEG output is the RGB over white.
 _TRANSPARENT_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
+# Formats that hold an ICC profile (Pillow's names): the photo's is written into them.
+_PROFILE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
+# The qualities of lossy outputs: the bridge's re-encoded JPEG and lossy WebP results' (the encoders'
+# defaults, JPEG 75, WebP 80, AVIF 75, HEIF 50, blur detail everywhere, not only where the photo was edited).
+OUTPUT_QUALITY = {"JPEG": 95, "WEBP": 90, "AVIF": 90, "HEIF": 90}
 _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
+
+
+class Photo(NamedTuple):
+    """A photo file as the model is shown it (load_rgb), and what of it an output keeps (save_rgb): its
+    upright transparency, when it has real transparency, and the colour profile its pixels are shown by
+    (fluxfill.bridge.photo_colours), when that is not sRGB."""
+
+    rgb: RGBArray
+    alpha: MaskArray | None
+    icc_profile: bytes | None
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Open and decode an image file, turned upright as its EXIF orientation says."""
+    stored = _open_stored(path)
+    # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them, as the bridge
+    # does (EXIF alone, as viewers; EXIF that does not parse says nothing of it).
+    return orientation.upright(stored, orientation.orientation_of(stored))
+
+
+def _open_stored(path: str | os.PathLike[str]) -> Image.Image:
+    """An image file decoded as it is stored (its format and metadata still on it)."""
     path = Path(path)
     try:
         image = Image.open(path)
@@ -69,9 +92,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         ) from None
     except (UnidentifiedImageError, OSError) as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
-    # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them, as the bridge
-    # does (EXIF alone, as viewers; EXIF that does not parse says nothing of it).
-    return orientation.upright(image, orientation.orientation_of(image))
+    return image
 
 
 def _refuse_beyond_every_server(path: Path, size: tuple[int, int]) -> None:
@@ -87,13 +108,19 @@ def _refuse_beyond_every_server(path: Path, size: tuple[int, int]) -> None:
 def load_rgb(path: str | os.PathLike[str]) -> RGBArray:
     """A photo file as height x width x 3 uint8 RGB, as the bridge shows it to the model: 16-bit greyscale
     scaled to 8 bits, transparency over white (fluxfill.bridge.model_rgb)."""
-    return load_photo(path)[0]
+    return load_photo(path).rgb
 
 
-def load_photo(path: str | os.PathLike[str]) -> tuple[RGBArray, MaskArray | None]:
-    """A photo file as load_rgb gives it, and its upright alpha when it has real transparency (for an
-    output that keeps it: save_rgb)."""
-    return model_rgb.model_rgb(open_image(path))
+def load_photo(path: str | os.PathLike[str]) -> Photo:
+    """A photo file as load_rgb gives it, with what an output of it keeps (save_rgb)."""
+    stored = _open_stored(path)
+    try:
+        # The file's bytes for what the decoded image does not say: an AVIF's nclx box, a PNG's gAMA.
+        profile = photo_colours.rgb_profile(stored, stored.format or "", Path(path).read_bytes())
+    except OSError as error:
+        raise InvalidInputError(f"{path}: not a readable image ({error})") from None
+    upright = orientation.upright(stored, orientation.orientation_of(stored))
+    return Photo(*model_rgb.model_rgb(upright), profile)
 
 
 def to_rgb(image: ImageLike) -> RGBArray:
@@ -237,11 +264,17 @@ def load_mask(path: str | os.PathLike[str]) -> MaskArray:
     return mask_from_image(open_image(path))
 
 
-def save_rgb(image: RGBArray, path: str | os.PathLike[str], alpha: MaskArray | None = None) -> None:
+def save_rgb(
+    image: RGBArray,
+    path: str | os.PathLike[str],
+    alpha: MaskArray | None = None,
+    icc_profile: bytes | None = None,
+) -> None:
     """Write an RGB array (the format follows the suffix) whole or not at all: a temporary file, renamed.
     With `alpha` (the photo's transparency, load_photo), a format that holds transparency keeps it, as the
     bridge's result does (the colours behind it: model_rgb.straight); another one gets the RGB as it is
-    (over white)."""
+    (over white). `icc_profile` (the photo's, load_photo) is written into formats that hold one, so the
+    colours are shown as the photo's are. JPEG and WebP at the bridge's qualities (OUTPUT_QUALITY)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -251,7 +284,10 @@ def save_rgb(image: RGBArray, path: str | os.PathLike[str], alpha: MaskArray | N
         picture = Image.fromarray(image)
         if alpha is not None and fmt in _TRANSPARENT_FORMATS and alpha.shape == image.shape[:2]:
             picture = model_rgb.straight(image, alpha)
-        picture.save(temporary, format=fmt)
+        options: dict[str, Any] = {"quality": OUTPUT_QUALITY[fmt]} if fmt in OUTPUT_QUALITY else {}
+        if icc_profile is not None and fmt in _PROFILE_FORMATS:
+            options["icc_profile"] = icc_profile
+        picture.save(temporary, format=fmt, **options)
         os.replace(temporary, path)
     except (ValueError, KeyError) as error:
         # PIL raises ValueError/KeyError for a suffix it has no writer for.

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fluxfill.bridge.colour_profile import KNOWN_PRIMARIES, display_profile
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.triton_binary import free_port
 from tests.integration.client.support import (
@@ -101,14 +102,16 @@ def test_infer_writes_an_image_of_the_input_size_and_prints_the_seed(
     assert np.array_equal(np.asarray(Image.open(by_box)), written)
 
 
-def test_a_photo_with_transparency_keeps_it_where_the_output_can(
+def test_a_photo_keeps_its_transparency_and_colour_profile_where_the_output_can(
     flux_server: LocalTritonServer, files: Path, tmp_path: Path
 ) -> None:
-    """A cut-out through `fluxfill infer`, as through a job (bridge/model_rgb.py): the model sees it over
-    white, a PNG output keeps its alpha with the colours behind it, a JPEG output is it over white."""
+    """A Display P3 cut-out through `fluxfill infer`, as through a job (bridge/model_rgb.py): the model sees
+    it over white, a PNG output keeps its alpha with the colours behind it, a JPEG output is it over white;
+    both carry the photo's colour profile (bridge/photo_colours.py)."""
     clear_at_top = np.linspace(0, 255, HEIGHT).astype(np.uint8)[:, None].repeat(WIDTH, axis=1)
     cut_out = np.dstack([photo(HEIGHT, WIDTH, seed=3), clear_at_top])
-    Image.fromarray(cut_out, "RGBA").save(tmp_path / "cut-out.png")
+    display_p3 = display_profile(KNOWN_PRIMARIES[12])
+    Image.fromarray(cut_out, "RGBA").save(tmp_path / "cut-out.png", icc_profile=display_p3)
     outputs = {}
     for name in ("out.png", "out.jpg"):
         result = fluxfill(
@@ -116,7 +119,9 @@ def test_a_photo_with_transparency_keeps_it_where_the_output_can(
             "--url", flux_server.grpc_url, "--seed", "5",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        outputs[name] = np.asarray(Image.open(tmp_path / name))
+        with Image.open(tmp_path / name) as written:
+            assert written.info.get("icc_profile") == display_p3, name
+            outputs[name] = np.asarray(written)
     png, jpeg = outputs["out.png"], outputs["out.jpg"]
     assert png.shape == (HEIGHT, WIDTH, 4)
     assert jpeg.shape == (HEIGHT, WIDTH, 3)

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms, PngImagePlugin
 
-from fluxfill.bridge.intake import decode_photo
+from fluxfill.bridge import result_image
+from fluxfill.bridge.colour_profile import KNOWN_PRIMARIES, display_profile
+from fluxfill.bridge.intake import decode_photo, read_photo
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.client.images import (
+    OUTPUT_QUALITY,
     load_mask,
     load_photo,
     looks_like_box,
@@ -173,7 +176,7 @@ def test_an_output_keeps_the_photos_transparency_where_its_format_holds_it(tmp_p
     colours = np.random.default_rng(4).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     alpha = np.linspace(0, 255, WIDTH).astype(np.uint8)[None, :].repeat(HEIGHT, axis=0)
     Image.fromarray(np.dstack([colours, alpha]), "RGBA").save(tmp_path / "cut-out.png")
-    shown, photo_alpha = load_photo(tmp_path / "cut-out.png")
+    shown, photo_alpha, _ = load_photo(tmp_path / "cut-out.png")
     assert photo_alpha is not None
     assert np.array_equal(photo_alpha, alpha)
 
@@ -372,3 +375,84 @@ def test_a_mask_of_zeros_and_ones_is_named_as_such(
     warning = capsys.readouterr().err
     assert "selects nothing" in warning
     assert ("needs its 1s at 255" in warning) is hinted
+
+
+DISPLAY_P3 = display_profile(KNOWN_PRIMARIES[12])
+
+
+def p3_photo(kind: str, path: Path) -> None:
+    """A saturated red photo whose colours are Display P3: by its ICC profile (an iPhone's JPEG and PNG),
+    by nclx code points alone (a HEIC, an AVIF), or a linear PNG described by its gAMA chunk alone."""
+    picture = Image.fromarray(np.full((HEIGHT, WIDTH, 3), (220, 30, 40), np.uint8))
+    if kind in ("JPEG", "PNG"):
+        picture.save(path, format=kind, icc_profile=DISPLAY_P3)
+    elif kind == "HEIF":
+        nclx = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6}
+        picture.save(path, format="HEIF", quality=90, nclx_profile={**nclx, "full_range_flag": 1})
+    elif kind == "AVIF":
+        picture.save(path, format="AVIF", quality=90)
+        data = bytearray(path.read_bytes())
+        at = data.find(b"colrnclx")
+        struct.pack_into(">HH", data, at + 8, 12, 13)
+        path.write_bytes(bytes(data))
+    else:
+        linear = PngImagePlugin.PngInfo()
+        linear.add(b"gAMA", struct.pack(">I", 100_000))
+        picture.save(path, format="PNG", pnginfo=linear)
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "HEIF", "AVIF", "linear PNG"])
+@pytest.mark.parametrize("output", ["out.jpg", "out.png", "out.webp"])
+def test_an_output_carries_the_colour_profile_the_bridge_shows_the_photos_pixels_by(
+    tmp_path: Path, kind: str, output: str
+) -> None:
+    """Written without it, a Display P3 photo's inpainted copy is shown as sRGB: its reds duller, its
+    unedited pixels too; a linear PNG's greys darker."""
+    photo_path = tmp_path / "photo"
+    p3_photo(kind, photo_path)
+    photo = load_photo(photo_path)
+    # The profile the bridge's preview of the same file carries (its result keeps the photo's own form).
+    expected = read_photo(photo_path.read_bytes(), 1_000_000).preview_profile
+    assert expected is not None
+    assert photo.icc_profile == expected
+    if kind in ("JPEG", "PNG"):
+        assert expected == DISPLAY_P3
+    save_rgb(photo.rgb, tmp_path / output, photo.alpha, photo.icc_profile)
+    with Image.open(tmp_path / output) as written:
+        assert written.info.get("icc_profile") == expected
+
+
+@pytest.mark.parametrize("kind", ["sRGB", "CMYK", "greyscale"])
+def test_no_profile_is_written_where_the_photos_says_nothing_of_rgb_pixels(tmp_path: Path, kind: str) -> None:
+    """sRGB needs none; a CMYK photo's profile describes ink, and a greyscale one's grey pixels, not the RGB
+    of an output: carried, it would make viewers read the output's pixels wrongly or refuse it."""
+    path = tmp_path / "photo.jpg"
+    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    if kind == "sRGB":
+        Image.new("RGB", (WIDTH, HEIGHT), (200, 40, 40)).save(path)
+    elif kind == "CMYK":  # the header's data colour space is what says whose profile it is
+        ink = profile[:16] + b"CMYK" + profile[20:]
+        Image.new("CMYK", (WIDTH, HEIGHT), (0, 200, 200, 0)).save(path, icc_profile=ink)
+    else:
+        grey = profile[:16] + b"GRAY" + profile[20:]
+        Image.new("L", (WIDTH, HEIGHT), 90).save(path, icc_profile=grey)
+    photo = load_photo(path)
+    assert photo.icc_profile is None
+    save_rgb(photo.rgb, tmp_path / "out.jpg", photo.alpha, photo.icc_profile)
+    with Image.open(tmp_path / "out.jpg") as written:
+        assert "icc_profile" not in written.info
+
+
+def test_lossy_outputs_are_written_at_the_bridges_qualities(tmp_path: Path) -> None:
+    """Pillow's defaults (JPEG 75, WebP 80) blur the whole photo, not only where the model painted."""
+    assert OUTPUT_QUALITY["JPEG"] == result_image.REENCODE_QUALITY
+    assert OUTPUT_QUALITY["WEBP"] == OUTPUT_QUALITY["AVIF"] == OUTPUT_QUALITY["HEIF"]
+    assert OUTPUT_QUALITY["WEBP"] == result_image.LOSSY_WEBP_QUALITY
+    noise = np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    save_rgb(noise, tmp_path / "out.jpg")
+    Image.fromarray(noise).save(tmp_path / "reference.jpg", quality=result_image.REENCODE_QUALITY)
+    with Image.open(tmp_path / "out.jpg") as written, Image.open(tmp_path / "reference.jpg") as reference:
+        assert written.quantization == reference.quantization
+    save_rgb(noise, tmp_path / "out.webp")
+    Image.fromarray(noise).save(tmp_path / "reference.webp", quality=result_image.LOSSY_WEBP_QUALITY)
+    assert (tmp_path / "out.webp").read_bytes() == (tmp_path / "reference.webp").read_bytes()
