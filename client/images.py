@@ -45,6 +45,9 @@ MOSTLY_SELECTED_BY_ALPHA = 0.5
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
 # Output formats that hold transparency (Pillow's names); a JPEG output is the RGB over white.
 _TRANSPARENT_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
+# How much of a photo file is read for its colour description beyond what Pillow decoded: an AVIF's nclx box
+# is looked for in its first 64 KB (colour_profile.nclx_in), a PNG's colour chunks precede its pixels.
+COLOUR_DESCRIPTION_BYTES = 4 << 20
 # Formats that hold an ICC profile (Pillow's names): the photo's is written into them.
 _PROFILE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
 # The qualities of lossy outputs: the bridge's re-encoded JPEG and lossy WebP results' (the encoders'
@@ -115,10 +118,13 @@ def load_photo(path: str | os.PathLike[str]) -> Photo:
     """A photo file as load_rgb gives it, with what an output of it keeps (save_rgb)."""
     stored = _open_stored(path)
     try:
-        # The file's bytes for what the decoded image does not say: an AVIF's nclx box, a PNG's gAMA.
-        profile = photo_colours.rgb_profile(stored, stored.format or "", Path(path).read_bytes())
+        # The file's leading bytes, for what the decoded image does not say (an AVIF's nclx box, a PNG's
+        # colour chunks): a file may go on for gigabytes after its image.
+        with Path(path).open("rb") as file:
+            leading = file.read(COLOUR_DESCRIPTION_BYTES)
     except OSError as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
+    profile = photo_colours.rgb_profile(stored, stored.format or "", leading)
     upright = orientation.upright(stored, orientation.orientation_of(stored))
     return Photo(*model_rgb.model_rgb(upright), profile)
 
