@@ -28,7 +28,6 @@ from fluxfill.inpaint.geometry import Box
 REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
 # EXIF travels in one APP1 segment of a JPEG (Pillow refuses more); a HEIC's may be larger.
-JPEG_MAX_EXIF_BYTES = 65_533
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,9 @@ def encode_result(
         png_result = _png_or_webp(photo, edited, "PNG")
         why_png = f"the original is {photo.format} with transparency, which a JPEG cannot hold"
         return replace(png_result, note=_joined(why_png, png_result.note or ""))
-    exif, why = _carried_exif(photo.exif, upright=True, max_bytes=JPEG_MAX_EXIF_BYTES)
+    exif, why = stale_metadata.carried_exif(
+        photo.exif, upright=True, max_bytes=stale_metadata.JPEG_MAX_EXIF_BYTES
+    )
     image = Image.fromarray(edited)
     if photo.greyscale:
         image = image.convert("L")
@@ -91,7 +92,7 @@ def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> Enco
     """A PNG or WebP (`kind`) with the original's colour profile (an iPhone screenshot is a Display P3 PNG:
     without it the result's colours would shift) and its EXIF, upright like the pixels."""
     image = _with_alpha(photo, edited)
-    exif, why = _carried_exif(photo.exif, upright=True)
+    exif, why = stale_metadata.carried_exif(photo.exif, upright=True)
     metadata = _metadata(exif, photo.icc_profile, image.mode)
     note = _joined(
         f"the original's EXIF was left out: {why}" if why else "", _frames_note(photo), photo.colour_note
@@ -133,7 +134,9 @@ def _jpeg(
         image = Image.fromarray(np.ascontiguousarray(stored))
         if photo.greyscale:
             image = image.convert("L")
-        exif, why = _carried_exif(photo.exif, upright=False, max_bytes=JPEG_MAX_EXIF_BYTES)
+        exif, why = stale_metadata.carried_exif(
+            photo.exif, upright=False, max_bytes=stale_metadata.JPEG_MAX_EXIF_BYTES
+        )
         data = _save(
             image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode)
         )
@@ -149,29 +152,6 @@ def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
     if photo.greyscale:
         image = image.convert("LA" if photo.alpha is not None else "L")
     return image
-
-
-def _carried_exif(
-    exif: bytes | None, *, upright: bool, max_bytes: int | None = None
-) -> tuple[bytes | None, str | None]:
-    """The EXIF a result carries (without its orientation when the pixels are upright; at most `max_bytes`),
-    and why, when the original's is left out (for the result's note): metadata is kept where it can be, and
-    its faults never fail a job whose pixels are good."""
-    if not exif:
-        return exif, None
-    if not upright:
-        exif = stale_metadata.exif_without_thumbnail(exif)
-    else:  # written again from its tags: IFD0 and its sub-directories, without IFD1 (the thumbnail)
-        try:
-            tags = Image.Exif()
-            tags.load(exif)
-            tags.pop(orientation.ORIENTATION_TAG, None)
-            exif = tags.tobytes()
-        except orientation.EXIF_ERRORS as error:
-            return None, f"it cannot be read ({error or type(error).__name__})"
-    if max_bytes is not None and len(exif) > max_bytes:
-        return None, f"{len(exif)} bytes, more than a JPEG segment holds"
-    return exif, None
 
 
 def _frames_note(photo: Photo) -> str:

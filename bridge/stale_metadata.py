@@ -13,6 +13,12 @@ result's note says which.
 
 from collections.abc import Callable
 
+from PIL import Image
+
+from fluxfill.bridge import orientation
+
+# The most EXIF a JPEG's APP1 segment holds (a 16-bit length, less itself and the "Exif\0\0" header).
+JPEG_MAX_EXIF_BYTES = 65_533
 _EXIF_HEADER = b"Exif\x00\x00"
 _XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 _EXTENDED_XMP_HEADER = b"http://ns.adobe.com/xmp/extension/\x00"
@@ -37,6 +43,29 @@ _JPEG_OFFSET, _JPEG_LENGTH = 0x0201, 0x0202
 _STRIP_OFFSETS, _STRIP_BYTE_COUNTS = 0x0111, 0x0117
 _SHORT_OR_LONG = {3: 2, 4: 4}  # TIFF field types of those tags, and their sizes
 _MAX_STRIPS = 4096  # a hostile count cannot make the walk long
+
+
+def carried_exif(
+    exif: bytes | None, *, upright: bool, max_bytes: int | None = None
+) -> tuple[bytes | None, str | None]:
+    """The EXIF a picture made of the photo carries (without its orientation when the pixels are upright; at
+    most `max_bytes`), and why, when the photo's is left out (for a result's note): metadata is kept where it
+    can be, and its faults never fail a job whose pixels are good."""
+    if not exif:
+        return exif, None
+    if not upright:
+        exif = exif_without_thumbnail(exif)
+    else:  # written again from its tags: IFD0 and its sub-directories, without IFD1 (the thumbnail)
+        try:
+            tags = Image.Exif()
+            tags.load(exif)
+            tags.pop(orientation.ORIENTATION_TAG, None)
+            exif = tags.tobytes()
+        except orientation.EXIF_ERRORS as error:
+            return None, f"it cannot be read ({error or type(error).__name__})"
+    if max_bytes is not None and len(exif) > max_bytes:
+        return None, f"{len(exif)} bytes, more than a JPEG segment holds"
+    return exif, None
 
 
 def left_out_segment(marker: int, segment: bytes) -> str | None:

@@ -119,8 +119,8 @@ def run(args: argparse.Namespace) -> int:
         progress.interrupt()
         where = "the server stopped the run" if args.protocol == "grpc" else "HTTP cannot stop a started run"
         raise CancelledError(f"interrupted (Ctrl-C): cancelled; {where}") from None
-    # The photo's transparency and colour profile kept where the output's format holds them.
-    save_rgb(result.image, output, photo.alpha, photo.icc_profile)
+    # The photo's transparency, colour profile and EXIF kept where the output's format holds them.
+    save_rgb(result.image, output, photo)
     height, width = result.image.shape[:2]
     sys.stdout.write(f"wrote {output} ({width}x{height}, seed {result.seed})\n")
     return EXIT_OK

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import model_rgb, orientation, photo_colours
+from fluxfill.bridge import model_rgb, orientation, photo_colours, stale_metadata
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -43,13 +43,13 @@ MaskLike: TypeAlias = ImageLike | Box
 MOSTLY_SELECTED = 0.9
 MOSTLY_SELECTED_BY_ALPHA = 0.5
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
-# Output formats that hold transparency (Pillow's names); a JPEG output is the RGB over white.
-_TRANSPARENT_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
 # How much of a photo file is read for its colour description beyond what Pillow decoded: an AVIF's nclx box
 # is looked for in its first 64 KB (colour_profile.nclx_in), a PNG's colour chunks precede its pixels.
 COLOUR_DESCRIPTION_BYTES = 4 << 20
-# Formats that hold an ICC profile (Pillow's names): the photo's is written into them.
-_PROFILE_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
+# Output formats (Pillow's names) that hold transparency, and those that hold an ICC profile and EXIF: a
+# photo's are written into them (save_rgb); a JPEG output is the RGB over white.
+_TRANSPARENT_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
+_METADATA_FORMATS = _TRANSPARENT_FORMATS | {"JPEG"}
 # The qualities of lossy outputs: the bridge's re-encoded JPEG and lossy WebP results' (the encoders'
 # defaults, JPEG 75, WebP 80, AVIF 75, HEIF 50, blur detail everywhere, not only where the photo was edited).
 OUTPUT_QUALITY = {"JPEG": 95, "WEBP": 90, "AVIF": 90, "HEIF": 90}
@@ -58,12 +58,13 @@ _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
 
 class Photo(NamedTuple):
     """A photo file as the model is shown it (load_rgb), and what of it an output keeps (save_rgb): its
-    upright transparency, when it has real transparency, and the colour profile its pixels are shown by
-    (fluxfill.bridge.photo_colours), when that is not sRGB."""
+    upright transparency, when it has real transparency, the colour profile its pixels are shown by
+    (fluxfill.bridge.photo_colours), when that is not sRGB, and its EXIF as stored."""
 
     rgb: RGBArray
     alpha: MaskArray | None
     icc_profile: bytes | None
+    exif: bytes | None
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -125,8 +126,9 @@ def load_photo(path: str | os.PathLike[str]) -> Photo:
     except OSError as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
     profile = photo_colours.rgb_profile(stored, stored.format or "", leading)
+    exif = stored.info.get("exif") or None
     upright = orientation.upright(stored, orientation.orientation_of(stored))
-    return Photo(*model_rgb.model_rgb(upright), profile)
+    return Photo(*model_rgb.model_rgb(upright), profile, exif)
 
 
 def to_rgb(image: ImageLike) -> RGBArray:
@@ -270,17 +272,13 @@ def load_mask(path: str | os.PathLike[str]) -> MaskArray:
     return mask_from_image(open_image(path))
 
 
-def save_rgb(
-    image: RGBArray,
-    path: str | os.PathLike[str],
-    alpha: MaskArray | None = None,
-    icc_profile: bytes | None = None,
-) -> None:
-    """Write an RGB array (the format follows the suffix) whole or not at all: a temporary file, renamed.
-    With `alpha` (the photo's transparency, load_photo), a format that holds transparency keeps it, as the
-    bridge's result does (the colours behind it: model_rgb.straight); another one gets the RGB as it is
-    (over white). `icc_profile` (the photo's, load_photo) is written into formats that hold one, so the
-    colours are shown as the photo's are. JPEG and WebP at the bridge's qualities (OUTPUT_QUALITY)."""
+def save_rgb(image: RGBArray, path: str | os.PathLike[str], photo: Photo | None = None) -> None:
+    """Write an RGB array (the format follows the suffix) whole or not at all: a temporary file, renamed;
+    JPEG, WebP, AVIF and HEIF at the bridge's qualities (OUTPUT_QUALITY). Given the `photo` it was made
+    from (load_photo), it keeps what of the photo the format holds, as the bridge's result does: its
+    transparency (the colours behind it: model_rgb.straight; a format without it gets the RGB as it is, over
+    white), its colour profile, and its EXIF without the orientation (the pixels are upright) or the
+    thumbnail (fluxfill.bridge.stale_metadata)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -288,11 +286,15 @@ def save_rgb(
     try:
         fmt = Image.registered_extensions().get(path.suffix.lower())
         picture = Image.fromarray(image)
-        if alpha is not None and fmt in _TRANSPARENT_FORMATS and alpha.shape == image.shape[:2]:
-            picture = model_rgb.straight(image, alpha)
         options: dict[str, Any] = {"quality": OUTPUT_QUALITY[fmt]} if fmt in OUTPUT_QUALITY else {}
-        if icc_profile is not None and fmt in _PROFILE_FORMATS:
-            options["icc_profile"] = icc_profile
+        if photo is not None and fmt in _METADATA_FORMATS:
+            alpha = photo.alpha
+            if alpha is not None and fmt in _TRANSPARENT_FORMATS and alpha.shape == image.shape[:2]:
+                picture = model_rgb.straight(image, alpha)
+            limit = stale_metadata.JPEG_MAX_EXIF_BYTES if fmt == "JPEG" else None
+            exif, _ = stale_metadata.carried_exif(photo.exif, upright=True, max_bytes=limit)
+            kept = {"icc_profile": photo.icc_profile, "exif": exif}
+            options.update({name: value for name, value in kept.items() if value is not None})
         picture.save(temporary, format=fmt, **options)
         os.replace(temporary, path)
     except (ValueError, KeyError) as error:

@@ -176,13 +176,13 @@ def test_an_output_keeps_the_photos_transparency_where_its_format_holds_it(tmp_p
     colours = np.random.default_rng(4).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     alpha = np.linspace(0, 255, WIDTH).astype(np.uint8)[None, :].repeat(HEIGHT, axis=0)
     Image.fromarray(np.dstack([colours, alpha]), "RGBA").save(tmp_path / "cut-out.png")
-    shown, photo_alpha, _ = load_photo(tmp_path / "cut-out.png")
-    assert photo_alpha is not None
-    assert np.array_equal(photo_alpha, alpha)
+    photo = load_photo(tmp_path / "cut-out.png")
+    assert photo.alpha is not None
+    assert np.array_equal(photo.alpha, alpha)
 
-    save_rgb(shown, tmp_path / "out.png", photo_alpha)
-    save_rgb(shown, tmp_path / "out.webp", photo_alpha)
-    save_rgb(shown, tmp_path / "out.jpg", photo_alpha)
+    save_rgb(photo.rgb, tmp_path / "out.png", photo)
+    save_rgb(photo.rgb, tmp_path / "out.webp", photo)
+    save_rgb(photo.rgb, tmp_path / "out.jpg", photo)
 
     for name in ("out.png", "out.webp"):
         with Image.open(tmp_path / name) as kept:
@@ -378,6 +378,7 @@ def test_a_mask_of_zeros_and_ones_is_named_as_such(
 
 
 DISPLAY_P3 = display_profile(KNOWN_PRIMARIES[12])
+ORIENTATION_TAG, MAKE_TAG, DATE_TIME_TAG = 0x0112, 0x010F, 0x0132
 
 
 def p3_photo(kind: str, path: Path) -> None:
@@ -417,7 +418,7 @@ def test_an_output_carries_the_colour_profile_the_bridge_shows_the_photos_pixels
     assert photo.icc_profile == expected
     if kind in ("JPEG", "PNG"):
         assert expected == DISPLAY_P3
-    save_rgb(photo.rgb, tmp_path / output, photo.alpha, photo.icc_profile)
+    save_rgb(photo.rgb, tmp_path / output, photo)
     with Image.open(tmp_path / output) as written:
         assert written.info.get("icc_profile") == expected
 
@@ -438,7 +439,7 @@ def test_no_profile_is_written_where_the_photos_says_nothing_of_rgb_pixels(tmp_p
         Image.new("L", (WIDTH, HEIGHT), 90).save(path, icc_profile=grey)
     photo = load_photo(path)
     assert photo.icc_profile is None
-    save_rgb(photo.rgb, tmp_path / "out.jpg", photo.alpha, photo.icc_profile)
+    save_rgb(photo.rgb, tmp_path / "out.jpg", photo)
     with Image.open(tmp_path / "out.jpg") as written:
         assert "icc_profile" not in written.info
 
@@ -474,3 +475,26 @@ def test_a_photo_with_a_huge_tail_is_read_no_further_than_its_colour_description
         path.unlink()  # no tool that copies kept test folders meets a 64 GiB file later
     assert photo.rgb.shape == (HEIGHT, WIDTH, 3)
     assert photo.icc_profile is not None  # the gAMA chunk was read
+
+
+@pytest.mark.parametrize("output", ["out.jpg", "out.png", "out.webp", "out.avif"])
+def test_an_output_keeps_the_photos_exif_but_not_its_orientation(tmp_path: Path, output: str) -> None:
+    """When it was taken and with what stay with the edit (a gallery sorts by them), as in a job's result;
+    the orientation goes, the pixels being upright: kept, viewers would turn the output a second time."""
+    tags = Image.Exif()
+    tags[ORIENTATION_TAG] = 6  # stored on its side: turned upright on reading
+    tags[MAKE_TAG], tags[DATE_TIME_TAG] = "PhonePhone", "2026:11:30 09:41:00"
+    stored = np.zeros((WIDTH, HEIGHT, 3), np.uint8)  # its sides swapped: HEIGHT x WIDTH once upright
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=tags.tobytes())
+    photo = load_photo(tmp_path / "photo.jpg")
+    assert photo.rgb.shape == (HEIGHT, WIDTH, 3)
+    save_rgb(photo.rgb, tmp_path / output, photo)
+    with Image.open(tmp_path / output) as written:
+        assert written.size == (WIDTH, HEIGHT)
+        kept = written.getexif()
+    assert kept.get(MAKE_TAG) == "PhonePhone"
+    assert kept.get(DATE_TIME_TAG) == "2026:11:30 09:41:00"
+    assert ORIENTATION_TAG not in kept
+    save_rgb(photo.rgb, tmp_path / f"plain-{output}")
+    with Image.open(tmp_path / f"plain-{output}") as plain:
+        assert MAKE_TAG not in plain.getexif()  # without the photo, nothing of it
