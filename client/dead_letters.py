@@ -19,6 +19,7 @@ from fluxfill.bridge.contract import (
     DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
     InvalidJobError,
+    JobStatus,
     SessionField,
     parse_job,
 )
@@ -127,7 +128,11 @@ class DeadLetterQueue:
             error = session.get(SessionField.ERROR.value) or {}
             code, reason = str(error.get("code", "")), str(error.get("message", ""))
             deliveries = attributes.get(PUBSUB_DELIVERY_COUNT_ATTRIBUTE)
-            if not code and deliveries and session.get(SessionField.STATUS.value, "queued") == "queued":
+            if (
+                not code
+                and deliveries
+                and session.get(SessionField.STATUS.value, JobStatus.QUEUED) == JobStatus.QUEUED
+            ):
                 code = UNCLAIMED
                 reason = (
                     f"dead-lettered by Pub/Sub after {deliveries} deliveries that no bridge took (busy or "
