@@ -27,7 +27,6 @@ from fluxfill.inpaint.geometry import Box
 
 REENCODE_QUALITY = 95
 LOSSY_WEBP_QUALITY = 90
-# EXIF travels in one APP1 segment of a JPEG (Pillow refuses more); a HEIC's may be larger.
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from PIL import Image
 
 from fluxfill.bridge import orientation
 
-# The most EXIF a JPEG's APP1 segment holds (a 16-bit length, less itself and the "Exif\0\0" header).
+# EXIF travels in one APP1 segment of a JPEG (Pillow refuses more); a HEIC's may be larger.
 JPEG_MAX_EXIF_BYTES = 65_533
 _EXIF_HEADER = b"Exif\x00\x00"
 _XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"

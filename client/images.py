@@ -1,7 +1,9 @@
 """Photos and masks from files, PIL images, arrays or boxes into the arrays the model takes.
 
 A photo becomes the RGB the bridge would give the model for the same file (fluxfill.bridge.model_rgb): upright
-by its EXIF, 16-bit greyscale scaled to 8 bits, transparency composited over white.
+by its EXIF, 16-bit greyscale scaled to 8 bits, transparency composited over white. An output made of it
+keeps what of the photo a job's result keeps, where its format holds it (save_rgb): transparency, colour
+profile, EXIF.
 
 A mask marks the pixels to repaint with values >= 128. It can be given as
 - a mask image of any mode (L, 1, P, RGB, I;16, ...), white = repaint;
