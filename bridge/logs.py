@@ -42,11 +42,25 @@ PROCESSORS: list[Any] = [
 
 
 def configure_logging(level: str = "INFO", stream: TextIO = sys.stdout) -> None:
-    """Configure structlog once for the process; the libraries' own logging goes to stderr unchanged."""
+    """Configure structlog once for the process. The libraries' own logging (WARNING and up) and Python's
+    warnings go to stderr as the same JSON lines: plain text reaches Cloud Logging without a severity, so
+    the Pub/Sub client's ERROR would pass every severity filter and alert by, a traceback would be an entry
+    a line, and Pillow's warning about a photo's corrupt EXIF would name no job."""
     structlog.configure(
         processors=PROCESSORS,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.WriteLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *PROCESSORS],
+        )
+    )
+    root = logging.getLogger()
+    if not root.handlers:  # as basicConfig: a host that configured logging keeps its own
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)

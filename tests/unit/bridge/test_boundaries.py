@@ -2,6 +2,8 @@
 
 import base64
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -94,6 +96,44 @@ def test_secrets_never_reach_a_log_line() -> None:
     line = render("info", authorization="Bearer abc", service_account_key_b64="c2VjcmV0", token="t", step=3)  # noqa: S106
     assert line["authorization"] == line["service_account_key_b64"] == line["token"] == "[redacted]"
     assert line["step"] == 3
+
+
+LIBRARIES_LOGGING = """
+import logging, warnings
+import structlog
+from fluxfill.bridge.logs import configure_logging
+configure_logging("INFO")
+structlog.contextvars.bind_contextvars(messageId="m7")
+logging.getLogger("google.cloud.pubsub_v1.subscriber").error("the stream broke", extra={"token": "abc"})
+try:
+    raise ConnectionError("reset by peer")
+except ConnectionError:
+    logging.getLogger("urllib3.connectionpool").exception("retrying")
+warnings.warn("Corrupt EXIF data.  Expecting to read 12 bytes but only got 0.", UserWarning)
+logging.getLogger("google.auth").info("below the libraries' level: not written")
+"""
+
+
+def test_the_libraries_logs_and_pythons_warnings_are_json_lines_with_severity_too() -> None:
+    """Plain text reaches Cloud Logging without a severity: the Pub/Sub client's ERROR would pass every
+    severity filter and alert by, a traceback would be an entry per line, and Pillow's warning on a photo's
+    corrupt EXIF would name no job. In a child process, configured as `python -m fluxfill.bridge` is."""
+    done = subprocess.run(
+        [sys.executable, "-c", LIBRARIES_LOGGING], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]  # every line JSON: nothing bare
+    assert [(line["severity"], line["logger"]) for line in lines] == [
+        ("ERROR", "google.cloud.pubsub_v1.subscriber"),
+        ("ERROR", "urllib3.connectionpool"),
+        ("WARNING", "py.warnings"),
+    ]
+    broke, retrying, warned = lines
+    assert broke["message"] == "the stream broke"
+    assert "ConnectionError: reset by peer" in retrying["exception"]
+    assert "Corrupt EXIF data" in warned["message"]
+    assert all(line["messageId"] == "m7" and "time" in line for line in lines)
+    assert "abc" not in done.stderr  # a library's extra fields are not written, a token among them
 
 
 def settings(**overrides: Any) -> BridgeSettings:
