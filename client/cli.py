@@ -10,7 +10,8 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -164,6 +165,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     # photo is a "decompression bomb" to it, and one over 89 MP a two-line warning) gives way to
     # open_image's ceiling and the server's own limit.
     Image.MAX_IMAGE_PIXELS = None
+    with warnings.catch_warnings():
+        # A library's warning (Pillow's on a photo's corrupt EXIF) is one line of this command's too, not two
+        # naming the library's source file.
+        warnings.showwarning = _warning_line(args.command)
+        return _main(args, argv)
+
+
+def _warning_line(command: str) -> Callable[..., None]:
+    def show(message: Warning | str, *_: object, **__: object) -> None:
+        sys.stderr.write(f"fluxfill {command}: warning: {' '.join(str(message).split())}\n")
+
+    return show
+
+
+def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     try:
         return _run(args)
     except FluxFillError as error:
