@@ -30,6 +30,7 @@ from fluxfill.client.images import (
 )
 from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING
 from fluxfill.inpaint.geometry import MASK_ASPECT_TOLERANCE
+from tests.unit.bridge.test_colour_profile import p3_photo as coded_p3_photo
 
 HEIGHT, WIDTH = 6, 8
 
@@ -387,15 +388,8 @@ def p3_photo(kind: str, path: Path) -> None:
     picture = Image.fromarray(np.full((HEIGHT, WIDTH, 3), (220, 30, 40), np.uint8))
     if kind in ("JPEG", "PNG"):
         picture.save(path, format=kind, icc_profile=DISPLAY_P3)
-    elif kind == "HEIF":
-        nclx = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6}
-        picture.save(path, format="HEIF", quality=90, nclx_profile={**nclx, "full_range_flag": 1})
-    elif kind == "AVIF":
-        picture.save(path, format="AVIF", quality=90)
-        data = bytearray(path.read_bytes())
-        at = data.find(b"colrnclx")
-        struct.pack_into(">HH", data, at + 8, 12, 13)
-        path.write_bytes(bytes(data))
+    elif kind in ("HEIF", "AVIF"):
+        path.write_bytes(coded_p3_photo(kind))  # the bridge's tests' own
     else:
         linear = PngImagePlugin.PngInfo()
         linear.add(b"gAMA", struct.pack(">I", 100_000))
