@@ -241,8 +241,8 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
         turn = orientation.orientation_of(stored)  # a JPEG's EXIF is read with its header
         pixels = jpeg_decode.decode_upright(data, stored, turn)
         if pixels is not None:
-            info = stored.info
-            return Photo(pixels, kind, turn, data, exif=info.get("exif"), icc_profile=info.get("icc_profile"))
+            icc_profile, _ = photo_colours.embedded_or_coded(stored, kind, data)  # the one rule for a profile
+            return Photo(pixels, kind, turn, data, exif=stored.info.get("exif"), icc_profile=icc_profile)
     turn = _decoded(stored, kind, "original photo")
     exif = stored.info.get("exif")
     icc_profile, colour_note = photo_colours.embedded_or_coded(stored, kind, data)
