@@ -34,7 +34,8 @@ _INVERSE = {
 
 
 # What Pillow raises on EXIF it cannot parse (cut short, a broken directory, not TIFF at all); UserWarning
-# too, which it issues for some faults and which a process under `-W error` raises.
+# too, which it issues as it skips a tag at fault and reads on, raised only in a process under `-W error`
+# (the bridge's warnings are logged; the test suite leaves Pillow's EXIF warnings unraised: pyproject.toml).
 EXIF_ERRORS = (OSError, SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error, UserWarning)
 
 
