@@ -12,8 +12,12 @@ Python model the server reports READY has no stub at all: one that died before a
 chaos run's stub kill, a second after a restarted server was ready, found that gap). Otherwise it exits
 with the server's own status.
 
-The standard library and fluxfill.client.triton_binary only (it starts before anything else in the image):
-    python3 -m fluxfill.client.triton_supervisor tritonserver --model-repository=... --http-port=8000 ...
+With `--json-logs` (the image's entrypoint) the server's output and the supervisor's own lines are written as
+JSON entries with a severity, as Cloud Logging reads them (fluxfill.client.triton_logs).
+
+The standard library and fluxfill.client.triton_binary and triton_logs only (it starts before anything else in
+the image):
+    python3 -m fluxfill.client.triton_supervisor [--json-logs] tritonserver --model-repository=... ...
 """
 
 import argparse
@@ -22,12 +26,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from fluxfill.client import triton_logs
 from fluxfill.client.triton_binary import STUB_NAME, command_line, live_processes
 
 # EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
@@ -38,6 +45,8 @@ SERVER_EXIT_GRACE_S = 1.0
 DEFAULT_HTTP_PORT = 8000
 # What a stub's command line carries after the stub: its model's `.../<model>/<version>/model.py`.
 _MODEL_FILE = "model.py"
+# After the server exits, how long its output (a stub's last lines among it) may take to be written.
+OUTPUT_DRAIN_S = 5.0
 
 
 def _values(server_args: Sequence[str], flag: str) -> list[str]:
@@ -161,7 +170,7 @@ class Supervisor:
         check_s: float = 5.0,
         stop_timeout_s: float = 25.0,
         ready: Callable[[str, int], bool] = server_ready,
-        say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+        json_logs: bool = False,
     ) -> None:
         self._args = list(server_args)
         self._host, self._port = http_host(self._args[1:]), http_port(self._args[1:])
@@ -169,7 +178,8 @@ class Supervisor:
         self._check_s = check_s
         self._stop_timeout_s = stop_timeout_s
         self._ready = ready
-        self._say = say
+        self._json_logs = json_logs
+        self._output_lock = threading.Lock()
         self._stopping = False
         self._server: subprocess.Popen[bytes] | None = None
 
@@ -177,11 +187,42 @@ class Supervisor:
         """Start the server and watch it until it exits; its status, or STUB_DIED_EXIT_CODE."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._pass_on)
+        pipes = {"stdout": os.pipe(), "stderr": os.pipe()} if self._json_logs else {}
         try:
-            self._server = server = subprocess.Popen(self._args)
+            self._server = server = subprocess.Popen(
+                self._args,
+                stdout=pipes["stdout"][1] if pipes else None,
+                stderr=pipes["stderr"][1] if pipes else None,
+            )
         except OSError as error:  # as a shell says it: 127 not found, 126 not executable
-            self._say(f"triton_supervisor: cannot start {self._args[0]}: {error.strerror or error}")
+            for read, write in pipes.values():
+                os.close(read)
+                os.close(write)
+            self._say(f"cannot start {self._args[0]}: {error.strerror or error}")
             return 127 if isinstance(error, FileNotFoundError) else 126
+        pumps = []
+        for stream, (read, write) in pipes.items():
+            os.close(write)  # the server's (and its stubs') now: the pipe ends when theirs are closed
+            sink = sys.stdout if stream == "stdout" else sys.stderr
+            pump = triton_logs.Pump(read, stream, sink, self._output_lock)
+            pumps.append(threading.Thread(target=pump.run, name=f"triton-{stream}", daemon=True))
+            pumps[-1].start()
+        status = self._watch(server)
+        deadline = time.monotonic() + OUTPUT_DRAIN_S
+        for pump_thread in pumps:  # a stub left running holds its pipe open: not waited for beyond this
+            pump_thread.join(max(0.0, deadline - time.monotonic()))
+        return status
+
+    def _say(self, message: str) -> None:
+        """One line of the supervisor's own, on stderr: an ERROR entry with `--json-logs`."""
+        line = f"triton_supervisor: {message}"
+        if self._json_logs:
+            line = triton_logs.json_line("ERROR", line, "triton_supervisor")
+        with self._output_lock:
+            print(line, file=sys.stderr, flush=True)
+
+    def _watch(self, server: "subprocess.Popen[bytes]") -> int:
+        """Watch the running server until it exits; its status, or STUB_DIED_EXIT_CODE."""
         watched: dict[int, str] = {}
         while True:
             status = self._wait(server, self._check_s)
@@ -231,8 +272,8 @@ class Supervisor:
             return None
         models = ", ".join(sorted(stubs))
         self._say(
-            f"triton_supervisor: the Python-backend stub of {models} exited while Triton was serving; Triton "
-            "would stay live and ready and fail every request to it, so it is stopped for a restart"
+            f"the Python-backend stub of {models} exited while Triton was serving; Triton would stay live "
+            "and ready and fail every request to it, so it is stopped for a restart"
         )
         self._stopping = True
         server.terminate()
@@ -254,11 +295,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="triton_supervisor", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check-s", type=float, default=float(os.environ.get("FLUXFILL_STUB_CHECK_S", "5")))
     parser.add_argument("--stop-timeout-s", type=float, default=25.0)
+    parser.add_argument(
+        "--json-logs", action="store_true", help="write the server's output as JSON entries with a severity"
+    )
     parser.add_argument("server", nargs=argparse.REMAINDER, help="tritonserver and its arguments")
     options = parser.parse_args(argv)
     if not options.server:
         parser.error("give the tritonserver command to run")
-    return Supervisor(options.server, check_s=options.check_s, stop_timeout_s=options.stop_timeout_s).run()
+    return Supervisor(
+        options.server,
+        check_s=options.check_s,
+        stop_timeout_s=options.stop_timeout_s,
+        json_logs=options.json_logs,
+    ).run()
 
 
 if __name__ == "__main__":

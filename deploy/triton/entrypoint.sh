@@ -33,8 +33,9 @@ fi
 
 # Say which CUDA build of torch this is, whether it sees a GPU and the host's driver, before anything else can
 # hide it: a driver too old for the build shows here as available=False, not as a slow CPU run later.
+# A JSON entry, as Cloud Logging reads the supervisor's (WARNING when no GPU is seen).
 "${FLUXFILL_PYTHON:-python3}" - <<'PY' || echo "entrypoint: torch cannot be imported: the model will say why" >&2
-import os, re
+import json, os, re
 import torch
 cuda = torch.cuda.is_available()
 device = torch.cuda.get_device_name(0) if cuda else "none"
@@ -44,8 +45,10 @@ try:
     driver = found.group(1) if found else "unknown"
 except OSError:
     driver = "none"
-print(f"entrypoint: torch {torch.__version__} built for CUDA {torch.version.cuda}; "
-      f"cuda available={cuda}; device={device}; NVIDIA driver={driver}", flush=True)
+message = (f"entrypoint: torch {torch.__version__} built for CUDA {torch.version.cuda}; "
+           f"cuda available={cuda}; device={device}; NVIDIA driver={driver}")
+print(json.dumps({"severity": "INFO" if cuda else "WARNING", "message": message, "logger": "entrypoint"}),
+      flush=True)
 PY
 
 # --exit-on-error=false: a model that fails initialize (e.g. a digest mismatch) leaves the server up with the
@@ -58,7 +61,9 @@ PY
 # exit-timeout-secs: below Cloud Run's and the GKE pod's termination grace, so in-flight runs end cleanly.
 # Under fluxfill.client.triton_supervisor: it passes signals on and stops Triton when a ready model's stub dies
 #   (Triton 2.51 would stay live and ready and fail every request), so the container exits and is restarted.
-exec python3 -m fluxfill.client.triton_supervisor "${TRITONSERVER:-tritonserver}" \
+# --json-logs: Triton's glog lines and the stubs' output as JSON entries with a severity (Cloud Logging gives
+#   plain text none on Cloud Run, and ERROR to every stderr line on GKE).
+exec python3 -m fluxfill.client.triton_supervisor --json-logs "${TRITONSERVER:-tritonserver}" \
   --model-repository="${repository}" \
   --exit-on-error=false \
   --strict-readiness=true \

@@ -281,3 +281,16 @@ def test_triton_image_without_weights_reports_the_model_unavailable_with_its_rea
     assert stream["state"] == "UNAVAILABLE", states
     assert "weights" in stream["reason"].lower(), stream
     assert http_status(f"{base}/v2/models/{STREAM_MODEL_NAME}/ready") == 400
+    # The reason reaches Cloud Logging as an ERROR entry, not as text without a severity.
+    output = podman("logs", container_name)
+    entries = [
+        json.loads(line) for line in (output.stdout + output.stderr).splitlines() if line.startswith("{")
+    ]
+    failures = [
+        entry
+        for entry in entries
+        if entry.get("logger") == "tritonserver"
+        and f"failed to load '{STREAM_MODEL_NAME}'" in entry["message"]
+    ]
+    # Triton says it twice: the reason as an error, then a short INFO line.
+    assert "ERROR" in {entry["severity"] for entry in failures}, failures or logs(container_name)

@@ -5,6 +5,7 @@ is a `triton_python_backend_stub` serving `.../<model>/1/model.py`, and /v2/heal
 The real tritonserver case is tests/integration/images (the image's entrypoint runs under the supervisor).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,9 @@ FAKE_SERVER = textwrap.dedent(
         def log_message(self, *args):
             pass
 
+    # Log lines as tritonserver writes them (glog's format, on stderr).
+    sys.stderr.write('I1205 16:43:05.297677 1 server.py:1] "stand-in started"\\n')
+    sys.stderr.flush()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Health)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     stub = work / "triton_python_backend_stub"
@@ -54,6 +58,8 @@ FAKE_SERVER = textwrap.dedent(
         (work / "stopped").write_text(str(signum))
         for process in stubs:
             process.kill()
+        sys.stderr.write(f'E1205 16:43:09.000001 1 server.py:2] "stopped by signal {signum}"\\n')
+        sys.stderr.flush()
         sys.exit(int((work / "exit-status").read_text()))
 
     # Before the stubs are started and said: a stop that came before would leave them running, holding the
@@ -92,12 +98,13 @@ def work(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def supervise(work: Path) -> subprocess.Popen[str]:
+def supervise(work: Path, *options: str) -> subprocess.Popen[str]:
     command = [
         sys.executable,
         "-m",
         "fluxfill.client.triton_supervisor",
         "--check-s=0.1",
+        *options,
         sys.executable,
         str(work / "server.py"),
         str(work),
@@ -152,6 +159,28 @@ def test_a_ready_models_stub_that_dies_stops_the_server(work: Path) -> None:
     assert "stub of flux_fill_stream (pid" in stderr
     assert "stopped for a restart" in stderr
     assert (work / "stopped").read_text() == str(int(signal.SIGTERM)), "the server was asked to stop"
+
+
+def test_with_json_logs_the_servers_lines_and_the_supervisors_are_entries_with_a_severity(work: Path) -> None:
+    """As the image runs it: Cloud Logging gives plain text no severity (Cloud Run), or ERROR for any stderr
+    line (GKE). The server's last line, written as it stops, is written too."""
+    supervisor = supervise(work, "--json-logs")
+    stream_stub = stub_pids(work)[1]
+    wait_for_checks(work, 2)
+    os.kill(stream_stub, signal.SIGKILL)
+
+    status, stderr = finish(supervisor)
+
+    assert status == STUB_DIED_EXIT_CODE
+    entries = [json.loads(line) for line in stderr.splitlines()]
+    assert [(entry["severity"], entry["logger"]) for entry in entries] == [
+        ("INFO", "tritonserver"),
+        ("ERROR", "triton_supervisor"),
+        ("ERROR", "tritonserver"),
+    ]
+    assert entries[0]["message"] == "stand-in started"
+    assert "stub of flux_fill_stream (pid" in entries[1]["message"]
+    assert entries[2]["message"] == f"stopped by signal {int(signal.SIGTERM)}"
 
 
 def test_a_ready_models_stub_that_died_before_any_check_stops_the_server(work: Path) -> None:

@@ -1,5 +1,6 @@
 """deploy/triton/entrypoint.sh: the weights digest reaches `weights_sha256`, and Triton starts as intended."""
 
+import json
 import os
 import stat
 import subprocess
@@ -18,7 +19,11 @@ DIGEST = "0123456789abcdef" * 4
 def run_entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     """Run the entrypoint with a fake tritonserver that records its arguments; the run and the copy."""
     fake = tmp_path / "tritonserver"
-    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_FILE"\n')
+    fake.write_text(
+        '#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGV_FILE"\n'
+        # A line as tritonserver logs one that matters.
+        """echo 'E1205 16:43:06.884936 24802 model_lifecycle.cc:642] "failed to load: no weights"' >&2\n"""
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     repository = tmp_path / "served" / "model_repository"
     environment = {
@@ -95,12 +100,34 @@ def test_tritonserver_flags(tmp_path: Path) -> None:
     assert argv[-1] == "--log-verbose=1"
 
 
+def entries(output: str, logger: str) -> list[dict[str, object]]:
+    """The JSON entries of one logger among a run's output lines (Cloud Logging's reading of them)."""
+    parsed = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    return [entry for entry in parsed if entry.get("logger") == logger]
+
+
 def test_start_reports_torchs_cuda_build_and_whether_it_sees_a_gpu(tmp_path: Path) -> None:
     result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, FLUXFILL_PYTHON=sys.executable)
     assert result.returncode == 0, result.stderr
-    # This machine's torch is the CPU build: no CUDA, no GPU, and it says so before tritonserver starts.
-    assert "entrypoint: torch 2." in result.stdout
-    assert "built for CUDA None; cuda available=False; device=none" in result.stdout
+    # This machine's torch is the CPU build: no CUDA, no GPU, and it says so before tritonserver starts, as a
+    # warning.
+    [reported] = entries(result.stdout, "entrypoint")
+    assert str(reported["message"]).startswith("entrypoint: torch 2.")
+    assert "built for CUDA None; cuda available=False; device=none" in str(reported["message"])
+    assert reported["severity"] == "WARNING"
+
+
+def test_tritonservers_log_lines_reach_cloud_logging_with_their_severity(tmp_path: Path) -> None:
+    result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST)
+    assert result.returncode == 0, result.stderr
+    assert entries(result.stderr, "tritonserver") == [
+        {
+            "severity": "ERROR",
+            "message": "failed to load: no weights",
+            "logger": "tritonserver",
+            "logging.googleapis.com/sourceLocation": {"file": "model_lifecycle.cc", "line": "642"},
+        }
+    ]
 
 
 @pytest.mark.parametrize(
@@ -128,7 +155,8 @@ def test_start_reports_the_hosts_nvidia_driver(tmp_path: Path, version_file: str
         FLUXFILL_DRIVER_VERSION_FILE=str(path),
     )
     assert result.returncode == 0, result.stderr
-    assert f"device=none; NVIDIA driver={driver}\n" in result.stdout
+    [reported] = entries(result.stdout, "entrypoint")
+    assert str(reported["message"]).endswith(f"device=none; NVIDIA driver={driver}")
 
 
 def test_start_goes_on_when_torch_cannot_be_imported(tmp_path: Path) -> None:
