@@ -45,6 +45,8 @@ SERVER_EXIT_GRACE_S = 1.0
 DEFAULT_HTTP_PORT = 8000
 # What a stub's command line carries after the stub: its model's `.../<model>/<version>/model.py`.
 _MODEL_FILE = "model.py"
+# The logger of the supervisor's own entries with --json-logs (an alert filters for it).
+LOGGER = "triton_supervisor"
 # After the server exits, how long its output (a stub's last lines among it) may take to be written.
 OUTPUT_DRAIN_S = 5.0
 
@@ -215,9 +217,9 @@ class Supervisor:
 
     def _say(self, message: str) -> None:
         """One line of the supervisor's own, on stderr: an ERROR entry with `--json-logs`."""
-        line = f"triton_supervisor: {message}"
+        line = f"{LOGGER}: {message}"
         if self._json_logs:
-            line = triton_logs.json_line("ERROR", line, "triton_supervisor")
+            line = triton_logs.json_line("ERROR", line, LOGGER)
         with self._output_lock:
             print(line, file=sys.stderr, flush=True)
 

@@ -9,13 +9,20 @@ import pytest
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import OutcomeKind
+from fluxfill.client import triton_supervisor
 from fluxfill.inpaint.metrics import FAMILIES
 from tests.unit.bridge.fakes import png
 from tests.unit.bridge.world import PREFIX, USER, World, photo
 from tests.unit.deploy.support import DEPLOY, config_env, load_json
 
 DASHBOARD = DEPLOY / "monitoring" / "dashboard.json"
-ALERTS = sorted((DEPLOY / "monitoring" / "alerts").glob("*.json"))
+# Alerts on metrics (PromQL), and alerts on log entries (a filter of Cloud Logging's).
+ALERTS = sorted(
+    path
+    for path in (DEPLOY / "monitoring" / "alerts").glob("*.json")
+    if "conditionMatchedLog" not in path.read_text()
+)
+LOG_ALERTS = sorted(set((DEPLOY / "monitoring" / "alerts").glob("*.json")) - set(ALERTS))
 METRIC = re.compile(r"\b(?:fluxfill_\w+|nv_\w+|pubsub_googleapis_com:\w+)\b")
 # Triton 2.51's own families on the metrics port (docs/user_guide/metrics.md), those we query.
 TRITON_FAMILIES = {
@@ -117,9 +124,22 @@ def test_alerts_cover_the_issue() -> None:
     assert "fluxfill_bridge_ready" in by_name["model-not-ready"]
     assert "nv_gpu_memory_used_bytes" in by_name["gpu-memory"]
     assert "fluxfill_bridge_pull_errors_total" in by_name["pull-failing"]
-    for path in ALERTS:
+    for path in [*ALERTS, *LOG_ALERTS]:
         policy = load_json(path)
         assert "Runbook" in policy["documentation"]["content"], path.name
+
+
+def test_a_triton_stopped_for_its_stub_alerts_on_the_supervisors_error_entry() -> None:
+    """Its only trace is the supervisor's log entry (the container is replaced): an ERROR of its logger, as
+    tests/unit/client/test_triton_supervisor.py shows it written."""
+    [path] = [path for path in LOG_ALERTS if path.stem == "triton-stub-died"]
+    policy = load_json(path)
+    [condition] = policy["conditions"]
+    assert condition["conditionMatchedLog"]["filter"] == (
+        f'jsonPayload.logger="{triton_supervisor.LOGGER}" AND severity>=ERROR'
+    )
+    # Cloud Monitoring refuses a log-match policy without a notification rate limit.
+    assert policy["alertStrategy"]["notificationRateLimit"]["period"]
 
 
 # A PromQL label matcher: name, operator, quoted value.
