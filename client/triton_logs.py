@@ -58,7 +58,7 @@ class Entry:
         }
         if self.source:
             entry[SOURCE_LOCATION] = self.source
-        return json.dumps(entry, ensure_ascii=False)
+        return json.dumps(entry)  # ASCII: whatever the sink's encoding
 
 
 def entry_of(line: str, stream: str) -> Entry | str:
@@ -107,8 +107,23 @@ class Pump:
         self._fd, self._stream, self._sink, self._lock = fd, stream, sink, lock
         self._window_ms = window_s * 1000
         self._entry: Entry | None = None
+        self._sink_failed = False
 
     def run(self) -> None:
+        """Pump to the pipe's end. Whatever fails here, the pipe is read on to its end: a server whose pipe
+        is full blocks in its next log line, and a blocked Triton serves nothing and ends nothing."""
+        try:
+            self._pump()
+        finally:
+            self._copy_to_end()
+            os.close(self._fd)
+
+    def _copy_to_end(self) -> None:
+        """What is left in the pipe, to the sink as it is (only after a fault of the pump's own)."""
+        while chunk := os.read(self._fd, MAX_LINE_BYTES):
+            self._write(chunk.decode("utf-8", "replace").rstrip("\n"))
+
+    def _pump(self) -> None:
         poller = select.poll()
         poller.register(self._fd, select.POLLIN)
         pending = b""
@@ -132,7 +147,6 @@ class Pump:
         if pending:
             self._line(pending)
         self._flush()
-        os.close(self._fd)
 
     def _line(self, raw: bytes) -> None:
         line = raw.decode("utf-8", "replace").rstrip("\r")
@@ -161,11 +175,16 @@ class Pump:
         self._entry = None
 
     def _write(self, line: str) -> None:
+        if self._sink_failed:
+            return  # the pipe is still read (run): the server must never block on it
         with self._lock:
-            self._sink.write(line + "\n")
-            self._sink.flush()
+            try:
+                self._sink.write(line + "\n")
+                self._sink.flush()
+            except (OSError, ValueError):  # closed, or a broken pipe: nowhere left to say anything
+                self._sink_failed = True
 
 
 def json_line(severity: str, message: str, logger: str) -> str:
     """One entry written by other code than the server's (the supervisor's own lines)."""
-    return json.dumps({"severity": severity, "message": message, "logger": logger}, ensure_ascii=False)
+    return json.dumps({"severity": severity, "message": message, "logger": logger})

@@ -141,3 +141,51 @@ def test_an_entry_holds_at_most_its_lines() -> None:
     ]
     entries = pumped(lines, "stderr")
     assert [len(str(entry["message"]).splitlines()) for entry in entries] == [triton_logs.MAX_ENTRY_LINES, 1]
+
+
+class FailingSink(io.StringIO):
+    """A sink that can no longer be written (a closed or broken stdout)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+# A megabyte of log lines, far more than a pipe holds (64 KiB).
+FLOOD = textwrap.dedent(
+    """
+    import os
+    for n in range(1000):
+        os.write(1, b'W1205 16:43:06.000001 1 a.cc:1] "line %d %s"\\n' % (n, b"x" * 1000))
+    """
+)
+
+
+@pytest.mark.parametrize("fault", ["sink", "pump"])
+def test_the_servers_pipe_is_read_to_its_end_whatever_fails(
+    fault: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server writing into a pipe nobody reads blocks once the pipe is full: a Triton blocked in a log line
+    serves nothing and never ends. The pipe is read to its end whether the sink fails or the pump's own
+    reading of the lines does (then the rest is copied as it is, and the fault is raised when it ends)."""
+    sink: io.StringIO = FailingSink() if fault == "sink" else io.StringIO()
+    if fault == "pump":
+        monkeypatch.setattr(triton_logs, "entry_of", lambda line, stream: 1 / 0)
+    read, write = os.pipe()
+    writer = subprocess.Popen([sys.executable, "-c", FLOOD], stdout=write)
+    os.close(write)
+    raised: list[BaseException] = []
+
+    def pump() -> None:
+        try:
+            triton_logs.Pump(read, "stderr", sink, threading.Lock()).run()
+        except ZeroDivisionError as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=pump)
+    thread.start()
+    thread.join(timeout=60)
+    assert writer.wait(timeout=60) == 0, "the writer was blocked"
+    assert not thread.is_alive()
+    if fault == "pump":
+        assert len(raised) == 1
+        assert sink.getvalue().splitlines()[-1].startswith('W1205 16:43:06.000001 1 a.cc:1] "line 999 x')
