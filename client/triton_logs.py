@@ -17,6 +17,8 @@ entry passes as it is.
 The standard library only: it runs in fluxfill.client.triton_supervisor, before anything else in the image.
 """
 
+import codecs
+import dataclasses
 import json
 import os
 import re
@@ -28,9 +30,11 @@ from typing import TextIO
 SEVERITIES = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
 # Lines a writer puts out one after another (a traceback, a table) arrive within this of each other.
 GROUP_WINDOW_S = 0.05
-# An entry is written once it holds this many lines; a line without a newline, once this long.
+# An entry is written once it holds this many lines or characters; a line without a newline, once this long.
+# Cloud Logging takes entries up to 256 KB, and JSON's escapes write a character in up to six.
 MAX_ENTRY_LINES = 400
-MAX_LINE_BYTES = 65_536
+MAX_ENTRY_CHARS = 32_768
+MAX_LINE_BYTES = 16_384
 SOURCE_LOCATION = "logging.googleapis.com/sourceLocation"
 
 # glog's prefix as Triton writes it: severity, MMDD hh:mm:ss.micro, thread id, file:line] message
@@ -49,6 +53,10 @@ class Entry:
     # messages on one line, and what follows comes from someone else (a stub starting beside it).
     joined_by_lines: bool = True
     ends_at_blank_line: bool = False
+
+    @property
+    def chars(self) -> int:
+        return sum(len(line) + 1 for line in self.lines)
 
     def json_line(self) -> str:
         entry: dict[str, object] = {
@@ -120,8 +128,9 @@ class Pump:
 
     def _copy_to_end(self) -> None:
         """What is left in the pipe, to the sink as it is (only after a fault of the pump's own)."""
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character may span two reads
         while chunk := os.read(self._fd, MAX_LINE_BYTES):
-            self._write(chunk.decode("utf-8", "replace").rstrip("\n"))
+            self._write(decoder.decode(chunk), end="")
 
     def _pump(self) -> None:
         poller = select.poll()
@@ -155,6 +164,9 @@ class Pump:
         if current is not None and current.ends_at_blank_line and not line.strip():
             self._flush()
         elif current is not None and current.joined_by_lines and _continues(begun):
+            if current.chars + len(line) > MAX_ENTRY_CHARS:
+                self._flush()  # the rest goes on in an entry of the same kind
+                self._entry = current = dataclasses.replace(current, lines=[])
             current.lines.append(line)  # within the window of the entry before it
         elif not line.strip():
             self._flush()  # a blank line on its own says nothing
@@ -174,12 +186,12 @@ class Pump:
             self._write(self._entry.json_line())
         self._entry = None
 
-    def _write(self, line: str) -> None:
+    def _write(self, line: str, end: str = "\n") -> None:
         if self._sink_failed:
             return  # the pipe is still read (run): the server must never block on it
         with self._lock:
             try:
-                self._sink.write(line + "\n")
+                self._sink.write(line + end)
                 self._sink.flush()
             except (OSError, ValueError):  # closed, or a broken pipe: nowhere left to say anything
                 self._sink_failed = True

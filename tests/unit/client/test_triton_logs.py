@@ -143,6 +143,20 @@ def test_an_entry_holds_at_most_its_lines() -> None:
     assert [len(str(entry["message"]).splitlines()) for entry in entries] == [triton_logs.MAX_ENTRY_LINES, 1]
 
 
+def test_no_entry_is_larger_than_cloud_logging_takes() -> None:
+    """Cloud Logging refuses entries over 256 KB: a table of long rows, or a line of control characters
+    (six characters each in JSON), goes on in further entries of the same kind."""
+    row = "| " + "\x01" * 5000 + " |"
+    lines = ["I1205 16:43:06.885098 24802 server.cc:674] ", *[row] * 40, "", "x" * 100_000]
+    entries = pumped(lines, "stderr")
+    assert max(len(json.dumps(entry)) for entry in entries) < 256_000
+    table = [entry for entry in entries if entry["severity"] == "INFO"]
+    assert "\n".join(str(entry["message"]) for entry in table) == "\n".join([row] * 40)
+    assert {entry.get("logging.googleapis.com/sourceLocation", {}).get("line") for entry in table} == {"674"}
+    rest = [entry for entry in entries if entry["severity"] == "ERROR"]  # the long line, in pieces
+    assert "".join(str(entry["message"]) for entry in rest).replace("\n", "") == "x" * 100_000
+
+
 class FailingSink(io.StringIO):
     """A sink that can no longer be written (a closed or broken stdout)."""
 
