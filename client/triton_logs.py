@@ -76,7 +76,15 @@ def entry_of(line: str, stream: str) -> Entry | str:
         letter, file, number, message = glog.groups()
         text = _unquoted(message)
         source = {"file": file, "line": number}
-        return Entry(SEVERITIES[letter], [text] if text else [], source, not text, not text)
+        # An empty message heads a table that follows on lines of its own.
+        table = not text
+        return Entry(
+            SEVERITIES[letter],
+            [text] if text else [],
+            source,
+            joined_by_lines=table,
+            ends_at_blank_line=table,
+        )
     if line.startswith("{"):
         try:
             parsed = json.loads(line)
