@@ -246,7 +246,7 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     turn = _decoded(stored, kind, "original photo")
     exif = stored.info.get("exif")
     icc_profile, colour_note = photo_colours.embedded_or_coded(stored, kind, data)
-    greyscale = stored.mode in ("1", "L", "LA", "La") or stored.mode in model_rgb.SIXTEEN_BIT_MODES
+    greyscale = model_rgb.is_greyscale(stored)
     frames = int(getattr(stored, "n_frames", 1))
     image = orientation.upright(model_rgb.eight_bit(stored), turn)
     del stored  # a turned photo is a copy: the stored one goes before the array is made

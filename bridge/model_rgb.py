@@ -31,6 +31,12 @@ def model_rgb(image: Image.Image) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.uint8), None
 
 
+def is_greyscale(image: Image.Image) -> bool:
+    """Whether a decoded photo's pixels are grey by its mode (a picture made of it stays grey: whatever
+    colour the model painted into a black-and-white photo is not the photo's)."""
+    return image.mode in ("1", "L", "LA", "La") or image.mode in SIXTEEN_BIT_MODES
+
+
 def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit greyscale as 8-bit (its top byte); any other picture as it is."""
     if image.mode in SIXTEEN_BIT_MODES:

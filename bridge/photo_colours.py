@@ -36,6 +36,13 @@ def rgb_profile(stored: Image.Image, kind: str, data: bytes) -> bytes | None:
     return profile if profile is not None and profile_describes(profile, "RGB") else None
 
 
+def grey_profile(stored: Image.Image) -> bytes | None:
+    """A greyscale photo's own ICC profile, when it is one of grey pixels (a greyscale picture of it is shown
+    by it as the photo is); None otherwise."""
+    profile = stored.info.get("icc_profile") or None
+    return profile if profile is not None and profile_describes(profile, "L") else None
+
+
 def profile_describes(icc_profile: bytes, mode: str) -> bool:
     """Whether an ICC profile's data colour space (its header's bytes 16-19) is that of an image of this
     Pillow mode: GRAY for L and LA, RGB for the others (RGB, RGBA)."""

@@ -52,6 +52,8 @@ COLOUR_DESCRIPTION_BYTES = 4 << 20
 # photo's are written into them (save_rgb); a JPEG output is the RGB over white.
 _TRANSPARENT_FORMATS = frozenset({"PNG", "WEBP", "TIFF", "AVIF", "HEIF"})
 _METADATA_FORMATS = _TRANSPARENT_FORMATS | {"JPEG"}
+# Formats whose files hold greyscale pixels (Pillow writes a WebP, AVIF or HEIF of them as RGB).
+_GREYSCALE_FORMATS = frozenset({"JPEG", "PNG", "TIFF"})
 # The qualities of lossy outputs: the bridge's re-encoded JPEG and lossy WebP results' (the encoders'
 # defaults, JPEG 75, WebP 80, AVIF 75, HEIF 50, blur detail everywhere, not only where the photo was edited).
 OUTPUT_QUALITY = {"JPEG": 95, "WEBP": 90, "AVIF": 90, "HEIF": 90}
@@ -61,12 +63,14 @@ _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
 class Photo(NamedTuple):
     """A photo file as the model is shown it (load_rgb), and what of it an output keeps (save_rgb): its
     upright transparency, when it has real transparency, the colour profile its pixels are shown by
-    (fluxfill.bridge.photo_colours), when that is not sRGB, and its EXIF as stored."""
+    (fluxfill.bridge.photo_colours), when that is not sRGB, its EXIF as stored, and whether it is greyscale
+    (its profile then one of grey pixels, when it has one)."""
 
     rgb: RGBArray
     alpha: MaskArray | None
     icc_profile: bytes | None
     exif: bytes | None
+    greyscale: bool = False
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -127,10 +131,14 @@ def load_photo(path: str | os.PathLike[str]) -> Photo:
             leading = file.read(COLOUR_DESCRIPTION_BYTES)
     except OSError as error:
         raise InvalidInputError(f"{path}: not a readable image ({error})") from None
-    profile = photo_colours.rgb_profile(stored, stored.format or "", leading)
+    greyscale = model_rgb.is_greyscale(stored)
+    if greyscale:
+        profile = photo_colours.grey_profile(stored)
+    else:
+        profile = photo_colours.rgb_profile(stored, stored.format or "", leading)
     exif = stored.info.get("exif") or None
     upright = orientation.upright(stored, orientation.orientation_of(stored))
-    return Photo(*model_rgb.model_rgb(upright), profile, exif)
+    return Photo(*model_rgb.model_rgb(upright), profile, exif, greyscale)
 
 
 def to_rgb(image: ImageLike) -> RGBArray:
@@ -279,8 +287,8 @@ def save_rgb(image: RGBArray, path: str | os.PathLike[str], photo: Photo | None 
     JPEG, WebP, AVIF and HEIF at the bridge's qualities (OUTPUT_QUALITY). Given the `photo` it was made
     from (load_photo), it keeps what of the photo the format holds, as the bridge's result does: its
     transparency (the colours behind it: model_rgb.straight; a format without it gets the RGB as it is, over
-    white), its colour profile, and its EXIF without the orientation (the pixels are upright) or the
-    thumbnail (fluxfill.bridge.stale_metadata)."""
+    white), its colour profile, its EXIF without the orientation (the pixels are upright) or the thumbnail
+    (fluxfill.bridge.stale_metadata), and a greyscale photo's greyscale (JPEG, PNG, TIFF)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -293,9 +301,13 @@ def save_rgb(image: RGBArray, path: str | os.PathLike[str], photo: Photo | None 
             alpha = photo.alpha
             if alpha is not None and fmt in _TRANSPARENT_FORMATS and alpha.shape == image.shape[:2]:
                 picture = model_rgb.straight(image, alpha)
+            if photo.greyscale and fmt in _GREYSCALE_FORMATS:
+                picture = picture.convert("LA" if picture.mode == "RGBA" else "L")
             limit = stale_metadata.JPEG_MAX_EXIF_BYTES if fmt == "JPEG" else None
             exif, _ = stale_metadata.carried_exif(photo.exif, upright=True, max_bytes=limit)
-            kept = {"icc_profile": photo.icc_profile, "exif": exif}
+            profile = photo.icc_profile
+            fits = profile is not None and photo_colours.profile_describes(profile, picture.mode)
+            kept = {"icc_profile": profile if fits else None, "exif": exif}
             options.update({name: value for name, value in kept.items() if value is not None})
         picture.save(temporary, format=fmt, **options)
         os.replace(temporary, path)

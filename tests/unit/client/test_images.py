@@ -1,5 +1,6 @@
 """Photos and masks in every accepted form become the arrays the model takes, or a clear InvalidInputError."""
 
+import io
 import math
 import struct
 import zlib
@@ -417,25 +418,61 @@ def test_an_output_carries_the_colour_profile_the_bridge_shows_the_photos_pixels
         assert written.info.get("icc_profile") == expected
 
 
+SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+# The header's data colour space is what says whose profile it is.
+GREY_PROFILE = SRGB_PROFILE[:16] + b"GRAY" + SRGB_PROFILE[20:]
+
+
 @pytest.mark.parametrize("kind", ["sRGB", "CMYK", "greyscale"])
 def test_no_profile_is_written_where_the_photos_says_nothing_of_rgb_pixels(tmp_path: Path, kind: str) -> None:
     """sRGB needs none; a CMYK photo's profile describes ink, and a greyscale one's grey pixels, not the RGB
-    of an output: carried, it would make viewers read the output's pixels wrongly or refuse it."""
+    of an output (a WebP's pixels are RGB even of a greyscale photo): carried, it would make viewers read the
+    output's pixels wrongly or refuse it."""
     path = tmp_path / "photo.jpg"
-    profile = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     if kind == "sRGB":
         Image.new("RGB", (WIDTH, HEIGHT), (200, 40, 40)).save(path)
-    elif kind == "CMYK":  # the header's data colour space is what says whose profile it is
-        ink = profile[:16] + b"CMYK" + profile[20:]
+    elif kind == "CMYK":
+        ink = SRGB_PROFILE[:16] + b"CMYK" + SRGB_PROFILE[20:]
         Image.new("CMYK", (WIDTH, HEIGHT), (0, 200, 200, 0)).save(path, icc_profile=ink)
     else:
-        grey = profile[:16] + b"GRAY" + profile[20:]
-        Image.new("L", (WIDTH, HEIGHT), 90).save(path, icc_profile=grey)
+        Image.new("L", (WIDTH, HEIGHT), 90).save(path, icc_profile=GREY_PROFILE)
     photo = load_photo(path)
-    assert photo.icc_profile is None
-    save_rgb(photo.rgb, tmp_path / "out.jpg", photo)
-    with Image.open(tmp_path / "out.jpg") as written:
+    assert (photo.icc_profile is None) is (kind != "greyscale")
+    save_rgb(photo.rgb, tmp_path / "out.webp", photo)
+    with Image.open(tmp_path / "out.webp") as written:
+        assert written.mode == "RGB"
         assert "icc_profile" not in written.info
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "I;16"])
+@pytest.mark.parametrize("output", ["out.jpg", "out.png"])
+def test_a_greyscale_photos_output_is_greyscale_as_the_bridges_result_is(
+    tmp_path: Path, mode: str, output: str
+) -> None:
+    """A black-and-white photo's result stays black and white, whatever colour the model painted into it, with
+    its grey profile (bridge/result_image.py); `fluxfill infer` wrote it in colour, without the profile."""
+    grey = np.random.default_rng(8).integers(0, 256, (HEIGHT, WIDTH), dtype=np.uint8)
+    if mode == "I;16":
+        stored = Image.fromarray(grey.astype(np.uint16) * 257)
+    elif mode == "LA":
+        stored = Image.fromarray(np.dstack([grey, np.full_like(grey, 200)]), "LA")
+    else:
+        stored = Image.fromarray(grey, "L")
+    stored.save(tmp_path / "photo.png", icc_profile=GREY_PROFILE)
+    photo = load_photo(tmp_path / "photo.png")
+    painted_red = photo.rgb.copy()
+    painted_red[4:12, 4:12] = (220, 30, 30)
+
+    save_rgb(painted_red, tmp_path / output, photo)
+
+    bridges = result_image.encode_result(
+        read_photo((tmp_path / "photo.png").read_bytes(), 10**7), painted_red
+    )
+    with Image.open(tmp_path / output) as written, Image.open(io.BytesIO(bridges.data)) as result:
+        assert written.mode == ("LA" if mode == "LA" and output.endswith(".png") else "L")
+        assert written.info.get("icc_profile") == result.info.get("icc_profile") == GREY_PROFILE
+        if output.endswith(".png"):  # the bridge's result of a PNG is a PNG
+            assert (written.mode, np.asarray(written).tolist()) == (result.mode, np.asarray(result).tolist())
 
 
 def test_lossy_outputs_are_written_at_the_bridges_qualities(tmp_path: Path) -> None:
