@@ -167,8 +167,10 @@ class TritonProcess:
             grpc_port=grpc,
             metrics_port=metrics,
             required_models=[STREAM_MODEL_NAME, MODEL_NAME],
-            # As the Triton image runs it: a ready model's stub that dies ends the server (then restarted).
+            # As the Triton image runs it: a ready model's stub that dies ends the server (then restarted),
+            # and its output goes through the supervisor's pipes (JSON entries), which must never block it.
             supervised=True,
+            json_logs=True,
         )
         with self._lock:
             self.server = server

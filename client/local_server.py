@@ -103,10 +103,12 @@ class LocalTritonServer:
         binary: TritonBinary | None = None,
         keep_run_dir: bool = False,
         supervised: bool = False,
+        json_logs: bool = False,
     ) -> None:
         """`supervised`: run tritonserver under fluxfill.client.triton_supervisor, as the Triton image does,
         so the process ends (status STUB_DIED_EXIT_CODE) when a ready model's stub dies instead of serving
-        on with a model that fails every request; `pid` is then the supervisor's."""
+        on with a model that fails every request; `pid` is then the supervisor's. `json_logs` (supervised
+        only): its log as the image writes it, JSON entries with a severity (fluxfill.client.triton_logs)."""
         self.source_repository = Path(model_repository)
         if not self.source_repository.is_dir():
             raise LocalServerError(f"model repository {self.source_repository} is not a directory")
@@ -124,6 +126,7 @@ class LocalTritonServer:
         self._binary = binary
         self._keep_run_dir = keep_run_dir or run_dir is not None
         self._supervised = supervised
+        self._json_logs = json_logs
         self._final_log: str | None = None
         self._run_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -215,7 +218,8 @@ class LocalTritonServer:
             "--log-verbose=0",
         ]
         if self._supervised:
-            argv = [sys.executable, "-m", "fluxfill.client.triton_supervisor", "--check-s=1", *argv]
+            options = ["--check-s=1", *(["--json-logs"] if self._json_logs else [])]
+            argv = [sys.executable, "-m", "fluxfill.client.triton_supervisor", *options, *argv]
         logger.info("starting %s (run dir %s)", binary.executable, self.run_dir)
         # The forwarding side channel lives in this server's run dir: private, and removed with it.
         environment = {"FLUXFILL_FORWARDING_DIR": str(self.run_dir / "forwarding"), **self._env}

@@ -1,5 +1,6 @@
 """LocalTritonServer against a real tritonserver serving the fixture repository."""
 
+import json
 import os
 import re
 import signal
@@ -157,8 +158,10 @@ def test_missing_stub_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_a_stub_hung_holding_the_gil_ends_and_the_supervisor_stops_the_server() -> None:
     """The stall watchdog's Python thread cannot run while a step holds the GIL; its faulthandler backstop
-    still ends the stub inside a real tritonserver, and the image's supervisor then stops the server."""
-    with LocalTritonServer(STALL_REPOSITORY, supervised=True, required_models=["hang"]) as server:
+    still ends the stub inside a real tritonserver, and the image's supervisor then stops the server. With the
+    image's JSON logs: the dump and the supervisor's line are ERROR entries, as Cloud Logging reads them."""
+    supervised = {"supervised": True, "json_logs": True}
+    with LocalTritonServer(STALL_REPOSITORY, required_models=["hang"], **supervised) as server:
         client = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}", network_timeout=60)
         request = httpclient.InferInput("INPUT", [2], "INT32")
         request.set_data_from_numpy(np.array([1, 2], np.int32))
@@ -166,6 +169,10 @@ def test_a_stub_hung_holding_the_gil_ends_and_the_supervisor_stops_the_server() 
             client.infer("hang", [request])
         assert server.wait(timeout_s=60) == STUB_DIED_EXIT_CODE
         log = server.log_text()
-    assert "Timeout (0:00:01.5" in log  # stall_seconds and the margin, with no sign of life
-    assert re.search(r'hang/1/model\.py", line \d+ in execute', log), "the hung step's frame is in the log"
-    assert "stub of hang (pid" in log
+    errors = [
+        str(entry["message"]) for entry in map(json.loads, log.splitlines()) if entry["severity"] == "ERROR"
+    ]
+    assert any("Timeout (0:00:01.5" in error for error in errors)  # stall_seconds and the margin
+    hung_frame = re.compile(r'hang/1/model\.py", line \d+ in execute')
+    assert any(hung_frame.search(error) for error in errors), "the hung step's frame is in the log"
+    assert any("stub of hang (pid" in error for error in errors)
