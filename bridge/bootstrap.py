@@ -31,6 +31,7 @@ from fluxfill.bridge.ports import DeadLetterSink, InpaintModel
 from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig
 from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.bridge.vital import VitalThreads
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Bridge:
     # A second client whose channel only pulls: closed on stop, ending a pull that waits for messages.
     pull_subscriber: Any = field(default=None)
     parking: Parking | None = None  # jobs over their user's limit (with that limit): swept now and then
+    vital: VitalThreads = field(default_factory=VitalThreads)  # its own threads; a death fails /healthz
 
 
 def single_threaded_blas() -> None:

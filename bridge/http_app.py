@@ -122,13 +122,17 @@ class HttpEntryPoint:
         self.app = Starlette(routes=routes)
 
     async def healthz(self, _request: Request) -> Response:
-        """The process is alive: 503 when a job's thread hangs (it ran past its deadline and margin), so the
-        platform's liveness probe restarts the bridge rather than leave its slot taken for ever."""
+        """The process is alive: 503 when a job's thread hangs (it ran past its deadline and margin), or one
+        of the bridge's own threads died of a bug (fluxfill.bridge.vital), so that the platform's liveness
+        probe restarts the bridge rather than leave its slot taken, or its pull stopped, for ever."""
         hung = self._bridge.handler.overdue_jobs()
         if hung:
             return PlainTextResponse(
                 f"{len(hung)} job thread(s) hang past the deadline: {', '.join(hung)[:500]}", status_code=503
             )
+        died = self._bridge.vital.deaths()
+        if died:
+            return PlainTextResponse(f"a thread of the bridge died: {'; '.join(died)[:500]}", status_code=503)
         return PlainTextResponse("ok")
 
     async def readyz(self, _request: Request) -> Response:

@@ -3,7 +3,9 @@
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
+from types import TracebackType
 from typing import Any, TextIO
 
 import structlog
@@ -64,3 +66,38 @@ def configure_logging(level: str = "INFO", stream: TextIO = sys.stdout) -> None:
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
     logging.captureWarnings(True)
+    # What nobody caught (a bug) too, which Python prints as a bare traceback.
+    sys.excepthook = _uncaught_in_main
+    threading.excepthook = _uncaught_in_thread
+    sys.unraisablehook = _unraisable
+
+
+_uncaught = structlog.get_logger("fluxfill.bridge.uncaught")
+
+
+def _uncaught_in_main(
+    kind: type[BaseException], error: BaseException, traceback: TracebackType | None
+) -> None:
+    _uncaught.critical("uncaught exception: the bridge exits", exc_info=(kind, error, traceback))
+
+
+def _uncaught_in_thread(hook: threading.ExceptHookArgs) -> None:
+    if hook.exc_type is SystemExit:
+        return  # as Python's own hook: a thread's way to end
+    name = hook.thread.name if hook.thread is not None else None
+    _uncaught.critical("a thread ended with an uncaught exception", thread=name, **_exception(hook))
+
+
+def _unraisable(hook: Any) -> None:  # sys.UnraisableHookArgs
+    try:
+        what = repr(hook.object)[:300]
+    except Exception:  # a broken object's repr: its type says enough
+        what = f"a {type(hook.object).__name__}"
+    _uncaught.error(f"{hook.err_msg or 'Exception ignored in'}: {what}", **_exception(hook))
+
+
+def _exception(hook: Any) -> dict[str, Any]:
+    """The hook's exception as a log call's exc_info (its type's name, when there is no exception object)."""
+    if hook.exc_value is None:
+        return {"exception": hook.exc_type.__name__}
+    return {"exc_info": (hook.exc_type, hook.exc_value, hook.exc_traceback)}

@@ -159,16 +159,9 @@ class PullRunner:
             return
         logger.info("pulling", subscriptions=self._lanes, room=self._allowance)
         kept_alive = threading.Event()
-        keeper = threading.Thread(
-            target=self._leases.keep_alive, args=(kept_alive,), name="leases", daemon=True
-        )
-        keeper.start()
-        pullers = [
-            threading.Thread(target=self._pull_lane, args=(lane,), name=f"pull-{lane}", daemon=True)
-            for lane in self._lanes
-        ]
-        for puller in pullers:
-            puller.start()
+        vital = self._bridge.vital
+        vital.start("leases", self._leases.keep_alive, kept_alive)
+        pullers = [vital.start(f"pull-{lane}", self._pull_lane, lane) for lane in self._lanes]
         stop.wait()
         # Closing the pulling channel ends the pulls in flight; what a pull brought meanwhile is nacked.
         self._puller.close()

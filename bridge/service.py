@@ -53,12 +53,12 @@ class BridgeService:
             time.sleep(_POLL_S)
         puller = None
         drained = threading.Event()
+        vital = self.bridge.vital
         if self.bridge.parking is not None:
-            threading.Thread(target=self._sweep, name="parking-sweep", daemon=True).start()
+            vital.start("parking-sweep", self._sweep)
         if settings.mode == "pull":
             runner = PullRunner(self.bridge)
-            puller = threading.Thread(target=runner.run, args=(self._stop, drained), name="pull")
-            puller.start()
+            puller = vital.start("pull", runner.run, self._stop, drained, daemon=False)
         logger.info(
             "bridge started", mode=settings.mode, http_port=self.http_port, instance=settings.instance_id
         )

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fluxfill.bridge import leases
 from fluxfill.bridge.errors import TritonUnavailableError
 from fluxfill.bridge.ports import InferenceResult
 from fluxfill.bridge.pull import PULL_WAIT_S
@@ -346,3 +347,19 @@ def test_a_pull_that_fails_is_counted_and_tried_again(
         metrics = bridge.bridge.metrics
         wait_until(lambda: metrics.sample("fluxfill_bridge_pull_errors_total", {"lane": "bulk"}) >= 2)
         assert httpx.get(f"{bridge.url}/healthz").status_code == 200
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug, told
+def test_a_pull_thread_that_dies_of_a_bug_fails_the_liveness_check(
+    jobs: JobSystem, flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process lived on without it: the bridge pulled nothing while /healthz answered ok, so no
+    liveness probe ever restarted it. Now the platform restarts it (the message is pulled by another)."""
+
+    def a_bug(*_: object) -> int:
+        raise KeyError("a bug in the pull")
+
+    monkeypatch.setattr(leases.Leases, "wait_for_room", a_bug)
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        wait_until(lambda: httpx.get(f"{bridge.url}/healthz").status_code == 503)
+        assert "pull-bulk (KeyError: 'a bug in the pull')" in httpx.get(f"{bridge.url}/healthz").text

@@ -136,6 +136,41 @@ def test_the_libraries_logs_and_pythons_warnings_are_json_lines_with_severity_to
     assert "abc" not in done.stderr  # a library's extra fields are not written, a token among them
 
 
+UNCAUGHT = """
+import gc, sys, threading
+from fluxfill.bridge.logs import configure_logging
+configure_logging("INFO")
+def pull():
+    raise KeyError("a bug in a pull thread")
+thread = threading.Thread(target=pull, name="pull-normal")
+thread.start()
+thread.join()
+class Leaky:
+    def __del__(self):
+        raise ValueError("a bug in a finalizer")
+Leaky()
+gc.collect()
+raise RuntimeError("a bug at the top")
+"""
+
+
+def test_an_uncaught_exception_anywhere_is_a_json_entry_with_severity() -> None:
+    """Python prints an exception nobody caught (the main thread's, a thread's, a finalizer's) as a bare
+    traceback: on Cloud Run an entry per line without a severity, so a pull thread that died of a bug (the
+    bridge then pulls nothing) passed every alert by. In a child process, configured as the bridge is."""
+    done = subprocess.run(
+        [sys.executable, "-c", UNCAUGHT], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines()]  # every line JSON
+    assert [line["severity"] for line in lines] == ["CRITICAL", "ERROR", "CRITICAL"]
+    thread, finalizer, top = lines
+    assert thread["thread"] == "pull-normal"
+    assert "KeyError: 'a bug in a pull thread'" in thread["exception"]
+    assert "ValueError: a bug in a finalizer" in finalizer["exception"]
+    assert "RuntimeError: a bug at the top" in top["exception"]
+
+
 def settings(**overrides: Any) -> BridgeSettings:
     return BridgeSettings(**{"project": "p", "subscription": "s", "bucket": "b", **overrides})
 

@@ -16,6 +16,7 @@ from fluxfill.bridge.http_app import HttpEntryPoint
 from fluxfill.bridge.outcome import Outcome, OutcomeKind
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
 from fluxfill.bridge.pull import message_lease_s
+from fluxfill.bridge.vital import VitalThreads
 from tests.unit.bridge.fakes import FakeModel
 from tests.unit.bridge.world import World, settings
 
@@ -53,7 +54,8 @@ def test_a_hung_jobs_claim_lapses_another_bridge_finishes_it_and_healthz_fails(
     world = World(**quick)
     world.model = model = FirstCallHangs()
     world.handler = world.another_bridge(instance_id="bridge-a", **quick)
-    health = TestClient(HttpEntryPoint(SimpleNamespace(handler=world.handler, settings=world.settings)).app)
+    bridge = SimpleNamespace(handler=world.handler, settings=world.settings, vital=VitalThreads())
+    health = TestClient(HttpEntryPoint(bridge).app)
     outcomes: list[Outcome] = []
     hung = threading.Thread(target=lambda: outcomes.append(world.deliver()))
     hung.start()
@@ -94,3 +96,31 @@ def test_a_pulled_message_is_kept_as_long_as_its_job_may_run_and_its_claim_hold(
     legitimate = chosen.job_deadline_s + chosen.upload_grace_s + monitor_module.JOB_OVERRUN_S
     assert monitor_module.hung_after_s(chosen.job_deadline_s, chosen.upload_grace_s) >= legitimate
     assert message_lease_s(chosen) >= legitimate + chosen.lease_s
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug, told
+def test_a_bridge_whose_own_thread_died_of_a_bug_fails_healthz() -> None:
+    """The thread is gone, the process is not: with its pull thread dead a bridge pulled nothing while its
+    health check answered ok, for as long as it ran."""
+    world = World()
+    vital = VitalThreads()
+    health = TestClient(
+        HttpEntryPoint(SimpleNamespace(handler=world.handler, settings=world.settings, vital=vital)).app
+    )
+    go_on = threading.Event()
+    running = vital.start("leases", go_on.wait)
+    assert health.get("/healthz").status_code == 200
+
+    def pull(lane: str) -> None:
+        raise KeyError(lane)
+
+    vital.start("pull-bulk", pull, "bulk").join(10)
+
+    answer = health.get("/healthz")
+    assert (answer.status_code, answer.text) == (
+        503,
+        "a thread of the bridge died: pull-bulk (KeyError: 'bulk')",
+    )
+    go_on.set()
+    running.join(10)
+    assert vital.deaths() == ["pull-bulk (KeyError: 'bulk')"], "a thread that ends by returning is no death"
