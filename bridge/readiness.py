@@ -22,7 +22,6 @@ class Readiness:
         self._ready = threading.Event()
         self.stopping = threading.Event()
         self._changed = threading.Condition()
-        self._thread: threading.Thread | None = None
         # Every "unready" (a check's answer or a failed call's mark) is counted with its reason: a run asks
         # afterwards whether Triton went away while it ran, even when Triton was back before the run's end.
         self._times_seen_unready = 0
@@ -83,13 +82,8 @@ class Readiness:
                 self._changed.wait(timeout=min(self._interval_s, STOP_CHECK_S))
         return False
 
-    def start(self, stop: threading.Event) -> None:
-        """Poll Triton every interval until `stop` is set."""
-
-        def poll() -> None:
-            while not stop.is_set():
-                self.check()
-                stop.wait(self._interval_s)
-
-        self._thread = threading.Thread(target=poll, name="readiness", daemon=True)
-        self._thread.start()
+    def poll(self, stop: threading.Event) -> None:
+        """Ask Triton every interval until `stop` is set (on a thread of its own: fluxfill.bridge.vital)."""
+        while not stop.is_set():
+            self.check()
+            stop.wait(self._interval_s)

@@ -47,13 +47,13 @@ class BridgeService:
     def run(self) -> None:
         """Serve until stopped, then drain within `shutdown_grace_s`; cancel and nack what is left."""
         settings = self.bridge.settings
-        self.bridge.readiness.start(self._poll_stop)
+        vital = self.bridge.vital
+        vital.start("readiness", self.bridge.readiness.poll, self._poll_stop)
         self._server_thread.start()
         while not self._server.started and self._server_thread.is_alive():
             time.sleep(_POLL_S)
         puller = None
         drained = threading.Event()
-        vital = self.bridge.vital
         if self.bridge.parking is not None:
             vital.start("parking-sweep", self._sweep)
         if settings.mode == "pull":
