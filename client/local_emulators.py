@@ -30,7 +30,7 @@ from fluxfill.client.prerequisites import (
     pubsub_emulator,
     require,
 )
-from fluxfill.client.triton_binary import end_group, free_port
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port
 
 
 def fake_gcs_binary() -> Path:
@@ -85,7 +85,7 @@ class LocalEmulator:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise EmulatorError(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+            with contextlib.suppress(*NO_HTTP_ANSWER):
                 url = f"http://{self.host}{self.ready_path}"
                 with urllib.request.urlopen(url, timeout=1.0):
                     return self

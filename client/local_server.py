@@ -23,6 +23,7 @@ from tritonclient.grpc import model_config_pb2
 
 from fluxfill.client.prerequisites import require, triton_problems
 from fluxfill.client.triton_binary import (
+    NO_HTTP_ANSWER,
     TritonBinary,
     end_group,
     find_tritonserver,
@@ -266,7 +267,7 @@ class LocalTritonServer:
                 raise self._fail(f"tritonserver exited with code {code} during start")
             # With the default model control mode the endpoints only open once loading is over,
             # but the index is still checked so a LOADING model is never reported as settled.
-            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            with contextlib.suppress(*NO_HTTP_ANSWER):
                 self._request("/v2/health/live")
                 states = self.model_states()
                 if all(s.state != "LOADING" for s in states.values()):

@@ -27,7 +27,7 @@ from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE, ServiceUnavailable
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
 from fluxfill.client.prerequisites import emulator_problems, require, require_free_ports, triton_problems
-from fluxfill.client.triton_binary import end_group, free_port
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def _wait_until_ready(bridge: "subprocess.Popen[bytes]", port: int, log: Path) -
         if bridge.poll() is not None:
             raise ServiceUnavailableError(f"the bridge exited with {bridge.returncode}:\n{_tail(log)}")
         with (
-            contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+            contextlib.suppress(*NO_HTTP_ANSWER),
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.0),
         ):
             return

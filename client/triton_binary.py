@@ -1,6 +1,7 @@
 """Locate tritonserver, prepare its backends and environment, and clean up its process group."""
 
 import contextlib
+import http.client
 import importlib.util
 import logging
 import os
@@ -125,6 +126,10 @@ def assemble_python_backend(pytriton_root: Path, backends: Path) -> Path:
     return backends
 
 
+# What asking a local server's HTTP endpoint may meet instead of an answer: refused, reset or timed out
+# (OSError, urllib's URLError among them), a URL or status it cannot read (ValueError), or another protocol
+# on the port (http.client's BadStatusLine: another server's gRPC port where the HTTP one was expected).
+NO_HTTP_ANSWER: tuple[type[Exception], ...] = (OSError, ValueError, http.client.HTTPException)
 # Ports for our local servers are drawn from here up to the kernel's ephemeral range (see free_port).
 FIRST_SERVER_PORT = 20000
 PORT_DRAWS = 64

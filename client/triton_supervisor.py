@@ -35,7 +35,7 @@ from pathlib import Path
 from types import FrameType
 
 from fluxfill.client import triton_logs
-from fluxfill.client.triton_binary import STUB_NAME, command_line, live_processes
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, STUB_NAME, command_line, live_processes
 
 # EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
 STUB_DIED_EXIT_CODE = 70
@@ -124,7 +124,7 @@ def server_ready(host: str, port: int, timeout_s: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as reply:
             return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
+    except NO_HTTP_ANSWER:
         return False
 
 
@@ -135,7 +135,7 @@ def ready_models(host: str, port: int, timeout_s: float = 2.0) -> set[str] | Non
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:  # noqa: S310 (http, built above)
             index = json.loads(reply.read())
-    except (urllib.error.URLError, OSError, ValueError):
+    except NO_HTTP_ANSWER:
         return None
     if not isinstance(index, list):
         return None

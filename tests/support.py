@@ -1,5 +1,7 @@
 """Helpers shared by the unit and integration tests."""
 
+import contextlib
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +39,22 @@ def within_distance(mask: npt.NDArray[np.bool_], radius: int) -> npt.NDArray[np.
     """Pixels within Chebyshev distance `radius` of the mask, found by brute force (not by the code)."""
     window = 2 * radius + 1
     return np.asarray(sliding_window_view(np.pad(mask, radius), (window, window)).any(axis=(2, 3)))
+
+
+# What a gRPC server (another tritonserver's gRPC port) answers an HTTP/1 request with: HTTP/2's SETTINGS.
+HTTP2_SETTINGS = bytes.fromhex("000018040000000000000400400000000500400000000600004000fe0300000001")
+
+
+def answer_every_connection(listener: socket.socket, answer: bytes) -> None:
+    """Answer each connection to `listener` with `answer` and close it once the client's request came (as
+    a gRPC server does: its SETTINGS first, then it reads the preface), until the listener is closed."""
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except OSError:  # closed: the test is over
+            return
+        with connection:
+            connection.sendall(answer)
+            connection.settimeout(5)
+            with contextlib.suppress(OSError):
+                connection.recv(65536)

@@ -6,6 +6,7 @@ import re
 import signal
 import socket
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from fluxfill.client.triton_binary import (
     stub_for_running_python,
 )
 from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE
+from tests.support import HTTP2_SETTINGS, answer_every_connection
 
 pytestmark = pytest.mark.integration
 
@@ -138,11 +140,16 @@ def test_failed_start_still_stops(tmp_path: Path) -> None:
     assert BROKEN_MESSAGE in server.log_path.read_text()
 
 
-def test_early_exit_reports_log_tail(tmp_path: Path) -> None:
-    # Hold the HTTP port so tritonserver cannot bind it and exits during start.
+@pytest.mark.parametrize("answer", [None, HTTP2_SETTINGS], ids=["silent", "speaks-another-protocol"])
+def test_early_exit_reports_log_tail(tmp_path: Path, answer: bytes | None) -> None:
+    """Hold the HTTP port so tritonserver cannot bind it and exits during start: silently, or as another
+    server's gRPC port answers (its garbled answer to the readiness check escaped as BadStatusLine, an
+    unexpected error in `fluxfill stack` instead of the server's reason)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
+        if answer is not None:
+            threading.Thread(target=answer_every_connection, args=(taken, answer), daemon=True).start()
         server = LocalTritonServer(REPOSITORY, run_dir=tmp_path, http_port=taken.getsockname()[1])
         with pytest.raises(LocalServerError, match="exited with code") as raised, server:
             pass

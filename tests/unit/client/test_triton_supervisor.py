@@ -8,16 +8,26 @@ The real tritonserver case is tests/integration/images (the image's entrypoint r
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from fluxfill.client.triton_binary import free_port
-from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE, http_host, http_port, stub_processes
+from fluxfill.client.triton_supervisor import (
+    STUB_DIED_EXIT_CODE,
+    http_host,
+    http_port,
+    ready_models,
+    server_ready,
+    stub_processes,
+)
+from tests.support import HTTP2_SETTINGS, answer_every_connection
 
 FAKE_SERVER = textwrap.dedent(
     """
@@ -292,3 +302,15 @@ def test_a_server_that_cannot_start_is_one_line_and_a_shells_status(tmp_path: Pa
     assert missing.stderr.strip().splitlines() == [
         f"triton_supervisor: cannot start {tmp_path / 'tritonserver'}: No such file or directory"
     ]
+
+
+def test_a_port_that_answers_another_protocol_is_not_a_ready_server() -> None:
+    """Another server's gRPC port where Triton's HTTP was expected (a port taken before Triton bound it): its
+    HTTP/2 answer is no readiness, and no traceback of the supervisor's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        threading.Thread(target=answer_every_connection, args=(taken, HTTP2_SETTINGS), daemon=True).start()
+        port = taken.getsockname()[1]
+        assert server_ready("127.0.0.1", port) is False
+        assert ready_models("127.0.0.1", port) is None
