@@ -4,8 +4,8 @@ sweep), and whether one of them died.
 A thread that ends with an exception nobody caught (a bug) is logged (fluxfill.bridge.logs), and the process
 goes on without it: with its pull thread dead a bridge pulled nothing while /healthz answered ok, for as long
 as it ran; with its lease keeper dead every message it held came back to another bridge mid-job; with its
-readiness poll dead, a Triton once seen unavailable was never seen ready again. Started
-here, such a death is remembered, and /healthz fails with its name, so that the platform restarts the bridge.
+readiness poll dead, a Triton once seen unavailable was never seen ready again. Started here, such a death is
+remembered, and /healthz fails with its name, so that the platform restarts the bridge.
 """
 
 import threading
