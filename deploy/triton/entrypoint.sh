@@ -4,7 +4,13 @@
 # so a wrong or half-copied mirror never serves. Extra arguments go to tritonserver.
 set -euo pipefail
 
-die() { echo "entrypoint: $*" >&2; exit 2; }
+# say SEVERITY MESSAGE: one JSON entry on stderr, as Cloud Logging reads the supervisor's (plain text has no
+# severity on Cloud Run); plain text should python3 itself fail.
+say() {
+  python3 -c 'import json, sys; print(json.dumps({"severity": sys.argv[1], "message": "entrypoint: " + sys.argv[2], "logger": "entrypoint"}))' "$1" "$2" >&2 ||
+    echo "entrypoint: $2" >&2
+}
+die() { say ERROR "$*"; exit 2; }
 
 # Set one string parameter of a config.pbtxt in place; fails unless the key occurs exactly once.
 set_parameter() {
@@ -34,7 +40,7 @@ fi
 # Say which CUDA build of torch this is, whether it sees a GPU and the host's driver, before anything else can
 # hide it: a driver too old for the build shows here as available=False, not as a slow CPU run later.
 # A JSON entry, as Cloud Logging reads the supervisor's (WARNING when no GPU is seen).
-"${FLUXFILL_PYTHON:-python3}" - <<'PY' || echo "entrypoint: torch cannot be imported: the model will say why" >&2
+"${FLUXFILL_PYTHON:-python3}" - <<'PY' || say WARNING "torch cannot be imported: the model will say why"
 import json, os, re
 import torch
 cuda = torch.cuda.is_available()

@@ -77,7 +77,9 @@ def test_gguf_file_is_set_when_given(tmp_path: Path) -> None:
 def test_no_start_without_a_valid_digest(tmp_path: Path, digest: str) -> None:
     result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=digest)
     assert result.returncode == 2
-    assert "FLUXFILL_WEIGHTS_SHA256" in result.stderr
+    [said] = entries(result.stderr, "entrypoint")  # why the container exits, as an ERROR entry
+    assert said["severity"] == "ERROR"
+    assert str(said["message"]).startswith("entrypoint: FLUXFILL_WEIGHTS_SHA256 must be the weights' sha256")
     assert not (tmp_path / "argv").exists()
 
 
@@ -162,5 +164,9 @@ def test_start_reports_the_hosts_nvidia_driver(tmp_path: Path, version_file: str
 def test_start_goes_on_when_torch_cannot_be_imported(tmp_path: Path) -> None:
     result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, FLUXFILL_PYTHON="/bin/false")
     assert result.returncode == 0
-    assert "torch cannot be imported" in result.stderr
+    [said] = entries(result.stderr, "entrypoint")
+    assert (said["severity"], said["message"]) == (
+        "WARNING",
+        "entrypoint: torch cannot be imported: the model will say why",
+    )
     assert (tmp_path / "argv").exists()
