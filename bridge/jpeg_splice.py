@@ -23,17 +23,21 @@ costs a temporary file of the JPEG's size for a moment on each side (memory on C
 RAM).
 """
 
+import contextvars
 import os
 import re
+import sys
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import jpeglib  # type: ignore[import-untyped]
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from fluxfill.bridge import jpeg_markers, orientation
 from fluxfill.inpaint.geometry import Box
@@ -44,6 +48,7 @@ jpeglib.version.set("turbo210")
 # four threads splicing 0.3 MP JPEGs). Every call into it holds this lock; a bridge running several jobs
 # splices one at a time (0.1 s to read and 0.15 s to write 12 MP here), while the GPU is the bottleneck.
 _LIBJPEG = threading.Lock()
+logger = structlog.get_logger(__name__)
 # Reads ahead of the splice (CoefficientsAhead); two, for the bridges that run two jobs at once.
 _READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg-coefficients")
 
@@ -120,7 +125,9 @@ class CoefficientsAhead:
     photo is accepted, so the ~0.2 s read at 12 MP overlaps the inference instead of following it."""
 
     def __init__(self, original: bytes) -> None:
-        self._future: Future[jpeglib.DCTJPEG] = _READER.submit(read_coefficients, original)
+        # In the job's context: what libjpeg says of the photo is logged with the job's ids.
+        read = contextvars.copy_context().run
+        self._future: Future[jpeglib.DCTJPEG] = _READER.submit(read, read_coefficients, original)
 
     def result(self) -> jpeglib.DCTJPEG:
         """The coefficients; raises SpliceRefusedError as read_coefficients does."""
@@ -150,7 +157,7 @@ def splice(
         flags = [] if jpeg_markers.has_standard_tables(original) else ["+OPTIMIZE_CODING"]
         _hand_over_uncopied(jpeg)
         try:
-            with _LIBJPEG:
+            with _LIBJPEG, _libjpeg_warnings_logged():
                 jpeg.write_dct(os.fspath(target), flags=flags)
         # A scan with corrupt data decodes (libjpeg warns and goes on, as viewers do) to coefficients beyond
         # what an encoder writes ("DCT coefficient out of range"): such an original is re-encoded whole.
@@ -268,7 +275,7 @@ def _sampling_refused(factors: Iterable[tuple[int, int]]) -> SpliceRefusedError:
 
 def _read(path: Path) -> jpeglib.DCTJPEG:
     try:
-        with _LIBJPEG:
+        with _LIBJPEG, _libjpeg_warnings_logged():
             jpeg = jpeglib.read_dct(os.fspath(path))
             jpeg.load()
     except Exception as error:  # libjpeg's own refusals come as errors
@@ -279,6 +286,31 @@ def _read(path: Path) -> jpeglib.DCTJPEG:
     if sampling_name(jpeg.samp_factor) is None:
         raise _sampling_refused((h, v) for v, h in jpeg.samp_factor.tolist())
     return jpeg
+
+
+@contextmanager
+def _libjpeg_warnings_logged() -> Iterator[None]:
+    """libjpeg prints its warnings and errors on a photo's corrupt data ("Corrupt JPEG data: 22 extraneous
+    bytes before marker 0xd9", "Premature end of JPEG file") on the process's stderr, each twice: bare text,
+    which Cloud Logging gives no severity (Cloud Run) or ERROR (GKE), naming no job. Under _LIBJPEG, the
+    process's stderr is a file for the call's length, and what libjpeg said becomes a WARNING entry each,
+    once, with the job's ids. A line another thread wrote meanwhile (a library's JSON entry) goes on to
+    stderr as it was."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:  # a refusal too: what libjpeg said of it is told
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in dict.fromkeys(captured.read().decode("utf-8", "replace").splitlines()):
+                if line.startswith("{"):
+                    os.write(2, line.encode() + b"\n")
+                elif line.strip():
+                    logger.warning(f"libjpeg: {line}")
 
 
 def _libjpeg_reason(error: Exception, path: Path) -> str:

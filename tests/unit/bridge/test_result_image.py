@@ -16,6 +16,7 @@ import jpeglib
 import numpy as np
 import numpy.typing as npt
 import pytest
+import structlog
 from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from fluxfill.bridge import jpeg_markers, jpeg_splice, orientation
@@ -869,6 +870,31 @@ def test_a_jpeg_re_encoded_whole_with_exif_it_cannot_carry_still_gives_a_jpeg(na
 
     assert (result.format, result.encoding, decoded(result).format) == ("jpeg", "reencoded", "JPEG")
     assert ("EXIF was left out" in (result.note or "")) == (name == "over 64 KB"), result.note
+
+
+def test_libjpegs_warnings_are_log_entries_of_the_job_not_bare_lines_on_stderr(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """libjpeg prints its warnings on a photo's corrupt data ("Corrupt JPEG data: 22 extraneous bytes before
+    marker 0xd9", "Premature end of JPEG file") on the process's stderr, twice: bare text that Cloud Logging
+    gives no severity on Cloud Run, ERROR on GKE, and no job. They are a WARNING entry of the job's, once."""
+    original = (Path(__file__).parent / "files" / "corrupt-scan.jpg").read_bytes()
+    photo = read_photo(original, BIG)
+    capfd.readouterr()
+    structlog.contextvars.bind_contextvars(messageId="m9")
+    try:
+        with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            # Read ahead on a worker thread, as a job does: the entry still names the job.
+            encode_result(photo, edit(photo.pixels, (8, 8, 24, 24)), ahead=read_ahead(photo.original))
+    finally:
+        structlog.contextvars.unbind_contextvars("messageId")
+
+    assert capfd.readouterr().err == ""
+    said = [(log["log_level"], log["event"], log.get("messageId")) for log in logs]
+    assert said == [
+        ("warning", "libjpeg: Corrupt JPEG data: 22 extraneous bytes before marker 0xd9", "m9"),
+        ("warning", "libjpeg: DCT coefficient out of range", "m9"),  # the write's refusal: re-encoded whole
+    ]
 
 
 def test_a_jpeg_whose_scan_decodes_to_coefficients_no_encoder_writes_is_re_encoded_whole() -> None:
