@@ -59,14 +59,8 @@ class Entry:
         return sum(len(line) + 1 for line in self.lines)
 
     def json_line(self) -> str:
-        entry: dict[str, object] = {
-            "severity": self.severity,
-            "message": "\n".join(self.lines),
-            "logger": "tritonserver",
-        }
-        if self.source:
-            entry[SOURCE_LOCATION] = self.source
-        return json.dumps(entry)  # ASCII: whatever the sink's encoding
+        where = {SOURCE_LOCATION: self.source} if self.source else {}
+        return json_line(self.severity, "\n".join(self.lines), "tritonserver", **where)
 
 
 def entry_of(line: str, stream: str) -> Entry | str:
@@ -205,6 +199,7 @@ class Pump:
                 self._sink_failed = True
 
 
-def json_line(severity: str, message: str, logger: str) -> str:
-    """One entry written by other code than the server's (the supervisor's own lines)."""
-    return json.dumps({"severity": severity, "message": message, "logger": logger})
+def json_line(severity: str, message: str, logger: str, **fields: object) -> str:
+    """One entry as Cloud Logging reads it (the server's, and the supervisor's own lines); ASCII JSON,
+    whatever the sink's encoding."""
+    return json.dumps({"severity": severity, "message": message, "logger": logger, **fields})
