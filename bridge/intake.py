@@ -339,10 +339,5 @@ def encode_preview(
     if stored is not None:
         preview = orientation.upright(preview, turn)
     buffer = io.BytesIO()
-    profile = (
-        {"icc_profile": icc_profile}
-        if icc_profile and photo_colours.profile_describes(icc_profile, "RGB")
-        else {}
-    )
-    preview.save(buffer, format="JPEG", quality=85, **profile)
+    preview.save(buffer, format="JPEG", quality=85, **photo_colours.save_options(None, icc_profile, "RGB"))
     return buffer.getvalue()

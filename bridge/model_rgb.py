@@ -101,3 +101,16 @@ def _uncomposited() -> npt.NDArray[np.uint8]:
 
 
 _UNCOMPOSITED = _uncomposited()
+
+
+def picture(
+    edited: npt.NDArray[np.uint8], alpha: npt.NDArray[np.uint8] | None, greyscale: bool
+) -> Image.Image:
+    """A picture made of the model's upright RGB (height x width x 3) for a photo: RGB, or L for a greyscale
+    photo (whatever colour the model painted is not the photo's); with the photo's `alpha` (RGBA or LA) when
+    given, the colours behind it (straight), not those shown over white. The bridge's results and
+    `fluxfill infer`'s output alike."""
+    image = Image.fromarray(edited) if alpha is None else straight(edited, alpha)
+    if greyscale:
+        image = image.convert("LA" if alpha is not None else "L")
+    return image

@@ -49,6 +49,16 @@ def profile_describes(icc_profile: bytes, mode: str) -> bool:
     return icc_profile[16:20] == (b"GRAY" if mode in ("L", "LA") else b"RGB ")
 
 
+def save_options(exif: bytes | None, icc_profile: bytes | None, mode: str) -> dict[str, bytes]:
+    """Pillow's save options carrying the EXIF, and the colour profile when it describes an image of `mode`
+    (a grey profile does not describe an RGB image, nor an RGB one a greyscale image)."""
+    if icc_profile is not None and not profile_describes(icc_profile, mode):
+        icc_profile = None
+    return {
+        name: value for name, value in (("exif", exif), ("icc_profile", icc_profile)) if value is not None
+    }
+
+
 def _profile_of_code_points(stored: Image.Image, data: bytes) -> tuple[bytes | None, str]:
     """For a HEIC or AVIF without an ICC profile: the profile its nclx colour box means
     (fluxfill.bridge.colour_profile), and the note that says so or why there is none."""

@@ -22,7 +22,7 @@ from PIL import Image, PngImagePlugin
 from fluxfill.bridge import jpeg_markers, jpeg_splice, model_rgb, orientation, stale_metadata
 from fluxfill.bridge.contract import RESULT_EXTENSIONS
 from fluxfill.bridge.intake import Photo, sniff_format
-from fluxfill.bridge.photo_colours import profile_describes
+from fluxfill.bridge.photo_colours import save_options
 from fluxfill.inpaint.geometry import Box
 
 REENCODE_QUALITY = 95
@@ -79,10 +79,8 @@ def encode_result(
     exif, why = stale_metadata.carried_exif(
         photo.exif, upright=True, max_bytes=stale_metadata.JPEG_MAX_EXIF_BYTES
     )
-    image = Image.fromarray(edited)
-    if photo.greyscale:
-        image = image.convert("L")
-    data = _save(image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode))
+    image = model_rgb.picture(edited, None, photo.greyscale)
+    data = _save(image, "JPEG", quality=REENCODE_QUALITY, **save_options(exif, photo.icc_profile, image.mode))
     note = _joined(f"the original is {photo.format}{_exif_note(why)}", _frames_note(photo), photo.colour_note)
     return EncodedResult(data, "jpeg", "reencoded", note)
 
@@ -90,9 +88,9 @@ def encode_result(
 def _png_or_webp(photo: Photo, edited: npt.NDArray[np.uint8], kind: str) -> EncodedResult:
     """A PNG or WebP (`kind`) with the original's colour profile (an iPhone screenshot is a Display P3 PNG:
     without it the result's colours would shift) and its EXIF, upright like the pixels."""
-    image = _with_alpha(photo, edited)
+    image = model_rgb.picture(edited, photo.alpha, photo.greyscale)
     exif, why = stale_metadata.carried_exif(photo.exif, upright=True)
-    metadata = _metadata(exif, photo.icc_profile, image.mode)
+    metadata = save_options(exif, photo.icc_profile, image.mode)
     note = _joined(
         f"the original's EXIF was left out: {why}" if why else "", _frames_note(photo), photo.colour_note
     )
@@ -130,27 +128,16 @@ def _jpeg(
         note = f"left out of the original's metadata, as it shows the photo before the edit: {said}"
         return EncodedResult(spliced, "jpeg", "dct_splice", note if left_out else None)
     except jpeg_splice.SpliceRefusedError as refused:
-        image = Image.fromarray(np.ascontiguousarray(stored))
-        if photo.greyscale:
-            image = image.convert("L")
+        image = model_rgb.picture(np.ascontiguousarray(stored), None, photo.greyscale)
         exif, why = stale_metadata.carried_exif(
             photo.exif, upright=False, max_bytes=stale_metadata.JPEG_MAX_EXIF_BYTES
         )
         data = _save(
-            image, "JPEG", quality=REENCODE_QUALITY, **_metadata(exif, photo.icc_profile, image.mode)
+            image, "JPEG", quality=REENCODE_QUALITY, **save_options(exif, photo.icc_profile, image.mode)
         )
         return EncodedResult(
             data, "jpeg", "reencoded", f"the original could not be spliced: {refused}{_exif_note(why)}"
         )
-
-
-def _with_alpha(photo: Photo, edited: npt.NDArray[np.uint8]) -> Image.Image:
-    """RGB, or L for a greyscale original; with the original's transparency (RGBA or LA) when it had any."""
-    # The colours behind the alpha, not the colours shown over white (model_rgb.straight).
-    image = Image.fromarray(edited) if photo.alpha is None else model_rgb.straight(edited, photo.alpha)
-    if photo.greyscale:
-        image = image.convert("LA" if photo.alpha is not None else "L")
-    return image
 
 
 def _frames_note(photo: Photo) -> str:
@@ -171,16 +158,6 @@ def _joined(*notes: str) -> str | None:
 
 def _exif_note(why: str | None) -> str:
     return f"; its EXIF was left out: {why}" if why else ""
-
-
-def _metadata(exif: bytes | None, icc_profile: bytes | None, mode: str) -> dict[str, bytes]:
-    """Save options carrying the EXIF, and the colour profile when it describes an image of `mode` (a grey
-    profile does not describe an RGB image)."""
-    if icc_profile is not None and not profile_describes(icc_profile, mode):
-        icc_profile = None
-    return {
-        name: value for name, value in (("exif", exif), ("icc_profile", icc_profile)) if value is not None
-    }
 
 
 def _save(image: Image.Image, kind: str, **options: object) -> bytes:

@@ -299,16 +299,12 @@ def save_rgb(image: RGBArray, path: str | os.PathLike[str], photo: Photo | None 
         options: dict[str, Any] = {"quality": OUTPUT_QUALITY[fmt]} if fmt in OUTPUT_QUALITY else {}
         if photo is not None and fmt in _METADATA_FORMATS:
             alpha = photo.alpha
-            if alpha is not None and fmt in _TRANSPARENT_FORMATS and alpha.shape == image.shape[:2]:
-                picture = model_rgb.straight(image, alpha)
-            if photo.greyscale and fmt in _GREYSCALE_FORMATS:
-                picture = picture.convert("LA" if picture.mode == "RGBA" else "L")
+            if alpha is None or fmt not in _TRANSPARENT_FORMATS or alpha.shape != image.shape[:2]:
+                alpha = None
+            picture = model_rgb.picture(image, alpha, photo.greyscale and fmt in _GREYSCALE_FORMATS)
             limit = stale_metadata.JPEG_MAX_EXIF_BYTES if fmt == "JPEG" else None
             exif, _ = stale_metadata.carried_exif(photo.exif, upright=True, max_bytes=limit)
-            profile = photo.icc_profile
-            fits = profile is not None and photo_colours.profile_describes(profile, picture.mode)
-            kept = {"icc_profile": profile if fits else None, "exif": exif}
-            options.update({name: value for name, value in kept.items() if value is not None})
+            options.update(photo_colours.save_options(exif, photo.icc_profile, picture.mode))
         picture.save(temporary, format=fmt, **options)
         os.replace(temporary, path)
     except (ValueError, KeyError) as error:
