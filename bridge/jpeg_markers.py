@@ -19,7 +19,10 @@ from PIL import Image
 
 from fluxfill.bridge import stale_metadata
 
-_SOS, _DHT, _APP0, _APP15, _COM, _EOI, _TEM = 0xDA, 0xC4, 0xE0, 0xEF, 0xFE, 0xD9, 0x01
+_SOS, _DHT, _APP0, _APP14, _APP15, _COM, _EOI, _TEM = 0xDA, 0xC4, 0xE0, 0xEE, 0xEF, 0xFE, 0xD9, 0x01
+# The metadata segments libjpeg reads for itself: JFIF's (APP0) and Adobe's (APP14) say what colour space the
+# components are coded in (an Adobe transform of 0: R, G and B as they are).
+_READ_BY_LIBJPEG = frozenset({_APP0, _APP14})
 # The next marker that is not inside a scan's data: 0xFF followed by anything but a stuffed zero, a restart
 # marker or a fill byte (a 0xFF of the data itself is always followed by a zero, so this cannot match inside).
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
@@ -137,6 +140,23 @@ def with_metadata_of(original: bytes, written: bytes) -> bytes:
     header, rest = _header(written)
     tables = b"".join(segment for marker, segment in header if not _is_metadata(marker))
     return written[:2] + metadata + tables + written[rest:]
+
+
+def coded_image(data: bytes) -> list[memoryview]:
+    """The JPEG without the metadata libjpeg does not read itself, as pieces of `data` to be written one after
+    the other: its coefficients, tables and colour space read from these are the original's, and
+    with_metadata_of puts every metadata segment back. jpeglib keeps each APPn and COM segment it reads,
+    at most 50, and fails beyond them: an editor's XMP history or image resources in 64 KB pieces, or
+    comments."""
+    view = memoryview(data)
+    pieces = [view[:2]]
+    for marker, start, end in _segments(data):
+        if marker == _SOS:
+            pieces.append(view[start:])
+            break
+        if not _is_metadata(marker) or marker in _READ_BY_LIBJPEG:
+            pieces.append(view[start:end])
+    return pieces
 
 
 def left_out_of(original: bytes) -> list[str]:

@@ -112,7 +112,8 @@ def read_coefficients(original: bytes) -> jpeglib.DCTJPEG:
     _refuse_by_frame(original)
     with tempfile.TemporaryDirectory(prefix="fluxfill-splice-") as folder:
         source = Path(folder) / "original.jpg"
-        source.write_bytes(original)
+        with source.open("wb") as file:
+            file.writelines(jpeg_markers.coded_image(original))
         jpeg = _read(source)
     # Written without its source: jpeglib would otherwise decode the whole original again only to overwrite
     # every coefficient it read (30 ms at 12 MP); tables and sampling are passed explicitly either way.

@@ -177,6 +177,47 @@ def test_stray_bytes_between_segments_hide_no_metadata_from_the_result() -> None
     assert shown.size == (64, 96), "shown upright, as the user painted it"
 
 
+def with_segments(data: bytes, segments: list[bytes]) -> bytes:
+    """`data` with these whole marker segments right after its SOI."""
+    return data[:2] + b"".join(segments) + data[2:]
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+# Metadata spread over many segments, as editors write it: Photoshop's image resources (APP13) and its XMP
+# history beyond 64 KB (extended XMP, APP1), or comments. 60 segments of 60 KB: 3.6 MB.
+MANY_SEGMENTS = {
+    "photoshop resources": [segment(0xED, b"Photoshop 3.0\x008BIM" + bytes(60_000)) for _ in range(60)],
+    "extended XMP": [
+        segment(0xE1, b"http://ns.adobe.com/xmp/extension/\x00" + b"0" * 32 + bytes(60_000))
+        for _ in range(60)
+    ],
+    "comments": [segment(0xFE, b"c" * 60_000) for _ in range(60)],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MANY_SEGMENTS))
+def test_a_jpeg_with_metadata_in_many_segments_is_spliced(kind: str) -> None:
+    """jpeglib keeps at most 50 APPn and COM segments and fails beyond them: such a JPEG was re-encoded
+    whole ("reading info of the original failed"), every pixel of it a generation worse."""
+    stored = textured(96, 64)
+    original = with_segments(jpeg(stored, quality=92, **phone_metadata(6)), MANY_SEGMENTS[kind])
+    photo = read_photo(original, BIG)
+    edited = edit(photo.pixels, (0, 0, 16, 16))
+
+    for ahead in (None, read_ahead(original)):
+        result = encode_result(photo, edited, ahead=ahead)
+
+        assert (result.format, result.encoding) == ("jpeg", "dct_splice"), result.note
+        carried = [segment for segment in metadata(original) if b"xmp/extension" not in segment]
+        assert metadata(result.data) == carried
+        shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(result.data))), np.int16)
+        assert np.abs(shown[:16, :16] - edited[:16, :16]).mean() < 3.0
+        assert np.array_equal(shown[32:, 32:], photo.pixels[32:, 32:])
+
+
 @pytest.mark.parametrize("sampling", ["4:4:4", "4:2:0"])
 @pytest.mark.parametrize("turn", range(1, 9))
 def test_scattered_edits_change_exactly_their_mcus_in_any_orientation(turn: int, sampling: str) -> None:
