@@ -7,11 +7,17 @@ profile that shows them as the photo is shown, or its colours shift: P3's satura
 duller, a linear PNG's greys darker. Numpy and PIL only, so the client may import it.
 """
 
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from fluxfill.bridge import png_colour
 from fluxfill.bridge.colour_profile import ColourDescription, nclx_in, profile_for
 
+# The largest profile a JPEG can carry (255 APP2 segments of 65,519 bytes), a PNG may carry too: Pillow
+# refuses any PNG chunk that inflates beyond 1 MB (its guard against text bombs), and so refused the whole
+# photo of a profile with lookup tables, or of an editor's compressed XMP. Text chunks stay within Pillow's
+# 64 MB in all (MAX_TEXT_MEMORY).
+LARGEST_PROFILE_BYTES = 255 * 65_519
+PngImagePlugin.MAX_TEXT_CHUNK = max(PngImagePlugin.MAX_TEXT_CHUNK, LARGEST_PROFILE_BYTES)
 # Formats whose colours may be described by nclx code points alone (ISO/IEC 23091-2).
 CODE_POINT_FORMATS = frozenset({"HEIF", "AVIF"})
 

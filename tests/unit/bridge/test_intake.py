@@ -206,6 +206,36 @@ def test_garbage_after_a_png_signature_is_corrupt() -> None:
     assert refusal(decode_photo, b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, BIG) is ErrorCode.CORRUPT_IMAGE
 
 
+def grown_profile(size: int) -> bytes:
+    """An sRGB profile grown to `size` bytes (its header says so), as large as a profile of lookup tables."""
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    return size.to_bytes(4, "big") + srgb[4:] + bytes(size - len(srgb))
+
+
+def test_a_png_whose_profile_or_xmp_inflates_to_megabytes_is_read_with_its_profile() -> None:
+    """Pillow refused a PNG chunk that inflates beyond 1 MB, a guard against text bombs: a colour profile of
+    lookup tables, or an editor's XMP, is larger, and the whole photo was refused as corrupt. The cap is now
+    the largest profile a JPEG can carry (255 segments of 65,519 bytes)."""
+    profile = grown_profile(3_000_000)
+    xmp = PngInfo()
+    xmp.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>" + " " * 2_000_000 + "</x:xmpmeta>", zip=True)
+    data = encode(Image.new("RGB", (64, 48), (10, 20, 30)), "PNG", icc_profile=profile, pnginfo=xmp)
+
+    photo = read_photo(data, BIG)
+
+    assert photo.icc_profile == profile
+    assert photo.pixels[0, 0].tolist() == [10, 20, 30]
+
+
+def test_a_png_text_chunk_that_inflates_beyond_the_largest_profile_is_refused_as_corrupt() -> None:
+    bomb = PngInfo()
+    bomb.add_text("Comment", " " * (64 << 20), zip=True)  # 64 MB in 64 KB
+    data = encode(Image.new("RGB", (64, 48)), "PNG", pnginfo=bomb)
+    assert len(data) < 200_000
+
+    assert refusal(read_photo, data, BIG) is ErrorCode.CORRUPT_IMAGE
+
+
 def test_too_many_pixels_is_refused_before_decoding() -> None:
     # A 4000x4000 single-colour PNG compresses to a few KB: a small decompression bomb.
     data = encode(Image.new("L", (4000, 4000)), "PNG")

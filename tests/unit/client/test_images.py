@@ -418,6 +418,23 @@ def test_an_output_carries_the_colour_profile_the_bridge_shows_the_photos_pixels
         assert written.info.get("icc_profile") == expected
 
 
+def test_a_pngs_profile_that_inflates_to_megabytes_is_read_and_carried_as_the_bridge_does(
+    tmp_path: Path,
+) -> None:
+    """Pillow refused any PNG chunk that inflates beyond 1 MB: `infer` failed on a photo whose profile has
+    lookup tables (fluxfill.bridge.photo_colours.LARGEST_PROFILE_BYTES)."""
+    grown = (3_000_000).to_bytes(4, "big") + DISPLAY_P3[4:] + bytes(3_000_000 - len(DISPLAY_P3))
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (WIDTH, HEIGHT), (220, 30, 40)).save(path, icc_profile=grown)
+
+    photo = load_photo(path)
+    save_rgb(photo.rgb, tmp_path / "out.png", photo)
+
+    assert photo.icc_profile == grown
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.info.get("icc_profile") == grown
+
+
 SRGB_PROFILE = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 # The header's data colour space is what says whose profile it is.
 GREY_PROFILE = SRGB_PROFILE[:16] + b"GRAY" + SRGB_PROFILE[20:]
