@@ -194,8 +194,7 @@ def _refusals(what: str, kind: str) -> Iterator[None]:
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} starts as {kind} but does not parse as one"
         ) from None
-    # libheif's refusals come as RuntimeError, and a file cut short as EOFError.
-    except (OSError, SyntaxError, ValueError, RuntimeError, EOFError) as error:
+    except model_rgb.DECODE_ERRORS as error:
         raise PermanentJobError(
             ErrorCode.CORRUPT_IMAGE, f"the {what} ({kind}) cannot be decoded: {error or type(error).__name__}"
         ) from None

@@ -17,6 +17,11 @@ from PIL import Image
 _STRIP_ROWS = 256
 # Pixels un-composited at a time (`straight`): its indices stay a few MB at any size.
 _CHUNK_PIXELS = 1 << 20
+# What Pillow and its codecs raise for a file they cannot open or decode, one rule for the bridge's intake and
+# the client: OSError (a file cut short, UnidentifiedImageError), SyntaxError (a broken PNG chunk, an AVIF's
+# data), ValueError (libheif's invalid input, a PNG chunk over Pillow's cap), RuntimeError (libheif's security
+# limits, the AVIF decoder), EOFError.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, EOFError)
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 

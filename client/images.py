@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fluxfill.bridge import model_rgb, orientation, photo_colours, stale_metadata
 from fluxfill.client.errors import InvalidInputError
@@ -100,8 +100,8 @@ def _open_stored(path: str | os.PathLike[str]) -> Image.Image:
         raise InvalidInputError(
             f"{path}: more pixels than Pillow opens in this process (PIL.Image.MAX_IMAGE_PIXELS): {error}"
         ) from None
-    except (UnidentifiedImageError, OSError) as error:
-        raise InvalidInputError(f"{path}: not a readable image ({error})") from None
+    except model_rgb.DECODE_ERRORS as error:  # the bridge refuses the same files as corrupt_image
+        raise InvalidInputError(f"{path}: not a readable image ({error or type(error).__name__})") from None
     return image
 
 

@@ -227,6 +227,39 @@ def test_unreadable_files_are_named(tmp_path: Path, name: str, content: bytes | 
         to_rgb(tmp_path / name)
 
 
+def broken_copies(data: bytes) -> list[bytes]:
+    """The file cut short at twenty lengths, and with each of its first 300 bytes set to 0, 255 and flipped:
+    a transfer that failed half way, a corrupt header."""
+    cuts = [data[:length] for length in range(0, len(data), max(1, len(data) // 20))]
+    flips = []
+    for at in range(min(len(data), 300)):
+        for value in (0x00, 0xFF, data[at] ^ 0x55):
+            flips.append(data[:at] + bytes((value,)) + data[at + 1 :])
+    return cuts + flips
+
+
+@pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP", "HEIF", "AVIF"])
+def test_a_broken_photo_or_mask_of_any_format_is_invalid_input_never_another_error(
+    tmp_path: Path, kind: str
+) -> None:
+    """libheif refuses a HEIC cut short with ValueError or RuntimeError, Pillow's AVIF and PNG readers with
+    SyntaxError: those escaped the client as "unexpected error" (exit 1 and a log file), where the bridge
+    refuses the same files as corrupt_image."""
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 56, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=kind)
+    path, refusals = tmp_path / "photo", []
+    for broken in broken_copies(buffer.getvalue()):
+        path.write_bytes(broken)
+        for load in (load_photo, load_mask):
+            try:
+                load(path)
+            except InvalidInputError as error:
+                refusals.append(str(error))
+    assert len(refusals) > 100
+    assert all(refusal.startswith(f"{path}: ") for refusal in refusals)
+
+
 def test_exif_rotation_is_applied(tmp_path: Path) -> None:
     image = Image.new("RGB", (WIDTH, HEIGHT))
     exif = image.getexif()

@@ -1,8 +1,10 @@
 """The progress bar's two renderings, and every command's --help and usage errors."""
 
 import io
+from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from fluxfill.client.cli import build_parser, main
 from fluxfill.client.progress import ProgressBar
@@ -84,3 +86,17 @@ def test_an_unknown_output_format_exits_2_before_anything_runs(capsys: pytest.Ca
         capsys.readouterr().err
         == "fluxfill infer: out.nope: unknown image format '.nope' (use .png, .jpg, .webp, ...)\n"
     )
+
+
+def test_a_heic_cut_short_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """libheif refuses it with ValueError, which was an "unexpected error" (exit 1 and a log file)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 40, 40)).save(buffer, format="HEIF")
+    photo = tmp_path / "photo.heic"
+    photo.write_bytes(buffer.getvalue()[:-10])  # its pixel data cut short, as by a failed transfer
+
+    argv = ["infer", str(photo), "1,1,2,2", "--output", str(tmp_path / "out.png"), "--url", "127.0.0.1:1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fluxfill infer: {photo}: not a readable image (")
+    assert len(err.splitlines()) == 1
