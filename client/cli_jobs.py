@@ -66,7 +66,9 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
         description="Upload IMAGE and MASK, create the queued session document and publish the job "
         "exactly as the app does; prints the session id. Emulators are used when *_EMULATOR_HOST is set. "
         "MASK is read by this client's rules (an RGBA image repaints its transparent pixels) and uploaded "
-        "white on black; the bridge reads an app's own RGBA mask by its opaque pixels.",
+        "white on black; the bridge reads an app's own RGBA mask by its opaque pixels. A photo the bridge "
+        "would refuse for its size is refused before anything is uploaded, by the bridge's own "
+        "FLUXFILL_BRIDGE_MAX_OBJECT_BYTES and FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS (else the bridge's defaults).",
     )
     submit.add_argument("image", type=Path, help="the photo")
     submit.add_argument("mask", help="mask image (white = repaint), RGBA image (transparent), or box x,y,w,h")

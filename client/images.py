@@ -73,21 +73,33 @@ class Photo(NamedTuple):
     greyscale: bool = False
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Open and decode an image file, turned upright as its EXIF orientation says."""
-    stored = _open_stored(path)
+class PixelLimit(NamedTuple):
+    """The most pixels an image may have, and what the refusal of more says after "more than"."""
+
+    pixels: int
+    than: str
+
+
+# No configuration of the model takes more (its `max_input_pixels` may be set up to this).
+EVERY_SERVER = PixelLimit(MAX_INPUT_PIXELS_CEILING, f"any fluxfill server takes ({MAX_INPUT_PIXELS_CEILING})")
+
+
+def open_image(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER) -> Image.Image:
+    """Open and decode an image file, turned upright as its EXIF orientation says; refused from its header,
+    before it is decoded, when it has more pixels than `limit`."""
+    stored = _open_stored(path, limit)
     # Phones store rotation in EXIF: apply it so mask and photo line up as the user saw them, as the bridge
     # does (EXIF alone, as viewers; EXIF that does not parse says nothing of it).
     return orientation.upright(stored, orientation.orientation_of(stored))
 
 
-def _open_stored(path: str | os.PathLike[str]) -> Image.Image:
+def _open_stored(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER) -> Image.Image:
     """An image file decoded as it is stored (its format and metadata still on it)."""
     path = Path(path)
     try:
         image = Image.open(path)
         try:
-            _refuse_beyond_every_server(path, image.size)
+            _refuse_beyond(path, image.size, limit)
             image.load()
         except BaseException:
             image.close()  # the file, at once (a refused or broken one too)
@@ -105,13 +117,12 @@ def _open_stored(path: str | os.PathLike[str]) -> Image.Image:
     return image
 
 
-def _refuse_beyond_every_server(path: Path, size: tuple[int, int]) -> None:
-    """Refused from the header, before 1.2 GB and more are decoded: no configuration of the model takes it."""
+def _refuse_beyond(path: Path, size: tuple[int, int], limit: PixelLimit) -> None:
+    """Refused from the header, before 1.2 GB and more are decoded."""
     width, height = size
-    if width * height > MAX_INPUT_PIXELS_CEILING:
+    if width * height > limit.pixels:
         raise InvalidInputError(
-            f"{path}: the image is {width}x{height} = {width * height} pixels, more than any fluxfill server "
-            f"takes ({MAX_INPUT_PIXELS_CEILING})"
+            f"{path}: the image is {width}x{height} = {width * height} pixels, more than {limit.than}"
         )
 
 

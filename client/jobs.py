@@ -19,6 +19,8 @@ from typing import Any
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth
 from PIL import Image
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge.contract import (
     DEFAULT_MASK_TEMPLATE,
@@ -32,8 +34,10 @@ from fluxfill.bridge.contract import (
     parse_job,
 )
 from fluxfill.bridge.credentials import using_emulators
+from fluxfill.bridge.model_rgb import DECODE_ERRORS
+from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings
 from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnavailableError
-from fluxfill.client.images import MaskLike, open_image, to_mask
+from fluxfill.client.images import MaskLike, PixelLimit, open_image, to_mask
 
 # Formats the bridge accepts for an original, by PIL's name, with the extension the app gives them.
 # Uploaded as they are: what the bridge reads itself (fluxfill.bridge.intake.sniff_format).
@@ -118,6 +122,48 @@ def validated_job(ref: SessionRef, **fields: Any) -> JobMessage:
         raise InvalidInputError(str(error)) from None
 
 
+def _the_bridges(name: str) -> Any:
+    """The bridge's own setting of this name (its default, bounds and description), as a field."""
+    return BridgeSettings.model_fields[name]
+
+
+class BridgeLimits(BaseSettings):
+    """What the bridge refuses of an upload, checked by `submit` before anything is uploaded: the bridge's own
+    settings of these names, from its FLUXFILL_BRIDGE_* variables (a deployment sets them once, for both),
+    else its defaults."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    max_object_bytes: int = _the_bridges("max_object_bytes")
+    max_image_pixels: int = _the_bridges("max_image_pixels")
+
+    def refuse_larger(self, path: Path, what: str, size: int) -> None:
+        """InvalidInputError when `size` bytes of `what` are more than the bridge reads."""
+        if size > self.max_object_bytes:
+            raise InvalidInputError(
+                f"{path}: {what} is {size} bytes, more than the bridge takes ({self.max_object_bytes}, "
+                f"{ENV_PREFIX}MAX_OBJECT_BYTES): it would fail the job as object_too_large"
+            )
+
+    @property
+    def pixels(self) -> PixelLimit:
+        setting = f"{self.max_image_pixels}, {ENV_PREFIX}MAX_IMAGE_PIXELS"
+        than = f"the bridge takes ({setting}): it would fail the job as image_too_many_pixels"
+        return PixelLimit(self.max_image_pixels, than)
+
+
+def bridge_limits() -> BridgeLimits:
+    """The bridge's limits as its variables set them here; InvalidInputError naming a bad one."""
+    try:
+        return BridgeLimits()
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
+            for item in error.errors(include_url=False)
+        )
+        raise InvalidInputError(f"invalid bridge limit: {problems}") from None
+
+
 @dataclass(frozen=True)
 class PhotoUpload:
     """A photo file as `JobSystem.submit` uploads it: its bytes and extension, and its upright size (what
@@ -129,18 +175,32 @@ class PhotoUpload:
     height: int
 
 
-def photo_upload(path: Path) -> PhotoUpload:
-    """The photo as uploaded: JPEG, PNG, WebP, HEIC and AVIF as they are, anything else as PNG. Decoded once
-    (a 200 MP photo takes seconds), so a broken file is refused here and not by the bridge."""
-    image = open_image(path)
-    with Image.open(path) as header:
-        fmt = header.format or ""
+def photo_upload(path: Path, limits: BridgeLimits | None = None) -> PhotoUpload:
+    """The photo as uploaded: JPEG, PNG, WebP, HEIC and AVIF as they are, anything else as PNG. Refused as the
+    bridge would refuse it (`limits`: bridge_limits() when not given), from its size and header, before it is
+    read or decoded; decoded once (a 200 MP photo takes seconds), so a broken file is refused here and not by
+    the bridge."""
+    limits = limits or bridge_limits()
+    fmt = _format_of(path)
+    if fmt in ORIGINAL_FORMATS:
+        limits.refuse_larger(path, "the photo", path.stat().st_size)
+    image = open_image(path, limits.pixels)
     width, height = image.size
     if fmt in ORIGINAL_FORMATS:
         return PhotoUpload(path.read_bytes(), ORIGINAL_FORMATS[fmt], width, height)
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="PNG")
+    limits.refuse_larger(path, f"the PNG this {fmt or 'image'} is uploaded as", buffer.tell())
     return PhotoUpload(buffer.getvalue(), "png", width, height)
+
+
+def _format_of(path: Path) -> str:
+    """The image file's format by its header; "" when it cannot be opened (open_image then says why)."""
+    try:
+        with Image.open(path) as header:
+            return header.format or ""
+    except (*DECODE_ERRORS, Image.DecompressionBombError):
+        return ""
 
 
 def encode_mask(mask: MaskLike, height: int, width: int) -> bytes:

@@ -12,7 +12,10 @@ import pillow_heif  # type: ignore[import-untyped]
 import pytest
 from PIL import Image
 
+from fluxfill.bridge import intake
 from fluxfill.bridge.contract import DEFAULT_MASK_TEMPLATE, DEFAULT_ORIGINAL_TEMPLATE, ErrorCode, parse_job
+from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client import images
 from fluxfill.client import jobs as jobs_module
 from fluxfill.client.cli import main
@@ -20,10 +23,12 @@ from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.client.job_commands import _report, _submit
 from fluxfill.client.jobs import (
+    BridgeLimits,
     JobSettings,
     JobSystem,
     PhotoUpload,
     SessionRef,
+    bridge_limits,
     encode_mask,
     new_session_id,
     photo_upload,
@@ -107,6 +112,73 @@ def test_other_formats_are_uploaded_as_png(tmp_path: Path) -> None:
     assert Image.open(io.BytesIO(upload.data)).format == "PNG"
 
 
+def bridge_refusal(data: bytes, max_pixels: int) -> ErrorCode | None:
+    try:
+        intake.check_header(data, "original photo", max_pixels)
+    except PermanentJobError as error:
+        return error.code
+    return None
+
+
+def test_a_photo_the_bridge_would_refuse_for_its_size_is_refused_before_it_is_read_or_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`submit` uploaded a photo over the bridge's limits, and the job then failed as object_too_large or
+    image_too_many_pixels; a file of many gigabytes was read whole first (MemoryError, exit 1)."""
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
+    data = path.read_bytes()
+    size = len(data)
+    decoded: list[str] = []
+    monkeypatch.setattr(Image.Image, "load", lambda image: decoded.append("load"))
+    monkeypatch.setattr(Path, "read_bytes", lambda _: pytest.fail("the photo was read"))
+
+    with pytest.raises(InvalidInputError) as too_large:
+        photo_upload(path, BridgeLimits(max_object_bytes=size - 1, max_image_pixels=48))
+    with pytest.raises(InvalidInputError) as too_many:
+        photo_upload(path, BridgeLimits(max_object_bytes=size, max_image_pixels=47))
+
+    assert decoded == []
+    assert str(too_large.value) == (
+        f"{path}: the photo is {size} bytes, more than the bridge takes ({size - 1}, "
+        "FLUXFILL_BRIDGE_MAX_OBJECT_BYTES): it would fail the job as object_too_large"
+    )
+    assert str(too_many.value) == (
+        f"{path}: the image is 8x6 = 48 pixels, more than the bridge takes (47, "
+        "FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS): it would fail the job as image_too_many_pixels"
+    )
+    # The bridge's own rule, at the same limits.
+    assert bridge_refusal(data, 47) is ErrorCode.IMAGE_TOO_MANY_PIXELS
+    assert bridge_refusal(data, 48) is None
+
+
+def test_a_photo_at_the_bridges_limits_is_uploaded(tmp_path: Path) -> None:
+    path = tmp_path / "photo.bmp"
+    Image.new("RGB", (8, 6), (10, 20, 30)).save(path)
+    png = photo_upload(path, BridgeLimits(max_object_bytes=10**6, max_image_pixels=48)).data
+
+    assert photo_upload(path, BridgeLimits(max_object_bytes=len(png), max_image_pixels=48)).data == png
+    with pytest.raises(InvalidInputError, match=r"the PNG this BMP is uploaded as is \d+ bytes, more than"):
+        photo_upload(path, BridgeLimits(max_object_bytes=len(png) - 1, max_image_pixels=48))
+
+
+def test_the_limits_are_the_bridges_own_variables_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    fields = BridgeSettings.model_fields
+    monkeypatch.delenv("FLUXFILL_BRIDGE_MAX_OBJECT_BYTES", raising=False)
+    monkeypatch.delenv("FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS", raising=False)
+    assert bridge_limits() == BridgeLimits(
+        max_object_bytes=fields["max_object_bytes"].default,
+        max_image_pixels=fields["max_image_pixels"].default,
+    )
+    monkeypatch.setenv("FLUXFILL_BRIDGE_MAX_OBJECT_BYTES", "1000")
+    assert bridge_limits().max_object_bytes == 1000
+    monkeypatch.setenv("FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS", "0")
+    with pytest.raises(
+        InvalidInputError, match="FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS: Input should be greater than 0"
+    ):
+        bridge_limits()
+
+
 def test_submit_decodes_the_photo_and_the_mask_once_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -115,9 +187,9 @@ def test_submit_decodes_the_photo_and_the_mask_once_each(
     opened: list[str] = []
     real_open = images.open_image
 
-    def counted(path: Any) -> Image.Image:
+    def counted(path: Any, *limit: Any) -> Image.Image:
         opened.append(Path(path).name)
-        return real_open(path)
+        return real_open(path, *limit)
 
     monkeypatch.setattr(images, "open_image", counted)
     monkeypatch.setattr(jobs_module, "open_image", counted)
