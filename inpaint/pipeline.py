@@ -2,6 +2,8 @@
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +13,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
+from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from transformers.utils import logging as transformers_logging
 
 from fluxfill.inpaint.config import ModelConfig
 from fluxfill.inpaint.engine import PreviewCallback, StepCallback
@@ -133,23 +137,41 @@ def resolve_dtype(name: str, device: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """diffusers' and transformers' progress bars off for a while, each put back as it was. They draw on
+    stderr with carriage returns ("Loading pipeline components...", "Loading weights"): in the Triton image's
+    JSON log an ERROR entry each, at every model load, beside the errors an operator looks for."""
+    modules = [
+        module for module in (diffusers_logging, transformers_logging) if module.is_progress_bar_enabled()
+    ]
+    for module in modules:
+        module.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.enable_progress_bar()
+
+
 def load_pipeline(config: ModelConfig, device: str) -> tuple[DiffusersDenoiser, LoadReport]:
     """Load and place the pipeline; raise `WeightsError` for missing or corrupt weights."""
     check_weights(config)
     dtype = resolve_dtype(config.dtype, device)
     components: dict[str, Any] = {}
-    if config.gguf_file is not None:
-        components["transformer"] = FluxTransformer2DModel.from_single_file(
-            str(config.gguf_file),
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),  # type: ignore[no-untyped-call]
-            config=str(config.weights_dir),
-            subfolder="transformer",
-            dtype=dtype,
-            local_files_only=True,
+    with no_progress_bars():
+        if config.gguf_file is not None:
+            components["transformer"] = FluxTransformer2DModel.from_single_file(
+                str(config.gguf_file),
+                quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),  # type: ignore[no-untyped-call]
+                config=str(config.weights_dir),
+                subfolder="transformer",
+                dtype=dtype,
+                local_files_only=True,
+            )
+        pipeline = FluxFillPipeline.from_pretrained(  # type: ignore[no-untyped-call]
+            str(config.weights_dir), dtype=dtype, local_files_only=True, **components
         )
-    pipeline = FluxFillPipeline.from_pretrained(  # type: ignore[no-untyped-call]
-        str(config.weights_dir), dtype=dtype, local_files_only=True, **components
-    )
     pipeline.set_progress_bar_config(disable=True)
     decision = _place(pipeline, config, device)
     parameters = sum(p.numel() for p in pipeline.transformer.parameters())

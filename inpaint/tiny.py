@@ -34,7 +34,8 @@ from transformers import (
     T5EncoderModel,
     T5Tokenizer,
 )
-from transformers.utils import logging as transformers_logging
+
+from fluxfill.inpaint.pipeline import no_progress_bars
 
 logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -179,14 +180,8 @@ def _tiny_pipeline() -> Any:
 
 def _save_pipeline(pipe: Any, pipeline_dir: Path) -> None:
     # transformers draws a progress bar per saved text encoder; a sub-second build needs none.
-    # diffusers and transformers ship untyped decorators and helpers, hence the narrow ignores.
-    bars_were_on = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
-    try:
+    with no_progress_bars():
         pipe.save_pretrained(pipeline_dir, safe_serialization=True)
-    finally:
-        if bars_were_on:
-            transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _seeded(factory: Callable[[], _T]) -> _T:

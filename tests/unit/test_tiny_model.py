@@ -13,7 +13,9 @@ from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantization
 from diffusers.quantizers.gguf.utils import GGUFLinear, GGUFParameter
 from gguf import GGMLQuantizationType
 from PIL import Image
+from transformers.utils import logging as transformers_logging
 
+from fluxfill.inpaint.pipeline import load_pipeline
 from fluxfill.inpaint.tiny import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RECIPE_VERSION,
@@ -21,6 +23,7 @@ from fluxfill.inpaint.tiny import (
     build_tiny_model,
     ensure_tiny_model,
 )
+from tests.support import make_config
 
 MARKER = "tiny-model.json"
 
@@ -195,3 +198,20 @@ def test_gguf_pipeline_inpaints_close_to_the_full_precision_one(
     assert np.isfinite(image).all()
     # Q8_0 of the same weights: only rounding separates the two images.
     assert np.abs(image - inpaint(pipe, height=48, width=64, seed=3)).max() < 0.05
+
+
+@pytest.mark.parametrize("with_gguf", [False, True], ids=["diffusers", "gguf"])
+def test_loading_the_pipeline_draws_no_progress_bar(
+    tiny: TinyModel, with_gguf: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """diffusers and transformers drew their loading bars on the stub's stderr ("Loading pipeline
+    components...", "Loading weights", with carriage returns): an ERROR entry each in the Triton image's JSON
+    log at every model load, beside the real errors an operator looks for."""
+    gguf = str(tiny.gguf_file) if with_gguf else ""
+    config = make_config(weights_dir=str(tiny.pipeline_dir), gguf_file=gguf, warmup_steps="0")
+
+    load_pipeline(config, "cpu")
+
+    captured = capsys.readouterr()
+    assert (captured.err, captured.out) == ("", "")
+    assert transformers_logging.is_progress_bar_enabled(), "the process's own setting is left as it was"
