@@ -21,8 +21,7 @@ from fluxfill.client.images import (
     MaskLike,
     checked_mask,
     load_photo,
-    looks_like_box,
-    parse_box,
+    mask_argument,
     save_rgb,
 )
 from fluxfill.client.inference import DEFAULT_PORTS, FluxFillClient, checked_url
@@ -97,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--timeout must be positive, got {args.timeout:g}")
     url = checked_url(args.url or f"localhost:{DEFAULT_PORTS[args.protocol]}")
     photo = load_photo(args.image)
-    mask_arg: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
+    mask_arg: MaskLike = mask_argument(args.mask)
     mask = checked_mask(mask_arg, photo.rgb.shape[0], photo.rgb.shape[1], "infer")
     progress = ProgressBar(sys.stderr)
     try:

@@ -58,6 +58,8 @@ _GREYSCALE_FORMATS = frozenset({"JPEG", "PNG", "TIFF"})
 # defaults, JPEG 75, WebP 80, AVIF 75, HEIF 50, blur detail everywhere, not only where the photo was edited).
 OUTPUT_QUALITY = {"JPEG": 95, "WEBP": 90, "AVIF": 90, "HEIF": 90}
 _BOX = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*$")
+# Digits, signs, points, commas and spaces alone: a box, meant as one even when mistyped.
+_BOX_LIKE = re.compile(r"^[\s\d.,+-]+$")
 
 
 class Photo(NamedTuple):
@@ -206,9 +208,15 @@ def mask_from_box(box: Box, height: int, width: int) -> MaskArray:
     return mask
 
 
-def looks_like_box(text: str) -> bool:
-    """True when a command-line MASK argument is a box rather than a file name."""
-    return _BOX.match(text) is not None and not Path(text).exists()
+def mask_argument(text: str) -> Box | Path:
+    """A command line's MASK: the file of that name when there is one, else a box `x,y,w,h`. Numbers and
+    commas that make no box (decimals, three or five numbers) are refused as a box, not looked for as a
+    file ("1.5,2,3,4: no such file" said nothing of the box)."""
+    if Path(text).exists():
+        return Path(text)
+    if "," in text and _BOX_LIKE.match(text):
+        return parse_box(text)
+    return Path(text)
 
 
 def to_mask(mask: MaskLike, height: int, width: int) -> MaskArray:

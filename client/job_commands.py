@@ -19,7 +19,7 @@ from fluxfill.client.errors import (
     DeadlineExceededError,
     InvalidInputError,
 )
-from fluxfill.client.images import MaskLike, checked_mask, looks_like_box, parse_box
+from fluxfill.client.images import MaskLike, checked_mask, mask_argument
 from fluxfill.client.jobs import (
     JobSettings,
     JobSystem,
@@ -94,7 +94,7 @@ def run_job_command(args: argparse.Namespace) -> int:
 
 
 def _submit(jobs: JobSystem, args: argparse.Namespace, ref: SessionRef) -> int:
-    mask: MaskLike = parse_box(args.mask) if looks_like_box(args.mask) else Path(args.mask)
+    mask: MaskLike = mask_argument(args.mask)
     fields = {"prompt": args.prompt, "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
     validated_job(ref, priority=args.priority, **fields)  # a bad field is named before any photo is decoded
     # The photo and the mask decoded once each: a phone's 200 MP photo takes seconds and a gigabyte a time.

@@ -18,7 +18,7 @@ from fluxfill.client.images import (
     OUTPUT_QUALITY,
     load_mask,
     load_photo,
-    looks_like_box,
+    mask_argument,
     mask_from_box,
     mask_from_image,
     open_image,
@@ -86,10 +86,17 @@ def test_a_box_outside_the_photo_or_empty_is_refused(box: tuple[int, int, int, i
 
 def test_box_text_is_told_apart_from_a_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert looks_like_box("1,2,3,4")
-    assert not looks_like_box("mask.png")
+    assert mask_argument(" 1, 2,3,4") == (1, 2, 3, 4)
+    assert mask_argument("mask.png") == Path("mask.png")
     (tmp_path / "1,2,3,4").write_bytes(b"")
-    assert not looks_like_box("1,2,3,4"), "an existing file of that name wins"
+    assert mask_argument("1,2,3,4") == Path("1,2,3,4"), "an existing file of that name wins"
+
+
+@pytest.mark.parametrize("text", ["1.5,2,3,4", "1,2,3", "1,2,3,4,5", ",,,", "1,2,3,"])
+def test_numbers_that_make_no_box_are_refused_as_a_box_not_looked_for_as_a_file(text: str) -> None:
+    """They were taken for a file name: "1.5,2,3,4: no such file"."""
+    with pytest.raises(InvalidInputError, match=f"box must be x,y,w,h in whole pixels, got '{text}'"):
+        mask_argument(text)
 
 
 def test_every_mask_form_gives_the_same_array(tmp_path: Path) -> None:
