@@ -160,7 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    lines = logging.StreamHandler()
+    lines.setFormatter(_CommandLines(args.command))
+    logging.basicConfig(level=logging.INFO, handlers=[lines])
     # The commands open the user's own photos: Pillow's limit for untrusted images (a phone's 200 MP
     # photo is a "decompression bomb" to it, and one over 89 MP a two-line warning) gives way to
     # open_image's ceiling and the server's own limit.
@@ -170,6 +172,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         # naming the library's source file.
         warnings.showwarning = _warning_line(args.command)
         return _main(args, argv)
+
+
+class _CommandLines(logging.Formatter):
+    """Our own log lines as the command's, one line each: `fluxfill COMMAND: what it did`, and a warning
+    `fluxfill COMMAND: warning: ...` as a library's warnings are (a retry's was `WARNING
+    fluxfill.client.retry: ...`)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self._command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        kind = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"fluxfill {self._command}: {kind}{' '.join(record.getMessage().split())}"
 
 
 def _warning_line(command: str) -> Callable[..., None]:

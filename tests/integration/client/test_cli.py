@@ -202,7 +202,13 @@ def test_unavailable_server_is_retried_with_backoff_before_exit_3(files: Path, t
         "--url", f"127.0.0.1:{free_port()}", "--retries", "2",
     )  # fmt: skip
     assert result.returncode == 3
-    assert len(re.findall("retrying in", result.stderr)) == 2
+    *retries, error = result.stderr.splitlines()
+    assert len(retries) == 2
+    assert all(
+        re.fullmatch(r"fluxfill infer: warning: service unavailable \(.*\); retrying in \d\.\d s", line)
+        for line in retries
+    )
+    assert error.startswith("fluxfill infer: ")
     assert time.monotonic() - started >= 0.5 + 1.0, "backoff waits 0.5 s, then 1 s"
 
 
