@@ -142,21 +142,30 @@ def with_metadata_of(original: bytes, written: bytes) -> bytes:
     return written[:2] + metadata + tables + written[rest:]
 
 
-def coded_image(data: bytes) -> list[memoryview]:
-    """The JPEG without the metadata libjpeg does not read itself, as pieces of `data` to be written one after
-    the other: its coefficients, tables and colour space read from these are the original's, and
-    with_metadata_of puts every metadata segment back. jpeglib keeps each APPn and COM segment it reads,
-    at most 50, and fails beyond them: an editor's XMP history or image resources in 64 KB pieces, or
-    comments."""
+@dataclass(frozen=True)
+class CodedImage:
+    """A JPEG as libjpeg needs it to read its coefficients: pieces of its bytes, to be written one after the
+    other, and how many metadata segments they keep (JFIF's and Adobe's)."""
+
+    pieces: list[memoryview]
+    metadata_segments: int
+
+
+def coded_image(data: bytes) -> CodedImage:
+    """The JPEG without the metadata libjpeg does not read itself: its coefficients, tables and colour space
+    read from these are the original's, and with_metadata_of puts every metadata segment back. jpeglib keeps
+    each APPn and COM segment it reads, at most 50, and fails beyond them: an editor's XMP history or image
+    resources in 64 KB pieces, or comments."""
     view = memoryview(data)
-    pieces = [view[:2]]
+    pieces, metadata = [view[:2]], 0
     for marker, start, end in _segments(data):
         if marker == _SOS:
             pieces.append(view[start:])
             break
         if not _is_metadata(marker) or marker in _READ_BY_LIBJPEG:
             pieces.append(view[start:end])
-    return pieces
+            metadata += _is_metadata(marker)
+    return CodedImage(pieces, metadata)
 
 
 def left_out_of(original: bytes) -> list[str]:

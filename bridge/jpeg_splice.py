@@ -48,6 +48,8 @@ jpeglib.version.set("turbo210")
 # four threads splicing 0.3 MP JPEGs). Every call into it holds this lock; a bridge running several jobs
 # splices one at a time (0.1 s to read and 0.15 s to write 12 MP here), while the GPU is the bottleneck.
 _LIBJPEG = threading.Lock()
+# APPn and COM segments jpeglib keeps while reading (its MAX_MARKER): it fails beyond them.
+JPEGLIB_MAX_MARKERS = 50
 logger = structlog.get_logger(__name__)
 # Reads ahead of the splice (CoefficientsAhead); two, for the bridges that run two jobs at once.
 _READER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg-coefficients")
@@ -110,10 +112,14 @@ def read_coefficients(original: bytes) -> jpeglib.DCTJPEG:
     """The original's coefficients, quantization tables and sampling; SpliceRefusedError when it cannot be
     spliced (the reason)."""
     _refuse_by_frame(original)
+    coded = jpeg_markers.coded_image(original)
+    if coded.metadata_segments >= JPEGLIB_MAX_MARKERS:
+        # jpeglib would write one past its arrays (C globals) on the 51st, then fail.
+        raise SpliceRefusedError(f"it has {coded.metadata_segments} JFIF and Adobe segments")
     with tempfile.TemporaryDirectory(prefix="fluxfill-splice-") as folder:
         source = Path(folder) / "original.jpg"
         with source.open("wb") as file:
-            file.writelines(jpeg_markers.coded_image(original))
+            file.writelines(coded.pieces)
         jpeg = _read(source)
     # Written without its source: jpeglib would otherwise decode the whole original again only to overwrite
     # every coefficient it read (30 ms at 12 MP); tables and sampling are passed explicitly either way.

@@ -218,6 +218,21 @@ def test_a_jpeg_with_metadata_in_many_segments_is_spliced(kind: str) -> None:
         assert np.array_equal(shown[32:, 32:], photo.pixels[32:, 32:])
 
 
+def test_a_jpeg_of_more_segments_libjpeg_reads_than_jpeglib_keeps_is_re_encoded_whole() -> None:
+    """JFIF's and Adobe's segments are read by libjpeg itself: 60 of them (no encoder writes more than one)
+    would make jpeglib write past its arrays; refused before it is called."""
+    stored = textured(96, 64)
+    adobe = segment(0xEE, b"Adobe\x00\x64\x00\x00\x00\x00\x01")  # transform 1: YCbCr
+    original = with_segments(jpeg(stored, quality=92), [adobe] * 60)
+    photo = read_photo(original, BIG)
+    edited = edit(photo.pixels, (0, 0, 16, 16))
+
+    result = encode_result(photo, edited, ahead=read_ahead(original))
+
+    assert result.encoding == "reencoded"
+    assert result.note == "the original could not be spliced: it has 61 JFIF and Adobe segments"
+
+
 @pytest.mark.parametrize("sampling", ["4:4:4", "4:2:0"])
 @pytest.mark.parametrize("turn", range(1, 9))
 def test_scattered_edits_change_exactly_their_mcus_in_any_orientation(turn: int, sampling: str) -> None:
