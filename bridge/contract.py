@@ -62,7 +62,7 @@ class ErrorCode(StrEnum):
     OBJECT_TOO_LARGE = "object_too_large"  # refused from its metadata, never downloaded
     OBJECT_CHANGED = "object_changed"  # replaced or deleted between its metadata and its download
     # not JPEG, PNG, WebP, HEIC or AVIF by its bytes, or a JPEG not of 8-bit samples, hierarchical, or of
-    # more scans than any encoder writes (intake.MAX_JPEG_SCANS)
+    # more scans than any encoder writes (intake.MAX_JPEG_SCANS), or stored with a Content-Encoding (gzip)
     UNSUPPORTED_IMAGE_FORMAT = "unsupported_image_format"
     CORRUPT_IMAGE = "corrupt_image"
     IMAGE_TOO_MANY_PIXELS = "image_too_many_pixels"  # a decompression bomb or simply too large

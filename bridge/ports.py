@@ -24,6 +24,8 @@ class ObjectInfo:
     size: int
     generation: int
     content_type: str | None = None
+    # Content-Encoding (gzip): Cloud Storage then serves the object inflated, larger than `size` says.
+    content_encoding: str | None = None
 
 
 class ObjectStore(Protocol):

@@ -62,6 +62,14 @@ def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: 
             f"the {what} {info.path} is {info.size} bytes, more than the limit of {max_bytes}; "
             "it was not downloaded",
         )
+    if info.content_encoding not in (None, "", "identity"):
+        # Served inflated, an object is larger than the size checked: 50 KB of gzip are 50 MB of zeros. An
+        # image is compressed already; the app's upload may set the encoding (Firebase's SDKs take it).
+        raise PermanentJobError(
+            ErrorCode.UNSUPPORTED_IMAGE_FORMAT,
+            f"the {what} {info.path} is stored with Content-Encoding: {info.content_encoding}, compressed "
+            "again; it was not downloaded (upload the image as it is)",
+        )
     return info
 
 

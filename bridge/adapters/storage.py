@@ -53,11 +53,12 @@ class CloudStorageObjects:
         return _info(blobs[0]) if blobs else None
 
     def read(self, info: ObjectInfo) -> bytes:
-        """The bytes of the generation whose size was checked, so a swapped object cannot slip in."""
+        """The bytes of the generation whose size was checked, so a swapped object cannot slip in, as they are
+        stored: never inflated beyond that size (a gzip-encoded object is served inflated otherwise)."""
         blob = self._bucket.blob(info.path, generation=info.generation)
         with storage_errors(f"download {info.path}"):
             try:
-                return bytes(blob.download_as_bytes(if_generation_match=info.generation))
+                return bytes(blob.download_as_bytes(if_generation_match=info.generation, raw_download=True))
             except (api.NotFound, api.PreconditionFailed):
                 raise PermanentJobError(
                     ErrorCode.OBJECT_CHANGED, f"{info.path} was replaced or deleted while the job read it"
@@ -75,4 +76,6 @@ class CloudStorageObjects:
 
 
 def _info(blob: storage.Blob) -> ObjectInfo:
-    return ObjectInfo(blob.name, int(blob.size or 0), int(blob.generation or 0), blob.content_type)
+    return ObjectInfo(
+        blob.name, int(blob.size or 0), int(blob.generation or 0), blob.content_type, blob.content_encoding
+    )

@@ -1,5 +1,6 @@
 """The bridge in pull mode against the Pub/Sub, Firestore and Storage emulators and a real tritonserver."""
 
+import gzip
 import io
 import time
 import uuid
@@ -10,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge import leases
+from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.errors import TritonUnavailableError
 from fluxfill.bridge.ports import InferenceResult
 from fluxfill.bridge.pull import PULL_WAIT_S
@@ -182,6 +184,34 @@ def test_oversized_object_fails_without_being_downloaded(
         jobs.publish({"userId": user, "sessionId": session})
         document = jobs.wait_for(user, session, is_terminal)
     assert document["error"]["code"] == "object_too_large"
+    assert bridge.bridge.metrics.sample("fluxfill_bridge_downloaded_bytes_total") == 0
+
+
+def test_an_original_stored_gzip_encoded_is_refused_unread_not_inflated(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Cloud Storage serves an object stored with Content-Encoding: gzip inflated, and the client library
+    inflated it whole: the size checked against max_object_bytes was the compressed one, so 50 KB of gzip
+    were 50 MB of zeros in the bridge's memory (an app's user may set the encoding of an upload: Firebase's
+    SDKs take contentEncoding)."""
+    user, session = jobs.new_job()
+    bomb = gzip.compress(bytes(50_000_000), compresslevel=9)
+    assert len(bomb) < 100_000
+    path = f"users/{user}/sessions/{session}/original.png"
+    blob = jobs.storage_client.bucket(jobs.bucket).blob(path)
+    blob.content_encoding = "gzip"
+    blob.upload_from_string(bomb, content_type="image/png")
+    info = CloudStorageObjects(jobs.storage_client, jobs.bucket).find(path)
+    assert info is not None
+    assert (info.size, info.content_encoding) == (len(bomb), "gzip")
+    assert CloudStorageObjects(jobs.storage_client, jobs.bucket).read(info) == bomb, "read as stored"
+
+    with running_bridge(jobs.settings(flux_server.grpc_url, max_object_bytes=1_000_000)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session})
+        document = jobs.wait_for(user, session, is_terminal)
+
+    assert document["error"]["code"] == "unsupported_image_format"
+    assert "stored with Content-Encoding: gzip" in document["error"]["message"]
     assert bridge.bridge.metrics.sample("fluxfill_bridge_downloaded_bytes_total") == 0
 
 
