@@ -86,17 +86,24 @@ _OTHER_MAGIC = {
     b"\xff\x0a": "a JPEG XL",
     b"\x00\x00\x00\x0cJXL \r\n\x87\n": "a JPEG XL",
     b"%PDF-": "a PDF",
+    b"\x1f\x8b": "gzip-compressed data",
+    b"PK\x03\x04": "a ZIP archive",
 }
 
 
 def other_format(data: bytes) -> str | None:
-    """What a file the bridge does not take is, when its leading bytes say (for the refusal's sentence)."""
+    """What a file the bridge does not take is, when its leading bytes say (for the refusal's sentence): an
+    app's upload that went wrong is often nothing, or the error page of a download that failed."""
+    if not data:
+        return "empty (0 bytes)"
     for magic, name in _OTHER_MAGIC.items():
         if data.startswith(magic):
             return name
     text = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n")
     if text.startswith(b"<svg") or (text.startswith(b"<?xml") and b"<svg" in text):
         return "an SVG"
+    if text[:14].lower().startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
     if data[4:8] == b"ftyp":
         return f"a video or another ISO media file (brand {data[8:12].decode('latin-1')!r})"
     return None

@@ -74,9 +74,27 @@ def test_other_formats_are_refused_by_their_bytes_and_named(kind: str, named: st
         (b"<?xml version='1.0'?><svg" + bytes(60), "an SVG"),
         (b"<svg xmlns='http://www.w3.org/2000/svg'>" + bytes(60), "an SVG"),
         (b"\x00\x00\x00\x18ftypqt  " + bytes(60), "a video or another ISO media file (brand 'qt  ')"),
+        (b"", "empty (0 bytes)"),
+        (b"\x1f\x8b\x08\x00" + bytes(60), "gzip-compressed data"),
+        (b"PK\x03\x04" + bytes(60), "a ZIP archive"),
+        (b"\n  <!DOCTYPE html><html><body>Not Found</body></html>", "an HTML page"),
+        (b"<HTML><HEAD><TITLE>403 Forbidden", "an HTML page"),
         (b"just some text" + bytes(60), "not {ACCEPTED} (by its first bytes)"),
     ],
-    ids=["jxl", "jxl-container", "pdf", "svg-xml", "svg", "quicktime", "unknown"],
+    ids=[
+        "jxl",
+        "jxl-container",
+        "pdf",
+        "svg-xml",
+        "svg",
+        "quicktime",
+        "empty",
+        "gzip",
+        "zip",
+        "html",
+        "HTML",
+        "unknown",
+    ],
 )
 def test_files_that_are_no_image_or_no_taken_one_are_named_when_known(data: bytes, named: str) -> None:
     code, sentence = refusal_and_sentence(check_header, data, "original photo", BIG)
