@@ -68,7 +68,9 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
     single_threaded_blas()
 
     credentials = google_credentials(settings)
-    db = firestore.Client(project=settings.project, credentials=credentials)
+    db = firestore.Client(
+        project=settings.project, credentials=credentials, database=settings.firestore_database
+    )
     metrics = BridgeMetrics()
     model = model or TritonInpaintModel(
         settings.triton_url, settings.triton_protocol, settings.model_max_run_s

@@ -19,6 +19,10 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 # Firestore reserves document ids of this form (and refuses the whole path with InvalidArgument).
 RESERVED_ID_PATTERN = r"__.*__"
 MAX_STEPS = 100
+# The Firestore database of the sessions: a project's default one, or a named one (Firestore's rule for its
+# ids: 4-63 lower-case letters, digits and hyphens, a letter first, not ending in a hyphen).
+DEFAULT_FIRESTORE_DATABASE = "(default)"
+FIRESTORE_DATABASE_PATTERN = r"^(\(default\)|[a-z][a-z0-9-]{2,61}[a-z0-9])$"
 # Service-wide job defaults and experiments (fluxfill.bridge.runtime_config; `fluxfill config show|set`).
 DEFAULT_RUNTIME_CONFIG_DOCUMENT = "fluxfillConfig/runtime"
 # One document per user with a running job: its claims' slots (fluxfill.bridge.user_slots).

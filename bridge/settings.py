@@ -60,6 +60,12 @@ class BridgeSettings(BaseSettings):
     urgent_topic: str = Field(
         "", description="topic id of urgent jobs, for released urgent jobs; empty = `topic`"
     )
+    firestore_database: str = Field(
+        contract.DEFAULT_FIRESTORE_DATABASE,
+        pattern=contract.FIRESTORE_DATABASE_PATTERN,
+        description="Firestore database of the session documents and the bridge's collections: the app's "
+        "(a Firebase app may keep its data in a named one)",
+    )
     max_jobs_in_flight_per_user: int = Field(
         0,
         ge=0,
@@ -226,16 +232,21 @@ def variable(field_name: str) -> str:
     return f"{ENV_PREFIX}{field_name.upper()}"
 
 
+# What setting_rows says for a default that is no value.
+REQUIRED, GENERATED, EMPTY = "(required)", "(hostname-pid-random)", "(empty)"
+NO_VALUE = frozenset({REQUIRED, GENERATED, EMPTY})
+
+
 def setting_rows() -> list[tuple[str, str, str]]:
     """(variable, default, meaning) for every setting: docs/bridge.md's table and `--help` both show these."""
     rows = []
     for name, field in BridgeSettings.model_fields.items():
         if field.is_required():
-            default = "(required)"
+            default = REQUIRED
         elif field.default_factory is not None:
-            default = "(hostname-pid-random)"
+            default = GENERATED
         elif field.default is None or field.default == "":
-            default = "(empty)"
+            default = EMPTY
         else:
             default = str(field.default).lower() if isinstance(field.default, bool) else str(field.default)
         rows.append((variable(name), default, field.description or ""))

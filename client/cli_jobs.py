@@ -20,9 +20,12 @@ SETTING_VARIABLES = {
     "urgent_topic": "FLUXFILL_URGENT_TOPIC",
     "dead_letter_subscription": "FLUXFILL_DLQ_SUBSCRIPTION",
     "document": "FLUXFILL_CONFIG_DOCUMENT",
+    "database": "FLUXFILL_FIRESTORE_DATABASE",
 }
 # = fluxfill.bridge.contract.DEFAULT_RUNTIME_CONFIG_DOCUMENT (not imported: this module stays light; tested).
 DEFAULT_CONFIG_DOCUMENT = "fluxfillConfig/runtime"
+# = fluxfill.bridge.contract.DEFAULT_FIRESTORE_DATABASE (likewise).
+DEFAULT_DATABASE = "(default)"
 
 
 def default_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -31,6 +34,7 @@ def default_settings(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
         **{name: environ.get(variable, "") for name, variable in SETTING_VARIABLES.items()},
         "project": environ.get("FLUXFILL_PROJECT") or environ.get("GOOGLE_CLOUD_PROJECT", ""),
         "document": environ.get("FLUXFILL_CONFIG_DOCUMENT") or DEFAULT_CONFIG_DOCUMENT,
+        "database": environ.get("FLUXFILL_FIRESTORE_DATABASE") or DEFAULT_DATABASE,
         "user": environ.get("FLUXFILL_USER", "fluxfill-cli"),
     }
 
@@ -53,8 +57,10 @@ def _common(parser: argparse.ArgumentParser, *names: str) -> None:
         "document": "the runtime config document, as the bridge's FLUXFILL_BRIDGE_RUNTIME_CONFIG_DOCUMENT "
         "(FLUXFILL_CONFIG_DOCUMENT)",
         "user": "the user id the session belongs to (FLUXFILL_USER, default fluxfill-cli)",
+        "database": "the app's Firestore database, as the bridge's FLUXFILL_BRIDGE_FIRESTORE_DATABASE "
+        f"(FLUXFILL_FIRESTORE_DATABASE, default {DEFAULT_DATABASE})",
     }
-    for name in ("project", *names, "user"):
+    for name in ("project", "database", *names, "user"):
         parser.add_argument("--" + name.replace("_", "-"), default=defaults[name], help=helps[name])
 
 

@@ -2,12 +2,20 @@
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from fluxfill.bridge.contract import INPUT_ERRORS, ErrorCode, JobStatus, SessionField, is_valid_id
+from fluxfill.bridge.contract import (
+    FIRESTORE_DATABASE_PATTERN,
+    INPUT_ERRORS,
+    ErrorCode,
+    JobStatus,
+    SessionField,
+    is_valid_id,
+)
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.cli_jobs import missing_setting
 from fluxfill.client.errors import (
@@ -51,6 +59,11 @@ def _system(args: argparse.Namespace) -> JobSystem:
     for name in ("project", *_NEEDS.get(command, ())):
         if not getattr(args, name):
             raise InvalidInputError(missing_setting(name))
+    if not re.match(FIRESTORE_DATABASE_PATTERN, args.database):
+        raise InvalidInputError(
+            f"database {args.database!r} is not a Firestore database id: (default), or 4 to 63 of a-z 0-9 -, "
+            "a letter first"
+        )
     return JobSystem(
         JobSettings(
             project=args.project,
@@ -58,6 +71,7 @@ def _system(args: argparse.Namespace) -> JobSystem:
             topic=getattr(args, "topic", ""),
             urgent_topic=getattr(args, "urgent_topic", ""),
             dead_letter_subscription=getattr(args, "dead_letter_subscription", ""),
+            database=args.database,
         )
     )
 

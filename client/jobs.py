@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge.contract import (
+    DEFAULT_FIRESTORE_DATABASE,
     DEFAULT_MASK_TEMPLATE,
     DEFAULT_ORIGINAL_TEMPLATE,
     DEFAULT_SESSION_TEMPLATE,
@@ -69,6 +70,7 @@ class JobSettings:
     topic: str = ""
     dead_letter_subscription: str = ""
     urgent_topic: str = ""  # urgent jobs' topic; empty: they go to `topic` too
+    database: str = DEFAULT_FIRESTORE_DATABASE  # the app's Firestore database, as the bridge's setting
 
 
 @dataclass(frozen=True)
@@ -234,7 +236,9 @@ class JobSystem:
             project, credentials = self.settings.project, self._credentials()
             factories: dict[str, Callable[[], Any]] = {
                 "storage": lambda: storage.Client(project=project, credentials=credentials),
-                "firestore": lambda: firestore.Client(project=project, credentials=credentials),
+                "firestore": lambda: firestore.Client(
+                    project=project, credentials=credentials, database=self.settings.database
+                ),
                 "publisher": lambda: publisher_client(credentials),
                 "subscriber": lambda: subscriber_client(credentials),
             }

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from fluxfill.bridge.settings import setting_rows
+from fluxfill.bridge.settings import NO_VALUE, setting_rows
 from fluxfill.inpaint.config import DESCRIPTIONS, PARAMETER_NAMES
 from fluxfill.inpaint.contract import INPUTS, OUTPUTS, STREAM_OUTPUTS, TensorSpec
 from fluxfill.inpaint.metrics import FAMILIES
@@ -74,7 +74,7 @@ def bridge_settings() -> str:
     """The bridge's environment variables from fluxfill.bridge.settings."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, default, meaning in setting_rows():
-        shown = default if default.startswith("(") else f"`{default}`"
+        shown = default if default in NO_VALUE else f"`{default}`"
         rows.append(f"| `{name}` | {shown} | {meaning} |")
     return "\n".join(rows)
 

@@ -154,6 +154,9 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
         "fetch reserved id": Case(("fetch", "__x__", *job, "--bucket", "b"), 2, "session id '__x__'"),
         "watch without project": Case(("watch", "s1"), 2, "no project given"),
         "watch without credentials": Case(("watch", "s1", *job), 2, "no credentials"),
+        "watch in a database of a bad name": Case(
+            ("watch", "s1", *job, "--database", "Pets"), 2, "database 'Pets' is not a Firestore database id"
+        ),
         "cancel without credentials": Case(("cancel", "s1", *job), 2, "no credentials"),
         "fetch without credentials": Case(("fetch", "s1", *job, "--bucket", "b"), 2, "no credentials"),
         "submit without credentials": Case(

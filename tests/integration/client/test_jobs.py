@@ -39,6 +39,9 @@ TOPIC, SUBSCRIPTION = "cli-jobs", "cli-jobs-bridge"
 URGENT_TOPIC, URGENT_SUBSCRIPTION = "cli-jobs-urgent", "cli-jobs-urgent-bridge"
 DEAD_TOPIC, DEAD_SUBSCRIPTION = "cli-jobs-dead", "cli-jobs-dead-list"
 HEIGHT, WIDTH = 40, 56
+# A named Firestore database, as a Firebase app may keep its data in: the bridge and every command here use it
+# (FLUXFILL_BRIDGE_FIRESTORE_DATABASE, FLUXFILL_FIRESTORE_DATABASE); before, both could only use (default).
+DATABASE = "pet-sessions"
 
 
 @dataclass
@@ -102,6 +105,7 @@ def world(
             "FLUXFILL_BRIDGE_SHUTDOWN_GRACE_S": "2",
             # The bridge sends its job deadline as TIMEOUT_S: the model refuses more than max_run_seconds.
             "FLUXFILL_BRIDGE_JOB_DEADLINE_S": "120",
+            "FLUXFILL_BRIDGE_FIRESTORE_DATABASE": DATABASE,
         }
         log = folder / "bridge.log"
         with log.open("wb") as sink:
@@ -119,8 +123,9 @@ def world(
             "FLUXFILL_URGENT_TOPIC": URGENT_TOPIC,
             "FLUXFILL_DLQ_SUBSCRIPTION": DEAD_SUBSCRIPTION,
             "FLUXFILL_USER": USER,
+            "FLUXFILL_FIRESTORE_DATABASE": DATABASE,
         }
-        db = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        db = firestore.Client(project=PROJECT, credentials=AnonymousCredentials(), database=DATABASE)  # type: ignore[no-untyped-call]
         yield JobWorld(cli_env, folder, bucket, db, pubsub_v1.PublisherClient())
 
 
@@ -175,6 +180,8 @@ def test_submit_uploads_creates_and_publishes_then_watch_reaches_done(world: Job
     with Image.open(written[1]) as preview:
         assert preview.format == "JPEG"
     assert sorted(p.name for p in (world.files / "fetched").iterdir()) == [p.name for p in written]
+    default = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+    assert not default.document(f"users/{USER}/sessions/{session}").get().exists, "the named database alone"
 
 
 def test_a_submit_that_cannot_publish_leaves_nothing_behind(world: JobWorld) -> None:

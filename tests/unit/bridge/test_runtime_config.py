@@ -150,3 +150,12 @@ def test_the_command_line_and_the_bridge_default_to_one_document() -> None:
     assert DEFAULT_CONFIG_DOCUMENT == DEFAULT_RUNTIME_CONFIG_DOCUMENT
     default = BridgeSettings.model_fields["runtime_config_document"].default
     assert default == DEFAULT_RUNTIME_CONFIG_DOCUMENT
+
+
+def test_the_command_line_and_the_bridge_default_to_one_firestore_database() -> None:
+    from fluxfill.bridge.contract import DEFAULT_FIRESTORE_DATABASE
+    from fluxfill.bridge.settings import BridgeSettings
+    from fluxfill.client.cli_jobs import DEFAULT_DATABASE
+
+    assert DEFAULT_DATABASE == DEFAULT_FIRESTORE_DATABASE == "(default)"
+    assert BridgeSettings.model_fields["firestore_database"].default == DEFAULT_FIRESTORE_DATABASE
