@@ -13,7 +13,7 @@ from fluxfill.bridge.bootstrap import build_bridge
 from fluxfill.bridge.credentials import CredentialsError
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.service import BridgeService
-from fluxfill.bridge.settings import BridgeSettings, setting_rows, variable
+from fluxfill.bridge.settings import BridgeSettings, setting_rows, settings_problems
 
 logger = structlog.get_logger("fluxfill.bridge")
 
@@ -33,13 +33,6 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
-def _problem(error: dict[str, object]) -> str:
-    location = error.get("loc") or ()
-    where = variable(str(location[0])) if isinstance(location, tuple) and location else "settings"
-    message = str(error.get("msg", "")).removeprefix("Value error, ")
-    return f"{where}: {'required' if error.get('type') == 'missing' else message}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT; exit 2 on invalid settings or missing credentials."""
     _parser().parse_args(argv)
@@ -47,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = BridgeSettings()  # type: ignore[call-arg]
     except ValidationError as error:
         configure_logging()
-        problems = "; ".join(_problem(dict(e)) for e in error.errors())
+        problems = settings_problems(error)
         logger.error("invalid settings", problems=problems)
         return 2
     configure_logging(settings.log_level)

@@ -5,7 +5,7 @@ import secrets
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge import contract
@@ -230,6 +230,18 @@ class BridgeSettings(BaseSettings):
 def variable(field_name: str) -> str:
     """The environment variable that sets a field."""
     return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def settings_problems(error: ValidationError) -> str:
+    """Each invalid setting as `VARIABLE: what is wrong`, joined by "; " (the bridge's start, and the bridge's
+    limits read by `fluxfill submit`)."""
+    problems = []
+    for item in error.errors():
+        location = item.get("loc") or ()
+        where = variable(str(location[0])) if location else "settings"
+        message = str(item.get("msg", "")).removeprefix("Value error, ")
+        problems.append(f"{where}: {'required' if item.get('type') == 'missing' else message}")
+    return "; ".join(problems)
 
 
 # What setting_rows says for a default that is no value.

@@ -36,7 +36,7 @@ from fluxfill.bridge.contract import (
 )
 from fluxfill.bridge.credentials import using_emulators
 from fluxfill.bridge.model_rgb import DECODE_ERRORS
-from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings
+from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings, settings_problems
 from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnavailableError
 from fluxfill.client.images import MaskLike, PixelLimit, open_image, to_mask
 
@@ -159,11 +159,7 @@ def bridge_limits() -> BridgeLimits:
     try:
         return BridgeLimits()
     except ValidationError as error:
-        problems = "; ".join(
-            f"{ENV_PREFIX}{'_'.join(str(part) for part in item['loc']).upper()}: {item['msg']}"
-            for item in error.errors(include_url=False)
-        )
-        raise InvalidInputError(f"invalid bridge limit: {problems}") from None
+        raise InvalidInputError(f"invalid bridge limit: {settings_problems(error)}") from None
 
 
 @dataclass(frozen=True)
