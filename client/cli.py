@@ -185,14 +185,19 @@ class _CommandLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         kind = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
-        return f"fluxfill {self._command}: {kind}{' '.join(record.getMessage().split())}"
+        return _line(self._command, kind + record.getMessage())
 
 
 def _warning_line(command: str) -> Callable[..., None]:
     def show(message: Warning | str, *_: object, **__: object) -> None:
-        sys.stderr.write(f"fluxfill {command}: warning: {' '.join(str(message).split())}\n")
+        sys.stderr.write(_line(command, f"warning: {message}") + "\n")
 
     return show
+
+
+def _line(command: str, text: str) -> str:
+    """`fluxfill COMMAND: text` on one line, whatever lines and spaces the text held."""
+    return f"fluxfill {command}: {' '.join(text.split())}"
 
 
 def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
@@ -200,11 +205,10 @@ def _main(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
         return _run(args)
     except FluxFillError as error:
         # One line, whatever the server's message held.
-        message = " ".join(str(error).split())
-        sys.stderr.write(f"fluxfill {args.command}: {message}\n")
+        sys.stderr.write(_line(args.command, str(error)) + "\n")
         return error.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write(f"fluxfill {args.command}: interrupted (Ctrl-C)\n")
+        sys.stderr.write(_line(args.command, "interrupted (Ctrl-C)") + "\n")
         return EXIT_STOPPED
     except Exception as error:  # the catch-all: whatever we did not foresee is one line and a log file
         where = _write_error_log(args.command, argv)
