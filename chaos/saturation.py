@@ -3,9 +3,11 @@
 The fleet runs more jobs at once than Triton's queue holds, so the burst meets the queue's bound: Triton
 refuses the excess at once and each bridge resends it (back-pressure), and no job may fail because of it.
 
-Capacity is measured first (a calibration batch through the same fleet); the burst then publishes at ten times
-that rate. While it drains, the sampler reads each bridge's in-flight gauge, Triton's pending requests and the
-age of the oldest job not yet finished (what Pub/Sub's oldest_unacked_message_age shows in production).
+Capacity is measured first (a calibration batch through the same fleet, warmed up: the first jobs of a fresh
+fleet pay its start-up, and a capacity measured cold made a burst too small to build a backlog); the burst
+then publishes at ten times that rate. While it drains, the sampler reads each bridge's in-flight gauge,
+Triton's pending requests and the age of the oldest job not yet finished (what Pub/Sub's
+oldest_unacked_message_age shows in production).
 """
 
 import threading
@@ -76,6 +78,15 @@ def _wait_done(fleet: Fleet, jobs: list[PlannedJob], timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+def _run_batch(fleet: Fleet, jobs: list[PlannedJob]) -> float:
+    """Publish the jobs at once and wait until all are done; the seconds that took."""
+    traffic.prepare(fleet.jobs, jobs)
+    started = time.monotonic()
+    traffic.publish_all(fleet.jobs, jobs, 1000.0, traffic.Published())
+    _wait_done(fleet, jobs, 120.0)
+    return time.monotonic() - started
+
+
 def run_saturation(
     options: SaturationOptions, run_dir: Path, config: FleetConfig | None = None
 ) -> SaturationReport:
@@ -83,15 +94,13 @@ def run_saturation(
     config = config or SATURATION_FLEET
     burst_s = 3.0 if options.quick else options.burst_s
     with running_fleet(config, run_dir) as fleet:
-        calibration = _jobs(CALIBRATION_JOBS, options.seed, options.steps)
-        traffic.prepare(fleet.jobs, calibration)
-        started = time.monotonic()
-        traffic.publish_all(fleet.jobs, calibration, 1000.0, traffic.Published())
-        _wait_done(fleet, calibration, 120.0)
-        capacity = CALIBRATION_JOBS / (time.monotonic() - started)
-        # Fresh session ids after the calibration's: _jobs numbers them from 0.
-        count = CALIBRATION_JOBS + int(10 * capacity * burst_s)
-        burst = _jobs(count, options.seed, options.steps)[CALIBRATION_JOBS:]
+        warm_up_jobs = config.bridges * config.concurrency  # one per job slot: every slot has run once
+        batches = _jobs(warm_up_jobs + CALIBRATION_JOBS, options.seed, options.steps)
+        _run_batch(fleet, batches[:warm_up_jobs])
+        capacity = CALIBRATION_JOBS / _run_batch(fleet, batches[warm_up_jobs:])
+        # Fresh session ids after the batches': _jobs numbers them from 0.
+        count = len(batches) + int(10 * capacity * burst_s)
+        burst = _jobs(count, options.seed, options.steps)[len(batches) :]
         traffic.prepare(fleet.jobs, burst)
         report = SaturationReport(capacity, len(burst), 0, config.concurrency, 0.0)
         published = traffic.Published()
