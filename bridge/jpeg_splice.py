@@ -45,8 +45,9 @@ from fluxfill.inpaint.geometry import Box
 # libjpeg-turbo: 1.5x faster than libjpeg 9 at reading and writing 12 MP of coefficients here.
 jpeglib.version.set("turbo210")
 # jpeglib is not thread-safe: two reads or writes at once corrupt the C heap and kill the process (seen with
-# four threads splicing 0.3 MP JPEGs). Every call into it holds this lock; a bridge running several jobs
-# splices one at a time (0.1 s to read and 0.15 s to write 12 MP here), while the GPU is the bottleneck.
+# four threads splicing 0.3 MP JPEGs). Every call into it holds this lock (_in_libjpeg); a bridge running
+# several jobs splices one at a time (0.1 s to read and 0.15 s to write 12 MP here), while the GPU is the
+# bottleneck.
 _LIBJPEG = threading.Lock()
 # APPn and COM segments jpeglib keeps while reading (its MAX_MARKER): it fails beyond them.
 JPEGLIB_MAX_MARKERS = 50
@@ -164,7 +165,7 @@ def splice(
         flags = [] if jpeg_markers.has_standard_tables(original) else ["+OPTIMIZE_CODING"]
         _hand_over_uncopied(jpeg)
         try:
-            with _LIBJPEG, _libjpeg_warnings_logged():
+            with _in_libjpeg():
                 jpeg.write_dct(os.fspath(target), flags=flags)
         # A scan with corrupt data decodes (libjpeg warns and goes on, as viewers do) to coefficients beyond
         # what an encoder writes ("DCT coefficient out of range"): such an original is re-encoded whole.
@@ -282,7 +283,7 @@ def _sampling_refused(factors: Iterable[tuple[int, int]]) -> SpliceRefusedError:
 
 def _read(path: Path) -> jpeglib.DCTJPEG:
     try:
-        with _LIBJPEG, _libjpeg_warnings_logged():
+        with _in_libjpeg():
             jpeg = jpeglib.read_dct(os.fspath(path))
             jpeg.load()
     except Exception as error:  # libjpeg's own refusals come as errors
@@ -296,16 +297,19 @@ def _read(path: Path) -> jpeglib.DCTJPEG:
 
 
 @contextmanager
-def _libjpeg_warnings_logged() -> Iterator[None]:
-    """libjpeg prints its warnings and errors on a photo's corrupt data ("Corrupt JPEG data: 22 extraneous
+def _in_libjpeg() -> Iterator[None]:
+    """Holds _LIBJPEG for a call into jpeglib, its warnings logged: the one way in, because the capture below
+    swaps the process's fd 2 and is safe only under the lock.
+
+    libjpeg prints its warnings and errors on a photo's corrupt data ("Corrupt JPEG data: 22 extraneous
     bytes before marker 0xd9", "Premature end of JPEG file") on the process's stderr, each twice: bare text,
-    which Cloud Logging gives no severity (Cloud Run) or ERROR (GKE), naming no job. Under _LIBJPEG, the
-    process's stderr is a file for the call's length, and what libjpeg said becomes a WARNING entry each,
-    once, with the job's ids. A line another thread wrote meanwhile (a library's JSON entry) goes on to
-    stderr as it was."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
+    which Cloud Logging gives no severity (Cloud Run) or ERROR (GKE), naming no job. Here the process's
+    stderr is a file for the call's length, and what libjpeg said becomes a WARNING entry each, once, with
+    the job's ids. A line another thread wrote meanwhile (a library's JSON entry) goes on to stderr as it
+    was."""
+    with _LIBJPEG, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
         os.dup2(captured.fileno(), 2)
         try:
             yield
