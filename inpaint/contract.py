@@ -45,7 +45,13 @@ class TensorSpec:
 INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("IMAGE", "UINT8", (-1, -1, 3), "RGB photo, height x width x 3"),
     TensorSpec("MASK", "UINT8", (-1, -1), f"same height x width as IMAGE; >= {MASK_THRESHOLD} means repaint"),
-    TensorSpec("PROMPT", "BYTES", (1,), "UTF-8 text; empty means the model's default prompt"),
+    TensorSpec(
+        "PROMPT",
+        "BYTES",
+        (1,),
+        f"UTF-8 text of at most {MAX_PROMPT_BYTES} bytes and max_sequence_length T5 tokens; empty means the "
+        "model's default prompt",
+    ),
     TensorSpec("STEPS", "INT32", (1,), "denoising steps; absent means the model's default", optional=True),
     TensorSpec("GUIDANCE", "FP32", (1,), "guidance scale; absent means the model's default", optional=True),
     TensorSpec("SEED", "INT64", (1,), f"0..{MAX_SEED}; absent means a random seed", optional=True),

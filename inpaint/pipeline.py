@@ -14,11 +14,13 @@ import numpy as np
 import torch
 from diffusers import FluxFillPipeline, FluxTransformer2DModel, GGUFQuantizationConfig
 from diffusers.utils import logging as diffusers_logging
+from diffusers.utils.torch_utils import get_module_execution_device
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
 from fluxfill.inpaint.config import ModelConfig
 from fluxfill.inpaint.engine import PreviewCallback, StepCallback
+from fluxfill.inpaint.errors import InvalidInputError
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
 from fluxfill.inpaint.offload import OffloadDecision, choose_offload
 from fluxfill.inpaint.preview import decode_preview
@@ -59,9 +61,10 @@ class DiffusersDenoiser:
 
     def _encode_prompt(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         pipeline = self._pipeline
+        _refuse_beyond_t5(pipeline, prompt, self._max_sequence_length)
         device = pipeline._execution_device
         with torch.inference_mode():
-            pooled_embeds = pipeline._get_clip_prompt_embeds(prompt=prompt, device=device)
+            pooled_embeds = _clip_pooled(pipeline, prompt, device)
             # T5 may be parked in CPU memory (t5_placement=cpu): encode where it lives, then move the result.
             t5_device = next(pipeline.text_encoder_2.parameters()).device
             prompt_embeds = pipeline._get_t5_prompt_embeds(
@@ -128,6 +131,38 @@ class DiffusersDenoiser:
         pixels = np.clip(np.asarray(output.images[0], dtype=np.float32), 0.0, 1.0) * 255.0
         generated: UInt8Array = np.rint(pixels).astype(np.uint8)
         return generated
+
+
+def _refuse_beyond_t5(pipeline: Any, prompt: str, max_sequence_length: int) -> None:
+    """A prompt longer than T5 reads is refused: diffusers would cut it at `max_sequence_length` tokens and
+    run the job on its beginning alone, with nothing to tell the user which of their words were left out
+    (the bridge takes prompts of up to 4,096 bytes, which English fills with far more than 512 tokens)."""
+    tokens = len(pipeline.tokenizer_2(prompt, verbose=False).input_ids)  # its end token included
+    if tokens > max_sequence_length:
+        raise InvalidInputError(
+            "PROMPT",
+            f"is {tokens} tokens long; the model reads at most {max_sequence_length} "
+            "(max_sequence_length of its T5 text encoder): shorten it",
+        )
+
+
+def _clip_pooled(pipeline: Any, prompt: str, device: torch.device) -> torch.Tensor:
+    """CLIP's pooled embedding of the prompt's first 77 tokens, as diffusers' `_get_clip_prompt_embeds`
+    makes it, less that method's warning. FLUX reads the whole prompt through T5 and only its beginning
+    through CLIP, by design; diffusers tokenized every prompt a second time, untruncated, to log the rest of a
+    longer one: the user's own words, on the stub's stderr, at every prompt of more than 77 tokens (an ERROR
+    entry in the Triton image's log, naming no job)."""
+    ids = pipeline.tokenizer(
+        prompt,
+        padding="max_length",
+        max_length=pipeline.tokenizer_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    encoder = pipeline.text_encoder
+    output = encoder(ids.to(get_module_execution_device(encoder)), output_hidden_states=False)
+    pooled: torch.Tensor = output.pooler_output.to(dtype=encoder.dtype, device=device)
+    return pooled
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:

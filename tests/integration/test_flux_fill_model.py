@@ -128,6 +128,11 @@ TYPES = {
         ({"SEED": np.array([-5], np.int64)}, "SEED: must be between 0 and"),
         ({"PROMPT": np.array([b"\xc3\x28"], dtype=object)}, "PROMPT: is not valid UTF-8"),
         ({"IMAGE": np.zeros((8000, 7000, 3), np.uint8)}, "IMAGE: has 56000000 pixels"),
+        # Within the 4,096 bytes, beyond the 512 tokens T5 reads ("a" is one token of the tiny vocabulary).
+        (
+            {"PROMPT": np.array([b"a " * 600], dtype=object)},
+            "PROMPT: is 601 tokens long; the model reads at most 512",
+        ),
     ],
 )
 def test_invalid_input_is_invalid_arg_with_message_and_server_keeps_serving(

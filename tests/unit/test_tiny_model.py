@@ -2,7 +2,10 @@
 
 import hashlib
 import json
+import logging
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,8 @@ from gguf import GGMLQuantizationType
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
-from fluxfill.inpaint.pipeline import load_pipeline
+from fluxfill.inpaint.errors import InvalidInputError
+from fluxfill.inpaint.pipeline import DiffusersDenoiser, _clip_pooled, load_pipeline
 from fluxfill.inpaint.tiny import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RECIPE_VERSION,
@@ -215,3 +219,66 @@ def test_loading_the_pipeline_draws_no_progress_bar(
     captured = capsys.readouterr()
     assert (captured.err, captured.out) == ("", "")
     assert transformers_logging.is_progress_bar_enabled(), "the process's own setting is left as it was"
+
+
+# "a" is one token of the tiny T5 vocabulary: n words are n tokens and the end token.
+def words(count: int) -> str:
+    return " ".join(["a"] * count)
+
+
+class Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def library_logs() -> Iterator[list[str]]:
+    """What diffusers and transformers log meanwhile (their loggers write to stderr, not to the root's)."""
+    records = Records()
+    loggers = [logging.getLogger(name) for name in ("diffusers", "transformers")]
+    for logger in loggers:
+        logger.addHandler(records)
+    try:
+        yield records.messages
+    finally:
+        for logger in loggers:
+            logger.removeHandler(records)
+
+
+@pytest.mark.parametrize("prompt", ["a cat", words(200)], ids=["short", "beyond CLIP's 77 tokens"])
+def test_the_clip_embedding_is_diffusers_own_without_the_users_words_in_a_log(
+    pipe: Any, prompt: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """diffusers logged the words of a prompt beyond CLIP's 77 tokens at every such prompt (and transformers
+    that the sequence was too long): on the stub's stderr, an ERROR entry in the Triton image's log."""
+    with torch.inference_mode(), library_logs() as logged:
+        ours = _clip_pooled(pipe, prompt, torch.device("cpu"))
+        said = capfd.readouterr()
+    theirs = pipe._get_clip_prompt_embeds(prompt=prompt, device=torch.device("cpu"))
+
+    assert torch.equal(ours, theirs)
+    assert logged == []
+    assert (said.err, said.out) == ("", "")
+
+
+@pytest.mark.parametrize("limit", [64, 512])
+def test_a_prompt_longer_than_t5_reads_is_refused_with_its_length(pipe: Any, limit: int) -> None:
+    """diffusers cut such a prompt at max_sequence_length tokens and ran the job on its beginning alone."""
+    denoiser = DiffusersDenoiser(pipe, make_config(max_sequence_length=str(limit)))
+    image, mask = np.zeros((32, 32, 3), np.uint8), np.ones((32, 32), bool)
+
+    def denoise(prompt: str) -> None:
+        denoiser.denoise(image, mask, prompt=prompt, steps=1, guidance=30.0, seed=1, on_step=None)
+
+    denoise(words(limit - 1))  # every token read, the end token the last
+    with pytest.raises(InvalidInputError) as refused:
+        denoise(words(limit))
+
+    assert str(refused.value) == (
+        f"PROMPT: is {limit + 1} tokens long; the model reads at most {limit} "
+        "(max_sequence_length of its T5 text encoder): shorten it"
+    )

@@ -312,7 +312,9 @@ def test_a_session_the_app_grows_during_the_run_still_gets_its_result(
     assert alice.uid is not None
     session, path = session_of(jobs, alice)
     with running_bridge(jobs.settings(slow_flux_server.grpc_url, **AS_DEPLOYED)):
-        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 60, "prompt": "p" * 4000})
+        # 4 KB of prompt in 401 tokens, within the 512 the model reads ("mountains": a token of the tiny T5).
+        prompt = "mountains " * 400
+        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 60, "prompt": prompt})
         jobs.wait_for(alice.uid, session, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
         # About 1 KB short of the limit: the result alone fits, the record with its 4 KB prompt does not.
         assert alice.update(path, {"strokes": "x" * 1_046_500}) == ALLOWED

@@ -166,6 +166,25 @@ def test_invalid_job_fails_its_session_with_the_field_named(
     assert dead[0].attributes["fluxfillErrorCode"] == "invalid_job"
 
 
+def test_a_prompt_longer_than_the_model_reads_fails_with_the_models_sentence(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Within the contract's 4,096 bytes, beyond the 512 tokens of T5: diffusers ran such a job on the
+    prompt's beginning alone ("a" is one token of the tiny vocabulary)."""
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session, "prompt": "a " * 600, "steps": 2})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "failed", document
+    assert document["error"] == {
+        "code": "model_rejected_input",
+        "message": "the model refused the input: PROMPT: is 601 tokens long; the model reads at most 512 "
+        "(max_sequence_length of its T5 text encoder): shorten it",
+    }
+    assert jobs.pull_now(timeout_s=2) == [], "acked: the same prompt would be refused again"
+    assert bridge.counted("failed") == 1
+
+
 def test_corrupt_image_fails_with_corrupt_image(jobs: JobSystem, flux_server: LocalTritonServer) -> None:
     user, session = jobs.new_job(photo_bytes=encode(photo())[:200])
     with running_bridge(jobs.settings(flux_server.grpc_url)):
