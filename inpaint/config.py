@@ -83,7 +83,7 @@ DESCRIPTIONS: dict[str, str] = {
     "weights_sha256": "optional sha256 of the GGUF file, else the directory digest; checked at load",
     "dtype": "compute dtype: auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32",
     "offload": "CPU offload: none, model, sequential, auto (none when the model fits in free GPU memory)",
-    "default_prompt": "prompt used when a request's PROMPT is empty",
+    "default_prompt": "prompt used when a request's PROMPT is empty (the load fails if T5 cannot read all)",
     "default_steps": "denoising steps when a request has no STEPS",
     "max_steps": "largest STEPS a request may ask for",
     "default_guidance": "guidance scale when a request has no GUIDANCE",

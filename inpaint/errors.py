@@ -22,6 +22,7 @@ class InvalidInputError(InpaintError):
     def __init__(self, tensor: str, problem: str) -> None:
         super().__init__(f"{tensor}: {problem}")
         self.tensor = tensor
+        self.problem = problem
 
 
 class CancelledError(InpaintError):

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fluxfill.inpaint.config import ModelConfig, parse_model_config
+from fluxfill.inpaint.config import ConfigError, ModelConfig, parse_model_config
 from fluxfill.inpaint.engine import InpaintEngine, InpaintResult, PreviewCallback
+from fluxfill.inpaint.errors import InvalidInputError
 from fluxfill.inpaint.geometry import working_size
 from fluxfill.inpaint.pipeline import LoadReport, load_pipeline, peak_gpu_bytes
 from fluxfill.inpaint.prompt_cache import CacheStats
@@ -52,6 +53,10 @@ class FluxFillService:
         started = time.perf_counter()
         config = parse_model_config(parameters)
         denoiser, report = load_pipeline(config, device)
+        try:  # encoded once here: the warm-up and every request with an empty PROMPT find it cached
+            denoiser.prompt_cache.get(config.default_prompt)
+        except InvalidInputError as error:  # a default the model cannot read would fail every such request
+            raise ConfigError("default_prompt", error.problem) from None
         service = cls(InpaintEngine(denoiser, config), config, report, denoiser.prompt_cache.stats)
         service.warm_up()
         if config.t5_placement == "cpu" and report.offload.mode == "none":

@@ -18,8 +18,10 @@ from gguf import GGMLQuantizationType
 from PIL import Image
 from transformers.utils import logging as transformers_logging
 
+from fluxfill.inpaint.config import ConfigError
 from fluxfill.inpaint.errors import InvalidInputError
 from fluxfill.inpaint.pipeline import DiffusersDenoiser, _clip_pooled, load_pipeline
+from fluxfill.inpaint.service import FluxFillService
 from fluxfill.inpaint.tiny import (
     TINY_MAX_SEQUENCE_LENGTH,
     TINY_RECIPE_VERSION,
@@ -27,7 +29,7 @@ from fluxfill.inpaint.tiny import (
     build_tiny_model,
     ensure_tiny_model,
 )
-from tests.support import make_config
+from tests.support import make_config, repository_parameters
 
 MARKER = "tiny-model.json"
 
@@ -280,5 +282,23 @@ def test_a_prompt_longer_than_t5_reads_is_refused_with_its_length(pipe: Any, lim
 
     assert str(refused.value) == (
         f"PROMPT: is {limit + 1} tokens long; the model reads at most {limit} "
+        "(max_sequence_length of its T5 text encoder): shorten it"
+    )
+
+
+def test_a_default_prompt_longer_than_t5_reads_fails_the_load_naming_the_parameter(tiny: TinyModel) -> None:
+    """Else every request with an empty PROMPT would be refused, each naming a PROMPT it never sent."""
+    parameters = {
+        **repository_parameters(),
+        "weights_dir": str(tiny.pipeline_dir),
+        "max_sequence_length": "16",
+        "default_prompt": words(16),
+    }
+
+    with pytest.raises(ConfigError) as refused:
+        FluxFillService.load(parameters, "cpu")
+
+    assert str(refused.value) == (
+        "parameter 'default_prompt': is 17 tokens long; the model reads at most 16 "
         "(max_sequence_length of its T5 text encoder): shorten it"
     )
