@@ -2,6 +2,7 @@
 
 import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,16 @@ def within_distance(mask: npt.NDArray[np.bool_], radius: int) -> npt.NDArray[np.
     """Pixels within Chebyshev distance `radius` of the mask, found by brute force (not by the code)."""
     window = 2 * radius + 1
     return np.asarray(sliding_window_view(np.pad(mask, radius), (window, window)).any(axis=(2, 3)))
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port that takes connections and never answers (never accepted from): a half-open connection, a
+    network that drops packets, a server frozen in place."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        yield held.getsockname()[1]
 
 
 # What a gRPC server (another tritonserver's gRPC port) answers an HTTP/1 request with: HTTP/2's SETTINGS.

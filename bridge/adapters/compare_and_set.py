@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from google.api_core import exceptions as api
 from google.cloud import firestore
 
-from fluxfill.bridge.adapters.firestore_errors import firestore_errors
+from fluxfill.bridge.adapters.firestore_errors import bounded, firestore_errors
 from fluxfill.bridge.errors import SessionTransientError
 
 T = TypeVar("T")
@@ -53,16 +53,18 @@ def compare_and_set(
     now: Callable[[], datetime],
     *,
     known: Known | None = None,
+    call_timeout_s: float | None = None,
 ) -> tuple[T, Known]:
     """`decide`'s answer once its write (if any) landed on the document it decided on, and the document as
     that left it; SessionTransientError when other writers won `ROUNDS` rounds in a row, and
-    firestore_errors' errors for Firestore's own failures. `known`: start from it instead of reading."""
+    firestore_errors' errors for Firestore's own failures. `known`: start from it instead of reading;
+    `call_timeout_s`: each call's bound (firestore_errors.bounded)."""
     reference = client.document(path)
     for _ in range(ROUNDS):
         with firestore_errors(action):
             read = known is None
             if known is None:
-                snapshot = reference.get()
+                snapshot = reference.get(**bounded(call_timeout_s))
                 known = Known(snapshot.to_dict(), snapshot.update_time) if snapshot.exists else Known(None)
             answer, fields = decide(known.fields, now())
             if fields is None:
@@ -74,9 +76,9 @@ def compare_and_set(
             try:
                 if known.fields is not None:
                     option = client.write_option(last_update_time=known.update_time)
-                    result = reference.update(written, option=option)
+                    result = reference.update(written, option=option, **bounded(call_timeout_s))
                 else:
-                    result = reference.create(written)
+                    result = reference.create(written, **bounded(call_timeout_s))
             except _LOST_RACE:
                 known = None  # another writer came first: read again
                 continue

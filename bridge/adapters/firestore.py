@@ -9,7 +9,7 @@ from google.cloud import firestore
 
 from fluxfill.bridge import sessions
 from fluxfill.bridge.adapters.compare_and_set import Decide, Known, KnownDocuments, compare_and_set
-from fluxfill.bridge.adapters.firestore_errors import firestore_errors
+from fluxfill.bridge.adapters.firestore_errors import bounded, firestore_errors
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat, JobRef
@@ -108,7 +108,7 @@ class FirestoreSessions:
         """See SessionStore.holds_claim: a plain read (strongly consistent), no write; what it read is what
         the final write starts from."""
         with firestore_errors("check the claim"):
-            snapshot = self._client.document(job.document).get()
+            snapshot = self._client.document(job.document).get(**bounded())
         document = snapshot.to_dict() if snapshot.exists else None
         held = sessions.held_by(document, claim_id)
         self._known.remember(job.document, Known(document, snapshot.update_time) if held else None)
@@ -165,7 +165,7 @@ class FirestoreDeadLetterLedger:
         if not firestore_id_allowed(message_id):
             return False
         with firestore_errors("read the dead-letter ledger"):
-            return bool(self._collection.document(message_id).get().exists)
+            return bool(self._collection.document(message_id).get(**bounded()).exists)
 
     def record(self, message_id: str, code: ErrorCode) -> None:
         """See DeadLetterLedger.record."""
@@ -174,7 +174,7 @@ class FirestoreDeadLetterLedger:
         now = self._now()
         entry = {"code": code.value, "deadLetteredAt": now, "expireAt": now + LEDGER_RETENTION}
         with firestore_errors("write the dead-letter ledger"):
-            self._collection.document(message_id).set(entry)
+            self._collection.document(message_id).set(entry, **bounded())
 
 
 class FirestoreRuntimeConfig:
@@ -186,5 +186,5 @@ class FirestoreRuntimeConfig:
     def read(self) -> Mapping[str, Any] | None:
         """See RuntimeConfigSource.read."""
         with firestore_errors("read the runtime config"):
-            snapshot = self._document.get()
+            snapshot = self._document.get(**bounded())
         return snapshot.to_dict() if snapshot.exists else None

@@ -18,7 +18,7 @@ import structlog
 from google.api_core import exceptions as api
 from google.cloud import firestore
 
-from fluxfill.bridge.adapters.firestore_errors import firestore_errors
+from fluxfill.bridge.adapters.firestore_errors import bounded, firestore_errors
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.ports import ParkedJob, Requeue
 
@@ -64,14 +64,14 @@ class FirestoreParkingLot:
             "parkedAt": now,
         }
         with firestore_errors("park the job"):
-            self._jobs(job.user).document(job.session).set(document)
+            self._jobs(job.user).document(job.session).set(document, **bounded())
 
     def oldest(self, user: str, count: int) -> list[ParkedJob]:
         """See ParkingLot.oldest."""
         stale = self._now() - timedelta(seconds=RELEASE_RETRY_S)
         query = self._jobs(user).order_by("firstPublished").limit(count + SCAN_EXTRA)
         with firestore_errors("read the parked jobs"):
-            snapshots = list(query.stream())
+            snapshots = list(query.stream(**bounded()))
         found = []
         for snapshot in snapshots:
             fields = snapshot.to_dict() or {}
@@ -93,6 +93,7 @@ class FirestoreParkingLot:
                 marked = reference.update(
                     {_RELEASING: self._now()},
                     option=self._client.write_option(last_update_time=job.version),
+                    **bounded(),
                 )
             except (api.FailedPrecondition, api.NotFound):
                 return False  # released by another bridge, or parked anew: not this version's to publish
@@ -104,7 +105,9 @@ class FirestoreParkingLot:
         try:
             with firestore_errors("delete the released job"), contextlib.suppress(api.FailedPrecondition):
                 # Refused when parked again meanwhile (its user still at the limit): that parking stands.
-                reference.delete(option=self._client.write_option(last_update_time=marked.update_time))
+                reference.delete(
+                    option=self._client.write_option(last_update_time=marked.update_time), **bounded()
+                )
         except RetryableError as error:
             # Published already: the mark lapses and it is published once more, which runs once.
             logger.warning("a released job's parking could not be deleted", error=str(error))
@@ -117,6 +120,7 @@ class FirestoreParkingLot:
                 reference.update(
                     {_RELEASING: firestore.DELETE_FIELD},
                     option=self._client.write_option(last_update_time=version),
+                    **bounded(),
                 )
         except RetryableError as error:
             logger.warning("a parked job stays marked until its mark lapses", error=str(error))
@@ -124,7 +128,10 @@ class FirestoreParkingLot:
     def users(self) -> list[str]:
         """See ParkingLot.users: the user documents are never written, only listed (as missing parents)."""
         with firestore_errors("list the parked jobs' users"):
-            return [reference.id for reference in self._client.collection(self._collection).list_documents()]
+            return [
+                reference.id
+                for reference in self._client.collection(self._collection).list_documents(**bounded())
+            ]
 
 
 def _parked(user: str, session: str, fields: dict[str, Any], version: Any) -> ParkedJob | None:

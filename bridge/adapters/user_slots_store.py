@@ -21,7 +21,7 @@ from google.cloud import firestore
 
 from fluxfill.bridge import user_slots
 from fluxfill.bridge.adapters.compare_and_set import compare_and_set
-from fluxfill.bridge.adapters.firestore_errors import firestore_errors
+from fluxfill.bridge.adapters.firestore_errors import bounded, firestore_errors
 from fluxfill.bridge.errors import SessionTransientError
 
 logger = structlog.get_logger(__name__)
@@ -59,7 +59,7 @@ class FirestoreUserSlots:
     def running(self, user: str) -> int:
         """See SlotCounter.running."""
         with firestore_errors("read the user's slots"):
-            snapshot = self._client.document(f"{self._collection}/{user}").get()
+            snapshot = self._client.document(f"{self._collection}/{user}").get(**bounded())
         return len(user_slots.live_claims(snapshot.to_dict() if snapshot.exists else None, self._now()))
 
     def take(self, user: str, claim_id: str, lease_s: float, limit: int) -> int | None:
