@@ -26,6 +26,7 @@ from fluxfill.client.errors import (
     EXIT_USAGE,
     DeadlineExceededError,
     InvalidInputError,
+    ServiceUnavailableError,
 )
 from fluxfill.client.images import MaskLike, checked_mask, mask_argument
 from fluxfill.client.jobs import (
@@ -171,7 +172,7 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
     deadline = None if timeout is None else time.monotonic() + timeout
     bar, last_status, last_step = ProgressBar(sys.stderr), None, 0
     while True:
-        document = jobs.session(ref)
+        document = _read_within(jobs, ref, deadline, timeout, last_status)
         if document is None:
             raise InvalidInputError(f"no session {ref.session} of user {ref.user} ({ref.document})")
         status = str(document.get(SessionField.STATUS.value, ""))
@@ -190,6 +191,21 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"{ref.session} still {status} after {timeout:g} s")
         time.sleep(interval)
+
+
+def _read_within(
+    jobs: JobSystem, ref: SessionRef, deadline: float | None, timeout: float | None, status: str | None
+) -> dict[str, Any] | None:
+    """The session document, read before the watch's deadline: a read that gets no answer (a half-open
+    connection) took minutes, whatever --timeout said."""
+    within = None if deadline is None else max(deadline - time.monotonic(), 0.1)
+    try:
+        return jobs.session(ref, timeout_s=within)
+    except ServiceUnavailableError as error:
+        if deadline is None or time.monotonic() < deadline:
+            raise
+        state = f"still {status}" if status else "not read"
+        raise DeadlineExceededError(f"{ref.session} {state} after {timeout:g} s ({error})") from None
 
 
 def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str) -> int:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth
@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fluxfill.bridge.adapters.firestore_errors import CALL_TIMEOUT_S, bounded
 from fluxfill.bridge.contract import (
     DEFAULT_FIRESTORE_DATABASE,
     DEFAULT_MASK_TEMPLATE,
@@ -40,10 +41,14 @@ from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings, settings_proble
 from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnavailableError
 from fluxfill.client.images import MaskLike, PixelLimit, open_image, to_mask
 
+if TYPE_CHECKING:  # google.cloud.firestore is imported when a command first needs it
+    from fluxfill.bridge.adapters.compare_and_set import Decide
+
 # Formats the bridge accepts for an original, by PIL's name, with the extension the app gives them.
 # Uploaded as they are: what the bridge reads itself (fluxfill.bridge.intake.sniff_format).
 ORIGINAL_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic", "AVIF": "avif"}
 PUBLISH_TIMEOUT_S = 30.0
+T = TypeVar("T")
 _ID_ALPHABET = string.ascii_letters + string.digits
 NO_CREDENTIALS = (
     "no credentials: set the *_EMULATOR_HOST variables (a local stack: fluxfill stack) "
@@ -71,6 +76,7 @@ class JobSettings:
     dead_letter_subscription: str = ""
     urgent_topic: str = ""  # urgent jobs' topic; empty: they go to `topic` too
     database: str = DEFAULT_FIRESTORE_DATABASE  # the app's Firestore database, as the bridge's setting
+    call_timeout_s: float = CALL_TIMEOUT_S  # each Firestore call's bound, its retries included
 
 
 @dataclass(frozen=True)
@@ -268,7 +274,8 @@ class JobSystem:
                 made.append(mask_path)
             with google_errors(f"create {ref.document}"):
                 self.client("firestore").document(ref.document).create(
-                    {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()}
+                    {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()},
+                    **self._bounded(),
                 )
                 made.append(ref.document)
             self.publish(job.model_dump_json(exclude_none=True).encode(), {}, job.priority)
@@ -293,7 +300,7 @@ class JobSystem:
         for name in reversed(made):
             try:
                 if name == ref.document:
-                    self.client("firestore").document(name).delete()
+                    self.client("firestore").document(name).delete(**self._bounded())
                 else:
                     self.client("storage").bucket(self.settings.bucket).blob(name).delete()
             except Exception:  # best effort: what is left is reported, not raised
@@ -330,36 +337,25 @@ class JobSystem:
             # Attributes are data: any name (`timeout`, `retry` ...) must reach Pub/Sub, not the call.
             return publish_message(publisher, topic, data, attributes, PUBLISH_TIMEOUT_S)
 
-    def session(self, ref: SessionRef) -> dict[str, Any] | None:
-        """The session document now, or None if there is none."""
+    def session(self, ref: SessionRef, timeout_s: float | None = None) -> dict[str, Any] | None:
+        """The session document now, or None if there is none; read within `timeout_s` when given (and
+        the call's own bound)."""
         with google_errors(f"read {ref.document}"):
-            snapshot = self.client("firestore").document(ref.document).get()
+            snapshot = self.client("firestore").document(ref.document).get(**self._bounded(timeout_s))
         return snapshot.to_dict() if snapshot.exists else None
 
     def request_cancel(self, ref: SessionRef) -> str:
         """Ask the bridge to stop, as the app does; returns the status found (InvalidInputError if none)."""
-        from google.cloud import firestore
 
-        reference = self.client("firestore").document(ref.document)
-
-        @firestore.transactional
-        def mark(transaction: Any) -> str:
-            snapshot = reference.get(transaction=transaction)
-            if not snapshot.exists:
+        def mark(document: Mapping[str, Any] | None, at: datetime) -> tuple[str, dict[str, Any] | None]:
+            if document is None:
                 raise InvalidInputError(f"no session {ref.session} of user {ref.user} ({ref.document})")
-            status = str((snapshot.to_dict() or {}).get(SessionField.STATUS.value, ""))
-            if status not in TERMINAL_STATUSES:
-                transaction.update(
-                    reference,
-                    {
-                        SessionField.CANCEL_REQUESTED.value: True,
-                        SessionField.UPDATED_AT.value: now(),
-                    },
-                )
-            return status
+            status = str(document.get(SessionField.STATUS.value, ""))
+            if status in TERMINAL_STATUSES:
+                return status, None
+            return status, {SessionField.CANCEL_REQUESTED.value: True, SessionField.UPDATED_AT.value: at}
 
-        with google_errors(f"request cancellation of {ref.document}"):
-            return str(mark(self.client("firestore").transaction()))
+        return self._change(ref, f"request cancellation of {ref.document}", mark)
 
     def requeue(self, ref: SessionRef, reason: str) -> str | None:
         """Start a session afresh for a replay; None when done, else why it was not (a live claim runs it).
@@ -368,56 +364,74 @@ class JobSystem:
         when, why and what the previous error was. A done session is left as it is (a replay acks as a
         duplicate); a missing one is created by the bridge's claim.
         """
-        from google.cloud import firestore
-
         from fluxfill.bridge.sessions import leased
 
-        reference = self.client("firestore").document(ref.document)
-
-        @firestore.transactional
-        def reset(transaction: Any) -> str | None:
-            snapshot = reference.get(transaction=transaction)
-            document = snapshot.to_dict() if snapshot.exists else None
+        def reset(
+            document: Mapping[str, Any] | None, at: datetime
+        ) -> tuple[str | None, dict[str, Any] | None]:
             if document is None or document.get(SessionField.STATUS.value) == JobStatus.DONE.value:
-                return None
-            if leased(document, now()):
+                return None, None
+            if leased(document, at):
                 expires = document[SessionField.LEASE_EXPIRES_AT.value]
-                return f"{ref.document} is processing under a live claim (until {expires.isoformat()})"
-            transaction.update(
-                reference,
-                {
-                    SessionField.STATUS.value: JobStatus.QUEUED.value,
-                    SessionField.ATTEMPT.value: 0,
-                    SessionField.ERROR.value: None,
-                    SessionField.CANCEL_REQUESTED.value: False,
-                    SessionField.OWNER.value: None,
-                    SessionField.CLAIM_ID.value: None,
-                    SessionField.LEASE_EXPIRES_AT.value: None,
-                    SessionField.REPLAYED.value: {
-                        "at": now(),
-                        "reason": reason,
-                        "previousError": document.get(SessionField.ERROR.value),
-                        "previousAttempts": document.get(SessionField.ATTEMPT.value),
-                    },
-                    SessionField.UPDATED_AT.value: now(),
+                return f"{ref.document} is processing under a live claim (until {expires.isoformat()})", None
+            return None, {
+                SessionField.STATUS.value: JobStatus.QUEUED.value,
+                SessionField.ATTEMPT.value: 0,
+                SessionField.ERROR.value: None,
+                SessionField.CANCEL_REQUESTED.value: False,
+                SessionField.OWNER.value: None,
+                SessionField.CLAIM_ID.value: None,
+                SessionField.LEASE_EXPIRES_AT.value: None,
+                SessionField.REPLAYED.value: {
+                    "at": at,
+                    "reason": reason,
+                    "previousError": document.get(SessionField.ERROR.value),
+                    "previousAttempts": document.get(SessionField.ATTEMPT.value),
                 },
-            )
-            return None
+                SessionField.UPDATED_AT.value: at,
+            }
 
-        with google_errors(f"requeue {ref.document}"):
-            refusal: str | None = reset(self.client("firestore").transaction())
-        return refusal
+        return self._change(ref, f"requeue {ref.document}", reset)
+
+    def _change(self, ref: SessionRef, action: str, decide: "Decide[T]") -> T:
+        """`decide`'s answer, its write landed on the session document as it decided on it (compare-and-set,
+        as the bridge writes: a transaction's first call cannot be bounded in time, and when it failed the
+        client raised "no transaction ID" in place of its error)."""
+        from fluxfill.bridge.adapters.compare_and_set import compare_and_set
+        from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError
+
+        with google_errors(action):
+            try:
+                answer, _ = compare_and_set(
+                    self.client("firestore"),
+                    ref.document,
+                    action,
+                    decide,
+                    now,
+                    call_timeout_s=self.settings.call_timeout_s,
+                )
+            except (SessionTransientError, SessionRefusedError) as error:
+                # The bridge's boundary replaced Google's error, which says what kind of failure it is.
+                if isinstance(error.__context__, api.GoogleAPICallError | api.RetryError):
+                    raise error.__context__ from None
+                raise ServiceUnavailableError(f"cannot {action}: {error}", retryable=True) from None
+        return answer
 
     def runtime_config(self, path: str) -> dict[str, Any] | None:
         """The runtime config document's fields, None when there is none."""
         with google_errors(f"read {path}"):
-            snapshot = self.client("firestore").document(path).get()
+            snapshot = self.client("firestore").document(path).get(**self._bounded())
         return snapshot.to_dict() if snapshot.exists else None
 
     def set_runtime_config(self, path: str, fields: Mapping[str, Any]) -> None:
         """Replace the runtime config document (validated by the caller)."""
         with google_errors(f"write {path}"):
-            self.client("firestore").document(path).set(dict(fields))
+            self.client("firestore").document(path).set(dict(fields), **self._bounded())
+
+    def _bounded(self, within_s: float | None = None) -> dict[str, Any]:
+        """One Firestore call's bound: the settings', or `within_s` when that is sooner."""
+        limit = self.settings.call_timeout_s
+        return bounded(limit if within_s is None else min(limit, within_s))
 
     def require(self, *names: str) -> None:
         """Raise InvalidInputError for the first of these settings that is empty."""

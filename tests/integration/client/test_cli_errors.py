@@ -154,6 +154,13 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
         "fetch reserved id": Case(("fetch", "__x__", *job, "--bucket", "b"), 2, "session id '__x__'"),
         "watch without project": Case(("watch", "s1"), 2, "no project given"),
         "watch without credentials": Case(("watch", "s1", *job), 2, "no credentials"),
+        # Each read ended by --timeout: Google's client gave a read that got no answer 300 s.
+        "watch a Firestore that never answers": Case(
+            ("watch", "s1", *job, "--timeout", "2"),
+            4,
+            "s1 not read after 2 s (cannot read users/u/sessions/s1: 504 Deadline Exceeded)",
+            {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{held_port}"},
+        ),
         "watch in a database of a bad name": Case(
             ("watch", "s1", *job, "--database", "Pets"), 2, "database 'Pets' is not a Firestore database id"
         ),

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +24,13 @@ from fluxfill.bridge.contract import (
     DEAD_LETTER_REASON_ATTRIBUTE,
     JobStatus,
 )
+from fluxfill.client.errors import ServiceUnavailableError
+from fluxfill.client.jobs import JobSettings, JobSystem, SessionRef
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.triton_binary import end_group, free_port
 from tests.integration.client.support import box_mask, photo
+from tests.support import unanswered_port
 
 pytestmark = pytest.mark.integration
 
@@ -321,3 +324,28 @@ def test_dlq_list_reads_a_dead_letter_near_pubsubs_size_limit(world: JobWorld) -
     listed = fluxfill(world, "dlq", "list")
     assert listed.returncode == 0, listed.stderr
     assert f"{USER}/big-1\tinvalid_job\tprompt too long" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("action", "call"),
+    [
+        ("request cancellation of", lambda jobs, ref: jobs.request_cancel(ref)),
+        ("requeue", lambda jobs, ref: jobs.requeue(ref, "a replay")),
+    ],
+    ids=["cancel", "replay"],
+)
+def test_a_change_firestore_never_answers_is_service_unavailable_within_the_calls_bound(
+    monkeypatch: pytest.MonkeyPatch, action: str, call: Callable[[JobSystem, SessionRef], object]
+) -> None:
+    """These were transactions: the first call of one cannot be bounded (60 s with its retries), and when it
+    failed Google's client raised "no transaction ID" in its place: `fluxfill cancel` exited 1 with a log."""
+    ref = SessionRef("u", "s1")
+    with unanswered_port() as port:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{port}")
+        jobs = JobSystem(JobSettings(project="p", call_timeout_s=1.0))
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError) as failed:
+            call(jobs, ref)
+    assert str(failed.value) == f"cannot {action} {ref.document}: 504 Deadline Exceeded"
+    assert failed.value.retryable
+    assert time.monotonic() - started < 5
