@@ -117,6 +117,13 @@ def google_errors(action: str) -> Iterator[None]:
         raise ServiceUnavailableError(f"cannot {action}: {error}", retryable=True) from None
 
 
+def _storage_bound() -> dict[str, Any]:
+    """One Cloud Storage call's bound, the bridge's (google.cloud.storage is imported when first needed)."""
+    from fluxfill.bridge.adapters.storage import bounded as storage_bound
+
+    return storage_bound()
+
+
 def validated_job(ref: SessionRef, **fields: Any) -> JobMessage:
     """The job message as the bridge will parse it; InvalidInputError naming every bad field."""
     payload = {
@@ -267,10 +274,14 @@ class JobSystem:
             with google_errors(f"upload to gs://{self.settings.bucket}"):
                 original_path = ref.object_path(DEFAULT_ORIGINAL_TEMPLATE, extension)
                 content_type = Image.MIME.get(extension.upper().replace("JPG", "JPEG"), "image/png")
-                bucket.blob(original_path).upload_from_string(original, content_type=content_type)
+                bucket.blob(original_path).upload_from_string(
+                    original, content_type=content_type, **_storage_bound()
+                )
                 made.append(original_path)
                 mask_path = ref.object_path(DEFAULT_MASK_TEMPLATE)
-                bucket.blob(mask_path).upload_from_string(mask_png, content_type="image/png")
+                bucket.blob(mask_path).upload_from_string(
+                    mask_png, content_type="image/png", **_storage_bound()
+                )
                 made.append(mask_path)
             with google_errors(f"create {ref.document}"):
                 self.client("firestore").document(ref.document).create(
@@ -302,7 +313,7 @@ class JobSystem:
                 if name == ref.document:
                     self.client("firestore").document(name).delete(**self._bounded())
                 else:
-                    self.client("storage").bucket(self.settings.bucket).blob(name).delete()
+                    self.client("storage").bucket(self.settings.bucket).blob(name).delete(**_storage_bound())
             except Exception:  # best effort: what is left is reported, not raised
                 left.append(name)
         if left:
@@ -317,7 +328,7 @@ class JobSystem:
         try:
             with google_errors(f"download gs://{self.settings.bucket}/{object_path}"):
                 blob = self.client("storage").bucket(self.settings.bucket).blob(object_path)
-                blob.download_to_filename(str(partial))
+                blob.download_to_filename(str(partial), **_storage_bound())
             partial.replace(target)
         finally:
             partial.unlink(missing_ok=True)

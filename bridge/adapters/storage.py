@@ -2,15 +2,29 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import requests
 from google.api_core import exceptions as api
 from google.auth.exceptions import TransportError
 from google.cloud import storage  # type: ignore[attr-defined]
+from google.cloud.storage.retry import DEFAULT_RETRY  # type: ignore[import-untyped]
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError, StorageTransientError
 from fluxfill.bridge.ports import ObjectInfo
+
+# Google's client gives a request that gets no answer (a half-open connection, a network that drops packets)
+# 60 s, retried for 120 s: a metadata read took 121 s here, and a job's four reads held its slot past the time
+# after which the bridge takes a job for hung and has itself restarted.
+CALL_TIMEOUT_S = 30.0
+
+
+def bounded(seconds: float | None = None) -> dict[str, Any]:
+    """Keyword arguments that bound one Cloud Storage call, its retries included, to about `seconds` (default
+    CALL_TIMEOUT_S; a transfer may take longer while its bytes keep coming: the bound is on silence)."""
+    limit = CALL_TIMEOUT_S if seconds is None else seconds
+    return {"timeout": limit, "retry": DEFAULT_RETRY.with_timeout(limit)}
 
 
 @contextmanager
@@ -36,13 +50,13 @@ class CloudStorageObjects:
         """The object at `pattern`, or the one object whose name continues a prefix ending in `*`."""
         if not pattern.endswith("*"):
             with storage_errors(f"read the metadata of {pattern}"):
-                blob = self._bucket.get_blob(pattern)
+                blob = self._bucket.get_blob(pattern, **bounded())
             return None if blob is None else _info(blob)
         prefix = pattern[:-1]
         with storage_errors(f"list {pattern}"):
             blobs = [
                 blob
-                for blob in self._client.list_blobs(self._bucket, prefix=prefix, max_results=10)
+                for blob in self._client.list_blobs(self._bucket, prefix=prefix, max_results=10, **bounded())
                 if "/" not in blob.name[len(prefix) :]
             ]
         if len(blobs) > 1:
@@ -58,7 +72,11 @@ class CloudStorageObjects:
         blob = self._bucket.blob(info.path, generation=info.generation)
         with storage_errors(f"download {info.path}"):
             try:
-                return bytes(blob.download_as_bytes(if_generation_match=info.generation, raw_download=True))
+                return bytes(
+                    blob.download_as_bytes(
+                        if_generation_match=info.generation, raw_download=True, **bounded()
+                    )
+                )
             except (api.NotFound, api.PreconditionFailed):
                 raise PermanentJobError(
                     ErrorCode.OBJECT_CHANGED, f"{info.path} was replaced or deleted while the job read it"
@@ -69,7 +87,7 @@ class CloudStorageObjects:
         blob = self._bucket.blob(path)
         with storage_errors(f"upload {path}"):
             try:
-                blob.upload_from_string(data, content_type=content_type, if_generation_match=0)
+                blob.upload_from_string(data, content_type=content_type, if_generation_match=0, **bounded())
             except api.PreconditionFailed:
                 return False
         return True

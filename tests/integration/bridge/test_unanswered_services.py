@@ -1,9 +1,11 @@
-"""Every Firestore call of the bridge's adapters, against a Firestore that takes the connection and never
-answers (a half-open connection, a network that drops packets): each ends within its bound, a transient error.
+"""Every Firestore and Cloud Storage call of the bridge's adapters, against a server that takes the
+connection and never answers (a half-open connection, a network that drops packets): each ends within its
+bound, a transient error.
 
-Google's client gave such a read up to 300 s with its retries (measured here: 269 s), a write 60 s: a claim, a
-final write or a heartbeat's read held a job's thread that long. The emulators always answer; a listening
-socket that is never accepted from does not.
+Google's clients gave a Firestore read up to 300 s with its retries (measured here: 269 s), a write 60 s, and
+a Storage request 60 s retried for 120 s (121 s measured): a claim, a final write, a heartbeat's read or a
+job's downloads held its thread that long. The emulators always answer; a listening socket that is never
+accepted from does not.
 """
 
 import time
@@ -13,9 +15,10 @@ from typing import Any
 
 import pytest
 from google.auth.credentials import AnonymousCredentials
-from google.cloud import firestore
+from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
 from fluxfill.bridge.adapters import firestore_errors
+from fluxfill.bridge.adapters import storage as storage_adapter
 from fluxfill.bridge.adapters.firestore import (
     FirestoreDeadLetterLedger,
     FirestoreRuntimeConfig,
@@ -24,8 +27,8 @@ from fluxfill.bridge.adapters.firestore import (
 from fluxfill.bridge.adapters.parking_store import FirestoreParkingLot
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus
-from fluxfill.bridge.errors import SessionTransientError
-from fluxfill.bridge.ports import JobRef, ParkedJob
+from fluxfill.bridge.errors import SessionTransientError, StorageTransientError
+from fluxfill.bridge.ports import JobRef, ObjectInfo, ParkedJob
 from tests.support import unanswered_port
 
 pytestmark = pytest.mark.integration
@@ -78,4 +81,33 @@ def test_a_call_firestore_never_answers_ends_within_its_bound_as_a_transient_err
     with pytest.raises(SessionTransientError, match="Deadline"):
         call(silent_firestore)
     # One attempt's bound (each attempt that gets no answer ends the call), with room for a slow machine.
+    assert time.monotonic() - started < BOUND_S + 4
+
+
+@pytest.fixture
+def silent_storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[storage_adapter.CloudStorageObjects]:
+    with unanswered_port() as port:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setattr(storage_adapter, "CALL_TIMEOUT_S", BOUND_S)
+        client = storage.Client(project="p", credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
+        yield storage_adapter.CloudStorageObjects(client, "bucket")
+
+
+STORED = ObjectInfo("users/u1/sessions/s1/mask.png", 100, 1, "image/png", None)
+STORAGE_CALLS: dict[str, Callable[[storage_adapter.CloudStorageObjects], object]] = {
+    "metadata": lambda objects: objects.find(STORED.path),
+    "listing": lambda objects: objects.find("users/u1/sessions/s1/original.*"),
+    "download": lambda objects: objects.read(STORED),
+    "upload": lambda objects: objects.create("users/u1/sessions/s1/edited.jpg", b"jpeg", "image/jpeg"),
+}
+
+
+@pytest.mark.parametrize("call", STORAGE_CALLS.values(), ids=STORAGE_CALLS.keys())
+def test_a_storage_call_never_answered_ends_within_its_bound_as_a_transient_error(
+    silent_storage: storage_adapter.CloudStorageObjects,
+    call: Callable[[storage_adapter.CloudStorageObjects], object],
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(StorageTransientError, match="timed out"):
+        call(silent_storage)
     assert time.monotonic() - started < BOUND_S + 4
