@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as api
+from google.api_core.retry import Retry, if_exception_type
 from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 from google.pubsub_v1.services.publisher.client import PublisherClient as GeneratedPublisherClient
 from google.pubsub_v1.services.publisher.transports.grpc import PublisherGrpcTransport
@@ -41,6 +42,16 @@ TRUNCATED_ATTRIBUTE = "fluxfillTruncatedFromBytes"
 
 # Real Pub/Sub channels carry any message size; the library's emulator channel keeps gRPC's 4 MB receive
 # default, which a message near Pub/Sub's 10 MB limit exceeds.
+# What Google's client retries of a publish by default (its codes).
+_PUBLISH_RETRIED = if_exception_type(
+    api.Aborted,
+    api.Cancelled,
+    api.DeadlineExceeded,
+    api.InternalServerError,
+    api.ResourceExhausted,
+    api.ServiceUnavailable,
+    api.Unknown,
+)
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
@@ -101,6 +112,14 @@ def bounded_attributes(attributes: Mapping[str, str], ours: Mapping[str, str]) -
     return {**kept, **ours}
 
 
+def _retried_within(seconds: float) -> Retry:
+    """Publish's own retry, ended within `seconds`: Google's client retries an attempt that got no answer
+    (DeadlineExceeded) for 600 s, whatever each attempt's timeout (a publish to a Pub/Sub that took the
+    connection and never answered held a job's dead-lettering, a parked job's release or `fluxfill submit` for
+    ten minutes). A publish retried may have landed the first time: a job published twice runs once."""
+    return Retry(predicate=_PUBLISH_RETRIED, initial=0.1, maximum=4.0, timeout=seconds)
+
+
 def publish_message(
     publisher: pubsub_v1.PublisherClient,
     topic: str,
@@ -114,7 +133,9 @@ def publish_message(
     `retry` and `ordering_key`; the generated client's publish (its base class) takes them as data.
     """
     message = pubsub_v1.types.PubsubMessage(data=data, attributes=dict(attributes))
-    response = GeneratedPublisherClient.publish(publisher, topic=topic, messages=[message], timeout=timeout_s)
+    response = GeneratedPublisherClient.publish(
+        publisher, topic=topic, messages=[message], timeout=timeout_s, retry=_retried_within(timeout_s)
+    )
     return str(response.message_ids[0])
 
 

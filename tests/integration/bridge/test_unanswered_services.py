@@ -1,11 +1,11 @@
-"""Every Firestore and Cloud Storage call of the bridge's adapters, against a server that takes the
-connection and never answers (a half-open connection, a network that drops packets): each ends within its
-bound, a transient error.
+"""Every Firestore, Cloud Storage and Pub/Sub publish call of the bridge's adapters, against a server that
+takes the connection and never answers (a half-open connection, a network that drops packets): each ends
+within its bound, a transient error.
 
-Google's clients gave a Firestore read up to 300 s with its retries (measured here: 269 s), a write 60 s, and
-a Storage request 60 s retried for 120 s (121 s measured): a claim, a final write, a heartbeat's read or a
-job's downloads held its thread that long. The emulators always answer; a listening socket that is never
-accepted from does not.
+Google's clients gave a Firestore read up to 300 s with its retries (measured here: 269 s), a write 60 s, a
+Storage request 60 s retried for 120 s (121 s measured), a publish 600 s (past 400 s measured): a claim, a
+final write, a heartbeat's read, a job's downloads or its dead-lettering held its thread that long. The
+emulators always answer; a listening socket that is never accepted from does not.
 """
 
 import time
@@ -17,7 +17,7 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, storage  # type: ignore[attr-defined]
 
-from fluxfill.bridge.adapters import firestore_errors
+from fluxfill.bridge.adapters import firestore_errors, pubsub
 from fluxfill.bridge.adapters import storage as storage_adapter
 from fluxfill.bridge.adapters.firestore import (
     FirestoreDeadLetterLedger,
@@ -27,7 +27,7 @@ from fluxfill.bridge.adapters.firestore import (
 from fluxfill.bridge.adapters.parking_store import FirestoreParkingLot
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus
-from fluxfill.bridge.errors import SessionTransientError, StorageTransientError
+from fluxfill.bridge.errors import RetryableError, SessionTransientError, StorageTransientError
 from fluxfill.bridge.ports import JobRef, ObjectInfo, ParkedJob
 from tests.support import unanswered_port
 
@@ -110,4 +110,32 @@ def test_a_storage_call_never_answered_ends_within_its_bound_as_a_transient_erro
     started = time.monotonic()
     with pytest.raises(StorageTransientError, match="timed out"):
         call(silent_storage)
+    assert time.monotonic() - started < BOUND_S + 4
+
+
+@pytest.fixture
+def silent_publisher(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    with unanswered_port() as port:
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{port}")
+        monkeypatch.setattr(pubsub, "PUBLISH_TIMEOUT_S", BOUND_S)
+        yield pubsub.publisher_client(AnonymousCredentials())  # type: ignore[no-untyped-call]
+
+
+PUBLISHES: dict[str, Callable[[Any], object]] = {
+    "dead letter": lambda publisher: pubsub.PubSubDeadLetters(publisher, "projects/p/topics/dead").publish(
+        b"{}", {}, ErrorCode.INVALID_JOB, "a reason"
+    ),
+    "released job": lambda publisher: pubsub.PubSubRequeue(
+        publisher, {"bulk": "projects/p/topics/jobs"}
+    ).publish(b"{}", {}, "bulk"),
+}
+
+
+@pytest.mark.parametrize("call", PUBLISHES.values(), ids=PUBLISHES.keys())
+def test_a_publish_never_answered_ends_within_its_bound_as_a_transient_error(
+    silent_publisher: Any, call: Callable[[Any], object]
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(RetryableError, match="Deadline Exceeded"):
+        call(silent_publisher)
     assert time.monotonic() - started < BOUND_S + 4
