@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
 from google.api_core import exceptions as api
 
 from fluxfill.bridge.contract import (
@@ -23,6 +24,7 @@ from fluxfill.bridge.contract import (
     SessionField,
     parse_job,
 )
+from fluxfill.client.errors import ServiceUnavailableError
 from fluxfill.client.jobs import JobSystem, SessionRef, google_errors
 
 _BRIDGE_ATTRIBUTES = {
@@ -86,6 +88,17 @@ def _read_job(data: bytes) -> tuple[SessionRef | None, str | None, str]:
     return SessionRef(job.userId, job.sessionId), None, job.priority
 
 
+def _connected(subscriber: Any) -> bool:
+    """Whether the client's channel reached Pub/Sub. A pull that ends at its deadline on a connected channel
+    found nothing to deliver; on one that never connected (a server that took the connection and never
+    answered), it says nothing of the queue: `dlq list` reported "0 dead-lettered job(s)", exit 0."""
+    try:
+        grpc.channel_ready_future(subscriber.transport.grpc_channel).result(timeout=0.5)
+    except grpc.FutureTimeoutError:
+        return False
+    return True
+
+
 class DeadLetterQueue:
     """The dead-letter subscription of a JobSystem."""
 
@@ -100,13 +113,18 @@ class DeadLetterQueue:
     def _pull_all(self) -> list[DeadLetter]:
         letters: dict[str, DeadLetter] = {}
         while True:
+            timeout_s = NEXT_PULL_TIMEOUT_S if letters else FIRST_PULL_TIMEOUT_S
             with google_errors(f"pull from {self._path}"):
                 try:
                     response = self._subscriber.pull(
-                        request={"subscription": self._path, "max_messages": PULL_BATCH},
-                        timeout=NEXT_PULL_TIMEOUT_S if letters else FIRST_PULL_TIMEOUT_S,
+                        request={"subscription": self._path, "max_messages": PULL_BATCH}, timeout=timeout_s
                     )
                 except api.DeadlineExceeded:
+                    if not _connected(self._subscriber):
+                        raise ServiceUnavailableError(
+                            f"cannot pull from {self._path}: Pub/Sub did not answer within {timeout_s:g} s",
+                            retryable=True,
+                        ) from None
                     break  # nothing (more) to deliver
             fresh = [m for m in response.received_messages if m.message.message_id not in letters]
             if not fresh:

@@ -184,6 +184,13 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
             2,
             "steps",
         ),
+        # Its pull ended at the deadline, as when nothing is queued: "0 dead-lettered job(s)", exit 0.
+        "dlq list of a Pub/Sub that never answers": Case(
+            ("dlq", "list", "--project", "p", "--dead-letter-subscription", "s"),
+            3,
+            "cannot pull from projects/p/subscriptions/s: Pub/Sub did not answer within 3 s",
+            {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{held_port}"},
+        ),
         "dlq list without credentials": Case(
             ("dlq", "list", "--project", "p", "--dead-letter-subscription", "s"), 2, "no credentials"
         ),
