@@ -40,8 +40,6 @@ TRUNCATED_DATA_BYTES = 64_000
 TRUNCATED_ATTRIBUTE = "fluxfillTruncatedFromBytes"
 
 
-# Real Pub/Sub channels carry any message size; the library's emulator channel keeps gRPC's 4 MB receive
-# default, which a message near Pub/Sub's 10 MB limit exceeds.
 # What Google's client retries of a publish by default (its codes).
 _PUBLISH_RETRIED = if_exception_type(
     api.Aborted,
@@ -52,6 +50,8 @@ _PUBLISH_RETRIED = if_exception_type(
     api.ServiceUnavailable,
     api.Unknown,
 )
+# Real Pub/Sub channels carry any message size; the library's emulator channel keeps gRPC's 4 MB receive
+# default, which a message near Pub/Sub's 10 MB limit exceeds.
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 

@@ -15,8 +15,8 @@ from fluxfill.bridge.errors import PermanentJobError, StorageTransientError
 from fluxfill.bridge.ports import ObjectInfo
 
 # Google's client gives a request that gets no answer (a half-open connection, a network that drops packets)
-# 60 s, retried for 120 s: a metadata read took 121 s here, and a job's four reads held its slot past the time
-# after which the bridge takes a job for hung and has itself restarted.
+# 60 s, retried for 120 s: a metadata read took 121 s here, each attempt of a job holding its slot that long
+# before its transient failure gave the job back.
 CALL_TIMEOUT_S = 30.0
 
 
