@@ -2,14 +2,18 @@
 
 import importlib.util
 import json
+import logging
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from fluxfill.inpaint import forwarding
 from fluxfill.inpaint.config import parse_model_config
@@ -36,11 +40,18 @@ def load_model_py(name: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 
 @pytest.fixture
-def stream_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ModuleType:
+def stream_module(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[ModuleType]:
     pb.Logger.lines.clear()
     pb.MetricFamily.registry.clear()
     monkeypatch.setenv("FLUXFILL_FORWARDING_DIR", str(tmp_path / "cancel"))
-    return load_model_py("flux_fill_stream", monkeypatch)
+    module = load_model_py("flux_fill_stream", monkeypatch)
+    yield module
+    # initialize() sends diffusers' and transformers' logs to Triton's: this process's, as they were.
+    for library in (diffusers_logging, transformers_logging):
+        for handler in list(logging.getLogger(library.__name__.split(".")[0]).handlers):
+            if isinstance(handler, module._TritonLogHandler):
+                library.remove_handler(handler)
+        library.enable_default_handler()
 
 
 def fake_load(is_test_model: bool = False) -> Any:
@@ -234,6 +245,27 @@ def test_test_model_is_announced_loudly(stream_module: ModuleType, monkeypatch: 
     stream_module.TritonPythonModel().initialize(triton_args())
     warnings = [line for level, line in pb.Logger.lines if level == "warn"]
     assert any("TINY TEST MODEL" in line and "noise" in line for line in warnings)
+
+
+def test_library_warnings_reach_tritons_log_with_their_level(
+    stream_module: ModuleType, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Their own handlers wrote bare text on the stub's stderr: an ERROR entry each in the JSON log."""
+    monkeypatch.setattr(FluxFillService, "load", staticmethod(fake_load()))
+    stream_module.TritonPythonModel().initialize(triton_args())
+    capfd.readouterr()
+
+    diffusers_logging.get_logger("diffusers.pipelines.flux").warning("a diffusers warning")
+    transformers_logging.get_logger("transformers.tokenization_utils_base").warning("a transformers warning")
+    diffusers_logging.get_logger("diffusers.models").info("below the libraries' level")
+
+    assert [
+        (level, line) for level, line in pb.Logger.lines if "diffusers" in line or "transformers" in line
+    ] == [
+        ("warn", "a diffusers warning"),
+        ("warn", "a transformers warning"),
+    ]
+    assert capfd.readouterr().err == ""
 
 
 def test_gpu_instance_loads_on_its_device(stream_module: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,6 +26,17 @@ class _TritonLogHandler(logging.Handler):
             pb_utils.Logger.log_info(message)
 
 
+def _library_logs_to(handler: logging.Handler) -> None:
+    """diffusers' and transformers' warnings through Triton's log, each with its level: their own handlers
+    wrote bare text on the stub's stderr, which the Triton image's JSON log makes an ERROR entry of."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.add_handler(handler)
+
+
 def _int32(value: int) -> Any:
     return np.array([value], dtype=np.int32)
 
@@ -41,8 +52,9 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         """Parse config.pbtxt parameters, load the weights and warm up, or fail the load with the reason."""
+        to_triton = _TritonLogHandler()
         core_logger = logging.getLogger("fluxfill")
-        core_logger.addHandler(_TritonLogHandler())
+        core_logger.addHandler(to_triton)
         core_logger.setLevel(logging.INFO)
         try:
             from fluxfill.inpaint import forwarding
@@ -56,6 +68,7 @@ class TritonPythonModel:
                 f"flux_fill cannot import its inpainting core ({error}); install fluxfill[model] "
                 "into the Python environment that tritonserver's python backend uses"
             ) from error
+        _library_logs_to(to_triton)
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = f"cuda:{args['model_instance_device_id']}"
