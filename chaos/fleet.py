@@ -20,7 +20,7 @@ from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defi
 
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
-from fluxfill.client.triton_binary import end_group, free_port, group_members
+from fluxfill.client.triton_binary import end_group, free_port, free_ports, group_members
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import ensure_tiny_model
 
@@ -140,7 +140,8 @@ class TritonProcess:
 
     def __init__(self, run_dir: Path) -> None:
         self._run_dir = run_dir
-        self.ports = (free_port(), free_port(), free_port())
+        http, grpc, metrics = free_ports(3)  # three different ports: drawn apart, two could be one
+        self.ports = (http, grpc, metrics)
         self.server: LocalTritonServer | None = None
         self._lock = threading.Lock()
         # Held across a kill-and-restart (a fault, or the supervisor), so the two never interleave.

@@ -12,7 +12,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,20 +143,36 @@ def free_port() -> int:
     take it, and the server fails to start. Below the range only another explicit bind can take it. Where
     the range leaves no room below it, the kernel's choice is taken.
     """
-    return free_port_between(FIRST_SERVER_PORT, _ephemeral_low())
+    return free_ports(1)[0]
 
 
-def free_port_between(first: int, end: int) -> int:
-    """A free port drawn at random from [first, end) (random: parallel callers rarely draw the same one)."""
+def free_ports(count: int, excluding: Iterable[int | None] = ()) -> list[int]:
+    """`count` different free ports (as free_port), none of `excluding`: one server's ports are all free until
+    it binds them, so drawn one by one they could be the same port (a tritonserver given one port for gRPC and
+    metrics refused to start)."""
+    taken = {port for port in excluding if port}
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = free_port_between(FIRST_SERVER_PORT, _ephemeral_low(), taken)
+        taken.add(port)
+        chosen.append(port)
+    return chosen
+
+
+def free_port_between(first: int, end: int, excluding: Collection[int] = ()) -> int:
+    """A free port drawn at random from [first, end) (random: parallel callers rarely draw the same one), none
+    of `excluding`."""
     if end - first >= 2:
         for _ in range(PORT_DRAWS):
             port = first + secrets.randbelow(end - first)
-            if _bindable(port):
+            if port not in excluding and _bindable(port):
                 return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        chosen: int = sock.getsockname()[1]
-        return chosen
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            chosen: int = sock.getsockname()[1]
+        if chosen not in excluding:
+            return chosen
 
 
 def _bindable(port: int) -> bool:

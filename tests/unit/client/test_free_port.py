@@ -1,9 +1,12 @@
 """Ports for local servers: free, and out of the range that outgoing connections take theirs from."""
 
+import secrets
 import socket
 from pathlib import Path
 
-from fluxfill.client.triton_binary import FIRST_SERVER_PORT, free_port, free_port_between
+import pytest
+
+from fluxfill.client.triton_binary import FIRST_SERVER_PORT, free_port, free_port_between, free_ports
 
 
 def ephemeral_low() -> int:
@@ -33,3 +36,21 @@ def test_no_room_falls_back_to_the_kernels_choice() -> None:
     port = free_port_between(40000, 40000)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_one_servers_ports_are_all_different_when_every_draw_lands_on_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Drawn one by one, a tritonserver's gRPC and metrics ports were once the same (free until it binds
+    them): it refused to start, and 87 tests with it."""
+    draws = iter([20001, 20001, 20001, 20002, 20001, 20003])
+    monkeypatch.setattr(secrets, "randbelow", lambda _end: next(draws) - FIRST_SERVER_PORT)
+
+    assert free_ports(3) == [20001, 20002, 20003]
+
+
+def test_ports_given_are_never_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = iter([20001, 20002, 20001, 20003])
+    monkeypatch.setattr(secrets, "randbelow", lambda _end: next(draws) - FIRST_SERVER_PORT)
+
+    assert free_ports(2, excluding=(20001, None)) == [20002, 20003]
