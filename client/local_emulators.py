@@ -29,7 +29,7 @@ from fluxfill.client.prerequisites import (
     pubsub_emulator,
     require,
 )
-from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port, free_ports
 
 
 def fake_gcs_binary() -> Path:
@@ -226,8 +226,12 @@ def running_emulators(
     """
     require(emulator_problems)
     with contextlib.ExitStack() as stack:
+        # Drawn together: one by one, two emulators could be given the same free port.
+        drawn = iter(free_ports(3, excluding=(pubsub_port, firestore_port, storage_port)))
         emulators = GoogleEmulators(
-            PubSubEmulator(pubsub_port), FirestoreEmulator(firestore_port), FakeGcsServer(storage_port)
+            PubSubEmulator(pubsub_port or next(drawn)),
+            FirestoreEmulator(firestore_port or next(drawn)),
+            FakeGcsServer(storage_port or next(drawn)),
         )
         for emulator in (emulators.pubsub, emulators.firestore, emulators.storage):
             stack.callback(emulator.stop)
