@@ -5,9 +5,11 @@ BridgeError
 │   ├── TritonUnavailableError    server down, model not ready, internal error
 │   ├── TritonBusyError           the model's queue is full: back-pressure, resent within the attempt
 │   ├── StorageTransientError     Cloud Storage 429 / 5xx / connection trouble
-│   └── SessionTransientError     Firestore unavailable, or a document that kept changing
+│   ├── SessionTransientError     Firestore unavailable, or a document that kept changing
+│   └── ConfiguredValueRefusedError  the model refuses a value the runtime config gave the job
 ├── PermanentJobError         the job itself is wrong: ack + failed record with `code`
-│   (invalid job, missing object, oversized object, bad image, input the model refuses)
+│   (invalid job, missing object, oversized object, bad image)
+│   ├── ModelRefusedInputError    an input the model refuses (`tensor` names it)
 │   └── SessionRefusedError       Firestore refuses the session's path (InvalidArgument)
 └── RunStoppedError           the Triton run was stopped before it finished
     ├── JobCancelledError         the app asked to cancel, or the bridge is shutting down
@@ -49,12 +51,26 @@ class SessionTransientError(RetryableError):
     """Firestore failed in a way that may pass (including a change that lost every round to contention)."""
 
 
+class ConfiguredValueRefusedError(RetryableError):
+    """The model refused a value the runtime config gave the job (its prompt, steps or guidance), not one the
+    job sent: the service's to fix, not the app's. Tried again (the document may be mended meanwhile), then
+    dead-lettered, so that `fluxfill dlq replay` runs it once it is."""
+
+
 class PermanentJobError(BridgeError):
     """The job cannot succeed however often it is tried; `code` goes into the session's error record."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ModelRefusedInputError(PermanentJobError):
+    """The model refused the request's input; `tensor` is the input its sentence names (None: none)."""
+
+    def __init__(self, message: str, tensor: str | None) -> None:
+        super().__init__(ErrorCode.MODEL_REJECTED_INPUT, message)
+        self.tensor = tensor
 
 
 class SessionRefusedError(PermanentJobError):

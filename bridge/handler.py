@@ -28,9 +28,11 @@ from fluxfill.bridge.contract import (
 )
 from fluxfill.bridge.deferral import AtLimitHint, first_published
 from fluxfill.bridge.errors import (
+    ConfiguredValueRefusedError,
     JobCancelledError,
     JobDeadlineExceededError,
     LeaseLostError,
+    ModelRefusedInputError,
     PermanentJobError,
     RetryableError,
     TritonInterruptedError,
@@ -333,7 +335,13 @@ class JobHandler:
             raise JobCancelledError("cancel requested before inference")
         phase_start = time.monotonic()
         control.deadline = phase_start + settings.job_deadline_s
-        result = self._infer(request, control, monitor)
+        try:
+            result = self._infer(request, control, monitor)
+        except ModelRefusedInputError as error:
+            where = parameters.configured_as(error.tensor) if error.tensor is not None else None
+            if where is None:
+                raise
+            raise _configured_value_refused(error, where) from None
         timings["inference"] = self._phase("inference", phase_start)
         phase_start = time.monotonic()
         edit = edited(photo.pixels, mask, context, result.image, photo.orientation)
@@ -484,3 +492,13 @@ class _Claimed:
 def _claim_taken_over() -> Outcome:
     # Redelivered: a job finished meanwhile is then acked as a duplicate; one still running is left alone.
     return Outcome(OutcomeKind.RETRY, reason="the claim is no longer current; not recorded")
+
+
+def _configured_value_refused(error: ModelRefusedInputError, where: str) -> ConfiguredValueRefusedError:
+    """A value the runtime config gave the job, refused by the model: no fault of the job's (its user may have
+    sent no prompt at all), so not failed as its input; an operator mends the document, the job is tried
+    again, and when its attempts run out first it is dead-lettered for a replay."""
+    logger.error("the model refuses a value of the runtime config", where=where, error=str(error))
+    return ConfiguredValueRefusedError(
+        f"{error} (the runtime config's {where}, not the job's: mend the document with `fluxfill config set`)"
+    )

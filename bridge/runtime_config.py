@@ -19,7 +19,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import structlog
@@ -100,6 +100,10 @@ def assigned_variant(experiment: Experiment, user: str, session: str) -> Variant
     return experiment.variants[-1]
 
 
+# The model's input each job field is sent as.
+_TENSORS = {"prompt": "PROMPT", "steps": "STEPS", "guidance": "GUIDANCE"}
+
+
 @dataclass(frozen=True)
 class ResolvedParameters:
     """What a job runs with, and where each value came from being recorded by the caller."""
@@ -109,6 +113,9 @@ class ResolvedParameters:
     guidance: float | None
     experiment: str | None = None
     variant: str | None = None
+    # The fields the document gave, and where in it ("defaults.steps", "experiment.variants[fewer].steps"): a
+    # value the model refuses from there is the service's mistake, not the job's.
+    configured: Mapping[str, str] = field(default_factory=dict)
 
     def recorded(self) -> dict[str, Any]:
         """The session's `model` fields these add."""
@@ -117,27 +124,37 @@ class ResolvedParameters:
             fields["experiment"] = {"name": self.experiment, "variant": self.variant}
         return fields
 
+    def configured_as(self, tensor: str) -> str | None:
+        """Where the document gave the value sent as the model's input `tensor`; None: not from there."""
+        return next((where for name, where in self.configured.items() if _TENSORS[name] == tensor), None)
+
 
 def resolve(job: JobMessage, config: RuntimeConfig) -> ResolvedParameters:
     """Per-job fields win, then the session's variant, then the defaults; None is left to the model."""
-    variant = (
-        assigned_variant(config.experiment, job.userId, job.sessionId)
-        if config.experiment is not None
-        else None
-    )
-    layers: list[JobDefaults] = [layer for layer in (variant, config.defaults) if layer is not None]
+    experiment = config.experiment
+    variant = assigned_variant(experiment, job.userId, job.sessionId) if experiment is not None else None
+    layers: list[tuple[str, JobDefaults]] = [("defaults", config.defaults)]
+    if experiment is not None and variant is not None:
+        layers.insert(0, (f"experiment.variants[{variant.name}]", variant))
+    configured: dict[str, str] = {}
 
     def first(name: str, own: Any) -> Any:
         if own is not None:
             return own
-        return next((getattr(layer, name) for layer in layers if getattr(layer, name) is not None), None)
+        for where, layer in layers:
+            value = getattr(layer, name)
+            if value is not None:
+                configured[name] = f"{where}.{name}"
+                return value
+        return None
 
     return ResolvedParameters(
         prompt=first("prompt", job.prompt or None) or "",
         steps=first("steps", job.steps),
         guidance=first("guidance", job.guidance),
-        experiment=config.experiment.name if config.experiment is not None else None,
+        experiment=experiment.name if experiment is not None else None,
         variant=variant.name if variant is not None else None,
+        configured=configured,
     )
 
 

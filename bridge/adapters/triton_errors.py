@@ -7,12 +7,11 @@ told apart (TritonBusyError): it says the server is up and busy, not that it is 
 
 from tritonclient.utils import InferenceServerException
 
-from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import (
     BridgeError,
     JobCancelledError,
     JobDeadlineExceededError,
-    PermanentJobError,
+    ModelRefusedInputError,
     TritonBusyError,
     TritonUnavailableError,
 )
@@ -24,13 +23,18 @@ _DEADLINE_STATUSES = frozenset({"StatusCode.DEADLINE_EXCEEDED"})
 _QUEUE_FULL = "exceeds maximum queue size"
 # The model's input errors start with the tensor's name ("MASK: must have shape ..."); a stream's errors
 # carry no status, so this prefix is what marks them.
-_INPUT_PREFIXES = tuple(f"{spec.name}: " for spec in INPUTS)
+_INPUT_PREFIXES = {f"{spec.name}: ": spec.name for spec in INPUTS}
 
 
 def _strip_request_id(message: str) -> str:
     if message.startswith("[request id:"):
         return message.partition("] ")[2]
     return message
+
+
+def _refused_tensor(message: str) -> str | None:
+    """The input a model's error names first, if any."""
+    return next((name for prefix, name in _INPUT_PREFIXES.items() if message.startswith(prefix)), None)
 
 
 def map_triton_exception(error: BaseException) -> BridgeError:
@@ -54,8 +58,9 @@ def _from_server(error: InferenceServerException) -> BridgeError:
         return JobDeadlineExceededError(message)
     if status == "StatusCode.CANCELLED" or "cancelled" in lowered:
         return JobCancelledError(message)
-    if status in _INVALID_STATUSES or _strip_request_id(message).startswith(_INPUT_PREFIXES):
-        return PermanentJobError(ErrorCode.MODEL_REJECTED_INPUT, f"the model refused the input: {message}")
+    tensor = _refused_tensor(_strip_request_id(message))
+    if status in _INVALID_STATUSES or tensor is not None:
+        return ModelRefusedInputError(f"the model refused the input: {message}", tensor)
     if _QUEUE_FULL in lowered:
         return TritonBusyError(f"triton: {message}")
     return TritonUnavailableError(f"triton: {message}")

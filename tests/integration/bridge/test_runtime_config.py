@@ -84,3 +84,29 @@ def test_the_document_sets_defaults_and_experiments_without_a_redeploy(
         varied = run_job(jobs)
         assert varied["model"]["steps"] == 2
         assert varied["progress"]["total"] == 2
+
+
+def test_a_configured_prompt_the_model_refuses_is_the_services_fault_and_the_job_is_kept_for_a_replay(
+    jobs: JobSystem, flux_server: LocalTritonServer, tmp_path: Path
+) -> None:
+    """Within the document's 4,096 bytes, beyond the 512 tokens the model reads: each job without a prompt of
+    its own failed as `model_rejected_input`, its user blamed for a prompt they never sent, and acked."""
+    document = f"fluxfillConfig/runtime-{jobs.name}"
+    long = tmp_path / "long.json"
+    long.write_text(json.dumps({"defaults": {"prompt": "a " * 600, "steps": 2}}))
+    assert config(document, "set", str(long)).returncode == 0
+    settings = jobs.settings(flux_server.grpc_url, runtime_config_document=document, max_delivery_attempts=2)
+    user, session = jobs.new_job()
+    with running_bridge(settings) as bridge:
+        jobs.publish({"userId": user, "sessionId": session})
+        failed = jobs.wait_for(user, session, is_terminal, timeout_s=60)
+        dead = jobs.dead_letters(expected=1)
+        assert bridge.counted("retry") == 1
+    assert failed["status"] == "failed", failed
+    assert failed["error"]["code"] == "retries_exhausted", "the service's failure, not the job's input"
+    assert failed["error"]["message"] == (
+        "gave up after 2 attempts; last error: the model refused the input: PROMPT: is 601 tokens long; the "
+        "model reads at most 512 (max_sequence_length of its T5 text encoder): shorten it (the runtime "
+        "config's defaults.prompt, not the job's: mend the document with `fluxfill config set`)"
+    )
+    assert dead[0].attributes["fluxfillErrorCode"] == "retries_exhausted", "kept for `fluxfill dlq replay`"

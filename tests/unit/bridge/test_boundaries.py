@@ -18,6 +18,7 @@ from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import (
     JobCancelledError,
     JobDeadlineExceededError,
+    ModelRefusedInputError,
     PermanentJobError,
     TritonBusyError,
     TritonUnavailableError,
@@ -31,10 +32,10 @@ from fluxfill.bridge.settings import BridgeSettings
     [
         (
             InferenceServerException("MASK: must have shape", status="StatusCode.INVALID_ARGUMENT"),
-            PermanentJobError,
+            ModelRefusedInputError,
         ),
-        (InferenceServerException("[request id: 7] IMAGE: empty"), PermanentJobError),
-        (InferenceServerException("bad input", status="400"), PermanentJobError),
+        (InferenceServerException("[request id: 7] IMAGE: empty"), ModelRefusedInputError),
+        (InferenceServerException("bad input", status="400"), ModelRefusedInputError),
         (
             InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"),
             TritonBusyError,
@@ -71,6 +72,25 @@ def test_every_triton_error_is_mapped(error: BaseException, expected: type[Excep
     assert type(mapped) is expected
     if isinstance(mapped, PermanentJobError):
         assert mapped.code is ErrorCode.MODEL_REJECTED_INPUT
+
+
+@pytest.mark.parametrize(
+    ("message", "status", "tensor"),
+    [
+        ("PROMPT: is 601 tokens long; the model reads at most 512", "StatusCode.INVALID_ARGUMENT", "PROMPT"),
+        ("[request id: 9] STEPS: must be between 1 and 50, got 80", None, "STEPS"),
+        ("GUIDANCE: must be finite", "400", "GUIDANCE"),
+        ("bad input", "400", None),
+        ("PROMPTS: not one of ours", "StatusCode.INVALID_ARGUMENT", None),
+    ],
+)
+def test_a_refused_input_is_named_by_the_models_sentence(
+    message: str, status: str | None, tensor: str | None
+) -> None:
+    """The handler tells a refused value the job sent from one the runtime config gave by this name."""
+    mapped = map_triton_exception(InferenceServerException(message, status=status))
+    assert isinstance(mapped, ModelRefusedInputError)
+    assert mapped.tensor == tensor
 
 
 def render(method: str, **event: Any) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge.contract import ErrorCode, JobMessage, JobStatus
-from fluxfill.bridge.errors import StorageTransientError, TritonUnavailableError
+from fluxfill.bridge.errors import ModelRefusedInputError, StorageTransientError, TritonUnavailableError
 from fluxfill.bridge.handler import default_seed
 from fluxfill.bridge.outcome import Delivery, OutcomeKind
 from tests.unit.bridge.fakes import png
@@ -184,6 +184,36 @@ def test_last_attempt_fails_the_job_and_dead_letters_it() -> None:
     assert world.document["status"] == "failed"
     assert world.document["attempt"] == 3
     assert "RuntimeError" in world.document["error"]["message"]
+
+
+STEPS_REFUSED = "the model refused the input: STEPS: must be between 1 and 50, got 80"
+
+
+def test_a_value_of_the_runtime_config_the_model_refuses_is_retried_then_dead_lettered_not_failed() -> None:
+    """Its user sent no steps: the document's value is the service's to mend (and the job to replay), where
+    the job failed as the user's own input before."""
+    world = World(config_document={"defaults": {"steps": 80}})
+    world.model.fail_with = ModelRefusedInputError(STEPS_REFUSED, "STEPS")
+    outcomes = [world.deliver(attempt=n) for n in (1, 2, 3)]
+    assert [outcome.kind for outcome in outcomes] == [OutcomeKind.RETRY] * 2 + [OutcomeKind.DEAD_LETTER]
+    assert outcomes[-1].code is ErrorCode.RETRIES_EXHAUSTED
+    assert outcomes[-1].fault == "service"
+    assert [call.steps for call in world.model.calls] == [80] * 3
+    assert world.document["error"]["code"] == "retries_exhausted"
+    assert world.document["error"]["message"].endswith(
+        f"{STEPS_REFUSED} (the runtime config's defaults.steps, not the job's: mend the document with "
+        "`fluxfill config set`)"
+    )
+    assert len(world.dead_letters.published) == 1
+
+
+def test_the_same_value_sent_by_the_job_fails_it_as_its_own_input() -> None:
+    world = World(config_document={"defaults": {"steps": 80}})
+    world.model.fail_with = ModelRefusedInputError(STEPS_REFUSED, "STEPS")
+    outcome = world.deliver(steps=80)
+    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, ErrorCode.MODEL_REJECTED_INPUT)
+    assert world.document["error"] == {"code": "model_rejected_input", "message": STEPS_REFUSED}
+    assert world.dead_letters.published == []
 
 
 def test_deliveries_bounced_unclaimed_spend_no_attempt() -> None:

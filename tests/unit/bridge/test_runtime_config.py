@@ -87,6 +87,22 @@ def test_per_job_fields_win_then_the_variant_then_the_defaults() -> None:
     assert (own.prompt, own.steps, own.guidance, own.variant) == ("a hat", 4, 2.0, "fewer-steps")
 
 
+def test_the_values_the_document_gave_are_told_apart_from_the_jobs_own() -> None:
+    """So that the model refusing a configured value is the service's fault, not the job's (handler)."""
+    config = parse_runtime_config({"defaults": {"prompt": "a photo", "steps": 28}, "experiment": EXPERIMENT})
+    sessions = [f"s{i}" for i in range(40)]
+    by_variant = {assigned_variant(config.experiment, "u1", s).name: s for s in sessions}  # type: ignore[arg-type]
+    fewer = resolve(job(sessionId=by_variant["fewer-steps"]), config)
+    assert fewer.configured_as("STEPS") == "experiment.variants[fewer-steps].steps"
+    assert fewer.configured_as("PROMPT") == "experiment.variants[fewer-steps].prompt"
+    assert fewer.configured_as("GUIDANCE") is None, "the model's own default"
+    control = resolve(job(sessionId=by_variant["control"], steps=4), config)
+    assert control.configured_as("PROMPT") == "defaults.prompt"
+    assert control.configured_as("STEPS") is None, "the job's own"
+    assert control.configured_as("IMAGE") is None
+    assert resolve(job(prompt="a hat"), RuntimeConfig()).configured == {}
+
+
 def test_a_sessions_variant_is_stable_and_the_shares_follow_the_weights() -> None:
     experiment = parse_runtime_config({"experiment": EXPERIMENT}).experiment
     assert experiment is not None

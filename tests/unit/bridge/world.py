@@ -1,6 +1,7 @@
 """A job handler over fakes of its ports and an uploaded photo and mask; outcomes settled as in service."""
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome
 from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.readiness import Readiness
+from fluxfill.bridge.runtime_config import CachedRuntimeConfig
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.bridge.settle import should_ack
 from tests.unit.bridge.fakes import (
@@ -50,11 +52,24 @@ def box_mask(height: int = 40, width: int = 60) -> np.ndarray:
     return mask
 
 
+class _Document:
+    """Our RuntimeConfigSource port over a fixed document."""
+
+    def __init__(self, fields: Mapping[str, Any]) -> None:
+        self.fields = fields
+
+    def read(self) -> Mapping[str, Any]:
+        return self.fields
+
+
 class World:
     """A handler over fakes, with an uploaded photo and mask."""
 
-    def __init__(self, *, readiness: bool = False, **overrides: Any) -> None:
-        """`readiness`: the handler watches Triton's readiness (checked once here), as a bridge does."""
+    def __init__(
+        self, *, readiness: bool = False, config_document: Mapping[str, Any] | None = None, **overrides: Any
+    ) -> None:
+        """`readiness`: the handler watches Triton's readiness (checked once here), as a bridge does;
+        `config_document`: the runtime config document its jobs are resolved under."""
         self.objects = FakeObjectStore(
             {f"{PREFIX}/original.png": png(photo()), f"{PREFIX}/mask.png": png(box_mask())}
         )
@@ -66,6 +81,11 @@ class World:
         self.readiness = Readiness(self.model, 600.0, self.metrics) if readiness else None
         if self.readiness is not None:
             self.readiness.check()
+        self.runtime_config = (
+            CachedRuntimeConfig(_Document(config_document), lifetime_s=600.0)
+            if config_document is not None
+            else None
+        )
         self.handler = self._handler(self.settings)
         self.dead_letters = FakeDeadLetters()
         self.acked: list[bool] = []
@@ -84,6 +104,7 @@ class World:
             self.model,
             self.metrics,
             readiness=self.readiness,
+            runtime_config=self.runtime_config,
             parking=parking,
         )
 
