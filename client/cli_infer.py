@@ -2,7 +2,9 @@
 
 import argparse
 import http.client
+import io
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -62,11 +64,27 @@ def add_parser(commands: "argparse._SubParsersAction[Any]") -> None:
 
 
 def _output_path(path: Path) -> Path:
-    # Checked before the run, so a typo in the suffix does not waste a whole inference.
-    if path.suffix.lower() not in Image.registered_extensions():
+    """The output, checked before the run: a typo in the suffix, a format Pillow reads but cannot write (PSD)
+    or not in colour (XBM), or a folder that cannot be written wasted a whole inference before its error (an
+    "unexpected error" and a log file for some)."""
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
         raise InvalidInputError(f"{path}: unknown image format {path.suffix!r} (use .png, .jpg, .webp, ...)")
+    try:
+        Image.new("RGB", (1, 1)).save(io.BytesIO(), format=fmt)
+    except (OSError, ValueError, KeyError):
+        raise InvalidInputError(
+            f"{path}: {path.suffix} ({fmt}) is not a format a colour photo can be written in here "
+            "(use .png, .jpg, .webp, ...)"
+        ) from None
     if path.is_dir():
         raise InvalidInputError(f"{path}: is a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as error:
+        raise InvalidInputError(f"{path}: cannot be written ({error.strerror or error})") from None
     return path
 
 

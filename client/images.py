@@ -329,6 +329,8 @@ def save_rgb(image: RGBArray, path: str | os.PathLike[str], photo: Photo | None 
     except (ValueError, KeyError) as error:
         # PIL raises ValueError/KeyError for a suffix it has no writer for.
         raise InvalidInputError(f"{path}: cannot write this format ({error})") from None
+    except OSError as error:  # a full disk, or a format's own refusal (XBM holds no colour)
+        raise InvalidInputError(f"{path}: cannot be written ({error.strerror or error})") from None
     finally:
         # Reached with the file still there only when the write failed or was interrupted (Ctrl-C).
         with contextlib.suppress(FileNotFoundError):

@@ -98,6 +98,18 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
         "url with scheme": Case((*infer, "--url", "http://127.0.0.1:8001"), 2, "without a scheme"),
         "url without port": Case((*infer, "--url", "localhost"), 2, "expected HOST:PORT"),
         "missing photo": Case(("infer", "nope.png", f["mask.png"], "--output", f["out"]), 2, "no such file"),
+        # Refused before the server is asked (it answers nothing here): each was found after the inference.
+        "output Pillow only reads": Case(
+            ("infer", f["photo.png"], f["mask.png"], "--output", "x.psd", *offline), 2, ".psd (PSD) is not a"
+        ),
+        "output not in colour": Case(
+            ("infer", f["photo.png"], f["mask.png"], "--output", "x.xbm", *offline), 2, ".xbm (XBM) is not a"
+        ),
+        "output in a folder that cannot be written": Case(
+            ("infer", f["photo.png"], f["mask.png"], "--output", "/proc/fluxfill/x.png", *offline),
+            2,
+            "/proc/fluxfill/x.png: cannot be written (",
+        ),
         "photo is a directory": Case(
             ("infer", f["folder"], f["mask.png"], "--output", f["out"]), 2, "directory"
         ),

@@ -234,6 +234,16 @@ def test_unreadable_files_are_named(tmp_path: Path, name: str, content: bytes | 
         to_rgb(tmp_path / name)
 
 
+def test_an_output_that_cannot_be_written_is_a_sentence_and_leaves_no_file(tmp_path: Path) -> None:
+    """A format's own refusal (XBM holds no colour) was an OSError: "unexpected error" and a log file."""
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(
+        InvalidInputError, match=r"x\.xbm: cannot be written \(cannot write mode RGB as XBM\)"
+    ):
+        save_rgb(rgb, tmp_path / "x.xbm")
+    assert list(tmp_path.iterdir()) == []
+
+
 def broken_copies(data: bytes) -> list[bytes]:
     """The file cut short at twenty lengths, and with each of its first 300 bytes set to 0, 255 and flipped:
     a transfer that failed half way, a corrupt header."""
