@@ -4,7 +4,6 @@ import argparse
 import http.client
 import io
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -27,6 +26,7 @@ from fluxfill.client.images import (
     save_rgb,
 )
 from fluxfill.client.inference import DEFAULT_PORTS, FluxFillClient, checked_url
+from fluxfill.client.prerequisites import require_writable_folder
 from fluxfill.client.progress import ProgressBar
 from fluxfill.client.retry import RetryPolicy
 
@@ -79,12 +79,7 @@ def _output_path(path: Path) -> Path:
         ) from None
     if path.is_dir():
         raise InvalidInputError(f"{path}: is a directory")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as error:
-        raise InvalidInputError(f"{path}: cannot be written ({error.strerror or error})") from None
+    require_writable_folder(path.parent, str(path))
     return path
 
 

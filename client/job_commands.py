@@ -37,6 +37,7 @@ from fluxfill.client.jobs import (
     photo_upload,
     validated_job,
 )
+from fluxfill.client.prerequisites import require_writable_folder
 from fluxfill.client.progress import ProgressBar
 
 # How `watch` exits for a failed job: the input's fault, the service's, or a stop.
@@ -161,6 +162,7 @@ def _fetch(jobs: JobSystem, ref: SessionRef, output_dir: Path) -> int:
             f"{ref.session} is {status or 'not started'}: nothing to fetch yet (fluxfill watch {ref.session} "
             "waits for it)"
         )
+    require_writable_folder(output_dir, f"--output-dir {output_dir}")
     for kind, object_path in sorted(paths.items()):
         target = output_dir / f"{ref.session}-{kind}{Path(str(object_path)).suffix}"
         jobs.download(str(object_path), target)

@@ -13,6 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -133,3 +134,14 @@ def require_free_ports(host: str, ports: Mapping[str, int]) -> None:
                     f"{name} port {port} on {host} is not available ({error.strerror}): "
                     f"stop what holds it, or pass --{name}-port"
                 ) from None
+
+
+def require_writable_folder(folder: Path, what: str) -> None:
+    """InvalidInputError unless a file can be made in `folder` (made first if missing), before the work whose
+    result goes there: found after it, the work was lost (an inference, a download)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InvalidInputError(f"{what}: cannot be written ({error.strerror or error})") from None

@@ -183,6 +183,11 @@ def test_submit_uploads_creates_and_publishes_then_watch_reaches_done(world: Job
     with Image.open(written[1]) as preview:
         assert preview.format == "JPEG"
     assert sorted(p.name for p in (world.files / "fetched").iterdir()) == [p.name for p in written]
+    unwritable = fluxfill(world, "fetch", session, "--output-dir", "/proc/fluxfill")
+    assert unwritable.returncode == 2, "told before any download, in a sentence (an unexpected error was)"
+    assert unwritable.stderr.startswith("fluxfill fetch: --output-dir /proc/fluxfill: cannot be written ("), (
+        unwritable.stderr
+    )
     default = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]
     assert not default.document(f"users/{USER}/sessions/{session}").get().exists, "the named database alone"
 
