@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defi
 
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
-from fluxfill.client.triton_binary import end_group, free_port, free_ports, group_members
+from fluxfill.client.triton_binary import end_group, free_ports, group_members
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import ensure_tiny_model
 
@@ -67,10 +67,17 @@ class BridgeProcess:
     """One `python -m fluxfill.bridge` process; `kill()` is SIGKILL, `start()` a fresh incarnation."""
 
     def __init__(
-        self, name: str, environment: dict[str, str], log_dir: Path, shared_instance_id: str | None = None
+        self,
+        name: str,
+        environment: dict[str, str],
+        log_dir: Path,
+        shared_instance_id: str | None = None,
+        reserved_ports: Collection[int] = (),
     ) -> None:
+        """`reserved_ports`: never this bridge's HTTP port (a restarting Triton's, free while it is down)."""
         self.name = name
         self._shared_instance_id = shared_instance_id
+        self._reserved_ports = reserved_ports
         self._environment = environment
         self._log_dir = log_dir
         self.incarnation = 0
@@ -89,7 +96,7 @@ class BridgeProcess:
 
     def start(self) -> None:
         self.incarnation += 1
-        self.http_port = free_port()
+        self.http_port = free_ports(1, excluding=self._reserved_ports)[0]
         env = {
             **os.environ,
             **self._environment,
@@ -295,7 +302,7 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
         environment = fleet.bridge_environment()
         for index in range(config.bridges):
             name = f"bridge-{chr(ord('a') + index)}"
-            bridge = BridgeProcess(name, environment, run_dir, config.shared_instance_id)
+            bridge = BridgeProcess(name, environment, run_dir, config.shared_instance_id, triton.ports)
             stack.callback(_end_bridge, bridge)
             bridge.start()
             fleet.bridges.append(bridge)
