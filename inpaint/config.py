@@ -106,7 +106,8 @@ DESCRIPTIONS: dict[str, str] = {
     "first_block_cache_threshold": "first-block cache: reuse the remaining blocks while the first block's "
     "output changes less than this (0 = off)",
     "compile": "torch.compile the transformer: off, regional (repeated blocks) or full; warmed per bucket",
-    "t5_placement": "device, or cpu: after warm-up T5 waits in CPU memory (cached prompts skip it)",
+    "t5_placement": "device, or cpu: after warm-up T5 waits in CPU memory (cached prompts skip it; "
+    "needs prompt_cache_size of 1 or more)",
     "compile_backend": "inductor (generates kernels) or eager (graph capture only: debugging, CPU tests)",
 }
 
@@ -245,6 +246,13 @@ def _check_relations(config: ModelConfig) -> None:
     if config.compile != "off" and config.warmup_steps == 0:
         raise ConfigError(
             "warmup_steps", "must be at least 1 when compile is on, or user requests would compile"
+        )
+    if config.t5_placement == "cpu" and config.prompt_cache_size == 0:
+        raise ConfigError(
+            "prompt_cache_size",
+            "must be at least 1 when t5_placement is cpu: T5 waits in CPU memory for the prompts the cache "
+            "misses, so without a cache every request would run it there (seconds each), the default "
+            "prompt's too",
         )
     if config.min_working_pixels > config.max_working_pixels:
         raise ConfigError(

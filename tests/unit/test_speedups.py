@@ -89,6 +89,15 @@ def test_compile_without_warm_up_is_refused() -> None:
         make_config(compile="regional", warmup_steps="0")
 
 
+def test_t5_on_the_cpu_without_a_prompt_cache_is_refused() -> None:
+    """Every request would have run T5 on the CPU: the load said nothing, and it was the slowest setting."""
+    with pytest.raises(
+        ConfigError, match="parameter 'prompt_cache_size': must be at least 1 when t5_placement"
+    ):
+        make_config(t5_placement="cpu", prompt_cache_size="0")
+    make_config(t5_placement="device", prompt_cache_size="0")
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline_dir() -> Path:
     from fluxfill.inpaint.tiny import ensure_tiny_model
