@@ -36,6 +36,8 @@ PULL_BATCH = 100
 # A pull waits this long when nothing is there; the first waits longer, for a slow start.
 FIRST_PULL_TIMEOUT_S = 3.0
 NEXT_PULL_TIMEOUT_S = 1.0
+# How long the call that tells an empty queue from a server that does not answer may take.
+ANSWER_TIMEOUT_S = 2.0
 
 
 # Set by Pub/Sub on a message it dead-letters itself: how often the source subscription delivered it.
@@ -88,14 +90,22 @@ def _read_job(data: bytes) -> tuple[SessionRef | None, str | None, str]:
     return SessionRef(job.userId, job.sessionId), None, job.priority
 
 
-def _connected(subscriber: Any) -> bool:
-    """Whether the client's channel reached Pub/Sub. A pull that ends at its deadline on a connected channel
-    found nothing to deliver; on one that never connected (a server that took the connection and never
-    answered), it says nothing of the queue: `dlq list` reported "0 dead-lettered job(s)", exit 0."""
+def _answering(subscriber: Any, path: str) -> bool:
+    """Whether Pub/Sub answers calls. A pull that ends at its deadline found nothing to deliver only when it
+    does: on a channel that never connected (a server that took the connection and never answered), or from a
+    server that takes calls and answers none (frozen mid-command), it says nothing of the queue, and `dlq
+    list` reported "0 dead-lettered job(s)", exit 0. Any answer to a second, cheap call tells, a refusal too
+    (reading a subscription's settings takes a permission beyond consuming it)."""
     try:
         grpc.channel_ready_future(subscriber.transport.grpc_channel).result(timeout=0.5)
     except grpc.FutureTimeoutError:
         return False
+    try:
+        subscriber.get_subscription(request={"subscription": path}, timeout=ANSWER_TIMEOUT_S, retry=None)
+    except (api.DeadlineExceeded, api.ServiceUnavailable):
+        return False
+    except api.GoogleAPICallError:
+        return True
     return True
 
 
@@ -120,7 +130,7 @@ class DeadLetterQueue:
                         request={"subscription": self._path, "max_messages": PULL_BATCH}, timeout=timeout_s
                     )
                 except api.DeadlineExceeded:
-                    if not _connected(self._subscriber):
+                    if not _answering(self._subscriber, self._path):
                         raise ServiceUnavailableError(
                             f"cannot pull from {self._path}: Pub/Sub did not answer within {timeout_s:g} s",
                             retryable=True,

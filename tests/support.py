@@ -2,7 +2,9 @@
 
 import contextlib
 import socket
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,32 @@ def unanswered_port() -> Iterator[int]:
         held.bind(("127.0.0.1", 0))
         held.listen()
         yield held.getsockname()[1]
+
+
+@contextlib.contextmanager
+def frozen_grpc_server() -> Iterator[int]:
+    """The port of a gRPC server that connects and takes every call, then never answers one: a server frozen
+    mid-command, where unanswered_port's never completes the connection."""
+    import grpc  # type: ignore[import-untyped]
+
+    released = threading.Event()
+
+    class NeverAnswers(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, _details: object) -> object:
+            def hold(_request: bytes, _context: object) -> bytes:
+                released.wait()
+                return b""
+
+            return grpc.unary_unary_rpc_method_handler(hold)
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=8), handlers=[NeverAnswers()])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        released.set()
+        server.stop(grace=0)
 
 
 # What a gRPC server (another tritonserver's gRPC port) answers an HTTP/1 request with: HTTP/2's SETTINGS.

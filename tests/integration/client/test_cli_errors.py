@@ -20,6 +20,7 @@ from PIL import Image
 
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.conftest import TINY_MODEL_DIR
+from tests.support import frozen_grpc_server
 from tests.unit.client.test_images import png_without_pixels
 
 pytestmark = pytest.mark.integration
@@ -84,7 +85,7 @@ def _files(folder: Path) -> dict[str, str]:
     }
 
 
-def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict[str, Case]:
+def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTritonServer) -> dict[str, Case]:
     infer = ("infer", f["photo.png"], f["mask.png"], "--output", f["out"])
     offline = ("--url", "127.0.0.1:9", "--retries", "0")  # port 9 (discard) answers nothing here
     job = ("--project", "p", "--user", "u")
@@ -203,6 +204,13 @@ def _cases(f: dict[str, str], held_port: int, server: LocalTritonServer) -> dict
             "cannot pull from projects/p/subscriptions/s: Pub/Sub did not answer within 3 s",
             {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{held_port}"},
         ),
+        # Connected, its call taken and never answered: the pull ended at its deadline all the same.
+        "dlq list of a Pub/Sub frozen mid-command": Case(
+            ("dlq", "list", "--project", "p", "--dead-letter-subscription", "s"),
+            3,
+            "cannot pull from projects/p/subscriptions/s: Pub/Sub did not answer within 3 s",
+            {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{frozen_port}"},
+        ),
         "dlq list without credentials": Case(
             ("dlq", "list", "--project", "p", "--dead-letter-subscription", "s"), 2, "no credentials"
         ),
@@ -273,10 +281,10 @@ def results(
 ) -> Iterator[dict[str, tuple[Case, subprocess.CompletedProcess[str]]]]:
     folder = tmp_path_factory.mktemp("cli-errors")
     files = _files(folder)
-    with socket.socket() as held:
+    with socket.socket() as held, frozen_grpc_server() as frozen_port:
         held.bind(("127.0.0.1", 0))
         held.listen()
-        cases = _cases(files, held.getsockname()[1], flux_server)
+        cases = _cases(files, held.getsockname()[1], frozen_port, flux_server)
 
         def run(case: Case) -> subprocess.CompletedProcess[str]:
             return subprocess.run(
