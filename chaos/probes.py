@@ -52,11 +52,14 @@ def open_fds(pid: int) -> int:
 
 
 def triton_role(pid: int) -> str:
-    """`tritonserver`, or the model a Python-backend stub serves (read from its command line)."""
+    """`tritonserver`, its supervisor, or the model a Python-backend stub serves (read from its command
+    line)."""
     with contextlib.suppress(FileNotFoundError, ProcessLookupError):
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         if Path(argv[0].decode(errors="replace")).name == "tritonserver":
             return "tritonserver"
+        if b"fluxfill.client.triton_supervisor" in argv:
+            return "triton_supervisor"
         for model in (b"flux_fill_stream", b"flux_fill"):
             if any(model in part for part in argv):
                 return f"stub {model.decode()}"
