@@ -16,7 +16,13 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from fluxfill.client.contract_check import check_metadata
-from fluxfill.client.errors import CancelledError, DeadlineExceededError, InvalidInputError, mapped_errors
+from fluxfill.client.errors import (
+    CancelledError,
+    DeadlineExceededError,
+    InvalidInputError,
+    ServiceUnavailableError,
+    mapped_errors,
+)
 from fluxfill.client.images import ImageLike, MaskLike, to_mask, to_rgb
 from fluxfill.client.retry import RetryPolicy, call_with_retries
 from fluxfill.client.streaming import (
@@ -85,19 +91,36 @@ class FluxFillClient:
         self._client: Any = (grpcclient if protocol == "grpc" else httpclient).InferenceServerClient(url=url)
         self._checked = False
 
-    def check_contract(self) -> None:
-        """Raise ContractMismatchError if the served model's tensors differ from this client's contract."""
-        with mapped_errors(self.url):
-            if self.protocol == "grpc":
-                # Bounded: a hung server must not hold a call whose caller gave it a timeout.
-                metadata = self._client.get_model_metadata(
-                    self.model_name, as_json=True, client_timeout=METADATA_TIMEOUT_S
-                )
-            else:
-                metadata = self._client.get_model_metadata(self.model_name)
+    def check_contract(self, within_s: float | None = None) -> None:
+        """Raise ContractMismatchError if the served model's tensors differ from this client's contract;
+        ServiceUnavailableError when the server does not answer within METADATA_TIMEOUT_S, and
+        DeadlineExceededError when `within_s` (the caller's time left), if shorter, runs out first."""
+        bound = METADATA_TIMEOUT_S if within_s is None else min(METADATA_TIMEOUT_S, within_s)
+        try:
+            with mapped_errors(self.url):
+                metadata = self._metadata(bound)
+        except DeadlineExceededError:
+            if bound < METADATA_TIMEOUT_S:
+                raise DeadlineExceededError(
+                    f"deadline exceeded: {self.url} did not answer within {bound:.3g} s"
+                ) from None
+            # No run started, and the caller gave no shorter limit (often none): the server's fault, not a
+            # time limit of theirs reached (it was "Deadline Exceeded", exit 4); another try waits as long.
+            raise ServiceUnavailableError(
+                f"{self.url} took the connection but did not answer within {METADATA_TIMEOUT_S:g} s "
+                f"(asked for {self.model_name}'s metadata): the server is hung or overloaded"
+            ) from None
         outputs = STREAM_OUTPUTS if self.protocol == "grpc" else OUTPUTS
         check_metadata(self.model_name, metadata, INPUTS, outputs)
         self._checked = True
+
+    def _metadata(self, bound_s: float) -> Any:
+        # Bounded: a hung server must not hold a call whose caller gave it a timeout, or gave none.
+        if self.protocol == "grpc":
+            return self._client.get_model_metadata(self.model_name, as_json=True, client_timeout=bound_s)
+        # tritonclient.http takes its network timeout per client, not per call.
+        with httpclient.InferenceServerClient(url=self.url, network_timeout=bound_s) as bounded:
+            return bounded.get_model_metadata(self.model_name)
 
     def inpaint(
         self,
@@ -148,7 +171,7 @@ class FluxFillClient:
             if cancel is not None and cancel.cancelled:
                 raise CancelledError("cancelled by the caller")
             if not self._checked:
-                self.check_contract()
+                self.check_contract(remaining)
             with mapped_errors(self.url):
                 return self._call(arrays, on_progress, cancel, remaining)
 

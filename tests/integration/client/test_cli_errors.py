@@ -125,6 +125,24 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         ),
         "negative retries": Case((*infer, "--retries", "-1"), 2, "--retries must be 0 or more"),
         "no server": Case((*infer, *offline), 3, "127.0.0.1:9"),
+        # A server that took the connection and answered nothing: "Deadline Exceeded", exit 4 (a time limit the
+        # user never set), over HTTP after 60 s.
+        "a server frozen mid-command": Case(
+            (*infer, "--url", f"127.0.0.1:{frozen_port}", "--retries", "0"),
+            3,
+            f"127.0.0.1:{frozen_port} took the connection but did not answer within 30 s (asked for "
+            "flux_fill_stream's metadata): the server is hung or overloaded",
+        ),
+        "an HTTP server that never answers": Case(
+            (*infer, "--url", f"127.0.0.1:{held_port}", "--protocol", "http", "--retries", "0"),
+            3,
+            f"127.0.0.1:{held_port} took the connection but did not answer within 30 s",
+        ),
+        "a frozen server past the user's own timeout": Case(
+            (*infer, "--url", f"127.0.0.1:{frozen_port}", "--timeout", "2"),
+            4,
+            f"deadline exceeded: 127.0.0.1:{frozen_port} did not answer within 2 s",
+        ),
         # Opened, not called a "decompression bomb" by Pillow nor warned of in two lines: the server decides.
         "a 200 MP photo": Case(
             ("infer", f["200mp.png"], "0,0,64,64", "--output", f["out"], *offline), 3, "127.0.0.1:9"
