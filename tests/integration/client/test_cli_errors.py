@@ -125,8 +125,8 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         ),
         "negative retries": Case((*infer, "--retries", "-1"), 2, "--retries must be 0 or more"),
         "no server": Case((*infer, *offline), 3, "127.0.0.1:9"),
-        # A server that took the connection and answered nothing: "Deadline Exceeded", exit 4 (a time limit the
-        # user never set), over HTTP after 60 s.
+        # A server that took the connection and answered nothing: "Deadline Exceeded", exit 4 (a time limit
+        # the user never set), over HTTP after 60 s.
         "a server frozen mid-command": Case(
             (*infer, "--url", f"127.0.0.1:{frozen_port}", "--retries", "0"),
             3,
