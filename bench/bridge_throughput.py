@@ -69,6 +69,9 @@ class PaintingModel:
     def is_ready(self) -> bool:
         return True
 
+    def unready_reason(self) -> str:
+        return ""
+
     def crop_geometry(self) -> CropGeometry:
         """The shipped model's: only the mask's surroundings come, as from the real bridge to Triton."""
         return SHIPPED_GEOMETRY

@@ -166,6 +166,9 @@ class InpaintModel(Protocol):
     def is_ready(self) -> bool:
         """Whether the model answers READY now; never raises."""
 
+    def unready_reason(self) -> str:
+        """Why the last `is_ready` said no, in a sentence (empty when it said yes)."""
+
     def crop_geometry(self) -> CropGeometry | None:
         """The parameters the model crops each request by (fluxfill.bridge.context); None when they cannot be
         known (then whole photos are sent). Never raises."""

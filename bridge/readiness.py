@@ -1,6 +1,8 @@
 """Whether Triton serves the model READY: polled in the background, dropped at once on an error."""
 
 import threading
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -10,15 +12,29 @@ from fluxfill.bridge.ports import InpaintModel
 logger = structlog.get_logger(__name__)
 # How soon a waiter notices the stop event, whatever the readiness interval.
 STOP_CHECK_S = 0.2
+# While the model is not ready, the reason is logged again this often: a bridge aimed at a wrong Triton URL
+# said "bridge started" and then nothing, for good.
+UNREADY_REMINDER_S = 60.0
 
 
 class Readiness:
     """The bridge takes work only while `ready`; `stopping` (SIGTERM) makes it unready for good."""
 
-    def __init__(self, model: InpaintModel, interval_s: float, metrics: BridgeMetrics) -> None:
+    def __init__(
+        self,
+        model: InpaintModel,
+        interval_s: float,
+        metrics: BridgeMetrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._model = model
         self._interval_s = interval_s
         self._metrics = metrics
+        self._clock = clock
+        # Before the first answer the bridge takes no work either, but has not said why.
+        self._known = False
+        self._unready_since = clock()
+        self._reminded_at = clock()
         self._ready = threading.Event()
         self.stopping = threading.Event()
         self._changed = threading.Condition()
@@ -35,7 +51,10 @@ class Readiness:
     def check(self) -> bool:
         """Ask Triton now and record the answer."""
         ready = self._model.is_ready()
-        self._set(ready, "model READY" if ready else f"model {self._model.name} not ready")
+        reason = (
+            "model READY" if ready else f"model {self._model.name} not ready: {self._model.unready_reason()}"
+        )
+        self._set(ready, reason)
         return self.ready
 
     def mark_unready(self, reason: str) -> None:
@@ -59,8 +78,12 @@ class Readiness:
 
     def _set(self, ready: bool, reason: str) -> None:
         with self._changed:
-            if ready != self._ready.is_set():
-                logger.info("readiness changed", ready=ready, reason=reason)
+            if ready != self._ready.is_set() or not self._known:
+                # No work is taken while unready: a WARNING, with the reason (the first answer's too).
+                (logger.info if ready else logger.warning)("readiness changed", ready=ready, reason=reason)
+                now = self._clock()
+                self._unready_since = self._reminded_at = now
+            self._known = True
             if ready:
                 self._ready.set()
             else:
@@ -86,4 +109,18 @@ class Readiness:
         """Ask Triton every interval until `stop` is set (on a thread of its own: fluxfill.bridge.vital)."""
         while not stop.is_set():
             self.check()
+            self._remind_while_unready()
             stop.wait(self._interval_s)
+
+    def _remind_while_unready(self) -> None:
+        """The reason again once per UNREADY_REMINDER_S while the model stays unready (not while stopping)."""
+        with self._changed:
+            now = self._clock()
+            if self._ready.is_set() or self.stopping.is_set() or now - self._reminded_at < UNREADY_REMINDER_S:
+                return
+            self._reminded_at = now
+            logger.warning(
+                "still taking no work: the model is not ready",
+                reason=self._last_unready_reason,
+                for_s=round(now - self._unready_since),
+            )

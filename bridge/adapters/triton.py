@@ -81,6 +81,7 @@ class TritonInpaintModel:
         self._geometry: CropGeometry | None = None
         self._geometry_tried_at = -math.inf
         self._seen_unready = False
+        self._unready_reason = ""
 
     def _client(self, timeout_s: float | None = None) -> Any:
         if self._module is httpclient and timeout_s is not None:
@@ -89,6 +90,7 @@ class TritonInpaintModel:
 
     def is_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Whether Triton reports the model READY within `timeout_s`; False when it cannot be asked."""
+        reason = ""
         try:
             client = self._client(timeout_s=timeout_s)
             try:
@@ -98,14 +100,25 @@ class TritonInpaintModel:
                     ready = bool(client.is_model_ready(self.name, client_timeout=timeout_s))
             finally:
                 client.close()
-        except Exception:  # readiness is a yes/no question: any failure to answer is a no
+            if not ready:
+                reason = (
+                    f"Triton at {self._url} does not report {self.name} READY (loading, or failed to load)"
+                )
+        except Exception as error:  # readiness is a yes/no question: any failure to answer is a no
             ready = False
+            said = " ".join(str(error).split())[:300] or type(error).__name__
+            reason = f"cannot ask Triton at {self._url} ({self.protocol}): {said}"
+        self._unready_reason = reason
         # The model may come back reloaded, with other parameters: read them again once it is back (and not
         # only after GEOMETRY_RETRY_S, when a read failed while it was away).
         if not ready or self._seen_unready:
             self._forget_geometry()
         self._seen_unready = not ready
         return ready
+
+    def unready_reason(self) -> str:
+        """Why the last `is_ready` said no (a wrong URL or port, a server away, a model loading or failed)."""
+        return self._unready_reason
 
     def crop_geometry(self) -> CropGeometry | None:
         """flux_fill_stream's crop parameters (the unary model forwards to it), read once, and again once

@@ -87,6 +87,9 @@ class GatedModel:
     def is_ready(self) -> bool:
         return True
 
+    def unready_reason(self) -> str:
+        return ""
+
     def crop_geometry(self) -> None:
         return None
 

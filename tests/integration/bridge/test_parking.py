@@ -154,6 +154,9 @@ class InstantModel:
     def is_ready(self) -> bool:
         return True
 
+    def unready_reason(self) -> str:
+        return ""
+
     def crop_geometry(self) -> None:
         return None
 

@@ -332,6 +332,9 @@ class FailingInference:
     def is_ready(self) -> bool:
         return True
 
+    def unready_reason(self) -> str:
+        return ""
+
     def crop_geometry(self) -> None:
         return None
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -158,3 +159,28 @@ def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
     outcome = next(line for line in log_lines(stdout) if line["message"] == "job outcome")
     assert outcome["outcome"] == "retry"
     assert "cancelled" in str(outcome["reason"])
+
+
+def test_a_bridge_aimed_at_no_triton_says_why_it_takes_no_work(jobs: JobSystem) -> None:
+    """A wrong Triton URL (here a port nothing listens on): the bridge said "bridge started", then nothing,
+    for good; its pulls wait for the model, so not even a missing subscription was told."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{unused.getsockname()[1]}"  # closed again below: refused
+    process = bridge_process(jobs, url)
+    try:
+        time.sleep(3)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    told = [line for line in log_lines(stdout) if line["message"] == "readiness changed"]
+    assert told, stdout
+    assert told[0]["severity"] == "WARNING"
+    assert told[0]["ready"] is False
+    assert str(told[0]["reason"]).startswith(
+        f"model flux_fill_stream not ready: cannot ask Triton at {url} (grpc-stream): "
+    ), told[0]

@@ -236,6 +236,9 @@ class FakeModel:
     def is_ready(self) -> bool:
         return self.ready
 
+    def unready_reason(self) -> str:
+        return "" if self.ready else "the fake is set not ready"
+
     def crop_geometry(self) -> CropGeometry | None:
         return self.geometry
 

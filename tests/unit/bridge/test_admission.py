@@ -31,6 +31,9 @@ class QueueOfPlaces:
     def is_ready(self) -> bool:
         return True
 
+    def unready_reason(self) -> str:
+        return ""
+
     def crop_geometry(self) -> None:
         return None
 

@@ -478,6 +478,9 @@ class WrongSizeModel:
     def is_ready(self) -> bool:
         return True
 
+    def unready_reason(self) -> str:
+        return ""
+
     def crop_geometry(self) -> CropGeometry:
         return replace(SHIPPED, min_working_pixels=256)
 

@@ -3,6 +3,8 @@
 import threading
 import time
 
+import structlog.testing
+
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.readiness import Readiness
 
@@ -19,6 +21,9 @@ class Model:
 
     def is_ready(self) -> bool:
         return self.ready
+
+    def unready_reason(self) -> str:
+        return "" if self.ready else "the fake is set not ready"
 
 
 def _wait_in_thread(readiness: Readiness, stop: threading.Event) -> tuple[threading.Thread, list[bool]]:
@@ -57,3 +62,38 @@ def test_readiness_wakes_every_waiter_at_once_however_often_it_flips() -> None:
             assert not waiter.is_alive(), "a waiter slept through the change"
             assert answers == [True]
     stop.set()
+
+
+def test_a_model_never_ready_is_told_with_its_reason_at_once_and_again_each_minute() -> None:
+    """A bridge aimed at a wrong Triton URL said "bridge started", then nothing, for good."""
+    now = [1000.0]
+    model = Model()
+    readiness = Readiness(model, 0.01, BridgeMetrics(), clock=lambda: now[0])
+    stop = threading.Event()
+
+    def poll_once() -> None:
+        stop.clear()
+        poller = threading.Thread(target=readiness.poll, args=(stop,))
+        poller.start()
+        time.sleep(0.05)
+        stop.set()
+        poller.join(timeout=5)
+
+    with structlog.testing.capture_logs() as logs:
+        poll_once()
+        now[0] += 59.0
+        poll_once()
+        now[0] += 2.0
+        poll_once()
+        model.ready = True
+        poll_once()
+        now[0] += 600.0
+        poll_once()
+    told = [(log["log_level"], log["event"], log.get("for_s")) for log in logs]
+    assert told == [
+        ("warning", "readiness changed", None),
+        ("warning", "still taking no work: the model is not ready", 61),
+        ("info", "readiness changed", None),
+    ]
+    assert logs[0]["reason"] == "model flux_fill_stream not ready: the fake is set not ready"
+    assert logs[1]["reason"] == logs[0]["reason"]
