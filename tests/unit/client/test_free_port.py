@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fluxfill.client import triton_binary
 from fluxfill.client.triton_binary import FIRST_SERVER_PORT, free_port, free_port_between, free_ports
 
 
@@ -45,6 +46,8 @@ def test_one_servers_ports_are_all_different_when_every_draw_lands_on_one(
     them): it refused to start, and 87 tests with it."""
     draws = iter([20001, 20001, 20001, 20002, 20001, 20003])
     monkeypatch.setattr(secrets, "randbelow", lambda _end: next(draws) - FIRST_SERVER_PORT)
+    # Each draw free, as it may not be on the machine (another worker's server held 20002 once in CI).
+    monkeypatch.setattr(triton_binary, "_bindable", lambda _port: True)
 
     assert free_ports(3) == [20001, 20002, 20003]
 
@@ -52,5 +55,6 @@ def test_one_servers_ports_are_all_different_when_every_draw_lands_on_one(
 def test_ports_given_are_never_drawn_again(monkeypatch: pytest.MonkeyPatch) -> None:
     draws = iter([20001, 20002, 20001, 20003])
     monkeypatch.setattr(secrets, "randbelow", lambda _end: next(draws) - FIRST_SERVER_PORT)
+    monkeypatch.setattr(triton_binary, "_bindable", lambda _port: True)
 
     assert free_ports(2, excluding=(20001, None)) == [20002, 20003]
