@@ -1,5 +1,6 @@
 """Cancellation through the session document, deadlines and SIGTERM, on a tritonserver that takes seconds."""
 
+import contextlib
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
@@ -84,13 +86,15 @@ def stopped_runs(server: LocalTritonServer) -> float:
     return triton_outcomes(server, "timeout") + triton_outcomes(server, "cancelled")
 
 
-def bridge_process(jobs: JobSystem, triton_url: str, **settings: str) -> subprocess.Popen[str]:
+@contextlib.contextmanager
+def bridge_process(jobs: JobSystem, triton_url: str, **settings: str) -> Iterator[subprocess.Popen[str]]:
+    """`python -m fluxfill.bridge` with these settings; killed at the end of the block if still running."""
     environment = {f"FLUXFILL_BRIDGE_{key.upper()}": str(value) for key, value in settings.items()}
     base = jobs.settings(triton_url)
     for key in ("project", "subscription", "dead_letter_topic", "bucket", "triton_url", "http_host"):
         environment.setdefault(f"FLUXFILL_BRIDGE_{key.upper()}", str(getattr(base, key)))
     environment |= {"FLUXFILL_BRIDGE_HTTP_PORT": "0", "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.2"}
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "fluxfill.bridge"],
         env={**os.environ, **environment},
         stdout=subprocess.PIPE,
@@ -98,6 +102,12 @@ def bridge_process(jobs: JobSystem, triton_url: str, **settings: str) -> subproc
         text=True,
         start_new_session=True,
     )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def log_lines(output: str) -> list[dict[str, object]]:
@@ -108,18 +118,13 @@ def test_sigterm_lets_a_job_finish_within_the_grace_period(
     jobs: JobSystem, slow_flux_server: LocalTritonServer
 ) -> None:
     user, session = jobs.new_job()
-    process = bridge_process(
+    with bridge_process(
         jobs, slow_flux_server.grpc_url, shutdown_grace_s="30", instance_id="bridge-term"
-    )
-    try:
+    ) as process:
         message_id = jobs.publish({"userId": user, "sessionId": session, "steps": 20})
         jobs.wait_for(user, session, has_progress)
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, stderr
     assert jobs.session(user, session)["status"] == "done"
     lines = log_lines(stdout)
@@ -135,8 +140,7 @@ def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
 ) -> None:
     user, session = jobs.new_job()
     cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
-    process = bridge_process(jobs, slow_flux_server.grpc_url, shutdown_grace_s="0.5")
-    try:
+    with bridge_process(jobs, slow_flux_server.grpc_url, shutdown_grace_s="0.5") as process:
         job = json.dumps({"userId": user, "sessionId": session, "steps": LONG_RUN}).encode()
         jobs.publish(job)
         jobs.wait_for(user, session, has_progress)
@@ -144,10 +148,6 @@ def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=60)
         stop_s = time.monotonic() - stopped_at
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, stderr
     # The platform's contract, not a stopwatch: Cloud Run SIGKILLs 10 s after SIGTERM.
     assert stop_s < 10.0
@@ -167,15 +167,10 @@ def test_a_bridge_aimed_at_no_triton_says_why_it_takes_no_work(jobs: JobSystem) 
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         url = f"127.0.0.1:{unused.getsockname()[1]}"  # closed again below: refused
-    process = bridge_process(jobs, url)
-    try:
+    with bridge_process(jobs, url) as process:
         time.sleep(3)
         process.send_signal(signal.SIGTERM)
         stdout, stderr = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
     assert process.returncode == 0, stderr
     told = [line for line in log_lines(stdout) if line["message"] == "readiness changed"]
     assert told, stdout
