@@ -73,7 +73,12 @@ def saturation_text(report: SaturationReport) -> str:
         ["measure", "value", "bound", "result"],
         [
             ["fleet capacity (calibrated)", f"{report.capacity_per_s:.1f} jobs/s", "—", "—"],
-            ["burst (10x capacity)", f"{report.burst_jobs} jobs", "—", "—"],
+            [
+                "burst (10x capacity over the burst's length, published at once)",
+                f"{report.burst_jobs} jobs",
+                "—",
+                "—",
+            ],
             [
                 "max jobs in flight per bridge",
                 report.max_in_flight,
