@@ -29,7 +29,7 @@ from fluxfill.client.prerequisites import (
     pubsub_emulator,
     require,
 )
-from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port, free_ports
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port, given_or_free_ports
 
 
 def fake_gcs_binary() -> Path:
@@ -227,11 +227,9 @@ def running_emulators(
     require(emulator_problems)
     with contextlib.ExitStack() as stack:
         # Drawn together: one by one, two emulators could be given the same free port.
-        drawn = iter(free_ports(3, excluding=(pubsub_port, firestore_port, storage_port)))
+        pubsub, firestore, storage = given_or_free_ports(pubsub_port, firestore_port, storage_port)
         emulators = GoogleEmulators(
-            PubSubEmulator(pubsub_port or next(drawn)),
-            FirestoreEmulator(firestore_port or next(drawn)),
-            FakeGcsServer(storage_port or next(drawn)),
+            PubSubEmulator(pubsub), FirestoreEmulator(firestore), FakeGcsServer(storage)
         )
         for emulator in (emulators.pubsub, emulators.firestore, emulators.storage):
             stack.callback(emulator.stop)

@@ -26,7 +26,7 @@ from fluxfill.client.triton_binary import (
     TritonBinary,
     end_group,
     find_tritonserver,
-    free_ports,
+    given_or_free_ports,
     group_members,
     remove_shm_regions,
     shm_regions,
@@ -115,10 +115,9 @@ class LocalTritonServer:
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         self._parameters = {model: dict(values) for model, values in (parameters or {}).items()}
         self._env = dict(env or {})
-        drawn = iter(free_ports(3, excluding=(http_port, grpc_port, metrics_port)))
-        self.http_port = http_port or next(drawn)
-        self.grpc_port = grpc_port or next(drawn)
-        self.metrics_port = metrics_port or next(drawn)
+        self.http_port, self.grpc_port, self.metrics_port = given_or_free_ports(
+            http_port, grpc_port, metrics_port
+        )
         self._host = host
         self._startup_timeout_s = startup_timeout_s
         self._exit_timeout_s = exit_timeout_s

@@ -26,7 +26,7 @@ from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE, ServiceUnavailable
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
 from fluxfill.client.prerequisites import emulator_problems, require, require_free_ports, triton_problems
-from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_ports
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, given_or_free_ports
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -56,8 +56,8 @@ def run(
     chosen = {name: getattr(args, f"{name}_port") for name in PORTS if getattr(args, f"{name}_port")}
     require_free_ports("127.0.0.1", chosen)
     parameters = model_parameters()  # checks the weights, or builds the tiny model
-    drawn = iter(free_ports(len(PORTS), excluding=chosen.values()))  # all different from each other
-    ports = {name: chosen.get(name) or next(drawn) for name in PORTS}
+    # All different from each other.
+    ports = dict(zip(PORTS, given_or_free_ports(*(chosen.get(name) for name in PORTS)), strict=True))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     # Explicitly: a process a shell starts in the background without job control inherits SIGINT ignored,
     # and Python then leaves it ignored; Ctrl-C (or a supervisor's SIGINT) must still stop everything.

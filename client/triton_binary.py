@@ -159,6 +159,12 @@ def free_ports(count: int, excluding: Iterable[int | None] = ()) -> list[int]:
     return chosen
 
 
+def given_or_free_ports(*given: int | None) -> list[int]:
+    """Each port given, and a free one (free_ports) in place of each not given: all different."""
+    drawn = iter(free_ports(sum(1 for port in given if not port), excluding=given))
+    return [port or next(drawn) for port in given]
+
+
 def free_port_between(first: int, end: int, excluding: Collection[int] = ()) -> int:
     """A free port drawn at random from [first, end) (random: parallel callers rarely draw the same one), none
     of `excluding`."""

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from fluxfill.client import triton_binary
-from fluxfill.client.triton_binary import FIRST_SERVER_PORT, free_port, free_port_between, free_ports
+from fluxfill.client.triton_binary import (
+    FIRST_SERVER_PORT,
+    free_port,
+    free_port_between,
+    free_ports,
+    given_or_free_ports,
+)
 
 
 def ephemeral_low() -> int:
@@ -58,3 +64,12 @@ def test_ports_given_are_never_drawn_again(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(triton_binary, "_bindable", lambda _port: True)
 
     assert free_ports(2, excluding=(20001, None)) == [20002, 20003]
+
+
+def test_the_ports_not_given_are_drawn_apart_from_those_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LocalTritonServer, the local emulators and `fluxfill stack` take a server's ports this way."""
+    draws = iter([20005, 20001, 20005, 20002])
+    monkeypatch.setattr(secrets, "randbelow", lambda _end: next(draws) - FIRST_SERVER_PORT)
+    monkeypatch.setattr(triton_binary, "_bindable", lambda _port: True)
+
+    assert given_or_free_ports(None, 20005, None) == [20001, 20005, 20002]
