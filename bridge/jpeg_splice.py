@@ -448,7 +448,11 @@ def _downsampled(plane: npt.NDArray[np.float32], down_v: int, down_h: int) -> np
 def _quantized_dct(blocks: npt.NDArray[np.float32], table: npt.NDArray[np.int_]) -> npt.NDArray[np.int16]:
     """Blocks (n x 64, row-major pixels) level-shifted, transformed and quantized by `table`: n x 8 x 8
     coefficients in natural order. One n x 64 by 64 x 64 product (the 2-D DCT as a Kronecker product, the
-    quantization folded in): 10x faster than 8x8 products block by block."""
-    transform = _DCT_2D / table.reshape(1, -1).astype(np.float32)
+    quantization folded in): 10x faster than 8x8 products block by block.
+
+    A step of 0 (outside the standard, decoded by libjpeg as a frequency that counts nothing) gives 0: a
+    division by it made infinities and NaN cast to int16."""
+    steps = table.reshape(1, -1).astype(np.float32)
+    transform = np.divide(_DCT_2D, steps, out=np.zeros_like(_DCT_2D), where=steps > 0)
     quantized: npt.NDArray[np.int16] = np.rint((blocks - 128.0) @ transform).astype(np.int16)
     return quantized.reshape(-1, _BLOCK, _BLOCK)

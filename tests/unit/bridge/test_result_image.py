@@ -335,6 +335,25 @@ def test_spliced_blocks_are_the_coefficients_libjpeg_itself_encodes(sampling: st
         assert np.abs(spliced_plane[chroma].astype(int) - reference_plane[chroma]).max() <= 1
 
 
+def test_a_jpeg_whose_quantization_table_holds_a_zero_is_spliced_without_dividing_by_it() -> None:
+    """A zero in a quantization table breaks the standard (1 to 255), but libjpeg decodes it (that frequency
+    counts for nothing) and so does every viewer. Dividing the edit by it made infinities and NaN cast to
+    int16 (RuntimeWarnings on the bridge's stderr, coefficients that are undefined behaviour)."""
+    original = bytearray(jpeg(textured(128, 96), quality=85))
+    table_at = original.index(b"\xff\xdb") + 5  # after the marker, its length and the table's Pq/Tq byte
+    original[table_at + 1] = 0  # the first AC coefficient's step, in zigzag order
+    photo = read_photo(bytes(original), BIG)
+    edited = edit(photo.pixels, (16, 32, 80, 96))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = encode_result(photo, edited)
+
+    assert (result.format, result.encoding) == ("jpeg", "dct_splice")
+    decoded = np.asarray(Image.open(io.BytesIO(result.data)).convert("RGB"), np.int16)
+    assert np.abs(decoded[16:80, 32:96] - edited[16:80, 32:96]).mean() < 4.0
+
+
 @pytest.mark.parametrize("read_early", [False, True])
 @pytest.mark.parametrize(
     ("options", "reason"),
