@@ -23,7 +23,15 @@ import numpy.typing as npt
 import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge import jpeg_decode, jpeg_markers, model_rgb, orientation, photo_colours, png_colour
+from fluxfill.bridge import (
+    avif_exif,
+    jpeg_decode,
+    jpeg_markers,
+    model_rgb,
+    orientation,
+    photo_colours,
+    png_colour,
+)
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.inpaint import geometry
@@ -134,7 +142,7 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
     if kind == "JPEG":
         _refuse_unreadable_jpeg(data, what)
     with _refusals(what, kind):
-        image = Image.open(io.BytesIO(data), formats=[kind])
+        image = avif_exif.open_image(data, formats=[kind])
         width, height = image.size
         if width * height > max_pixels:
             raise PermanentJobError(

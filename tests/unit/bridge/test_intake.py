@@ -1,6 +1,7 @@
 """Untrusted uploads: formats by magic bytes, pixel caps, orientation, modes, mask sizes."""
 
 import io
+import struct
 import zlib
 from pathlib import Path
 
@@ -337,6 +338,39 @@ def test_an_avifs_transformation_turns_the_photo() -> None:
     data = encode(Image.new("RGB", (40, 20)), "AVIF", exif=exif_of(6))
     photo = read_photo(data, BIG)
     assert (photo.orientation, photo.pixels.shape) == (6, (40, 20, 3))
+
+
+def exif_with_a_rational_model(turn: int) -> bytes:
+    """Big-endian TIFF: an Orientation, and a Model (ASCII in the standard) stored as a signed rational, which
+    Pillow reads and cannot write again."""
+    model_at = 8 + 2 + 2 * 12 + 4
+    entries = struct.pack(">HHIHH", 0x0112, 3, 1, turn, 0) + struct.pack(">HHII", 0x0110, 10, 1, model_at)
+    return b"MM\x00*" + struct.pack(">IH", 8, 2) + entries + bytes(4) + struct.pack(">ii", -3, 7)
+
+
+def avif_turned_with_exif_pillow_cannot_write(width: int = 40, height: int = 24) -> bytes:
+    """An AVIF turned a quarter by its irot box (EXIF orientation 6 when Pillow wrote it), whose EXIF says 1
+    and holds a tag of another type than the standard's, as an editor that rewrote the EXIF leaves it."""
+    exif = exif_of(6)
+    exif[0x010E] = "x" * 200  # room for the EXIF put in its place
+    pixels = np.random.default_rng(3).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    data = bytearray(encode(Image.fromarray(pixels), "AVIF", exif=exif.tobytes()))
+    at = data.index(b"MM\x00*")
+    odd = exif_with_a_rational_model(1)
+    data[at : at + 220] = odd + bytes(220 - len(odd))
+    return bytes(data)
+
+
+def test_an_avif_whose_exif_pillow_cannot_write_again_opens_turned_by_its_boxes() -> None:
+    """Pillow writes an AVIF's EXIF anew when its orientation is not its boxes' turn; on EXIF it cannot write,
+    the open failed (AttributeError): the job an unexpected error, tried five times and dead-lettered."""
+    data = avif_turned_with_exif_pillow_cannot_write(40, 24)
+    with pytest.raises(AttributeError):
+        Image.open(io.BytesIO(data))
+    photo = read_photo(data, BIG)
+    assert (photo.orientation, photo.pixels.shape) == (6, (40, 24, 3))
+    assert decode_mask(data, BIG).shape == (40, 24)
+    check_header(data, "original photo", BIG)
 
 
 @pytest.mark.parametrize("kind", ["JPEG", "PNG", "WEBP"])

@@ -29,9 +29,11 @@ from fluxfill.client.images import (
     to_rgb,
     uses_alpha,
 )
+from fluxfill.client.jobs import bridge_limits, photo_upload
 from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING
 from fluxfill.inpaint.geometry import MASK_ASPECT_TOLERANCE
 from tests.unit.bridge.test_colour_profile import p3_photo as coded_p3_photo
+from tests.unit.bridge.test_intake import avif_turned_with_exif_pillow_cannot_write
 
 HEIGHT, WIDTH = 6, 8
 
@@ -291,6 +293,16 @@ def test_exif_that_is_not_tiff_is_ignored_not_a_traceback(tmp_path: Path, kind: 
     path = tmp_path / f"photo.{kind.lower()}"
     Image.new("RGB", (WIDTH, HEIGHT)).save(path, format=kind, exif=b"Exif\x00\x00MM\x00")
     assert to_rgb(path).shape == (HEIGHT, WIDTH, 3)
+
+
+def test_an_avif_whose_exif_pillow_cannot_write_again_is_read_turned_by_its_boxes(tmp_path: Path) -> None:
+    """As the bridge reads it (fluxfill.bridge.avif_exif): `fluxfill infer` and `submit` failed with an
+    unexpected error and a log file."""
+    path = tmp_path / "edited.avif"
+    path.write_bytes(avif_turned_with_exif_pillow_cannot_write(40, 24))
+    assert to_rgb(path).shape == (40, 24, 3)
+    upload = photo_upload(path, bridge_limits())
+    assert (upload.extension, upload.width, upload.height) == ("avif", 24, 40)
 
 
 def test_an_unknown_output_format_is_refused(tmp_path: Path) -> None:
