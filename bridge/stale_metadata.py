@@ -12,6 +12,7 @@ result's note says which.
 """
 
 from collections.abc import Callable
+from typing import Literal
 
 from PIL import Image
 
@@ -43,6 +44,7 @@ _JPEG_OFFSET, _JPEG_LENGTH = 0x0201, 0x0202
 _STRIP_OFFSETS, _STRIP_BYTE_COUNTS = 0x0111, 0x0117
 _SHORT_OR_LONG = {3: 2, 4: 4}  # TIFF field types of those tags, and their sizes
 _MAX_STRIPS = 4096  # a hostile count cannot make the walk long
+_BYTE_ORDERS: dict[bytes, Literal["little", "big"]] = {b"II": "little", b"MM": "big"}
 
 
 def carried_exif(
@@ -61,8 +63,13 @@ def carried_exif(
             tags.load(exif)
             tags.pop(orientation.ORIENTATION_TAG, None)
             exif = tags.tobytes()
-        except orientation.EXIF_ERRORS as error:
-            return None, f"it cannot be read ({error or type(error).__name__})"
+        # Pillow reads EXIF it cannot write again: a tag of another type than the standard's (a Model stored
+        # as a rational) raised AttributeError, not one of EXIF_ERRORS, and the job failed five times as an
+        # unexpected error. Whatever writing it fails on, the bytes are kept, turned upright in place.
+        except Exception as error:
+            exif = exif_upright_in_place(exif)
+            if exif is None:
+                return None, f"it cannot be read ({error or type(error).__name__})"
     if max_bytes is not None and len(exif) > max_bytes:
         return None, f"{len(exif)} bytes, more than a JPEG segment holds"
     return exif, None
@@ -97,15 +104,9 @@ def exif_without_thumbnail(exif: bytes) -> bytes:
     thumbnail either)."""
     start = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
     tiff = bytearray(exif[start:])
-    order = {b"II": "little", b"MM": "big"}.get(bytes(tiff[:2]))
-    if order is None or len(tiff) < 8:
+    number = _reader(tiff)
+    if number is None:
         return exif
-
-    def number(at: int, size: int) -> int:
-        if at < 0 or at + size > len(tiff):
-            raise IndexError(at)
-        return int.from_bytes(tiff[at : at + size], order)  # type: ignore[arg-type]
-
     try:
         ifd0 = number(4, 4)
         next_at = ifd0 + 2 + 12 * number(ifd0, 2)
@@ -118,6 +119,47 @@ def exif_without_thumbnail(exif: bytes) -> bytes:
     except IndexError:
         return exif
     return exif[:start] + bytes(tiff)
+
+
+def exif_upright_in_place(exif: bytes) -> bytes | None:
+    """EXIF without its thumbnail (exif_without_thumbnail) and with IFD0's Orientation, when it has one, set
+    to 1 in place: every other byte as it was. None when IFD0 does not parse, or its Orientation is no single
+    SHORT or LONG."""
+    exif = exif_without_thumbnail(exif)
+    start = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
+    tiff = bytearray(exif[start:])
+    number = _reader(tiff)
+    if number is None:
+        return None
+    try:
+        ifd0 = number(4, 4)
+        for index in range(number(ifd0, 2)):
+            entry = ifd0 + 2 + 12 * index
+            if number(entry, 2) != orientation.ORIENTATION_TAG:
+                continue
+            kind, count = number(entry + 2, 2), number(entry + 4, 4)
+            if kind not in _SHORT_OR_LONG or count != 1:
+                return None
+            size = _SHORT_OR_LONG[kind]
+            tiff[entry + 8 : entry + 8 + size] = (1).to_bytes(size, _BYTE_ORDERS[bytes(tiff[:2])])
+    except IndexError:
+        return None
+    return exif[:start] + bytes(tiff)
+
+
+def _reader(tiff: bytearray) -> Callable[[int, int], int] | None:
+    """`read(at, size)`: the unsigned number of `size` bytes at `at` of TIFF bytes, in their byte order;
+    IndexError outside them. None when they start with no TIFF header."""
+    order = _BYTE_ORDERS.get(bytes(tiff[:2]))
+    if order is None or len(tiff) < 8:
+        return None
+
+    def number(at: int, size: int) -> int:
+        if at < 0 or at + size > len(tiff):
+            raise IndexError(at)
+        return int.from_bytes(tiff[at : at + size], order)
+
+    return number
 
 
 def _thumbnail_spans(ifd1: int, read: Callable[[int, int], int]) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from PIL import Image
 from fluxfill.bridge import jpeg_markers
 from fluxfill.bridge.intake import read_photo
 from fluxfill.bridge.result_image import encode_result
-from fluxfill.bridge.stale_metadata import exif_without_thumbnail
+from fluxfill.bridge.stale_metadata import exif_upright_in_place, exif_without_thumbnail
 from tests.unit.bridge.test_result_image import BIG, edit, jpeg, metadata, phone_metadata, textured
 
 APP1 = 0xE1
@@ -174,3 +174,37 @@ def test_results_written_upright_carry_no_thumbnail_either(kind: str) -> None:
     tags = Image.open(io.BytesIO(result.data)).getexif()
     assert tags[0x010F] == "PetPhone"
     assert 0x0112 not in tags
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_exif_turned_upright_in_place_changes_the_orientation_and_the_thumbnail_alone(order: str) -> None:
+    """The way EXIF Pillow cannot write again is carried by an upright result."""
+    exif = exif_with_thumbnail(order, turn=6)
+    upright = exif_upright_in_place(exif)
+    assert upright is not None
+    assert upright == exif_without_thumbnail(exif_with_thumbnail(order, turn=1))
+    tags = Image.Exif()
+    tags.load(upright)
+    assert (tags[0x0112], tags[0x010F]) == (1, "PetPhone")
+
+
+def test_exif_without_an_orientation_is_kept_as_it_is_but_for_its_thumbnail() -> None:
+    exif = exif_with_thumbnail("<")
+    entry = exif.index(struct.pack("<HH", 0x0112, 3))
+    no_turn = exif[:entry] + struct.pack("<H", 0x0131) + exif[entry + 2 :]  # Software in its place
+    assert exif_upright_in_place(no_turn) == exif_without_thumbnail(no_turn)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda exif: exif[:8],  # IFD0 cut off
+        lambda exif: exif[:4] + struct.pack("<I", 4_000) + exif[8:],  # IFD0 beyond the end
+        lambda exif: exif.replace(struct.pack("<HHI", 0x0112, 3, 1), struct.pack("<HHI", 0x0112, 5, 1)),
+        lambda exif: exif.replace(struct.pack("<HHI", 0x0112, 3, 1), struct.pack("<HHI", 0x0112, 3, 2)),
+        lambda exif: b"Exif\x00\x00MM\x00",
+    ],
+    ids=["cut", "beyond", "rational", "two", "not-tiff"],
+)
+def test_exif_whose_orientation_cannot_be_set_in_place_is_none(change: object) -> None:
+    assert exif_upright_in_place(change(exif_with_thumbnail("<", turn=6))) is None  # type: ignore[operator]
