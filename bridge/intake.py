@@ -24,7 +24,7 @@ import pillow_heif
 from PIL import Image, UnidentifiedImageError
 
 from fluxfill.bridge import (
-    avif_exif,
+    exif_fallback,
     jpeg_decode,
     jpeg_markers,
     model_rgb,
@@ -142,7 +142,7 @@ def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
     if kind == "JPEG":
         _refuse_unreadable_jpeg(data, what)
     with _refusals(what, kind):
-        image = avif_exif.open_image(data, formats=[kind])
+        image = exif_fallback.open_image(data, formats=[kind])
         width, height = image.size
         if width * height > max_pixels:
             raise PermanentJobError(

@@ -20,6 +20,8 @@ from PIL import Image
 from fluxfill.bridge import stale_metadata
 
 _SOS, _DHT, _APP0, _APP14, _APP15, _COM, _EOI, _TEM = 0xDA, 0xC4, 0xE0, 0xEE, 0xEF, 0xFE, 0xD9, 0x01
+_APP1 = 0xE1
+_EXIF_IDENTIFIER = b"Exif\x00\x00"
 # The metadata segments libjpeg reads for itself: JFIF's (APP0) and Adobe's (APP14) say what colour space the
 # components are coded in (an Adobe transform of 0: R, G and B as they are).
 _READ_BY_LIBJPEG = frozenset({_APP0, _APP14})
@@ -62,6 +64,17 @@ def _header(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
 def header_segments(data: bytes) -> list[tuple[int, bytes]]:
     """(marker, whole segment bytes) of every segment between SOI and the first scan."""
     return _header(data)[0]
+
+
+def exif_payloads(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of the payload ("Exif\\0\\0" on) of each EXIF APP1 segment before the first scan."""
+    found = []
+    for marker, start, end in _segments(data):
+        if marker == _SOS:
+            break
+        if marker == _APP1 and data[start + 4 : start + 10] == _EXIF_IDENTIFIER:
+            found.append((start + 4, end))
+    return found
 
 
 @dataclass(frozen=True)

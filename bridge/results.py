@@ -2,7 +2,6 @@
 uploaded them and died before its final write (verified and recorded instead of running the model again)."""
 
 import contextvars
-import io
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,9 +9,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
-from fluxfill.bridge import intake
+from fluxfill.bridge import exif_fallback, intake
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, JobMessage, SessionField
 from fluxfill.bridge.intake import Photo
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
@@ -39,7 +38,8 @@ def uploaded_result(
     if edited is None or objects.find(paths["preview"]) is None:
         return None
     try:
-        with Image.open(io.BytesIO(objects.read(edited))) as image:
+        # A spliced JPEG carries its original's EXIF, which may break Pillow's reader as the original's did.
+        with exif_fallback.open_image(objects.read(edited)) as image:
             width, height = image.size
             kind = (image.format or "").lower()
     except (UnidentifiedImageError, OSError, ValueError) as error:

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from fluxfill.bridge import avif_exif, model_rgb, orientation, photo_colours, stale_metadata
+from fluxfill.bridge import exif_fallback, model_rgb, orientation, photo_colours, stale_metadata
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -99,7 +99,7 @@ def _open_stored(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER)
     """An image file decoded as it is stored (its format and metadata still on it)."""
     path = Path(path)
     try:
-        image = avif_exif.open_image(path)
+        image = exif_fallback.open_image(path)
         try:
             _refuse_beyond(path, image.size, limit)
             image.load()

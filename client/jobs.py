@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fluxfill.bridge import avif_exif
+from fluxfill.bridge import exif_fallback
 from fluxfill.bridge.adapters.firestore_errors import CALL_TIMEOUT_S, bounded
 from fluxfill.bridge.contract import (
     DEFAULT_FIRESTORE_DATABASE,
@@ -209,7 +209,7 @@ def photo_upload(path: Path, limits: BridgeLimits | None = None) -> PhotoUpload:
 def _format_of(path: Path) -> str:
     """The image file's format by its header; "" when it cannot be opened (open_image then says why)."""
     try:
-        with avif_exif.open_image(path) as header:
+        with exif_fallback.open_image(path) as header:
             return header.format or ""
     except (*DECODE_ERRORS, Image.DecompressionBombError):
         return ""

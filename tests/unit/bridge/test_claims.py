@@ -1,10 +1,12 @@
 """Exactly one outcome: claims fenced by a claim id, stalled owners that stop, attempt limits that hold."""
 
+import io
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from PIL import Image
 
 from fluxfill.bridge import sessions
 from fluxfill.bridge.contract import ErrorCode
@@ -12,6 +14,7 @@ from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError, T
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import ClaimKind
 from fluxfill.bridge.settings import BridgeSettings
+from tests.unit.bridge.test_intake import encode, exif_with_a_one_byte_resolution
 from tests.unit.bridge.world import DOCUMENT, PREFIX, World
 
 EDITED, PREVIEW = f"{PREFIX}/edited.png", f"{PREFIX}/preview.jpg"
@@ -162,6 +165,25 @@ def test_crash_between_upload_and_final_write_is_finished_without_running_again(
     assert world.document["model"]["recovered"] is True
     assert world.document["result"]["paths"]["edited"] == EDITED
     assert world.document["result"]["format"] == "png"
+
+
+def test_uploaded_results_whose_exif_breaks_pillows_reader_are_recorded_without_running_again() -> None:
+    """A spliced JPEG result carries its original's EXIF, read or not by Pillow: one whose EXIF failed
+    Pillow's open was taken for a result that does not decode, and the model ran again."""
+    world = World(lease_s=0.2)
+    photo = Image.open(io.BytesIO(world.objects.objects[f"{PREFIX}/original.png"])).convert("RGB")
+    del world.objects.objects[f"{PREFIX}/original.png"]
+    world.objects.objects[f"{PREFIX}/original.jpg"] = encode(
+        photo, "JPEG", exif=exif_with_a_one_byte_resolution(1)
+    )
+    world.sessions.finish_fails_with = SessionTransientError("firestore unavailable")
+    assert world.deliver(seed=5).kind is OutcomeKind.RETRY
+    world.sessions.finish_fails_with = None
+    time.sleep(0.3)  # the dead run's lease lapses
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
+    assert len(world.model.calls) == 1, "the model must not run again for results already uploaded"
+    assert world.document["model"]["recovered"] is True
+    assert world.document["result"]["format"] == "jpeg"
 
 
 def test_attempt_limit_holds_for_a_job_that_kills_its_bridge() -> None:

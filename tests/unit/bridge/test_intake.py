@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from fluxfill.bridge import jpeg_markers, orientation
@@ -348,6 +348,17 @@ def exif_with_a_rational_model(turn: int) -> bytes:
     return b"MM\x00*" + struct.pack(">IH", 8, 2) + entries + bytes(4) + struct.pack(">ii", -3, 7)
 
 
+def exif_with_a_one_byte_resolution(turn: int) -> bytes:
+    """EXIF as a JPEG carries it ("Exif\\0\\0", big-endian TIFF): an Orientation, a ResolutionUnit, and an
+    XResolution of one byte (type UNDEFINED, not a rational), on which Pillow's JPEG reader fails the open."""
+    entries = (
+        struct.pack(">HHIHH", 0x0112, 3, 1, turn, 0)
+        + struct.pack(">HHI4s", 0x011A, 7, 1, b"\x48\x00\x00\x00")
+        + struct.pack(">HHIHH", 0x0128, 3, 1, 2, 0)
+    )
+    return b"Exif\x00\x00MM\x00*" + struct.pack(">IH", 8, 3) + entries + bytes(4)
+
+
 def avif_turned_with_exif_pillow_cannot_write(width: int = 40, height: int = 24) -> bytes:
     """An AVIF turned a quarter by its irot box (EXIF orientation 6 when Pillow wrote it), whose EXIF says 1
     and holds a tag of another type than the standard's, as an editor that rewrote the EXIF leaves it."""
@@ -359,6 +370,18 @@ def avif_turned_with_exif_pillow_cannot_write(width: int = 40, height: int = 24)
     odd = exif_with_a_rational_model(1)
     data[at : at + 220] = odd + bytes(220 - len(odd))
     return bytes(data)
+
+
+def test_a_jpeg_whose_exif_breaks_pillows_reader_is_read_turned_by_that_exif() -> None:
+    """Pillow's JPEG reader takes the resolution from EXIF as it opens, and an XResolution of one byte failed
+    the open (IndexError, "cannot identify image file"): a photo every viewer shows refused as corrupt."""
+    data = encode(Image.new("RGB", (40, 24)), "JPEG", exif=exif_with_a_one_byte_resolution(6))
+    with pytest.raises(UnidentifiedImageError):
+        Image.open(io.BytesIO(data))
+    photo = read_photo(data, BIG)
+    assert (photo.orientation, photo.pixels.shape) == (6, (40, 24, 3))
+    assert photo.exif == exif_with_a_one_byte_resolution(6)
+    assert decode_mask(data, BIG).shape == (40, 24)
 
 
 def test_an_avif_whose_exif_pillow_cannot_write_again_opens_turned_by_its_boxes() -> None:

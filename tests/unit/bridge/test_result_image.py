@@ -910,7 +910,7 @@ def _bad_exifs() -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("kind", "name"),
     # Pillow's AVIF encoder refuses to write EXIF that is not TIFF at all, or that it cannot write again (it
-    # writes an AVIF's EXIF anew without its orientation; tests/unit/bridge/test_avif_exif.py makes one).
+    # writes an AVIF's EXIF anew without its orientation; tests/unit/bridge/test_exif_fallback.py makes one).
     [
         (kind, name)
         for kind in ("HEIF", "AVIF")

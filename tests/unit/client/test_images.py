@@ -33,7 +33,10 @@ from fluxfill.client.jobs import bridge_limits, photo_upload
 from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING
 from fluxfill.inpaint.geometry import MASK_ASPECT_TOLERANCE
 from tests.unit.bridge.test_colour_profile import p3_photo as coded_p3_photo
-from tests.unit.bridge.test_intake import avif_turned_with_exif_pillow_cannot_write
+from tests.unit.bridge.test_intake import (
+    avif_turned_with_exif_pillow_cannot_write,
+    exif_with_a_one_byte_resolution,
+)
 
 HEIGHT, WIDTH = 6, 8
 
@@ -295,14 +298,20 @@ def test_exif_that_is_not_tiff_is_ignored_not_a_traceback(tmp_path: Path, kind: 
     assert to_rgb(path).shape == (HEIGHT, WIDTH, 3)
 
 
-def test_an_avif_whose_exif_pillow_cannot_write_again_is_read_turned_by_its_boxes(tmp_path: Path) -> None:
-    """As the bridge reads it (fluxfill.bridge.avif_exif): `fluxfill infer` and `submit` failed with an
-    unexpected error and a log file."""
-    path = tmp_path / "edited.avif"
-    path.write_bytes(avif_turned_with_exif_pillow_cannot_write(40, 24))
+@pytest.mark.parametrize("kind", ["avif", "jpg"])
+def test_a_photo_whose_exif_breaks_pillows_reader_is_read_as_the_bridge_reads_it(
+    tmp_path: Path, kind: str
+) -> None:
+    """fluxfill.bridge.exif_fallback: `fluxfill infer` and `submit` failed with an unexpected error and a log
+    file (AVIF), or called the photo not a readable image (JPEG)."""
+    path = tmp_path / f"edited.{kind}"
+    if kind == "avif":
+        path.write_bytes(avif_turned_with_exif_pillow_cannot_write(40, 24))
+    else:
+        Image.new("RGB", (24, 40)).save(path, format="JPEG", exif=exif_with_a_one_byte_resolution(1))
     assert to_rgb(path).shape == (40, 24, 3)
     upload = photo_upload(path, bridge_limits())
-    assert (upload.extension, upload.width, upload.height) == ("avif", 24, 40)
+    assert (upload.extension, upload.width, upload.height) == (kind, 24, 40)
 
 
 def test_an_unknown_output_format_is_refused(tmp_path: Path) -> None:

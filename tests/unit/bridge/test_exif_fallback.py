@@ -1,4 +1,5 @@
-"""An AVIF whose EXIF Pillow cannot write again opens without it; nothing else is changed or opened twice."""
+"""A photo whose EXIF breaks Pillow's reader (an AVIF's it cannot write again, a JPEG's resolution it cannot
+read) opens without it; nothing else is changed, and a photo that opens is opened as Pillow opens it."""
 
 import io
 import struct
@@ -7,14 +8,19 @@ from pathlib import Path
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from fluxfill.bridge.avif_exif import open_image, without_exif
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.exif_fallback import open_image, without_exif
 from fluxfill.bridge.intake import read_photo
-from tests.unit.bridge.test_intake import avif_turned_with_exif_pillow_cannot_write, encode, exif_of
+from tests.unit.bridge.test_intake import (
+    avif_turned_with_exif_pillow_cannot_write,
+    encode,
+    exif_of,
+    exif_with_a_one_byte_resolution,
+)
 
 
-def test_only_the_exif_items_type_is_renamed() -> None:
+def test_only_the_avifs_exif_item_type_is_renamed() -> None:
     data = avif_turned_with_exif_pillow_cannot_write()
     bare = without_exif(data)
     assert bare is not None
@@ -32,11 +38,32 @@ def test_an_avif_that_opens_is_opened_as_pillow_opens_it() -> None:
         assert image.info["exif"] == Image.open(io.BytesIO(data)).info["exif"]
 
 
+def jpeg_with_two_exif_segments() -> bytes:
+    """A JPEG whose EXIF breaks Pillow's reader, continued in a second APP1 segment (as Pillow reads them:
+    the second's payload after its identifier is appended to the first's)."""
+    data = encode(Image.new("RGB", (40, 24)), "JPEG", exif=exif_with_a_one_byte_resolution(6))
+    second = b"Exif\x00\x00" + b"more"
+    at = data.index(b"\xff\xdb")  # before the quantization tables
+    return data[:at] + b"\xff\xe1" + struct.pack(">H", 2 + len(second)) + second + data[at:]
+
+
+def test_a_jpegs_exif_identifiers_are_renamed_and_its_exif_given_back_as_pillow_keeps_it() -> None:
+    data = jpeg_with_two_exif_segments()
+    bare = without_exif(data)
+    assert bare is not None
+    assert bare.count(b"void\x00\x00") == 2
+    assert bare.replace(b"void\x00\x00", b"Exif\x00\x00") == data
+    with open_image(data) as image:
+        assert image.info["exif"] == exif_with_a_one_byte_resolution(6) + b"more"
+        assert image.size == (40, 24)
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"",
-        encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif_of(6)),
+        encode(Image.new("RGB", (8, 8)), "JPEG"),  # no EXIF segment
+        encode(Image.new("RGB", (8, 8)), "JPEG", exif=exif_of(6))[:26],  # cut in its identifier
         encode(Image.new("RGB", (8, 8)), "PNG", exif=exif_of(6)),
         encode(Image.new("RGB", (8, 8)), "AVIF"),  # no EXIF item
         avif_turned_with_exif_pillow_cannot_write()[:60],  # cut inside its meta box
@@ -44,9 +71,9 @@ def test_an_avif_that_opens_is_opened_as_pillow_opens_it() -> None:
         struct.pack(">I4s", 0xFFFFFFFF, b"meta") + b"Exif" * 8,
         struct.pack(">I4s", 4, b"meta") + b"Exif" * 8,  # a size smaller than its header
     ],
-    ids=["empty", "jpeg", "png", "avif-no-exif", "cut", "largesize", "oversized", "undersized"],
+    ids=["empty", "jpeg", "jpeg-cut", "png", "avif-no-exif", "cut", "largesize", "oversized", "undersized"],
 )
-def test_files_without_an_exif_item_are_left_alone(data: bytes) -> None:
+def test_files_without_exif_to_hide_are_left_alone(data: bytes) -> None:
     assert without_exif(data) is None
 
 
