@@ -3,6 +3,9 @@
 Rules (documented in docs/bridge.md, "Untrusted images"):
 - Only JPEG, PNG, WebP, HEIC/HEIF and AVIF, recognised by their leading bytes, not by name or content type.
 - The pixel count is checked from the header before decoding (decompression bombs).
+- Metadata that breaks Pillow's reader where viewers read past it does not refuse the photo: EXIF Pillow
+  cannot handle (fluxfill.bridge.exif_fallback), a PNG's ancillary chunks libpng skips
+  (fluxfill.bridge.png_repair).
 - EXIF orientation (EXIF's alone, as viewers: not XMP's; see orientation.orientation_of) is applied, so the
   photo is upright as the app showed it when the mask was painted; EXIF that does not parse leaves the photo
   as stored (broken metadata is no reason to refuse good pixels).
@@ -14,9 +17,10 @@ Rules (documented in docs/bridge.md, "Untrusted images"):
 """
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -31,6 +35,7 @@ from fluxfill.bridge import (
     orientation,
     photo_colours,
     png_colour,
+    png_repair,
 )
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
@@ -49,6 +54,7 @@ _MAGIC = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG"}
 _AVIF_BRANDS = frozenset({b"avif", b"avis"})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 ACCEPTED = "a JPEG, PNG, WebP, HEIC or AVIF image"
+T = TypeVar("T")
 # A progressive JPEG is decoded a scan at a time, each scan a pass over the whole image's coefficients, so its
 # decoding time grows with scans x pixels, not with the file's size: a 119 KB file of a 12 MP frame and
 # 1,000 repeats of a 48-byte scan took 8 s in libjpeg-turbo and 7 s more in Pillow here (a 40 MB one, hours).
@@ -129,7 +135,23 @@ def _iso_brand(data: bytes) -> str | None:
 def check_header(data: bytes, what: str, max_pixels: int) -> None:
     """Refuse the image as `read_photo` would unless its header parses and its pixel count is within
     `max_pixels`; nothing is decoded."""
-    _header(data, what, max_pixels)
+    _as_browsers_read(lambda taken: _header(taken, what, max_pixels), data)
+
+
+def _as_browsers_read(read: Callable[[bytes], T], data: bytes) -> T:
+    """`read(data)`, and after a refusal as corrupt, `read` of the PNG without the chunks libpng and the
+    browsers skip (fluxfill.bridge.png_repair), when it has any; the first refusal when that fails too."""
+    try:
+        return read(data)
+    except PermanentJobError as error:
+        refused = error
+    repaired = png_repair.without_skipped_chunks(data) if refused.code is ErrorCode.CORRUPT_IMAGE else None
+    if repaired is None:
+        raise refused
+    try:
+        return read(repaired)
+    except PermanentJobError:
+        raise refused from None
 
 
 def _header(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
@@ -250,6 +272,10 @@ def read_photo(data: bytes, max_pixels: int) -> Photo:
     Memory: the decoded image and the returned array, and nothing else of full size (a 50 MP RGBA photo took
     1.15 GB when transparency was composited on whole-image copies): see `INTAKE_BYTES_PER_PIXEL`.
     """
+    return _as_browsers_read(lambda taken: _read_photo(taken, max_pixels), data)
+
+
+def _read_photo(data: bytes, max_pixels: int) -> Photo:
     stored, kind = _header(data, "original photo", max_pixels)
     if kind == "JPEG":
         turn = orientation.orientation_of(stored)  # a JPEG's EXIF is read with its header
@@ -297,6 +323,10 @@ def _webp_lossless(data: bytes) -> bool:
 
 def decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     """The upright mask as height x width uint8 (>= 128 means repaint)."""
+    return _as_browsers_read(lambda taken: _decode_mask(taken, max_pixels), data)
+
+
+def _decode_mask(data: bytes, max_pixels: int) -> npt.NDArray[np.uint8]:
     stored, kind = _header(data, "mask", max_pixels)
     turn = _decoded(stored, kind, "mask")
     image = orientation.upright(model_rgb.eight_bit(stored), turn)

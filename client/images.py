@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from fluxfill.bridge import exif_fallback, model_rgb, orientation, photo_colours, stale_metadata
+from fluxfill.bridge import exif_fallback, model_rgb, orientation, photo_colours, png_repair, stale_metadata
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -96,16 +96,11 @@ def open_image(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER) -
 
 
 def _open_stored(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER) -> Image.Image:
-    """An image file decoded as it is stored (its format and metadata still on it)."""
+    """An image file decoded as it is stored (its format and metadata still on it); a PNG past the chunks
+    libpng skips, as the bridge reads it (fluxfill.bridge.png_repair)."""
     path = Path(path)
     try:
-        image = exif_fallback.open_image(path)
-        try:
-            _refuse_beyond(path, image.size, limit)
-            image.load()
-        except BaseException:
-            image.close()  # the file, at once (a refused or broken one too)
-            raise
+        return _decoded(path, path, limit)
     except FileNotFoundError:
         raise InvalidInputError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -115,7 +110,31 @@ def _open_stored(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER)
             f"{path}: more pixels than Pillow opens in this process (PIL.Image.MAX_IMAGE_PIXELS): {error}"
         ) from None
     except model_rgb.DECODE_ERRORS as error:  # the bridge refuses the same files as corrupt_image
-        raise InvalidInputError(f"{path}: not a readable image ({error or type(error).__name__})") from None
+        refused = InvalidInputError(f"{path}: not a readable image ({error or type(error).__name__})")
+    repaired = png_repair.without_skipped_chunks(_png_bytes(path))
+    if repaired is not None:
+        with contextlib.suppress(*model_rgb.DECODE_ERRORS):
+            return _decoded(repaired, path, limit)
+    raise refused
+
+
+def _png_bytes(path: Path) -> bytes:
+    """The file's bytes when it starts as a PNG (a large file of another kind is not read), else none."""
+    with contextlib.suppress(OSError), path.open("rb") as file:
+        if png_repair.is_png(file.read(8)):
+            file.seek(0)
+            return file.read()
+    return b""
+
+
+def _decoded(source: Path | bytes, path: Path, limit: PixelLimit) -> Image.Image:
+    image = exif_fallback.open_image(source)
+    try:
+        _refuse_beyond(path, image.size, limit)
+        image.load()
+    except BaseException:
+        image.close()  # the file, at once (a refused or broken one too)
+        raise
     return image
 
 

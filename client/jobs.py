@@ -5,6 +5,7 @@ fluxfill.bridge.contract; this module only speaks to Google Cloud. Emulators are
 `*_EMULATOR_HOST` variables are set.
 """
 
+import contextlib
 import io
 import json
 import secrets
@@ -37,6 +38,7 @@ from fluxfill.bridge.contract import (
     parse_job,
 )
 from fluxfill.bridge.credentials import using_emulators
+from fluxfill.bridge.intake import sniff_format
 from fluxfill.bridge.model_rgb import DECODE_ERRORS
 from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings, settings_problems
 from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnavailableError
@@ -207,7 +209,13 @@ def photo_upload(path: Path, limits: BridgeLimits | None = None) -> PhotoUpload:
 
 
 def _format_of(path: Path) -> str:
-    """The image file's format by its header; "" when it cannot be opened (open_image then says why)."""
+    """The image file's format: by its leading bytes for the formats uploaded as they are, as the bridge
+    tells them (a PNG with a chunk Pillow refuses and the bridge reads is one, not a PNG made of it), else by
+    Pillow; "" when it cannot be opened (open_image then says why)."""
+    with contextlib.suppress(OSError), path.open("rb") as file:
+        sniffed = sniff_format(file.read(4096))
+        if sniffed is not None:
+            return sniffed
     try:
         with exif_fallback.open_image(path) as header:
             return header.format or ""

@@ -37,6 +37,8 @@ from tests.unit.bridge.test_intake import (
     avif_turned_with_exif_pillow_cannot_write,
     exif_with_a_one_byte_resolution,
 )
+from tests.unit.bridge.test_png_repair import chunk, with_chunks
+from tests.unit.bridge.test_png_repair import png as png_of_noise
 
 HEIGHT, WIDTH = 6, 8
 
@@ -312,6 +314,15 @@ def test_a_photo_whose_exif_breaks_pillows_reader_is_read_as_the_bridge_reads_it
     assert to_rgb(path).shape == (40, 24, 3)
     upload = photo_upload(path, bridge_limits())
     assert (upload.extension, upload.width, upload.height) == (kind, 24, 40)
+
+
+def test_a_png_with_a_chunk_libpng_skips_is_read_as_the_bridge_reads_it(tmp_path: Path) -> None:
+    """fluxfill.bridge.png_repair: `fluxfill infer` and `submit` called it not a readable image."""
+    original, pixels = png_of_noise()
+    path = tmp_path / "screenshot.png"
+    path.write_bytes(with_chunks(original, chunk(b"pHYs", bytes(8))))
+    assert np.array_equal(to_rgb(path), pixels)
+    assert photo_upload(path, bridge_limits()).data == path.read_bytes()  # the bridge reads it as it is
 
 
 def test_an_unknown_output_format_is_refused(tmp_path: Path) -> None:
