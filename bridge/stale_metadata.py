@@ -102,11 +102,10 @@ def exif_without_thumbnail(exif: bytes) -> bytes:
     directory, unlinked from IFD0 and the thumbnail's bytes set to zero: the same length, every other byte
     and offset as it was. EXIF that does not parse that far is returned as it is (no viewer reads its
     thumbnail either)."""
-    start = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
-    tiff = bytearray(exif[start:])
-    number = _reader(tiff)
-    if number is None:
+    parsed = _tiff_of(exif)
+    if parsed is None:
         return exif
+    start, tiff, number = parsed
     try:
         ifd0 = number(4, 4)
         next_at = ifd0 + 2 + 12 * number(ifd0, 2)
@@ -126,11 +125,10 @@ def exif_upright_in_place(exif: bytes) -> bytes | None:
     to 1 in place: every other byte as it was. None when IFD0 does not parse, or its Orientation is no single
     SHORT or LONG."""
     exif = exif_without_thumbnail(exif)
-    start = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
-    tiff = bytearray(exif[start:])
-    number = _reader(tiff)
-    if number is None:
+    parsed = _tiff_of(exif)
+    if parsed is None:
         return None
+    start, tiff, number = parsed
     try:
         ifd0 = number(4, 4)
         for index in range(number(ifd0, 2)):
@@ -147,9 +145,11 @@ def exif_upright_in_place(exif: bytes) -> bytes | None:
     return exif[:start] + bytes(tiff)
 
 
-def _reader(tiff: bytearray) -> Callable[[int, int], int] | None:
-    """`read(at, size)`: the unsigned number of `size` bytes at `at` of TIFF bytes, in their byte order;
-    IndexError outside them. None when they start with no TIFF header."""
+def _tiff_of(exif: bytes) -> tuple[int, bytearray, Callable[[int, int], int]] | None:
+    """Where the EXIF's TIFF bytes start, a copy of them to change, and `read(at, size)`: the unsigned number
+    of `size` bytes at `at` in their byte order (IndexError outside them); None without a TIFF header."""
+    start = len(_EXIF_HEADER) if exif.startswith(_EXIF_HEADER) else 0
+    tiff = bytearray(exif[start:])
     order = _BYTE_ORDERS.get(bytes(tiff[:2]))
     if order is None or len(tiff) < 8:
         return None
@@ -159,7 +159,7 @@ def _reader(tiff: bytearray) -> Callable[[int, int], int] | None:
             raise IndexError(at)
         return int.from_bytes(tiff[at : at + size], order)
 
-    return number
+    return start, tiff, number
 
 
 def _thumbnail_spans(ifd1: int, read: Callable[[int, int], int]) -> list[tuple[int, int]]:
