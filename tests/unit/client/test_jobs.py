@@ -21,7 +21,7 @@ from fluxfill.client import jobs as jobs_module
 from fluxfill.client.cli import main
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.errors import InvalidInputError
-from fluxfill.client.job_commands import _report, _submit
+from fluxfill.client.job_commands import _report, _submit, _watch
 from fluxfill.client.jobs import (
     BridgeLimits,
     JobSettings,
@@ -226,6 +226,35 @@ def test_the_uploaded_mask_is_a_png_the_photos_size(tmp_path: Path) -> None:
     mask = np.asarray(Image.open(io.BytesIO(encode_mask((2, 1, 3, 2), 6, 8))))
     assert mask.shape == (6, 8)
     assert mask.sum() == 255 * 6
+
+
+class SessionsInTurn:
+    """A JobSystem whose session document is each of these in turn, the last one for good."""
+
+    def __init__(self, *documents: dict[str, Any]) -> None:
+        self._documents = list(documents)
+
+    def session(self, ref: SessionRef, timeout_s: float | None = None) -> dict[str, Any] | None:
+        return self._documents.pop(0) if len(self._documents) > 1 else self._documents[0]
+
+
+def test_watch_tells_each_status_once_and_the_steps_as_they_come(capsys: pytest.CaptureFixture[str]) -> None:
+    """The states a job passes through, as the app sees them; the job itself (tests/integration/client)
+    may end before a watch starts."""
+    running = {"status": "processing", "attempt": 1}
+    jobs = SessionsInTurn(
+        {"status": "queued"},
+        running,
+        {**running, "progress": {"step": 1, "total": 3}},
+        {**running, "progress": {"step": 1, "total": 3}},
+        {**running, "progress": {"step": 3, "total": 3}},
+        {"status": "done", "attempt": 1, "result": {"paths": {"edited": "e.jpg"}, "width": 8, "height": 6}},
+    )
+    assert _watch(cast(JobSystem, jobs), REF, timeout=None, interval=0) == 0
+    out, err = capsys.readouterr()
+    lines = [line.split("  ")[0] for line in err.splitlines()]  # a step's line ends in its time
+    assert lines == ["queued", "processing (attempt 1)", "step 1/3", "step 3/3", "done (attempt 1)"]
+    assert out == "s1: done: e.jpg (8x6, seed None)\n"
 
 
 @pytest.mark.parametrize(
