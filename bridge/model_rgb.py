@@ -9,6 +9,8 @@ original's transparency.
   apply the alpha a second time (every semi-transparent pixel lighter).
 """
 
+import struct
+
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
@@ -20,8 +22,20 @@ _CHUNK_PIXELS = 1 << 20
 # What Pillow and its codecs raise for a file they cannot open or decode, one rule for the bridge's intake and
 # the client: OSError (a file cut short, UnidentifiedImageError), SyntaxError (a broken PNG chunk, an AVIF's
 # data), ValueError (libheif's invalid input, a PNG chunk over Pillow's cap), RuntimeError (libheif's security
-# limits, the AVIF decoder), EOFError.
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, EOFError)
+# limits, the AVIF decoder), EOFError; and what Pillow itself takes for data at fault as it opens a file
+# (ImageFile's list: IndexError, TypeError, KeyError, struct.error), which a PNG's chunks after its pixel data
+# raise unwrapped as it decodes (an empty iCCP: IndexError, a job failed as an unexpected error).
+DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    RuntimeError,
+    EOFError,
+    IndexError,
+    TypeError,
+    KeyError,
+    struct.error,
+)
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 

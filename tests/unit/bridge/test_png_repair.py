@@ -2,10 +2,13 @@
 
 import io
 import struct
+import warnings
 import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fluxfill.bridge.contract import ErrorCode
@@ -85,6 +88,16 @@ def test_a_png_with_an_ancillary_chunk_libpng_skips_is_read_as_browsers_show_it(
     check_header(data, "original photo", BIG)
 
 
+def test_an_empty_profile_after_the_pixel_data_is_skipped_not_an_unexpected_error() -> None:
+    """Pillow reads the chunks after the pixel data as it decodes, and an empty iCCP there raised IndexError:
+    the job an unexpected error, tried five times and dead-lettered (found by the property test below)."""
+    original, pixels = png()
+    data = with_chunks(original, chunk(b"iCCP", b""), after=b"IDAT")
+    with pytest.raises(IndexError):
+        Image.open(io.BytesIO(data)).load()
+    assert np.array_equal(read_photo(data, BIG).pixels, pixels)
+
+
 def test_only_the_skipped_chunks_and_the_animation_are_left_out() -> None:
     original, _ = png("P", transparency=0)
     data = with_chunks(original, chunk(b"pHYs", bytes(8)), acTL(1), fcTL(0), chunk(b"tEXt", b"Comment\x00ok"))
@@ -121,3 +134,33 @@ def test_broken_pixels_are_still_refused_with_the_first_refusal() -> None:
         read_photo(data, BIG)
     assert refused.value.code is ErrorCode.CORRUPT_IMAGE
     assert "pHYs" in str(refused.value), "the first refusal: the file as uploaded"
+
+
+# Ancillary chunks that leave the decoded pixels as they are (tRNS and eXIf change them, by design).
+ANCILLARY = [b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"iCCP", b"zTXt", b"tEXt", b"iTXt", b"sBIT", b"bKGD",
+             b"hIST", b"tIME", b"sPLT", b"acTL", b"fcTL", b"fdAT", b"cICP", b"mDCv", b"cLLi",
+             b"prVt"]  # fmt: skip
+Chunk = tuple[bytes, bytes, bool, bool]  # type, data, checksum right, before the pixel data
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(ANCILLARY), st.binary(max_size=40), st.booleans(), st.booleans()),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_a_png_with_any_ancillary_chunks_decodes_to_its_pixels(
+    chunks: list[tuple[bytes, bytes, bool, bool]],
+) -> None:
+    """Whatever metadata chunks a PNG holds, before or after its pixel data, with a right checksum or not."""
+    original, pixels = png()
+    data = original
+    for kind, body, checksum_right, before_pixels in chunks:
+        extra = chunk(kind, body, crc=None if checksum_right else zlib.crc32(body))
+        data = with_chunks(data, extra, after=b"IHDR" if before_pixels else b"IDAT")
+    with warnings.catch_warnings():
+        # Pillow warns of an animation it takes its default image of, as the bridge does (a warning there).
+        warnings.filterwarnings("ignore", category=UserWarning, module="PIL.PngImagePlugin")
+        assert np.array_equal(read_photo(data, BIG).pixels, pixels)
