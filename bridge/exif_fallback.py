@@ -5,7 +5,7 @@ handle, though every viewer shows the photo:
 - AVIF: its EXIF is written anew when its Orientation is not the turn the irot and imir boxes give (HEIF's
   rule: the boxes win, and the EXIF is made to say so); EXIF Pillow reads and cannot write (a Model stored as
   a rational) raised AttributeError: the job an unexpected error, five times, then dead-lettered.
-- JPEG: its resolution is read from EXIF; an XResolution of no value raised IndexError, which Pillow reports
+- JPEG: its resolution is read from EXIF; an XResolution of one byte raised IndexError, which Pillow reports
   as "cannot identify image file": a good photo refused as corrupt.
 Such a file is opened again with its EXIF hidden from the reader: the type of its Exif items (AVIF) or the
 identifier of its EXIF segments (JPEG) renamed in place, every other byte as it was. A JPEG's EXIF is then
@@ -35,7 +35,7 @@ def open_image(source: bytes | str | os.PathLike[str], formats: list[str] | None
     try:
         return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats)
     except Exception:
-        data = source if isinstance(source, bytes) else _read_or_nothing(Path(source))
+        data = source if isinstance(source, bytes) else _jpeg_or_iso_bytes(Path(source))
         bare = without_exif(data)
         if bare is None:
             raise
@@ -68,11 +68,15 @@ def _pillows_exif(data: bytes) -> bytes:
     return first + b"".join(payload[6:] for payload in later)
 
 
-def _read_or_nothing(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError:
-        return b""
+def _jpeg_or_iso_bytes(path: Path) -> bytes:
+    """The file's bytes when it starts as a JPEG or a HEIF image (an AVIF too: both list HEIF's structural
+    brand, mif1, in their `ftyp` box), else none: a large file of another kind, a video picked by mistake, is
+    not read."""
+    with contextlib.suppress(OSError), path.open("rb") as file:
+        head = file.read(64)
+        if head.startswith(_JPEG) or (head[4:8] == b"ftyp" and b"mif1" in head[8 : int.from_bytes(head[:4])]):
+            return head + file.read()
+    return b""
 
 
 def _exif_item_types(data: bytes) -> Iterator[int]:

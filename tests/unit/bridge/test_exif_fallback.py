@@ -10,7 +10,7 @@ from PIL import Image, UnidentifiedImageError
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
-from fluxfill.bridge.exif_fallback import open_image, without_exif
+from fluxfill.bridge.exif_fallback import _jpeg_or_iso_bytes, open_image, without_exif
 from fluxfill.bridge.intake import read_photo
 from tests.unit.bridge.test_intake import (
     avif_turned_with_exif_pillow_cannot_write,
@@ -100,3 +100,15 @@ def test_a_path_is_opened_as_the_bytes_are(tmp_path: Path) -> None:
         assert image.size == (40, 24)
     with pytest.raises(FileNotFoundError):
         open_image(tmp_path / "missing.avif")
+
+
+def test_a_file_of_another_kind_is_not_read_again(tmp_path: Path) -> None:
+    """A video picked by mistake (an ISO file without HEIF's brand) fails as Pillow fails it, unread."""
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(struct.pack(">I4s4sI4s4s", 24, b"ftyp", b"isom", 512, b"isom", b"mp41") + bytes(4096))
+    photo = tmp_path / "photo.avif"
+    photo.write_bytes(avif_turned_with_exif_pillow_cannot_write())
+    assert _jpeg_or_iso_bytes(video) == b""
+    assert _jpeg_or_iso_bytes(photo) == photo.read_bytes()
+    with pytest.raises(UnidentifiedImageError):
+        open_image(video)
