@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from fluxfill.bridge import jpeg_markers
+from fluxfill.bridge import file_head, jpeg_markers
 
 _JPEG = b"\xff\xd8\xff"
 _EXIF = b"Exif"
@@ -35,7 +35,7 @@ def open_image(source: bytes | str | os.PathLike[str], formats: list[str] | None
     try:
         return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=formats)
     except Exception:
-        data = source if isinstance(source, bytes) else _jpeg_or_iso_bytes(Path(source))
+        data = source if isinstance(source, bytes) else file_head.bytes_if(Path(source), jpeg_or_heif)
         bare = without_exif(data)
         if bare is None:
             raise
@@ -68,15 +68,10 @@ def _pillows_exif(data: bytes) -> bytes:
     return first + b"".join(payload[6:] for payload in later)
 
 
-def _jpeg_or_iso_bytes(path: Path) -> bytes:
-    """The file's bytes when it starts as a JPEG or a HEIF image (an AVIF too: both list HEIF's structural
-    brand, mif1, in their `ftyp` box), else none: a large file of another kind, a video picked by mistake, is
-    not read."""
-    with contextlib.suppress(OSError), path.open("rb") as file:
-        head = file.read(64)
-        if head.startswith(_JPEG) or (head[4:8] == b"ftyp" and b"mif1" in head[8 : int.from_bytes(head[:4])]):
-            return head + file.read()
-    return b""
+def jpeg_or_heif(head: bytes) -> bool:
+    """Whether a file's first bytes are a JPEG's or a HEIF image's (an AVIF's too: both list HEIF's structural
+    brand, mif1, in their `ftyp` box): the formats whose EXIF Pillow reads as it opens them."""
+    return head.startswith(_JPEG) or (head[4:8] == b"ftyp" and b"mif1" in head[8 : int.from_bytes(head[:4])])
 
 
 def _exif_item_types(data: bytes) -> Iterator[int]:

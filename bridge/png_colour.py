@@ -13,11 +13,11 @@ import struct
 
 import numpy as np
 
+from fluxfill.bridge import png_repair
 from fluxfill.bridge.colour_profile import BT709, Primaries, display_profile
 
 # The colour chunks carried, with the size of their data (one of a wrong size is one decoders skip too).
 COLOUR_CHUNKS = {b"cICP": 4, b"sRGB": 1, b"gAMA": 4, b"cHRM": 32}
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Colour chunks come before the pixel data; a file with more chunks than this before it is not read further
 # (Pillow has read them all before this runs; this bounds only our own walk).
 MAX_CHUNKS_BEFORE_PIXELS = 4096
@@ -26,10 +26,10 @@ MAX_CHUNKS_BEFORE_PIXELS = 4096
 def colour_chunks(data: bytes) -> tuple[tuple[bytes, bytes], ...]:
     """The original's colour chunks (type, data) in file order, the first of each type, as read before its
     pixel data (`IDAT`); none for a file that is no PNG."""
-    if not data.startswith(_SIGNATURE):
+    if not png_repair.is_png(data):
         return ()
     found: dict[bytes, bytes] = {}
-    position = len(_SIGNATURE)
+    position = png_repair.SIGNATURE_SIZE
     for _ in range(MAX_CHUNKS_BEFORE_PIXELS):
         if position + 8 > len(data):
             break

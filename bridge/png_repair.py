@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Iterator
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SIGNATURE_SIZE = len(_SIGNATURE)
 _ANIMATION = frozenset({b"acTL", b"fcTL", b"fdAT"})
 # Ancillary chunks of a fixed size, as the standard gives it (Pillow refuses them at any other size).
 _FIXED_SIZES = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"acTL": 8, b"fcTL": 26}
@@ -57,7 +58,7 @@ def _chunks(data: bytes) -> Iterator[tuple[bytes, bytes, bool]]:
     """(type, data, checksum right) of each chunk up to IEND; stops where a chunk runs past the file."""
     if not is_png(data):
         return
-    at = len(_SIGNATURE)
+    at = SIGNATURE_SIZE
     for _ in range(MAX_CHUNKS):
         if at + 12 > len(data):
             return

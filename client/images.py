@@ -23,7 +23,15 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from fluxfill.bridge import exif_fallback, model_rgb, orientation, photo_colours, png_repair, stale_metadata
+from fluxfill.bridge import (
+    exif_fallback,
+    file_head,
+    model_rgb,
+    orientation,
+    photo_colours,
+    png_repair,
+    stale_metadata,
+)
 from fluxfill.client.errors import InvalidInputError
 from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_INPUT_PIXELS_CEILING, ZERO_ONE_MASK_HINT
 from fluxfill.inpaint.geometry import MaskSizeError, fit_mask
@@ -111,20 +119,11 @@ def _open_stored(path: str | os.PathLike[str], limit: PixelLimit = EVERY_SERVER)
         ) from None
     except model_rgb.DECODE_ERRORS as error:  # the bridge refuses the same files as corrupt_image
         refused = InvalidInputError(f"{path}: not a readable image ({error or type(error).__name__})")
-    repaired = png_repair.without_skipped_chunks(_png_bytes(path))
+    repaired = png_repair.without_skipped_chunks(file_head.bytes_if(path, png_repair.is_png))
     if repaired is not None:
         with contextlib.suppress(*model_rgb.DECODE_ERRORS):
             return _decoded(repaired, path, limit)
     raise refused
-
-
-def _png_bytes(path: Path) -> bytes:
-    """The file's bytes when it starts as a PNG (a large file of another kind is not read), else none."""
-    with contextlib.suppress(OSError), path.open("rb") as file:
-        if png_repair.is_png(file.read(8)):
-            file.seek(0)
-            return file.read()
-    return b""
 
 
 def _decoded(source: Path | bytes, path: Path, limit: PixelLimit) -> Image.Image:

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, UnidentifiedImageError
 
+from fluxfill.bridge import file_head
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
-from fluxfill.bridge.exif_fallback import _jpeg_or_iso_bytes, open_image, without_exif
+from fluxfill.bridge.exif_fallback import jpeg_or_heif, open_image, without_exif
 from fluxfill.bridge.intake import read_photo
 from tests.unit.bridge.test_intake import (
     avif_turned_with_exif_pillow_cannot_write,
@@ -108,7 +109,7 @@ def test_a_file_of_another_kind_is_not_read_again(tmp_path: Path) -> None:
     video.write_bytes(struct.pack(">I4s4sI4s4s", 24, b"ftyp", b"isom", 512, b"isom", b"mp41") + bytes(4096))
     photo = tmp_path / "photo.avif"
     photo.write_bytes(avif_turned_with_exif_pillow_cannot_write())
-    assert _jpeg_or_iso_bytes(video) == b""
-    assert _jpeg_or_iso_bytes(photo) == photo.read_bytes()
+    assert file_head.bytes_if(video, jpeg_or_heif) == b""
+    assert file_head.bytes_if(photo, jpeg_or_heif) == photo.read_bytes()
     with pytest.raises(UnidentifiedImageError):
         open_image(video)
