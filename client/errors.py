@@ -83,6 +83,8 @@ _UNREACHABLE_HINTS = (
     "socket closed",
     "exceeds maximum queue size",
 )
+# gRPC's words for a connection whose pings went unanswered (fluxfill.client.inference.KEEPALIVE).
+_SILENT_HINT = "ping timeout"
 # gRPC's words for a peer that answered in HTTP/1 (the HTTP port): retrying cannot help.
 _NOT_GRPC_HINT = "failed parsing http/2"
 NOT_GRPC = "answers HTTP/1, not gRPC: is this the HTTP port? (gRPC: 8001 by default; or --protocol http)"
@@ -101,14 +103,9 @@ def map_triton_error(error: InferenceServerException) -> FluxFillError:
 def classify(message: str, status: str = "") -> FluxFillError:
     """The error for a server message and status; a stream's errors carry the message only."""
     lowered = message.lower()
-    # The model reports its time limit as UNAVAILABLE with this prefix: it must not look retryable.
-    if "deadline exceeded" in lowered:
-        return DeadlineExceededError(message)
-    # HTTP answers 400 for a model the server does not serve: that is no fault of the input.
-    if "unknown model" in lowered or "no available versions" in lowered:
-        return ServiceUnavailableError(message)
-    if _NOT_GRPC_HINT in lowered:
-        return ServiceUnavailableError(f"it {NOT_GRPC} ({message})")
+    told = _told_by_message(message, lowered)
+    if told is not None:
+        return told
     kind = _BY_STATUS.get(status)
     if kind is None:
         if any(hint in lowered for hint in _UNREACHABLE_HINTS):
@@ -121,6 +118,24 @@ def classify(message: str, status: str = "") -> FluxFillError:
         unreachable = any(hint in lowered for hint in _UNREACHABLE_HINTS)
         return ServiceUnavailableError(message, retryable=status in _RETRYABLE_STATUSES or unreachable)
     return (kind or FluxFillError)(message)
+
+
+def _told_by_message(message: str, lowered: str) -> FluxFillError | None:
+    """The error a message tells whatever its status; None when the status decides."""
+    # The model reports its time limit as UNAVAILABLE with this prefix: it must not look retryable.
+    if "deadline exceeded" in lowered:
+        return DeadlineExceededError(message)
+    # HTTP answers 400 for a model the server does not serve: that is no fault of the input.
+    if "unknown model" in lowered or "no available versions" in lowered:
+        return ServiceUnavailableError(message)
+    if _NOT_GRPC_HINT in lowered:
+        return ServiceUnavailableError(f"it {NOT_GRPC} ({message})")
+    if _SILENT_HINT in lowered:
+        return ServiceUnavailableError(
+            f"the server stopped answering mid-call: frozen, or cut off by the network ({message})",
+            retryable=True,
+        )
+    return None
 
 
 def _strip_request_id(message: str) -> str:

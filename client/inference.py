@@ -5,10 +5,13 @@ Over gRPC the client calls `flux_fill_stream`: progress per step, and a cancel (
 the timeout) cancels the stream, which stops the run on the server within one step. Over HTTP it calls the
 unary `flux_fill`: no progress, and Triton cannot cancel an HTTP request, so a cancel is only checked
 before sending; the timeout is sent as TIMEOUT_S, which the server enforces, and the socket waits
-`HTTP_GRACE_S` longer for that answer.
+`HTTP_GRACE_S` longer for that answer. A call given no timeout waits as long as the server works on it (a
+run behind others in its queue takes minutes on an L4); over gRPC, keepalive pings (`KEEPALIVE`) still end
+it when the server stops answering them: frozen, or cut off by the network.
 """
 
 import time
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy.typing as npt
@@ -48,6 +51,23 @@ HTTP_GRACE_S = 1.0
 METADATA_TIMEOUT_S = 30.0
 
 
+@dataclass(frozen=True)
+class Keepalive:
+    """gRPC keepalive: a ping on a call's connection after `interval_s` without one, and the connection (with
+    the call, ServiceUnavailableError) given up when the ping is not answered within `timeout_s`."""
+
+    interval_s: float
+    timeout_s: float
+
+
+# A server stopped (SIGSTOP, a VM paused) or cut off mid-call (a partition, a NAT that dropped the connection
+# while the call waited in the queue) answers nothing and closes nothing: a call given no timeout waited for
+# good. Pinged, it fails within about 6 minutes. Not sooner: Triton, by default, takes a ping within 300 s
+# of the last one, with no data sent between (a call waiting in the queue), for abuse, and closes the
+# connection at the third (its --grpc-http2-min-recv-ping-interval-without-data and max-ping-strikes).
+KEEPALIVE = Keepalive(interval_s=330.0, timeout_s=20.0)
+
+
 def checked_url(url: str) -> str:
     """`url` if it is HOST:PORT with a port in 1..65535; InvalidInputError saying what is wrong otherwise.
 
@@ -71,6 +91,7 @@ class FluxFillClient:
         model_name: the unary model, used over HTTP.
         stream_model_name: the decoupled model, used over gRPC.
         retry: how often and how long to retry while the server is unavailable (UNAVAILABLE only).
+        keepalive: how a gRPC call finds its server gone silent (KEEPALIVE).
     """
 
     def __init__(
@@ -81,6 +102,7 @@ class FluxFillClient:
         *,
         stream_model_name: str = STREAM_MODEL_NAME,
         retry: RetryPolicy | None = None,
+        keepalive: Keepalive = KEEPALIVE,
     ) -> None:
         if protocol not in DEFAULT_PORTS:
             raise ValueError(f"protocol must be grpc or http, got {protocol!r}")
@@ -88,7 +110,10 @@ class FluxFillClient:
         self.protocol = protocol
         self.model_name = stream_model_name if protocol == "grpc" else model_name
         self.retry = retry or RetryPolicy()
-        self._client: Any = (grpcclient if protocol == "grpc" else httpclient).InferenceServerClient(url=url)
+        # Over HTTP each call opens its own client (`_http_client`): its timeout is per client, not per call.
+        self._client: Any = None
+        if protocol == "grpc":
+            self._client = grpcclient.InferenceServerClient(url=url, channel_args=_channel_args(keepalive))
         self._checked = False
 
     def check_contract(self, within_s: float | None = None) -> None:
@@ -118,8 +143,7 @@ class FluxFillClient:
         # Bounded: a hung server must not hold a call whose caller gave it a timeout, or gave none.
         if self.protocol == "grpc":
             return self._client.get_model_metadata(self.model_name, as_json=True, client_timeout=bound_s)
-        # tritonclient.http takes its network timeout per client, not per call.
-        with httpclient.InferenceServerClient(url=self.url, network_timeout=bound_s) as bounded:
+        with _http_client(self.url, bound_s) as bounded:
             return bounded.get_model_metadata(self.model_name)
 
     def inpaint(
@@ -200,22 +224,43 @@ class FluxFillClient:
                 cancel=cancel,
                 timeout_s=timeout_s,
             )
-        if timeout_s is None:
-            result = self._client.infer(self.model_name, inputs)
-        else:
-            # tritonclient.http takes its network timeout per client, not per call. The grace lets the
-            # server's own deadline answer (it stopped the run at TIMEOUT_S) arrive before the socket quits.
-            network_timeout = timeout_s + HTTP_GRACE_S
-            with httpclient.InferenceServerClient(url=self.url, network_timeout=network_timeout) as timed:
-                result = timed.infer(self.model_name, inputs)
+        # The grace lets the server's own deadline answer (it stopped the run at TIMEOUT_S) arrive before the
+        # socket quits; no timeout, no limit on the wait (tritonclient's default of 60 s ended a longer run's
+        # call with "deadline exceeded", its caller having set none, while the server went on with the run).
+        with _http_client(self.url, None if timeout_s is None else timeout_s + HTTP_GRACE_S) as client:
+            result = client.infer(self.model_name, inputs)
         return InpaintOutput(result.as_numpy("IMAGE"), int(result.as_numpy("SEED")[0]))
 
     def close(self) -> None:
         """Release the connection."""
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> "FluxFillClient":
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _channel_args(keepalive: Keepalive) -> list[tuple[str, int]]:
+    """tritonclient's own channel arguments (no cap on a message's size), with `keepalive`."""
+    timeout_ms = round(keepalive.timeout_s * 1000)
+    return [
+        ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", round(keepalive.interval_s * 1000)),
+        ("grpc.keepalive_timeout_ms", timeout_ms),
+        # A keepalive ping is not sent while another of gRPC's pings (its flow control's) is unanswered, which
+        # waits this long (60 s by default) instead.
+        ("grpc.http2.ping_timeout_ms", timeout_ms),
+        # gRPC stops pinging after this many pings without data sent (2 by default), and a call waiting in
+        # the queue sends none: 0 lifts the cap.
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _http_client(url: str, network_timeout_s: float | None) -> Any:
+    """A tritonclient HTTP client whose socket waits `network_timeout_s` for each answer, or without limit
+    (None); tritonclient.http takes its network timeout per client, not per call."""
+    return httpclient.InferenceServerClient(url=url, network_timeout=network_timeout_s)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fluxfill.client import inference
 from fluxfill.client.errors import (
     CancelledError,
     ContractMismatchError,
@@ -17,11 +18,19 @@ from fluxfill.client.errors import (
     InvalidInputError,
     ServiceUnavailableError,
 )
-from fluxfill.client.inference import CancelHandle, FluxFillClient, Protocol
+from fluxfill.client.inference import (
+    HTTP_GRACE_S,
+    METADATA_TIMEOUT_S,
+    CancelHandle,
+    FluxFillClient,
+    Keepalive,
+    Protocol,
+)
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.retry import NO_RETRY, RetryPolicy
 from fluxfill.client.triton_binary import free_port
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
+from tests.integration.bridge.harness import TcpProxy
 from tests.integration.client.support import (
     FOLLOW_UP_QUEUE_LIMIT_S,
     LONG_RUN_STEPS,
@@ -147,6 +156,61 @@ def test_http_timeout_is_deadline_exceeded(long_run_server: LocalTritonServer) -
         with pytest.raises(DeadlineExceededError, match="deadline exceeded"):
             client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=LONG_RUN_STEPS, timeout=1.0)
         assert time.monotonic() - started < 3  # the 1 s limit, the 1 s grace, and slack
+
+
+def test_an_http_call_without_a_timeout_waits_as_long_as_the_server_works(
+    flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tritonclient.http's socket gives up after 60 s unless told otherwise: a run longer than that, with its
+    wait in the queue, ended with "deadline exceeded" though its caller set no timeout, the server going on
+    with it (seen against a server answering after 63 s). Now such a call's socket waits without limit, one
+    given a timeout waits that and the grace, and the contract check its own bound."""
+    asked: list[float | None] = []
+    opened = inference._http_client
+
+    def recorded(url: str, network_timeout_s: float | None) -> object:
+        asked.append(network_timeout_s)
+        return opened(url, network_timeout_s)
+
+    monkeypatch.setattr(inference, "_http_client", recorded)
+    with FluxFillClient(flux_server.http_url, "http") as client:
+        client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=1)
+        client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=1, timeout=20.0)
+    # The timed call's socket waits what is left of its 20 s when it starts, and the grace.
+    assert asked[:2] == [METADATA_TIMEOUT_S, None]
+    assert asked[2] is not None
+    assert 20.0 + HTTP_GRACE_S - 1 < asked[2] <= 20.0 + HTTP_GRACE_S
+
+
+def test_a_grpc_call_without_a_timeout_ends_when_its_server_goes_silent(
+    long_run_server: LocalTritonServer,
+) -> None:
+    """A server frozen or cut off mid-run (here a proxy that stops passing bytes, as a SIGSTOPped server or
+    a network partition does: the connection stays open, nothing answers) held a call given no timeout for
+    good. Its keepalive pings go unanswered: ServiceUnavailableError, and the server, once the connection
+    closes, stops the run."""
+    stopped_before = outcome_count(long_run_server, "cancelled")
+    proxy = TcpProxy(long_run_server.grpc_port)
+    proxy.up()
+    try:
+        quick = Keepalive(interval_s=0.5, timeout_s=1.0)
+        with FluxFillClient(proxy.url, retry=NO_RETRY, keepalive=quick) as client:
+            client.check_contract()
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError, match="stopped answering mid-call"):
+                client.inpaint(
+                    photo(32, 32),
+                    box_mask(32, 32),
+                    "x",
+                    steps=LONG_RUN_STEPS,
+                    on_progress=lambda step, _total: proxy.freeze() if step == 3 else None,
+                )
+            waited = time.monotonic() - started
+    finally:
+        proxy.thaw()
+        proxy.down()
+    assert waited < 15, f"the call took {waited:.1f} s to give up on a silent server"
+    _wait_for(lambda: outcome_count(long_run_server, "cancelled") == stopped_before + 1, timeout_s=30)
 
 
 @pytest.mark.parametrize(

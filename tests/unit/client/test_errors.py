@@ -60,6 +60,17 @@ def test_status_and_message_choose_the_class(
         assert error.retryable is retryable
 
 
+@pytest.mark.parametrize("status", ["StatusCode.UNAVAILABLE", ""])
+def test_unanswered_keepalive_pings_say_the_server_stopped_answering_and_are_retried(status: str) -> None:
+    error = classify("Stream removed (ping timeout)", status)
+    assert isinstance(error, ServiceUnavailableError)
+    assert error.retryable
+    assert str(error) == (
+        "the server stopped answering mid-call: frozen, or cut off by the network "
+        "(Stream removed (ping timeout))"
+    )
+
+
 @pytest.mark.parametrize(
     ("raised", "kind", "exit_code"),
     [
