@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
@@ -43,6 +44,7 @@ from fluxfill.client.progress import ProgressBar
 # How `watch` exits for a failed job: the input's fault, the service's, or a stop.
 _STOPPED_CODES = {ErrorCode.DEADLINE_EXCEEDED, ErrorCode.CANCELLED}
 _UNAVAILABLE_CODES = {ErrorCode.RETRIES_EXHAUSTED}
+_RESULT_KIND = re.compile(r"[a-z]+")
 # The settings each command needs besides the project.
 _NEEDS = {
     "submit": ("bucket", "topic"),
@@ -156,16 +158,24 @@ def _fetch(jobs: JobSystem, ref: SessionRef, output_dir: Path) -> int:
     status = str(document.get(SessionField.STATUS.value, ""))
     if status in {JobStatus.FAILED, JobStatus.CANCELLED}:
         return _report(ref, status, document, "fetch")
-    paths = ((document.get(SessionField.RESULT.value) or {}).get("paths")) or {}
-    if status != JobStatus.DONE or not paths:
+    if status != JobStatus.DONE:
         raise InvalidInputError(
             f"{ref.session} is {status or 'not started'}: nothing to fetch yet (fluxfill watch {ref.session} "
             "waits for it)"
         )
+    # Files are named by the kinds of result (edited, preview): a word, never a path of its own.
+    result = _mapping(document.get(SessionField.RESULT.value))
+    paths = {
+        kind: object_path
+        for kind, object_path in _mapping(result.get("paths")).items()
+        if isinstance(object_path, str) and object_path and _RESULT_KIND.fullmatch(str(kind))
+    }
+    if not paths:
+        raise InvalidInputError(f"{ref.session} is done, but its result names no objects to fetch")
     require_writable_folder(output_dir, f"--output-dir {output_dir}")
     for kind, object_path in sorted(paths.items()):
-        target = output_dir / f"{ref.session}-{kind}{Path(str(object_path)).suffix}"
-        jobs.download(str(object_path), target)
+        target = output_dir / f"{ref.session}-{kind}{Path(object_path).suffix}"
+        jobs.download(object_path, target)
         sys.stdout.write(f"{target}\n")
     return EXIT_OK
 
@@ -183,11 +193,11 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
             attempt = document.get(SessionField.ATTEMPT.value)
             sys.stderr.write(f"{status}" + (f" (attempt {attempt})" if attempt else "") + "\n")
             last_status = status
-        progress = document.get(SessionField.PROGRESS.value) or {}
-        step, total = progress.get("step") or 0, progress.get("total")
+        progress = _mapping(document.get(SessionField.PROGRESS.value))
+        step, total = _count(progress.get("step")), _count(progress.get("total"))
         if status == JobStatus.PROCESSING and total and step > last_step:
-            bar(int(step), int(total))
-            last_step = int(step)
+            bar(step, total)
+            last_step = step
         if status in {JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}:
             return _report(ref, status, document, "watch")
         if deadline is not None and time.monotonic() > deadline:
@@ -212,12 +222,12 @@ def _read_within(
 
 def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str) -> int:
     if status == JobStatus.DONE:
-        result = document.get(SessionField.RESULT.value) or {}
-        edited = (result.get("paths") or {}).get("edited", "")
+        result = _mapping(document.get(SessionField.RESULT.value))
+        edited = _mapping(result.get("paths")).get("edited", "")
         size = f"{result.get('width')}x{result.get('height')}"
         sys.stdout.write(f"{ref.session}: done: {edited} ({size}, seed {result.get('seed')})\n")
         return EXIT_OK
-    error = document.get(SessionField.ERROR.value) or {}
+    error = _mapping(document.get(SessionField.ERROR.value))
     code, message = str(error.get("code", "")), " ".join(str(error.get("message", "")).split())
     sys.stderr.write(f"fluxfill {command}: {ref.session} {status}: {code}: {message}\n")
     if status == JobStatus.CANCELLED or code in _STOPPED_CODES:
@@ -225,3 +235,16 @@ def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str
     if code in _UNAVAILABLE_CODES:
         return EXIT_UNAVAILABLE
     return EXIT_USAGE if code in INPUT_ERRORS else EXIT_FAILED
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    """A map field of the session document, or an empty one: the bridge writes these fields, but another
+    shape left there (an operator's hand, another version) is read as missing, not failed on."""
+    return value if isinstance(value, dict) else {}
+
+
+def _count(value: object) -> int:
+    """A whole number of the document (a step, a total), or 0 for anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0
+    return int(value)

@@ -21,7 +21,7 @@ from fluxfill.client import jobs as jobs_module
 from fluxfill.client.cli import main
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.errors import InvalidInputError
-from fluxfill.client.job_commands import _report, _submit, _watch
+from fluxfill.client.job_commands import _fetch, _report, _submit, _watch
 from fluxfill.client.jobs import (
     BridgeLimits,
     JobSettings,
@@ -255,6 +255,53 @@ def test_watch_tells_each_status_once_and_the_steps_as_they_come(capsys: pytest.
     lines = [line.split("  ")[0] for line in err.splitlines()]  # a step's line ends in its time
     assert lines == ["queued", "processing (attempt 1)", "step 1/3", "step 3/3", "done (attempt 1)"]
     assert out == "s1: done: e.jpg (8x6, seed None)\n"
+
+
+class DownloadsRecorded(SessionsInTurn):
+    """SessionsInTurn whose downloads are written down, each object's path as its file's text."""
+
+    def download(self, object_path: str, target: Path) -> None:
+        target.write_text(object_path)
+
+
+# The bridge writes these fields; another shape left in them (an operator's hand, another version) made
+# watch, fetch and their report fail with an unexpected error (AttributeError, TypeError, OverflowError).
+ODD_FIELDS: list[dict[str, Any]] = [
+    {"progress": "3 of 9", "result": ["e.jpg"], "error": "boom"},
+    {"progress": {"step": "2", "total": float("inf")}, "result": {"paths": "e.jpg"}, "error": {"code": 3}},
+    {"progress": {"step": float("nan"), "total": True}, "result": None, "error": None},
+]
+
+
+@pytest.mark.parametrize("odd", ODD_FIELDS)
+def test_watch_reads_fields_of_another_shape_as_missing(
+    odd: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    running = {"status": "processing", "attempt": 1, **odd}
+    done = SessionsInTurn(running, {"status": "done", **odd})
+    assert _watch(cast(JobSystem, done), REF, timeout=None, interval=0) == 0
+    assert capsys.readouterr().out.startswith("s1: done: ")
+    failed = SessionsInTurn(running, {"status": "failed", **odd})
+    assert _watch(cast(JobSystem, failed), REF, timeout=None, interval=0) == 1
+
+
+@pytest.mark.parametrize("odd", ODD_FIELDS)
+def test_fetch_of_a_result_of_another_shape_says_it_names_nothing(
+    odd: dict[str, Any], tmp_path: Path
+) -> None:
+    jobs = DownloadsRecorded({"status": "done", **odd})
+    with pytest.raises(InvalidInputError, match=r"^s1 is done, but its result names no objects to fetch$"):
+        _fetch(cast(JobSystem, jobs), REF, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_fetch_names_its_files_by_the_result_kinds_that_are_words(tmp_path: Path) -> None:
+    paths = {"edited": "u/e.jpg", "preview": "u/p.jpg", "../up": "u/x.jpg", "Odd": "u/o.png", "thumb": 7}
+    jobs = DownloadsRecorded({"status": "done", "result": {"paths": paths}})
+    assert _fetch(cast(JobSystem, jobs), REF, tmp_path / "out") == 0
+    written = {path.name: path.read_text() for path in (tmp_path / "out").iterdir()}
+    assert written == {"s1-edited.jpg": "u/e.jpg", "s1-preview.jpg": "u/p.jpg"}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize(
