@@ -25,7 +25,7 @@ from fluxfill.bridge.contract import (
     parse_job,
 )
 from fluxfill.client.errors import ServiceUnavailableError
-from fluxfill.client.jobs import JobSystem, SessionRef, google_errors
+from fluxfill.client.jobs import JobSystem, SessionRef, document_map, google_errors
 
 _BRIDGE_ATTRIBUTES = {
     DEAD_LETTER_CODE_ATTRIBUTE,
@@ -153,7 +153,7 @@ class DeadLetterQueue:
             # Dead-lettered by Pub/Sub after too many deliveries: the session document holds the last error,
             # unless no bridge ever took the job (refused while busy or not ready: push overload).
             session = self._jobs.session(ref) or {}
-            error = session.get(SessionField.ERROR.value) or {}
+            error = document_map(session.get(SessionField.ERROR.value))
             code, reason = str(error.get("code", "")), str(error.get("message", ""))
             deliveries = attributes.get(PUBSUB_DELIVERY_COUNT_ATTRIBUTE)
             if (

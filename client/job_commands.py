@@ -34,6 +34,7 @@ from fluxfill.client.jobs import (
     JobSettings,
     JobSystem,
     SessionRef,
+    document_map,
     new_session_id,
     photo_upload,
     validated_job,
@@ -164,10 +165,10 @@ def _fetch(jobs: JobSystem, ref: SessionRef, output_dir: Path) -> int:
             "waits for it)"
         )
     # Files are named by the kinds of result (edited, preview): a word, never a path of its own.
-    result = _mapping(document.get(SessionField.RESULT.value))
+    result = document_map(document.get(SessionField.RESULT.value))
     paths = {
         kind: object_path
-        for kind, object_path in _mapping(result.get("paths")).items()
+        for kind, object_path in document_map(result.get("paths")).items()
         if isinstance(object_path, str) and object_path and _RESULT_KIND.fullmatch(str(kind))
     }
     if not paths:
@@ -193,7 +194,7 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
             attempt = document.get(SessionField.ATTEMPT.value)
             sys.stderr.write(f"{status}" + (f" (attempt {attempt})" if attempt else "") + "\n")
             last_status = status
-        progress = _mapping(document.get(SessionField.PROGRESS.value))
+        progress = document_map(document.get(SessionField.PROGRESS.value))
         step, total = _count(progress.get("step")), _count(progress.get("total"))
         if status == JobStatus.PROCESSING and total and step > last_step:
             bar(step, total)
@@ -222,12 +223,12 @@ def _read_within(
 
 def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str) -> int:
     if status == JobStatus.DONE:
-        result = _mapping(document.get(SessionField.RESULT.value))
-        edited = _mapping(result.get("paths")).get("edited", "")
+        result = document_map(document.get(SessionField.RESULT.value))
+        edited = document_map(result.get("paths")).get("edited", "")
         size = f"{result.get('width')}x{result.get('height')}"
         sys.stdout.write(f"{ref.session}: done: {edited} ({size}, seed {result.get('seed')})\n")
         return EXIT_OK
-    error = _mapping(document.get(SessionField.ERROR.value))
+    error = document_map(document.get(SessionField.ERROR.value))
     code, message = str(error.get("code", "")), " ".join(str(error.get("message", "")).split())
     sys.stderr.write(f"fluxfill {command}: {ref.session} {status}: {code}: {message}\n")
     if status == JobStatus.CANCELLED or code in _STOPPED_CODES:
@@ -235,12 +236,6 @@ def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str
     if code in _UNAVAILABLE_CODES:
         return EXIT_UNAVAILABLE
     return EXIT_USAGE if code in INPUT_ERRORS else EXIT_FAILED
-
-
-def _mapping(value: object) -> dict[str, Any]:
-    """A map field of the session document, or an empty one: the bridge writes these fields, but another
-    shape left there (an operator's hand, another version) is read as missing, not failed on."""
-    return value if isinstance(value, dict) else {}
 
 
 def _count(value: object) -> int:

@@ -458,3 +458,9 @@ class JobSystem:
         for name in names:
             if not getattr(self.settings, name):
                 raise InvalidInputError(f"no {name.replace('_', ' ')} configured")
+
+
+def document_map(value: object) -> dict[str, Any]:
+    """A map field of a session document, or an empty one: the bridge writes these fields, but another
+    shape left there (an operator's hand, another version) is read as missing, not failed on."""
+    return value if isinstance(value, dict) else {}
