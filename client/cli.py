@@ -264,9 +264,15 @@ def _weights_digest(path: Path) -> int:
 
     if not path.exists():
         raise InvalidInputError(f"{path}: no such file or directory")
+    if not path.is_dir() and not path.is_file():
+        # A device or a pipe: /dev/zero was read for good.
+        raise InvalidInputError(f"{path}: neither a weights file nor a directory")
     if path.is_dir() and not weight_files(path):
         suffixes = ", ".join(WEIGHT_SUFFIXES)
         raise InvalidInputError(f"{path}: no weight files ({suffixes}) in this directory")
-    digest = directory_digest(path) if path.is_dir() else file_sha256(path)
+    try:
+        digest = directory_digest(path) if path.is_dir() else file_sha256(path)
+    except OSError as error:
+        raise InvalidInputError(f"{path}: cannot be read ({error.strerror or error})") from None
     sys.stdout.write(f"{digest}\n")
     return EXIT_OK

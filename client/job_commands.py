@@ -127,6 +127,7 @@ def _submit(jobs: JobSystem, args: argparse.Namespace, ref: SessionRef) -> int:
 def _config(jobs: JobSystem, args: argparse.Namespace) -> int:
     """`config show`: the document as JSON; `config set FILE`: validated, then written whole."""
     from fluxfill.bridge.runtime_config import InvalidRuntimeConfigError, parse_runtime_config
+    from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES
 
     if args.config_command == "show":
         document = jobs.runtime_config(args.document)
@@ -135,7 +136,15 @@ def _config(jobs: JobSystem, args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(document or {}, indent=2, sort_keys=True) + "\n")
         return EXIT_OK
     try:
-        fields = json.loads(args.file.read_text())
+        # Read no further than a document can be long: a device or a file picked by mistake (/dev/zero was
+        # read for good, into memory) is refused at that length; a pipe (/dev/stdin) still reads.
+        with args.file.open("rb") as file:
+            text = file.read(MAX_DOCUMENT_BYTES + 1)
+        if len(text) > MAX_DOCUMENT_BYTES:
+            raise InvalidInputError(
+                f"{args.file}: longer than a Firestore document can be ({MAX_DOCUMENT_BYTES} bytes)"
+            )
+        fields = json.loads(text.decode())
     except FileNotFoundError:
         raise InvalidInputError(f"{args.file}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -241,6 +241,9 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         "config set of a missing file": Case(
             ("config", "set", "/nonexistent.json", "--project", "p"), 2, "no such"
         ),
+        "config set of an endless file": Case(
+            ("config", "set", "/dev/zero", "--project", "p"), 2, "longer than a Firestore document can be"
+        ),
         "config set of an invalid document": Case(
             ("config", "set", f["bad-config"], "--project", "p"), 2, "defaults.steps: Input should be greater"
         ),
@@ -273,6 +276,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         ),
         "digest of nothing": Case(("weights-digest", "/nonexistent"), 2, "no such file or directory"),
         "digest of an empty directory": Case(("weights-digest", f["empty"]), 2, "no weight files"),
+        "digest of a device": Case(("weights-digest", "/dev/zero"), 2, "neither a weights file nor a dir"),
         "tiny model where it cannot write": Case(
             ("tiny-model", "--output", "/proc/fluxfill"), 2, "cannot build"
         ),
