@@ -29,7 +29,8 @@ def check_weights_arguments(args: argparse.Namespace) -> None:
     from fluxfill.inpaint.weights import directory_problem
 
     if args.gguf_file and not Path(args.gguf_file).is_file():
-        raise InvalidInputError(f"--gguf-file {args.gguf_file}: no such file")
+        what = "not a file" if Path(args.gguf_file).exists() else "no such file"
+        raise InvalidInputError(f"--gguf-file {args.gguf_file}: {what}")
     if args.weights_dir:
         problem = directory_problem(Path(args.weights_dir), transformer_elsewhere=bool(args.gguf_file))
         if problem is not None:

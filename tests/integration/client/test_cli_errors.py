@@ -253,6 +253,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             ("serve", "--weights-dir", f["incomplete"]), 2, "incomplete: no weights for vae"
         ),
         "serve missing gguf": Case(("serve", "--gguf-file", "/nonexistent.gguf"), 2, "no such file"),
+        "serve gguf of a folder": Case(("serve", "--gguf-file", f["empty"]), 2, "not a file"),
         "serve not a repository": Case(
             ("serve", "--model-repository", f["folder"]), 2, "no flux_fill_stream"
         ),
