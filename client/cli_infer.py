@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image
 
+from fluxfill.client.cli_jobs import finite_number
 from fluxfill.client.errors import (
     EXIT_OK,
     NOT_GRPC,
@@ -51,9 +52,9 @@ def add_parser(commands: "argparse._SubParsersAction[Any]") -> None:
         "--output", type=Path, required=True, help="where to write the result (.png, .jpg, ...)"
     )
     infer.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    infer.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    infer.add_argument("--guidance", type=finite_number, help="guidance scale (default: the model's)")
     infer.add_argument("--seed", type=int, help="seed for a reproducible result (default: random, printed)")
-    infer.add_argument("--timeout", type=float, help="give up after this many seconds (exit 4)")
+    infer.add_argument("--timeout", type=finite_number, help="give up after this many seconds (exit 4)")
     infer.add_argument(
         "--retries", type=int, default=3, help="retries, with backoff, while the server is unavailable"
     )

@@ -4,6 +4,7 @@ Kept free of the bridge and Google imports, so the other commands never load the
 """
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Mapping
@@ -64,6 +65,18 @@ def _common(parser: argparse.ArgumentParser, *names: str) -> None:
         parser.add_argument("--" + name.replace("_", "-"), default=defaults[name], help=helps[name])
 
 
+def finite_number(text: str) -> float:
+    """An argument's number, refused by argparse when it is not finite: `--interval nan` failed the watch
+    with an unexpected error, and a timeout of nan never ran out."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
     """Register submit, watch, cancel, fetch and dlq."""
     submit = commands.add_parser(
@@ -80,7 +93,7 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
     submit.add_argument("mask", help="mask image (white = repaint), RGBA image (transparent), or box x,y,w,h")
     submit.add_argument("--prompt", default="", help="what to paint")
     submit.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    submit.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    submit.add_argument("--guidance", type=finite_number, help="guidance scale (default: the model's)")
     submit.add_argument("--seed", type=int, help="seed (default: random)")
     submit.add_argument(
         "--priority",
@@ -98,8 +111,10 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
         "0 done, 2 failed for its input, 3 failed for the service, 4 cancelled or timed out.",
     )
     watch.add_argument("session", help="the session id printed by submit")
-    watch.add_argument("--timeout", type=float, help="stop watching after this many seconds (exit 4)")
-    watch.add_argument("--interval", type=float, default=0.5, help="seconds between reads of the document")
+    watch.add_argument("--timeout", type=finite_number, help="stop watching after this many seconds (exit 4)")
+    watch.add_argument(
+        "--interval", type=finite_number, default=0.5, help="seconds between reads of the document"
+    )
     _common(watch)
 
     cancel = commands.add_parser(

@@ -124,6 +124,8 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             ("infer", f["photo.png"], "50,40,30,30", "--output", f["out"]), 2, "does not fit"
         ),
         "negative retries": Case((*infer, "--retries", "-1"), 2, "--retries must be 0 or more"),
+        "timeout of nan": Case((*infer, "--timeout", "nan"), 2, "expected a finite number, got 'nan'"),
+        "guidance of inf": Case((*infer, "--guidance", "inf"), 2, "expected a finite number, got 'inf'"),
         "no server": Case((*infer, *offline), 3, "127.0.0.1:9"),
         # A server that took the connection and answered nothing: "Deadline Exceeded", exit 4 (a time limit
         # the user never set), over HTTP after 60 s.
@@ -184,6 +186,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         ),
         "fetch reserved id": Case(("fetch", "__x__", *job, "--bucket", "b"), 2, "session id '__x__'"),
         "watch without project": Case(("watch", "s1"), 2, "no project given"),
+        "watch every nan seconds": Case(("watch", "s1", "--interval", "nan", *job), 2, "a finite number"),
         "watch without credentials": Case(("watch", "s1", *job), 2, "no credentials"),
         # Each read ended by --timeout: Google's client gave a read that got no answer 300 s.
         "watch a Firestore that never answers": Case(
