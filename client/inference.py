@@ -10,6 +10,7 @@ run behind others in its queue takes minutes on an L4); over gRPC, keepalive pin
 it when the server stops answering them: frozen, or cut off by the network.
 """
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -173,6 +174,9 @@ class FluxFillClient:
             on_progress: called with (step, total_steps) after every step (gRPC only).
             cancel: a CancelHandle whose cancel() stops the run on the server (gRPC).
         """
+        if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+            # A deadline of nan never passes; one of 0 or less passed before the call.
+            raise InvalidInputError(f"timeout must be a positive number of seconds, got {timeout}")
         rgb = to_rgb(image)
         try:
             arrays = contract_arrays(

@@ -1,5 +1,6 @@
 """Every tritonclient and socket error the client meets is mapped once, to the right class and exit code."""
 
+import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
 
@@ -12,6 +13,7 @@ from fluxfill.client.errors import (
     classify,
     mapped_errors,
 )
+from fluxfill.client.inference import FluxFillClient, Protocol
 
 
 @pytest.mark.parametrize(
@@ -99,3 +101,16 @@ def test_unavailable_names_the_address() -> None:
 def test_other_exceptions_pass_through() -> None:
     with pytest.raises(KeyError), mapped_errors("host:1"):
         raise KeyError("not ours")
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), 0.0, -1.0])
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_timeout_that_is_no_positive_number_is_refused_before_any_call(
+    timeout: float, protocol: Protocol
+) -> None:
+    """nan never ran out; 0 or less ran out before the call (DeadlineExceededError, a limit never given);
+    infinity was sent for the server to refuse. Nothing listens on port 9: the refusal comes first."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    refused = pytest.raises(InvalidInputError, match=r"^timeout must be a positive number of seconds, got ")
+    with FluxFillClient("127.0.0.1:9", protocol) as client, refused:
+        client.inpaint(image, (0, 0, 4, 4), timeout=timeout)
