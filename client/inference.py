@@ -203,7 +203,17 @@ class FluxFillClient:
             with mapped_errors(self.url):
                 return self._call(arrays, on_progress, cancel, remaining)
 
-        return call_with_retries(attempt, self.retry)
+        def pause(delay_s: float) -> None:
+            # A wait between tries ends at the deadline or the cancel, where the next try stops at once: it
+            # slept its whole backoff first (a cancel or a deadline seen up to max_delay_s late).
+            if deadline is not None:
+                delay_s = min(delay_s, max(deadline - time.monotonic(), 0.0))
+            if cancel is not None:
+                cancel.wait(delay_s)
+            else:
+                time.sleep(delay_s)
+
+        return call_with_retries(attempt, self.retry, sleep=pause)
 
     def _call(
         self,

@@ -37,6 +37,10 @@ class CancelHandle:
         """Whether cancel() was called."""
         return self._event.is_set()
 
+    def wait(self, seconds: float) -> None:
+        """Sleep for `seconds`, or until cancel() is called."""
+        self._event.wait(seconds)
+
 
 @dataclass(frozen=True)
 class InpaintOutput:

@@ -1,5 +1,8 @@
 """Every tritonclient and socket error the client meets is mapped once, to the right class and exit code."""
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from tritonclient.utils import InferenceServerException
@@ -13,7 +16,8 @@ from fluxfill.client.errors import (
     classify,
     mapped_errors,
 )
-from fluxfill.client.inference import FluxFillClient, Protocol
+from fluxfill.client.inference import CancelHandle, FluxFillClient, Protocol
+from fluxfill.client.retry import RetryPolicy
 
 
 @pytest.mark.parametrize(
@@ -114,3 +118,25 @@ def test_a_timeout_that_is_no_positive_number_is_refused_before_any_call(
     refused = pytest.raises(InvalidInputError, match=r"^timeout must be a positive number of seconds, got ")
     with FluxFillClient("127.0.0.1:9", protocol) as client, refused:
         client.inpaint(image, (0, 0, 4, 4), timeout=timeout)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_wait_between_tries_ends_at_the_deadline(protocol: Protocol) -> None:
+    """Nothing listens on port 9 (refused: retried). The backoff's 5 s wait was slept whole before the next
+    try saw its deadline had passed."""
+    patient = RetryPolicy(retries=3, first_delay_s=5.0)
+    started = time.monotonic()
+    late = pytest.raises(DeadlineExceededError, match="deadline exceeded")
+    with FluxFillClient("127.0.0.1:9", protocol, retry=patient) as client, late:
+        client.inpaint(np.zeros((8, 8, 3), np.uint8), (0, 0, 4, 4), timeout=0.5)
+    assert time.monotonic() - started < 4
+
+
+def test_a_wait_between_tries_ends_at_a_cancel() -> None:
+    patient = RetryPolicy(retries=3, first_delay_s=5.0)
+    handle = CancelHandle()
+    threading.Timer(0.3, handle.cancel).start()
+    started = time.monotonic()
+    with FluxFillClient("127.0.0.1:9", retry=patient) as client, pytest.raises(CancelledError):
+        client.inpaint(np.zeros((8, 8, 3), np.uint8), (0, 0, 4, 4), cancel=handle)
+    assert time.monotonic() - started < 4
