@@ -2,7 +2,7 @@
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,9 +20,12 @@ class RetryPolicy:
     first_delay_s: float = 0.5
     max_delay_s: float = 8.0
 
-    def delays(self) -> list[float]:
-        """The waits before each retry."""
-        return [min(self.first_delay_s * 2**attempt, self.max_delay_s) for attempt in range(self.retries)]
+    def delays(self) -> Iterator[float]:
+        """The waits before each retry, one at a time: `--retries 2000` built a list and overflowed a float
+        (2**1024), an unexpected error; a million retries are a million waits, not a list of them."""
+        for attempt in range(self.retries):
+            # Past 2**63 times the first delay, any cap has long been reached.
+            yield min(self.first_delay_s * 2 ** min(attempt, 63), self.max_delay_s)
 
 
 NO_RETRY = RetryPolicy(retries=0)

@@ -63,3 +63,15 @@ def test_no_retry_calls_once() -> None:
     with pytest.raises(ServiceUnavailableError):
         call_with_retries(call, NO_RETRY, sleeps)
     assert call.calls == 1
+
+
+def test_any_number_of_retries_waits_doubling_up_to_the_cap() -> None:
+    """2,000 retries overflowed a float computing the last waits (an unexpected error from `fluxfill infer
+    --retries 2000`); the waits come one at a time, so a million are no list in memory either."""
+    call, sleeps = FlakyCall([unavailable()] * 1999), Sleeps()
+    patient = RetryPolicy(retries=2000, first_delay_s=0.5, max_delay_s=8.0)
+    assert call_with_retries(call, patient, sleeps) == "ok"
+    assert sleeps.waited[:6] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    assert set(sleeps.waited[4:]) == {8.0}
+    waits = RetryPolicy(retries=10**12).delays()
+    assert [next(waits) for _ in range(3)] == [0.5, 1.0, 2.0]
