@@ -73,9 +73,10 @@ def _last_error(document: Document) -> str:
     return str(error.get("message", "")) if isinstance(error, Mapping) else ""
 
 
-def _attempts(value: object) -> int:
-    """The claims so far: a whole number the bridge wrote; anything else the document holds (the app writes
-    it too) counts as none, never as an exception on every delivery."""
+def whole_count(value: object) -> int:
+    """A count the bridge wrote into the document (the claims so far, a step): a whole number of 0 or more;
+    anything else the document holds (the app writes it too, an operator may edit it) counts as none, never
+    as an exception on every delivery or command that reads it."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return 0
     if not math.isfinite(value) or value != int(value):
@@ -128,7 +129,7 @@ def claim(
         return Claim(ClaimKind.FINISHED, status=status), None
     if current.get(SessionField.CANCEL_REQUESTED) is True:
         return Claim(ClaimKind.CANCEL_REQUESTED, status=status), None
-    attempts = _attempts(current.get(SessionField.ATTEMPT))
+    attempts = whole_count(current.get(SessionField.ATTEMPT))
     if leased(current, now):
         holder = str(current.get(SessionField.MESSAGE_ID) or "")
         return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder), None

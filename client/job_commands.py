@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import math
 import re
 import sys
 import time
@@ -17,6 +16,7 @@ from fluxfill.bridge.contract import (
     SessionField,
     is_valid_id,
 )
+from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES, whole_count
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.cli_jobs import missing_setting
 from fluxfill.client.errors import (
@@ -127,7 +127,6 @@ def _submit(jobs: JobSystem, args: argparse.Namespace, ref: SessionRef) -> int:
 def _config(jobs: JobSystem, args: argparse.Namespace) -> int:
     """`config show`: the document as JSON; `config set FILE`: validated, then written whole."""
     from fluxfill.bridge.runtime_config import InvalidRuntimeConfigError, parse_runtime_config
-    from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES
 
     if args.config_command == "show":
         document = jobs.runtime_config(args.document)
@@ -204,7 +203,7 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
             sys.stderr.write(f"{status}" + (f" (attempt {attempt})" if attempt else "") + "\n")
             last_status = status
         progress = document_map(document.get(SessionField.PROGRESS.value))
-        step, total = _count(progress.get("step")), _count(progress.get("total"))
+        step, total = whole_count(progress.get("step")), whole_count(progress.get("total"))
         if status == JobStatus.PROCESSING and total and step > last_step:
             bar(step, total)
             last_step = step
@@ -245,10 +244,3 @@ def _report(ref: SessionRef, status: str, document: dict[str, Any], command: str
     if code in _UNAVAILABLE_CODES:
         return EXIT_UNAVAILABLE
     return EXIT_USAGE if code in INPUT_ERRORS else EXIT_FAILED
-
-
-def _count(value: object) -> int:
-    """A whole number of the document (a step, a total), or 0 for anything else."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return 0
-    return int(value)

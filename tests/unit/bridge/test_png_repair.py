@@ -151,9 +151,7 @@ Chunk = tuple[bytes, bytes, bool, bool]  # type, data, checksum right, before th
     )
 )
 @settings(max_examples=150, deadline=None)
-def test_a_png_with_any_ancillary_chunks_decodes_to_its_pixels(
-    chunks: list[tuple[bytes, bytes, bool, bool]],
-) -> None:
+def test_a_png_with_any_ancillary_chunks_decodes_to_its_pixels(chunks: list[Chunk]) -> None:
     """Whatever metadata chunks a PNG holds, before or after its pixel data, with a right checksum or not."""
     original, pixels = png()
     data = original

@@ -129,16 +129,12 @@ UPLOADS = st.one_of(
 )
 
 
-@given(UPLOADS, UPLOADS | st.none(), st.binary(max_size=120) | FIELDS.map(lambda v: json.dumps(v).encode()))
-@settings(max_examples=150, deadline=None)
-def test_any_job_through_the_handler_ends_done_or_refused_with_a_code(
-    original: bytes, mask: bytes | None, extra: bytes
-) -> None:
-    """Random uploads and messages through the whole handler: a terminal outcome, never a retry or a crash."""
-    prefix = "users/u1/sessions/s1"
-    objects = {f"{prefix}/original.png": original}
-    if mask is not None:
-        objects[f"{prefix}/mask.png"] = mask
+PREFIX = "users/u1/sessions/s1"
+JOB = json.dumps({"userId": "u1", "sessionId": "s1", "steps": 1}).encode()
+
+
+def handler_over(objects: dict[str, bytes]) -> tuple[JobHandler, FakeSessionStore]:
+    """A job handler over these uploads, a one-step fake model and its session store."""
     sessions = FakeSessionStore()
     # What the uploads hold is tested here; a mask that is never uploaded fails at once (its wait for a late
     # upload: tests/unit/bridge/test_uploads.py).
@@ -150,7 +146,20 @@ def test_any_job_through_the_handler_ends_done_or_refused_with_a_code(
         FakeModel(steps=1),
         BridgeMetrics(),
     )
-    for data in (json.dumps({"userId": "u1", "sessionId": "s1", "steps": 1}).encode(), extra):
+    return handler, sessions
+
+
+@given(UPLOADS, UPLOADS | st.none(), st.binary(max_size=120) | FIELDS.map(lambda v: json.dumps(v).encode()))
+@settings(max_examples=150, deadline=None)
+def test_any_job_through_the_handler_ends_done_or_refused_with_a_code(
+    original: bytes, mask: bytes | None, extra: bytes
+) -> None:
+    """Random uploads and messages through the whole handler: a terminal outcome, never a retry or a crash."""
+    objects = {f"{PREFIX}/original.png": original}
+    if mask is not None:
+        objects[f"{PREFIX}/mask.png"] = mask
+    handler, sessions = handler_over(objects)
+    for data in (JOB, extra):
         outcome = handler.handle(Delivery(data, "m1"))
         assert outcome.kind in {
             OutcomeKind.DONE,
@@ -161,7 +170,7 @@ def test_any_job_through_the_handler_ends_done_or_refused_with_a_code(
         if outcome.kind in {OutcomeKind.FAILED, OutcomeKind.DEAD_LETTER}:
             assert outcome.code is not None
             assert outcome.reason
-    document = sessions.documents[prefix]
+    document = sessions.documents[PREFIX]
     event(f"{document['status']} {(document.get('error') or {}).get('code', '')}")
     assert document["status"] in {"done", "failed"}
     if document["status"] == "failed":
@@ -235,16 +244,8 @@ def test_a_photo_with_any_exif_is_edited(
         assume(False)
     mask = io.BytesIO()
     Image.new("L", (32, 32), 255).save(mask, format="PNG")
-    prefix = "users/u1/sessions/s1"
-    sessions = FakeSessionStore()
-    handler = JobHandler(
-        BridgeSettings(project="p", subscription="s", bucket="b", instance_id="a", upload_grace_s=0.0),
-        FakeObjectStore({f"{prefix}/original.img": buffer.getvalue(), f"{prefix}/mask.png": mask.getvalue()}),
-        sessions,
-        FakeModel(steps=1),
-        BridgeMetrics(),
+    handler, sessions = handler_over(
+        {f"{PREFIX}/original.img": buffer.getvalue(), f"{PREFIX}/mask.png": mask.getvalue()}
     )
-    outcome = handler.handle(
-        Delivery(json.dumps({"userId": "u1", "sessionId": "s1", "steps": 1}).encode(), "m1")
-    )
-    assert outcome.kind is OutcomeKind.DONE, (outcome, sessions.documents[prefix].get("error"))
+    outcome = handler.handle(Delivery(JOB, "m1"))
+    assert outcome.kind is OutcomeKind.DONE, (outcome, sessions.documents[PREFIX].get("error"))
