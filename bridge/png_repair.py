@@ -8,11 +8,17 @@ image; so do browsers, and a broken animation shows its `IDAT` image. Pillow ref
 shows was refused as `corrupt_image` (found by fuzzing chunk by chunk). After such a refusal the photo is read
 again as `without_skipped_chunks` gives it: the same file without those chunks, every critical chunk (the
 header, the palette, the pixel data) as it was, so a PNG whose pixels are broken is still refused.
+
+Text and a profile are skipped too where they inflate past what Pillow holds (`MAX_TEXT_CHUNK` a chunk,
+`MAX_TEXT_MEMORY` of text in all): libpng skips a chunk it will not hold (8 MB by default) and browsers do not
+read text, but Pillow refused the photo ("Decompressed data too large"): an editor's XMP history, or a bomb.
 """
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+
+from PIL import PngImagePlugin
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIGNATURE_SIZE = len(_SIGNATURE)
@@ -43,6 +49,7 @@ def without_skipped_chunks(data: bytes) -> bytes | None:
         if kind in _ANIMATION
         or (_is_ancillary(kind) and not (crc_ok and _valid(kind, body, colour_type, palette)))
     }
+    skipped |= _past_pillows_text_bounds(chunks, skipped)
     if not skipped:
         return None
     kept = (chunk for index, chunk in enumerate(chunks) if index not in skipped)
@@ -89,6 +96,64 @@ def _valid(kind: bytes, body: bytes, colour_type: int | None, palette: int) -> b
         name_end = body.find(b"\x00", 0, _LONGEST_NAME + 1)
         return name_end > 0 and body[name_end + 1 : name_end + 2] == b"\x00"
     return True
+
+
+def _past_pillows_text_bounds(chunks: Sequence[tuple[bytes, bytes, bool]], skipped: set[int]) -> set[int]:
+    """The text chunks and profiles, of those kept, that Pillow refuses the file for: one that inflates past
+    `MAX_TEXT_CHUNK`, and those past `MAX_TEXT_MEMORY` in all. Counted in bytes and with the profiles (Pillow
+    counts text characters): never less than Pillow, and the inflating a hostile file costs is bounded by
+    the sum. Read at the call: the bridge raises the first (fluxfill.bridge.photo_colours)."""
+    one_chunk, left = PngImagePlugin.MAX_TEXT_CHUNK, PngImagePlugin.MAX_TEXT_MEMORY
+    past = set()
+    for index, (kind, body, _) in enumerate(chunks):
+        if index in skipped or kind not in _INFLATED:
+            continue
+        # Pillow bounds only what it inflates by the first: stored text is in the file already.
+        bound = min(one_chunk, left) if _compressed(kind, body) else left
+        size = _inflated_size(kind, body, bound)
+        if size > bound:
+            past.add(index)
+        else:
+            left -= size
+    return past
+
+
+# The chunks Pillow inflates or holds as text.
+_INFLATED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP"})
+
+
+def _data_start(kind: bytes, body: bytes) -> int:
+    """Where a text chunk's text or a profile's zlib data starts (past the body when it has none)."""
+    name_end = body.find(b"\x00")
+    if name_end < 0:
+        return len(body)
+    if kind == b"tEXt":
+        return name_end + 1
+    if kind != b"iTXt":  # zTXt, iCCP: the compression method's byte
+        return name_end + 2
+    # iTXt: the compression flag and method, then the language tag and the translated keyword, each NUL-ended.
+    language_end = body.find(b"\x00", name_end + 3)
+    translated_end = body.find(b"\x00", language_end + 1) if language_end >= 0 else -1
+    return translated_end + 1 if translated_end >= 0 else len(body)
+
+
+def _compressed(kind: bytes, body: bytes) -> bool:
+    if kind == b"iTXt":
+        name_end = body.find(b"\x00")
+        return name_end >= 0 and body[name_end + 1 : name_end + 2] == b"\x01"
+    return kind != b"tEXt"
+
+
+def _inflated_size(kind: bytes, body: bytes, bound: int) -> int:
+    """The chunk's text or profile as Pillow holds it, in bytes, counted to `bound` + 1 at most (zlib data
+    that does not inflate Pillow holds as nothing); text stored as it is counts whole (it is in the file)."""
+    data = body[_data_start(kind, body) :]
+    if not _compressed(kind, body):
+        return len(data)
+    try:
+        return len(zlib.decompressobj().decompress(data, bound + 1))
+    except zlib.error:
+        return 0
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

@@ -4,12 +4,13 @@ import io
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import PermanentJobError
@@ -60,6 +61,18 @@ def fcTL(sequence: int) -> bytes:  # noqa: N802 - the chunk's name
     return chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, 40, 24, 0, 0, 1, 10, 0, 0))
 
 
+def inflating(kind: bytes, head: bytes, size: int, count: int = 1) -> Callable[[bytes], bytes]:
+    """A chunk (`count` of them) whose zlib data after `head` inflates to `size` zero bytes: a few KB each."""
+    body = head + zlib.compress(bytes(size), 9)
+    return lambda data: with_chunks(data, *[chunk(kind, body)] * count)
+
+
+# Past Pillow's bound on one inflated chunk (raised to a profile's largest by fluxfill.bridge.photo_colours),
+# and on text in all: libpng skips a text chunk or profile it will not hold (8 MB by default), browsers skip
+# text; Pillow refused the file ("Decompressed data too large", "Too much memory used in text chunks").
+PAST_ONE = PngImagePlugin.MAX_TEXT_CHUNK + 1
+IN_ALL = PngImagePlugin.MAX_TEXT_MEMORY // 5 + 1
+
 BROKEN = {
     "pHYs of 8 bytes": lambda data: with_chunks(data, chunk(b"pHYs", bytes(8))),
     "cHRM of 31 bytes": lambda data: with_chunks(data, chunk(b"cHRM", bytes(31))),
@@ -71,6 +84,10 @@ BROKEN = {
     "tEXt of a wrong checksum": lambda data: with_chunks(data, chunk(b"tEXt", b"Comment\x00hi", crc=1)),
     "acTL of 7 bytes": lambda data: with_chunks(data, chunk(b"acTL", bytes(7))),
     "frames out of sequence": lambda data: with_chunks(data, acTL(1), fcTL(3)),
+    "zTXt past Pillow's bound": inflating(b"zTXt", b"Comment\x00\x00", PAST_ONE),
+    "compressed iTXt past the bound": inflating(b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00", PAST_ONE),
+    "iCCP past the bound": inflating(b"iCCP", b"icc\x00\x00", PAST_ONE),
+    "text past Pillow's bound in all": inflating(b"zTXt", b"Comment\x00\x00", IN_ALL, count=5),
 }
 
 
@@ -104,6 +121,21 @@ def test_only_the_skipped_chunks_and_the_animation_are_left_out() -> None:
     repaired = without_skipped_chunks(data)
     assert repaired is not None
     assert chunks_of(repaired) == [c for c in chunks_of(data) if c[0] not in {b"pHYs", b"acTL", b"fcTL"}]
+
+
+def test_text_within_pillows_bounds_is_kept_with_the_skipped_chunks_left_out() -> None:
+    """Stored text past the bound on one inflated chunk is no refusal of Pillow's, nor a compressed one up
+    to it: both kept when the repair runs for another chunk."""
+    original, pixels = png()
+    kept = [
+        chunk(b"tEXt", b"Comment\x00" + b"x" * PAST_ONE),
+        chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(bytes(PAST_ONE - 1))),
+    ]
+    data = with_chunks(original, chunk(b"pHYs", bytes(8)), *kept)
+    repaired = without_skipped_chunks(data)
+    assert repaired is not None
+    assert chunks_of(repaired) == [c for c in chunks_of(data) if c[0] != b"pHYs"]
+    assert np.array_equal(read_photo(data, BIG).pixels, pixels)
 
 
 @pytest.mark.parametrize(

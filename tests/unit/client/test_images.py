@@ -3,7 +3,6 @@
 import io
 import math
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from tests.unit.bridge.test_intake import (
     avif_turned_with_exif_pillow_cannot_write,
     exif_with_a_one_byte_resolution,
 )
-from tests.unit.bridge.test_png_repair import chunk, with_chunks
+from tests.unit.bridge.test_png_repair import BROKEN, chunk
 from tests.unit.bridge.test_png_repair import png as png_of_noise
 
 HEIGHT, WIDTH = 6, 8
@@ -316,11 +315,12 @@ def test_a_photo_whose_exif_breaks_pillows_reader_is_read_as_the_bridge_reads_it
     assert (upload.extension, upload.width, upload.height) == (kind, 24, 40)
 
 
-def test_a_png_with_a_chunk_libpng_skips_is_read_as_the_bridge_reads_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broken", ["pHYs of 8 bytes", "zTXt past Pillow's bound"])
+def test_a_png_with_a_chunk_libpng_skips_is_read_as_the_bridge_reads_it(tmp_path: Path, broken: str) -> None:
     """fluxfill.bridge.png_repair: `fluxfill infer` and `submit` called it not a readable image."""
     original, pixels = png_of_noise()
     path = tmp_path / "screenshot.png"
-    path.write_bytes(with_chunks(original, chunk(b"pHYs", bytes(8))))
+    path.write_bytes(BROKEN[broken](original))
     assert np.array_equal(to_rgb(path), pixels)
     assert photo_upload(path, bridge_limits()).data == path.read_bytes()  # the bridge reads it as it is
 
@@ -427,10 +427,6 @@ def test_an_image_over_pillows_limit_in_a_library_callers_process_is_refused_in_
 
 def png_without_pixels(width: int, height: int) -> bytes:
     """A PNG (8-bit grey) of this size whose pixel data is empty: only a header may be read of it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
 
