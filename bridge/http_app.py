@@ -47,6 +47,12 @@ def delivery_from_envelope(body: bytes) -> Delivery:
     """The handler's Delivery from a push request body; raises EnvelopeError naming what is wrong."""
     try:
         envelope = json.loads(body)
+        if isinstance(envelope, dict) and "message" not in envelope and "userId" in envelope:
+            raise EnvelopeError(
+                "not a Pub/Sub push envelope: the body is a job's data itself, as a push subscription that "
+                "unwraps its payloads (--push-no-wrapper) sends it, without the message's id and attributes; "
+                "turn payload unwrapping off on the subscription"
+            )
         message = envelope["message"]
         data = base64.b64decode(message.get("data", ""), validate=True)
         message_id = str(message.get("messageId") or message["message_id"])
@@ -59,6 +65,8 @@ def delivery_from_envelope(body: bytes) -> Delivery:
             publish_time=_utc(datetime.fromisoformat(publish_time)) if publish_time else None,
             delivery_attempt=int(attempt) if attempt is not None else None,
         )
+    except EnvelopeError:
+        raise
     # RecursionError: JSON nested too deep to parse; OverflowError: an infinite delivery attempt.
     except (
         ValueError,

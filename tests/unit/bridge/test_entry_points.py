@@ -111,3 +111,12 @@ def test_push_envelope_becomes_a_delivery() -> None:
 def test_a_body_that_is_no_envelope_is_refused(body: bytes) -> None:
     with pytest.raises(EnvelopeError, match="not a Pub/Sub push envelope"):
         delivery_from_envelope(body)
+
+
+def test_a_jobs_data_pushed_unwrapped_is_refused_naming_the_subscriptions_setting() -> None:
+    """A push subscription made with --push-no-wrapper sends the message's data alone: every job refused as
+    no envelope, the cause left to guess."""
+    with pytest.raises(EnvelopeError) as refused:
+        delivery_from_envelope(b'{"userId": "u1", "sessionId": "s1", "prompt": "a cat"}')
+    assert str(refused.value).startswith("not a Pub/Sub push envelope: the body is a job's data itself")
+    assert "--push-no-wrapper" in str(refused.value)
