@@ -50,7 +50,7 @@ lint: $(INSTALLED) $(TYPECHECK_TREE)/fluxfill
 	cd $(TYPECHECK_TREE) && ../../$(BIN)/mypy -p fluxfill.inpaint -p fluxfill.client -p fluxfill.bridge
 	# bench imports the tests' bridge harness, which is not strict-typed: follow it silently.
 	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy --follow-imports=silent bench
-	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy chaos tests/unit/test_chaos_invariants.py tests/integration/test_chaos.py
+	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy chaos tests/unit/test_chaos_invariants.py tests/unit/test_chaos_router.py tests/integration/test_chaos.py
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests/unit

@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a ~40-job run, as `make test` does")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--delivery",
+        choices=["pull", "push"],
+        default="pull",
+        help="chaos: the bridges pull (the worker pool), or take pushes through a router (the push service)",
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=None,
@@ -31,13 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="fluxfill-chaos-"))
     if args.mode == "chaos":
         options = (
-            ChaosOptions.quick(args.seed)
+            ChaosOptions.quick(args.seed, args.delivery)
             if args.quick
             else ChaosOptions(
                 jobs=args.jobs,
                 seed=args.seed,
                 rate_per_s=args.rate or ChaosOptions.rate_per_s,
                 settle_timeout_s=args.settle_timeout,
+                delivery=args.delivery,
             )
         )
         report = run_chaos(options, run_dir)

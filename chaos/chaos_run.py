@@ -4,7 +4,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from chaos import faults, invariants, traffic
 from chaos.fleet import Fleet, FleetConfig, running_fleet
@@ -26,14 +26,42 @@ class ChaosOptions:
     settle_timeout_s: float = 600.0
     fault_plan: faults.FaultPlan = field(default_factory=faults.FaultPlan)
     steps: int = 4
+    delivery: Literal["pull", "push"] = "pull"  # chaos.fleet: as the worker pool or the push service
 
     @classmethod
-    def quick(cls, seed: int = 7) -> "ChaosOptions":
+    def quick_push(cls, seed: int = 7) -> "ChaosOptions":
+        """The push service's run in `make test`: ~24 jobs, and the faults whose handling differs by delivery
+        (a bridge killed or hung mid-request, one killed while Firestore holds its final writes, Triton
+        killed while pushes wait for it); the pauses of Storage and Pub/Sub are the quick run's."""
+        plan = faults.FaultPlan(
+            triton_kills=1,
+            triton_stub_kills=0,
+            bridge_kills=1,
+            triton_stops=0,
+            bridge_stops=1,
+            emulator_pauses=(),
+            kills_in_firestore_pause=1,
+            pause_s=6.0,
+        )
+        return cls(
+            jobs=32,
+            seed=seed,
+            rate_per_s=1.6,
+            settle_timeout_s=300.0,
+            fault_plan=plan,
+            steps=40,  # seconds a job, so that the kills find requests in flight
+            delivery="push",
+        )
+
+    @classmethod
+    def quick(cls, seed: int = 7, delivery: Literal["pull", "push"] = "pull") -> "ChaosOptions":
         """About 40 jobs over a ~25 s publishing window, one fault of each kind: the run `make test` runs."""
         plan = faults.FaultPlan(
             triton_kills=1, bridge_kills=1, emulator_pauses=("storage",), triton_stop_s=17.0, pause_s=6.0
         )
-        return cls(jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=300.0, fault_plan=plan)
+        return cls(
+            jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=300.0, fault_plan=plan, delivery=delivery
+        )
 
 
 @dataclass
@@ -54,6 +82,8 @@ class ChaosReport:
     left_on_subscription: int
     notes: list[str] = field(default_factory=list)
     crash_restarts: list[str] = field(default_factory=list)  # Triton dying on its own, restarted
+    # Push: requests the router handed to a bridge, and those it answered 503 for (a bridge down or hung).
+    pushes: tuple[int, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -69,7 +99,9 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
     """Start the fleet, run the schedule, and check everything; the fleet is always stopped at the end."""
     planned = plan(options.jobs, options.seed, options.steps)
     order = traffic.publish_order(planned, options.seed)
-    fleet_config = config or FleetConfig(max_jobs_in_flight_per_user=SHIPPED_PER_USER_LIMIT)
+    fleet_config = config or FleetConfig(
+        max_jobs_in_flight_per_user=SHIPPED_PER_USER_LIMIT, delivery=options.delivery
+    )
     with running_fleet(fleet_config, run_dir) as fleet:
         traffic.prepare(fleet.jobs, planned)
         published = traffic.Published()
@@ -86,6 +118,8 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         settled_s = time.monotonic() - started
         for bridge in fleet.bridges:
             bridge.terminate()
+        if fleet.router is not None:
+            fleet.push_to("")  # pulled below, what is left
         traffic.drain_dead_letters(fleet.jobs, dead)
         left = traffic.left_on_subscription(fleet.jobs, wait_s=3.0)
         evidence = invariants.Evidence(
@@ -114,6 +148,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         left_on_subscription=len(left),
         notes=notes,
         crash_restarts=list(fleet.triton.crash_restarts),
+        pushes=None if fleet.router is None else (fleet.router.forwarded, fleet.router.unanswered),
     )
 
 

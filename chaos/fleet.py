@@ -2,7 +2,8 @@
 
 Everything is real: `python -m fluxfill.bridge` subprocesses and a tritonserver (with its Python-backend
 stubs) serving the tiny FLUX Fill model. SIGKILL is sent to a whole process group, as a crashed container
-dies.
+dies. The bridges pull (the worker pool's way), or take pushes (the push service's way): the emulator pushes
+the jobs' subscription to a router in front of them (chaos.router), as Pub/Sub pushes to Cloud Run.
 """
 
 import contextlib
@@ -14,10 +15,12 @@ import threading
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
 
+from chaos.router import PushRouter, running_router
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.triton_binary import end_group, free_ports, group_members
@@ -61,6 +64,10 @@ class FleetConfig:
     # Priority lanes: the bridges also pull the urgent subscription, and take it first.
     urgent_lane: bool = False
     max_jobs_in_flight_per_user: int = 0
+    # pull, or push through a router; a push waits on its bridge for the whole run, and Pub/Sub pushes the
+    # message again past the ack deadline (600 s as deployed): longer than a Triton outage here.
+    delivery: Literal["pull", "push"] = "pull"
+    push_ack_deadline_s: int = 60
 
 
 class BridgeProcess:
@@ -245,9 +252,22 @@ class Fleet:
     triton: TritonProcess
     bridges: list[BridgeProcess]
     config: FleetConfig
+    router: PushRouter | None = None
+
+    def live_http_ports(self) -> list[int]:
+        """Each bridge's HTTP port while its process runs (0 while it is down)."""
+        return [bridge.http_port if bridge.pids else 0 for bridge in self.bridges]
+
+    def push_to(self, endpoint: str) -> None:
+        """Have the emulator push the jobs' subscription to `endpoint` ("" makes it a pull subscription
+        again: what is left on it is then pulled)."""
+        self.jobs.subscriber.modify_push_config(
+            request={"subscription": self.jobs.subscription, "push_config": {"push_endpoint": endpoint}}
+        )
 
     def bridge_environment(self) -> dict[str, str]:
         config = self.config
+        pushed = {"FLUXFILL_BRIDGE_MODE": "push", "FLUXFILL_BRIDGE_PUSH_AUTH": "false"}
         return {
             **self.emulators.environment(),
             "FLUXFILL_BRIDGE_PROJECT": PROJECT,
@@ -267,6 +287,7 @@ class Fleet:
             "FLUXFILL_BRIDGE_TOPIC": self.jobs.topic_id,
             "FLUXFILL_BRIDGE_URGENT_TOPIC": self.jobs.urgent_topic_id,
             "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER": str(config.max_jobs_in_flight_per_user),
+            **(pushed if config.delivery == "push" else {}),
             **(
                 {"FLUXFILL_BRIDGE_URGENT_SUBSCRIPTION": self.jobs.urgent_subscription_id}
                 if config.urgent_lane
@@ -290,7 +311,8 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
             firestore.Client(project=PROJECT, credentials=credentials),
             PROJECT,
         )
-        jobs.create(config.ack_deadline_s, config.policy_attempts)
+        pushed = config.delivery == "push"
+        jobs.create(config.push_ack_deadline_s if pushed else config.ack_deadline_s, config.policy_attempts)
         triton = TritonProcess(run_dir)
         stack.callback(triton.stop)
         triton.start()
@@ -299,6 +321,9 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
         stack.callback(supervisor.join)
         stack.callback(supervisor_stop.set)
         fleet = Fleet(emulators, jobs, triton, [], config)
+        if pushed:
+            fleet.router = stack.enter_context(running_router(fleet.live_http_ports))
+            fleet.push_to(f"{fleet.router.url}/push")
         environment = fleet.bridge_environment()
         for index in range(config.bridges):
             name = f"bridge-{chr(ord('a') + index)}"

@@ -57,6 +57,12 @@ def chaos_text(report: ChaosReport) -> str:
         f"Pub/Sub's own policy); left on the jobs subscription after the bridges stopped: "
         f"{report.left_on_subscription}"
     )
+    if report.pushes is not None:
+        forwarded, unanswered = report.pushes
+        lines.append(
+            f"Delivery: push, through a router over the bridges (as Cloud Run's): {forwarded} pushes "
+            f"answered by a bridge, {unanswered} answered 503 for a bridge that was down or hung"
+        )
     lines += [f"Note: {note}" for note in report.notes]
     return "\n".join(lines)
 
