@@ -82,8 +82,8 @@ class ChaosReport:
     left_on_subscription: int
     notes: list[str] = field(default_factory=list)
     crash_restarts: list[str] = field(default_factory=list)  # Triton dying on its own, restarted
-    # Push: requests the router handed to a bridge, and those it answered 503 for (a bridge down or hung).
-    pushes: tuple[int, int] | None = None
+    # Push: the bridges' answers by status, and how many the router answered 503 for (a bridge down or hung).
+    pushes: tuple[dict[int, int], int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -148,7 +148,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         left_on_subscription=len(left),
         notes=notes,
         crash_restarts=list(fleet.triton.crash_restarts),
-        pushes=None if fleet.router is None else (fleet.router.forwarded, fleet.router.unanswered),
+        pushes=None if fleet.router is None else (dict(fleet.router.answers), fleet.router.unanswered),
     )
 
 

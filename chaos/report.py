@@ -58,10 +58,11 @@ def chaos_text(report: ChaosReport) -> str:
         f"{report.left_on_subscription}"
     )
     if report.pushes is not None:
-        forwarded, unanswered = report.pushes
+        answers, unanswered = report.pushes
+        by_status = ", ".join(f"{status} x {count}" for status, count in sorted(answers.items()))
         lines.append(
-            f"Delivery: push, through a router over the bridges (as Cloud Run's): {forwarded} pushes "
-            f"answered by a bridge, {unanswered} answered 503 for a bridge that was down or hung"
+            f"Delivery: push, through a router over the bridges (as Cloud Run's); the bridges answered "
+            f"{by_status}; the router answered 503 x {unanswered} for a bridge that was down or hung"
         )
     lines += [f"Note: {note}" for note in report.notes]
     return "\n".join(lines)

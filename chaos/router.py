@@ -11,6 +11,7 @@ import http.client
 import http.server
 import itertools
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
 from fluxfill.client.triton_binary import free_ports
@@ -32,7 +33,7 @@ class PushRouter:
         self._timeout_s = timeout_s
         self._turn = itertools.count()
         self.port = free_ports(1)[0]
-        self.forwarded = 0
+        self.answers: Counter[int] = Counter()  # the bridges' answers by status
         self.unanswered = 0  # answered 503 for a bridge that was down, died or hung
         self._lock = threading.Lock()
         router = self
@@ -74,7 +75,7 @@ class PushRouter:
         finally:
             connection.close()
         with self._lock:
-            self.forwarded += 1
+            self.answers[response.status] += 1
         return response.status, answer
 
     def _unanswered(self, reason: bytes) -> tuple[int, bytes]:
