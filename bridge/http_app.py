@@ -9,12 +9,17 @@ A push beyond `max_concurrent_jobs` waits for a slot (urgent jobs first, fluxfil
 `push_slot_wait_s` before it is refused: Pub/Sub counts every refusal as a delivery attempt, and a message
 refused as often as its subscription's dead-letter policy allows is dead-lettered by Pub/Sub, never
 claimed, its session left `queued` (an 8-job burst at a one-slot bridge did that to 3 jobs on the emulator).
+A push that finds the model not ready (Triton restarting, reloading its weights) waits for it within the same
+`push_slot_wait_s`, for the same reason: answered 503 at once, Pub/Sub's retries (10 s doubling to 600 s, as
+deployed) spent about 6 of a message's 10 attempts in the minutes a reload takes. A bridge that is stopping
+answers 503 at once.
 """
 
 import base64
 import binascii
 import json
 import threading
+import time
 from datetime import UTC, datetime
 
 import structlog
@@ -162,7 +167,7 @@ class HttpEntryPoint:
             return PlainTextResponse("retry later", status_code=503)
 
     async def _push(self, request: Request) -> Response:
-        if not self._bridge.readiness.ready:
+        if self._bridge.readiness.stopping.is_set():
             return PlainTextResponse("not ready", status_code=503)
         refusal = await run_in_threadpool(self._authenticate, request.headers.get("authorization"))
         if refusal is not None:
@@ -187,27 +192,33 @@ class HttpEntryPoint:
         return Response(status_code=204) if acked else PlainTextResponse("retry", status_code=503)
 
     async def _take_slot(self, delivery: Delivery) -> Response | None:
-        """A slot for this push (None), waited for up to push_slot_wait_s; else the refusal: 429 busy, or
-        503 when the bridge began to stop meanwhile (another bridge takes the job)."""
+        """A ready model and a slot for this push (None), waited for up to push_slot_wait_s in all; else the
+        refusal: 503 when the model is still not ready or the bridge began to stop meanwhile (another bridge
+        takes the job), 429 busy."""
         with self._lock:
             crowded = self._waiting >= MAX_PUSHES_WAITING
             if not crowded:
                 self._waiting += 1
         if crowded:
             return PlainTextResponse("busy", status_code=429)
+        readiness = self._bridge.readiness
+        deadline = time.monotonic() + self._bridge.settings.push_slot_wait_s
         try:
-            taken = await run_in_threadpool(
+            ready = await run_in_threadpool(
+                readiness.wait_until_ready, readiness.stopping, deadline - time.monotonic()
+            )
+            taken = ready and await run_in_threadpool(
                 self._gate.acquire,
                 _lane_of(delivery),
-                self._bridge.readiness.stopping,
-                self._bridge.settings.push_slot_wait_s,
+                readiness.stopping,
+                max(0.0, deadline - time.monotonic()),
             )
         finally:
             with self._lock:
                 self._waiting -= 1
         if taken:
             return None
-        if self._bridge.readiness.stopping.is_set():
+        if not ready or readiness.stopping.is_set():
             return PlainTextResponse("not ready", status_code=503)
         return PlainTextResponse("busy", status_code=429)
 

@@ -93,8 +93,10 @@ class Readiness:
             self._metrics.ready.set(1 if ready else 0)
             self._changed.notify_all()
 
-    def wait_until_ready(self, stop: threading.Event) -> bool:
-        """Block until ready (True) or `stop` is set (False, noticed within STOP_CHECK_S)."""
+    def wait_until_ready(self, stop: threading.Event, timeout_s: float | None = None) -> bool:
+        """Block until ready (True), or `stop` is set (False, noticed within STOP_CHECK_S), or `timeout_s`
+        has passed (False)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         # The check and the wait hold the condition's lock together: a change made between them (and its
         # notify) cannot be missed, which once left a puller asleep for a whole readiness interval.
         with self._changed:
@@ -102,7 +104,12 @@ class Readiness:
                 if self.ready:
                     return True
                 # `stop` is an Event, not this condition: wake now and then to see it.
-                self._changed.wait(timeout=min(self._interval_s, STOP_CHECK_S))
+                left = min(self._interval_s, STOP_CHECK_S)
+                if deadline is not None:
+                    left = min(left, deadline - time.monotonic())
+                    if left <= 0:
+                        return False
+                self._changed.wait(timeout=left)
         return False
 
     def poll(self, stop: threading.Event) -> None:

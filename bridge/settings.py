@@ -162,8 +162,9 @@ class BridgeSettings(BaseSettings):
         120.0,
         ge=0,
         le=600,
-        description="push mode: a push beyond max_concurrent_jobs waits this long for a slot before it is "
-        "refused (429); each refusal spends one of the message's Pub/Sub delivery attempts",
+        description="push mode: a push waits this long for the model to be ready and a slot free before it "
+        "is refused (503 not ready, 429 busy); each refusal spends one of the message's Pub/Sub delivery "
+        "attempts",
     )
     upload_grace_s: float = Field(
         30.0,

@@ -20,7 +20,13 @@ from fluxfill.bridge.oidc import (
 )
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import POLICY_ATTEMPTS, JobSystem, is_terminal, running_bridge
+from tests.integration.bridge.harness import (
+    POLICY_ATTEMPTS,
+    JobSystem,
+    TcpProxy,
+    is_terminal,
+    running_bridge,
+)
 from tests.integration.bridge.oidc_keys import (
     AUDIENCE,
     SERVICE_ACCOUNT,
@@ -228,17 +234,43 @@ def test_push_answers_400_to_a_body_that_is_no_envelope(
     assert dead[0].attributes["fluxfillErrorCode"] == "malformed_message"
 
 
-def test_push_answers_503_until_triton_is_ready(jobs: JobSystem) -> None:
-    settings = jobs.settings("127.0.0.1:1", mode="push", push_auth=False)
+def test_push_answers_503_when_triton_is_not_ready_within_its_wait(jobs: JobSystem) -> None:
+    settings = jobs.settings("127.0.0.1:1", mode="push", push_auth=False, push_slot_wait_s=0.5)
     with running_bridge(settings) as bridge:
+        started = time.monotonic()
         pushed = httpx.post(f"{bridge.url}/push", json=envelope(b"{}"), timeout=10)
+        waited = time.monotonic() - started
         ready = httpx.get(f"{bridge.url}/readyz", timeout=10)
         healthy = httpx.get(f"{bridge.url}/healthz", timeout=10)
         metrics = httpx.get(f"{bridge.url}/metrics", timeout=10)
-    assert pushed.status_code == 503
+    assert (pushed.status_code, pushed.text) == (503, "not ready")
+    assert waited >= 0.5
     assert ready.status_code == 503
     assert healthy.status_code == 200
     assert "fluxfill_bridge_ready 0.0" in metrics.text
+
+
+def test_a_push_while_triton_is_down_waits_for_it_and_spends_no_delivery_attempt(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Answered 503 at once, every push while Triton restarted spent one of the message's delivery attempts:
+    as deployed (retries 10 s, doubling to 600 s) the minutes a real model's reload takes spent up to 6 of
+    the subscription's 10, and a longer outage dead-lettered the job unclaimed, its session left `queued`.
+    Now a push waits for the model within `push_slot_wait_s`, as it waits for a slot."""
+    proxy = TcpProxy(flux_server.grpc_port)  # down: the bridge's Triton is not there yet
+    user, session = jobs.new_job()
+    settings = jobs.settings(proxy.url, mode="push", push_auth=False, push_slot_wait_s=60)
+    with running_bridge(settings) as bridge, ThreadPoolExecutor(max_workers=1) as pool:
+        pushed = pool.submit(push_job, bridge.url, user, session)
+        time.sleep(1.5)
+        assert not pushed.done(), f"held while Triton is down, not answered: {pushed.result()}"
+        proxy.up()
+        try:
+            answer = pushed.result(timeout=60)
+        finally:
+            proxy.down()
+    assert answer.status_code == 204
+    assert jobs.session(user, session)["status"] == "done"
 
 
 def test_verifier_caches_certificates_for_their_http_lifetime(google_key: SigningKey) -> None:

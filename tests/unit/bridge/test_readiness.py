@@ -45,6 +45,17 @@ def test_a_stop_ends_the_wait_without_waiting_out_the_interval() -> None:
     assert answers == [False]
 
 
+def test_a_wait_with_a_timeout_ends_then_unready_or_at_the_change_ready() -> None:
+    model = Model()
+    readiness = Readiness(model, LONG_INTERVAL_S, BridgeMetrics())
+    stop = threading.Event()
+    started = time.monotonic()
+    assert readiness.wait_until_ready(stop, timeout_s=0.3) is False
+    assert 0.3 <= time.monotonic() - started < 5
+    threading.Timer(0.2, lambda: (setattr(model, "ready", True), readiness.check())).start()
+    assert readiness.wait_until_ready(stop, timeout_s=30) is True
+
+
 def test_readiness_wakes_every_waiter_at_once_however_often_it_flips() -> None:
     # Many waiters racing many changes: none may sleep through the change it waits for (a missed notify
     # would keep it asleep for the whole interval).
