@@ -23,6 +23,8 @@ from PIL import PngImagePlugin
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SIGNATURE_SIZE = len(_SIGNATURE)
 _ANIMATION = frozenset({b"acTL", b"fcTL", b"fdAT"})
+# The chunks Pillow inflates or holds as text (bounded: fluxfill.bridge.png_repair._past_pillows_text_bounds).
+_INFLATED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP"})
 # Ancillary chunks of a fixed size, as the standard gives it (Pillow refuses them at any other size).
 _FIXED_SIZES = {b"gAMA": 4, b"cHRM": 32, b"sRGB": 1, b"pHYs": 9, b"acTL": 8, b"fcTL": 26}
 # tRNS: its size by colour type (greyscale, truecolour); a palette's is one byte an entry at most, and the
@@ -116,10 +118,6 @@ def _past_pillows_text_bounds(chunks: Sequence[tuple[bytes, bytes, bool]], skipp
         else:
             left -= size
     return past
-
-
-# The chunks Pillow inflates or holds as text.
-_INFLATED = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP"})
 
 
 def _data_start(kind: bytes, body: bytes) -> int:
