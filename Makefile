@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme lock bench chaos saturation soak priority fairness clean images
+.PHONY: demo test lint unit integration tiny-model readme lock bench chaos chaos-push saturation soak priority fairness clean images
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 # The venv takes torch's CPU build, explicitly: on plain PyPI `torch==2.13.0` IS the CUDA 13 build (several GB of
@@ -86,6 +86,8 @@ bench: $(INSTALLED)
 # Load, soak and chaos runs of the whole job path (chaos/): exit 1 when an invariant breaks.
 chaos: $(INSTALLED)
 	$(BIN)/python -m chaos --jobs 500
+chaos-push: $(INSTALLED)
+	$(BIN)/python -m chaos --quick --delivery push
 saturation: $(INSTALLED)
 	$(BIN)/python -m chaos saturation
 soak: $(INSTALLED)

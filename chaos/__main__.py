@@ -16,7 +16,11 @@ def main(argv: list[str] | None = None) -> int:
         "mode", nargs="?", default="chaos", choices=["chaos", "saturation", "soak", "priority", "fairness"]
     )
     parser.add_argument("--jobs", type=int, default=500, help="jobs in the chaos mix (default 500)")
-    parser.add_argument("--quick", action="store_true", help="a ~40-job run, as `make test` does")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a ~40-job run, as `make test` does (with --delivery push: 32 jobs, the push path's faults)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
         "--delivery",
@@ -37,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix="fluxfill-chaos-"))
     if args.mode == "chaos":
         options = (
-            ChaosOptions.quick(args.seed, args.delivery)
+            (ChaosOptions.quick_push(args.seed) if args.delivery == "push" else ChaosOptions.quick(args.seed))
             if args.quick
             else ChaosOptions(
                 jobs=args.jobs,

@@ -30,10 +30,10 @@ class ChaosOptions:
 
     @classmethod
     def quick_push(cls, seed: int = 7) -> "ChaosOptions":
-        """The push service's run in `make test`: 32 jobs, and the faults whose handling differs by delivery
-        (a bridge killed mid-request, one killed while Firestore holds its final writes, Triton killed while
-        pushes wait for it). The hangs and the pauses are the quick run's (a hung bridge's request, the
-        router's timeout: tests/unit/test_chaos_router.py)."""
+        """The push service's quick run, `make chaos-push` (not in `make test`, near its 15 minutes): 32 jobs
+        and the faults whose handling differs by delivery (a bridge killed mid-request, one killed while
+        Firestore holds its final writes, Triton killed while pushes wait for it); the hangs and pauses are
+        the quick run's (a hung bridge's request, the router's timeout: tests/unit/test_chaos_router.py)."""
         plan = faults.FaultPlan(
             triton_kills=1,
             triton_stub_kills=0,
@@ -55,14 +55,12 @@ class ChaosOptions:
         )
 
     @classmethod
-    def quick(cls, seed: int = 7, delivery: Literal["pull", "push"] = "pull") -> "ChaosOptions":
+    def quick(cls, seed: int = 7) -> "ChaosOptions":
         """About 40 jobs over a ~25 s publishing window, one fault of each kind: the run `make test` runs."""
         plan = faults.FaultPlan(
             triton_kills=1, bridge_kills=1, emulator_pauses=("storage",), triton_stop_s=17.0, pause_s=6.0
         )
-        return cls(
-            jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=300.0, fault_plan=plan, delivery=delivery
-        )
+        return cls(jobs=40, seed=seed, rate_per_s=2.0, settle_timeout_s=300.0, fault_plan=plan)
 
 
 @dataclass

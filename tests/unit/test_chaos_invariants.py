@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from chaos import faults, invariants
+from chaos.chaos_run import ChaosOptions
 from chaos.fleet import FleetConfig
 from chaos.traffic import publish_order
 from chaos.workload import Kind, PlannedJob, plan
@@ -214,3 +215,16 @@ def test_a_wait_is_measured_in_the_runs_it_waited_behind() -> None:
     published = {"waiting": at(0), "at_once": at(16), "alone": at(21), "failed": at(0)}
     planned = [job("waiting"), job("at_once"), job("alone"), job("failed")]
     assert waits_in_runs_behind(planned, published, docs) == [2.5, 0.0, 0.0]
+
+
+def test_the_quick_push_run_pushes_and_meets_the_push_paths_faults_within_its_window() -> None:
+    options = ChaosOptions.quick_push()
+    window_s = options.jobs / options.rate_per_s
+    schedule = faults.schedule(["bridge-a", "bridge-b"], window_s, options.seed, options.fault_plan)
+    assert options.delivery == "push"
+    assert sorted((f.target == "triton", f.action) for f in schedule) == [
+        (False, "kill"),
+        (False, "kill-in-pause"),
+        (True, "kill"),
+    ]
+    assert all(0 < f.at_s < window_s for f in schedule)
