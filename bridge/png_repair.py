@@ -110,9 +110,10 @@ def _past_pillows_text_bounds(chunks: Sequence[tuple[bytes, bytes, bool]], skipp
     for index, (kind, body, _) in enumerate(chunks):
         if index in skipped or kind not in _INFLATED:
             continue
+        data, compressed = _text_data(kind, body)
         # Pillow bounds only what it inflates by the first: stored text is in the file already.
-        bound = min(one_chunk, left) if _compressed(kind, body) else left
-        size = _inflated_size(kind, body, bound)
+        bound = min(one_chunk, left) if compressed else left
+        size = _inflated_size(data, bound) if compressed else len(data)
         if size > bound:
             past.add(index)
         else:
@@ -120,34 +121,26 @@ def _past_pillows_text_bounds(chunks: Sequence[tuple[bytes, bytes, bool]], skipp
     return past
 
 
-def _data_start(kind: bytes, body: bytes) -> int:
-    """Where a text chunk's text or a profile's zlib data starts (past the body when it has none)."""
+def _text_data(kind: bytes, body: bytes) -> tuple[bytes, bool]:
+    """A text chunk's text or a profile's zlib data (empty where the chunk has none), and whether it is
+    compressed."""
     name_end = body.find(b"\x00")
     if name_end < 0:
-        return len(body)
+        return b"", False
     if kind == b"tEXt":
-        return name_end + 1
-    if kind != b"iTXt":  # zTXt, iCCP: the compression method's byte
-        return name_end + 2
+        return body[name_end + 1 :], False
+    if kind != b"iTXt":  # zTXt, iCCP: the compression method's byte, then the zlib data
+        return body[name_end + 2 :], True
     # iTXt: the compression flag and method, then the language tag and the translated keyword, each NUL-ended.
+    compressed = body[name_end + 1 : name_end + 2] == b"\x01"
     language_end = body.find(b"\x00", name_end + 3)
     translated_end = body.find(b"\x00", language_end + 1) if language_end >= 0 else -1
-    return translated_end + 1 if translated_end >= 0 else len(body)
+    return (body[translated_end + 1 :] if translated_end >= 0 else b""), compressed
 
 
-def _compressed(kind: bytes, body: bytes) -> bool:
-    if kind == b"iTXt":
-        name_end = body.find(b"\x00")
-        return name_end >= 0 and body[name_end + 1 : name_end + 2] == b"\x01"
-    return kind != b"tEXt"
-
-
-def _inflated_size(kind: bytes, body: bytes, bound: int) -> int:
-    """The chunk's text or profile as Pillow holds it, in bytes, counted to `bound` + 1 at most (zlib data
-    that does not inflate Pillow holds as nothing); text stored as it is counts whole (it is in the file)."""
-    data = body[_data_start(kind, body) :]
-    if not _compressed(kind, body):
-        return len(data)
+def _inflated_size(data: bytes, bound: int) -> int:
+    """zlib data's size inflated, counted to `bound` + 1 at most (data that does not inflate Pillow holds as
+    nothing)."""
     try:
         return len(zlib.decompressobj().decompress(data, bound + 1))
     except zlib.error:

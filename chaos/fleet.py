@@ -267,7 +267,7 @@ class Fleet:
 
     def bridge_environment(self) -> dict[str, str]:
         config = self.config
-        pushed = {"FLUXFILL_BRIDGE_MODE": "push", "FLUXFILL_BRIDGE_PUSH_AUTH": "false"}
+        push_mode = {"FLUXFILL_BRIDGE_MODE": "push", "FLUXFILL_BRIDGE_PUSH_AUTH": "false"}
         return {
             **self.emulators.environment(),
             "FLUXFILL_BRIDGE_PROJECT": PROJECT,
@@ -287,7 +287,7 @@ class Fleet:
             "FLUXFILL_BRIDGE_TOPIC": self.jobs.topic_id,
             "FLUXFILL_BRIDGE_URGENT_TOPIC": self.jobs.urgent_topic_id,
             "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER": str(config.max_jobs_in_flight_per_user),
-            **(pushed if config.delivery == "push" else {}),
+            **(push_mode if config.delivery == "push" else {}),
             **(
                 {"FLUXFILL_BRIDGE_URGENT_SUBSCRIPTION": self.jobs.urgent_subscription_id}
                 if config.urgent_lane

@@ -14,8 +14,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
-from fluxfill.client.triton_binary import free_ports
-
 # Cloud Run's request timeout for the push service is the subscription's ack deadline (600 s there); the
 # runs here take seconds, and a bridge SIGSTOPped for 8 s must be waited out, not given up on at once.
 FORWARD_TIMEOUT_S = 60.0
@@ -32,7 +30,6 @@ class PushRouter:
         self._ports = ports
         self._timeout_s = timeout_s
         self._turn = itertools.count()
-        self.port = free_ports(1)[0]
         self.answers: Counter[int] = Counter()  # the bridges' answers by status
         self.unanswered = 0  # answered 503 for a bridge that was down, died or hung
         self._lock = threading.Lock()
@@ -51,8 +48,9 @@ class PushRouter:
             def log_message(self, *_args: object) -> None:
                 pass  # one line per push on stderr otherwise
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Forward)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Forward)
         self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="push-router", daemon=True)
 
     @property
