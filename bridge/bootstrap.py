@@ -20,6 +20,7 @@ from fluxfill.bridge.adapters.pubsub import (
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
+from fluxfill.bridge.carry_over import CarryOver
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.credentials import google_credentials
 from fluxfill.bridge.dead_letters import OncePerMessage
@@ -48,6 +49,8 @@ class Bridge:
     # A second client whose channel only pulls: closed on stop, ending a pull that waits for messages.
     pull_subscriber: Any = field(default=None)
     parking: Parking | None = None  # jobs over their user's limit (with that limit): swept now and then
+    # Jobs given back on their subscription's last deliveries go out anew (with that maximum set).
+    carry_over: CarryOver | None = None
     vital: VitalThreads = field(default_factory=VitalThreads)  # its own threads; a death fails /healthz
 
 
@@ -116,8 +119,23 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
     subscriber, pull_subscriber = None, None
     if settings.mode == "pull":
         subscriber, pull_subscriber = subscriber_client(credentials), subscriber_client(credentials)
+    carry_over = None
+    if settings.subscription_max_delivery_attempts:
+        assert publisher is not None  # settings require the topic with it
+        carry_over = CarryOver(
+            _requeue(settings, publisher), settings.subscription_max_delivery_attempts, metrics
+        )
     return Bridge(
-        settings, handler, readiness, metrics, dead_letters, verifier, subscriber, pull_subscriber, parking
+        settings,
+        handler,
+        readiness,
+        metrics,
+        dead_letters,
+        verifier,
+        subscriber,
+        pull_subscriber,
+        parking,
+        carry_over,
     )
 
 

@@ -122,7 +122,11 @@ FIRESTORE_RULES = Path(__file__).with_name("firestore.rules")
 # Attributes the bridge sets on a message it publishes to the dead-letter topic itself.
 DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"
 DEAD_LETTER_REASON_ATTRIBUTE = "fluxfillErrorMessage"
-DEAD_LETTER_MESSAGE_ID_ATTRIBUTE = "fluxfillOriginalMessageId"
+# The id of the message a job was first delivered as, on the copies the bridge publishes of it: its dead
+# letters, and its carried-over messages (fluxfill.bridge.carry_over), which claim the job under that id.
+ORIGINAL_MESSAGE_ID_ATTRIBUTE = "fluxfillOriginalMessageId"
+# How often a job's message was published anew by a bridge instead of given back on its last delivery.
+CARRIED_OVER_ATTRIBUTE = "fluxfillCarriedOver"
 # Priority lanes: a job's `priority`, and the topic and subscription it travels on.
 URGENT_LANE = "urgent"
 BULK_LANE = "bulk"

@@ -4,7 +4,7 @@ from collections.abc import Mapping
 
 import structlog
 
-from fluxfill.bridge.contract import DEAD_LETTER_MESSAGE_ID_ATTRIBUTE, ErrorCode
+from fluxfill.bridge.contract import ORIGINAL_MESSAGE_ID_ATTRIBUTE, ErrorCode
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.ports import DeadLetterLedger, DeadLetterSink
 
@@ -26,7 +26,7 @@ class OncePerMessage:
 
     def publish(self, data: bytes, attributes: Mapping[str, str], code: ErrorCode, reason: str) -> None:
         """See DeadLetterSink.publish; returns at once for a message already dead-lettered."""
-        message_id = attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE, "")
+        message_id = attributes.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE, "")
         if message_id and self._recorded(message_id):
             logger.info("already dead-lettered; not publishing it again", code=code)
             return

@@ -157,7 +157,7 @@ class JobHandler:
                 outcome = decide(delivery)
             except Exception:  # a bug must not escape to the entry point: the message comes back
                 logger.exception("unexpected error while handling the delivery")
-                outcome = Outcome(OutcomeKind.RETRY, reason="internal error")
+                outcome = Outcome(OutcomeKind.RETRY, reason="internal error", may_carry_over=False)
             warn = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD_LETTER)
             log = logger.warning if warn else logger.info
             log("job outcome", outcome=outcome.kind.value, code=outcome.code, reason=outcome.reason)
@@ -175,7 +175,7 @@ class JobHandler:
             job = parse_job(delivery.data)
         except InvalidJobError as error:
             return unclaimed.refuse(self._sessions, self._settings.session_template, error)
-        ref = JobRef(job.paths(self._settings.session_template), delivery.message_id, job.userId)
+        ref = JobRef(job.paths(self._settings.session_template), delivery.original_message_id, job.userId)
         structlog.contextvars.bind_contextvars(userId=job.userId, sessionId=job.sessionId)
         try:
             return self._claim_and_run(job, ref, delivery)

@@ -1,9 +1,9 @@
 """The HTTP side: /healthz, /readyz and /metrics always; /push (Cloud Run) in push mode.
 
-/push answers every request with a decision Pub/Sub understands, never a 500: 204 (done, or dead-lettered),
-400 (no push envelope), 401/403 (token), 413 (body over MAX_PUSH_BODY_BYTES, refused before parsing), 429
-(busy) or 503 (not ready, or retry later). Token checks and the job run off the event loop, so /healthz
-answers while they block.
+/push answers every request with a decision Pub/Sub understands, never a 500: 204 (done, dead-lettered, or
+carried over), 400 (no push envelope), 401/403 (token), 413 (body over MAX_PUSH_BODY_BYTES, refused before
+parsing), 429 (busy) or 503 (not ready, stopping, or retry later). Token checks and the job run off the event
+loop, so /healthz answers while they block.
 
 A push beyond `max_concurrent_jobs` waits for a slot (urgent jobs first, fluxfill.bridge.lanes) for up to
 `push_slot_wait_s` before it is refused: Pub/Sub counts every refusal as a delivery attempt, and a message
@@ -12,7 +12,8 @@ claimed, its session left `queued` (an 8-job burst at a one-slot bridge did that
 A push that finds the model not ready (Triton restarting, reloading its weights) waits for it within the same
 `push_slot_wait_s`, for the same reason: answered 503 at once, Pub/Sub's retries (10 s doubling to 600 s, as
 deployed) spent about 6 of a message's 10 attempts in the minutes a reload takes. A bridge that is stopping
-answers 503 at once.
+answers 503 at once. A push refused on one of the last deliveries its subscription allows is carried over to a
+new message instead (fluxfill.bridge.carry_over), so that no wait, however long, has Pub/Sub dead-letter it.
 """
 
 import base64
@@ -30,8 +31,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from fluxfill.bridge.bootstrap import Bridge
-from fluxfill.bridge.contract import BULK_LANE, InvalidJobError, parse_job
-from fluxfill.bridge.lanes import SlotGate
+from fluxfill.bridge.lanes import SlotGate, lane_of
 from fluxfill.bridge.oidc import CertificatesUnavailableError, PushAuthError
 from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.settle import should_ack
@@ -42,6 +42,8 @@ MAX_PUSH_BODY_BYTES = 14_500_000
 # Pushes waiting for a slot at once, at most: each waits on a worker thread (the pool has 40), and a platform
 # that sends more than a few beyond the slots is better told 429 early.
 MAX_PUSHES_WAITING = 16
+# A push not taken, by why: the answer Pub/Sub gets (each spends one of the message's delivery attempts).
+REFUSALS = {"busy": (429, "busy"), "not_ready": (503, "not ready"), "stopping": (503, "stopping")}
 
 
 class EnvelopeError(ValueError):
@@ -83,14 +85,6 @@ def delivery_from_envelope(body: bytes) -> Delivery:
         OverflowError,
     ) as error:
         raise EnvelopeError(f"not a Pub/Sub push envelope: {type(error).__name__}: {error}") from None
-
-
-def _lane_of(delivery: Delivery) -> str:
-    """The lane a push waits in: its job's priority (a message that is no job is refused by the handler)."""
-    try:
-        return parse_job(delivery.data).priority
-    except InvalidJobError:
-        return BULK_LANE
 
 
 def _utc(moment: datetime) -> datetime:
@@ -182,25 +176,25 @@ class HttpEntryPoint:
         except EnvelopeError as error:
             logger.warning("push body refused", reason=str(error))
             return PlainTextResponse(str(error), status_code=400)
-        refusal = await self._take_slot(delivery)
-        if refusal is not None:
-            return refusal
+        not_taken = await self._take_slot(delivery)
+        if not_taken is not None:
+            return await self._refused(delivery, not_taken)
         try:
             acked = await run_in_threadpool(self._handle, delivery)
         finally:
             self._gate.release()
         return Response(status_code=204) if acked else PlainTextResponse("retry", status_code=503)
 
-    async def _take_slot(self, delivery: Delivery) -> Response | None:
-        """A ready model and a slot for this push (None), waited for up to push_slot_wait_s in all; else the
-        refusal: 503 when the model is still not ready or the bridge began to stop meanwhile (another bridge
-        takes the job), 429 busy."""
+    async def _take_slot(self, delivery: Delivery) -> str | None:
+        """A ready model and a slot for this push (None), waited for up to push_slot_wait_s in all; else why
+        not (a key of REFUSALS): the model still not ready, the bridge stopping meanwhile (another bridge
+        takes the job), or busy."""
         with self._lock:
             crowded = self._waiting >= MAX_PUSHES_WAITING
             if not crowded:
                 self._waiting += 1
         if crowded:
-            return PlainTextResponse("busy", status_code=429)
+            return "busy"
         readiness = self._bridge.readiness
         deadline = time.monotonic() + self._bridge.settings.push_slot_wait_s
         try:
@@ -209,7 +203,7 @@ class HttpEntryPoint:
             )
             taken = ready and await run_in_threadpool(
                 self._gate.acquire,
-                _lane_of(delivery),
+                lane_of(delivery.data),
                 readiness.stopping,
                 max(0.0, deadline - time.monotonic()),
             )
@@ -218,13 +212,27 @@ class HttpEntryPoint:
                 self._waiting -= 1
         if taken:
             return None
-        if not ready or readiness.stopping.is_set():
-            return PlainTextResponse("not ready", status_code=503)
-        return PlainTextResponse("busy", status_code=429)
+        if readiness.stopping.is_set():
+            return "stopping"
+        return "busy" if ready else "not_ready"
+
+    async def _refused(self, delivery: Delivery, why: str) -> Response:
+        """The refusal `why` names, which Pub/Sub counts as a delivery attempt; on the last attempts its
+        subscription allows, the job is carried over to a new message instead (fluxfill.bridge.carry_over)."""
+        carry_over = self._bridge.carry_over
+        # `due` first, on the event loop: the carry-over's publish blocks, and few refusals are due one.
+        if (
+            carry_over is not None
+            and carry_over.due(delivery)
+            and await run_in_threadpool(carry_over.instead_of_giving_back, delivery, why)
+        ):
+            return Response(status_code=204)
+        status, text = REFUSALS[why]
+        return PlainTextResponse(text, status_code=status)
 
     def _handle(self, delivery: Delivery) -> bool:
         outcome = self._bridge.handler.handle(delivery)
-        return should_ack(outcome, delivery, self._bridge.dead_letters)
+        return should_ack(outcome, delivery, self._bridge.dead_letters, self._bridge.carry_over)
 
     def _authenticate(self, authorization: str | None) -> Response | None:
         verifier = self._bridge.verifier

@@ -17,8 +17,17 @@ import time
 
 from prometheus_client import Gauge
 
-from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
+from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE, InvalidJobError, parse_job
 from fluxfill.bridge.readiness import STOP_CHECK_S
+
+
+def lane_of(data: bytes) -> str:
+    """The lane of a message's job: its priority (bulk for a message that is no job, which the handler
+    refuses)."""
+    try:
+        return parse_job(data).priority
+    except InvalidJobError:
+        return BULK_LANE
 
 
 class SlotGate:

@@ -56,6 +56,13 @@ class BridgeMetrics:
             ["event"],
             registry=self.registry,
         )
+        self.carried_over = Counter(
+            "fluxfill_bridge_carried_over",
+            "Jobs published anew instead of given back on their subscription's last deliveries, by why they "
+            "were to be given back: retry, not_ready, busy, stopping",
+            ["why"],
+            registry=self.registry,
+        )
         self.triton_errors = Counter(
             "fluxfill_bridge_triton_errors",
             "Failed Triton calls, by error",

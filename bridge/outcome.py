@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from fluxfill.bridge.contract import INPUT_ERRORS, ErrorCode
+from fluxfill.bridge.contract import INPUT_ERRORS, ORIGINAL_MESSAGE_ID_ATTRIBUTE, ErrorCode
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,12 @@ class Delivery:
     attributes: Mapping[str, str] = field(default_factory=dict)
     publish_time: datetime | None = None
     delivery_attempt: int | None = None  # set by Pub/Sub only on subscriptions with a dead-letter policy
+
+    @property
+    def original_message_id(self) -> str:
+        """The id a job's claim holds it under: of the message the job was first delivered as, which a copy
+        the bridge published (carried over) names in an attribute; else this message's own."""
+        return self.attributes.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE) or self.message_id
 
 
 class OutcomeKind(StrEnum):
@@ -40,12 +46,15 @@ class Outcome:
 
     `finalize` (dead letters only) records the job's end; it runs only once the dead letter is published, so
     a failed publish leaves the job to its next delivery instead of ending it without a dead letter.
+    `may_carry_over` (retries only): False for a retry after a bug, which Pub/Sub's dead-lettering is left to
+    end, as a message that crashes the bridge (fluxfill.bridge.carry_over).
     """
 
     kind: OutcomeKind
     code: ErrorCode | None = None
     reason: str = ""
     finalize: Callable[[], None] | None = field(default=None, compare=False)
+    may_carry_over: bool = True
 
     @property
     def fault(self) -> str:

@@ -198,7 +198,7 @@ class DeadLetterLedger(Protocol):
 
 
 class Requeue(Protocol):
-    """Where a parked job is published again when it is released: the topic of its lane (its priority)."""
+    """Where a job is published again (a parked one released, one carried over): its lane's topic."""
 
     def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
         """Publish and wait for the server's acknowledgement; raises RetryableError on failure."""

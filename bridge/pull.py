@@ -92,19 +92,20 @@ class PullRunner:
             self._leases.nack(held)
 
     def _settle(self, lane: str, received: Any, held: HeldMessage) -> bool:
-        if not self._bridge.readiness.wait_until_ready(self._stop):
-            return False
         delivery = delivery_of(received)
+        carry_over = self._bridge.carry_over
+        if not self._bridge.readiness.wait_until_ready(self._stop):
+            return carry_over is not None and carry_over.instead_of_giving_back(delivery, "stopping")
         # A job of a user at the limit is parked without waiting for a slot it would not use.
         early = self._bridge.handler.defer_if_user_at_limit(delivery)
         if early is not None:
-            return should_ack(early, delivery, self._bridge.dead_letters)
+            return should_ack(early, delivery, self._bridge.dead_letters, carry_over)
         if not self._gate.acquire(lane, self._stop):
-            return False
+            return carry_over is not None and carry_over.instead_of_giving_back(delivery, "stopping")
         self._leases.started(held)
         try:
             outcome = self._bridge.handler.handle(delivery)
-            return should_ack(outcome, delivery, self._bridge.dead_letters)
+            return should_ack(outcome, delivery, self._bridge.dead_letters, carry_over)
         finally:
             self._gate.release()
 

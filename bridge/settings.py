@@ -152,6 +152,15 @@ class BridgeSettings(BaseSettings):
     max_delivery_attempts: int = Field(
         5, ge=1, description="after this many attempts a retryable failure fails the job and dead-letters it"
     )
+    subscription_max_delivery_attempts: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="the job subscriptions' dead-letter policy's max_delivery_attempts: a job the bridge "
+        "would give back (model not ready, busy, Firestore away, stopping) on one of the last two deliveries "
+        "it allows is published anew to its topic instead, so that Pub/Sub never dead-letters it unclaimed; "
+        "0 = not known, never",
+    )
     progress_interval_s: float = Field(
         1.0, gt=0, description="least time between progress writes (also the cancel check period)"
     )
@@ -224,6 +233,11 @@ class BridgeSettings(BaseSettings):
             raise ValueError(
                 "FLUXFILL_BRIDGE_MAX_JOBS_IN_FLIGHT_PER_USER publishes parked jobs again: set "
                 "FLUXFILL_BRIDGE_TOPIC to the jobs topic"
+            )
+        if self.subscription_max_delivery_attempts and not self.topic:
+            raise ValueError(
+                "FLUXFILL_BRIDGE_SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS publishes jobs anew on their last "
+                "deliveries: set FLUXFILL_BRIDGE_TOPIC to the jobs topic"
             )
         return self
 

@@ -2,7 +2,8 @@
 
 import structlog
 
-from fluxfill.bridge.contract import DEAD_LETTER_MESSAGE_ID_ATTRIBUTE, ErrorCode
+from fluxfill.bridge.carry_over import CarryOver
+from fluxfill.bridge.contract import ORIGINAL_MESSAGE_ID_ATTRIBUTE, ErrorCode
 from fluxfill.bridge.errors import PermanentJobError, RetryableError
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import DeadLetterSink
@@ -10,8 +11,18 @@ from fluxfill.bridge.ports import DeadLetterSink
 logger = structlog.get_logger(__name__)
 
 
-def should_ack(outcome: Outcome, delivery: Delivery, dead_letters: DeadLetterSink | None) -> bool:
-    """True to ack; a dead-letter outcome is acked only once the dead-letter topic has the message."""
+def should_ack(
+    outcome: Outcome,
+    delivery: Delivery,
+    dead_letters: DeadLetterSink | None,
+    carry_over: CarryOver | None = None,
+) -> bool:
+    """True to ack; a dead-letter outcome is acked only once the dead-letter topic has the message, a retry on
+    one of the subscription's last deliveries once the job is carried over to a new message."""
+    if outcome.kind is OutcomeKind.RETRY:
+        return bool(
+            carry_over and outcome.may_carry_over and carry_over.instead_of_giving_back(delivery, "retry")
+        )
     if outcome.kind is not OutcomeKind.DEAD_LETTER:
         return outcome.ack
     if dead_letters is None:
@@ -20,7 +31,7 @@ def should_ack(outcome: Outcome, delivery: Delivery, dead_letters: DeadLetterSin
         logger.error("no dead-letter topic configured; nacking", code=outcome.code, reason=outcome.reason)
         _finalize(outcome)
         return False
-    attributes = {**delivery.attributes, DEAD_LETTER_MESSAGE_ID_ATTRIBUTE: delivery.message_id}
+    attributes = {**delivery.attributes, ORIGINAL_MESSAGE_ID_ATTRIBUTE: delivery.original_message_id}
     try:
         dead_letters.publish(delivery.data, attributes, outcome.code or ErrorCode.INVALID_JOB, outcome.reason)
     except RetryableError as error:

@@ -42,9 +42,10 @@ def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Del
     if claim.kind is ClaimKind.FINISHED:
         return Outcome(OutcomeKind.DUPLICATE, reason=f"already {claim.status}")
     if claim.kind is ClaimKind.BUSY:
-        if claim.holder_message_id and claim.holder_message_id != delivery.message_id:
+        if claim.holder_message_id and claim.holder_message_id != delivery.original_message_id:
             # Another message of the same job runs under a live claim: that message stays unacked until the
-            # run ends, and comes back if it does not, so this copy is not needed.
+            # run ends, and comes back if it does not, so this copy is not needed. A copy carried over from
+            # the running message itself is not another: it may be all that is left should the run die.
             return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
         return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")
     if claim.kind is ClaimKind.EXHAUSTED:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from chaos import faults, invariants, traffic
 from chaos.fleet import Fleet, FleetConfig, running_fleet
 from chaos.workload import Kind, PlannedJob, plan
-from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE, DEAD_LETTER_MESSAGE_ID_ATTRIBUTE
+from fluxfill.bridge.contract import DEAD_LETTER_CODE_ATTRIBUTE, ORIGINAL_MESSAGE_ID_ATTRIBUTE
 
 TERMINAL = {"done", "failed", "cancelled"}
 
@@ -141,7 +141,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         settled_s=settled_s,
         dead_letter_copies=len(dead),
         dead_lettered_messages=len(
-            {m.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE) or bytes(m.data) for m in dead}
+            {m.attributes.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE) or bytes(m.data) for m in dead}
         ),
         policy_dead_letters=sum(1 for m in dead if DEAD_LETTER_CODE_ATTRIBUTE not in m.attributes),
         left_on_subscription=len(left),

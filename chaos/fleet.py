@@ -278,6 +278,7 @@ class Fleet:
             "FLUXFILL_BRIDGE_HTTP_HOST": "127.0.0.1",
             "FLUXFILL_BRIDGE_MAX_CONCURRENT_JOBS": str(config.concurrency),
             "FLUXFILL_BRIDGE_MAX_DELIVERY_ATTEMPTS": str(config.max_delivery_attempts),
+            "FLUXFILL_BRIDGE_SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS": str(config.policy_attempts),
             "FLUXFILL_BRIDGE_LEASE_S": str(config.lease_s),
             "FLUXFILL_BRIDGE_PROGRESS_INTERVAL_S": str(config.progress_interval_s),
             "FLUXFILL_BRIDGE_JOB_DEADLINE_S": str(config.job_deadline_s),

@@ -11,7 +11,7 @@ from typing import Any
 from chaos.workload import PlannedJob
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
-    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     RESULT_EXTENSIONS,
 )
 
@@ -121,7 +121,7 @@ def _invalid_dead_lettered(evidence: Evidence, invalid: Sequence[PlannedJob]) ->
     by_id: dict[str, set[str]] = {}
     by_data: dict[bytes, set[str]] = {}
     for message in evidence.dead_letters:
-        original = message.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE)
+        original = message.attributes.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
         code = message.attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "(pubsub)")
         if original is not None:
             by_id.setdefault(original, set()).add(code)

@@ -4,12 +4,16 @@ Pub/Sub pushes every job to one URL; each request is handed to the next live bri
 hands requests to its instances (the service runs one job per instance: `containerConcurrency: 1`). A bridge
 that dies mid-request, or answers nothing within FORWARD_TIMEOUT_S (SIGSTOPped: a process that hangs), is
 what the platform answers for: 503, and Pub/Sub pushes the message again. No bridge up: 503 too.
+
+Each envelope gets the `deliveryAttempt` Pub/Sub puts in a push on a subscription with a dead-letter policy,
+which the emulator leaves out: counted here per message id, every push of it (answered or not) one more.
 """
 
 import contextlib
 import http.client
 import http.server
 import itertools
+import json
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -17,9 +21,10 @@ from collections.abc import Callable, Iterator, Sequence
 # Cloud Run's request timeout for the push service is the subscription's ack deadline (600 s there); the
 # runs here take seconds, and a bridge SIGSTOPped for 8 s must be waited out, not given up on at once.
 FORWARD_TIMEOUT_S = 60.0
-# Headers a hop does not pass on (RFC 9110, 7.6.1), and Host, which names the router.
+# Headers a hop does not pass on (RFC 9110, 7.6.1), Host, which names the router, and Content-Length, which
+# is counted again for the body as forwarded (with its delivery attempt).
 _HOP_HEADERS = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "te", "trailer"}
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "host", "te", "trailer", "content-length"}
 )
 
 
@@ -32,6 +37,7 @@ class PushRouter:
         self._turn = itertools.count()
         self.answers: Counter[int] = Counter()  # the bridges' answers by status
         self.unanswered = 0  # answered 503 for a bridge that was down, died or hung
+        self.deliveries: Counter[str] = Counter()  # pushes by message id
         self._lock = threading.Lock()
         router = self
 
@@ -59,6 +65,7 @@ class PushRouter:
 
     def forward(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         """The chosen bridge's answer, or 503 where the platform would give one."""
+        body = self._counted(body)
         live = [port for port in self._ports() if port]
         if not live:
             return self._unanswered(b"no instance is up")
@@ -75,6 +82,18 @@ class PushRouter:
         with self._lock:
             self.answers[response.status] += 1
         return response.status, answer
+
+    def _counted(self, body: bytes) -> bytes:
+        """The envelope with its message's delivery attempt; a body that is no envelope as it came."""
+        try:
+            envelope = json.loads(body)
+            message_id = str(envelope["message"]["messageId"])
+        except (ValueError, KeyError, TypeError):
+            return body
+        with self._lock:
+            self.deliveries[message_id] += 1
+            envelope.setdefault("deliveryAttempt", self.deliveries[message_id])
+        return json.dumps(envelope).encode()
 
     def _unanswered(self, reason: bytes) -> tuple[int, bytes]:
         with self._lock:

@@ -17,8 +17,8 @@ from google.api_core import exceptions as api
 
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
-    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     InvalidJobError,
     JobStatus,
     SessionField,
@@ -30,7 +30,7 @@ from fluxfill.client.jobs import JobSystem, SessionRef, document_map, google_err
 _BRIDGE_ATTRIBUTES = {
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
-    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
 }
 PULL_BATCH = 100
 # A pull waits this long when nothing is there; the first waits longer, for a slow start.
@@ -63,11 +63,11 @@ class DeadLetter:
     @property
     def origin(self) -> str:
         """The dead-lettered message's id, which copies of one message (dead-lettered twice) share."""
-        return self.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE) or self.message_id
+        return self.attributes.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE) or self.message_id
 
     def matches(self, wanted: str) -> bool:
         """Selected by its message id, its original message id, or its session id."""
-        original = self.attributes.get(DEAD_LETTER_MESSAGE_ID_ATTRIBUTE)
+        original = self.attributes.get(ORIGINAL_MESSAGE_ID_ATTRIBUTE)
         return wanted in {self.message_id, original, self.ref.session if self.ref else None}
 
 

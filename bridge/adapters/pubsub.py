@@ -20,16 +20,24 @@ from google.pubsub_v1.services.subscriber.transports.grpc import SubscriberGrpcT
 
 from fluxfill.bridge.contract import (
     BULK_LANE,
+    CARRIED_OVER_ATTRIBUTE,
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
     DEFERRALS_ATTRIBUTE,
     FIRST_PUBLISHED_ATTRIBUTE,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     ErrorCode,
 )
 from fluxfill.bridge.errors import RetryableError
 
 PUBLISH_TIMEOUT_S = 30.0
-DEFERRAL_ATTRIBUTES = (DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE)
+# What a job published again keeps whatever else Pub/Sub's limits drop (fluxfill.bridge.parking, carry_over).
+KEPT_ATTRIBUTES = (
+    DEFERRALS_ATTRIBUTE,
+    FIRST_PUBLISHED_ATTRIBUTE,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
+    CARRIED_OVER_ATTRIBUTE,
+)
 # Pub/Sub's limits: 10 MB a request (hence MAX_DATA_BYTES), 100 attributes, keys of 256 bytes, values of 1024.
 MAX_ATTRIBUTES = 100
 MAX_KEY_BYTES = 256
@@ -156,11 +164,13 @@ class PubSubDeadLetters:
 
 
 class RequeuePublishError(RetryableError):
-    """The job's topic did not take a released job: it stays parked for the next release."""
+    """The job's topic did not take a job published again: a released one stays parked for the next release,
+    one carried over is given back as it would have been."""
 
 
 class PubSubRequeue:
-    """Publishes a released job to its lane's topic (fluxfill.bridge.parking)."""
+    """Publishes a job again to its lane's topic: released (fluxfill.bridge.parking) or carried over
+    (fluxfill.bridge.carry_over)."""
 
     def __init__(self, publisher: pubsub_v1.PublisherClient, topic_paths: Mapping[str, str]) -> None:
         self._publisher = publisher
@@ -168,12 +178,12 @@ class PubSubRequeue:
 
     def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
         """See Requeue.publish; a lane without a topic of its own (urgent, when no urgent topic is set)
-        goes to the bulk topic. The deferral attributes are kept whatever else Pub/Sub's limits drop."""
+        goes to the bulk topic. The bridge's own attributes are kept whatever else Pub/Sub's limits drop."""
         topic = self.topic_paths.get(lane) or self.topic_paths[BULK_LANE]
-        ours = {key: attributes[key] for key in DEFERRAL_ATTRIBUTES if key in attributes}
+        ours = {key: attributes[key] for key in KEPT_ATTRIBUTES if key in attributes}
         try:
             publish_message(
                 self._publisher, topic, data, bounded_attributes(attributes, ours), PUBLISH_TIMEOUT_S
             )
         except (api.GoogleAPICallError, api.RetryError, TimeoutError) as error:
-            raise RequeuePublishError(f"cannot publish the released job to {topic}: {error}") from None
+            raise RequeuePublishError(f"cannot publish the job again to {topic}: {error}") from None

@@ -2,6 +2,7 @@
 
 import contextlib
 import http.server
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -66,3 +67,26 @@ def test_a_bridge_down_dead_or_hung_is_answered_503_as_the_platform_does() -> No
         status, reason = push(f"{router.url}/push", b"x")
     assert (status, reason.startswith(b"the instance did not answer")) == (503, True)
     assert router.unanswered == 1
+
+
+def test_each_envelope_gets_its_message_s_delivery_attempt_as_pub_sub_sets_it() -> None:
+    """The emulator leaves `deliveryAttempt` out of a push; Pub/Sub sets it on a subscription with a
+    dead-letter policy: every push of a message counts, the ones no bridge answered too."""
+
+    def envelope(message_id: str, **extra: object) -> bytes:
+        return json.dumps({"message": {"data": "", "messageId": message_id}, **extra}).encode()
+
+    ports = [0]
+    with bridge_stand_in("a") as (port, got), running_router(lambda: ports) as router:
+        assert push(f"{router.url}/push", envelope("m1"))[0] == 503  # down: counted all the same
+        ports[0] = port
+        for body in (
+            envelope("m1"),
+            envelope("m2"),
+            envelope("m1"),
+            b"not json",
+            envelope("m3", deliveryAttempt=7),
+        ):
+            push(f"{router.url}/push", body)
+    attempts = [json.loads(body).get("deliveryAttempt") if body.startswith(b"{") else body for _, body in got]
+    assert attempts == [2, 1, 3, b"not json", 7]

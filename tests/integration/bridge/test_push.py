@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chaos.router import running_router
 from fluxfill.bridge.oidc import (
     FAILURE_BACKOFF_S,
     REFETCH_INTERVAL_S,
@@ -26,6 +27,7 @@ from tests.integration.bridge.harness import (
     TcpProxy,
     is_terminal,
     running_bridge,
+    wait_until,
 )
 from tests.integration.bridge.oidc_keys import (
     AUDIENCE,
@@ -271,6 +273,40 @@ def test_a_push_while_triton_is_down_waits_for_it_and_spends_no_delivery_attempt
             proxy.down()
     assert answer.status_code == 204
     assert jobs.session(user, session)["status"] == "done"
+
+
+def test_a_push_refused_on_its_last_deliveries_is_carried_over_and_runs_once_the_model_is_back(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Triton away for longer than a push may wait: each push is refused, and Pub/Sub dead-letters a message
+    refused as often as its subscription allows, the job never claimed, its session left `queued` until
+    someone replays it (as deployed, after about 40 minutes of an outage). On its last deliveries the job is
+    published anew instead, and runs when the model is back, claimed under its first message's id. Pushed
+    through the chaos run's router, which adds the delivery attempt Pub/Sub sends (the emulator does not)."""
+    proxy = TcpProxy(flux_server.grpc_port)  # down: Triton unreachable
+    user, session = jobs.new_job()
+    settings = jobs.settings(
+        proxy.url,
+        mode="push",
+        push_auth=False,
+        push_slot_wait_s=0.2,
+        topic=jobs.topic_id,
+        subscription_max_delivery_attempts=POLICY_ATTEMPTS,
+    )
+    with running_bridge(settings) as bridge, running_router(lambda: [bridge.service.http_port]) as router:
+        jobs.add_push_subscription(f"{router.url}/push", policy_attempts=POLICY_ATTEMPTS)
+        first = jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        carried = {"why": "not_ready"}
+        wait_until(lambda: bridge.bridge.metrics.sample("fluxfill_bridge_carried_over_total", carried) >= 2)
+        assert jobs.session(user, session)["status"] == "queued"
+        proxy.up()
+        try:
+            document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
+        finally:
+            proxy.down()
+        assert jobs.dead_letters(expected=1, timeout_s=3) == [], "Pub/Sub dead-lettered the job"
+    assert (document["status"], document["messageId"]) == ("done", first)
+    assert bridge.counted("done") == 1
 
 
 def test_verifier_caches_certificates_for_their_http_lifetime(google_key: SigningKey) -> None:

@@ -20,8 +20,8 @@ from PIL import Image
 
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
-    DEAD_LETTER_MESSAGE_ID_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
+    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     JobStatus,
 )
 from fluxfill.client.errors import ServiceUnavailableError
@@ -262,7 +262,7 @@ def test_poisoned_job_is_listed_with_its_reason_and_replay_of_a_fixed_job_comple
     attributes = {
         DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
         DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
-        DEAD_LETTER_MESSAGE_ID_ATTRIBUTE: "original-of-fixed-1",
+        ORIGINAL_MESSAGE_ID_ATTRIBUTE: "original-of-fixed-1",
     }
     for _ in range(2):  # dead-lettered twice, as at-least-once delivery can leave it
         world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(

@@ -276,6 +276,19 @@ class FakeDeadLetters:
 
 
 @dataclass
+class FakeRequeue:
+    """Our Requeue port: records what it was given (data, attributes, lane), or fails."""
+
+    broken: bool = False
+    published: list[tuple[bytes, dict[str, str], str]] = field(default_factory=list)
+
+    def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
+        if self.broken:
+            raise RetryableError("jobs topic unavailable")
+        self.published.append((data, dict(attributes), lane))
+
+
+@dataclass
 class FakeParkingLot:
     """Our ParkingLot port in a dict (each park a new version, as Firestore's update time); records what it
     published; can be made to fail."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from fluxfill.bridge.carry_over import CarryOver
 from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome
@@ -88,6 +89,7 @@ class World:
         )
         self.handler = self._handler(self.settings)
         self.dead_letters = FakeDeadLetters()
+        self.carry_over: CarryOver | None = None  # set by a test of what is carried over
         self.acked: list[bool] = []
 
     def another_bridge(self, **overrides: Any) -> JobHandler:
@@ -124,7 +126,7 @@ class World:
             data, message_id, attributes or {}, publish_time=published, delivery_attempt=attempt
         )
         outcome = (handler or self.handler).handle(delivery)
-        self.acked.append(should_ack(outcome, delivery, self.dead_letters))
+        self.acked.append(should_ack(outcome, delivery, self.dead_letters, self.carry_over))
         return outcome
 
     def upload(self, user: str, session: str) -> None:

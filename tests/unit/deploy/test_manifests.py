@@ -113,6 +113,9 @@ def test_bridge_settings_accept_each_deployment(monkeypatch: pytest.MonkeyPatch)
         settings = BridgeSettings(**values)  # type: ignore[arg-type]
         modes.add(settings.mode)
         assert settings.max_delivery_attempts == int(CONFIG["MAX_DELIVERY_ATTEMPTS"]), path
+        # The subscriptions' own count, before which the bridge carries jobs over (bridge/carry_over.py).
+        subscription_attempts = int(CONFIG["SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS"])
+        assert settings.subscription_max_delivery_attempts == subscription_attempts, path
         assert settings.job_deadline_s == float(CONFIG["JOB_DEADLINE_S"]), path
         assert settings.dead_letter_topic == CONFIG["DEAD_LETTER_TOPIC"], path
         if settings.mode == "pull":
