@@ -4,6 +4,7 @@ import gzip
 import io
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -17,6 +18,7 @@ from fluxfill.bridge.ports import InferenceResult
 from fluxfill.bridge.pull import PULL_WAIT_S
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import (
+    POLICY_ATTEMPTS,
     JobSystem,
     TcpProxy,
     box_mask,
@@ -322,6 +324,34 @@ def test_triton_lost_mid_service_retries_the_job_until_it_is_back(
     assert document["status"] == "done"
     assert bridge.counted("retry") >= 1
     assert document["attempt"] == 2
+
+
+def test_a_job_given_back_on_its_last_deliveries_is_carried_over_not_dead_lettered(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Each time the bridge gives a job back (here: held under a live claim that is not its message's, as it
+    would for Firestore away or a shutdown), Pub/Sub counts a delivery attempt, and dead-letters the job,
+    unclaimed, on the subscription's last. On its last two the job is published anew instead, with the
+    emulator's own delivery_attempt, and runs once the claim is given back."""
+    user, session = jobs.new_job()
+    lease_ends = datetime.now(UTC) + timedelta(hours=1)
+    jobs.document(user, session).set(
+        {"status": "processing", "claimId": "elsewhere", "leaseExpiresAt": lease_ends}
+    )
+    settings = jobs.settings(
+        flux_server.grpc_url, topic=jobs.topic_id, subscription_max_delivery_attempts=POLICY_ATTEMPTS
+    )
+    with running_bridge(settings) as bridge:
+        first = jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        carried = {"why": "retry"}
+        wait_until(
+            lambda: bridge.bridge.metrics.sample("fluxfill_bridge_carried_over_total", carried) >= 2,
+            timeout_s=60,
+        )
+        jobs.document(user, session).set({"status": "queued"})  # the other claim given back
+        document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
+        assert jobs.dead_letters(expected=1, timeout_s=3) == [], "Pub/Sub dead-lettered the job"
+    assert (document["status"], document["messageId"], document["attempt"]) == ("done", first, 1)
 
 
 class FailingInference:
