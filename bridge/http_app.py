@@ -128,6 +128,12 @@ class HttpEntryPoint:
             routes.append(Route("/push", self.push, methods=["POST"]))
         self.app = Starlette(routes=routes)
 
+    @property
+    def pushes_waiting(self) -> int:
+        """Pushes waiting now for the model or a slot."""
+        with self._lock:
+            return self._waiting
+
     async def healthz(self, _request: Request) -> Response:
         """The process is alive: 503 when a job's thread hangs (it ran past its deadline and margin), or one
         of the bridge's own threads died of a bug (fluxfill.bridge.vital), so that the platform's liveness
@@ -193,9 +199,9 @@ class HttpEntryPoint:
             crowded = self._waiting >= MAX_PUSHES_WAITING
             if not crowded:
                 self._waiting += 1
-        if crowded:
-            return "busy"
         readiness = self._bridge.readiness
+        if crowded:
+            return "busy" if readiness.ready else "not_ready"
         deadline = time.monotonic() + self._bridge.settings.push_slot_wait_s
         try:
             ready = await run_in_threadpool(

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from chaos.router import running_router
+from fluxfill.bridge.http_app import MAX_PUSHES_WAITING
 from fluxfill.bridge.oidc import (
     FAILURE_BACKOFF_S,
     REFETCH_INTERVAL_S,
@@ -273,6 +274,41 @@ def test_a_push_while_triton_is_down_waits_for_it_and_spends_no_delivery_attempt
             proxy.down()
     assert answer.status_code == 204
     assert jobs.session(user, session)["status"] == "done"
+
+
+@pytest.mark.parametrize("triton_up", [False, True])
+def test_a_push_beyond_those_a_bridge_lets_wait_is_refused_at_once_saying_why(
+    jobs: JobSystem, flux_server: LocalTritonServer, triton_up: bool
+) -> None:
+    """At most MAX_PUSHES_WAITING pushes wait (each holds one of the server's worker threads); the next is
+    refused at once: 503 "not ready" while the model is not, 429 "busy" while it is and the slots are taken
+    (it was 429 "busy" either way, an outage reported as a lack of capacity)."""
+    proxy = TcpProxy(flux_server.grpc_port)
+    if triton_up:
+        proxy.up()
+    settings = jobs.settings(
+        proxy.url, mode="push", push_auth=False, push_slot_wait_s=60, max_concurrent_jobs=1, upload_grace_s=60
+    )
+    try:
+        with (
+            running_bridge(settings) as bridge,
+            ThreadPoolExecutor(max_workers=MAX_PUSHES_WAITING + 1) as pool,
+        ):
+            entry = bridge.service.http
+            if triton_up:
+                wait_until(lambda: bridge.bridge.readiness.ready)
+                push_holding_the_slot(jobs, bridge.url, pool)
+            for n in range(MAX_PUSHES_WAITING):
+                pool.submit(push_job, bridge.url, f"u-wait{n}", "s")
+            wait_until(lambda: entry.pushes_waiting == MAX_PUSHES_WAITING)
+            started = time.monotonic()
+            refused = push_job(bridge.url, "u-next", "s")
+            assert time.monotonic() - started < 5, "refused at once, not after a wait"
+            bridge.stop()  # the waiting pushes are given back at once
+    finally:
+        proxy.down()
+    expected = (429, "busy") if triton_up else (503, "not ready")
+    assert (refused.status_code, refused.text) == expected
 
 
 def test_a_push_refused_on_its_last_deliveries_is_carried_over_and_runs_once_the_model_is_back(
