@@ -40,6 +40,9 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     # Lines allowed before the error (help output, a warning); None = exactly one stderr line.
     prefix_lines_allowed: bool = False
+    # About how long it runs here (most take a second; some wait out a timeout): the longest start first, so
+    # that their waits overlap the others' work instead of ending the run alone.
+    expected_s: float = 1.0
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -134,11 +137,13 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             3,
             f"127.0.0.1:{frozen_port} took the connection but did not answer within 30 s (asked for "
             "flux_fill_stream's metadata): the server is hung or overloaded",
+            expected_s=30,
         ),
         "an HTTP server that never answers": Case(
             (*infer, "--url", f"127.0.0.1:{held_port}", "--protocol", "http", "--retries", "0"),
             3,
             f"127.0.0.1:{held_port} took the connection but did not answer within 30 s",
+            expected_s=30,
         ),
         "a frozen server past the user's own timeout": Case(
             (*infer, "--url", f"127.0.0.1:{frozen_port}", "--timeout", "2"),
@@ -194,6 +199,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             4,
             "s1 not read after 2 s (cannot read users/u/sessions/s1: 504 Deadline Exceeded)",
             {"FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{held_port}"},
+            expected_s=3,
         ),
         "watch in a database of a bad name": Case(
             ("watch", "s1", *job, "--database", "Pets"), 2, "database 'Pets' is not a Firestore database id"
@@ -224,6 +230,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             3,
             "cannot pull from projects/p/subscriptions/s: Pub/Sub did not answer within 3 s",
             {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{held_port}"},
+            expected_s=5,
         ),
         # Connected, its call taken and never answered: the pull ended at its deadline all the same.
         "dlq list of a Pub/Sub frozen mid-command": Case(
@@ -231,6 +238,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             3,
             "cannot pull from projects/p/subscriptions/s: Pub/Sub did not answer within 3 s",
             {"PUBSUB_EMULATOR_HOST": f"127.0.0.1:{frozen_port}"},
+            expected_s=5,
         ),
         "dlq list without credentials": Case(
             ("dlq", "list", "--project", "p", "--dead-letter-subscription", "s"), 2, "no credentials"
@@ -277,6 +285,7 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
             3,
             "flux_fill_stream failed to load: UNAVAILABLE",
             prefix_lines_allowed=True,  # the INFO lines of what it started and stopped
+            expected_s=10,
         ),
         "digest of nothing": Case(("weights-digest", "/nonexistent"), 2, "no such file or directory"),
         "digest of an empty directory": Case(("weights-digest", f["empty"]), 2, "no weight files"),
@@ -323,8 +332,9 @@ def results(
                 env=_environment(folder / "home", case.env),
             )
 
+        order = sorted(cases, key=lambda name: -cases[name].expected_s)
         with ThreadPoolExecutor(max_workers=4) as pool:
-            done = dict(zip(cases, pool.map(run, cases.values()), strict=True))
+            done = dict(zip(order, pool.map(run, [cases[name] for name in order]), strict=True))
         yield {name: (cases[name], result) for name, result in done.items()}
 
 
