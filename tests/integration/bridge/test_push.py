@@ -287,7 +287,13 @@ def test_a_push_beyond_those_a_bridge_lets_wait_is_refused_at_once_saying_why(
     if triton_up:
         proxy.up()
     settings = jobs.settings(
-        proxy.url, mode="push", push_auth=False, push_slot_wait_s=60, max_concurrent_jobs=1, upload_grace_s=60
+        proxy.url,
+        mode="push",
+        push_auth=False,
+        push_slot_wait_s=60,
+        max_concurrent_jobs=1,
+        upload_grace_s=60,
+        shutdown_grace_s=1,  # the job holding the slot waits for uploads that never come: not for 10 s more
     )
     try:
         with (
