@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 an unexpected failure (one line, the details in a log file
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -47,6 +48,10 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+        # A box with a negative number in it (-5,0,10,10) is an argument, as a bare negative number is: taken
+        # for an unknown option, it made `infer` say "the following arguments are required: mask" instead of
+        # what is wrong with the box. (Python 3.12's own pattern takes it too.)
+        self._negative_number_matcher = re.compile(r"^-\d+(\.\d+)?(,-?\d+(\.\d+)?)*$")
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")

@@ -97,6 +97,12 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         "dlq without action": Case(("dlq",), 2, "", prefix_lines_allowed=True),
         "seed too large": Case((*infer, "--seed", "99999999999999999999"), 2, "SEED: must be 0..", {}),
         "negative seed": Case((*infer, "--seed", "-1"), 2, "SEED: must be 0.."),
+        # Told what is wrong with the box, not "the following arguments are required: mask".
+        "negative box": Case(
+            ("infer", f["photo.png"], "-5,0,10,10", "--output", f["out"]),
+            2,
+            "box must be x,y,w,h in whole pixels, got '-5,0,10,10'",
+        ),
         "steps too large": Case((*infer, "--steps", "9999999999"), 2, "STEPS: must be a 32-bit integer"),
         "port over 65535": Case((*infer, "--url", "127.0.0.1:99999"), 2, "port from 1 to 65535"),
         "url with scheme": Case((*infer, "--url", "http://127.0.0.1:8001"), 2, "without a scheme"),
