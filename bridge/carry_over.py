@@ -18,12 +18,8 @@ drop, and it brings the job back should that run die. Its queue time counts from
 
 import structlog
 
-from fluxfill.bridge.contract import (
-    CARRIED_OVER_ATTRIBUTE,
-    FIRST_PUBLISHED_ATTRIBUTE,
-    ORIGINAL_MESSAGE_ID_ATTRIBUTE,
-)
-from fluxfill.bridge.deferral import first_published
+from fluxfill.bridge.contract import CARRIED_OVER_ATTRIBUTE, ORIGINAL_MESSAGE_ID_ATTRIBUTE
+from fluxfill.bridge.deferral import republished_attributes
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.lanes import lane_of
 from fluxfill.bridge.metrics import BridgeMetrics
@@ -72,16 +68,8 @@ class CarryOver:
 def carried_attributes(delivery: Delivery) -> dict[str, str]:
     """The carried-over message's attributes: the delivery's, with the original message id, the first
     publish time and the carry-over count."""
-    try:
-        carried = max(int(delivery.attributes.get(CARRIED_OVER_ATTRIBUTE, "0")), 0)
-    except ValueError:
-        carried = 0
-    attributes = {
+    return {
         **delivery.attributes,
         ORIGINAL_MESSAGE_ID_ATTRIBUTE: delivery.original_message_id,
-        CARRIED_OVER_ATTRIBUTE: str(carried + 1),
+        **republished_attributes(delivery, CARRIED_OVER_ATTRIBUTE),
     }
-    published = first_published(delivery)
-    if published is not None:
-        attributes[FIRST_PUBLISHED_ATTRIBUTE] = published.isoformat()
-    return attributes

@@ -42,11 +42,18 @@ def first_published(delivery: Delivery) -> datetime | None:
 def deferral_attributes(delivery: Delivery) -> dict[str, str]:
     """What a parked job's message carries beside the original's attributes when published again: its first
     publish time, the deferral (parking) count plus one."""
+    return republished_attributes(delivery, DEFERRALS_ATTRIBUTE)
+
+
+def republished_attributes(delivery: Delivery, counter: str) -> dict[str, str]:
+    """What a job's message published again by a bridge carries beside the original's attributes: its first
+    publish time, and the `counter` attribute (how often it was so published; unreadable counts as none)
+    plus one."""
     try:
-        deferrals = max(int(delivery.attributes.get(DEFERRALS_ATTRIBUTE, "0")), 0)
+        count = max(int(delivery.attributes.get(counter, "0")), 0)
     except ValueError:
-        deferrals = 0
-    ours = {DEFERRALS_ATTRIBUTE: str(deferrals + 1)}
+        count = 0
+    ours = {counter: str(count + 1)}
     first = first_published(delivery)
     if first is not None:
         ours[FIRST_PUBLISHED_ATTRIBUTE] = first.isoformat()
