@@ -6,15 +6,18 @@ the timeout) cancels the stream, which stops the run on the server within one st
 unary `flux_fill`: no progress, and Triton cannot cancel an HTTP request, so a cancel is only checked
 before sending; the timeout is sent as TIMEOUT_S, which the server enforces, and the socket waits
 `HTTP_GRACE_S` longer for that answer. A call given no timeout waits as long as the server works on it (a
-run behind others in its queue takes minutes on an L4); over gRPC, keepalive pings (`KEEPALIVE`) still end
-it when the server stops answering them: frozen, or cut off by the network.
+run behind others in its queue takes minutes on an L4); the `KEEPALIVE` still ends it when the server stops
+answering: frozen, or cut off by the network. Over gRPC it is gRPC's own pings on the call's connection; over
+HTTP, which has none, a liveness request on a connection of its own.
 """
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import gevent
 import numpy.typing as npt
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -54,8 +57,9 @@ METADATA_TIMEOUT_S = 30.0
 
 @dataclass(frozen=True)
 class Keepalive:
-    """gRPC keepalive: a ping on a call's connection after `interval_s` without one, and the connection (with
-    the call, ServiceUnavailableError) given up when the ping is not answered within `timeout_s`."""
+    """How a call finds its server gone silent: after `interval_s` without an answer it asks the server
+    whether it lives (gRPC: a ping on the call's connection; HTTP: GET /v2/health/live on a connection of its
+    own), and gives the call up (ServiceUnavailableError) when that is not answered within `timeout_s`."""
 
     interval_s: float
     timeout_s: float
@@ -66,6 +70,7 @@ class Keepalive:
 # good. Pinged, it fails within about 6 minutes. Not sooner: Triton, by default, takes a ping within 300 s
 # of the last one, with no data sent between (a call waiting in the queue), for abuse, and closes the
 # connection at the third (its --grpc-http2-min-recv-ping-interval-without-data and max-ping-strikes).
+# HTTP takes the same, so that either protocol gives up on a silent server in the same time.
 KEEPALIVE = Keepalive(interval_s=330.0, timeout_s=20.0)
 
 
@@ -92,7 +97,7 @@ class FluxFillClient:
         model_name: the unary model, used over HTTP.
         stream_model_name: the decoupled model, used over gRPC.
         retry: how often and how long to retry while the server is unavailable (UNAVAILABLE only).
-        keepalive: how a gRPC call finds its server gone silent (KEEPALIVE).
+        keepalive: how a call finds its server gone silent (KEEPALIVE).
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class FluxFillClient:
         self.protocol = protocol
         self.model_name = stream_model_name if protocol == "grpc" else model_name
         self.retry = retry or RetryPolicy()
+        self.keepalive = keepalive
         # Over HTTP each call opens its own client (`_http_client`): its timeout is per client, not per call.
         self._client: Any = None
         if protocol == "grpc":
@@ -242,7 +248,9 @@ class FluxFillClient:
         # socket quits; no timeout, no limit on the wait (tritonclient's default of 60 s ended a longer run's
         # call with "deadline exceeded", its caller having set none, while the server went on with the run).
         with _http_client(self.url, None if timeout_s is None else timeout_s + HTTP_GRACE_S) as client:
-            result = client.infer(self.model_name, inputs)
+            result = _answer_while_live(
+                lambda: client.infer(self.model_name, inputs), self.url, self.keepalive
+            )
         return InpaintOutput(result.as_numpy("IMAGE"), int(result.as_numpy("SEED")[0]))
 
     def close(self) -> None:
@@ -272,6 +280,44 @@ def _channel_args(keepalive: Keepalive) -> list[tuple[str, int]]:
         # the queue sends none: 0 lifts the cap.
         ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+Answer = TypeVar("Answer")
+
+
+def _answer_while_live(call: Callable[[], Answer], url: str, keepalive: Keepalive) -> Answer:
+    """`call()`'s answer (or its error), given up when the server at `url` stops answering in the meantime.
+
+    A server frozen (SIGSTOP, a VM paused) or cut off mid-call keeps the HTTP connection open and sends
+    nothing: a call given no timeout waited for good. tritonclient.http is gevent's, so the call runs in a
+    greenlet of its own while this one asks the server, every `interval_s` of waiting, whether it lives.
+    """
+    waiting = gevent.spawn(call)
+    try:
+        while True:
+            waiting.join(timeout=keepalive.interval_s)
+            if waiting.ready():
+                answer: Answer = waiting.get()  # or the call's error, raised here
+                return answer
+            if not _answers(url, keepalive.timeout_s):
+                raise ServiceUnavailableError(
+                    f"{url}: the server stopped answering mid-call: frozen, or cut off by the network (no "
+                    f"answer to GET /v2/health/live within {keepalive.timeout_s:g} s)",
+                    retryable=True,
+                )
+    finally:
+        waiting.kill(block=False)
+
+
+def _answers(url: str, within_s: float) -> bool:
+    """Whether the server at `url` answers a liveness request within `within_s`: any answer counts (the
+    question is whether it is there, not what it says)."""
+    try:
+        with _http_client(url, within_s) as probe:
+            probe.is_server_live()
+    except OSError:  # refused, unreachable, or no answer in time (TimeoutError)
+        return False
+    return True
 
 
 def _http_client(url: str, network_timeout_s: float | None) -> Any:

@@ -213,6 +213,45 @@ def test_a_grpc_call_without_a_timeout_ends_when_its_server_goes_silent(
     _wait_for(lambda: outcome_count(long_run_server, "cancelled") == stopped_before + 1, timeout_s=30)
 
 
+def test_an_http_call_without_a_timeout_ends_when_its_server_goes_silent(
+    long_run_server: LocalTritonServer,
+) -> None:
+    """The same over HTTP, which has no pings: the call waited for good on a frozen server. Now, every
+    keepalive interval without its answer, it asks the server whether it lives (on a connection of its own,
+    through the same frozen proxy here): unanswered, ServiceUnavailableError."""
+    proxy = TcpProxy(long_run_server.http_port)
+    proxy.up()
+    try:
+        quick = Keepalive(interval_s=0.5, timeout_s=1.0)
+        with FluxFillClient(proxy.url, "http", retry=NO_RETRY, keepalive=quick) as client:
+            client.check_contract()
+            # The run takes 2 s or more (100 steps of 20-40 ms): its answer cannot pass before the freeze.
+            threading.Timer(0.3, proxy.freeze).start()
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError, match="stopped answering mid-call") as raised:
+                client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100)
+            waited = time.monotonic() - started
+    finally:
+        proxy.thaw()
+        proxy.down()
+    assert raised.value.retryable
+    assert waited < 15, f"the call took {waited:.1f} s to give up on a silent server"
+
+
+def test_an_http_call_outlasting_its_keepalive_interval_gets_its_answer(
+    long_run_server: LocalTritonServer,
+) -> None:
+    """A server that answers its liveness checks keeps the call: a run of 2 s or more, checked every 0.2 s,
+    returns the image a call never checked returns."""
+    quick = Keepalive(interval_s=0.2, timeout_s=1.0)
+    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY, keepalive=quick) as checked:
+        result = checked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100, seed=3)
+    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY) as unchecked:
+        expected = unchecked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100, seed=3)
+    assert result.seed == 3
+    assert np.array_equal(result.image, expected.image)
+
+
 @pytest.mark.parametrize(
     ("protocol", "unary", "stream", "problem"),
     [
