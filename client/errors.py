@@ -85,6 +85,14 @@ _UNREACHABLE_HINTS = (
 )
 # gRPC's words for a connection whose pings went unanswered (fluxfill.client.inference.KEEPALIVE).
 _SILENT_HINT = "ping timeout"
+# gRPC's words for a server that closed the connection for pings sooner than its policy allows (a Keepalive
+# interval shorter than Triton's --grpc-http2-min-recv-ping-interval-without-data while no data flows, as
+# while a call waits in the queue): retrying pings as often and ends the same way, each try leaving its run.
+_TOO_MANY_PINGS_HINT = "too many pings"
+TOO_MANY_PINGS = (
+    "the server closed the connection: pinged more often than it allows; give the client a Keepalive whose "
+    "interval_s is at least the server's --grpc-http2-min-recv-ping-interval-without-data (300 s by default)"
+)
 # gRPC's words for a peer that answered in HTTP/1 (the HTTP port): retrying cannot help.
 _NOT_GRPC_HINT = "failed parsing http/2"
 NOT_GRPC = "answers HTTP/1, not gRPC: is this the HTTP port? (gRPC: 8001 by default; or --protocol http)"
@@ -130,6 +138,8 @@ def _told_by_message(message: str, lowered: str) -> FluxFillError | None:
         return ServiceUnavailableError(message)
     if _NOT_GRPC_HINT in lowered:
         return ServiceUnavailableError(f"it {NOT_GRPC} ({message})")
+    if _TOO_MANY_PINGS_HINT in lowered:
+        return ServiceUnavailableError(f"{TOO_MANY_PINGS} ({message})")
     if _SILENT_HINT in lowered:
         return ServiceUnavailableError(
             f"the server stopped answering mid-call: frozen, or cut off by the network ({message})",

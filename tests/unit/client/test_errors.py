@@ -77,6 +77,18 @@ def test_unanswered_keepalive_pings_say_the_server_stopped_answering_and_are_ret
     )
 
 
+@pytest.mark.parametrize("status", ["StatusCode.UNAVAILABLE", ""])
+def test_pings_the_server_refused_as_too_frequent_say_so_and_are_not_retried(status: str) -> None:
+    """Triton closes a connection pinged more often than its policy allows while no data flows ("Too many
+    pings"): it read as a bare, retryable UNAVAILABLE, and each retry ran the job again to end alike."""
+    error = classify("Too many pings", status)
+    assert isinstance(error, ServiceUnavailableError)
+    assert not error.retryable
+    assert "pinged more often than it allows" in str(error)
+    assert "Keepalive whose interval_s is at least" in str(error)
+    assert str(error).endswith("(Too many pings)")
+
+
 @pytest.mark.parametrize(
     ("raised", "kind", "exit_code"),
     [
