@@ -323,4 +323,13 @@ def _answers(url: str, within_s: float) -> bool:
 def _http_client(url: str, network_timeout_s: float | None) -> Any:
     """A tritonclient HTTP client whose socket waits `network_timeout_s` for each answer, or without limit
     (None); tritonclient.http takes its network timeout per client, not per call."""
+    _quiet_interrupts(gevent.get_hub())
     return httpclient.InferenceServerClient(url=url, network_timeout=network_timeout_s)
+
+
+def _quiet_interrupts(hub: Any) -> None:
+    """A Ctrl-C while this thread's gevent hub waits on a socket reaches the caller as KeyboardInterrupt all
+    the same; the hub also printed it to stderr, with a timestamp: two stray lines before the `fluxfill`
+    command's own one. Only the printing is left out (the hub still hands the interrupt on)."""
+    if KeyboardInterrupt not in hub.NOT_ERROR:
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)

@@ -2,6 +2,7 @@
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -234,6 +235,30 @@ SIGINT_AS_FROM_A_TERMINAL = [
     "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
     "os.execv(sys.argv[1], sys.argv[1:])",
 ]
+
+
+def test_sigint_during_an_http_call_prints_the_one_line_alone(files: Path, tmp_path: Path) -> None:
+    """tritonclient.http waits in gevent's hub, which printed the KeyboardInterrupt, with a timestamp, to
+    stderr before the command's own line. Here the server takes the connection and never answers."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(30)
+        process = subprocess.Popen(
+            [*SIGINT_AS_FROM_A_TERMINAL, FLUXFILL, "infer", str(files / "photo.png"), str(files / "mask.png"),
+             "--output", str(tmp_path / "never.png"), "--protocol", "http",
+             "--url", f"127.0.0.1:{listener.getsockname()[1]}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(4096)  # its request: the command now waits for the answer
+            process.send_signal(signal.SIGINT)
+            _, errors = process.communicate(timeout=10)
+    assert process.returncode == 4
+    assert errors.splitlines() == [
+        "fluxfill infer: interrupted (Ctrl-C): cancelled; HTTP cannot stop a started run"
+    ]
 
 
 def test_sigint_during_a_long_run_cancels_it_on_the_server(
