@@ -306,7 +306,8 @@ def _answer_while_live(call: Callable[[], Answer], url: str, keepalive: Keepaliv
                     retryable=True,
                 )
     finally:
-        waiting.kill(block=False)
+        # Its socket read ends here, before the caller closes the client under it.
+        waiting.kill(block=True, timeout=1.0)
 
 
 def _answers(url: str, within_s: float) -> bool:
