@@ -3,10 +3,10 @@ fluxfill.inpaint.contract.
 
 Over gRPC the client calls `flux_fill_stream`: progress per step, and a cancel (a `CancelHandle`, Ctrl-C, or
 the timeout) cancels the stream, which stops the run on the server within one step. Over HTTP it calls the
-unary `flux_fill`: no progress, and Triton cannot cancel an HTTP request, so a cancel is only checked
-before sending; the timeout is sent as TIMEOUT_S, which the server enforces, and the socket waits
-`HTTP_GRACE_S` longer for that answer. A call given no timeout waits as long as the server works on it (a
-run behind others in its queue takes minutes on an L4); the `KEEPALIVE` still ends it when the server stops
+unary `flux_fill`: no progress, and Triton cannot cancel an HTTP request, so a cancel ends the call's wait
+and the server finishes the run; the timeout is sent as TIMEOUT_S, which the server enforces, and the socket
+waits `HTTP_GRACE_S` longer for that answer. A call given no timeout waits as long as the server works on it
+(a run behind others in its queue takes minutes on an L4); the `KEEPALIVE` still ends it when the server stops
 answering: frozen, or cut off by the network. Over gRPC it is gRPC's own pings on the call's connection; over
 HTTP, which has none, a liveness request on a connection of its own.
 """
@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import gevent
 import numpy.typing as npt
@@ -52,6 +52,8 @@ __all__ = ["CancelHandle", "FluxFillClient", "InpaintOutput", "Protocol", "contr
 Protocol = Literal["grpc", "http"]
 DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
 HTTP_GRACE_S = 1.0
+# How often a waiting HTTP call looks at its CancelHandle (it waits in gevent, which the handle cannot wake).
+CANCEL_POLL_S = 0.1
 METADATA_TIMEOUT_S = 30.0
 
 
@@ -178,7 +180,8 @@ class FluxFillClient:
             seed: for a reproducible result; None means the server picks one (returned in the output).
             timeout: seconds for the whole call, retries included; the server stops the run too.
             on_progress: called with (step, total_steps) after every step (gRPC only).
-            cancel: a CancelHandle whose cancel() stops the run on the server (gRPC).
+            cancel: a CancelHandle whose cancel() stops the run on the server (gRPC), or stops waiting for
+                it (HTTP: the server finishes the run).
         """
         if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
             # A deadline of nan never passes; one of 0 or less passed before the call.
@@ -249,7 +252,7 @@ class FluxFillClient:
         # call with "deadline exceeded", its caller having set none, while the server went on with the run).
         with _http_client(self.url, None if timeout_s is None else timeout_s + HTTP_GRACE_S) as client:
             result = _answer_while_live(
-                lambda: client.infer(self.model_name, inputs), self.url, self.keepalive
+                lambda: client.infer(self.model_name, inputs), self.url, self.keepalive, cancel
             )
         return InpaintOutput(result.as_numpy("IMAGE"), int(result.as_numpy("SEED")[0]))
 
@@ -285,29 +288,52 @@ def _channel_args(keepalive: Keepalive) -> list[tuple[str, int]]:
 Answer = TypeVar("Answer")
 
 
-def _answer_while_live(call: Callable[[], Answer], url: str, keepalive: Keepalive) -> Answer:
-    """`call()`'s answer (or its error), given up when the server at `url` stops answering in the meantime.
+def _answer_while_live(
+    call: Callable[[], Answer], url: str, keepalive: Keepalive, cancel: CancelHandle | None = None
+) -> Answer:
+    """`call()`'s answer (or its error), given up when the server at `url` stops answering in the meantime,
+    or when `cancel` is cancelled (CancelledError; the server goes on with the run, which HTTP cannot stop).
 
     A server frozen (SIGSTOP, a VM paused) or cut off mid-call keeps the HTTP connection open and sends
     nothing: a call given no timeout waited for good. tritonclient.http is gevent's, so the call runs in a
     greenlet of its own while this one asks the server, every `interval_s` of waiting, whether it lives.
     """
-    waiting = gevent.spawn(call)
+    waiting = gevent.spawn(_outcome_of, call)
     try:
+        ask_at = time.monotonic() + keepalive.interval_s
         while True:
-            waiting.join(timeout=keepalive.interval_s)
+            wait_s = max(ask_at - time.monotonic(), 0.0)
+            waiting.join(timeout=wait_s if cancel is None else min(wait_s, CANCEL_POLL_S))
             if waiting.ready():
-                answer: Answer = waiting.get()  # or the call's error, raised here
-                return answer
+                answer, error = waiting.get()
+                if error is not None:
+                    raise error
+                return cast(Answer, answer)
+            if cancel is not None and cancel.cancelled:
+                raise CancelledError(
+                    "cancelled by the caller; HTTP cannot stop a started run: the server finishes it"
+                )
+            if time.monotonic() < ask_at:
+                continue
             if not _answers(url, keepalive.timeout_s):
                 raise ServiceUnavailableError(
                     f"{url}: the server stopped answering mid-call: frozen, or cut off by the network (no "
                     f"answer to GET /v2/health/live within {keepalive.timeout_s:g} s)",
                     retryable=True,
                 )
+            ask_at = time.monotonic() + keepalive.interval_s
     finally:
         # Its socket read ends here, before the caller closes the client under it.
         waiting.kill(block=True, timeout=1.0)
+
+
+def _outcome_of(call: Callable[[], Answer]) -> tuple[Answer | None, Exception | None]:
+    """`call()`'s answer, or its error to raise in the caller's greenlet: gevent prints the traceback of an
+    error raised in a greenlet of its own (on the `fluxfill` command's stderr, before its one line)."""
+    try:
+        return call(), None
+    except Exception as error:
+        return None, error
 
 
 def _answers(url: str, within_s: float) -> bool:

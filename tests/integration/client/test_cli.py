@@ -213,17 +213,17 @@ def test_unavailable_server_is_retried_with_backoff_before_exit_3(files: Path, t
     assert time.monotonic() - started >= 0.5 + 1.0, "backoff waits 0.5 s, then 1 s"
 
 
-def test_timeout_exits_4(long_run_server: LocalTritonServer, files: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_timeout_exits_4(
+    long_run_server: LocalTritonServer, files: Path, tmp_path: Path, protocol: str
+) -> None:
+    """Over HTTP the call waits in a greenlet of its own: its error once came with gevent's report of the
+    greenlet's failure (two lines more, one a timestamp)."""
+    url = long_run_server.grpc_url if protocol == "grpc" else long_run_server.http_url
     result = infer(
-        files,
-        long_run_server,
-        "--output",
-        tmp_path / "t.png",
-        "--steps",
-        str(LONG_RUN_STEPS),
-        "--timeout",
-        "1",
-    )
+        files, long_run_server, "--output", tmp_path / "t.png", "--steps", str(LONG_RUN_STEPS),
+        "--timeout", "1", "--url", url, "--protocol", protocol,
+    )  # fmt: skip
     assert_one_line_error(result, 4, "deadline exceeded")
 
 

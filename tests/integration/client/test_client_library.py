@@ -217,22 +217,21 @@ def test_a_grpc_call_without_a_timeout_ends_when_its_server_goes_silent(
 
 
 def test_an_http_call_without_a_timeout_ends_when_its_server_goes_silent(
-    long_run_server: LocalTritonServer,
+    flux_server: LocalTritonServer,
 ) -> None:
     """The same over HTTP, which has no pings: the call waited for good on a frozen server. Now, every
     keepalive interval without its answer, it asks the server whether it lives (on a connection of its own,
     through the same frozen proxy here): unanswered, ServiceUnavailableError."""
-    proxy = TcpProxy(long_run_server.http_port)
+    proxy = TcpProxy(flux_server.http_port)
     proxy.up()
     try:
         quick = Keepalive(interval_s=0.5, timeout_s=1.0)
         with FluxFillClient(proxy.url, "http", retry=NO_RETRY, keepalive=quick) as client:
             client.check_contract()
-            # The run takes 2 s or more (100 steps of 20-40 ms): its answer cannot pass before the freeze.
-            threading.Timer(0.3, proxy.freeze).start()
+            proxy.freeze()  # the call's connection is taken, and nothing passes either way
             started = time.monotonic()
             with pytest.raises(ServiceUnavailableError, match="stopped answering mid-call") as raised:
-                client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100)
+                client.inpaint(photo(32, 32), box_mask(32, 32), "x")
             waited = time.monotonic() - started
     finally:
         proxy.thaw()
@@ -241,16 +240,48 @@ def test_an_http_call_without_a_timeout_ends_when_its_server_goes_silent(
     assert waited < 15, f"the call took {waited:.1f} s to give up on a silent server"
 
 
-def test_an_http_call_outlasting_its_keepalive_interval_gets_its_answer(
+def test_an_http_call_cancelled_while_it_waits_stops_waiting_at_once(
     long_run_server: LocalTritonServer,
 ) -> None:
-    """A server that answers its liveness checks keeps the call: a run of 1 s or more, checked every 0.2 s,
-    returns the image a call never checked returns."""
-    quick = Keepalive(interval_s=0.2, timeout_s=1.0)
-    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY, keepalive=quick) as checked:
-        result = checked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=50, seed=3)
-    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY) as unchecked:
-        expected = unchecked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=50, seed=3)
+    """Triton cannot stop an HTTP request, and the call waited for the whole run after its cancel (the handle
+    was looked at only before sending). Now it stops waiting within a poll, saying the server finishes it."""
+    finished_before = outcome_count(long_run_server, "success")
+    cancel = CancelHandle()
+    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY) as client:
+        client.check_contract()
+        threading.Timer(0.2, cancel.cancel).start()
+        started = time.monotonic()
+        with pytest.raises(CancelledError, match="HTTP cannot stop a started run: the server finishes it"):
+            client.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=50, cancel=cancel)
+        waited = time.monotonic() - started
+        unfinished = outcome_count(long_run_server, "success") == finished_before
+    # 50 steps of 20-40 ms: the run, not yet finished when the call stopped waiting, finishes on the server.
+    assert waited < 1.0, f"the call took {waited:.1f} s to stop waiting after its cancel at 0.2 s"
+    assert unfinished, "the call waited for the run to finish"
+    _wait_for(lambda: outcome_count(long_run_server, "success") == finished_before + 1, timeout_s=30)
+
+
+def test_an_http_call_outlasting_its_keepalive_interval_gets_its_answer(
+    flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers its liveness checks keeps the call: a run checked several times returns the image
+    a call never checked returns."""
+    answered: list[bool] = []
+    asked = inference._answers
+
+    def counted(url: str, within_s: float) -> bool:
+        answered.append(asked(url, within_s))
+        return answered[-1]
+
+    monkeypatch.setattr(inference, "_answers", counted)
+    quick = Keepalive(interval_s=0.01, timeout_s=1.0)
+    with FluxFillClient(flux_server.http_url, "http", retry=NO_RETRY, keepalive=quick) as checked:
+        result = checked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100, seed=3)
+    monkeypatch.undo()
+    with FluxFillClient(flux_server.http_url, "http", retry=NO_RETRY) as unchecked:
+        expected = unchecked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100, seed=3)
+    assert len(answered) >= 2, "the run ended before its call asked twice whether the server lives"
+    assert all(answered)
     assert result.seed == 3
     assert np.array_equal(result.image, expected.image)
 
