@@ -52,8 +52,10 @@ __all__ = ["CancelHandle", "FluxFillClient", "InpaintOutput", "Protocol", "contr
 Protocol = Literal["grpc", "http"]
 DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
 HTTP_GRACE_S = 1.0
-# How often a waiting HTTP call looks at its CancelHandle (it waits in gevent, which the handle cannot wake).
-CANCEL_POLL_S = 0.1
+# How often a waiting HTTP call wakes: to look at its CancelHandle, and to let Python run a signal's handler.
+# A Ctrl-C that the kernel hands to another thread of the process (gevent's resolver threads) does not wake
+# gevent's hub from its poll: the call ignored it until the socket's timeout (30 s for the contract check).
+WAKE_S = 0.1
 METADATA_TIMEOUT_S = 30.0
 
 
@@ -153,7 +155,9 @@ class FluxFillClient:
         if self.protocol == "grpc":
             return self._client.get_model_metadata(self.model_name, as_json=True, client_timeout=bound_s)
         with _http_client(self.url, bound_s) as bounded:
-            return bounded.get_model_metadata(self.model_name)
+            return _answer_while_live(
+                lambda: bounded.get_model_metadata(self.model_name), self.url, self.keepalive
+            )
 
     def inpaint(
         self,
@@ -303,7 +307,7 @@ def _answer_while_live(
         ask_at = time.monotonic() + keepalive.interval_s
         while True:
             wait_s = max(ask_at - time.monotonic(), 0.0)
-            waiting.join(timeout=wait_s if cancel is None else min(wait_s, CANCEL_POLL_S))
+            gevent.wait([waiting], timeout=min(wait_s, WAKE_S))
             if waiting.ready():
                 answer, error = waiting.get()
                 if error is not None:

@@ -1,6 +1,8 @@
 """`fluxfill infer` as a user runs it: a subprocess on a real tritonserver, judged by files and exit codes."""
 
+import ctypes
 import os
+import platform
 import re
 import signal
 import socket
@@ -28,6 +30,7 @@ from tests.integration.client.support import (
 pytestmark = pytest.mark.integration
 
 FLUXFILL = str(Path(sys.executable).parent / "fluxfill")
+TGKILL = {"x86_64": 234, "aarch64": 131}[platform.machine()]  # Linux's syscall number
 HEIGHT, WIDTH = 48, 80
 
 
@@ -238,9 +241,15 @@ SIGINT_AS_FROM_A_TERMINAL = [
 ]
 
 
-def test_sigint_during_an_http_call_prints_the_one_line_alone(files: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("to_another_thread", [False, True])
+def test_sigint_during_an_http_call_prints_the_one_line_alone(
+    files: Path, tmp_path: Path, to_another_thread: bool
+) -> None:
     """tritonclient.http waits in gevent's hub, which printed the KeyboardInterrupt, with a timestamp, to
-    stderr before the command's own line. Here the server takes the connection and never answers."""
+    stderr before the command's own line. Here the server takes the connection and never answers.
+
+    The kernel may hand a process's SIGINT to any of its threads: handed to one of gevent's resolver threads,
+    it did not wake the hub from its poll, and the command went on waiting (a CI run timed out on it)."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -256,11 +265,13 @@ def test_sigint_during_an_http_call_prints_the_one_line_alone(files: Path, tmp_p
             connection, _ = listener.accept()
             with connection:
                 connection.recv(4096)  # its request: the command now waits for the answer
-                process.send_signal(signal.SIGINT)
+                if to_another_thread:
+                    _interrupt_another_thread(process.pid)
+                else:
+                    process.send_signal(signal.SIGINT)
                 _, errors = process.communicate(timeout=10)
         except subprocess.TimeoutExpired:
-            # Once (a CI run, 2026-12-06) it did not end; not seen again. SIGABRT makes faulthandler print
-            # where each of its threads was.
+            # SIGABRT makes faulthandler print where each of its threads was.
             process.send_signal(signal.SIGABRT)
             _, errors = process.communicate(timeout=10)
             pytest.fail(f"fluxfill infer did not end within 10 s of its Ctrl-C:\n{errors}")
@@ -268,10 +279,18 @@ def test_sigint_during_an_http_call_prints_the_one_line_alone(files: Path, tmp_p
             if process.poll() is None:
                 process.kill()
                 process.communicate()
-    assert process.returncode == 4
+    assert process.returncode == 4, errors
     assert errors.splitlines() == [
         "fluxfill infer: interrupted (Ctrl-C): cancelled; HTTP cannot stop a started run"
     ]
+
+
+def _interrupt_another_thread(pid: int) -> None:
+    """SIGINT to a thread of process `pid` other than its main one (tgkill), as the kernel may choose."""
+    others = [int(task) for task in os.listdir(f"/proc/{pid}/task") if int(task) != pid]
+    assert others, "the command runs no thread besides its main one"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(TGKILL, pid, others[0], signal.SIGINT) == 0, os.strerror(ctypes.get_errno())
 
 
 def test_sigint_during_a_long_run_cancels_it_on_the_server(
