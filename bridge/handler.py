@@ -158,7 +158,7 @@ class JobHandler:
             except Exception:  # a bug must not escape to the entry point: the message comes back
                 logger.exception("unexpected error while handling the delivery")
                 outcome = Outcome(OutcomeKind.RETRY, reason="internal error", may_carry_over=False)
-            warn = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD_LETTER)
+            warn = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD_LETTER, OutcomeKind.ORPHANED)
             log = logger.warning if warn else logger.info
             log("job outcome", outcome=outcome.kind.value, code=outcome.code, reason=outcome.reason)
         finally:
@@ -251,9 +251,7 @@ class JobHandler:
             self._monitors.add(monitor)
         try:
             with monitor:
-                # A session the app never made (a fabricated message, or one the app deleted) gets no wait
-                # for its uploads: only the app's own sessions may hold a slot for the grace.
-                wait = self._upload_wait(delivery, control) if claim.session_existed else UploadWait.none()
+                wait = self._upload_wait(delivery, control)
                 fields = self._run(job, control, monitor, delivery, wait)
         except Exception as error:  # a bug must not lose the job either: it is retried, then dead-lettered
             return self._after_failure(error, claimed, monitor)

@@ -38,6 +38,9 @@ class OutcomeKind(StrEnum):
     # delivery either, so waiting for long never dead-letters the job.
     DEFER = "defer"
     DEAD_LETTER = "dead_letter"  # publish to the dead-letter topic, then ack
+    # Its session document does not exist: the app deleted the session while the job was queued (or never made
+    # it: a fabricated message). Nothing is run or written, so the session stays deleted.
+    ORPHANED = "orphaned"
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,9 @@ class ClaimKind(Enum):
     EXHAUSTED = "exhausted"  # max attempts were claimed already: dead-letter it, never run it again
     USER_AT_LIMIT = "user_at_limit"  # its user has max_jobs_in_flight_per_user jobs running: later
     TOO_LARGE = "too_large"  # the session document has no room for the bridge's fields: fail it, never run
+    # No session document: the app deleted the session (or never made it). Run nothing, write nothing: a
+    # session the app deleted stays deleted.
+    NO_SESSION = "no_session"
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,7 @@ class Claim:
     `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
     the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
-    `document_bytes` (TOO_LARGE) the session document's size; `session_existed` (CLAIMED) whether the
-    session document was there before the claim (the app made it, or an earlier claim did).
+    `document_bytes` (TOO_LARGE) the session document's size.
     """
 
     kind: ClaimKind
@@ -75,7 +77,6 @@ class Claim:
     last_error: str = ""
     user_running: int = 0
     document_bytes: int = 0
-    session_existed: bool = True
 
 
 @dataclass(frozen=True)

@@ -123,22 +123,12 @@ def claim(
     max_attempts: int,
 ) -> tuple[Claim, Update | None]:
     """What a claim finds, and the fields to write (None: write nothing)."""
-    status = _status(document)
-    current = document or {}
-    if status in TERMINAL_STATUSES:
-        return Claim(ClaimKind.FINISHED, status=status), None
-    if current.get(SessionField.CANCEL_REQUESTED) is True:
-        return Claim(ClaimKind.CANCEL_REQUESTED, status=status), None
-    attempts = whole_count(current.get(SessionField.ATTEMPT))
-    if leased(current, now):
-        holder = str(current.get(SessionField.MESSAGE_ID) or "")
-        return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder), None
-    if attempts >= max_attempts:
-        # Checked here, not only after a retryable error: a job that kills its bridge comes back unclaimed.
-        return Claim(ClaimKind.EXHAUSTED, attempts, status, last_error=_last_error(current)), None
-    size = document_bytes(current)
-    if size > MAX_DOCUMENT_BYTES - BRIDGE_ROOM_BYTES:
-        return Claim(ClaimKind.TOO_LARGE, attempts, status, document_bytes=size), None
+    if document is None:
+        return Claim(ClaimKind.NO_SESSION), None
+    refused = _refused(document, now, max_attempts)
+    if refused is not None:
+        return refused, None
+    attempts = whole_count(document.get(SessionField.ATTEMPT))
     update: Update = {
         SessionField.STATUS: JobStatus.PROCESSING.value,
         SessionField.CLAIM_ID: claim_id,
@@ -150,14 +140,28 @@ def claim(
         SessionField.STARTED_AT: now,
         SessionField.UPDATED_AT: now,
     }
-    claimed = Claim(
-        ClaimKind.CLAIMED,
-        attempts + 1,
-        JobStatus.PROCESSING,
-        claim_id=claim_id,
-        session_existed=document is not None,
-    )
-    return claimed, update
+    return Claim(ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id), update
+
+
+def _refused(document: Document, now: datetime, max_attempts: int) -> Claim | None:
+    """Why the session's job may not be claimed now (ended, cancelled, running, exhausted, too large), or
+    None."""
+    status = _status(document)
+    if status in TERMINAL_STATUSES:
+        return Claim(ClaimKind.FINISHED, status=status)
+    if document.get(SessionField.CANCEL_REQUESTED) is True:
+        return Claim(ClaimKind.CANCEL_REQUESTED, status=status)
+    attempts = whole_count(document.get(SessionField.ATTEMPT))
+    if leased(document, now):
+        holder = str(document.get(SessionField.MESSAGE_ID) or "")
+        return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder)
+    if attempts >= max_attempts:
+        # Checked here, not only after a retryable error: a job that kills its bridge comes back unclaimed.
+        return Claim(ClaimKind.EXHAUSTED, attempts, status, last_error=_last_error(document))
+    size = document_bytes(document)
+    if size > MAX_DOCUMENT_BYTES - BRIDGE_ROOM_BYTES:
+        return Claim(ClaimKind.TOO_LARGE, attempts, status, document_bytes=size)
+    return None
 
 
 def heartbeat(
@@ -213,9 +217,12 @@ def finish(
     """The terminal write, or None when the document is terminal, or `claim_id` is not the current claim.
 
     Without a claim id (an invalid duplicate, an early cancel, an exhausted job) a job under a live lease is
-    left to the bridge holding it.
+    left to the bridge holding it. A missing document is never made: the app deleted the session, or never
+    made it (a fabricated message).
     """
-    current = document or {}
+    if document is None:
+        return None
+    current = document
     if _status(current) in TERMINAL_STATUSES:
         return None
     if claim_id is None and leased(current, now):

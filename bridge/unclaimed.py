@@ -38,16 +38,15 @@ def refuse(sessions: SessionStore, session_template: str, error: InvalidJobError
 
 
 def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Delivery) -> Outcome:
-    """The outcome of a delivery whose claim found the job finished, running, exhausted or cancelled."""
+    """The outcome of a delivery whose claim found the job finished, running, exhausted, cancelled or its
+    session gone."""
     if claim.kind is ClaimKind.FINISHED:
         return Outcome(OutcomeKind.DUPLICATE, reason=f"already {claim.status}")
+    if claim.kind is ClaimKind.NO_SESSION:
+        reason = "its session document does not exist (the app deleted the session, or never made it)"
+        return Outcome(OutcomeKind.ORPHANED, reason=reason)
     if claim.kind is ClaimKind.BUSY:
-        if claim.holder_message_id and claim.holder_message_id != delivery.original_message_id:
-            # Another message of the same job runs under a live claim: that message stays unacked until the
-            # run ends, and comes back if it does not, so this copy is not needed. A copy carried over from
-            # the running message itself is not another: it may be all that is left should the run die.
-            return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
-        return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")
+        return _running_elsewhere(claim, delivery)
     if claim.kind is ClaimKind.EXHAUSTED:
         last = claim.last_error or "none recorded"
         reason = f"gave up after {claim.attempt} attempts; last error: {last}"
@@ -62,3 +61,12 @@ def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Del
     message = "cancelled by the app before it started"
     sessions.finish(ref, None, JobStatus.CANCELLED, error_fields(ErrorCode.CANCELLED, message))
     return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)
+
+
+def _running_elsewhere(claim: Claim, delivery: Delivery) -> Outcome:
+    if claim.holder_message_id and claim.holder_message_id != delivery.original_message_id:
+        # Another message of the same job runs under a live claim: that message stays unacked until the run
+        # ends, and comes back if it does not, so this copy is not needed. A copy carried over from the
+        # running message itself is not another: it may be all that is left should the run die.
+        return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
+    return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")

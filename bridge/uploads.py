@@ -36,11 +36,6 @@ class UploadWait:
     stop: threading.Event
     ended: Callable[[str, str], None] = lambda what, outcome: None
 
-    @classmethod
-    def none(cls) -> "UploadWait":
-        """No wait: a missing object is refused at once."""
-        return cls(-float("inf"), 0.0, threading.Event())
-
 
 def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: UploadWait) -> ObjectInfo:
     """The original's or mask's metadata, to read it by; refused, unread, when over `max_bytes` or still

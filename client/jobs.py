@@ -382,14 +382,19 @@ class JobSystem:
 
         Afresh means: queued, attempts back to 0, the old error cleared, no claim, and `replayed` recording
         when, why and what the previous error was. A done session is left as it is (a replay acks as a
-        duplicate); a missing one is created by the bridge's claim.
+        duplicate); a missing one is refused: the app deleted it, and the bridge runs no job without one.
         """
         from fluxfill.bridge.sessions import leased
 
         def reset(
             document: Mapping[str, Any] | None, at: datetime
         ) -> tuple[str | None, dict[str, Any] | None]:
-            if document is None or document.get(SessionField.STATUS.value) == JobStatus.DONE.value:
+            if document is None:
+                return (
+                    f"{ref.document} does not exist (the app deleted the session): it would run nothing",
+                    None,
+                )
+            if document.get(SessionField.STATUS.value) == JobStatus.DONE.value:
                 return None, None
             if leased(document, at):
                 expires = document[SessionField.LEASE_EXPIRES_AT.value]

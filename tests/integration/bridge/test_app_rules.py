@@ -156,19 +156,23 @@ def test_a_session_the_user_creates_runs_to_done_and_only_its_user_reads_it(
 ) -> None:
     assert alice.uid is not None
     session, path = session_of(jobs, alice)
-    with running_bridge(jobs.settings(flux_server.grpc_url)):
-        jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 2})
+    job = {"userId": alice.uid, "sessionId": session, "steps": 2}
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish(job)
         jobs.wait_for(alice.uid, session, is_terminal)
-    status, document = alice.read(path)
-    assert status == ALLOWED
-    assert document["status"] == JobStatus.DONE
-    assert document["petName"] == "Rex", "the app's own field is kept"
-    assert document["result"]["paths"]["edited"].endswith("edited.png")
-    assert mallory.read(path)[0] == REFUSED
-    assert AppUser(google_emulators, None).read(path)[0] == REFUSED
-    assert alice.update(path, {"petName": "Rex II"}) == ALLOWED, "the app's fields stay the app's"
-    # A late copy of the message would create a deleted session again and run the job again.
-    assert alice.delete(path) == REFUSED, "no session is deleted by its user, not even a finished one"
+        status, document = alice.read(path)
+        assert status == ALLOWED
+        assert document["status"] == JobStatus.DONE
+        assert document["petName"] == "Rex", "the app's own field is kept"
+        assert document["result"]["paths"]["edited"].endswith("edited.png")
+        assert mallory.read(path)[0] == REFUSED
+        assert AppUser(google_emulators, None).read(path)[0] == REFUSED
+        assert alice.update(path, {"petName": "Rex II"}) == ALLOWED, "the app's fields stay the app's"
+        assert alice.delete(path) == ALLOWED, "a user deletes their own session"
+        # A late copy of the job's message (at-least-once delivery) runs nothing and makes no session again.
+        jobs.publish(job)
+        wait_until(lambda: bridge.counted("orphaned") == 1)
+    assert not jobs.document(alice.uid, session).get().exists
 
 
 def test_the_user_cancels_a_running_job(

@@ -67,6 +67,7 @@ def test_a_path_firestore_refuses_is_a_permanent_error(jobs: JobSystem) -> None:
 def test_claims_are_fenced_on_the_real_store(jobs: JobSystem) -> None:
     sessions = FirestoreSessions(jobs.db)
     ref = JobRef(f"users/u1/sessions/s{uuid.uuid4().hex[:8]}", "m1")
+    jobs.db.document(ref.document).set({"status": "queued"})
     first = sessions.claim(ref, claim_id="claim-1", owner="localhost", lease_s=0.5, max_attempts=3)
     second = sessions.claim(ref, claim_id="claim-2", owner="localhost", lease_s=30, max_attempts=3)
     assert (first.kind.value, second.kind.value) == ("claimed", "busy")
@@ -85,6 +86,34 @@ def test_claims_are_fenced_on_the_real_store(jobs: JobSystem) -> None:
     assert not sessions.holds_claim(ref, "claim-3"), "a finished job is no claim's"
     missing = JobRef(f"users/u1/sessions/s{uuid.uuid4().hex[:8]}", "m2")
     assert not sessions.holds_claim(missing, "claim-3")
+    claimed = sessions.claim(missing, claim_id="claim-4", owner="localhost", lease_s=30, max_attempts=3)
+    assert claimed.kind.value == "no_session"
+    assert not sessions.finish(missing, None, JobStatus.FAILED, {})
+    assert not jobs.db.document(missing.document).get().exists, "a session is never made by the bridge"
+
+
+def test_a_session_the_app_deleted_stays_deleted_whether_queued_or_running(
+    jobs: JobSystem, slow_flux_server: LocalTritonServer
+) -> None:
+    """The app deletes a session while its job waits in the queue, and another while its job runs: neither
+    runs on (nor comes back as a session, a result or a dead letter); each message is acked."""
+    queued_user, queued = jobs.new_job()
+    jobs.document(queued_user, queued).delete()
+    running_user, running = jobs.new_job()
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url)) as bridge:
+        jobs.publish({"userId": queued_user, "sessionId": queued, "steps": 2})
+        wait_until(lambda: bridge.counted("orphaned") == 1)
+        jobs.publish({"userId": running_user, "sessionId": running, "steps": 100})
+        jobs.wait_for(running_user, running, lambda d: (d.get("progress") or {}).get("step", 0) >= 1)
+        jobs.document(running_user, running).delete()
+        # The run stops at its next lease renewal; its redelivery finds no session either.
+        wait_until(lambda: bridge.counted("orphaned") == 2, timeout_s=60)
+        assert bridge.counted("done") + bridge.counted("failed") == 0
+    for user, session in ((queued_user, queued), (running_user, running)):
+        assert not jobs.document(user, session).get().exists, f"{session} came back"
+        names = {blob.name for blob in jobs.storage_client.list_blobs(jobs.bucket, prefix=f"users/{user}/")}
+        assert names == {f"users/{user}/sessions/{session}/{name}" for name in ("original.png", "mask.png")}
+    assert jobs.dead_letters(expected=1, timeout_s=2) == []
 
 
 def test_hung_triton_is_marked_unready_and_the_job_given_back(

@@ -322,6 +322,26 @@ def test_a_job_pub_sub_dead_lettered_unclaimed_is_listed_so_and_replay_runs_it(w
     assert watched.returncode == 0, watched.stderr
 
 
+def test_replay_of_a_job_whose_session_the_app_deleted_is_refused_and_its_dead_letter_kept(
+    world: JobWorld,
+) -> None:
+    session = "deleted-1"
+    job = json.dumps({"userId": USER, "sessionId": session, "steps": 2}).encode()
+    attributes = {
+        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
+        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
+    }
+    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(
+        timeout=10
+    )
+    refused = fluxfill(world, "dlq", "replay", session)
+    assert refused.returncode == 2, refused.stderr
+    assert f"users/{USER}/sessions/{session} does not exist (the app deleted the session)" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not world.db.document(f"users/{USER}/sessions/{session}").get().exists
+    assert f"{USER}/{session}\tretries_exhausted" in fluxfill(world, "dlq", "list").stdout
+
+
 def test_dlq_list_reads_a_dead_letter_near_pubsubs_size_limit(world: JobWorld) -> None:
     """gRPC's default 4 MB receive limit must not stop the listing of a 5 MB dead letter."""
     job = json.dumps({"userId": USER, "sessionId": "big-1", "prompt": "x" * 5_000_000}).encode()

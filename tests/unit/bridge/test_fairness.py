@@ -101,7 +101,8 @@ def test_a_job_over_its_users_limit_is_parked_and_released_when_the_users_job_en
     assert world.acked[-1] is True, "acked once parked"
     parked = world.parking_lot.parked[(USER, "s2")]
     assert (parked.lane, parked.attributes[DEFERRALS_ATTRIBUTE]) == ("bulk", "1")
-    assert f"users/{USER}/sessions/s2" not in world.sessions.documents, "nothing written, no attempt spent"
+    assert world.sessions.documents[f"users/{USER}/sessions/s2"]["status"] == "queued", "nothing written"
+    assert "attempt" not in world.sessions.documents[f"users/{USER}/sessions/s2"], "no attempt spent"
     assert world.parking_lot.published == [], "its user's slot is still taken"
     thread.join()
     assert first[0].kind is OutcomeKind.DONE

@@ -134,8 +134,9 @@ JOB = json.dumps({"userId": "u1", "sessionId": "s1", "steps": 1}).encode()
 
 
 def handler_over(objects: dict[str, bytes]) -> tuple[JobHandler, FakeSessionStore]:
-    """A job handler over these uploads, a one-step fake model and its session store."""
-    sessions = FakeSessionStore()
+    """A job handler over these uploads, a one-step fake model and its session store (the app's queued
+    session document in it)."""
+    sessions = FakeSessionStore({PREFIX: {"status": "queued"}})
     # What the uploads hold is tested here; a mask that is never uploaded fails at once (its wait for a late
     # upload: tests/unit/bridge/test_uploads.py).
     quick = {"progress_interval_s": 0.01, "upload_grace_s": 0.0}

@@ -8,7 +8,7 @@ import pytest
 from fluxfill.bridge import uploads
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.outcome import OutcomeKind
-from tests.unit.bridge.world import DOCUMENT, PREFIX, World
+from tests.unit.bridge.world import PREFIX, World
 
 ORIGINAL, MASK = f"{PREFIX}/original.png", f"{PREFIX}/mask.png"
 PATTERNS = {ORIGINAL: f"{PREFIX}/original.*", MASK: MASK}
@@ -21,8 +21,7 @@ def _quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def held_back(world: World, path: str) -> bytes:
-    """The object as uploaded, taken out of the bucket (not uploaded yet), its session made by the app."""
-    world.sessions.documents.setdefault(DOCUMENT, {"status": "queued"})
+    """The object as uploaded, taken out of the bucket (not uploaded yet)."""
     return world.objects.objects.pop(path)
 
 
@@ -112,18 +111,6 @@ def test_the_bridge_s_shutdown_while_waiting_gives_the_job_back() -> None:
     assert outcome.kind is OutcomeKind.RETRY
     assert "waiting for the mask" in outcome.reason
     assert world.document["status"] == "queued"
-
-
-def test_a_session_the_app_never_made_does_not_wait_for_uploads() -> None:
-    """A fabricated job, or one whose session the app deleted with its photo: failed at once, as before the
-    grace, so such messages cannot hold a bridge's slots for the grace each."""
-    world = World(upload_grace_s=30.0)
-    world.objects.objects.pop(ORIGINAL)
-    assert DOCUMENT not in world.sessions.documents
-    outcome = world.deliver()
-    assert outcome.code is ErrorCode.ORIGINAL_MISSING
-    assert world.objects.finds == [PATTERNS[ORIGINAL]]
-    assert world.metrics.sample("fluxfill_bridge_upload_waits_total") == 0
 
 
 @pytest.mark.parametrize(

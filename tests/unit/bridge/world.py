@@ -63,8 +63,13 @@ class _Document:
         return self.fields
 
 
+def queued_session() -> dict[str, Any]:
+    """The session document the app makes before it publishes the job."""
+    return {"status": "queued", "updatedAt": datetime.now(UTC)}
+
+
 class World:
-    """A handler over fakes, with an uploaded photo and mask."""
+    """A handler over fakes, with an uploaded photo and mask and the session document the app made."""
 
     def __init__(
         self, *, readiness: bool = False, config_document: Mapping[str, Any] | None = None, **overrides: Any
@@ -74,7 +79,7 @@ class World:
         self.objects = FakeObjectStore(
             {f"{PREFIX}/original.png": png(photo()), f"{PREFIX}/mask.png": png(box_mask())}
         )
-        self.sessions = FakeSessionStore()
+        self.sessions = FakeSessionStore({DOCUMENT: queued_session()})
         self.model = FakeModel()
         self.metrics = BridgeMetrics()
         self.settings = settings(**overrides)
@@ -130,8 +135,9 @@ class World:
         return outcome
 
     def upload(self, user: str, session: str) -> None:
-        """The same photo and mask for another session (another job of the app's)."""
+        """The same photo and mask, and a session document, for another session (another job of the app's)."""
         prefix = f"users/{user}/sessions/{session}"
+        self.sessions.documents[prefix] = queued_session()
         self.objects.objects[f"{prefix}/original.png"] = png(photo())
         self.objects.objects[f"{prefix}/mask.png"] = png(box_mask())
 
