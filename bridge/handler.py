@@ -270,6 +270,8 @@ class JobHandler:
     def _after_failure(self, error: Exception, claimed: "_Claimed", monitor: JobMonitor) -> Outcome:
         if monitor.lease_lost or isinstance(error, LeaseLostError):
             # Not ours any more: write nothing; the message comes back to whoever holds the job now.
+            if monitor.superseded:
+                self._let_go(claimed)
             return Outcome(OutcomeKind.RETRY, reason=f"the claim was lost: {error}")
         ending = self._ending_for(error, monitor)
         if ending is not None:
@@ -472,6 +474,14 @@ class JobHandler:
         ):
             return _claim_taken_over()
         return ending
+
+    def _let_go(self, claimed: "_Claimed") -> None:
+        """Free the user's slot of a claim the session document no longer holds (writing nothing to it), so
+        that the user's next job need not wait for the slot to lapse (`lease_s`)."""
+        try:
+            self._sessions.release(claimed.ref, claimed.claim_id, "the claim was lost")
+        except RetryableError as error:
+            logger.warning("could not free the user's slot of a lost claim; it lapses", error=str(error))
 
     def _give_back(self, claimed: "_Claimed", reason: str) -> Outcome:
         self._sessions.release(claimed.ref, claimed.claim_id, reason)

@@ -76,6 +76,9 @@ class JobMonitor:
         self._written: tuple[int, int] | None = None
         self.cancel_requested = False  # by the app, through the session document
         self.lease_lost = False
+        # The lease was lost to what the session document says (another claim, or the document gone), not to
+        # unanswered heartbeats or a hung run: this run's claim is over for certain, its user's slot free.
+        self.superseded = False
         self.shutdown = False
         self.overdue = False  # past max_age_s: taken for hung, its claim left to lapse
         self.steps_seen: list[tuple[int, int]] = []
@@ -156,7 +159,10 @@ class JobMonitor:
             self.cancel_requested = True
             self._control.cancel.set()
         if not beat.still_owner:
-            self._lose_lease("another claim replaced ours")
+            self.superseded = True
+            self._lose_lease(
+                "the app deleted the session" if beat.session_gone else "another claim replaced ours"
+            )
 
     def _give_up_as_hung(self) -> None:
         age = time.monotonic() - self._started_at

@@ -81,10 +81,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a lease renewal learned: whether the app asked to cancel, whether the lease is still ours."""
+    """What a lease renewal learned: whether the app asked to cancel, whether the lease is still ours, and
+    whether the session document is gone (the app deleted it)."""
 
     cancel_requested: bool
     still_owner: bool
+    session_gone: bool = False
 
 
 @dataclass(frozen=True)

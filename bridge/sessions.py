@@ -174,9 +174,10 @@ def heartbeat(
     path: str,
 ) -> tuple[Heartbeat, Update | None]:
     """Renew the lease (and record progress, when it fits) while `claim_id` is still the current claim."""
-    current = document or {}
-    cancel = current.get(SessionField.CANCEL_REQUESTED) is True
-    if not held_by(current, claim_id):
+    if document is None:
+        return Heartbeat(cancel_requested=False, still_owner=False, session_gone=True), None
+    cancel = document.get(SessionField.CANCEL_REQUESTED) is True
+    if not held_by(document, claim_id):
         return Heartbeat(cancel_requested=cancel, still_owner=False), None
     update: Update = {
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
@@ -184,7 +185,7 @@ def heartbeat(
     }
     if progress is not None:
         update[SessionField.PROGRESS] = {"step": progress[0], "total": progress[1]}
-    return Heartbeat(cancel_requested=cancel, still_owner=True), fitted(current, update, path)
+    return Heartbeat(cancel_requested=cancel, still_owner=True), fitted(document, update, path)
 
 
 def release(

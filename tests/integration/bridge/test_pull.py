@@ -248,15 +248,16 @@ def test_missing_original_fails_with_original_missing_once_the_upload_grace_is_o
     assert "not uploaded within 1 s of the job's publication" in document["error"]["message"]
 
 
-def test_a_job_for_a_session_nobody_made_fails_at_once_with_original_missing(
+def test_a_job_for_a_session_nobody_made_runs_nothing_and_makes_no_session(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
-    user, session = "nobody", "nothing"
-    with running_bridge(jobs.settings(flux_server.grpc_url)):
+    """A fabricated message (no session document, no uploads): acked at once, nothing written."""
+    user, session = f"u{uuid.uuid4().hex[:8]}", "nothing"
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
         jobs.publish({"userId": user, "sessionId": session})
-        document = jobs.wait_for(user, session, is_terminal)
-    assert document["error"]["code"] == "original_missing"
-    assert document["error"]["message"].endswith("does not exist in the bucket")
+        wait_until(lambda: bridge.counted("orphaned") == 1)
+        assert bridge.counted("retry") == 0
+    assert not jobs.document(user, session).get().exists
 
 
 def test_a_job_published_while_its_photo_and_mask_upload_waits_for_them(

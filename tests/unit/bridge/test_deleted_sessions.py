@@ -9,7 +9,14 @@ import pytest
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.outcome import Outcome, OutcomeKind
-from tests.unit.bridge.world import DOCUMENT, PREFIX, World
+from tests.unit.bridge.world import DOCUMENT, PREFIX, USER, World
+
+
+def wait_for_progress(world: World) -> None:
+    deadline = time.monotonic() + 10
+    while not world.sessions.progress_writes:
+        assert time.monotonic() < deadline, "the job never reported progress"
+        time.sleep(0.01)
 
 
 def orphaned_jobs(world: World) -> float:
@@ -50,10 +57,7 @@ def test_a_session_deleted_while_its_job_runs_stops_the_run_and_stays_deleted() 
     outcomes: list[Outcome] = []
     running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40)))
     running.start()
-    deadline = time.monotonic() + 10
-    while not world.sessions.progress_writes:
-        assert time.monotonic() < deadline, "the job never reported progress"
-        time.sleep(0.01)
+    wait_for_progress(world)
     with world.sessions._lock:
         del world.sessions.documents[DOCUMENT]
     running.join(timeout=10)
@@ -65,3 +69,19 @@ def test_a_session_deleted_while_its_job_runs_stops_the_run_and_stays_deleted() 
     assert world.deliver(message_id="m1").kind is OutcomeKind.ORPHANED
     assert len(world.model.calls) == 1
     assert world.sessions.documents == {}
+
+
+def test_a_users_next_job_runs_at_once_after_the_app_deleted_their_running_session() -> None:
+    """The deleted run's slot of its user's is freed when its run stops, not left to lapse with its lease."""
+    world = World(max_jobs_in_flight_per_user=1, topic="jobs", lease_s=600.0)
+    world.model.step_s = 0.05
+    world.upload(USER, "s2")
+    outcomes: list[Outcome] = []
+    running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40)))
+    running.start()
+    wait_for_progress(world)
+    with world.sessions._lock:
+        del world.sessions.documents[DOCUMENT]
+    running.join(timeout=10)
+    assert world.sessions.running(USER) == 0, "the stopped run's slot is free"
+    assert world.deliver(sessionId="s2", message_id="m2").kind is OutcomeKind.DONE
