@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from fluxfill.client import launch
 from fluxfill.client.cli import build_parser, main
+from fluxfill.client.errors import EXIT_STOPPED
 from fluxfill.client.progress import ProgressBar
 
 
@@ -100,3 +102,7 @@ def test_a_heic_cut_short_exits_2_with_one_line(tmp_path: Path, capsys: pytest.C
     err = capsys.readouterr().err
     assert err.startswith(f"fluxfill infer: {photo}: not a readable image (")
     assert len(err.splitlines()) == 1
+
+
+def test_the_entry_points_exit_code_for_a_ctrl_c_is_the_command_lines() -> None:
+    assert launch.EXIT_STOPPED == EXIT_STOPPED
