@@ -75,6 +75,7 @@ def check_all(evidence: Evidence) -> list[Check]:
         _invalid_dead_lettered(evidence, invalid),
         _none_left_unfinished(evidence),
         _no_orphans(evidence),
+        _gone_stays_gone(evidence),
     ]
 
 
@@ -158,6 +159,18 @@ def _no_orphans(evidence: Evidence) -> Check:
         if evidence.documents.get(session, {}).get("status") != "done"
     ]
     return Check("no orphaned result objects", len(evidence.results), len(broken), ", ".join(broken[:5]))
+
+
+def _gone_stays_gone(evidence: Evidence) -> Check:
+    gone = [j for j in evidence.planned if j.user and j.expectation.status is None]
+    broken = [
+        f"{job.session} ({job.kind}): {evidence.documents[job.session]}"
+        if job.session in evidence.documents
+        else f"{job.session} ({job.kind}): results {evidence.results[job.session]}"
+        for job in gone
+        if job.session in evidence.documents or job.session in evidence.results
+    ]
+    return _check("a deleted session stays deleted", gone, broken)
 
 
 def latencies(evidence: Evidence, published_at: dict[str, datetime]) -> list[float]:

@@ -42,9 +42,10 @@ def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 
             return
         if job.kind is not Kind.LATE_UPLOAD:
             upload_objects(jobs, job)
-        jobs.db.document(f"users/{job.user}/sessions/{job.session}").set(
-            {"status": "queued", "updatedAt": datetime.now(UTC)}
-        )
+        session = jobs.db.document(f"users/{job.user}/sessions/{job.session}")
+        session.set({"status": "queued", "updatedAt": datetime.now(UTC)})
+        if job.kind is Kind.DELETED:
+            session.delete()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, planned))

@@ -31,6 +31,9 @@ class Kind(StrEnum):
     # Published before its photo and mask are uploaded (an app's function that publishes on the session's
     # creation while the phone still uploads): the bridge waits for them (upload_grace_s).
     LATE_UPLOAD = "late_upload"
+    # Its session deleted by the app (the document; the uploads kept) before a bridge takes the job: it runs
+    # nothing and the session is never made again, whatever redeliveries and restarts bring.
+    DELETED = "deleted"
 
 
 # Shares of the mix; what is left over is valid jobs.
@@ -42,6 +45,7 @@ POISON_SHARES = {
     Kind.MISSING_OBJECT: 0.05,
     Kind.CORRUPT_IMAGE: 0.05,
     Kind.LATE_UPLOAD: 0.05,
+    Kind.DELETED: 0.05,
 }
 
 
@@ -49,7 +53,7 @@ POISON_SHARES = {
 class Expectation:
     """What must become of a planned job."""
 
-    status: str | None  # the session's terminal status; None: no session document may exist
+    status: str | None  # the session's terminal status; None: no session document (nor result) may exist
     code: str | None  # error.code of a failed session, or the dead letter's code
     dead_letter: bool  # the bridge must publish it to the dead-letter topic
 
@@ -63,6 +67,7 @@ EXPECTED = {
     Kind.MISSING_OBJECT: Expectation("failed", "original_missing", dead_letter=False),
     Kind.CORRUPT_IMAGE: Expectation("failed", "corrupt_image", dead_letter=False),
     Kind.LATE_UPLOAD: Expectation("done", None, dead_letter=False),
+    Kind.DELETED: Expectation(None, None, dead_letter=False),
 }
 
 

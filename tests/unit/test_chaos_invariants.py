@@ -107,6 +107,19 @@ def test_a_valid_looking_job_dead_lettered_is_caught() -> None:
     assert broken(evidence) == {"invalid job accounted for on the dead-letter path": 1}
 
 
+def test_a_deleted_session_made_again_is_caught() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.DELETED)
+    evidence.documents[job.session] = {"status": "failed", "error": {"code": "original_missing"}}
+    assert broken(evidence) == {"a deleted session stays deleted": 1}
+
+
+def test_a_deleted_sessions_job_run_is_caught() -> None:
+    evidence = good_evidence()
+    evidence.results[first(evidence, Kind.DELETED).session] = ["edited.png", "preview.jpg"]
+    assert broken(evidence) == {"a deleted session stays deleted": 1, "no orphaned result objects": 1}
+
+
 def test_an_orphaned_result_is_caught() -> None:
     evidence = good_evidence()
     evidence.results[first(evidence, Kind.CORRUPT_IMAGE).session] = ["edited.png"]
