@@ -12,11 +12,21 @@ from fluxfill.bridge.outcome import Outcome, OutcomeKind
 from tests.unit.bridge.world import DOCUMENT, PREFIX, USER, World
 
 
-def wait_for_progress(world: World) -> None:
+def deleted_while_running(world: World) -> Outcome:
+    """The outcome of a 40-step job whose session document the app deleted once the run reported progress."""
+    world.model.step_s = 0.05
+    outcomes: list[Outcome] = []
+    running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40)))
+    running.start()
     deadline = time.monotonic() + 10
     while not world.sessions.progress_writes:
         assert time.monotonic() < deadline, "the job never reported progress"
         time.sleep(0.01)
+    with world.sessions._lock:
+        del world.sessions.documents[DOCUMENT]
+    running.join(timeout=10)
+    assert not running.is_alive(), "the run went on without its session"
+    return outcomes[0]
 
 
 def orphaned_jobs(world: World) -> float:
@@ -53,16 +63,8 @@ def test_an_invalid_job_of_a_session_that_does_not_exist_is_dead_lettered_and_wr
 
 def test_a_session_deleted_while_its_job_runs_stops_the_run_and_stays_deleted() -> None:
     world = World()
-    world.model.step_s = 0.05
-    outcomes: list[Outcome] = []
-    running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40)))
-    running.start()
-    wait_for_progress(world)
-    with world.sessions._lock:
-        del world.sessions.documents[DOCUMENT]
-    running.join(timeout=10)
-    assert not running.is_alive(), "the run went on without its session"
-    assert outcomes[0].kind is OutcomeKind.RETRY, outcomes[0].reason
+    outcome = deleted_while_running(world)
+    assert outcome.kind is OutcomeKind.RETRY, outcome.reason
     assert world.sessions.documents == {}
     assert not any(path.startswith(f"{PREFIX}/edited") for path in world.objects.objects)
     # Its redelivery finds no session: acked, nothing run.
@@ -74,14 +76,7 @@ def test_a_session_deleted_while_its_job_runs_stops_the_run_and_stays_deleted() 
 def test_a_users_next_job_runs_at_once_after_the_app_deleted_their_running_session() -> None:
     """The deleted run's slot of its user's is freed when its run stops, not left to lapse with its lease."""
     world = World(max_jobs_in_flight_per_user=1, topic="jobs", lease_s=600.0)
-    world.model.step_s = 0.05
     world.upload(USER, "s2")
-    outcomes: list[Outcome] = []
-    running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40)))
-    running.start()
-    wait_for_progress(world)
-    with world.sessions._lock:
-        del world.sessions.documents[DOCUMENT]
-    running.join(timeout=10)
+    deleted_while_running(world)
     assert world.sessions.running(USER) == 0, "the stopped run's slot is free"
     assert world.deliver(sessionId="s2", message_id="m2").kind is OutcomeKind.DONE
