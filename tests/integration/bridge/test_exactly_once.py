@@ -123,7 +123,9 @@ def test_hung_triton_is_marked_unready_and_the_job_given_back(
     proxy = TcpProxy(flux_server.grpc_port)
     proxy.up()
     user, session = jobs.new_job()
-    settings = jobs.settings(proxy.url, job_deadline_s=3, readiness_interval_s=0.5)
+    # The deadline ends the hung run soon; after the thaw the job's next run must finish within it too, on a
+    # machine the chaos runs load (3 s was once too short: 1 of its 2 steps done, deadline_exceeded).
+    settings = jobs.settings(proxy.url, job_deadline_s=6, readiness_interval_s=0.5)
     try:
         with running_bridge(settings) as bridge:
             wait_until(lambda: bridge.bridge.readiness.ready)
