@@ -223,12 +223,11 @@ def finish(
     """
     if document is None:
         return None
-    current = document
-    if _status(current) in TERMINAL_STATUSES:
+    if _status(document) in TERMINAL_STATUSES:
         return None
-    if claim_id is None and leased(current, now):
+    if claim_id is None and leased(document, now):
         return None
-    if claim_id is not None and not held_by(current, claim_id):
+    if claim_id is not None and not held_by(document, claim_id):
         return None
     update: Update = {
         SessionField.STATUS: status.value,
@@ -239,7 +238,7 @@ def finish(
     }
     if status is JobStatus.DONE:
         update[SessionField.ERROR] = None
-    return fitted(current, update, path)
+    return fitted(document, update, path)
 
 
 def name_bytes(path: str) -> int:
