@@ -204,6 +204,8 @@ class JobHandler:
             return self._park(
                 job, delivery, f"its user has {claim.user_running} jobs running, the most allowed"
             )
+        if claim.kind is ClaimKind.NO_SESSION:
+            return unclaimed.no_session(self._settings.upload_grace_s, self._session_grace_left_s(delivery))
         if claim.kind is not ClaimKind.CLAIMED:
             return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         try:
@@ -380,12 +382,22 @@ class JobHandler:
         )
         return {**fields, SessionField.TIMINGS: timings}
 
+    def _since_published_s(self, delivery: Delivery) -> float | None:
+        """How long ago the job was first published; None when that is not known."""
+        published = first_published(delivery)
+        return None if published is None else max(0.0, (self._now() - published).total_seconds())
+
+    def _session_grace_left_s(self, delivery: Delivery) -> float:
+        """How much longer a missing session document may be waited for: none when the job's publication is
+        not known (every redelivery would otherwise find the whole grace left)."""
+        age = self._since_published_s(delivery)
+        return 0.0 if age is None else self._settings.upload_grace_s - age
+
     def _upload_wait(self, delivery: Delivery, control: RunControl) -> UploadWait:
         """A missing original or mask is waited for until `upload_grace_s` after the job's first publication
         (from now when that is not known), or until the run is stopped."""
         grace = self._settings.upload_grace_s
-        published = first_published(delivery)
-        age = 0.0 if published is None else max(0.0, (self._now() - published).total_seconds())
+        age = self._since_published_s(delivery) or 0.0
         waits = self._metrics.upload_waits
         return UploadWait(
             time.monotonic() + grace - age,

@@ -72,10 +72,10 @@ class Leases:
         self._forget(message)
         self._call(self._subscriber.acknowledge, subscription=message.subscription, ack_ids=[message.ack_id])
 
-    def nack(self, message: HeldMessage) -> None:
-        """Redelivered at once (an ack deadline of 0)."""
+    def nack(self, message: HeldMessage, after_s: int = 0) -> None:
+        """Redelivered after `after_s` seconds (its ack deadline set to that; 0 = at once)."""
         self._forget(message)
-        self._modify(message.subscription, [message.ack_id], 0)
+        self._modify(message.subscription, [message.ack_id], after_s)
 
     def keep_alive(self, stop: threading.Event) -> None:
         """Extend every held message until `stop`; the messages past their maximum lease are let go."""

@@ -38,8 +38,9 @@ class OutcomeKind(StrEnum):
     # delivery either, so waiting for long never dead-letters the job.
     DEFER = "defer"
     DEAD_LETTER = "dead_letter"  # publish to the dead-letter topic, then ack
-    # Its session document does not exist: the app deleted the session while the job was queued (or never made
-    # it: a fabricated message). Nothing is run or written, so the session stays deleted.
+    # Its session document does not exist, and did not come within `upload_grace_s` of the job's publication:
+    # the app deleted the session while the job was queued (or never made it: a fabricated message). Nothing
+    # is run or written, so the session stays deleted.
     ORPHANED = "orphaned"
 
 
@@ -50,7 +51,9 @@ class Outcome:
     `finalize` (dead letters only) records the job's end; it runs only once the dead letter is published, so
     a failed publish leaves the job to its next delivery instead of ending it without a dead letter.
     `may_carry_over` (retries only): False for a retry after a bug, which Pub/Sub's dead-lettering is left to
-    end, as a message that crashes the bridge (fluxfill.bridge.carry_over).
+    end, as a message that crashes the bridge (fluxfill.bridge.carry_over). `retry_after_s` (retries only):
+    the message is wanted back no sooner than this (a pulled one is nacked with that ack deadline; a pushed
+    one comes back by the subscription's retry policy); 0 = at once.
     """
 
     kind: OutcomeKind
@@ -58,6 +61,7 @@ class Outcome:
     reason: str = ""
     finalize: Callable[[], None] | None = field(default=None, compare=False)
     may_carry_over: bool = True
+    retry_after_s: int = 0
 
     @property
     def fault(self) -> str:

@@ -82,32 +82,37 @@ class PullRunner:
     def _on_message(self, lane: str, received: Any, held: HeldMessage) -> None:
         """Never raises: a bug must not lose the message."""
         try:
-            acked = self._settle(lane, received, held)
+            acked, retry_after_s = self._settle(lane, received, held)
         except Exception:
             logger.exception("unexpected error handling a pulled message; nacking")
-            acked = False
+            acked, retry_after_s = False, 0
         if acked:
             self._leases.ack(held)
         else:
-            self._leases.nack(held)
+            self._leases.nack(held, retry_after_s)
 
-    def _settle(self, lane: str, received: Any, held: HeldMessage) -> bool:
+    def _settle(self, lane: str, received: Any, held: HeldMessage) -> tuple[bool, int]:
+        """Whether to ack; if not, after how long the message is wanted back."""
         delivery = delivery_of(received)
-        carry_over = self._bridge.carry_over
         if not self._bridge.readiness.wait_until_ready(self._stop):
-            return carry_over is not None and carry_over.instead_of_giving_back(delivery, "stopping")
+            return self._stopping(delivery), 0
         # A job of a user at the limit is parked without waiting for a slot it would not use.
-        early = self._bridge.handler.defer_if_user_at_limit(delivery)
-        if early is not None:
-            return should_ack(early, delivery, self._bridge.dead_letters, carry_over)
-        if not self._gate.acquire(lane, self._stop):
-            return carry_over is not None and carry_over.instead_of_giving_back(delivery, "stopping")
-        self._leases.started(held)
-        try:
-            outcome = self._bridge.handler.handle(delivery)
-            return should_ack(outcome, delivery, self._bridge.dead_letters, carry_over)
-        finally:
-            self._gate.release()
+        outcome = self._bridge.handler.defer_if_user_at_limit(delivery)
+        if outcome is None:
+            if not self._gate.acquire(lane, self._stop):
+                return self._stopping(delivery), 0
+            self._leases.started(held)
+            try:
+                outcome = self._bridge.handler.handle(delivery)
+            finally:
+                self._gate.release()
+        acked = should_ack(outcome, delivery, self._bridge.dead_letters, self._bridge.carry_over)
+        return acked, outcome.retry_after_s
+
+    def _stopping(self, delivery: Delivery) -> bool:
+        """Whether a message the bridge stops before running was carried over (ack) or is given back."""
+        carry_over = self._bridge.carry_over
+        return carry_over is not None and carry_over.instead_of_giving_back(delivery, "stopping")
 
     def _pull_lane(self, lane: str) -> None:
         subscription = self._lanes[lane]

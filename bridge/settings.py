@@ -179,8 +179,9 @@ class BridgeSettings(BaseSettings):
         30.0,
         ge=0,
         le=600,
-        description="an original or mask not in the bucket yet is waited for until this long after the job "
-        "was published (an app that publishes while its uploads run); 0 = missing fails at once",
+        description="an original or mask not in the bucket yet, or a session document not in Firestore yet, "
+        "is waited for until this long after the job was published (an app that publishes before its writes "
+        "land); 0 = missing fails at once (a missing document: orphaned)",
     )
     max_image_pixels: int = Field(
         8192 * 6144,

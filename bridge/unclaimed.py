@@ -1,11 +1,16 @@
 """What becomes of a delivery that is not run: a refused message, a job not claimed, an exhausted job."""
 
+import math
 from typing import Any
 
 from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobStatus, SessionField
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import Claim, ClaimKind, JobRef, SessionStore
 from fluxfill.bridge.sessions import BRIDGE_ROOM_BYTES, MAX_DOCUMENT_BYTES
+
+# A job whose session document is not made yet comes back after this long (or when its grace ends, if
+# sooner) to look again. A pulled message's ack deadline says so; Pub/Sub's retry policy may add to it.
+SESSION_RECHECK_S = 5
 
 
 def error_fields(code: ErrorCode, message: str) -> dict[str, Any]:
@@ -38,13 +43,10 @@ def refuse(sessions: SessionStore, session_template: str, error: InvalidJobError
 
 
 def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Delivery) -> Outcome:
-    """The outcome of a delivery whose claim found the job finished, running, exhausted, cancelled or its
-    session gone."""
+    """The outcome of a delivery whose claim found the job finished, running, exhausted or cancelled (a
+    session that does not exist: `no_session`)."""
     if claim.kind is ClaimKind.FINISHED:
         return Outcome(OutcomeKind.DUPLICATE, reason=f"already {claim.status}")
-    if claim.kind is ClaimKind.NO_SESSION:
-        reason = "its session document does not exist (the app deleted the session, or never made it)"
-        return Outcome(OutcomeKind.ORPHANED, reason=reason)
     if claim.kind is ClaimKind.BUSY:
         return _running_elsewhere(claim, delivery)
     if claim.kind is ClaimKind.EXHAUSTED:
@@ -61,6 +63,27 @@ def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Del
     message = "cancelled by the app before it started"
     sessions.finish(ref, None, JobStatus.CANCELLED, error_fields(ErrorCode.CANCELLED, message))
     return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)
+
+
+def no_session(grace_s: float, grace_left_s: float) -> Outcome:
+    """The outcome of a delivery whose session document does not exist, `grace_left_s` before the end of the
+    `grace_s` an app's writes for a job may land after its publication.
+
+    Within the grace the message comes back to look again, holding no slot meanwhile: an app may publish
+    before its write of the document has reached Firestore (a write queued offline by the app's SDK, then a
+    function called to publish). After it, the session was deleted by the app, or never made: orphaned.
+    """
+    if grace_left_s > 0:
+        reason = (
+            f"its session document does not exist yet; looked for again until {grace_s:g} s after the job's "
+            "publication (an app that publishes before its document is written)"
+        )
+        after_s = max(1, min(SESSION_RECHECK_S, math.ceil(grace_left_s)))
+        return Outcome(OutcomeKind.RETRY, reason=reason, retry_after_s=after_s)
+    reason = "its session document does not exist (the app deleted the session, or never made it)"
+    if grace_s:
+        reason += f"; it was not made within {grace_s:g} s of the job's publication"
+    return Outcome(OutcomeKind.ORPHANED, reason=reason)
 
 
 def _running_elsewhere(claim: Claim, delivery: Delivery) -> Outcome:

@@ -152,15 +152,22 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
 
 
 def _settle(fleet: Fleet, planned: list[PlannedJob], dead: list[Any], deadline: float) -> bool:
-    """Wait until every session is terminal and every expected dead letter arrived (or the deadline); a
-    deleted session has none to wait for (what is left of its messages is counted after the bridges stop)."""
+    """Wait until every session is terminal, every expected dead letter arrived and every deleted session's
+    job was logged orphaned (its message is looked at again until the fleet's upload grace is over), or the
+    deadline; what is left of any message is counted after the bridges stop."""
     with_session = [j for j in planned if j.user and j.expectation.status is not None]
+    deleted = {j.session for j in planned if j.kind is Kind.DELETED}
     expected_dead = sum(1 for j in planned if j.expectation.dead_letter)
     while time.monotonic() < deadline:
         traffic.drain_dead_letters(fleet.jobs, dead)
         documents = traffic.session_documents(fleet.jobs, with_session)
         finished = sum(1 for d in documents.values() if d.get("status") in TERMINAL)
-        if finished == len(with_session) and len(dead) >= expected_dead:
+        if finished == len(with_session) and len(dead) >= expected_dead and deleted <= _orphaned(fleet):
             return True
         time.sleep(1.0)
     return False
+
+
+def _orphaned(fleet: Fleet) -> set[str]:
+    """The sessions whose jobs a bridge has logged orphaned."""
+    return set(invariants.logged_outcomes((path for b in fleet.bridges for path in b.logs), "orphaned"))

@@ -46,6 +46,11 @@ class Evidence:
 
 def done_outcomes(logs: Iterable[Path]) -> Counter[str]:
     """How often each session was logged with outcome `done`, over all the given bridge logs."""
+    return logged_outcomes(logs, "done")
+
+
+def logged_outcomes(logs: Iterable[Path], outcome: str) -> Counter[str]:
+    """How often each session was logged with `outcome`, over all the given bridge logs."""
     counts: Counter[str] = Counter()
     for path in logs:
         for line in path.read_text(errors="replace").splitlines():
@@ -55,7 +60,7 @@ def done_outcomes(logs: Iterable[Path]) -> Counter[str]:
                 event = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the last line of a SIGKILLed process may be cut short
-            if event.get("outcome") == "done":
+            if event.get("outcome") == outcome:
                 counts[str(event.get("sessionId"))] += 1
     return counts
 

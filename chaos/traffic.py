@@ -13,8 +13,9 @@ from chaos.workload import Kind, PlannedJob
 from fluxfill.client.local_emulators import LocalJobSystem
 
 PUBLISH_TIMEOUT_S = 30.0
-# A late upload's objects go up this long after its job is published (well within the fleet's upload grace).
-LATE_UPLOAD_S = 1.0
+# A late upload's objects, a late document, go up this long after its job is published (well within the
+# fleet's upload grace).
+LATE_WRITE_S = 1.0
 
 
 @dataclass
@@ -42,13 +43,20 @@ def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 
             return
         if job.kind is not Kind.LATE_UPLOAD:
             upload_objects(jobs, job)
-        session = jobs.db.document(f"users/{job.user}/sessions/{job.session}")
-        session.set({"status": "queued", "updatedAt": datetime.now(UTC)})
+        if job.kind is Kind.LATE_DOCUMENT:
+            return
+        create_session(jobs, job)
         if job.kind is Kind.DELETED:
-            session.delete()
+            jobs.db.document(f"users/{job.user}/sessions/{job.session}").delete()
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, planned))
+
+
+def create_session(jobs: LocalJobSystem, job: PlannedJob) -> None:
+    """The job's queued session document, as the app makes it."""
+    session = jobs.db.document(f"users/{job.user}/sessions/{job.session}")
+    session.set({"status": "queued", "updatedAt": datetime.now(UTC)})
 
 
 def upload_objects(jobs: LocalJobSystem, job: PlannedJob) -> None:
@@ -87,8 +95,9 @@ def publish_all(
         if delay > 0:
             time.sleep(delay)
         message_id = jobs.publisher.publish(jobs.topic, job.data).result(timeout=PUBLISH_TIMEOUT_S)
-        if job.kind is Kind.LATE_UPLOAD and job.key not in published.first_at:
-            threading.Timer(LATE_UPLOAD_S, upload_objects, (jobs, job)).start()
+        late_write = {Kind.LATE_UPLOAD: upload_objects, Kind.LATE_DOCUMENT: create_session}.get(job.kind)
+        if late_write is not None and job.key not in published.first_at:
+            threading.Timer(LATE_WRITE_S, late_write, (jobs, job)).start()
         published.record(job, str(message_id), datetime.now(UTC))
 
 

@@ -31,6 +31,9 @@ class Kind(StrEnum):
     # Published before its photo and mask are uploaded (an app's function that publishes on the session's
     # creation while the phone still uploads): the bridge waits for them (upload_grace_s).
     LATE_UPLOAD = "late_upload"
+    # Published before its session document is written (the app's write queued offline by its SDK while a
+    # function publishes): the bridge looks for it again until upload_grace_s after the publication.
+    LATE_DOCUMENT = "late_document"
     # Its session deleted by the app (the document; the uploads kept) before a bridge takes the job: it runs
     # nothing and the session is never made again, whatever redeliveries and restarts bring.
     DELETED = "deleted"
@@ -45,6 +48,7 @@ POISON_SHARES = {
     Kind.MISSING_OBJECT: 0.05,
     Kind.CORRUPT_IMAGE: 0.05,
     Kind.LATE_UPLOAD: 0.05,
+    Kind.LATE_DOCUMENT: 0.05,
     Kind.DELETED: 0.05,
 }
 
@@ -67,6 +71,7 @@ EXPECTED = {
     Kind.MISSING_OBJECT: Expectation("failed", "original_missing", dead_letter=False),
     Kind.CORRUPT_IMAGE: Expectation("failed", "corrupt_image", dead_letter=False),
     Kind.LATE_UPLOAD: Expectation("done", None, dead_letter=False),
+    Kind.LATE_DOCUMENT: Expectation("done", None, dead_letter=False),
     Kind.DELETED: Expectation(None, None, dead_letter=False),
 }
 

@@ -157,7 +157,8 @@ def test_a_session_the_user_creates_runs_to_done_and_only_its_user_reads_it(
     assert alice.uid is not None
     session, path = session_of(jobs, alice)
     job = {"userId": alice.uid, "sessionId": session, "steps": 2}
-    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+    # A short grace: the late copy's missing document is not waited for long.
+    with running_bridge(jobs.settings(flux_server.grpc_url, upload_grace_s=1)) as bridge:
         jobs.publish(job)
         jobs.wait_for(alice.uid, session, is_terminal)
         status, document = alice.read(path)

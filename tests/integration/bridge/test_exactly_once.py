@@ -100,7 +100,8 @@ def test_a_session_the_app_deleted_stays_deleted_whether_queued_or_running(
     queued_user, queued = jobs.new_job()
     jobs.document(queued_user, queued).delete()
     running_user, running = jobs.new_job()
-    with running_bridge(jobs.settings(slow_flux_server.grpc_url)) as bridge:
+    # A short grace: a missing document is not waited for long (it may only be late within it).
+    with running_bridge(jobs.settings(slow_flux_server.grpc_url, upload_grace_s=1)) as bridge:
         jobs.publish({"userId": queued_user, "sessionId": queued, "steps": 2})
         wait_until(lambda: bridge.counted("orphaned") == 1)
         jobs.publish({"userId": running_user, "sessionId": running, "steps": 100})

@@ -84,3 +84,12 @@ def test_a_nack_gives_the_message_back_at_once_and_an_ack_for_good(jobs: JobSyst
     (acked,) = leases.hold(jobs.subscription, [response.received_messages[0].ack_id])
     leases.ack(acked)
     assert pull(jobs, 1.5 * EXTENSION_S) == []
+
+
+def test_a_nack_with_a_delay_gives_the_message_back_only_after_it(jobs: JobSystem) -> None:
+    leases = Leases(jobs.subscriber, 60, max_lease_s=60)
+    nacked = hold_one(jobs, leases)
+    leases.nack(nacked, after_s=4)
+    assert leases.wait_until_settled(0)
+    assert pull(jobs, 2.5) == [], "not back before its delay"
+    assert pull(jobs, 6) != [], "back after it"

@@ -1,15 +1,17 @@
 """A job whose session document does not exist: the app deleted the session while the job was queued (or
 running), or never made it (a fabricated message). The bridge runs nothing and writes nothing, so a session
-the app deleted stays deleted."""
+the app deleted stays deleted; within `upload_grace_s` of the job's publication the document may only be late,
+and the job is looked for again."""
 
 import threading
 import time
 
 import pytest
 
+from fluxfill.bridge import unclaimed
 from fluxfill.bridge.contract import ErrorCode
-from fluxfill.bridge.outcome import Outcome, OutcomeKind
-from tests.unit.bridge.world import DOCUMENT, PREFIX, USER, World
+from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World
 
 
 def deleted_while_running(world: World) -> Outcome:
@@ -40,16 +42,53 @@ def test_a_job_whose_session_the_app_deleted_runs_nothing_and_writes_nothing(upl
     if not uploads_kept:
         world.objects.objects.clear()
     uploaded = dict(world.objects.objects)
-    outcome = world.deliver()
+    # Within the grace it may be a document not written yet: looked for again later, holding nothing.
+    looked_again = world.deliver(published_s_ago=29.0)
+    assert looked_again.kind is OutcomeKind.RETRY
+    assert "does not exist yet" in looked_again.reason
+    assert looked_again.retry_after_s == 1, "wanted back no later than its grace's end"
+    outcome = world.deliver(published_s_ago=31.0)
     assert outcome.kind is OutcomeKind.ORPHANED
     assert "session document does not exist" in outcome.reason
-    assert world.acked == [True], "acked: a redelivery would find the same"
+    assert "not made within 30 s of the job's publication" in outcome.reason
+    assert world.acked == [False, True], "acked once the grace is over: a redelivery would find the same"
     assert world.sessions.documents == {}, "the session is not made again"
     assert world.model.calls == []
     assert world.objects.finds == [], "no upload looked for, none waited for"
     assert world.objects.objects == uploaded, "nothing uploaded"
     assert world.dead_letters.published == []
     assert orphaned_jobs(world) == 1
+    assert world.sessions.running(USER) == 0, "no slot of the user's taken"
+
+
+def test_a_job_published_before_its_session_document_was_written_runs_once_the_document_is_there() -> None:
+    """An app's write queued offline by its SDK, then a function called to publish: the job comes first."""
+    world = World(upload_grace_s=30.0)
+    document = world.sessions.documents.pop(DOCUMENT)
+    first = world.deliver(published_s_ago=0.5)
+    assert first.kind is OutcomeKind.RETRY
+    assert first.retry_after_s == unclaimed.SESSION_RECHECK_S
+    assert world.sessions.documents == {}, "nothing written to the missing document"
+    world.sessions.documents[DOCUMENT] = document
+    assert world.deliver(published_s_ago=6.0).kind is OutcomeKind.DONE
+    assert world.document["status"] == "done"
+    assert len(world.model.calls) == 1
+    assert world.acked == [False, True]
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 30.0])
+def test_a_missing_session_document_is_not_waited_for_without_a_grace_or_a_known_publication(
+    grace_s: float,
+) -> None:
+    """No grace: orphaned at once. No publication time: no grace can be counted (every redelivery would find
+    the whole of it left), so orphaned at once too."""
+    world = World(upload_grace_s=grace_s)
+    del world.sessions.documents[DOCUMENT]
+    data = b'{"userId": "%s", "sessionId": "%s"}' % (USER.encode(), SESSION.encode())
+    unknown = world.handler.handle(Delivery(data, "m1", publish_time=None))
+    assert unknown.kind is OutcomeKind.ORPHANED
+    assert world.deliver().kind is (OutcomeKind.ORPHANED if grace_s == 0 else OutcomeKind.RETRY)
+    assert world.sessions.documents == {}
 
 
 def test_an_invalid_job_of_a_session_that_does_not_exist_is_dead_lettered_and_writes_nothing() -> None:
@@ -67,8 +106,8 @@ def test_a_session_deleted_while_its_job_runs_stops_the_run_and_stays_deleted() 
     assert outcome.kind is OutcomeKind.RETRY, outcome.reason
     assert world.sessions.documents == {}
     assert not any(path.startswith(f"{PREFIX}/edited") for path in world.objects.objects)
-    # Its redelivery finds no session: acked, nothing run.
-    assert world.deliver(message_id="m1").kind is OutcomeKind.ORPHANED
+    # Its redelivery finds no session: acked once the grace is over, nothing run.
+    assert world.deliver(message_id="m1", published_s_ago=31.0).kind is OutcomeKind.ORPHANED
     assert len(world.model.calls) == 1
     assert world.sessions.documents == {}
 
