@@ -157,16 +157,37 @@ def selects(matchers: str, labels: dict[str, str]) -> bool:
     return True
 
 
+def jobs_samples(metrics: BridgeMetrics) -> list[tuple[dict[str, str], float]]:
+    """The labels and value of every non-zero jobs series."""
+    return [
+        (sample.labels, sample.value)
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == "fluxfill_bridge_jobs_total" and sample.value
+    ]
+
+
 def counted_by(query: str, metrics: BridgeMetrics) -> set[tuple[str, str]]:
     """(outcome, code) of every non-zero jobs series the query's first jobs selector selects."""
     found = re.search(r"fluxfill_bridge_jobs_total\{([^}]*)\}", query)
     assert found is not None, query
     return {
-        (sample.labels["outcome"], sample.labels["code"])
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == "fluxfill_bridge_jobs_total" and sample.value and selects(found[1], sample.labels)
+        (labels["outcome"], labels["code"])
+        for labels, _ in jobs_samples(metrics)
+        if selects(found[1], labels)
     }
+
+
+def failure_ratio(query: str, metrics: BridgeMetrics) -> float:
+    """The alert's `sum(rate(jobs{A})) / sum(rate(jobs{B}))` over counts (one window, rates alike): its
+    numerator's selected samples over its denominator's."""
+    selectors = re.findall(r"fluxfill_bridge_jobs_total(?:\{([^}]*)\})?\[", query)
+    assert len(selectors) == 2, query
+    numerator, denominator = (
+        sum(value for labels, value in jobs_samples(metrics) if selects(matchers, labels))
+        for matchers in selectors
+    )
+    return numerator / denominator
 
 
 def test_the_failure_rate_alert_pages_for_the_services_failures_not_for_bad_uploads() -> None:
@@ -189,6 +210,30 @@ def test_the_failure_rate_alert_pages_for_the_services_failures_not_for_bad_uplo
         ("failed", "corrupt_image"),
         ("failed", "deadline_exceeded"),
     }
+
+
+def test_the_failure_rate_counts_jobs_that_ended_not_deliveries_given_back_or_skipped() -> None:
+    """Half the jobs that ended failed by the service's fault: that pages, however many deliveries were given
+    back meanwhile (Triton away, a document not written yet), skipped as duplicates, or orphaned. Over
+    every outcome, such deliveries diluted the ratio below the threshold while jobs failed."""
+    world = World(job_deadline_s=0.2, upload_grace_s=30.0)
+    world.model.step_s = 0.05
+    assert world.deliver(steps=100).code is ErrorCode.DEADLINE_EXCEEDED
+    world.upload(USER, "fine")
+    world.model.step_s = 0.0
+    assert world.deliver(message_id="m2", sessionId="fine", steps=2).kind is OutcomeKind.DONE
+    for copy in range(5):
+        assert world.deliver(message_id=f"d{copy}", sessionId="fine").kind is OutcomeKind.DUPLICATE
+    for late in range(20):
+        looked_again = world.deliver(message_id=f"l{late}", sessionId=f"not-written-{late}")
+        assert looked_again.kind is OutcomeKind.RETRY
+    for gone in range(5):
+        orphaned = world.deliver(message_id=f"o{gone}", sessionId=f"gone-{gone}", published_s_ago=60.0)
+        assert orphaned.kind is OutcomeKind.ORPHANED
+
+    [alert] = queries()["failure-rate.json"]
+    assert failure_ratio(alert, world.metrics) == 0.5
+    assert alert.endswith("> 0.1")
 
 
 def test_selects_reads_label_matchers_as_promql_does() -> None:
