@@ -64,6 +64,26 @@ def test_pushed_job_is_done_through_the_emulator(jobs: JobSystem, flux_server: L
     assert bridge.counted("done") == 1
 
 
+def test_a_pushed_job_whose_session_document_comes_late_is_pushed_again_until_it_runs(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Published before the app's write of its document lands: answered 503 (Pub/Sub pushes it again), run
+    once the document is there."""
+    user, session = jobs.new_job()
+    document = jobs.document(user, session)
+    document.delete()
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False, upload_grace_s=60)
+    with running_bridge(settings) as bridge:
+        jobs.add_push_subscription(f"{bridge.url}/push")
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        wait_until(lambda: bridge.counted("retry") >= 1)
+        assert not document.get().exists, "nothing written to a missing document"
+        document.set({"status": "queued"})
+        ended = jobs.wait_for(user, session, is_terminal)
+    assert ended["status"] == "done", ended
+    assert (bridge.counted("done"), bridge.counted("orphaned")) == (1, 0)
+
+
 def one_slot_push_settings(jobs: JobSystem, triton: LocalTritonServer, **overrides: Any) -> BridgeSettings:
     """A push bridge (no token checks) that runs one job at a time."""
     return jobs.settings(triton.grpc_url, mode="push", push_auth=False, max_concurrent_jobs=1, **overrides)
