@@ -3,8 +3,8 @@
 Pub/Sub dead-letters a message after the subscription's `max_delivery_attempts` deliveries, and counts every
 nack, 503 and 429 alike, whatever its cause. A bridge gives a job back for causes that say nothing of the job:
 the model not ready for longer than a push may wait for it (a reload, an outage), no slot free, Firestore
-unreachable, the bridge stopping for a deploy. As deployed (10 attempts, retries 10 s doubling to 600 s) an
-outage of about 40 minutes had Pub/Sub dead-letter valid jobs unclaimed, their sessions left `queued` until
+unreachable, the bridge stopping for a deploy. As first deployed (10 attempts, retries 10 s doubling to 600 s)
+an outage of about 40 minutes had Pub/Sub dead-letter valid jobs unclaimed, their sessions left `queued` until
 someone replays them. The bridge counts a job's own failed runs itself (claims, `max_delivery_attempts`), so
 the subscription's count need only stop a message that crashes the bridge every time, or meets a bug: those
 are never carried over, and still reach the dead-letter topic through Pub/Sub.

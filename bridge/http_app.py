@@ -7,13 +7,14 @@ loop, so /healthz answers while they block.
 
 A push beyond `max_concurrent_jobs` waits for a slot (urgent jobs first, fluxfill.bridge.lanes) for up to
 `push_slot_wait_s` before it is refused: Pub/Sub counts every refusal as a delivery attempt, and a message
-refused as often as its subscription's dead-letter policy allows is dead-lettered by Pub/Sub, never
-claimed, its session left `queued` (an 8-job burst at a one-slot bridge did that to 3 jobs on the emulator).
-A push that finds the model not ready (Triton restarting, reloading its weights) waits for it within the same
+refused as often as its subscription's dead-letter policy allows is dead-lettered by Pub/Sub, never claimed,
+its session left `queued` (an 8-job burst at a one-slot bridge did that to 3 jobs on the emulator). A push
+that finds the model not ready (Triton restarting, reloading its weights) waits for it within the same
 `push_slot_wait_s`, for the same reason: answered 503 at once, Pub/Sub's retries (10 s doubling to 600 s, as
-deployed) spent about 6 of a message's 10 attempts in the minutes a reload takes. A bridge that is stopping
-answers 503 at once. A push refused on one of the last deliveries its subscription allows is carried over to a
-new message instead (fluxfill.bridge.carry_over), so that no wait, however long, has Pub/Sub dead-letter it.
+deployed) spent about 6 of a message's 10 attempts (as first deployed) in the minutes a reload takes. A bridge
+that is stopping answers 503 at once. A push refused on one of the last deliveries its subscription allows is
+carried over to a new message instead (fluxfill.bridge.carry_over), so that no wait, however long, has Pub/Sub
+dead-letter it.
 """
 
 import base64

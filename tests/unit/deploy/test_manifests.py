@@ -250,6 +250,21 @@ def test_subscription_settings_respect_pubsub_limits_and_the_bridge() -> None:
     assert 0 < int(CONFIG["MIN_RETRY_BACKOFF_S"]) <= int(CONFIG["MAX_RETRY_BACKOFF_S"]) <= 600
 
 
+def refused_for_s(attempts: int, min_backoff_s: int, max_backoff_s: int) -> int:
+    """How long a message refused at every delivery lasts before Pub/Sub dead-letters it: the retry policy's
+    backoffs between its deliveries (from the minimum, doubling, capped at the maximum)."""
+    return sum(min(min_backoff_s * 2**retry, max_backoff_s) for retry in range(attempts - 1))
+
+
+def test_a_push_overload_no_bridge_sees_does_not_dead_letter_jobs_within_a_night() -> None:
+    """Cloud Run answers 429 itself while every push instance is busy: no bridge runs, none carries the job
+    over, and each refusal spends a delivery attempt. A backlog built in the evening must still be there in
+    the morning (at 10 attempts it was dead-lettered after about 40 minutes of refusals)."""
+    backoffs = int(CONFIG["MIN_RETRY_BACKOFF_S"]), int(CONFIG["MAX_RETRY_BACKOFF_S"])
+    assert refused_for_s(10, 10, 600) == 2430, "the old setting's 40 minutes"
+    assert refused_for_s(int(CONFIG["SUBSCRIPTION_MAX_DELIVERY_ATTEMPTS"]), *backoffs) >= 12 * 3600
+
+
 def test_pubsub_script_applies_those_settings() -> None:
     script = (DEPLOY / "pubsub-iam.sh").read_text()
     subprocess.run(["bash", "-n", str(DEPLOY / "pubsub-iam.sh")], check=True)
