@@ -14,8 +14,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from fluxfill.inpaint.contract import MAX_PROMPT_BYTES, MAX_SEED
 
-# Firebase uids are 28 characters and auto ids 20; path-safe characters only, so an id cannot climb the tree.
+# A session id is the app's own (Firestore's auto ids are 20 characters): path-safe characters only, so an id
+# cannot climb the tree.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+# A user id is the app's auth uid. Firebase's own are 28 letters and digits, but a custom token carries
+# another system's: Auth0's `auth0|5f7c...`, Cognito's `eu-west-1:...`, an e-mail address. Those characters
+# too; never `/`, `.` or `..` (they would climb the tree), nor what Storage's names and globs take specially
+# (`* ? [ ] #`), `%`, spaces or control characters.
+USER_ID_PATTERN = r"^[A-Za-z0-9_\-.@|:+=]{1,128}$"
 # Firestore reserves document ids of this form (and refuses the whole path with InvalidArgument).
 RESERVED_ID_PATTERN = r"__.*__"
 MAX_STEPS = 100
@@ -147,11 +153,18 @@ def firestore_id_allowed(value: str) -> bool:
 
 
 def is_valid_id(value: str) -> bool:
-    """A user or session id the contract accepts: path-safe characters, and a Firestore document id."""
+    """A session id the contract accepts: path-safe characters, and a Firestore document id."""
     return re.fullmatch(ID_PATTERN, value) is not None and firestore_id_allowed(value)
 
 
+def is_valid_user_id(value: str) -> bool:
+    """A user id the contract accepts: an auth uid's characters, and a Firestore document id."""
+    return re.fullmatch(USER_ID_PATTERN, value) is not None and firestore_id_allowed(value)
+
+
 def _identifier(value: str) -> str:
+    if value in {".", ".."}:
+        raise ValueError("ids . and .. would name another folder")
     if not firestore_id_allowed(value):
         raise ValueError("ids of the form __name__ are reserved by Firestore")
     return value
@@ -165,6 +178,7 @@ def _prompt_within_limit(value: str) -> str:
 
 
 Identifier = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(_identifier)]
+UserIdentifier = Annotated[str, Field(pattern=USER_ID_PATTERN), AfterValidator(_identifier)]
 Prompt = Annotated[str, AfterValidator(_prompt_within_limit)]
 
 
@@ -173,7 +187,7 @@ class JobMessage(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    userId: Identifier  # noqa: N815 (the wire names are camelCase)
+    userId: UserIdentifier  # noqa: N815 (the wire names are camelCase)
     sessionId: Identifier  # noqa: N815
     prompt: Prompt = ""
     steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
@@ -253,6 +267,6 @@ def _valid_ids(payload: dict[str, Any]) -> tuple[str, str] | None:
     user, session = payload.get("userId"), payload.get("sessionId")
     if not (isinstance(user, str) and isinstance(session, str)):
         return None
-    if is_valid_id(user) and is_valid_id(session):
+    if is_valid_user_id(user) and is_valid_id(session):
         return user, session
     return None

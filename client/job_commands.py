@@ -15,6 +15,7 @@ from fluxfill.bridge.contract import (
     JobStatus,
     SessionField,
     is_valid_id,
+    is_valid_user_id,
 )
 from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES, whole_count
 from fluxfill.client.cli_dlq import run_dlq
@@ -83,10 +84,14 @@ def _system(args: argparse.Namespace) -> JobSystem:
 
 def session_ref(args: argparse.Namespace) -> SessionRef:
     """The session the arguments name; InvalidInputError for an id the job contract would refuse."""
-    for what, value in (("user", args.user), ("session", args.session)):
-        if value is not None and not is_valid_id(value):
+    checks = (
+        ("user", args.user, is_valid_user_id, "A-Z a-z 0-9 _ - . @ | : + ="),
+        ("session", args.session, is_valid_id, "A-Z a-z 0-9 _ -"),
+    )
+    for what, value, valid, characters in checks:
+        if value is not None and not valid(value):
             raise InvalidInputError(
-                f"{what} id {value!r} is not valid: 1 to 128 of A-Z a-z 0-9 _ - (no '/', not __name__)"
+                f"{what} id {value!r} is not valid: 1 to 128 of {characters} (not . or .., not __name__)"
             )
     return SessionRef(args.user, args.session or new_session_id())
 

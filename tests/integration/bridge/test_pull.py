@@ -281,6 +281,24 @@ def test_a_job_published_before_its_session_document_is_written_runs_once_it_is(
     assert bridge.counted("orphaned") == 0
 
 
+def test_a_user_whose_uid_comes_from_another_auth_system_gets_their_job_done(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """A custom token's uid (Auth0's `auth0|...`, Cognito's `region:...`, an e-mail address) names the user's
+    folder and document as it is, in Storage, Firestore and the per-user slots alike."""
+    uid = f"auth0|rex.owner+{uuid.uuid4().hex[:6]}@example.org:aGk="
+    user, session = jobs.new_job(user=uid)
+    settings = jobs.settings(flux_server.grpc_url, max_jobs_in_flight_per_user=1, topic=jobs.topic_id)
+    with running_bridge(settings) as bridge:
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done", document
+    assert document["result"]["paths"]["edited"] == f"users/{uid}/sessions/{session}/edited.png"
+    names = {blob.name for blob in jobs.storage_client.list_blobs(jobs.bucket, prefix=f"users/{uid}/")}
+    assert {f"users/{uid}/sessions/{session}/{name}" for name in ("edited.png", "preview.jpg")} <= names
+    assert bridge.counted("done") == 1
+
+
 def test_a_job_published_while_its_photo_and_mask_upload_waits_for_them(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:

@@ -195,6 +195,8 @@ def _cases(f: dict[str, str], held_port: int, frozen_port: int, server: LocalTri
         "cancel user with slash": Case(
             ("cancel", "s1", "--project", "p", "--user", "a/b"), 2, "user id 'a/b'"
         ),
+        "cancel user ..": Case(("cancel", "s1", "--project", "p", "--user", ".."), 2, "user id '..'"),
+        "watch session with a uid's bar": Case(("watch", "a|b", *job), 2, "session id 'a|b' is not valid"),
         "fetch reserved id": Case(("fetch", "__x__", *job, "--bucket", "b"), 2, "session id '__x__'"),
         "watch without project": Case(("watch", "s1"), 2, "no project given"),
         "watch every nan seconds": Case(("watch", "s1", "--interval", "nan", *job), 2, "a finite number"),

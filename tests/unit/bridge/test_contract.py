@@ -4,7 +4,14 @@ import json
 
 import pytest
 
-from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, is_valid_id, parse_job
+from fluxfill.bridge.contract import (
+    ErrorCode,
+    InvalidJobError,
+    JobMessage,
+    is_valid_id,
+    is_valid_user_id,
+    parse_job,
+)
 from fluxfill.inpaint.contract import MAX_PROMPT_BYTES
 
 
@@ -97,6 +104,54 @@ def test_ids_firestore_refuses_are_invalid(value: str) -> None:
 @pytest.mark.parametrize("value", ["_", "__", "___", "__u", "u__", "a_b", "Xy-9", "a" * 128])
 def test_ids_firestore_accepts_are_valid(value: str) -> None:
     assert is_valid_id(value)
+
+
+# Auth uids of other systems, which Firebase custom tokens carry: Auth0, Cognito, an e-mail address, base64.
+OTHER_AUTH_UIDS = [
+    "auth0|5f7c8ec7c33c6c004bbafe82",
+    "eu-west-1:3f1a9c2e-7b",
+    "rex.owner+pets@example.org",
+    "aGk=",
+]
+
+
+@pytest.mark.parametrize("uid", OTHER_AUTH_UIDS)
+def test_a_user_id_from_another_auth_system_is_a_valid_user_but_not_a_valid_session(uid: str) -> None:
+    job = parse({"userId": uid, "sessionId": "s1"})
+    assert job.paths("users/{userId}/sessions/{sessionId}/mask.png") == f"users/{uid}/sessions/s1/mask.png"
+    assert is_valid_user_id(uid)
+    with pytest.raises(InvalidJobError) as caught:
+        parse({"userId": "u1", "sessionId": uid})
+    assert "sessionId" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("uid", "why"),
+    [
+        (".", "would name another folder"),
+        ("..", "would name another folder"),
+        ("a/b", "should match pattern"),
+        ("../b", "should match pattern"),
+        ("a*", "should match pattern"),
+        ("a?b", "should match pattern"),
+        ("a[1]", "should match pattern"),
+        ("a#b", "should match pattern"),
+        ("a%2Fb", "should match pattern"),
+        ("a b", "should match pattern"),
+        ("a\nb", "should match pattern"),
+        ("__u__", "reserved by Firestore"),
+        ("a" * 129, "should match pattern"),
+    ],
+)
+def test_a_user_id_that_would_leave_its_folder_or_that_storage_reads_specially_is_refused(
+    uid: str, why: str
+) -> None:
+    with pytest.raises(InvalidJobError) as caught:
+        parse({"userId": uid, "sessionId": "s1", "steps": 0})
+    assert "userId" in str(caught.value)
+    assert why in str(caught.value)
+    assert caught.value.ids is None, "no failed record written at such a path"
+    assert not is_valid_user_id(uid)
 
 
 def test_reserved_ids_are_not_kept_for_a_failed_record() -> None:
