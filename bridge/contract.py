@@ -6,6 +6,7 @@ The app (and `fluxfill submit/watch/cancel/dlq`) build on this module; it import
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,11 +18,13 @@ from fluxfill.inpaint.contract import MAX_PROMPT_BYTES, MAX_SEED
 # A session id is the app's own (Firestore's auto ids are 20 characters): path-safe characters only, so an id
 # cannot climb the tree.
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+ID_CHARACTERS = "A-Z a-z 0-9 _ -"
 # A user id is the app's auth uid. Firebase's own are 28 letters and digits, but a custom token carries
 # another system's: Auth0's `auth0|5f7c...`, Cognito's `eu-west-1:...`, an e-mail address. Those characters
 # too; never `/`, `.` or `..` (they would climb the tree), nor what Storage's names and globs take specially
 # (`* ? [ ] #`), `%`, spaces or control characters.
 USER_ID_PATTERN = r"^[A-Za-z0-9_\-.@|:+=]{1,128}$"
+USER_ID_CHARACTERS = f"{ID_CHARACTERS} . @ | : + ="
 # Firestore reserves document ids of this form (and refuses the whole path with InvalidArgument).
 RESERVED_ID_PATTERN = r"__.*__"
 MAX_STEPS = 100
@@ -162,12 +165,20 @@ def is_valid_user_id(value: str) -> bool:
     return re.fullmatch(USER_ID_PATTERN, value) is not None and firestore_id_allowed(value)
 
 
-def _identifier(value: str) -> str:
-    if value in {".", ".."}:
-        raise ValueError("ids . and .. would name another folder")
-    if not firestore_id_allowed(value):
-        raise ValueError("ids of the form __name__ are reserved by Firestore")
-    return value
+def _id_check(pattern: str, characters: str) -> Callable[[str], str]:
+    """A validator of ids of `pattern` whose refusals say, in a sentence, what an id may be (not the value:
+    a hostile one is not echoed)."""
+
+    def check(value: str) -> str:
+        if re.fullmatch(pattern, value) is None:
+            raise ValueError(f"an id is 1 to 128 of the characters {characters}")
+        if value in {".", ".."}:
+            raise ValueError("ids . and .. would name another folder")
+        if not firestore_id_allowed(value):
+            raise ValueError("ids of the form __name__ are reserved by Firestore")
+        return value
+
+    return check
 
 
 def _prompt_within_limit(value: str) -> str:
@@ -177,8 +188,8 @@ def _prompt_within_limit(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, Field(pattern=ID_PATTERN), AfterValidator(_identifier)]
-UserIdentifier = Annotated[str, Field(pattern=USER_ID_PATTERN), AfterValidator(_identifier)]
+Identifier = Annotated[str, AfterValidator(_id_check(ID_PATTERN, ID_CHARACTERS))]
+UserIdentifier = Annotated[str, AfterValidator(_id_check(USER_ID_PATTERN, USER_ID_CHARACTERS))]
 Prompt = Annotated[str, AfterValidator(_prompt_within_limit)]
 
 

@@ -10,7 +10,9 @@ from typing import Any
 
 from fluxfill.bridge.contract import (
     FIRESTORE_DATABASE_PATTERN,
+    ID_CHARACTERS,
     INPUT_ERRORS,
+    USER_ID_CHARACTERS,
     ErrorCode,
     JobStatus,
     SessionField,
@@ -85,8 +87,8 @@ def _system(args: argparse.Namespace) -> JobSystem:
 def session_ref(args: argparse.Namespace) -> SessionRef:
     """The session the arguments name; InvalidInputError for an id the job contract would refuse."""
     checks = (
-        ("user", args.user, is_valid_user_id, "A-Z a-z 0-9 _ - . @ | : + ="),
-        ("session", args.session, is_valid_id, "A-Z a-z 0-9 _ -"),
+        ("user", args.user, is_valid_user_id, USER_ID_CHARACTERS),
+        ("session", args.session, is_valid_id, ID_CHARACTERS),
     )
     for what, value, valid, characters in checks:
         if value is not None and not valid(value):
