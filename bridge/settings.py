@@ -5,10 +5,11 @@ import secrets
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge import contract
+from fluxfill.bridge.path_templates import template_problem
 
 ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # After the grace period, cancelling the runs on Triton and giving their claims back may take this long;
@@ -216,6 +217,22 @@ class BridgeSettings(BaseSettings):
         description="this bridge's name in logs and the session's `owner` (claims are fenced by a "
         "fresh claim id each); default the hostname plus pid and a random suffix",
     )
+
+    @field_validator("original_template", "mask_template", "edited_template", "preview_template")
+    @classmethod
+    def _check_object_template(cls, template: str) -> str:
+        problem = template_problem(template)
+        if problem is not None:
+            raise ValueError(problem)
+        return template
+
+    @field_validator("session_template")
+    @classmethod
+    def _check_session_template(cls, template: str) -> str:
+        problem = template_problem(template, document=True)
+        if problem is not None:
+            raise ValueError(problem)
+        return template
 
     @model_validator(mode="after")
     def _check_mode(self) -> "BridgeSettings":
