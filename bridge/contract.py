@@ -155,27 +155,36 @@ def firestore_id_allowed(value: str) -> bool:
     )
 
 
+def id_problem(value: str, *, user: bool = False) -> str | None:
+    """Why the contract refuses `value` as a session id (a user id when `user`), in a sentence that does not
+    echo it (a hostile one stays out of logs and records); None when it takes it."""
+    pattern, characters = (USER_ID_PATTERN, USER_ID_CHARACTERS) if user else (ID_PATTERN, ID_CHARACTERS)
+    if re.fullmatch(pattern, value) is None:
+        return f"an id is 1 to 128 of the characters {characters}"
+    if value in {".", ".."}:
+        return "ids . and .. would name another folder"
+    if not firestore_id_allowed(value):
+        return "ids of the form __name__ are reserved by Firestore"
+    return None
+
+
 def is_valid_id(value: str) -> bool:
     """A session id the contract accepts: path-safe characters, and a Firestore document id."""
-    return re.fullmatch(ID_PATTERN, value) is not None and firestore_id_allowed(value)
+    return id_problem(value) is None
 
 
 def is_valid_user_id(value: str) -> bool:
     """A user id the contract accepts: an auth uid's characters, and a Firestore document id."""
-    return re.fullmatch(USER_ID_PATTERN, value) is not None and firestore_id_allowed(value)
+    return id_problem(value, user=True) is None
 
 
-def _id_check(pattern: str, characters: str) -> Callable[[str], str]:
-    """A validator of ids of `pattern` whose refusals say, in a sentence, what an id may be (not the value:
-    a hostile one is not echoed)."""
+def _id_check(*, user: bool) -> Callable[[str], str]:
+    """The validator of a session id (a user id when `user`): raises `id_problem`'s sentence."""
 
     def check(value: str) -> str:
-        if re.fullmatch(pattern, value) is None:
-            raise ValueError(f"an id is 1 to 128 of the characters {characters}")
-        if value in {".", ".."}:
-            raise ValueError("ids . and .. would name another folder")
-        if not firestore_id_allowed(value):
-            raise ValueError("ids of the form __name__ are reserved by Firestore")
+        problem = id_problem(value, user=user)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     return check
@@ -188,8 +197,8 @@ def _prompt_within_limit(value: str) -> str:
     return value
 
 
-Identifier = Annotated[str, AfterValidator(_id_check(ID_PATTERN, ID_CHARACTERS))]
-UserIdentifier = Annotated[str, AfterValidator(_id_check(USER_ID_PATTERN, USER_ID_CHARACTERS))]
+Identifier = Annotated[str, AfterValidator(_id_check(user=False))]
+UserIdentifier = Annotated[str, AfterValidator(_id_check(user=True))]
 Prompt = Annotated[str, AfterValidator(_prompt_within_limit)]
 
 

@@ -150,9 +150,8 @@ class JobHandler:
         structlog.contextvars.bind_contextvars(messageId=delivery.message_id)
         published = first_published(delivery)
         try:
-            if published is not None:
-                age = (self._now() - published).total_seconds()
-                self._metrics.queue_age.observe(max(0.0, age))
+            if (age := self._seconds_since(published)) is not None:
+                self._metrics.queue_age.observe(age)
             try:
                 outcome = decide(delivery)
             except Exception:  # a bug must not escape to the entry point: the message comes back
@@ -166,8 +165,8 @@ class JobHandler:
             self._metrics.in_flight.dec()
         self._metrics.jobs.labels(outcome.kind.value, outcome.code or "", outcome.fault).inc()
         ended = outcome.kind in (OutcomeKind.DONE, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
-        if ended and published is not None:
-            self._metrics.latency.observe(max(0.0, (self._now() - published).total_seconds()))
+        if ended and (latency := self._seconds_since(published)) is not None:
+            self._metrics.latency.observe(latency)
         return outcome
 
     def _handle(self, delivery: Delivery) -> Outcome:
@@ -365,9 +364,8 @@ class JobHandler:
         )
         timings["upload"] = self._phase("upload", phase_start)
         timings["total"] = time.monotonic() - started
-        published = first_published(delivery)
-        if published is not None:
-            timings["queue"] = max(0.0, (self._now() - published).total_seconds() - timings["total"])
+        if (age := self._since_published_s(delivery)) is not None:
+            timings["queue"] = max(0.0, age - timings["total"])
         total_steps = monitor.steps_seen[-1][1] if monitor.steps_seen else None
         fields = result_fields(
             job,
@@ -382,10 +380,13 @@ class JobHandler:
         )
         return {**fields, SessionField.TIMINGS: timings}
 
+    def _seconds_since(self, moment: datetime | None) -> float | None:
+        """Seconds from `moment` to now, never negative (clocks differ); None for no moment."""
+        return None if moment is None else max(0.0, (self._now() - moment).total_seconds())
+
     def _since_published_s(self, delivery: Delivery) -> float | None:
         """How long ago the job was first published; None when that is not known."""
-        published = first_published(delivery)
-        return None if published is None else max(0.0, (self._now() - published).total_seconds())
+        return self._seconds_since(first_published(delivery))
 
     def _session_grace_left_s(self, delivery: Delivery) -> float:
         """How much longer a missing session document may be waited for: none when the job's publication is

@@ -5,7 +5,7 @@ import secrets
 import socket
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge import contract
@@ -218,18 +218,12 @@ class BridgeSettings(BaseSettings):
         "fresh claim id each); default the hostname plus pid and a random suffix",
     )
 
-    @field_validator("original_template", "mask_template", "edited_template", "preview_template")
+    @field_validator(
+        "original_template", "mask_template", "edited_template", "preview_template", "session_template"
+    )
     @classmethod
-    def _check_object_template(cls, template: str) -> str:
-        problem = template_problem(template)
-        if problem is not None:
-            raise ValueError(problem)
-        return template
-
-    @field_validator("session_template")
-    @classmethod
-    def _check_session_template(cls, template: str) -> str:
-        problem = template_problem(template, document=True)
+    def _check_template(cls, template: str, info: ValidationInfo) -> str:
+        problem = template_problem(template, document=info.field_name == "session_template")
         if problem is not None:
             raise ValueError(problem)
         return template

@@ -35,19 +35,18 @@ class Published:
 
 
 def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 8) -> None:
-    """Upload each job's objects (a late upload's come after its publication, in `publish_all`) and create its
-    queued session document, as the app does before publishing."""
+    """Upload each job's objects and create its queued session document, as the app does before publishing
+    (a late upload's objects and a late document come after the publication, in `publish_all`)."""
 
     def one(job: PlannedJob) -> None:
         if not job.user:
             return
         if job.kind is not Kind.LATE_UPLOAD:
             upload_objects(jobs, job)
-        if job.kind is Kind.LATE_DOCUMENT:
-            return
-        create_session(jobs, job)
-        if job.kind is Kind.DELETED:
-            jobs.db.document(f"users/{job.user}/sessions/{job.session}").delete()
+        # A late document is written after the publication; a deleted one, made and deleted by the app before
+        # a bridge takes its job, is in Firestore what one never made is: no document, no trace.
+        if job.kind not in (Kind.LATE_DOCUMENT, Kind.DELETED):
+            create_session(jobs, job)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(one, planned))

@@ -10,14 +10,11 @@ from typing import Any
 
 from fluxfill.bridge.contract import (
     FIRESTORE_DATABASE_PATTERN,
-    ID_CHARACTERS,
     INPUT_ERRORS,
-    USER_ID_CHARACTERS,
     ErrorCode,
     JobStatus,
     SessionField,
-    is_valid_id,
-    is_valid_user_id,
+    id_problem,
 )
 from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES, whole_count
 from fluxfill.client.cli_dlq import run_dlq
@@ -86,15 +83,10 @@ def _system(args: argparse.Namespace) -> JobSystem:
 
 def session_ref(args: argparse.Namespace) -> SessionRef:
     """The session the arguments name; InvalidInputError for an id the job contract would refuse."""
-    checks = (
-        ("user", args.user, is_valid_user_id, USER_ID_CHARACTERS),
-        ("session", args.session, is_valid_id, ID_CHARACTERS),
-    )
-    for what, value, valid, characters in checks:
-        if value is not None and not valid(value):
-            raise InvalidInputError(
-                f"{what} id {value!r} is not valid: 1 to 128 of {characters} (not . or .., not __name__)"
-            )
+    for what, value in (("user", args.user), ("session", args.session)):
+        problem = None if value is None else id_problem(value, user=what == "user")
+        if problem is not None:
+            raise InvalidInputError(f"{what} id {value!r} is not valid: {problem}")
     return SessionRef(args.user, args.session or new_session_id())
 
 
