@@ -3,13 +3,26 @@
 import os
 import secrets
 import socket
-from typing import Literal
+from typing import Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge import contract
-from fluxfill.bridge.path_templates import template_problem
+from fluxfill.bridge.path_templates import (
+    OBJECT_TEMPLATES,
+    SESSION_TEMPLATE,
+    layout_problem,
+    template_problem,
+)
 
 ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # After the grace period, cancelling the runs on Triton and giving their claims back may take this long;
@@ -105,7 +118,6 @@ class BridgeSettings(BaseSettings):
     mask_template: str = Field(contract.DEFAULT_MASK_TEMPLATE, description="mask object")
     edited_template: str = Field(
         contract.DEFAULT_EDITED_TEMPLATE,
-        pattern=r"\*$",
         description="result at full size in the original's format; the final `*` becomes jpg, png or webp",
     )
     result_format: Literal["original", "png"] = Field(
@@ -218,15 +230,14 @@ class BridgeSettings(BaseSettings):
         "fresh claim id each); default the hostname plus pid and a random suffix",
     )
 
-    @field_validator(
-        "original_template", "mask_template", "edited_template", "preview_template", "session_template"
-    )
+    @field_validator(*OBJECT_TEMPLATES, SESSION_TEMPLATE)
     @classmethod
     def _check_template(cls, template: str, info: ValidationInfo) -> str:
-        problem = template_problem(template, document=info.field_name == "session_template")
-        if problem is not None:
-            raise ValueError(problem)
-        return template
+        return checked_template(template, info)
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> "BridgeSettings":
+        return checked_layout(self)
 
     @model_validator(mode="after")
     def _check_mode(self) -> "BridgeSettings":
@@ -252,6 +263,25 @@ class BridgeSettings(BaseSettings):
                 "deliveries: set FLUXFILL_BRIDGE_TOPIC to the jobs topic"
             )
         return self
+
+
+def checked_template(template: str, info: ValidationInfo) -> str:
+    """A path template setting's validator (the bridge's, and the command line's reading of its variables)."""
+    problem = template_problem(template, str(info.field_name))
+    if problem is not None:
+        raise ValueError(problem)
+    return template
+
+
+Layout = TypeVar("Layout", bound=BaseModel)
+
+
+def checked_layout(settings: Layout) -> Layout:
+    """The object templates' validator: no two of them may name the same object."""
+    problem = layout_problem(settings.model_dump(include=set(OBJECT_TEMPLATES)), variable)
+    if problem is not None:
+        raise ValueError(problem)
+    return settings
 
 
 def variable(field_name: str) -> str:
