@@ -87,7 +87,9 @@ def add_parsers(commands: "argparse._SubParsersAction[Any]") -> None:
         "MASK is read by this client's rules (an RGBA image repaints its transparent pixels) and uploaded "
         "white on black; the bridge reads an app's own RGBA mask by its opaque pixels. A photo the bridge "
         "would refuse for its size is refused before anything is uploaded, by the bridge's own "
-        "FLUXFILL_BRIDGE_MAX_OBJECT_BYTES and FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS (else the bridge's defaults).",
+        "FLUXFILL_BRIDGE_MAX_OBJECT_BYTES and FLUXFILL_BRIDGE_MAX_IMAGE_PIXELS (else the bridge's defaults). "
+        "Objects and the session document go where the bridge's FLUXFILL_BRIDGE_*_TEMPLATE variables say "
+        "(else the contract's paths), as every job command reads them.",
     )
     submit.add_argument("image", type=Path, help="the photo")
     submit.add_argument("mask", help="mask image (white = repaint), RGBA image (transparent), or box x,y,w,h")

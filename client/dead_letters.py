@@ -79,15 +79,15 @@ class ReplayReport:
     refused: list[tuple[DeadLetter, str]]
 
 
-def _read_job(data: bytes) -> tuple[SessionRef | None, str | None, str]:
+def _read_job(data: bytes, jobs: JobSystem) -> tuple[SessionRef | None, str | None, str]:
     """The dead letter's session (when its ids are usable), why it is not a valid job (None if it is), and
     its priority."""
     try:
         job = parse_job(data)
     except InvalidJobError as error:
         refusal = f"not a valid job ({error.code.value}): replaying it would only dead-letter it again"
-        return (SessionRef(*error.ids) if error.ids else None), refusal, "bulk"
-    return SessionRef(job.userId, job.sessionId), None, job.priority
+        return (jobs.ref(*error.ids) if error.ids else None), refusal, "bulk"
+    return jobs.ref(job.userId, job.sessionId), None, job.priority
 
 
 def _answering(subscriber: Any, path: str) -> bool:
@@ -146,7 +146,7 @@ class DeadLetterQueue:
     def _describe(self, received: Any) -> DeadLetter:
         message = received.message
         data, attributes = bytes(message.data), dict(message.attributes)
-        ref, not_a_job, priority = _read_job(data)
+        ref, not_a_job, priority = _read_job(data, self._jobs)
         code = attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "")
         reason = attributes.get(DEAD_LETTER_REASON_ATTRIBUTE, "")
         if not code and ref is not None:

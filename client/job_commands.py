@@ -34,6 +34,7 @@ from fluxfill.client.jobs import (
     JobSettings,
     JobSystem,
     SessionRef,
+    bridge_templates,
     document_map,
     new_session_id,
     photo_upload,
@@ -77,17 +78,18 @@ def _system(args: argparse.Namespace) -> JobSystem:
             urgent_topic=getattr(args, "urgent_topic", ""),
             dead_letter_subscription=getattr(args, "dead_letter_subscription", ""),
             database=args.database,
+            templates=bridge_templates(),
         )
     )
 
 
-def session_ref(args: argparse.Namespace) -> SessionRef:
-    """The session the arguments name; InvalidInputError for an id the job contract would refuse."""
+def session_ids(args: argparse.Namespace) -> tuple[str, str]:
+    """The user and session the arguments name; InvalidInputError for an id the job contract would refuse."""
     for what, value in (("user", args.user), ("session", args.session)):
         problem = None if value is None else id_problem(value, user=what == "user")
         if problem is not None:
             raise InvalidInputError(f"{what} id {value!r} is not valid: {problem}")
-    return SessionRef(args.user, args.session or new_session_id())
+    return args.user, args.session or new_session_id()
 
 
 def run_job_command(args: argparse.Namespace) -> int:
@@ -95,8 +97,9 @@ def run_job_command(args: argparse.Namespace) -> int:
     if args.command in ("dlq", "config"):
         jobs = _system(args)
         return _config(jobs, args) if args.command == "config" else run_dlq(jobs, args)
-    ref = session_ref(args)  # ids are checked (and submit's new id drawn) before anything is read or uploaded
+    ids = session_ids(args)  # ids are checked (and submit's new id drawn) before anything is read or uploaded
     jobs = _system(args)
+    ref = jobs.ref(*ids)
     if args.command == "submit":
         return _submit(jobs, args, ref)
     if args.command == "watch":

@@ -20,16 +20,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge import exif_fallback
 from fluxfill.bridge.adapters.firestore_errors import CALL_TIMEOUT_S, bounded
 from fluxfill.bridge.contract import (
     DEFAULT_FIRESTORE_DATABASE,
-    DEFAULT_MASK_TEMPLATE,
-    DEFAULT_ORIGINAL_TEMPLATE,
-    DEFAULT_SESSION_TEMPLATE,
     TERMINAL_STATUSES,
     InvalidJobError,
     JobMessage,
@@ -40,7 +37,14 @@ from fluxfill.bridge.contract import (
 from fluxfill.bridge.credentials import using_emulators
 from fluxfill.bridge.intake import sniff_format
 from fluxfill.bridge.model_rgb import DECODE_ERRORS
-from fluxfill.bridge.settings import ENV_PREFIX, BridgeSettings, settings_problems
+from fluxfill.bridge.path_templates import OBJECT_TEMPLATES, SESSION_TEMPLATE
+from fluxfill.bridge.settings import (
+    ENV_PREFIX,
+    BridgeSettings,
+    checked_layout,
+    checked_template,
+    settings_problems,
+)
 from fluxfill.client.errors import FluxFillError, InvalidInputError, ServiceUnavailableError
 from fluxfill.client.images import MaskLike, PixelLimit, open_image, to_mask
 
@@ -69,6 +73,46 @@ def new_session_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
+def _the_bridges(name: str) -> Any:
+    """The bridge's own setting of this name (its default, bounds and description), as a field."""
+    return BridgeSettings.model_fields[name]
+
+
+class BridgeTemplates(BaseSettings):
+    """Where the bridge looks for a job's photo, mask and session document, and writes its results: the
+    bridge's own path templates, from its FLUXFILL_BRIDGE_*_TEMPLATE variables (a deployment sets them once,
+    for both), else the contract's defaults, under the bridge's checks."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    original_template: str = _the_bridges("original_template")
+    mask_template: str = _the_bridges("mask_template")
+    edited_template: str = _the_bridges("edited_template")
+    preview_template: str = _the_bridges("preview_template")
+    session_template: str = _the_bridges("session_template")
+
+    @field_validator(*OBJECT_TEMPLATES, SESSION_TEMPLATE)
+    @classmethod
+    def _check_template(cls, template: str, info: ValidationInfo) -> str:
+        return checked_template(template, info)
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> "BridgeTemplates":
+        return checked_layout(self)
+
+
+# The contract's own templates, whatever the environment says (a library caller's default).
+DEFAULT_TEMPLATES = BridgeTemplates.model_construct()
+
+
+def bridge_templates() -> BridgeTemplates:
+    """The bridge's templates as its variables set them here; InvalidInputError naming a bad one."""
+    try:
+        return BridgeTemplates()
+    except ValidationError as error:
+        raise InvalidInputError(f"invalid bridge path template: {settings_problems(error)}") from None
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """Where the job system lives; the CLI fills it from flags and FLUXFILL_* variables."""
@@ -80,24 +124,29 @@ class JobSettings:
     urgent_topic: str = ""  # urgent jobs' topic; empty: they go to `topic` too
     database: str = DEFAULT_FIRESTORE_DATABASE  # the app's Firestore database, as the bridge's setting
     call_timeout_s: float = CALL_TIMEOUT_S  # each Firestore call's bound, its retries included
+    templates: BridgeTemplates = DEFAULT_TEMPLATES  # the bridge's; the CLI reads them as the bridge does
 
 
 @dataclass(frozen=True)
 class SessionRef:
-    """One user's session: the document and storage paths follow from the two ids."""
+    """One user's session: its document's and objects' paths come of its ids and the bridge's templates."""
 
     user: str
     session: str
+    templates: BridgeTemplates = DEFAULT_TEMPLATES
 
     @property
     def document(self) -> str:
         """The session document's path."""
-        return DEFAULT_SESSION_TEMPLATE.format(userId=self.user, sessionId=self.session)
+        return self._filled(self.templates.session_template)
 
-    def object_path(self, template: str, extension: str = "") -> str:
-        """A storage path from a contract template; `extension` replaces a final `*`."""
-        path = template.format(userId=self.user, sessionId=self.session)
+    def object_path(self, kind: str, extension: str = "") -> str:
+        """Where the job's `kind` of object (original, mask) goes; `extension` stands for a final `*`."""
+        path = self._filled(getattr(self.templates, f"{kind}_template"))
         return path[:-1] + extension if path.endswith("*") else path
+
+    def _filled(self, template: str) -> str:
+        return template.format(userId=self.user, sessionId=self.session)
 
 
 @contextmanager
@@ -138,11 +187,6 @@ def validated_job(ref: SessionRef, **fields: Any) -> JobMessage:
         return parse_job(json.dumps(payload).encode())
     except InvalidJobError as error:
         raise InvalidInputError(str(error)) from None
-
-
-def _the_bridges(name: str) -> Any:
-    """The bridge's own setting of this name (its default, bounds and description), as a field."""
-    return BridgeSettings.model_fields[name]
 
 
 class BridgeLimits(BaseSettings):
@@ -244,6 +288,10 @@ class JobSystem:
             return AnonymousCredentials()  # type: ignore[no-untyped-call]
         return None  # Application Default Credentials
 
+    def ref(self, user: str, session: str) -> SessionRef:
+        """A session of these ids, under the bridge's templates as these settings hold them."""
+        return SessionRef(user, session, self.settings.templates)
+
     def client(self, kind: str) -> Any:
         """The storage, firestore, publisher or subscriber client."""
         if kind not in self._clients:
@@ -281,13 +329,13 @@ class JobSystem:
         try:
             bucket = self.client("storage").bucket(self.settings.bucket)
             with google_errors(f"upload to gs://{self.settings.bucket}"):
-                original_path = ref.object_path(DEFAULT_ORIGINAL_TEMPLATE, extension)
+                original_path = ref.object_path("original", extension)
                 content_type = Image.MIME.get(extension.upper().replace("JPG", "JPEG"), "image/png")
                 bucket.blob(original_path).upload_from_string(
                     original, content_type=content_type, **_storage_bound()
                 )
                 made.append(original_path)
-                mask_path = ref.object_path(DEFAULT_MASK_TEMPLATE)
+                mask_path = ref.object_path("mask", "png")
                 bucket.blob(mask_path).upload_from_string(
                     mask_png, content_type="image/png", **_storage_bound()
                 )

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge import intake
-from fluxfill.bridge.contract import DEFAULT_MASK_TEMPLATE, DEFAULT_ORIGINAL_TEMPLATE, ErrorCode, parse_job
+from fluxfill.bridge.contract import ErrorCode, parse_job
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client import images
@@ -29,6 +29,7 @@ from fluxfill.client.jobs import (
     PhotoUpload,
     SessionRef,
     bridge_limits,
+    bridge_templates,
     encode_mask,
     new_session_id,
     photo_upload,
@@ -40,8 +41,57 @@ REF = SessionRef("u1", "s1")
 
 def test_paths_follow_the_contract_templates() -> None:
     assert REF.document == "users/u1/sessions/s1"
-    assert REF.object_path(DEFAULT_ORIGINAL_TEMPLATE, "jpg") == "users/u1/sessions/s1/original.jpg"
-    assert REF.object_path(DEFAULT_MASK_TEMPLATE) == "users/u1/sessions/s1/mask.png"
+    assert REF.object_path("original", "jpg") == "users/u1/sessions/s1/original.jpg"
+    assert REF.object_path("mask", "png") == "users/u1/sessions/s1/mask.png"
+
+
+# A deployment's own layout, set once for the bridge and the command line alike.
+LAYOUT = {
+    "ORIGINAL_TEMPLATE": "uploads/{userId}/{sessionId}/photo.*",
+    "MASK_TEMPLATE": "uploads/{userId}/{sessionId}/mask.*",
+    "SESSION_TEMPLATE": "apps/pets/owners/{userId}/edits/{sessionId}",
+}
+
+
+def test_the_command_lines_paths_follow_the_bridges_template_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before, `fluxfill submit` uploaded to the contract's default paths and `watch`, `cancel` and `dlq
+    replay` read the default document whatever the bridge was told: a deployment with its own layout had
+    every submitted job orphaned, and replay refused every dead letter as a deleted session."""
+    for name, template in LAYOUT.items():
+        monkeypatch.setenv(f"FLUXFILL_BRIDGE_{name}", template)
+    jobs = JobSystem(JobSettings(project="p", templates=bridge_templates()))
+    ref = jobs.ref("u1", "s1")
+    assert ref.document == "apps/pets/owners/u1/edits/s1"
+    assert ref.object_path("original", "heic") == "uploads/u1/s1/photo.heic"
+    assert ref.object_path("mask", "png") == "uploads/u1/s1/mask.png"
+    assert SessionRef("u1", "s1").document == "users/u1/sessions/s1", (
+        "a library caller's default: the contract's"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "template", "said"),
+    [
+        (
+            "SESSION_TEMPLATE",
+            "users/{userId}/sessions",
+            "FLUXFILL_BRIDGE_SESSION_TEMPLATE: 'users/{userId}/sessions'",
+        ),
+        ("EDITED_TEMPLATE", "users/{userId}/sessions/{sessionId}/original.*", "can name the same object"),
+    ],
+)
+def test_a_template_the_bridge_would_refuse_is_refused_by_every_job_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, template: str, said: str
+) -> None:
+    monkeypatch.setenv(f"FLUXFILL_BRIDGE_{name}", template)
+    for command in (["watch", "s1"], ["cancel", "s1"], ["dlq", "list"]):
+        extra = ["--dead-letter-subscription", "d"] if command[0] == "dlq" else ["--user", "u1"]
+        assert main([*command, "--project", "p", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"fluxfill {command[0]}: invalid bridge path template: "), err
+        assert said in err
 
 
 def test_session_ids_are_new_and_valid_for_the_contract() -> None:
@@ -236,6 +286,9 @@ class SessionsInTurn:
 
     def session(self, ref: SessionRef, timeout_s: float | None = None) -> dict[str, Any] | None:
         return self._documents.pop(0) if len(self._documents) > 1 else self._documents[0]
+
+    def ref(self, user: str, session: str) -> SessionRef:
+        return SessionRef(user, session)
 
 
 def test_watch_tells_each_status_once_and_the_steps_as_they_come(capsys: pytest.CaptureFixture[str]) -> None:
