@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from fluxfill.inpaint.contract import MAX_PROMPT_BYTES, MAX_SEED
+from fluxfill.inpaint.contract import MAX_SEED, prompt_problem
 
 # A session id is the app's own (Firestore's auto ids are 20 characters): path-safe characters only, so an id
 # cannot climb the tree.
@@ -190,16 +190,16 @@ def _id_check(*, user: bool) -> Callable[[str], str]:
     return check
 
 
-def _prompt_within_limit(value: str) -> str:
-    size = len(value.encode("utf-8"))
-    if size > MAX_PROMPT_BYTES:
-        raise ValueError(f"is {size} bytes of UTF-8; the limit is {MAX_PROMPT_BYTES}")
+def _sendable_prompt(value: str) -> str:
+    problem = prompt_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 
 Identifier = Annotated[str, AfterValidator(_id_check(user=False))]
 UserIdentifier = Annotated[str, AfterValidator(_id_check(user=True))]
-Prompt = Annotated[str, AfterValidator(_prompt_within_limit)]
+Prompt = Annotated[str, AfterValidator(_sendable_prompt)]
 
 
 class JobMessage(BaseModel):

@@ -31,6 +31,24 @@ MAX_PROMPT_BYTES = 4096
 MAX_INPUT_PIXELS_CEILING = 400_000_000
 
 
+def prompt_problem(prompt: str) -> str | None:
+    """Why a prompt cannot be sent (the model's and the job's rule, in one sentence), None when it can.
+
+    A string may hold half of a UTF-16 surrogate pair, which no UTF-8 can carry: JSON's `\\ud83d` escape
+    of an app that cut an emoji in two (JavaScript's `slice` counts UTF-16 units), or a command line's byte
+    that is not UTF-8 (Python keeps it as one)."""
+    for position, character in enumerate(prompt):
+        if "\ud800" <= character <= "\udfff":
+            return (
+                f"holds U+{ord(character):04X} at character {position}, half of a UTF-16 surrogate pair (a "
+                "character cut in two, or a byte that is not UTF-8): send whole characters"
+            )
+    size = len(prompt.encode("utf-8"))
+    if size > MAX_PROMPT_BYTES:
+        return f"is {size} bytes of UTF-8; the limit is {MAX_PROMPT_BYTES}"
+    return None
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output tensor as Triton declares it (-1 = any size)."""
@@ -101,8 +119,11 @@ def contract_arrays(
     """A request's input tensors by name, typed as declared above; absent optionals are left out.
 
     Raises ValueError, naming the tensor, for an integer its type cannot hold or a negative seed (numpy would
-    raise a bare OverflowError).
+    raise a bare OverflowError), and for a prompt the model refuses (`prompt_problem`).
     """
+    problem = prompt_problem(prompt)
+    if problem is not None:
+        raise ValueError(f"PROMPT: {problem}")
     if seed is not None and not 0 <= seed <= MAX_SEED:
         raise ValueError(f"SEED: must be 0..{MAX_SEED}, got {seed}")
     if steps is not None and not np.iinfo(np.int32).min <= steps <= np.iinfo(np.int32).max:

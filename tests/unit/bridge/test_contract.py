@@ -96,6 +96,22 @@ def test_prompt_limit_is_the_models_limit_in_utf8_bytes() -> None:
     assert parse({"userId": "u1", "sessionId": "s1", "prompt": "x" * MAX_PROMPT_BYTES}).prompt
 
 
+def test_a_prompt_with_half_a_character_is_refused_in_a_sentence_the_session_can_hold() -> None:
+    """An app that cuts its prompt at a length in UTF-16 units (JavaScript's `slice`) may cut an emoji in two,
+    and JSON carries the half as `\\ud83d`. Refused before in the codec's own words ("'utf-8' codec can't
+    encode character...: surrogates not allowed"), which said nothing of what to change."""
+    data = b'{"userId": "u1", "sessionId": "s1", "prompt": "a dog in a hat \\ud83d"}'
+    with pytest.raises(InvalidJobError) as caught:
+        parse_job(data)
+    assert caught.value.code is ErrorCode.INVALID_JOB
+    assert caught.value.ids == ("u1", "s1"), "the session is recorded failed with the reason"
+    message = str(caught.value)
+    assert "prompt: Value error, holds U+D83D at character 15, half of a UTF-16 surrogate pair" in message
+    assert message.encode("utf-8"), "UTF-8 the session document can hold"
+    whole = b'{"userId": "u1", "sessionId": "s1", "prompt": "a dog in a hat \\ud83d\\udc36"}'
+    assert parse_job(whole).prompt == "a dog in a hat \U0001f436", "a whole pair is one character"
+
+
 @pytest.mark.parametrize("value", ["__u__", "____", "__a-b__", "", "a" * 129, "a/b", ".", ".."])
 def test_ids_firestore_refuses_are_invalid(value: str) -> None:
     assert not is_valid_id(value)

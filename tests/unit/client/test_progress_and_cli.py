@@ -90,6 +90,21 @@ def test_an_unknown_output_format_exits_2_before_anything_runs(capsys: pytest.Ca
     )
 
 
+def test_a_prompt_with_a_byte_that_is_not_utf8_exits_2_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A terminal in another encoding passes bytes Python keeps as half surrogates: the codec's own words
+    ("surrogates not allowed") said nothing of what to change."""
+    Image.new("RGB", (16, 12)).save(tmp_path / "photo.png")
+    prompt = b"a hat \xff".decode("utf-8", "surrogateescape")  # as Python reads such an argument
+    argv = ["infer", str(tmp_path / "photo.png"), "1,1,2,2", "--prompt", prompt, "--output", "o.png"]
+    assert main([*argv, "--url", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "fluxfill infer: PROMPT: holds U+DCFF at character 6, half of a UTF-16 surrogate pair (a character "
+        "cut in two, or a byte that is not UTF-8): send whole characters"
+    )
+
+
 def test_a_heic_cut_short_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """libheif refuses it with ValueError, which was an "unexpected error" (exit 1 and a log file)."""
     buffer = io.BytesIO()
