@@ -34,7 +34,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from fluxfill.bridge import orientation
-from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.errors import TritonAnswerError
 from fluxfill.inpaint.contract import MASK_THRESHOLD
 from fluxfill.inpaint.feather import blend, copy_pixels, feather_band
 from fluxfill.inpaint.geometry import Box, CropGeometry, expand_box, mask_bounding_box
@@ -160,7 +160,7 @@ class Edit:
 
 def edited(photo: Pixels, mask: Pixels, context: Context, answer: Pixels, turn: int = 1) -> Edit:
     """The edit the model's answer to `sent(photo, mask, context)` makes, written into `photo` itself when
-    it may be written (a copy laid out as it is otherwise: `turn`, see `pasted`); RetryableError when the
+    it may be written (a copy laid out as it is otherwise: `turn`, see `pasted`); TritonAnswerError when the
     answer is not the size that was sent, and then `photo` is as it was."""
     factor, box = context.reduction, _whole(photo, context.box)
     if factor == 1:
@@ -212,7 +212,7 @@ def _written(photo: Pixels, within: Box, turn: int, write: Callable[[Pixels, Pix
 def pasted(photo: Pixels, box: Box | None, answer: Pixels, turn: int = 1) -> Pixels:
     """The whole edited photo: the model's answer for `box` (None: for the whole photo) in place in a copy
     of `photo`, laid out as `photo` is (`turn`: the EXIF orientation of the stored grid it may be a view of,
-    orientation.copy_upright); RetryableError when the answer is not the size that was sent."""
+    orientation.copy_upright); TritonAnswerError when the answer is not the size that was sent."""
     rows, cols = _slices(box)
     _check_size(answer, photo[rows, cols].shape)
     if box is None:
@@ -224,7 +224,7 @@ def pasted(photo: Pixels, box: Box | None, answer: Pixels, turn: int = 1) -> Pix
 
 def _check_size(answer: Pixels, expected: tuple[int, ...]) -> None:
     if answer.shape != expected:
-        raise RetryableError(
+        raise TritonAnswerError(
             f"the model answered an image of shape {list(answer.shape)} for one of {list(expected)}"
         )
 

@@ -4,6 +4,7 @@ BridgeError
 ├── RetryableError            trying the same job again later may succeed: nack / HTTP 5xx
 │   ├── TritonUnavailableError    server down, model not ready, internal error
 │   ├── TritonBusyError           the model's queue is full: back-pressure, resent within the attempt
+│   ├── TritonAnswerError         an answer the model's contract does not allow
 │   ├── StorageTransientError     Cloud Storage 429 / 5xx / connection trouble
 │   ├── SessionTransientError     Firestore unavailable, or a document that kept changing
 │   └── ConfiguredValueRefusedError  the model refuses a value the runtime config gave the job
@@ -19,11 +20,32 @@ BridgeError
 The handler alone decides what each means for the job; only the entry points ack or nack.
 """
 
+from enum import StrEnum
+
 from fluxfill.bridge.contract import ErrorCode
 
 
+class RetryCause(StrEnum):
+    """Why a delivery was given back (a RETRY outcome's `cause`, the jobs counter's `cause` label), so that a
+    dashboard tells Triton away from an app's late writes, a Firestore outage or a bug."""
+
+    MODEL_NOT_READY = "model_not_ready"  # Triton not ready: nothing was claimed
+    TRITON = "triton"  # Triton failed, went away or answered wrongly during the run
+    STORAGE = "storage"  # Cloud Storage failed in a way that may pass
+    FIRESTORE = "firestore"  # Firestore failed in a way that may pass (a claim, a record, parking)
+    PUBSUB = "pubsub"  # a topic did not take a message the bridge published (a parked job's)
+    CONFIGURED_VALUE = "configured_value"  # the model refuses a value the runtime config gave the job
+    SESSION_NOT_YET = "session_not_yet"  # no session document yet, within upload_grace_s of the publication
+    RUNNING_ELSEWHERE = "running_elsewhere"  # the job runs under another live claim
+    CLAIM_LOST = "claim_lost"  # our claim was taken over: nothing was written
+    STOPPING = "stopping"  # this bridge is stopping (or Triton stopped the run): the job was given back
+    INTERNAL_ERROR = "internal_error"  # a bug, logged with its traceback
+
+
 class BridgeError(Exception):
-    """Base of every error the bridge's ports raise."""
+    """Base of every error the bridge's ports raise; `retry_cause`: what a retry after it is counted as."""
+
+    retry_cause = RetryCause.INTERNAL_ERROR
 
 
 class RetryableError(BridgeError):
@@ -33,28 +55,46 @@ class RetryableError(BridgeError):
 class TritonUnavailableError(RetryableError):
     """Triton cannot run the job now (unreachable, model not ready, internal error)."""
 
+    retry_cause = RetryCause.TRITON
+
 
 class TritonInterruptedError(RetryableError):
     """The run's deadline passed after Triton had been unavailable during it: the lost time was Triton's, so
     the job is tried again rather than failed as too slow (Triton may well be back: readiness is kept)."""
 
+    retry_cause = RetryCause.TRITON
+
 
 class TritonBusyError(RetryableError):
     """Triton refused the request because the model's queue is at its bound; the server itself is fine."""
+
+    retry_cause = RetryCause.TRITON
+
+
+class TritonAnswerError(RetryableError):
+    """Triton answered what the model's contract does not allow (an image of another size than was sent)."""
+
+    retry_cause = RetryCause.TRITON
 
 
 class StorageTransientError(RetryableError):
     """Cloud Storage failed in a way that may pass."""
 
+    retry_cause = RetryCause.STORAGE
+
 
 class SessionTransientError(RetryableError):
     """Firestore failed in a way that may pass (including a change that lost every round to contention)."""
+
+    retry_cause = RetryCause.FIRESTORE
 
 
 class ConfiguredValueRefusedError(RetryableError):
     """The model refused a value the runtime config gave the job (its prompt, steps or guidance), not one the
     job sent: the service's to fix, not the app's. Tried again (the document may be mended meanwhile), then
     dead-lettered, so that `fluxfill dlq replay` runs it once it is."""
+
+    retry_cause = RetryCause.CONFIGURED_VALUE
 
 
 class PermanentJobError(BridgeError):
@@ -87,6 +127,8 @@ class RunStoppedError(BridgeError):
 class JobCancelledError(RunStoppedError):
     """Cancelled: by the app through the session document, or by the bridge's shutdown."""
 
+    retry_cause = RetryCause.STOPPING
+
 
 class JobDeadlineExceededError(RunStoppedError):
     """The job's deadline passed before the result came back."""
@@ -94,3 +136,5 @@ class JobDeadlineExceededError(RunStoppedError):
 
 class LeaseLostError(RunStoppedError):
     """The claim could not be renewed in time, or another claim replaced it: nothing may be written."""
+
+    retry_cause = RetryCause.CLAIM_LOST

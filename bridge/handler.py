@@ -35,13 +35,14 @@ from fluxfill.bridge.errors import (
     ModelRefusedInputError,
     PermanentJobError,
     RetryableError,
+    RetryCause,
     TritonInterruptedError,
     TritonUnavailableError,
 )
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.monitor import JobMonitor, hung_after_s
-from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
+from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind, cause_of
 from fluxfill.bridge.parking import Parking
 from fluxfill.bridge.ports import (
     Claim,
@@ -139,7 +140,7 @@ class JobHandler:
         try:
             self._parking.park(job, delivery)
         except RetryableError as error:
-            return Outcome(OutcomeKind.RETRY, reason=f"waiting ({why}), but could not be parked: {error}")
+            return Outcome.retry(cause_of(error), f"waiting ({why}), but could not be parked: {error}")
         return Outcome(OutcomeKind.DEFER, reason=f"parked: {why}")
 
     def _accounted(self, delivery: Delivery, decide: Callable[[Delivery], Outcome]) -> Outcome:
@@ -156,14 +157,22 @@ class JobHandler:
                 outcome = decide(delivery)
             except Exception:  # a bug must not escape to the entry point: the message comes back
                 logger.exception("unexpected error while handling the delivery")
-                outcome = Outcome(OutcomeKind.RETRY, reason="internal error", may_carry_over=False)
+                outcome = Outcome.retry(RetryCause.INTERNAL_ERROR, "internal error", may_carry_over=False)
             warn = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD_LETTER, OutcomeKind.ORPHANED)
             log = logger.warning if warn else logger.info
-            log("job outcome", outcome=outcome.kind.value, code=outcome.code, reason=outcome.reason)
+            log(
+                "job outcome",
+                outcome=outcome.kind.value,
+                code=outcome.code,
+                cause=outcome.cause,
+                reason=outcome.reason,
+            )
         finally:
             structlog.contextvars.clear_contextvars()
             self._metrics.in_flight.dec()
-        self._metrics.jobs.labels(outcome.kind.value, outcome.code or "", outcome.fault).inc()
+        self._metrics.jobs.labels(
+            outcome.kind.value, outcome.code or "", outcome.fault, outcome.cause or ""
+        ).inc()
         ended = outcome.kind in (OutcomeKind.DONE, OutcomeKind.FAILED, OutcomeKind.CANCELLED)
         if ended and (latency := self._seconds_since(published)) is not None:
             self._metrics.latency.observe(latency)
@@ -179,14 +188,14 @@ class JobHandler:
         try:
             return self._claim_and_run(job, ref, delivery)
         except RetryableError as error:
-            return Outcome(OutcomeKind.RETRY, reason=str(error))
+            return Outcome.retry(cause_of(error), str(error))
         except PermanentJobError as error:  # the session store itself refused the job (its path)
             return Outcome(OutcomeKind.DEAD_LETTER, error.code, str(error))
 
     def _claim_and_run(self, job: JobMessage, ref: JobRef, delivery: Delivery) -> Outcome:
         if self._readiness is not None and not self._readiness.ready:
             # Not claimed, so no attempt is spent while Triton is away.
-            return Outcome(OutcomeKind.RETRY, reason="the model is not ready")
+            return Outcome.retry(RetryCause.MODEL_NOT_READY, "the model is not ready")
         limit = self._settings.max_jobs_in_flight_per_user
         if limit and self._at_limit.at_limit(job.userId):
             return self._park_hinted(job, delivery)
@@ -273,12 +282,12 @@ class JobHandler:
             # Not ours any more: write nothing; the message comes back to whoever holds the job now.
             if monitor.superseded:
                 self._let_go(claimed)
-            return Outcome(OutcomeKind.RETRY, reason=f"the claim was lost: {error}")
+            return Outcome.retry(RetryCause.CLAIM_LOST, f"the claim was lost: {error}")
         ending = self._ending_for(error, monitor)
         if ending is not None:
             return self._end(claimed, ending)
         if isinstance(error, JobCancelledError):  # the bridge's shutdown, or Triton on its own
-            return self._give_back(claimed, f"stopped: {error}")
+            return self._give_back(claimed, RetryCause.STOPPING, f"stopped: {error}")
         if isinstance(error, TritonUnavailableError) and self._readiness is not None:
             self._readiness.mark_unready(str(error))
         if not isinstance(error, RetryableError):
@@ -287,7 +296,7 @@ class JobHandler:
             str(error) if isinstance(error, RetryableError) else f"internal error: {type(error).__name__}"
         )
         if claimed.attempt < self._settings.max_delivery_attempts:
-            return self._give_back(claimed, reason)
+            return self._give_back(claimed, cause_of(error), reason)
         # Released first, so the exhausted job is never left under this claim's lease.
         self._sessions.release(claimed.ref, claimed.claim_id, reason)
         exhausted = f"gave up after {claimed.attempt} attempts; last error: {reason}"
@@ -496,9 +505,9 @@ class JobHandler:
         except RetryableError as error:
             logger.warning("could not free the user's slot of a lost claim; it lapses", error=str(error))
 
-    def _give_back(self, claimed: "_Claimed", reason: str) -> Outcome:
+    def _give_back(self, claimed: "_Claimed", cause: RetryCause, reason: str) -> Outcome:
         self._sessions.release(claimed.ref, claimed.claim_id, reason)
-        return Outcome(OutcomeKind.RETRY, reason=reason)
+        return Outcome.retry(cause, reason)
 
 
 @dataclass(frozen=True)
@@ -512,7 +521,7 @@ class _Claimed:
 
 def _claim_taken_over() -> Outcome:
     # Redelivered: a job finished meanwhile is then acked as a duplicate; one still running is left alone.
-    return Outcome(OutcomeKind.RETRY, reason="the claim is no longer current; not recorded")
+    return Outcome.retry(RetryCause.CLAIM_LOST, "the claim is no longer current; not recorded")
 
 
 def _configured_value_refused(error: ModelRefusedInputError, where: str) -> ConfiguredValueRefusedError:

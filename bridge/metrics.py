@@ -13,8 +13,9 @@ class BridgeMetrics:
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "fluxfill_bridge_jobs",
-            "Messages handled, by outcome, error code and whose fault a failure is (input or service)",
-            ["outcome", "code", "fault"],
+            "Messages handled, by outcome, error code, whose fault a failure is (input or service) and why a "
+            "delivery was given back (a retry's cause)",
+            ["outcome", "code", "fault", "cause"],
             registry=self.registry,
         )
         self.latency = Histogram(

@@ -4,8 +4,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from fluxfill.bridge.contract import INPUT_ERRORS, ORIGINAL_MESSAGE_ID_ATTRIBUTE, ErrorCode
+from fluxfill.bridge.errors import BridgeError, RetryCause
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,11 @@ class OutcomeKind(StrEnum):
     ORPHANED = "orphaned"
 
 
+def cause_of(error: BaseException) -> RetryCause:
+    """What a retry after `error` is counted as: its class's in the bridge's tree; anything else is a bug."""
+    return error.retry_cause if isinstance(error, BridgeError) else RetryCause.INTERNAL_ERROR
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The handler's decision, with the error code and sentence where there is one.
@@ -53,7 +60,8 @@ class Outcome:
     `may_carry_over` (retries only): False for a retry after a bug, which Pub/Sub's dead-lettering is left to
     end, as a message that crashes the bridge (fluxfill.bridge.carry_over). `retry_after_s` (retries only):
     the message is wanted back no sooner than this (a pulled one is nacked with that ack deadline; a pushed
-    one comes back by the subscription's retry policy); 0 = at once.
+    one comes back by the subscription's retry policy); 0 = at once. `cause`: a retry's, required
+    (`Outcome.retry`); None for every other kind.
     """
 
     kind: OutcomeKind
@@ -62,6 +70,16 @@ class Outcome:
     finalize: Callable[[], None] | None = field(default=None, compare=False)
     may_carry_over: bool = True
     retry_after_s: int = 0
+    cause: RetryCause | None = None
+
+    def __post_init__(self) -> None:
+        if (self.kind is OutcomeKind.RETRY) != (self.cause is not None):
+            raise ValueError("a retry, and only a retry, has a cause")
+
+    @classmethod
+    def retry(cls, cause: RetryCause, reason: str, **details: Any) -> "Outcome":
+        """Give the message back (nack) for `cause`, said in `reason`."""
+        return cls(OutcomeKind.RETRY, reason=reason, cause=cause, **details)
 
     @property
     def fault(self) -> str:

@@ -4,6 +4,7 @@ import math
 from typing import Any
 
 from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobStatus, SessionField
+from fluxfill.bridge.errors import RetryCause
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import Claim, ClaimKind, JobRef, SessionStore
 from fluxfill.bridge.sessions import BRIDGE_ROOM_BYTES, MAX_DOCUMENT_BYTES
@@ -79,7 +80,7 @@ def no_session(grace_s: float, grace_left_s: float) -> Outcome:
             "publication (an app that publishes before its document is written)"
         )
         after_s = max(1, min(SESSION_RECHECK_S, math.ceil(grace_left_s)))
-        return Outcome(OutcomeKind.RETRY, reason=reason, retry_after_s=after_s)
+        return Outcome.retry(RetryCause.SESSION_NOT_YET, reason, retry_after_s=after_s)
     reason = "its session document does not exist (the app deleted the session, or never made it)"
     if grace_s:
         reason += f"; it was not made within {grace_s:g} s of the job's publication"
@@ -92,4 +93,4 @@ def _running_elsewhere(claim: Claim, delivery: Delivery) -> Outcome:
         # ends, and comes back if it does not, so this copy is not needed. A copy carried over from the
         # running message itself is not another: it may be all that is left should the run die.
         return Outcome(OutcomeKind.DUPLICATE, reason="another delivery of this job is running")
-    return Outcome(OutcomeKind.RETRY, reason="the job is running under a live claim")
+    return Outcome.retry(RetryCause.RUNNING_ELSEWHERE, "the job is running under a live claim")

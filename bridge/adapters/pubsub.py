@@ -28,7 +28,7 @@ from fluxfill.bridge.contract import (
     ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     ErrorCode,
 )
-from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.errors import RetryableError, RetryCause
 
 PUBLISH_TIMEOUT_S = 30.0
 # What a job published again keeps whatever else Pub/Sub's limits drop (fluxfill.bridge.parking, carry_over).
@@ -87,6 +87,8 @@ def subscriber_client(credentials: Any) -> pubsub_v1.SubscriberClient:
 
 class DeadLetterPublishError(RetryableError):
     """The dead-letter topic did not take the message: the original is nacked instead, so nothing is lost."""
+
+    retry_cause = RetryCause.PUBSUB
 
 
 def _utf8_prefix(text: str, limit: int) -> str:
@@ -166,6 +168,8 @@ class PubSubDeadLetters:
 class RequeuePublishError(RetryableError):
     """The job's topic did not take a job published again: a released one stays parked for the next release,
     one carried over is given back as it would have been."""
+
+    retry_cause = RetryCause.PUBSUB
 
 
 class PubSubRequeue:

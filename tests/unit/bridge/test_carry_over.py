@@ -13,6 +13,7 @@ from fluxfill.bridge.contract import (
     FIRST_PUBLISHED_ATTRIBUTE,
     ORIGINAL_MESSAGE_ID_ATTRIBUTE,
 )
+from fluxfill.bridge.errors import RetryCause
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.settle import should_ack
@@ -93,9 +94,10 @@ def test_a_retry_after_a_bug_is_left_to_pub_subs_dead_lettering() -> None:
     topic = FakeRequeue()
     carry = CarryOver(topic, POLICY, BridgeMetrics())
     delivery = Delivery(b"{}", "m1", delivery_attempt=POLICY)
-    bug = Outcome(OutcomeKind.RETRY, reason="internal error", may_carry_over=False)
+    bug = Outcome.retry(RetryCause.INTERNAL_ERROR, "internal error", may_carry_over=False)
     assert should_ack(bug, delivery, FakeDeadLetters(), carry) is False
-    assert should_ack(Outcome(OutcomeKind.RETRY), delivery, FakeDeadLetters(), carry) is True
+    outage = Outcome.retry(RetryCause.TRITON, "Triton is unreachable")
+    assert should_ack(outage, delivery, FakeDeadLetters(), carry) is True
     assert len(topic.published) == 1
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.errors import RetryCause
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.client import triton_supervisor
@@ -92,6 +93,16 @@ def test_outcome_labels_in_queries_are_real_outcomes() -> None:
             if "fluxfill_bridge_jobs_total" in query:
                 for values in re.findall(r'outcome=~?"([^"]+)"', query):
                     assert set(values.split("|")) <= outcomes, query
+
+
+def test_the_dashboard_tells_deliveries_given_back_apart_by_cause() -> None:
+    """A retry's cause (Triton, Firestore, Storage, a late session document, a bug) is the jobs counter's
+    `cause` label; before, on-call saw one `retry` rate for all of them."""
+    [query] = [q for q in queries()[DASHBOARD.name] if "by (cause)" in q]
+    assert 'fluxfill_bridge_jobs_total{outcome="retry"}' in query
+    metrics = BridgeMetrics()
+    metrics.jobs.labels("retry", "", "", RetryCause.SESSION_NOT_YET.value).inc()
+    assert metrics.sample("fluxfill_bridge_jobs_total", {"outcome": "retry", "cause": "session_not_yet"}) == 1
 
 
 def test_subscriptions_in_queries_are_ours() -> None:
