@@ -83,6 +83,8 @@ class ChaosReport:
     crash_restarts: list[str] = field(default_factory=list)  # Triton dying on its own, restarted
     # Push: the bridges' answers by status, and how many the router answered 503 for (a bridge down or hung).
     pushes: tuple[dict[int, int], int] | None = None
+    # Deliveries the bridges gave back, by the cause they logged (fluxfill.bridge.errors.RetryCause).
+    retry_causes: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -121,14 +123,16 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
             fleet.push_to("")  # pulled below, what is left
         traffic.drain_dead_letters(fleet.jobs, dead)
         left = traffic.left_on_subscription(fleet.jobs, wait_s=3.0)
+        logs = [log_path for b in fleet.bridges for log_path in b.logs]
         evidence = invariants.Evidence(
             planned,
             traffic.session_documents(fleet.jobs, planned),
             traffic.result_objects(fleet.jobs),
             dead,
-            invariants.done_outcomes(log_path for b in fleet.bridges for log_path in b.logs),
+            invariants.done_outcomes(logs),
             published.message_ids,
         )
+        causes = dict(invariants.retry_causes(logs).most_common())
     notes = [] if settled else [f"not settled within {options.settle_timeout_s:.0f} s"]
     return ChaosReport(
         options=options,
@@ -148,6 +152,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         notes=notes,
         crash_restarts=list(fleet.triton.crash_restarts),
         pushes=None if fleet.router is None else (dict(fleet.router.answers), fleet.router.unanswered),
+        retry_causes=causes,
     )
 
 

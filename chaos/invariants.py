@@ -2,7 +2,7 @@
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -51,18 +51,27 @@ def done_outcomes(logs: Iterable[Path]) -> Counter[str]:
 
 def logged_outcomes(logs: Iterable[Path], outcome: str) -> Counter[str]:
     """How often each session was logged with `outcome`, over all the given bridge logs."""
-    counts: Counter[str] = Counter()
+    return Counter(
+        str(event.get("sessionId")) for event in _outcome_events(logs) if event.get("outcome") == outcome
+    )
+
+
+def retry_causes(logs: Iterable[Path]) -> Counter[str]:
+    """How many deliveries the bridges gave back, by the cause their "job outcome" lines name."""
+    return Counter(
+        str(event.get("cause")) for event in _outcome_events(logs) if event.get("outcome") == "retry"
+    )
+
+
+def _outcome_events(logs: Iterable[Path]) -> Iterator[dict[str, Any]]:
     for path in logs:
         for line in path.read_text(errors="replace").splitlines():
             if '"job outcome"' not in line:
                 continue
             try:
-                event = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue  # the last line of a SIGKILLed process may be cut short
-            if event.get("outcome") == outcome:
-                counts[str(event.get("sessionId"))] += 1
-    return counts
 
 
 def _check(name: str, jobs: Sequence[PlannedJob], broken: list[str]) -> Check:

@@ -57,6 +57,8 @@ def chaos_text(report: ChaosReport) -> str:
         f"Pub/Sub's own policy); left on the jobs subscription after the bridges stopped: "
         f"{report.left_on_subscription}"
     )
+    given_back = ", ".join(f"{cause} x {count}" for cause, count in report.retry_causes.items())
+    lines.append(f"Deliveries given back, by cause: {given_back or 'none'}")
     if report.pushes is not None:
         answers, unanswered = report.pushes
         by_status = ", ".join(f"{status} x {count}" for status, count in sorted(answers.items()))

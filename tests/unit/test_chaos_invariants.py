@@ -1,8 +1,10 @@
 """The chaos harness's own logic: the plan, the schedule, and invariants that do break on bad evidence."""
 
 import dataclasses
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -241,3 +243,19 @@ def test_the_quick_push_run_pushes_and_meets_the_push_paths_faults_within_its_wi
         (True, "kill"),
     ]
     assert all(0 < f.at_s < window_s for f in schedule)
+
+
+def test_the_bridges_logs_are_read_for_outcomes_and_the_causes_of_retries(tmp_path: Path) -> None:
+    lines = [
+        {"event": "job outcome", "outcome": "retry", "cause": "triton", "sessionId": "s1"},
+        {"event": "job outcome", "outcome": "retry", "cause": "session_not_yet", "sessionId": "s2"},
+        {"event": "job outcome", "outcome": "retry", "cause": "triton", "sessionId": "s1"},
+        {"event": "job outcome", "outcome": "done", "cause": None, "sessionId": "s1"},
+        {"event": "job claimed", "outcome": "retry", "cause": "storage", "sessionId": "s3"},
+    ]
+    first, second = tmp_path / "a.log", tmp_path / "b.log"
+    first.write_text("\n".join(json.dumps(line) for line in lines[:3]) + "\n")
+    # The last line of a SIGKILLed bridge may be cut short.
+    second.write_text("\n".join(json.dumps(line) for line in lines[3:]) + '\n{"event": "job outcome", "outc')
+    assert invariants.retry_causes([first, second]) == Counter({"triton": 2, "session_not_yet": 1})
+    assert invariants.logged_outcomes([first, second], "done") == Counter({"s1": 1})
