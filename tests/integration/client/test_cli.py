@@ -328,7 +328,7 @@ def test_sigint_while_the_command_line_is_imported_is_one_line(files: Path, tmp_
         capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])},
     )  # fmt: skip
-    assert (result.returncode, result.stderr.splitlines()) == (4, ["fluxfill: interrupted (Ctrl-C)"])
+    assert (result.returncode, result.stderr.splitlines()) == (4, ["fluxfill infer: interrupted (Ctrl-C)"])
     assert not (tmp_path / "never.png").exists()
 
 

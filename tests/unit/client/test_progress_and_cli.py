@@ -1,12 +1,13 @@
 """The progress bar's two renderings, and every command's --help and usage errors."""
 
 import io
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from fluxfill.client import launch
+from fluxfill.client import cli, launch
 from fluxfill.client.cli import build_parser, main
 from fluxfill.client.errors import EXIT_STOPPED
 from fluxfill.client.progress import ProgressBar
@@ -121,3 +122,26 @@ def test_a_heic_cut_short_exits_2_with_one_line(tmp_path: Path, capsys: pytest.C
 
 def test_the_entry_points_exit_code_for_a_ctrl_c_is_the_command_lines() -> None:
     assert launch.EXIT_STOPPED == EXIT_STOPPED
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["fluxfill", "submit", "photo.jpg", "1,1,2,2"], "fluxfill submit: interrupted (Ctrl-C)"),
+        (["fluxfill", "weights-digest", "w.safetensors"], "fluxfill weights-digest: interrupted (Ctrl-C)"),
+        (["fluxfill", "--version"], "fluxfill: interrupted (Ctrl-C)"),
+        (["fluxfill"], "fluxfill: interrupted (Ctrl-C)"),
+    ],
+)
+def test_a_ctrl_c_before_the_command_line_takes_over_names_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], line: str
+) -> None:
+    """It said "fluxfill: interrupted" whatever the command, where the command's own lines name it."""
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    monkeypatch.setattr(sys, "argv", argv)
+    assert launch.main() == EXIT_STOPPED
+    assert capsys.readouterr().err == line + "\n"
