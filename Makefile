@@ -49,8 +49,10 @@ lint: $(INSTALLED) $(TYPECHECK_TREE)/fluxfill
 	$(BIN)/ruff format --check .
 	# One run: mypy analyses what they all import (torch, numpy, the Google clients) once. Three runs with
 	# options of their own took 3.5 minutes on a clean clone (each its own cache), this one about 1.
-	MYPYPATH=$(TYPECHECK_TREE) $(BIN)/mypy -p fluxfill.inpaint -p fluxfill.client -p fluxfill.bridge -p bench -p chaos \
-		-m tests.unit.test_chaos_invariants -m tests.unit.test_chaos_router -m tests.integration.test_chaos
+	# The demo's two scripts are modules of their folder (run_demo imports job_path as a sibling).
+	MYPYPATH=$(TYPECHECK_TREE):demo $(BIN)/mypy -p fluxfill.inpaint -p fluxfill.client -p fluxfill.bridge -p bench -p chaos \
+		-m tests.unit.test_chaos_invariants -m tests.unit.test_chaos_router -m tests.integration.test_chaos \
+		-m run_demo -m job_path
 
 unit: $(INSTALLED)
 	$(BIN)/python -m pytest tests/unit

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth
@@ -140,7 +140,7 @@ class SessionRef:
         """The session document's path."""
         return self._filled(self.templates.session_template)
 
-    def object_path(self, kind: str, extension: str = "") -> str:
+    def object_path(self, kind: Literal["original", "mask"], extension: str = "") -> str:
         """Where the job's `kind` of object (original, mask) goes; `extension` stands for a final `*`."""
         path = self._filled(getattr(self.templates, f"{kind}_template"))
         return path[:-1] + extension if path.endswith("*") else path
