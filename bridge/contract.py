@@ -221,7 +221,9 @@ class JobMessage(BaseModel):
 
 
 class InvalidJobError(ValueError):
-    """The message cannot be a job; `code` and a sentence say why; `ids` when the ids were valid."""
+    """The message cannot be a job; `code` and a sentence say why; `ids` when they name one session document
+    safely (`recordable_id`: valid ids, or ids the contract refuses for their characters alone), so that the
+    refusal is recorded there for the app to see."""
 
     def __init__(self, code: ErrorCode, message: str, ids: tuple[str, str] | None = None) -> None:
         super().__init__(message)
@@ -254,7 +256,7 @@ def parse_job(data: bytes) -> JobMessage:
     try:
         return JobMessage.model_validate(payload)
     except ValidationError as error:
-        raise InvalidJobError(ErrorCode.INVALID_JOB, _describe(error), _valid_ids(payload)) from None
+        raise InvalidJobError(ErrorCode.INVALID_JOB, _describe(error), _recordable_ids(payload)) from None
 
 
 class _NotStandardJsonError(ValueError):
@@ -283,10 +285,21 @@ def _describe(error: ValidationError) -> str:
     return "invalid job: " + "; ".join(problems)
 
 
-def _valid_ids(payload: dict[str, Any]) -> tuple[str, str] | None:
+def recordable_id(value: str) -> bool:
+    """Whether an id, valid or not, names one session document safely: printable, without whitespace or '/'
+    (so it cannot climb the tree, nor put a control sequence in a log or a terminal), at most 128 characters,
+    and a Firestore document id. An app whose session ids are ISO times (`...T10:00:00.000Z`) or carry a
+    '.' is refused, and its session must say why rather than stay queued."""
+    return (
+        0 < len(value) <= 128
+        and value.isprintable()
+        and not any(character.isspace() or character == "/" for character in value)
+        and firestore_id_allowed(value)
+    )
+
+
+def _recordable_ids(payload: dict[str, Any]) -> tuple[str, str] | None:
     user, session = payload.get("userId"), payload.get("sessionId")
-    if not (isinstance(user, str) and isinstance(session, str)):
-        return None
-    if is_valid_user_id(user) and is_valid_id(session):
+    if isinstance(user, str) and isinstance(session, str) and recordable_id(user) and recordable_id(session):
         return user, session
     return None

@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -297,6 +298,27 @@ def test_a_user_whose_uid_comes_from_another_auth_system_gets_their_job_done(
     names = {blob.name for blob in jobs.storage_client.list_blobs(jobs.bucket, prefix=f"users/{uid}/")}
     assert {f"users/{uid}/sessions/{session}/{name}" for name in ("edited.png", "preview.jpg")} <= names
     assert bridge.counted("done") == 1
+
+
+def test_a_session_id_the_contract_refuses_for_its_characters_is_failed_saying_why(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """An app whose session ids are ISO times: each job was dead-lettered with no record, and its session
+    stayed queued for ever. Now the app's document says why, in Firestore's own path for such an id."""
+    user, session = f"u{uuid.uuid4().hex[:8]}", "2026-12-07T10:00:00.000Z"
+    jobs.document(user, session).set({"status": "queued"})
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        document = jobs.wait_for(user, session, is_terminal)
+        [dead] = jobs.dead_letters(1)
+    assert document["status"] == "failed"
+    assert document["error"]["code"] == "invalid_job"
+    assert (
+        "sessionId: Value error, an id is 1 to 128 of the characters A-Z a-z 0-9 _ -"
+        in document["error"]["message"]
+    )
+    assert json.loads(dead.data)["sessionId"] == session
+    assert bridge.counted("dead_letter") == 1
 
 
 def test_a_job_published_while_its_photo_and_mask_upload_waits_for_them(

@@ -11,6 +11,7 @@ from fluxfill.bridge.contract import (
     is_valid_id,
     is_valid_user_id,
     parse_job,
+    recordable_id,
 )
 from fluxfill.inpaint.contract import MAX_PROMPT_BYTES
 
@@ -142,32 +143,52 @@ def test_a_user_id_from_another_auth_system_is_a_valid_user_but_not_a_valid_sess
 
 
 @pytest.mark.parametrize(
-    ("uid", "why"),
+    ("uid", "why", "recorded"),
     [
-        (".", "would name another folder"),
-        ("..", "would name another folder"),
-        ("a/b", "an id is 1 to 128 of the characters"),
-        ("../b", "an id is 1 to 128 of the characters"),
-        ("a*", "an id is 1 to 128 of the characters"),
-        ("a?b", "an id is 1 to 128 of the characters"),
-        ("a[1]", "an id is 1 to 128 of the characters"),
-        ("a#b", "an id is 1 to 128 of the characters"),
-        ("a%2Fb", "an id is 1 to 128 of the characters"),
-        ("a b", "an id is 1 to 128 of the characters"),
-        ("a\nb", "an id is 1 to 128 of the characters"),
-        ("__u__", "reserved by Firestore"),
-        ("a" * 129, "an id is 1 to 128 of the characters"),
+        (".", "would name another folder", False),
+        ("..", "would name another folder", False),
+        ("a/b", "an id is 1 to 128 of the characters", False),
+        ("../b", "an id is 1 to 128 of the characters", False),
+        ("a*", "an id is 1 to 128 of the characters", True),
+        ("a?b", "an id is 1 to 128 of the characters", True),
+        ("a[1]", "an id is 1 to 128 of the characters", True),
+        ("a#b", "an id is 1 to 128 of the characters", True),
+        ("a%2Fb", "an id is 1 to 128 of the characters", True),
+        ("a b", "an id is 1 to 128 of the characters", False),
+        ("a\nb", "an id is 1 to 128 of the characters", False),
+        ("a\x1b[31mb", "an id is 1 to 128 of the characters", False),
+        ("a\u00a0b", "an id is 1 to 128 of the characters", False),
+        ("__u__", "reserved by Firestore", False),
+        ("a" * 129, "an id is 1 to 128 of the characters", False),
     ],
 )
 def test_a_user_id_that_would_leave_its_folder_or_that_storage_reads_specially_is_refused(
-    uid: str, why: str
+    uid: str, why: str, recorded: bool
 ) -> None:
+    """Refused; and the refusal is recorded on the session's document only where the id still names one
+    document safely (the job's objects are never looked at)."""
     with pytest.raises(InvalidJobError) as caught:
         parse({"userId": uid, "sessionId": "s1", "steps": 0})
     assert "userId" in str(caught.value)
     assert why in str(caught.value)
-    assert caught.value.ids is None, "no failed record written at such a path"
+    assert caught.value.ids == ((uid, "s1") if recorded else None)
     assert not is_valid_user_id(uid)
+
+
+@pytest.mark.parametrize(
+    "session", ["2026-12-07T10:00:00.000Z", "rex@example.org", "walk.42", "séance", "a" * 127 + ".", "1:2|3"]
+)
+def test_a_session_id_refused_for_its_characters_alone_keeps_its_ids_for_the_failed_record(
+    session: str,
+) -> None:
+    """An app whose session ids are ISO times or carry a '.' had every job refused with no record: the session
+    stayed queued for ever, and the app never heard why."""
+    with pytest.raises(InvalidJobError) as caught:
+        parse({"userId": "u1", "sessionId": session})
+    assert caught.value.code is ErrorCode.INVALID_JOB
+    assert caught.value.ids == ("u1", session)
+    assert "sessionId: Value error, an id is 1 to 128 of the characters A-Z a-z 0-9 _ -" in str(caught.value)
+    assert recordable_id(session)
 
 
 def test_reserved_ids_are_not_kept_for_a_failed_record() -> None:

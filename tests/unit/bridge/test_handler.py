@@ -15,7 +15,7 @@ from fluxfill.bridge.errors import ModelRefusedInputError, StorageTransientError
 from fluxfill.bridge.handler import default_seed
 from fluxfill.bridge.outcome import Delivery, OutcomeKind
 from tests.unit.bridge.fakes import png
-from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World, box_mask, photo
+from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World, box_mask, photo, queued_session
 
 
 def test_happy_path_uploads_result_and_preview_and_records_done() -> None:
@@ -115,6 +115,22 @@ def test_invalid_field_fails_the_session_and_dead_letters_naming_the_field() -> 
     assert world.document["status"] == "failed"
     assert world.document["error"]["code"] == "invalid_job"
     assert world.model.calls == []
+
+
+def test_a_session_id_of_characters_the_contract_refuses_gets_its_refusal_recorded() -> None:
+    """Before, the job was dead-lettered with no record: the app's session stayed queued for ever."""
+    world = World()
+    session = "2026-12-07T10:00:00.000Z"
+    document = f"users/{USER}/sessions/{session}"
+    world.sessions.documents[document] = queued_session()
+    outcome = world.deliver(sessionId=session)
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert world.dead_letters.published, "the operator's copy"
+    recorded = world.sessions.documents[document]
+    assert recorded["status"] == "failed"
+    assert recorded["error"]["code"] == "invalid_job"
+    assert "sessionId: Value error, an id is 1 to 128 of the characters" in recorded["error"]["message"]
+    assert world.objects.reads == [], "nothing of the job's objects is looked at"
 
 
 def test_oversized_object_is_refused_without_being_downloaded() -> None:
