@@ -168,16 +168,6 @@ def id_problem(value: str, *, user: bool = False) -> str | None:
     return None
 
 
-def is_valid_id(value: str) -> bool:
-    """A session id the contract accepts: path-safe characters, and a Firestore document id."""
-    return id_problem(value) is None
-
-
-def is_valid_user_id(value: str) -> bool:
-    """A user id the contract accepts: an auth uid's characters, and a Firestore document id."""
-    return id_problem(value, user=True) is None
-
-
 def _id_check(*, user: bool) -> Callable[[str], str]:
     """The validator of a session id (a user id when `user`): raises `id_problem`'s sentence."""
 

@@ -8,8 +8,7 @@ from fluxfill.bridge.contract import (
     ErrorCode,
     InvalidJobError,
     JobMessage,
-    is_valid_id,
-    is_valid_user_id,
+    id_problem,
     parse_job,
     recordable_id,
 )
@@ -115,12 +114,12 @@ def test_a_prompt_with_half_a_character_is_refused_in_a_sentence_the_session_can
 
 @pytest.mark.parametrize("value", ["__u__", "____", "__a-b__", "", "a" * 129, "a/b", ".", ".."])
 def test_ids_firestore_refuses_are_invalid(value: str) -> None:
-    assert not is_valid_id(value)
+    assert id_problem(value) is not None
 
 
 @pytest.mark.parametrize("value", ["_", "__", "___", "__u", "u__", "a_b", "Xy-9", "a" * 128])
 def test_ids_firestore_accepts_are_valid(value: str) -> None:
-    assert is_valid_id(value)
+    assert id_problem(value) is None
 
 
 # Auth uids of other systems, which Firebase custom tokens carry: Auth0, Cognito, an e-mail address, base64.
@@ -136,7 +135,7 @@ OTHER_AUTH_UIDS = [
 def test_a_user_id_from_another_auth_system_is_a_valid_user_but_not_a_valid_session(uid: str) -> None:
     job = parse({"userId": uid, "sessionId": "s1"})
     assert job.paths("users/{userId}/sessions/{sessionId}/mask.png") == f"users/{uid}/sessions/s1/mask.png"
-    assert is_valid_user_id(uid)
+    assert id_problem(uid, user=True) is None
     with pytest.raises(InvalidJobError) as caught:
         parse({"userId": "u1", "sessionId": uid})
     assert "sessionId" in str(caught.value)
@@ -172,7 +171,7 @@ def test_a_user_id_that_would_leave_its_folder_or_that_storage_reads_specially_i
     assert "userId" in str(caught.value)
     assert why in str(caught.value)
     assert caught.value.ids == ((uid, "s1") if recorded else None)
-    assert not is_valid_user_id(uid)
+    assert id_problem(uid, user=True) is not None
 
 
 @pytest.mark.parametrize(
