@@ -11,6 +11,7 @@ import base64
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from datetime import UTC, datetime
@@ -56,8 +57,9 @@ class AppUser:
         return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
+        # Ids percent-encoded, as the SDK sends them (a custom token's uid may hold `|`, `:`, `+`, `@`, `=`).
         request = urllib.request.Request(  # noqa: S310 (the local emulator)
-            f"{self._base}/{path}",
+            f"{self._base}/{urllib.parse.quote(path, safe='/?=&')}",
             method=method,
             data=None if body is None else json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
@@ -233,6 +235,23 @@ def test_a_user_writes_only_their_own_sessions(jobs: JobSystem, alice: AppUser, 
     assert mallory.update(path, {"petName": "Mallory's"}) == REFUSED
     jobs.db.document(path).update({"status": "done"})
     assert mallory.delete(path) == REFUSED
+
+
+def test_a_user_whose_uid_comes_from_another_auth_system_writes_and_reads_only_their_own_sessions(
+    jobs: JobSystem, google_emulators: GoogleEmulators, mallory: AppUser
+) -> None:
+    """The rules compare the token's uid with the path's segment whatever its characters: an Auth0 uid (`|`),
+    a Cognito one (`:`), an e-mail address (`@`, `+`), base64's `=`, all at once."""
+    rex = AppUser(google_emulators, f"auth0|rex.owner+{uuid.uuid4().hex[:6]}@example.org:aGk=")
+    assert rex.uid is not None
+    path = new_session(rex.uid)
+    assert mallory.create(path, queued()) == REFUSED
+    assert rex.create(path, queued()) == ALLOWED
+    assert rex.update(path, {"cancelRequested": True}) == ALLOWED
+    assert rex.update(path, {"progress": {"step": 9, "total": 9}}) == REFUSED
+    assert rex.read(path)[0] == ALLOWED
+    assert mallory.read(path)[0] == REFUSED
+    assert jobs.db.document(path).get().get("cancelRequested") is True
 
 
 @pytest.mark.parametrize("value", [False, "yes", 1])
