@@ -135,6 +135,7 @@ def test_alerts_cover_the_issue() -> None:
     assert "fluxfill_bridge_ready" in by_name["model-not-ready"]
     assert "nv_gpu_memory_used_bytes" in by_name["gpu-memory"]
     assert "fluxfill_bridge_pull_errors_total" in by_name["pull-failing"]
+    assert 'cause="internal_error"' in by_name["bridge-bugs"]
     for path in [*ALERTS, *LOG_ALERTS]:
         policy = load_json(path)
         assert "Runbook" in policy["documentation"]["content"], path.name
@@ -245,6 +246,28 @@ def test_the_failure_rate_counts_jobs_that_ended_not_deliveries_given_back_or_sk
     [alert] = queries()["failure-rate.json"]
     assert failure_ratio(alert, world.metrics) == 0.5
     assert alert.endswith("> 0.1")
+
+
+def test_a_bug_that_gives_jobs_back_pages_and_nothing_else_does() -> None:
+    """A message that meets a bug every time came back for up to 100 deliveries (about 15 hours) before
+    Pub/Sub dead-lettered it, seen only as queue age; outages and late documents are the other alerts'."""
+    world = World(readiness=True)
+    world.model.fail_with = ZeroDivisionError("a bug")
+    assert world.deliver(attempt=1).cause is RetryCause.INTERNAL_ERROR
+    world.model.fail_with = None
+    world.upload(USER, "late")
+    del world.sessions.documents[f"users/{USER}/sessions/late"]
+    assert world.deliver(message_id="m2", sessionId="late").cause is RetryCause.SESSION_NOT_YET
+    world.model.ready = False
+    assert world.readiness is not None
+    world.readiness.check()
+    assert world.deliver(message_id="m3").cause is RetryCause.MODEL_NOT_READY
+
+    [alert] = queries()["bridge-bugs.json"]
+    found = re.search(r"fluxfill_bridge_jobs_total\{([^}]*)\}", alert)
+    assert found is not None
+    causes = {labels["cause"] for labels, _ in jobs_samples(world.metrics) if selects(found[1], labels)}
+    assert causes == {"internal_error"}
 
 
 def test_selects_reads_label_matchers_as_promql_does() -> None:
