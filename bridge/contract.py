@@ -87,6 +87,11 @@ class ErrorCode(StrEnum):
     RETRIES_EXHAUSTED = "retries_exhausted"
 
 
+# `error.code` of a session given back for another attempt (status `queued` again) after one that failed for
+# the service: no ErrorCode, since the job has not failed; `error.cause` says why (errors.RetryCause) and the
+# job's end replaces the field.
+RETRYING = "retrying"
+
 # The failures that are the job's own (its message, its images, its parameters): the app's, or its user's, to
 # fix; retrying or paging the on-call changes nothing. The others are a stop (cancelled, past the deadline) or
 # the service's (attempts spent on parts that were unavailable). `fluxfill watch` exits by it, and a bridge's

@@ -298,7 +298,7 @@ class JobHandler:
         if claimed.attempt < self._settings.max_delivery_attempts:
             return self._give_back(claimed, cause_of(error), reason)
         # Released first, so the exhausted job is never left under this claim's lease.
-        self._sessions.release(claimed.ref, claimed.claim_id, reason)
+        self._sessions.release(claimed.ref, claimed.claim_id, reason, cause_of(error))
         exhausted = f"gave up after {claimed.attempt} attempts; last error: {reason}"
         return unclaimed.dead_letter_then_fail(
             self._sessions, claimed.ref, ErrorCode.RETRIES_EXHAUSTED, exhausted
@@ -501,12 +501,12 @@ class JobHandler:
         """Free the user's slot of a claim the session document no longer holds (writing nothing to it), so
         that the user's next job need not wait for the slot to lapse (`lease_s`)."""
         try:
-            self._sessions.release(claimed.ref, claimed.claim_id, "the claim was lost")
+            self._sessions.release(claimed.ref, claimed.claim_id, "the claim was lost", RetryCause.CLAIM_LOST)
         except RetryableError as error:
             logger.warning("could not free the user's slot of a lost claim; it lapses", error=str(error))
 
     def _give_back(self, claimed: "_Claimed", cause: RetryCause, reason: str) -> Outcome:
-        self._sessions.release(claimed.ref, claimed.claim_id, reason)
+        self._sessions.release(claimed.ref, claimed.claim_id, reason, cause)
         return Outcome.retry(cause, reason)
 
 

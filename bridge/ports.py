@@ -12,6 +12,7 @@ import numpy.typing as npt
 
 from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.contract import ErrorCode, JobStatus
+from fluxfill.bridge.errors import RetryCause
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -122,7 +123,7 @@ class SessionStore(Protocol):
     def holds_claim(self, job: JobRef, claim_id: str) -> bool:
         """Whether `claim_id` is still the job's current claim: one read, nothing written."""
 
-    def release(self, job: JobRef, claim_id: str, reason: str) -> None:
+    def release(self, job: JobRef, claim_id: str, reason: str, cause: RetryCause) -> None:
         """Give a claimed job back (status queued, its user's slot freed) so a redelivery can claim it."""
 
     def finish(self, job: JobRef, claim_id: str | None, status: JobStatus, fields: Mapping[str, Any]) -> bool:

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from fluxfill.bridge.contract import TERMINAL_STATUSES, JobStatus, SessionField
+from fluxfill.bridge.contract import RETRYING, TERMINAL_STATUSES, JobStatus, SessionField
+from fluxfill.bridge.errors import RetryCause
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat
 from fluxfill.inpaint.contract import MAX_PROMPT_BYTES
 
@@ -189,9 +190,10 @@ def heartbeat(
 
 
 def release(
-    document: Document | None, claim_id: str, now: datetime, reason: str, *, path: str
+    document: Document | None, claim_id: str, now: datetime, reason: str, cause: RetryCause, *, path: str
 ) -> Update | None:
-    """Back to queued, lease cleared, so a redelivery is claimed at once; only by the current claim."""
+    """Back to queued, lease cleared, so a redelivery is claimed at once; only by the current claim. The
+    session's `error` says so for the app: code `retrying`, the reason and its cause."""
     current = document or {}
     if not held_by(current, claim_id):
         return None
@@ -200,7 +202,7 @@ def release(
         SessionField.OWNER: None,
         SessionField.CLAIM_ID: None,
         SessionField.LEASE_EXPIRES_AT: None,
-        SessionField.ERROR: {"code": "retrying", "message": reason},
+        SessionField.ERROR: {"code": RETRYING, "message": reason, "cause": cause.value},
         SessionField.UPDATED_AT: now,
     }
     return fitted(current, update, path)

@@ -11,6 +11,7 @@ from typing import Any
 from fluxfill.bridge.contract import (
     FIRESTORE_DATABASE_PATTERN,
     INPUT_ERRORS,
+    RETRYING,
     ErrorCode,
     JobStatus,
     SessionField,
@@ -202,7 +203,9 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
         if status != last_status:
             bar.interrupt()
             attempt = document.get(SessionField.ATTEMPT.value)
-            sys.stderr.write(f"{status}" + (f" (attempt {attempt})" if attempt else "") + "\n")
+            sys.stderr.write(
+                f"{status}" + (f" (attempt {attempt})" if attempt else "") + _given_back(document)
+            )
             last_status = status
         progress = document_map(document.get(SessionField.PROGRESS.value))
         step, total = whole_count(progress.get("step")), whole_count(progress.get("total"))
@@ -214,6 +217,15 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
         if deadline is not None and time.monotonic() > deadline:
             raise DeadlineExceededError(f"{ref.session} still {status} after {timeout:g} s")
         time.sleep(interval)
+
+
+def _given_back(document: dict[str, Any]) -> str:
+    """The end of a status line: why a job queued again was given back (the bridge's `retrying` error)."""
+    error = document_map(document.get(SessionField.ERROR.value))
+    if document.get(SessionField.STATUS.value) != JobStatus.QUEUED or error.get("code") != RETRYING:
+        return "\n"
+    message = " ".join(str(error.get("message", "")).split())[:300]
+    return f": given back ({error.get('cause', 'no cause recorded')}): {message}\n"
 
 
 def _read_within(

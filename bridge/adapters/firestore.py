@@ -12,6 +12,7 @@ from fluxfill.bridge.adapters.compare_and_set import Decide, Known, KnownDocumen
 from fluxfill.bridge.adapters.firestore_errors import bounded, firestore_errors
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus, firestore_id_allowed
+from fluxfill.bridge.errors import RetryCause
 from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat, JobRef
 
 T = TypeVar("T")
@@ -114,14 +115,14 @@ class FirestoreSessions:
         self._known.remember(job.document, Known(document, snapshot.update_time) if held else None)
         return held
 
-    def release(self, job: JobRef, claim_id: str, reason: str) -> None:
+    def release(self, job: JobRef, claim_id: str, reason: str, cause: RetryCause) -> None:
         """See SessionStore.release."""
         self._change(
             job.document,
             "give the job back",
             lambda document, now: (
                 None,
-                sessions.release(document, claim_id, now, reason, path=job.document),
+                sessions.release(document, claim_id, now, reason, cause, path=job.document),
             ),
         )
         self._known.remember(job.document, None)

@@ -10,7 +10,7 @@ import pytest
 from fluxfill.bridge.adapters.firestore import FirestoreSessions
 from fluxfill.bridge.adapters.pubsub import publish_message
 from fluxfill.bridge.contract import JobStatus
-from fluxfill.bridge.errors import SessionRefusedError
+from fluxfill.bridge.errors import RetryCause, SessionRefusedError
 from fluxfill.bridge.ports import JobRef
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import JobSystem, TcpProxy, is_terminal, running_bridge, wait_until
@@ -79,7 +79,7 @@ def test_claims_are_fenced_on_the_real_store(jobs: JobSystem) -> None:
     assert jobs.db.document(ref.document).get().update_time == before.update_time, "the check wrote"
     assert not sessions.heartbeat(ref, "claim-1", 30, (1, 4)).still_owner
     assert not sessions.finish(ref, "claim-1", JobStatus.DONE, {})
-    sessions.release(ref, "claim-1", "stale")
+    sessions.release(ref, "claim-1", "stale", RetryCause.CLAIM_LOST)
     document = jobs.db.document(ref.document).get().to_dict() or {}
     assert (document["status"], document["claimId"]) == ("processing", "claim-3")
     assert sessions.finish(ref, "claim-3", JobStatus.DONE, {})
@@ -134,7 +134,7 @@ def test_hung_triton_is_marked_unready_and_the_job_given_back(
             jobs.publish({"userId": user, "sessionId": session, "steps": 2})
             wait_until(lambda: not bridge.bridge.readiness.ready, timeout_s=15)
             given_back = jobs.wait_for(user, session, lambda d: d.get("status") == "queued" and "error" in d)
-            assert given_back["error"]["code"] == "retrying"
+            assert (given_back["error"]["code"], given_back["error"]["cause"]) == ("retrying", "triton")
             proxy.thaw()
             document = jobs.wait_for(user, session, is_terminal, timeout_s=90)
     finally:

@@ -27,7 +27,7 @@ from fluxfill.bridge.adapters.firestore import (
 from fluxfill.bridge.adapters.parking_store import FirestoreParkingLot
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import ErrorCode, JobStatus
-from fluxfill.bridge.errors import RetryableError, SessionTransientError, StorageTransientError
+from fluxfill.bridge.errors import RetryableError, RetryCause, SessionTransientError, StorageTransientError
 from fluxfill.bridge.ports import JobRef, ObjectInfo, ParkedJob
 from tests.support import unanswered_port
 
@@ -60,7 +60,7 @@ CALLS: dict[str, Callable[[firestore.Client], object]] = {
     ).claim(JOB, claim_id="c1", owner="localhost", lease_s=30, max_attempts=3, max_per_user=2),
     "heartbeat": lambda c: FirestoreSessions(c).heartbeat(JOB, "c1", 30, None),
     "claim check": lambda c: FirestoreSessions(c).holds_claim(JOB, "c1"),
-    "give back": lambda c: FirestoreSessions(c).release(JOB, "c1", "a reason"),
+    "give back": lambda c: FirestoreSessions(c).release(JOB, "c1", "a reason", RetryCause.TRITON),
     "final write": lambda c: FirestoreSessions(c).finish(JOB, "c1", JobStatus.DONE, {}),
     "ledger read": lambda c: FirestoreDeadLetterLedger(c, "ledger").recorded("m1"),
     "ledger write": lambda c: FirestoreDeadLetterLedger(c, "ledger").record("m1", ErrorCode.INVALID_JOB),

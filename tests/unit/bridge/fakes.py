@@ -22,6 +22,7 @@ from fluxfill.bridge.errors import (
     JobDeadlineExceededError,
     PermanentJobError,
     RetryableError,
+    RetryCause,
     SessionRefusedError,
     SessionTransientError,
     TritonBusyError,
@@ -189,11 +190,11 @@ class FakeSessionStore:
             self.claim_checks += 1
             return sessions.held_by(self.documents.get(job.document), claim_id)
 
-    def release(self, job: JobRef, claim_id: str, reason: str) -> None:
+    def release(self, job: JobRef, claim_id: str, reason: str, cause: RetryCause) -> None:
         with self._lock:
             now = self.now()
             update = sessions.release(
-                self.documents.get(job.document), claim_id, now, reason, path=job.document
+                self.documents.get(job.document), claim_id, now, reason, cause, path=job.document
             )
             self._apply(job.document, update)
             self._apply_slots(job, user_slots.drop(self.user_slots.get(job.user), claim_id, now))

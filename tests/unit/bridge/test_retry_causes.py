@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from fluxfill.bridge.adapters.pubsub import DeadLetterPublishError, RequeuePublishError
+from fluxfill.bridge.contract import RETRYING
 from fluxfill.bridge.errors import (
     ConfiguredValueRefusedError,
     JobCancelledError,
@@ -126,3 +127,27 @@ def test_a_retry_without_a_cause_cannot_be_made() -> None:
         Outcome(OutcomeKind.RETRY, reason="why?")
     with pytest.raises(ValueError, match="a retry, and only a retry, has a cause"):
         Outcome(OutcomeKind.DONE, cause=RetryCause.TRITON)
+
+
+@pytest.mark.parametrize(
+    ("setup", "cause"),
+    [
+        (_model_fails(TritonUnavailableError("triton: connection refused")), RetryCause.TRITON),
+        (_storage_fails, RetryCause.STORAGE),
+        (_model_fails(JobCancelledError("the bridge is stopping")), RetryCause.STOPPING),
+        (_model_fails(ZeroDivisionError("a bug")), RetryCause.INTERNAL_ERROR),
+    ],
+    ids=lambda value: value.value if isinstance(value, RetryCause) else "",
+)
+def test_a_job_given_back_tells_the_app_why_on_its_session(
+    setup: Callable[[World], None], cause: RetryCause
+) -> None:
+    """Queued again after a claim, its `error` is `retrying` (no ErrorCode: the job has not failed) with the
+    reason's sentence and, now, its cause."""
+    world = World(max_delivery_attempts=5)
+    setup(world)
+    assert world.deliver(attempt=1).cause is cause
+    assert world.document["status"] == "queued"
+    error = world.document["error"]
+    assert (error["code"], error["cause"]) == (RETRYING, cause.value)
+    assert error["message"]

@@ -291,6 +291,30 @@ class SessionsInTurn:
         return SessionRef(user, session)
 
 
+def test_watch_tells_why_a_job_was_given_back(capsys: pytest.CaptureFixture[str]) -> None:
+    """A job queued again after an attempt that failed for the service: the bridge's `retrying` error says
+    why, and `watch` says it on the status line (before, "queued (attempt 1)" alone)."""
+    given_back = {
+        "status": "queued",
+        "attempt": 1,
+        "error": {"code": "retrying", "message": "triton: connection\nrefused", "cause": "triton"},
+    }
+    jobs = SessionsInTurn(
+        {"status": "processing", "attempt": 1},
+        given_back,
+        {"status": "processing", "attempt": 2},
+        {"status": "done", "attempt": 2, "result": {"paths": {"edited": "e.jpg"}, "width": 8, "height": 6}},
+    )
+    assert _watch(cast(JobSystem, jobs), REF, timeout=None, interval=0) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [
+        "processing (attempt 1)",
+        "queued (attempt 1): given back (triton): triton: connection refused",
+        "processing (attempt 2)",
+        "done (attempt 2)",
+    ]
+
+
 def test_watch_tells_each_status_once_and_the_steps_as_they_come(capsys: pytest.CaptureFixture[str]) -> None:
     """The states a job passes through, as the app sees them; the job itself (tests/integration/client)
     may end before a watch starts."""
