@@ -59,7 +59,7 @@ def template_problem(template: str, field: str) -> str | None:
 
 
 def _placeholders_problem(template: str) -> str | None:
-    """Whether the template parses, with {userId} and {sessionId} its only placeholders, each at most once."""
+    """Whether the template parses, with {userId} and {sessionId} its only placeholders, each exactly once."""
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as error:
