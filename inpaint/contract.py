@@ -37,13 +37,13 @@ def prompt_problem(prompt: str) -> str | None:
     A string may hold half of a UTF-16 surrogate pair, which no UTF-8 can carry: JSON's `\\ud83d` escape
     of an app that cut an emoji in two (JavaScript's `slice` counts UTF-16 units), or a command line's byte
     that is not UTF-8 (Python keeps it as one)."""
-    for position, character in enumerate(prompt):
-        if "\ud800" <= character <= "\udfff":
-            return (
-                f"holds U+{ord(character):04X} at character {position}, half of a UTF-16 surrogate pair (a "
-                "character cut in two, or a byte that is not UTF-8): send whole characters"
-            )
-    size = len(prompt.encode("utf-8"))
+    try:
+        size = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError as error:  # only a surrogate fails it
+        return (
+            f"holds U+{ord(prompt[error.start]):04X} at character {error.start}, half of a UTF-16 surrogate "
+            "pair (a character cut in two, or a byte that is not UTF-8): send whole characters"
+        )
     if size > MAX_PROMPT_BYTES:
         return f"is {size} bytes of UTF-8; the limit is {MAX_PROMPT_BYTES}"
     return None
