@@ -281,14 +281,14 @@ def _describe(error: ValidationError) -> str:
 
 
 def recordable_id(value: str) -> bool:
-    """Whether an id, valid or not, names one session document safely: printable, without whitespace or '/'
-    (so it cannot climb the tree, nor put a control sequence in a log or a terminal), at most 128 characters,
-    and a Firestore document id. An app whose session ids are ISO times (`...T10:00:00.000Z`) or carry a
-    '.' is refused, and its session must say why rather than stay queued."""
+    """Whether an id, valid or not, names one session document safely: printable and without whitespace (no
+    control sequence in a log or a terminal), at most 128 characters, and a Firestore document id (no '/',
+    not . or ..: it cannot climb the tree). An app whose session ids are ISO times (`...T10:00:00.000Z`) or
+    carry a '.' is refused, and its session must say why rather than stay queued."""
     return (
         0 < len(value) <= 128
         and value.isprintable()
-        and not any(character.isspace() or character == "/" for character in value)
+        and not any(character.isspace() for character in value)
         and firestore_id_allowed(value)
     )
 

@@ -88,17 +88,18 @@ def _not_once(template: str, name: str) -> str:
     )
 
 
-def _fixed_segments(template: str) -> Iterator[str]:
-    """The template's segments other than the ids, as filled (`{{` is a brace)."""
-    for segment in template.format(**_MARKERS).split("/"):
-        if segment not in _IDS_BY_MARKER:
-            yield segment
+def _fixed_segments(template: str, field: str) -> Iterator[str]:
+    """The template's segments other than the ids, as filled (`{{` is a brace; a final `*` standing for the
+    extension left out)."""
+    for segment in _segments(template, field):
+        if segment.placeholder is None:
+            yield segment.text
 
 
 def _document_problem(template: str) -> str | None:
     if len(template.split("/")) % 2:
         return f"{template!r} names a collection: a Firestore document path has an even number of segments"
-    for segment in _fixed_segments(template):
+    for segment in _fixed_segments(template, SESSION_TEMPLATE):
         if not firestore_id_allowed(segment):
             return (
                 f"{template!r} holds {segment[:50]!r}, which Firestore takes for no collection or document "
@@ -110,8 +111,7 @@ def _document_problem(template: str) -> str | None:
 def _object_problem(template: str, field: str) -> str | None:
     if field == "edited_template" and not template.endswith("*"):
         return f"{template!r} must end in '*': the edited image's extension (jpg, png or webp) goes there"
-    glob = field in EXTENSION_TEMPLATES and template.endswith("*")
-    for segment in _fixed_segments(template.removesuffix("*") if glob else template):
+    for segment in _fixed_segments(template, field):
         if segment in {".", ".."}:
             return f"{template!r} has a {segment!r} segment: tools and browsers read it as a folder"
         special = sorted(set(segment) & set(SPECIAL_IN_OBJECT_NAMES))
@@ -124,7 +124,7 @@ def _object_problem(template: str, field: str) -> str | None:
     longest_id = "x" * MAX_ID_LENGTH
     longest_extension = max(map(len, RESULT_EXTENSIONS.values())) * "x"
     filled = template.format(userId=longest_id, sessionId=longest_id).removesuffix("*")
-    size = len(filled.encode()) + (len(longest_extension) if glob else 0)
+    size = len(filled.encode()) + (len(longest_extension) if _ends_in_extension(template, field) else 0)
     if size > MAX_OBJECT_NAME_BYTES:
         return (
             f"{template!r} makes names of up to {size} bytes with {MAX_ID_LENGTH}-character ids: Cloud "
@@ -159,8 +159,14 @@ class _Segment:
         return self.text == other.text
 
 
+def _ends_in_extension(template: str, field: str) -> bool:
+    """Whether the template's final `*` stands for an extension (else a `*` is a character of the name)."""
+    return field in EXTENSION_TEMPLATES and template.endswith("*")
+
+
 def _segments(template: str, field: str) -> list[_Segment]:
-    glob = field in EXTENSION_TEMPLATES and template.endswith("*")
+    """The template's segments, as filled: each id by its placeholder, a final `*` as its segment's glob."""
+    glob = _ends_in_extension(template, field)
     texts = template.removesuffix("*" if glob else "").format(**_MARKERS).split("/")
     segments = [_Segment(text, placeholder=_IDS_BY_MARKER.get(text)) for text in texts]
     if glob:

@@ -204,7 +204,7 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
             bar.interrupt()
             attempt = document.get(SessionField.ATTEMPT.value)
             sys.stderr.write(
-                f"{status}" + (f" (attempt {attempt})" if attempt else "") + _given_back(document)
+                f"{status}" + (f" (attempt {attempt})" if attempt else "") + _given_back(document) + "\n"
             )
             last_status = status
         progress = document_map(document.get(SessionField.PROGRESS.value))
@@ -220,12 +220,13 @@ def _watch(jobs: JobSystem, ref: SessionRef, timeout: float | None, interval: fl
 
 
 def _given_back(document: dict[str, Any]) -> str:
-    """The end of a status line: why a job queued again was given back (the bridge's `retrying` error)."""
+    """The end of a status line: why a job queued again was given back (the bridge's `retrying` error); empty
+    for any other state."""
     error = document_map(document.get(SessionField.ERROR.value))
     if document.get(SessionField.STATUS.value) != JobStatus.QUEUED or error.get("code") != RETRYING:
-        return "\n"
+        return ""
     message = " ".join(str(error.get("message", "")).split())[:300]
-    return f": given back ({error.get('cause', 'no cause recorded')}): {message}\n"
+    return f": given back ({error.get('cause', 'no cause recorded')}): {message}"
 
 
 def _read_within(
