@@ -51,6 +51,14 @@ DEADLINE_PROBE_TIMEOUT_S = 2.0
 # After a failed read of the model's crop parameters, whole photos are sent this long before the next try.
 GEOMETRY_RETRY_S = 30.0
 _Reply = tuple[Any, BaseException | None]
+# tritonclient's own (no cap on a message's size), and a connection of the channel's own: gRPC otherwise
+# shares one among a process's channels to an address, with its reconnect backoff (1 s, growing to 2 minutes
+# while Triton is away), and a fresh call failed at once with another call's refusal although Triton was back.
+GRPC_CHANNEL_ARGS = [
+    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt.NDArray[Any]]:
@@ -86,7 +94,9 @@ class TritonInpaintModel:
     def _client(self, timeout_s: float | None = None) -> Any:
         if self._module is httpclient and timeout_s is not None:
             return httpclient.InferenceServerClient(self._url, network_timeout=timeout_s)
-        return self._module.InferenceServerClient(self._url)
+        if self._module is httpclient:
+            return httpclient.InferenceServerClient(self._url)
+        return grpcclient.InferenceServerClient(self._url, channel_args=GRPC_CHANNEL_ARGS)
 
     def is_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Whether Triton reports the model READY within `timeout_s`; False when it cannot be asked."""
