@@ -94,10 +94,13 @@ def test_a_retry_is_counted_and_logged_with_its_cause(
     assert f"cause={cause.value}" in line
 
 
-def test_the_other_outcomes_have_no_cause() -> None:
+def test_the_other_outcomes_have_no_cause(capsys: pytest.CaptureFixture[str]) -> None:
     world = World()
     assert world.deliver().kind is OutcomeKind.DONE
     assert world.metrics.sample("fluxfill_bridge_jobs_total", {"outcome": "done", "cause": ""}) == 1
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "job outcome" in line]
+    assert "outcome=done" in line
+    assert "cause" not in line
 
 
 @pytest.mark.parametrize(
