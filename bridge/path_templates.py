@@ -11,7 +11,9 @@ session's folder only.
 The object templates must also name different objects from one another, for any ids (`layout_problem`): an
 edited image's template equal to the original's had the photo itself recorded as the result (the create-only
 upload found it there), and an original's `*` that also matches the edited image (`photo*` beside
-`photo-edited.*`) failed a replayed or retried job as `original_ambiguous` once its result was written.
+`photo-edited.*`) failed a replayed or retried job as `original_ambiguous` once its result was written. And
+the bridge's own Firestore collections must be its own (`collections_problem`): a user slots collection named
+`users` beside sessions under `users/{userId}/...` wrote the slots' `claims` into the app's user documents.
 """
 
 import string
@@ -24,6 +26,9 @@ from fluxfill.bridge.contract import RESULT_EXTENSIONS, firestore_id_allowed, id
 PLACEHOLDERS = ("userId", "sessionId")
 OBJECT_TEMPLATES = ("original_template", "mask_template", "edited_template", "preview_template")
 SESSION_TEMPLATE = "session_template"
+# The bridge's own top-level Firestore collections, by setting: a user's slots (`{collection}/{userId}`),
+# a user's parked jobs (`{collection}/{userId}/jobs/{sessionId}`), dead-lettered message ids (empty: none).
+BRIDGE_COLLECTIONS = ("user_slots_collection", "parked_jobs_collection", "dead_letter_ledger")
 # The object templates whose final `*` stands for an extension: found by listing (the original and the mask
 # the app uploaded), or filled with the result's (the edited image, which must end in one).
 EXTENSION_TEMPLATES = ("original_template", "mask_template", "edited_template")
@@ -186,5 +191,33 @@ def layout_problem(templates: Mapping[str, str], name: Callable[[str], str] = st
                 f"{name(first)} {templates[first]!r} and {name(second)} {templates[second]!r} can name the "
                 "same object: the bridge would read or keep one for the other (a photo taken for a result, "
                 "a result for an earlier attempt's, or several objects matching the original's '*')"
+            )
+    return None
+
+
+def collections_problem(settings: Mapping[str, str], name: Callable[[str], str] = str) -> str | None:
+    """A sentence when one of the bridge's own collections (BRIDGE_COLLECTIONS, by field) is no Firestore id,
+    is another's too (one document would hold a user's slots and a message's entry, or parked jobs under it),
+    or is the session template's top collection (the bridge's fields written into the app's documents: with
+    sessions under `users/{userId}/...`, slots in `users` are the app's user documents); None otherwise."""
+    used = {field: settings[field] for field in BRIDGE_COLLECTIONS if settings.get(field)}
+    for field, collection in used.items():
+        if not firestore_id_allowed(collection):
+            return f"{name(field)} {collection!r} is no Firestore collection id (not __...__)"
+    for first, second in combinations(used, 2):
+        if used[first] == used[second]:
+            return (
+                f"{name(first)} and {name(second)} are both {used[first]!r}: each of the bridge's "
+                "collections holds documents of its own, keyed by user or message id"
+            )
+    # Where the session template starts with an id, a user whose id is a collection's name could meet it:
+    # left to the app's ids (a Firebase uid is 28 random characters).
+    top = _segments(settings[SESSION_TEMPLATE], SESSION_TEMPLATE)[0]
+    for field, collection in used.items():
+        if top.placeholder is None and top.text == collection:
+            return (
+                f"{name(field)} {collection!r} is where {name(SESSION_TEMPLATE)} "
+                f"{settings[SESSION_TEMPLATE]!r} keeps the app's documents: the bridge would write its own "
+                "into them"
             )
     return None

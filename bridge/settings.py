@@ -18,8 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fluxfill.bridge import contract
 from fluxfill.bridge.path_templates import (
+    BRIDGE_COLLECTIONS,
     OBJECT_TEMPLATES,
     SESSION_TEMPLATE,
+    collections_problem,
     layout_problem,
     template_problem,
 )
@@ -238,6 +240,14 @@ class BridgeSettings(BaseSettings):
     @model_validator(mode="after")
     def _check_layout(self) -> "BridgeSettings":
         return checked_layout(self)
+
+    @model_validator(mode="after")
+    def _check_collections(self) -> "BridgeSettings":
+        fields = {*BRIDGE_COLLECTIONS, SESSION_TEMPLATE}
+        problem = collections_problem(self.model_dump(include=fields), variable)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _check_mode(self) -> "BridgeSettings":

@@ -207,3 +207,47 @@ def test_the_bridge_does_not_start_with_such_a_template(edited: str, said: str) 
     [line] = [json.loads(text) for text in started.stdout.splitlines() if "invalid settings" in text]
     assert "FLUXFILL_BRIDGE_EDITED_TEMPLATE" in line["problems"]
     assert said in line["problems"]
+
+
+@pytest.mark.parametrize(
+    ("collections", "said"),
+    [
+        # The user slots' `claims` written into the app's own user documents, `users/{userId}`.
+        ({"user_slots_collection": "users"}, "FLUXFILL_BRIDGE_USER_SLOTS_COLLECTION 'users' is where"),
+        ({"parked_jobs_collection": "users"}, "FLUXFILL_BRIDGE_PARKED_JOBS_COLLECTION 'users' is where"),
+        ({"dead_letter_ledger": "users"}, "FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER 'users' is where"),
+        # A user's slots document holding a dead-lettered message's entry, or the parked jobs' folder.
+        (
+            {"user_slots_collection": "fluxfill", "dead_letter_ledger": "fluxfill"},
+            "USER_SLOTS_COLLECTION and FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER are both 'fluxfill'",
+        ),
+        (
+            {"user_slots_collection": "fluxfill", "parked_jobs_collection": "fluxfill"},
+            "FLUXFILL_BRIDGE_USER_SLOTS_COLLECTION and FLUXFILL_BRIDGE_PARKED_JOBS_COLLECTION are both",
+        ),
+        (
+            {"dead_letter_ledger": "__ledger__"},
+            "FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER '__ledger__' is no Firestore",
+        ),
+    ],
+)
+def test_the_bridges_collections_apart_from_one_another_and_from_the_sessions(
+    collections: dict[str, str], said: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        _settings(**collections)
+    problems = settings_problems(caught.value)
+    assert said in problems, problems
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"dead_letter_ledger": ""},  # none: nothing to meet
+        {"session_template": "apps/pets/users/{userId}/{sessionId}/x", "user_slots_collection": "users"},
+        {"user_slots_collection": "Users"},  # Firestore's ids are case-sensitive
+    ],
+)
+def test_collections_of_their_own_pass(settings: dict[str, str]) -> None:
+    _settings(**settings)
