@@ -378,7 +378,7 @@ def test_triton_lost_mid_service_retries_the_job_until_it_is_back(
             )
             assert not bridge.bridge.readiness.ready, "a Triton call that failed as unavailable marks it"
             proxy.up()
-            # As the poll would: ask until Triton answers (gRPC reconnects with a backoff of its own).
+            # As the poll would (each check on a connection of its own: no backoff left from the failures).
             wait_until(bridge.bridge.readiness.check, timeout_s=60)
             document = jobs.wait_for(user, session, is_terminal)
     finally:
