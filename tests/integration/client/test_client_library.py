@@ -1,5 +1,6 @@
 """The Python client on a real tritonserver: inputs in every form, progress, cancel, timeout, contract."""
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -360,6 +361,42 @@ def test_no_server_is_unavailable_naming_the_address(protocol: Protocol) -> None
     with client, pytest.raises(ServiceUnavailableError, match=url) as caught:
         client.inpaint(photo(16, 16), box_mask(16, 16), "x")
     assert caught.value.retryable
+
+
+def test_a_client_whose_server_is_away_tries_it_again_about_every_second() -> None:
+    """gRPC waits longer and longer between its attempts to connect while a server is away (1 s, then 1.6
+    times that each time, up to 2 minutes), and a call meanwhile fails at once: a client whose server was away
+    for two minutes (a model's restart) failed every call for 58 s after the server was back. Its attempts are
+    a second apart at most: counted here on a port that takes each connection and closes it at once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    attempts = 0
+    stop = threading.Event()
+
+    def take_and_close() -> None:
+        nonlocal attempts
+        while not stop.is_set():
+            with suppress(TimeoutError):
+                listener.accept()[0].close()
+                attempts += 1
+
+    taker = threading.Thread(target=take_and_close, daemon=True)
+    taker.start()
+    try:
+        url = f"127.0.0.1:{listener.getsockname()[1]}"
+        with FluxFillClient(url, "grpc", retry=NO_RETRY) as client:
+            calls_end = time.monotonic() + 12.0
+            while time.monotonic() < calls_end:
+                with pytest.raises(ServiceUnavailableError):
+                    client.check_contract()
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        taker.join()
+        listener.close()
+    # gRPC's own backoff: at most 6 attempts in 12 s (at 0, 1, 2.6, 5.2 and 9.3 s, each wait +-20 %); a
+    # second apart at most: 11 or more.
+    assert attempts >= 9, attempts
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
