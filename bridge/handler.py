@@ -160,7 +160,7 @@ class JobHandler:
                 outcome = Outcome.retry(RetryCause.INTERNAL_ERROR, "internal error", may_carry_over=False)
             warn = outcome.kind in (OutcomeKind.RETRY, OutcomeKind.DEAD_LETTER, OutcomeKind.ORPHANED)
             log = logger.warning if warn else logger.info
-            # A cause only where there is one: a retry's (a `cause=None` on every other line read as one).
+            # The cause only where there is one, a retry's (every other line carried `cause=None`).
             cause = {"cause": outcome.cause.value} if outcome.cause else {}
             log("job outcome", outcome=outcome.kind.value, code=outcome.code, reason=outcome.reason, **cause)
         finally:

@@ -92,11 +92,11 @@ class TritonInpaintModel:
         self._unready_reason = ""
 
     def _client(self, timeout_s: float | None = None) -> Any:
-        if self._module is httpclient and timeout_s is not None:
-            return httpclient.InferenceServerClient(self._url, network_timeout=timeout_s)
-        if self._module is httpclient:
+        if self._module is grpcclient:
+            return grpcclient.InferenceServerClient(self._url, channel_args=GRPC_CHANNEL_ARGS)
+        if timeout_s is None:
             return httpclient.InferenceServerClient(self._url)
-        return grpcclient.InferenceServerClient(self._url, channel_args=GRPC_CHANNEL_ARGS)
+        return httpclient.InferenceServerClient(self._url, network_timeout=timeout_s)
 
     def is_ready(self, timeout_s: float = READY_TIMEOUT_S) -> bool:
         """Whether Triton reports the model READY within `timeout_s`; False when it cannot be asked."""
