@@ -51,14 +51,11 @@ DEADLINE_PROBE_TIMEOUT_S = 2.0
 # After a failed read of the model's crop parameters, whole photos are sent this long before the next try.
 GEOMETRY_RETRY_S = 30.0
 _Reply = tuple[Any, BaseException | None]
-# tritonclient's own (no cap on a message's size), and a connection of the channel's own: gRPC otherwise
-# shares one among a process's channels to an address, with its reconnect backoff (1 s, growing to 2 minutes
-# while Triton is away), and a fresh call failed at once with another call's refusal although Triton was back.
-GRPC_CHANNEL_ARGS = [
-    ("grpc.max_send_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
-    ("grpc.max_receive_message_length", grpcclient.MAX_GRPC_MESSAGE_SIZE),
-    ("grpc.use_local_subchannel_pool", 1),
-]
+# A question about Triton (readiness, the model's parameters) asks on a connection of its own: gRPC shares one
+# among a process's channels to an address, with its reconnect backoff (1 s, growing to 2 minutes while Triton
+# is away), and a readiness check failed at once with another call's old refusal although Triton was back.
+# Runs share one, as before (HTTP/2 carries them side by side: no descriptor per job in flight).
+OWN_CONNECTION_ARGS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt.NDArray[Any]]:
@@ -75,7 +72,7 @@ def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt
 
 
 class TritonInpaintModel:
-    """FLUX.1-Fill on one Triton server; a fresh client per call, so concurrent jobs share nothing."""
+    """FLUX.1-Fill on one Triton server; a fresh client per call, so concurrent jobs share no client state."""
 
     def __init__(self, url: str, protocol: str = "grpc-stream", max_run_s: float = 300.0) -> None:
         if protocol not in {"grpc-stream", "grpc", "http"}:
@@ -91,9 +88,11 @@ class TritonInpaintModel:
         self._seen_unready = False
         self._unready_reason = ""
 
-    def _client(self, timeout_s: float | None = None) -> Any:
+    def _client(self, timeout_s: float | None = None, *, own_connection: bool = False) -> Any:
         if self._module is grpcclient:
-            return grpcclient.InferenceServerClient(self._url, channel_args=GRPC_CHANNEL_ARGS)
+            if not own_connection:  # tritonclient's channel arguments: no cap on a message's size
+                return grpcclient.InferenceServerClient(self._url)
+            return grpcclient.InferenceServerClient(self._url, channel_args=OWN_CONNECTION_ARGS)
         if timeout_s is None:
             return httpclient.InferenceServerClient(self._url)
         return httpclient.InferenceServerClient(self._url, network_timeout=timeout_s)
@@ -102,7 +101,7 @@ class TritonInpaintModel:
         """Whether Triton reports the model READY within `timeout_s`; False when it cannot be asked."""
         reason = ""
         try:
-            client = self._client(timeout_s=timeout_s)
+            client = self._client(timeout_s=timeout_s, own_connection=True)
             try:
                 if self._module is httpclient:
                     ready = bool(client.is_model_ready(self.name))
@@ -146,7 +145,7 @@ class TritonInpaintModel:
 
     def _read_geometry(self) -> CropGeometry | None:
         try:
-            client = self._client(timeout_s=READY_TIMEOUT_S)
+            client = self._client(timeout_s=READY_TIMEOUT_S, own_connection=True)
             try:
                 if self._module is httpclient:
                     config = client.get_model_config(STREAM_MODEL_NAME)

@@ -1,5 +1,6 @@
-"""Each of the bridge's calls to Triton has a connection of its own: one call's failure while Triton was away
-does not fail the next once Triton is back."""
+"""The bridge's questions to Triton (is the model ready, its parameters) go on a connection of their own: a
+run's failed connection while Triton was away does not make Triton look away once it is back. Runs share
+tritonclient's channel arguments (no cap on a message's size)."""
 
 import time
 
@@ -20,7 +21,7 @@ def test_a_call_that_failed_while_triton_was_away_does_not_fail_the_next_once_it
 ) -> None:
     proxy = TcpProxy(flux_server.grpc_port)  # not up yet: Triton is away, its port refuses
     model = TritonInpaintModel(proxy.url)
-    # Another job's call through the same adapter, still open: its connection was refused and waits out gRPC's
+    # A job's run through the same adapter, still open: its connection was refused and waits out gRPC's
     # reconnect backoff (about 1 s at first, growing to 2 minutes while Triton stays away). gRPC shares one
     # connection among a process's channels to one address: a readiness check sharing it failed at once with
     # the old refusal although Triton was back (a flaky test in CI; the bridge took no work meanwhile).
