@@ -72,7 +72,7 @@ def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt
 
 
 class TritonInpaintModel:
-    """FLUX.1-Fill on one Triton server; a fresh client per call, so concurrent jobs share no client state."""
+    """FLUX.1-Fill on one Triton server; a fresh client per call (gRPC's runs share one connection)."""
 
     def __init__(self, url: str, protocol: str = "grpc-stream", max_run_s: float = 300.0) -> None:
         if protocol not in {"grpc-stream", "grpc", "http"}:
