@@ -76,7 +76,7 @@ clean:
 images: $(INSTALLED)
 	PYTHON=$(BIN)/python deploy/images/build-local.sh
 
-# The six CPU benchmarks (about 10 minutes); each prints its table and writes a PNG under out/bench/.
+# The seven CPU benchmarks (about 14 minutes); each prints its table and writes a PNG under out/bench/.
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.serving_overhead
 	$(BIN)/python -m bench.context_request
@@ -84,6 +84,7 @@ bench: $(INSTALLED)
 	$(BIN)/python -m bench.crop_to_mask
 	$(BIN)/python -m bench.bridge_throughput
 	$(BIN)/python -m bench.result_formats
+	$(BIN)/python -m bench.session_writes
 
 # Load, soak and chaos runs of the whole job path (chaos/): exit 1 when an invariant breaks.
 chaos: $(INSTALLED)

@@ -150,7 +150,7 @@ class JobMonitor:
                 return
             self._lose_lease(f"the lease was not renewed for {unrenewed_s:.0f} s: {error}")
             return
-        if beat.still_owner:
+        if beat.renewed:  # a heartbeat that only read leaves the lease as it was: its bound still counts
             self._renewed_at = time.monotonic()
         if progress is not None:
             self._written = progress

@@ -82,12 +82,14 @@ class Claim:
 
 @dataclass(frozen=True)
 class Heartbeat:
-    """What a lease renewal learned: whether the app asked to cancel, whether the lease is still ours, and
-    whether the session document is gone (the app deleted it)."""
+    """What a heartbeat learned: whether the app asked to cancel, whether the lease is still ours, whether
+    the session document is gone (the app deleted it), and whether it renewed the lease (it renews it only
+    when due, or with progress to record: fluxfill.bridge.sessions.heartbeat)."""
 
     cancel_requested: bool
     still_owner: bool
     session_gone: bool = False
+    renewed: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class SessionStore(Protocol):
     def heartbeat(
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None
     ) -> Heartbeat:
-        """Extend the lease, write progress if given, and read the app's cancel request."""
+        """Read the app's cancel request and whether the claim is still current; extend the lease when it is
+        due, and with progress, which is then written too (None: none new)."""
 
     def holds_claim(self, job: JobRef, claim_id: str) -> bool:
         """Whether `claim_id` is still the job's current claim: one read, nothing written."""

@@ -45,6 +45,11 @@ _KEPT_WHEN_FULL = frozenset(
 )
 # What of a done session's result the app needs to show it: its paths, size, seed and format.
 _ESSENTIAL_RESULT = ("paths", "width", "height", "seed", "format")
+# A heartbeat renews the lease once this share of it is spent (10 s of the default 60 s), or with progress
+# to record; otherwise it only reads. Every write reaches each of the app's listeners on the session (a
+# phone), and Firestore advises at most one sustained write a second to a document: renewed every second, a
+# job waiting behind others in Triton's queue wrote its session 60 times a minute with nothing new in it.
+LEASE_RENEWED_AFTER_SHARE = 1 / 6
 
 
 def _status(document: Document | None) -> JobStatus | None:
@@ -174,19 +179,31 @@ def heartbeat(
     *,
     path: str,
 ) -> tuple[Heartbeat, Update | None]:
-    """Renew the lease (and record progress, when it fits) while `claim_id` is still the current claim."""
+    """While `claim_id` is still the current claim: renew the lease and record `progress` (new progress since
+    the last write, or None), or, with no progress and the lease renewed lately, write nothing
+    (LEASE_RENEWED_AFTER_SHARE): the answer then comes from the read alone."""
     if document is None:
         return Heartbeat(cancel_requested=False, still_owner=False, session_gone=True), None
     cancel = document.get(SessionField.CANCEL_REQUESTED) is True
     if not held_by(document, claim_id):
         return Heartbeat(cancel_requested=cancel, still_owner=False), None
+    if progress is None and not lease_renewal_due(document, now, lease_s):
+        return Heartbeat(cancel_requested=cancel, still_owner=True), None
     update: Update = {
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
         SessionField.UPDATED_AT: now,
     }
     if progress is not None:
         update[SessionField.PROGRESS] = {"step": progress[0], "total": progress[1]}
-    return Heartbeat(cancel_requested=cancel, still_owner=True), fitted(document, update, path)
+    return Heartbeat(cancel_requested=cancel, still_owner=True, renewed=True), fitted(document, update, path)
+
+
+def lease_renewal_due(document: Document, now: datetime, lease_s: float) -> bool:
+    """Whether LEASE_RENEWED_AFTER_SHARE of the document's lease is spent (or it holds none we can read)."""
+    expires = document.get(SessionField.LEASE_EXPIRES_AT)
+    if not isinstance(expires, datetime):
+        return True
+    return expires - now <= timedelta(seconds=lease_s * (1 - LEASE_RENEWED_AFTER_SHARE))
 
 
 def release(

@@ -106,3 +106,13 @@ def test_context_request_moves_less_than_the_whole_photo_and_less_again_reduced(
     assert moved[0] > moved[1] > moved[2]
     assert float(cells["whole photo (until 2026-12-04): ms"]) > 0
     assert float(cells["context reduced (now): ms"]) > 0
+
+
+def test_session_writes_counts_fewer_snapshots_per_job_with_heartbeats_that_write_only_what_is_due(
+    tmp_path: Path,
+) -> None:
+    output = run_quick("session_writes", tmp_path)
+    before = named_cells(output, "| every heartbeat writes")
+    now = named_cells(output, "| due renewals and progress")
+    # Each job has at least its claim's and its final write's snapshots, seen by the app's listener.
+    assert 2 <= float(now["snapshots per job"]) < float(before["snapshots per job"])

@@ -205,6 +205,37 @@ def test_a_running_job_sees_the_apps_cancel_and_a_takeover_through_its_remembere
     assert (reference.get().to_dict() or {})["status"] == "done"
 
 
+def test_heartbeats_without_progress_read_and_write_only_a_due_renewal(jobs: JobSystem) -> None:
+    """Every write reaches the app's listeners: a heartbeat with nothing new writes nothing, yet sees the
+    app's cancel; one with progress, or once a sixth of the lease is spent, renews the lease."""
+    sessions = FirestoreSessions(jobs.db)
+    fresh, due = new_path(), new_path()
+    for path in (fresh, due):
+        jobs.db.document(path).set({"status": "queued"})
+    fresh_ref, due_ref = JobRef(fresh, "m1"), JobRef(due, "m2")
+    for ref, lease_s in ((fresh_ref, 60.0), (due_ref, 1.2)):
+        claimed = sessions.claim(ref, claim_id="c1", owner="a", lease_s=lease_s, max_attempts=3)
+        assert claimed.kind is ClaimKind.CLAIMED
+    reference = jobs.db.document(fresh)
+    claimed_at = reference.get().update_time
+    beats = [sessions.heartbeat(fresh_ref, "c1", 60.0, None) for _ in range(3)]
+    assert all(beat.still_owner and not beat.renewed for beat in beats)
+    assert reference.get().update_time == claimed_at, "nothing new: nothing written"
+    reference.update({"cancelRequested": True})
+    cancelled_at = reference.get().update_time
+    beat = sessions.heartbeat(fresh_ref, "c1", 60.0, None)
+    assert beat.cancel_requested
+    assert not beat.renewed
+    assert reference.get().update_time == cancelled_at
+    assert sessions.heartbeat(fresh_ref, "c1", 60.0, (1, 4)).renewed
+    assert (reference.get().to_dict() or {})["progress"] == {"step": 1, "total": 4}
+
+    lease_before = (jobs.db.document(due).get().to_dict() or {})["leaseExpiresAt"]
+    time.sleep(0.3)  # over a sixth of its 1.2 s lease
+    assert sessions.heartbeat(due_ref, "c1", 1.2, None).renewed
+    assert (jobs.db.document(due).get().to_dict() or {})["leaseExpiresAt"] > lease_before
+
+
 def test_freeing_a_slot_keeps_the_slot_another_bridge_took_since(jobs: JobSystem) -> None:
     """Two bridges' slots of one user: freeing ours changes the document as it is now; theirs is kept."""
     first, second = (

@@ -94,6 +94,8 @@ class FakeSessionStore:
     finish_fails_with: Exception | None = None
     user_slots: dict[str, dict[str, Any]] = field(default_factory=dict)  # per user, as in Firestore
     claims: int = 0  # claim transactions asked for
+    heartbeats: int = 0  # heartbeats answered
+    heartbeat_writes: int = 0  # of which wrote the session document (renewed the lease, recorded progress)
     claim_checks: int = 0  # reads of whether a claim is still current
     call_s: float = 0.0  # each heartbeat and finish takes this long, as a round trip to Firestore does
     most_at_once: int = 0  # the most heartbeats and finishes of one session in flight together
@@ -179,6 +181,8 @@ class FakeSessionStore:
                 path=job.document,
             )
             self._apply(job.document, update)
+            self.heartbeats += 1
+            self.heartbeat_writes += update is not None
             if update is not None and SessionField.PROGRESS in update:
                 self.progress_writes.append(progress)  # type: ignore[arg-type]
             self._apply_slots(job, slots)
@@ -225,6 +229,7 @@ class FakeModel:
 
     steps: int = 4
     step_s: float = 0.0
+    queued_s: float = 0.0  # waited before the first step, as a run behind others in Triton's queue
     fail_with: Exception | None = None
     busy_calls: int = 0  # this many calls are refused first, as Triton's full queue refuses them
     ready: bool = True
@@ -252,6 +257,8 @@ class FakeModel:
         if self.fail_with is not None:
             raise self.fail_with
         total = request.steps or self.steps
+        if control.cancel.wait(self.queued_s):
+            raise JobCancelledError("cancelled in the queue")
         for step in range(1, total + 1):
             if control.cancel.wait(self.step_s) or control.cancel.is_set():
                 raise JobCancelledError(f"cancelled after step {step - 1}")

@@ -12,7 +12,7 @@ from fluxfill.bridge import sessions
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError, TritonUnavailableError
 from fluxfill.bridge.outcome import OutcomeKind
-from fluxfill.bridge.ports import ClaimKind
+from fluxfill.bridge.ports import ClaimKind, Heartbeat
 from fluxfill.bridge.settings import BridgeSettings
 from tests.unit.bridge.test_intake import encode, exif_with_a_one_byte_resolution
 from tests.unit.bridge.world import DOCUMENT, PREFIX, World
@@ -106,6 +106,53 @@ def test_run_stops_when_heartbeats_hang_instead_of_failing() -> None:
     assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
     assert len(world.model.calls) == 1
     assert EDITED not in world.objects.objects
+
+
+def test_a_run_waiting_in_the_queue_keeps_its_lease_writing_its_session_only_to_renew_it() -> None:
+    """No step for two and a half leases (a run behind others in Triton's queue): heartbeats read every
+    interval and write a sixth of a lease apart, and the lease holds: another delivery finds the job
+    running."""
+    lease_s = 1.2
+    world = World(lease_s=lease_s, progress_interval_s=0.02)
+    world.model.queued_s = 3.0
+    started = time.monotonic()
+    thread, outcomes = run_in_background(world, steps=2, message_id="m1")
+    wait_for_steps(world)
+    time.sleep(1.8)  # past the lease the claim wrote
+    assert world.deliver(message_id="m2").kind is OutcomeKind.DUPLICATE, "the lease was renewed"
+    thread.join(timeout=10)
+    ran_s = time.monotonic() - started
+    assert outcomes[0].kind is OutcomeKind.DONE  # type: ignore[attr-defined]
+    assert world.document["attempt"] == 1
+    beats, writes = world.sessions.heartbeats, world.sessions.heartbeat_writes
+    # A renewal a sixth of a lease apart and the two steps' progress: about 17 writes of 60 to 150 heartbeats
+    # (every heartbeat wrote before).
+    assert writes <= ran_s / (lease_s * sessions.LEASE_RENEWED_AFTER_SHARE) + 2 + 1 < beats, (writes, beats)
+
+
+def test_a_heartbeat_writes_only_a_due_renewal_or_new_progress() -> None:
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    held = {"status": "processing", "claimId": "c1", "leaseExpiresAt": at + timedelta(seconds=60)}
+
+    def beat(
+        seconds_later: float, progress: tuple[int, int] | None = None, **fields: object
+    ) -> tuple[Heartbeat, dict[str, object]]:
+        """What a heartbeat answers; its write ({} for none)."""
+        now = at + timedelta(seconds=seconds_later)
+        answer, update = sessions.heartbeat({**held, **fields}, "c1", now, 60.0, progress, path=DOCUMENT)
+        return answer, update or {}
+
+    for later in (1.0, 9.9):
+        assert beat(later) == (Heartbeat(cancel_requested=False, still_owner=True), {})
+    answer, update = beat(10.0)
+    assert answer.renewed
+    assert update["leaseExpiresAt"] == at + timedelta(seconds=10 + 60)
+    answer, update = beat(1.0, (3, 28))
+    assert answer.renewed
+    assert update["progress"] == {"step": 3, "total": 28}
+    answer, update = beat(1.0, cancelRequested=True)
+    assert (answer.cancel_requested, answer.renewed, update) == (True, False, {}), "read, not written"
+    assert beat(1.0, leaseExpiresAt="not a time")[0].renewed, "a lease that cannot be read is renewed"
 
 
 def test_run_whose_claim_was_taken_over_uploads_nothing_and_leaves_the_session_alone() -> None:

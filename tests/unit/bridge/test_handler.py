@@ -296,6 +296,26 @@ def test_cancel_requested_while_running_cancels_the_run() -> None:
     assert f"{PREFIX}/edited.png" not in world.objects.objects
 
 
+def test_cancel_requested_while_the_run_waits_in_the_queue_is_seen_by_a_heartbeat_that_writes_nothing() -> (
+    None
+):
+    world = World(progress_interval_s=0.02)  # the lease (60 s) is not due for renewal
+    world.model.queued_s = 30.0
+
+    def cancel_soon() -> None:
+        time.sleep(0.3)
+        world.document["cancelRequested"] = True
+
+    threading.Thread(target=cancel_soon).start()
+    started = time.monotonic()
+    outcome = world.deliver(steps=4)
+    assert outcome.kind is OutcomeKind.CANCELLED
+    assert time.monotonic() - started < 5, "the cancel was seen at a heartbeat"
+    assert world.sessions.heartbeats > 0
+    assert world.sessions.heartbeat_writes == 0, "nothing to write: no progress, the lease fresh"
+    assert world.document["status"] == "cancelled"
+
+
 def test_cancel_requested_before_start_never_runs_the_model() -> None:
     world = World()
     world.sessions.documents[DOCUMENT] = {"status": "queued", "cancelRequested": True}
