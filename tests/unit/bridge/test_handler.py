@@ -296,9 +296,7 @@ def test_cancel_requested_while_running_cancels_the_run() -> None:
     assert f"{PREFIX}/edited.png" not in world.objects.objects
 
 
-def test_cancel_requested_while_the_run_waits_in_the_queue_is_seen_by_a_heartbeat_that_writes_nothing() -> (
-    None
-):
+def test_a_cancel_while_the_run_is_queued_is_seen_by_heartbeats_that_write_nothing() -> None:
     world = World(progress_interval_s=0.02)  # the lease (60 s) is not due for renewal
     world.model.queued_s = 30.0
 
