@@ -22,39 +22,27 @@ from typing import Any
 
 import numpy as np
 
-from bench.bridge_throughput import emulator_clients, job_images
+from bench.bridge_throughput import PaintingModel, emulator_clients, job_images
 from bench.common import markdown_table, parser, pyplot, report, save_plot
 from fluxfill.bridge import sessions
-from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.errors import JobCancelledError
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
-from fluxfill.inpaint.contract import MASK_THRESHOLD
 from tests.integration.bridge.harness import JobSystem, running_bridge, wait_until
 
 RULES = {"every heartbeat writes (until 2026-12-07)": 0.0, "due renewals and progress (now)": None}
 TERMINAL = {"done", "failed", "cancelled"}
 
 
-class OneInstanceModel:
-    """The InpaintModel port as a Triton with one model instance: runs one at a time, `steps` steps of
-    `step_s` each, progress reported per step; a run waiting for the instance reports nothing."""
+class OneInstanceModel(PaintingModel):
+    """bridge_throughput's painting model as a Triton with one model instance: runs one at a time, `steps`
+    steps of `step_s` each, progress reported per step; a run waiting for the instance reports nothing."""
 
     name = "one-instance"
-    protocol = "none"
 
     def __init__(self, steps: int, step_s: float) -> None:
         self._steps, self._step_s = steps, step_s
         self._instance = threading.Lock()
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> CropGeometry | None:
-        return None
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
@@ -64,9 +52,7 @@ class OneInstanceModel:
                 if control.cancel.wait(self._step_s):
                     raise JobCancelledError(f"cancelled after step {step - 1}")
                 on_progress(step, self._steps)
-        image = request.image.copy()
-        image[request.mask >= MASK_THRESHOLD] = 128
-        return InferenceResult(image, request.seed)
+        return super().infer(request, on_progress=on_progress, control=control)
 
 
 class SnapshotCounter:
