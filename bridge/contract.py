@@ -132,6 +132,8 @@ BRIDGE_FIELDS = frozenset(SessionField) - APP_FIELDS
 # The Firestore security rules of the session documents (merged into the app's rules; the local emulators
 # load them, so every test runs under them).
 FIRESTORE_RULES = Path(__file__).with_name("firestore.rules")
+# The Storage security rules of the sessions' objects (merged into the app's Storage rules).
+STORAGE_RULES = Path(__file__).with_name("storage.rules")
 
 # Attributes the bridge sets on a message it publishes to the dead-letter topic itself.
 DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"

@@ -94,13 +94,15 @@ def test_every_module_imports_from_the_installed_wheel(wheel_venv: Path) -> None
     assert int(result.stdout) >= len(source_modules), "a module of the source tree is missing from the wheel"
 
 
-def test_the_installed_wheel_ships_the_firestore_rules_its_emulators_load(wheel_venv: Path) -> None:
-    """`fluxfill stack` from the wheel starts the Firestore emulator with the rules beside the contract."""
+def test_the_installed_wheel_ships_the_security_rules_its_emulators_load(wheel_venv: Path) -> None:
+    """`fluxfill stack` from the wheel starts the Firestore emulator with the rules beside the contract; the
+    Storage rules to merge into the app's lie beside them."""
     script = (
-        "import sys; from fluxfill.bridge.contract import FIRESTORE_RULES as r; "
+        "import sys; from fluxfill.bridge.contract import FIRESTORE_RULES as r, STORAGE_RULES as s; "
         "from fluxfill.client.local_emulators import FirestoreEmulator as e; "
         "assert str(r).startswith(sys.prefix), r; assert 'bridgeFields' in r.read_text(); "
-        "assert f'--rules={r}' in e(1).argv()"
+        "assert f'--rules={r}' in e(1).argv(); "
+        "assert s.parent == r.parent, s; assert 'service firebase.storage' in s.read_text()"
     )
     result = subprocess.run([wheel_venv, "-c", script], capture_output=True, text=True, cwd="/", check=False)
     assert result.returncode == 0, result.stderr[-3000:]
