@@ -121,8 +121,8 @@ def test_the_user_writes_no_other_object(rules: StorageRules, name: str) -> None
 
 
 @pytest.mark.parametrize("name", INPUTS)
-def test_an_uploaded_input_is_never_replaced(rules: StorageRules, name: str) -> None:
-    """Replaced under a queued or running job, it would fail the job as object_changed."""
+def test_an_uploaded_input_is_never_overwritten(rules: StorageRules, name: str) -> None:
+    """Overwritten under a running job, it would fail the job as object_changed."""
     assert not rules.allows(
         "update", name, uid=ALICE, before=stored_object(name, 1000), after=stored_object(name, 2000)
     )
