@@ -12,6 +12,7 @@ production.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 import urllib.parse
@@ -153,10 +154,18 @@ def storage_rules(rules: Path) -> Iterator[StorageRules]:
             process.stdout.close()
 
 
+def _jvm_of_java_on_path() -> str | None:
+    """The JVM library of the `java` the emulators run with (the first on PATH, as the prerequisites find it),
+    where JPype's own search looks at JAVA_HOME and a few usual folders."""
+    java = shutil.which("java")
+    library = None if java is None else Path(java).resolve().parent.parent / "lib" / "server" / "libjvm.so"
+    return str(library) if library is not None and library.is_file() else None
+
+
 def _serve(jar: str, rules: str, answers: TextIO) -> None:
     import jpype  # only the engine's process starts a JVM
 
-    jpype.startJVM(classpath=[jar], convertStrings=True)
+    jpype.startJVM(_jvm_of_java_on_path() or jpype.getDefaultJVMPath(), classpath=[jar], convertStrings=True)
     java = jpype.JClass
     source = (
         java("com.google.firebase.rules.v1.Source")
