@@ -20,6 +20,7 @@ from fluxfill.bridge.contract import STORAGE_RULES, id_problem
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo
 from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.client.jobs import ORIGINAL_FORMATS
 from tests.storage_rules_engine import StorageRules, storage_rules, stored_object
 
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ SESSION = "s1"
 MAX_OBJECT_BYTES = BridgeSettings.model_fields["max_object_bytes"].default
 # The extensions `fluxfill submit` gives an original, and others an app may use (the bridge reads the format
 # from the bytes).
-ORIGINAL_EXTENSIONS = ("jpg", "png", "webp", "heic", "avif", "jpeg", "JPG", "heif")
+ORIGINAL_EXTENSIONS = (*ORIGINAL_FORMATS.values(), "jpeg", "JPG", "heif")
 
 
 def object_name(template: str, extension: str = "", user: str = ALICE, session: str = SESSION) -> str:
