@@ -165,7 +165,9 @@ def _jvm_of_java_on_path() -> str | None:
 def _serve(jar: str, rules: str, answers: TextIO) -> None:
     import jpype  # only the engine's process starts a JVM
 
-    jpype.startJVM(_jvm_of_java_on_path() or jpype.getDefaultJVMPath(), classpath=[jar], convertStrings=True)
+    # A small heap and one collector thread: the rulesets here are a few dozen lines, the machines 2 cores.
+    jvm = _jvm_of_java_on_path() or jpype.getDefaultJVMPath()
+    jpype.startJVM(jvm, "-Xmx256m", "-XX:+UseSerialGC", classpath=[jar], convertStrings=True)
     java = jpype.JClass
     source = (
         java("com.google.firebase.rules.v1.Source")
