@@ -122,8 +122,8 @@ def queued(**app_fields: Any) -> dict[str, Any]:
 
 
 def session_of(jobs: JobSystem, user: AppUser, **app_fields: Any) -> tuple[str, str]:
-    """A session the user created as the app does (photo and mask uploaded by the harness: Storage's rules are
-    not emulated here): its id and document path."""
+    """A session the user created as the app does (photo and mask uploaded by the harness: the local Storage
+    stand-in enforces no rules; test_storage_rules runs the objects' rules): its id and document path."""
     assert user.uid is not None
     _, session = jobs.new_job(user=user.uid)
     jobs.document(user.uid, session).delete()
