@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fluxfill.bridge.contract import ErrorCode, JobMessage, JobStatus
+from fluxfill.bridge.contract import TERMINAL_STATUSES, ErrorCode, JobMessage, JobStatus
 from fluxfill.bridge.errors import ModelRefusedInputError, StorageTransientError, TritonUnavailableError
 from fluxfill.bridge.handler import default_seed
 from fluxfill.bridge.outcome import Delivery, OutcomeKind
@@ -408,6 +408,19 @@ def test_invalid_duplicate_does_not_fail_a_job_another_bridge_is_running() -> No
     outcome = world.deliver(steps=0)
     assert outcome.kind is OutcomeKind.DEAD_LETTER
     assert world.document == running
+
+
+@pytest.mark.parametrize("status", sorted(TERMINAL_STATUSES))
+def test_an_invalid_copy_of_an_ended_jobs_message_leaves_its_outcome(status: JobStatus) -> None:
+    """A message altered on its way (or an app's resend with a bad field) after the job ended: no claim is
+    made for it, and the failure it would record must not replace the outcome the app already has."""
+    world = World()
+    ended = {"status": status.value, "result": {"seed": 7}, "finishedAt": datetime.now(UTC)}
+    world.sessions.documents[DOCUMENT] = dict(ended)
+    outcome = world.deliver(steps=0)
+    assert outcome.kind is OutcomeKind.DEAD_LETTER
+    assert world.document == ended
+    assert world.model.calls == []
 
 
 def phone_jpeg(turn: int) -> bytes:
