@@ -7,7 +7,7 @@ import pytest
 
 from fluxfill.bridge.contract import ErrorCode
 from fluxfill.bridge.dead_letters import OncePerMessage
-from fluxfill.bridge.errors import RetryCause
+from fluxfill.bridge.errors import PermanentJobError, RetryCause, SessionTransientError
 from fluxfill.bridge.http_app import EnvelopeError, delivery_from_envelope
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.settle import should_ack
@@ -74,6 +74,36 @@ def test_a_dead_letter_that_cannot_be_published_is_not_recorded() -> None:
     ledger = FakeLedger()
     assert should_ack(DEAD, DELIVERY, OncePerMessage(FakeDeadLetters(broken=True), ledger)) is False
     assert ledger.entries == {}
+
+
+def test_a_dead_letter_whose_end_is_not_recorded_is_nacked_and_recorded_on_its_redelivery() -> None:
+    """Published, but the session's failed status not written (Firestore away): acked then, the session would
+    stay `queued` for good. Nacked, the redelivery finds the dead letter in the ledger and writes the end."""
+    sink, ledger, ends = FakeDeadLetters(), FakeLedger(), []
+
+    def record_the_end() -> None:
+        if not ends:
+            ends.append("refused")
+            raise SessionTransientError("firestore unavailable")
+        ends.append("written")
+
+    dead = Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.INVALID_JOB, "steps: 0", finalize=record_the_end)
+    once = OncePerMessage(sink, ledger)
+    assert should_ack(dead, DELIVERY, once) is False
+    assert should_ack(dead, DELIVERY, once) is True
+    assert ends == ["refused", "written"]
+    assert len(sink.published) == 1
+
+
+def test_a_dead_letter_whose_end_firestore_refuses_is_acked() -> None:
+    """No redelivery could write an end Firestore refuses (no room left in the document); the dead letter
+    holds the reason."""
+
+    def refused() -> None:
+        raise PermanentJobError(ErrorCode.INVALID_JOB, "the document has no room")
+
+    dead = Outcome(OutcomeKind.DEAD_LETTER, ErrorCode.INVALID_JOB, "steps: 0", finalize=refused)
+    assert should_ack(dead, DELIVERY, FakeDeadLetters()) is True
 
 
 def test_push_envelope_becomes_a_delivery() -> None:
