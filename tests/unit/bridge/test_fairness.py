@@ -49,6 +49,22 @@ def test_a_slot_is_renewed_only_once_half_its_lease_is_spent() -> None:
     assert user_slots.renew(held, "c1", NOW + timedelta(seconds=61), 60) is None, "a lapsed slot is gone"
 
 
+def test_a_heartbeat_renews_the_slot_only_of_the_claim_the_session_still_holds() -> None:
+    """A claim another one replaced (a takeover after a stall) keeps no slot alive: its user's next job would
+    wait for it."""
+    held = user_slots.take(None, "c1", NOW, 60, limit=1)
+    later = NOW + timedelta(seconds=40)
+    session = {"status": "processing", "claimId": "c1", "leaseExpiresAt": NOW + timedelta(seconds=60)}
+
+    def slots_written(document: dict[str, object]) -> dict[str, object] | None:
+        return user_slots.heartbeat(
+            document, held, claim_id="c1", now=later, lease_s=60, progress=None, path="users/u/sessions/s"
+        )[2]
+
+    assert slots_written(session) is not None
+    assert slots_written({**session, "claimId": "c2"}) is None
+
+
 def test_dropping_a_slot_writes_only_when_the_claim_held_one() -> None:
     held = user_slots.take(None, "c1", NOW, 60, limit=2)
     assert user_slots.drop(held, "c2", NOW) is None
