@@ -63,8 +63,8 @@ def republished_attributes(delivery: Delivery, counter: str) -> dict[str, str]:
 class AtLimitHint:
     """Users this bridge found at their limit moments ago; forgotten when one of their jobs ends here."""
 
-    def __init__(self, hold_s: float = AT_LIMIT_HINT_S) -> None:
-        self._hold_s = hold_s
+    def __init__(self, hold_s: float | None = None) -> None:
+        self._hold_s = AT_LIMIT_HINT_S if hold_s is None else hold_s
         self._until: dict[str, float] = {}
         self._lock = threading.Lock()
 

@@ -4,13 +4,19 @@ import io
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from fluxfill.bridge import sessions
 from fluxfill.bridge.contract import ErrorCode
-from fluxfill.bridge.errors import SessionRefusedError, SessionTransientError, TritonUnavailableError
+from fluxfill.bridge.errors import (
+    RetryCause,
+    SessionRefusedError,
+    SessionTransientError,
+    TritonUnavailableError,
+)
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import ClaimKind, Heartbeat
 from fluxfill.bridge.settings import BridgeSettings
@@ -90,6 +96,8 @@ def test_run_stops_and_writes_nothing_when_heartbeats_fail_past_the_bound() -> N
     thread.join(timeout=10)
     assert not thread.is_alive(), "a bridge that cannot renew its lease must stop"
     assert outcomes[0].kind is OutcomeKind.RETRY  # type: ignore[attr-defined]
+    assert outcomes[0].cause is RetryCause.CLAIM_LOST  # type: ignore[attr-defined]
+    assert world.document["status"] == "processing", "the session is the next claim's: nothing written"
     assert EDITED not in world.objects.objects
     assert PREVIEW not in world.objects.objects
 
@@ -414,3 +422,44 @@ def test_a_dead_letter_whose_session_refuses_its_final_write_is_acked_not_redeli
     assert outcome.kind is OutcomeKind.DEAD_LETTER
     assert world.acked == [True]
     assert len(world.dead_letters.published) == 1
+
+
+def taken_over_at_the_final_write(world: World) -> None:
+    """Another claim replaces ours in the moment before our final write (a takeover after a stall)."""
+    finish = world.sessions.finish
+
+    def after_a_takeover(*args: Any) -> bool:
+        world.document["claimId"] = "another-bridges-claim"
+        return finish(*args)
+
+    world.sessions.finish = after_a_takeover  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("ending", ["done", "failed"])
+def test_a_final_write_refused_for_a_lost_claim_is_no_outcome_of_ours(ending: str) -> None:
+    """The job is the other claim's to end: this delivery is given back (counted as a lost claim, never as
+    done or failed), and the session is left as the other claim has it."""
+    world = World(upload_grace_s=0)
+    if ending == "failed":
+        del world.objects.objects[f"{PREFIX}/mask.png"]  # fails the job: mask_missing
+    taken_over_at_the_final_write(world)
+    outcome = world.deliver()
+    assert (outcome.kind, outcome.cause) == (OutcomeKind.RETRY, RetryCause.CLAIM_LOST)
+    assert world.document["status"] == "processing"
+    assert world.document["claimId"] == "another-bridges-claim"
+    assert world.metrics.sample("fluxfill_bridge_jobs_total", {"outcome": ending}) == 0
+
+
+def test_a_run_that_finds_triton_unavailable_stops_the_bridge_claiming_until_it_is_ready() -> None:
+    """Every job claimed while Triton is away would spend one of its attempts on nothing."""
+    world = World(readiness=True)
+    world.model.fail_with = TritonUnavailableError("connection refused")
+    assert world.deliver().kind is OutcomeKind.RETRY
+    attempts = world.document["attempt"]
+    world.model.fail_with = None
+    outcome = world.deliver(message_id="m2")
+    assert (outcome.kind, outcome.cause) == (OutcomeKind.RETRY, RetryCause.MODEL_NOT_READY)
+    assert world.document["attempt"] == attempts, "not claimed: no attempt spent"
+    assert world.readiness is not None
+    world.readiness.check()
+    assert world.deliver(message_id="m3").kind is OutcomeKind.DONE

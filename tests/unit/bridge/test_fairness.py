@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from fluxfill.bridge import user_slots
+from fluxfill.bridge import deferral, user_slots
 from fluxfill.bridge.contract import DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE, JobMessage, parse_job
 from fluxfill.bridge.deferral import AtLimitHint, deferral_attributes, first_published
 from fluxfill.bridge.metrics import BridgeMetrics
@@ -281,8 +281,12 @@ def job_delivery(session: str, user: str = USER) -> Delivery:
     return Delivery(json.dumps({"userId": user, "sessionId": session}).encode(), f"m-{session}", {}, NOW)
 
 
-def test_a_job_of_a_user_found_at_the_limit_is_deferred_before_taking_a_slot() -> None:
-    """The pull path asks this first: a flood's messages go back without a slot, a claim or a read."""
+def test_a_job_of_a_user_found_at_the_limit_is_deferred_before_taking_a_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pull path asks this first: a flood's messages go back without a slot, a claim or a read. The hint
+    held past the first job here: its end, not the hint's lapse, lets the user's next job through."""
+    monkeypatch.setattr(deferral, "AT_LIMIT_HINT_S", 60.0)
     world = limited_world(limit=1)
     assert world.handler.defer_if_user_at_limit(job_delivery("s2")) is None, "no hint yet: through handle"
     thread, _ = first_job_running(world)
