@@ -28,6 +28,9 @@ from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.ports import ParkedJob, ParkingLot, SlotCounter
 
 logger = structlog.get_logger(__name__)
+# Looks for the user's next parked jobs after releases lost to other bridges, at most this many times (each
+# loss means another bridge published a job of the user's; the sweep covers what is left).
+RELEASE_ROUNDS = 3
 
 
 class Parking:
@@ -59,19 +62,32 @@ class Parking:
             else:
                 parked = self._lot.oldest(user, self._limit)
                 free = self._limit - self._slots.running(user) if parked else 0
-            released = 0
-            for candidate in parked:
-                if released >= free:
-                    break
-                # False: another bridge released it first, or it is gone; the next one then.
-                if self._lot.release(candidate):
-                    released += 1
+            released = self._release_oldest(user, parked, free)
         except RetryableError as error:
             logger.warning("could not release parked jobs; a later end or the sweep will", error=str(error))
             return 0
         if released:
             self._metrics.parking.labels("released").inc(released)
             logger.info("released parked jobs", userId=user, released=released)
+        return released
+
+    def _release_oldest(self, user: str, parked: list[ParkedJob], free: int) -> int:
+        """Release `parked` (the user's oldest) into `free` slots; how many were released. A release lost
+        (another bridge released the job first, or it is gone) leaves its slot to the user's next parked job,
+        looked for again: the jobs first read may be all there were room for."""
+        released = 0
+        for _ in range(RELEASE_ROUNDS):
+            lost = False
+            for candidate in parked:
+                if released >= free:
+                    return released
+                if self._lot.release(candidate):
+                    released += 1
+                else:
+                    lost = True
+            if not lost or released >= free:
+                break
+            parked = self._lot.oldest(user, free - released)
         return released
 
     def sweep(self) -> int:

@@ -14,6 +14,7 @@ from fluxfill.bridge.deferral import AtLimitHint, deferral_attributes, first_pub
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.parking import Parking, parked
+from fluxfill.bridge.ports import ParkedJob
 from tests.unit.bridge.fakes import FakeParkingLot, FakeSessionStore
 from tests.unit.bridge.world import USER, World, settings
 
@@ -218,6 +219,27 @@ def test_a_release_lost_to_another_bridge_or_a_new_parking_publishes_nothing() -
     assert lot.release(seen) is False
     assert parking.release_free(USER) == 1, "the current version is released"
     assert lot.published[0].version != seen.version
+
+
+def test_a_release_another_bridge_won_leaves_the_free_slot_to_the_next_parked_job() -> None:
+    """Counted as ours, the lost release would use up the user's one free slot: the next job would wait
+    for the sweep."""
+    lot = FakeParkingLot()
+    parking = Parking(lot, FakeSessionStore(), 1, BridgeMetrics())
+    lot.park(parked(*parked_job("s1", offset_s=-20)))
+    lot.park(parked(*parked_job("s2", offset_s=-10)))
+    release = lot.release
+
+    def another_bridge_releases_it_first(job: ParkedJob) -> bool:
+        if not lot.published:
+            release(job)  # the other bridge's
+            return False
+        return release(job)
+
+    lot.release = another_bridge_releases_it_first  # type: ignore[method-assign]
+    assert parking.release_free(USER) == 1
+    assert [job.session for job in lot.published] == ["s1", "s2"]
+    assert lot.parked == {}
 
 
 def test_releasing_never_raises_when_firestore_is_away() -> None:
