@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 TINY_MODEL := build/tiny-flux-fill
 TYPECHECK_TREE := build/typecheck
 
-.PHONY: demo test lint unit integration tiny-model readme lock bench chaos chaos-push saturation soak priority fairness clean images
+.PHONY: demo test lint unit integration tiny-model readme lock bench chaos chaos-push saturation soak priority fairness mutants clean images
 
 LOCKS := requirements/triton.txt requirements/bridge.txt
 # The venv takes torch's CPU build, explicitly: on plain PyPI `torch==2.13.0` IS the CUDA 13 build (several GB of
@@ -100,6 +100,11 @@ priority: $(INSTALLED)
 	$(BIN)/python -m chaos priority
 fairness: $(INSTALLED)
 	$(BIN)/python -m chaos fairness
+
+# Each mutant of the exactly-one-outcome decisions (tests/mutants.py) must fail the unit tests: exit 1 if one
+# survives. About 30 minutes; it changes bridge/ in place while it runs (and puts it back).
+mutants: $(INSTALLED)
+	$(BIN)/python -m tests.mutants
 
 # requirements/*.txt: the exact versions the tests ran with, per container image (tests/unit/deploy checks them).
 lock: $(INSTALLED)
