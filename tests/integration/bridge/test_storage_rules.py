@@ -2,9 +2,9 @@
 
 The app's users upload each session's photo and mask from their phones, signed in; the bridge writes the
 results with a service account, which rules do not govern. Each test asks the engine what the Storage
-emulator would ask it (tests/storage_rules_engine.py) and holds the verdicts to the bridge's own code: the
-object names of the contract's templates, the ids `contract.id_problem` takes, and the size and encoding
-`uploads.locate` reads.
+emulator would ask it (tests/storage_rules_engine.py) and holds the verdicts to the project's own code: the
+names `fluxfill submit` uploads (`SessionRef.object_path`) and the bridge writes (`results.result_paths`),
+the ids `contract.id_problem` takes, and the size and encoding `uploads.locate` reads.
 """
 
 import threading
@@ -16,36 +16,37 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fluxfill.bridge import contract, uploads
-from fluxfill.bridge.contract import STORAGE_RULES, id_problem
+from fluxfill.bridge.contract import STORAGE_RULES, JobMessage, id_problem
 from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo
-from fluxfill.bridge.settings import BridgeSettings
-from fluxfill.client.jobs import ORIGINAL_FORMATS
+from fluxfill.bridge.results import result_paths
+from fluxfill.client.jobs import ORIGINAL_FORMATS, SessionRef
 from tests.storage_rules_engine import StorageRules, storage_rules, stored_object
+from tests.unit.bridge.world import settings as bridge_settings
 
 pytestmark = pytest.mark.integration
 ALICE, MALLORY = "alice", "mallory"
 SESSION = "s1"
-MAX_OBJECT_BYTES = BridgeSettings.model_fields["max_object_bytes"].default
+# The shipped defaults: templates, max_object_bytes.
+SHIPPED = bridge_settings()
+MAX_OBJECT_BYTES = SHIPPED.max_object_bytes
 # The extensions `fluxfill submit` gives an original, and others an app may use (the bridge reads the format
 # from the bytes).
 ORIGINAL_EXTENSIONS = (*ORIGINAL_FORMATS.values(), "jpeg", "JPG", "heif")
-
-
-def object_name(template: str, extension: str = "", user: str = ALICE, session: str = SESSION) -> str:
-    """An object of the contract's layout, named as the bridge names it (a final `*` is its extension)."""
-    name = template.format(userId=user, sessionId=session)
-    return name.removesuffix("*") + extension if name.endswith("*") else name
-
-
-ORIGINALS = [object_name(contract.DEFAULT_ORIGINAL_TEMPLATE, ext) for ext in ORIGINAL_EXTENSIONS]
-MASK = object_name(contract.DEFAULT_MASK_TEMPLATE)
+# Named as `fluxfill submit` names its uploads and the bridge its results, under the contract's templates.
+UPLOADS = SessionRef(ALICE, SESSION)
+ORIGINALS = [UPLOADS.object_path("original", extension) for extension in ORIGINAL_EXTENSIONS]
+MASK = UPLOADS.object_path("mask")
 INPUTS = [*ORIGINALS, MASK]
-RESULTS = [
-    *(object_name(contract.DEFAULT_EDITED_TEMPLATE, ext) for ext in contract.RESULT_EXTENSIONS.values()),
-    object_name(contract.DEFAULT_PREVIEW_TEMPLATE),
-]
-FOLDER = object_name(contract.DEFAULT_ORIGINAL_TEMPLATE).rsplit("/", 1)[0]
+JOB = JobMessage(userId=ALICE, sessionId=SESSION)
+RESULTS = sorted(
+    {
+        path
+        for extension in contract.RESULT_EXTENSIONS.values()
+        for path in result_paths(JOB, SHIPPED, extension).values()
+    }
+)
+FOLDER = MASK.rsplit("/", 1)[0]
 # Not the app's to write: other names in the session's folder, deeper paths, names the bridge would not find.
 OTHER_NAMES = [
     f"{FOLDER}/mask.jpg",
@@ -193,7 +194,7 @@ def test_an_upload_is_taken_exactly_when_the_bridge_takes_its_ids(
     """A job under an id the bridge refuses fails as invalid_job: its photo is refused before it is uploaded.
     The user signs in with that id (a custom token's uid may be another system's)."""
     bridge_takes = id_problem(user, user=True) is None and id_problem(session) is None
-    name = object_name(contract.DEFAULT_MASK_TEMPLATE, user=user, session=session)
+    name = SessionRef(user, session).object_path("mask")
     assert create(rules, name, user) == bridge_takes
 
 
