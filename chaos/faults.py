@@ -114,21 +114,17 @@ def inject(fleet: Fleet, faults: list[Fault], stop: threading.Event, log: FaultL
     return thread
 
 
-def _emulator_group(fleet: Fleet, name: str) -> int:
-    emulator = getattr(fleet.emulators, name)
-    if emulator.pid is None:
-        raise RuntimeError(f"the {name} emulator is not running")
-    return int(emulator.pid)
+def _signal_emulator(fleet: Fleet, name: str, signum: int) -> None:
+    getattr(fleet.emulators, name).signal_group(signum)
 
 
 def _apply(fleet: Fleet, fault: Fault, at_s: float) -> str:
     started = time.monotonic()
     when, outage = f"t={at_s:.1f} s", f"{fault.outage_s:.1f} s"
     if fault.target in EMULATORS:
-        group = _emulator_group(fleet, fault.target)
-        _signal_group(group, signal.SIGSTOP)
+        _signal_emulator(fleet, fault.target, signal.SIGSTOP)
         time.sleep(fault.outage_s)
-        _signal_group(group, signal.SIGCONT)
+        _signal_emulator(fleet, fault.target, signal.SIGCONT)
         return f"{when}: SIGSTOP the {fault.target} emulator for {outage}, then SIGCONT"
     if fault.target == "triton":
         with fleet.triton.exclusive:
@@ -141,15 +137,14 @@ def _apply(fleet: Fleet, fault: Fault, at_s: float) -> str:
         bridge.signal(signal.SIGCONT)
         return f"{when}: SIGSTOP {old} for {outage} (past its lease), then SIGCONT"
     if fault.action == "kill-in-pause":
-        group = _emulator_group(fleet, "firestore")
-        _signal_group(group, signal.SIGSTOP)
+        _signal_emulator(fleet, "firestore", signal.SIGSTOP)
         try:
             time.sleep(fault.outage_s / 2)  # final writes of running jobs now wait on Firestore
             bridge.kill()
             bridge.start()
             time.sleep(fault.outage_s / 2)
         finally:
-            _signal_group(group, signal.SIGCONT)
+            _signal_emulator(fleet, "firestore", signal.SIGCONT)
         return (
             f"{when}: SIGSTOP Firestore, SIGKILL {old} while its writes waited, restarted as "
             f"{bridge.incarnation_name}, SIGCONT Firestore {outage} after the stop"
@@ -158,10 +153,6 @@ def _apply(fleet: Fleet, fault: Fault, at_s: float) -> str:
     time.sleep(fault.outage_s)
     bridge.start()
     return f"{when}: SIGKILL {old}, restarted {outage} later as {bridge.incarnation_name}"
-
-
-def _signal_group(group: int, signum: int) -> None:
-    os.killpg(group, signum)
 
 
 def _stub_of(pids: list[int], model: str) -> int:

@@ -23,7 +23,8 @@ from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defi
 from chaos.router import PushRouter, running_router
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalTritonServer
-from fluxfill.client.triton_binary import end_group, free_ports, group_members
+from fluxfill.client.process_groups import end_group, exit_status, group_members, signal_group, stop_group
+from fluxfill.client.triton_binary import free_ports
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 from fluxfill.inpaint.tiny import ensure_tiny_model
 
@@ -125,28 +126,22 @@ class BridgeProcess:
     def kill(self) -> None:
         """SIGKILL: no drain, no nack, no lease given back."""
         if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+            signal_group(self.process, signal.SIGKILL)
+            end_group(self.process, timeout_s=2.0)
 
     def signal(self, signum: int) -> None:
         """Send `signum` to the bridge's process group (SIGSTOP / SIGCONT: a process that hangs)."""
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signum)
+        if self.process is not None and exit_status(self.process) is None:
+            signal_group(self.process, signum)
 
     def terminate(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM and wait for the drain (the graceful path)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        """SIGTERM and wait for the drain (the graceful path), then end what is left of its group."""
+        if self.process is not None:
+            stop_group(self.process, name=self.incarnation_name, grace_s=timeout_s, kill_after_s=2.0)
 
     @property
     def pids(self) -> list[int]:
-        return [] if self.process is None or self.process.poll() is not None else [self.process.pid]
+        return [] if self.process is None or exit_status(self.process) is not None else [self.process.pid]
 
 
 class TritonProcess:
@@ -195,9 +190,9 @@ class TritonProcess:
         """SIGKILL the server and its stubs (one process group), then clean up."""
         with self._lock:
             server, self.server = self.server, None
-        if server is not None and server.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)
+        if server is not None:
+            if server.pid is not None:
+                server.signal_group(signal.SIGKILL)
             server.stop()
         self.restarts += 1
 
@@ -230,10 +225,8 @@ class TritonProcess:
     def signal(self, signum: int) -> None:
         """Send `signum` to tritonserver and its stubs (SIGSTOP / SIGCONT: a server that hangs)."""
         with self._lock:
-            pid = self.server.pid if self.server is not None else None
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signum)
+            if self.server is not None:
+                self.server.signal_group(signum)
 
     @property
     def pids(self) -> list[int]:
@@ -336,6 +329,4 @@ def running_fleet(config: FleetConfig, run_dir: Path) -> Iterator[Fleet]:
 
 
 def _end_bridge(bridge: BridgeProcess) -> None:
-    if bridge.process is not None:
-        bridge.terminate(timeout_s=15.0)
-        end_group(bridge.process.pid, timeout_s=2.0)
+    bridge.terminate(timeout_s=15.0)

@@ -29,7 +29,8 @@ from fluxfill.client.prerequisites import (
     pubsub_emulator,
     require,
 )
-from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, free_port, given_or_free_ports
+from fluxfill.client.process_groups import end_group, exit_status, signal_group
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, free_port, given_or_free_ports
 
 
 def fake_gcs_binary() -> Path:
@@ -82,8 +83,9 @@ class LocalEmulator:
             raise EmulatorError(f"{self.name} cannot start: {error}") from None
         deadline = time.monotonic() + self._startup_timeout_s
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise EmulatorError(f"{self.name} exited with {self._process.returncode}:\n{self.log_tail()}")
+            code = exit_status(self._process)
+            if code is not None:
+                raise EmulatorError(f"{self.name} exited with {code}:\n{self.log_tail()}")
             with contextlib.suppress(*NO_HTTP_ANSWER):
                 url = f"http://{self.host}{self.ready_path}"
                 with urllib.request.urlopen(url, timeout=1.0):
@@ -93,10 +95,11 @@ class LocalEmulator:
             f"{self.name} not ready after {self._startup_timeout_s:.0f} s:\n{self.log_tail()}"
         )
 
-    @property
-    def pid(self) -> int | None:
-        """The process group's leader (the emulator runs in its own group), None when not running."""
-        return self._process.pid if self._process is not None else None
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to the emulator's process group (SIGSTOP and SIGCONT: a dependency that hangs)."""
+        if self._process is None:
+            raise EmulatorError(f"{self.name} is not running")
+        signal_group(self._process, signum)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of its output."""
@@ -107,8 +110,7 @@ class LocalEmulator:
         """Stop the whole process group; safe to call twice."""
         process, self._process = self._process, None
         if process is not None:
-            end_group(process.pid, timeout_s=3.0)
-            process.wait()
+            end_group(process, timeout_s=3.0)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,12 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from fluxfill.client.prerequisites import require, triton_problems
+from fluxfill.client.process_groups import exit_status, group_members, signal_group, stop_group
 from fluxfill.client.triton_binary import (
     NO_HTTP_ANSWER,
     TritonBinary,
-    end_group,
     find_tritonserver,
     given_or_free_ports,
-    group_members,
     remove_shm_regions,
     shm_regions,
 )
@@ -261,7 +259,7 @@ class LocalTritonServer:
     def _wait_until_loaded(self, process: subprocess.Popen[bytes]) -> dict[str, ModelState]:
         deadline = time.monotonic() + self._startup_timeout_s
         while True:
-            code = process.poll()
+            code = exit_status(process)
             if code is not None:
                 raise self._fail(f"tritonserver exited with code {code} during start")
             # With the default model control mode the endpoints only open once loading is over,
@@ -298,31 +296,29 @@ class LocalTritonServer:
                 raise ModelUnavailableError(model, f"{state.state}: {state.reason}")
 
     def wait(self, timeout_s: float | None = None) -> int | None:
-        """Block until tritonserver exits (or timeout_s passes); its exit code, or None if still running."""
+        """Block until tritonserver exits (or timeout_s passes); its exit code, or None if still running.
+        Its process is reaped only by stop(), after its group is ended (fluxfill.client.process_groups)."""
         if self._process is None:
             raise LocalServerError("server not started")
-        try:
-            return self._process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+        return exit_status(self._process, timeout_s)
+
+    def signal_group(self, signum: int) -> None:
+        """Send `signum` to tritonserver and its stubs (SIGSTOP, SIGCONT, SIGKILL: a hang or a crash)."""
+        if self._process is None:
+            raise LocalServerError("server not started")
+        signal_group(self._process, signum)
 
     def stop(self) -> None:
         """Stop the server and everything in its process group; safe to call more than once."""
         process, self._process = self._process, None
         if process is not None:
-            pgid = process.pid
-            self._shm_regions |= shm_regions(group_members(pgid))
+            self._shm_regions |= shm_regions(group_members(process.pid))
             # SIGTERM to tritonserver alone first: it then unloads models and reaps its stubs itself.
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self._stop_timeout_s)
-            except subprocess.TimeoutExpired:
-                logger.warning("tritonserver ignored SIGTERM for %.0f s; killing it", self._stop_timeout_s)
             # Whatever outlived it (stubs of a server that died or hung) gets a short grace, then SIGKILL.
-            end_group(pgid, timeout_s=2.0)
-            process.wait()
-            if not group_members(pgid):
+            survivors = stop_group(
+                process, name="tritonserver", grace_s=self._stop_timeout_s, kill_after_s=2.0
+            )
+            if not survivors:
                 remove_shm_regions(self._shm_regions)
             logger.info("tritonserver stopped (exit code %s)", process.returncode)
         if self._log_file is not None:

@@ -26,7 +26,8 @@ from fluxfill.client.errors import EXIT_OK, EXIT_UNAVAILABLE, ServiceUnavailable
 from fluxfill.client.local_emulators import GoogleEmulators, LocalJobSystem, running_emulators
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
 from fluxfill.client.prerequisites import emulator_problems, require, require_free_ports, triton_problems
-from fluxfill.client.triton_binary import NO_HTTP_ANSWER, end_group, given_or_free_ports
+from fluxfill.client.process_groups import exit_status, stop_group
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, given_or_free_ports
 from fluxfill.inpaint.contract import MODEL_NAME, STREAM_MODEL_NAME
 
 logger = logging.getLogger(__name__)
@@ -156,14 +157,7 @@ def _start_bridge(
 
 
 def _stop_bridge(bridge: "subprocess.Popen[bytes]") -> None:
-    with contextlib.suppress(ProcessLookupError):
-        bridge.send_signal(signal.SIGTERM)
-    try:
-        bridge.wait(timeout=BRIDGE_STOP_S)
-    except subprocess.TimeoutExpired:
-        logger.warning("the bridge ignored SIGTERM for %.0f s; killing it", BRIDGE_STOP_S)
-    end_group(bridge.pid, timeout_s=2.0)
-    bridge.wait()
+    stop_group(bridge, name="the bridge", grace_s=BRIDGE_STOP_S, kill_after_s=2.0)
 
 
 def _tail(log: Path, lines: int = 15) -> str:
@@ -173,8 +167,9 @@ def _tail(log: Path, lines: int = 15) -> str:
 def _wait_until_ready(bridge: "subprocess.Popen[bytes]", port: int, log: Path) -> None:
     deadline = time.monotonic() + BRIDGE_READY_TIMEOUT_S
     while time.monotonic() < deadline:
-        if bridge.poll() is not None:
-            raise ServiceUnavailableError(f"the bridge exited with {bridge.returncode}:\n{_tail(log)}")
+        code = exit_status(bridge)
+        if code is not None:
+            raise ServiceUnavailableError(f"the bridge exited with {code}:\n{_tail(log)}")
         with (
             contextlib.suppress(*NO_HTTP_ANSWER),
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1.0),
@@ -216,8 +211,9 @@ def _usage(
 def _wait(bridge: "subprocess.Popen[bytes]", server: LocalTritonServer, log: Path) -> int:
     """Until Ctrl-C (KeyboardInterrupt), or a part dies: then say which, with its log, and exit 3."""
     while True:
-        if bridge.poll() is not None:
-            sys.stderr.write(f"fluxfill stack: the bridge exited with {bridge.returncode}:\n{_tail(log)}\n")
+        code = exit_status(bridge)
+        if code is not None:
+            sys.stderr.write(f"fluxfill stack: the bridge exited with {code}:\n{_tail(log)}\n")
             return EXIT_UNAVAILABLE
         code = server.wait(timeout_s=1.0)
         if code is not None:

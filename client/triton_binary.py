@@ -1,6 +1,5 @@
-"""Locate tritonserver, prepare its backends and environment, and clean up its process group."""
+"""Locate tritonserver, prepare its backends and environment, and clean up its shared memory."""
 
-import contextlib
 import http.client
 import importlib.util
 import logging
@@ -8,10 +7,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import sys
-import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,20 +195,6 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def live_processes(proc: Path = Path("/proc")) -> dict[int, tuple[int, int]]:
-    """Live (non-zombie) processes: pid -> (parent pid, process group), read from /proc."""
-    table = {}
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            # After the parenthesised command (it may hold spaces and parentheses): state, ppid, pgrp, ...
-            state, parent, group = stat.read_text().rpartition(")")[2].split()[:3]
-        except (OSError, ValueError):  # it ended meanwhile, or no stat to read
-            continue
-        if state != "Z":
-            table[int(stat.parent.name)] = (int(parent), int(group))
-    return table
-
-
 # A stub is given its shared-memory region's name on its command line; the server unlinks it when it stops,
 # but a SIGKILLed server or stub leaves it in /dev/shm (16 GB of them after a day of test runs here).
 _SHM_REGION = re.compile(r"triton_python_backend_shm_region_[0-9a-f-]+")
@@ -240,23 +223,3 @@ def remove_shm_regions(names: Iterable[str]) -> None:
     for name in names:
         if _SHM_REGION.fullmatch(name):
             (SHM_DIR / name).unlink(missing_ok=True)
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in a process group, read from /proc."""
-    return [pid for pid, (_, group) in live_processes().items() if group == pgid]
-
-
-def end_group(pgid: int, timeout_s: float) -> None:
-    """SIGTERM, then SIGKILL, a process group until no live member is left."""
-    # Zombies are ignored: they are dead already and only their parent (or init) can reap them.
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        if not group_members(pgid):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + timeout_s
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    if group_members(pgid):
-        logger.error("processes %s of group %d survived SIGKILL", group_members(pgid), pgid)

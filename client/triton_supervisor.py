@@ -34,7 +34,8 @@ from pathlib import Path
 from types import FrameType
 
 from fluxfill.client import triton_logs
-from fluxfill.client.triton_binary import NO_HTTP_ANSWER, STUB_NAME, command_line, live_processes
+from fluxfill.client.process_groups import live_processes
+from fluxfill.client.triton_binary import NO_HTTP_ANSWER, STUB_NAME, command_line
 
 # EX_SOFTWARE: not the server's own status; the platform restarts the container either way.
 STUB_DIED_EXIT_CODE = 70

@@ -1,6 +1,7 @@
 """Session fixtures: the tiny model, and real tritonservers serving the real model repository."""
 
-from collections.abc import Callable, Iterator
+import signal
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -26,6 +27,32 @@ TEST_PARAMETERS = {
 }
 
 ServerFactory = Callable[..., LocalTritonServer]
+SERVER_LOG_LINES = 40
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test shows the state and the log's end of each tritonserver it used: a session server that
+    stopped answering mid-run (once, unexplained, in CI) otherwise leaves nothing, its log going with its run
+    dir at the session's end."""
+    report = yield
+    if report.failed:
+        for name, value in getattr(item, "funcargs", {}).items():
+            if isinstance(value, LocalTritonServer) and value.pid is not None:
+                report.sections.append((f"tritonserver of {name} (pid {value.pid})", server_state(value)))
+    return report
+
+
+def server_state(server: LocalTritonServer) -> str:
+    """Running, or how it ended (a signal names its sender's intent), then the end of its log."""
+    code = server.wait(timeout_s=0)
+    if code is None:
+        state = "running"
+    elif code < 0:
+        state = f"ended by {signal.Signals(-code).name}"
+    else:
+        state = f"exited with status {code}"
+    return f"{state}; the last {SERVER_LOG_LINES} lines of its log:\n{server.log_text(SERVER_LOG_LINES)}"
 
 
 @pytest.fixture(scope="session")

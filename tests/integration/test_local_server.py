@@ -16,13 +16,8 @@ import pytest
 import tritonclient.http as httpclient
 
 from fluxfill.client.local_server import LocalServerError, LocalTritonServer, ModelUnavailableError
-from fluxfill.client.triton_binary import (
-    SHM_DIR,
-    TritonNotFoundError,
-    group_members,
-    shm_regions,
-    stub_for_running_python,
-)
+from fluxfill.client.process_groups import group_members
+from fluxfill.client.triton_binary import SHM_DIR, TritonNotFoundError, shm_regions, stub_for_running_python
 from fluxfill.client.triton_supervisor import STUB_DIED_EXIT_CODE
 from tests.support import HTTP2_SETTINGS, answer_every_connection
 
@@ -125,8 +120,8 @@ def test_a_killed_server_leaves_no_shared_memory_behind() -> None:
         regions = shm_regions(group_members(pgid))
         assert regions, "each stub is given its region's name"
         assert all((SHM_DIR / name).exists() for name in regions)
-        os.killpg(pgid, signal.SIGKILL)
-        started.wait(30)
+        started.signal_group(signal.SIGKILL)
+        assert started.wait(30) == -signal.SIGKILL
         assert all((SHM_DIR / name).exists() for name in regions), "killed: nobody unlinked them"
     assert not any((SHM_DIR / name).exists() for name in regions)
 

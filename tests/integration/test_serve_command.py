@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fluxfill.client.triton_binary import free_port, live_processes
+from fluxfill.client.process_groups import live_processes
+from fluxfill.client.triton_binary import free_port
 from fluxfill.inpaint.tiny import TinyModel
 from tests.support import MODEL_REPOSITORY
 

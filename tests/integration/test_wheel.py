@@ -22,7 +22,8 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore, pubsub_v1, storage  # type: ignore[attr-defined]
 
 from fluxfill.client.local_emulators import GoogleEmulators
-from fluxfill.client.triton_binary import end_group, free_port
+from fluxfill.client.process_groups import end_group, exit_status, signal_leader
+from fluxfill.client.triton_binary import free_port
 from fluxfill.inpaint.tiny import TinyModel
 from tests.integration.bridge.harness import JobSystem
 from tests.support import REPO_ROOT
@@ -162,16 +163,15 @@ def test_the_installed_bridge_serves_health_and_stops_on_sigterm(
         deadline = time.monotonic() + 60
         status = None
         while status is None and time.monotonic() < deadline:
-            assert process.poll() is None, log.read_text()[-3000:]
+            assert exit_status(process) is None, log.read_text()[-3000:]
             with suppress(OSError), urllib.request.urlopen(health, timeout=1) as response:
                 status = response.status
             time.sleep(0.2)
         assert status == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0, log.read_text()[-3000:]
+        signal_leader(process, signal.SIGTERM)
+        assert exit_status(process, timeout_s=20) == 0, log.read_text()[-3000:]
     finally:
-        end_group(process.pid, 5)
-        process.wait()
+        end_group(process, timeout_s=5)
 
 
 def test_the_installed_wheel_serves_the_model_from_any_directory(
@@ -212,10 +212,9 @@ def test_the_installed_wheel_serves_the_model_from_any_directory(
             check=True,
         ).stdout.strip()
         assert served.startswith(str(wheel_venv.parent.parent)), served
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        signal_leader(process, signal.SIGTERM)
+        assert exit_status(process, timeout_s=30) == 0
     finally:
-        end_group(process.pid, 5)
-        process.wait()
+        end_group(process, timeout_s=5)
         if process.stdout is not None:
             process.stdout.close()

@@ -28,7 +28,8 @@ from fluxfill.client.errors import ServiceUnavailableError
 from fluxfill.client.jobs import JobSettings, JobSystem, SessionRef
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
-from fluxfill.client.triton_binary import end_group, free_port
+from fluxfill.client.process_groups import end_group, exit_status
+from fluxfill.client.triton_binary import free_port
 from tests.integration.client.support import box_mask, photo
 from tests.support import unanswered_port
 
@@ -72,7 +73,7 @@ def _create_pubsub() -> None:
 def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        assert process.poll() is None, f"the bridge exited:\n{log.read_text()[-3000:]}"
+        assert exit_status(process) is None, f"the bridge exited:\n{log.read_text()[-3000:]}"
         with suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
             return
         time.sleep(0.2)
@@ -116,7 +117,7 @@ def world(
             bridge = subprocess.Popen(
                 argv, env=bridge_env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
-        stack.callback(lambda: (end_group(bridge.pid, timeout_s=5.0), bridge.wait()))
+        stack.callback(end_group, bridge, timeout_s=5.0)
         _wait_ready(port, bridge, log)
         cli_env = {
             **os.environ,
