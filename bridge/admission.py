@@ -1,5 +1,5 @@
 """Triton's full queue is back-pressure, not a failure: a refused request is sent again within the attempt,
-the bridge's refused jobs in the order they were first refused.
+the bridge's refused jobs oldest first.
 
 A pause that doubled per job (the way before) let the jobs refused a moment ago, polling every 0.1 s, take
 the places a long-waiting job, polling every 2 s, was waiting for: under a burst one job could be refused
@@ -7,10 +7,11 @@ until its deadline while younger ones ran. Now the refused jobs form a line: onl
 with a short flat pause, and a job that finds a line waits behind it instead of trying first.
 """
 
+import bisect
+import itertools
 import random
 import threading
 import time
-from collections import deque
 
 from fluxfill.bridge.errors import BridgeError, JobCancelledError, TritonBusyError
 from fluxfill.bridge.metrics import BridgeMetrics
@@ -33,12 +34,22 @@ _WAIT_STEP_S = 0.05
 
 
 class AdmissionLine:
-    """One bridge's jobs waiting for a place in Triton's queue, first refused first."""
+    """One bridge's jobs waiting for a place in Triton's queue, oldest first."""
 
-    def __init__(self, admitted_after_s: float = ADMITTED_AFTER_S) -> None:
+    def __init__(
+        self,
+        admitted_after_s: float = ADMITTED_AFTER_S,
+        first_pause_s: float = BUSY_FIRST_PAUSE_S,
+        max_pause_s: float = BUSY_MAX_PAUSE_S,
+    ) -> None:
         self._admitted_after_s = admitted_after_s
-        self._line: deque[object] = deque()
-        self._let_through: set[object] = set()  # first in line and sent, not refused for a moment
+        self._first_pause_s = first_pause_s
+        self._max_pause_s = max_pause_s
+        # Tickets are numbered as jobs arrive and the line is kept in their order: a job refused again after
+        # it was let through (Triton's refusal came late) goes back to its own place, whatever the order in
+        # which the refusals of the jobs let through came back.
+        self._numbers = itertools.count()
+        self._line: list[int] = []
         self._changed = threading.Condition()
 
     def __len__(self) -> int:
@@ -56,11 +67,11 @@ class AdmissionLine:
         """Run on Triton; while its queue is full, wait in line and send again when first; every failed call
         is counted by error. Only when the job's deadline would pass first does the refusal (TritonBusyError)
         end the attempt."""
-        ticket = object()
         with self._changed:
+            ticket = next(self._numbers)
             if self._line:  # others were refused before us: behind them
                 self._line.append(ticket)
-        pause = BUSY_FIRST_PAUSE_S
+        pause = self._first_pause_s
         try:
             while True:
                 in_line = self._wait_to_be_first(ticket, control)
@@ -85,23 +96,18 @@ class AdmissionLine:
                     raise refused
                 if control.cancel.wait(wait):
                     raise JobCancelledError("cancelled while Triton's queue was full") from None
-                pause = min(2 * pause, BUSY_MAX_PAUSE_S)
+                pause = min(2 * pause, self._max_pause_s)
         finally:
-            self._leave(ticket)
+            self._let_go(ticket)
 
-    def _keep_place(self, ticket: object) -> None:
-        """Refused: still first when it was first; first again when it was let through a moment ago (it is
-        older than all behind it); else at the end of the line."""
+    def _keep_place(self, ticket: int) -> None:
+        """Refused: back in line at its place by age (first again when it was first, or let through a moment
+        ago: it is older than all that came after it)."""
         with self._changed:
-            if ticket in self._line:
-                return
-            if ticket in self._let_through:
-                self._let_through.discard(ticket)
-                self._line.appendleft(ticket)
-            else:
-                self._line.append(ticket)
+            if ticket not in self._line:
+                bisect.insort(self._line, ticket)
 
-    def _wait_to_be_first(self, ticket: object, control: RunControl) -> bool:
+    def _wait_to_be_first(self, ticket: int, control: RunControl) -> bool:
         """Return when the job may send: first in line (True), or in no line (False); raise on cancel, or
         when the deadline passes still behind others."""
         with self._changed:
@@ -116,16 +122,9 @@ class AdmissionLine:
                 self._changed.wait(_WAIT_STEP_S)
             return ticket in self._line
 
-    def _let_go(self, ticket: object) -> None:
+    def _let_go(self, ticket: int) -> None:
+        """Not refused for a moment: in Triton's queue, so out of the line (the next may send)."""
         with self._changed:
-            if ticket in self._line:
-                self._line.remove(ticket)
-                self._let_through.add(ticket)
-                self._changed.notify_all()
-
-    def _leave(self, ticket: object) -> None:
-        with self._changed:
-            self._let_through.discard(ticket)
             if ticket in self._line:
                 self._line.remove(ticket)
                 self._changed.notify_all()

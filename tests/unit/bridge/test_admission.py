@@ -1,5 +1,7 @@
 """Jobs refused by Triton's full queue get places in the order they were refused, newcomers behind them."""
 
+import contextlib
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -197,3 +199,173 @@ def test_an_urgent_job_does_not_wait_behind_refused_bulk_jobs() -> None:
         model.finish_oldest()
     for thread in threads:
         thread.join(10)
+
+
+@dataclass
+class Call:
+    """One request the scripted queue holds until the test answers it."""
+
+    seed: int
+    answered: threading.Event = field(default_factory=threading.Event)
+    refused: bool = False
+
+
+@dataclass
+class ScriptedQueue:
+    """Our InpaintModel port as a Triton whose every answer the test gives: a request waits until the test
+    refuses it (queue full) or admits it (it then runs until `finish`)."""
+
+    name: str = "scripted"
+    protocol: str = "fake"
+    calls: "queue.Queue[Call]" = field(default_factory=queue.Queue)
+    always_refused: set[int] = field(default_factory=set)  # seeds refused at once, without the test
+
+    def is_ready(self) -> bool:
+        return True
+
+    def unready_reason(self) -> str:
+        return ""
+
+    def crop_geometry(self) -> None:
+        return None
+
+    def infer(
+        self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
+    ) -> InferenceResult:
+        if request.seed in self.always_refused:
+            raise TritonBusyError("triton: Exceeds maximum queue size")
+        call = Call(request.seed)
+        self.calls.put(call)
+        call.answered.wait(30)
+        if call.refused:
+            raise TritonBusyError("triton: Exceeds maximum queue size")
+        return InferenceResult(request.image, request.seed)
+
+    def next_call(self, timeout_s: float = 5.0) -> Call:
+        return self.calls.get(timeout=timeout_s)
+
+    def refuse(self, call: Call) -> None:
+        call.refused = True
+        call.answered.set()
+
+    def close(self) -> None:
+        """Refuse every request, held or to come, so that cancelled jobs end at once."""
+        self.always_refused |= set(range(100))
+        while not self.calls.empty():
+            self.refuse(self.calls.get())
+
+
+def ended(jobs: list[threading.Thread], control: RunControl, model: ScriptedQueue) -> None:
+    """Cancel the test's jobs and wait for them: none may raise in a later test."""
+    control.cancel.set()
+    model.close()
+    for job in jobs:
+        job.join(10)
+        assert not job.is_alive()
+
+
+def test_a_newcomer_does_not_even_ask_while_refused_jobs_wait() -> None:
+    """Asking at once, it would take a place that freed before the first in line asked again."""
+    model, line = ScriptedQueue(), AdmissionLine(admitted_after_s=60)
+    control, errors = RunControl(deadline=time.monotonic() + 60), []
+    jobs = [start(line, model, 0, control, errors=errors)]
+    running = model.next_call()
+    jobs.append(start(line, model, 1, control, errors=errors))
+    model.refuse(model.next_call())
+    wait_for(lambda: len(line) == 1)
+    jobs.append(start(line, model, 9, control, errors=errors))
+    wait_for(lambda: len(line) == 2)
+    asked = []
+    deadline = time.monotonic() + 0.6  # the first in line asks again within 0.1 s, then every 0.2 s or so
+    while time.monotonic() < deadline:
+        with contextlib.suppress(queue.Empty):
+            call = model.next_call(timeout_s=deadline - time.monotonic())
+            asked.append(call.seed)
+            model.refuse(call)
+    assert asked, "the first in line asks again"
+    assert set(asked) == {1}, f"asked by {asked}"
+    running.answered.set()
+    ended(jobs, control, model)
+
+
+def test_jobs_let_through_and_refused_late_get_back_their_places_by_age() -> None:
+    """A job is let through when no refusal came for a moment; a refusal may still come (a slow answer), and
+    the next one's too. Each goes back to its own place: put at the front as it came back, the younger job,
+    whose refusal came last, went before the older one; put at the end, both went behind a younger job."""
+    model, line = ScriptedQueue(always_refused={3}), AdmissionLine(admitted_after_s=0.05)
+    control, errors = RunControl(deadline=time.monotonic() + 60), []
+    jobs = [start(line, model, 0, control, errors=errors)]
+    running = model.next_call()
+    jobs.append(start(line, model, 1, control, errors=errors))
+    model.refuse(model.next_call())
+    wait_for(lambda: len(line) == 1)
+    for seed in (2, 3):
+        jobs.append(start(line, model, seed, control, errors=errors))
+        wait_for(lambda seed=seed: len(line) == seed)
+    older = model.next_call()  # 1 asks again, and is let through: no refusal for a moment
+    younger = model.next_call()  # so 2 asks, and is let through too; 3 then asks, refused at once
+    assert (older.seed, younger.seed) == (1, 2)
+    wait_for(lambda: len(line) == 1)
+    model.refuse(older)
+    wait_for(lambda: len(line) == 2)
+    model.refuse(younger)  # while 1 still pauses before it asks again
+    wait_for(lambda: len(line) == 3)
+    first = model.next_call()
+    model.refuse(first)
+    assert first.seed == 1, "the oldest job asks first"
+    running.answered.set()
+    ended(jobs, control, model)
+
+
+def test_the_pause_between_a_first_in_lines_tries_stays_short() -> None:
+    """Doubled without a cap, the first in line asked less and less often, and a freed place sat idle."""
+    model, line = QueueOfPlaces(places=1), AdmissionLine(first_pause_s=0.01, max_pause_s=0.02)
+    first = start(line, model, 0)
+    wait_for(lambda: model.running() == 1)
+    start(line, model, 1)
+    wait_for(lambda: model.refusals > 0)
+    refusals = model.refusals
+    time.sleep(1.0)
+    assert model.refusals - refusals >= 20, "about one try every 0.01 to 0.02 s"
+    model.finish_oldest()
+    wait_for(lambda: model.admitted == [0, 1])
+    model.finish_oldest()
+    first.join(10)
+
+
+def test_the_next_in_line_asks_as_soon_as_the_first_got_a_place() -> None:
+    """A request not refused for a moment is in Triton's queue: the next may ask for a place of its own then,
+    not when the first one's whole run is over."""
+    model, line = QueueOfPlaces(places=1), AdmissionLine(admitted_after_s=0.1)
+    start(line, model, 0)
+    wait_for(lambda: model.running() == 1)
+    start(line, model, 1)
+    wait_for(lambda: len(line) == 1)
+    start(line, model, 2)
+    wait_for(lambda: len(line) == 2)
+    model.places = 3  # Triton has room for both now
+    wait_for(lambda: model.running() == 3, timeout_s=5)
+    assert model.admitted == [0, 1, 2]
+    for _ in range(3):
+        model.finish_oldest()
+
+
+def test_every_refusal_is_counted() -> None:
+    model, line, metrics = QueueOfPlaces(places=1), AdmissionLine(), BridgeMetrics()
+    first = start(line, model, 0)
+    wait_for(lambda: model.running() == 1)
+    job = threading.Thread(
+        target=line.infer,
+        args=(model, request(1), lambda *_: None, RunControl(deadline=time.monotonic() + 60), metrics),
+        daemon=True,
+    )
+    job.start()
+    wait_for(lambda: model.refusals >= 3)
+    model.finish_oldest()
+    job.join(10)
+    counted = metrics.registry.get_sample_value(
+        "fluxfill_bridge_triton_errors_total", {"error": "TritonBusyError"}
+    )
+    assert counted == model.refusals
+    model.finish_oldest()
+    first.join(10)
