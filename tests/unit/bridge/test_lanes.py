@@ -1,9 +1,11 @@
 """The slot gate: urgent work first, a reserved share for bulk, a stop that frees every waiter."""
 
+import json
 import threading
 import time
 
-from fluxfill.bridge.lanes import SlotGate
+from fluxfill.bridge.lanes import SlotGate, lane_of
+from fluxfill.bridge.metrics import BridgeMetrics
 
 URGENT, BULK = "urgent", "bulk"
 
@@ -24,7 +26,7 @@ class Waiters:
                 with self._lock:
                     self.granted.append(lane)
 
-        thread = threading.Thread(target=wait)
+        thread = threading.Thread(target=wait, daemon=True)  # a failed test must not hang the run
         thread.start()
         self.threads.append(thread)
 
@@ -92,3 +94,49 @@ def test_a_stop_releases_every_waiter_without_a_slot() -> None:
         thread.join(timeout=2)
         assert not thread.is_alive()
     assert waiters.granted == []
+
+
+def test_a_granted_waiter_leaves_the_count_so_bulk_work_runs_once_no_urgent_work_waits() -> None:
+    metrics = BridgeMetrics()
+    gate = SlotGate(slots=1, bulk_share=0.1, waiting=metrics.waiting)
+    waiters = Waiters(gate)
+    assert gate.acquire(BULK, waiters.stop)
+    waiters.add(URGENT)
+    waiters.settle()
+    gate.release()
+    waiters.wait_granted(1)  # the urgent job runs
+    waiters.add(BULK)
+    waiters.settle()
+    gate.release()  # and ends: no urgent job waits now
+    waiters.wait_granted(2)
+    assert waiters.granted == [URGENT, BULK]
+    for lane in (URGENT, BULK):
+        assert metrics.registry.get_sample_value("fluxfill_bridge_jobs_waiting", {"lane": lane}) == 0
+    waiters.stop.set()
+
+
+def test_a_wait_for_a_slot_gives_up_after_its_timeout() -> None:
+    """Push mode waits `push_slot_wait_s` for a slot, then answers 429: Pub/Sub then tries another bridge."""
+    gate = SlotGate(slots=1, bulk_share=0.1)
+    stop = threading.Event()
+    assert gate.acquire(URGENT, stop)
+    answers: list[bool] = []
+    started = time.monotonic()
+    waiter = threading.Thread(
+        target=lambda: answers.append(gate.acquire(BULK, stop, timeout_s=0.3)), daemon=True
+    )
+    waiter.start()
+    waiter.join(timeout=5)
+    stop.set()
+    assert answers == [False]
+    assert 0.3 <= time.monotonic() - started < 5
+    gate.release()
+    assert gate.acquire(BULK, threading.Event(), timeout_s=0.3)
+
+
+def test_a_message_that_is_no_job_waits_in_the_bulk_lane() -> None:
+    job = {"userId": "user1", "sessionId": "session1"}
+    assert lane_of(json.dumps({**job, "priority": URGENT}).encode()) == URGENT
+    assert lane_of(json.dumps(job).encode()) == BULK
+    for refused in (b"not json", json.dumps({**job, "priority": "soon"}).encode()):
+        assert lane_of(refused) == BULK

@@ -108,3 +108,31 @@ def test_a_model_never_ready_is_told_with_its_reason_at_once_and_again_each_minu
     ]
     assert logs[0]["reason"] == "model flux_fill_stream not ready: the fake is set not ready"
     assert logs[1]["reason"] == logs[0]["reason"]
+
+
+def test_a_failed_call_makes_the_bridge_unready_and_a_run_learns_of_it_after_triton_is_back() -> None:
+    """A run asks at its end whether Triton went away while it ran (its failure is then Triton's, and the
+    job is given back): a blip between two checks must still be told."""
+    model, metrics = Model(), BridgeMetrics()
+    model.ready = True
+    readiness = Readiness(model, LONG_INTERVAL_S, metrics)
+    assert readiness.check()
+    mark = readiness.mark()
+    assert readiness.unavailable_since(mark) is None
+    readiness.mark_unready("triton: connection refused")
+    assert not readiness.ready
+    assert metrics.registry.get_sample_value("fluxfill_bridge_ready") == 0
+    assert readiness.check(), "a check that finds the model READY again"
+    assert metrics.registry.get_sample_value("fluxfill_bridge_ready") == 1
+    assert readiness.unavailable_since(mark) == "triton: connection refused"
+    assert readiness.unavailable_since(readiness.mark()) is None
+
+
+def test_a_stopping_bridge_takes_no_work_though_the_model_is_ready() -> None:
+    model = Model()
+    model.ready = True
+    readiness = Readiness(model, LONG_INTERVAL_S, BridgeMetrics())
+    assert readiness.check()
+    readiness.stopping.set()
+    assert not readiness.ready
+    assert readiness.wait_until_ready(threading.Event(), timeout_s=0.2) is False
