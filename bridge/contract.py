@@ -82,6 +82,8 @@ class ErrorCode(StrEnum):
     MASK_SIZE_MISMATCH = "mask_size_mismatch"
     MASK_EMPTY = "mask_empty"  # selects no pixel to repaint (none of at least MASK_THRESHOLD)
     MODEL_REJECTED_INPUT = "model_rejected_input"
+    # an object that is no image where the result goes (results are written create-only, never replacing one)
+    RESULT_PATH_TAKEN = "result_path_taken"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"
     RETRIES_EXHAUSTED = "retries_exhausted"

@@ -232,11 +232,14 @@ class JobHandler:
             claimId=claimed.claim_id,
         )
         # Only a job claimed before can have results of ours (two metadata reads saved on first attempts).
-        uploaded = (
-            uploaded_result(self._objects, job, self._settings, self._parameters(job))
-            if claimed.attempt > 1
-            else None
-        )
+        try:
+            uploaded = (
+                uploaded_result(self._objects, job, self._settings, self._parameters(job))
+                if claimed.attempt > 1
+                else None
+            )
+        except PermanentJobError as error:
+            return self._end(claimed, Outcome(OutcomeKind.FAILED, error.code, str(error)))
         if uploaded is not None:
             # An earlier run uploaded the results and died before its final write: record them, run nothing.
             logger.info("results already uploaded by an earlier attempt; recording them")

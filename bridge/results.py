@@ -12,7 +12,8 @@ import structlog
 from PIL import UnidentifiedImageError
 
 from fluxfill.bridge import exif_fallback, intake
-from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, JobMessage, SessionField
+from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, ErrorCode, JobMessage, SessionField
+from fluxfill.bridge.errors import PermanentJobError
 from fluxfill.bridge.intake import Photo
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.ports import InpaintModel, ObjectStore
@@ -28,14 +29,14 @@ logger = structlog.get_logger(__name__)
 def uploaded_result(
     objects: ObjectStore, job: JobMessage, settings: BridgeSettings, parameters: ResolvedParameters
 ) -> dict[str, Any] | None:
-    """The session fields for results already in the bucket, or None when any is missing or unreadable.
+    """The session fields for results already in the bucket, or None when either is missing.
 
     Uploads are create-only and made under a current claim with the session's fixed seed, so results that
-    exist are this job's; the edited image must still decode as an image to count.
+    exist are this job's; an edited image that does not decode is not (its path is taken: PermanentJobError).
     """
     paths = result_paths(job, settings)  # edited: the template's `*`, any extension
     edited = objects.find(paths["edited"])
-    if edited is None or objects.find(paths["preview"]) is None:
+    if edited is None:
         return None
     try:
         # A spliced JPEG carries its original's EXIF, which may break Pillow's reader as the original's did.
@@ -43,8 +44,10 @@ def uploaded_result(
             width, height = image.size
             kind = (image.format or "").lower()
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        logger.warning("an uploaded result does not decode; running the job again", error=str(error))
-        return None
+        # Running the job again could not replace it (results are created, never overwritten).
+        raise _taken(edited.path, error) from None
+    if objects.find(paths["preview"]) is None:
+        return None  # made again: the edited image is kept as it is, the preview written
     seed = job.seed if job.seed is not None else default_seed(job)
     paths["edited"] = edited.path
     return {
@@ -92,9 +95,32 @@ def upload_results(
         confirmed.result()
         paths["edited"] = result_paths(job, settings, encoded.extension)["edited"]
         preview_written = pool.submit(objects.create, paths["preview"], preview.result(), "image/jpeg")
-        objects.create(paths["edited"], encoded.data, encoded.content_type)
-        preview_written.result()
+        created = {"edited": objects.create(paths["edited"], encoded.data, encoded.content_type)}
+        created["preview"] = preview_written.result()
+    for name, path in paths.items():
+        if not created[name]:  # an object was there already: an earlier attempt's, if it is an image
+            _check_kept(objects, path)
     return paths, encoded
+
+
+def _check_kept(objects: ObjectStore, path: str) -> None:
+    """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object at `path` decodes as an image."""
+    found = objects.find(path)
+    if found is None:  # deleted since: nothing of another's to record
+        return
+    try:
+        with exif_fallback.open_image(objects.read(found)) as image:
+            image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise _taken(path, error) from None
+
+
+def _taken(path: str, error: Exception) -> PermanentJobError:
+    return PermanentJobError(
+        ErrorCode.RESULT_PATH_TAKEN,
+        f"{path} already holds an object that is not an image ({error}); results are written create-only "
+        "and never replace an object: delete it, then publish the job again",
+    )
 
 
 def _described(encoded: EncodedResult) -> dict[str, str]:

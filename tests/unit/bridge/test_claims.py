@@ -463,3 +463,56 @@ def test_a_run_that_finds_triton_unavailable_stops_the_bridge_claiming_until_it_
     assert world.readiness is not None
     world.readiness.check()
     assert world.deliver(message_id="m3").kind is OutcomeKind.DONE
+
+
+def _results_uploaded_then_crash(world: World) -> None:
+    """An attempt uploads the results and dies before its final write; its lease then lapses."""
+    world.sessions.finish_fails_with = SessionTransientError("firestore unavailable")
+    assert world.deliver(seed=5).kind is OutcomeKind.RETRY
+    world.sessions.finish_fails_with = None
+    time.sleep(0.3)
+
+
+def test_uploaded_results_without_their_preview_are_made_again_and_the_preview_written() -> None:
+    world = World(lease_s=0.2)
+    _results_uploaded_then_crash(world)
+    del world.objects.objects[PREVIEW]
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
+    assert len(world.model.calls) == 2, "not recorded as recovered: the preview was missing"
+    assert "recovered" not in world.document["model"]
+    assert Image.open(io.BytesIO(world.objects.objects[PREVIEW])).format == "JPEG"
+
+
+def test_an_object_at_the_results_path_that_is_no_image_fails_the_job_saying_so() -> None:
+    """Results are written create-only and never replace an object: running the job again (as once) left the
+    session `done` with its `edited` path naming the object that is no image."""
+    world = World(lease_s=0.2)
+    _results_uploaded_then_crash(world)
+    world.objects.objects[EDITED] = b"not an image"
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert world.document["status"] == "failed"
+    assert world.document["error"]["code"] == ErrorCode.RESULT_PATH_TAKEN
+    assert EDITED in world.document["error"]["message"]
+    assert len(world.model.calls) == 1, "running again cannot replace it"
+
+
+def test_an_object_that_is_no_image_where_a_first_attempt_writes_its_result_fails_the_job() -> None:
+    """An `edited.*` the app's Storage rules should have refused: the run's create-only write leaves it."""
+    world = World()
+    world.objects.objects[EDITED] = b"not an image"
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert world.document["error"]["code"] == ErrorCode.RESULT_PATH_TAKEN
+    assert world.objects.objects[EDITED] == b"not an image"
+
+
+def test_the_png_setting_writes_a_jpeg_photos_result_as_png() -> None:
+    world = World(result_format="png")
+    photo = world.objects.objects.pop(f"{PREFIX}/original.png")
+    world.objects.objects[f"{PREFIX}/original.jpg"] = encode(
+        Image.open(io.BytesIO(photo)).convert("RGB"), "JPEG"
+    )
+    assert world.deliver().kind is OutcomeKind.DONE
+    assert world.document["result"]["format"] == "png"
+    assert Image.open(io.BytesIO(world.objects.objects[EDITED])).format == "PNG"

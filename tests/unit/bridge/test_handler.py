@@ -377,9 +377,10 @@ def test_hard_stop_cancels_the_run_and_gives_the_job_back() -> None:
 
 def test_result_left_by_an_earlier_attempt_counts_as_done() -> None:
     world = World()
-    world.objects.objects[f"{PREFIX}/edited.png"] = b"earlier"
+    earlier = png(np.zeros((40, 60, 3), np.uint8))
+    world.objects.objects[f"{PREFIX}/edited.png"] = earlier
     assert world.deliver().kind is OutcomeKind.DONE
-    assert world.objects.objects[f"{PREFIX}/edited.png"] == b"earlier"
+    assert world.objects.objects[f"{PREFIX}/edited.png"] == earlier
 
 
 def test_absent_seed_is_fixed_by_the_session_so_retries_repaint_the_same() -> None:
