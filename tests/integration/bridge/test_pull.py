@@ -15,6 +15,7 @@ from PIL import Image
 from fluxfill.bridge import leases
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.errors import TritonUnavailableError
+from fluxfill.bridge.outcome import Delivery, Outcome
 from fluxfill.bridge.ports import InferenceResult
 from fluxfill.bridge.pull import PULL_WAIT_S
 from fluxfill.client.local_server import LocalTritonServer
@@ -491,6 +492,28 @@ def test_a_pull_that_fails_is_counted_and_tried_again(
         metrics = bridge.bridge.metrics
         wait_until(lambda: metrics.sample("fluxfill_bridge_pull_errors_total", {"lane": "bulk"}) >= 2)
         assert httpx.get(f"{bridge.url}/healthz").status_code == 200
+
+
+def test_a_bug_while_a_pulled_message_is_handled_gives_the_message_back(
+    jobs: JobSystem, flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never acked: an ack would lose the job (its session left `queued` for good)."""
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        handler = bridge.bridge.handler
+        handle, handled = handler.handle, []
+
+        def a_bug_the_first_time(delivery: Delivery) -> Outcome:
+            handled.append(delivery.message_id)
+            if len(handled) == 1:
+                raise RuntimeError("a bug in the handler")
+            return handle(delivery)
+
+        monkeypatch.setattr(handler, "handle", a_bug_the_first_time)
+        message_id = jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        document = jobs.wait_for(user, session, is_terminal)
+    assert document["status"] == "done", document
+    assert handled == [message_id, message_id], "the same message, given back and delivered again"
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug, told
