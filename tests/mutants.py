@@ -1,25 +1,35 @@
-"""Mutants of the bridge's exactly-one-outcome decisions: each must fail the unit tests.
+"""Mutants of the bridge's exactly-one-outcome decisions and of what they stand on: each must fail its tests.
 
 Every decision of the claim protocol (sessions, user slots, the handler's outcomes, the monitor's lease,
-settling a delivery, carry-over, parking) is changed here one at a time, the way a slip would change it,
-and `tests/unit` must fail on each. In the thirty-sixth session twelve of them passed the whole unit suite (an
-invalid copy of an ended job's message overwrote its outcome; a dead letter whose session end was not written
-was acked; the monitor's lease-loss bound, its progress writes, the final write refused for a lost claim, ...)
-until the tests that pin them were written.
+settling a delivery, carry-over, parking) and of the parts under it (the slot gate of the priority lanes,
+Triton's admission line, readiness, results recognised or refused, the pulled messages and their leases) is
+changed here one at a time, the way a slip would change it, and the mutant's tests (`tests/unit`, or the
+emulator's Pub/Sub tests for pulls and leases) must fail on each. In the thirty-sixth session twelve of the
+protocol's passed the whole unit suite, in the thirty-seventh eighteen of the parts under it (a job refused
+after it was let through lost its place, and an object that was no image at a result's path was recorded
+as the result: both defects), until the tests that pin them were written.
 
-`python -m tests.mutants` (`make mutants`, about 30 minutes on 2 cores) applies each in the working tree,
-runs the unit tests, puts the source back, and exits 1 when a mutant survives or no longer applies.
-tests/unit/test_mutants.py keeps every mutant applicable to the source as it is (each text found once).
+`python -m tests.mutants` (`make mutants`, about an hour on 2 cores; `--path FILE` for one file's) applies
+each in the working tree, runs its tests, puts the source back, and exits 1 when a mutant survives or no
+longer applies. tests/unit/test_mutants.py keeps every mutant applicable to the source as it is (each text
+found once).
 """
 
 import argparse
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+UNIT_TESTS = ("tests/unit",)
+# Pulls and leases talk to Pub/Sub itself: their mutants run against the emulator's tests.
+PULL_TESTS = ("tests/integration/bridge/test_pull.py",)
+LEASE_TESTS = ("tests/integration/bridge/test_leases.py", "tests/integration/bridge/test_pull.py")
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,7 @@ class Mutant:
     path: str
     old: str
     new: str
+    tests: tuple[str, ...] = UNIT_TESTS  # what must fail on it
 
 
 MUTANTS = [
@@ -199,6 +210,144 @@ MUTANTS = [
     Mutant("a release another bridge won counted as ours", "bridge/parking.py",
            "                if self._lot.release(candidate):",
            "                if self._lot.release(candidate) or True:"),
+    # lanes
+    Mutant("urgent never yields bulk's turn", "bridge/lanes.py",
+           "            return not self._bulk_turn()", "            return True"),
+    Mutant("bulk runs while urgent waits", "bridge/lanes.py",
+           "        return self._waiting[URGENT_LANE] == 0 or self._bulk_turn()", "        return True"),
+    Mutant("bulk's turn a grant late", "bridge/lanes.py",
+           "self._urgent_in_a_row >= self._bulk_every - 1", "self._urgent_in_a_row >= self._bulk_every"),
+    Mutant("a bulk grant does not restart the count", "bridge/lanes.py",
+           "        if lane == BULK_LANE:\n            self._urgent_in_a_row = 0\n",
+           "        if lane == BULK_LANE:\n            pass\n"),
+    Mutant("urgent grants counted with no bulk waiting", "bridge/lanes.py",
+           "        elif self._waiting[BULK_LANE] > 0:\n            self._urgent_in_a_row += 1",
+           "        else:\n            self._urgent_in_a_row += 1"),
+    Mutant("a slot granted past the last", "bridge/lanes.py",
+           "        if self._free <= 0:", "        if self._free < 0:"),
+    Mutant("a waiter never leaves the count", "bridge/lanes.py",
+           "                self._waiting[lane] -= 1\n", "\n"),
+    Mutant("a gate's timeout ignored", "bridge/lanes.py",
+           "                    if left <= 0:\n                        return False\n"
+           "                    self._changed.wait(timeout=left)\n                return False",
+           "                    if False:\n                        return False\n"
+           "                    self._changed.wait(timeout=max(left, 0.01))\n"
+           "                return False"),
+    Mutant("a message that is no job goes urgent", "bridge/lanes.py",
+           "    except InvalidJobError:\n        return BULK_LANE",
+           "    except InvalidJobError:\n        return URGENT_LANE"),
+    Mutant("a released slot not freed", "bridge/lanes.py",
+           "            self._free += 1\n", "            pass\n"),
+    # admission
+    Mutant("a new job jumps the line", "bridge/admission.py",
+           "            if self._line:  # others", "            if False:  # others"),
+    Mutant("a job refused after it was let through goes to the front", "bridge/admission.py",
+           "                bisect.insort(self._line, ticket)",
+           "                self._line.insert(0, ticket)"),
+    Mutant("a job refused after it was let through goes to the end", "bridge/admission.py",
+           "                bisect.insort(self._line, ticket)", "                self._line.append(ticket)"),
+    Mutant("a refused job waits past its deadline", "bridge/admission.py",
+           "                if time.monotonic() + wait >= control.deadline:\n"
+           "                    raise refused",
+           "                if False:\n                    raise refused"),
+    Mutant("any Triton error sent again", "bridge/admission.py",
+           "                    if not isinstance(error, TritonBusyError):\n                        raise",
+           "                    if False:\n                        raise"),
+    Mutant("the busy pause uncapped", "bridge/admission.py",
+           "                pause = min(2 * pause, self._max_pause_s)", "                pause = 2 * pause"),
+    Mutant("a cancel in line unnoticed", "bridge/admission.py",
+           "                if control.cancel.is_set():\n"
+           "                    raise JobCancelledError(\"cancelled while waiting",
+           "                if False:\n"
+           "                    raise JobCancelledError(\"cancelled while waiting"),
+    Mutant("a deadline in line unnoticed", "bridge/admission.py",
+           "                if time.monotonic() >= control.deadline:\n"
+           "                    raise TritonBusyError(",
+           "                if False:\n                    raise TritonBusyError("),
+    Mutant("an urgent job in the bulk line", "bridge/admission.py",
+           "        return self.urgent if request.urgent else self.bulk", "        return self.bulk"),
+    Mutant("the next in line never let go", "bridge/admission.py",
+           "                if in_line:\n                    admitted.start()",
+           "                if False:\n                    admitted.start()"),
+    Mutant("a refusal not counted", "bridge/admission.py",
+           "                    metrics.triton_errors.labels(type(error).__name__).inc()\n", "\n"),
+    Mutant("a job that leaves keeps its place", "bridge/admission.py",
+           "            if ticket in self._line:\n                self._line.remove(ticket)",
+           "            if False:\n                self._line.remove(ticket)"),
+    Mutant("a cancel while paused unnoticed", "bridge/admission.py",
+           "                if control.cancel.wait(wait):",
+           "                if control.cancel.wait(wait) and False:"),
+    # readiness
+    Mutant("a stopping bridge still ready", "bridge/readiness.py",
+           "        return self._ready.is_set() and not self.stopping.is_set()",
+           "        return self._ready.is_set()"),
+    Mutant("an unready blip since the mark missed", "bridge/readiness.py",
+           "            if self._times_seen_unready != mark or not self._ready.is_set():",
+           "            if not self._ready.is_set():"),
+    Mutant("unready answers not counted", "bridge/readiness.py",
+           "                self._times_seen_unready += 1\n", "\n"),
+    Mutant("the ready gauge always 1", "bridge/readiness.py",
+           "            self._metrics.ready.set(1 if ready else 0)",
+           "            self._metrics.ready.set(1)"),
+    Mutant("a readiness wait's timeout ignored", "bridge/readiness.py",
+           "                    if left <= 0:\n                        return False\n"
+           "                self._changed.wait",
+           "                    if False:\n                        return False\n"
+           "                self._changed.wait"),
+    Mutant("the unready reminder every poll", "bridge/readiness.py",
+           "now - self._reminded_at < UNREADY_REMINDER_S:", "False:"),
+    Mutant("a failed call does not make the bridge unready", "bridge/readiness.py",
+           "        self._set(False, reason)\n", "        pass\n"),
+    Mutant("the first answer's reason unsaid", "bridge/readiness.py",
+           "            if ready != self._ready.is_set() or not self._known:",
+           "            if ready != self._ready.is_set():"),
+    Mutant("the reminder repeated at once", "bridge/readiness.py",
+           "            self._reminded_at = now\n            logger.warning(", "            logger.warning("),
+    # results
+    Mutant("a recovered result's seed the default", "bridge/results.py",
+           "    seed = job.seed if job.seed is not None else default_seed(job)",
+           "    seed = default_seed(job)"),
+    Mutant("a recovered result not marked recovered", "bridge/results.py",
+           "\"recovered\": True}", "\"recovered\": False}"),
+    Mutant("a recovered result's path left a template", "bridge/results.py",
+           "    paths[\"edited\"] = edited.path\n", "\n"),
+    Mutant("results written without the claim's confirmation", "bridge/results.py",
+           "        confirmed.result()\n", "\n"),
+    Mutant("the png setting ignored", "bridge/results.py",
+           "        always_png = settings.result_format == \"png\"", "        always_png = False"),
+    Mutant("a recovered result without its preview", "bridge/results.py",
+           "    if objects.find(paths[\"preview\"]) is None:\n        return None",
+           "    if False:\n        return None"),
+    Mutant("an undecodable result recovered", "bridge/results.py",
+           "        raise _taken(edited.path, error) from None", "        width, height, kind = 0, 0, \"\""),
+    Mutant("an object found at a result's path kept unchecked", "bridge/results.py",
+           "            _check_kept(objects, path)", "            pass"),
+    # pull (the emulator's Pub/Sub: the integration tests)
+    Mutant("a bug's message acked", "bridge/pull.py",
+           "            acked, retry_after_s = False, 0",
+           "            acked, retry_after_s = True, 0", tests=PULL_TESTS),
+    Mutant("a pulled job's slot never given back", "bridge/pull.py",
+           "                self._gate.release()\n", "                pass\n", tests=PULL_TESTS),
+    # leases
+    Mutant("a pulled message not extended at once", "bridge/leases.py",
+           "        self._extend(subscription, ack_ids)\n        return held",
+           "        return held", tests=LEASE_TESTS),
+    Mutant("a job's start leaves its lease as it was", "bridge/leases.py",
+           "                self._held[message.ack_id] = replace(message, lease_ends=time.monotonic() +"
+           " self._max_lease_s)",
+           "                pass", tests=LEASE_TESTS),
+    Mutant("room counted one too many", "bridge/leases.py",
+           "                if room > 0:\n                    return room",
+           "                if room >= 0:\n                    return room", tests=LEASE_TESTS),
+    Mutant("a lease held past its maximum", "bridge/leases.py",
+           "                    if message.lease_ends <= now:",
+           "                    if False:", tests=LEASE_TESTS),
+    Mutant("a nack's delay ignored", "bridge/leases.py",
+           "        self._modify(message.subscription, [message.ack_id], after_s)",
+           "        self._modify(message.subscription, [message.ack_id], 0)", tests=LEASE_TESTS),
+    Mutant("an acked message still held", "bridge/leases.py",
+           "    def ack(self, message: HeldMessage) -> None:\n        self._forget(message)\n",
+           "    def ack(self, message: HeldMessage) -> None:\n", tests=LEASE_TESTS),
 ]  # fmt: skip
 
 
@@ -212,7 +361,7 @@ def applied(mutant: Mutant, source: str) -> str:
     return source.replace(mutant.old, mutant.new)
 
 
-def _killed(mutant: Mutant, tests: list[str]) -> bool:
+def _killed(mutant: Mutant, tests: Sequence[str]) -> bool:
     path = REPO_ROOT / mutant.path
     source = path.read_text()
     try:
@@ -231,17 +380,21 @@ def _killed(mutant: Mutant, tests: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.mutants", description=__doc__)
-    parser.add_argument("tests", nargs="*", default=["tests/unit"], help="what to run against each mutant")
+    parser.add_argument("tests", nargs="*", help="what to run against every mutant (default: each one's own)")
+    parser.add_argument(
+        "--path", action="append", default=[], help="only the mutants of this file (repeatable)"
+    )
     args = parser.parse_args(argv)
+    chosen = [mutant for mutant in MUTANTS if not args.path or mutant.path in args.path]
     # A stop (`timeout`, a CI's cancel) ends the run through `finally`, which puts the source back.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     survivors = []
-    for mutant in MUTANTS:
-        killed = _killed(mutant, args.tests)
+    for mutant in chosen:
+        killed = _killed(mutant, args.tests or mutant.tests)
         print(f"{'killed  ' if killed else 'SURVIVED'} {mutant.path}: {mutant.name}", flush=True)
         if not killed:
             survivors.append(mutant.name)
-    print(f"{len(MUTANTS) - len(survivors)} of {len(MUTANTS)} mutants killed")
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed")
     return 1 if survivors else 0
 
 
