@@ -27,6 +27,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 UNIT_TESTS = ("tests/unit",)
+# It fails on every mutant (the mutated text is no longer found), so it would "kill" each one: never run.
+SELF_CHECK = "tests/unit/test_mutants.py"
+PYTEST_OPTIONS = ("-q", "-x", "-n", "2", "-p", "no:cacheprovider")
 # Pulls and leases talk to Pub/Sub itself: their mutants run against the emulator's tests.
 PULL_TESTS = ("tests/integration/bridge/test_pull.py",)
 LEASE_TESTS = ("tests/integration/bridge/test_leases.py", "tests/integration/bridge/test_pull.py")
@@ -361,13 +364,14 @@ def applied(mutant: Mutant, source: str) -> str:
     return source.replace(mutant.old, mutant.new)
 
 
-def _killed(mutant: Mutant, tests: Sequence[str]) -> bool:
+def _killed_by(mutant: Mutant, tests: Sequence[str]) -> str | None:
+    """The first test that failed on the mutant (its run's last line when none is named), or None."""
     path = REPO_ROOT / mutant.path
     source = path.read_text()
     try:
         path.write_text(applied(mutant, source))
         run = subprocess.run(
-            [sys.executable, "-m", "pytest", *tests, "-q", "-x", "-n", "2", "-p", "no:cacheprovider"],
+            [sys.executable, "-m", "pytest", *tests, f"--ignore={SELF_CHECK}", *PYTEST_OPTIONS],
             cwd=REPO_ROOT,
             capture_output=True,
             text=True,
@@ -375,7 +379,10 @@ def _killed(mutant: Mutant, tests: Sequence[str]) -> bool:
         )
     finally:
         path.write_text(source)
-    return run.returncode != 0
+    if run.returncode == 0:
+        return None
+    lines = run.stdout.strip().splitlines() or [f"pytest exited {run.returncode}"]
+    return next((line for line in lines if line.startswith(("FAILED", "ERROR"))), lines[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,9 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     survivors = []
     for mutant in chosen:
-        killed = _killed(mutant, args.tests or mutant.tests)
-        print(f"{'killed  ' if killed else 'SURVIVED'} {mutant.path}: {mutant.name}", flush=True)
-        if not killed:
+        killed_by = _killed_by(mutant, args.tests or mutant.tests)
+        verdict = f"killed   {mutant.path}: {mutant.name} ({killed_by})" if killed_by else "SURVIVED"
+        print(verdict if killed_by else f"{verdict} {mutant.path}: {mutant.name}", flush=True)
+        if not killed_by:
             survivors.append(mutant.name)
     print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed")
     return 1 if survivors else 0
