@@ -123,7 +123,8 @@ class AdmissionLine:
             return ticket in self._line
 
     def _let_go(self, ticket: int) -> None:
-        """Not refused for a moment: in Triton's queue, so out of the line (the next may send)."""
+        """Out of the line (the next may send): let through, not refused for a moment (so in Triton's queue),
+        or leaving it."""
         with self._changed:
             if ticket in self._line:
                 self._line.remove(ticket)

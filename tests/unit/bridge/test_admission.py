@@ -16,8 +16,21 @@ from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
 
 
+class AlwaysReady:
+    """The readiness half of our InpaintModel port, for fakes of Triton's queue."""
+
+    def is_ready(self) -> bool:
+        return True
+
+    def unready_reason(self) -> str:
+        return ""
+
+    def crop_geometry(self) -> None:
+        return None
+
+
 @dataclass
-class QueueOfPlaces:
+class QueueOfPlaces(AlwaysReady):
     """Our InpaintModel port as Triton's bounded queue behaves: a request beyond `places` is refused at once;
     an admitted one runs until the test finishes it."""
 
@@ -29,15 +42,6 @@ class QueueOfPlaces:
     urgent_places: int = 0  # urgent requests admitted (and answered) at once, this many
     _running: list[threading.Event] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> None:
-        return None
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
@@ -211,7 +215,7 @@ class Call:
 
 
 @dataclass
-class ScriptedQueue:
+class ScriptedQueue(AlwaysReady):
     """Our InpaintModel port as a Triton whose every answer the test gives: a request waits until the test
     refuses it (queue full) or admits it (it then runs until `finish`)."""
 
@@ -219,15 +223,6 @@ class ScriptedQueue:
     protocol: str = "fake"
     calls: "queue.Queue[Call]" = field(default_factory=queue.Queue)
     always_refused: set[int] = field(default_factory=set)  # seeds refused at once, without the test
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> None:
-        return None
 
     def infer(
         self, request: InferenceRequest, *, on_progress: ProgressCallback, control: RunControl
