@@ -17,6 +17,7 @@ from fluxfill.bridge.contract import DEFAULT_PARKED_JOBS_COLLECTION
 from fluxfill.bridge.errors import SessionTransientError
 from fluxfill.bridge.ports import ClaimKind, InferenceRequest, InferenceResult, JobRef, RunControl
 from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
+from tests.unit.bridge.fakes import AlwaysReady
 
 pytestmark = pytest.mark.integration
 SLOTS = "fluxfillUserSlots"
@@ -70,7 +71,7 @@ def test_the_per_user_count_holds_under_concurrent_bridges(jobs: JobSystem) -> N
     assert claim_until_decided(later_bridge, waiting[0], 2) is ClaimKind.CLAIMED
 
 
-class GatedModel:
+class GatedModel(AlwaysReady):
     """Our InpaintModel port: a job whose prompt is held runs until released; the rest end at once.
 
     Who runs when is then the test's to decide, whatever the machine's speed (the lanes and slots are the
@@ -85,15 +86,6 @@ class GatedModel:
         self.started: list[str] = []
         self.running: set[str] = set()
         self.overlaps: list[set[str]] = []
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> None:
-        return None
 
     def release(self, prompt: str) -> None:
         self._held[prompt].set()

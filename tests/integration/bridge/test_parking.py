@@ -19,6 +19,7 @@ from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.parking import parked
 from fluxfill.bridge.ports import InferenceResult, ParkedJob
 from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge
+from tests.unit.bridge.fakes import AlwaysReady
 
 pytestmark = pytest.mark.integration
 PARKED = "fluxfillParkedJobs"
@@ -145,20 +146,11 @@ def test_a_bridge_sweeps_parked_jobs_of_users_with_free_slots_and_runs_them(jobs
     assert list(jobs.db.collection(PARKED, user, "jobs").stream()) == []
 
 
-class InstantModel:
+class InstantModel(AlwaysReady):
     """Our InpaintModel port: returns the photo at once."""
 
     name = "instant"
     protocol = "fake"
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> None:
-        return None
 
     def infer(self, request: Any, *, on_progress: Any, control: Any) -> Any:
         on_progress(1, 1)

@@ -30,6 +30,7 @@ from tests.integration.bridge.harness import (
     running_bridge,
     wait_until,
 )
+from tests.unit.bridge.fakes import AlwaysReady
 
 pytestmark = pytest.mark.integration
 FEATHER = 8  # the shipped feather_pixels: pixels farther than this from the mask are untouched
@@ -417,19 +418,10 @@ def test_a_job_given_back_on_its_last_deliveries_is_carried_over_not_dead_letter
     assert (document["status"], document["messageId"], document["attempt"]) == ("done", first, 1)
 
 
-class FailingInference:
+class FailingInference(AlwaysReady):
     """Our InpaintModel port, READY but failing every run with a retryable error (an internal one, say)."""
 
     name, protocol = "flux_fill_stream", "grpc-stream"
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> None:
-        return None
 
     def infer(self, *_args: object, **_kwargs: object) -> InferenceResult:
         raise TritonUnavailableError("triton: internal error: RuntimeError: CUDA error")

@@ -223,6 +223,19 @@ class FakeSessionStore:
             return update is not None
 
 
+class AlwaysReady:
+    """The readiness half of our InpaintModel port for fakes that are always READY and crop nothing."""
+
+    def is_ready(self) -> bool:
+        return True
+
+    def unready_reason(self) -> str:
+        return ""
+
+    def crop_geometry(self) -> None:
+        return None
+
+
 @dataclass
 class FakeModel:
     """Paints the mask white step by step; can be slowed, made to fail or busy, or held until cancelled."""

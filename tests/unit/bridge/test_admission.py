@@ -14,19 +14,7 @@ from fluxfill.bridge.admission import AdmissionLine, AdmissionLines
 from fluxfill.bridge.errors import JobCancelledError, TritonBusyError
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCallback, RunControl
-
-
-class AlwaysReady:
-    """The readiness half of our InpaintModel port, for fakes of Triton's queue."""
-
-    def is_ready(self) -> bool:
-        return True
-
-    def unready_reason(self) -> str:
-        return ""
-
-    def crop_geometry(self) -> None:
-        return None
+from tests.unit.bridge.fakes import AlwaysReady
 
 
 @dataclass
@@ -259,15 +247,23 @@ def ended(jobs: list[threading.Thread], control: RunControl, model: ScriptedQueu
         assert not job.is_alive()
 
 
-def test_a_newcomer_does_not_even_ask_while_refused_jobs_wait() -> None:
-    """Asking at once, it would take a place that freed before the first in line asked again."""
-    model, line = ScriptedQueue(), AdmissionLine(admitted_after_s=60)
-    control, errors = RunControl(deadline=time.monotonic() + 60), []
+def one_running_one_in_line(
+    line: AdmissionLine, model: ScriptedQueue, control: RunControl, errors: list[BaseException]
+) -> tuple[list[threading.Thread], Call]:
+    """Job 0 admitted and running (its call, to answer at the end), job 1 refused and first in line."""
     jobs = [start(line, model, 0, control, errors=errors)]
     running = model.next_call()
     jobs.append(start(line, model, 1, control, errors=errors))
     model.refuse(model.next_call())
     wait_for(lambda: len(line) == 1)
+    return jobs, running
+
+
+def test_a_newcomer_does_not_even_ask_while_refused_jobs_wait() -> None:
+    """Asking at once, it would take a place that freed before the first in line asked again."""
+    model, line = ScriptedQueue(), AdmissionLine(admitted_after_s=60)
+    control, errors = RunControl(deadline=time.monotonic() + 60), list[BaseException]()
+    jobs, running = one_running_one_in_line(line, model, control, errors)
     jobs.append(start(line, model, 9, control, errors=errors))
     wait_for(lambda: len(line) == 2)
     asked = []
@@ -288,12 +284,8 @@ def test_jobs_let_through_and_refused_late_get_back_their_places_by_age() -> Non
     the next one's too. Each goes back to its own place: put at the front as it came back, the younger job,
     whose refusal came last, went before the older one; put at the end, both went behind a younger job."""
     model, line = ScriptedQueue(always_refused={3}), AdmissionLine(admitted_after_s=0.05)
-    control, errors = RunControl(deadline=time.monotonic() + 60), []
-    jobs = [start(line, model, 0, control, errors=errors)]
-    running = model.next_call()
-    jobs.append(start(line, model, 1, control, errors=errors))
-    model.refuse(model.next_call())
-    wait_for(lambda: len(line) == 1)
+    control, errors = RunControl(deadline=time.monotonic() + 60), list[BaseException]()
+    jobs, running = one_running_one_in_line(line, model, control, errors)
     for seed in (2, 3):
         jobs.append(start(line, model, seed, control, errors=errors))
         wait_for(lambda seed=seed: len(line) == seed)
