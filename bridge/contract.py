@@ -72,6 +72,7 @@ class ErrorCode(StrEnum):
     ORIGINAL_MISSING = "original_missing"
     ORIGINAL_AMBIGUOUS = "original_ambiguous"  # more than one original.* object
     MASK_MISSING = "mask_missing"
+    MASK_AMBIGUOUS = "mask_ambiguous"  # more than one object matches a mask template ending in `*`
     OBJECT_TOO_LARGE = "object_too_large"  # refused from its metadata, never downloaded
     OBJECT_CHANGED = "object_changed"  # replaced or deleted between its metadata and its download
     # not JPEG, PNG, WebP, HEIC or AVIF by its bytes, or a JPEG not of 8-bit samples, hierarchical, or of
@@ -82,7 +83,8 @@ class ErrorCode(StrEnum):
     MASK_SIZE_MISMATCH = "mask_size_mismatch"
     MASK_EMPTY = "mask_empty"  # selects no pixel to repaint (none of at least MASK_THRESHOLD)
     MODEL_REJECTED_INPUT = "model_rejected_input"
-    # an object that is no image where the result goes (results are written create-only, never replacing one)
+    # an object that is no image where the result goes, or two edited images (results are written
+    # create-only, never replacing one)
     RESULT_PATH_TAKEN = "result_path_taken"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"

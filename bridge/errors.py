@@ -97,6 +97,16 @@ class ConfiguredValueRefusedError(RetryableError):
     retry_cause = RetryCause.CONFIGURED_VALUE
 
 
+class AmbiguousObjectError(BridgeError):
+    """More than one object matches a pattern ending in `*` (ObjectStore.find): which one is meant cannot be
+    told. Each caller says what it means for its object (an original, a mask, a result)."""
+
+    def __init__(self, pattern: str, paths: list[str]) -> None:
+        super().__init__(f"more than one object matches {pattern}: {', '.join(paths)}")
+        self.pattern = pattern
+        self.paths = paths
+
+
 class PermanentJobError(BridgeError):
     """The job cannot succeed however often it is tried; `code` goes into the session's error record."""
 

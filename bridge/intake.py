@@ -266,24 +266,25 @@ class Photo:
         return self.icc_profile or png_colour.gamma_profile(self.png_colour)
 
 
-def read_photo(data: bytes, max_pixels: int) -> Photo:
-    """The upright photo, its format, orientation and metadata; refused with a specific code when bad.
+def read_photo(data: bytes, max_pixels: int, what: str = "original photo") -> Photo:
+    """The upright photo, its format, orientation and metadata; refused with a specific code when bad
+    (`what` names it in the refusal's sentence).
 
     Memory: the decoded image and the returned array, and nothing else of full size (a 50 MP RGBA photo took
     1.15 GB when transparency was composited on whole-image copies): see `INTAKE_BYTES_PER_PIXEL`.
     """
-    return _as_browsers_read(lambda taken: _read_photo(taken, max_pixels), data)
+    return _as_browsers_read(lambda taken: _read_photo(taken, max_pixels, what), data)
 
 
-def _read_photo(data: bytes, max_pixels: int) -> Photo:
-    stored, kind = _header(data, "original photo", max_pixels)
+def _read_photo(data: bytes, max_pixels: int, what: str) -> Photo:
+    stored, kind = _header(data, what, max_pixels)
     if kind == "JPEG":
         turn = orientation.orientation_of(stored)  # a JPEG's EXIF is read with its header
         pixels = jpeg_decode.decode_upright(data, stored, turn)
         if pixels is not None:
             icc_profile, _ = photo_colours.embedded_or_coded(stored, kind, data)  # the one rule for a profile
             return Photo(pixels, kind, turn, data, exif=stored.info.get("exif"), icc_profile=icc_profile)
-    turn = _decoded(stored, kind, "original photo")
+    turn = _decoded(stored, kind, what)
     exif = stored.info.get("exif")
     icc_profile, colour_note = photo_colours.embedded_or_coded(stored, kind, data)
     greyscale = model_rgb.is_greyscale(stored)

@@ -35,7 +35,7 @@ class ObjectStore(Protocol):
     def find(self, pattern: str) -> ObjectInfo | None:
         """The one object matching `pattern` (a path, or a prefix ending in `*`); None when absent.
 
-        Raises PermanentJobError(ORIGINAL_AMBIGUOUS) when a `*` pattern matches several objects.
+        Raises AmbiguousObjectError when a `*` pattern matches several objects.
         """
 
     def read(self, info: ObjectInfo) -> bytes:

@@ -13,7 +13,7 @@ from PIL import UnidentifiedImageError
 
 from fluxfill.bridge import exif_fallback, intake
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, ErrorCode, JobMessage, SessionField
-from fluxfill.bridge.errors import PermanentJobError
+from fluxfill.bridge.errors import AmbiguousObjectError, PermanentJobError
 from fluxfill.bridge.intake import Photo
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
 from fluxfill.bridge.ports import InpaintModel, ObjectStore
@@ -29,29 +29,37 @@ logger = structlog.get_logger(__name__)
 def uploaded_result(
     objects: ObjectStore, job: JobMessage, settings: BridgeSettings, parameters: ResolvedParameters
 ) -> dict[str, Any] | None:
-    """The session fields for results already in the bucket, or None when either is missing.
+    """The session fields for results an earlier attempt uploaded, or None when it uploaded no edited image.
 
-    Uploads are create-only and made under a current claim with the session's fixed seed, so results that
-    exist are this job's; an edited image that does not decode is not (its path is taken: PermanentJobError).
+    Uploads are create-only and made under a current claim with the session's fixed seed, so an edited image
+    that exists is this job's; its preview, when the attempt died before writing it, is made from it here (the
+    model does not run again: a rerun's preview would show the new run's image beside the kept one). An edited
+    image that does not decode, or two of them, take the result's path (PermanentJobError).
     """
     paths = result_paths(job, settings)  # edited: the template's `*`, any extension
-    edited = objects.find(paths["edited"])
+    try:
+        edited = objects.find(paths["edited"])
+    except AmbiguousObjectError as error:
+        raise PermanentJobError(
+            ErrorCode.RESULT_PATH_TAKEN,
+            f"{error}: which is the job's result cannot be told (results are written create-only and never "
+            "replace an object): delete them, then publish the job again",
+        ) from None
     if edited is None:
         return None
     try:
-        # A spliced JPEG carries its original's EXIF, which may break Pillow's reader as the original's did.
-        with exif_fallback.open_image(objects.read(edited)) as image:
-            width, height = image.size
-            kind = (image.format or "").lower()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        # Running the job again could not replace it (results are created, never overwritten).
+        kept = intake.read_photo(objects.read(edited), settings.max_image_pixels, "object")
+    except PermanentJobError as error:
         raise _taken(edited.path, error) from None
     if objects.find(paths["preview"]) is None:
-        return None  # made again: the edited image is kept as it is, the preview written
+        preview = intake.encode_preview(kept.pixels, PREVIEW_MAX_SIDE, kept.orientation, kept.preview_profile)
+        if not objects.create(paths["preview"], preview, "image/jpeg"):
+            _check_kept(objects, paths["preview"])  # another attempt's, written since
     seed = job.seed if job.seed is not None else default_seed(job)
     paths["edited"] = edited.path
+    height, width = kept.pixels.shape[:2]  # upright, as a run records them
     return {
-        SessionField.RESULT: {**_result(paths, (width, height), seed), "format": kind},
+        SessionField.RESULT: {**_result(paths, (width, height), seed), "format": kept.format.lower()},
         SessionField.TIMINGS: {},
         SessionField.MODEL: {**_parameters(job, parameters, seed), "recovered": True},
     }
@@ -118,7 +126,8 @@ def _check_kept(objects: ObjectStore, path: str) -> None:
 def _taken(path: str, error: Exception) -> PermanentJobError:
     return PermanentJobError(
         ErrorCode.RESULT_PATH_TAKEN,
-        f"{path} already holds an object that is not an image ({error}); results are written create-only "
+        f"{path} already holds an object that is not an image this service reads ({error}); results are "
+        "written create-only "
         "and never replace an object: delete it, then publish the job again",
     )
 

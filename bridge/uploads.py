@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import structlog
 
 from fluxfill.bridge.contract import ErrorCode
-from fluxfill.bridge.errors import JobCancelledError, PermanentJobError
+from fluxfill.bridge.errors import AmbiguousObjectError, JobCancelledError, PermanentJobError
 from fluxfill.bridge.ports import ObjectInfo, ObjectStore
 
 logger = structlog.get_logger(__name__)
@@ -40,7 +40,7 @@ class UploadWait:
 def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: UploadWait) -> ObjectInfo:
     """The original's or mask's metadata, to read it by; refused, unread, when over `max_bytes` or still
     missing when `wait` ends. Raises JobCancelledError when `wait.stop` is set while waiting."""
-    info = objects.find(pattern)
+    info = _find(objects, pattern, what)
     if info is None and wait.until > time.monotonic():
         info = _wait_for(objects, pattern, what, wait)
     if info is None:
@@ -68,6 +68,19 @@ def locate(objects: ObjectStore, pattern: str, what: str, max_bytes: int, wait: 
     return info
 
 
+def _find(objects: ObjectStore, pattern: str, what: str) -> ObjectInfo | None:
+    try:
+        return objects.find(pattern)
+    except AmbiguousObjectError as error:
+        # Two uploads of the photo, the second of another format (`original.jpg`, then `original.heic`): the
+        # bridge cannot tell which one the user meant, and editing either may edit the wrong one.
+        ambiguous = ErrorCode.ORIGINAL_AMBIGUOUS if what == "original" else ErrorCode.MASK_AMBIGUOUS
+        raise PermanentJobError(
+            ambiguous,
+            f"the {what} is ambiguous: {error}; delete all but the one to edit, then publish the job again",
+        ) from None
+
+
 def _wait_for(objects: ObjectStore, pattern: str, what: str, wait: UploadWait) -> ObjectInfo | None:
     started = time.monotonic()
     logger.info("waiting for an upload", what=what, pattern=pattern, for_s=round(wait.until - started, 1))
@@ -75,7 +88,7 @@ def _wait_for(objects: ObjectStore, pattern: str, what: str, wait: UploadWait) -
         if wait.stop.wait(min(UPLOAD_POLL_S, left)):
             wait.ended(what, "stopped")
             raise JobCancelledError(f"stopped while waiting for the {what} to be uploaded")
-        info = objects.find(pattern)
+        info = _find(objects, pattern, what)
         if info is not None:
             logger.info("the upload arrived", what=what, waited_s=round(time.monotonic() - started, 1))
             wait.ended(what, "arrived")

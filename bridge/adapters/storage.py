@@ -11,7 +11,7 @@ from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage.retry import DEFAULT_RETRY  # type: ignore[import-untyped]
 
 from fluxfill.bridge.contract import ErrorCode
-from fluxfill.bridge.errors import PermanentJobError, StorageTransientError
+from fluxfill.bridge.errors import AmbiguousObjectError, PermanentJobError, StorageTransientError
 from fluxfill.bridge.ports import ObjectInfo
 
 # Google's client gives a request that gets no answer (a half-open connection, a network that drops packets)
@@ -60,10 +60,7 @@ class CloudStorageObjects:
                 if "/" not in blob.name[len(prefix) :]
             ]
         if len(blobs) > 1:
-            names = ", ".join(blob.name for blob in blobs)
-            raise PermanentJobError(
-                ErrorCode.ORIGINAL_AMBIGUOUS, f"more than one object matches {pattern}: {names}"
-            )
+            raise AmbiguousObjectError(pattern, [blob.name for blob in blobs])
         return _info(blobs[0]) if blobs else None
 
     def read(self, info: ObjectInfo) -> bytes:

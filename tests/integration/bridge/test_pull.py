@@ -14,7 +14,7 @@ from PIL import Image
 
 from fluxfill.bridge import leases
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
-from fluxfill.bridge.errors import TritonUnavailableError
+from fluxfill.bridge.errors import AmbiguousObjectError, TritonUnavailableError
 from fluxfill.bridge.outcome import Delivery, Outcome
 from fluxfill.bridge.ports import InferenceResult
 from fluxfill.bridge.pull import PULL_WAIT_S
@@ -237,6 +237,18 @@ def test_an_original_stored_gzip_encoded_is_refused_unread_not_inflated(
     assert document["error"]["code"] == "unsupported_image_format"
     assert "stored with Content-Encoding: gzip" in document["error"]["message"]
     assert bridge.bridge.metrics.sample("fluxfill_bridge_downloaded_bytes_total") == 0
+
+
+def test_two_originals_in_cloud_storage_are_both_named_and_a_folder_beside_them_is_not(
+    jobs: JobSystem,
+) -> None:
+    user, session = jobs.new_job()
+    jobs.upload(user, session, "original.heic", b"the photo picked again")
+    jobs.upload(user, session, "original.heic/cover.png", b"an object in a folder: no match")
+    prefix = f"users/{user}/sessions/{session}"
+    with pytest.raises(AmbiguousObjectError) as caught:
+        CloudStorageObjects(jobs.storage_client, jobs.bucket).find(f"{prefix}/original.*")
+    assert caught.value.paths == [f"{prefix}/original.heic", f"{prefix}/original.png"]
 
 
 def test_missing_original_fails_with_original_missing_once_the_upload_grace_is_over(

@@ -18,9 +18,9 @@ from fluxfill.bridge import sessions, user_slots
 from fluxfill.bridge.context import CropGeometry
 from fluxfill.bridge.contract import ErrorCode, SessionField
 from fluxfill.bridge.errors import (
+    AmbiguousObjectError,
     JobCancelledError,
     JobDeadlineExceededError,
-    PermanentJobError,
     RetryableError,
     RetryCause,
     SessionRefusedError,
@@ -62,9 +62,12 @@ class FakeObjectStore:
         self.finds.append(pattern)
         if self.fail_with is not None:
             raise self.fail_with
-        matches = sorted(p for p in self.objects if fnmatch.fnmatchcase(p, pattern))
+        # As Cloud Storage lists a prefix: the final `*` stands for the rest of a name, never for a folder.
+        matches = sorted(
+            p for p in self.objects if fnmatch.fnmatchcase(p, pattern) and p.count("/") == pattern.count("/")
+        )
         if len(matches) > 1:
-            raise PermanentJobError(ErrorCode.ORIGINAL_AMBIGUOUS, f"several objects match {pattern}")
+            raise AmbiguousObjectError(pattern, matches)
         if not matches:
             return None
         return ObjectInfo(matches[0], len(self.objects[matches[0]]), 1)

@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -473,14 +474,75 @@ def _results_uploaded_then_crash(world: World) -> None:
     time.sleep(0.3)
 
 
-def test_uploaded_results_without_their_preview_are_made_again_and_the_preview_written() -> None:
+def _turned_jpeg_original(world: World) -> None:
+    """The world's photo as a phone stores it: 40 wide and 60 high, EXIF orientation 6 (upright 60 by 40)."""
+    photo = Image.open(io.BytesIO(world.objects.objects.pop(f"{PREFIX}/original.png"))).convert("RGB")
+    turned = Image.Exif()
+    turned[0x0112] = 6
+    world.objects.objects[f"{PREFIX}/original.jpg"] = encode(
+        photo.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=turned.tobytes()
+    )
+
+
+def test_recovered_results_of_a_turned_photo_record_its_upright_size() -> None:
+    """A run records the upright size; the recovery recorded the stored grid's (40 by 60)."""
     world = World(lease_s=0.2)
+    _turned_jpeg_original(world)
+    _results_uploaded_then_crash(world)
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
+    assert world.document["model"]["recovered"] is True
+    assert (world.document["result"]["width"], world.document["result"]["height"]) == (60, 40)
+
+
+def test_uploaded_results_without_their_preview_get_it_made_from_the_kept_image_without_running_again() -> (
+    None
+):
+    """The preview is made from the edited image the earlier attempt kept (the model ran again once, and the
+    preview showed the new run's image beside the kept one's: results of one seed, yet not one image)."""
+    world = World(lease_s=0.2)
+    _turned_jpeg_original(world)
+    _results_uploaded_then_crash(world)
+    first_preview = world.objects.objects.pop(PREVIEW)
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
+    assert len(world.model.calls) == 1, "the model ran again for an edited image already uploaded"
+    assert world.document["model"]["recovered"] is True
+    assert world.document["result"]["paths"] == {"edited": f"{PREFIX}/edited.jpg", "preview": PREVIEW}
+    assert (world.document["result"]["width"], world.document["result"]["height"]) == (60, 40), "upright"
+    made, first = (Image.open(io.BytesIO(data)) for data in (world.objects.objects[PREVIEW], first_preview))
+    assert (made.format, made.size) == ("JPEG", first.size) == ("JPEG", (60, 40))
+    made_pixels, first_pixels = (np.asarray(image, np.int16) for image in (made, first))
+    # A noise photo through JPEG twice: about 6 grey levels apart; turned by a half, about 70.
+    assert np.abs(made_pixels - first_pixels).mean() < 12, "the preview is not the kept image's, upright"
+
+
+def test_a_result_format_changed_between_attempts_keeps_the_one_edited_image() -> None:
+    """An edited JPEG kept without its preview, then `result_format` png: the rerun wrote an edited.png
+    beside it, and every later look for the job's results was refused as ambiguous."""
+    world = World(lease_s=0.2)
+    photo = Image.open(io.BytesIO(world.objects.objects.pop(f"{PREFIX}/original.png"))).convert("RGB")
+    world.objects.objects[f"{PREFIX}/original.jpg"] = encode(photo, "JPEG")
     _results_uploaded_then_crash(world)
     del world.objects.objects[PREVIEW]
-    assert world.deliver(seed=5).kind is OutcomeKind.DONE
-    assert len(world.model.calls) == 2, "not recorded as recovered: the preview was missing"
-    assert "recovered" not in world.document["model"]
-    assert Image.open(io.BytesIO(world.objects.objects[PREVIEW])).format == "JPEG"
+    as_png = world.another_bridge(lease_s=0.2, result_format="png")
+    assert world.deliver(seed=5, handler=as_png).kind is OutcomeKind.DONE
+    edited = [path for path in world.objects.objects if "/edited." in path]
+    assert edited == [f"{PREFIX}/edited.jpg"]
+    assert world.document["result"]["paths"]["edited"] == edited[0]
+    assert world.document["result"]["format"] == "jpeg"
+
+
+def test_two_edited_images_of_one_job_fail_it_naming_both() -> None:
+    """Two objects at the result's path (`edited.*`): which is the job's cannot be told. The refusal was the
+    original photo's code (`original_ambiguous`)."""
+    world = World(lease_s=0.2)
+    _results_uploaded_then_crash(world)
+    world.objects.objects[f"{PREFIX}/edited.jpg"] = encode(Image.new("RGB", (60, 40)), "JPEG")
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.FAILED
+    assert world.document["error"]["code"] == ErrorCode.RESULT_PATH_TAKEN
+    assert EDITED in world.document["error"]["message"]
+    assert f"{PREFIX}/edited.jpg" in world.document["error"]["message"]
+    assert len(world.model.calls) == 1
 
 
 def test_an_object_at_the_results_path_that_is_no_image_fails_the_job_saying_so() -> None:

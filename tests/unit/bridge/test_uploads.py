@@ -133,3 +133,30 @@ def test_an_original_refused_while_the_mask_is_awaited_is_told_without_waiting_f
     assert world.document["error"]["code"] == code.value
     stopped = {"what": "mask", "outcome": "stopped"}
     assert world.metrics.sample("fluxfill_bridge_upload_waits_total", stopped) == 1
+
+
+@pytest.mark.parametrize(
+    ("template", "second", "code"),
+    [
+        ("original_template", "original.heic", ErrorCode.ORIGINAL_AMBIGUOUS),
+        ("mask_template", "mask.webp", ErrorCode.MASK_AMBIGUOUS),
+    ],
+)
+def test_two_uploads_of_one_input_fail_the_job_naming_both(
+    template: str, second: str, code: ErrorCode
+) -> None:
+    """The photo picked again and uploaded in another format beside the first: which one the user meant
+    cannot be told. A mask's was told as the original's (`original_ambiguous`)."""
+    name = second.partition(".")[0]
+    world = World(**{template: f"users/{{userId}}/sessions/{{sessionId}}/{name}.*"})
+    first = ORIGINAL if template == "original_template" else MASK
+    world.objects.objects[f"{PREFIX}/{second}"] = world.objects.objects[first]
+    world.objects.objects[f"{PREFIX}/{second}/thumbnail.png"] = b"in a folder of its own: not a match"
+    outcome = world.deliver()
+    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, code)
+    message = world.document["error"]["message"]
+    assert first in message
+    assert f"{PREFIX}/{second}" in message
+    assert "delete all but the one to edit" in message
+    assert "thumbnail" not in message
+    assert world.model.calls == []
