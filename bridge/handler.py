@@ -240,6 +240,9 @@ class JobHandler:
             )
         except PermanentJobError as error:
             return self._end(claimed, Outcome(OutcomeKind.FAILED, error.code, str(error)))
+        except RetryableError as error:
+            # Released, as after a run's blip: the job's next delivery need not wait out the lease.
+            return self._give_back(claimed, cause_of(error), str(error))
         if uploaded is not None:
             # An earlier run uploaded the results and died before its final write: record them, run nothing.
             logger.info("results already uploaded by an earlier attempt; recording them")

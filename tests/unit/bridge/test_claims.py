@@ -16,6 +16,7 @@ from fluxfill.bridge.errors import (
     RetryCause,
     SessionRefusedError,
     SessionTransientError,
+    StorageTransientError,
     TritonUnavailableError,
 )
 from fluxfill.bridge.outcome import OutcomeKind
@@ -542,6 +543,21 @@ def test_two_edited_images_of_one_job_fail_it_naming_both() -> None:
     assert world.document["error"]["code"] == ErrorCode.RESULT_PATH_TAKEN
     assert EDITED in world.document["error"]["message"]
     assert f"{PREFIX}/edited.jpg" in world.document["error"]["message"]
+    assert len(world.model.calls) == 1
+
+
+def test_a_storage_blip_while_earlier_results_are_looked_for_gives_the_job_back_at_once() -> None:
+    """The claim is released, as for a blip during a run: it was held until its lease lapsed (a minute as
+    shipped), the job's next delivery bounced as busy meanwhile."""
+    world = World(lease_s=0.2)
+    _results_uploaded_then_crash(world)
+    world.objects.fail_with = StorageTransientError("503 from storage")
+    outcome = world.deliver(seed=5)
+    assert (outcome.kind, outcome.cause) == (OutcomeKind.RETRY, RetryCause.STORAGE)
+    assert world.document["status"] == "queued", "the claim was left to lapse"
+    assert world.document["error"]["cause"] == RetryCause.STORAGE
+    world.objects.fail_with = None
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
     assert len(world.model.calls) == 1
 
 
