@@ -17,11 +17,12 @@ from google.cloud.pubsub_v1.types import DeadLetterPolicy  # type: ignore[import
 from PIL import Image
 
 from fluxfill.bridge.bootstrap import Bridge, build_bridge
-from fluxfill.bridge.ports import InpaintModel
+from fluxfill.bridge.ports import InferenceRequest, InferenceResult, InpaintModel, RunControl
 from fluxfill.bridge.service import BridgeService
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client.local_emulators import LocalJobSystem
 from fluxfill.client.triton_binary import free_port
+from tests.unit.bridge.fakes import AlwaysReady
 
 PROJECT = "fluxfill-test"
 # The least Pub/Sub allows; the bridge's own max_delivery_attempts is set lower in the tests that need it.
@@ -175,6 +176,41 @@ class JobSystem(LocalJobSystem):
                 )
                 received.extend(m.message for m in response.received_messages)
         return received
+
+
+class GatedModel(AlwaysReady):
+    """Our InpaintModel port: a job whose prompt is held runs until released; the rest end at once.
+
+    Who runs when is then the test's to decide, whatever the machine's speed (the lanes and slots are the
+    bridge's; Triton's part is tested elsewhere)."""
+
+    name = "gated"
+    protocol = "fake"
+
+    def __init__(self, *held: str) -> None:
+        self._held = {prompt: threading.Event() for prompt in held}
+        self._lock = threading.Lock()
+        self.started: list[str] = []
+        self.running: set[str] = set()
+        self.overlaps: list[set[str]] = []
+
+    def release(self, prompt: str) -> None:
+        self._held[prompt].set()
+
+    def infer(self, request: InferenceRequest, *, on_progress: Any, control: RunControl) -> InferenceResult:
+        with self._lock:
+            self.started.append(request.prompt)
+            self.running.add(request.prompt)
+            self.overlaps.append(set(self.running))
+        try:
+            held = self._held.get(request.prompt)
+            if held is not None:
+                assert held.wait(30), f"{request.prompt} was never released"
+            on_progress(1, 1)
+            return InferenceResult(request.image, request.seed)
+        finally:
+            with self._lock:
+                self.running.discard(request.prompt)
 
 
 @dataclass

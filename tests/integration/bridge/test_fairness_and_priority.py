@@ -11,13 +11,20 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
+from fluxfill.bridge import deferral
 from fluxfill.bridge.adapters.firestore import FirestoreSessions
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
 from fluxfill.bridge.contract import DEFAULT_PARKED_JOBS_COLLECTION
 from fluxfill.bridge.errors import SessionTransientError
-from fluxfill.bridge.ports import ClaimKind, InferenceRequest, InferenceResult, JobRef, RunControl
-from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
-from tests.unit.bridge.fakes import AlwaysReady
+from fluxfill.bridge.ports import ClaimKind, JobRef
+from tests.integration.bridge.harness import (
+    PROJECT,
+    GatedModel,
+    JobSystem,
+    is_terminal,
+    running_bridge,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 SLOTS = "fluxfillUserSlots"
@@ -69,41 +76,6 @@ def test_the_per_user_count_holds_under_concurrent_bridges(jobs: JobSystem) -> N
         jobs.db, now=later, user_slots=FirestoreUserSlots(jobs.db, SLOTS, now=later)
     )
     assert claim_until_decided(later_bridge, waiting[0], 2) is ClaimKind.CLAIMED
-
-
-class GatedModel(AlwaysReady):
-    """Our InpaintModel port: a job whose prompt is held runs until released; the rest end at once.
-
-    Who runs when is then the test's to decide, whatever the machine's speed (the lanes and slots are the
-    bridge's; Triton's part is tested elsewhere)."""
-
-    name = "gated"
-    protocol = "fake"
-
-    def __init__(self, *held: str) -> None:
-        self._held = {prompt: threading.Event() for prompt in held}
-        self._lock = threading.Lock()
-        self.started: list[str] = []
-        self.running: set[str] = set()
-        self.overlaps: list[set[str]] = []
-
-    def release(self, prompt: str) -> None:
-        self._held[prompt].set()
-
-    def infer(self, request: InferenceRequest, *, on_progress: Any, control: RunControl) -> InferenceResult:
-        with self._lock:
-            self.started.append(request.prompt)
-            self.running.add(request.prompt)
-            self.overlaps.append(set(self.running))
-        try:
-            held = self._held.get(request.prompt)
-            if held is not None:
-                assert held.wait(30), f"{request.prompt} was never released"
-            on_progress(1, 1)
-            return InferenceResult(request.image, request.seed)
-        finally:
-            with self._lock:
-                self.running.discard(request.prompt)
 
 
 def publish(jobs: JobSystem, key: tuple[str, str], topic: str | None = None, **fields: Any) -> None:
@@ -193,3 +165,38 @@ def test_a_busy_bridge_pulls_nothing_it_has_no_slot_for(jobs: JobSystem) -> None
             assert sorted(idle_model.started) == sorted(session for _, session in others)
             busy_model.release(held[1])
             assert jobs.wait_for(*held, is_terminal)["owner"] == "a"
+
+
+def test_a_job_of_a_user_found_at_the_limit_is_parked_without_waiting_for_a_slot(
+    jobs: JobSystem, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both slots busy, a lane's one message beyond them waits at the slot gate: a job of a user found at the
+    limit a moment ago (the hint) is parked at once, leaving that place to a job that can run."""
+    monkeypatch.setattr(deferral, "AT_LIMIT_HINT_S", 60.0)  # the moment: as long as the test needs
+    user = f"u{uuid.uuid4().hex[:8]}"
+    first, second, third = (jobs.new_job(user=user) for _ in range(3))
+    other = jobs.new_job()
+    model = GatedModel(first[1], other[1])
+    settings = jobs.settings(
+        "127.0.0.1:1",
+        urgent_subscription=jobs.urgent_subscription_id,
+        max_concurrent_jobs=2,
+        max_jobs_in_flight_per_user=1,
+        topic=jobs.topic_id,
+        user_slots_collection=SLOTS,
+    )
+    with running_bridge(settings, model) as bridge:
+        publish(jobs, first)
+        wait_until(lambda: model.started == [first[1]])
+        publish(jobs, second)  # the second slot's claim finds the user at the limit: parked, the hint noted
+        wait_until(lambda: bridge.counted("defer") == 1)
+        publish(jobs, other)
+        wait_until(lambda: model.running == {first[1], other[1]})
+        publish(jobs, third)
+        wait_until(lambda: bridge.counted("defer") == 2)
+        assert model.running == {first[1], other[1]}
+        for key in (first, other):
+            model.release(key[1])
+        for key in (first, second, third, other):
+            assert jobs.wait_for(*key, is_terminal)["status"] == "done"
+    assert all(jobs.session(*key)["attempt"] == 1 for key in (first, second, third)), "parking spent none"

@@ -21,6 +21,7 @@ from fluxfill.bridge.pull import PULL_WAIT_S
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import (
     POLICY_ATTEMPTS,
+    GatedModel,
     JobSystem,
     TcpProxy,
     box_mask,
@@ -428,6 +429,55 @@ def test_a_job_given_back_on_its_last_deliveries_is_carried_over_not_dead_letter
         document = jobs.wait_for(user, session, is_terminal, timeout_s=60)
         assert jobs.dead_letters(expected=1, timeout_s=3) == [], "Pub/Sub dead-lettered the job"
     assert (document["status"], document["messageId"], document["attempt"]) == ("done", first, 1)
+
+
+def test_a_job_waiting_for_a_slot_on_its_last_deliveries_is_carried_over_when_the_bridge_stops(
+    jobs: JobSystem,
+) -> None:
+    """Held, not yet running, when the bridge stops (a deploy): given back on the subscription's last
+    delivery, Pub/Sub would dead-letter it unclaimed; it is published anew instead."""
+    user, session = jobs.new_job()
+    job = {"userId": user, "sessionId": session}
+    jobs.publish(job)
+    for _ in range(POLICY_ATTEMPTS - 2):  # deliveries spent elsewhere: given back each time
+        (received,) = jobs.subscriber.pull(
+            subscription=jobs.subscription, max_messages=1, timeout=10
+        ).received_messages
+        jobs.subscriber.modify_ack_deadline(
+            subscription=jobs.subscription, ack_ids=[received.ack_id], ack_deadline_seconds=0
+        )
+    (last,) = jobs.subscriber.pull(
+        subscription=jobs.subscription, max_messages=1, timeout=10
+    ).received_messages
+    running = jobs.new_job()
+    model = GatedModel(running[1])
+    settings = jobs.settings(
+        "127.0.0.1:1",
+        urgent_subscription=jobs.urgent_subscription_id,  # a lane's one message beyond the slot then waits
+        max_concurrent_jobs=1,
+        topic=jobs.topic_id,
+        subscription_max_delivery_attempts=POLICY_ATTEMPTS,
+    )
+    with running_bridge(settings, model) as bridge:
+        jobs.publish({"userId": running[0], "sessionId": running[1], "prompt": running[1]})
+        wait_until(lambda: model.started == [running[1]])
+        jobs.subscriber.modify_ack_deadline(  # its last delivery goes to the bridge
+            subscription=jobs.subscription, ack_ids=[last.ack_id], ack_deadline_seconds=0
+        )
+        metrics = bridge.bridge.metrics
+        wait_until(lambda: metrics.sample("fluxfill_bridge_jobs_waiting", {"lane": "bulk"}) == 1)
+        bridge.service.request_stop()
+        model.release(running[1])
+        bridge.stop()
+        carried = metrics.sample("fluxfill_bridge_carried_over_total", {"why": "stopping"})
+    assert carried == 1
+    (copy,) = jobs.pull_now()
+    assert (json.loads(copy.data), copy.attributes["fluxfillOriginalMessageId"]) == (
+        job,
+        last.message.message_id,
+    )
+    assert jobs.dead_letters(expected=1, timeout_s=3) == []
+    assert jobs.session(user, session)["status"] == "queued", "never claimed"
 
 
 class FailingInference(AlwaysReady):
