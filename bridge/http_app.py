@@ -12,9 +12,9 @@ its session left `queued` (an 8-job burst at a one-slot bridge did that to 3 job
 that finds the model not ready (Triton restarting, reloading its weights) waits for it within the same
 `push_slot_wait_s`, for the same reason: answered 503 at once, Pub/Sub's retries (10 s doubling to 600 s, as
 deployed) spent about 6 of a message's 10 attempts (as first deployed) in the minutes a reload takes. A bridge
-that is stopping answers 503 at once. A push refused on one of the last deliveries its subscription allows is
-carried over to a new message instead (fluxfill.bridge.carry_over), so that no wait, however long, has Pub/Sub
-dead-letter it.
+that is stopping answers 503 at once (a push waiting then too). A push refused on one of the last deliveries
+its subscription allows, a stopping bridge's included, is carried over to a new message instead
+(fluxfill.bridge.carry_over), so that no wait, however long, has Pub/Sub dead-letter it.
 """
 
 import base64
@@ -168,8 +168,8 @@ class HttpEntryPoint:
             return PlainTextResponse("retry later", status_code=503)
 
     async def _push(self, request: Request) -> Response:
-        if self._bridge.readiness.stopping.is_set():
-            return PlainTextResponse("not ready", status_code=503)
+        # A stopping bridge reads the push too: its refusal ("stopping", from _take_slot) is carried over on
+        # the message's last deliveries like any other's (answered 503 unread, Pub/Sub dead-lettered it).
         refusal = await run_in_threadpool(self._authenticate, request.headers.get("authorization"))
         if refusal is not None:
             return refusal

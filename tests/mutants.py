@@ -34,6 +34,12 @@ PYTEST_OPTIONS = ("-q", "-x", "-n", "2", "-p", "no:cacheprovider")
 PULL_TESTS = ("tests/integration/bridge/test_pull.py",)
 LEASE_TESTS = ("tests/integration/bridge/test_leases.py", "tests/integration/bridge/test_pull.py")
 FAIRNESS_TESTS = ("tests/integration/bridge/test_fairness_and_priority.py",)
+# The Firestore adapters' compare-and-set and the user slots, on the emulator.
+STORE_TESTS = (
+    "tests/integration/bridge/test_compare_and_set.py",
+    "tests/integration/bridge/test_exactly_once.py",
+    "tests/integration/bridge/test_fairness_and_priority.py",
+)
 PUSH_TESTS = ("tests/unit/bridge/test_entry_points.py", "tests/integration/bridge/test_push.py")
 
 
@@ -348,9 +354,6 @@ MUTANTS = [
     Mutant("a held job given back on its last delivery at the stop", "bridge/pull.py",
            "carry_over.instead_of_giving_back(delivery, \"stopping\")", "False", tests=PULL_TESTS),
     # push (the HTTP entry point Cloud Run delivers to: the emulator's push subscriptions)
-    Mutant("a stopping bridge taking pushes", "bridge/http_app.py",
-           "        if self._bridge.readiness.stopping.is_set():\n            return PlainTextResponse(",
-           "        if False:\n            return PlainTextResponse(", tests=PUSH_TESTS),
     Mutant("a push whose token is refused run", "bridge/http_app.py",
            "        if refusal is not None:\n            return refusal\n", "", tests=PUSH_TESTS),
     Mutant("certificates unavailable taken as a valid token", "bridge/http_app.py",
@@ -391,6 +394,30 @@ MUTANTS = [
     Mutant("a bug in the push answered 500", "bridge/http_app.py",
            "            return PlainTextResponse(\"retry later\", status_code=503)",
            "            return PlainTextResponse(\"retry later\", status_code=500)", tests=PUSH_TESTS),
+    # compare-and-set on Firestore (the adapters: the emulator's tests)
+    Mutant("a write without its read's precondition", "bridge/adapters/compare_and_set.py",
+           "reference.update(written, option=option, **bounded", "reference.update(written, **bounded",
+           tests=STORE_TESTS),
+    Mutant("a missing document set, not created", "bridge/adapters/compare_and_set.py",
+           "result = reference.create(written,", "result = reference.set(written,", tests=STORE_TESTS),
+    Mutant("an answer without a write given from memory", "bridge/adapters/compare_and_set.py",
+           "                if not read:  # nothing written", "                if False:  # nothing written",
+           tests=STORE_TESTS),
+    Mutant("a lost round retried from the same known document", "bridge/adapters/compare_and_set.py",
+           "                known = None  # another writer came first: read again",
+           "                pass", tests=STORE_TESTS),
+    Mutant("a write onto a deleted document not a lost round", "bridge/adapters/compare_and_set.py",
+           "_LOST_RACE = (api.FailedPrecondition, api.Conflict, api.NotFound)",
+           "_LOST_RACE = (api.FailedPrecondition, api.Conflict)", tests=STORE_TESTS),
+    Mutant("a refused claim's user slot kept", "bridge/adapters/firestore.py",
+           "            if slots is not None and not claimed:\n", "            if False:\n",
+           tests=STORE_TESTS),
+    Mutant("a claim check's document remembered though not held", "bridge/adapters/firestore.py",
+           "Known(document, snapshot.update_time) if held else None)",
+           "Known(document, snapshot.update_time))", tests=STORE_TESTS),
+    Mutant("a finished job's user slot kept", "bridge/adapters/firestore.py",
+           "            self._free_slot(job, claim_id)\n\n    def _free", "\n    def _free",
+           tests=STORE_TESTS),
     # leases
     Mutant("a pulled message not extended at once", "bridge/leases.py",
            "        self._extend(subscription, ack_ids)\n        return held",

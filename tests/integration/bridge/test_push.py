@@ -2,8 +2,10 @@
 
 import base64
 import json
+import socket
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -12,7 +14,7 @@ import httpx
 import pytest
 
 from chaos.router import running_router
-from fluxfill.bridge.http_app import MAX_PUSHES_WAITING
+from fluxfill.bridge.http_app import MAX_PUSH_BODY_BYTES, MAX_PUSHES_WAITING
 from fluxfill.bridge.oidc import (
     FAILURE_BACKOFF_S,
     REFETCH_INTERVAL_S,
@@ -20,8 +22,10 @@ from fluxfill.bridge.oidc import (
     PushAuthError,
     PushTokenVerifier,
 )
+from fluxfill.bridge.outcome import Delivery, Outcome
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client.local_server import LocalTritonServer
+from fluxfill.client.triton_binary import free_port
 from tests.integration.bridge.harness import (
     POLICY_ATTEMPTS,
     JobSystem,
@@ -165,6 +169,44 @@ def test_a_push_waiting_for_a_slot_when_the_bridge_stops_is_given_back_at_once(
     assert jobs.session(*waiting)["status"] == "queued"
 
 
+def test_a_push_coming_while_the_bridge_stops_is_carried_over_on_its_last_deliveries(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """The platform may still route a push to a bridge that is draining. Refused there on one of its
+    subscription's last deliveries, it would be dead-lettered by Pub/Sub, never claimed: it is published anew,
+    as every other refusal is (it was answered 503 before its envelope was read)."""
+    settings = one_slot_push_settings(
+        jobs,
+        flux_server,
+        upload_grace_s=30,
+        shutdown_grace_s=6,
+        topic=jobs.topic_id,
+        subscription_max_delivery_attempts=POLICY_ATTEMPTS,
+    )
+    on_its_last, early = jobs.new_job(), jobs.new_job()
+
+    def push(url: str, key: tuple[str, str], attempt: int) -> httpx.Response:
+        body = job_envelope(*key, f"p-{key[1]}")
+        body["deliveryAttempt"] = attempt
+        return httpx.post(f"{url}/push", json=body, timeout=30)
+
+    with running_bridge(settings) as bridge, ThreadPoolExecutor(max_workers=1) as pool:
+        held = push_holding_the_slot(jobs, bridge.url, pool)  # the drain waits for it
+        bridge.service.request_stop()
+        answers = {
+            "last": push(bridge.url, on_its_last, POLICY_ATTEMPTS),
+            "early": push(bridge.url, early, 1),
+        }
+        bridge.stop(timeout_s=30)
+        held.result()
+    assert answers["last"].status_code == 204
+    assert (answers["early"].status_code, answers["early"].text) == (503, "stopping")
+    (copy,) = jobs.pull_now()
+    assert json.loads(copy.data) == {"userId": on_its_last[0], "sessionId": on_its_last[1]}
+    assert copy.attributes["fluxfillOriginalMessageId"] == f"p-{on_its_last[1]}"
+    assert [jobs.session(*key)["status"] for key in (on_its_last, early)] == ["queued", "queued"]
+
+
 def test_a_message_pushed_again_is_dead_lettered_once(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
@@ -240,6 +282,70 @@ def test_push_tokens_are_verified(
         "unverified email": 403,
     }
     assert accepted == 204
+    assert jobs.session(user, session)["status"] == "done"
+
+
+def test_a_push_whose_token_cannot_be_checked_is_given_back_not_run(
+    jobs: JobSystem, flux_server: LocalTritonServer, google_key: SigningKey
+) -> None:
+    """Google's certificates out of reach: the token can be neither trusted nor refused (a 401 would spend
+    the message's delivery attempts on our outage); 503, and Pub/Sub pushes it again later."""
+    user, session = jobs.new_job()
+    unreachable = f"http://127.0.0.1:{free_port()}/certs"
+    with running_bridge(verified_push_settings(jobs, flux_server.grpc_url, unreachable)) as bridge:
+        answer = httpx.post(
+            f"{bridge.url}/push",
+            json=job_envelope(user, session, "p-1"),
+            headers={"Authorization": f"Bearer {google_key.token()}"},
+            timeout=30,
+        )
+    assert (answer.status_code, answer.text) == (503, "cannot verify tokens now")
+    assert jobs.session(user, session)["status"] == "queued"
+    assert bridge.counted("done") == 0
+
+
+def test_a_body_over_the_limit_is_refused_whether_its_length_is_declared_or_not(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """413 from the Content-Length alone, before a byte of the body is sent; and a chunked body, which
+    declares no length, once it passes the limit, not read whole first."""
+    settings = jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)
+    with running_bridge(settings) as bridge:
+        with socket.create_connection(("127.0.0.1", bridge.service.http_port), timeout=10) as connection:
+            connection.sendall(
+                b"POST /push HTTP/1.1\r\nHost: bridge\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {MAX_PUSH_BODY_BYTES + 1}\r\n\r\n".encode()
+            )
+            declared = connection.recv(1024)  # the body never comes
+
+        def forty_megabytes() -> Iterator[bytes]:
+            for _ in range(40):
+                yield b" " * 1_000_000
+
+        streamed = httpx.post(f"{bridge.url}/push", content=forty_megabytes(), timeout=60)
+    assert declared.startswith(b"HTTP/1.1 413"), declared
+    assert streamed.status_code == 413
+    assert "over the limit" in streamed.text
+
+
+def test_a_bug_in_the_push_is_answered_503_and_the_job_runs_when_pushed_again(
+    jobs: JobSystem, flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Never a 500: Pub/Sub reads it as a refusal too, but the platform counts it as the bridge's error and a
+    load balancer may take the instance for broken."""
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)) as bridge:
+        handler = bridge.bridge.handler
+        handle = handler.handle
+
+        def a_bug_the_first_time(delivery: Delivery) -> Outcome:
+            monkeypatch.setattr(handler, "handle", handle)
+            raise RuntimeError("a bug in the handler")
+
+        monkeypatch.setattr(handler, "handle", a_bug_the_first_time)
+        first, again = (push_job(bridge.url, user, session) for _ in range(2))
+    assert (first.status_code, first.text) == (503, "retry later")
+    assert again.status_code == 204
     assert jobs.session(user, session)["status"] == "done"
 
 
@@ -335,6 +441,21 @@ def test_a_push_beyond_those_a_bridge_lets_wait_is_refused_at_once_saying_why(
         proxy.down()
     expected = (429, "busy") if triton_up else (503, "not ready")
     assert (refused.status_code, refused.text) == expected
+
+
+def test_pushes_one_after_another_beyond_those_let_wait_at_once_are_each_taken(
+    jobs: JobSystem, flux_server: LocalTritonServer
+) -> None:
+    """Each push taken counts down the pushes waiting: a count that only went up refused every push after the
+    bridge's sixteenth as busy, for good (copies of a finished job's message here: each answered 204)."""
+    user, session = f"u{uuid.uuid4().hex[:8]}", "s-done"
+    jobs.document(user, session).set({"status": "done"})
+    with running_bridge(jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)) as bridge:
+        wait_until(lambda: bridge.bridge.readiness.ready)
+        statuses = [push_job(bridge.url, user, session).status_code for _ in range(MAX_PUSHES_WAITING + 4)]
+        assert bridge.service.http.pushes_waiting == 0
+    assert statuses == [204] * (MAX_PUSHES_WAITING + 4)
+    assert bridge.counted("duplicate") == MAX_PUSHES_WAITING + 4
 
 
 def test_a_push_refused_on_its_last_deliveries_is_carried_over_and_runs_once_the_model_is_back(
