@@ -6,7 +6,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -73,6 +73,30 @@ def test_a_write_between_the_read_and_the_write_makes_the_change_read_again(jobs
     assert [dict(document or {}).get("claimId") for document in seen] == ["c1", "c2"]
     assert answer == "c2", "the answer comes from the document the write was decided on"
     assert reference.get().to_dict() == {"status": "done", "claimId": "c2", "note": "app"}
+
+
+def test_a_document_deleted_between_the_read_and_the_write_is_decided_again_as_missing(
+    jobs: JobSystem,
+) -> None:
+    """The app deletes the session while a change decides: the write's precondition fails (the emulator says
+    FailedPrecondition; a NotFound is taken alike), a lost round like any other; decided again on no
+    document, nothing is written."""
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"status": "processing", "claimId": "c1"})
+    seen: list[Mapping[str, Any] | None] = []
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[bool, dict[str, Any] | None]:
+        seen.append(document)
+        if document is None:
+            return False, None
+        reference.delete()  # after our read
+        return True, {"status": "done"}
+
+    answer, after = compare_and_set(jobs.db, path, "finish", decide, datetime.now)
+    assert (answer, after.fields) == (False, None)
+    assert [document is None for document in seen] == [False, True]
+    assert not reference.get().exists, "a session the app deleted stays deleted"
 
 
 def test_a_missing_document_is_created_only_if_still_missing(jobs: JobSystem) -> None:
@@ -251,6 +275,26 @@ def test_freeing_a_slot_keeps_the_slot_another_bridge_took_since(jobs: JobSystem
     assert set(claims) == {"c2"}
     second.give_back(user, "c2")
     assert first.running(user) == 0
+
+
+@pytest.mark.parametrize("status", ["done", "processing"])
+def test_a_claim_refused_by_its_session_gives_its_users_slot_back(jobs: JobSystem, status: str) -> None:
+    """The slot is taken first, then the session claimed: a session already ended (a copy of its message) or
+    running elsewhere must not keep the slot, or the user's next job waits until it lapses."""
+    store = FirestoreSessions(jobs.db, user_slots=FirestoreUserSlots(jobs.db, "fluxfillUserSlots"))
+    user = f"u{uuid.uuid4().hex[:8]}"
+    ended, next_job = f"users/{user}/sessions/ended", f"users/{user}/sessions/next"
+    later = datetime.now(UTC) + timedelta(minutes=5)
+    jobs.db.document(ended).set({"status": status, "claimId": "elsewhere", "leaseExpiresAt": later})
+    jobs.db.document(next_job).set({"status": "queued"})
+
+    def claim(path: str, claim_id: str) -> ClaimKind:
+        job = JobRef(path, f"m-{claim_id}", user)
+        return store.claim(job, claim_id=claim_id, owner="b", lease_s=30, max_attempts=3, max_per_user=1).kind
+
+    refused = ClaimKind.FINISHED if status == "done" else ClaimKind.BUSY
+    assert claim(ended, "c1") is refused
+    assert claim(next_job, "c2") is ClaimKind.CLAIMED, "the refused claim kept the user's one slot"
 
 
 def test_a_change_from_a_document_known_before_the_app_filled_it_is_decided_again_not_refused(
