@@ -127,8 +127,7 @@ def _taken(path: str, error: Exception) -> PermanentJobError:
     return PermanentJobError(
         ErrorCode.RESULT_PATH_TAKEN,
         f"{path} already holds an object that is not an image this service reads ({error}); results are "
-        "written create-only "
-        "and never replace an object: delete it, then publish the job again",
+        "written create-only and never replace an object: delete it, then publish the job again",
     )
 
 

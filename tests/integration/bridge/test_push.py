@@ -331,8 +331,8 @@ def test_a_body_over_the_limit_is_refused_whether_its_length_is_declared_or_not(
 def test_a_bug_in_the_push_is_answered_503_and_the_job_runs_when_pushed_again(
     jobs: JobSystem, flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Never a 500: Pub/Sub reads it as a refusal too, but the platform counts it as the bridge's error and a
-    load balancer may take the instance for broken."""
+    """Every answer is one of the decisions the module lists, a bug's "retry later" 503 included, never a 500
+    (Starlette's answer to an exception that escapes); the message comes back and its job runs."""
     user, session = jobs.new_job()
     with running_bridge(jobs.settings(flux_server.grpc_url, mode="push", push_auth=False)) as bridge:
         handler = bridge.bridge.handler
