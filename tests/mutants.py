@@ -42,6 +42,14 @@ STORE_TESTS = (
     "tests/integration/bridge/test_exactly_once.py",
     "tests/integration/bridge/test_fairness_and_priority.py",
 )
+PARKING_TESTS = (
+    "tests/integration/bridge/test_parking.py",
+    "tests/integration/bridge/test_fairness_and_priority.py",
+)
+LEDGER_TESTS = (
+    "tests/integration/bridge/test_push.py",
+    "tests/integration/bridge/test_unanswered_services.py",
+)
 PUSH_TESTS = ("tests/unit/bridge/test_entry_points.py", "tests/integration/bridge/test_push.py")
 
 
@@ -414,6 +422,35 @@ MUTANTS = [
     Mutant("a finished job's user slot kept", "bridge/adapters/firestore.py",
            "            self._free_slot(job, claim_id)\n\n    def _free", "\n    def _free",
            tests=STORE_TESTS),
+    # parked jobs in Firestore (the adapter: the emulator's tests)
+    Mutant("a parked job released without its version's precondition", "bridge/adapters/parking_store.py",
+           "                    option=self._client.write_option(last_update_time=job.version),\n", "",
+           tests=PARKING_TESTS),
+    Mutant("a job parked again deleted with its release", "bridge/adapters/parking_store.py",
+           "option=self._client.write_option(last_update_time=marked.update_time), **bounded()",
+           "**bounded()", tests=PARKING_TESTS),
+    Mutant("a parked job under another's release taken again", "bridge/adapters/parking_store.py",
+           "            if isinstance(marked, datetime) and marked > stale:", "            if False:",
+           tests=PARKING_TESTS),
+    Mutant("a release that died half-way never released again", "bridge/adapters/parking_store.py",
+           "            if isinstance(marked, datetime) and marked > stale:",
+           "            if isinstance(marked, datetime):", tests=PARKING_TESTS),
+    Mutant("a failed publish leaves the parked job marked", "bridge/adapters/parking_store.py",
+           "            self._unmark(reference, marked.update_time)\n", "", tests=PARKING_TESTS),
+    Mutant("a user's parked jobs in the order they were parked", "bridge/adapters/parking_store.py",
+           "order_by(\"firstPublished\")", "order_by(\"parkedAt\")", tests=PARKING_TESTS),
+    Mutant("a parked job's first publish forgotten", "bridge/adapters/parking_store.py",
+           "\"firstPublished\": job.first_published or now,", "\"firstPublished\": now,",
+           tests=PARKING_TESTS),
+    Mutant("no parked documents read beyond those asked for", "bridge/adapters/parking_store.py",
+           "SCAN_EXTRA = 8", "SCAN_EXTRA = 0", tests=PARKING_TESTS),
+    # the dead-letter ledger in Firestore: one dead letter per message
+    Mutant("a dead letter never recorded", "bridge/adapters/firestore.py",
+           "            self._collection.document(message_id).set(entry, **bounded())", "            pass",
+           tests=LEDGER_TESTS),
+    Mutant("a recorded dead letter never found", "bridge/adapters/firestore.py",
+           "            return bool(self._collection.document(message_id).get(**bounded()).exists)",
+           "            return False", tests=LEDGER_TESTS),
     # leases
     Mutant("a pulled message not extended at once", "bridge/leases.py",
            "        self._extend(subscription, ack_ids)\n        return held",

@@ -4,6 +4,7 @@ sweep running the parked jobs of a user whose slots lapsed."""
 
 import json
 import threading
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,8 +14,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from fluxfill.bridge.adapters.parking_store import RELEASE_RETRY_S, FirestoreParkingLot
-from fluxfill.bridge.adapters.pubsub import PubSubRequeue
+from fluxfill.bridge.adapters.pubsub import PubSubRequeue, RequeuePublishError
 from fluxfill.bridge.contract import BULK_LANE, DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE, parse_job
+from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.parking import parked
 from fluxfill.bridge.ports import InferenceResult, ParkedJob
@@ -155,3 +157,44 @@ class InstantModel(AlwaysReady):
     def infer(self, request: Any, *, on_progress: Any, control: Any) -> Any:
         on_progress(1, 1)
         return InferenceResult(request.image, request.seed)
+
+
+class PublishingFailsOnce:
+    """Our Requeue port: Pub/Sub away for the first publish, then `then`'s."""
+
+    def __init__(self, then: PubSubRequeue) -> None:
+        self._then = then
+        self.calls = 0
+
+    def publish(self, data: bytes, attributes: Mapping[str, str], lane: str) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RequeuePublishError("cannot publish the job again: pub/sub unavailable")
+        self._then.publish(data, attributes, lane)
+
+
+def test_a_release_whose_publish_failed_leaves_the_job_ready_for_the_next_release(jobs: JobSystem) -> None:
+    """Unmarked at once: left marked, the job would wait out RELEASE_RETRY_S (a minute) before any bridge
+    released it again, its user's free slot idle meanwhile."""
+    user = f"u{uuid.uuid4().hex[:8]}"
+    lot = FirestoreParkingLot(
+        jobs.db, PARKED, PublishingFailsOnce(PubSubRequeue(jobs.publisher, {BULK_LANE: jobs.topic}))
+    )
+    lot.park(job(user, "s1"))
+    [seen] = lot.oldest(user, 1)
+    with pytest.raises(RetryableError, match="pub/sub unavailable"):
+        lot.release(seen)
+    [again] = lot.oldest(user, 1)
+    assert lot.release(again) is True
+    assert sessions_published(jobs) == ["s1"]
+
+
+def test_jobs_under_other_bridges_releases_do_not_hide_the_next_one(jobs: JobSystem) -> None:
+    """The oldest jobs being released elsewhere (marked) are passed over; the next is found behind them."""
+    user = f"u{uuid.uuid4().hex[:8]}"
+    lot = lot_of(jobs)
+    for index in range(4):
+        lot.park(job(user, f"s{index}", index))
+    for index in range(3):
+        jobs.db.document(f"{PARKED}/{user}/jobs/s{index}").update({"releasing": datetime.now(UTC)})
+    assert [parked.session for parked in lot.oldest(user, 1)] == ["s3"]
