@@ -51,6 +51,11 @@ LEDGER_TESTS = (
     "tests/integration/bridge/test_push.py",
     "tests/integration/bridge/test_unanswered_services.py",
 )
+PUBSUB_TESTS = (
+    "tests/unit/bridge/test_pubsub_limits.py",
+    "tests/integration/bridge/test_exactly_once.py",
+    "tests/integration/bridge/test_parking.py",
+)
 PUSH_TESTS = ("tests/unit/bridge/test_entry_points.py", "tests/integration/bridge/test_push.py")
 
 
@@ -452,6 +457,30 @@ MUTANTS = [
     Mutant("a recorded dead letter never found", "bridge/adapters/firestore.py",
            "            return bool(self._collection.document(message_id).get(**bounded()).exists)",
            "            return False", tests=LEDGER_TESTS),
+    # what the bridge publishes itself: dead letters and jobs published again, within Pub/Sub's limits
+    Mutant("a payload over Pub/Sub's limit dead-lettered whole", "bridge/adapters/pubsub.py",
+           "    if len(data) > MAX_DATA_BYTES:", "    if False:", tests=PUBSUB_TESTS),
+    Mutant("a dead letter's reason not cut to a value's limit", "bridge/adapters/pubsub.py",
+           "_utf8_prefix(reason, MAX_VALUE_BYTES)", "reason", tests=PUBSUB_TESTS),
+    Mutant("an attribute value not cut to the limit", "bridge/adapters/pubsub.py",
+           "        kept[key] = _utf8_prefix(value, MAX_VALUE_BYTES)", "        kept[key] = value",
+           tests=PUBSUB_TESTS),
+    Mutant("attributes beyond Pub/Sub's count kept", "bridge/adapters/pubsub.py",
+           "        if len(kept) >= MAX_ATTRIBUTES - len(ours) - 1:",
+           "        if len(kept) >= MAX_ATTRIBUTES:", tests=PUBSUB_TESTS),
+    Mutant("Pub/Sub's reserved attributes kept", "bridge/adapters/pubsub.py",
+           " or key.startswith(\"goog\")", "", tests=PUBSUB_TESTS),
+    Mutant("a key over Pub/Sub's limit kept", "bridge/adapters/pubsub.py",
+           "not 0 < len(key.encode()) <= MAX_KEY_BYTES", "not 0 < len(key.encode())", tests=PUBSUB_TESTS),
+    Mutant("a job published again, the bridge's attributes not kept", "bridge/adapters/pubsub.py",
+           "        ours = {key: attributes[key] for key in KEPT_ATTRIBUTES if key in attributes}",
+           "        ours: dict[str, str] = {}", tests=PUBSUB_TESTS),
+    Mutant("an urgent job without an urgent topic not published", "bridge/adapters/pubsub.py",
+           "        topic = self.topic_paths.get(lane) or self.topic_paths[BULK_LANE]",
+           "        topic = self.topic_paths[lane]", tests=PUBSUB_TESTS),
+    Mutant("a dead letter's failed publish escaping as a bug", "bridge/adapters/pubsub.py",
+           "raise DeadLetterPublishError(f\"cannot publish to {self.topic_path}: {error}\") from None",
+           "raise", tests=PUBSUB_TESTS),
     # leases
     Mutant("a pulled message not extended at once", "bridge/leases.py",
            "        self._extend(subscription, ack_ids)\n        return held",
