@@ -14,8 +14,14 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import firestore
 
 from fluxfill.bridge.adapters.parking_store import RELEASE_RETRY_S, FirestoreParkingLot
-from fluxfill.bridge.adapters.pubsub import PubSubRequeue, RequeuePublishError
-from fluxfill.bridge.contract import BULK_LANE, DEFERRALS_ATTRIBUTE, FIRST_PUBLISHED_ATTRIBUTE, parse_job
+from fluxfill.bridge.adapters.pubsub import MAX_ATTRIBUTES, PubSubRequeue, RequeuePublishError
+from fluxfill.bridge.contract import (
+    BULK_LANE,
+    DEFERRALS_ATTRIBUTE,
+    FIRST_PUBLISHED_ATTRIBUTE,
+    URGENT_LANE,
+    parse_job,
+)
 from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.parking import parked
@@ -198,3 +204,17 @@ def test_jobs_under_other_bridges_releases_do_not_hide_the_next_one(jobs: JobSys
     for index in range(3):
         jobs.db.document(f"{PARKED}/{user}/jobs/s{index}").update({"releasing": datetime.now(UTC)})
     assert [parked.session for parked in lot.oldest(user, 1)] == ["s3"]
+
+
+def test_a_job_published_again_keeps_the_bridges_attributes_and_goes_to_bulk_without_an_urgent_topic(
+    jobs: JobSystem,
+) -> None:
+    """Released or carried over: an urgent job where no urgent topic is set goes to the bulk topic; beside as
+    many of the app's attributes as Pub/Sub allows, the bridge's own are the ones kept."""
+    requeue = PubSubRequeue(jobs.publisher, {BULK_LANE: jobs.topic})
+    apps = {f"a{index:03d}": "x" for index in range(MAX_ATTRIBUTES)}
+    ours = {DEFERRALS_ATTRIBUTE: "3", FIRST_PUBLISHED_ATTRIBUTE: START.isoformat()}
+    requeue.publish(json.dumps({"userId": "u1", "sessionId": "s1"}).encode(), {**apps, **ours}, URGENT_LANE)
+    [message] = jobs.pull_now()
+    assert {key: message.attributes[key] for key in ours} == ours
+    assert len(message.attributes) <= MAX_ATTRIBUTES

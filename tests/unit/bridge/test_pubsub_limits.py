@@ -41,17 +41,19 @@ def test_a_payload_within_the_limit_is_dead_lettered_whole() -> None:
     assert TRUNCATED_ATTRIBUTE not in attributes
 
 
-def test_keys_pub_sub_reserves_or_refuses_are_dropped_and_the_bridges_own_win() -> None:
+def test_keys_pub_sub_reserves_or_refuses_are_dropped_values_cut_and_the_bridges_own_win() -> None:
     attributes = {
         "googclient_x": "reserved",
         "": "empty key",
         "k" * (MAX_KEY_BYTES + 1): "key too long",
         DEAD_LETTER_CODE_ATTRIBUTE: "the app's own",
         "app": "kept",
+        "long": "v" * (MAX_VALUE_BYTES + 5),  # a push envelope's attributes are only JSON
     }
     _, bounded = dead_letter_message(b"{}", attributes, ErrorCode.INVALID_JOB, "bad")
     assert bounded == {
         "app": "kept",
+        "long": "v" * MAX_VALUE_BYTES,
         DEAD_LETTER_CODE_ATTRIBUTE: "invalid_job",
         DEAD_LETTER_REASON_ATTRIBUTE: "bad",
     }
