@@ -5,12 +5,12 @@ settling a delivery, carry-over, parking) and of the parts under it (the slot ga
 Triton's admission line, readiness, results recognised or refused, the pulled messages and their leases, the
 push entry point, Firestore's compare-and-set, user slots, parked jobs and dead-letter ledger, what the bridge
 publishes to Pub/Sub) is changed here one at a time, the way a slip would change it, and the mutant's tests
-(`tests/unit`, or the emulator's tests for pulls, leases, pushes and the stores) must fail on each. In the thirty-sixth session twelve of the
-protocol's passed the whole unit suite, in the thirty-seventh eighteen of the parts under it (a job refused
-after it was let through lost its place, and an object that was no image at a result's path was recorded
-as the result: both defects), in the thirty-eighth fifteen of the push entry point's, the stores' and the
-Pub/Sub adapter's (a stopping bridge's refusal never carried over: a defect; two equivalent, left out), until
-the tests that pin them were written.
+(`tests/unit`, or the emulator's tests for pulls, leases, pushes and the stores) must fail on each. In the
+thirty-sixth session twelve of the protocol's passed the whole unit suite, in the thirty-seventh eighteen of
+the parts under it (a job refused after it was let through lost its place, and an object that was no image
+at a result's path was recorded as the result: both defects), in the thirty-eighth fifteen of the push entry
+point's, the stores' and the Pub/Sub adapter's (a stopping bridge's refusal never carried over: a defect;
+two equivalent, left out), until the tests that pin them were written.
 
 `python -m tests.mutants` (`make mutants`, about two hours on 2 cores; `--path FILE` for one file's) applies
 each in the working tree, runs its tests, puts the source back, and exits 1 when a mutant survives or no
