@@ -9,9 +9,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import structlog
-from PIL import UnidentifiedImageError
 
-from fluxfill.bridge import exif_fallback, intake
+from fluxfill.bridge import intake
 from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, ErrorCode, JobMessage, SessionField
 from fluxfill.bridge.errors import AmbiguousObjectError, PermanentJobError
 from fluxfill.bridge.intake import Photo
@@ -47,14 +46,11 @@ def uploaded_result(
         ) from None
     if edited is None:
         return None
-    try:
-        kept = intake.read_photo(objects.read(edited), settings.max_image_pixels, "object")
-    except PermanentJobError as error:
-        raise _taken(edited.path, error) from None
+    kept = _kept_image(objects.read(edited), edited.path, settings.max_image_pixels)
     if objects.find(paths["preview"]) is None:
         preview = intake.encode_preview(kept.pixels, PREVIEW_MAX_SIDE, kept.orientation, kept.preview_profile)
-        if not objects.create(paths["preview"], preview, "image/jpeg"):
-            _check_kept(objects, paths["preview"])  # another attempt's, written since
+        if not objects.create(paths["preview"], preview, "image/jpeg"):  # another attempt's, written since
+            _check_kept(objects, paths["preview"], settings.max_image_pixels)
     seed = job.seed if job.seed is not None else default_seed(job)
     paths["edited"] = edited.path
     height, width = kept.pixels.shape[:2]  # upright, as a run records them
@@ -107,19 +103,24 @@ def upload_results(
         created["preview"] = preview_written.result()
     for name, path in paths.items():
         if not created[name]:  # an object was there already: an earlier attempt's, if it is an image
-            _check_kept(objects, path)
+            _check_kept(objects, path, settings.max_image_pixels)
     return paths, encoded
 
 
-def _check_kept(objects: ObjectStore, path: str) -> None:
-    """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object at `path` decodes as an image."""
+def _check_kept(objects: ObjectStore, path: str, max_pixels: int) -> None:
+    """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object at `path` reads as a kept result."""
     found = objects.find(path)
     if found is None:  # deleted since: nothing of another's to record
         return
+    _kept_image(objects.read(found), path, max_pixels)
+
+
+def _kept_image(data: bytes, path: str, max_pixels: int) -> Photo:
+    """An object found at a result's path, read as a photo is (one rule for a result kept when a create finds
+    it and when a later attempt recovers it); PermanentJobError(RESULT_PATH_TAKEN) when it does not read."""
     try:
-        with exif_fallback.open_image(objects.read(found)) as image:
-            image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return intake.read_photo(data, max_pixels, "object")
+    except PermanentJobError as error:
         raise _taken(path, error) from None
 
 

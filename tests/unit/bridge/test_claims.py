@@ -22,6 +22,7 @@ from fluxfill.bridge.errors import (
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import ClaimKind, Heartbeat
 from fluxfill.bridge.settings import BridgeSettings
+from tests.unit.bridge.test_handler import phone_jpeg
 from tests.unit.bridge.test_intake import encode, exif_with_a_one_byte_resolution
 from tests.unit.bridge.world import DOCUMENT, PREFIX, World
 
@@ -476,13 +477,9 @@ def _results_uploaded_then_crash(world: World) -> None:
 
 
 def _turned_jpeg_original(world: World) -> None:
-    """The world's photo as a phone stores it: 40 wide and 60 high, EXIF orientation 6 (upright 60 by 40)."""
-    photo = Image.open(io.BytesIO(world.objects.objects.pop(f"{PREFIX}/original.png"))).convert("RGB")
-    turned = Image.Exif()
-    turned[0x0112] = 6
-    world.objects.objects[f"{PREFIX}/original.jpg"] = encode(
-        photo.transpose(Image.Transpose.ROTATE_90), "JPEG", exif=turned.tobytes()
-    )
+    """The world's photo as a phone stores it: 40 wide and 60 high, turned upright (60 by 40) by its EXIF."""
+    del world.objects.objects[f"{PREFIX}/original.png"]
+    world.objects.objects[f"{PREFIX}/original.jpg"] = phone_jpeg(turn=8)
 
 
 def test_recovered_results_of_a_turned_photo_record_its_upright_size() -> None:
@@ -575,14 +572,21 @@ def test_an_object_at_the_results_path_that_is_no_image_fails_the_job_saying_so(
     assert len(world.model.calls) == 1, "running again cannot replace it"
 
 
-def test_an_object_that_is_no_image_where_a_first_attempt_writes_its_result_fails_the_job() -> None:
-    """An `edited.*` the app's Storage rules should have refused: the run's create-only write leaves it."""
+@pytest.mark.parametrize(
+    "taken", [b"not an image", encode(Image.new("RGB", (60, 40)), "GIF")], ids=["no image", "a GIF"]
+)
+def test_an_object_that_is_no_image_where_a_first_attempt_writes_its_result_fails_the_job(
+    taken: bytes,
+) -> None:
+    """An `edited.*` the app's Storage rules should have refused: the run's create-only write leaves it. An
+    image of a format the service does not read counts as none, as it does when a later attempt recovers
+    results (a GIF there was kept as the result, and the session named it)."""
     world = World()
-    world.objects.objects[EDITED] = b"not an image"
+    world.objects.objects[EDITED] = taken
     outcome = world.deliver(seed=5)
     assert outcome.kind is OutcomeKind.FAILED
     assert world.document["error"]["code"] == ErrorCode.RESULT_PATH_TAKEN
-    assert world.objects.objects[EDITED] == b"not an image"
+    assert world.objects.objects[EDITED] == taken
 
 
 def test_the_png_setting_writes_a_jpeg_photos_result_as_png() -> None:
