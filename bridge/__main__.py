@@ -1,6 +1,7 @@
 """`python -m fluxfill.bridge`: run the bridge configured by FLUXFILL_BRIDGE_* variables."""
 
 import argparse
+import os
 import signal
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from fluxfill.bridge.bootstrap import build_bridge
 from fluxfill.bridge.credentials import CredentialsError
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.service import BridgeService
-from fluxfill.bridge.settings import BridgeSettings, setting_rows, settings_problems
+from fluxfill.bridge.settings import BridgeSettings, setting_rows, settings_problems, unknown_variables
 
 logger = structlog.get_logger("fluxfill.bridge")
 
@@ -27,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog="python -m fluxfill.bridge",
         description="The Pub/Sub -> Cloud Storage -> Triton -> Firestore bridge. It takes no arguments: "
-        "every setting comes from an environment variable. Exit 2 on invalid settings or no credentials.",
+        "every setting comes from an environment variable. Exit 2 on invalid or unknown settings or no "
+        "credentials.",
         epilog=f"environment variables:\n{settings}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -36,12 +38,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT; exit 2 on invalid settings or missing credentials."""
     _parser().parse_args(argv)
+    problems = unknown_variables(os.environ)
     try:
         settings = BridgeSettings()  # type: ignore[call-arg]
     except ValidationError as error:
+        problems.append(settings_problems(error))
+    if problems:
         configure_logging()
-        problems = settings_problems(error)
-        logger.error("invalid settings", problems=problems)
+        logger.error("invalid settings", problems="; ".join(problems))
         return 2
     configure_logging(settings.log_level)
     try:

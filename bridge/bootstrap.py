@@ -75,9 +75,7 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         project=settings.project, credentials=credentials, database=settings.firestore_database
     )
     metrics = BridgeMetrics()
-    model = model or TritonInpaintModel(
-        settings.triton_url, settings.triton_protocol, settings.model_max_run_s
-    )
+    model = model or TritonInpaintModel(settings.triton_url, settings.triton_protocol)
     readiness = Readiness(model, settings.readiness_interval_s, metrics)
     publisher = publisher_client(credentials) if settings.dead_letter_topic or settings.topic else None
     slots, parking = None, None

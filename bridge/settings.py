@@ -1,8 +1,10 @@
 """The bridge's one typed settings object, read from `FLUXFILL_BRIDGE_*` environment variables."""
 
+import difflib
 import os
 import secrets
 import socket
+from collections.abc import Mapping
 from typing import Literal, TypeVar
 
 from pydantic import (
@@ -25,6 +27,7 @@ from fluxfill.bridge.path_templates import (
     layout_problem,
     template_problem,
 )
+from fluxfill.inpaint.contract import MAX_TIMEOUT_S
 
 ENV_PREFIX = "FLUXFILL_BRIDGE_"
 # After the grace period, cancelling the runs on Triton and giving their claims back may take this long;
@@ -152,9 +155,12 @@ class BridgeSettings(BaseSettings):
     max_concurrent_jobs: int = Field(
         1, ge=1, description="jobs run at once (and messages a pull holds; the push limit)"
     )
-    job_deadline_s: float = Field(300.0, gt=0, description="a job running after this fails as timed out")
-    model_max_run_s: float = Field(
-        300.0, gt=0, description="the model's max_run_seconds: the TIMEOUT_S sent to Triton is at most this"
+    job_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        description="a job running after this fails as timed out (sent as TIMEOUT_S: the model's "
+        "max_run_seconds may stop it sooner)",
     )
     lease_s: float = Field(60.0, gt=0, description="a claim not renewed for this long may be taken over")
     lease_extension_s: int = Field(
@@ -297,6 +303,27 @@ def checked_layout(settings: Layout) -> Layout:
 def variable(field_name: str) -> str:
     """The environment variable that sets a field."""
     return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Each `FLUXFILL_BRIDGE_*` variable that sets nothing, as `VARIABLE: not a setting (...)` naming the
+    setting it most likely meant: pydantic-settings reads its fields' variables only, so a misspelt one left
+    that setting's default in force without a word (the bridge's start refuses them)."""
+    known = sorted(name.upper() for name in BridgeSettings.model_fields)
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()  # names are read in any case
+        if not upper.startswith(ENV_PREFIX) or upper.removeprefix(ENV_PREFIX) in known:
+            continue
+        # Compared without the prefix, which every name shares.
+        nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.8)
+        hint = (
+            f"did you mean {ENV_PREFIX}{nearest[0]}?"
+            if nearest
+            else "`python -m fluxfill.bridge --help` lists them"
+        )
+        problems.append(f"{name}: not a setting ({hint})")
+    return problems
 
 
 def settings_problems(error: ValidationError) -> str:

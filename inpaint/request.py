@@ -10,12 +10,9 @@ import numpy as np
 import numpy.typing as npt
 
 from fluxfill.inpaint.config import ModelConfig
-from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_PROMPT_BYTES, MAX_SEED
+from fluxfill.inpaint.contract import MASK_THRESHOLD, MAX_PROMPT_BYTES, MAX_SEED, MAX_TIMEOUT_S
 from fluxfill.inpaint.errors import InvalidInputError
 from fluxfill.inpaint.geometry import BoolArray, UInt8Array
-
-# One day: anything longer is a mistake, not a limit.
-MAX_TIMEOUT_S = 86_400.0
 
 RawInputs = Mapping[str, npt.NDArray[np.generic] | None]
 

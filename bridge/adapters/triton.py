@@ -74,13 +74,12 @@ def request_arrays(request: InferenceRequest, timeout_s: float) -> dict[str, npt
 class TritonInpaintModel:
     """FLUX.1-Fill on one Triton server; a fresh client per call (gRPC's runs share one connection)."""
 
-    def __init__(self, url: str, protocol: str = "grpc-stream", max_run_s: float = 300.0) -> None:
+    def __init__(self, url: str, protocol: str = "grpc-stream") -> None:
         if protocol not in {"grpc-stream", "grpc", "http"}:
             raise ValueError(f"unknown Triton protocol {protocol!r}: use grpc-stream, grpc or http")
         self.protocol = protocol
         self.name = STREAM_MODEL_NAME if protocol == "grpc-stream" else MODEL_NAME
         self._url = url
-        self._max_run_s = max_run_s
         self._module: Any = httpclient if protocol == "http" else grpcclient
         self._geometry_lock = threading.Lock()
         self._geometry: CropGeometry | None = None
@@ -185,8 +184,8 @@ class TritonInpaintModel:
         if remaining <= 0:
             raise JobDeadlineExceededError("deadline exceeded before the Triton call")
         inputs = []
-        # The model refuses a TIMEOUT_S above its max_run_seconds; the bridge's own deadline still applies.
-        for name, array in request_arrays(request, min(remaining, self._max_run_s)).items():
+        # The model stops the run there, or at its own max_run_seconds if that comes first.
+        for name, array in request_arrays(request, remaining).items():
             spec = next(spec for spec in INPUTS if spec.name == name)
             tensor = self._module.InferInput(name, list(array.shape), spec.datatype)
             tensor.set_data_from_numpy(array)

@@ -107,7 +107,6 @@ def world(
             "FLUXFILL_BRIDGE_PROGRESS_INTERVAL_S": "0.1",
             "FLUXFILL_BRIDGE_READINESS_INTERVAL_S": "0.2",
             "FLUXFILL_BRIDGE_SHUTDOWN_GRACE_S": "2",
-            # The bridge sends its job deadline as TIMEOUT_S: the model refuses more than max_run_seconds.
             "FLUXFILL_BRIDGE_JOB_DEADLINE_S": "120",
             "FLUXFILL_BRIDGE_FIRESTORE_DATABASE": DATABASE,
         }

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from typing import Any
@@ -24,7 +25,8 @@ from fluxfill.bridge.errors import (
     TritonUnavailableError,
 )
 from fluxfill.bridge.logs import PROCESSORS
-from fluxfill.bridge.settings import BridgeSettings
+from fluxfill.bridge.settings import BridgeSettings, unknown_variables
+from fluxfill.inpaint.contract import MAX_TIMEOUT_S
 
 
 @pytest.mark.parametrize(
@@ -222,3 +224,49 @@ def test_push_mode_needs_an_audience_and_account_unless_auth_is_switched_off() -
 def test_pull_mode_needs_a_subscription() -> None:
     with pytest.raises(ValidationError, match="SUBSCRIPTION"):
         BridgeSettings(project="p", bucket="b", subscription="")
+
+
+def test_a_misspelt_setting_stops_the_bridge_naming_the_setting_it_meant() -> None:
+    """Unknown FLUXFILL_BRIDGE_* variables were ignored (pydantic-settings reads only its fields), so a typo
+    in a deployment left the default in force without a word: a job deadline of 300 s where 900 was meant."""
+    required = {"PROJECT": "p", "SUBSCRIPTION": "s", "BUCKET": "b", "JOB_DEADLINE_SS": "900"}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FLUXFILL_BRIDGE_")}
+    env |= {f"FLUXFILL_BRIDGE_{name}": value for name, value in required.items()}
+    started = subprocess.run(
+        [sys.executable, "-m", "fluxfill.bridge"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert started.returncode == 2, started.stderr
+    [line] = [json.loads(text) for text in started.stdout.splitlines() if "invalid settings" in text]
+    assert line["problems"] == (
+        "FLUXFILL_BRIDGE_JOB_DEADLINE_SS: not a setting (did you mean FLUXFILL_BRIDGE_JOB_DEADLINE_S?)"
+    )
+    assert "Traceback" not in started.stdout + started.stderr
+
+
+def test_unknown_variables_are_named_with_the_nearest_setting_and_other_variables_are_left_alone() -> None:
+    environ = {
+        "FLUXFILL_BRIDGE_PROJECT": "p",
+        "fluxfill_bridge_bucket": "b",  # pydantic-settings reads names in any case
+        "FLUXFILL_BRIDGE_MAX_CONCURENT_JOBS": "4",
+        "FLUXFILL_BRIDGE_COLOUR": "blue",
+        "FLUXFILL_PROJECT": "the command line's",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [
+        "FLUXFILL_BRIDGE_COLOUR: not a setting (`python -m fluxfill.bridge --help` lists them)",
+        "FLUXFILL_BRIDGE_MAX_CONCURENT_JOBS: not a setting "
+        "(did you mean FLUXFILL_BRIDGE_MAX_CONCURRENT_JOBS?)",
+    ]
+
+
+def test_a_job_deadline_beyond_what_the_model_takes_as_timeout_s_is_refused() -> None:
+    """The deadline is sent as TIMEOUT_S, which the model refuses above a day: every job would have failed as
+    refused input."""
+    assert settings(job_deadline_s=MAX_TIMEOUT_S).job_deadline_s == MAX_TIMEOUT_S
+    with pytest.raises(ValidationError, match="job_deadline_s"):
+        settings(job_deadline_s=MAX_TIMEOUT_S + 1)
