@@ -58,6 +58,13 @@ PUBSUB_TESTS = (
     "tests/integration/bridge/test_unanswered_services.py",
 )
 PUSH_TESTS = ("tests/unit/bridge/test_entry_points.py", "tests/integration/bridge/test_push.py")
+# The Triton adapter, on tritonserver itself: its own module first (the quickest to fail).
+TRITON_TESTS = (
+    "tests/integration/bridge/test_triton_adapter.py",
+    "tests/integration/bridge/test_triton_connections.py",
+    "tests/integration/bridge/test_context.py",
+    "tests/integration/bridge/test_run_control.py",
+)
 
 
 @dataclass(frozen=True)
@@ -502,6 +509,41 @@ MUTANTS = [
     Mutant("an acked message still held", "bridge/leases.py",
            "    def ack(self, message: HeldMessage) -> None:\n        self._forget(message)\n",
            "    def ack(self, message: HeldMessage) -> None:\n", tests=LEASE_TESTS),
+    # The Triton adapter: what it sends, how it stops a run, what a deadline means (tritonserver's tests).
+    Mutant("an urgent job sent to Triton as bulk", "bridge/adapters/triton.py",
+           "        priority = PRIORITY_URGENT if request.urgent else PRIORITY_BULK",
+           "        priority = PRIORITY_BULK", tests=TRITON_TESTS),
+    Mutant("a unary gRPC run left going when its job stops", "bridge/adapters/triton.py",
+           "            if call is not None and not finished:\n                call.cancel()",
+           "            if False:\n                call.cancel()", tests=TRITON_TESTS),
+    Mutant("a stream left going when its job stops", "bridge/adapters/triton.py",
+           "client.stop_stream(cancel_requests=not finished)", "client.stop_stream(cancel_requests=False)",
+           tests=TRITON_TESTS),
+    Mutant("a run that never started blamed on the job", "bridge/adapters/triton.py",
+           "        if not started:\n            return TritonUnavailableError(",
+           "        if False:\n            return TritonUnavailableError(", tests=TRITON_TESTS),
+    Mutant("a stream's first step not noted", "bridge/adapters/triton.py",
+           "                started = True\n", "", tests=TRITON_TESTS),
+    Mutant("a running job's deadline blamed on Triton", "bridge/adapters/triton.py",
+           "        if self.is_ready(DEADLINE_PROBE_TIMEOUT_S):",
+           "        if not self.is_ready(DEADLINE_PROBE_TIMEOUT_S):", tests=TRITON_TESTS),
+    Mutant("a cancel not seen while Triton runs", "bridge/adapters/triton.py",
+           "        if control.cancel.is_set():\n            raise JobCancelledError",
+           "        if False:\n            raise JobCancelledError", tests=TRITON_TESTS),
+    Mutant("the deadline not watched while Triton runs", "bridge/adapters/triton.py",
+           "        if time.monotonic() > control.deadline:\n            raise past_deadline()",
+           "        if False:\n            raise past_deadline()", tests=TRITON_TESTS),
+    Mutant("a stream's progress not passed on", "bridge/adapters/triton.py",
+           "                    on_progress(int(step[0]), int(total[0]))", "                    pass",
+           tests=TRITON_TESTS),
+    Mutant("readiness asked on the runs' connection", "bridge/adapters/triton.py",
+           "            client = self._client(timeout_s=timeout_s, own_connection=True)",
+           "            client = self._client(timeout_s=timeout_s)", tests=TRITON_TESTS),
+    Mutant("the crop parameters kept after Triton was away", "bridge/adapters/triton.py",
+           "        if not ready or self._seen_unready:", "        if not ready:", tests=TRITON_TESTS),
+    Mutant("a failed read of the crop parameters never tried again", "bridge/adapters/triton.py",
+           "time.monotonic() - self._geometry_tried_at >= GEOMETRY_RETRY_S:",
+           "self._geometry_tried_at == -math.inf:", tests=TRITON_TESTS),
 ]  # fmt: skip
 
 

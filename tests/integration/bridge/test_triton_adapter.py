@@ -1,0 +1,170 @@
+"""The Triton adapter on a real tritonserver, by protocol: what it sends besides the photo (an urgent job's
+priority), how it stops a run (a cancel reaches the server over gRPC), and what a deadline means (a run that
+never started is Triton's fault, not the job's). The bridge's own tests run it over the stream only."""
+
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from fluxfill.bridge.adapters.triton import TritonInpaintModel
+from fluxfill.bridge.errors import (
+    BridgeError,
+    JobCancelledError,
+    JobDeadlineExceededError,
+    TritonUnavailableError,
+)
+from fluxfill.bridge.ports import InferenceRequest, InferenceResult, RunControl
+from fluxfill.client.local_server import LocalTritonServer
+from tests.integration.bridge.harness import box_mask, photo, wait_until
+
+pytestmark = pytest.mark.integration
+PROTOCOLS = ("grpc-stream", "grpc", "http")
+LONG_RUN = 60  # steps: about 2.5 s on the slow server, whatever the photo's size (it works at 1024x1024)
+
+
+def server_metric(server: LocalTritonServer, name: str, **labels: str) -> float:
+    """The sum of a metric's series that carry these labels."""
+    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local URL)
+        text = response.read().decode()
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((f"{name}{{", f"{name} ")) and all(label in line for label in wanted)
+    )
+
+
+class Run(threading.Thread):
+    """One `infer` in a thread of its own, and how it ended."""
+
+    def __init__(
+        self, model: TritonInpaintModel, steps: int, *, urgent: bool = False, deadline_s: float = 120
+    ):
+        super().__init__(daemon=True)
+        self.model = model
+        self.request = InferenceRequest(
+            photo(64, 64), box_mask(64, 64), "a cat", seed=3, steps=steps, urgent=urgent
+        )
+        self.control = RunControl(deadline=time.monotonic() + deadline_s)
+        self.result: InferenceResult | None = None
+        self.error: BridgeError | None = None
+        self.ended_at = 0.0
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.result = self.model.infer(self.request, on_progress=lambda *_: None, control=self.control)
+        except BridgeError as error:
+            self.error = error
+        self.ended_at = time.monotonic()
+
+    def ended(self, timeout_s: float = 120) -> "Run":
+        self.join(timeout_s)
+        assert not self.is_alive(), "the run never ended"
+        return self
+
+
+def url_for(server: LocalTritonServer, protocol: str) -> str:
+    return server.http_url if protocol == "http" else server.grpc_url
+
+
+def running_blocker(server: LocalTritonServer, model: TritonInpaintModel) -> Run:
+    """A long run, seen stepping on the server (so that what comes next waits in the model's queue)."""
+    steps_before = server_metric(server, "fluxfill_step_duration_seconds_count")
+    blocker = Run(model, LONG_RUN)
+    wait_until(lambda: server_metric(server, "fluxfill_step_duration_seconds_count") > steps_before)
+    return blocker
+
+
+def queued(server: LocalTritonServer, model: TritonInpaintModel) -> float:
+    return server_metric(server, "nv_inference_pending_request_count", model=model.name)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_urgent_job_overtakes_a_bulk_one_waiting_on_triton(
+    slow_flux_server: LocalTritonServer, protocol: str
+) -> None:
+    """The bridge's lanes order what it takes; once jobs wait on Triton, only the request's priority orders
+    them: an urgent job sent as bulk waited behind every bulk job queued there before it."""
+    model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
+    blocker = running_blocker(slow_flux_server, model)
+    bulk = Run(model, 1)
+    wait_until(lambda: queued(slow_flux_server, model) == 1)
+    urgent = Run(model, 1, urgent=True)
+    wait_until(lambda: queued(slow_flux_server, model) == 2)
+    for run in (blocker.ended(), bulk.ended(), urgent.ended()):
+        assert run.error is None, run.error
+    assert blocker.ended_at < urgent.ended_at < bulk.ended_at
+
+
+@pytest.mark.parametrize("protocol", ["grpc-stream", "grpc"])
+def test_a_cancelled_run_stops_on_the_server_within_steps(
+    slow_flux_server: LocalTritonServer, protocol: str
+) -> None:
+    model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
+    cancelled_before = server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
+    run = running_blocker(slow_flux_server, model)
+    run.control.cancel.set()
+    assert isinstance(run.ended(timeout_s=10).error, JobCancelledError), run.error
+    # Counted cancelled once the model stops it: a run left going would be counted a success seconds later.
+    wait_until(
+        lambda: (
+            server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
+            == cancelled_before + 1
+        ),
+        timeout_s=10,
+    )
+
+
+def test_over_http_a_cancel_ends_the_wait_though_the_run_goes_on(slow_flux_server: LocalTritonServer) -> None:
+    """HTTP cannot cancel: the job is told cancelled at once, the server runs on to its TIMEOUT_S."""
+    model = TritonInpaintModel(slow_flux_server.http_url, "http")
+    run = running_blocker(slow_flux_server, model)
+    cancelled_at = time.monotonic()
+    run.control.cancel.set()
+    assert isinstance(run.ended(timeout_s=10).error, JobCancelledError), run.error
+    assert run.ended_at - cancelled_at < 1.0
+    wait_until(lambda: queued(slow_flux_server, model) == 0 and server_idle(slow_flux_server), timeout_s=60)
+
+
+def server_idle(server: LocalTritonServer) -> bool:
+    """No run steps on the server (a step takes about 40 ms: none in a quarter second)."""
+    before = server_metric(server, "fluxfill_step_duration_seconds_count")
+    time.sleep(0.25)
+    return server_metric(server, "fluxfill_step_duration_seconds_count") == before
+
+
+def test_a_streamed_run_still_queued_at_its_deadline_is_tritons_fault_not_the_jobs(
+    slow_flux_server: LocalTritonServer,
+) -> None:
+    """It never ran: failing the job as timed out would blame a photo for a busy server."""
+    model = TritonInpaintModel(slow_flux_server.grpc_url)
+    blocker = running_blocker(slow_flux_server, model)
+    waiting = Run(model, 1, deadline_s=1.0).ended(timeout_s=10)
+    assert isinstance(waiting.error, TritonUnavailableError), waiting.error
+    assert "before Triton reported its first step" in str(waiting.error)
+    assert blocker.ended().error is None
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_run_past_its_deadline_while_running_is_the_jobs_deadline_and_stops_over_grpc(
+    slow_flux_server: LocalTritonServer, protocol: str
+) -> None:
+    model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
+    cancelled_before = server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
+    run = running_blocker(slow_flux_server, model)
+    run.control.deadline = time.monotonic() + 0.2  # reached while it runs, whatever the machine's speed
+    assert isinstance(run.ended(timeout_s=10).error, JobDeadlineExceededError), run.error
+    assert "while Triton was running" in str(run.error)
+    if protocol == "http":  # no cancel: the run ends on the server at its TIMEOUT_S, or done
+        wait_until(lambda: server_idle(slow_flux_server), timeout_s=60)
+    else:
+        wait_until(
+            lambda: (
+                server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
+                == cancelled_before + 1
+            ),
+            timeout_s=10,
+        )
