@@ -20,6 +20,15 @@ set_parameter() {
   sed -E -i "s|${pattern}|\\1\"${value}\"|" "${config}"
 }
 
+# Every FLUXFILL_* variable this image reads (the entrypoint, the supervisor, the model's code): any other is
+# refused, since a misspelt one left its default in force without a word (a FLUXFILL_GGUF_FILE served the bf16
+# transformer instead; an exit timeout kept 25 s where Cloud Run kills at 10).
+IMAGE_VARIABLES="FLUXFILL_WEIGHTS_SHA256 FLUXFILL_GGUF_FILE FLUXFILL_EXIT_TIMEOUT_S FLUXFILL_STUB_CHECK_S FLUXFILL_MODEL_REPOSITORY_SOURCE FLUXFILL_MODEL_REPOSITORY FLUXFILL_FORWARDING_DIR FLUXFILL_PYTHON FLUXFILL_DRIVER_VERSION_FILE"
+while read -r name; do
+  [[ " ${IMAGE_VARIABLES} " == *" ${name} "* ]] ||
+    die "${name} is no variable of this image (it reads ${IMAGE_VARIABLES// /, })"
+done < <(compgen -e | grep -i '^fluxfill_' || true)
+
 digest=${FLUXFILL_WEIGHTS_SHA256:-}
 [[ ${digest} =~ ^[0-9a-f]{64}$ ]] ||
   die "FLUXFILL_WEIGHTS_SHA256 must be the weights' sha256 (64 hex digits; \`fluxfill weights-digest PATH\`)"

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import MODEL_REPOSITORY, read_model_config
+from tests.support import MODEL_REPOSITORY, REPO_ROOT, read_model_config
 from tests.unit.deploy.support import DEPLOY, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
 
 ENTRYPOINT = DEPLOY / "triton" / "entrypoint.sh"
@@ -170,3 +171,27 @@ def test_start_goes_on_when_torch_cannot_be_imported(tmp_path: Path) -> None:
         "entrypoint: torch cannot be imported: the model will say why",
     )
     assert (tmp_path / "argv").exists()
+
+
+@pytest.mark.parametrize("misspelt", ["FLUXFILL_GGUF_FIL", "FLUXFILL_EXIT_TIMEOUT", "fluxfill_weights_sha256"])
+def test_no_start_with_a_variable_the_image_does_not_read(tmp_path: Path, misspelt: str) -> None:
+    """A misspelt FLUXFILL_GGUF_FILE served the bf16 transformer instead, and a misspelt exit timeout kept 25 s
+    where Cloud Run kills at 10: both without a word."""
+    result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, **{misspelt: "x"})
+    assert result.returncode == 2
+    [said] = entries(result.stderr, "entrypoint")
+    assert said["severity"] == "ERROR"
+    assert str(said["message"]).startswith(f"entrypoint: {misspelt} is no variable of this image (it reads ")
+    assert not (tmp_path / "argv").exists()
+
+
+def test_every_variable_the_image_reads_is_one_the_entrypoint_lets_through() -> None:
+    """The entrypoint's list against what its parts read (itself, the supervisor, the model's code)."""
+    sources = [ENTRYPOINT, *(REPO_ROOT / "client").glob("triton_*.py"), *(REPO_ROOT / "inpaint").glob("*.py")]
+    sources += list((REPO_ROOT / "model_repository").glob("*/1/model.py"))
+    listing = re.compile(r'^IMAGE_VARIABLES="([^"]*)"\n', re.MULTILINE)
+    texts = [listing.sub("", path.read_text()) for path in sources]  # the list itself not counted as read
+    read = {name for text in texts for name in re.findall(r"\bFLUXFILL_[A-Z0-9_]*[A-Z0-9]", text)}
+    listed = listing.search(ENTRYPOINT.read_text())
+    assert listed is not None
+    assert set(listed.group(1).split()) == read
