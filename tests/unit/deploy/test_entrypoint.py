@@ -173,10 +173,12 @@ def test_start_goes_on_when_torch_cannot_be_imported(tmp_path: Path) -> None:
     assert (tmp_path / "argv").exists()
 
 
-@pytest.mark.parametrize("misspelt", ["FLUXFILL_GGUF_FIL", "FLUXFILL_EXIT_TIMEOUT", "fluxfill_weights_sha256"])
+@pytest.mark.parametrize(
+    "misspelt", ["FLUXFILL_GGUF_FIL", "FLUXFILL_EXIT_TIMEOUT", "fluxfill_weights_sha256"]
+)
 def test_no_start_with_a_variable_the_image_does_not_read(tmp_path: Path, misspelt: str) -> None:
-    """A misspelt FLUXFILL_GGUF_FILE served the bf16 transformer instead, and a misspelt exit timeout kept 25 s
-    where Cloud Run kills at 10: both without a word."""
+    """A misspelt FLUXFILL_GGUF_FILE served the bf16 transformer instead, and a misspelt exit timeout kept
+    25 s where Cloud Run kills at 10: both without a word."""
     result, _ = run_entrypoint(tmp_path, FLUXFILL_WEIGHTS_SHA256=DIGEST, **{misspelt: "x"})
     assert result.returncode == 2
     [said] = entries(result.stderr, "entrypoint")
