@@ -4,18 +4,19 @@ Every decision of the claim protocol (sessions, user slots, the handler's outcom
 settling a delivery, carry-over, parking) and of the parts under it (the slot gate of the priority lanes,
 Triton's admission line, readiness, results recognised or refused, the pulled messages and their leases, the
 push entry point, Firestore's compare-and-set, user slots, parked jobs and dead-letter ledger, what the bridge
-publishes to Pub/Sub) is changed here one at a time, the way a slip would change it, and the mutant's tests
-(`tests/unit`, or the emulator's tests for pulls, leases, pushes and the stores) must fail on each. In the
-thirty-sixth session twelve of the protocol's passed the whole unit suite, in the thirty-seventh eighteen of
-the parts under it (a job refused after it was let through lost its place, and an object that was no image
-at a result's path was recorded as the result: both defects), in the thirty-eighth fifteen of the push entry
-point's, the stores' and the Pub/Sub adapter's (a stopping bridge's refusal never carried over: a defect;
-two equivalent, left out), until the tests that pin them were written.
+publishes to Pub/Sub, the Triton adapter) is changed here one at a time, the way a slip would change it, and
+the mutant's tests (`tests/unit`, or the emulator's tests for pulls, leases, pushes and the stores,
+tritonserver's for the adapter) must fail on each. In the thirty-sixth session twelve of the protocol's passed
+the whole unit suite, in the thirty-seventh eighteen of the parts under it (a job refused after it was let
+through lost its place, and an object that was no image at a result's path was recorded as the result: both
+defects), in the thirty-eighth fifteen of the push entry point's, the stores' and the Pub/Sub adapter's (a
+stopping bridge's refusal never carried over: a defect; two equivalent, left out), in the thirty-ninth two of
+the Triton adapter's (one equivalent, left out), until the tests that pin them were written.
 
-`python -m tests.mutants` (`make mutants`, about two hours on 2 cores; `--path FILE` for one file's) applies
-each in the working tree, runs its tests, puts the source back, and exits 1 when a mutant survives or no
-longer applies. tests/unit/test_mutants.py keeps every mutant applicable to the source as it is (each text
-found once).
+`python -m tests.mutants` (`make mutants`, about two and a half hours on 2 cores; `--path FILE` for one
+file's) applies each in the working tree, runs its tests, puts the source back, and exits 1 when a mutant
+survives or no longer applies. tests/unit/test_mutants.py keeps every mutant applicable to the source as it is
+(each text found once).
 """
 
 import argparse
@@ -375,6 +376,9 @@ MUTANTS = [
     Mutant("a job at its user's limit waiting at the slot gate", "bridge/pull.py",
            "        outcome = self._bridge.handler.defer_if_user_at_limit(delivery)\n",
            "        outcome = None\n", tests=FAIRNESS_TESTS),
+    Mutant("a message whose job thread cannot start kept held", "bridge/pull.py",
+           "a job thread; nacking\")\n                self._leases.nack(held)",
+           "a job thread; nacking\")", tests=PULL_TESTS),
     Mutant("a held job given back on its last delivery at the stop", "bridge/pull.py",
            "carry_over.instead_of_giving_back(delivery, \"stopping\")", "False", tests=PULL_TESTS),
     # push (the HTTP entry point Cloud Run delivers to: the emulator's push subscriptions)
@@ -513,9 +517,6 @@ MUTANTS = [
     Mutant("an urgent job sent to Triton as bulk", "bridge/adapters/triton.py",
            "        priority = PRIORITY_URGENT if request.urgent else PRIORITY_BULK",
            "        priority = PRIORITY_BULK", tests=TRITON_TESTS),
-    Mutant("a unary gRPC run left going when its job stops", "bridge/adapters/triton.py",
-           "            if call is not None and not finished:\n                call.cancel()",
-           "            if False:\n                call.cancel()", tests=TRITON_TESTS),
     Mutant("a stream left going when its job stops", "bridge/adapters/triton.py",
            "client.stop_stream(cancel_requests=not finished)", "client.stop_stream(cancel_requests=False)",
            tests=TRITON_TESTS),

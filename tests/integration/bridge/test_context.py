@@ -2,12 +2,14 @@
 stores the result the whole photo gives."""
 
 import io
+import time
 from typing import Any
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from fluxfill.bridge.adapters import triton
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
 from fluxfill.bridge.context import CropGeometry, context_box, plan_context
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult
@@ -81,6 +83,33 @@ def test_the_parameters_are_read_once_and_again_after_triton_was_seen_not_ready(
         assert model.reads == 3
     finally:
         proxy.down()
+
+
+class FailingOnceTriton(CountingTriton):
+    """The real adapter, whose first read of the model's configuration fails (a timeout, a reply it cannot
+    parse) while Triton stays ready."""
+
+    def _read_geometry(self) -> CropGeometry | None:
+        if self.reads == 0:
+            self.reads += 1
+            return None
+        return super()._read_geometry()
+
+
+def test_a_failed_read_is_tried_again_after_a_while_though_triton_stayed_ready(
+    flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not at every job (each would wait on it), nor never (every job would send whole photos for good)."""
+    monkeypatch.setattr(triton, "GEOMETRY_RETRY_S", 1.0)
+    model = FailingOnceTriton(flux_server.grpc_url)
+    assert model.is_ready()
+    assert model.crop_geometry() is None
+    assert model.crop_geometry() is None
+    assert model.reads == 1, "not tried again at once"
+    time.sleep(1.1)
+    assert model.is_ready()
+    assert model.crop_geometry() == served_geometry(flux_server)
+    assert model.reads == 2
 
 
 class RecordingTriton(TritonInpaintModel):

@@ -3,6 +3,7 @@
 import gzip
 import io
 import json
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -568,6 +569,29 @@ def test_a_bug_while_a_pulled_message_is_handled_gives_the_message_back(
         document = jobs.wait_for(user, session, is_terminal)
     assert document["status"] == "done", document
     assert handled == [message_id, message_id], "the same message, given back and delivered again"
+
+
+def test_a_message_whose_job_thread_cannot_start_is_given_back_at_once(
+    jobs: JobSystem, flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process at its limit of threads: the message is given back and delivered again at once, not held
+    (its lease kept alive) until its lease ends, minutes as shipped."""
+    refused: list[str] = []
+    start = threading.Thread.start
+
+    def no_thread_the_first_time(thread: threading.Thread) -> None:
+        if thread.name.startswith("job-") and not refused:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread_the_first_time)
+    user, session = jobs.new_job()
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish({"userId": user, "sessionId": session, "steps": 2})
+        document = jobs.wait_for(user, session, is_terminal, timeout_s=30)
+    assert document["status"] == "done", document
+    assert refused == ["job-bulk"]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the bug, told
