@@ -305,23 +305,32 @@ def variable(field_name: str) -> str:
     return f"{ENV_PREFIX}{field_name.upper()}"
 
 
+# Settings that were, and what took their place: a deployment written for an earlier bridge is told why.
+RETIRED_SETTINGS = {
+    "MODEL_MAX_RUN_S": "the model caps TIMEOUT_S at its own max_run_seconds; remove it",
+}
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Each `FLUXFILL_BRIDGE_*` variable that sets nothing, as `VARIABLE: not a setting (...)` naming the
-    setting it most likely meant: pydantic-settings reads its fields' variables only, so a misspelt one left
-    that setting's default in force without a word (the bridge's start refuses them)."""
+    setting it most likely meant, or why a retired one went: pydantic-settings reads its fields' variables
+    only, so a misspelt one left that setting's default in force without a word (the bridge's start refuses
+    them)."""
     known = sorted(name.upper() for name in BridgeSettings.model_fields)
     problems = []
     for name in sorted(environ):
         upper = name.upper()  # names are read in any case
-        if not upper.startswith(ENV_PREFIX) or upper.removeprefix(ENV_PREFIX) in known:
+        setting = upper.removeprefix(ENV_PREFIX)
+        if not upper.startswith(ENV_PREFIX) or setting in known:
             continue
         # Compared without the prefix, which every name shares.
-        nearest = difflib.get_close_matches(upper.removeprefix(ENV_PREFIX), known, n=1, cutoff=0.8)
-        hint = (
-            f"did you mean {ENV_PREFIX}{nearest[0]}?"
-            if nearest
-            else "`python -m fluxfill.bridge --help` lists them"
-        )
+        nearest = difflib.get_close_matches(setting, known, n=1, cutoff=0.8)
+        if setting in RETIRED_SETTINGS:
+            hint = f"no longer one: {RETIRED_SETTINGS[setting]}"
+        elif nearest:
+            hint = f"did you mean {ENV_PREFIX}{nearest[0]}?"
+        else:
+            hint = "`python -m fluxfill.bridge --help` lists them"
         problems.append(f"{name}: not a setting ({hint})")
     return problems
 

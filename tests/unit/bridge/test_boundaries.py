@@ -25,7 +25,7 @@ from fluxfill.bridge.errors import (
     TritonUnavailableError,
 )
 from fluxfill.bridge.logs import PROCESSORS
-from fluxfill.bridge.settings import BridgeSettings, unknown_variables
+from fluxfill.bridge.settings import RETIRED_SETTINGS, BridgeSettings, unknown_variables
 from fluxfill.inpaint.contract import MAX_TIMEOUT_S
 
 
@@ -248,12 +248,13 @@ def test_a_misspelt_setting_stops_the_bridge_naming_the_setting_it_meant() -> No
     assert "Traceback" not in started.stdout + started.stderr
 
 
-def test_unknown_variables_are_named_with_the_nearest_setting_and_other_variables_are_left_alone() -> None:
+def test_unknown_variables_are_named_with_the_nearest_setting_or_why_it_went_and_others_left_alone() -> None:
     environ = {
         "FLUXFILL_BRIDGE_PROJECT": "p",
         "fluxfill_bridge_bucket": "b",  # pydantic-settings reads names in any case
         "FLUXFILL_BRIDGE_MAX_CONCURENT_JOBS": "4",
         "FLUXFILL_BRIDGE_COLOUR": "blue",
+        "FLUXFILL_BRIDGE_MODEL_MAX_RUN_S": "300",  # a setting until the thirty-ninth session
         "FLUXFILL_PROJECT": "the command line's",
         "PATH": "/bin",
     }
@@ -261,7 +262,10 @@ def test_unknown_variables_are_named_with_the_nearest_setting_and_other_variable
         "FLUXFILL_BRIDGE_COLOUR: not a setting (`python -m fluxfill.bridge --help` lists them)",
         "FLUXFILL_BRIDGE_MAX_CONCURENT_JOBS: not a setting "
         "(did you mean FLUXFILL_BRIDGE_MAX_CONCURRENT_JOBS?)",
+        "FLUXFILL_BRIDGE_MODEL_MAX_RUN_S: not a setting (no longer one: the model caps TIMEOUT_S at its own "
+        "max_run_seconds; remove it)",
     ]
+    assert not {name.upper() for name in BridgeSettings.model_fields} & set(RETIRED_SETTINGS)
 
 
 def test_a_job_deadline_beyond_what_the_model_takes_as_timeout_s_is_refused() -> None:
