@@ -104,18 +104,20 @@ def test_a_cancelled_run_stops_on_the_server_within_steps(
     slow_flux_server: LocalTritonServer, protocol: str
 ) -> None:
     model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
-    cancelled_before = server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
+    cancelled_before = cancelled_runs(slow_flux_server)
     run = running_blocker(slow_flux_server, model)
     run.control.cancel.set()
     assert isinstance(run.ended(timeout_s=10).error, JobCancelledError), run.error
-    # Counted cancelled once the model stops it: a run left going would be counted a success seconds later.
-    wait_until(
-        lambda: (
-            server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
-            == cancelled_before + 1
-        ),
-        timeout_s=10,
-    )
+    wait_until_stopped_on_the_server(slow_flux_server, cancelled_before)
+
+
+def cancelled_runs(server: LocalTritonServer) -> float:
+    return server_metric(server, "fluxfill_requests_total", outcome="cancelled")
+
+
+def wait_until_stopped_on_the_server(server: LocalTritonServer, cancelled_before: float) -> None:
+    """Counted cancelled once the model stops it: a run left going would be counted a success later."""
+    wait_until(lambda: cancelled_runs(server) == cancelled_before + 1, timeout_s=10)
 
 
 def test_over_http_a_cancel_ends_the_wait_though_the_run_goes_on(slow_flux_server: LocalTritonServer) -> None:
@@ -153,7 +155,7 @@ def test_a_run_past_its_deadline_while_running_is_the_jobs_deadline_and_stops_ov
     slow_flux_server: LocalTritonServer, protocol: str
 ) -> None:
     model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
-    cancelled_before = server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
+    cancelled_before = cancelled_runs(slow_flux_server)
     run = running_blocker(slow_flux_server, model)
     run.control.deadline = time.monotonic() + 0.2  # reached while it runs, whatever the machine's speed
     assert isinstance(run.ended(timeout_s=10).error, JobDeadlineExceededError), run.error
@@ -161,10 +163,4 @@ def test_a_run_past_its_deadline_while_running_is_the_jobs_deadline_and_stops_ov
     if protocol == "http":  # no cancel: the run ends on the server at its TIMEOUT_S, or done
         wait_until(lambda: server_idle(slow_flux_server), timeout_s=60)
     else:
-        wait_until(
-            lambda: (
-                server_metric(slow_flux_server, "fluxfill_requests_total", outcome="cancelled")
-                == cancelled_before + 1
-            ),
-            timeout_s=10,
-        )
+        wait_until_stopped_on_the_server(slow_flux_server, cancelled_before)

@@ -149,6 +149,21 @@ def test_triton_startup_probe_is_the_weight_holding_models_readiness() -> None:
     assert found == 4  # Cloud Run service, worker pool, push service; GKE
 
 
+def test_triton_variables_are_ones_its_entrypoint_lets_through() -> None:
+    """The entrypoint refuses any other FLUXFILL_* variable (its container would exit 2 at every start)."""
+    entrypoint = (DEPLOY / "triton" / "entrypoint.sh").read_text()
+    listed = re.search(r'^IMAGE_VARIABLES="([^"]*)"$', entrypoint, re.MULTILINE)
+    assert listed is not None
+    image_variables = set(listed.group(1).split())
+    seen = 0
+    for path, _, container in containers(TRITON_IMAGE):
+        seen += 1
+        names = {n for n in env_names(container) if n.upper().startswith("FLUXFILL_")}
+        assert "FLUXFILL_WEIGHTS_SHA256" in names, path
+        assert names <= image_variables, f"{path}: {names - image_variables}"
+    assert seen == 4
+
+
 def test_bridge_probes_use_routes_the_bridge_serves() -> None:
     for path, _, container in containers(BRIDGE_IMAGE):
         settings_port = int(env_of(container)["FLUXFILL_BRIDGE_HTTP_PORT"])
