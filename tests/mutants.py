@@ -523,6 +523,8 @@ MUTANTS = [
     Mutant("a run that never started blamed on the job", "bridge/adapters/triton.py",
            "        if not started:\n            return TritonUnavailableError(",
            "        if False:\n            return TritonUnavailableError(", tests=TRITON_TESTS),
+    Mutant("a time limit sent beyond what the model takes", "bridge/adapters/triton.py",
+           "        remaining = min(remaining, MAX_TIMEOUT_S)\n", "", tests=TRITON_TESTS),
     Mutant("a stream's first step not noted", "bridge/adapters/triton.py",
            "                started = True\n", "", tests=TRITON_TESTS),
     Mutant("a running job's deadline blamed on Triton", "bridge/adapters/triton.py",

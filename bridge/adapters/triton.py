@@ -36,6 +36,7 @@ from fluxfill.bridge.ports import InferenceRequest, InferenceResult, ProgressCal
 from fluxfill.inpaint.config import flatten_triton_parameters, parse_model_config
 from fluxfill.inpaint.contract import (
     INPUTS,
+    MAX_TIMEOUT_S,
     MODEL_NAME,
     PRIORITY_BULK,
     PRIORITY_URGENT,
@@ -183,6 +184,10 @@ class TritonInpaintModel:
         remaining = control.deadline - time.monotonic()
         if remaining <= 0:
             raise JobDeadlineExceededError("deadline exceeded before the Triton call")
+        # What is sent as the time limit (TIMEOUT_S, and the gRPC or HTTP call's own timeout) is the most the
+        # model takes: it refused more (a caller without a deadline had every run refused as bad input), and
+        # gRPC fails a call with an infinite timeout at once. The wait below watches the deadline itself.
+        remaining = min(remaining, MAX_TIMEOUT_S)
         inputs = []
         # The model stops the run there, or at its own max_run_seconds if that comes first.
         for name, array in request_arrays(request, remaining).items():

@@ -2,6 +2,7 @@
 priority), how it stops a run (a cancel reaches the server over gRPC), and what a deadline means (a run that
 never started is Triton's fault, not the job's). The bridge's own tests run it over the stream only."""
 
+import math
 import threading
 import time
 import urllib.request
@@ -164,3 +165,15 @@ def test_a_run_past_its_deadline_while_running_is_the_jobs_deadline_and_stops_ov
         wait_until(lambda: server_idle(slow_flux_server), timeout_s=60)
     else:
         wait_until_stopped_on_the_server(slow_flux_server, cancelled_before)
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_run_without_a_deadline_is_sent_the_longest_time_limit_the_model_takes(
+    flux_server: LocalTritonServer, protocol: str
+) -> None:
+    """The deadline goes to the model as TIMEOUT_S, which it refuses above a day: a caller with no deadline
+    (the benchmarks) had every run refused as bad input."""
+    run = Run(TritonInpaintModel(url_for(flux_server, protocol), protocol), 1, deadline_s=math.inf)
+    assert run.ended().error is None, run.error
+    assert run.result is not None
+    assert run.result.image.shape == run.request.image.shape

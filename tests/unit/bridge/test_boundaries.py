@@ -269,8 +269,8 @@ def test_unknown_variables_are_named_with_the_nearest_setting_or_why_it_went_and
 
 
 def test_a_job_deadline_beyond_what_the_model_takes_as_timeout_s_is_refused() -> None:
-    """The deadline is sent as TIMEOUT_S, which the model refuses above a day: every job would have failed as
-    refused input."""
+    """The deadline is sent as TIMEOUT_S, which the model takes up to a day: a longer one could not be kept
+    (the model would stop the run at a day), so it is refused at start."""
     assert settings(job_deadline_s=MAX_TIMEOUT_S).job_deadline_s == MAX_TIMEOUT_S
     with pytest.raises(ValidationError, match="job_deadline_s"):
         settings(job_deadline_s=MAX_TIMEOUT_S + 1)
