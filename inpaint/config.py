@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal, cast, get_args
 
-from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING
+from fluxfill.inpaint.contract import MAX_INPUT_PIXELS_CEILING, MAX_TIMEOUT_S
 from fluxfill.inpaint.geometry import CropGeometry, parse_buckets
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -207,7 +207,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "min_working_pixels": _int(16 * 16, 16_777_216),
     "max_sequence_length": _int(1, 512),
     "prompt_cache_size": _int(0, 100_000),
-    "max_run_seconds": _float(0.001, 86_400.0),
+    "max_run_seconds": _float(0.001, MAX_TIMEOUT_S),  # a TIMEOUT_S of MAX_TIMEOUT_S is then no limit
     "stall_seconds": _float(0.0, 86_400.0),
     "warmup_steps": _int(0, 1000),
     "preview_every": _int(0, 1000),

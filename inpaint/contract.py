@@ -122,7 +122,8 @@ def contract_arrays(
     """A request's input tensors by name, typed as declared above; absent optionals are left out.
 
     Raises ValueError, naming the tensor, for an integer its type cannot hold or a negative seed (numpy would
-    raise a bare OverflowError), and for a prompt the model refuses (`prompt_problem`).
+    raise a bare OverflowError), and for a prompt the model refuses (`prompt_problem`). `timeout_s` is sent as
+    at most MAX_TIMEOUT_S.
     """
     problem = prompt_problem(prompt)
     if problem is not None:
@@ -139,7 +140,9 @@ def contract_arrays(
         "STEPS": None if steps is None else [steps],
         "GUIDANCE": None if guidance is None else [guidance],
         "SEED": None if seed is None else [seed],
-        "TIMEOUT_S": None if timeout_s is None else [timeout_s],
+        # A limit beyond the longest the model takes is sent as that (no run lasts longer: max_run_seconds is
+        # at most as much): refused, it failed a caller's long timeout as bad input.
+        "TIMEOUT_S": None if timeout_s is None else [min(timeout_s, MAX_TIMEOUT_S)],
     }
     return {
         spec.name: np.asarray(values[spec.name], dtype=NUMPY_TYPES[spec.datatype])

@@ -184,9 +184,9 @@ class TritonInpaintModel:
         remaining = control.deadline - time.monotonic()
         if remaining <= 0:
             raise JobDeadlineExceededError("deadline exceeded before the Triton call")
-        # What is sent as the time limit (TIMEOUT_S, and the gRPC or HTTP call's own timeout) is the most the
-        # model takes: it refused more (a caller without a deadline had every run refused as bad input), and
-        # gRPC fails a call with an infinite timeout at once. The wait below watches the deadline itself.
+        # The call's own timeout (gRPC's, HTTP's socket) is at most the longest time limit the model takes, as
+        # TIMEOUT_S is (contract_arrays): gRPC fails a call with an infinite timeout at once, and a deadline
+        # of infinity (the benchmarks') sent a TIMEOUT_S the model refused. The wait watches the deadline.
         remaining = min(remaining, MAX_TIMEOUT_S)
         inputs = []
         # The model stops the run there, or at its own max_run_seconds if that comes first.

@@ -1,9 +1,22 @@
-"""config.pbtxt declares exactly the tensors of fluxfill.inpaint.contract."""
+"""config.pbtxt declares exactly the tensors of fluxfill.inpaint.contract, and what our callers send fits."""
 
+import math
+
+import numpy as np
+import pytest
 from tritonclient.grpc import model_config_pb2
 
-from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, OUTPUTS, STREAM_MODEL_NAME, STREAM_OUTPUTS
-from tests.support import FLUX_FILL_STREAM_CONFIG, read_model_config
+from fluxfill.inpaint.contract import (
+    INPUTS,
+    MAX_TIMEOUT_S,
+    MODEL_NAME,
+    OUTPUTS,
+    STREAM_MODEL_NAME,
+    STREAM_OUTPUTS,
+    contract_arrays,
+)
+from fluxfill.inpaint.request import build_request
+from tests.support import FLUX_FILL_STREAM_CONFIG, make_config, read_model_config
 
 
 def declared(
@@ -42,3 +55,13 @@ def test_both_models_bound_their_queue_and_have_two_priorities() -> None:
         assert batching.priority_levels == 2
         assert batching.default_priority_level == 2
         assert 0 < batching.default_queue_policy.max_queue_size <= 64
+
+
+@pytest.mark.parametrize("asked", [MAX_TIMEOUT_S, MAX_TIMEOUT_S + 1, 1e6, math.inf])
+def test_a_time_limit_beyond_the_longest_the_model_takes_is_sent_as_that_and_taken(asked: float) -> None:
+    """The client's `timeout` and the bridge's deadline go as TIMEOUT_S: one over a day was refused as bad
+    input, although no run may last longer (max_run_seconds is at most a day)."""
+    arrays = contract_arrays(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), "", timeout_s=asked)
+    assert arrays["TIMEOUT_S"].tolist() == [MAX_TIMEOUT_S]
+    request = build_request(arrays, make_config(max_run_seconds=str(MAX_TIMEOUT_S)))
+    assert request.time_limit_s == MAX_TIMEOUT_S

@@ -104,6 +104,15 @@ def test_server_side_refusal_is_invalid_input_with_the_servers_message(
         client.inpaint(photo(16, 16), box_mask(16, 16), "x", steps=0)
 
 
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_timeout_longer_than_a_day_is_no_error(flux_server: LocalTritonServer, protocol: Protocol) -> None:
+    """It was sent as TIMEOUT_S, which the model refuses above a day: the call failed as invalid input."""
+    url = flux_server.grpc_url if protocol == "grpc" else flux_server.http_url
+    with FluxFillClient(url, protocol) as client:
+        output = client.inpaint(photo(16, 16), box_mask(16, 16), "x", steps=1, timeout=1e6)
+    assert output.image.shape == (16, 16, 3)
+
+
 def test_cancel_handle_stops_the_run_on_the_server(long_run_server: LocalTritonServer) -> None:
     cancelled_before = outcome_count(long_run_server, "cancelled")
     handle = CancelHandle()
