@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run until SIGTERM or SIGINT; exit 2 on invalid settings or missing credentials."""
+    """Run until SIGTERM or SIGINT; exit 2 on invalid or unknown settings or missing credentials."""
     _parser().parse_args(argv)
     problems = unknown_variables(os.environ)
     try:

@@ -23,8 +23,8 @@ MASK_THRESHOLD = 128
 # such a mask is refused or warned of.
 ZERO_ONE_MASK_HINT = "a mask of 0s and 1s, as a boolean array saved as 8-bit is, needs its 1s at 255"
 MAX_SEED = 2**63 - 1
-# TIMEOUT_S above one day is a mistake, not a limit: the model refuses it (the bridge's job deadline, sent as
-# TIMEOUT_S, may not exceed it).
+# TIMEOUT_S above one day is a mistake, not a limit: the model refuses it, and our callers send at most this
+# (contract_arrays), which no run outlasts (max_run_seconds is at most as much).
 MAX_TIMEOUT_S = 86_400.0
 # A prompt longer than this (UTF-8 bytes) cannot be meant; T5 only reads max_sequence_length tokens anyway.
 # The model refuses more, and the bridge refuses a job asking for more before it downloads anything.
