@@ -77,7 +77,11 @@ INPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("GUIDANCE", "FP32", (1,), "guidance scale; absent means the model's default", optional=True),
     TensorSpec("SEED", "INT64", (1,), f"0..{MAX_SEED}; absent means a random seed", optional=True),
     TensorSpec(
-        "TIMEOUT_S", "FP32", (1,), "time limit in seconds; the model's max_run_seconds caps it", optional=True
+        "TIMEOUT_S",
+        "FP32",
+        (1,),
+        f"time limit in seconds, 0.001..{MAX_TIMEOUT_S:g}; the model's max_run_seconds caps it",
+        optional=True,
     ),
 )
 
