@@ -1,10 +1,14 @@
 """`fluxfill submit | watch | cancel | dlq`: the job system as the app uses it, from a terminal."""
 
 import argparse
+import difflib
 import json
+import logging
+import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +22,9 @@ from fluxfill.bridge.contract import (
     id_problem,
 )
 from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES, whole_count
+from fluxfill.bridge.settings import BridgeSettings, variable
 from fluxfill.client.cli_dlq import run_dlq
-from fluxfill.client.cli_jobs import missing_setting
+from fluxfill.client.cli_jobs import SETTING_VARIABLES, missing_setting
 from fluxfill.client.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -41,8 +46,10 @@ from fluxfill.client.jobs import (
     photo_upload,
     validated_job,
 )
-from fluxfill.client.prerequisites import require_writable_folder
+from fluxfill.client.prerequisites import CLOUD_SDK_VARIABLE, require_writable_folder
 from fluxfill.client.progress import ProgressBar
+
+logger = logging.getLogger(__name__)
 
 # How `watch` exits for a failed job: the input's fault, the service's, or a stop.
 _STOPPED_CODES = {ErrorCode.DEADLINE_EXCEEDED, ErrorCode.CANCELLED}
@@ -93,8 +100,30 @@ def session_ids(args: argparse.Namespace) -> tuple[str, str]:
     return args.user, args.session or new_session_id()
 
 
+def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
+    """Each `FLUXFILL_*` variable that nothing here reads but that looks like one the job commands or the
+    bridge read, with that one: a misspelt FLUXFILL_FIRESTORE_DATABASE sent every command to the
+    `(default)` database without a word. Others are left alone (the shell may hold the Triton image's, or
+    another tool's)."""
+    read = {*SETTING_VARIABLES.values(), "FLUXFILL_USER", CLOUD_SDK_VARIABLE}
+    read |= {variable(name) for name in BridgeSettings.model_fields}
+    # Compared without the prefix, which every name shares.
+    suffixes = sorted(name.removeprefix("FLUXFILL_") for name in read)
+    told = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith("FLUXFILL_") or upper in read:
+            continue
+        nearest = difflib.get_close_matches(upper.removeprefix("FLUXFILL_"), suffixes, n=1, cutoff=0.8)
+        if nearest:
+            told.append(f"{name} is set but read by nothing: did you mean FLUXFILL_{nearest[0]}?")
+    return told
+
+
 def run_job_command(args: argparse.Namespace) -> int:
     """Dispatch one job command."""
+    for warning in misspelt_variables(os.environ):  # before a setting it would have given is missed
+        logger.warning(warning)
     if args.command in ("dlq", "config"):
         jobs = _system(args)
         return _config(jobs, args) if args.command == "config" else run_dlq(jobs, args)

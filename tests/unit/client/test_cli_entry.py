@@ -1,5 +1,6 @@
 """The CLI's entry point: whatever goes wrong unforeseen is one line naming a log file with the details."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 from PIL import Image
 
 from fluxfill.client import cli
-from fluxfill.client.errors import EXIT_FAILED, EXIT_UNAVAILABLE
+from fluxfill.client.errors import EXIT_FAILED, EXIT_UNAVAILABLE, EXIT_USAGE
+from fluxfill.client.job_commands import misspelt_variables
 from fluxfill.client.triton_binary import free_port
 
 
@@ -63,3 +65,41 @@ def test_a_librarys_warning_is_one_line_of_the_commands(tmp_path: Path) -> None:
     warning, error = done.stderr.splitlines()
     assert warning.startswith("fluxfill infer: warning: Corrupt EXIF data"), done.stderr
     assert error.startswith("fluxfill infer: "), done.stderr
+
+
+def test_a_misspelt_variable_is_told_before_the_setting_it_would_have_given_is_missed() -> None:
+    """`FLUXFILL_PROJCT` set, `FLUXFILL_PROJECT` not: the command said only that the project is required.
+    A misspelt FLUXFILL_FIRESTORE_DATABASE was worse: every command went to the `(default)` database."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.upper().startswith("FLUXFILL_") and key != "GOOGLE_CLOUD_PROJECT"
+    }
+    environment["FLUXFILL_PROJCT"] = "my-project"
+    command = Path(sys.executable).with_name("fluxfill")
+    done = subprocess.run(
+        [command, "watch", "--user", "u1", "s1"],
+        env=environment, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == EXIT_USAGE, done.stderr
+    warning, error = done.stderr.splitlines()
+    assert warning == (
+        "fluxfill watch: warning: FLUXFILL_PROJCT is set but read by nothing: did you mean FLUXFILL_PROJECT?"
+    )
+    assert "FLUXFILL_PROJECT" in error, error
+
+
+def test_only_variables_like_ones_read_are_told() -> None:
+    environ = {
+        "FLUXFILL_FIRESTORE_DATABSE": "db-1",
+        "fluxfill_bridge_edited_templat": "users/{userId}/sessions/{sessionId}/out.*",
+        "FLUXFILL_FIRESTORE_DATABASE": "db-2",  # read: nothing to say
+        "FLUXFILL_GGUF_FILE": "q8.gguf",  # the Triton image's: not this command's business
+        "FLUXFILL_SOMETHING_ELSE": "x",
+        "PATH": "/bin",
+    }
+    assert misspelt_variables(environ) == [
+        "FLUXFILL_FIRESTORE_DATABSE is set but read by nothing: did you mean FLUXFILL_FIRESTORE_DATABASE?",
+        "fluxfill_bridge_edited_templat is set but read by nothing: did you mean "
+        "FLUXFILL_BRIDGE_EDITED_TEMPLATE?",
+    ]
