@@ -52,11 +52,16 @@ class Run(threading.Thread):
         self.result: InferenceResult | None = None
         self.error: BridgeError | None = None
         self.ended_at = 0.0
+        self.stepped = threading.Event()  # its progress came back (the stream's only)
         self.start()
+
+    def _on_progress(self, step: int, _total: int) -> None:
+        if step >= 1:
+            self.stepped.set()
 
     def run(self) -> None:
         try:
-            self.result = self.model.infer(self.request, on_progress=lambda *_: None, control=self.control)
+            self.result = self.model.infer(self.request, on_progress=self._on_progress, control=self.control)
         except BridgeError as error:
             self.error = error
         self.ended_at = time.monotonic()
@@ -72,11 +77,22 @@ def url_for(server: LocalTritonServer, protocol: str) -> str:
 
 
 def running_blocker(server: LocalTritonServer, model: TritonInpaintModel) -> Run:
-    """A long run, seen stepping on the server (so that what comes next waits in the model's queue)."""
+    """A long run, seen stepping on the server (so that what comes next waits in the model's queue). The
+    server is left quiet first: a step of another test's run still going there was taken for this one's
+    (in CI, a stream then reached its deadline "before Triton reported its first step")."""
+    wait_until(lambda: server_quiet(server), timeout_s=60)
     steps_before = server_metric(server, "fluxfill_step_duration_seconds_count")
     blocker = Run(model, LONG_RUN)
-    wait_until(lambda: server_metric(server, "fluxfill_step_duration_seconds_count") > steps_before)
+    if model.protocol == "grpc-stream":
+        assert blocker.stepped.wait(30), "the run never stepped"
+    else:
+        wait_until(lambda: server_metric(server, "fluxfill_step_duration_seconds_count") > steps_before)
     return blocker
+
+
+def server_quiet(server: LocalTritonServer) -> bool:
+    """No request waits and none steps on the server (a step takes about 40 ms: none in a quarter second)."""
+    return server_metric(server, "nv_inference_pending_request_count") == 0 and server_idle(server)
 
 
 def queued(server: LocalTritonServer, model: TritonInpaintModel) -> float:
