@@ -105,14 +105,14 @@ def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
     bridge read, with that one: a misspelt FLUXFILL_FIRESTORE_DATABASE sent every command to the
     `(default)` database without a word. Others are left alone (the shell may hold the Triton image's, or
     another tool's)."""
-    read = {*SETTING_VARIABLES.values(), "FLUXFILL_USER", CLOUD_SDK_VARIABLE}
-    read |= {variable(name) for name in BridgeSettings.model_fields}
+    own = {*SETTING_VARIABLES.values(), "FLUXFILL_USER", CLOUD_SDK_VARIABLE}  # read as written
+    bridge = {variable(name) for name in BridgeSettings.model_fields}  # read in any case (pydantic-settings)
     # Compared without the prefix, which every name shares.
-    suffixes = sorted(name.removeprefix("FLUXFILL_") for name in read)
+    suffixes = sorted(name.removeprefix("FLUXFILL_") for name in own | bridge)
     told = []
     for name in sorted(environ):
         upper = name.upper()
-        if not upper.startswith("FLUXFILL_") or upper in read:
+        if not upper.startswith("FLUXFILL_") or name in own or upper in bridge:
             continue
         nearest = difflib.get_close_matches(upper.removeprefix("FLUXFILL_"), suffixes, n=1, cutoff=0.8)
         if nearest:

@@ -94,6 +94,7 @@ def test_only_variables_like_ones_read_are_told() -> None:
         "FLUXFILL_FIRESTORE_DATABSE": "db-1",
         "fluxfill_bridge_edited_templat": "users/{userId}/sessions/{sessionId}/out.*",
         "FLUXFILL_FIRESTORE_DATABASE": "db-2",  # read: nothing to say
+        "fluxfill_bucket": "b",  # the command line reads its own names as written (the bridge's in any case)
         "FLUXFILL_GGUF_FILE": "q8.gguf",  # the Triton image's: not this command's business
         "FLUXFILL_SOMETHING_ELSE": "x",
         "PATH": "/bin",
@@ -102,4 +103,5 @@ def test_only_variables_like_ones_read_are_told() -> None:
         "FLUXFILL_FIRESTORE_DATABSE is set but read by nothing: did you mean FLUXFILL_FIRESTORE_DATABASE?",
         "fluxfill_bridge_edited_templat is set but read by nothing: did you mean "
         "FLUXFILL_BRIDGE_EDITED_TEMPLATE?",
+        "fluxfill_bucket is set but read by nothing: did you mean FLUXFILL_BUCKET?",
     ]
