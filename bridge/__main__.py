@@ -14,7 +14,7 @@ from fluxfill.bridge.bootstrap import build_bridge
 from fluxfill.bridge.credentials import CredentialsError
 from fluxfill.bridge.logs import configure_logging
 from fluxfill.bridge.service import BridgeService
-from fluxfill.bridge.settings import BridgeSettings, setting_rows, settings_problems, unknown_variables
+from fluxfill.bridge.settings import BridgeSettings, environment_problems, setting_rows, settings_problems
 
 logger = structlog.get_logger("fluxfill.bridge")
 
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run until SIGTERM or SIGINT; exit 2 on invalid or unknown settings or missing credentials."""
     _parser().parse_args(argv)
-    problems = unknown_variables(os.environ)
+    problems = environment_problems(os.environ)
     try:
         settings = BridgeSettings()  # type: ignore[call-arg]
     except ValidationError as error:

@@ -311,16 +311,20 @@ RETIRED_SETTINGS = {
 }
 
 
-def unknown_variables(environ: Mapping[str, str]) -> list[str]:
-    """Each `FLUXFILL_BRIDGE_*` variable that sets nothing, as `VARIABLE: not a setting (...)` naming the
-    setting it most likely meant, or why a retired one went: pydantic-settings reads its fields' variables
-    only, so a misspelt one left that setting's default in force without a word (the bridge's start refuses
-    them)."""
+def environment_problems(environ: Mapping[str, str]) -> list[str]:
+    """What the bridge's start refuses in `FLUXFILL_BRIDGE_*` variables beyond their values: each that sets
+    nothing, as `VARIABLE: not a setting (...)` naming the setting it most likely meant, or why a retired one
+    went (pydantic-settings reads its fields' variables only, so a misspelt one left that setting's default
+    in force without a word); and a setting given twice, in two cases, with two values (it reads one of
+    them, and says not which)."""
     known = sorted(name.upper() for name in BridgeSettings.model_fields)
     problems = []
+    given: dict[str, list[str]] = {}
     for name in sorted(environ):
         upper = name.upper()  # names are read in any case
         setting = upper.removeprefix(ENV_PREFIX)
+        if upper.startswith(ENV_PREFIX) and setting in known:
+            given.setdefault(upper, []).append(name)
         if not upper.startswith(ENV_PREFIX) or setting in known:
             continue
         # Compared without the prefix, which every name shares.
@@ -332,6 +336,9 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         else:
             hint = "`python -m fluxfill.bridge --help` lists them"
         problems.append(f"{name}: not a setting ({hint})")
+    for names in given.values():
+        if len({environ[name] for name in names}) > 1:
+            problems.append(f"{' and '.join(names)}: one setting given twice, with two values; keep one")
     return problems
 
 

@@ -25,7 +25,7 @@ from fluxfill.bridge.errors import (
     TritonUnavailableError,
 )
 from fluxfill.bridge.logs import PROCESSORS
-from fluxfill.bridge.settings import RETIRED_SETTINGS, BridgeSettings, unknown_variables
+from fluxfill.bridge.settings import RETIRED_SETTINGS, BridgeSettings, environment_problems
 from fluxfill.inpaint.contract import MAX_TIMEOUT_S
 
 
@@ -258,7 +258,7 @@ def test_unknown_variables_are_named_with_the_nearest_setting_or_why_it_went_and
         "FLUXFILL_PROJECT": "the command line's",
         "PATH": "/bin",
     }
-    assert unknown_variables(environ) == [
+    assert environment_problems(environ) == [
         "FLUXFILL_BRIDGE_COLOUR: not a setting (`python -m fluxfill.bridge --help` lists them)",
         "FLUXFILL_BRIDGE_MAX_CONCURENT_JOBS: not a setting "
         "(did you mean FLUXFILL_BRIDGE_MAX_CONCURRENT_JOBS?)",
@@ -274,3 +274,14 @@ def test_a_job_deadline_beyond_what_the_model_takes_as_timeout_s_is_refused() ->
     assert settings(job_deadline_s=MAX_TIMEOUT_S).job_deadline_s == MAX_TIMEOUT_S
     with pytest.raises(ValidationError, match="job_deadline_s"):
         settings(job_deadline_s=MAX_TIMEOUT_S + 1)
+
+
+def test_a_setting_given_twice_in_two_cases_with_two_values_is_refused() -> None:
+    """pydantic-settings reads names in any case and took one of the two values without a word."""
+    same = {"FLUXFILL_BRIDGE_BUCKET": "b", "fluxfill_bridge_bucket": "b"}  # the same value: nothing to say
+    assert environment_problems(same) == []
+    environ = {"FLUXFILL_BRIDGE_PROJECT": "prod", "fluxfill_bridge_project": "staging"}
+    assert environment_problems(environ) == [
+        "FLUXFILL_BRIDGE_PROJECT and fluxfill_bridge_project: one setting given twice, with two values; "
+        "keep one"
+    ]
