@@ -102,7 +102,8 @@ fairness: $(INSTALLED)
 	$(BIN)/python -m chaos fairness
 
 # Each mutant of the exactly-one-outcome decisions and the parts under them (tests/mutants.py) must fail its
-# tests: exit 1 if one survives. About two and a half hours; it changes bridge/ in place while it runs (and puts it back).
+# tests: exit 1 if one survives. About two and a half hours; it changes bridge/ in place while it runs (and
+# puts it back).
 mutants: $(INSTALLED)
 	$(BIN)/python -m tests.mutants
 

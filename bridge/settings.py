@@ -4,7 +4,7 @@ import difflib
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Literal, TypeVar
 
 from pydantic import (
@@ -311,28 +311,35 @@ RETIRED_SETTINGS = {
 }
 
 
+def likely_meant(name: str, candidates: Iterable[str], prefix: str) -> str | None:
+    """The candidate that `name` most likely misspells (the bridge's start, the command line's warning), or
+    None: alike by 0.8 at least, compared without `prefix`, which all of them share."""
+    by_rest = {candidate.removeprefix(prefix): candidate for candidate in candidates}
+    nearest = difflib.get_close_matches(name.upper().removeprefix(prefix), sorted(by_rest), n=1, cutoff=0.8)
+    return by_rest[nearest[0]] if nearest else None
+
+
 def environment_problems(environ: Mapping[str, str]) -> list[str]:
     """What the bridge's start refuses in `FLUXFILL_BRIDGE_*` variables beyond their values: each that sets
     nothing, as `VARIABLE: not a setting (...)` naming the setting it most likely meant, or why a retired one
     went (pydantic-settings reads its fields' variables only, so a misspelt one left that setting's default
     in force without a word); and a setting given twice, in two cases, with two values (it reads one of
     them, and says not which)."""
-    known = sorted(name.upper() for name in BridgeSettings.model_fields)
+    known = {variable(name) for name in BridgeSettings.model_fields}
     problems = []
     given: dict[str, list[str]] = {}
     for name in sorted(environ):
         upper = name.upper()  # names are read in any case
-        setting = upper.removeprefix(ENV_PREFIX)
-        if upper.startswith(ENV_PREFIX) and setting in known:
-            given.setdefault(upper, []).append(name)
-        if not upper.startswith(ENV_PREFIX) or setting in known:
+        if not upper.startswith(ENV_PREFIX):
             continue
-        # Compared without the prefix, which every name shares.
-        nearest = difflib.get_close_matches(setting, known, n=1, cutoff=0.8)
-        if setting in RETIRED_SETTINGS:
-            hint = f"no longer one: {RETIRED_SETTINGS[setting]}"
-        elif nearest:
-            hint = f"did you mean {ENV_PREFIX}{nearest[0]}?"
+        if upper in known:
+            given.setdefault(upper, []).append(name)
+            continue
+        retired = RETIRED_SETTINGS.get(upper.removeprefix(ENV_PREFIX))
+        if retired is not None:
+            hint = f"no longer one: {retired}"
+        elif (meant := likely_meant(upper, known, ENV_PREFIX)) is not None:
+            hint = f"did you mean {meant}?"
         else:
             hint = "`python -m fluxfill.bridge --help` lists them"
         problems.append(f"{name}: not a setting ({hint})")

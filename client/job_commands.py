@@ -1,7 +1,6 @@
 """`fluxfill submit | watch | cancel | dlq`: the job system as the app uses it, from a terminal."""
 
 import argparse
-import difflib
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from fluxfill.bridge.contract import (
     id_problem,
 )
 from fluxfill.bridge.sessions import MAX_DOCUMENT_BYTES, whole_count
-from fluxfill.bridge.settings import BridgeSettings, variable
+from fluxfill.bridge.settings import BridgeSettings, likely_meant, variable
 from fluxfill.client.cli_dlq import run_dlq
 from fluxfill.client.cli_jobs import SETTING_VARIABLES, missing_setting
 from fluxfill.client.errors import (
@@ -107,16 +106,14 @@ def misspelt_variables(environ: Mapping[str, str]) -> list[str]:
     another tool's)."""
     own = {*SETTING_VARIABLES.values(), "FLUXFILL_USER", CLOUD_SDK_VARIABLE}  # read as written
     bridge = {variable(name) for name in BridgeSettings.model_fields}  # read in any case (pydantic-settings)
-    # Compared without the prefix, which every name shares.
-    suffixes = sorted(name.removeprefix("FLUXFILL_") for name in own | bridge)
     told = []
     for name in sorted(environ):
         upper = name.upper()
         if not upper.startswith("FLUXFILL_") or name in own or upper in bridge:
             continue
-        nearest = difflib.get_close_matches(upper.removeprefix("FLUXFILL_"), suffixes, n=1, cutoff=0.8)
-        if nearest:
-            told.append(f"{name} is set but read by nothing: did you mean FLUXFILL_{nearest[0]}?")
+        meant = likely_meant(upper, own | bridge, "FLUXFILL_")
+        if meant is not None:
+            told.append(f"{name} is set but read by nothing: did you mean {meant}?")
     return told
 
 

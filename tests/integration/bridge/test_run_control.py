@@ -8,13 +8,18 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import JobSystem, is_terminal, running_bridge, wait_until
+from tests.integration.bridge.harness import (
+    JobSystem,
+    is_terminal,
+    running_bridge,
+    server_metric,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 LONG_RUN = 100  # steps: about 4 s on the slow server
@@ -27,13 +32,7 @@ def has_progress(document: dict[str, object]) -> bool:
 
 
 def triton_outcomes(server: LocalTritonServer, outcome: str) -> float:
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local URL)
-        text = response.read().decode()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("fluxfill_requests_total{") and f'outcome="{outcome}"' in line
-    )
+    return server_metric(server, "fluxfill_requests_total", outcome=outcome)
 
 
 def test_progress_is_seen_and_cancel_from_the_app_stops_triton(

@@ -5,7 +5,6 @@ never started is Triton's fault, not the job's). The bridge's own tests run it o
 import math
 import threading
 import time
-import urllib.request
 
 import pytest
 
@@ -18,23 +17,11 @@ from fluxfill.bridge.errors import (
 )
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, RunControl
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import box_mask, photo, wait_until
+from tests.integration.bridge.harness import box_mask, photo, server_metric, wait_until
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ("grpc-stream", "grpc", "http")
 LONG_RUN = 60  # steps: about 2.5 s on the slow server, whatever the photo's size (it works at 1024x1024)
-
-
-def server_metric(server: LocalTritonServer, name: str, **labels: str) -> float:
-    """The sum of a metric's series that carry these labels."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local URL)
-        text = response.read().decode()
-    wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((f"{name}{{", f"{name} ")) and all(label in line for label in wanted)
-    )
 
 
 class Run(threading.Thread):

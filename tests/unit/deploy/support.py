@@ -15,6 +15,16 @@ PLACEHOLDER = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 # What deploy/triton/entrypoint.sh starts tritonserver with (its test checks the flags themselves).
 TRITON_HTTP_PORT, TRITON_GRPC_PORT, TRITON_METRICS_PORT = 8000, 8001, 8002
 BRIDGE_IMAGE, TRITON_IMAGE = "${IMAGE_REPOSITORY}/bridge:${TAG}", "${IMAGE_REPOSITORY}/triton:${TAG}"
+TRITON_ENTRYPOINT = DEPLOY / "triton" / "entrypoint.sh"
+# The entrypoint's list of the FLUXFILL_* variables the Triton image reads (it refuses any other).
+IMAGE_VARIABLES_LINE = re.compile(r'^IMAGE_VARIABLES="([^"]*)"\n', re.MULTILINE)
+
+
+def image_variables() -> set[str]:
+    """The variables the Triton image's entrypoint lets through."""
+    listed = IMAGE_VARIABLES_LINE.search(TRITON_ENTRYPOINT.read_text())
+    assert listed is not None, "no IMAGE_VARIABLES line in the entrypoint"
+    return set(listed.group(1).split())
 
 
 def config_env() -> dict[str, str]:

@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 
 from tests.support import MODEL_REPOSITORY, REPO_ROOT, read_model_config
-from tests.unit.deploy.support import DEPLOY, TRITON_GRPC_PORT, TRITON_HTTP_PORT, TRITON_METRICS_PORT
+from tests.unit.deploy.support import (
+    IMAGE_VARIABLES_LINE,
+    TRITON_ENTRYPOINT,
+    TRITON_GRPC_PORT,
+    TRITON_HTTP_PORT,
+    TRITON_METRICS_PORT,
+    image_variables,
+)
 
-ENTRYPOINT = DEPLOY / "triton" / "entrypoint.sh"
+ENTRYPOINT = TRITON_ENTRYPOINT
 DIGEST = "0123456789abcdef" * 4
 
 
@@ -191,9 +198,6 @@ def test_every_variable_the_image_reads_is_one_the_entrypoint_lets_through() -> 
     """The entrypoint's list against what its parts read (itself, the supervisor, the model's code)."""
     sources = [ENTRYPOINT, *(REPO_ROOT / "client").glob("triton_*.py"), *(REPO_ROOT / "inpaint").glob("*.py")]
     sources += list((REPO_ROOT / "model_repository").glob("*/1/model.py"))
-    listing = re.compile(r'^IMAGE_VARIABLES="([^"]*)"\n', re.MULTILINE)
-    texts = [listing.sub("", path.read_text()) for path in sources]  # the list itself not counted as read
+    texts = [IMAGE_VARIABLES_LINE.sub("", path.read_text()) for path in sources]  # the list is no reader
     read = {name for text in texts for name in re.findall(r"\bFLUXFILL_[A-Z0-9_]*[A-Z0-9]", text)}
-    listed = listing.search(ENTRYPOINT.read_text())
-    assert listed is not None
-    assert set(listed.group(1).split()) == read
+    assert image_variables() == read
