@@ -3,6 +3,8 @@
 The metric API (`MetricFamily`) is injected: triton_python_backend_utils in the server, a stub in unit tests.
 """
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,12 @@ class FamilySpec:
 
 FAMILIES: dict[str, FamilySpec] = {
     "requests": FamilySpec("fluxfill_requests_total", "counter", ("outcome",), "requests by outcome"),
+    "in_progress": FamilySpec(
+        "fluxfill_requests_in_progress",
+        "gauge",
+        (),
+        "requests taken from Triton's queue and not yet answered (Triton's pending count leaves them out)",
+    ),
     "step": FamilySpec("fluxfill_step_duration_seconds", "histogram", (), "one denoising step, as it ends"),
     "denoise": FamilySpec(
         "fluxfill_denoise_duration_seconds", "histogram", (), "all denoising steps of a run"
@@ -89,6 +97,7 @@ class ModelMetrics:
         self.outcomes = {
             outcome: family["requests"].Metric(labels={"outcome": outcome}) for outcome in OUTCOMES
         }
+        self.in_progress = family["in_progress"].Metric(labels={})
         self.step_seconds = family["step"].Metric(labels={}, buckets=STEP_BUCKETS)
         self.denoise_seconds = family["denoise"].Metric(labels={}, buckets=RUN_BUCKETS)
         self.preprocess_seconds = family["phase"].Metric(
@@ -110,6 +119,24 @@ class ModelMetrics:
             labels={"device": device, "dtype": dtype, "offload": offload}
         )
         self._placement.set(1)
+
+    @contextmanager
+    def serving(self, requests: int) -> Iterator[Callable[[], None]]:
+        """`requests` taken from Triton's queue at once: each call of the yielded function says one was
+        answered; any not answered by the end of the block are counted out then (the instance gave up on
+        them). Incremented, not set: the instances of one model on several GPUs share the series."""
+        unanswered = requests
+        self.in_progress.increment(requests)
+
+        def answered() -> None:
+            nonlocal unanswered
+            unanswered -= 1
+            self.in_progress.increment(-1)
+
+        try:
+            yield answered
+        finally:
+            self.in_progress.increment(-unanswered)
 
     def record_outcome(self, outcome: str) -> None:
         """Count one finished request."""

@@ -1,9 +1,7 @@
 """Streaming, cancellation, time limits, queue policy, metrics and the prompt cache on a real tritonserver."""
 
 import queue
-import re
 import time
-import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -16,6 +14,7 @@ from tritonclient.utils import InferenceServerException
 from fluxfill.client.inference import FluxFillClient, contract_arrays
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, PRIORITY_URGENT, STREAM_MODEL_NAME
+from tests.integration.server_metrics import server_metric, wait_until_settled
 
 pytestmark = pytest.mark.integration
 
@@ -63,21 +62,10 @@ class Stream:
                 return
 
 
-def metric(server: LocalTritonServer, name: str, **labels: str) -> float:
-    text = urllib.request.urlopen(server.metrics_url, timeout=5).read().decode()  # noqa: S310 (local server)
-    label_text = ",".join(f'{key}="{value}"' for key, value in sorted(labels.items()))
-    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? ([0-9.e+-]+)$", re.MULTILINE)
-    total = 0.0
-    for found_labels, value in pattern.findall(text):
-        if all(f'{k}="{v}"' in found_labels for k, v in labels.items()) or not label_text:
-            total += float(value)
-    return total
-
-
 def wait_for_steps_beyond(server: LocalTritonServer, count: float) -> None:
     """Block until a run has finished a step, i.e. it is executing now."""
     deadline = time.monotonic() + 30
-    while metric(server, "fluxfill_step_duration_seconds_count") <= count:
+    while server_metric(server, "fluxfill_step_duration_seconds_count") <= count:
         assert time.monotonic() < deadline, "the run never started"
         time.sleep(0.02)
 
@@ -102,27 +90,31 @@ def test_stream_sends_one_response_per_step_in_order_then_the_unary_image(
 
 
 def test_cancelling_a_stream_stops_within_a_step_and_frees_the_model(flux_server: LocalTritonServer) -> None:
-    cancelled_before = metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
-    steps_before = metric(flux_server, "fluxfill_step_duration_seconds_count")
+    wait_until_settled(flux_server)  # an earlier test's run answered late would move the counts below
+    cancelled_before = server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
+    steps_before = server_metric(flux_server, "fluxfill_step_duration_seconds_count")
     image, mask = scene(256)
     stream = Stream(flux_server)
     stream.send(grpc_inputs(image, mask, steps=LONG_STEPS, seed=1))
     first, error = stream.next()
     assert error is None
     assert int(first.as_numpy("STEP")[0]) == 1
+    assert server_metric(flux_server, "fluxfill_requests_in_progress") == 1
     started = time.monotonic()
     stream.client.stop_stream(cancel_requests=True)
     with FluxFillClient(flux_server.grpc_url, "grpc") as client:
         client.inpaint(*scene(64), "next", steps=1, seed=2)
     assert time.monotonic() - started < 10, "the next request waited for the cancelled run"
-    assert metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before + 1
-    computed = metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
+    assert server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before + 1
+    computed = server_metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
     assert computed < LONG_STEPS / 2, f"{computed} steps computed after cancelling a {LONG_STEPS}-step run"
+    wait_until_settled(flux_server, timeout_s=10)  # both answered: the gauge is back at 0
 
 
 def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: LocalTritonServer) -> None:
-    cancelled_before = metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
-    steps_before = metric(flux_server, "fluxfill_step_duration_seconds_count")
+    wait_until_settled(flux_server)
+    cancelled_before = server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
+    steps_before = server_metric(flux_server, "fluxfill_step_duration_seconds_count")
     client = grpcclient.InferenceServerClient(flux_server.grpc_url)
     done: queue.Queue[Any] = queue.Queue()
     context = client.async_infer(
@@ -135,10 +127,10 @@ def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: Local
     _, error = done.get(timeout=30)
     assert error is not None
     deadline = time.monotonic() + 30
-    while metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before:
+    while server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before:
         assert time.monotonic() < deadline, "the inner run was not cancelled"
         time.sleep(0.05)
-    computed = metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
+    computed = server_metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
     assert computed < LONG_STEPS / 2
 
 
@@ -146,7 +138,8 @@ def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: Local
 def test_time_limit_stops_a_long_run_with_a_deadline_error(
     flux_server: LocalTritonServer, model: str
 ) -> None:
-    timeouts_before = metric(flux_server, "fluxfill_requests_total", outcome="timeout")
+    wait_until_settled(flux_server)
+    timeouts_before = server_metric(flux_server, "fluxfill_requests_total", outcome="timeout")
     inputs = grpc_inputs(*scene(256), steps=LONG_STEPS, seed=4, timeout_s=0.3)
     started = time.monotonic()
     if model == MODEL_NAME:
@@ -163,7 +156,7 @@ def test_time_limit_stops_a_long_run_with_a_deadline_error(
     assert error.status() == ("StatusCode.UNAVAILABLE" if model == MODEL_NAME else None)
     assert error.message().startswith("deadline exceeded: stopped after step")
     assert "exceeds the limit of 0.3 s" in error.message()
-    assert metric(flux_server, "fluxfill_requests_total", outcome="timeout") == timeouts_before + 1
+    assert server_metric(flux_server, "fluxfill_requests_total", outcome="timeout") == timeouts_before + 1
 
 
 def test_full_queue_refuses_excess_quickly_and_urgent_overtakes_bulk(flux_server: LocalTritonServer) -> None:
@@ -202,7 +195,8 @@ def _blocker_then_twelve_queued(
             priority=priority,
         )
 
-    steps_before = metric(server, "fluxfill_step_duration_seconds_count")
+    wait_until_settled(server)  # a step of another run would be taken for the blocker's
+    steps_before = server_metric(server, "fluxfill_step_duration_seconds_count")
     submit("blocker", LONG_STEPS, size=256)
     wait_for_steps_beyond(server, steps_before)
     # The blocker is executing: everything below waits in flux_fill's queue (max 8).
@@ -218,21 +212,23 @@ def _blocker_then_twelve_queued(
 
 
 def test_repeated_prompt_hits_the_cache_with_identical_output(flux_server: LocalTritonServer) -> None:
+    wait_until_settled(flux_server)
     hits, misses = (
-        metric(flux_server, "fluxfill_prompt_cache_requests_total", result=r) for r in ("hit", "miss")
+        server_metric(flux_server, "fluxfill_prompt_cache_requests_total", result=r) for r in ("hit", "miss")
     )
     prompt = f"a unique prompt {time.monotonic_ns()}"
     with FluxFillClient(flux_server.grpc_url, "grpc") as client:
         first = client.inpaint(*scene(96), prompt, steps=2, seed=8).image
         second = client.inpaint(*scene(96), prompt, steps=2, seed=8).image
     assert np.array_equal(first, second)
-    assert metric(flux_server, "fluxfill_prompt_cache_requests_total", result="miss") == misses + 1
-    assert metric(flux_server, "fluxfill_prompt_cache_requests_total", result="hit") == hits + 1
+    assert server_metric(flux_server, "fluxfill_prompt_cache_requests_total", result="miss") == misses + 1
+    assert server_metric(flux_server, "fluxfill_prompt_cache_requests_total", result="hit") == hits + 1
 
 
 def test_metrics_count_each_outcome(flux_server: LocalTritonServer) -> None:
     names = ("success", "invalid", "cancelled", "timeout", "error")
-    before = {outcome: metric(flux_server, "fluxfill_requests_total", outcome=outcome) for outcome in names}
+    wait_until_settled(flux_server)
+    before = {name: server_metric(flux_server, "fluxfill_requests_total", outcome=name) for name in names}
     with FluxFillClient(flux_server.grpc_url, "grpc") as client:
         client.inpaint(*scene(64), "ok", steps=1, seed=1)
         client.inpaint(*scene(64), "ok", steps=1, seed=2)
@@ -240,7 +236,7 @@ def test_metrics_count_each_outcome(flux_server: LocalTritonServer) -> None:
         client.inpaint(image, np.zeros((64, 64), np.uint8), "empty mask is a success", seed=3)
         with pytest.raises(Exception, match="MASK"):
             client.inpaint(image, np.zeros((8, 8), np.uint8), "bad mask")
-    after = {outcome: metric(flux_server, "fluxfill_requests_total", outcome=outcome) for outcome in names}
+    after = {name: server_metric(flux_server, "fluxfill_requests_total", outcome=name) for name in names}
     assert {k: after[k] - before[k] for k in names} == {
         "success": 3,
         "invalid": 1,
@@ -248,10 +244,10 @@ def test_metrics_count_each_outcome(flux_server: LocalTritonServer) -> None:
         "timeout": 0,
         "error": 0,
     }
-    assert metric(flux_server, "fluxfill_model_load_seconds") > 0
-    assert metric(flux_server, "fluxfill_model_info", device="cpu", offload="none") == 1
-    assert metric(flux_server, "fluxfill_denoised_pixel_ratio_count") > 0
-    assert metric(flux_server, "fluxfill_phase_duration_seconds_count", phase="preprocess") > 0
+    assert server_metric(flux_server, "fluxfill_model_load_seconds") > 0
+    assert server_metric(flux_server, "fluxfill_model_info", device="cpu", offload="none") == 1
+    assert server_metric(flux_server, "fluxfill_denoised_pixel_ratio_count") > 0
+    assert server_metric(flux_server, "fluxfill_phase_duration_seconds_count", phase="preprocess") > 0
 
 
 def test_model_is_ready_only_after_its_warm_up(flux_server: LocalTritonServer) -> None:

@@ -171,6 +171,45 @@ def test_invalid_request_gets_invalid_arg_and_the_next_one_succeeds(stream_model
     assert metric_value("fluxfill_requests_total", outcome="success") == 1
 
 
+class GaugeAtFinalSend(pb.ResponseSender):
+    """Notes the in-progress gauge as each request's last response leaves; `failing` sends raise."""
+
+    def __init__(self, seen: list[float], failing: bool = False) -> None:
+        super().__init__()
+        self.seen, self.failing = seen, failing
+
+    def send(self, response: pb.InferenceResponse | None = None, flags: int = 0) -> None:
+        if self.failing:
+            raise RuntimeError("the stub's IPC with Triton is gone")
+        super().send(response, flags)
+        if flags == FINAL:
+            self.seen.append(metric_value("fluxfill_requests_in_progress"))
+
+
+def test_requests_taken_together_count_in_progress_until_each_is_answered(stream_model: Any) -> None:
+    """Triton's pending count drops when it hands requests to the instance: what the instance holds, still
+    waiting its turn or running, is told by this gauge (and a run in its preprocessing shows no step)."""
+    seen: list[float] = []
+    bad = valid_tensors()
+    bad["MASK"] = pb.Tensor("MASK", np.zeros((5, 5), np.uint8))
+    requests = [
+        pb.InferenceRequest(tensors, sender=GaugeAtFinalSend(seen))
+        for tensors in (valid_tensors(), bad, valid_tensors())
+    ]
+    stream_model.execute(requests)
+    assert seen == [3, 2, 1]
+    assert metric_value("fluxfill_requests_in_progress") == 0
+
+
+def test_requests_an_instance_gives_up_on_are_no_longer_counted_in_progress(stream_model: Any) -> None:
+    seen: list[float] = []
+    failing = pb.InferenceRequest(valid_tensors(), sender=GaugeAtFinalSend(seen, failing=True))
+    never_served = pb.InferenceRequest(valid_tensors(), sender=GaugeAtFinalSend(seen))
+    with pytest.raises(RuntimeError, match="IPC"):
+        stream_model.execute([failing, never_served])
+    assert metric_value("fluxfill_requests_in_progress") == 0
+
+
 def test_caller_cancelling_the_stream_stops_the_run_within_a_step(stream_model: Any) -> None:
     request = pb.InferenceRequest(valid_tensors(steps=10), sender=pb.ResponseSender(cancel_after=2))
     stream_model.execute([request])

@@ -101,11 +101,13 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> None:
         """Serve each request in turn; responses go through each request's sender."""
-        for request in requests:
-            # The whole request is watched, not only its run: reading its inputs and sending its responses go
-            # through the stub's IPC with Triton, which can hang as a step can.
-            with self._service.watchdog.watching():
-                self._serve(request)
+        with self._metrics.serving(len(requests)) as answered:
+            for request in requests:
+                # The whole request is watched, not only its run: reading its inputs and sending its responses
+                # go through the stub's IPC with Triton, which can hang as a step can.
+                with self._service.watchdog.watching():
+                    self._serve(request)
+                answered()
 
     def _serve(self, request: Any) -> None:
         sender = request.get_response_sender()

@@ -6,7 +6,6 @@ import json
 import socket
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from fluxfill.bridge.ports import InferenceRequest, InferenceResult, InpaintMode
 from fluxfill.bridge.service import BridgeService
 from fluxfill.bridge.settings import BridgeSettings
 from fluxfill.client.local_emulators import LocalJobSystem
-from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.client.triton_binary import free_port
 from tests.unit.bridge.fakes import AlwaysReady
 
@@ -49,18 +47,6 @@ def box_mask(height: int = 96, width: int = 128) -> np.ndarray:
 
 def is_terminal(document: dict[str, object]) -> bool:
     return document.get("status") in {"done", "failed", "cancelled"}
-
-
-def server_metric(server: LocalTritonServer, name: str, **labels: str) -> float:
-    """The sum of a tritonserver metric's series that carry these labels."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local URL)
-        text = response.read().decode()
-    wanted = [f'{key}="{value}"' for key, value in labels.items()]
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((f"{name}{{", f"{name} ")) and all(label in line for label in wanted)
-    )
 
 
 def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -17,9 +17,9 @@ from tests.integration.bridge.harness import (
     JobSystem,
     is_terminal,
     running_bridge,
-    server_metric,
     wait_until,
 )
+from tests.integration.server_metrics import server_metric, wait_until_settled
 
 pytestmark = pytest.mark.integration
 LONG_RUN = 100  # steps: about 4 s on the slow server
@@ -39,6 +39,7 @@ def test_progress_is_seen_and_cancel_from_the_app_stops_triton(
     jobs: JobSystem, slow_flux_server: LocalTritonServer
 ) -> None:
     user, session = jobs.new_job()
+    wait_until_settled(slow_flux_server)
     cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
     with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
         jobs.publish({"userId": user, "sessionId": session, "steps": LONG_RUN})
@@ -68,6 +69,7 @@ def test_deadline_fails_the_job_with_deadline_exceeded(
     # checks what each of them left on Triton.
     slow_flux_server = slower_flux_server
     user, session = jobs.new_job()
+    wait_until_settled(slow_flux_server)
     stopped_before = stopped_runs(slow_flux_server)
     with running_bridge(jobs.settings(slow_flux_server.grpc_url, job_deadline_s=DEADLINE_S)):
         jobs.publish({"userId": user, "sessionId": session, "steps": LONG_RUN})
@@ -138,6 +140,7 @@ def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
     jobs: JobSystem, slow_flux_server: LocalTritonServer
 ) -> None:
     user, session = jobs.new_job()
+    wait_until_settled(slow_flux_server)
     cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
     with bridge_process(jobs, slow_flux_server.grpc_url, shutdown_grace_s="0.5") as process:
         job = json.dumps({"userId": user, "sessionId": session, "steps": LONG_RUN}).encode()

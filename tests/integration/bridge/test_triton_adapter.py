@@ -17,7 +17,8 @@ from fluxfill.bridge.errors import (
 )
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, RunControl
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import box_mask, photo, server_metric, wait_until
+from tests.integration.bridge.harness import box_mask, photo, wait_until
+from tests.integration.server_metrics import server_metric, wait_until_settled
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ("grpc-stream", "grpc", "http")
@@ -65,9 +66,9 @@ def url_for(server: LocalTritonServer, protocol: str) -> str:
 
 def running_blocker(server: LocalTritonServer, model: TritonInpaintModel) -> Run:
     """A long run, seen stepping on the server (so that what comes next waits in the model's queue). The
-    server is left quiet first: a step of another test's run still going there was taken for this one's
+    server is left to settle first: a step of another test's run still going there was taken for this one's
     (in CI, a stream then reached its deadline "before Triton reported its first step")."""
-    wait_until(lambda: server_quiet(server), timeout_s=60)
+    wait_until_settled(server)
     steps_before = server_metric(server, "fluxfill_step_duration_seconds_count")
     blocker = Run(model, LONG_RUN)
     if model.protocol == "grpc-stream":
@@ -75,11 +76,6 @@ def running_blocker(server: LocalTritonServer, model: TritonInpaintModel) -> Run
     else:
         wait_until(lambda: server_metric(server, "fluxfill_step_duration_seconds_count") > steps_before)
     return blocker
-
-
-def server_quiet(server: LocalTritonServer) -> bool:
-    """No request waits and none steps on the server (a step takes about 40 ms: none in a quarter second)."""
-    return server_metric(server, "nv_inference_pending_request_count") == 0 and server_idle(server)
 
 
 def queued(server: LocalTritonServer, model: TritonInpaintModel) -> float:
@@ -110,7 +106,7 @@ def test_a_cancelled_run_stops_on_the_server_within_steps(
     slow_flux_server: LocalTritonServer, protocol: str
 ) -> None:
     model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
-    cancelled_before = cancelled_runs(slow_flux_server)
+    cancelled_before = settled_cancelled_runs(slow_flux_server)
     run = running_blocker(slow_flux_server, model)
     run.control.cancel.set()
     assert isinstance(run.ended(timeout_s=10).error, JobCancelledError), run.error
@@ -121,9 +117,17 @@ def cancelled_runs(server: LocalTritonServer) -> float:
     return server_metric(server, "fluxfill_requests_total", outcome="cancelled")
 
 
+def settled_cancelled_runs(server: LocalTritonServer) -> float:
+    """The count a test's own cancel is measured from: read before every earlier run was answered, an
+    earlier test's cancel counted late made it two in CI (and would have let a lost cancel pass)."""
+    wait_until_settled(server)
+    return cancelled_runs(server)
+
+
 def wait_until_stopped_on_the_server(server: LocalTritonServer, cancelled_before: float) -> None:
     """Counted cancelled once the model stops it: a run left going would be counted a success later."""
-    wait_until(lambda: cancelled_runs(server) == cancelled_before + 1, timeout_s=10)
+    wait_until_settled(server, timeout_s=10)
+    assert cancelled_runs(server) == cancelled_before + 1
 
 
 def test_over_http_a_cancel_ends_the_wait_though_the_run_goes_on(slow_flux_server: LocalTritonServer) -> None:
@@ -134,14 +138,7 @@ def test_over_http_a_cancel_ends_the_wait_though_the_run_goes_on(slow_flux_serve
     run.control.cancel.set()
     assert isinstance(run.ended(timeout_s=10).error, JobCancelledError), run.error
     assert run.ended_at - cancelled_at < 1.0
-    wait_until(lambda: queued(slow_flux_server, model) == 0 and server_idle(slow_flux_server), timeout_s=60)
-
-
-def server_idle(server: LocalTritonServer) -> bool:
-    """No run steps on the server (a step takes about 40 ms: none in a quarter second)."""
-    before = server_metric(server, "fluxfill_step_duration_seconds_count")
-    time.sleep(0.25)
-    return server_metric(server, "fluxfill_step_duration_seconds_count") == before
+    wait_until_settled(slow_flux_server)
 
 
 def test_a_streamed_run_still_queued_at_its_deadline_is_tritons_fault_not_the_jobs(
@@ -163,13 +160,13 @@ def test_a_run_past_its_deadline_while_running_is_the_jobs_deadline_and_stops_ov
     slow_flux_server: LocalTritonServer, protocol: str
 ) -> None:
     model = TritonInpaintModel(url_for(slow_flux_server, protocol), protocol)
-    cancelled_before = cancelled_runs(slow_flux_server)
+    cancelled_before = settled_cancelled_runs(slow_flux_server)
     run = running_blocker(slow_flux_server, model)
     run.control.deadline = time.monotonic() + 0.2  # reached while it runs, whatever the machine's speed
     assert isinstance(run.ended(timeout_s=10).error, JobDeadlineExceededError), run.error
     assert "while Triton was running" in str(run.error)
     if protocol == "http":  # no cancel: the run ends on the server at its TIMEOUT_S, or done
-        wait_until(lambda: server_idle(slow_flux_server), timeout_s=60)
+        wait_until_settled(slow_flux_server)
     else:
         wait_until_stopped_on_the_server(slow_flux_server, cancelled_before)
 

@@ -1,15 +1,13 @@
 """Helpers for the client tests: photos, masks, the model's outcome counters from /metrics and its queue
 time from Triton's statistics."""
 
-import re
-import urllib.request
-
 import numpy as np
 import tritonclient.grpc as grpcclient
 
 from fluxfill.client.inference import FluxFillClient
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import STREAM_MODEL_NAME
+from tests.integration.server_metrics import server_metric
 
 # With LONG_RUN_PARAMETERS (every crop denoised at 768x768) a step takes 20-40 ms: a LONG_RUN_STEPS run
 # keeps the single model instance busy for 20 s or more, and a job's 100 steps for about 2 s (the window
@@ -29,10 +27,7 @@ LONG_RUN_PARAMETERS = {
 
 def outcome_count(server: LocalTritonServer, outcome: str) -> float:
     """fluxfill_requests_total for one outcome, summed over models, as /metrics reports it now."""
-    with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local test server)
-        text = response.read().decode()
-    pattern = rf'^fluxfill_requests_total\{{[^}}]*outcome="{outcome}"[^}}]*\}} (\S+)$'
-    return sum(float(value) for value in re.findall(pattern, text, flags=re.MULTILINE))
+    return server_metric(server, "fluxfill_requests_total", outcome=outcome)
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -26,6 +26,7 @@ from tests.integration.client.support import (
     outcome_count,
     photo,
 )
+from tests.integration.server_metrics import wait_until_settled
 
 pytestmark = pytest.mark.integration
 
@@ -338,6 +339,7 @@ def test_sigint_during_a_long_run_cancels_it_on_the_server(
 ) -> None:
     """Over gRPC the command waits on its replies' queue 0.05 s at a time, so a Ctrl-C the kernel hands to
     one of grpc's threads is seen as soon as one handed to the main thread."""
+    wait_until_settled(long_run_server)
     cancelled_before = outcome_count(long_run_server, "cancelled")
     output = tmp_path / "never.png"
     process = subprocess.Popen(

@@ -40,6 +40,7 @@ from tests.integration.client.support import (
     outcome_count,
     photo,
 )
+from tests.integration.server_metrics import wait_until_settled
 
 pytestmark = pytest.mark.integration
 
@@ -114,6 +115,7 @@ def test_a_timeout_longer_than_a_day_is_no_error(flux_server: LocalTritonServer,
 
 
 def test_cancel_handle_stops_the_run_on_the_server(long_run_server: LocalTritonServer) -> None:
+    wait_until_settled(long_run_server)
     cancelled_before = outcome_count(long_run_server, "cancelled")
     handle = CancelHandle()
     steps: list[tuple[int, int]] = []
@@ -142,6 +144,7 @@ def test_cancel_handle_stops_the_run_on_the_server(long_run_server: LocalTritonS
 
 
 def test_timeout_raises_deadline_exceeded_and_frees_the_server(long_run_server: LocalTritonServer) -> None:
+    wait_until_settled(long_run_server)
     stopped_before = outcome_count(long_run_server, "cancelled") + outcome_count(long_run_server, "timeout")
     with FluxFillClient(long_run_server.grpc_url) as client:
         with pytest.raises(DeadlineExceededError, match="deadline exceeded"):
@@ -199,6 +202,7 @@ def test_a_grpc_call_without_a_timeout_ends_when_its_server_goes_silent(
     a network partition does: the connection stays open, nothing answers) held a call given no timeout for
     good. Its keepalive pings go unanswered: ServiceUnavailableError, and the server, once the connection
     closes, stops the run."""
+    wait_until_settled(long_run_server)
     stopped_before = outcome_count(long_run_server, "cancelled")
     proxy = TcpProxy(long_run_server.grpc_port)
     proxy.up()
@@ -255,6 +259,7 @@ def test_an_http_call_cancelled_while_it_waits_stops_waiting_at_once(
 ) -> None:
     """Triton cannot stop an HTTP request, and the call waited for the whole run after its cancel (the handle
     was looked at only before sending). Now it stops waiting within a poll, saying the server finishes it."""
+    wait_until_settled(long_run_server)
     finished_before = outcome_count(long_run_server, "success")
     cancel = CancelHandle()
     with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY) as client:
