@@ -123,6 +123,9 @@ class SessionField(StrEnum):
     # What produced the result: model, protocol, prompt, steps, guidance, seed, priority, experiment.
     MODEL = "model"
     MESSAGE_ID = "messageId"
+    # The session's first claim's id, kept by every later claim: the bridge's result objects carry it
+    # (RESULT_KEY_METADATA), so results another session of the same id left are not taken for this one's.
+    RESULT_KEY = "resultKey"
     REPLAYED = "replayed"  # set by `fluxfill dlq replay`: {at, reason, previousError, previousAttempts}
     UPDATED_AT = "updatedAt"
     STARTED_AT = "startedAt"
@@ -139,6 +142,8 @@ FIRESTORE_RULES = Path(__file__).with_name("firestore.rules")
 # The Storage security rules of the sessions' objects (merged into the app's Storage rules).
 STORAGE_RULES = Path(__file__).with_name("storage.rules")
 
+# The custom metadata on the objects a job uploads that holds its session's RESULT_KEY.
+RESULT_KEY_METADATA = "fluxfillResultKey"
 # Attributes the bridge sets on a message it publishes to the dead-letter topic itself.
 DEAD_LETTER_CODE_ATTRIBUTE = "fluxfillErrorCode"
 DEAD_LETTER_REASON_ATTRIBUTE = "fluxfillErrorMessage"

@@ -222,7 +222,7 @@ class JobHandler:
                 self._parking.release_free(job.userId)
 
     def _run_claimed(self, job: JobMessage, ref: JobRef, delivery: Delivery, claim: Claim) -> Outcome:
-        claimed = _Claimed(ref, claim.claim_id, claim.attempt)
+        claimed = _Claimed(ref, claim.claim_id, claim.attempt, claim.result_key)
         # Claims count the attempts that did work: a delivery bounced unclaimed (another bridge's lease,
         # Triton away) spends none, while Pub/Sub's delivery_attempt counts those too.
         logger.info(
@@ -234,7 +234,7 @@ class JobHandler:
         # Only a job claimed before can have results of ours (two metadata reads saved on first attempts).
         try:
             uploaded = (
-                uploaded_result(self._objects, job, self._settings, self._parameters(job))
+                uploaded_result(self._objects, job, self._settings, self._parameters(job), claimed.result_key)
                 if claimed.attempt > 1
                 else None
             )
@@ -264,7 +264,7 @@ class JobHandler:
         try:
             with monitor:
                 wait = self._upload_wait(delivery, control)
-                fields = self._run(job, control, monitor, delivery, wait)
+                fields = self._run(job, control, monitor, delivery, wait, result_key=claimed.result_key)
         except Exception as error:  # a bug must not lose the job either: it is retried, then dead-lettered
             return self._after_failure(error, claimed, monitor)
         finally:
@@ -324,6 +324,8 @@ class JobHandler:
         monitor: JobMonitor,
         delivery: Delivery,
         wait: UploadWait,
+        *,
+        result_key: str,
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
@@ -371,6 +373,7 @@ class JobHandler:
             ahead=ahead,
             within=edit.within,
             before=edit.before,
+            result_key=result_key,
             before_writing=lambda: self._confirm_claim(monitor),
         )
         timings["upload"] = self._phase("upload", phase_start)
@@ -514,11 +517,13 @@ class JobHandler:
 
 @dataclass(frozen=True)
 class _Claimed:
-    """A job under our claim: its session, the fencing token every write carries, the attempt number."""
+    """A job under our claim: its session, the fencing token every write carries, the attempt number, the key
+    its results carry."""
 
     ref: JobRef
     claim_id: str
     attempt: int
+    result_key: str
 
 
 def _claim_taken_over() -> Outcome:

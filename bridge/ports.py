@@ -27,6 +27,8 @@ class ObjectInfo:
     content_type: str | None = None
     # Content-Encoding (gzip): Cloud Storage then serves the object inflated, larger than `size` says.
     content_encoding: str | None = None
+    # The RESULT_KEY_METADATA the bridge uploaded it with (None: not uploaded as a job's result).
+    result_key: str | None = None
 
 
 class ObjectStore(Protocol):
@@ -41,8 +43,9 @@ class ObjectStore(Protocol):
     def read(self, info: ObjectInfo) -> bytes:
         """The bytes of exactly the generation `info` describes."""
 
-    def create(self, path: str, data: bytes, content_type: str) -> bool:
-        """Write a new object; False (and nothing written) when it already exists."""
+    def create(self, path: str, data: bytes, content_type: str, result_key: str | None = None) -> bool:
+        """Write a new object (carrying `result_key` as RESULT_KEY_METADATA); False (and nothing written)
+        when one already exists."""
 
 
 class ClaimKind(Enum):
@@ -67,7 +70,8 @@ class Claim:
     `claim_id` (CLAIMED) is the fencing token every later write of this run must carry;
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
     the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
-    `document_bytes` (TOO_LARGE) the session document's size.
+    `document_bytes` (TOO_LARGE) the session document's size; `result_key` (CLAIMED) what the session's
+    result objects carry (the first claim's id, kept by every later one).
     """
 
     kind: ClaimKind
@@ -78,6 +82,7 @@ class Claim:
     last_error: str = ""
     user_running: int = 0
     document_bytes: int = 0
+    result_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from fluxfill.bridge.contract import PREVIEW_MAX_SIDE, ErrorCode, JobMessage, Se
 from fluxfill.bridge.errors import AmbiguousObjectError, PermanentJobError
 from fluxfill.bridge.intake import Photo
 from fluxfill.bridge.jpeg_splice import CoefficientsAhead
-from fluxfill.bridge.ports import InpaintModel, ObjectStore
+from fluxfill.bridge.ports import InpaintModel, ObjectInfo, ObjectStore
 from fluxfill.bridge.result_image import EncodedResult, encode_result
 from fluxfill.bridge.runtime_config import ResolvedParameters
 from fluxfill.bridge.seeds import default_seed
@@ -26,14 +26,20 @@ logger = structlog.get_logger(__name__)
 
 
 def uploaded_result(
-    objects: ObjectStore, job: JobMessage, settings: BridgeSettings, parameters: ResolvedParameters
+    objects: ObjectStore,
+    job: JobMessage,
+    settings: BridgeSettings,
+    parameters: ResolvedParameters,
+    result_key: str,
 ) -> dict[str, Any] | None:
     """The session fields for results an earlier attempt uploaded, or None when it uploaded no edited image.
 
-    Uploads are create-only and made under a current claim with the session's fixed seed, so an edited image
-    that exists is this job's; its preview, when the attempt died before writing it, is made from it here (the
-    model does not run again: a rerun's preview would show the new run's image beside the kept one). An edited
-    image that does not decode, or two of them, take the result's path (PermanentJobError).
+    Uploads are create-only, made under a current claim with the session's fixed seed, and carry the
+    session's `result_key`, so an edited image that carries it is this job's; its preview, when the attempt
+    died before writing it, is made from it here (the model does not run again: a rerun's preview would show
+    the new run's image beside the kept one). An edited image without the key (another session's of the same
+    id: the app deleted one and made it again), one that does not decode, or two of them, take the result's
+    path (PermanentJobError).
     """
     paths = result_paths(job, settings)  # edited: the template's `*`, any extension
     try:
@@ -46,11 +52,14 @@ def uploaded_result(
         ) from None
     if edited is None:
         return None
-    kept = _kept_image(objects.read(edited), edited.path, settings.max_image_pixels)
-    if objects.find(paths["preview"]) is None:
+    kept = _kept_image(objects, edited, settings.max_image_pixels, result_key)
+    preview_found = objects.find(paths["preview"])
+    if preview_found is not None:
+        _check_ours(preview_found, result_key)
+    else:
         preview = intake.encode_preview(kept.pixels, PREVIEW_MAX_SIDE, kept.orientation, kept.preview_profile)
-        if not objects.create(paths["preview"], preview, "image/jpeg"):  # another attempt's, written since
-            _check_kept(objects, paths["preview"], settings.max_image_pixels)
+        if not objects.create(paths["preview"], preview, "image/jpeg", result_key):  # written since
+            _check_kept(objects, paths["preview"], settings.max_image_pixels, result_key)
     seed = job.seed if job.seed is not None else default_seed(job)
     paths["edited"] = edited.path
     height, width = kept.pixels.shape[:2]  # upright, as a run records them
@@ -77,6 +86,7 @@ def upload_results(
     ahead: CoefficientsAhead | None = None,
     within: Box | None = None,
     before: npt.NDArray[np.uint8] | None = None,
+    result_key: str,
     before_writing: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
@@ -85,7 +95,7 @@ def upload_results(
     the two objects are written at once (the JPEG splice and the codecs release the GIL). `ahead`: the
     original's coefficients being read (result_image.read_ahead); `within`: the only pixels the edit may
     have changed, when known; `before`: the photo as it was there, when `photo.pixels` was edited in place
-    (fluxfill.bridge.context.Edit)."""
+    (fluxfill.bridge.context.Edit); `result_key`: the session's, carried by both objects."""
     paths = result_paths(job, settings)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="results") as pool:
         confirmed = pool.submit(contextvars.copy_context().run, before_writing)
@@ -98,30 +108,47 @@ def upload_results(
         )
         confirmed.result()
         paths["edited"] = result_paths(job, settings, encoded.extension)["edited"]
-        preview_written = pool.submit(objects.create, paths["preview"], preview.result(), "image/jpeg")
-        created = {"edited": objects.create(paths["edited"], encoded.data, encoded.content_type)}
+        preview_written = pool.submit(
+            objects.create, paths["preview"], preview.result(), "image/jpeg", result_key
+        )
+        created = {"edited": objects.create(paths["edited"], encoded.data, encoded.content_type, result_key)}
         created["preview"] = preview_written.result()
     for name, path in paths.items():
-        if not created[name]:  # an object was there already: an earlier attempt's, if it is an image
-            _check_kept(objects, path, settings.max_image_pixels)
+        if not created[name]:  # an object was there already: an earlier attempt's, if it is ours and an image
+            _check_kept(objects, path, settings.max_image_pixels, result_key)
     return paths, encoded
 
 
-def _check_kept(objects: ObjectStore, path: str, max_pixels: int) -> None:
+def _check_kept(objects: ObjectStore, path: str, max_pixels: int, result_key: str) -> None:
     """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object at `path` reads as a kept result."""
     found = objects.find(path)
     if found is None:  # deleted since: nothing of another's to record
         return
-    _kept_image(objects.read(found), path, max_pixels)
+    _kept_image(objects, found, max_pixels, result_key)
 
 
-def _kept_image(data: bytes, path: str, max_pixels: int) -> Photo:
-    """An object found at a result's path, read as a photo is (one rule for a result kept when a create finds
-    it and when a later attempt recovers it); PermanentJobError(RESULT_PATH_TAKEN) when it does not read."""
+def _kept_image(objects: ObjectStore, found: ObjectInfo, max_pixels: int, result_key: str) -> Photo:
+    """An object found at a result's path, checked as ours and read as a photo is (one rule for a result kept
+    when a create finds it and when a later attempt recovers it); PermanentJobError(RESULT_PATH_TAKEN) when it
+    is not ours or does not read."""
+    _check_ours(found, result_key)
     try:
-        return intake.read_photo(data, max_pixels, "object")
+        return intake.read_photo(objects.read(found), max_pixels, "object")
     except PermanentJobError as error:
-        raise _taken(path, error) from None
+        raise _taken(found.path, error) from None
+
+
+def _check_ours(found: ObjectInfo, result_key: str) -> None:
+    """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object was uploaded by this session's job. An
+    image another session of the same id left (the app deleted a session and made it again, its folder
+    kept) was taken for this job's: the session recorded done with the old edit."""
+    if found.result_key != result_key:
+        raise PermanentJobError(
+            ErrorCode.RESULT_PATH_TAKEN,
+            f"{found.path} holds an object this session's job did not upload (one left by an earlier session "
+            "of the same id, or put there by hand): results are written create-only and never replace an "
+            "object: delete it, then publish the job again",
+        )
 
 
 def _taken(path: str, error: Exception) -> PermanentJobError:

@@ -135,6 +135,7 @@ def claim(
     if refused is not None:
         return refused, None
     attempts = whole_count(document.get(SessionField.ATTEMPT))
+    result_key = result_key_of(document) or claim_id
     update: Update = {
         SessionField.STATUS: JobStatus.PROCESSING.value,
         SessionField.CLAIM_ID: claim_id,
@@ -142,11 +143,22 @@ def claim(
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
         SessionField.ATTEMPT: attempts + 1,
         SessionField.MESSAGE_ID: message_id,
+        SessionField.RESULT_KEY: result_key,
         SessionField.PROGRESS: {"step": 0, "total": None},
         SessionField.STARTED_AT: now,
         SessionField.UPDATED_AT: now,
     }
-    return Claim(ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id), update
+    claimed = Claim(
+        ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id, result_key=result_key
+    )
+    return claimed, update
+
+
+def result_key_of(document: Document) -> str:
+    """The key the session's results carry, set by its first claim; "" before one (or when what is there is
+    no key of ours: the app cannot write it, so only by hand)."""
+    key = document.get(SessionField.RESULT_KEY)
+    return key if isinstance(key, str) else ""
 
 
 def _refused(document: Document, now: datetime, max_attempts: int) -> Claim | None:

@@ -10,7 +10,7 @@ from google.auth.exceptions import TransportError
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage.retry import DEFAULT_RETRY  # type: ignore[import-untyped]
 
-from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.contract import RESULT_KEY_METADATA, ErrorCode
 from fluxfill.bridge.errors import AmbiguousObjectError, PermanentJobError, StorageTransientError
 from fluxfill.bridge.ports import ObjectInfo
 
@@ -79,9 +79,11 @@ class CloudStorageObjects:
                     ErrorCode.OBJECT_CHANGED, f"{info.path} was replaced or deleted while the job read it"
                 ) from None
 
-    def create(self, path: str, data: bytes, content_type: str) -> bool:
+    def create(self, path: str, data: bytes, content_type: str, result_key: str | None = None) -> bool:
         """Upload only if no object exists there (if_generation_match=0); False when one does."""
         blob = self._bucket.blob(path)
+        if result_key is not None:
+            blob.metadata = {RESULT_KEY_METADATA: result_key}
         with storage_errors(f"upload {path}"):
             try:
                 blob.upload_from_string(data, content_type=content_type, if_generation_match=0, **bounded())
@@ -92,5 +94,10 @@ class CloudStorageObjects:
 
 def _info(blob: storage.Blob) -> ObjectInfo:
     return ObjectInfo(
-        blob.name, int(blob.size or 0), int(blob.generation or 0), blob.content_type, blob.content_encoding
+        blob.name,
+        int(blob.size or 0),
+        int(blob.generation or 0),
+        blob.content_type,
+        blob.content_encoding,
+        (blob.metadata or {}).get(RESULT_KEY_METADATA),
     )

@@ -17,13 +17,22 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fluxfill.bridge import sessions
+from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.contract import BRIDGE_FIELDS, FIRESTORE_RULES, JobStatus, SessionField
 from fluxfill.client.local_emulators import GoogleEmulators
 from fluxfill.client.local_server import LocalTritonServer
-from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge, wait_until
+from tests.integration.bridge.harness import (
+    PROJECT,
+    JobSystem,
+    encode,
+    is_terminal,
+    running_bridge,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 ALLOWED, BAD_REQUEST, REFUSED = 200, 400, 403
@@ -176,6 +185,38 @@ def test_a_session_the_user_creates_runs_to_done_and_only_its_user_reads_it(
         jobs.publish(job)
         wait_until(lambda: bridge.counted("orphaned") == 1)
     assert not jobs.document(alice.uid, session).get().exists
+
+
+def test_a_session_the_user_deletes_and_makes_again_under_its_id_is_not_given_the_old_result(
+    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    """The app deletes a done session's document and makes it again under the same id with a new mask,
+    leaving the folder's results (the bridge deletes nothing): the new job kept the old edit at the result's
+    path (create-only) and recorded the session done with it."""
+    assert alice.uid is not None
+    session, path = session_of(jobs, alice)
+    job = {"userId": alice.uid, "sessionId": session, "steps": 1}
+    objects = CloudStorageObjects(jobs.storage_client, jobs.bucket)
+    with running_bridge(jobs.settings(flux_server.grpc_url)):
+        jobs.publish(job)
+        first = jobs.wait_for(alice.uid, session, is_terminal)
+        assert first["status"] == JobStatus.DONE
+        edited = objects.find(first["result"]["paths"]["edited"])
+        assert edited is not None
+        assert edited.result_key == first["resultKey"], "the result carries its session's key"
+        assert alice.delete(path) == ALLOWED
+        jobs.storage_client.bucket(jobs.bucket).blob(
+            f"users/{alice.uid}/sessions/{session}/mask.png"
+        ).delete()
+        jobs.upload(alice.uid, session, "mask.png", encode(np.full((96, 128), 255, np.uint8)))
+        assert alice.create(path, queued()) == ALLOWED
+        jobs.publish(job)
+        again = jobs.wait_for(alice.uid, session, is_terminal)
+    assert again["status"] == JobStatus.FAILED
+    assert again["error"]["code"] == "result_path_taken"
+    assert "earlier session of the same id" in again["error"]["message"]
+    assert "result" not in again
+    assert objects.find(edited.path) == edited, "the old edit is left as it was"
 
 
 def test_the_user_cancels_a_running_job(

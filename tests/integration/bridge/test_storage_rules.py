@@ -142,7 +142,7 @@ class OneObject:
     def read(self, info: ObjectInfo) -> bytes:
         raise AssertionError("the metadata decides")
 
-    def create(self, path: str, data: bytes, content_type: str) -> bool:
+    def create(self, path: str, data: bytes, content_type: str, result_key: str | None = None) -> bool:
         raise AssertionError("nothing is written")
 
 

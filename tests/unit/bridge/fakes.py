@@ -56,6 +56,7 @@ class FakeObjectStore:
     fail_with: Exception | None = None
     read_delay_s: float = 0.0  # a slow bucket
     content_types: dict[str, str] = field(default_factory=dict)
+    result_keys: dict[str, str] = field(default_factory=dict)  # what create() was given
     finds: list[str] = field(default_factory=list)  # every pattern looked for, in order
 
     def find(self, pattern: str) -> ObjectInfo | None:
@@ -70,18 +71,21 @@ class FakeObjectStore:
             raise AmbiguousObjectError(pattern, matches)
         if not matches:
             return None
-        return ObjectInfo(matches[0], len(self.objects[matches[0]]), 1)
+        path = matches[0]
+        return ObjectInfo(path, len(self.objects[path]), 1, result_key=self.result_keys.get(path))
 
     def read(self, info: ObjectInfo) -> bytes:
         time.sleep(self.read_delay_s)
         self.reads.append(info.path)
         return self.objects[info.path]
 
-    def create(self, path: str, data: bytes, content_type: str) -> bool:
+    def create(self, path: str, data: bytes, content_type: str, result_key: str | None = None) -> bool:
         if path in self.objects:
             return False
         self.objects[path] = data
         self.content_types[path] = content_type
+        if result_key is not None:
+            self.result_keys[path] = result_key
         return True
 
 

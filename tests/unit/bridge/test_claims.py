@@ -22,9 +22,10 @@ from fluxfill.bridge.errors import (
 from fluxfill.bridge.outcome import OutcomeKind
 from fluxfill.bridge.ports import ClaimKind, Heartbeat
 from fluxfill.bridge.settings import BridgeSettings
+from tests.unit.bridge.fakes import png
 from tests.unit.bridge.test_handler import phone_jpeg
 from tests.unit.bridge.test_intake import encode, exif_with_a_one_byte_resolution
-from tests.unit.bridge.world import DOCUMENT, PREFIX, World
+from tests.unit.bridge.world import DOCUMENT, PREFIX, World, queued_session
 
 EDITED, PREVIEW = f"{PREFIX}/edited.png", f"{PREFIX}/preview.jpg"
 
@@ -81,6 +82,26 @@ def test_every_claim_gets_its_own_fencing_token() -> None:
     world.deliver()
     assert len(set(tokens)) == 2
     assert all(len(token) >= 32 for token in tokens)
+
+
+def test_the_results_carry_the_sessions_first_claims_id_which_every_later_claim_keeps() -> None:
+    world = World()
+    world.model.fail_with = TritonUnavailableError("connection refused")
+    claims = []
+    original_claim = world.sessions.claim
+
+    def recording_claim(*args: object, **kwargs: object) -> object:
+        claims.append(original_claim(*args, **kwargs))  # type: ignore[arg-type]
+        return claims[-1]
+
+    world.sessions.claim = recording_claim  # type: ignore[method-assign]
+    world.deliver()
+    world.model.fail_with = None
+    assert world.deliver().kind is OutcomeKind.DONE
+    first, second = claims
+    assert first.claim_id != second.claim_id
+    assert first.result_key == second.result_key == first.claim_id == world.document["resultKey"]
+    assert world.objects.result_keys == {EDITED: first.claim_id, PREVIEW: first.claim_id}
 
 
 def test_default_instance_id_is_unique_per_process_even_with_one_hostname() -> None:
@@ -474,6 +495,43 @@ def _results_uploaded_then_crash(world: World) -> None:
     assert world.deliver(seed=5).kind is OutcomeKind.RETRY
     world.sessions.finish_fails_with = None
     time.sleep(0.3)
+
+
+def _made_again_under_its_id(world: World) -> bytes:
+    """The app deletes the session's document, done, and makes it again under the same id with a new mask;
+    the folder keeps the deleted session's results (the bridge deletes nothing). Returns its edited image."""
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
+    world.sessions.documents[DOCUMENT] = queued_session()
+    world.objects.objects[f"{PREFIX}/mask.png"] = png(np.full((40, 60), 255, np.uint8))
+    return world.objects.objects[EDITED]
+
+
+def test_a_session_made_again_under_its_id_is_not_given_the_deleted_ones_result() -> None:
+    """Its run found the deleted session's edited image at the result's path, kept it (create-only), and
+    recorded the session done with it: the user was shown the old edit."""
+    world = World()
+    old_edit = _made_again_under_its_id(world)
+    outcome = world.deliver(seed=6)
+    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, ErrorCode.RESULT_PATH_TAKEN)
+    assert world.document["status"] == "failed"
+    assert "earlier session of the same id" in world.document["error"]["message"]
+    assert "result" not in world.document
+    assert world.objects.objects[EDITED] == old_edit
+
+
+def test_a_session_made_again_whose_first_attempt_died_is_not_recorded_with_the_deleted_ones_result() -> None:
+    """A later attempt looks for results an earlier one uploaded: it took the deleted session's, ran nothing
+    and recorded them (`recovered`)."""
+    world = World(lease_s=0.2)
+    old_edit = _made_again_under_its_id(world)
+    world.model.fail_with = TritonUnavailableError("triton restarting")
+    assert world.deliver(seed=6).kind is OutcomeKind.RETRY
+    world.model.fail_with = None
+    outcome = world.deliver(seed=6)
+    assert (outcome.kind, outcome.code) == (OutcomeKind.FAILED, ErrorCode.RESULT_PATH_TAKEN)
+    assert world.document["attempt"] == 2
+    assert "result" not in world.document
+    assert world.objects.objects[EDITED] == old_edit
 
 
 def _turned_jpeg_original(world: World) -> None:

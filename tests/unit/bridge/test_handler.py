@@ -376,11 +376,26 @@ def test_hard_stop_cancels_the_run_and_gives_the_job_back() -> None:
 
 
 def test_result_left_by_an_earlier_attempt_counts_as_done() -> None:
+    """An attempt of this session's (its first claim's key on the object) whose session was then requeued
+    (`fluxfill dlq replay` starts the attempts again): the create-only upload keeps it."""
     world = World()
+    world.document["resultKey"] = "first-claim"
     earlier = png(np.zeros((40, 60, 3), np.uint8))
-    world.objects.objects[f"{PREFIX}/edited.png"] = earlier
+    world.objects.create(f"{PREFIX}/edited.png", earlier, "image/png", "first-claim")
     assert world.deliver().kind is OutcomeKind.DONE
     assert world.objects.objects[f"{PREFIX}/edited.png"] == earlier
+    assert world.document["resultKey"] == "first-claim"
+
+
+def test_an_image_no_attempt_of_the_session_left_at_the_results_path_fails_the_job() -> None:
+    """It was taken for an earlier attempt's upload, and the session recorded done with it."""
+    world = World()
+    foreign = png(np.zeros((40, 60, 3), np.uint8))
+    world.objects.objects[f"{PREFIX}/edited.png"] = foreign
+    assert world.deliver().kind is OutcomeKind.FAILED
+    assert world.document["error"]["code"] == ErrorCode.RESULT_PATH_TAKEN
+    assert "did not upload" in world.document["error"]["message"]
+    assert world.objects.objects[f"{PREFIX}/edited.png"] == foreign
 
 
 def test_absent_seed_is_fixed_by_the_session_so_retries_repaint_the_same() -> None:
