@@ -373,6 +373,8 @@ MUTANTS = [
     Mutant("an object found at a result's path kept unchecked", "bridge/results.py",
            "            _check_kept(objects, path, settings.max_image_pixels, result_key)",
            "            pass"),
+    Mutant("objects in a folder listed beside the photo", "bridge/adapters/storage.py",
+           "prefix=pattern[:-1], delimiter=\"/\",", "prefix=pattern[:-1],", tests=PULL_TESTS),
     # pull (the emulator's Pub/Sub: the integration tests)
     Mutant("a bug's message acked", "bridge/pull.py",
            "            acked, retry_after_s = False, 0",

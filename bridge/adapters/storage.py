@@ -1,5 +1,6 @@
 """The ObjectStore port over Cloud Storage: metadata first, generation-pinned reads, create-only writes."""
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -18,6 +19,8 @@ from fluxfill.bridge.ports import ObjectInfo
 # 60 s, retried for 120 s: a metadata read took 121 s here, each attempt of a job holding its slot that long
 # before its transient failure gave the job back.
 CALL_TIMEOUT_S = 30.0
+# Objects a `*` pattern's listing names at most: two make it ambiguous, the rest are named in the error.
+LISTED_AT_MOST = 10
 
 
 def bounded(seconds: float | None = None) -> dict[str, Any]:
@@ -52,13 +55,11 @@ class CloudStorageObjects:
             with storage_errors(f"read the metadata of {pattern}"):
                 blob = self._bucket.get_blob(pattern, **bounded())
             return None if blob is None else _info(blob)
-        prefix = pattern[:-1]
+        # The delimiter leaves objects in folders out of the listing itself: filtered after a listing cut at
+        # ten names, ten of them (`original.a/...`, named before `original.png`) hid the photo.
         with storage_errors(f"list {pattern}"):
-            blobs = [
-                blob
-                for blob in self._client.list_blobs(self._bucket, prefix=prefix, max_results=10, **bounded())
-                if "/" not in blob.name[len(prefix) :]
-            ]
+            listing = self._client.list_blobs(self._bucket, prefix=pattern[:-1], delimiter="/", **bounded())
+            blobs = list(itertools.islice(listing, LISTED_AT_MOST))
         if len(blobs) > 1:
             raise AmbiguousObjectError(pattern, [blob.name for blob in blobs])
         return _info(blobs[0]) if blobs else None

@@ -253,6 +253,20 @@ def test_two_originals_in_cloud_storage_are_both_named_and_a_folder_beside_them_
     assert caught.value.paths == [f"{prefix}/original.heic", f"{prefix}/original.png"]
 
 
+def test_the_original_is_found_beside_more_objects_in_a_folder_than_one_listing_page_holds(
+    jobs: JobSystem,
+) -> None:
+    """The listing was cut at ten names and folders were left out after: ten objects under `original.a/`
+    (names before `original.png`) hid the photo, and the job waited for an upload that was there."""
+    user, session = jobs.new_job()
+    for index in range(12):
+        jobs.upload(user, session, f"original.a/{index:02}.png", b"an object in a folder: no match")
+    prefix = f"users/{user}/sessions/{session}"
+    found = CloudStorageObjects(jobs.storage_client, jobs.bucket).find(f"{prefix}/original.*")
+    assert found is not None
+    assert found.path == f"{prefix}/original.png"
+
+
 def test_missing_original_fails_with_original_missing_once_the_upload_grace_is_over(
     jobs: JobSystem, flux_server: LocalTritonServer
 ) -> None:
