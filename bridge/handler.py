@@ -325,7 +325,7 @@ class JobHandler:
         delivery: Delivery,
         wait: UploadWait,
         *,
-        result_key: str,
+        result_key: str | None,
     ) -> dict[str, Any]:
         settings, timings = self._settings, {}
         started = time.monotonic()
@@ -523,7 +523,7 @@ class _Claimed:
     ref: JobRef
     claim_id: str
     attempt: int
-    result_key: str
+    result_key: str | None
 
 
 def _claim_taken_over() -> Outcome:

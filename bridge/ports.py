@@ -71,7 +71,8 @@ class Claim:
     `holder_message_id` (BUSY) names the message the live claim runs; `last_error` (EXHAUSTED) says why
     the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
     `document_bytes` (TOO_LARGE) the session document's size; `result_key` (CLAIMED) what the session's
-    result objects carry (the first claim's id, kept by every later one).
+    result objects carry (the first claim's id, kept by every later one; None for a session a bridge deployed
+    before keys claimed first: its objects carry none).
     """
 
     kind: ClaimKind
@@ -82,7 +83,7 @@ class Claim:
     last_error: str = ""
     user_running: int = 0
     document_bytes: int = 0
-    result_key: str = ""
+    result_key: str | None = None
 
 
 @dataclass(frozen=True)

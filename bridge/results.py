@@ -30,7 +30,7 @@ def uploaded_result(
     job: JobMessage,
     settings: BridgeSettings,
     parameters: ResolvedParameters,
-    result_key: str,
+    result_key: str | None,
 ) -> dict[str, Any] | None:
     """The session fields for results an earlier attempt uploaded, or None when it uploaded no edited image.
 
@@ -39,7 +39,8 @@ def uploaded_result(
     died before writing it, is made from it here (the model does not run again: a rerun's preview would show
     the new run's image beside the kept one). An edited image without the key (another session's of the same
     id: the app deleted one and made it again), one that does not decode, or two of them, take the result's
-    path (PermanentJobError).
+    path (PermanentJobError). `result_key` None: the session was first claimed by a bridge deployed before
+    keys, whose uploads carry none; objects without one are its own then, as they were.
     """
     paths = result_paths(job, settings)  # edited: the template's `*`, any extension
     try:
@@ -86,7 +87,7 @@ def upload_results(
     ahead: CoefficientsAhead | None = None,
     within: Box | None = None,
     before: npt.NDArray[np.uint8] | None = None,
-    result_key: str,
+    result_key: str | None,
     before_writing: Callable[[], None] = lambda: None,
 ) -> tuple[dict[str, str], EncodedResult]:
     """Write the edited image in the original's format and its preview; create-only, so an earlier
@@ -119,7 +120,7 @@ def upload_results(
     return paths, encoded
 
 
-def _check_kept(objects: ObjectStore, path: str, max_pixels: int, result_key: str) -> None:
+def _check_kept(objects: ObjectStore, path: str, max_pixels: int, result_key: str | None) -> None:
     """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object at `path` reads as a kept result."""
     found = objects.find(path)
     if found is None:  # deleted since: nothing of another's to record
@@ -127,7 +128,7 @@ def _check_kept(objects: ObjectStore, path: str, max_pixels: int, result_key: st
     _kept_image(objects, found, max_pixels, result_key)
 
 
-def _kept_image(objects: ObjectStore, found: ObjectInfo, max_pixels: int, result_key: str) -> Photo:
+def _kept_image(objects: ObjectStore, found: ObjectInfo, max_pixels: int, result_key: str | None) -> Photo:
     """An object found at a result's path, checked as ours and read as a photo is (one rule for a result kept
     when a create finds it and when a later attempt recovers it); PermanentJobError(RESULT_PATH_TAKEN) when it
     is not ours or does not read."""
@@ -138,7 +139,7 @@ def _kept_image(objects: ObjectStore, found: ObjectInfo, max_pixels: int, result
         raise _taken(found.path, error) from None
 
 
-def _check_ours(found: ObjectInfo, result_key: str) -> None:
+def _check_ours(found: ObjectInfo, result_key: str | None) -> None:
     """Raise PermanentJobError(RESULT_PATH_TAKEN) unless the object was uploaded by this session's job. An
     image another session of the same id left (the app deleted a session and made it again, its folder
     kept) was taken for this job's: the session recorded done with the old edit."""

@@ -135,7 +135,9 @@ def claim(
     if refused is not None:
         return refused, None
     attempts = whole_count(document.get(SessionField.ATTEMPT))
-    result_key = result_key_of(document) or claim_id
+    # A session claimed before without a key was claimed by a bridge deployed before keys: its uploads carry
+    # none, so it keeps none (None), and what lies at its results' paths is taken as it was then.
+    result_key = result_key_of(document) or (claim_id if attempts == 0 else None)
     update: Update = {
         SessionField.STATUS: JobStatus.PROCESSING.value,
         SessionField.CLAIM_ID: claim_id,
@@ -143,11 +145,12 @@ def claim(
         SessionField.LEASE_EXPIRES_AT: now + timedelta(seconds=lease_s),
         SessionField.ATTEMPT: attempts + 1,
         SessionField.MESSAGE_ID: message_id,
-        SessionField.RESULT_KEY: result_key,
         SessionField.PROGRESS: {"step": 0, "total": None},
         SessionField.STARTED_AT: now,
         SessionField.UPDATED_AT: now,
     }
+    if result_key is not None:
+        update[SessionField.RESULT_KEY] = result_key
     claimed = Claim(
         ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id, result_key=result_key
     )

@@ -25,7 +25,7 @@ from fluxfill.bridge.settings import BridgeSettings
 from tests.unit.bridge.fakes import png
 from tests.unit.bridge.test_handler import phone_jpeg
 from tests.unit.bridge.test_intake import encode, exif_with_a_one_byte_resolution
-from tests.unit.bridge.world import DOCUMENT, PREFIX, World, queued_session
+from tests.unit.bridge.world import DOCUMENT, PREFIX, World, photo, queued_session
 
 EDITED, PREVIEW = f"{PREFIX}/edited.png", f"{PREFIX}/preview.jpg"
 
@@ -504,6 +504,24 @@ def _made_again_under_its_id(world: World) -> bytes:
     world.sessions.documents[DOCUMENT] = queued_session()
     world.objects.objects[f"{PREFIX}/mask.png"] = png(np.full((40, 60), 255, np.uint8))
     return world.objects.objects[EDITED]
+
+
+def test_results_an_attempt_on_a_bridge_deployed_before_keys_uploaded_are_recorded_as_before() -> None:
+    """A rolling deploy: the job's first attempt ran on the old bridge, which wrote neither `resultKey` nor
+    the objects' key, uploaded and died; the new bridge's attempt may not refuse them as another's."""
+    world = World(lease_s=0.2)
+    world.sessions.documents[DOCUMENT] = {
+        **queued_session(),
+        "attempt": 1,
+        "error": {"code": "retrying", "message": "the old bridge stopped"},
+    }
+    world.objects.objects[EDITED] = png(photo())
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.DONE
+    assert world.model.calls == []
+    assert world.document["model"]["recovered"] is True
+    assert "resultKey" not in world.document, "its results carry none: it keeps none"
+    assert PREVIEW not in world.objects.result_keys, "the preview made for it carries none either"
 
 
 def test_a_session_made_again_under_its_id_is_not_given_the_deleted_ones_result() -> None:
