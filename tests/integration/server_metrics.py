@@ -36,14 +36,10 @@ def wait_until_settled(server: LocalTritonServer, timeout_s: float = 60.0) -> No
     read its "before" count in between, and its own cancel then made two."""
     deadline = time.monotonic() + timeout_s
     in_a_row = 0
-    while in_a_row < SETTLED_READS:
+    while True:
         in_a_row = in_a_row + 1 if holds_nothing(server) else 0
+        if in_a_row == SETTLED_READS:
+            return
         if time.monotonic() > deadline:
             raise AssertionError(f"the server still held requests after {timeout_s:g} s")
         time.sleep(0.1)
-
-
-def settled_metric(server: LocalTritonServer, name: str, **labels: str) -> float:
-    """A metric once the server has settled: the count a test's own runs are measured from."""
-    wait_until_settled(server)
-    return server_metric(server, name, **labels)
