@@ -156,6 +156,35 @@ def test_a_final_response_that_never_leaves_is_a_stall(stream_model: Any) -> Non
     assert not watchdog.check(), "the request is over: nothing is watched"
 
 
+def test_a_gauge_update_that_never_returns_is_a_stall(stream_model: Any) -> None:
+    """The in-progress gauge's update after the final response is an IPC call to Triton too: hung, it held
+    the instance with nothing in the watch (a CI run once saw a server "hold" a request for minutes)."""
+    now, stalls = [0.0], []
+    watchdog = StallWatchdog(10, on_stall=stalls.append, clock=lambda: now[0])
+    stream_model._service.watchdog = watchdog
+    gauge = stream_model._metrics.in_progress
+    updating, released, recorded = threading.Event(), threading.Event(), gauge.increment
+
+    def hanging_decrement(amount: float) -> None:
+        if amount < 0:
+            updating.set()
+            released.wait(30)
+        recorded(amount)
+
+    gauge.increment = hanging_decrement
+    serving = threading.Thread(target=stream_model.execute, args=([pb.InferenceRequest(valid_tensors(2))],))
+    serving.start()
+    try:
+        assert updating.wait(10), "the request was never answered"
+        now[0] = 11.0
+        assert watchdog.check()
+    finally:
+        released.set()
+        serving.join(10)
+    assert metric_value("fluxfill_requests_in_progress") == 0
+    assert not watchdog.check(), "the request is over: nothing is watched"
+
+
 def test_invalid_request_gets_invalid_arg_and_the_next_one_succeeds(stream_model: Any) -> None:
     bad = valid_tensors()
     bad["MASK"] = pb.Tensor("MASK", np.zeros((5, 5), np.uint8))

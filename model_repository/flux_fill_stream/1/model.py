@@ -101,10 +101,10 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> None:
         """Serve each request in turn; responses go through each request's sender."""
-        with self._metrics.serving(len(requests)) as answered:
+        # The whole request is watched, not only its run: reading its inputs, sending its responses and
+        # updating the in-progress gauge go through the stub's IPC with Triton, which can hang as a step can.
+        with self._service.watchdog.watching(), self._metrics.serving(len(requests)) as answered:
             for request in requests:
-                # The whole request is watched, not only its run: reading its inputs and sending its responses
-                # go through the stub's IPC with Triton, which can hang as a step can.
                 with self._service.watchdog.watching():
                     self._serve(request)
                 answered()
