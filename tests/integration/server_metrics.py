@@ -27,6 +27,11 @@ def server_metric(server: LocalTritonServer, name: str, **labels: str) -> float:
     )
 
 
+def outcome_count(server: LocalTritonServer, outcome: str) -> float:
+    """The model's requests counted under one outcome (fluxfill_requests_total), as /metrics says now."""
+    return server_metric(server, "fluxfill_requests_total", outcome=outcome)
+
+
 def held(server: LocalTritonServer) -> dict[str, float]:
     """Requests waiting in Triton's queue and held by the model (waiting its turn or running), and the steps
     run so far (a held request that steps is running; one that does not is stuck or preprocessing)."""

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 from fluxfill.client.inference import FluxFillClient, contract_arrays
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import INPUTS, MODEL_NAME, PRIORITY_URGENT, STREAM_MODEL_NAME
-from tests.integration.server_metrics import server_metric, wait_until_settled
+from tests.integration.server_metrics import outcome_count, server_metric, wait_until_settled
 
 pytestmark = pytest.mark.integration
 
@@ -91,7 +91,7 @@ def test_stream_sends_one_response_per_step_in_order_then_the_unary_image(
 
 def test_cancelling_a_stream_stops_within_a_step_and_frees_the_model(flux_server: LocalTritonServer) -> None:
     wait_until_settled(flux_server)  # an earlier test's run answered late would move the counts below
-    cancelled_before = server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
+    cancelled_before = outcome_count(flux_server, "cancelled")
     steps_before = server_metric(flux_server, "fluxfill_step_duration_seconds_count")
     image, mask = scene(256)
     stream = Stream(flux_server)
@@ -105,7 +105,7 @@ def test_cancelling_a_stream_stops_within_a_step_and_frees_the_model(flux_server
     with FluxFillClient(flux_server.grpc_url, "grpc") as client:
         client.inpaint(*scene(64), "next", steps=1, seed=2)
     assert time.monotonic() - started < 10, "the next request waited for the cancelled run"
-    assert server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before + 1
+    assert outcome_count(flux_server, "cancelled") == cancelled_before + 1
     computed = server_metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
     assert computed < LONG_STEPS / 2, f"{computed} steps computed after cancelling a {LONG_STEPS}-step run"
     wait_until_settled(flux_server, timeout_s=10)  # both answered: the gauge is back at 0
@@ -113,7 +113,7 @@ def test_cancelling_a_stream_stops_within_a_step_and_frees_the_model(flux_server
 
 def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: LocalTritonServer) -> None:
     wait_until_settled(flux_server)
-    cancelled_before = server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled")
+    cancelled_before = outcome_count(flux_server, "cancelled")
     steps_before = server_metric(flux_server, "fluxfill_step_duration_seconds_count")
     client = grpcclient.InferenceServerClient(flux_server.grpc_url)
     done: queue.Queue[Any] = queue.Queue()
@@ -127,7 +127,7 @@ def test_cancelling_a_unary_grpc_call_stops_the_forwarded_run(flux_server: Local
     _, error = done.get(timeout=30)
     assert error is not None
     deadline = time.monotonic() + 30
-    while server_metric(flux_server, "fluxfill_requests_total", outcome="cancelled") == cancelled_before:
+    while outcome_count(flux_server, "cancelled") == cancelled_before:
         assert time.monotonic() < deadline, "the inner run was not cancelled"
         time.sleep(0.05)
     computed = server_metric(flux_server, "fluxfill_step_duration_seconds_count") - steps_before
@@ -139,7 +139,7 @@ def test_time_limit_stops_a_long_run_with_a_deadline_error(
     flux_server: LocalTritonServer, model: str
 ) -> None:
     wait_until_settled(flux_server)
-    timeouts_before = server_metric(flux_server, "fluxfill_requests_total", outcome="timeout")
+    timeouts_before = outcome_count(flux_server, "timeout")
     inputs = grpc_inputs(*scene(256), steps=LONG_STEPS, seed=4, timeout_s=0.3)
     started = time.monotonic()
     if model == MODEL_NAME:
@@ -156,7 +156,7 @@ def test_time_limit_stops_a_long_run_with_a_deadline_error(
     assert error.status() == ("StatusCode.UNAVAILABLE" if model == MODEL_NAME else None)
     assert error.message().startswith("deadline exceeded: stopped after step")
     assert "exceeds the limit of 0.3 s" in error.message()
-    assert server_metric(flux_server, "fluxfill_requests_total", outcome="timeout") == timeouts_before + 1
+    assert outcome_count(flux_server, "timeout") == timeouts_before + 1
 
 
 def test_full_queue_refuses_excess_quickly_and_urgent_overtakes_bulk(flux_server: LocalTritonServer) -> None:
@@ -228,7 +228,7 @@ def test_repeated_prompt_hits_the_cache_with_identical_output(flux_server: Local
 def test_metrics_count_each_outcome(flux_server: LocalTritonServer) -> None:
     names = ("success", "invalid", "cancelled", "timeout", "error")
     wait_until_settled(flux_server)
-    before = {name: server_metric(flux_server, "fluxfill_requests_total", outcome=name) for name in names}
+    before = {name: outcome_count(flux_server, name) for name in names}
     with FluxFillClient(flux_server.grpc_url, "grpc") as client:
         client.inpaint(*scene(64), "ok", steps=1, seed=1)
         client.inpaint(*scene(64), "ok", steps=1, seed=2)
@@ -236,7 +236,7 @@ def test_metrics_count_each_outcome(flux_server: LocalTritonServer) -> None:
         client.inpaint(image, np.zeros((64, 64), np.uint8), "empty mask is a success", seed=3)
         with pytest.raises(Exception, match="MASK"):
             client.inpaint(image, np.zeros((8, 8), np.uint8), "bad mask")
-    after = {name: server_metric(flux_server, "fluxfill_requests_total", outcome=name) for name in names}
+    after = {name: outcome_count(flux_server, name) for name in names}
     assert {k: after[k] - before[k] for k in names} == {
         "success": 3,
         "invalid": 1,

@@ -19,7 +19,7 @@ from tests.integration.bridge.harness import (
     running_bridge,
     wait_until,
 )
-from tests.integration.server_metrics import server_metric, wait_until_settled
+from tests.integration.server_metrics import outcome_count, wait_until_settled
 
 pytestmark = pytest.mark.integration
 LONG_RUN = 100  # steps: about 4 s on the slow server
@@ -31,16 +31,12 @@ def has_progress(document: dict[str, object]) -> bool:
     return isinstance(progress, dict) and (progress.get("step") or 0) >= 1
 
 
-def triton_outcomes(server: LocalTritonServer, outcome: str) -> float:
-    return server_metric(server, "fluxfill_requests_total", outcome=outcome)
-
-
 def test_progress_is_seen_and_cancel_from_the_app_stops_triton(
     jobs: JobSystem, slow_flux_server: LocalTritonServer
 ) -> None:
     user, session = jobs.new_job()
     wait_until_settled(slow_flux_server)
-    cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
+    cancelled_before = outcome_count(slow_flux_server, "cancelled")
     with running_bridge(jobs.settings(slow_flux_server.grpc_url)):
         jobs.publish({"userId": user, "sessionId": session, "steps": LONG_RUN})
         running = jobs.wait_for(user, session, has_progress)
@@ -50,9 +46,7 @@ def test_progress_is_seen_and_cancel_from_the_app_stops_triton(
         jobs.document(user, session).update({"cancelRequested": True})
         document = jobs.wait_for(user, session, is_terminal)
         # Triton counts the run as cancelled once it stops (a run that went on would be counted done).
-        wait_until(
-            lambda: triton_outcomes(slow_flux_server, "cancelled") == cancelled_before + 1, timeout_s=30
-        )
+        wait_until(lambda: outcome_count(slow_flux_server, "cancelled") == cancelled_before + 1, timeout_s=30)
     assert document["status"] == "cancelled"
     assert document["error"]["code"] == "cancelled"
     assert document["progress"]["step"] < LONG_RUN, "the run was stopped, not finished"
@@ -84,7 +78,7 @@ def test_deadline_fails_the_job_with_deadline_exceeded(
 
 
 def stopped_runs(server: LocalTritonServer) -> float:
-    return triton_outcomes(server, "timeout") + triton_outcomes(server, "cancelled")
+    return outcome_count(server, "timeout") + outcome_count(server, "cancelled")
 
 
 @contextlib.contextmanager
@@ -141,7 +135,7 @@ def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
 ) -> None:
     user, session = jobs.new_job()
     wait_until_settled(slow_flux_server)
-    cancelled_before = triton_outcomes(slow_flux_server, "cancelled")
+    cancelled_before = outcome_count(slow_flux_server, "cancelled")
     with bridge_process(jobs, slow_flux_server.grpc_url, shutdown_grace_s="0.5") as process:
         job = json.dumps({"userId": user, "sessionId": session, "steps": LONG_RUN}).encode()
         jobs.publish(job)
@@ -156,7 +150,7 @@ def test_sigterm_past_the_grace_period_cancels_on_triton_and_hands_the_job_back(
     document = jobs.session(user, session)
     assert document["status"] == "queued"
     assert document["owner"] is None
-    wait_until(lambda: triton_outcomes(slow_flux_server, "cancelled") == cancelled_before + 1, timeout_s=5)
+    wait_until(lambda: outcome_count(slow_flux_server, "cancelled") == cancelled_before + 1, timeout_s=5)
     # Nacked, on the stream that is still open: the decision is logged with the outcome.
     outcome = next(line for line in log_lines(stdout) if line["message"] == "job outcome")
     assert outcome["outcome"] == "retry"

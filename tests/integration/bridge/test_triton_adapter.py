@@ -18,7 +18,7 @@ from fluxfill.bridge.errors import (
 from fluxfill.bridge.ports import InferenceRequest, InferenceResult, RunControl
 from fluxfill.client.local_server import LocalTritonServer
 from tests.integration.bridge.harness import box_mask, photo, wait_until
-from tests.integration.server_metrics import server_metric, wait_until_settled
+from tests.integration.server_metrics import outcome_count, server_metric, wait_until_settled
 
 pytestmark = pytest.mark.integration
 PROTOCOLS = ("grpc-stream", "grpc", "http")
@@ -113,21 +113,17 @@ def test_a_cancelled_run_stops_on_the_server_within_steps(
     wait_until_stopped_on_the_server(slow_flux_server, cancelled_before)
 
 
-def cancelled_runs(server: LocalTritonServer) -> float:
-    return server_metric(server, "fluxfill_requests_total", outcome="cancelled")
-
-
 def settled_cancelled_runs(server: LocalTritonServer) -> float:
     """The count a test's own cancel is measured from: read before every earlier run was answered, an
     earlier test's cancel counted late made it two in CI (and would have let a lost cancel pass)."""
     wait_until_settled(server)
-    return cancelled_runs(server)
+    return outcome_count(server, "cancelled")
 
 
 def wait_until_stopped_on_the_server(server: LocalTritonServer, cancelled_before: float) -> None:
     """Counted cancelled once the model stops it: a run left going would be counted a success later."""
     wait_until_settled(server, timeout_s=10)
-    assert cancelled_runs(server) == cancelled_before + 1
+    assert outcome_count(server, "cancelled") == cancelled_before + 1
 
 
 def test_over_http_a_cancel_ends_the_wait_though_the_run_goes_on(slow_flux_server: LocalTritonServer) -> None:

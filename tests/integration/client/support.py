@@ -1,5 +1,5 @@
-"""Helpers for the client tests: photos, masks, the model's outcome counters from /metrics and its queue
-time from Triton's statistics."""
+"""Helpers for the client tests: photos, masks, and a request's queue time from Triton's statistics (the
+model's outcome counters: tests.integration.server_metrics)."""
 
 import numpy as np
 import tritonclient.grpc as grpcclient
@@ -7,7 +7,6 @@ import tritonclient.grpc as grpcclient
 from fluxfill.client.inference import FluxFillClient
 from fluxfill.client.local_server import LocalTritonServer
 from fluxfill.inpaint.contract import STREAM_MODEL_NAME
-from tests.integration.server_metrics import server_metric
 
 # With LONG_RUN_PARAMETERS (every crop denoised at 768x768) a step takes 20-40 ms: a LONG_RUN_STEPS run
 # keeps the single model instance busy for 20 s or more, and a job's 100 steps for about 2 s (the window
@@ -23,11 +22,6 @@ LONG_RUN_PARAMETERS = {
     "min_working_pixels": "589824",
     "max_working_pixels": "589824",
 }
-
-
-def outcome_count(server: LocalTritonServer, outcome: str) -> float:
-    """fluxfill_requests_total for one outcome, summed over models, as /metrics reports it now."""
-    return server_metric(server, "fluxfill_requests_total", outcome=outcome)
 
 
 def photo(height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -23,10 +23,9 @@ from tests.integration.client.support import (
     LONG_RUN_STEPS,
     box_mask,
     follow_up_queued_s,
-    outcome_count,
     photo,
 )
-from tests.integration.server_metrics import wait_until_settled
+from tests.integration.server_metrics import outcome_count, wait_until_settled
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from fluxfill.bridge.errors import (
     TritonUnavailableError,
 )
 from fluxfill.bridge.outcome import OutcomeKind
-from fluxfill.bridge.ports import ClaimKind, Heartbeat
+from fluxfill.bridge.ports import Claim, ClaimKind, Heartbeat
 from fluxfill.bridge.settings import BridgeSettings
 from tests.unit.bridge.fakes import png
 from tests.unit.bridge.test_handler import phone_jpeg
@@ -62,24 +62,30 @@ def test_bridges_sharing_one_name_never_run_a_job_twice() -> None:
     assert world.document["status"] == "done"
 
 
+def claims_made(world: World) -> list[Claim]:
+    """Every claim the world's handler makes from now on, as the session store answered it."""
+    claims: list[Claim] = []
+    original_claim = world.sessions.claim
+
+    def recording_claim(*args: Any, **kwargs: Any) -> Claim:
+        claims.append(original_claim(*args, **kwargs))
+        return claims[-1]
+
+    world.sessions.claim = recording_claim  # type: ignore[method-assign]
+    return claims
+
+
 def test_every_claim_gets_its_own_fencing_token() -> None:
     world = World(instance_id="localhost")
     world.model.fail_with = TritonUnavailableError("connection refused")
     world.deliver()
     first = world.sessions.documents[f"{PREFIX}"].get("claimId")
     assert first is None, "a released claim leaves no token behind"
-    tokens = []
-    original_claim = world.sessions.claim
-
-    def recording_claim(*args: object, **kwargs: object) -> object:
-        claim = original_claim(*args, **kwargs)  # type: ignore[arg-type]
-        tokens.append(claim.claim_id)
-        return claim
-
-    world.sessions.claim = recording_claim  # type: ignore[method-assign]
+    claims = claims_made(world)
     world.deliver()
     world.model.fail_with = None
     world.deliver()
+    tokens = [claim.claim_id for claim in claims]
     assert len(set(tokens)) == 2
     assert all(len(token) >= 32 for token in tokens)
 
@@ -87,14 +93,7 @@ def test_every_claim_gets_its_own_fencing_token() -> None:
 def test_the_results_carry_the_sessions_first_claims_id_which_every_later_claim_keeps() -> None:
     world = World()
     world.model.fail_with = TritonUnavailableError("connection refused")
-    claims = []
-    original_claim = world.sessions.claim
-
-    def recording_claim(*args: object, **kwargs: object) -> object:
-        claims.append(original_claim(*args, **kwargs))  # type: ignore[arg-type]
-        return claims[-1]
-
-    world.sessions.claim = recording_claim  # type: ignore[method-assign]
+    claims = claims_made(world)
     world.deliver()
     world.model.fail_with = None
     assert world.deliver().kind is OutcomeKind.DONE

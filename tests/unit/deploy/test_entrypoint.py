@@ -20,7 +20,6 @@ from tests.unit.deploy.support import (
     image_variables,
 )
 
-ENTRYPOINT = TRITON_ENTRYPOINT
 DIGEST = "0123456789abcdef" * 4
 
 
@@ -45,7 +44,7 @@ def run_entrypoint(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProc
         **env,
     }
     result = subprocess.run(
-        ["bash", str(ENTRYPOINT), "--log-verbose=1"],
+        ["bash", str(TRITON_ENTRYPOINT), "--log-verbose=1"],
         env=environment,
         capture_output=True,
         text=True,
@@ -196,8 +195,8 @@ def test_no_start_with_a_variable_the_image_does_not_read(tmp_path: Path, misspe
 
 def test_every_variable_the_image_reads_is_one_the_entrypoint_lets_through() -> None:
     """The entrypoint's list against what its parts read (itself, the supervisor, the model's code)."""
-    sources = [ENTRYPOINT, *(REPO_ROOT / "client").glob("triton_*.py"), *(REPO_ROOT / "inpaint").glob("*.py")]
-    sources += list((REPO_ROOT / "model_repository").glob("*/1/model.py"))
+    sources = [TRITON_ENTRYPOINT, *(REPO_ROOT / "client").glob("triton_*.py")]
+    sources += [*(REPO_ROOT / "inpaint").glob("*.py"), *(REPO_ROOT / "model_repository").glob("*/1/model.py")]
     texts = [IMAGE_VARIABLES_LINE.sub("", path.read_text()) for path in sources]  # the list is no reader
     read = {name for text in texts for name in re.findall(r"\bFLUXFILL_[A-Z0-9_]*[A-Z0-9]", text)}
     assert image_variables() == read
