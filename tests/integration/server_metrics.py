@@ -17,8 +17,16 @@ SETTLED_READS = 2
 
 def server_metric(server: LocalTritonServer, name: str, **labels: str) -> float:
     """The sum of a tritonserver metric's series that carry these labels."""
+    return summed(metrics_text(server), name, **labels)
+
+
+def metrics_text(server: LocalTritonServer) -> str:
     with urllib.request.urlopen(server.metrics_url, timeout=5) as response:  # noqa: S310 (local URL)
-        text = response.read().decode()
+        return str(response.read().decode())
+
+
+def summed(text: str, name: str, **labels: str) -> float:
+    """The sum of the series of metric `name` in /metrics' `text` that carry these labels."""
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     return sum(
         float(line.rsplit(" ", 1)[1])
@@ -35,10 +43,11 @@ def outcome_count(server: LocalTritonServer, outcome: str) -> float:
 def held(server: LocalTritonServer) -> dict[str, float]:
     """Requests waiting in Triton's queue and held by the model (waiting its turn or running), and the steps
     run so far (a held request that steps is running; one that does not is stuck or preprocessing)."""
+    text = metrics_text(server)  # one read: the three counts of one moment
     return {
-        "pending": server_metric(server, "nv_inference_pending_request_count"),
-        "in progress": server_metric(server, "fluxfill_requests_in_progress"),
-        "steps": server_metric(server, "fluxfill_step_duration_seconds_count"),
+        "pending": summed(text, "nv_inference_pending_request_count"),
+        "in progress": summed(text, "fluxfill_requests_in_progress"),
+        "steps": summed(text, "fluxfill_step_duration_seconds_count"),
     }
 
 
