@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from fluxfill.bridge import intake, unclaimed
+from fluxfill.bridge import intake, sessions, unclaimed
 from fluxfill.bridge.admission import AdmissionLines
 from fluxfill.bridge.context import edited, plan_context, sent
 from fluxfill.bridge.contract import (
@@ -202,14 +202,15 @@ class JobHandler:
             lease_s=self._settings.lease_s,
             max_attempts=self._settings.max_delivery_attempts,
             max_per_user=limit,
+            made_by=sessions.latest_made(first_published(delivery), self._settings.upload_grace_s),
         )
         if claim.kind is ClaimKind.USER_AT_LIMIT:
             self._at_limit.note(job.userId)
             return self._park(
                 job, delivery, f"its user has {claim.user_running} jobs running, the most allowed"
             )
-        if claim.kind is ClaimKind.NO_SESSION:
-            return unclaimed.no_session(self._settings.upload_grace_s, self._session_grace_left_s(delivery))
+        if claim.kind in (ClaimKind.NO_SESSION, ClaimKind.REMADE):
+            return self._session_missing(claim, delivery)
         if claim.kind is not ClaimKind.CLAIMED:
             return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         try:
@@ -401,6 +402,14 @@ class JobHandler:
     def _since_published_s(self, delivery: Delivery) -> float | None:
         """How long ago the job was first published; None when that is not known."""
         return self._seconds_since(first_published(delivery))
+
+    def _session_missing(self, claim: Claim, delivery: Delivery) -> Outcome:
+        """The job's session document is not there: not yet, deleted, or deleted and another made under its
+        id (REMADE)."""
+        grace = self._settings.upload_grace_s
+        if claim.kind is ClaimKind.REMADE:
+            return unclaimed.remade(claim, first_published(delivery), grace)
+        return unclaimed.no_session(grace, self._session_grace_left_s(delivery))
 
     def _session_grace_left_s(self, delivery: Delivery) -> float:
         """How much longer a missing session document may be waited for: none when the job's publication is

@@ -61,6 +61,9 @@ class ClaimKind(Enum):
     # No session document: the app deleted the session (or never made it). Run nothing, write nothing: a
     # session the app deleted stays deleted.
     NO_SESSION = "no_session"
+    # The session document was made after this job's message could be for it: the job of a session the app
+    # deleted, and the document another session's made under its id (sessions.remade). Nothing is written.
+    REMADE = "remade"
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Claim:
     the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
     `document_bytes` (TOO_LARGE) the session document's size; `result_key` (CLAIMED) what the session's
     result objects carry (the first claim's id, kept by every later one; None for a session a bridge deployed
-    before keys claimed first: its objects carry none).
+    before keys claimed first: its objects carry none); `session_made` (REMADE) when the document was made.
     """
 
     kind: ClaimKind
@@ -84,6 +87,7 @@ class Claim:
     user_running: int = 0
     document_bytes: int = 0
     result_key: str | None = None
+    session_made: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -119,9 +123,11 @@ class SessionStore(Protocol):
         lease_s: float,
         max_attempts: int,
         max_per_user: int = 0,
+        made_by: datetime | None = None,
     ) -> Claim:
         """Move the job to processing under `claim_id`, unless terminal, leased, cancelled or exhausted,
-        or its user has `max_per_user` (0: no limit) jobs running already (then nothing is written)."""
+        or its user has `max_per_user` (0: no limit) jobs running already, or the document was made after
+        `made_by` (sessions.remade; None: not checked); then nothing is written."""
 
     def heartbeat(
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None

@@ -50,6 +50,9 @@ _ESSENTIAL_RESULT = ("paths", "width", "height", "seed", "format")
 # phone), and Firestore advises at most one sustained write a second to a document: renewed every second, a
 # job waiting behind others in Triton's queue wrote its session 60 times a minute with nothing new in it.
 LEASE_RENEWED_AFTER_SHARE = 1 / 6
+# A message's publish time is Pub/Sub's clock and a document's create time Firestore's: a session document
+# made this much later than its job's publication allows (the app's grace) is still taken as the job's own.
+CLOCKS_APART_S = 2.0
 
 
 def _status(document: Document | None) -> JobStatus | None:
@@ -155,6 +158,25 @@ def claim(
         ClaimKind.CLAIMED, attempts + 1, JobStatus.PROCESSING, claim_id=claim_id, result_key=result_key
     )
     return claimed, update
+
+
+def latest_made(first_published: datetime | None, grace_s: float) -> datetime | None:
+    """The latest time the session document of a job first published at `first_published` can have been
+    made (None: not known): the app makes it before it publishes, or at most `grace_s` after (a write that
+    lands late), and CLOCKS_APART_S more for two services' clocks."""
+    if first_published is None:
+        return None
+    return first_published + timedelta(seconds=grace_s + CLOCKS_APART_S)
+
+
+def remade(made: datetime | None, made_by: datetime | None) -> Claim | None:
+    """A document made after `made_by` (latest_made) is not the job's session: the app deleted the job's
+    session and made another under its id, whose own job runs it. Claimed, it would run the new photo with
+    the deleted session's prompt, seed and steps. Refused (nothing written) before any other rule: the
+    document's status, cancel request and attempts are another job's. None: a time unknown, or in time."""
+    if made is None or made_by is None or made <= made_by:
+        return None
+    return Claim(ClaimKind.REMADE, session_made=made)
 
 
 def result_key_of(document: Document) -> str:

@@ -1,6 +1,7 @@
 """What becomes of a delivery that is not run: a refused message, a job not claimed, an exhausted job."""
 
 import math
+from datetime import datetime
 from typing import Any
 
 from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobStatus, SessionField
@@ -84,6 +85,20 @@ def no_session(grace_s: float, grace_left_s: float) -> Outcome:
     reason = "its session document does not exist (the app deleted the session, or never made it)"
     if grace_s:
         reason += f"; it was not made within {grace_s:g} s of the job's publication"
+    return Outcome(OutcomeKind.ORPHANED, reason=reason)
+
+
+def remade(claim: Claim, first_published: datetime | None, grace_s: float) -> Outcome:
+    """The outcome of a delivery whose session document was made after it could be the job's (REMADE): the
+    job of a session the app deleted, the document another's under its id. Acked as orphaned: its own session
+    is gone, and the document's own job runs it."""
+    made = claim.session_made
+    after = f"{(made - first_published).total_seconds():.0f} s " if made and first_published else ""
+    reason = (
+        f"its session document was made {after}after the job was first published, later than the "
+        f"{grace_s:g} s an app's document may follow its job: the job is of a session deleted since, and the "
+        "document of another made under its id, which its own job runs; nothing run, nothing written"
+    )
     return Outcome(OutcomeKind.ORPHANED, reason=reason)
 
 

@@ -3,9 +3,10 @@
 Listing leases the messages only while reading them, then hands them straight back (ack deadline 0), so a
 listing never consumes anything. A replay starts the session afresh (queued, attempts reset, the old error
 kept under `replayed`), republishes the original data to the jobs topic without the bridge's dead-letter
-attributes, and only then acks the dead letter; copies of one message (same `fluxfillOriginalMessageId`) are
-republished once and all acked. A dead letter that is not a valid job, or whose session runs under a live
-claim, is refused with its reason and stays in the queue.
+attributes and first-publication time (a replay is the job's publication afresh), and only then acks the
+dead letter; copies of one message (same `fluxfillOriginalMessageId`) are republished once and all acked. A
+dead letter that is not a valid job, or whose session runs under a live claim, is refused with its reason and
+stays in the queue.
 """
 
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from google.api_core import exceptions as api
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
+    FIRST_PUBLISHED_ATTRIBUTE,
     ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     InvalidJobError,
     JobStatus,
@@ -31,6 +33,10 @@ _BRIDGE_ATTRIBUTES = {
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
     ORIGINAL_MESSAGE_ID_ATTRIBUTE,
+    # A parked or carried-over job's first publication: kept, it would date the replay before a session the
+    # app made again under its id since, and the bridge would take the replay for the deleted session's job
+    # (orphaned, the session left queued by the replay's requeue).
+    FIRST_PUBLISHED_ATTRIBUTE,
 }
 PULL_BATCH = 100
 # A pull waits this long when nothing is there; the first waits longer, for a slow start.

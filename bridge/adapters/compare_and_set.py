@@ -39,10 +39,12 @@ _LOST_RACE = (api.FailedPrecondition, api.Conflict, api.NotFound)
 
 @dataclass(frozen=True)
 class Known:
-    """A document as read or written at `update_time`; `fields` None: it did not exist."""
+    """A document as read or written at `update_time`, made at `create_time`; `fields` None: it did not
+    exist."""
 
     fields: Mapping[str, Any] | None
     update_time: Any = None  # Firestore's timestamp, to nanoseconds
+    create_time: datetime | None = None
 
 
 def compare_and_set(
@@ -54,18 +56,31 @@ def compare_and_set(
     *,
     known: Known | None = None,
     call_timeout_s: float | None = None,
+    refuse: Callable[[datetime | None], T | None] | None = None,
 ) -> tuple[T, Known]:
     """`decide`'s answer once its write (if any) landed on the document it decided on, and the document as
     that left it; SessionTransientError when other writers won `ROUNDS` rounds in a row, and
     firestore_errors' errors for Firestore's own failures. `known`: start from it instead of reading;
-    `call_timeout_s`: each call's bound (firestore_errors.bounded)."""
+    `call_timeout_s`: each call's bound (firestore_errors.bounded); `refuse`: an answer from the document's
+    create time alone (None when it exists, or to go on to `decide`), given before `decide` with nothing
+    written."""
     reference = client.document(path)
     for _ in range(ROUNDS):
         with firestore_errors(action):
             read = known is None
             if known is None:
                 snapshot = reference.get(**bounded(call_timeout_s))
-                known = Known(snapshot.to_dict(), snapshot.update_time) if snapshot.exists else Known(None)
+                known = (
+                    Known(snapshot.to_dict(), snapshot.update_time, snapshot.create_time)
+                    if snapshot.exists
+                    else Known(None)
+                )
+            refused = refuse(known.create_time) if refuse is not None and known.fields is not None else None
+            if refused is not None:
+                if not read:  # the document may have been made again since it was known: read it
+                    known = None
+                    continue
+                return refused, known
             answer, fields = decide(known.fields, now())
             if fields is None:
                 if not read:  # nothing written to prove the document was still as known: read it
@@ -82,7 +97,9 @@ def compare_and_set(
             except _LOST_RACE:
                 known = None  # another writer came first: read again
                 continue
-            return answer, Known({**(known.fields or {}), **written}, result.update_time)
+            # An update keeps the document's create time; a create makes it.
+            made = known.create_time if known.fields is not None else result.update_time
+            return answer, Known({**(known.fields or {}), **written}, result.update_time, made)
     raise SessionTransientError(f"{action}: the document kept changing ({ROUNDS} rounds)")
 
 

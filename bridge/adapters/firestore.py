@@ -57,8 +57,10 @@ class FirestoreSessions:
         lease_s: float,
         max_attempts: int,
         max_per_user: int = 0,
+        made_by: datetime | None = None,
     ) -> Claim:
-        """See SessionStore.claim: with a limit, a slot of the user's first, then the session."""
+        """See SessionStore.claim: with a limit, a slot of the user's first, then the session (refused
+        unread by its rules when made after `made_by`: Firestore's create time is not among its fields)."""
         slots = self._slots_of(job) if max_per_user > 0 else None
         if slots is not None:
             running = slots.take(job.user, claim_id, lease_s, max_per_user)
@@ -80,6 +82,7 @@ class FirestoreSessions:
                     max_attempts=max_attempts,
                 ),
                 self._now,
+                refuse=lambda made: sessions.remade(made, made_by),
             )
             claimed = result.kind is ClaimKind.CLAIMED
             if claimed:
@@ -112,7 +115,9 @@ class FirestoreSessions:
             snapshot = self._client.document(job.document).get(**bounded())
         document = snapshot.to_dict() if snapshot.exists else None
         held = sessions.held_by(document, claim_id)
-        self._known.remember(job.document, Known(document, snapshot.update_time) if held else None)
+        self._known.remember(
+            job.document, Known(document, snapshot.update_time, snapshot.create_time) if held else None
+        )
         return held
 
     def release(self, job: JobRef, claim_id: str, reason: str, cause: RetryCause) -> None:

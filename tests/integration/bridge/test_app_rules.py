@@ -10,6 +10,7 @@ the bridge's is refused to the user.
 import base64
 import json
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -217,6 +218,28 @@ def test_a_session_the_user_deletes_and_makes_again_under_its_id_is_not_given_th
     assert "earlier session of the same id" in again["error"]["message"]
     assert "result" not in again
     assert objects.find(edited.path) == edited, "the old edit is left as it was"
+
+
+def test_the_job_of_a_session_the_user_deleted_does_not_run_on_the_session_made_again_under_its_id(
+    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    """The user deletes a session whose job is still queued and makes it again under the same id with a new
+    prompt: the old message, still in Pub/Sub, claimed the new document and ran it with the old prompt, and
+    the new session's own message found it done (a duplicate). Firestore's create time tells them apart."""
+    assert alice.uid is not None
+    session, path = session_of(jobs, alice)
+    jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 1, "prompt": "a red hat"})
+    assert alice.delete(path) == ALLOWED
+    time.sleep(sessions.CLOCKS_APART_S + 0.5)  # past the old job's latest time for its document (no grace)
+    assert alice.create(path, queued()) == ALLOWED
+    jobs.publish({"userId": alice.uid, "sessionId": session, "steps": 1, "prompt": "a blue hat"})
+    with running_bridge(jobs.settings(flux_server.grpc_url, upload_grace_s=0)) as bridge:
+        done = jobs.wait_for(alice.uid, session, is_terminal)
+        wait_until(lambda: bridge.counted("orphaned") == 1)
+        assert bridge.counted("duplicate") == 0
+    assert done["status"] == JobStatus.DONE
+    assert done["model"]["prompt"] == "a blue hat"
+    assert done["attempt"] == 1
 
 
 def test_the_user_cancels_a_running_job(

@@ -277,24 +277,78 @@ def test_freeing_a_slot_keeps_the_slot_another_bridge_took_since(jobs: JobSystem
     assert first.running(user) == 0
 
 
-@pytest.mark.parametrize("status", ["done", "processing"])
+@pytest.mark.parametrize("status", ["done", "processing", "made again"])
 def test_a_claim_refused_by_its_session_gives_its_users_slot_back(jobs: JobSystem, status: str) -> None:
-    """The slot is taken first, then the session claimed: a session already ended (a copy of its message) or
-    running elsewhere must not keep the slot, or the user's next job waits until it lapses."""
+    """The slot is taken first, then the session claimed: a session already ended (a copy of its message),
+    running elsewhere, or made after the job was published (another session under its id) must not keep the
+    slot, or the user's next job waits until it lapses."""
     store = FirestoreSessions(jobs.db, user_slots=FirestoreUserSlots(jobs.db, "fluxfillUserSlots"))
     user = f"u{uuid.uuid4().hex[:8]}"
     ended, next_job = f"users/{user}/sessions/ended", f"users/{user}/sessions/next"
     later = datetime.now(UTC) + timedelta(minutes=5)
-    jobs.db.document(ended).set({"status": status, "claimId": "elsewhere", "leaseExpiresAt": later})
+    made_by = datetime.now(UTC) - timedelta(minutes=1) if status == "made again" else None
+    if made_by is None:
+        jobs.db.document(ended).set({"status": status, "claimId": "elsewhere", "leaseExpiresAt": later})
+    else:
+        jobs.db.document(ended).set({"status": "queued"})
     jobs.db.document(next_job).set({"status": "queued"})
 
-    def claim(path: str, claim_id: str) -> ClaimKind:
+    def claim(path: str, claim_id: str, made_by: datetime | None = None) -> ClaimKind:
         job = JobRef(path, f"m-{claim_id}", user)
-        return store.claim(job, claim_id=claim_id, owner="b", lease_s=30, max_attempts=3, max_per_user=1).kind
+        return store.claim(
+            job, claim_id=claim_id, owner="b", lease_s=30, max_attempts=3, max_per_user=1, made_by=made_by
+        ).kind
 
-    refused = ClaimKind.FINISHED if status == "done" else ClaimKind.BUSY
-    assert claim(ended, "c1") is refused
+    refused = {"done": ClaimKind.FINISHED, "processing": ClaimKind.BUSY, "made again": ClaimKind.REMADE}
+    assert claim(ended, "c1", made_by) is refused[status]
     assert claim(next_job, "c2") is ClaimKind.CLAIMED, "the refused claim kept the user's one slot"
+
+
+def test_a_claim_tells_a_session_made_after_its_job_was_published_from_its_own(jobs: JobSystem) -> None:
+    """Firestore's create time decides, not the app's fields nor its later writes: a document made after the
+    job's latest time is another session's under its id (nothing written); one made before it is the job's,
+    written to by the app since or not."""
+    store = FirestoreSessions(jobs.db)
+    before = datetime.now(UTC) - timedelta(milliseconds=1)
+    remade_path, own_path = new_path(), new_path()
+    remade_reference = jobs.db.document(remade_path)
+    remade_reference.set({"status": "queued", "createdAt": before - timedelta(hours=1)})
+    jobs.db.document(own_path).set({"status": "queued"})
+    published = datetime.now(UTC)
+    time.sleep(0.05)
+    jobs.db.document(own_path).update({"petName": "Rex"})  # the app writes after the job's publication
+    written = remade_reference.get().update_time
+    remade = store.claim(
+        JobRef(remade_path, "m1"), claim_id="c1", owner="a", lease_s=30, max_attempts=3, made_by=before
+    )
+    assert remade.kind is ClaimKind.REMADE
+    assert remade.session_made == remade_reference.get().create_time
+    assert remade_reference.get().update_time == written, "nothing written"
+    own = store.claim(
+        JobRef(own_path, "m2"), claim_id="c2", owner="a", lease_s=30, max_attempts=3, made_by=published
+    )
+    assert own.kind is ClaimKind.CLAIMED
+
+
+def test_a_refusal_by_create_time_from_a_known_document_is_read_again(jobs: JobSystem) -> None:
+    """An answer that writes nothing comes only from a read: a known document whose create time would refuse
+    (it may have been made again since) is read again, and decided from what is there."""
+    path = new_path()
+    jobs.db.document(path).set({"status": "queued"})
+    snapshot = jobs.db.document(path).get()
+    known = Known(snapshot.to_dict(), snapshot.update_time, datetime.now(UTC) + timedelta(hours=1))
+    made: list[datetime | None] = []
+
+    def refuse(create_time: datetime | None) -> str | None:
+        made.append(create_time)
+        return "refused" if create_time is not None and create_time > datetime.now(UTC) else None
+
+    def decide(document: Mapping[str, Any] | None, now: datetime) -> tuple[str, None]:
+        return "decided", None
+
+    answer, _ = compare_and_set(jobs.db, path, "claim", decide, datetime.now, known=known, refuse=refuse)
+    assert answer == "decided"
+    assert made == [known.create_time, snapshot.create_time]
 
 
 def test_a_change_from_a_document_known_before_the_app_filled_it_is_decided_again_not_refused(

@@ -39,10 +39,13 @@ def lot_of(jobs: JobSystem, client: firestore.Client | None = None, **kwargs: An
     return FirestoreParkingLot(client or jobs.db, PARKED, requeue, **kwargs)
 
 
-def job(user: str, session: str, offset_s: float = 0, **attributes: str) -> ParkedJob:
+def job(
+    user: str, session: str, offset_s: float = 0, published: datetime = START, **attributes: str
+) -> ParkedJob:
+    """A parked job published `offset_s` after `published`."""
     data = json.dumps({"userId": user, "sessionId": session}).encode()
     return parked(
-        parse_job(data), Delivery(data, f"m-{session}", attributes, START + timedelta(seconds=offset_s))
+        parse_job(data), Delivery(data, f"m-{session}", attributes, published + timedelta(seconds=offset_s))
     )
 
 
@@ -138,7 +141,8 @@ def test_a_bridge_sweeps_parked_jobs_of_users_with_free_slots_and_runs_them(jobs
     """As after a crash: the job was parked, its user's slot lapsed, and no job of the user ends to release
     it. A running bridge's sweep publishes it, and it runs."""
     user, session = jobs.new_job()
-    lot_of(jobs).park(job(user, session))
+    # Published after its session was made (one made after the job is another session's under its id).
+    lot_of(jobs).park(job(user, session, published=datetime.now(UTC)))
     settings = jobs.settings(
         "127.0.0.1:1",
         max_jobs_in_flight_per_user=1,

@@ -46,11 +46,13 @@ pytestmark = pytest.mark.integration
 
 
 def envelope(data: bytes, message_id: str = "push-1") -> dict[str, object]:
+    """A push of `data` as Pub/Sub sends it: published now (RFC 3339, UTC as `Z`), as a job the app made its
+    session for a moment ago (an older publication than its session's document is a deleted session's)."""
     return {
         "message": {
             "data": base64.b64encode(data).decode(),
             "messageId": message_id,
-            "publishTime": "2026-11-24T08:00:00.000Z",
+            "publishTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "attributes": {},
         },
         "subscription": "projects/fluxfill-test/subscriptions/push",
@@ -122,7 +124,6 @@ def push_holding_the_slot(jobs: JobSystem, url: str, pool: ThreadPoolExecutor) -
     user, session = f"u{uuid.uuid4().hex[:8]}", "s-slow"
     jobs.document(user, session).set({"status": "queued"})
     body = job_envelope(user, session, f"held-{user}")
-    body["message"]["publishTime"] = datetime.now(UTC).isoformat()  # type: ignore[index]
     pushed = pool.submit(httpx.post, f"{url}/push", json=body, timeout=60)
     jobs.wait_for(user, session, lambda document: document.get("status") == "processing")
     return pushed

@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from PIL import Image
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
     DEAD_LETTER_REASON_ATTRIBUTE,
+    DEFERRALS_ATTRIBUTE,
+    FIRST_PUBLISHED_ATTRIBUTE,
     ORIGINAL_MESSAGE_ID_ATTRIBUTE,
     JobStatus,
 )
@@ -320,6 +323,34 @@ def test_a_job_pub_sub_dead_lettered_unclaimed_is_listed_so_and_replay_runs_it(w
     assert fluxfill(world, "dlq", "replay", session).returncode == 0
     watched = fluxfill(world, "watch", session, "--timeout", "60")
     assert watched.returncode == 0, watched.stderr
+
+
+def test_a_replay_is_the_jobs_publication_afresh_on_a_session_made_since_its_first(world: JobWorld) -> None:
+    """A parked job's dead letter carries the job's first publication; the session was made (again, under
+    its id) after it. The operator replays the job onto the session as it is now: kept, that time dated the
+    replay before the document, the bridge took it for a deleted session's job and acked it orphaned, and the
+    session stayed queued."""
+    session = "remade-1"
+    folder = f"users/{USER}/sessions/{session}"
+    world.bucket.blob(f"{folder}/original.jpg").upload_from_filename(world.files / "photo.jpg")
+    world.bucket.blob(f"{folder}/mask.png").upload_from_filename(world.files / "mask.png")
+    world.db.document(folder).create({"status": "failed", "error": {"code": "retries_exhausted"}})
+    job = json.dumps({"userId": USER, "sessionId": session, "steps": 2}).encode()
+    hour_ago = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    attributes = {
+        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
+        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
+        FIRST_PUBLISHED_ATTRIBUTE: hour_ago,
+        DEFERRALS_ATTRIBUTE: "1",
+    }
+    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(
+        timeout=10
+    )
+    assert fluxfill(world, "dlq", "replay", session).returncode == 0
+    watched = fluxfill(world, "watch", session, "--timeout", "60")
+    assert watched.returncode == 0, watched.stderr
+    document = world.db.document(folder).get().to_dict() or {}
+    assert document["status"] == JobStatus.DONE
 
 
 def test_replay_of_a_job_whose_session_the_app_deleted_is_refused_and_its_dead_letter_kept(

@@ -100,6 +100,7 @@ class FakeSessionStore:
     heartbeat_hangs: threading.Event = field(default_factory=threading.Event)  # set: heartbeats block
     finish_fails_with: Exception | None = None
     user_slots: dict[str, dict[str, Any]] = field(default_factory=dict)  # per user, as in Firestore
+    made: dict[str, datetime] = field(default_factory=dict)  # a document's create time, where a test sets one
     claims: int = 0  # claim transactions asked for
     heartbeats: int = 0  # heartbeats answered
     heartbeat_writes: int = 0  # of which wrote the session document (renewed the lease, recorded progress)
@@ -155,8 +156,13 @@ class FakeSessionStore:
         lease_s: float,
         max_attempts: int,
         max_per_user: int = 0,
+        made_by: datetime | None = None,
     ) -> Claim:
         with self._lock:
+            self.claims += 1
+            path = job.document
+            if path in self.documents and (remade := sessions.remade(self.made.get(path), made_by)):
+                return remade
             result, update, slots = user_slots.claim(
                 self.documents.get(job.document),
                 self.user_slots.get(job.user),
@@ -168,7 +174,6 @@ class FakeSessionStore:
                 message_id=job.message_id,
                 max_attempts=max_attempts,
             )
-            self.claims += 1
             self._apply(job.document, update)
             self._apply_slots(job, slots)
             return result

@@ -3,15 +3,18 @@ running), or never made it (a fabricated message). The bridge runs nothing and w
 the app deleted stays deleted; within `upload_grace_s` of the job's publication the document may only be late,
 and the job is looked for again."""
 
+import copy
 import threading
 import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from fluxfill.bridge import unclaimed
-from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge import sessions, unclaimed
+from fluxfill.bridge.contract import FIRST_PUBLISHED_ATTRIBUTE, ErrorCode
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
-from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World
+from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World, queued_session
 
 
 def deleted_while_running(world: World) -> Outcome:
@@ -119,3 +122,107 @@ def test_a_users_next_job_runs_at_once_after_the_app_deleted_their_running_sessi
     deleted_while_running(world)
     assert world.sessions.running(USER) == 0, "the stopped run's slot is free"
     assert world.deliver(sessionId="s2", message_id="m2").kind is OutcomeKind.DONE
+
+
+def made_again(world: World, made_s_ago: float = 0.0, **fields: Any) -> dict[str, Any]:
+    """The app deleted the session and made it again under its id `made_s_ago` (a new document, created then);
+    its fields as made."""
+    document = {**queued_session(), "prompt": "a blue hat", **fields}
+    world.sessions.documents[DOCUMENT] = document
+    world.sessions.made[DOCUMENT] = datetime.now(UTC) - timedelta(seconds=made_s_ago)
+    return copy.deepcopy(document)
+
+
+def test_the_job_of_a_deleted_session_does_not_run_on_the_session_made_again_under_its_id() -> None:
+    """The app deletes a session whose job is still queued and makes it again under the same id with a new
+    prompt: the old message, still in Pub/Sub, claimed the new document and ran the new photo with its own
+    old prompt, seed and steps, and the new session's own message then found it ended (a duplicate)."""
+    world = World(upload_grace_s=30.0)
+    made = made_again(world)
+    old = world.deliver(message_id="old", published_s_ago=45.0, prompt="a red hat")
+    assert old.kind is OutcomeKind.ORPHANED, old.reason
+    assert "made 45 s after the job was first published" in old.reason
+    assert "later than the 30 s an app's document may follow its job" in old.reason
+    assert world.document == made, "nothing written to the new session"
+    assert world.model.calls == []
+    assert world.acked == [True], "acked: no delivery of it can be for this document"
+    assert orphaned_jobs(world) == 1
+    new = world.deliver(message_id="new", prompt="a blue hat")
+    assert new.kind is OutcomeKind.DONE, new.reason
+    assert [call.prompt for call in world.model.calls] == ["a blue hat"]
+    assert world.document["attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"cancelRequested": True},
+        {"status": "done"},
+        {"attempt": 3, "status": "failed"},
+        {"attempt": 3},
+    ],
+    ids=["cancel requested", "done", "failed", "attempts spent"],
+)
+def test_the_job_of_a_deleted_session_decides_nothing_about_the_session_made_again(
+    fields: dict[str, Any],
+) -> None:
+    """Its status, cancel request and attempts are another job's: no cancel written for it, no dead letter
+    sent, no failure recorded."""
+    world = World(upload_grace_s=30.0)
+    made = made_again(world, **fields)
+    outcome = world.deliver(message_id="old", published_s_ago=60.0)
+    assert outcome.kind is OutcomeKind.ORPHANED, outcome.reason
+    assert world.document == made
+    assert world.dead_letters.published == []
+
+
+@pytest.mark.parametrize("published_before_made_s", [-60.0, 0.0, 29.0, 31.0])
+def test_a_session_document_made_within_the_grace_after_its_job_was_published_is_the_jobs_own(
+    published_before_made_s: float,
+) -> None:
+    """An app that publishes before its document is written (within `upload_grace_s`, and a margin for two
+    services' clocks): the document made after the publication is the job's; so is one made before it."""
+    world = World(upload_grace_s=30.0)
+    made_again(world, made_s_ago=100.0)
+    outcome = world.deliver(published_s_ago=100.0 + published_before_made_s)
+    assert outcome.kind is OutcomeKind.DONE, outcome.reason
+    assert len(world.model.calls) == 1
+
+
+def test_a_parked_or_carried_jobs_first_publication_decides_whose_session_it_is() -> None:
+    """A job published again by a bridge (parked, carried over) is the same job: its message is new, and the
+    attribute it carries says when the job was first published."""
+    world = World(upload_grace_s=30.0)
+    made = made_again(world)
+    first = (datetime.now(UTC) - timedelta(seconds=90)).isoformat()
+    outcome = world.deliver(attributes={FIRST_PUBLISHED_ATTRIBUTE: first})
+    assert outcome.kind is OutcomeKind.ORPHANED, outcome.reason
+    assert world.document == made
+
+
+def test_a_job_whose_publication_is_not_known_is_taken_as_its_sessions() -> None:
+    world = World(upload_grace_s=30.0)
+    made_again(world)
+    data = b'{"userId": "%s", "sessionId": "%s"}' % (USER.encode(), SESSION.encode())
+    outcome = world.handler.handle(Delivery(data, "m1", publish_time=None))
+    assert outcome.kind is OutcomeKind.DONE, outcome.reason
+
+
+def test_a_remade_session_takes_no_slot_of_its_users() -> None:
+    world = World(upload_grace_s=30.0, max_jobs_in_flight_per_user=1, topic="jobs")
+    made_again(world)
+    assert world.deliver(message_id="old", published_s_ago=60.0).kind is OutcomeKind.ORPHANED
+    assert world.sessions.running(USER) == 0
+    assert world.parking_lot.parked == {}
+    assert world.deliver(message_id="new").kind is OutcomeKind.DONE, "the user's slot was free"
+
+
+def test_the_latest_time_a_jobs_session_can_have_been_made() -> None:
+    published = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    assert sessions.latest_made(None, 30.0) is None
+    margin = timedelta(seconds=30 + sessions.CLOCKS_APART_S)
+    assert sessions.latest_made(published, 30.0) == published + margin
+    assert sessions.remade(published + timedelta(seconds=1), published) is not None
+    assert sessions.remade(published, published) is None, "made at the latest moment: its own"
+    assert sessions.remade(None, published) is None
+    assert sessions.remade(published, None) is None
