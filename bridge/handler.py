@@ -135,12 +135,19 @@ class JobHandler:
         return self._park(job, delivery, f"its user had {limit} jobs running a moment ago")
 
     def _park(self, job: JobMessage, delivery: Delivery, why: str) -> Outcome:
-        """DEFER once the job is parked (fluxfill.bridge.parking); RETRY (nack) when it could not be."""
+        """DEFER once the job is parked (fluxfill.bridge.parking); RETRY (nack) when it could not be;
+        DUPLICATE when a job of its session first published later is parked (parking.supersedes)."""
         assert self._parking is not None  # the constructor requires it with a limit
         try:
-            self._parking.park(job, delivery)
+            kept = self._parking.park(job, delivery)
         except RetryableError as error:
             return Outcome.retry(cause_of(error), f"waiting ({why}), but could not be parked: {error}")
+        if not kept:
+            reason = (
+                f"waiting ({why}), but a job of its session first published later is parked, and is the one "
+                "that runs (this one is a deleted session's, or the app's earlier job for the session)"
+            )
+            return Outcome(OutcomeKind.DUPLICATE, reason=reason)
         return Outcome(OutcomeKind.DEFER, reason=f"parked: {why}")
 
     def _accounted(self, delivery: Delivery, decide: Callable[[Delivery], Outcome]) -> Outcome:

@@ -7,7 +7,8 @@ parked job is touched twice: parked once, released once, when a slot of its user
 
 The protocol (fluxfill.bridge.adapters.parking_store keeps it in Firestore):
 - park: the job's message is written under its user and session (a second message of the same session
-  replaces the first: one job), then the message is acked. A park that fails nacks the message instead.
+  replaces the first: one job, unless it was first published earlier: `supersedes`), then the message is
+  acked. A park that fails nacks the message instead.
 - release: when a job of the user's ends, the bridge that ran it publishes the user's oldest parked jobs, as
   many as the user has free slots. Each release is won by one bridge (compare-and-set on the parked
   document), published, then deleted; a crash in between publishes it once more, which the claim protocol
@@ -17,6 +18,8 @@ The protocol (fluxfill.bridge.adapters.parking_store keeps it in Firestore):
 - the sweep: every bridge releases, now and then, the parked jobs of users with free slots, which covers
   slots that lapsed with a crashed bridge's leases and releases that died half-way.
 """
+
+from datetime import datetime
 
 import structlog
 
@@ -42,11 +45,14 @@ class Parking:
         self._limit = limit
         self._metrics = metrics
 
-    def park(self, job: JobMessage, delivery: Delivery) -> None:
-        """Keep the job aside; raises RetryableError when it could not be written (nack it then)."""
-        self._lot.park(parked(job, delivery))
+    def park(self, job: JobMessage, delivery: Delivery) -> bool:
+        """Keep the job aside; False when a job of its session first published later is parked (`supersedes`:
+        this one is not kept); raises RetryableError when it could not be written (nack it then)."""
+        if not self._lot.park(parked(job, delivery)):
+            return False
         self._metrics.parking.labels("parked").inc()
         self.release_free(job.userId, slots_first=True)
+        return True
 
     def release_free(self, user: str, *, slots_first: bool = False) -> int:
         """Publish as many of the user's parked jobs as the user has free slots, oldest first; how many were
@@ -98,6 +104,16 @@ class Parking:
             logger.warning("could not list the parked jobs' users", error=str(error))
             return 0
         return sum(self.release_free(user) for user in users)
+
+
+def supersedes(job_first: datetime | None, parked_first: datetime | None) -> bool:
+    """Whether a job first published at `job_first` takes the place of its session's parked job, first
+    published at `parked_first`: yes, unless it was published earlier (a time not known: yes). A copy of the
+    parked job (the same time) replaces it, so a job parked again while its release is under way is not lost
+    with the document the release deletes. An earlier job is a deleted session's, the parked one the job of
+    the session made again under its id (replaced, the earlier would be refused at its claim and the later
+    lost), or the app's earlier word on the same session."""
+    return job_first is None or parked_first is None or job_first >= parked_first
 
 
 def parked(job: JobMessage, delivery: Delivery) -> ParkedJob:

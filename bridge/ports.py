@@ -242,8 +242,9 @@ class ParkedJob:
 class ParkingLot(Protocol):
     """Jobs over their user's limit, kept outside Pub/Sub until a slot frees (fluxfill.bridge.parking)."""
 
-    def park(self, job: ParkedJob) -> None:
-        """Keep the job (replacing one of the same session); raises RetryableError on failure."""
+    def park(self, job: ParkedJob) -> bool:
+        """Keep the job in place of one of the same session that it supersedes (parking.supersedes); False,
+        nothing written, when it does not; raises RetryableError on failure."""
 
     def oldest(self, user: str, count: int) -> list[ParkedJob]:
         """Up to `count` of the user's parked jobs, first published first, none being released by another

@@ -10,7 +10,7 @@ A mark older than RELEASE_RETRY_S is taken as a release that died half-way, and 
 
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,8 +18,10 @@ import structlog
 from google.api_core import exceptions as api
 from google.cloud import firestore
 
+from fluxfill.bridge.adapters.compare_and_set import compare_and_set
 from fluxfill.bridge.adapters.firestore_errors import bounded, firestore_errors
 from fluxfill.bridge.errors import RetryableError
+from fluxfill.bridge.parking import supersedes
 from fluxfill.bridge.ports import ParkedJob, Requeue
 
 logger = structlog.get_logger(__name__)
@@ -48,23 +50,34 @@ class FirestoreParkingLot:
     def _jobs(self, user: str) -> Any:
         return self._client.collection(self._collection, user, JOBS)
 
-    def park(self, job: ParkedJob) -> None:
-        """See ParkingLot.park: `set` replaces a parked message of the same session (and a release's mark).
+    def park(self, job: ParkedJob) -> bool:
+        """See ParkingLot.park: by compare-and-set, replacing a parked message of the same session the job
+        supersedes, and a release's mark.
 
         Replacing, not keeping the first: a job parked again while its release is under way must not be lost
-        with the document its release then deletes. A duplicate message of a parked job thus moves it to its
-        own publish time in the user's order; a released job carries its first publish time, and keeps it.
+        with the document its release then deletes (the release's delete is refused once anything wrote). A
+        released job carries its first publish time, and keeps it.
         """
         now = self._now()
+        first = job.first_published or now
         document = {
             "data": job.data,
             "attributes": json.dumps(dict(job.attributes)),
             "lane": job.lane,
-            "firstPublished": job.first_published or now,
+            "firstPublished": first,
             "parkedAt": now,
+            _RELEASING: None,
         }
-        with firestore_errors("park the job"):
-            self._jobs(job.user).document(job.session).set(document, **bounded())
+
+        def decide(fields: Mapping[str, Any] | None, _: datetime) -> tuple[bool, dict[str, Any] | None]:
+            parked_first = (fields or {}).get("firstPublished")
+            if isinstance(parked_first, datetime) and not supersedes(first, parked_first):
+                return False, None
+            return True, document
+
+        path = f"{self._collection}/{job.user}/{JOBS}/{job.session}"
+        kept, _ = compare_and_set(self._client, path, "park the job", decide, self._now)
+        return kept
 
     def oldest(self, user: str, count: int) -> list[ParkedJob]:
         """See ParkingLot.oldest."""

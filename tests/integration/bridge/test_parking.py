@@ -74,6 +74,27 @@ def test_a_session_is_parked_once_and_a_users_jobs_come_out_oldest_first(jobs: J
     assert [parked.session for parked in lot.oldest("u1", 5)] == ["mid", "late"], "released is deleted"
 
 
+def test_a_parked_job_is_replaced_by_a_copy_or_a_later_job_of_its_session_never_by_an_earlier(
+    jobs: JobSystem,
+) -> None:
+    """An earlier job of a parked session (a deleted session's, its session made again under its id and that
+    one's job parked) would take the parked job's place, be refused at its claim once released, and the
+    session's own job would be gone. A copy replaces it, a release's mark included."""
+    lot = lot_of(jobs)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    reference = jobs.db.document(f"{PARKED}/{user}/jobs/s1")
+    assert lot.park(job(user, "s1", 10, app="later")) is True
+    reference.update({"releasing": datetime.now(UTC)})
+    assert lot.park(job(user, "s1", 5, app="earlier")) is False
+    assert json.loads((reference.get().to_dict() or {})["attributes"])["app"] == "later"
+    assert lot.oldest(user, 1) == [], "the release's mark stands"
+    assert lot.park(job(user, "s1", 10, app="copy")) is True
+    [kept] = lot.oldest(user, 1)
+    assert (kept.attributes["app"], kept.first_published) == ("copy", START + timedelta(seconds=10))
+    assert lot.park(job(user, "s1", 20, app="later still")) is True
+    assert [parked.attributes["app"] for parked in lot.oldest(user, 5)] == ["later still"]
+
+
 def test_racing_releases_publish_each_parked_job_once(jobs: JobSystem) -> None:
     """Two bridges (two clients) release the same user's five jobs at once, each as many as it sees."""
     other = firestore.Client(project=PROJECT, credentials=AnonymousCredentials())  # type: ignore[no-untyped-call]

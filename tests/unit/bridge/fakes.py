@@ -27,6 +27,7 @@ from fluxfill.bridge.errors import (
     SessionTransientError,
     TritonBusyError,
 )
+from fluxfill.bridge.parking import supersedes
 from fluxfill.bridge.ports import (
     Claim,
     Heartbeat,
@@ -336,11 +337,15 @@ class FakeParkingLot:
         if self.broken:
             raise SessionTransientError("firestore unavailable")
 
-    def park(self, job: ParkedJob) -> None:
+    def park(self, job: ParkedJob) -> bool:
         self._check()
         with self._lock:
+            there = self.parked.get((job.user, job.session))
+            if there is not None and not supersedes(job.first_published, there.first_published):
+                return False
             self._versions += 1
             self.parked[(job.user, job.session)] = replace(job, version=self._versions)
+            return True
 
     def oldest(self, user: str, count: int) -> list[ParkedJob]:
         self._check()

@@ -136,6 +136,42 @@ def test_a_job_over_its_users_limit_is_parked_and_released_when_the_users_job_en
     assert world.metrics.sample("fluxfill_bridge_parked_jobs_total", {"event": "released"}) == 1
 
 
+def test_a_deleted_sessions_job_parked_after_the_remade_sessions_own_does_not_take_its_place() -> None:
+    """The user deletes session s2 while its job waits for a slot and makes it again under its id with a new
+    prompt; its new job is parked, then a copy of the deleted session's job comes and would be parked over it
+    (one parking per session). Released, that job is refused at its claim (made after its publication: a
+    deleted session's), and the new session's job was gone with it: s2 stayed queued."""
+    world = limited_world(limit=1)
+    s2 = f"users/{USER}/sessions/s2"
+    thread, _ = first_job_running(world)
+    world.sessions.made[s2] = datetime.now(UTC)
+    new = world.deliver(sessionId="s2", message_id="new", prompt="a blue hat")
+    assert new.kind is OutcomeKind.DEFER, new.reason
+    old = world.deliver(sessionId="s2", message_id="old", prompt="a red hat", published_s_ago=120.0)
+    assert old.kind is OutcomeKind.DUPLICATE, old.reason
+    assert "a job of its session first published later is parked" in old.reason
+    assert world.acked[-2:] == [True, True]
+    assert json.loads(world.parking_lot.parked[(USER, "s2")].data)["prompt"] == "a blue hat"
+    thread.join()
+    [released] = world.parking_lot.published
+    again = world.deliver(message_id="m3", attributes=dict(released.attributes), **json.loads(released.data))
+    assert again.kind is OutcomeKind.DONE, again.reason
+    assert [call.prompt for call in world.model.calls][-1] == "a blue hat"
+    assert world.sessions.documents[s2]["status"] == "done"
+
+
+def test_a_copy_or_a_later_job_of_a_parked_session_takes_its_place_an_earlier_does_not() -> None:
+    """A copy (the same first publication: a job parked again while its release is under way) and a later job
+    replace the parked one; an earlier job is not kept."""
+    lot = FakeParkingLot()
+    assert lot.park(parked(*parked_job("s1", offset_s=10)))
+    assert lot.park(parked(*parked_job("s1", offset_s=10))), "a copy: parked anew"
+    assert not lot.park(parked(*parked_job("s1", offset_s=5))), "an earlier job: not kept"
+    assert lot.parked[(USER, "s1")].first_published == NOW + timedelta(seconds=10)
+    assert lot.park(parked(*parked_job("s1", offset_s=20)))
+    assert lot.parked[(USER, "s1")].first_published == NOW + timedelta(seconds=20)
+
+
 def test_another_users_job_is_not_held_back() -> None:
     world = limited_world(limit=1)
     world.upload("user2", "s9")
