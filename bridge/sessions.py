@@ -140,7 +140,7 @@ def claim(
     attempts = whole_count(document.get(SessionField.ATTEMPT))
     # A session claimed before without a key was claimed by a bridge deployed before keys: its uploads carry
     # none, so it keeps none (None), and what lies at its results' paths is taken as it was then.
-    result_key = result_key_of(document) or (claim_id if attempts == 0 else None)
+    result_key = result_key_of(document) or (None if claimed_before(document) else claim_id)
     update: Update = {
         SessionField.STATUS: JobStatus.PROCESSING.value,
         SessionField.CLAIM_ID: claim_id,
@@ -177,6 +177,14 @@ def remade(made: datetime | None, made_by: datetime | None) -> Claim | None:
     if made is None or made_by is None or made <= made_by:
         return None
     return Claim(ClaimKind.REMADE, session_made=made)
+
+
+def claimed_before(document: Document) -> bool:
+    """Whether the session's job was claimed before: attempts counted, or counted before a `fluxfill dlq
+    replay` set them back to 0 (it records them under `replayed`)."""
+    replayed = document.get(SessionField.REPLAYED)
+    before_replay = replayed.get("previousAttempts") if isinstance(replayed, Mapping) else None
+    return whole_count(document.get(SessionField.ATTEMPT)) > 0 or whole_count(before_replay) > 0
 
 
 def result_key_of(document: Document) -> str:

@@ -523,6 +523,32 @@ def test_results_an_attempt_on_a_bridge_deployed_before_keys_uploaded_are_record
     assert PREVIEW not in world.objects.result_keys, "the preview made for it carries none either"
 
 
+def test_a_replay_of_a_session_a_bridge_deployed_before_keys_claimed_keeps_no_key() -> None:
+    """`fluxfill dlq replay` sets the attempts back to 0: the claim after it took the session for one never
+    claimed and gave it a key, and the old bridge's upload (no key) failed the job `result_path_taken`."""
+    world = World()
+    world.sessions.documents[DOCUMENT] = {
+        **queued_session(),
+        "attempt": 0,
+        "replayed": {"at": datetime.now(UTC), "reason": "triton fixed", "previousAttempts": 3},
+    }
+    world.objects.objects[EDITED] = png(photo())
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.DONE, outcome.reason
+    assert "resultKey" not in world.document
+
+
+def test_a_replayed_session_never_claimed_before_gets_a_key() -> None:
+    """Dead-lettered by Pub/Sub unclaimed (no bridge took it), then replayed: its first claim is its first."""
+    world = World()
+    world.sessions.documents[DOCUMENT] = {
+        **queued_session(),
+        "replayed": {"at": datetime.now(UTC), "reason": "overload", "previousAttempts": None},
+    }
+    assert world.deliver(seed=5).kind is OutcomeKind.DONE
+    assert world.objects.result_keys[EDITED] == world.document["resultKey"] != ""
+
+
 def test_a_session_made_again_under_its_id_is_not_given_the_deleted_ones_result() -> None:
     """Its run found the deleted session's edited image at the result's path, kept it (create-only), and
     recorded the session done with it: the user was shown the old edit."""
