@@ -137,7 +137,7 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
     return ChaosReport(
         options=options,
         mix={kind.value: sum(1 for j in planned if j.kind is kind) for kind in Kind},
-        messages=len(order),
+        messages=published.count,  # a remade session's new job is published besides the order
         faults=log.done,
         fault_errors=log.errors,
         checks=invariants.check_all(evidence),
@@ -161,7 +161,8 @@ def _settle(fleet: Fleet, planned: list[PlannedJob], dead: list[Any], deadline: 
     job was logged orphaned (its message is looked at again until the fleet's upload grace is over), or the
     deadline; what is left of any message is counted after the bridges stop."""
     with_session = [j for j in planned if j.user and j.expectation.status is not None]
-    deleted = {j.session for j in planned if j.kind is Kind.DELETED}
+    # A remade session's deleted session's job is orphaned too (not yet made, or made after it).
+    deleted = {j.session for j in planned if j.kind in (Kind.DELETED, Kind.REMADE)}
     expected_dead = sum(1 for j in planned if j.expectation.dead_letter)
     while time.monotonic() < deadline:
         traffic.drain_dead_letters(fleet.jobs, dead)

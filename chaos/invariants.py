@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from chaos.workload import PlannedJob
+from chaos.workload import Kind, PlannedJob
 from fluxfill.bridge.contract import (
     DEAD_LETTER_CODE_ATTRIBUTE,
     ORIGINAL_MESSAGE_ID_ATTRIBUTE,
@@ -90,6 +90,7 @@ def check_all(evidence: Evidence) -> list[Check]:
         _none_left_unfinished(evidence),
         _no_orphans(evidence),
         _gone_stays_gone(evidence),
+        _remade_runs_its_own_job(evidence),
     ]
 
 
@@ -185,6 +186,18 @@ def _gone_stays_gone(evidence: Evidence) -> Check:
         if job.session in evidence.documents or job.session in evidence.results
     ]
     return _check("a deleted session stays deleted", gone, broken)
+
+
+def _remade_runs_its_own_job(evidence: Evidence) -> Check:
+    """A session made again under its id is done with its own job's seed, never the deleted session's."""
+    remade = [j for j in evidence.planned if j.kind is Kind.REMADE]
+    broken = []
+    for job in remade:
+        ran = (evidence.documents.get(job.session, {}).get("model") or {}).get("seed")
+        own = json.loads(job.data)["seed"]
+        if ran != own:
+            broken.append(f"{job.session}: ran with seed {ran}, its own job's is {own}")
+    return _check("a session made again runs its own job", remade, broken)
 
 
 def latencies(evidence: Evidence, published_at: dict[str, datetime]) -> list[float]:

@@ -16,6 +16,10 @@ PUBLISH_TIMEOUT_S = 30.0
 # A late upload's objects, a late document, go up this long after its job is published (well within the
 # fleet's upload grace).
 LATE_WRITE_S = 1.0
+# A REMADE session is made again this long after its deleted session's job was published: past the fleet's
+# upload grace (FleetConfig.upload_grace_s, 10 s) and the bridge's 2 s for two services' clocks, so the
+# bridge can tell the two sessions apart (a unit test keeps it so).
+REMAKE_AFTER_S = 13.0
 
 
 @dataclass
@@ -27,9 +31,11 @@ class Published:
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record(self, job: PlannedJob, message_id: str, at: datetime) -> None:
+    def record(self, job: PlannedJob, message_id: str, at: datetime, *, its_own: bool = True) -> None:
+        """`its_own` False: a message of a deleted session's job (REMADE), not the job's first publication."""
         with self.lock:
-            self.first_at.setdefault(job.key, at)
+            if its_own:
+                self.first_at.setdefault(job.key, at)
             self.message_ids.setdefault(job.key, []).append(message_id)
             self.count += 1
 
@@ -44,8 +50,9 @@ def prepare(jobs: LocalJobSystem, planned: Sequence[PlannedJob], workers: int = 
         if job.kind is not Kind.LATE_UPLOAD:
             upload_objects(jobs, job)
         # A late document is written after the publication; a deleted one, made and deleted by the app before
-        # a bridge takes its job, is in Firestore what one never made is: no document, no trace.
-        if job.kind not in (Kind.LATE_DOCUMENT, Kind.DELETED):
+        # a bridge takes its job, is in Firestore what one never made is: no document, no trace (a remade
+        # one is made again in `publish_all`).
+        if job.kind not in (Kind.LATE_DOCUMENT, Kind.DELETED, Kind.REMADE):
             create_session(jobs, job)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -93,11 +100,23 @@ def publish_all(
         delay = started + index * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        if job.earlier is not None:
+            message_id = jobs.publisher.publish(jobs.topic, job.earlier).result(timeout=PUBLISH_TIMEOUT_S)
+            published.record(job, str(message_id), datetime.now(UTC), its_own=False)
+            threading.Timer(REMAKE_AFTER_S, remake, (jobs, job, published)).start()
+            continue
         message_id = jobs.publisher.publish(jobs.topic, job.data).result(timeout=PUBLISH_TIMEOUT_S)
         late_write = {Kind.LATE_UPLOAD: upload_objects, Kind.LATE_DOCUMENT: create_session}.get(job.kind)
         if late_write is not None and job.key not in published.first_at:
             threading.Timer(LATE_WRITE_S, late_write, (jobs, job)).start()
         published.record(job, str(message_id), datetime.now(UTC))
+
+
+def remake(jobs: LocalJobSystem, job: PlannedJob, published: Published) -> None:
+    """The app makes a deleted session again under its id and publishes its new job."""
+    create_session(jobs, job)
+    message_id = jobs.publisher.publish(jobs.topic, job.data).result(timeout=PUBLISH_TIMEOUT_S)
+    published.record(job, str(message_id), datetime.now(UTC))
 
 
 def drain_dead_letters(jobs: LocalJobSystem, into: list[Any]) -> None:

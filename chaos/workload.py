@@ -16,6 +16,8 @@ import numpy.typing as npt
 from PIL import Image
 
 PHOTO_SIZE = (96, 128)  # height, width: small, so Storage and PNG coding stay cheap
+# A REMADE job's deleted session's job has the seed of its index plus this: a run of it shows in the result.
+DELETED_SEED_OFFSET = 1_000_000
 
 
 class Kind(StrEnum):
@@ -37,6 +39,10 @@ class Kind(StrEnum):
     # Its session deleted by the app (the document; the uploads kept) before a bridge takes the job: it runs
     # nothing and the session is never made again, whatever redeliveries and restarts bring.
     DELETED = "deleted"
+    # Its session deleted by the app before a bridge took its job, and made again under its id (the same
+    # photo and mask) with a new job (another seed) past the fleet's grace: the deleted session's job, still
+    # in Pub/Sub, never runs on it; the new one runs once.
+    REMADE = "remade"
 
 
 # Shares of the mix; what is left over is valid jobs.
@@ -50,6 +56,7 @@ POISON_SHARES = {
     Kind.LATE_UPLOAD: 0.05,
     Kind.LATE_DOCUMENT: 0.05,
     Kind.DELETED: 0.05,
+    Kind.REMADE: 0.05,
 }
 
 
@@ -73,6 +80,7 @@ EXPECTED = {
     Kind.LATE_UPLOAD: Expectation("done", None, dead_letter=False),
     Kind.LATE_DOCUMENT: Expectation("done", None, dead_letter=False),
     Kind.DELETED: Expectation(None, None, dead_letter=False),
+    Kind.REMADE: Expectation("done", None, dead_letter=False),
 }
 
 
@@ -88,6 +96,7 @@ class PlannedJob:
     copies: int  # times the message is published
     original: bytes | None
     mask: bytes | None
+    earlier: bytes | None = None  # REMADE: the deleted session's job, published first (`data` is the new one)
 
     @property
     def expectation(self) -> Expectation:
@@ -134,6 +143,7 @@ def _job(index: int, kind: Kind, rng: random.Random, steps: int) -> PlannedJob:
     if kind is Kind.CORRUPT_IMAGE and original is not None:
         original = original[: len(original) // 3]
     data = json.dumps(message).encode()
+    earlier = json.dumps({**message, "seed": DELETED_SEED_OFFSET + index}).encode()
     if kind is Kind.MALFORMED_JSON:
         data = b'{"userId": "' + user.encode() + b'", "sessionId": ' + session.encode()
         user = ""
@@ -146,6 +156,7 @@ def _job(index: int, kind: Kind, rng: random.Random, steps: int) -> PlannedJob:
         copies=2 if kind is Kind.DUPLICATE else 1,
         original=original,
         mask=mask,
+        earlier=earlier if kind is Kind.REMADE else None,
     )
 
 

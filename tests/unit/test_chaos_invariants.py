@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from chaos import faults, invariants
+from chaos import faults, invariants, traffic
 from chaos.chaos_run import ChaosOptions
 from chaos.fleet import FleetConfig
 from chaos.traffic import publish_order
 from chaos.workload import Kind, PlannedJob, plan
+from fluxfill.bridge import sessions
 
 
 def good_evidence() -> invariants.Evidence:
@@ -31,6 +32,7 @@ def good_evidence() -> invariants.Evidence:
             documents[job.session] = {
                 "status": "done",
                 "result": {"paths": {"edited": "x/edited.png"}, "format": "png"},
+                "model": {"seed": json.loads(job.data)["seed"]},
             }
             results[job.session] = ["edited.png", "preview.jpg"]
         elif expected.status is not None:
@@ -71,6 +73,26 @@ def test_a_lost_job_is_caught_as_lost_and_unfinished() -> None:
         "valid job done exactly once": 1,
         "one result object set per valid job": 1,
         "no job left queued or processing": 1,
+    }
+
+
+def test_a_remade_session_run_with_the_deleted_sessions_job_is_caught() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.REMADE)
+    assert job.earlier is not None
+    evidence.documents[job.session]["model"] = {"seed": json.loads(job.earlier)["seed"]}
+    assert broken(evidence) == {"a session made again runs its own job": 1}
+
+
+def test_a_remade_session_is_made_again_past_the_fleets_grace_and_the_bridges_clock_margin() -> None:
+    """Made again sooner, the bridge cannot tell the two sessions apart (by design), and may run the deleted
+    one's job on it."""
+    assert FleetConfig().upload_grace_s + sessions.CLOCKS_APART_S < traffic.REMAKE_AFTER_S
+    job = next(job for job in plan(40, seed=1) if job.kind is Kind.REMADE)
+    assert job.earlier is not None
+    assert json.loads(job.earlier)["seed"] != json.loads(job.data)["seed"]
+    assert {k: v for k, v in json.loads(job.earlier).items() if k != "seed"} == {
+        k: v for k, v in json.loads(job.data).items() if k != "seed"
     }
 
 
