@@ -217,6 +217,34 @@ def test_a_remade_session_takes_no_slot_of_its_users() -> None:
     assert world.deliver(message_id="new").kind is OutcomeKind.DONE, "the user's slot was free"
 
 
+def test_a_session_deleted_and_made_again_while_its_job_runs_is_left_to_its_own_job() -> None:
+    """The run stops at its next lease renewal (the new document holds no claim of its), its redelivery is
+    refused as made after it, and the new session's own job runs it."""
+    world = World(upload_grace_s=30.0)
+    world.sessions.made[DOCUMENT] = datetime.now(UTC) - timedelta(seconds=60)
+    world.model.step_s = 0.05
+    outcomes: list[Outcome] = []
+    running = threading.Thread(
+        target=lambda: outcomes.append(world.deliver(message_id="old", published_s_ago=40.0, steps=40))
+    )
+    running.start()
+    deadline = time.monotonic() + 10
+    while not world.sessions.progress_writes:
+        assert time.monotonic() < deadline, "the job never reported progress"
+        time.sleep(0.01)
+    with world.sessions._lock:
+        made = made_again(world)
+    running.join(timeout=10)
+    assert not running.is_alive(), "the run went on in another session's document"
+    assert outcomes[0].kind is OutcomeKind.RETRY, outcomes[0].reason
+    assert world.document == made
+    again = world.deliver(message_id="old", published_s_ago=41.0, steps=40)
+    assert again.kind is OutcomeKind.ORPHANED, again.reason
+    assert world.document == made
+    assert world.deliver(message_id="new", steps=2).kind is OutcomeKind.DONE
+    assert world.document["attempt"] == 1
+
+
 def test_the_latest_time_a_jobs_session_can_have_been_made() -> None:
     published = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
     assert sessions.latest_made(None, 30.0) is None
