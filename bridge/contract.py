@@ -117,6 +117,9 @@ class SessionField(StrEnum):
     CLAIM_ID = "claimId"  # the current claim's fencing token: only its holder may renew, release or finish
     LEASE_EXPIRES_AT = "leaseExpiresAt"  # after this another bridge may claim it
     CANCEL_REQUESTED = "cancelRequested"  # written by the app: true asks the bridge to stop
+    # Written by the app (optional): the id of the session's job, as its message's `jobId` names it; a job
+    # naming another is not this session's (a deleted session's of the same id: sessions.claim).
+    JOB_ID = "jobId"
     ERROR = "error"  # {code, message}
     RESULT = "result"  # {paths {edited, preview}, width, height, seed}
     TIMINGS = "timings"  # seconds per phase: queue, download, inference, upload, total
@@ -134,7 +137,9 @@ class SessionField(StrEnum):
 
 # The session document's fields the app's users write: they create it queued, may ask to cancel, and keep
 # `updatedAt` too. The others are the bridge's alone: FIRESTORE_RULES refuses them to the app's users.
-APP_FIELDS = frozenset({SessionField.STATUS, SessionField.CANCEL_REQUESTED, SessionField.UPDATED_AT})
+APP_FIELDS = frozenset(
+    {SessionField.STATUS, SessionField.CANCEL_REQUESTED, SessionField.UPDATED_AT, SessionField.JOB_ID}
+)
 BRIDGE_FIELDS = frozenset(SessionField) - APP_FIELDS
 # The Firestore security rules of the session documents (merged into the app's rules; the local emulators
 # load them, so every test runs under them).
@@ -220,6 +225,9 @@ class JobMessage(BaseModel):
     guidance: float | None = Field(default=None, ge=0.0, le=100.0)
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     priority: Literal["urgent", "bulk"] = "bulk"
+    # The app's id of this job, also written into its session document (SessionField.JOB_ID): a document
+    # naming another job is not this job's session.
+    jobId: Identifier | None = None  # noqa: N815
 
     def paths(self, template: str) -> str:
         """Fill a storage or document template with this job's ids."""

@@ -210,14 +210,15 @@ class JobHandler:
             max_attempts=self._settings.max_delivery_attempts,
             max_per_user=limit,
             made_by=sessions.latest_made(first_published(delivery), self._settings.upload_grace_s),
+            job_id=job.jobId,
         )
         if claim.kind is ClaimKind.USER_AT_LIMIT:
             self._at_limit.note(job.userId)
             return self._park(
                 job, delivery, f"its user has {claim.user_running} jobs running, the most allowed"
             )
-        if claim.kind in (ClaimKind.NO_SESSION, ClaimKind.REMADE):
-            return self._session_missing(claim, delivery)
+        if claim.kind in (ClaimKind.NO_SESSION, ClaimKind.REMADE, ClaimKind.ANOTHER_JOB):
+            return self._session_missing(claim, job, delivery)
         if claim.kind is not ClaimKind.CLAIMED:
             return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         try:
@@ -410,12 +411,14 @@ class JobHandler:
         """How long ago the job was first published; None when that is not known."""
         return self._seconds_since(first_published(delivery))
 
-    def _session_missing(self, claim: Claim, delivery: Delivery) -> Outcome:
+    def _session_missing(self, claim: Claim, job: JobMessage, delivery: Delivery) -> Outcome:
         """The job's session document is not there: not yet, deleted, or deleted and another made under its
-        id (REMADE)."""
+        id (REMADE, ANOTHER_JOB)."""
         grace = self._settings.upload_grace_s
         if claim.kind is ClaimKind.REMADE:
             return unclaimed.remade(claim, first_published(delivery), grace)
+        if claim.kind is ClaimKind.ANOTHER_JOB:
+            return unclaimed.another_job(claim, job)
         return unclaimed.no_session(grace, self._session_grace_left_s(delivery))
 
     def _session_grace_left_s(self, delivery: Delivery) -> float:

@@ -64,6 +64,9 @@ class ClaimKind(Enum):
     # The session document was made after this job's message could be for it: the job of a session the app
     # deleted, and the document another session's made under its id (sessions.remade). Nothing is written.
     REMADE = "remade"
+    # The session document names another job (its `jobId`, the app's): the job of a session the app deleted
+    # and made again under its id, or the app's earlier job for the session. Nothing is written.
+    ANOTHER_JOB = "another_job"
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class Claim:
     the earlier attempts failed; `user_running` (USER_AT_LIMIT) how many of the user's jobs run;
     `document_bytes` (TOO_LARGE) the session document's size; `result_key` (CLAIMED) what the session's
     result objects carry (the first claim's id, kept by every later one; None for a session a bridge deployed
-    before keys claimed first: its objects carry none); `session_made` (REMADE) when the document was made.
+    before keys claimed first: its objects carry none); `session_made` (REMADE) when the document was made;
+    `session_job_id` (ANOTHER_JOB) the job the document names.
     """
 
     kind: ClaimKind
@@ -88,6 +92,7 @@ class Claim:
     document_bytes: int = 0
     result_key: str | None = None
     session_made: datetime | None = None
+    session_job_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,12 @@ class SessionStore(Protocol):
         max_attempts: int,
         max_per_user: int = 0,
         made_by: datetime | None = None,
+        job_id: str | None = None,
     ) -> Claim:
         """Move the job to processing under `claim_id`, unless terminal, leased, cancelled or exhausted,
         or its user has `max_per_user` (0: no limit) jobs running already, or the document was made after
-        `made_by` (sessions.remade; None: not checked); then nothing is written."""
+        `made_by` (sessions.remade; None: not checked) or names a job other than `job_id` (None: not
+        checked); then nothing is written."""
 
     def heartbeat(
         self, job: JobRef, claim_id: str, lease_s: float, progress: tuple[int, int] | None

@@ -130,10 +130,16 @@ def claim(
     lease_s: float,
     message_id: str,
     max_attempts: int,
+    job_id: str | None = None,
 ) -> tuple[Claim, Update | None]:
-    """What a claim finds, and the fields to write (None: write nothing)."""
+    """What a claim finds, and the fields to write (None: write nothing). `job_id`: the message's `jobId`;
+    a document naming another job is another session's (ANOTHER_JOB), refused before any other rule, as a
+    document made after the job (`remade`) is."""
     if document is None:
         return Claim(ClaimKind.NO_SESSION), None
+    named = document.get(SessionField.JOB_ID)
+    if job_id is not None and isinstance(named, str) and named != job_id:
+        return Claim(ClaimKind.ANOTHER_JOB, session_job_id=named), None
     refused = _refused(document, now, max_attempts)
     if refused is not None:
         return refused, None

@@ -4,7 +4,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobStatus, SessionField
+from fluxfill.bridge.contract import ErrorCode, InvalidJobError, JobMessage, JobStatus, SessionField
 from fluxfill.bridge.errors import RetryCause
 from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from fluxfill.bridge.ports import Claim, ClaimKind, JobRef, SessionStore
@@ -98,6 +98,17 @@ def remade(claim: Claim, first_published: datetime | None, grace_s: float) -> Ou
         f"its session document was made {after}after the job was first published, later than the "
         f"{grace_s:g} s an app's document may follow its job: the job is of a session deleted since, and the "
         "document of another made under its id, which its own job runs; nothing run, nothing written"
+    )
+    return Outcome(OutcomeKind.ORPHANED, reason=reason)
+
+
+def another_job(claim: Claim, job: JobMessage) -> Outcome:
+    """The outcome of a delivery whose session document names another job (ANOTHER_JOB): acked as orphaned,
+    nothing written; the document's own job runs it."""
+    reason = (
+        f"its session document names another job (jobId {claim.session_job_id!r}; this job's is "
+        f"{job.jobId!r}): the job is of a session deleted since and made again under its id, or the app's "
+        "earlier job for the session; nothing run, nothing written"
     )
     return Outcome(OutcomeKind.ORPHANED, reason=reason)
 

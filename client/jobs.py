@@ -10,6 +10,7 @@ import io
 import json
 import secrets
 import string
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -320,7 +321,9 @@ class JobSystem:
         bucket or topic, no permission), what the earlier steps made is deleted again and the error says so.
         Only a publish whose outcome is unknown (a timeout) leaves the session, and the error names it.
         """
-        job = validated_job(ref, **fields)
+        # The job's id, in its message and its session document: a session made again under the same id is
+        # then never run by this job (SessionField.JOB_ID).
+        job = validated_job(ref, **{"jobId": uuid.uuid4().hex, **fields})
         upload = photo if isinstance(photo, PhotoUpload) else photo_upload(photo)
         original, extension = upload.data, upload.extension
         mask_png = encode_mask(mask, upload.height, upload.width)
@@ -341,10 +344,12 @@ class JobSystem:
                 )
                 made.append(mask_path)
             with google_errors(f"create {ref.document}"):
-                self.client("firestore").document(ref.document).create(
-                    {SessionField.STATUS.value: JobStatus.QUEUED.value, SessionField.UPDATED_AT.value: now()},
-                    **self._bounded(),
-                )
+                session = {
+                    SessionField.STATUS.value: JobStatus.QUEUED.value,
+                    SessionField.UPDATED_AT.value: now(),
+                    SessionField.JOB_ID.value: job.jobId,
+                }
+                self.client("firestore").document(ref.document).create(session, **self._bounded())
                 made.append(ref.document)
             self.publish(job.model_dump_json(exclude_none=True).encode(), {}, job.priority)
         except ServiceUnavailableError as error:

@@ -58,6 +58,7 @@ class FirestoreSessions:
         max_attempts: int,
         max_per_user: int = 0,
         made_by: datetime | None = None,
+        job_id: str | None = None,
     ) -> Claim:
         """See SessionStore.claim: with a limit, a slot of the user's first, then the session (refused
         unread by its rules when made after `made_by`: Firestore's create time is not among its fields)."""
@@ -80,6 +81,7 @@ class FirestoreSessions:
                     lease_s=lease_s,
                     message_id=job.message_id,
                     max_attempts=max_attempts,
+                    job_id=job_id,
                 ),
                 self._now,
                 refuse=lambda made: sessions.remade(made, made_by),

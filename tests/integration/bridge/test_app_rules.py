@@ -242,6 +242,29 @@ def test_the_job_of_a_session_the_user_deleted_does_not_run_on_the_session_made_
     assert done["attempt"] == 1
 
 
+def test_the_job_of_a_session_made_again_at_once_is_told_by_its_job_id(
+    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    """Made again within the grace, the create time cannot tell the sessions apart; the app's `jobId` in the
+    message and the document does."""
+    assert alice.uid is not None
+    session, path = session_of(jobs, alice, jobId="job-1")
+    jobs.publish(
+        {"userId": alice.uid, "sessionId": session, "steps": 1, "prompt": "a red hat", "jobId": "job-1"}
+    )
+    assert alice.delete(path) == ALLOWED
+    assert alice.create(path, queued(jobId="job-2")) == ALLOWED
+    jobs.publish(
+        {"userId": alice.uid, "sessionId": session, "steps": 1, "prompt": "a blue hat", "jobId": "job-2"}
+    )
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        done = jobs.wait_for(alice.uid, session, is_terminal)
+        wait_until(lambda: bridge.counted("orphaned") == 1)
+    assert done["status"] == JobStatus.DONE
+    assert done["model"]["prompt"] == "a blue hat"
+    assert done["attempt"] == 1
+
+
 def test_the_user_cancels_a_running_job(
     jobs: JobSystem, slow_flux_server: LocalTritonServer, alice: AppUser
 ) -> None:

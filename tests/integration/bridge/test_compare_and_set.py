@@ -330,6 +330,23 @@ def test_a_claim_tells_a_session_made_after_its_job_was_published_from_its_own(j
     assert own.kind is ClaimKind.CLAIMED
 
 
+def test_a_claim_of_a_job_its_session_document_does_not_name_writes_nothing(jobs: JobSystem) -> None:
+    store = FirestoreSessions(jobs.db)
+    path = new_path()
+    reference = jobs.db.document(path)
+    reference.set({"status": "queued", "jobId": "job-2"})
+    written = reference.get().update_time
+    other = store.claim(
+        JobRef(path, "m1"), claim_id="c1", owner="a", lease_s=30, max_attempts=3, job_id="job-1"
+    )
+    assert (other.kind, other.session_job_id) == (ClaimKind.ANOTHER_JOB, "job-2")
+    assert reference.get().update_time == written, "nothing written"
+    own = store.claim(
+        JobRef(path, "m2"), claim_id="c2", owner="a", lease_s=30, max_attempts=3, job_id="job-2"
+    )
+    assert own.kind is ClaimKind.CLAIMED
+
+
 def test_a_refusal_by_create_time_from_a_known_document_is_read_again(jobs: JobSystem) -> None:
     """An answer that writes nothing comes only from a read: a known document whose create time would refuse
     (it may have been made again since) is read again, and decided from what is there."""

@@ -178,6 +178,10 @@ def test_submit_uploads_creates_and_publishes_then_watch_reaches_done(world: Job
     # Whether it saw the job processing depends on whether the job ended before the watch began (three steps
     # of the tiny model); the states in between: tests/unit/client/test_jobs.py.
     assert result.stderr.splitlines()[-1] == "done (attempt 1)"
+    # The job's id is in its session document; done, so its message named the same one (another is refused).
+    job_id = document(world, session)["jobId"]
+    assert isinstance(job_id, str)
+    assert len(job_id) == 32
     edited = world.bucket.blob(f"users/{USER}/sessions/{session}/edited.jpg").download_as_bytes()
     assert Image.open(io.BytesIO(edited)).size == (WIDTH, HEIGHT)
     fetched = fluxfill(world, "fetch", session, "--output-dir", world.files / "fetched")

@@ -158,6 +158,7 @@ class FakeSessionStore:
         max_attempts: int,
         max_per_user: int = 0,
         made_by: datetime | None = None,
+        job_id: str | None = None,
     ) -> Claim:
         with self._lock:
             self.claims += 1
@@ -174,6 +175,7 @@ class FakeSessionStore:
                 lease_s=lease_s,
                 message_id=job.message_id,
                 max_attempts=max_attempts,
+                job_id=job_id,
             )
             self._apply(job.document, update)
             self._apply_slots(job, slots)

@@ -254,3 +254,38 @@ def test_the_latest_time_a_jobs_session_can_have_been_made() -> None:
     assert sessions.remade(published, published) is None, "made at the latest moment: its own"
     assert sessions.remade(None, published) is None
     assert sessions.remade(published, None) is None
+
+
+def test_a_job_whose_session_document_names_another_job_runs_nothing_on_it() -> None:
+    """Made again within the grace, a session cannot be told from its deleted one by time; an app that gives
+    each job an id (`jobId` in the message and in the document) has them told apart at once."""
+    world = World(upload_grace_s=30.0)
+    made = made_again(world, jobId="job-2")
+    old = world.deliver(message_id="old", jobId="job-1", prompt="a red hat")
+    assert old.kind is OutcomeKind.ORPHANED, old.reason
+    assert "names another job (jobId 'job-2'; this job's is 'job-1')" in old.reason
+    assert world.document == made
+    assert world.model.calls == []
+    new = world.deliver(message_id="new", jobId="job-2", prompt="a blue hat")
+    assert new.kind is OutcomeKind.DONE, new.reason
+    assert [call.prompt for call in world.model.calls] == ["a blue hat"]
+
+
+@pytest.mark.parametrize(
+    ("named", "job_id"),
+    [(None, "job-1"), ("job-1", None), (7, "job-1")],
+    ids=["document names none", "message names none", "document's not an id"],
+)
+def test_a_job_id_is_checked_only_where_both_name_one(named: object, job_id: str | None) -> None:
+    world = World()
+    if named is not None:
+        world.document["jobId"] = named
+    job = {"jobId": job_id} if job_id is not None else {}
+    assert world.deliver(**job).kind is OutcomeKind.DONE
+
+
+def test_a_job_id_the_contract_refuses_is_an_invalid_job() -> None:
+    world = World()
+    outcome = world.deliver(jobId="../job")
+    assert (outcome.kind, outcome.code) == (OutcomeKind.DEAD_LETTER, ErrorCode.INVALID_JOB)
+    assert "jobId" in outcome.reason
