@@ -135,8 +135,9 @@ class SessionField(StrEnum):
     FINISHED_AT = "finishedAt"
 
 
-# The session document's fields the app's users write: they create it queued, may ask to cancel, and keep
-# `updatedAt` too. The others are the bridge's alone: FIRESTORE_RULES refuses them to the app's users.
+# The session document's fields the app's users write: they create it queued, may ask to cancel, keep
+# `updatedAt` too, and may name the session's job (`jobId`). The others are the bridge's alone:
+# FIRESTORE_RULES refuses them to the app's users.
 APP_FIELDS = frozenset(
     {SessionField.STATUS, SessionField.CANCEL_REQUESTED, SessionField.UPDATED_AT, SessionField.JOB_ID}
 )

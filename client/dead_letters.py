@@ -213,7 +213,7 @@ class DeadLetterQueue:
                     continue
                 refusal = letter.not_a_job
                 if refusal is None and letter.ref is not None:
-                    refusal = self._jobs.requeue(letter.ref, reason)
+                    refusal = self._jobs.requeue(letter.ref, reason, parse_job(letter.data).jobId)
                 if refusal is not None:
                     report.refused.append((letter, refusal))
                     continue

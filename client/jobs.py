@@ -430,8 +430,9 @@ class JobSystem:
 
         return self._change(ref, f"request cancellation of {ref.document}", mark)
 
-    def requeue(self, ref: SessionRef, reason: str) -> str | None:
-        """Start a session afresh for a replay; None when done, else why it was not (a live claim runs it).
+    def requeue(self, ref: SessionRef, reason: str, job_id: str | None = None) -> str | None:
+        """Start a session afresh for a replay; None when done, else why it was not (a live claim runs it, or
+        it names a job other than `job_id`, the replayed job's: a session made again under its id since).
 
         Afresh means: queued, attempts back to 0, the old error cleared, no claim, and `replayed` recording
         when, why and what the previous error was. A done session is left as it is (a replay acks as a
@@ -445,6 +446,13 @@ class JobSystem:
             if document is None:
                 return (
                     f"{ref.document} does not exist (the app deleted the session): it would run nothing",
+                    None,
+                )
+            named = document.get(SessionField.JOB_ID.value)
+            if job_id is not None and isinstance(named, str) and named != job_id:
+                return (
+                    f"{ref.document} names another job (jobId {named!r}; this one's is {job_id!r}): the app "
+                    "made the session again under its id since, and the replay would run nothing",
                     None,
                 )
             if document.get(SessionField.STATUS.value) == JobStatus.DONE.value:

@@ -357,6 +357,31 @@ def test_a_replay_is_the_jobs_publication_afresh_on_a_session_made_since_its_fir
     assert document["status"] == JobStatus.DONE
 
 
+def test_replay_of_a_job_whose_session_names_another_job_is_refused_and_its_dead_letter_kept(
+    world: JobWorld,
+) -> None:
+    """The app made the session again under its id (a new `jobId`) after the job was dead-lettered: the
+    replay would requeue the new session and the bridge refuse the job on it, leaving the session queued."""
+    session = "named-1"
+    folder = f"users/{USER}/sessions/{session}"
+    world.db.document(folder).create({"status": "failed", "jobId": "job-2", "error": {"code": "cancelled"}})
+    job = json.dumps({"userId": USER, "sessionId": session, "steps": 2, "jobId": "job-1"}).encode()
+    attributes = {
+        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
+        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
+    }
+    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(
+        timeout=10
+    )
+    refused = fluxfill(world, "dlq", "replay", session)
+    assert refused.returncode == 2, refused.stderr
+    assert f"{folder} names another job (jobId 'job-2'; this one's is 'job-1')" in refused.stderr
+    assert (world.db.document(folder).get().to_dict() or {})["status"] == "failed", (
+        "the session left as it was"
+    )
+    assert f"{USER}/{session}\tretries_exhausted" in fluxfill(world, "dlq", "list").stdout
+
+
 def test_replay_of_a_job_whose_session_the_app_deleted_is_refused_and_its_dead_letter_kept(
     world: JobWorld,
 ) -> None:
