@@ -357,6 +357,18 @@ def test_a_replay_is_the_jobs_publication_afresh_on_a_session_made_since_its_fir
     assert document["status"] == JobStatus.DONE
 
 
+def dead_letter(world: JobWorld, job: dict[str, object]) -> None:
+    """`job` dead-lettered by a bridge that gave up on it (its code and reason attributes)."""
+    attributes = {
+        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
+        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
+    }
+    data = json.dumps(job).encode()
+    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), data, **attributes).result(
+        timeout=10
+    )
+
+
 def test_replay_of_a_job_whose_session_names_another_job_is_refused_and_its_dead_letter_kept(
     world: JobWorld,
 ) -> None:
@@ -365,14 +377,7 @@ def test_replay_of_a_job_whose_session_names_another_job_is_refused_and_its_dead
     session = "named-1"
     folder = f"users/{USER}/sessions/{session}"
     world.db.document(folder).create({"status": "failed", "jobId": "job-2", "error": {"code": "cancelled"}})
-    job = json.dumps({"userId": USER, "sessionId": session, "steps": 2, "jobId": "job-1"}).encode()
-    attributes = {
-        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
-        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
-    }
-    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(
-        timeout=10
-    )
+    dead_letter(world, {"userId": USER, "sessionId": session, "steps": 2, "jobId": "job-1"})
     refused = fluxfill(world, "dlq", "replay", session)
     assert refused.returncode == 2, refused.stderr
     assert f"{folder} names another job (jobId 'job-2'; this one's is 'job-1')" in refused.stderr
@@ -386,14 +391,7 @@ def test_replay_of_a_job_whose_session_the_app_deleted_is_refused_and_its_dead_l
     world: JobWorld,
 ) -> None:
     session = "deleted-1"
-    job = json.dumps({"userId": USER, "sessionId": session, "steps": 2}).encode()
-    attributes = {
-        DEAD_LETTER_CODE_ATTRIBUTE: "retries_exhausted",
-        DEAD_LETTER_REASON_ATTRIBUTE: "triton was down",
-    }
-    world.publisher.publish(world.publisher.topic_path(PROJECT, DEAD_TOPIC), job, **attributes).result(
-        timeout=10
-    )
+    dead_letter(world, {"userId": USER, "sessionId": session, "steps": 2})
     refused = fluxfill(world, "dlq", "replay", session)
     assert refused.returncode == 2, refused.stderr
     assert f"users/{USER}/sessions/{session} does not exist (the app deleted the session)" in refused.stderr

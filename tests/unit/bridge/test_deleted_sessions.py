@@ -6,6 +6,7 @@ and the job is looked for again."""
 import copy
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,21 +18,27 @@ from fluxfill.bridge.outcome import Delivery, Outcome, OutcomeKind
 from tests.unit.bridge.world import DOCUMENT, PREFIX, SESSION, USER, World, queued_session
 
 
-def deleted_while_running(world: World) -> Outcome:
-    """The outcome of a 40-step job whose session document the app deleted once the run reported progress."""
+def changed_while_running(world: World, change: Callable[[], object], **job: Any) -> Outcome:
+    """The outcome of a 40-step job (`job`: the delivery's fields) whose session the app changed (`change`,
+    under the store's lock) once the run reported progress."""
     world.model.step_s = 0.05
     outcomes: list[Outcome] = []
-    running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40)))
+    running = threading.Thread(target=lambda: outcomes.append(world.deliver(steps=40, **job)))
     running.start()
     deadline = time.monotonic() + 10
     while not world.sessions.progress_writes:
         assert time.monotonic() < deadline, "the job never reported progress"
         time.sleep(0.01)
     with world.sessions._lock:
-        del world.sessions.documents[DOCUMENT]
+        change()
     running.join(timeout=10)
     assert not running.is_alive(), "the run went on without its session"
     return outcomes[0]
+
+
+def deleted_while_running(world: World) -> Outcome:
+    """The outcome of a 40-step job whose session document the app deleted once the run reported progress."""
+    return changed_while_running(world, lambda: world.sessions.documents.pop(DOCUMENT))
 
 
 def orphaned_jobs(world: World) -> float:
@@ -222,25 +229,15 @@ def test_a_session_deleted_and_made_again_while_its_job_runs_is_left_to_its_own_
     refused as made after it, and the new session's own job runs it."""
     world = World(upload_grace_s=30.0)
     world.sessions.made[DOCUMENT] = datetime.now(UTC) - timedelta(seconds=60)
-    world.model.step_s = 0.05
-    outcomes: list[Outcome] = []
-    running = threading.Thread(
-        target=lambda: outcomes.append(world.deliver(message_id="old", published_s_ago=40.0, steps=40))
+    made: list[dict[str, Any]] = []
+    stopped = changed_while_running(
+        world, lambda: made.append(made_again(world)), message_id="old", published_s_ago=40.0
     )
-    running.start()
-    deadline = time.monotonic() + 10
-    while not world.sessions.progress_writes:
-        assert time.monotonic() < deadline, "the job never reported progress"
-        time.sleep(0.01)
-    with world.sessions._lock:
-        made = made_again(world)
-    running.join(timeout=10)
-    assert not running.is_alive(), "the run went on in another session's document"
-    assert outcomes[0].kind is OutcomeKind.RETRY, outcomes[0].reason
-    assert world.document == made
+    assert stopped.kind is OutcomeKind.RETRY, stopped.reason
+    assert [world.document] == made
     again = world.deliver(message_id="old", published_s_ago=41.0, steps=40)
     assert again.kind is OutcomeKind.ORPHANED, again.reason
-    assert world.document == made
+    assert [world.document] == made
     assert world.deliver(message_id="new", steps=2).kind is OutcomeKind.DONE
     assert world.document["attempt"] == 1
 
