@@ -65,6 +65,7 @@ class DeadLetter:
     reason: str
     not_a_job: str | None = None  # why replaying it would only dead-letter it again; None for a valid job
     priority: str = "bulk"  # the job's lane: a replay goes back to that lane's topic
+    job_id: str | None = None  # the job's `jobId`: a replay onto a session naming another is refused
 
     @property
     def origin(self) -> str:
@@ -85,15 +86,15 @@ class ReplayReport:
     refused: list[tuple[DeadLetter, str]]
 
 
-def _read_job(data: bytes, jobs: JobSystem) -> tuple[SessionRef | None, str | None, str]:
-    """The dead letter's session (when its ids are usable), why it is not a valid job (None if it is), and
-    its priority."""
+def _read_job(data: bytes, jobs: JobSystem) -> tuple[SessionRef | None, str | None, str, str | None]:
+    """The dead letter's session (when its ids are usable), why it is not a valid job (None if it is), its
+    priority and its `jobId`."""
     try:
         job = parse_job(data)
     except InvalidJobError as error:
         refusal = f"not a valid job ({error.code.value}): replaying it would only dead-letter it again"
-        return (jobs.ref(*error.ids) if error.ids else None), refusal, "bulk"
-    return jobs.ref(job.userId, job.sessionId), None, job.priority
+        return (jobs.ref(*error.ids) if error.ids else None), refusal, "bulk", None
+    return jobs.ref(job.userId, job.sessionId), None, job.priority, job.jobId
 
 
 def _answering(subscriber: Any, path: str) -> bool:
@@ -152,7 +153,7 @@ class DeadLetterQueue:
     def _describe(self, received: Any) -> DeadLetter:
         message = received.message
         data, attributes = bytes(message.data), dict(message.attributes)
-        ref, not_a_job, priority = _read_job(data, self._jobs)
+        ref, not_a_job, priority, job_id = _read_job(data, self._jobs)
         code = attributes.get(DEAD_LETTER_CODE_ATTRIBUTE, "")
         reason = attributes.get(DEAD_LETTER_REASON_ATTRIBUTE, "")
         if not code and ref is not None:
@@ -182,6 +183,7 @@ class DeadLetterQueue:
             reason=reason or f"no reason recorded (delivered {received.delivery_attempt or '?'} times)",
             not_a_job=not_a_job,
             priority=priority,
+            job_id=job_id,
         )
 
     def _settle(self, ack: list[str], release: list[str]) -> None:
@@ -213,7 +215,7 @@ class DeadLetterQueue:
                     continue
                 refusal = letter.not_a_job
                 if refusal is None and letter.ref is not None:
-                    refusal = self._jobs.requeue(letter.ref, reason, parse_job(letter.data).jobId)
+                    refusal = self._jobs.requeue(letter.ref, reason, letter.job_id)
                 if refusal is not None:
                     report.refused.append((letter, refusal))
                     continue
