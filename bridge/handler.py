@@ -220,7 +220,8 @@ class JobHandler:
         if claim.kind in (ClaimKind.NO_SESSION, ClaimKind.REMADE, ClaimKind.ANOTHER_JOB):
             return self._session_missing(claim, job, delivery)
         if claim.kind is not ClaimKind.CLAIMED:
-            return unclaimed.not_claimed(self._sessions, claim, ref, delivery)
+            recorded = self._earlier_results(job, ref, claim) if claim.claimed_before else None
+            return recorded or unclaimed.not_claimed(self._sessions, claim, ref, delivery)
         try:
             return self._run_claimed(job, ref, delivery, claim)
         finally:
@@ -280,6 +281,26 @@ class JobHandler:
             with self._monitors_lock:
                 self._monitors.discard(monitor)
         return self._end_done(claimed, fields)
+
+    def _earlier_results(self, job: JobMessage, ref: JobRef, claim: Claim) -> Outcome | None:
+        """Done, when an earlier run uploaded the job's results and died before its final write: a cancel
+        that came after them came too late (as for a run that lived to write `done`), and the attempts it
+        spent were spent on a success. None: nothing of the job's there (ended as the refusal says)."""
+        try:
+            uploaded = uploaded_result(
+                self._objects, job, self._settings, self._parameters(job), claim.result_key
+            )
+        except PermanentJobError as error:  # what lies at the result's path is no result of the job's
+            logger.info("no earlier results to record", error=str(error))
+            return None
+        if uploaded is None:
+            return None
+        logger.info(
+            "results already uploaded by an earlier attempt; recording them", refused=claim.kind.value
+        )
+        if not self._sessions.finish(ref, None, JobStatus.DONE, uploaded):
+            return Outcome(OutcomeKind.DUPLICATE, reason="ended, or claimed again, meanwhile")
+        return Outcome(OutcomeKind.DONE)
 
     def _end_done(self, claimed: "_Claimed", fields: dict[str, Any]) -> Outcome:
         # With no room for the whole record (the app's data grew during the run), the result's paths alone

@@ -79,7 +79,9 @@ class Claim:
     `document_bytes` (TOO_LARGE) the session document's size; `result_key` (CLAIMED) what the session's
     result objects carry (the first claim's id, kept by every later one; None for a session a bridge deployed
     before keys claimed first: its objects carry none); `session_made` (REMADE) when the document was made;
-    `session_job_id` (ANOTHER_JOB) the job the document names.
+    `session_job_id` (ANOTHER_JOB) the job the document names. `claimed_before` (CANCEL_REQUESTED,
+    EXHAUSTED): an earlier claim ran the job and no live one holds it, so that run's results may be uploaded,
+    carrying `result_key` (as for CLAIMED).
     """
 
     kind: ClaimKind
@@ -93,6 +95,7 @@ class Claim:
     result_key: str | None = None
     session_made: datetime | None = None
     session_job_id: str = ""
+    claimed_before: bool = False
 
 
 @dataclass(frozen=True)

@@ -206,15 +206,26 @@ def _refused(document: Document, now: datetime, max_attempts: int) -> Claim | No
     status = _status(document)
     if status in TERMINAL_STATUSES:
         return Claim(ClaimKind.FINISHED, status=status)
+    # An earlier run, no longer under a live claim, may have uploaded its results before it died: those are
+    # the job's outcome, whatever refuses a claim since (a live run records its own).
+    before = claimed_before(document) and not leased(document, now)
+    key = (result_key_of(document) or None) if before else None
     if document.get(SessionField.CANCEL_REQUESTED) is True:
-        return Claim(ClaimKind.CANCEL_REQUESTED, status=status)
+        return Claim(ClaimKind.CANCEL_REQUESTED, status=status, claimed_before=before, result_key=key)
     attempts = whole_count(document.get(SessionField.ATTEMPT))
     if leased(document, now):
         holder = str(document.get(SessionField.MESSAGE_ID) or "")
         return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder)
     if attempts >= max_attempts:
         # Checked here, not only after a retryable error: a job that kills its bridge comes back unclaimed.
-        return Claim(ClaimKind.EXHAUSTED, attempts, status, last_error=_last_error(document))
+        return Claim(
+            ClaimKind.EXHAUSTED,
+            attempts,
+            status,
+            last_error=_last_error(document),
+            claimed_before=before,
+            result_key=key,
+        )
     size = document_bytes(document)
     if size > MAX_DOCUMENT_BYTES - BRIDGE_ROOM_BYTES:
         return Claim(ClaimKind.TOO_LARGE, attempts, status, document_bytes=size)

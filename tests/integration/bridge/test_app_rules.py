@@ -15,11 +15,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
+from google.cloud import firestore
 
 from fluxfill.bridge import sessions
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
@@ -276,6 +277,39 @@ def test_the_user_cancels_a_running_job(
         assert alice.update(path, {"cancelRequested": True}) == ALLOWED
         document = jobs.wait_for(alice.uid, session, is_terminal)
     assert document["status"] == JobStatus.CANCELLED
+
+
+def test_a_cancel_after_the_upload_of_a_run_that_died_finds_the_job_done(
+    jobs: JobSystem, flux_server: LocalTritonServer, alice: AppUser
+) -> None:
+    """A run uploaded its results and died before its final write (its document as such a run leaves it);
+    the user cancels, then the job's message comes back: its results are recorded, not left beside a
+    `cancelled` session the app shows no result for."""
+    assert alice.uid is not None
+    session, path = session_of(jobs, alice)
+    job = {"userId": alice.uid, "sessionId": session, "steps": 1}
+    objects = CloudStorageObjects(jobs.storage_client, jobs.bucket)
+    with running_bridge(jobs.settings(flux_server.grpc_url)) as bridge:
+        jobs.publish(job)
+        ran = jobs.wait_for(alice.uid, session, is_terminal)
+        assert ran["status"] == JobStatus.DONE
+        edited = objects.find(ran["result"]["paths"]["edited"])
+        assert edited is not None
+        lapsed = datetime.now(UTC) - timedelta(seconds=1)
+        died = {"status": JobStatus.PROCESSING.value, SessionField.LEASE_EXPIRES_AT: lapsed}
+        gone = dict.fromkeys(("result", "finishedAt", "model", "timings"), firestore.DELETE_FIELD)
+        jobs.document(alice.uid, session).update({**died, **gone})
+        assert alice.update(path, {"cancelRequested": True}) == ALLOWED
+        jobs.publish(job)
+        document = jobs.wait_for(alice.uid, session, is_terminal)
+        wait_until(lambda: bridge.counted("done") == 2)
+    assert document["status"] == JobStatus.DONE, document
+    assert document["model"]["recovered"] is True
+    assert document["result"]["paths"]["edited"] == ran["result"]["paths"]["edited"]
+    assert document["attempt"] == 1, "nothing ran again"
+    kept = objects.find(ran["result"]["paths"]["edited"])
+    assert kept is not None
+    assert kept.generation == edited.generation, "the edited image was written once"
 
 
 @pytest.mark.parametrize("field", sorted(BRIDGE_FIELDS))

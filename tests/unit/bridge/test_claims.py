@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fluxfill.bridge import sessions
-from fluxfill.bridge.contract import ErrorCode
+from fluxfill.bridge.contract import ErrorCode, JobStatus
 from fluxfill.bridge.errors import (
     RetryCause,
     SessionRefusedError,
@@ -243,6 +243,106 @@ def test_crash_between_upload_and_final_write_is_finished_without_running_again(
     assert world.document["model"]["recovered"] is True
     assert world.document["result"]["paths"]["edited"] == EDITED
     assert world.document["result"]["format"] == "png"
+
+
+def died_after_its_upload(world: World, seed: int = 5) -> None:
+    """A run that uploaded its results and died before its final write; its lease lapsed since."""
+    world.sessions.finish_fails_with = SessionTransientError("firestore unavailable")
+    assert world.deliver(seed=seed).kind is OutcomeKind.RETRY
+    assert EDITED in world.objects.objects
+    assert PREVIEW in world.objects.objects
+    world.sessions.finish_fails_with = None
+    time.sleep(0.3)
+
+
+def assert_recorded_done(world: World, seed: int = 5) -> None:
+    assert len(world.model.calls) == 1, "the model must not run again for results already uploaded"
+    assert world.document["status"] == "done"
+    assert world.document["error"] is None
+    assert world.document["model"]["recovered"] is True
+    assert world.document["result"]["paths"]["edited"] == EDITED
+    assert world.document["result"]["seed"] == seed
+    assert world.dead_letters.published == []
+
+
+def test_a_cancel_that_comes_after_the_upload_of_a_run_that_died_finds_it_done() -> None:
+    """Its results are uploaded: the cancel came too late, as for a run that lived to write `done` (which
+    then stands). Cancelled instead, the session kept results the app was never told of."""
+    world = World(lease_s=0.2)
+    died_after_its_upload(world)
+    world.document["cancelRequested"] = True
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.DONE, outcome
+    assert_recorded_done(world)
+
+
+def test_results_uploaded_on_the_last_attempt_are_recorded_not_given_up() -> None:
+    """The last attempt's run uploaded its results and died before its final write: the job is done, not
+    failed `retries_exhausted` with its results beside it."""
+    world = World(lease_s=0.2)  # max_delivery_attempts 3
+    world.document["attempt"] = 2
+    died_after_its_upload(world)
+    assert world.document["attempt"] == 3
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.DONE, outcome
+    assert_recorded_done(world)
+
+
+def test_a_cancel_finds_an_object_the_job_did_not_upload_no_result_of_its() -> None:
+    """An image at the result's path without the session's key (another session's of the same id, or one
+    put there by hand) is not the job's result: the cancel ends the job, as it would have."""
+    world = World(lease_s=0.2)
+    died_after_its_upload(world)
+    world.objects.result_keys[EDITED] = "another-session's"
+    world.document["cancelRequested"] = True
+    outcome = world.deliver(seed=5)
+    assert outcome.kind is OutcomeKind.CANCELLED, outcome
+    assert world.document["status"] == "cancelled"
+
+
+def test_a_session_cancelled_under_a_live_claim_is_left_to_its_run() -> None:
+    """A copy of a job cancelled while it runs looks for no results (the live run records its own); once
+    the claim has lapsed (the run died), what it uploaded is looked for, under the session's key."""
+    now = datetime.now(UTC)
+    document = {
+        **queued_session(),
+        "status": "processing",
+        "attempt": 1,
+        "claimId": "c1",
+        "resultKey": "c1",
+        "leaseExpiresAt": now + timedelta(seconds=30),
+        "cancelRequested": True,
+    }
+
+    def claim() -> Claim:
+        found, update = sessions.claim(
+            document, claim_id="c2", owner="b", now=now, lease_s=30, message_id="m2", max_attempts=3
+        )
+        assert update is None
+        return found
+
+    assert claim() == Claim(ClaimKind.CANCEL_REQUESTED, status=JobStatus.PROCESSING)
+    document["leaseExpiresAt"] = now - timedelta(seconds=1)
+    assert claim() == Claim(
+        ClaimKind.CANCEL_REQUESTED, status=JobStatus.PROCESSING, claimed_before=True, result_key="c1"
+    )
+    document.update({"cancelRequested": False, "attempt": 3})
+    assert (claim().kind, claim().claimed_before, claim().result_key) == (ClaimKind.EXHAUSTED, True, "c1")
+
+
+@pytest.mark.parametrize("refusal", ["cancelRequested", "attempt"])
+def test_a_refused_claim_without_results_uploaded_ends_as_before(refusal: str) -> None:
+    """A run that died before its upload left nothing: the cancel, or the spent attempts, end the job."""
+    world = World(lease_s=0.2)
+    world.model.fail_with = TritonUnavailableError("triton away")
+    assert world.deliver(seed=5).kind is OutcomeKind.RETRY
+    world.model.fail_with = None
+    world.document.update({"cancelRequested": True} if refusal == "cancelRequested" else {"attempt": 3})
+    outcome = world.deliver(seed=5)
+    expected = {"cancelRequested": OutcomeKind.CANCELLED, "attempt": OutcomeKind.DEAD_LETTER}[refusal]
+    assert outcome.kind is expected, outcome
+    assert world.document["status"] == ("cancelled" if refusal == "cancelRequested" else "failed")
+    assert EDITED not in world.objects.objects
 
 
 def test_uploaded_results_whose_exif_breaks_pillows_reader_are_recorded_without_running_again() -> None:
