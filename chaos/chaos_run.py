@@ -2,6 +2,7 @@
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +86,9 @@ class ChaosReport:
     pushes: tuple[dict[int, int], int] | None = None
     # Deliveries the bridges gave back, by the cause they logged (fluxfill.bridge.errors.RetryCause).
     retry_causes: dict[str, int] = field(default_factory=dict)
+    # The jobs their users cancelled, by how they ended; and seconds from each cancel to its `cancelled`.
+    cancels: dict[str, int] = field(default_factory=dict)
+    cancel_latencies_s: list[float] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -133,6 +137,11 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
             published.message_ids,
         )
         causes = dict(invariants.retry_causes(logs).most_common())
+        cancels = Counter(
+            str(evidence.documents.get(j.session, {}).get("status"))
+            for j in planned
+            if j.kind is Kind.CANCELLED
+        )
     notes = [] if settled else [f"not settled within {options.settle_timeout_s:.0f} s"]
     return ChaosReport(
         options=options,
@@ -153,6 +162,8 @@ def run_chaos(options: ChaosOptions, run_dir: Path, config: FleetConfig | None =
         crash_restarts=list(fleet.triton.crash_restarts),
         pushes=None if fleet.router is None else (dict(fleet.router.answers), fleet.router.unanswered),
         retry_causes=causes,
+        cancels=dict(cancels.most_common()),
+        cancel_latencies_s=invariants.cancel_latencies(evidence, published.cancelled_at),
     )
 
 

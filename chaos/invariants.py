@@ -91,6 +91,7 @@ def check_all(evidence: Evidence) -> list[Check]:
         _no_orphans(evidence),
         _gone_stays_gone(evidence),
         _remade_runs_its_own_job(evidence),
+        _cancelled_ends_once(evidence),
     ]
 
 
@@ -123,8 +124,8 @@ def _invalid_failed_with_code(evidence: Evidence, invalid: Sequence[PlannedJob])
     for job in invalid:
         expected = job.expectation
         document = evidence.documents.get(job.session) if job.user else None
-        if expected.status is None:
-            continue  # no ids: its only record is the dead letter, checked below
+        if expected.status is None or job.kind is Kind.CANCELLED:
+            continue  # no ids: its only record is the dead letter, checked below; a cancel: below
         found = (document or {}).get("status"), ((document or {}).get("error") or {}).get("code")
         if found != (expected.status, expected.code):
             broken.append(f"{job.session} ({job.kind}): {found}, expected {(expected.status, expected.code)}")
@@ -198,6 +199,36 @@ def _remade_runs_its_own_job(evidence: Evidence) -> Check:
         if ran != own:
             broken.append(f"{job.session}: ran with seed {ran}, its own job's is {own}")
     return _check("a session made again runs its own job", remade, broken)
+
+
+def _cancelled_ends_once(evidence: Evidence) -> Check:
+    """A job its user cancelled ends `cancelled` (nothing of a result kept, never done), or `done` once with
+    its result when the cancel came after it; never failed, never left running."""
+    cancelled = [j for j in evidence.planned if j.kind is Kind.CANCELLED]
+    broken = []
+    for job in cancelled:
+        document = evidence.documents.get(job.session, {})
+        status, code = document.get("status"), (document.get("error") or {}).get("code")
+        logged = evidence.done_logged.get(job.session, 0)
+        names = sorted(evidence.results.get(job.session, []))
+        edited = (document.get("result") or {}).get("paths", {}).get("edited", "")
+        if status == "cancelled" and code == "cancelled" and logged == 0 and not names:
+            continue
+        if status == "done" and logged <= 1 and len(names) == 2 and edited.rsplit("/", 1)[-1] in names:
+            continue
+        broken.append(f"{job.session}: status {status} ({code}), done logged {logged}x, objects {names}")
+    return _check("a cancelled job ends cancelled, or done once", cancelled, broken)
+
+
+def cancel_latencies(evidence: Evidence, cancelled_at: dict[str, datetime]) -> list[float]:
+    """Seconds from the app's cancel to the `cancelled` write, per job that ended cancelled."""
+    seconds = []
+    for job in evidence.planned:
+        document = evidence.documents.get(job.session, {})
+        finished, at = document.get("finishedAt"), cancelled_at.get(job.key)
+        if document.get("status") == "cancelled" and isinstance(finished, datetime) and at is not None:
+            seconds.append(max(0.0, (finished - at).total_seconds()))
+    return sorted(seconds)
 
 
 def latencies(evidence: Evidence, published_at: dict[str, datetime]) -> list[float]:

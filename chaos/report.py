@@ -57,6 +57,12 @@ def chaos_text(report: ChaosReport) -> str:
         f"Pub/Sub's own policy); left on the jobs subscription after the bridges stopped: "
         f"{report.left_on_subscription}"
     )
+    ended = ", ".join(f"{status} {count}" for status, count in report.cancels.items())
+    waits = report.cancel_latencies_s
+    lines.append(
+        f"Cancelled by their users: {sum(report.cancels.values())}, ended {ended or 'none'}; from the cancel "
+        f"to `cancelled`: p50 {percentile(waits, 0.5):.1f} s, max {percentile(waits, 1.0):.1f} s"
+    )
     given_back = ", ".join(f"{cause} x {count}" for cause, count in report.retry_causes.items())
     lines.append(f"Deliveries given back, by cause: {given_back or 'none'}")
     if report.pushes is not None:

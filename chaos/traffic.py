@@ -28,6 +28,7 @@ class Published:
 
     first_at: dict[str, datetime] = field(default_factory=dict)
     message_ids: dict[str, list[str]] = field(default_factory=dict)
+    cancelled_at: dict[str, datetime] = field(default_factory=dict)  # when the app wrote a job's cancel
     count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -109,6 +110,8 @@ def publish_all(
         late_write = {Kind.LATE_UPLOAD: upload_objects, Kind.LATE_DOCUMENT: create_session}.get(job.kind)
         if late_write is not None and job.key not in published.first_at:
             threading.Timer(LATE_WRITE_S, late_write, (jobs, job)).start()
+        if job.cancel_after_s is not None and job.key not in published.first_at:
+            threading.Timer(job.cancel_after_s, cancel, (jobs, job, published)).start()
         published.record(job, str(message_id), datetime.now(UTC))
 
 
@@ -117,6 +120,15 @@ def remake(jobs: LocalJobSystem, job: PlannedJob, published: Published) -> None:
     create_session(jobs, job)
     message_id = jobs.publisher.publish(jobs.topic, job.data).result(timeout=PUBLISH_TIMEOUT_S)
     published.record(job, str(message_id), datetime.now(UTC))
+
+
+def cancel(jobs: LocalJobSystem, job: PlannedJob, published: Published) -> None:
+    """The user cancels the job, as the app does (`fluxfill cancel` alike): whatever its state."""
+    jobs.db.document(f"users/{job.user}/sessions/{job.session}").update(
+        {"cancelRequested": True, "updatedAt": datetime.now(UTC)}
+    )
+    with published.lock:
+        published.cancelled_at[job.key] = datetime.now(UTC)
 
 
 def drain_dead_letters(jobs: LocalJobSystem, into: list[Any]) -> None:

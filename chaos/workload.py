@@ -43,6 +43,10 @@ class Kind(StrEnum):
     # photo and mask) with a new job (another seed) past the fleet's grace: the deleted session's job, still
     # in Pub/Sub, never runs on it; the new one runs once.
     REMADE = "remade"
+    # Its user cancels it (`cancelRequested`, as the app does) at a moment after its publication: while it is
+    # queued, parked, waiting for a slot or running, or once it is done. It ends `cancelled` (nothing of its
+    # result kept), or `done` when the cancel came after its result; never failed, never both.
+    CANCELLED = "cancelled"
 
 
 # Shares of the mix; what is left over is valid jobs.
@@ -57,7 +61,11 @@ POISON_SHARES = {
     Kind.LATE_DOCUMENT: 0.05,
     Kind.DELETED: 0.05,
     Kind.REMADE: 0.05,
+    Kind.CANCELLED: 0.05,
 }
+# A cancelled job's cancel is written this long after its publication, at most (uniformly spread): in the
+# runs' queues that reaches jobs queued, running and done.
+CANCEL_WITHIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,8 @@ EXPECTED = {
     Kind.LATE_DOCUMENT: Expectation("done", None, dead_letter=False),
     Kind.DELETED: Expectation(None, None, dead_letter=False),
     Kind.REMADE: Expectation("done", None, dead_letter=False),
+    # Or done, when the cancel came after the result (invariants: a cancelled job ends once).
+    Kind.CANCELLED: Expectation("cancelled", "cancelled", dead_letter=False),
 }
 
 
@@ -97,6 +107,7 @@ class PlannedJob:
     original: bytes | None
     mask: bytes | None
     earlier: bytes | None = None  # REMADE: the deleted session's job, published first (`data` is the new one)
+    cancel_after_s: float | None = None  # CANCELLED: its cancel is written this long after its publication
 
     @property
     def expectation(self) -> Expectation:
@@ -157,6 +168,7 @@ def _job(index: int, kind: Kind, rng: random.Random, steps: int) -> PlannedJob:
         original=original,
         mask=mask,
         earlier=earlier if kind is Kind.REMADE else None,
+        cancel_after_s=rng.uniform(0.0, CANCEL_WITHIN_S) if kind is Kind.CANCELLED else None,
     )
 
 

@@ -18,9 +18,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 # feeding). The settle wait allows 240 s: a loaded machine drains slower.
 @pytest.mark.timeout(600)
 def test_quick_chaos_loses_no_job_and_does_none_twice(tmp_path: Path) -> None:
-    """~40 jobs with duplicates and poison, every bridge named `localhost`, one fault of each kind (Triton and
-    a bridge SIGKILLed, the model's stub SIGKILLed alone, each SIGSTOPped past its deadline or lease, Storage
-    paused, a bridge killed while Firestore held its final writes): every invariant holds."""
+    """~40 jobs with duplicates, poison and cancels, every bridge named `localhost`, one fault of each kind
+    (Triton and a bridge SIGKILLed, the model's stub SIGKILLed alone, each SIGSTOPped past its deadline or
+    lease, Storage paused, a bridge killed while Firestore held its final writes): every invariant holds."""
     options = ChaosOptions.quick()
     report = run_chaos(options, tmp_path)
     text = chaos_text(report)
@@ -38,6 +38,9 @@ def test_quick_chaos_loses_no_job_and_does_none_twice(tmp_path: Path) -> None:
     )
     assert len(report.latencies_s) == sessions, text
     assert report.left_on_subscription == 0, "every message was settled (a deleted session's acked)"
+    # Each cancelled job ended (its invariant above says how); each one that ended cancelled was timed.
+    assert sum(report.cancels.values()) == report.mix["cancelled"] > 0, text
+    assert len(report.cancel_latencies_s) == report.cancels.get("cancelled", 0), text
     assert report.dead_lettered_messages == sum(
         count for kind, count in report.mix.items() if kind in {"malformed_json", "unknown_field", "bad_ids"}
     ), text

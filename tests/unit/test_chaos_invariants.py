@@ -14,7 +14,7 @@ from chaos import faults, invariants, traffic
 from chaos.chaos_run import ChaosOptions
 from chaos.fleet import FleetConfig
 from chaos.traffic import publish_order
-from chaos.workload import Kind, PlannedJob, plan
+from chaos.workload import CANCEL_WITHIN_S, Kind, PlannedJob, plan
 from fluxfill.bridge import sessions
 
 
@@ -94,6 +94,60 @@ def test_a_remade_session_is_made_again_past_the_fleets_grace_and_the_bridges_cl
     assert {k: v for k, v in json.loads(job.earlier).items() if k != "seed"} == {
         k: v for k, v in json.loads(job.data).items() if k != "seed"
     }
+
+
+def test_a_cancelled_job_done_once_before_its_cancel_breaks_nothing() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.CANCELLED)
+    evidence.documents[job.session] = {"status": "done", "result": {"paths": {"edited": "x/edited.jpg"}}}
+    evidence.results[job.session] = ["edited.jpg", "preview.jpg"]
+    evidence.done_logged[job.session] = 1
+    assert broken(evidence) == {}
+
+
+@pytest.mark.parametrize(
+    ("document", "objects", "done_logged"),
+    [
+        ({"status": "cancelled", "error": {"code": "cancelled"}}, ["edited.jpg", "preview.jpg"], 0),
+        ({"status": "cancelled", "error": {"code": "cancelled"}}, [], 1),
+        ({"status": "failed", "error": {"code": "retries_exhausted"}}, [], 0),
+        ({"status": "processing"}, [], 0),
+        (
+            {"status": "done", "result": {"paths": {"edited": "x/edited.jpg"}}},
+            ["edited.jpg", "preview.jpg"],
+            2,
+        ),
+        ({"status": "done", "result": {"paths": {"edited": "x/edited.jpg"}}}, [], 1),
+    ],
+    ids=["results-kept", "ran-after", "failed", "running", "done-twice", "done-without-results"],
+)
+def test_a_cancelled_job_that_did_not_end_once_is_caught(
+    document: dict[str, Any], objects: list[str], done_logged: int
+) -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.CANCELLED)
+    evidence.documents[job.session] = document
+    evidence.done_logged[job.session] = done_logged
+    if objects:
+        evidence.results[job.session] = objects
+    assert "a cancelled job ends cancelled, or done once" in broken(evidence)
+
+
+def test_a_cancel_is_written_within_its_window_after_publication_and_only_for_cancelled_jobs() -> None:
+    jobs = plan(200, seed=2)
+    delays = [j.cancel_after_s for j in jobs if j.kind is Kind.CANCELLED]
+    assert len(delays) == 10
+    assert all(d is not None and 0 <= d <= CANCEL_WITHIN_S for d in delays)
+    assert max(d for d in delays if d is not None) - min(d for d in delays if d is not None) > 5, "spread"
+    assert all(j.cancel_after_s is None for j in jobs if j.kind is not Kind.CANCELLED)
+
+
+def test_a_cancel_latency_runs_from_the_cancel_to_the_cancelled_write() -> None:
+    evidence = good_evidence()
+    job = first(evidence, Kind.CANCELLED)
+    cancelled = datetime(2026, 1, 1, tzinfo=UTC)
+    evidence.documents[job.session]["finishedAt"] = cancelled + timedelta(seconds=2)
+    assert invariants.cancel_latencies(evidence, {job.key: cancelled}) == [2.0]
 
 
 def test_a_missing_preview_is_caught() -> None:
