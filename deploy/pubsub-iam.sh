@@ -94,9 +94,11 @@ done
 ensure_subscription "${DEAD_LETTER_SUBSCRIPTION}" "${DEAD_LETTER_TOPIC}" \
   --message-retention-duration=7d --ack-deadline=60 "${never_expire[@]}"
 
-# The bridge's ledger of dead-lettered message ids (FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER's default collection):
-# Firestore deletes each entry once its expireAt passes, a day after Pub/Sub could still redeliver it.
-gc firestore fields ttls update expireAt --collection-group=fluxfillDeadLetters --enable-ttl --async
+# The bridge's ledger of dead-lettered message ids (FLUXFILL_BRIDGE_DEAD_LETTER_LEDGER's default collection),
+# in the database the bridge writes (the app's, which may be a named one): Firestore deletes each entry once
+# its expireAt passes, a day after Pub/Sub could still redeliver it.
+gc firestore fields ttls update expireAt --collection-group=fluxfillDeadLetters --enable-ttl --async \
+  --database="${FIRESTORE_DATABASE}"
 
 # Pub/Sub's service agent forwards undeliverable messages: publish on the dead-letter topic, subscribe on
 # the subscriptions it takes them from.

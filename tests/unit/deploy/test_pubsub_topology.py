@@ -23,7 +23,7 @@ esac
 
 
 def run_script(
-    tmp_path: Path, delivery: str, existing: str = ""
+    tmp_path: Path, delivery: str, existing: str = "", **environment: str
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -38,6 +38,7 @@ def run_script(
         "GCLOUD_LOG": str(log),
         "EXISTING": existing,
         "DELIVERY": delivery,
+        **environment,
     }
     result = subprocess.run(
         ["bash", str(DEPLOY / "pubsub-iam.sh")], env=env, capture_output=True, text=True, check=False
@@ -107,3 +108,15 @@ def test_no_subscription_expires_when_idle(tmp_path: Path, delivery: str, exists
     assert {line.split()[line.split().index("subscriptions") + 2] for line in made} == wanted
     for line in made:
         assert "--expiration-period=never" in line.split(), line
+
+
+@pytest.mark.parametrize("database", [CONFIG["FIRESTORE_DATABASE"], "petapp"])
+def test_the_ledgers_time_to_live_is_set_on_the_database_the_bridge_writes(
+    tmp_path: Path, database: str
+) -> None:
+    """An app's named database holds the bridge's dead-letter ledger too: its TTL policy set on `(default)`
+    left every entry there for ever."""
+    result, calls = run_script(tmp_path, "pull", FIRESTORE_DATABASE=database)
+    assert result.returncode == 0, result.stderr
+    (ttl,) = [line for line in calls.splitlines() if "firestore fields ttls update" in line]
+    assert f"--database={database}" in ttl.split(), ttl
