@@ -5,6 +5,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
+from fluxfill.bridge.adapters.cancels_store import FirestoreQueuedCancels
 from fluxfill.bridge.adapters.firestore import (
     FirestoreDeadLetterLedger,
     FirestoreRuntimeConfig,
@@ -20,6 +21,7 @@ from fluxfill.bridge.adapters.pubsub import (
 from fluxfill.bridge.adapters.storage import CloudStorageObjects
 from fluxfill.bridge.adapters.triton import TritonInpaintModel
 from fluxfill.bridge.adapters.user_slots_store import FirestoreUserSlots
+from fluxfill.bridge.cancel_sweep import CancelSweep
 from fluxfill.bridge.carry_over import CarryOver
 from fluxfill.bridge.contract import BULK_LANE, URGENT_LANE
 from fluxfill.bridge.credentials import google_credentials
@@ -28,6 +30,7 @@ from fluxfill.bridge.handler import JobHandler
 from fluxfill.bridge.metrics import BridgeMetrics
 from fluxfill.bridge.oidc import PushTokenVerifier
 from fluxfill.bridge.parking import Parking
+from fluxfill.bridge.path_templates import session_collection
 from fluxfill.bridge.ports import DeadLetterSink, InpaintModel
 from fluxfill.bridge.readiness import Readiness
 from fluxfill.bridge.runtime_config import CachedRuntimeConfig
@@ -51,6 +54,8 @@ class Bridge:
     parking: Parking | None = None  # jobs over their user's limit (with that limit): swept now and then
     # Jobs given back on their subscription's last deliveries go out anew (with that maximum set).
     carry_over: CarryOver | None = None
+    # Queued jobs their app cancelled, ended now and then (with cancel_sweep_s, and a session collection).
+    cancel_sweep: CancelSweep | None = None
     vital: VitalThreads = field(default_factory=VitalThreads)  # its own threads; a death fails /healthz
 
 
@@ -123,6 +128,10 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         carry_over = CarryOver(
             _requeue(settings, publisher), settings.subscription_max_delivery_attempts, metrics
         )
+    collection = session_collection(settings.session_template)
+    cancel_sweep = None
+    if settings.cancel_sweep_s and collection is not None:
+        cancel_sweep = CancelSweep(FirestoreQueuedCancels(db, collection), settings.session_template, metrics)
     return Bridge(
         settings,
         handler,
@@ -134,6 +143,7 @@ def build_bridge(settings: BridgeSettings, model: InpaintModel | None = None) ->
         pull_subscriber,
         parking,
         carry_over,
+        cancel_sweep,
     )
 
 

@@ -7,7 +7,7 @@ _LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 
 class BridgeMetrics:
     """Jobs by outcome, latencies, per-phase timings, queue age, in-flight and waiting jobs, parked jobs,
-    waits for late uploads, Triton errors, failed pulls, readiness."""
+    queued jobs cancelled by the sweep, waits for late uploads, Triton errors, failed pulls, readiness."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -62,6 +62,13 @@ class BridgeMetrics:
             "Jobs published anew instead of given back on their subscription's last deliveries, by why they "
             "were to be given back: retry, not_ready, busy, stopping",
             ["why"],
+            registry=self.registry,
+        )
+        self.cancels_swept = Counter(
+            "fluxfill_bridge_cancels_swept",
+            "Queued jobs their app cancelled, ended `cancelled` by the sweep before their message came "
+            "(fluxfill.bridge.cancel_sweep), and the sweeps that failed, by event: ended, failed",
+            ["event"],
             registry=self.registry,
         )
         self.triton_errors = Counter(

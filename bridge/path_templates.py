@@ -221,3 +221,24 @@ def collections_problem(settings: Mapping[str, str], name: Callable[[str], str] 
                 "into them"
             )
     return None
+
+
+def session_collection(template: str) -> str | None:
+    """The id of the collection every session document `template` names lies in (the name a collection-group
+    query takes), when it is fixed text; None when an id names it (`sessions/{sessionId}/of/{userId}`)."""
+    parent = _segments(template, SESSION_TEMPLATE)[-2]
+    return parent.text if parent.placeholder is None else None
+
+
+def names_session(template: str, path: str) -> bool:
+    """Whether the document at `path` is one `template` names, for ids the job contract takes (a collection
+    group of the same name elsewhere in the app's database is not the bridge's)."""
+    segments, parts = _segments(template, SESSION_TEMPLATE), path.split("/")
+    if len(parts) != len(segments):
+        return False
+    return all(
+        part == segment.text
+        if segment.placeholder is None
+        else id_problem(part, user=segment.placeholder == "userId") is None
+        for segment, part in zip(segments, parts, strict=True)
+    )

@@ -273,3 +273,14 @@ class SlotCounter(Protocol):
 
     def running(self, user: str) -> int:
         """The user's live slots; raises RetryableError."""
+
+
+class QueuedCancels(Protocol):
+    """The session documents of queued jobs their app cancelled (fluxfill.bridge.cancel_sweep)."""
+
+    def cancelled_queued(self, limit: int) -> list[str]:
+        """Paths of at most `limit` session documents `queued` with `cancelRequested`; raises BridgeError."""
+
+    def end_cancelled(self, path: str) -> bool:
+        """End the session `cancelled` (fluxfill.bridge.sessions.cancel_unclaimed); False when that rule
+        writes nothing now (claimed, ended, or claimed before); raises BridgeError."""

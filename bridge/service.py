@@ -56,6 +56,8 @@ class BridgeService:
         drained = threading.Event()
         if self.bridge.parking is not None:
             vital.start("parking-sweep", self._sweep)
+        if self.bridge.cancel_sweep is not None:
+            vital.start("cancel-sweep", self._sweep_cancels)
         if settings.mode == "pull":
             runner = PullRunner(self.bridge)
             puller = vital.start("pull", runner.run, self._stop, drained, daemon=False)
@@ -79,6 +81,12 @@ class BridgeService:
         assert self.bridge.parking is not None
         while not self._stop.wait(self.bridge.settings.parking_sweep_s):
             self.bridge.parking.sweep()
+
+    def _sweep_cancels(self) -> None:
+        """End, now and then, the queued jobs their app cancelled (fluxfill.bridge.cancel_sweep)."""
+        assert self.bridge.cancel_sweep is not None
+        while not self._stop.wait(self.bridge.settings.cancel_sweep_s):
+            self.bridge.cancel_sweep.sweep()
 
     def _drain(self, deadline: float) -> None:
         while self._in_flight() > 0 and time.monotonic() < deadline:

@@ -232,6 +232,20 @@ def _refused(document: Document, now: datetime, max_attempts: int) -> Claim | No
     return None
 
 
+def cancel_unclaimed(
+    document: Document | None, now: datetime, fields: Mapping[str, Any], *, path: str
+) -> Update | None:
+    """The `cancelled` write (with `fields`, its error) of a session its app cancelled while its job waits in
+    the queue, never claimed: made before the job's message comes, which then finds the job ended. None for
+    any other session: running, ended, or claimed before (its message ends it, recording what an earlier
+    run may have uploaded), or not queued as the app made it."""
+    if document is None or document.get(SessionField.CANCEL_REQUESTED) is not True:
+        return None
+    if _status(document) is not JobStatus.QUEUED or claimed_before(document):
+        return None
+    return finish(document, None, now, JobStatus.CANCELLED, fields, path=path)
+
+
 def heartbeat(
     document: Document | None,
     claim_id: str,

@@ -107,6 +107,13 @@ class BridgeSettings(BaseSettings):
         description="how often a bridge releases the parked jobs of users with free slots (slots that "
         "lapsed with a crashed bridge's leases; releases that died half-way)",
     )
+    cancel_sweep_s: float = Field(
+        5.0,
+        ge=0,
+        description="how often a bridge ends, `cancelled`, the queued jobs their app cancelled, before their "
+        "messages come (a collection-group query on the session template's collection: its index in "
+        "deploy/pubsub-iam.sh); 0 = off: a queued job's cancel is then recorded when its message is taken",
+    )
     dead_letter_topic: str = Field(
         "", description="topic id the bridge publishes unparseable or exhausted jobs to; empty = none"
     )

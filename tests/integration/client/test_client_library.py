@@ -273,10 +273,12 @@ def test_an_http_call_cancelled_while_it_waits_stops_waiting_at_once(
 
 
 def test_an_http_call_outlasting_its_keepalive_interval_gets_its_answer(
-    flux_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
+    long_run_server: LocalTritonServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server that answers its liveness checks keeps the call: a run checked several times returns the image
-    a call never checked returns."""
+    a call never checked returns. The run is long enough for several of the call's polls (10 a second) on
+    any machine: 40 steps at the long-run server's working size, 20-40 ms each (on the quick server's, 100
+    steps once ended in CI before the call's second poll)."""
     answered: list[bool] = []
     asked = inference._answers
 
@@ -286,11 +288,11 @@ def test_an_http_call_outlasting_its_keepalive_interval_gets_its_answer(
 
     monkeypatch.setattr(inference, "_answers", counted)
     quick = Keepalive(interval_s=0.01, timeout_s=1.0)
-    with FluxFillClient(flux_server.http_url, "http", retry=NO_RETRY, keepalive=quick) as checked:
-        result = checked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100, seed=3)
+    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY, keepalive=quick) as checked:
+        result = checked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=40, seed=3)
     monkeypatch.undo()
-    with FluxFillClient(flux_server.http_url, "http", retry=NO_RETRY) as unchecked:
-        expected = unchecked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=100, seed=3)
+    with FluxFillClient(long_run_server.http_url, "http", retry=NO_RETRY) as unchecked:
+        expected = unchecked.inpaint(photo(32, 32), box_mask(32, 32), "x", steps=40, seed=3)
     assert len(answered) >= 2, "the run ended before its call asked twice whether the server lives"
     assert all(answered)
     assert result.seed == 3

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from fluxfill.bridge.adapters.cancels_store import INDEXED_FIELDS
+from fluxfill.bridge.contract import DEFAULT_SESSION_TEMPLATE
+from fluxfill.bridge.path_templates import session_collection
 from tests.unit.deploy.support import DEPLOY, config_env
 
 CONFIG = config_env()
@@ -18,6 +21,7 @@ case "$*" in
     for name in ${EXISTING:-}; do [[ "$*" == *"describe ${name}"* ]] && exit 0; done
     exit 1 ;;
   *" describe "*) exit 1 ;;
+  *"indexes composite create"*) [[ -z ${INDEX_ERROR:-} ]] || { echo "${INDEX_ERROR}" >&2; exit 1; } ;;
 esac
 """
 
@@ -120,3 +124,34 @@ def test_the_ledgers_time_to_live_is_set_on_the_database_the_bridge_writes(
     assert result.returncode == 0, result.stderr
     (ttl,) = [line for line in calls.splitlines() if "firestore fields ttls update" in line]
     assert f"--database={database}" in ttl.split(), ttl
+
+
+def test_the_cancel_sweeps_index_is_made_for_its_query_in_the_bridges_database(tmp_path: Path) -> None:
+    """The sweep's collection-group query (fluxfill.bridge.adapters.cancels_store) fails in production without
+    its composite index; it is made for the collection the shipped session template names, on the fields the
+    query filters, in the database the bridge reads."""
+    result, calls = run_script(tmp_path, "pull", FIRESTORE_DATABASE="petapp")
+    assert result.returncode == 0, result.stderr
+    (create,) = [line.split() for line in calls.splitlines() if "indexes composite create" in line]
+    assert f"--collection-group={session_collection(DEFAULT_SESSION_TEMPLATE)}" in create
+    assert "--query-scope=collection-group" in create
+    assert "--database=petapp" in create
+    fields = [
+        flag.split(",")[0].removeprefix("--field-config=field-path=")
+        for flag in create
+        if "field-path" in flag
+    ]
+    assert fields == [str(name) for name in INDEXED_FIELDS]
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [("ERROR: (gcloud.firestore) ALREADY_EXISTS: index already exists", 0), ("PERMISSION_DENIED", 1)],
+)
+def test_an_index_made_before_is_left_and_another_failure_stops_the_script(
+    tmp_path: Path, error: str, code: int
+) -> None:
+    result, calls = run_script(tmp_path, "pull", INDEX_ERROR=error)
+    assert result.returncode == code, result.stderr
+    assert ("PERMISSION_DENIED" in result.stderr) is bool(code)
+    assert ("pubsub topics add-iam-policy-binding" in calls) is not bool(code), "stopped there"
