@@ -58,6 +58,7 @@ PUBSUB_TESTS = (
     "tests/integration/bridge/test_parking.py",
     "tests/integration/bridge/test_unanswered_services.py",
 )
+CANCEL_SWEEP_TESTS = ("tests/integration/bridge/test_cancel_sweep.py",)
 PUSH_TESTS = ("tests/unit/bridge/test_entry_points.py", "tests/integration/bridge/test_push.py")
 # The Triton adapter, on tritonserver itself: its own module first (the quickest to fail).
 TRITON_TESTS = (
@@ -112,6 +113,21 @@ MUTANTS = [
            '            logger.info("no earlier results to record", error=str(error))\n'
            "            return None\n",
            "            raise\n"),
+    # the cancel sweep: queued jobs their app cancelled, ended before their messages come
+    Mutant("a session given back after a claim ended by the sweep", "bridge/sessions.py",
+           "    if _status(document) is not JobStatus.QUEUED or claimed_before(document):",
+           "    if _status(document) is not JobStatus.QUEUED:"),
+    Mutant("a session not queued ended by the sweep", "bridge/sessions.py",
+           "    if _status(document) is not JobStatus.QUEUED or claimed_before(document):",
+           "    if claimed_before(document):"),
+    Mutant("another collection of the same id swept", "bridge/cancel_sweep.py",
+           "            if not names_session(self._template, path):\n                continue",
+           "            if False:\n                continue"),
+    Mutant("a lasting sweep failure logged at every sweep", "bridge/cancel_sweep.py",
+           "        if error != self._failing:", "        if True:"),
+    Mutant("the sweep's query finds sessions not queued", "bridge/adapters/cancels_store.py",
+           '            .where(filter=FieldFilter(SessionField.STATUS, "==", JobStatus.QUEUED.value))\n', "",
+           CANCEL_SWEEP_TESTS),
     Mutant("a claim not told the job's id", "bridge/handler.py",
            "            job_id=job.jobId,\n", ""),
     Mutant("a session document written late taken for another's", "bridge/sessions.py",
