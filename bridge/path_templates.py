@@ -225,7 +225,7 @@ def collections_problem(settings: Mapping[str, str], name: Callable[[str], str] 
 
 def session_collection(template: str) -> str | None:
     """The id of the collection every session document `template` names lies in (the name a collection-group
-    query takes), when it is fixed text; None when an id names it (`sessions/{sessionId}/of/{userId}`)."""
+    query takes), when it is fixed text; None when an id names it (`{userId}/{sessionId}`)."""
     parent = _segments(template, SESSION_TEMPLATE)[-2]
     return parent.text if parent.placeholder is None else None
 
