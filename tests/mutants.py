@@ -1,17 +1,18 @@
 """Mutants of the bridge's exactly-one-outcome decisions and of what they stand on: each must fail its tests.
 
 Every decision of the claim protocol (sessions, user slots, the handler's outcomes, the monitor's lease,
-settling a delivery, carry-over, parking) and of the parts under it (the slot gate of the priority lanes,
-Triton's admission line, readiness, results recognised or refused, the pulled messages and their leases, the
-push entry point, Firestore's compare-and-set, user slots, parked jobs and dead-letter ledger, what the bridge
-publishes to Pub/Sub, the Triton adapter) is changed here one at a time, the way a slip would change it, and
-the mutant's tests (`tests/unit`, or the emulator's tests for pulls, leases, pushes and the stores,
-tritonserver's for the adapter) must fail on each. In the thirty-sixth session twelve of the protocol's passed
-the whole unit suite, in the thirty-seventh eighteen of the parts under it (a job refused after it was let
-through lost its place, and an object that was no image at a result's path was recorded as the result: both
-defects), in the thirty-eighth fifteen of the push entry point's, the stores' and the Pub/Sub adapter's (a
-stopping bridge's refusal never carried over: a defect; two equivalent, left out), in the thirty-ninth two of
-the Triton adapter's (one equivalent, left out), until the tests that pin them were written.
+settling a delivery, carry-over, parking, the cancel sweep) and of the parts under it (the slot gate of the
+priority lanes, Triton's admission line, readiness, results recognised or refused, the pulled messages and
+their leases, the push entry point, Firestore's compare-and-set, user slots, parked jobs and dead-letter
+ledger, what the bridge publishes to Pub/Sub, the Triton adapter) is changed here one at a time, the way a
+slip would change it, and the mutant's tests (`tests/unit`, or the emulator's tests for pulls, leases, pushes
+and the stores, tritonserver's for the adapter) must fail on each. In the thirty-sixth session twelve of the
+protocol's passed the whole unit suite, in the thirty-seventh eighteen of the parts under it (a job refused
+after it was let through lost its place, and an object that was no image at a result's path was recorded as
+the result: both defects), in the thirty-eighth fifteen of the push entry point's, the stores' and the Pub/Sub
+adapter's (a stopping bridge's refusal never carried over: a defect; two equivalent, left out), in the
+thirty-ninth two of the Triton adapter's (one equivalent, left out), until the tests that pin them were
+written.
 
 `python -m tests.mutants` (`make mutants`, about two and a half hours on 2 cores; `--path FILE` for one
 file's) applies each in the working tree, runs its tests, puts the source back, and exits 1 when a mutant
