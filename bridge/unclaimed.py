@@ -62,7 +62,11 @@ def not_claimed(sessions: SessionStore, claim: Claim, ref: JobRef, delivery: Del
             f"{MAX_DOCUMENT_BYTES} bytes a document; keep the app's own data in it smaller"
         )
         return dead_letter_then_fail(sessions, ref, ErrorCode.INVALID_JOB, reason)
-    message = "cancelled by the app before it started"
+    message = (
+        "cancelled by the app after an earlier run stopped without a result"
+        if claim.claimed_before
+        else "cancelled by the app before it started"
+    )
     sessions.finish(ref, None, JobStatus.CANCELLED, error_fields(ErrorCode.CANCELLED, message))
     return Outcome(OutcomeKind.CANCELLED, ErrorCode.CANCELLED, message)
 

@@ -343,6 +343,9 @@ def test_a_refused_claim_without_results_uploaded_ends_as_before(refusal: str) -
     assert outcome.kind is expected, outcome
     assert world.document["status"] == ("cancelled" if refusal == "cancelRequested" else "failed")
     assert EDITED not in world.objects.objects
+    if refusal == "cancelRequested":  # it had started: its run stopped (Triton away) and was given back
+        message = "cancelled by the app after an earlier run stopped without a result"
+        assert world.document["error"] == {"code": "cancelled", "message": message}
 
 
 def test_uploaded_results_whose_exif_breaks_pillows_reader_are_recorded_without_running_again() -> None:

@@ -320,6 +320,7 @@ def test_cancel_requested_before_start_never_runs_the_model() -> None:
     assert world.deliver().kind is OutcomeKind.CANCELLED
     assert world.model.calls == []
     assert world.document["status"] == "cancelled"
+    assert world.document["error"]["message"] == "cancelled by the app before it started"
 
 
 def test_deadline_fails_the_job_with_deadline_exceeded() -> None:
