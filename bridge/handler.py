@@ -19,6 +19,7 @@ from fluxfill.bridge import intake, sessions, unclaimed
 from fluxfill.bridge.admission import AdmissionLines
 from fluxfill.bridge.context import edited, plan_context, sent
 from fluxfill.bridge.contract import (
+    DEFERRALS_ATTRIBUTE,
     ErrorCode,
     InvalidJobError,
     JobMessage,
@@ -218,10 +219,11 @@ class JobHandler:
                 job, delivery, f"its user has {claim.user_running} jobs running, the most allowed"
             )
         if claim.kind in (ClaimKind.NO_SESSION, ClaimKind.REMADE, ClaimKind.ANOTHER_JOB):
-            return self._session_missing(claim, job, delivery)
+            return self._passed_on(self._session_missing(claim, job, delivery), job, delivery)
         if claim.kind is not ClaimKind.CLAIMED:
             recorded = self._earlier_results(job, ref, claim) if claim.claimed_before else None
-            return recorded or unclaimed.not_claimed(self._sessions, claim, ref, delivery)
+            ended = recorded or unclaimed.not_claimed(self._sessions, claim, ref, delivery)
+            return self._passed_on(ended, job, delivery)
         try:
             return self._run_claimed(job, ref, delivery, claim)
         finally:
@@ -230,6 +232,15 @@ class JobHandler:
             self._at_limit.forget(job.userId)
             if self._parking is not None:
                 self._parking.release_free(job.userId)
+
+    def _passed_on(self, outcome: Outcome, job: JobMessage, delivery: Delivery) -> Outcome:
+        """`outcome`, after a parked job released into a free slot of its user's that ends without running
+        (cancelled or deleted while parked, ended meanwhile) has passed the slot on to the user's next parked
+        job: that one waited for another end or the parking sweep, the slot free."""
+        settled = outcome.kind not in (OutcomeKind.RETRY, OutcomeKind.DEFER)
+        if self._parking is not None and settled and DEFERRALS_ATTRIBUTE in delivery.attributes:
+            self._parking.release_free(job.userId)
+        return outcome
 
     def _run_claimed(self, job: JobMessage, ref: JobRef, delivery: Delivery, claim: Claim) -> Outcome:
         claimed = _Claimed(ref, claim.claim_id, claim.attempt, claim.result_key)

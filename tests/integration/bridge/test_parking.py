@@ -179,6 +179,33 @@ def test_a_bridge_sweeps_parked_jobs_of_users_with_free_slots_and_runs_them(jobs
     assert list(jobs.db.collection(PARKED, user, "jobs").stream()) == []
 
 
+def test_a_released_job_its_app_cancelled_passes_the_slot_to_the_users_next_parked_job(
+    jobs: JobSystem,
+) -> None:
+    """The user's oldest parked job was cancelled while parked. A job of the user's ends and releases it; it
+    runs nothing, and its slot goes to the next parked job at once (it waited for the parking sweep)."""
+    user, running = jobs.new_job()
+    _, cancelled = jobs.new_job(user=user)
+    _, waiting = jobs.new_job(user=user)
+    now = datetime.now(UTC)  # after the sessions were made (an earlier job is another session's)
+    lot_of(jobs).park(job(user, cancelled, published=now))
+    lot_of(jobs).park(job(user, waiting, offset_s=1, published=now))
+    jobs.document(user, cancelled).update({"cancelRequested": True})
+    settings = jobs.settings(
+        "127.0.0.1:1",
+        max_jobs_in_flight_per_user=1,
+        topic=jobs.topic_id,
+        parked_jobs_collection=PARKED,
+        parking_sweep_s=600,
+    )
+    with running_bridge(settings, InstantModel()):
+        jobs.publish({"userId": user, "sessionId": running})
+        assert jobs.wait_for(user, running, is_terminal)["status"] == "done"
+        assert jobs.wait_for(user, waiting, is_terminal, timeout_s=20)["status"] == "done"
+    assert jobs.session(user, cancelled)["status"] == "cancelled"
+    assert list(jobs.db.collection(PARKED, user, "jobs").stream()) == []
+
+
 class InstantModel(AlwaysReady):
     """Our InpaintModel port: returns the photo at once."""
 

@@ -136,6 +136,35 @@ def test_a_job_over_its_users_limit_is_parked_and_released_when_the_users_job_en
     assert world.metrics.sample("fluxfill_bridge_parked_jobs_total", {"event": "released"}) == 1
 
 
+@pytest.mark.parametrize("ended", ["cancelled", "deleted"])
+def test_a_released_job_that_turns_out_ended_passes_its_slot_to_the_next_parked_one(ended: str) -> None:
+    """The user's oldest parked job was cancelled (or its session deleted) while parked: released into the
+    freed slot, it runs nothing, and the user's next parked job waited for another end or the parking sweep
+    (30 s) with the slot free."""
+    world = limited_world(limit=1)
+    thread, _ = first_job_running(world)
+    world.upload(USER, "s3")
+    assert world.deliver(sessionId="s2", message_id="m2").kind is OutcomeKind.DEFER
+    assert world.deliver(sessionId="s3", message_id="m3").kind is OutcomeKind.DEFER
+    s2 = f"users/{USER}/sessions/s2"
+    if ended == "cancelled":
+        world.sessions.documents[s2]["cancelRequested"] = True
+    else:
+        del world.sessions.documents[s2]
+    thread.join()
+    [released] = world.parking_lot.published
+    assert released.session == "s2", "the oldest first"
+    # Parked for a minute: a deleted session's job is orphaned, its grace for a late document over.
+    outcome = world.deliver(
+        message_id="m4",
+        attributes=dict(released.attributes),
+        published_s_ago=60.0,
+        **json.loads(released.data),
+    )
+    assert outcome.kind is {"cancelled": OutcomeKind.CANCELLED, "deleted": OutcomeKind.ORPHANED}[ended]
+    assert [job.session for job in world.parking_lot.published] == ["s2", "s3"], "the slot passed on"
+
+
 def test_a_deleted_sessions_job_parked_after_the_remade_sessions_own_does_not_take_its_place() -> None:
     """The user deletes session s2 while its job waits for a slot and makes it again under its id with a new
     prompt; its new job is parked, then a copy of the deleted session's job comes and would be parked over it
