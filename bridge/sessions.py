@@ -208,12 +208,13 @@ def _refused(document: Document, now: datetime, max_attempts: int) -> Claim | No
         return Claim(ClaimKind.FINISHED, status=status)
     # An earlier run, no longer under a live claim, may have uploaded its results before it died: those are
     # the job's outcome, whatever refuses a claim since (a live run records its own).
-    before = claimed_before(document) and not leased(document, now)
+    live = leased(document, now)
+    before = claimed_before(document) and not live
     key = (result_key_of(document) or None) if before else None
     if document.get(SessionField.CANCEL_REQUESTED) is True:
         return Claim(ClaimKind.CANCEL_REQUESTED, status=status, claimed_before=before, result_key=key)
     attempts = whole_count(document.get(SessionField.ATTEMPT))
-    if leased(document, now):
+    if live:
         holder = str(document.get(SessionField.MESSAGE_ID) or "")
         return Claim(ClaimKind.BUSY, attempts, status, holder_message_id=holder)
     if attempts >= max_attempts:

@@ -103,7 +103,7 @@ MUTANTS = [
     Mutant("a session naming another job claimed by this one", "bridge/sessions.py",
            "    if job_id is not None and isinstance(named, str) and named != job_id:", "    if False:"),
     Mutant("results looked for while a live claim holds the job", "bridge/sessions.py",
-           "    before = claimed_before(document) and not leased(document, now)\n",
+           "    before = claimed_before(document) and not live\n",
            "    before = claimed_before(document)\n"),
     Mutant("a refused claim's results looked for without the session's key", "bridge/sessions.py",
            "    key = (result_key_of(document) or None) if before else None\n", "    key = None\n"),

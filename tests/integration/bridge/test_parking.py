@@ -26,6 +26,7 @@ from fluxfill.bridge.errors import RetryableError
 from fluxfill.bridge.outcome import Delivery
 from fluxfill.bridge.parking import parked
 from fluxfill.bridge.ports import InferenceResult, ParkedJob
+from fluxfill.bridge.settings import BridgeSettings
 from tests.integration.bridge.harness import PROJECT, JobSystem, is_terminal, running_bridge
 from tests.unit.bridge.fakes import AlwaysReady
 
@@ -158,19 +159,24 @@ def test_a_release_that_died_half_way_is_released_again_once_its_mark_lapses(job
     assert sessions_published(jobs) == ["s1"]
 
 
+def limited_to_one(jobs: JobSystem, parking_sweep_s: float) -> BridgeSettings:
+    """A bridge with no Triton of its own (an InstantModel runs) whose users run one job at a time."""
+    return jobs.settings(
+        "127.0.0.1:1",
+        max_jobs_in_flight_per_user=1,
+        topic=jobs.topic_id,
+        parked_jobs_collection=PARKED,
+        parking_sweep_s=parking_sweep_s,
+    )
+
+
 def test_a_bridge_sweeps_parked_jobs_of_users_with_free_slots_and_runs_them(jobs: JobSystem) -> None:
     """As after a crash: the job was parked, its user's slot lapsed, and no job of the user ends to release
     it. A running bridge's sweep publishes it, and it runs."""
     user, session = jobs.new_job()
     # Published after its session was made (one made after the job is another session's under its id).
     lot_of(jobs).park(job(user, session, published=datetime.now(UTC)))
-    settings = jobs.settings(
-        "127.0.0.1:1",
-        max_jobs_in_flight_per_user=1,
-        topic=jobs.topic_id,
-        parked_jobs_collection=PARKED,
-        parking_sweep_s=0.5,
-    )
+    settings = limited_to_one(jobs, parking_sweep_s=0.5)
     with running_bridge(settings, InstantModel()) as bridge:
         document = jobs.wait_for(user, session, is_terminal)
         assert bridge.bridge.metrics.sample("fluxfill_bridge_parked_jobs_total", {"event": "released"}) == 1
@@ -191,13 +197,7 @@ def test_a_released_job_its_app_cancelled_passes_the_slot_to_the_users_next_park
     lot_of(jobs).park(job(user, cancelled, published=now))
     lot_of(jobs).park(job(user, waiting, offset_s=1, published=now))
     jobs.document(user, cancelled).update({"cancelRequested": True})
-    settings = jobs.settings(
-        "127.0.0.1:1",
-        max_jobs_in_flight_per_user=1,
-        topic=jobs.topic_id,
-        parked_jobs_collection=PARKED,
-        parking_sweep_s=600,
-    )
+    settings = limited_to_one(jobs, parking_sweep_s=600)
     with running_bridge(settings, InstantModel()):
         jobs.publish({"userId": user, "sessionId": running})
         assert jobs.wait_for(user, running, is_terminal)["status"] == "done"
